@@ -1,0 +1,368 @@
+//! Conversions between the protocol and the domain, with validation.
+//!
+//! Every check names the field it rejects (`steps[2].name is empty`), so a
+//! client in any language learns exactly what to fix. Validation happens
+//! here, before anything reaches the scheduler: bad input changes nothing.
+
+use std::collections::BTreeMap;
+
+use baton::pb;
+use tonic::Status;
+
+use crate::domain::{
+    self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, StepState, ThrottleScope,
+};
+
+/// Size limits applied to requests.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest encoded SubmitChain request, result or failure (bytes).
+    pub max_payload_bytes: usize,
+    /// Most signatures in one chain (steps + callbacks).
+    pub max_steps: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            max_steps: 1000,
+        }
+    }
+}
+
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_KEY_LEN: usize = 200;
+pub const MAX_QUEUE_LEN: usize = 64;
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// A task name: 1..=200 characters, no control characters.
+pub fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(invalid(format!("{field} is empty")));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(invalid(format!(
+            "{field} is longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+/// A queue name: 1..=64 characters of `[A-Za-z0-9_.:-]`.
+pub fn check_queue(field: &str, queue: &str) -> Result<(), Status> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN || !queue.chars().all(ok_char) {
+        return Err(invalid(format!(
+            "{field} {queue:?} is not a queue name (1 to {MAX_QUEUE_LEN} characters of A-Z a-z 0-9 _ . : -)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(field: &str, key: &str) -> Result<(), Status> {
+    if key.chars().count() > MAX_KEY_LEN {
+        return Err(invalid(format!(
+            "{field} is longer than {MAX_KEY_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Text that must be JSON of a given shape; empty text means `default`.
+fn json_text(field: &str, text: &str, default: &str, want: &str) -> Result<String, Status> {
+    if text.is_empty() {
+        return Ok(default.to_owned());
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("{field} is not valid JSON: {e}")))?;
+    let shape_ok = match want {
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => true,
+    };
+    if !shape_ok {
+        return Err(invalid(format!("{field} must be a JSON {want}")));
+    }
+    Ok(text.to_owned())
+}
+
+/// A JSON result reported by a worker (empty means null).
+pub fn check_result(text: &str) -> Result<String, Status> {
+    json_text("outcome.success.result", text, "null", "any")
+}
+
+pub fn check_throttle(field: &str, t: &pb::Throttle) -> Result<(), Status> {
+    check_key(&format!("{field}.key"), &t.key)?;
+    if ThrottleScope::try_from(t.scope).is_err() {
+        return Err(invalid(format!(
+            "{field}.scope has unknown value {}",
+            t.scope
+        )));
+    }
+    if t.shared && t.key.is_empty() {
+        return Err(invalid(format!(
+            "{field}.key is empty but shared is set (a shared throttle needs a key)"
+        )));
+    }
+    if t.concurrency > 1_000_000 {
+        return Err(invalid(format!(
+            "{field}.concurrency is larger than 1000000"
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_options(field: &str, o: &pb::Options) -> Result<(), Status> {
+    if !o.queue.is_empty() {
+        check_queue(&format!("{field}.queue"), &o.queue)?;
+    }
+    if let Some(t) = &o.throttle {
+        check_throttle(&format!("{field}.throttle"), t)?;
+    }
+    if o.description.chars().count() > 1000 {
+        return Err(invalid(format!(
+            "{field}.description is longer than 1000 characters"
+        )));
+    }
+    Ok(())
+}
+
+fn signature(field: &str, s: pb::Signature) -> Result<Signature, Status> {
+    check_name(&format!("{field}.name"), &s.name)?;
+    let args = json_text(&format!("{field}.args"), &s.args, "[]", "array")?;
+    let kwargs = json_text(&format!("{field}.kwargs"), &s.kwargs, "{}", "object")?;
+    let options = s.options.unwrap_or_default();
+    check_options(&format!("{field}.options"), &options)?;
+    Ok(Signature {
+        name: s.name,
+        args,
+        kwargs,
+        immutable: s.immutable,
+        options: Some(options),
+    })
+}
+
+fn signatures(field: &str, sigs: Vec<pb::Signature>) -> Result<Vec<Signature>, Status> {
+    sigs.into_iter()
+        .enumerate()
+        .map(|(i, s)| signature(&format!("{field}[{i}]"), s))
+        .collect()
+}
+
+/// Validates a submission.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the first bad field.
+pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainSpec, Status> {
+    use prost::Message;
+    let size = req.encoded_len();
+    if size > limits.max_payload_bytes {
+        return Err(invalid(format!(
+            "request is {size} bytes, over the limit of {} bytes",
+            limits.max_payload_bytes
+        )));
+    }
+    if req.steps.is_empty() {
+        return Err(invalid("steps is empty: a chain needs at least one step"));
+    }
+    let total = req.steps.len() + req.on_success.len() + req.on_failure.len();
+    if total > limits.max_steps {
+        return Err(invalid(format!(
+            "steps, on_success and on_failure hold {total} signatures, over the limit of {}",
+            limits.max_steps
+        )));
+    }
+    check_key("idempotency_key", &req.idempotency_key)?;
+    check_key("unique_key", &req.unique_key)?;
+    for (k, v) in &req.context {
+        if k.is_empty() {
+            return Err(invalid("context has an empty key"));
+        }
+        check_key(&format!("context[{k:?}] key"), k)?;
+        let _ = v;
+    }
+    Ok(ChainSpec {
+        steps: signatures("steps", req.steps)?,
+        on_success: signatures("on_success", req.on_success)?,
+        on_failure: signatures("on_failure", req.on_failure)?,
+        heavy: req.heavy,
+        context: req.context.into_iter().collect::<BTreeMap<_, _>>(),
+        idempotency_key: req.idempotency_key,
+        unique_key: req.unique_key,
+        deadline_ms: req.deadline_unix_ms,
+    })
+}
+
+/// A chain id from a request: must look like a UUID.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` when it is not one.
+pub fn chain_id(id: String) -> Result<String, Status> {
+    uuid::Uuid::parse_str(&id)
+        .map(|_| id)
+        .map_err(|_| invalid("chain_id is not a UUID"))
+}
+
+pub fn task_ref(t: Option<pb::TaskRef>) -> Result<domain::TaskRef, Status> {
+    let t = t.ok_or_else(|| invalid("task is missing"))?;
+    Ok(domain::TaskRef {
+        task_id: t.task_id,
+        attempt: t.attempt,
+    })
+}
+
+pub fn pb_task_ref(t: domain::TaskRef) -> pb::TaskRef {
+    pb::TaskRef {
+        task_id: t.task_id,
+        attempt: t.attempt,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Domain → protocol views
+// ---------------------------------------------------------------------------
+
+fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
+    let sig = s.signature();
+    pb::Step {
+        task_id: s.task_id.clone(),
+        phase: phase as i32,
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        name: sig.name.clone(),
+        state: s.state,
+        attempts: s.attempts,
+        polls: s.polls,
+        retries: s.retries,
+        queue: s.queue.clone(),
+        result: s.result.clone(),
+        failure: s.failure.clone(),
+        worker: if s.state() == StepState::Running {
+            s.worker.clone()
+        } else {
+            String::new()
+        },
+        ready_unix_ms: s.ready_ms,
+        started_unix_ms: s.started_ms,
+        finished_unix_ms: s.finished_ms,
+        description: sig
+            .options
+            .as_ref()
+            .map(|o| o.description.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn chain_view(c: &ChainRecord) -> pb::Chain {
+    let steps = |phase: Phase| {
+        c.steps_of(phase)
+            .iter()
+            .enumerate()
+            .map(|(i, s)| step_view(s, phase, i))
+            .collect()
+    };
+    pb::Chain {
+        chain_id: c.id.clone(),
+        state: c.state,
+        steps: steps(Phase::Main),
+        on_success: steps(Phase::OnSuccess),
+        on_failure: steps(Phase::OnFailure),
+        context: c.context.clone().into_iter().collect(),
+        heavy: c.heavy,
+        created_unix_ms: c.created_ms,
+        finished_unix_ms: c.finished_ms,
+        deadline_unix_ms: c.deadline_ms,
+        result: c.result.clone(),
+        failure: c.failure.clone(),
+        cancel_reason: c.cancel_reason.clone(),
+    }
+}
+
+pub fn event_view(e: &domain::ChainEvent) -> pb::ChainEvent {
+    pb::ChainEvent {
+        kind: e.kind.to_owned(),
+        phase: e.at.map_or(0, |a| a.phase as i32),
+        step_index: e
+            .at
+            .map_or(0, |a| u32::try_from(a.index).unwrap_or(u32::MAX)),
+        chain: Some(chain_view(&e.chain)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(name: &str) -> pb::Signature {
+        pb::Signature {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn req(steps: Vec<pb::Signature>) -> pb::SubmitChainRequest {
+        pb::SubmitChainRequest {
+            steps,
+            ..Default::default()
+        }
+    }
+
+    fn err(r: pb::SubmitChainRequest) -> String {
+        let e = chain_spec(r, &Limits::default()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        e.message().to_owned()
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        assert!(err(req(vec![])).contains("steps is empty"));
+        assert!(err(req(vec![sig("a"), sig("")])).contains("steps[1].name is empty"));
+        assert!(err(req(vec![sig(&"x".repeat(201))])).contains("steps[0].name is longer"));
+        let mut bad = sig("a");
+        bad.args = "{not json".into();
+        assert!(err(req(vec![bad])).contains("steps[0].args is not valid JSON"));
+        let mut obj = sig("a");
+        obj.args = "{}".into();
+        assert!(err(req(vec![obj])).contains("steps[0].args must be a JSON array"));
+        let mut q = sig("a");
+        q.options = Some(pb::Options {
+            queue: "bad queue!".into(),
+            ..Default::default()
+        });
+        assert!(err(req(vec![q])).contains("steps[0].options.queue"));
+        let mut scope = sig("a");
+        scope.options = Some(pb::Options {
+            throttle: Some(pb::Throttle {
+                scope: 9,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(
+            err(req(vec![scope])).contains("steps[0].options.throttle.scope has unknown value 9")
+        );
+        let mut r = req(vec![sig("a")]);
+        r.on_failure = vec![sig("")];
+        assert!(err(r).contains("on_failure[0].name"));
+    }
+
+    #[test]
+    fn payload_limit_applies_to_the_whole_request() {
+        let mut big = sig("a");
+        big.args = format!("[\"{}\"]", "x".repeat(2 * 1024 * 1024));
+        assert!(err(req(vec![big])).contains("over the limit"));
+    }
+
+    #[test]
+    fn empty_json_means_empty_collections() {
+        let spec = chain_spec(req(vec![sig("a")]), &Limits::default()).unwrap();
+        assert_eq!(spec.steps[0].args, "[]");
+        assert_eq!(spec.steps[0].kwargs, "{}");
+    }
+}

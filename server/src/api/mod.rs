@@ -1,0 +1,234 @@
+//! The gRPC edge: decode, validate, call the scheduler, map errors.
+//!
+//! Nothing here decides anything: every rule lives in the scheduler.
+
+pub mod convert;
+mod worker;
+
+use std::pin::Pin;
+
+use baton::pb;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+pub use self::convert::Limits;
+pub use self::worker::WorkerService;
+use crate::domain::Identity;
+use crate::scheduler::{self, Dedup, Handle, Holder};
+
+impl From<scheduler::Error> for Status {
+    fn from(e: scheduler::Error) -> Self {
+        match e {
+            scheduler::Error::NotFound(m) => Status::not_found(m),
+            scheduler::Error::ShuttingDown => Status::unavailable("broker is shutting down"),
+            scheduler::Error::Store(m) => {
+                tracing::error!(cause = %m, "store failure");
+                Status::unavailable("the broker's store is failing; retry later")
+            }
+        }
+    }
+}
+
+/// The client service: submit, get, watch, cancel.
+pub struct BrokerService {
+    pub handle: Handle,
+    pub limits: Limits,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ChainEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::broker_server::Broker for BrokerService {
+    async fn submit_chain(
+        &self,
+        request: Request<pb::SubmitChainRequest>,
+    ) -> Result<Response<pb::SubmitChainResponse>, Status> {
+        let spec = convert::chain_spec(request.into_inner(), &self.limits)?;
+        let submitted = self.handle.submit(spec).await?;
+        let dedup = match submitted.dedup {
+            None => pb::Dedup::Unspecified,
+            Some(Dedup::IdempotencyKey) => pb::Dedup::IdempotencyKey,
+            Some(Dedup::UniqueKey) => pb::Dedup::UniqueKey,
+        };
+        Ok(Response::new(pb::SubmitChainResponse {
+            chain_id: submitted.chain_id,
+            dedup: dedup as i32,
+        }))
+    }
+
+    async fn get_chain(
+        &self,
+        request: Request<pb::GetChainRequest>,
+    ) -> Result<Response<pb::Chain>, Status> {
+        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let chain = self.handle.get(id).await?;
+        Ok(Response::new(convert::chain_view(&chain)))
+    }
+
+    type WatchChainStream = EventStream;
+
+    async fn watch_chain(
+        &self,
+        request: Request<pb::WatchChainRequest>,
+    ) -> Result<Response<Self::WatchChainStream>, Status> {
+        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let rx = self.handle.watch(id).await?;
+        let stream = ReceiverStream::new(rx).map(|e| Ok(convert::event_view(&e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_chain(
+        &self,
+        request: Request<pb::CancelChainRequest>,
+    ) -> Result<Response<pb::CancelChainResponse>, Status> {
+        let req = request.into_inner();
+        let id = convert::chain_id(req.chain_id)?;
+        let state = self.handle.cancel(id, req.reason).await?;
+        Ok(Response::new(pb::CancelChainResponse {
+            state: state as i32,
+        }))
+    }
+}
+
+/// Inspection and live limits.
+pub struct AdminService {
+    pub handle: Handle,
+}
+
+fn throttle_view((info, chains): scheduler::ThrottleStats, now: u64) -> pb::ThrottleInfo {
+    pb::ThrottleInfo {
+        identity: Some(pb::ThrottleIdentity {
+            task_name: info.identity.task_name.clone(),
+            key: info.identity.key.clone(),
+        }),
+        limit: info.limit,
+        limit_overridden: info.overridden,
+        holders: info
+            .holders
+            .iter()
+            .zip(chains)
+            .map(|((holder, h), chain_id)| pb::ThrottleHolder {
+                kind: holder.kind().to_owned(),
+                task_id: match holder {
+                    Holder::Task(t) | Holder::InBody { task_id: t, .. } => t.clone(),
+                    Holder::Chain(_) => String::new(),
+                },
+                chain_id,
+                worker: h.worker.clone(),
+                since_unix_ms: h.since,
+            })
+            .collect(),
+        waiters: u64::try_from(info.waiters).unwrap_or(u64::MAX),
+        oldest_waiter_age_ms: info.oldest_waiter.map_or(0, |t| now.saturating_sub(t)),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn list_queues(
+        &self,
+        _: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self
+            .handle
+            .queues()
+            .await?
+            .into_iter()
+            .map(|q| pb::QueueInfo {
+                name: q.name,
+                ready: q.ready,
+                delayed: q.delayed,
+                throttled: q.throttled,
+                running: q.running,
+                oldest_ready_age_ms: q.oldest_ready_age_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self
+            .handle
+            .workers()
+            .await?
+            .into_iter()
+            .map(|w| pb::WorkerInfo {
+                worker_id: w.worker_id,
+                worker_name: w.name,
+                queues: w.queues,
+                task_names: w.task_names,
+                concurrency: w.concurrency,
+                in_flight: w.in_flight.into_iter().map(convert::pb_task_ref).collect(),
+                draining: w.draining,
+                connected_unix_ms: w.connected_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn list_throttles(
+        &self,
+        _: Request<pb::ListThrottlesRequest>,
+    ) -> Result<Response<pb::ListThrottlesResponse>, Status> {
+        let now = crate::domain::now_ms();
+        let throttles = self
+            .handle
+            .throttles()
+            .await?
+            .into_iter()
+            .map(|t| throttle_view(t, now))
+            .collect();
+        Ok(Response::new(pb::ListThrottlesResponse { throttles }))
+    }
+
+    async fn set_throttle_limit(
+        &self,
+        request: Request<pb::SetThrottleLimitRequest>,
+    ) -> Result<Response<pb::ThrottleInfo>, Status> {
+        let req = request.into_inner();
+        let id = req
+            .identity
+            .ok_or_else(|| Status::invalid_argument("identity is missing"))?;
+        if id.key.is_empty() && id.task_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "identity needs a task_name, a key, or both",
+            ));
+        }
+        if !id.task_name.is_empty() {
+            convert::check_name("identity.task_name", &id.task_name)?;
+        }
+        if id.key.chars().count() > convert::MAX_KEY_LEN {
+            return Err(Status::invalid_argument(
+                "identity.key is longer than 200 characters",
+            ));
+        }
+        let identity = Identity {
+            key: if id.key.is_empty() {
+                "*".into()
+            } else {
+                id.key
+            },
+            task_name: id.task_name,
+        };
+        let limit = (req.limit > 0).then_some(req.limit);
+        let all = self.handle.set_limit(identity.clone(), limit).await?;
+        let now = crate::domain::now_ms();
+        let info = all
+            .into_iter()
+            .find(|(i, _)| i.identity == identity)
+            .map(|t| throttle_view(t, now))
+            .unwrap_or_else(|| pb::ThrottleInfo {
+                identity: Some(pb::ThrottleIdentity {
+                    task_name: identity.task_name.clone(),
+                    key: identity.key.clone(),
+                }),
+                limit: limit.unwrap_or(1),
+                limit_overridden: limit.is_some(),
+                ..Default::default()
+            });
+        Ok(Response::new(info))
+    }
+}

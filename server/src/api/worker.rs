@@ -1,0 +1,250 @@
+//! The worker stream: one bidirectional gRPC stream per worker process.
+//!
+//! The first message up must be a Hello. The edge then registers the worker
+//! with the scheduler, forwards every later message, and turns the
+//! scheduler's [`ToWorker`] messages into the stream down. When the stream
+//! up ends without a Goodbye, the scheduler hears that the worker is gone
+//! (its leases keep running until they lapse or it reconnects).
+
+use std::pin::Pin;
+
+use baton::pb::{self, broker_message, worker_message};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use crate::domain::{FromWorker, Options, RunOutcome, ToWorker, WorkerHello};
+use crate::scheduler::Handle;
+
+/// Messages buffered towards one worker before it counts as not reading.
+const OUTBOUND: usize = 4096;
+/// Largest concurrency a worker may ask for.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+
+pub struct WorkerService {
+    pub handle: Handle,
+    pub limits: convert::Limits,
+}
+
+type DownStream = Pin<Box<dyn Stream<Item = Result<pb::BrokerMessage, Status>> + Send>>;
+
+fn hello(h: pb::Hello) -> Result<WorkerHello, Status> {
+    if h.concurrency == 0 || h.concurrency > MAX_CONCURRENCY {
+        return Err(Status::invalid_argument(format!(
+            "hello.concurrency must be between 1 and {MAX_CONCURRENCY}"
+        )));
+    }
+    let queues = if h.queues.is_empty() {
+        vec![crate::domain::GENERAL_QUEUE.to_owned()]
+    } else {
+        h.queues
+    };
+    for (i, q) in queues.iter().enumerate() {
+        convert::check_queue(&format!("hello.queues[{i}]"), q)?;
+    }
+    if h.tasks.is_empty() {
+        return Err(Status::invalid_argument(
+            "hello.tasks is empty: register at least one task name",
+        ));
+    }
+    let mut tasks = Vec::with_capacity(h.tasks.len());
+    for (i, t) in h.tasks.into_iter().enumerate() {
+        convert::check_name(&format!("hello.tasks[{i}].name"), &t.name)?;
+        let defaults: Options = t.defaults.unwrap_or_default();
+        convert::check_options(&format!("hello.tasks[{i}].defaults"), &defaults)?;
+        tasks.push((t.name, defaults));
+    }
+    let held = h
+        .held
+        .into_iter()
+        .map(|t| convert::task_ref(Some(t)))
+        .collect::<Result<_, _>>()?;
+    Ok(WorkerHello {
+        name: h.worker_name,
+        queues,
+        tasks,
+        concurrency: h.concurrency,
+        held,
+    })
+}
+
+/// Decodes a message after the hello; `Ok(None)` for a repeated hello.
+fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
+    Ok(Some(match msg {
+        worker_message::Msg::Hello(_) => return Ok(None),
+        worker_message::Msg::Outcome(o) => {
+            let task = convert::task_ref(o.task)?;
+            let outcome = match o.result {
+                Some(pb::outcome::Result::Success(s)) => {
+                    RunOutcome::Success(convert::check_result(&s.result)?)
+                }
+                Some(pb::outcome::Result::Failure(f)) => RunOutcome::Failure {
+                    error_type: if f.error_type.is_empty() {
+                        "Error".into()
+                    } else {
+                        f.error_type
+                    },
+                    message: f.message,
+                    traceback: f.traceback,
+                    retryable: f.retryable,
+                },
+                Some(pb::outcome::Result::RetryLater(r)) => RunOutcome::RetryLater {
+                    delay_ms: r.delay_ms,
+                    message: r.message,
+                },
+                None => return Err(Status::invalid_argument("outcome.result is missing")),
+            };
+            FromWorker::Outcome { task, outcome }
+        }
+        worker_message::Msg::Heartbeat(h) => FromWorker::Heartbeat {
+            tasks: h
+                .tasks
+                .into_iter()
+                .map(|t| convert::task_ref(Some(t)))
+                .collect::<Result<_, _>>()?,
+        },
+        worker_message::Msg::ThrottleAcquire(a) => {
+            let throttle = a.throttle.unwrap_or_default();
+            convert::check_throttle("throttle_acquire.throttle", &throttle)?;
+            FromWorker::Acquire {
+                request_id: a.request_id,
+                task: convert::task_ref(a.task)?,
+                throttle,
+            }
+        }
+        worker_message::Msg::ThrottleRelease(r) => FromWorker::Release {
+            request_id: r.request_id,
+            task: convert::task_ref(r.task)?,
+        },
+        worker_message::Msg::Drain(_) => FromWorker::Drain,
+        worker_message::Msg::Goodbye(_) => FromWorker::Goodbye,
+    }))
+}
+
+fn to_pb(msg: ToWorker) -> pb::BrokerMessage {
+    let msg = match msg {
+        ToWorker::Welcome {
+            worker_id,
+            lease_ms,
+            kept,
+            lost,
+        } => broker_message::Msg::Welcome(pb::Welcome {
+            worker_id,
+            lease_ms,
+            heartbeat_interval_ms: (lease_ms / 3).max(1),
+            kept: kept.into_iter().map(convert::pb_task_ref).collect(),
+            lost: lost.into_iter().map(convert::pb_task_ref).collect(),
+        }),
+        ToWorker::Assign(a) => broker_message::Msg::Assignment(pb::Assignment {
+            task: Some(convert::pb_task_ref(a.task)),
+            chain_id: a.chain_id,
+            phase: a.at.phase as i32,
+            step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
+            name: a.name,
+            args: a.args,
+            kwargs: a.kwargs,
+            context: a.context.into_iter().collect(),
+            queue: a.queue,
+            lease_deadline_unix_ms: a.lease_deadline_ms,
+            timeout_ms: a.timeout_ms,
+            polls: a.polls,
+            retries: a.retries,
+        }),
+        ToWorker::Cancel { task, reason } => broker_message::Msg::Cancel(pb::Cancel {
+            task: Some(convert::pb_task_ref(task)),
+            reason,
+        }),
+        ToWorker::Ack {
+            task,
+            accepted,
+            reason,
+        } => broker_message::Msg::OutcomeAck(pb::OutcomeAck {
+            task: Some(convert::pb_task_ref(task)),
+            accepted,
+            reason,
+        }),
+        ToWorker::Granted { request_id } => {
+            broker_message::Msg::ThrottleGranted(pb::ThrottleGranted { request_id })
+        }
+        ToWorker::Error {
+            request_id,
+            task,
+            message,
+        } => broker_message::Msg::Error(pb::WorkerError {
+            request_id,
+            task: task.map(convert::pb_task_ref),
+            message,
+        }),
+    };
+    pb::BrokerMessage { msg: Some(msg) }
+}
+
+#[tonic::async_trait]
+impl pb::worker_server::Worker for WorkerService {
+    type SessionStream = DownStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut up = request.into_inner();
+        let first = up
+            .message()
+            .await?
+            .and_then(|m| m.msg)
+            .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
+        let worker_message::Msg::Hello(h) = first else {
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
+        };
+        let hello = hello(h)?;
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        let worker_id = self.handle.connect(hello, tx.clone()).await?;
+        let handle = self.handle.clone();
+        let span = tracing::info_span!("worker", worker.id = %worker_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut clean = false;
+                loop {
+                    let msg = match up.message().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(cause = %e, "worker stream broke");
+                            break;
+                        }
+                    };
+                    let Some(msg) = msg.msg else { continue };
+                    match from_worker(msg) {
+                        Ok(None) => {}
+                        Ok(Some(m)) => {
+                            clean = m == FromWorker::Goodbye;
+                            if handle.from_worker(worker_id.clone(), m).await.is_err() || clean {
+                                break;
+                            }
+                        }
+                        Err(status) => {
+                            // A malformed message is refused; the stream stays.
+                            let error = ToWorker::Error {
+                                request_id: 0,
+                                task: None,
+                                message: status.message().to_owned(),
+                            };
+                            if tx.try_send(error).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !clean {
+                    handle.disconnected(worker_id).await;
+                }
+            },
+            span,
+        ));
+        let down = ReceiverStream::new(rx).map(|m| Ok(to_pb(m)));
+        Ok(Response::new(Box::pin(down)))
+    }
+}

@@ -1,0 +1,644 @@
+//! The broker's own vocabulary: chains, steps, failure records, throttle
+//! identities. No tonic, no sled.
+//!
+//! Records here are what the store persists. They derive `prost::Message` so
+//! that adding a field later is a schema evolution, not a migration (every
+//! field has a fixed tag; never reuse one). The value types of the public
+//! contract that are pure data (`Options`, `Throttle`, `FailureRecord`) are
+//! reused as they are rather than mirrored field by field.
+
+use std::collections::BTreeMap;
+
+pub use baton::pb::{
+    ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
+};
+
+/// Milliseconds since the unix epoch: how every persisted time is kept.
+pub type UnixMs = u64;
+
+/// The wall clock in unix milliseconds.
+pub fn now_ms() -> UnixMs {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Generates a new time-ordered id (UUID v7), so ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// One step as submitted: a task name, JSON arguments and options.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Signature {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// A JSON array (validated at the edge; never empty text).
+    #[prost(string, tag = "2")]
+    pub args: String,
+    /// A JSON object (validated at the edge; never empty text).
+    #[prost(string, tag = "3")]
+    pub kwargs: String,
+    #[prost(bool, tag = "4")]
+    pub immutable: bool,
+    #[prost(message, optional, tag = "5")]
+    pub options: Option<Options>,
+}
+
+/// A validated submission, before it becomes a [`ChainRecord`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainSpec {
+    pub steps: Vec<Signature>,
+    pub on_success: Vec<Signature>,
+    pub on_failure: Vec<Signature>,
+    pub heavy: bool,
+    pub context: BTreeMap<String, String>,
+    pub idempotency_key: String,
+    pub unique_key: String,
+    pub deadline_ms: UnixMs,
+}
+
+/// A throttle identity: (task name, key), or a shared key alone when
+/// `task_name` is empty.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+pub struct Identity {
+    #[prost(string, tag = "1")]
+    pub task_name: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+}
+
+impl Identity {
+    /// The identity a throttle declaration names for a task.
+    pub fn of(task_name: &str, throttle: &Throttle) -> Self {
+        let key = if throttle.key.is_empty() {
+            "*".to_owned()
+        } else {
+            throttle.key.clone()
+        };
+        let task_name = if throttle.shared {
+            String::new()
+        } else {
+            task_name.to_owned()
+        };
+        Identity { task_name, key }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.task_name.is_empty() {
+            write!(f, "key {}", self.key)
+        } else {
+            write!(f, "{}[{}]", self.task_name, self.key)
+        }
+    }
+}
+
+/// An in-body throttle slot held by a running attempt.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InBodyHold {
+    #[prost(message, optional, tag = "1")]
+    pub identity: Option<Identity>,
+    #[prost(uint64, tag = "2")]
+    pub request_id: u64,
+}
+
+/// The persisted state of one step of a chain.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StepRecord {
+    /// Stable across attempts.
+    #[prost(string, tag = "1")]
+    pub task_id: String,
+    #[prost(message, optional, tag = "2")]
+    pub signature: Option<Signature>,
+    #[prost(enumeration = "StepState", tag = "3")]
+    pub state: i32,
+    /// Runs started so far; the current attempt number while running.
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    #[prost(uint32, tag = "5")]
+    pub polls: u32,
+    #[prost(uint32, tag = "6")]
+    pub retries: u32,
+    /// Runs lost to lapsed leases (worker crash or hang).
+    #[prost(uint32, tag = "7")]
+    pub lapses: u32,
+    #[prost(string, tag = "8")]
+    pub queue: String,
+    /// JSON result once succeeded.
+    #[prost(string, tag = "9")]
+    pub result: String,
+    #[prost(message, optional, tag = "10")]
+    pub failure: Option<FailureRecord>,
+    #[prost(string, tag = "11")]
+    pub worker: String,
+    #[prost(uint64, tag = "12")]
+    pub ready_ms: UnixMs,
+    #[prost(uint64, tag = "13")]
+    pub started_ms: UnixMs,
+    #[prost(uint64, tag = "14")]
+    pub finished_ms: UnixMs,
+    /// While SCHEDULED: when the step becomes ready.
+    #[prost(uint64, tag = "15")]
+    pub not_before_ms: UnixMs,
+    /// In-body slots held by the current attempt.
+    #[prost(message, repeated, tag = "16")]
+    pub in_body: Vec<InBodyHold>,
+}
+
+impl StepRecord {
+    pub fn signature(&self) -> &Signature {
+        // Every stored step has a signature; the default keeps readers total.
+        static EMPTY: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
+        self.signature
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Signature::default))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.signature().name
+    }
+}
+
+/// The persisted state of one chain: its spec, its progress and the slots
+/// it holds. Every transition rewrites the whole record in one batch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChainRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(enumeration = "ChainState", tag = "2")]
+    pub state: i32,
+    #[prost(message, repeated, tag = "3")]
+    pub steps: Vec<StepRecord>,
+    #[prost(message, repeated, tag = "4")]
+    pub on_success: Vec<StepRecord>,
+    #[prost(message, repeated, tag = "5")]
+    pub on_failure: Vec<StepRecord>,
+    #[prost(btree_map = "string, string", tag = "6")]
+    pub context: BTreeMap<String, String>,
+    #[prost(bool, tag = "7")]
+    pub heavy: bool,
+    #[prost(uint64, tag = "8")]
+    pub created_ms: UnixMs,
+    #[prost(uint64, tag = "9")]
+    pub finished_ms: UnixMs,
+    #[prost(uint64, tag = "10")]
+    pub deadline_ms: UnixMs,
+    /// The phase whose step `cursor` is current.
+    #[prost(enumeration = "Phase", tag = "11")]
+    pub phase: i32,
+    #[prost(uint32, tag = "12")]
+    pub cursor: u32,
+    /// The last main step's result, once all main steps succeeded.
+    #[prost(string, tag = "13")]
+    pub result: String,
+    /// What made the chain fail (fed to on_failure).
+    #[prost(message, optional, tag = "14")]
+    pub failure: Option<FailureRecord>,
+    #[prost(string, tag = "15")]
+    pub cancel_reason: String,
+    #[prost(string, tag = "16")]
+    pub idempotency_key: String,
+    #[prost(string, tag = "17")]
+    pub unique_key: String,
+    /// Chain-scoped throttle slots this chain holds until it ends.
+    #[prost(message, repeated, tag = "18")]
+    pub chain_holds: Vec<Identity>,
+}
+
+/// Where a step sits inside its chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepAt {
+    pub phase: Phase,
+    pub index: usize,
+}
+
+impl ChainRecord {
+    /// Builds the record of a new chain; every step gets its task id now.
+    pub fn new(id: String, spec: ChainSpec, now: UnixMs) -> Self {
+        let steps = |sigs: Vec<Signature>| {
+            sigs.into_iter()
+                .map(|sig| StepRecord {
+                    task_id: new_id(),
+                    signature: Some(sig),
+                    state: StepState::Pending as i32,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        ChainRecord {
+            id,
+            state: ChainState::Running as i32,
+            steps: steps(spec.steps),
+            on_success: steps(spec.on_success),
+            on_failure: steps(spec.on_failure),
+            context: spec.context,
+            heavy: spec.heavy,
+            created_ms: now,
+            deadline_ms: spec.deadline_ms,
+            phase: Phase::Main as i32,
+            cursor: 0,
+            idempotency_key: spec.idempotency_key,
+            unique_key: spec.unique_key,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state() != ChainState::Running
+    }
+
+    pub fn steps_of(&self, phase: Phase) -> &[StepRecord] {
+        match phase {
+            Phase::OnSuccess => &self.on_success,
+            Phase::OnFailure => &self.on_failure,
+            _ => &self.steps,
+        }
+    }
+
+    pub fn steps_of_mut(&mut self, phase: Phase) -> &mut Vec<StepRecord> {
+        match phase {
+            Phase::OnSuccess => &mut self.on_success,
+            Phase::OnFailure => &mut self.on_failure,
+            _ => &mut self.steps,
+        }
+    }
+
+    pub fn step(&self, at: StepAt) -> &StepRecord {
+        &self.steps_of(at.phase)[at.index]
+    }
+
+    pub fn step_mut(&mut self, at: StepAt) -> &mut StepRecord {
+        &mut self.steps_of_mut(at.phase)[at.index]
+    }
+
+    /// The step whose turn it is while the chain runs.
+    pub fn current(&self) -> StepAt {
+        StepAt {
+            phase: self.phase(),
+            index: usize::try_from(self.cursor).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Every step with its position, in order: main, on_success, on_failure.
+    pub fn all_steps(&self) -> impl Iterator<Item = (StepAt, &StepRecord)> {
+        [Phase::Main, Phase::OnSuccess, Phase::OnFailure]
+            .into_iter()
+            .flat_map(move |phase| {
+                self.steps_of(phase)
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, s)| (StepAt { phase, index }, s))
+            })
+    }
+
+    /// The value a mutable (`.s`) step receives as its first argument: the
+    /// previous step's result, the last main result for on_success, or the
+    /// failure record for on_failure.
+    pub fn carried_value(&self, at: StepAt) -> Option<serde_json::Value> {
+        let parse = |text: &str| {
+            if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+            }
+        };
+        if at.index > 0 {
+            return Some(parse(&self.steps_of(at.phase)[at.index - 1].result));
+        }
+        match at.phase {
+            Phase::OnSuccess => Some(parse(&self.result)),
+            Phase::OnFailure => self.failure.as_ref().map(failure_json),
+            _ => None,
+        }
+    }
+}
+
+/// The failure record as the JSON object a mutable on_failure step receives.
+pub fn failure_json(f: &FailureRecord) -> serde_json::Value {
+    serde_json::json!({
+        "chain_id": f.chain_id,
+        "phase": phase_name(f.phase()),
+        "step_index": f.step_index,
+        "task_name": f.task_name,
+        "task_id": f.task_id,
+        "attempt": f.attempt,
+        "error_type": f.error_type,
+        "message": f.message,
+        "traceback": f.traceback,
+    })
+}
+
+pub fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::OnSuccess => "on_success",
+        Phase::OnFailure => "on_failure",
+        _ => "main",
+    }
+}
+
+/// A task's options with every default applied: the signature's own value,
+/// else the task name's registered default, else the broker's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Effective {
+    pub queue: String,
+    pub throttle: Option<Throttle>,
+    pub max_retries: u32,
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    pub max_polls: u32,
+    pub timeout_ms: u64,
+    pub countdown_ms: u64,
+    pub eta_ms: UnixMs,
+    pub priority: i32,
+}
+
+pub const GENERAL_QUEUE: &str = "general";
+pub const HEAVY_QUEUE: &str = "heavy";
+
+impl Effective {
+    /// Resolves options; `chain_heavy` is the chain-level heavy flag, which
+    /// applies to every step (Celery applied it to the first only).
+    pub fn resolve(own: Option<&Options>, defaults: Option<&Options>, chain_heavy: bool) -> Self {
+        let empty = Options::default();
+        let own = own.unwrap_or(&empty);
+        let def = defaults.unwrap_or(&empty);
+        let heavy = own.heavy || def.heavy || chain_heavy;
+        let queue = if !own.queue.is_empty() {
+            own.queue.clone()
+        } else if !def.queue.is_empty() {
+            def.queue.clone()
+        } else if heavy {
+            HEAVY_QUEUE.to_owned()
+        } else {
+            GENERAL_QUEUE.to_owned()
+        };
+        Effective {
+            queue,
+            throttle: own.throttle.clone().or_else(|| def.throttle.clone()),
+            max_retries: own.max_retries.or(def.max_retries).unwrap_or(0),
+            retry_backoff_ms: own
+                .retry_backoff_ms
+                .or(def.retry_backoff_ms)
+                .unwrap_or(1000),
+            retry_backoff_max_ms: own
+                .retry_backoff_max_ms
+                .or(def.retry_backoff_max_ms)
+                .unwrap_or(60_000),
+            max_polls: own.max_polls.or(def.max_polls).unwrap_or(100),
+            timeout_ms: own.timeout_ms.or(def.timeout_ms).unwrap_or(0),
+            countdown_ms: if own.countdown_ms > 0 {
+                own.countdown_ms
+            } else {
+                def.countdown_ms
+            },
+            eta_ms: own.eta_unix_ms,
+            priority: if own.priority != 0 {
+                own.priority
+            } else {
+                def.priority
+            },
+        }
+    }
+
+    /// Delay before retry number `retry` (1-based): exponential, capped.
+    pub fn backoff(&self, retry: u32) -> u64 {
+        let shift = retry.saturating_sub(1).min(32);
+        self.retry_backoff_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.retry_backoff_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_precedence_explicit_then_heavy_then_general() {
+        let explicit = Options {
+            queue: "io".into(),
+            heavy: true,
+            ..Default::default()
+        };
+        assert_eq!(Effective::resolve(Some(&explicit), None, true).queue, "io");
+        let heavy = Options {
+            heavy: true,
+            ..Default::default()
+        };
+        assert_eq!(Effective::resolve(Some(&heavy), None, false).queue, "heavy");
+        assert_eq!(Effective::resolve(None, Some(&heavy), false).queue, "heavy");
+        assert_eq!(Effective::resolve(None, None, true).queue, "heavy");
+        assert_eq!(Effective::resolve(None, None, false).queue, "general");
+    }
+
+    #[test]
+    fn signature_options_override_task_defaults() {
+        let own = Options {
+            max_retries: Some(0),
+            ..Default::default()
+        };
+        let def = Options {
+            max_retries: Some(5),
+            max_polls: Some(7),
+            ..Default::default()
+        };
+        let e = Effective::resolve(Some(&own), Some(&def), false);
+        assert_eq!(e.max_retries, 0);
+        assert_eq!(e.max_polls, 7);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut e = Effective::resolve(None, None, false);
+        e.retry_backoff_ms = 100;
+        e.retry_backoff_max_ms = 1000;
+        assert_eq!(
+            [e.backoff(1), e.backoff(2), e.backoff(3), e.backoff(5)],
+            [100, 200, 400, 1000]
+        );
+        assert_eq!(e.backoff(200), 1000);
+    }
+
+    #[test]
+    fn identity_defaults_key_and_shares_across_names() {
+        let t = Throttle {
+            key: String::new(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Identity::of("demo.slow", &t),
+            Identity {
+                task_name: "demo.slow".into(),
+                key: "*".into()
+            }
+        );
+        let s = Throttle {
+            key: "tenant:1".into(),
+            shared: true,
+            ..Default::default()
+        };
+        assert_eq!(Identity::of("a", &s), Identity::of("b", &s));
+    }
+
+    #[test]
+    fn carried_value_follows_phase() {
+        let sig = |n: &str| Signature {
+            name: n.into(),
+            args: "[]".into(),
+            kwargs: "{}".into(),
+            ..Default::default()
+        };
+        let spec = ChainSpec {
+            steps: vec![sig("a"), sig("b")],
+            on_success: vec![sig("ok")],
+            on_failure: vec![sig("err")],
+            heavy: false,
+            context: BTreeMap::new(),
+            idempotency_key: String::new(),
+            unique_key: String::new(),
+            deadline_ms: 0,
+        };
+        let mut c = ChainRecord::new("c".into(), spec, 1);
+        c.steps[0].result = "41".into();
+        c.result = "\"done\"".into();
+        c.failure = Some(FailureRecord {
+            error_type: "E".into(),
+            ..Default::default()
+        });
+        let at = |phase, index| StepAt { phase, index };
+        assert_eq!(c.carried_value(at(Phase::Main, 0)), None);
+        assert_eq!(
+            c.carried_value(at(Phase::Main, 1)),
+            Some(serde_json::json!(41))
+        );
+        assert_eq!(
+            c.carried_value(at(Phase::OnSuccess, 0)),
+            Some(serde_json::json!("done"))
+        );
+        assert_eq!(
+            c.carried_value(at(Phase::OnFailure, 0)).unwrap()["error_type"],
+            "E"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The worker conversation, in domain terms (the edge maps it to protobuf).
+// ---------------------------------------------------------------------------
+
+/// One attempt of one task.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub task_id: String,
+    pub attempt: u32,
+}
+
+/// What a worker says when its stream opens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerHello {
+    pub name: String,
+    pub queues: Vec<String>,
+    /// Task names it runs, with their default options.
+    pub tasks: Vec<(String, Options)>,
+    pub concurrency: u32,
+    /// Attempts it still runs from an earlier stream.
+    pub held: Vec<TaskRef>,
+}
+
+/// How a run ended, as the worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// JSON result (already validated).
+    Success(String),
+    Failure {
+        error_type: String,
+        message: String,
+        traceback: String,
+        retryable: bool,
+    },
+    RetryLater {
+        delay_ms: u64,
+        message: String,
+    },
+}
+
+/// Messages from a worker after its hello.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FromWorker {
+    Outcome {
+        task: TaskRef,
+        outcome: RunOutcome,
+    },
+    /// Extends the listed leases, or all of the worker's when empty.
+    Heartbeat {
+        tasks: Vec<TaskRef>,
+    },
+    Acquire {
+        request_id: u64,
+        task: TaskRef,
+        throttle: Throttle,
+    },
+    Release {
+        request_id: u64,
+        task: TaskRef,
+    },
+    Drain,
+    Goodbye,
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    pub task: TaskRef,
+    pub chain_id: String,
+    pub at: StepAt,
+    pub name: String,
+    pub args: String,
+    pub kwargs: String,
+    pub context: BTreeMap<String, String>,
+    pub queue: String,
+    pub lease_deadline_ms: UnixMs,
+    pub timeout_ms: u64,
+    pub polls: u32,
+    pub retries: u32,
+}
+
+/// Messages to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToWorker {
+    Welcome {
+        worker_id: String,
+        lease_ms: u64,
+        kept: Vec<TaskRef>,
+        lost: Vec<TaskRef>,
+    },
+    Assign(Box<Assignment>),
+    Cancel {
+        task: TaskRef,
+        reason: String,
+    },
+    Ack {
+        task: TaskRef,
+        accepted: bool,
+        reason: String,
+    },
+    Granted {
+        request_id: u64,
+    },
+    Error {
+        request_id: u64,
+        task: Option<TaskRef>,
+        message: String,
+    },
+}
+
+/// A change of a chain, for watchers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainEvent {
+    pub kind: &'static str,
+    pub at: Option<StepAt>,
+    pub chain: ChainRecord,
+}

@@ -1,0 +1,1716 @@
+//! The scheduler's state and its transitions.
+//!
+//! [`Core`] owns every live chain, the ready queues, the throttle slots,
+//! the leases, the timers and the connected workers. It is driven by one
+//! task (see `mod.rs`), one command at a time, so no transition races
+//! another. Each transition mutates memory, marks the chains it touched
+//! dirty and queues its effects (replies, messages to workers, events).
+//! [`Core::commit`] then writes the dirty chains as one atomic batch and
+//! tags the effects with that write's sequence number; they leave only once
+//! the write is durable. That single rule gives the ordering guarantees: a
+//! step is assigned only after the previous step's success is on disk, a
+//! client hears OK only for a stored chain, a worker is acked only for a
+//! stored outcome.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::queues::Queues;
+use super::throttle::{Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
+use super::{Error, QueueStats, Submitted, WorkerStats};
+use crate::domain::*;
+use crate::store::{Batch, Recovered, Store};
+
+/// How many times a run may be lost (lease lapsed) before the step fails
+/// with "WorkerLost", so a task that kills its workers cannot loop forever.
+pub const MAX_LAPSES: u32 = 10;
+
+/// Something to do once the writes it depends on are durable.
+pub enum Effect {
+    /// Sends to a connected worker (dropped if it is gone by then).
+    ToWorker { worker_id: String, msg: ToWorker },
+    /// Sends an event to a chain's watchers; `last` closes their streams.
+    Watch {
+        chain_id: String,
+        event: Box<ChainEvent>,
+        last: bool,
+    },
+    /// Any other deferred reply (a oneshot send, a watch snapshot).
+    Run(Box<dyn FnOnce() + Send>),
+}
+
+/// Why a submission was deduplicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dedup {
+    IdempotencyKey,
+    UniqueKey,
+}
+
+/// One attempt out on a worker.
+#[derive(Debug, Clone)]
+struct Run {
+    chain_id: String,
+    at: StepAt,
+    attempt: u32,
+    /// None while its worker is disconnected (the lease still runs).
+    worker: Option<String>,
+    lease_deadline: UnixMs,
+    /// The task-scoped declared throttle slot this run holds.
+    declared: Option<Identity>,
+    timed_out: bool,
+}
+
+/// A connected worker.
+pub struct WorkerConn {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub names: HashSet<String>,
+    pub concurrency: u32,
+    pub in_flight: BTreeSet<String>,
+    pub draining: bool,
+    pub connected_ms: UnixMs,
+    tx: mpsc::Sender<ToWorker>,
+}
+
+impl WorkerConn {
+    fn free(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        usize::try_from(self.concurrency)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.in_flight.len())
+    }
+}
+
+/// What to do when a throttle waiter is granted its slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ticket {
+    /// A declared task-scoped throttle: the task enters its queue.
+    Enqueue { task_id: String },
+    /// A chain-scoped throttle: the chain holds the slot, the task enters
+    /// its queue.
+    ChainHold { chain_id: String, task_id: String },
+    /// An in-body request of a running attempt: tell its worker.
+    InBody {
+        worker_id: String,
+        task: TaskRef,
+        request_id: u64,
+    },
+}
+
+impl Ticket {
+    fn task_id(&self) -> &str {
+        match self {
+            Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => task_id,
+            Ticket::InBody { task, .. } => &task.task_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A scheduled step becomes ready (stale if the step moved on).
+    Ready { task_id: String, at: UnixMs },
+    /// Check whether a run's lease lapsed (re-armed if it was extended).
+    Lease { task_id: String, attempt: u32 },
+    /// A run's time limit.
+    Timeout { task_id: String, attempt: u32 },
+    /// A chain's deadline.
+    Deadline { chain_id: String },
+}
+
+pub struct Core {
+    store: Store,
+    lease_ms: u64,
+    chains: HashMap<String, ChainRecord>,
+    /// task id → (chain id, position), for every step of a live chain.
+    tasks: HashMap<String, (String, StepAt)>,
+    /// unique key → chain id, for chains not ended.
+    unique: HashMap<String, String>,
+    /// Idempotency keys written in the current, not yet applied batch.
+    idempotency_pending: HashMap<String, String>,
+    queues: Queues,
+    timers: BTreeMap<(UnixMs, u64), Timer>,
+    timer_seq: u64,
+    throttles: Throttles<Ticket>,
+    workers: BTreeMap<String, WorkerConn>,
+    /// Round-robin start for dispatch, so free workers share the work.
+    rr: usize,
+    runs: HashMap<String, Run>,
+    task_defaults: HashMap<String, Options>,
+    watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
+    // The transition under way.
+    batch: Batch,
+    dirty: BTreeSet<String>,
+    effects: Vec<Effect>,
+    /// Sequence number of the last applied batch.
+    pub written: u64,
+}
+
+impl Core {
+    /// Rebuilds the scheduler from what the store recovered.
+    pub fn recover(store: Store, lease_ms: u64, recovered: Recovered, now: UnixMs) -> Self {
+        let mut core = Core {
+            store,
+            lease_ms,
+            chains: HashMap::new(),
+            tasks: HashMap::new(),
+            unique: HashMap::new(),
+            idempotency_pending: HashMap::new(),
+            queues: Queues::default(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            throttles: Throttles::default(),
+            workers: BTreeMap::new(),
+            rr: 0,
+            runs: HashMap::new(),
+            task_defaults: recovered.task_defaults.into_iter().collect(),
+            watchers: HashMap::new(),
+            batch: Batch::new(),
+            dirty: BTreeSet::new(),
+            effects: Vec::new(),
+            written: 0,
+        };
+        for (identity, limit) in recovered.limits {
+            core.throttles.set_override(identity, Some(limit));
+        }
+        for corrupt in &recovered.corrupt {
+            tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
+        }
+        for chain in recovered.live_chains {
+            core.index_chain(chain);
+        }
+        // First every slot that was held, so that waiting work re-queued
+        // below cannot overtake it; then the waiting work, oldest first.
+        let ids: Vec<String> = core.chains.keys().cloned().collect();
+        let mut waiting = Vec::new();
+        for chain_id in &ids {
+            let rec = &core.chains[chain_id];
+            let holds = rec.chain_holds.clone();
+            let mut running = Vec::new();
+            let mut scheduled = Vec::new();
+            for (at, step) in rec.all_steps() {
+                let current = !rec.is_ended() && rec.current() == at;
+                match step.state() {
+                    StepState::Running => running.push(at),
+                    StepState::Throttled | StepState::Ready if current => {
+                        waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+                    }
+                    StepState::Scheduled if current => {
+                        scheduled.push((step.not_before_ms, step.task_id.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            for (when, task_id) in scheduled {
+                core.add_timer(when, Timer::Ready { task_id, at: when });
+            }
+            for identity in holds {
+                let concurrency = core.throttles.limit(&identity);
+                let info = HolderInfo {
+                    since: now,
+                    worker: String::new(),
+                };
+                core.throttles
+                    .hold(identity, concurrency, Holder::Chain(chain_id.clone()), info);
+            }
+            for at in running {
+                core.restore_run(chain_id, at, now);
+            }
+            if !rec_is_ended(&core.chains[chain_id]) && core.chains[chain_id].deadline_ms > 0 {
+                let when = core.chains[chain_id].deadline_ms;
+                core.add_timer(
+                    when,
+                    Timer::Deadline {
+                        chain_id: chain_id.clone(),
+                    },
+                );
+            }
+        }
+        waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, _, chain_id, at) in waiting {
+            core.make_ready(&chain_id, at, now);
+        }
+        core
+    }
+
+    fn index_chain(&mut self, chain: ChainRecord) {
+        for (at, step) in chain.all_steps() {
+            self.tasks
+                .insert(step.task_id.clone(), (chain.id.clone(), at));
+        }
+        if !chain.is_ended() && !chain.unique_key.is_empty() {
+            self.unique
+                .insert(chain.unique_key.clone(), chain.id.clone());
+        }
+        self.chains.insert(chain.id.clone(), chain);
+    }
+
+    /// A run that was out when the broker stopped: its slots are held again
+    /// and its worker gets a fresh lease to reconnect and claim it.
+    fn restore_run(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[chain_id];
+        let step = rec.step(at);
+        let task_id = step.task_id.clone();
+        let eff = self.effective(rec, at);
+        let declared = eff
+            .throttle
+            .as_ref()
+            .filter(|t| t.scope() != ThrottleScope::Chain)
+            .map(|t| (Identity::of(step.name(), t), t.concurrency));
+        let in_body: Vec<InBodyHold> = step.in_body.clone();
+        let attempt = step.attempts;
+        let info = HolderInfo {
+            since: now,
+            worker: step.worker.clone(),
+        };
+        if let Some((identity, concurrency)) = &declared {
+            self.throttles.hold(
+                identity.clone(),
+                *concurrency,
+                Holder::Task(task_id.clone()),
+                info.clone(),
+            );
+        }
+        for hold in in_body {
+            if let Some(identity) = hold.identity {
+                let concurrency = self.throttles.limit(&identity);
+                let holder = Holder::InBody {
+                    task_id: task_id.clone(),
+                    request_id: hold.request_id,
+                };
+                self.throttles
+                    .hold(identity, concurrency, holder, info.clone());
+            }
+        }
+        let lease_deadline = now + self.lease_ms;
+        self.runs.insert(
+            task_id.clone(),
+            Run {
+                chain_id: chain_id.to_owned(),
+                at,
+                attempt,
+                worker: None,
+                lease_deadline,
+                declared: declared.map(|(i, _)| i),
+                timed_out: false,
+            },
+        );
+        self.add_timer(lease_deadline, Timer::Lease { task_id, attempt });
+    }
+
+    // -----------------------------------------------------------------
+    // Transactions: commit and effects
+    // -----------------------------------------------------------------
+
+    /// Writes the transition's dirty chains as one atomic batch. Returns the
+    /// effects with the sequence number they wait for.
+    ///
+    /// # Errors
+    /// A store error: the batch (and the effects) stay pending and are
+    /// retried with the next commit.
+    pub fn commit(&mut self) -> Result<(u64, Vec<Effect>), crate::store::Error> {
+        for chain_id in std::mem::take(&mut self.dirty) {
+            if let Some(rec) = self.chains.get(&chain_id) {
+                let live = !rec.is_ended() || self.has_runs(rec);
+                self.batch.put_chain(rec, live);
+            }
+        }
+        if !self.batch.is_empty() {
+            self.store.apply(&self.batch)?;
+            self.batch = Batch::new();
+            self.idempotency_pending.clear();
+            self.written += 1;
+        }
+        Ok((self.written, std::mem::take(&mut self.effects)))
+    }
+
+    fn touch(&mut self, chain_id: &str) {
+        self.dirty.insert(chain_id.to_owned());
+    }
+
+    fn emit(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    fn send_worker(&mut self, worker_id: &str, msg: ToWorker) {
+        self.emit(Effect::ToWorker {
+            worker_id: worker_id.to_owned(),
+            msg,
+        });
+    }
+
+    fn event(&mut self, chain_id: &str, kind: &'static str, at: Option<StepAt>) {
+        if !self.watchers.contains_key(chain_id) {
+            return;
+        }
+        if let Some(chain) = self.chains.get(chain_id) {
+            let last = chain.is_ended();
+            let event = Box::new(ChainEvent {
+                kind,
+                at,
+                chain: chain.clone(),
+            });
+            self.emit(Effect::Watch {
+                chain_id: chain_id.to_owned(),
+                event,
+                last,
+            });
+        }
+    }
+
+    /// Delivers an effect whose writes are durable.
+    pub fn deliver(&mut self, effect: Effect) {
+        match effect {
+            Effect::Run(f) => f(),
+            Effect::ToWorker { worker_id, msg } => {
+                let Some(worker) = self.workers.get(&worker_id) else {
+                    return;
+                };
+                if let Err(e) = worker.tx.try_send(msg) {
+                    // A worker that does not read its stream must not stall
+                    // the broker: it is dropped as if its connection broke,
+                    // and its leases run out unless it comes back.
+                    tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
+                    self.worker_gone(&worker_id, false, domain_now());
+                }
+            }
+            Effect::Watch {
+                chain_id,
+                event,
+                last,
+            } => {
+                if let Some(list) = self.watchers.get_mut(&chain_id) {
+                    list.retain(|tx| tx.try_send((*event).clone()).is_ok());
+                    if last || list.is_empty() {
+                        self.watchers.remove(&chain_id);
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Timers
+    // -----------------------------------------------------------------
+
+    fn add_timer(&mut self, at: UnixMs, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    pub fn next_timer(&self) -> Option<UnixMs> {
+        self.timers.first_key_value().map(|((at, _), _)| *at)
+    }
+
+    /// Fires every timer due by `now`.
+    pub fn fire_timers(&mut self, now: UnixMs) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                Timer::Ready { task_id, at } => self.on_ready_timer(&task_id, at, now),
+                Timer::Lease { task_id, attempt } => self.on_lease_timer(&task_id, attempt, now),
+                Timer::Timeout { task_id, attempt } => self.on_timeout(&task_id, attempt),
+                Timer::Deadline { chain_id } => self.on_deadline(&chain_id, now),
+            }
+        }
+    }
+
+    fn on_ready_timer(&mut self, task_id: &str, at_ms: UnixMs, now: UnixMs) {
+        let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let rec = &self.chains[&chain_id];
+        let step = rec.step(at);
+        if rec.is_ended() || step.state() != StepState::Scheduled || step.not_before_ms != at_ms {
+            return;
+        }
+        self.make_ready(&chain_id, at, now);
+        self.touch(&chain_id);
+    }
+
+    fn on_lease_timer(&mut self, task_id: &str, attempt: u32, now: UnixMs) {
+        let Some(run) = self.runs.get(task_id) else {
+            return;
+        };
+        if run.attempt != attempt {
+            return;
+        }
+        if run.lease_deadline > now {
+            let when = run.lease_deadline;
+            self.add_timer(
+                when,
+                Timer::Lease {
+                    task_id: task_id.to_owned(),
+                    attempt,
+                },
+            );
+            return;
+        }
+        tracing::warn!(task.id = %task_id, attempt, "lease lapsed; the task goes back to its queue");
+        self.lose_run(task_id, "lease lapsed", now);
+    }
+
+    fn on_timeout(&mut self, task_id: &str, attempt: u32) {
+        let Some(run) = self.runs.get_mut(task_id) else {
+            return;
+        };
+        if run.attempt != attempt {
+            return;
+        }
+        run.timed_out = true;
+        if let Some(worker) = run.worker.clone() {
+            let task = TaskRef {
+                task_id: task_id.to_owned(),
+                attempt,
+            };
+            self.send_worker(
+                &worker,
+                ToWorker::Cancel {
+                    task,
+                    reason: "time limit exceeded".into(),
+                },
+            );
+        }
+    }
+
+    fn on_deadline(&mut self, chain_id: &str, now: UnixMs) {
+        let Some(rec) = self.chains.get(chain_id) else {
+            return;
+        };
+        if rec.is_ended() || rec.phase() != Phase::Main {
+            return;
+        }
+        let at = rec.current();
+        let step = rec.step(at);
+        let record = FailureRecord {
+            chain_id: chain_id.to_owned(),
+            phase: at.phase as i32,
+            step_index: u32::try_from(at.index).unwrap_or(u32::MAX),
+            task_name: step.name().to_owned(),
+            task_id: step.task_id.clone(),
+            attempt: step.attempts,
+            error_type: "DeadlineExceeded".into(),
+            message: format!("the chain's deadline ({}) passed", rec.deadline_ms),
+            traceback: String::new(),
+        };
+        let task_id = step.task_id.clone();
+        self.stop_step(
+            chain_id,
+            at,
+            "chain deadline passed",
+            StepState::Failed,
+            now,
+        );
+        self.chains
+            .get_mut(chain_id)
+            .expect("live chain")
+            .step_mut(at)
+            .failure = Some(record.clone());
+        self.event(chain_id, "step_failed", Some(at));
+        let _ = task_id;
+        self.fail_chain(chain_id, record, now);
+        self.touch(chain_id);
+    }
+
+    // -----------------------------------------------------------------
+    // Submission and client requests
+    // -----------------------------------------------------------------
+
+    pub fn submit(
+        &mut self,
+        spec: ChainSpec,
+        reply: oneshot::Sender<Result<Submitted, Error>>,
+        now: UnixMs,
+    ) {
+        let dedup = |chain_id: String, dedup| {
+            Ok(Submitted {
+                chain_id,
+                dedup: Some(dedup),
+            })
+        };
+        if !spec.idempotency_key.is_empty() {
+            let known = match self.idempotency_pending.get(&spec.idempotency_key) {
+                Some(id) => Ok(Some(id.clone())),
+                None => self.store.idempotent_chain(&spec.idempotency_key),
+            };
+            match known {
+                Ok(Some(id)) => return self.reply(reply, dedup(id, Dedup::IdempotencyKey)),
+                Ok(None) => {}
+                Err(e) => return self.reply(reply, Err(Error::Store(e.to_string()))),
+            }
+        }
+        if let Some(id) = self
+            .unique
+            .get(&spec.unique_key)
+            .filter(|_| !spec.unique_key.is_empty())
+        {
+            let id = id.clone();
+            return self.reply(reply, dedup(id, Dedup::UniqueKey));
+        }
+        let chain_id = new_id();
+        if !spec.idempotency_key.is_empty() {
+            self.batch
+                .put_idempotency_key(&spec.idempotency_key, &chain_id);
+            self.idempotency_pending
+                .insert(spec.idempotency_key.clone(), chain_id.clone());
+        }
+        let chain = ChainRecord::new(chain_id.clone(), spec, now);
+        if chain.deadline_ms > 0 {
+            self.add_timer(
+                chain.deadline_ms,
+                Timer::Deadline {
+                    chain_id: chain_id.clone(),
+                },
+            );
+        }
+        self.index_chain(chain);
+        self.start_step(
+            &chain_id,
+            StepAt {
+                phase: Phase::Main,
+                index: 0,
+            },
+            now,
+        );
+        self.touch(&chain_id);
+        tracing::debug!(chain.id = %chain_id, "chain submitted");
+        self.reply(
+            reply,
+            Ok(Submitted {
+                chain_id,
+                dedup: None,
+            }),
+        );
+    }
+
+    fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
+        self.emit(Effect::Run(Box::new(move || {
+            let _ = reply.send(value);
+        })));
+    }
+
+    /// A chain's record, from memory if live, else from the store.
+    pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
+        if let Some(rec) = self.chains.get(chain_id) {
+            return Ok(rec.clone());
+        }
+        match self.store.chain(chain_id) {
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => Err(Error::NotFound(format!("chain {chain_id} not found"))),
+            Err(e) => Err(Error::Store(e.to_string())),
+        }
+    }
+
+    pub fn get(&mut self, chain_id: &str, reply: oneshot::Sender<Result<ChainRecord, Error>>) {
+        let result = self.chain(chain_id);
+        self.reply(reply, result);
+    }
+
+    pub fn watch(
+        &mut self,
+        chain_id: &str,
+        tx: mpsc::Sender<ChainEvent>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) {
+        match self.chain(chain_id) {
+            Err(e) => self.reply(reply, Err(e)),
+            Ok(chain) => {
+                if !chain.is_ended() {
+                    self.watchers
+                        .entry(chain_id.to_owned())
+                        .or_default()
+                        .push(tx.clone());
+                }
+                let event = ChainEvent {
+                    kind: "snapshot",
+                    at: None,
+                    chain,
+                };
+                self.emit(Effect::Run(Box::new(move || {
+                    let _ = tx.try_send(event);
+                })));
+                self.reply(reply, Ok(()));
+            }
+        }
+    }
+
+    pub fn cancel(
+        &mut self,
+        chain_id: &str,
+        reason: String,
+        reply: oneshot::Sender<Result<ChainState, Error>>,
+        now: UnixMs,
+    ) {
+        let rec = match self.chains.get(chain_id) {
+            Some(rec) => rec,
+            None => {
+                let result = self.chain(chain_id).map(|c| c.state());
+                return self.reply(reply, result);
+            }
+        };
+        if rec.is_ended() {
+            let state = rec.state();
+            return self.reply(reply, Ok(state));
+        }
+        let phase = rec.phase();
+        let len = rec.steps_of(phase).len();
+        for index in 0..len {
+            let at = StepAt { phase, index };
+            let reason = format!("chain cancelled: {reason}");
+            self.stop_step(chain_id, at, &reason, StepState::Cancelled, now);
+        }
+        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        rec.state = ChainState::Cancelled as i32;
+        rec.cancel_reason = reason;
+        rec.finished_ms = now;
+        self.chain_ended(chain_id);
+        self.event(chain_id, "chain_cancelled", None);
+        self.touch(chain_id);
+        tracing::info!(chain.id = %chain_id, "chain cancelled");
+        self.reply(reply, Ok(ChainState::Cancelled));
+    }
+
+    /// Takes a step out of play: a waiting one leaves its queue, timer or
+    /// throttle line and takes `state`; a pending one takes `state`; a
+    /// running one is told to stop and keeps RUNNING (and its slots) until
+    /// its run ends, so a body still running never loses its slot.
+    fn stop_step(
+        &mut self,
+        chain_id: &str,
+        at: StepAt,
+        reason: &str,
+        state: StepState,
+        now: UnixMs,
+    ) {
+        let step = self.chains[chain_id].step(at);
+        let task_id = step.task_id.clone();
+        match step.state() {
+            StepState::Running => {
+                if let Some((worker, attempt)) = self
+                    .runs
+                    .get(&task_id)
+                    .and_then(|r| r.worker.clone().map(|w| (w, r.attempt)))
+                {
+                    let task = TaskRef {
+                        task_id: task_id.clone(),
+                        attempt,
+                    };
+                    self.send_worker(
+                        &worker,
+                        ToWorker::Cancel {
+                            task,
+                            reason: reason.to_owned(),
+                        },
+                    );
+                }
+            }
+            StepState::Succeeded | StepState::Failed | StepState::Cancelled => {}
+            StepState::Ready
+            | StepState::Throttled
+            | StepState::Scheduled
+            | StepState::Pending
+            | StepState::Unspecified => {
+                self.queues.remove(&task_id);
+                let gone = self
+                    .throttles
+                    .remove_waiters(|w| w.ticket.task_id() == task_id);
+                debug_assert!(gone.len() <= 1);
+                let step = self
+                    .chains
+                    .get_mut(chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.state = state as i32;
+                step.finished_ms = now;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Step lifecycle
+    // -----------------------------------------------------------------
+
+    fn effective(&self, rec: &ChainRecord, at: StepAt) -> Effective {
+        let sig = rec.step(at).signature();
+        Effective::resolve(
+            sig.options.as_ref(),
+            self.task_defaults.get(&sig.name),
+            rec.heavy,
+        )
+    }
+
+    /// The step's turn has come: it waits for its countdown/ETA or becomes
+    /// ready.
+    fn start_step(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        rec.phase = at.phase as i32;
+        rec.cursor = u32::try_from(at.index).unwrap_or(u32::MAX);
+        let rec = &self.chains[chain_id];
+        let eff = self.effective(rec, at);
+        let not_before = (now + eff.countdown_ms).max(eff.eta_ms);
+        if not_before > now {
+            self.schedule(chain_id, at, not_before);
+        } else {
+            self.make_ready(chain_id, at, now);
+        }
+    }
+
+    fn schedule(&mut self, chain_id: &str, at: StepAt, when: UnixMs) {
+        let step = self
+            .chains
+            .get_mut(chain_id)
+            .expect("live chain")
+            .step_mut(at);
+        step.state = StepState::Scheduled as i32;
+        step.not_before_ms = when;
+        let task_id = step.task_id.clone();
+        self.add_timer(when, Timer::Ready { task_id, at: when });
+    }
+
+    /// The step may run as soon as its throttle (if any) grants a slot.
+    fn make_ready(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[chain_id];
+        let eff = self.effective(rec, at);
+        let step = rec.step(at);
+        let task_id = step.task_id.clone();
+        let Some(throttle) = eff.throttle else {
+            return self.enqueue(chain_id, at, now);
+        };
+        let identity = Identity::of(step.name(), &throttle);
+        let chain_scoped = throttle.scope() == ThrottleScope::Chain;
+        if chain_scoped && rec.chain_holds.contains(&identity) {
+            return self.enqueue(chain_id, at, now);
+        }
+        let step = self
+            .chains
+            .get_mut(chain_id)
+            .expect("live chain")
+            .step_mut(at);
+        step.state = StepState::Throttled as i32;
+        step.ready_ms = now;
+        let (holder, ticket) = if chain_scoped {
+            (
+                Holder::Chain(chain_id.to_owned()),
+                Ticket::ChainHold {
+                    chain_id: chain_id.to_owned(),
+                    task_id: task_id.clone(),
+                },
+            )
+        } else {
+            (Holder::Task(task_id.clone()), Ticket::Enqueue { task_id })
+        };
+        let grants = self.throttles.wait(
+            identity,
+            throttle.concurrency,
+            Waiter {
+                holder,
+                since: now,
+                ticket,
+            },
+        );
+        self.apply_grants(grants, now);
+    }
+
+    fn enqueue(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[chain_id];
+        let eff = self.effective(rec, at);
+        let step = self
+            .chains
+            .get_mut(chain_id)
+            .expect("live chain")
+            .step_mut(at);
+        step.state = StepState::Ready as i32;
+        step.ready_ms = now;
+        step.queue = eff.queue.clone();
+        let name = step.name().to_owned();
+        let task_id = step.task_id.clone();
+        self.queues
+            .push(&eff.queue, &name, eff.priority, &task_id, now);
+    }
+
+    /// Acts on throttle grants, and on grants that their effects cause.
+    fn apply_grants(&mut self, grants: Vec<Grant<Ticket>>, now: UnixMs) {
+        let mut work: VecDeque<Grant<Ticket>> = grants.into();
+        while let Some(Grant { identity, waiter }) = work.pop_front() {
+            match waiter.ticket {
+                Ticket::Enqueue { task_id } => {
+                    if let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() {
+                        self.enqueue(&chain_id, at, now);
+                        self.touch(&chain_id);
+                    }
+                }
+                Ticket::ChainHold { chain_id, task_id } => {
+                    if let Some((_, at)) = self.tasks.get(&task_id).cloned() {
+                        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+                        rec.chain_holds.push(identity);
+                        self.enqueue(&chain_id, at, now);
+                        self.touch(&chain_id);
+                    }
+                }
+                Ticket::InBody {
+                    worker_id,
+                    task,
+                    request_id,
+                } => {
+                    let current = self
+                        .runs
+                        .get(&task.task_id)
+                        .filter(|r| r.attempt == task.attempt)
+                        .map(|r| r.chain_id.clone());
+                    if let Some(chain_id) = current {
+                        let at = self.runs[&task.task_id].at;
+                        let hold = InBodyHold {
+                            identity: Some(identity),
+                            request_id,
+                        };
+                        let step = self
+                            .chains
+                            .get_mut(&chain_id)
+                            .expect("live chain")
+                            .step_mut(at);
+                        step.in_body.push(hold);
+                        self.touch(&chain_id);
+                        self.send_worker(&worker_id, ToWorker::Granted { request_id });
+                    } else {
+                        // The run ended while it waited: hand the slot on.
+                        work.extend(self.throttles.release(&identity, &waiter.holder));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns ready tasks to workers with free concurrency, round-robin.
+    pub fn dispatch(&mut self, now: UnixMs) {
+        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.rr = (self.rr + 1) % ids.len();
+        let mut idle = vec![false; ids.len()];
+        loop {
+            let mut progress = false;
+            for i in 0..ids.len() {
+                let k = (self.rr + i) % ids.len();
+                if idle[k] {
+                    continue;
+                }
+                let worker = &self.workers[&ids[k]];
+                if worker.free() == 0 {
+                    idle[k] = true;
+                    continue;
+                }
+                match self.queues.pop_for(&worker.queues, &worker.names) {
+                    Some(task_id) => {
+                        self.assign(&ids[k], &task_id, now);
+                        progress = true;
+                    }
+                    None => idle[k] = true,
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn assign(&mut self, worker_id: &str, task_id: &str, now: UnixMs) {
+        let (chain_id, at) = self.tasks[task_id].clone();
+        let rec = &self.chains[&chain_id];
+        let eff = self.effective(rec, at);
+        let carried = if rec.step(at).signature().immutable {
+            None
+        } else {
+            rec.carried_value(at)
+        };
+        let worker_name = self.workers[worker_id].name.clone();
+        let lease_deadline = now + self.lease_ms;
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+        let context = rec.context.clone();
+        let step = rec.step_mut(at);
+        step.state = StepState::Running as i32;
+        step.attempts += 1;
+        step.worker = worker_name.clone();
+        step.started_ms = now;
+        step.in_body.clear();
+        let attempt = step.attempts;
+        let sig = step.signature().clone();
+        let declared = eff
+            .throttle
+            .as_ref()
+            .filter(|t| t.scope() != ThrottleScope::Chain)
+            .map(|t| Identity::of(&sig.name, t));
+        if let Some(identity) = &declared {
+            self.throttles.set_worker(
+                identity,
+                &Holder::Task(task_id.to_owned()),
+                &worker_name,
+                now,
+            );
+        }
+        let assignment = Assignment {
+            task: TaskRef {
+                task_id: task_id.to_owned(),
+                attempt,
+            },
+            chain_id: chain_id.clone(),
+            at,
+            name: sig.name.clone(),
+            args: with_carried(&sig.args, carried),
+            kwargs: sig.kwargs.clone(),
+            context,
+            queue: eff.queue.clone(),
+            lease_deadline_ms: lease_deadline,
+            timeout_ms: eff.timeout_ms,
+            polls: step.polls,
+            retries: step.retries,
+        };
+        self.runs.insert(
+            task_id.to_owned(),
+            Run {
+                chain_id: chain_id.clone(),
+                at,
+                attempt,
+                worker: Some(worker_id.to_owned()),
+                lease_deadline,
+                declared,
+                timed_out: false,
+            },
+        );
+        self.workers
+            .get_mut(worker_id)
+            .expect("connected worker")
+            .in_flight
+            .insert(task_id.to_owned());
+        self.add_timer(
+            lease_deadline,
+            Timer::Lease {
+                task_id: task_id.to_owned(),
+                attempt,
+            },
+        );
+        if eff.timeout_ms > 0 {
+            self.add_timer(
+                now + eff.timeout_ms,
+                Timer::Timeout {
+                    task_id: task_id.to_owned(),
+                    attempt,
+                },
+            );
+        }
+        self.send_worker(worker_id, ToWorker::Assign(Box::new(assignment)));
+        self.event(&chain_id, "step_started", Some(at));
+        self.touch(&chain_id);
+    }
+
+    /// Ends a run: frees its worker's concurrency and every slot it holds.
+    fn end_run(&mut self, task_id: &str, now: UnixMs) -> Option<Run> {
+        let run = self.runs.remove(task_id)?;
+        if let Some(worker) = run.worker.as_ref().and_then(|w| self.workers.get_mut(w)) {
+            worker.in_flight.remove(task_id);
+        }
+        let mut grants = Vec::new();
+        if let Some(identity) = &run.declared {
+            grants.extend(
+                self.throttles
+                    .release(identity, &Holder::Task(task_id.to_owned())),
+            );
+        }
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        for hold in std::mem::take(&mut step.in_body) {
+            if let Some(identity) = hold.identity {
+                let holder = Holder::InBody {
+                    task_id: task_id.to_owned(),
+                    request_id: hold.request_id,
+                };
+                grants.extend(self.throttles.release(&identity, &holder));
+            }
+        }
+        self.throttles.remove_waiters(
+            |w| matches!(&w.ticket, Ticket::InBody { task, .. } if task.task_id == task_id),
+        );
+        self.apply_grants(grants, now);
+        self.touch(&run.chain_id.clone());
+        Some(run)
+    }
+
+    /// A run was lost (lease lapsed, worker said goodbye mid-run): the step
+    /// goes back to its queue with the next attempt, or fails once it was
+    /// lost too often.
+    fn lose_run(&mut self, task_id: &str, reason: &str, now: UnixMs) {
+        let Some(run) = self.end_run(task_id, now) else {
+            return;
+        };
+        if let Some(worker) = &run.worker {
+            let task = TaskRef {
+                task_id: task_id.to_owned(),
+                attempt: run.attempt,
+            };
+            self.send_worker(
+                worker,
+                ToWorker::Cancel {
+                    task,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        let chain_id = run.chain_id.clone();
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+        let superseded = rec.is_ended() || rec.current() != run.at;
+        let step = rec.step_mut(run.at);
+        step.lapses += 1;
+        step.worker.clear();
+        if superseded {
+            self.settle_superseded(&chain_id, run.at, now);
+            return;
+        }
+        if step.lapses > MAX_LAPSES {
+            let record = self.failure_of(
+                &chain_id,
+                run.at,
+                run.attempt,
+                "WorkerLost",
+                &format!("the run was lost {} times ({reason})", MAX_LAPSES + 1),
+                "",
+            );
+            let step = self
+                .chains
+                .get_mut(&chain_id)
+                .expect("live chain")
+                .step_mut(run.at);
+            step.state = StepState::Failed as i32;
+            step.failure = Some(record.clone());
+            step.finished_ms = now;
+            self.event(&chain_id, "step_failed", Some(run.at));
+            self.fail_chain(&chain_id, record, now);
+        } else {
+            self.event(&chain_id, "step_lost", Some(run.at));
+            self.make_ready(&chain_id, run.at, now);
+        }
+    }
+
+    /// A run that ended after its chain moved on (cancelled, deadline):
+    /// record how the step ended and retire the chain if nothing is out.
+    fn settle_superseded(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        let state = if rec.state() == ChainState::Cancelled {
+            StepState::Cancelled
+        } else {
+            StepState::Failed
+        };
+        let step = rec.step_mut(at);
+        if step.state() == StepState::Running {
+            step.state = state as i32;
+            step.finished_ms = now;
+        }
+        self.touch(chain_id);
+        self.retire_if_done(chain_id);
+    }
+
+    fn failure_of(
+        &self,
+        chain_id: &str,
+        at: StepAt,
+        attempt: u32,
+        error_type: &str,
+        message: &str,
+        traceback: &str,
+    ) -> FailureRecord {
+        let step = self.chains[chain_id].step(at);
+        FailureRecord {
+            chain_id: chain_id.to_owned(),
+            phase: at.phase as i32,
+            step_index: u32::try_from(at.index).unwrap_or(u32::MAX),
+            task_name: step.name().to_owned(),
+            task_id: step.task_id.clone(),
+            attempt,
+            error_type: error_type.to_owned(),
+            message: message.to_owned(),
+            traceback: traceback.to_owned(),
+        }
+    }
+
+    /// The step succeeded: the next step's turn, the next phase, or the end.
+    fn advance(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[chain_id];
+        if at.index + 1 < rec.steps_of(at.phase).len() {
+            return self.start_step(
+                chain_id,
+                StepAt {
+                    phase: at.phase,
+                    index: at.index + 1,
+                },
+                now,
+            );
+        }
+        match at.phase {
+            Phase::OnSuccess => self.finish(chain_id, ChainState::Succeeded, now),
+            Phase::OnFailure => self.finish(chain_id, ChainState::Failed, now),
+            _ => {
+                let rec = self.chains.get_mut(chain_id).expect("live chain");
+                rec.result = rec.step(at).result.clone();
+                if rec.on_success.is_empty() {
+                    self.finish(chain_id, ChainState::Succeeded, now);
+                } else {
+                    self.start_step(
+                        chain_id,
+                        StepAt {
+                            phase: Phase::OnSuccess,
+                            index: 0,
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// A step failed for good: on_failure runs once (also when on_success
+    /// failed), or the chain ends failed.
+    fn fail_chain(&mut self, chain_id: &str, record: FailureRecord, now: UnixMs) {
+        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        if rec.phase() == Phase::OnFailure {
+            return self.finish(chain_id, ChainState::Failed, now);
+        }
+        rec.failure = Some(record);
+        if rec.on_failure.is_empty() {
+            self.finish(chain_id, ChainState::Failed, now);
+        } else {
+            self.start_step(
+                chain_id,
+                StepAt {
+                    phase: Phase::OnFailure,
+                    index: 0,
+                },
+                now,
+            );
+        }
+    }
+
+    fn finish(&mut self, chain_id: &str, state: ChainState, now: UnixMs) {
+        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        rec.state = state as i32;
+        rec.finished_ms = now;
+        self.chain_ended(chain_id);
+        let kind = if state == ChainState::Succeeded {
+            "chain_succeeded"
+        } else {
+            "chain_failed"
+        };
+        tracing::debug!(chain.id = %chain_id, state = kind, "chain ended");
+        self.event(chain_id, kind, None);
+        self.touch(chain_id);
+    }
+
+    /// Bookkeeping common to every end: the unique key is free again and
+    /// the chain retires once no run of it is out.
+    fn chain_ended(&mut self, chain_id: &str) {
+        let rec = &self.chains[chain_id];
+        if !rec.unique_key.is_empty()
+            && self
+                .unique
+                .get(&rec.unique_key)
+                .is_some_and(|id| id == chain_id)
+        {
+            self.unique.remove(&rec.unique_key.clone());
+        }
+        self.retire_if_done(chain_id);
+    }
+
+    fn has_runs(&self, rec: &ChainRecord) -> bool {
+        rec.all_steps()
+            .any(|(_, s)| self.runs.contains_key(&s.task_id))
+    }
+
+    /// An ended chain with no run out releases its chain-scoped slots and
+    /// leaves memory; its record stays in the store, no longer live.
+    fn retire_if_done(&mut self, chain_id: &str) {
+        let rec = &self.chains[chain_id];
+        if !rec.is_ended() || self.has_runs(rec) {
+            return;
+        }
+        let mut rec = self.chains.remove(chain_id).expect("live chain");
+        let mut grants = Vec::new();
+        for identity in std::mem::take(&mut rec.chain_holds) {
+            grants.extend(
+                self.throttles
+                    .release(&identity, &Holder::Chain(chain_id.to_owned())),
+            );
+        }
+        self.throttles.remove_waiters(
+            |w| matches!(&w.ticket, Ticket::ChainHold { chain_id: c, .. } if c == chain_id),
+        );
+        for (_, step) in rec.all_steps() {
+            self.tasks.remove(&step.task_id);
+        }
+        self.batch.put_chain(&rec, false);
+        self.dirty.remove(chain_id);
+        // Watchers still get the final event: it was queued with the chain.
+        self.apply_grants(grants, domain_now());
+    }
+
+    // -----------------------------------------------------------------
+    // Workers
+    // -----------------------------------------------------------------
+
+    pub fn connect(
+        &mut self,
+        hello: WorkerHello,
+        tx: mpsc::Sender<ToWorker>,
+        now: UnixMs,
+    ) -> String {
+        let worker_id = new_id();
+        for (name, defaults) in &hello.tasks {
+            if self.task_defaults.get(name) != Some(defaults) {
+                self.batch.put_task_defaults(name, defaults);
+                self.task_defaults.insert(name.clone(), defaults.clone());
+            }
+        }
+        let mut conn = WorkerConn {
+            name: hello.name.clone(),
+            queues: hello.queues,
+            names: hello.tasks.into_iter().map(|(n, _)| n).collect(),
+            concurrency: hello.concurrency,
+            in_flight: BTreeSet::new(),
+            draining: false,
+            connected_ms: now,
+            tx,
+        };
+        let (mut kept, mut lost) = (Vec::new(), Vec::new());
+        for task in hello.held {
+            match self
+                .runs
+                .get_mut(&task.task_id)
+                .filter(|r| r.attempt == task.attempt)
+            {
+                Some(run) => {
+                    if let Some(old) = run.worker.replace(worker_id.clone())
+                        && let Some(old) = self.workers.get_mut(&old)
+                    {
+                        old.in_flight.remove(&task.task_id);
+                    }
+                    run.lease_deadline = now + self.lease_ms;
+                    if let Some(identity) = run.declared.clone() {
+                        self.throttles.set_worker(
+                            &identity,
+                            &Holder::Task(task.task_id.clone()),
+                            &conn.name,
+                            now,
+                        );
+                    }
+                    conn.in_flight.insert(task.task_id.clone());
+                    kept.push(task);
+                }
+                None => lost.push(task),
+            }
+        }
+        tracing::info!(worker.id = %worker_id, worker.name = %conn.name, kept = kept.len(), lost = lost.len(), "worker connected");
+        self.workers.insert(worker_id.clone(), conn);
+        let lease_ms = self.lease_ms;
+        self.send_worker(
+            &worker_id,
+            ToWorker::Welcome {
+                worker_id: worker_id.clone(),
+                lease_ms,
+                kept,
+                lost,
+            },
+        );
+        worker_id
+    }
+
+    pub fn on_worker_message(&mut self, worker_id: &str, msg: FromWorker, now: UnixMs) {
+        if !self.workers.contains_key(worker_id) {
+            return;
+        }
+        match msg {
+            FromWorker::Outcome { task, outcome } => self.outcome(worker_id, task, outcome, now),
+            FromWorker::Heartbeat { tasks } => {
+                let lease = now + self.lease_ms;
+                let all = tasks.is_empty();
+                let listed: HashSet<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+                for task_id in &self.workers[worker_id].in_flight {
+                    if (all || listed.contains(task_id.as_str()))
+                        && let Some(run) = self.runs.get_mut(task_id)
+                    {
+                        run.lease_deadline = lease;
+                    }
+                }
+            }
+            FromWorker::Acquire {
+                request_id,
+                task,
+                throttle,
+            } => self.acquire(worker_id, request_id, task, throttle, now),
+            FromWorker::Release { request_id, task } => {
+                self.release(worker_id, request_id, task, now)
+            }
+            FromWorker::Drain => {
+                if let Some(w) = self.workers.get_mut(worker_id) {
+                    w.draining = true;
+                }
+            }
+            FromWorker::Goodbye => self.worker_gone(worker_id, true, now),
+        }
+    }
+
+    /// The run this worker holds for `task`, if it is current.
+    fn current_run(&self, worker_id: &str, task: &TaskRef) -> Option<&Run> {
+        self.runs
+            .get(&task.task_id)
+            .filter(|r| r.attempt == task.attempt && r.worker.as_deref() == Some(worker_id))
+    }
+
+    fn outcome(&mut self, worker_id: &str, task: TaskRef, outcome: RunOutcome, now: UnixMs) {
+        if self.current_run(worker_id, &task).is_none() {
+            tracing::info!(task.id = %task.task_id, attempt = task.attempt, "rejected an outcome for an assignment that is not current");
+            let reason =
+                "the assignment is not current (lease lapsed, reassigned or finished)".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Ack {
+                    task,
+                    accepted: false,
+                    reason,
+                },
+            );
+        }
+        let run = self.end_run(&task.task_id, now).expect("current run");
+        self.send_worker(
+            worker_id,
+            ToWorker::Ack {
+                task: task.clone(),
+                accepted: true,
+                reason: String::new(),
+            },
+        );
+        let (chain_id, at) = (run.chain_id.clone(), run.at);
+        let rec = &self.chains[&chain_id];
+        if rec.is_ended() || rec.current() != at {
+            return self.settle_superseded(&chain_id, at, now);
+        }
+        let outcome = if run.timed_out && !matches!(outcome, RunOutcome::Success(_)) {
+            RunOutcome::Failure {
+                error_type: "TimeLimitExceeded".into(),
+                message: "the run exceeded its time limit".into(),
+                traceback: String::new(),
+                retryable: true,
+            }
+        } else {
+            outcome
+        };
+        let eff = self.effective(rec, at);
+        match outcome {
+            RunOutcome::Success(result) => {
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.state = StepState::Succeeded as i32;
+                step.result = if result.is_empty() {
+                    "null".into()
+                } else {
+                    result
+                };
+                step.finished_ms = now;
+                self.event(&chain_id, "step_succeeded", Some(at));
+                self.advance(&chain_id, at, now);
+            }
+            RunOutcome::Failure {
+                error_type,
+                message,
+                traceback,
+                retryable,
+            } => {
+                let record = self.failure_of(
+                    &chain_id,
+                    at,
+                    run.attempt,
+                    &error_type,
+                    &message,
+                    &traceback,
+                );
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.failure = Some(record.clone());
+                if retryable && step.retries < eff.max_retries {
+                    step.retries += 1;
+                    let delay = eff.backoff(step.retries);
+                    self.schedule(&chain_id, at, now + delay);
+                    self.event(&chain_id, "step_retrying", Some(at));
+                } else {
+                    step.state = StepState::Failed as i32;
+                    step.finished_ms = now;
+                    self.event(&chain_id, "step_failed", Some(at));
+                    self.fail_chain(&chain_id, record, now);
+                }
+            }
+            RunOutcome::RetryLater { delay_ms, message } => {
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.polls += 1;
+                if step.polls > eff.max_polls {
+                    let msg = format!(
+                        "{} polls exceeded the budget of {}: {message}",
+                        step.polls, eff.max_polls
+                    );
+                    let record = self.failure_of(
+                        &chain_id,
+                        at,
+                        run.attempt,
+                        "PollBudgetExhausted",
+                        &msg,
+                        "",
+                    );
+                    let step = self
+                        .chains
+                        .get_mut(&chain_id)
+                        .expect("live chain")
+                        .step_mut(at);
+                    step.state = StepState::Failed as i32;
+                    step.failure = Some(record.clone());
+                    step.finished_ms = now;
+                    self.event(&chain_id, "step_failed", Some(at));
+                    self.fail_chain(&chain_id, record, now);
+                } else {
+                    self.schedule(&chain_id, at, now + delay_ms);
+                    self.event(&chain_id, "step_polling", Some(at));
+                }
+            }
+        }
+        self.touch(&chain_id);
+    }
+
+    fn acquire(
+        &mut self,
+        worker_id: &str,
+        request_id: u64,
+        task: TaskRef,
+        throttle: Throttle,
+        now: UnixMs,
+    ) {
+        let Some(run) = self.current_run(worker_id, &task) else {
+            let message = "throttle request for an assignment this worker does not hold".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Error {
+                    request_id,
+                    task: Some(task),
+                    message,
+                },
+            );
+        };
+        let name = self.chains[&run.chain_id].step(run.at).name().to_owned();
+        let identity = Identity::of(&name, &throttle);
+        let holder = Holder::InBody {
+            task_id: task.task_id.clone(),
+            request_id,
+        };
+        if self.throttles.holds(&identity, &holder) {
+            // A repeated request (after a reconnect) for a slot it holds.
+            return self.send_worker(worker_id, ToWorker::Granted { request_id });
+        }
+        self.throttles.remove_waiters(|w| w.holder == holder);
+        let ticket = Ticket::InBody {
+            worker_id: worker_id.to_owned(),
+            task,
+            request_id,
+        };
+        let grants = self.throttles.wait(
+            identity,
+            throttle.concurrency,
+            Waiter {
+                holder,
+                since: now,
+                ticket,
+            },
+        );
+        self.apply_grants(grants, now);
+    }
+
+    fn release(&mut self, worker_id: &str, request_id: u64, task: TaskRef, now: UnixMs) {
+        let Some(run) = self.current_run(worker_id, &task).cloned() else {
+            let message = "throttle release for an assignment this worker does not hold".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Error {
+                    request_id,
+                    task: Some(task),
+                    message,
+                },
+            );
+        };
+        let holder = Holder::InBody {
+            task_id: task.task_id.clone(),
+            request_id,
+        };
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        let Some(pos) = step.in_body.iter().position(|h| h.request_id == request_id) else {
+            // Not granted yet: withdraw the request.
+            self.throttles.remove_waiters(|w| w.holder == holder);
+            return;
+        };
+        let hold = step.in_body.remove(pos);
+        self.touch(&run.chain_id);
+        if let Some(identity) = hold.identity {
+            let grants = self.throttles.release(&identity, &holder);
+            self.apply_grants(grants, now);
+        }
+    }
+
+    /// The worker's stream ended. After a Goodbye (`clean`) its runs are
+    /// released at once; after a broken stream they keep their leases, so
+    /// a worker that reconnects in time keeps them and a crashed one loses
+    /// them when the lease lapses, never earlier.
+    pub fn worker_gone(&mut self, worker_id: &str, clean: bool, now: UnixMs) {
+        let Some(conn) = self.workers.remove(worker_id) else {
+            return;
+        };
+        tracing::info!(worker.id = %worker_id, worker.name = %conn.name, clean, in_flight = conn.in_flight.len(), "worker disconnected");
+        self.throttles.remove_waiters(
+            |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if id == worker_id),
+        );
+        for task_id in conn.in_flight {
+            if let Some(run) = self.runs.get_mut(&task_id) {
+                run.worker = None;
+            }
+            if clean {
+                self.lose_run(&task_id, "worker left", now);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Inspection and admin
+    // -----------------------------------------------------------------
+
+    pub fn queue_stats(&self, now: UnixMs) -> Vec<QueueStats> {
+        let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for (queue, depth) in self.queues.depths() {
+            let s = stats
+                .entry(queue.clone())
+                .or_insert_with(|| QueueStats::named(&queue));
+            s.ready = depth.ready;
+            s.oldest_ready_age_ms = depth.oldest_ready_ms.map_or(0, |t| now.saturating_sub(t));
+        }
+        for rec in self.chains.values() {
+            for (at, step) in rec.all_steps() {
+                let field = match step.state() {
+                    StepState::Scheduled if !rec.is_ended() => 0,
+                    StepState::Throttled if !rec.is_ended() => 1,
+                    StepState::Running => 2,
+                    _ => continue,
+                };
+                let queue = if step.queue.is_empty() {
+                    self.effective(rec, at).queue
+                } else {
+                    step.queue.clone()
+                };
+                let s = stats
+                    .entry(queue.clone())
+                    .or_insert_with(|| QueueStats::named(&queue));
+                match field {
+                    0 => s.delayed += 1,
+                    1 => s.throttled += 1,
+                    _ => s.running += 1,
+                }
+            }
+        }
+        stats.into_values().collect()
+    }
+
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerStats {
+                worker_id: id.clone(),
+                name: w.name.clone(),
+                queues: w.queues.clone(),
+                task_names: {
+                    let mut names: Vec<String> = w.names.iter().cloned().collect();
+                    names.sort();
+                    names
+                },
+                concurrency: w.concurrency,
+                in_flight: w
+                    .in_flight
+                    .iter()
+                    .filter_map(|t| {
+                        self.runs.get(t).map(|r| TaskRef {
+                            task_id: t.clone(),
+                            attempt: r.attempt,
+                        })
+                    })
+                    .collect(),
+                draining: w.draining,
+                connected_ms: w.connected_ms,
+            })
+            .collect()
+    }
+
+    pub fn throttle_info(&self) -> Vec<(SlotInfo, Vec<String>)> {
+        self.throttles
+            .info()
+            .into_iter()
+            .map(|info| {
+                let chains = info
+                    .holders
+                    .iter()
+                    .map(|(h, _)| match h {
+                        Holder::Chain(c) => c.clone(),
+                        Holder::Task(t) | Holder::InBody { task_id: t, .. } => self
+                            .tasks
+                            .get(t)
+                            .map(|(c, _)| c.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                (info, chains)
+            })
+            .collect()
+    }
+
+    pub fn set_limit(&mut self, identity: Identity, limit: Option<u32>, now: UnixMs) {
+        self.batch.put_limit(&identity, limit);
+        let grants = self.throttles.set_override(identity, limit);
+        self.apply_grants(grants, now);
+    }
+}
+
+fn rec_is_ended(rec: &ChainRecord) -> bool {
+    rec.is_ended()
+}
+
+fn domain_now() -> UnixMs {
+    now_ms()
+}
+
+/// Prepends the carried value to a JSON array of arguments.
+fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
+    let Some(value) = carried else {
+        return args.to_owned();
+    };
+    let mut list: Vec<serde_json::Value> = serde_json::from_str(args).unwrap_or_default();
+    list.insert(0, value);
+    serde_json::Value::Array(list).to_string()
+}

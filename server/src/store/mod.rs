@@ -1,0 +1,370 @@
+//! The durable store: sled trees behind domain operations.
+//!
+//! Trees (one per collection):
+//! - `chains`: chain id → [`ChainRecord`] (prost), every chain ever stored;
+//! - `live`: chain id → empty, the chains recovery must load (not ended, or
+//!   ended with a run still out), so a restart never scans finished history;
+//! - `idempotency`: idempotency key → chain id;
+//! - `limits`: throttle identity → admin limit (u32, big-endian);
+//! - `task_defaults`: task name → default `Options` registered by workers.
+//!
+//! A state transition is one [`Batch`], applied atomically across trees in a
+//! sled transaction. Applying a batch makes it visible but not durable:
+//! [`Store::flush`] makes everything applied so far durable. sled 0.34's own
+//! flush ends in `sync_file_range`, which does not flush the device's write
+//! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
+//! store's data file. The scheduler calls `flush` from one task and groups
+//! every transition applied meanwhile into it (group commit).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::domain::{ChainRecord, Identity, Options};
+
+/// Errors of the store. All of them mean the disk or the data directory is
+/// in trouble; the scheduler stops acknowledging until a flush succeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key:?} in tree {tree}: {source}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("store i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes of one state transition, applied atomically by [`Store::apply`].
+#[derive(Default)]
+pub struct Batch {
+    chains: sled::Batch,
+    live: sled::Batch,
+    idempotency: sled::Batch,
+    limits: sled::Batch,
+    defaults: sled::Batch,
+    empty: bool,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            empty: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Stores a chain; `live` says whether recovery must load it.
+    pub fn put_chain(&mut self, chain: &ChainRecord, live: bool) {
+        self.empty = false;
+        self.chains
+            .insert(chain.id.as_bytes(), chain.encode_to_vec());
+        if live {
+            self.live.insert(chain.id.as_bytes(), &[]);
+        } else {
+            self.live.remove(chain.id.as_bytes());
+        }
+    }
+
+    pub fn put_idempotency_key(&mut self, key: &str, chain_id: &str) {
+        self.empty = false;
+        self.idempotency.insert(key.as_bytes(), chain_id.as_bytes());
+    }
+
+    /// Sets (`Some`) or clears (`None`) the admin limit of an identity.
+    pub fn put_limit(&mut self, identity: &Identity, limit: Option<u32>) {
+        self.empty = false;
+        let key = identity.encode_to_vec();
+        match limit {
+            Some(limit) => self.limits.insert(key, &limit.to_be_bytes()),
+            None => self.limits.remove(key),
+        }
+    }
+
+    pub fn put_task_defaults(&mut self, name: &str, defaults: &Options) {
+        self.empty = false;
+        self.defaults
+            .insert(name.as_bytes(), defaults.encode_to_vec());
+    }
+}
+
+/// What [`Store::recover`] hands the scheduler at start.
+#[derive(Default)]
+pub struct Recovered {
+    pub live_chains: Vec<ChainRecord>,
+    pub limits: Vec<(Identity, u32)>,
+    pub task_defaults: Vec<(String, Options)>,
+    /// Records that could not be decoded: reported, skipped, left on disk.
+    pub corrupt: Vec<String>,
+}
+
+/// The sled database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    chains: sled::Tree,
+    live: sled::Tree,
+    idempotency: sled::Tree,
+    limits: sled::Tree,
+    defaults: sled::Tree,
+    /// sled's data file, fdatasync'ed after every flush.
+    data_file: Arc<(PathBuf, File)>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// When sled cannot open the directory or its data file cannot be opened.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let db = sled::Config::new().path(dir).open()?;
+        let path = dir.join("db");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            chains: db.open_tree("chains")?,
+            live: db.open_tree("live")?,
+            idempotency: db.open_tree("idempotency")?,
+            limits: db.open_tree("limits")?,
+            defaults: db.open_tree("task_defaults")?,
+            data_file: Arc::new((path, file)),
+            db,
+        })
+    }
+
+    /// Applies a batch atomically across trees (visible, not yet durable).
+    ///
+    /// # Errors
+    /// When sled fails to write (for example the disk is full).
+    pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
+        let trees = (
+            &self.chains,
+            &self.live,
+            &self.idempotency,
+            &self.limits,
+            &self.defaults,
+        );
+        trees
+            .transaction(|(chains, live, idem, limits, defaults)| {
+                chains.apply_batch(&batch.chains)?;
+                live.apply_batch(&batch.live)?;
+                idem.apply_batch(&batch.idempotency)?;
+                limits.apply_batch(&batch.limits)?;
+                defaults.apply_batch(&batch.defaults)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => Error::Sled(e),
+                TransactionError::Abort(()) => Error::Sled(sled::Error::ReportableBug(
+                    "store transaction aborted".into(),
+                )),
+            })
+    }
+
+    /// Makes every batch applied so far durable: sled's flush, then an
+    /// fdatasync of its data file.
+    ///
+    /// # Errors
+    /// When either step fails; nothing is durable past the last success.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await?;
+        let file = Arc::clone(&self.data_file);
+        tokio::task::spawn_blocking(move || {
+            file.1
+                .sync_data()
+                .map_err(|source| (file.0.clone(), source))
+        })
+        .await
+        .map_err(|e| Error::Io {
+            path: self.data_file.0.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|(path, source)| Error::Io { path, source })
+    }
+
+    /// The chain with this id, if stored.
+    ///
+    /// # Errors
+    /// When the record cannot be read or decoded.
+    pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
+        match self.chains.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => ChainRecord::decode(bytes.as_ref())
+                .map(Some)
+                .map_err(|e| corrupt("chains", id, e)),
+        }
+    }
+
+    /// The chain an idempotency key was first used for.
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .idempotency
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Loads what the scheduler needs to resume: live chains, limits and task
+    /// defaults. Undecodable records are listed in `corrupt`, not fatal.
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn recover(&self) -> Result<Recovered, Error> {
+        let mut out = Recovered::default();
+        for key in self.live.iter().keys() {
+            let key = key?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            match self.chain(&id) {
+                Ok(Some(chain)) => out.live_chains.push(chain),
+                Ok(None) => out.corrupt.push(format!("live chain {id} has no record")),
+                Err(e) => out.corrupt.push(e.to_string()),
+            }
+        }
+        for item in self.limits.iter() {
+            let (k, v) = item?;
+            match (
+                Identity::decode(k.as_ref()),
+                <[u8; 4]>::try_from(v.as_ref()),
+            ) {
+                (Ok(identity), Ok(bytes)) => out.limits.push((identity, u32::from_be_bytes(bytes))),
+                _ => out.corrupt.push("undecodable throttle limit".into()),
+            }
+        }
+        for item in self.defaults.iter() {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match Options::decode(v.as_ref()) {
+                Ok(options) => out.task_defaults.push((name, options)),
+                Err(e) => out.corrupt.push(format!("task defaults of {name}: {e}")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn corrupt(tree: &'static str, key: &str, source: prost::DecodeError) -> Error {
+    Error::Corrupt {
+        tree,
+        key: key.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChainSpec, Signature};
+
+    fn chain(id: &str) -> ChainRecord {
+        let sig = Signature {
+            name: "t".into(),
+            args: "[]".into(),
+            kwargs: "{}".into(),
+            ..Default::default()
+        };
+        let spec = ChainSpec {
+            steps: vec![sig],
+            on_success: vec![],
+            on_failure: vec![],
+            heavy: false,
+            context: Default::default(),
+            idempotency_key: String::new(),
+            unique_key: String::new(),
+            deadline_ms: 0,
+        };
+        ChainRecord::new(id.into(), spec, 1)
+    }
+
+    #[tokio::test]
+    async fn batch_survives_reopen_and_live_index_tracks_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put_chain(&chain("a"), true);
+            b.put_chain(&chain("b"), true);
+            b.put_idempotency_key("k", "a");
+            b.put_limit(
+                &Identity {
+                    task_name: String::new(),
+                    key: "x".into(),
+                },
+                Some(3),
+            );
+            b.put_task_defaults(
+                "t",
+                &Options {
+                    heavy: true,
+                    ..Default::default()
+                },
+            );
+            store.apply(&b).unwrap();
+            let mut b = Batch::new();
+            b.put_chain(&chain("b"), false);
+            store.apply(&b).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = reopen(dir.path());
+        let r = store.recover().unwrap();
+        assert_eq!(
+            r.live_chains
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(r.limits.len(), 1);
+        assert_eq!(r.limits[0].1, 3);
+        assert!(r.task_defaults[0].1.heavy);
+        assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
+        assert!(store.chain("b").unwrap().is_some());
+        assert!(r.corrupt.is_empty());
+    }
+
+    /// sled's background thread may hold the directory's lock for a moment
+    /// after the last handle is dropped.
+    fn reopen(dir: &Path) -> Store {
+        for _ in 0..100 {
+            if let Ok(store) = Store::open(dir) {
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Store::open(dir).unwrap()
+    }
+
+    #[test]
+    fn corrupt_live_record_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.chains.insert("bad", &[0xff, 0xff, 0xff][..]).unwrap();
+        store.live.insert("bad", &[][..]).unwrap();
+        let r = store.recover().unwrap();
+        assert!(r.live_chains.is_empty());
+        assert_eq!(r.corrupt.len(), 1);
+    }
+}
