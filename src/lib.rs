@@ -2,7 +2,31 @@
 //! heavy-task routing and leases enforced by the broker.
 //!
 //! This crate is the public API: the generated protocol ([`pb`]) and the
-//! typed Rust client.
+//! typed Rust client. Chains are built the way Celery users write them
+//! ([`Task::s`], [`Task::si`], [`Chain`]), submitted with a [`Client`] and
+//! followed to their [`ChainOutcome`].
+//!
+//! The seed's demo: `slow` and `fast` run one after the other, each with the
+//! argument `10`; the chain is stored durably once `submit` returns.
+//!
+//! ```no_run
+//! use baton::{Chain, ChainOutcome, Client, Task};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("127.0.0.1:7070").await?;
+//! let (slow, fast) = (Task::new("demo.slow"), Task::new("demo.fast"));
+//!
+//! let submitted = client.submit(Chain::new([slow.si([10]), fast.si([10])])).await?;
+//! match client.wait(&submitted.chain_id).await? {
+//!     ChainOutcome::Succeeded(result) => println!("done: {result}"),
+//!     ChainOutcome::Failed(failure) => println!("{}: {}", failure.error_type, failure.message),
+//!     ChainOutcome::Cancelled(reason) => println!("cancelled: {reason}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 /// Generated protocol types and gRPC stubs of `baton.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -12,3 +36,16 @@ pub mod pb {
     /// Encoded file descriptor set of `baton.v1`, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
+
+mod chain;
+mod client;
+mod error;
+mod millis;
+mod outcome;
+mod signature;
+
+pub use chain::{Chain, Steps};
+pub use client::{Admin, Client, Submitted};
+pub use error::{Error, Result};
+pub use outcome::{ChainError, ChainOutcome};
+pub use signature::{Args, Signature, Task, Throttle};

@@ -1,0 +1,336 @@
+//! The typed client: submit chains, follow them to their end, inspect.
+//!
+//! [`Client`] wraps the generated `Broker` and `Admin` stubs over one tonic
+//! channel, so it is cheap to clone and share between tasks. Its methods
+//! speak this crate's types ([`Chain`], [`ChainOutcome`], [`Error`]) rather
+//! than raw requests, except where the broker's own message is the answer
+//! (`pb::Chain`, `pb::QueueInfo`, ...). [`Client::wait`] is the one method
+//! with a policy of its own: it follows `WatchChain` across broker restarts,
+//! because a chain outlives a broker process but a stream does not.
+
+use std::time::Duration;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::chain::Chain;
+use crate::error::{Error, Result};
+use crate::outcome::ChainOutcome;
+use crate::pb;
+use crate::pb::admin_client::AdminClient;
+use crate::pb::broker_client::BrokerClient;
+
+/// First pause before re-opening a broken watch.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to re-open a broken watch.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A connection to a Baton broker. Clones share the connection.
+///
+/// ```no_run
+/// # async fn demo() -> baton::Result<()> {
+/// let client = baton::Client::connect("127.0.0.1:7070").await?;
+/// let submitted = client.submit(baton::Task::new("demo.fast").si([10])).await?;
+/// let result = client.wait(&submitted.chain_id).await?;
+/// # let _ = result;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: BrokerClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+/// What [`Client::submit`] got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The chain's id: the new chain's, or, when `dedup` says no chain was
+    /// stored, the earlier chain's.
+    pub chain_id: String,
+    /// Why no new chain was stored; [`pb::Dedup::Unspecified`] when one was
+    /// (also when a newer broker sends a reason this crate does not know).
+    pub dedup: pb::Dedup,
+}
+
+impl Submitted {
+    /// Whether this submission stored a new chain.
+    pub fn is_new(&self) -> bool {
+        self.dedup == pb::Dedup::Unspecified
+    }
+}
+
+impl Client {
+    /// Connects to the broker at `endpoint`: `"127.0.0.1:7070"` (plain
+    /// HTTP/2 is assumed) or a URI such as `"http://broker:7070"`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] when the endpoint is malformed or cannot be
+    /// reached.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
+        let endpoint = endpoint.into();
+        let uri = if endpoint.contains("://") {
+            endpoint
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)?.connect().await?;
+        Ok(Self::new(channel))
+    }
+
+    /// A client over an existing channel (for TLS, timeouts or a lazy
+    /// connection configured by the caller).
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            broker: BrokerClient::new(channel.clone()),
+            admin: AdminClient::new(channel),
+        }
+    }
+
+    /// Submits a chain (or a single signature, as a one-step chain). Returns
+    /// once the broker stored it durably, or found it a duplicate.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`]: `INVALID_ARGUMENT` naming the field when the chain
+    /// is malformed (nothing is stored), or a transport status such as
+    /// `UNAVAILABLE`.
+    pub async fn submit(&self, chain: impl Into<Chain>) -> Result<Submitted> {
+        let request = pb::SubmitChainRequest::from(chain.into());
+        let response = self.broker.clone().submit_chain(request).await?;
+        let response = response.into_inner();
+        Ok(Submitted {
+            dedup: response.dedup(),
+            chain_id: response.chain_id,
+        })
+    }
+
+    /// The current state of a chain and of each of its steps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], for example `NOT_FOUND` for an unknown chain.
+    pub async fn get(&self, chain_id: &str) -> Result<pb::Chain> {
+        let request = pb::GetChainRequest {
+            chain_id: chain_id.to_owned(),
+        };
+        Ok(self.broker.clone().get_chain(request).await?.into_inner())
+    }
+
+    /// Follows a chain: its current state first (kind `"snapshot"`), then
+    /// one event per change. The stream ends after the chain has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] when the watch cannot be opened (`NOT_FOUND`,
+    /// `UNAVAILABLE`, ...); the stream's items carry the errors that break
+    /// it later.
+    pub async fn watch(
+        &self,
+        chain_id: &str,
+    ) -> Result<impl Stream<Item = Result<pb::ChainEvent>> + Send + Unpin + 'static> {
+        let request = pb::WatchChainRequest {
+            chain_id: chain_id.to_owned(),
+        };
+        let events = self.broker.clone().watch_chain(request).await?;
+        Ok(events.into_inner().map(|event| event.map_err(Error::from)))
+    }
+
+    /// Cancels a chain: unstarted steps never start, running ones are told
+    /// to stop, neither callback fires. Returns the chain's state after the
+    /// call; an ended chain keeps its final state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], for example `NOT_FOUND` for an unknown chain.
+    pub async fn cancel(
+        &self,
+        chain_id: &str,
+        reason: impl Into<String>,
+    ) -> Result<pb::ChainState> {
+        let request = pb::CancelChainRequest {
+            chain_id: chain_id.to_owned(),
+            reason: reason.into(),
+        };
+        let response = self.broker.clone().cancel_chain(request).await?;
+        Ok(response.into_inner().state())
+    }
+
+    /// Waits until the chain ends and returns how it ended.
+    ///
+    /// Follows [`watch`](Self::watch). When the watch cannot be opened or
+    /// breaks because the broker is unreachable (`UNAVAILABLE`, or the
+    /// connection dropped: a broker restarting), or ends before the chain
+    /// did, it is opened again after a pause that grows from 0.1 s to 2 s.
+    /// So this waits as long as the chain runs;
+    /// [`wait_timeout`](Self::wait_timeout) bounds it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] for any other status (`NOT_FOUND` for an unknown
+    /// chain), [`Error::Json`] when the broker sends a result that is not
+    /// JSON.
+    pub async fn wait(&self, chain_id: &str) -> Result<ChainOutcome> {
+        let mut pause = WATCH_RETRY_FIRST;
+        loop {
+            if let Some(outcome) = self.follow(chain_id, &mut pause).await? {
+                return Ok(outcome);
+            }
+            tracing::debug!(chain.id = %chain_id, ?pause, "watch ended before the chain did, opening it again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(WATCH_RETRY_MAX);
+        }
+    }
+
+    /// [`wait`](Self::wait), giving up after `timeout`. Giving up does not
+    /// cancel the chain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when `timeout` passed first, otherwise those of
+    /// [`wait`](Self::wait).
+    pub async fn wait_timeout(&self, chain_id: &str, timeout: Duration) -> Result<ChainOutcome> {
+        tokio::time::timeout(timeout, self.wait(chain_id))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// One watch of `chain_id`: `Some` once the chain ended, `None` when the
+    /// watch broke in a way worth opening it again. Every event received
+    /// resets `pause`: the broker is up.
+    async fn follow(&self, chain_id: &str, pause: &mut Duration) -> Result<Option<ChainOutcome>> {
+        let mut events = match self.watch(chain_id).await {
+            Ok(events) => events,
+            Err(error) if is_transient(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) if is_transient(&error) => return Ok(None),
+                Err(error) => return Err(error),
+            };
+            *pause = WATCH_RETRY_FIRST;
+            if let Some(chain) = &event.chain
+                && let Some(outcome) = ChainOutcome::from_chain(chain)?
+            {
+                return Ok(Some(outcome));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Inspection and live limits.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            inner: self.admin.clone(),
+        }
+    }
+}
+
+/// Whether a watch that failed with `error` is worth opening again: the
+/// broker is unreachable or went away (restarting), as opposed to an answer
+/// about the chain itself.
+///
+/// That is `UNAVAILABLE`, or any status that tonic made on this side from a
+/// broken connection (it carries the transport error as its source): a
+/// broker killed mid-stream shows up as `UNKNOWN` "error reading a body from
+/// connection", not as `UNAVAILABLE`. A status the broker sent has no source.
+fn is_transient(error: &Error) -> bool {
+    error.status().is_some_and(|status| {
+        status.code() == tonic::Code::Unavailable || std::error::Error::source(status).is_some()
+    })
+}
+
+/// The broker's admin and inspection RPCs, from [`Client::admin`]. Shares
+/// the client's connection.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    inner: AdminClient<Channel>,
+}
+
+impl Admin {
+    /// Every queue with its counts of ready, delayed, throttled and running
+    /// tasks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] when the call fails.
+    pub async fn list_queues(&self) -> Result<Vec<pb::QueueInfo>> {
+        let response = self
+            .inner
+            .clone()
+            .list_queues(pb::ListQueuesRequest {})
+            .await?;
+        Ok(response.into_inner().queues)
+    }
+
+    /// Every connected worker with its queues, task names and work in
+    /// flight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] when the call fails.
+    pub async fn list_workers(&self) -> Result<Vec<pb::WorkerInfo>> {
+        let response = self
+            .inner
+            .clone()
+            .list_workers(pb::ListWorkersRequest {})
+            .await?;
+        Ok(response.into_inner().workers)
+    }
+
+    /// Every throttle identity with its limit, holders and waiters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] when the call fails.
+    pub async fn list_throttles(&self) -> Result<Vec<pb::ThrottleInfo>> {
+        let response = self
+            .inner
+            .clone()
+            .list_throttles(pb::ListThrottlesRequest {})
+            .await?;
+        Ok(response.into_inner().throttles)
+    }
+
+    /// Sets the limit of a throttle identity; waiting work honours it at
+    /// once, current holders keep their slots. A `limit` of 0 clears the
+    /// override (back to the declared concurrency).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], for example `INVALID_ARGUMENT` for a malformed
+    /// identity.
+    pub async fn set_throttle_limit(
+        &self,
+        identity: pb::ThrottleIdentity,
+        limit: u32,
+    ) -> Result<pb::ThrottleInfo> {
+        let request = pb::SetThrottleLimitRequest {
+            identity: Some(identity),
+            limit,
+        };
+        let response = self.inner.clone().set_throttle_limit(request).await?;
+        Ok(response.into_inner())
+    }
+}
+
+impl pb::ThrottleIdentity {
+    /// The identity (task name, key) of a throttle that is not shared.
+    pub fn task(task_name: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            task_name: task_name.into(),
+            key: key.into(),
+        }
+    }
+
+    /// The identity of a shared key, across task names.
+    pub fn shared(key: impl Into<String>) -> Self {
+        Self::task(String::new(), key)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,456 @@
+//! Signatures: one step of a chain, built the way Celery users write it.
+//!
+//! A [`Task`] is a named handle on a task body that lives in some worker;
+//! `task.s(args)` and `task.si(args)` turn it into a [`Signature`], the task
+//! name with its arguments and execution options, ready to be put into a
+//! [`Chain`](crate::Chain). The builder only shapes the `baton.v1` message:
+//! it validates nothing beyond what the types say, because the broker is the
+//! one place that validates a submission (and names the offending field in
+//! its `INVALID_ARGUMENT` answer).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+
+use crate::millis::{duration_ms, unix_ms};
+use crate::pb;
+
+/// A task name, as workers register it, from which signatures are made.
+///
+/// ```
+/// use baton::Task;
+/// use serde_json::json;
+///
+/// let slow = Task::new("demo.slow");
+/// let step = slow.si([10]).heavy();
+/// // After `step` in a chain, runs with `[<step's result>, "x"]`.
+/// let next = Task::new("demo.fast").s(json!(["x"]));
+/// # let _ = (step, next);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Task {
+    name: String,
+}
+
+impl Task {
+    /// A handle on the task registered under `name` (for example
+    /// `"demo.slow"`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A mutable signature (Celery's `.s`): when it runs after another step,
+    /// the previous step's result is prepended to `args` (for the first step
+    /// of `on_failure`, the failure record is).
+    pub fn s(&self, args: impl Into<Args>) -> Signature {
+        Signature::new(self.name.clone(), args.into(), false)
+    }
+
+    /// An immutable signature (Celery's `.si`): it runs with exactly `args`.
+    pub fn si(&self, args: impl Into<Args>) -> Signature {
+        Signature::new(self.name.clone(), args.into(), true)
+    }
+}
+
+/// Positional arguments of a signature: always a JSON array on the wire.
+///
+/// Built from a JSON array (`json!([10, "x"])`), a `Vec` or array of
+/// anything convertible into a [`Value`], a tuple of up to eight such
+/// values (`(10, "x")`), or `()` for no arguments.
+///
+/// A [`Value`] that is not an array is taken as the one and only argument,
+/// as Celery's `task.s(x)` would: `json!(10)` means `[10]`. To pass one
+/// argument that is itself an array, wrap it: `vec![json!([1, 2])]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Args(Vec<Value>);
+
+impl Args {
+    /// No arguments.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The arguments, in order.
+    pub fn as_slice(&self) -> &[Value] {
+        &self.0
+    }
+
+    /// The arguments as the JSON array text the contract carries.
+    fn into_json(self) -> String {
+        Value::Array(self.0).to_string()
+    }
+}
+
+impl From<Value> for Args {
+    fn from(value: Value) -> Self {
+        match value {
+            Value::Array(values) => Self(values),
+            single => Self(vec![single]),
+        }
+    }
+}
+
+impl<T: Into<Value>> From<Vec<T>> for Args {
+    fn from(values: Vec<T>) -> Self {
+        values.into_iter().collect()
+    }
+}
+
+impl<T: Into<Value>, const N: usize> From<[T; N]> for Args {
+    fn from(values: [T; N]) -> Self {
+        values.into_iter().collect()
+    }
+}
+
+impl From<()> for Args {
+    fn from((): ()) -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Into<Value>> FromIterator<T> for Args {
+    fn from_iter<I: IntoIterator<Item = T>>(values: I) -> Self {
+        Self(values.into_iter().map(Into::into).collect())
+    }
+}
+
+/// `From<(A, B, ..)> for Args`, each element converted into a [`Value`].
+macro_rules! args_from_tuple {
+    ($($ty:ident $var:ident),+) => {
+        impl<$($ty: Into<Value>),+> From<($($ty,)+)> for Args {
+            fn from(($($var,)+): ($($ty,)+)) -> Self {
+                Self(vec![$($var.into()),+])
+            }
+        }
+    };
+}
+
+args_from_tuple!(A a);
+args_from_tuple!(A a, B b);
+args_from_tuple!(A a, B b, C c);
+args_from_tuple!(A a, B b, C c, D d);
+args_from_tuple!(A a, B b, C c, D d, E e);
+args_from_tuple!(A a, B b, C c, D d, E e, F f);
+args_from_tuple!(A a, B b, C c, D d, E e, F f, G g);
+args_from_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
+
+/// A declared throttle: at most `concurrency` holders at once per identity.
+///
+/// The identity is (task name, key), with the key defaulting to `*` (one
+/// identity for the whole task name); [`shared`](Self::shared) makes the key
+/// alone the identity, across task names. The slot is held by one run of the
+/// task unless [`chain_scoped`](Self::chain_scoped), in which case the chain
+/// holds it through its remaining steps and callbacks.
+///
+/// ```
+/// use baton::Throttle;
+///
+/// // Waldur's "at most 4 resources provisioning per tenant".
+/// let per_tenant = Throttle::new(4).key("tenant:42").shared().chain_scoped();
+/// # let _ = per_tenant;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Throttle(pb::Throttle);
+
+impl Throttle {
+    /// At most `concurrency` holders at once; 0 means the broker's default,
+    /// 1. An admin limit (`Admin::set_throttle_limit`) overrides it.
+    pub fn new(concurrency: u32) -> Self {
+        Self(pb::Throttle {
+            concurrency,
+            key: String::new(),
+            shared: false,
+            scope: pb::ThrottleScope::Task.into(),
+        })
+    }
+
+    /// The throttle key (for example a tenant's id); unset means `*`.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.0.key = key.into();
+        self
+    }
+
+    /// The identity is the key alone, shared by every task name that uses
+    /// it, rather than (task name, key).
+    #[must_use]
+    pub fn shared(mut self) -> Self {
+        self.0.shared = true;
+        self
+    }
+
+    /// The slot is taken when the step is first dispatched and held by the
+    /// chain until it ends (succeeded, failed, cancelled), rather than by
+    /// one run of the task.
+    #[must_use]
+    pub fn chain_scoped(mut self) -> Self {
+        self.0.scope = pb::ThrottleScope::Chain.into();
+        self
+    }
+}
+
+impl From<Throttle> for pb::Throttle {
+    fn from(throttle: Throttle) -> Self {
+        throttle.0
+    }
+}
+
+/// One step: a task name, its arguments and its execution options.
+///
+/// Made by [`Task::s`] or [`Task::si`]; each builder method sets one field of
+/// `baton.v1.Options`. An option left unset falls back to the defaults the
+/// workers registered for the task name, then to the broker's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    name: String,
+    args: Args,
+    /// Sent verbatim; the contract wants a JSON object.
+    kwargs: Value,
+    immutable: bool,
+    options: pb::Options,
+}
+
+impl Signature {
+    fn new(name: String, args: Args, immutable: bool) -> Self {
+        Self {
+            name,
+            args,
+            kwargs: Value::Object(Map::new()),
+            immutable,
+            options: pb::Options::default(),
+        }
+    }
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the step ignores the previous step's result (`.si`).
+    pub fn is_immutable(&self) -> bool {
+        self.immutable
+    }
+
+    /// Keyword arguments, a JSON object such as `json!({"force": true})`.
+    /// Anything else is sent as it is, and the broker rejects it.
+    #[must_use]
+    pub fn kwargs(mut self, kwargs: impl Into<Value>) -> Self {
+        self.kwargs = kwargs.into();
+        self
+    }
+
+    /// Runs in this queue, whatever the heavy flags say.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.options.queue = queue.into();
+        self
+    }
+
+    /// Routes the step to the `heavy` queue (unless it names a queue).
+    #[must_use]
+    pub fn heavy(mut self) -> Self {
+        self.options.heavy = true;
+        self
+    }
+
+    /// Dispatches the step only when it can take a slot of `throttle`.
+    #[must_use]
+    pub fn throttle(mut self, throttle: Throttle) -> Self {
+        self.options.throttle = Some(throttle.into());
+        self
+    }
+
+    /// How many failures reported as retryable are retried (default 0).
+    #[must_use]
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.options.max_retries = Some(retries);
+        self
+    }
+
+    /// The first retry delay, doubled after each retry up to
+    /// [`retry_backoff_max`](Self::retry_backoff_max) (default 1 s).
+    #[must_use]
+    pub fn retry_backoff(mut self, delay: Duration) -> Self {
+        self.options.retry_backoff_ms = Some(duration_ms(delay));
+        self
+    }
+
+    /// The upper bound of the retry delay (default 60 s).
+    #[must_use]
+    pub fn retry_backoff_max(mut self, delay: Duration) -> Self {
+        self.options.retry_backoff_max_ms = Some(duration_ms(delay));
+        self
+    }
+
+    /// How many "retry later" outcomes the step may report before it fails
+    /// with `PollBudgetExhausted` (default 100).
+    #[must_use]
+    pub fn max_polls(mut self, polls: u32) -> Self {
+        self.options.max_polls = Some(polls);
+        self
+    }
+
+    /// The time limit of one run; past it the run fails (retryably) with
+    /// `TimeLimitExceeded`. `Duration::ZERO` means no limit, overriding a
+    /// limit the task's defaults declare.
+    #[must_use]
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.options.timeout_ms = Some(duration_ms(limit));
+        self
+    }
+
+    /// Delay before the step becomes ready, counted from the moment its turn
+    /// comes in the chain.
+    #[must_use]
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.options.countdown_ms = duration_ms(delay);
+        self
+    }
+
+    /// The step does not start before `eta` (the later of ETA and countdown
+    /// wins).
+    #[must_use]
+    pub fn eta(mut self, eta: SystemTime) -> Self {
+        self.options.eta_unix_ms = unix_ms(eta);
+        self
+    }
+
+    /// Higher runs first among the ready tasks of one queue (default 0).
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.options.priority = priority;
+        self
+    }
+
+    /// Free text shown in inspection.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.options.description = description.into();
+        self
+    }
+}
+
+impl From<Signature> for pb::Signature {
+    fn from(signature: Signature) -> Self {
+        let options = signature.options;
+        Self {
+            name: signature.name,
+            args: signature.args.into_json(),
+            kwargs: signature.kwargs.to_string(),
+            immutable: signature.immutable,
+            // Nothing set: leave the message out, every field is "unset".
+            options: (options != pb::Options::default()).then_some(options),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn wire(signature: Signature) -> pb::Signature {
+        signature.into()
+    }
+
+    #[test]
+    fn s_is_mutable_and_si_is_immutable() {
+        let slow = Task::new("demo.slow");
+        let mutable = wire(slow.s(json!([10])));
+        let immutable = wire(slow.si(json!([10])));
+        assert_eq!(mutable.name, "demo.slow");
+        assert!(!mutable.immutable);
+        assert!(immutable.immutable);
+        assert_eq!(mutable.args, "[10]");
+        assert_eq!(mutable.kwargs, "{}");
+        assert_eq!(mutable.options, None, "no option set, no Options sent");
+    }
+
+    #[test]
+    fn args_become_a_json_array() {
+        let task = Task::new("t");
+        let args = |args: Args| wire(task.si(args)).args;
+        assert_eq!(args(json!([10, "x"]).into()), r#"[10,"x"]"#);
+        assert_eq!(
+            args(vec![json!(1), json!({"a": null})].into()),
+            r#"[1,{"a":null}]"#
+        );
+        assert_eq!(args([1, 2, 3].into()), "[1,2,3]");
+        assert_eq!(args((10, "uuid", true).into()), r#"[10,"uuid",true]"#);
+        assert_eq!(args(().into()), "[]");
+        assert_eq!(args(Args::new()), "[]");
+        // A non-array value is the single argument, as with Celery's `.s(x)`.
+        assert_eq!(args(json!(10).into()), "[10]");
+        assert_eq!(args(json!({"a": 1}).into()), r#"[{"a":1}]"#);
+        // An array argument is passed by wrapping it.
+        assert_eq!(args(vec![json!([1, 2])].into()), "[[1,2]]");
+    }
+
+    #[test]
+    fn kwargs_are_sent_verbatim() {
+        let signature = Task::new("t").si(()).kwargs(json!({"force": true}));
+        assert_eq!(wire(signature).kwargs, r#"{"force":true}"#);
+    }
+
+    #[test]
+    fn every_option_maps_to_its_field() {
+        let eta = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let signature = Task::new("openstack.create_volume")
+            .s(["vol-1"])
+            .queue("provisioning")
+            .heavy()
+            .throttle(Throttle::new(4).key("tenant:42").shared().chain_scoped())
+            .max_retries(3)
+            .retry_backoff(Duration::from_millis(1500))
+            .retry_backoff_max(Duration::from_secs(30))
+            .max_polls(300)
+            .timeout(Duration::from_secs(600))
+            .countdown(Duration::from_secs(2))
+            .eta(eta)
+            .priority(-5)
+            .description("Create volume vol-1");
+        let expected = pb::Options {
+            queue: "provisioning".into(),
+            heavy: true,
+            throttle: Some(pb::Throttle {
+                concurrency: 4,
+                key: "tenant:42".into(),
+                shared: true,
+                scope: pb::ThrottleScope::Chain.into(),
+            }),
+            max_retries: Some(3),
+            retry_backoff_ms: Some(1500),
+            retry_backoff_max_ms: Some(30_000),
+            max_polls: Some(300),
+            timeout_ms: Some(600_000),
+            countdown_ms: 2000,
+            eta_unix_ms: 1_700_000_000_000,
+            priority: -5,
+            description: "Create volume vol-1".into(),
+        };
+        assert_eq!(wire(signature).options, Some(expected));
+    }
+
+    #[test]
+    fn a_plain_throttle_is_task_scoped_on_the_task_name() {
+        let throttle = pb::Throttle::from(Throttle::new(1));
+        assert_eq!(throttle.concurrency, 1);
+        assert_eq!(throttle.key, "");
+        assert!(!throttle.shared);
+        assert_eq!(throttle.scope(), pb::ThrottleScope::Task);
+    }
+
+    #[test]
+    fn zero_timeout_is_sent_as_an_explicit_zero() {
+        let options = wire(Task::new("t").si(()).timeout(Duration::ZERO)).options;
+        assert_eq!(options.and_then(|options| options.timeout_ms), Some(0));
+    }
+}
