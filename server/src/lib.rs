@@ -126,7 +126,15 @@ pub async fn run(
         .add_service(broker)
         .add_service(worker)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            // Stopping the scheduler first ends every worker and watch
+            // stream, which the server's graceful shutdown waits for.
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        })
         .await;
     stop.cancel();
     let _ = scheduler.await;

@@ -203,6 +203,9 @@ impl pb::worker_server::Worker for WorkerService {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
         let handle = self.handle.clone();
+        // Weak, so that the stream down ends as soon as the scheduler lets
+        // go of the worker (shutdown, or a worker that does not read).
+        let tx = tx.downgrade();
         let span = tracing::info_span!("worker", worker.id = %worker_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -232,7 +235,7 @@ impl pb::worker_server::Worker for WorkerService {
                                 task: None,
                                 message: status.message().to_owned(),
                             };
-                            if tx.try_send(error).is_err() {
+                            if tx.upgrade().is_none_or(|tx| tx.try_send(error).is_err()) {
                                 break;
                             }
                         }

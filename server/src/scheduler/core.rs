@@ -668,9 +668,9 @@ impl Core {
         rec.state = ChainState::Cancelled as i32;
         rec.cancel_reason = reason;
         rec.finished_ms = now;
-        self.chain_ended(chain_id);
         self.event(chain_id, "chain_cancelled", None);
         self.touch(chain_id);
+        self.chain_ended(chain_id);
         tracing::info!(chain.id = %chain_id, "chain cancelled");
         self.reply(reply, Ok(ChainState::Cancelled));
     }
@@ -1200,7 +1200,6 @@ impl Core {
         let rec = self.chains.get_mut(chain_id).expect("live chain");
         rec.state = state as i32;
         rec.finished_ms = now;
-        self.chain_ended(chain_id);
         let kind = if state == ChainState::Succeeded {
             "chain_succeeded"
         } else {
@@ -1209,6 +1208,7 @@ impl Core {
         tracing::debug!(chain.id = %chain_id, state = kind, "chain ended");
         self.event(chain_id, kind, None);
         self.touch(chain_id);
+        self.chain_ended(chain_id);
     }
 
     /// Bookkeeping common to every end: the unique key is free again and

@@ -1,0 +1,8 @@
+"""``python -m baton worker --app mymodule:app``: see :mod:`baton.cli`."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

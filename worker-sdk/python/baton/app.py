@@ -1,0 +1,250 @@
+"""The application object: :class:`Baton` (task registry + broker client) and :class:`Task`.
+
+As in Celery, one module-level app is shared by the code that submits work
+and the workers that run it: ``@app.task`` registers a function under a
+name, and both sides derive the same name and declared options from the same
+code. Creating the app has no side effect (no connection, no thread), so
+importing a task module is always safe.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
+
+from . import options as _options, pb
+from .canvas import Signature
+from .client import AsyncResult, BrokerClient
+from .client import AsyncResult as _AsyncResult
+from .throttle import declared_on
+
+if TYPE_CHECKING:
+    import grpc
+
+    from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_ADDRESS = "127.0.0.1:7070"
+"""Used when neither ``Baton(address)`` nor ``$BATON_ADDRESS`` names the broker."""
+
+
+def _main_module_name() -> str:
+    """The importable name of ``__main__``, so a script and its workers agree on task names.
+
+    ``python demo.py`` registers its tasks as ``demo.x`` (not ``__main__.x``),
+    the name a worker started with ``--app demo:app`` derives for them.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        name = str(spec.name)
+        return name[: -len(".__main__")] if name.endswith(".__main__") else name
+    path = getattr(main, "__file__", None)
+    if path:
+        return os.path.splitext(os.path.basename(str(path)))[0]
+    return "__main__"
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """``module.function``, the default task name (Celery's rule)."""
+    module = fn.__module__
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}.{fn.__name__}"
+
+
+class Task:
+    """A registered task: the function plus its name and declared options.
+
+    Calling the task runs the function here and now, like a Celery task; use
+    :meth:`delay` / :meth:`apply_async` to run it on a worker, and :meth:`s` /
+    :meth:`si` to use it in a chain. ``options`` are the task's declared
+    defaults (``heavy``, ``throttle``, ``max_retries``...); the worker
+    registers them with the broker, and submissions carry them too, so they
+    apply whoever submits.
+    """
+
+    def __init__(self, app: "Baton", fn: Callable[..., Any], name: str, options: Mapping[str, Any]) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options: dict[str, Any] = _options.check(options, f"task {name}")
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__module__ = fn.__module__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A mutable signature: the previous step's result is prepended to ``args``."""
+        return Signature(self.name, args, kwargs, immutable=False, app=self.app, task=self)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: runs with exactly these arguments."""
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app, task=self)
+
+    def signature(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature:
+        return Signature(
+            self.name, args, kwargs, immutable=immutable, options=options, app=self.app, task=self
+        )
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Run ``task(*args, **kwargs)`` on a worker; returns the chain handle."""
+        return self.si(*args, **kwargs).apply_async()
+
+    def apply_async(
+        self,
+        args: Optional[Iterable[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Like :meth:`delay` with options: step options (``countdown``, ``queue``,
+        ``eta``, ...) and the chain-level ones of :meth:`Chain.apply_async`."""
+        return self.signature(immutable=True).apply_async(args, kwargs, **options)
+
+
+class Baton:
+    """A Baton application: registers tasks and talks to one broker.
+
+    ``address`` is the broker's ``host:port``; it defaults to
+    ``$BATON_ADDRESS``, then ``127.0.0.1:7070`` (the broker's default), read when the first call is
+    made, and may be reassigned until then (the worker CLI's ``--broker``
+    does). TLS and token options will come with the broker's support for them.
+    ``timeout`` bounds every unary call, including the wait for an
+    unreachable broker.
+    """
+
+    def __init__(self, address: Optional[str] = None, *, timeout: float = 30.0) -> None:
+        self._address = address
+        self.timeout = timeout
+        self.tasks: dict[str, Task] = {}
+        self._client: Optional[BrokerClient] = None
+
+    def __repr__(self) -> str:
+        return f"<Baton {self.address} tasks={len(self.tasks)}>"
+
+    # -- broker address and channel --------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self._address or os.environ.get("BATON_ADDRESS") or DEFAULT_ADDRESS
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.close()
+        self._address = value
+
+    @property
+    def client(self) -> BrokerClient:
+        if self._client is None:
+            self._client = BrokerClient(self.address, self.timeout)
+        return self._client
+
+    @property
+    def channel(self) -> "grpc.Channel":
+        """The gRPC channel, for stubs of ``baton.pb`` (e.g. ``pb.AdminStub``)."""
+        return self.client.channel
+
+    def close(self) -> None:
+        """Close the channel; the next call opens a new one."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "Baton":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks ---------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> Task: ...
+
+    @overload
+    def task(
+        self, *, name: Optional[str] = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None, **options: Any
+    ) -> Union[Task, Callable[[Callable[..., Any]], Task]]:
+        """Register a task, bare (``@app.task``) or with options (``@app.task(heavy=True)``).
+
+        ``name`` defaults to ``module.function``. ``options`` are those of
+        :mod:`baton.options`, e.g. ``heavy=True``, ``queue="x"``,
+        ``throttle=1`` (the whole-task throttle), ``max_retries=3``. A
+        ``@throttle`` decorator under ``@app.task`` declares the throttle too.
+        """
+
+        def register(func: Callable[..., Any]) -> Task:
+            opts = _options.check(options, f"@app.task on {getattr(func, '__name__', func)!r}")
+            declared = declared_on(func)
+            if declared is not None and opts.get("throttle") is None:
+                opts["throttle"] = declared
+            task_name = name or default_name(func)
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ValueError(f"task name {task_name!r} is already registered")
+            task = Task(self, func, task_name, opts)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def signature(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature:
+        """A signature for a task known only by name (e.g. one a Rust worker runs)."""
+        return Signature(
+            name, args, kwargs, immutable=immutable, options=options, app=self, task=self.tasks.get(name)
+        )
+
+    # -- submitting and following ----------------------------------------------
+
+    def submit(self, request: pb.SubmitChainRequest) -> _AsyncResult:
+        """Send a prepared ``SubmitChain`` request (``chain(...).apply_async`` builds one)."""
+        return _AsyncResult._from_response(self, self.client.submit(request))
+
+    def AsyncResult(self, chain_id: str) -> _AsyncResult:  # noqa: N802 - Celery's name
+        """A handle on an existing chain by id."""
+        return _AsyncResult(self, chain_id)
+
+    # -- workers ---------------------------------------------------------------
+
+    def worker(
+        self,
+        queues: Optional[Iterable[str]] = None,
+        concurrency: int = 1,
+        *,
+        name: Optional[str] = None,
+    ) -> "Worker":
+        """A worker for this app's tasks; call ``.run()`` to serve until SIGTERM."""
+        from .worker import Worker
+
+        return Worker(self, queues=queues, concurrency=concurrency, name=name)

@@ -1,0 +1,206 @@
+"""The client side: one gRPC channel to the broker and the :class:`AsyncResult` handle.
+
+Every call is a plain ``Broker`` RPC; nothing is cached or decided here. The
+channel is opened lazily on first use, so importing a module that builds a
+``Baton`` app (as every worker does) opens no connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, cast
+
+import grpc
+
+from . import _json, pb
+from .errors import ChainCancelled, ChainFailed
+
+if TYPE_CHECKING:
+    from .app import Baton
+
+STATES = {
+    pb.CHAIN_STATE_UNSPECIFIED: "UNKNOWN",
+    pb.CHAIN_STATE_RUNNING: "RUNNING",
+    pb.CHAIN_STATE_SUCCEEDED: "SUCCEEDED",
+    pb.CHAIN_STATE_FAILED: "FAILED",
+    pb.CHAIN_STATE_CANCELLED: "CANCELLED",
+}
+"""Chain states as :meth:`AsyncResult.status` names them (the proto's, unprefixed)."""
+
+FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+PHASES = {
+    pb.PHASE_UNSPECIFIED: "",
+    pb.PHASE_MAIN: "main",
+    pb.PHASE_ON_SUCCESS: "on_success",
+    pb.PHASE_ON_FAILURE: "on_failure",
+}
+
+WATCH_SLICE = 10.0
+"""Longest a ``get()`` trusts one silent ``WatchChain`` stream before re-opening it.
+
+A stream can go quiet without an error (an idle connection dropped by a
+middlebox, an event lost by the broker); re-opening costs one snapshot and
+bounds how late ``get()`` can notice the end."""
+
+_DEDUP = {pb.DEDUP_IDEMPOTENCY_KEY: "idempotency_key", pb.DEDUP_UNIQUE_KEY: "unique_key"}
+
+
+def failure_record(record: pb.FailureRecord) -> Dict[str, Any]:
+    """A ``FailureRecord`` as the dict Python code sees (``ChainFailed.record``)."""
+    return {
+        "chain_id": record.chain_id,
+        "phase": PHASES.get(record.phase, str(record.phase)),
+        "step_index": record.step_index,
+        "task_name": record.task_name,
+        "task_id": record.task_id,
+        "attempt": record.attempt,
+        "error_type": record.error_type,
+        "message": record.message,
+        "traceback": record.traceback,
+    }
+
+
+class BrokerClient:
+    """A lazily opened channel with the Broker and Admin stubs.
+
+    Unary calls use ``wait_for_ready`` bounded by ``timeout``: a submit made
+    while the broker restarts waits for it instead of failing at once.
+    """
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._channel: Optional[grpc.Channel] = None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        with self._lock:
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(self.address)
+            return self._channel
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+    @property
+    def broker(self) -> Any:
+        return pb.BrokerStub(self.channel)
+
+    def submit(self, request: pb.SubmitChainRequest) -> pb.SubmitChainResponse:
+        response = self.broker.SubmitChain(request, timeout=self.timeout, wait_for_ready=True)
+        return cast(pb.SubmitChainResponse, response)
+
+    def get_chain(self, chain_id: str) -> pb.Chain:
+        chain = self.broker.GetChain(
+            pb.GetChainRequest(chain_id=chain_id), timeout=self.timeout, wait_for_ready=True
+        )
+        return cast(pb.Chain, chain)
+
+    def cancel(self, chain_id: str, reason: str) -> pb.CancelChainResponse:
+        response = self.broker.CancelChain(
+            pb.CancelChainRequest(chain_id=chain_id, reason=reason),
+            timeout=self.timeout,
+            wait_for_ready=True,
+        )
+        return cast(pb.CancelChainResponse, response)
+
+    def watch(self, chain_id: str, timeout: Optional[float]) -> Iterator[pb.ChainEvent]:
+        stream = self.broker.WatchChain(
+            pb.WatchChainRequest(chain_id=chain_id), timeout=timeout, wait_for_ready=True
+        )
+        return cast(Iterator[pb.ChainEvent], stream)
+
+
+class AsyncResult:
+    """A handle on a submitted chain (or single task, which is a one-step chain).
+
+    ``id`` is the chain id. :meth:`status` names the chain state the way the
+    protocol does: ``"RUNNING"``, ``"SUCCEEDED"``, ``"FAILED"`` or
+    ``"CANCELLED"`` (not Celery's PENDING/SUCCESS/FAILURE/REVOKED: a chain in
+    Baton is one of these four, and the names say so).
+    """
+
+    def __init__(self, app: "Baton", chain_id: str, dedup: Optional[str] = None) -> None:
+        self.app = app
+        self.id = chain_id
+        self.dedup = dedup
+        """``None`` for a new chain; ``"idempotency_key"`` or ``"unique_key"`` when
+        the broker returned an existing chain instead."""
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @classmethod
+    def _from_response(cls, app: "Baton", response: pb.SubmitChainResponse) -> "AsyncResult":
+        return cls(app, response.chain_id, _DEDUP.get(response.dedup))
+
+    def info(self) -> pb.Chain:
+        """The chain's full current state (``baton.pb.Chain``: steps, attempts, failure...)."""
+        return self.app.client.get_chain(self.id)
+
+    def status(self) -> str:
+        """The chain state: RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+        return STATES.get(self.info().state, "UNKNOWN")
+
+    def ready(self) -> bool:
+        """Whether the chain has ended (succeeded, failed or cancelled)."""
+        return self.status() in FINAL
+
+    def cancel(self, reason: str = "") -> str:
+        """Cancel the chain; returns its state afterwards (an ended chain is unchanged)."""
+        return STATES.get(self.app.client.cancel(self.id, reason).state, "UNKNOWN")
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Wait for the chain to end and return the last step's result.
+
+        Follows ``WatchChain`` (no polling); a dropped stream is re-opened
+        until ``timeout`` passes, and so is one silent for ``WATCH_SLICE``
+        seconds.
+
+        Raises:
+            ChainFailed: the chain failed; ``.record`` is the failure record.
+            ChainCancelled: the chain was cancelled.
+            TimeoutError: it had not ended within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = 0.1
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"chain {self.id} did not end within {timeout}s")
+            window = WATCH_SLICE if remaining is None else min(remaining, WATCH_SLICE)
+            try:
+                for event in self.app.client.watch(self.id, window):
+                    if STATES.get(event.chain.state) in FINAL:
+                        return self._final(event.chain)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue  # a silent slice: re-open at once (or time out above)
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            # The stream ended or broke before the end (broker restart): look
+            # again, after a short pause so a dead broker is not spun on.
+            pause = backoff if remaining is None else min(backoff, max(0.0, remaining))
+            time.sleep(pause)
+            backoff = min(backoff * 2, 2.0)
+
+    def _final(self, chain: pb.Chain) -> Any:
+        state = STATES.get(chain.state)
+        if state == "SUCCEEDED":
+            return _json.loads(chain.result)
+        if state == "FAILED":
+            raise ChainFailed(failure_record(chain.failure))
+        raise ChainCancelled(self.id, chain.cancel_reason)

@@ -1,0 +1,135 @@
+"""What a running task knows about itself: :class:`TaskContext` and :func:`current_task`.
+
+The worker sets a context variable around every task body (in the pool
+thread for plain functions, inside the asyncio task for coroutines), so the
+body, and helpers such as ``with throttle(...)``, find the current run
+without it being passed through every call. Context variables rather than a
+thread-local, because one thread's event loop runs many async tasks at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping, Optional, Tuple
+
+from .errors import Cancelled
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from . import pb
+
+    class SlotBroker(Protocol):
+        """What ``throttle`` needs from the worker: the in-body throttle calls."""
+
+        def acquire_blocking(self, run: "TaskKey", throttle: pb.Throttle) -> int: ...
+
+        async def acquire_async(self, run: "TaskKey", throttle: pb.Throttle) -> int: ...
+
+        def release(self, run: "TaskKey", request_id: int) -> None: ...
+
+
+TaskKey = Tuple[str, int]
+"""(task_id, attempt): one attempt of one task, the protocol's ``TaskRef``."""
+
+
+class CancelState:
+    """Set once by the worker when the broker cancels the run; read by the body."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str) -> None:
+        self.reason = reason
+        self.event.set()
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """The run a task body belongs to, as the broker assigned it.
+
+    ``context`` is the chain's opaque context map (user, request id, ...),
+    the same for every step and callback of the chain. ``attempt`` starts at
+    1 and grows with each redelivery or retry; ``polls`` and ``retries`` count
+    the step's earlier retry-later outcomes and retried failures.
+    """
+
+    name: str
+    task_id: str
+    attempt: int
+    chain_id: str
+    phase: str
+    """"main", "on_success" or "on_failure"."""
+    step_index: int
+    queue: str
+    context: Mapping[str, str]
+    polls: int = 0
+    retries: int = 0
+    timeout_ms: int = 0
+    """The run's time limit (0 = none); the broker enforces it by cancelling."""
+    _cancel: CancelState = field(default_factory=CancelState, repr=False, compare=False)
+    _slots: Optional["SlotBroker"] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.task_id, self.attempt)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the broker told this worker to stop the run."""
+        return self._cancel.event.is_set()
+
+    @property
+    def cancel_reason(self) -> str:
+        return self._cancel.reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~baton.Cancelled` if the run was cancelled.
+
+        Python threads cannot be interrupted, so a long synchronous body
+        calls this between units of work to stop early.
+        """
+        if self.cancelled:
+            raise Cancelled(self._cancel.reason or "cancelled")
+
+    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early if the run is cancelled.
+
+        A cancellable ``time.sleep`` for synchronous bodies; returns whether
+        the run was cancelled.
+        """
+        return self._cancel.event.wait(timeout)
+
+
+_current: ContextVar[TaskContext] = ContextVar("baton_current_task")
+
+
+def current_task() -> TaskContext:
+    """The context of the task run executing this code.
+
+    Raises:
+        RuntimeError: outside a task body run by a Baton worker (for
+            example when the function is called directly).
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError(
+            "current_task() called outside a task run by a Baton worker"
+        ) from None
+
+
+def enter(ctx: TaskContext) -> "Token[TaskContext]":
+    """Make ``ctx`` current (worker use only)."""
+    return _current.set(ctx)
+
+
+def leave(token: "Token[TaskContext]") -> None:
+    _current.reset(token)

@@ -1,0 +1,83 @@
+"""How a task body's ending becomes an ``Outcome``: the one place that maps Python to the protocol.
+
+* a returned value -> ``Success`` (JSON); an unencodable value is a fatal
+  ``EncodeError``, since running the task again would return it again;
+* :class:`~baton.Retry` -> ``RetryLater``;
+* :class:`~baton.Fatal` -> non-retryable ``Failure``;
+* :class:`~baton.Cancelled` -> non-retryable ``Failure`` of type ``Cancelled``;
+* any other exception -> retryable ``Failure`` with its type name, message
+  and formatted traceback (the broker decides whether ``max_retries`` allows
+  another attempt).
+"""
+
+from __future__ import annotations
+
+import traceback as _traceback
+from typing import Any, Awaitable, Callable
+
+from . import _json, pb
+from .context import TaskContext, enter, leave
+from .errors import Cancelled, Fatal, Retry
+
+
+def failure(error_type: str, message: str, traceback: str = "", retryable: bool = False) -> pb.Outcome:
+    return pb.Outcome(
+        failure=pb.Failure(
+            error_type=error_type, message=message, traceback=traceback, retryable=retryable
+        )
+    )
+
+
+def cancelled(reason: str) -> pb.Outcome:
+    return failure("Cancelled", reason or "cancelled by the broker")
+
+
+def from_result(value: Any, task_name: str) -> pb.Outcome:
+    try:
+        text = _json.dumps(value, f"result of {task_name}")
+    except TypeError as exc:
+        return failure("EncodeError", str(exc), _format(exc), retryable=False)
+    return pb.Outcome(success=pb.Success(result=text))
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def from_exception(exc: BaseException) -> pb.Outcome:
+    if isinstance(exc, Retry):
+        return pb.Outcome(retry_later=pb.RetryLater(delay_ms=exc.delay_ms, message=exc.message))
+    if isinstance(exc, Cancelled):
+        return failure("Cancelled", str(exc), _format(exc))
+    if isinstance(exc, Fatal):
+        cause = exc.__cause__
+        if type(exc) is Fatal and cause is not None:
+            error_type = type(cause).__name__
+        else:
+            error_type = type(exc).__name__
+        return failure(error_type, str(exc) or str(cause or ""), _format(exc), retryable=False)
+    return failure(type(exc).__name__, str(exc), _format(exc), retryable=True)
+
+
+def run_sync(fn: Callable[..., Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]) -> pb.Outcome:
+    """Run a plain task body (in a pool thread) with its context current."""
+    token = enter(ctx)
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every ending is reported, SystemExit too
+        return from_exception(exc)
+    finally:
+        leave(token)
+    return from_result(value, ctx.name)
+
+
+async def run_async(
+    fn: Callable[..., Awaitable[Any]], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
+) -> pb.Outcome:
+    """Run a coroutine task body; ``CancelledError`` propagates (the worker reports it)."""
+    enter(ctx)  # this asyncio task runs in its own copy of the context
+    try:
+        value = await fn(*args, **kwargs)
+    except Exception as exc:
+        return from_exception(exc)
+    return from_result(value, ctx.name)

@@ -1,0 +1,635 @@
+"""The worker: one ``Worker.Session`` stream to the broker, task bodies beside it.
+
+Layout of a worker process:
+
+* the **session loop** (the thread that calls :meth:`Worker.run`) owns the
+  stream and all bookkeeping: runs in flight, outcomes not yet acknowledged,
+  throttle requests. Only this loop touches that state; other threads reach
+  it through ``call_soon_threadsafe``.
+* plain functions run in a **thread pool** of ``concurrency`` threads
+  (reused threads, so per-thread resources such as Django's database
+  connections are reused as under Celery);
+* ``async def`` tasks run on a **separate event loop thread**, so a
+  coroutine that blocks by mistake cannot stall heartbeats and lose the
+  worker's leases.
+
+The worker decides nothing about scheduling: it runs what the broker assigns
+(never more than its free concurrency), reports how each run ended, and keeps
+its leases alive with heartbeats. Recovery follows the protocol: an outcome
+is kept until the broker acknowledges it (it is durable then), and after a
+lost connection the worker reconnects with backoff, lists what it still
+holds in ``Hello.held`` and re-sends the unacknowledged outcomes the broker
+says it still owns (``Welcome.kept``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
+
+import grpc
+import grpc.aio
+
+from . import _json, options as _options, outcomes, pb
+from .client import PHASES
+from .context import TaskContext, TaskKey
+from .errors import Cancelled, ThrottleError, WorkerConfigError
+
+if TYPE_CHECKING:
+    from .app import Baton
+
+log = logging.getLogger("baton.worker")
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 2.0
+WELCOME_TIMEOUT = 10.0
+GOODBYE_TIMEOUT = 5.0
+
+# Statuses that no reconnect can fix: the broker refused this worker itself.
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+class _SessionLost(Exception):
+    """The stream ended or misbehaved; reconnect."""
+
+
+def _ref(key: TaskKey) -> pb.TaskRef:
+    return pb.TaskRef(task_id=key[0], attempt=key[1])
+
+
+def _key(ref: pb.TaskRef) -> TaskKey:
+    return (ref.task_id, ref.attempt)
+
+
+@dataclass(eq=False)
+class _Run:
+    """One assignment being executed. Mutated on the session loop only,
+    except ``atask``, which lives on the async task loop."""
+
+    key: TaskKey
+    ctx: TaskContext
+    started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    """The broker sent Cancel: report ``Cancelled`` whatever the body returns."""
+    lost: bool = False
+    """The broker no longer considers this run current: report nothing."""
+    ended: bool = False
+    waiters: dict[int, "tuple[pb.Throttle, asyncio.Future[None]]"] = field(default_factory=dict)
+    """In-body throttle requests sent and not yet granted, by request id."""
+    slots: dict[int, pb.Throttle] = field(default_factory=dict)
+    """In-body throttle slots granted and not yet released, by request id."""
+    is_async: bool = False
+    atask: "Optional[asyncio.Task[Any]]" = None
+    cancel_requested: bool = False
+
+
+class _TaskLoop:
+    """An event loop in its own thread for ``async def`` task bodies."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="baton-async-tasks", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class Worker:
+    """Runs an app's tasks for the broker until drained.
+
+    ``queues`` are the queues to take tasks from (default ``["general"]``);
+    ``concurrency`` is how many tasks run at once. Every task registered on
+    the app is announced with its declared options, so the broker applies
+    routing and throttles declared in ``@app.task(...)`` even to chains
+    submitted by code that does not know them.
+    """
+
+    def __init__(
+        self,
+        app: "Baton",
+        *,
+        queues: Optional[Iterable[str]] = None,
+        concurrency: int = 1,
+        name: Optional[str] = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1 (got {concurrency!r})")
+        self.app = app
+        self.queues = list(queues) if queues else ["general"]
+        self.concurrency = concurrency
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        # Converted now so a bad declaration fails before connecting.
+        self._definitions = [
+            pb.TaskDefinition(name=task.name, defaults=_options.to_pb(task.options))
+            for task in app.tasks.values()
+        ]
+        self.worker_id = ""
+        self.lease_ms = 0
+        # Session-loop state (see the module docstring).
+        self._runs: dict[TaskKey, _Run] = {}
+        self._unacked: dict[TaskKey, pb.Outcome] = {}
+        self._requests: dict[int, _Run] = {}
+        self._request_ids = itertools.count(1)
+        self._outbox: "Optional[asyncio.Queue[Optional[pb.WorkerMessage]]]" = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wake: Optional[asyncio.Event] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._task_loop: Optional[_TaskLoop] = None
+        self._draining = False
+        self._forced = False
+        self._welcomed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until drained; blocks.
+
+        From the main thread, SIGTERM and SIGINT start a drain: take nothing
+        new, finish the running tasks, wait for their outcomes to be
+        acknowledged, say Goodbye. A second signal gives up on the running
+        tasks and exits the process at once (status 1); their leases lapse
+        and the broker redelivers them.
+
+        Raises:
+            WorkerConfigError: the broker refused this worker's Hello.
+        """
+        on_main = threading.current_thread() is threading.main_thread()
+        asyncio.run(self._serve(install_signals=on_main))
+        if self._forced and on_main:
+            logging.shutdown()
+            os._exit(1)  # pool threads still run task bodies; they cannot be joined
+
+    def stop(self) -> None:
+        """Start a drain from any thread (what SIGTERM does)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_drain)
+
+    async def _serve(self, install_signals: bool) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="baton-task")
+        if any(t.is_async for t in self.app.tasks.values()):
+            self._task_loop = _TaskLoop()
+            self._task_loop.start()
+        signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "worker %s: queues=%s concurrency=%d tasks=%s broker=%s",
+            self.name,
+            ",".join(self.queues),
+            self.concurrency,
+            ",".join(sorted(self.app.tasks)),
+            self.app.address,
+        )
+        backoff = BACKOFF_MIN
+        quiet = False  # log the first loss of a series, not every retry
+        try:
+            while not self._finished():
+                self._welcomed = False
+                try:
+                    if await self._session():
+                        break
+                except _SessionLost as exc:
+                    self._log_lost(str(exc), quiet)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _FATAL_CODES:
+                        raise WorkerConfigError(
+                            f"broker refused worker {self.name}: {exc.code().name}: {exc.details()}"
+                        ) from None
+                    self._log_lost(f"{exc.code().name}: {exc.details()}", quiet)
+                if self._welcomed:
+                    backoff = BACKOFF_MIN
+                quiet = not self._welcomed
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if self._task_loop is not None:
+                self._task_loop.stop()
+            self._pool.shutdown(wait=not self._forced, cancel_futures=True)
+        log.info("worker %s: stopped", self.name)
+
+    def _finished(self) -> bool:
+        return self._forced or (self._draining and not self._runs and not self._unacked)
+
+    def _log_lost(self, detail: str, quiet: bool) -> None:
+        level = logging.DEBUG if quiet else logging.WARNING
+        log.log(level, "worker %s: connection to %s lost (%s); reconnecting", self.name, self.app.address, detail)
+
+    async def _sleep(self, seconds: float) -> None:
+        """The reconnect backoff: sleep, ending early only once the worker is finished
+        (a second signal, or a drain with nothing left to report)."""
+        assert self._wake is not None and self._loop is not None
+        deadline = self._loop.time() + seconds
+        while not self._finished():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if not self._draining:
+            log.info("worker %s: %s, draining (again to exit now)", self.name, signal.Signals(signum).name)
+            self._begin_drain()
+        else:
+            log.warning("worker %s: %s again, exiting without finishing %d task(s)", self.name,
+                        signal.Signals(signum).name, len(self._runs))
+            self._forced = True
+            self._notify()
+
+    def _begin_drain(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._send(pb.WorkerMessage(drain=pb.Drain()))
+        self._notify()
+
+    # -- one connection -------------------------------------------------------
+
+    def _hello(self) -> pb.Hello:
+        held = list(self._runs) + [k for k in self._unacked if k not in self._runs]
+        return pb.Hello(
+            worker_name=self.name,
+            queues=self.queues,
+            tasks=self._definitions,
+            concurrency=self.concurrency,
+            held=[_ref(k) for k in held],
+            held_slots=[
+                pb.HeldSlot(task=_ref(run.key), request_id=rid)
+                for run in self._runs.values()
+                for rid in run.slots
+            ],
+        )
+
+    async def _session(self) -> bool:
+        """Run one stream; True once the worker is done (drained or forced)."""
+        outbox: "asyncio.Queue[Optional[pb.WorkerMessage]]" = asyncio.Queue()
+        outbox.put_nowait(pb.WorkerMessage(hello=self._hello()))
+        if self._draining:
+            outbox.put_nowait(pb.WorkerMessage(drain=pb.Drain()))
+
+        async def pump() -> AsyncIterator[pb.WorkerMessage]:
+            while True:
+                msg = await outbox.get()
+                if msg is None:
+                    return
+                yield msg
+
+        channel = grpc.aio.insecure_channel(self.app.address)
+        tasks: list["asyncio.Task[Any]"] = []
+        try:
+            call = pb.WorkerStub(channel).Session(pump())
+            try:
+                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise _SessionLost("no welcome") from None
+            if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":
+                raise _SessionLost("no welcome")
+            self._outbox = outbox
+            self._welcomed = True
+            self._on_welcome(first.welcome)
+            tasks.append(asyncio.ensure_future(self._heartbeats(first.welcome.heartbeat_interval_ms)))
+            reader = asyncio.ensure_future(self._read(call))
+            done_waiter = asyncio.ensure_future(self._until_finished())
+            tasks += [reader, done_waiter]
+            await asyncio.wait({reader, done_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if done_waiter.done():
+                outbox.put_nowait(pb.WorkerMessage(goodbye=pb.Goodbye()))
+                outbox.put_nowait(None)  # half-close: the broker ends the stream
+                try:
+                    await asyncio.wait_for(asyncio.shield(reader), GOODBYE_TIMEOUT)
+                except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+                    pass
+                return True
+            reader.result()  # raises the stream's error, if any
+            raise _SessionLost("the broker closed the stream")
+        finally:
+            self._outbox = None
+            for task in tasks:
+                task.cancel()
+            await channel.close()
+
+    def _on_welcome(self, welcome: pb.Welcome) -> None:
+        self.worker_id = welcome.worker_id
+        self.lease_ms = welcome.lease_ms
+        for ref in welcome.lost:
+            key = _key(ref)
+            self._unacked.pop(key, None)
+            run = self._runs.pop(key, None)
+            if run is not None:
+                log.warning("task %s[%s]: lease lost while disconnected; stopping it", run.ctx.name, key[0])
+                run.lost = True
+                self._stop(run, "lease lost")
+        # Whatever the broker did not declare lost is still ours: re-send what
+        # it has not acknowledged and the throttle requests it has not granted.
+        for outcome in self._unacked.values():
+            self._send(pb.WorkerMessage(outcome=outcome))
+        for run in self._runs.values():
+            for rid, (throttle, _) in run.waiters.items():
+                self._send_acquire(run, rid, throttle)
+        log.info(
+            "worker %s connected as %s (lease %d ms, kept %d, lost %d)",
+            self.name, welcome.worker_id, welcome.lease_ms, len(welcome.kept), len(welcome.lost),
+        )
+        self._notify()
+
+    async def _heartbeats(self, interval_ms: int) -> None:
+        interval = (interval_ms or 1000) / 1000
+        beat = pb.WorkerMessage(heartbeat=pb.Heartbeat())  # empty: every assignment of this stream
+        while True:
+            await asyncio.sleep(interval)
+            self._send(beat)
+
+    async def _until_finished(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            if self._finished():
+                return
+            await self._wake.wait()
+
+    async def _read(self, call: Any) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            kind = msg.WhichOneof("msg")
+            if kind == "assignment":
+                self._start(msg.assignment)
+            elif kind == "cancel":
+                self._cancel(msg.cancel)
+            elif kind == "outcome_ack":
+                self._acked(msg.outcome_ack)
+            elif kind == "throttle_granted":
+                self._granted(msg.throttle_granted.request_id)
+            elif kind == "error":
+                self._refused(msg.error)
+            else:
+                log.warning("worker %s: unexpected %s from the broker", self.name, kind)
+
+    def _send(self, msg: pb.WorkerMessage) -> None:
+        """Queue a message on the current stream; dropped while disconnected
+        (the reconnect's Hello and Welcome bring the broker up to date)."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(msg)
+
+    # -- runs -----------------------------------------------------------------
+
+    def _start(self, a: pb.Assignment) -> None:
+        key = _key(a.task)
+        if key in self._runs:
+            log.warning("task %s[%s]: attempt %d assigned twice; ignored", a.name, key[0], key[1])
+            return
+        task = self.app.tasks.get(a.name)
+        if task is None:
+            self._report(key, outcomes.failure("NotRegistered", f"task {a.name!r} is not registered in this worker"))
+            return
+        try:
+            args = _json.loads(a.args, [])
+            kwargs = _json.loads(a.kwargs, {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise ValueError("args must be a JSON array and kwargs a JSON object")
+        except ValueError as exc:
+            self._report(key, outcomes.failure("DecodeError", f"bad arguments for {a.name}: {exc}"))
+            return
+        ctx = TaskContext(
+            name=a.name,
+            task_id=a.task.task_id,
+            attempt=a.task.attempt,
+            chain_id=a.chain_id,
+            phase=PHASES.get(a.phase, ""),
+            step_index=a.step_index,
+            queue=a.queue,
+            context=dict(a.context),
+            polls=a.polls,
+            retries=a.retries,
+            timeout_ms=a.timeout_ms,
+            _slots=self,
+        )
+        run = _Run(key, ctx, is_async=task.is_async)
+        self._runs[key] = run
+        log.info("task %s[%s] attempt %d: started", a.name, key[0], key[1])
+        assert self._loop is not None and self._pool is not None
+        fut: "asyncio.Future[pb.Outcome]"
+        if task.is_async:
+            assert self._task_loop is not None
+            cf = asyncio.run_coroutine_threadsafe(self._run_coroutine(run, task.fn, args, kwargs), self._task_loop.loop)
+            fut = asyncio.wrap_future(cf, loop=self._loop)
+        else:
+            fut = self._loop.run_in_executor(self._pool, outcomes.run_sync, task.fn, ctx, args, kwargs)
+        fut.add_done_callback(lambda f: self._ended(run, f))
+
+    @staticmethod
+    async def _run_coroutine(run: _Run, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> pb.Outcome:
+        """On the task loop: record the asyncio task so Cancel can reach it."""
+        run.atask = asyncio.current_task()
+        if run.cancel_requested:
+            raise asyncio.CancelledError()
+        return await outcomes.run_async(fn, run.ctx, args, kwargs)
+
+    @staticmethod
+    def _cancel_coroutine(run: _Run) -> None:
+        """On the task loop."""
+        run.cancel_requested = True
+        if run.atask is not None:
+            run.atask.cancel()
+
+    def _ended(self, run: _Run, fut: "asyncio.Future[pb.Outcome]") -> None:
+        run.ended = True
+        if self._runs.get(run.key) is run:
+            del self._runs[run.key]
+        # The broker frees a run's throttle slots when its outcome is recorded.
+        for rid, (_, waiter) in run.waiters.items():
+            self._requests.pop(rid, None)
+            waiter.cancel()
+        for rid in run.slots:
+            self._requests.pop(rid, None)
+        run.waiters.clear()
+        run.slots.clear()
+        elapsed = time.monotonic() - run.started
+        if run.lost:
+            log.info("task %s[%s]: ended after its lease was lost; not reported", run.ctx.name, run.key[0])
+            self._notify()
+            return
+        if run.cancelled or fut.cancelled():
+            outcome = outcomes.cancelled(run.ctx.cancel_reason)
+        elif fut.exception() is not None:
+            exc = fut.exception()
+            assert exc is not None
+            outcome = outcomes.failure("WorkerError", f"worker failed to run the task: {exc!r}", retryable=True)
+        else:
+            outcome = fut.result()
+        log.info(
+            "task %s[%s] attempt %d: %s in %.3fs",
+            run.ctx.name, run.key[0], run.key[1], _describe(outcome), elapsed,
+        )
+        self._report(run.key, outcome)
+
+    def _report(self, key: TaskKey, outcome: pb.Outcome) -> None:
+        outcome.task.CopyFrom(_ref(key))
+        self._unacked[key] = outcome
+        self._send(pb.WorkerMessage(outcome=outcome))
+        self._notify()
+
+    def _acked(self, ack: pb.OutcomeAck) -> None:
+        key = _key(ack.task)
+        if self._unacked.pop(key, None) is None:
+            return
+        if not ack.accepted:
+            log.warning("task %s attempt %d: outcome rejected by the broker: %s", key[0], key[1], ack.reason)
+        self._notify()
+
+    def _cancel(self, cancel: pb.Cancel) -> None:
+        run = self._runs.get(_key(cancel.task))
+        if run is None:
+            return
+        log.info("task %s[%s]: cancelled by the broker (%s)", run.ctx.name, run.key[0], cancel.reason)
+        run.cancelled = True
+        self._stop(run, cancel.reason or "cancelled")
+
+    def _stop(self, run: _Run, reason: str) -> None:
+        """Ask a run to stop: coroutines are cancelled, threads are told and
+        wake from throttle waits; their outcome is reported when they return."""
+        run.ctx._cancel.cancel(reason)
+        for _, waiter in run.waiters.values():
+            waiter.cancel()
+        if run.is_async and self._task_loop is not None:
+            self._task_loop.loop.call_soon_threadsafe(self._cancel_coroutine, run)
+
+    # -- in-body throttles (called by ``throttle`` through TaskContext._slots) --
+
+    def acquire_blocking(self, run: TaskKey, throttle: pb.Throttle) -> int:
+        """From a pool thread: ask for a slot and block until it is granted.
+
+        Raises:
+            Cancelled: the run was cancelled while waiting.
+            ThrottleError: the broker refused the request.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("in an async task, use `async with throttle(...)`")
+        assert self._loop is not None
+        cf = asyncio.run_coroutine_threadsafe(self._acquire(run, throttle), self._loop)
+        try:
+            return cf.result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled("cancelled while waiting for a throttle slot") from None
+
+    async def acquire_async(self, run: TaskKey, throttle: pb.Throttle) -> int:
+        """From the task loop: the same, awaitable."""
+        assert self._loop is not None
+        cf = asyncio.run_coroutine_threadsafe(self._acquire(run, throttle), self._loop)
+        return await asyncio.wrap_future(cf)
+
+    def release(self, run: TaskKey, request_id: int) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._release, run, request_id)
+
+    def _send_acquire(self, run: _Run, rid: int, throttle: pb.Throttle) -> None:
+        self._send(
+            pb.WorkerMessage(
+                throttle_acquire=pb.ThrottleAcquire(request_id=rid, task=_ref(run.key), throttle=throttle)
+            )
+        )
+
+    def _send_release(self, run: _Run, rid: int) -> None:
+        self._send(pb.WorkerMessage(throttle_release=pb.ThrottleRelease(request_id=rid, task=_ref(run.key))))
+
+    async def _acquire(self, key: TaskKey, throttle: pb.Throttle) -> int:
+        run = self._runs.get(key)
+        if run is None or run.cancelled or run.lost:
+            raise Cancelled("the run is no longer current")
+        assert self._loop is not None
+        rid = next(self._request_ids)
+        waiter: "asyncio.Future[None]" = self._loop.create_future()
+        run.waiters[rid] = (throttle, waiter)
+        self._requests[rid] = run
+        self._send_acquire(run, rid, throttle)
+        try:
+            await waiter
+        except BaseException:
+            # Withdraw the request, or give back a slot granted meanwhile.
+            pending = run.waiters.pop(rid, None) is not None
+            granted = run.slots.pop(rid, None) is not None
+            self._requests.pop(rid, None)
+            if (pending or granted) and not run.ended:
+                self._send_release(run, rid)
+            raise
+        return rid
+
+    def _granted(self, rid: int) -> None:
+        run = self._requests.get(rid)
+        if run is None or rid not in run.waiters:
+            log.debug("throttle grant for unknown request %d ignored", rid)
+            return
+        throttle, waiter = run.waiters.pop(rid)
+        run.slots[rid] = throttle
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def _release(self, key: TaskKey, rid: int) -> None:
+        run = self._runs.get(key)
+        if run is None:
+            return  # the run ended: the broker released its slots with it
+        if run.slots.pop(rid, None) is not None:
+            self._requests.pop(rid, None)
+            self._send_release(run, rid)
+
+    def _refused(self, error: pb.WorkerError) -> None:
+        run = self._requests.get(error.request_id) if error.request_id else None
+        if run is not None and error.request_id in run.waiters:
+            _, waiter = run.waiters.pop(error.request_id)
+            self._requests.pop(error.request_id, None)
+            if not waiter.done():
+                waiter.set_exception(ThrottleError(error.message))
+            return
+        log.warning("worker %s: the broker refused a request: %s", self.name, error.message)
+
+
+def _describe(outcome: pb.Outcome) -> str:
+    kind = outcome.WhichOneof("result")
+    if kind == "failure":
+        f = outcome.failure
+        return f"failed ({f.error_type}: {f.message}{'' if f.retryable else ', fatal'})"
+    if kind == "retry_later":
+        return f"retry in {outcome.retry_later.delay_ms} ms"
+    return "succeeded"

@@ -1,0 +1,171 @@
+//! One connection to the broker, on the wire: opening the session and
+//! reading the Welcome, telling a broken stream worth retrying from a
+//! refusal, closing cleanly with Goodbye, and the delay between attempts.
+//!
+//! The runtime decides what to send and when; this module only knows how a
+//! stream starts, breaks and ends.
+
+use std::time::Duration;
+
+use baton::pb::{self, worker_message::Msg};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::error::Error;
+use crate::ledger::LinkId;
+
+/// First delay before reconnecting; doubled after each failed attempt.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Upper bound of the reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long to wait, after Goodbye, for the broker to end its side.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// One connection's outbound half.
+pub(crate) struct Link {
+    pub(crate) id: LinkId,
+    /// Feeds the request stream; dropping it ends the stream cleanly.
+    tx: mpsc::UnboundedSender<pb::WorkerMessage>,
+}
+
+impl Link {
+    /// A link and the receiving end that becomes its request stream.
+    pub(crate) fn new(id: LinkId) -> (Self, mpsc::UnboundedReceiver<pb::WorkerMessage>) {
+        let (tx, outbound) = mpsc::unbounded_channel();
+        (Self { id, tx }, outbound)
+    }
+
+    /// Queues a message on the stream.
+    pub(crate) fn send(&self, msg: Msg) {
+        // A closed channel means the connection is gone; the inbound side
+        // reports that, and the ledger keeps what must be re-sent.
+        let _ = self.tx.send(pb::WorkerMessage { msg: Some(msg) });
+    }
+}
+
+/// Why a connection ended, when the worker goes on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Disconnect {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Status(Status),
+    #[error("the broker closed the stream")]
+    Closed,
+    #[error("no Welcome within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Why a connection ended: something to retry, or something to stop for.
+pub(crate) enum Broken {
+    Transient(Disconnect),
+    Fatal(Error),
+}
+
+impl From<Status> for Broken {
+    /// Statuses that a retry cannot fix stop the worker; the rest
+    /// (unavailable, cancelled, internal, ...) are a broker restarting.
+    fn from(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unimplemented => Self::Fatal(Error::Rejected(Box::new(status))),
+            _ => Self::Transient(Disconnect::Status(status)),
+        }
+    }
+}
+
+/// Opens the session on `channel` with `outbound` (whose first message is
+/// the Hello) and reads the Welcome.
+pub(crate) async fn greet(
+    channel: Channel,
+    outbound: mpsc::UnboundedReceiver<pb::WorkerMessage>,
+) -> Result<(pb::Welcome, Streaming<pb::BrokerMessage>), Broken> {
+    let mut client = pb::worker_client::WorkerClient::new(channel);
+    let mut inbound = client
+        .session(UnboundedReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    match inbound.message().await?.map(|message| message.msg) {
+        Some(Some(pb::broker_message::Msg::Welcome(welcome))) => Ok((welcome, inbound)),
+        None => Err(Broken::Transient(Disconnect::Closed)),
+        Some(other) => Err(Broken::Fatal(Error::Protocol(format!(
+            "expected Welcome as the first message, got {other:?}"
+        )))),
+    }
+}
+
+/// Ends a drained connection: Goodbye, end of the request stream, then a
+/// short wait for the broker to end its side.
+pub(crate) async fn goodbye(link: Link, mut inbound: Streaming<pb::BrokerMessage>) {
+    link.send(Msg::Goodbye(pb::Goodbye {}));
+    drop(link);
+    let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+    if timeout(CLOSE_GRACE, closed).await.is_err() {
+        debug!("the broker did not end the stream after Goodbye");
+    }
+    info!("drained; said goodbye to the broker");
+}
+
+/// Reconnect delays: [`BACKOFF_FIRST`], doubling up to [`BACKOFF_MAX`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt.
+    pub(crate) fn next(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    /// Back to the first delay, after a successful connection.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_2s_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u128> = (0..7).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn only_unfixable_statuses_stop_the_worker() {
+        assert!(matches!(
+            Broken::from(Status::unauthenticated("who are you")),
+            Broken::Fatal(Error::Rejected(_))
+        ));
+        assert!(matches!(
+            Broken::from(Status::invalid_argument("hello.queues[0]")),
+            Broken::Fatal(Error::Rejected(_))
+        ));
+        assert!(matches!(
+            Broken::from(Status::unavailable("restarting")),
+            Broken::Transient(Disconnect::Status(_))
+        ));
+    }
+}
