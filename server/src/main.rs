@@ -71,6 +71,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.lease_ms == 0 {
         anyhow::bail!("--lease-ms must be at least 1");
     }
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -81,30 +82,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !config.durable {
         tracing::warn!("durable acknowledgment is OFF: a crash may lose acknowledged work");
     }
-    baton_server::run(listener, config, shutdown_signal())
+    baton_server::run(listener, config, shutdown)
         .await
         .context("broker failed")
 }
 
-/// Completes on SIGINT (ctrl-c) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT (ctrl-c) or SIGTERM. The handlers are installed
+/// here, before the listener binds, so a signal that arrives while the
+/// store is still opening starts a clean drain rather than killing the
+/// process.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received; draining");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received; draining");
+    })
 }

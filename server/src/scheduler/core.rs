@@ -1269,8 +1269,10 @@ impl Core {
         now: UnixMs,
     ) -> String {
         let worker_id = new_id();
+        // A worker that registers a name without defaults (a plain
+        // `.task(name, f)`) leaves the defaults others declared alone.
         for (name, defaults) in &hello.tasks {
-            if self.task_defaults.get(name) != Some(defaults) {
+            if *defaults != Options::default() && self.task_defaults.get(name) != Some(defaults) {
                 self.batch.put_task_defaults(name, defaults);
                 self.task_defaults.insert(name.clone(), defaults.clone());
             }

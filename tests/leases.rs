@@ -1,0 +1,269 @@
+//! Leases end to end: heartbeats keep an assignment; a worker that dies
+//! loses it when its lease lapses (never earlier) and the task comes back
+//! with the next attempt; a report for an assignment that is no longer
+//! current is rejected and changes nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton::{ChainOutcome, Task, pb};
+use baton_worker::TaskContext;
+use common::*;
+use pb::{broker_message, worker_message};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+const LEASE: Duration = Duration::from_millis(1000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_run_longer_than_its_lease() {
+    let broker = TestBroker::start_with(|c| c.lease = LEASE).await;
+    let client = broker.client().await;
+    let _w = TestWorker::spawn(worker(&broker.addr, "steady").task(
+        "long",
+        |ctx: TaskContext| async move {
+            tokio::time::sleep(LEASE * 3).await;
+            Ok(json!(ctx.attempt))
+        },
+    ));
+    let id = client
+        .submit(Task::new("long").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_task_is_redelivered_after_the_lease_lapses_never_earlier() {
+    let broker = TestBroker::start_with(|c| c.lease = LEASE).await;
+    let client = broker.client().await;
+    let journal = Journal::default();
+    let j = journal.clone();
+    let doomed = TestWorker::spawn(worker(&broker.addr, "doomed").task(
+        "job",
+        move |ctx: TaskContext| {
+            let j = j.clone();
+            async move {
+                j.note(format!("doomed attempt {}", ctx.attempt));
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(json!("doomed"))
+            }
+        },
+    ));
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    eventually("the first attempt to start", || {
+        journal.count("doomed attempt 1") == 1
+    })
+    .await;
+    doomed.kill();
+    let killed_at = Instant::now();
+    let j = journal.clone();
+    let _rescuer = TestWorker::spawn(worker(&broker.addr, "rescuer").task(
+        "job",
+        move |ctx: TaskContext| {
+            let j = j.clone();
+            async move {
+                j.note(format!("rescuer attempt {}", ctx.attempt));
+                Ok(json!(ctx.attempt))
+            }
+        },
+    ));
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!(2))
+    );
+    // The rescuer was free all along: only the lapse released the task.
+    assert!(
+        killed_at.elapsed() >= LEASE * 9 / 10,
+        "redelivered after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(journal.entries(), ["doomed attempt 1", "rescuer attempt 2"]);
+}
+
+/// A raw worker session, to say what the SDK never would.
+struct RawWorker {
+    up: mpsc::Sender<pb::WorkerMessage>,
+    down: tonic::Streaming<pb::BrokerMessage>,
+}
+
+impl RawWorker {
+    async fn connect(addr: &str, name: &str, held: Vec<pb::TaskRef>) -> Self {
+        let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
+            .await
+            .unwrap();
+        let (up, rx) = mpsc::channel(16);
+        let hello = pb::Hello {
+            worker_name: name.into(),
+            tasks: vec![pb::TaskDefinition {
+                name: "job".into(),
+                defaults: None,
+            }],
+            concurrency: 1,
+            held,
+            ..Default::default()
+        };
+        up.send(msg(worker_message::Msg::Hello(hello)))
+            .await
+            .unwrap();
+        let down = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut raw = RawWorker { up, down };
+        assert!(matches!(raw.next().await, broker_message::Msg::Welcome(_)));
+        raw
+    }
+
+    async fn next(&mut self) -> broker_message::Msg {
+        let m = tokio::time::timeout(PATIENCE, self.down.next())
+            .await
+            .expect("a message in time");
+        m.expect("stream open")
+            .expect("ok message")
+            .msg
+            .expect("a message")
+    }
+
+    async fn send(&self, m: worker_message::Msg) {
+        self.up.send(msg(m)).await.unwrap();
+    }
+}
+
+fn msg(m: worker_message::Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+fn success(task: pb::TaskRef, result: &str) -> worker_message::Msg {
+    worker_message::Msg::Outcome(pb::Outcome {
+        task: Some(task),
+        result: Some(pb::outcome::Result::Success(pb::Success {
+            result: result.into(),
+        })),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_report_is_rejected_and_changes_nothing() {
+    let broker = TestBroker::start_with(|c| c.lease = LEASE).await;
+    let client = broker.client().await;
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+
+    // The first worker takes attempt 1, then vanishes without a goodbye.
+    let mut first = RawWorker::connect(&broker.addr, "vanished", vec![]).await;
+    let broker_message::Msg::Assignment(a1) = first.next().await else {
+        panic!("expected an assignment")
+    };
+    let t1 = a1.task.clone().unwrap();
+    assert_eq!(t1.attempt, 1);
+    drop(first);
+
+    // A second worker gets attempt 2 once the lease lapsed.
+    let mut second = RawWorker::connect(&broker.addr, "second", vec![]).await;
+    let broker_message::Msg::Assignment(a2) = second.next().await else {
+        panic!("expected an assignment")
+    };
+    let t2 = a2.task.clone().unwrap();
+    assert_eq!((t2.task_id.as_str(), t2.attempt), (t1.task_id.as_str(), 2));
+
+    // The first worker comes back claiming attempt 1: it is told it lost it,
+    // and its report for attempt 1 is refused.
+    let mut late = RawWorker::connect_expect_lost(&broker.addr, t1.clone()).await;
+    late.send(success(t1.clone(), "\"stale\"")).await;
+    let broker_message::Msg::OutcomeAck(ack) = late.next().await else {
+        panic!("expected an ack")
+    };
+    assert!(!ack.accepted, "{ack:?}");
+    let chain = client.get(&id).await.unwrap();
+    assert_eq!(chain.steps[0].state(), pb::StepState::Running);
+    assert_eq!(chain.steps[0].attempts, 2);
+
+    // The current attempt's report completes the chain.
+    second.send(success(t2, "\"fresh\"")).await;
+    let broker_message::Msg::OutcomeAck(ack) = second.next().await else {
+        panic!("expected an ack")
+    };
+    assert!(ack.accepted);
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("fresh"))
+    );
+}
+
+impl RawWorker {
+    async fn connect_expect_lost(addr: &str, held: pb::TaskRef) -> Self {
+        let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
+            .await
+            .unwrap();
+        let (up, rx) = mpsc::channel(16);
+        let hello = pb::Hello {
+            worker_name: "late".into(),
+            tasks: vec![pb::TaskDefinition {
+                name: "other".into(),
+                defaults: None,
+            }],
+            concurrency: 1,
+            held: vec![held.clone()],
+            ..Default::default()
+        };
+        up.send(msg(worker_message::Msg::Hello(hello)))
+            .await
+            .unwrap();
+        let down = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut raw = RawWorker { up, down };
+        let broker_message::Msg::Welcome(w) = raw.next().await else {
+            panic!("expected a welcome")
+        };
+        assert_eq!(w.lost, vec![held]);
+        assert!(w.kept.is_empty());
+        raw
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_reconnects_within_its_lease_keeps_its_assignment() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(5)).await;
+    let client = broker.client().await;
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let mut first = RawWorker::connect(&broker.addr, "blip", vec![]).await;
+    let broker_message::Msg::Assignment(a) = first.next().await else {
+        panic!("expected an assignment")
+    };
+    let task = a.task.unwrap();
+    drop(first); // the stream breaks, as in a network blip
+    let mut again = RawWorker::connect(&broker.addr, "blip", vec![task.clone()]).await;
+    again.send(success(task.clone(), "\"kept\"")).await;
+    let broker_message::Msg::OutcomeAck(ack) = again.next().await else {
+        panic!("expected an ack")
+    };
+    assert!(ack.accepted, "{ack:?}");
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("kept"))
+    );
+    assert_eq!(client.get(&id).await.unwrap().steps[0].attempts, 1);
+}
