@@ -267,3 +267,53 @@ async fn a_worker_that_reconnects_within_its_lease_keeps_its_assignment() {
     );
     assert_eq!(client.get(&id).await.unwrap().steps[0].attempts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_body_slots_not_listed_on_reconnect_are_released() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(10)).await;
+    let client = broker.client().await;
+    let admin = client.admin();
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let mut first = RawWorker::connect(&broker.addr, "holder", vec![]).await;
+    let broker_message::Msg::Assignment(a) = first.next().await else {
+        panic!("expected an assignment")
+    };
+    let task = a.task.unwrap();
+    let throttle = pb::Throttle {
+        concurrency: 1,
+        key: "tenant:1".into(),
+        shared: true,
+        ..Default::default()
+    };
+    first
+        .send(worker_message::Msg::ThrottleAcquire(pb::ThrottleAcquire {
+            request_id: 7,
+            task: Some(task.clone()),
+            throttle: Some(throttle),
+        }))
+        .await;
+    assert!(
+        matches!(first.next().await, broker_message::Msg::ThrottleGranted(g) if g.request_id == 7)
+    );
+    let holders = || async {
+        admin
+            .list_throttles()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.holders.len())
+            .sum::<usize>()
+    };
+    assert_eq!(holders().await, 1);
+    drop(first);
+    // Back within the lease, keeping the run but no longer the slot.
+    let mut again = RawWorker::connect(&broker.addr, "holder", vec![task.clone()]).await;
+    assert_eq!(holders().await, 0, "the unlisted slot was released");
+    again.send(success(task, "null")).await;
+    assert!(matches!(again.next().await, broker_message::Msg::OutcomeAck(a) if a.accepted));
+    client.wait_timeout(&id, PATIENCE).await.unwrap();
+}

@@ -546,6 +546,8 @@ pub struct WorkerHello {
     pub concurrency: u32,
     /// Attempts it still runs from an earlier stream.
     pub held: Vec<TaskRef>,
+    /// In-body slots those attempts still hold, by (task, request id).
+    pub held_slots: Vec<(TaskRef, u64)>,
 }
 
 /// How a run ended, as the worker reports it.

@@ -60,7 +60,13 @@ fn hello(h: pb::Hello) -> Result<WorkerHello, Status> {
         .into_iter()
         .map(|t| convert::task_ref(Some(t)))
         .collect::<Result<_, _>>()?;
+    let held_slots = h
+        .held_slots
+        .into_iter()
+        .map(|s| Ok((convert::task_ref(s.task)?, s.request_id)))
+        .collect::<Result<_, Status>>()?;
     Ok(WorkerHello {
+        held_slots,
         name: h.worker_name,
         queues,
         tasks,

@@ -1315,6 +1315,15 @@ impl Core {
                 None => lost.push(task),
             }
         }
+        for task in &kept {
+            let listed: HashSet<u64> = hello
+                .held_slots
+                .iter()
+                .filter(|(t, _)| t == task)
+                .map(|(_, request_id)| *request_id)
+                .collect();
+            self.release_unlisted_slots(&task.task_id, &listed, now);
+        }
         tracing::info!(worker.id = %worker_id, worker.name = %conn.name, kept = kept.len(), lost = lost.len(), "worker connected");
         self.workers.insert(worker_id.clone(), conn);
         let lease_ms = self.lease_ms;
@@ -1577,6 +1586,37 @@ impl Core {
         if let Some(identity) = hold.identity {
             let grants = self.throttles.release(&identity, &holder);
             self.apply_grants(grants, now);
+        }
+    }
+
+    /// Releases the in-body slots of a run that its worker no longer lists
+    /// (it let go of them while disconnected).
+    fn release_unlisted_slots(&mut self, task_id: &str, listed: &HashSet<u64>, now: UnixMs) {
+        let Some(run) = self.runs.get(task_id).cloned() else {
+            return;
+        };
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        let (keep, release): (Vec<_>, Vec<_>) = std::mem::take(&mut step.in_body)
+            .into_iter()
+            .partition(|h| listed.contains(&h.request_id));
+        step.in_body = keep;
+        if release.is_empty() {
+            return;
+        }
+        self.touch(&run.chain_id);
+        for hold in release {
+            if let Some(identity) = hold.identity {
+                let holder = Holder::InBody {
+                    task_id: task_id.to_owned(),
+                    request_id: hold.request_id,
+                };
+                let grants = self.throttles.release(&identity, &holder);
+                self.apply_grants(grants, now);
+            }
         }
     }
 
