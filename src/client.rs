@@ -25,6 +25,17 @@ const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to re-open a broken watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Turns a broker address as users type it (`"127.0.0.1:7070"`) into the
+/// URI tonic wants (`"http://127.0.0.1:7070"`); URIs pass through unchanged.
+pub fn endpoint_uri(endpoint: impl Into<String>) -> String {
+    let endpoint = endpoint.into();
+    if endpoint.contains("://") {
+        endpoint
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// A connection to a Baton broker. Clones share the connection.
 ///
 /// ```no_run
@@ -69,13 +80,9 @@ impl Client {
     /// [`Error::Transport`] when the endpoint is malformed or cannot be
     /// reached.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        let endpoint = endpoint.into();
-        let uri = if endpoint.contains("://") {
-            endpoint
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)?.connect().await?;
+        let channel = Endpoint::from_shared(endpoint_uri(endpoint.into()))?
+            .connect()
+            .await?;
         Ok(Self::new(channel))
     }
 

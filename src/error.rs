@@ -16,7 +16,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The endpoint is malformed, or no connection could be made to it.
-    #[error("cannot connect to the broker")]
+    #[error("cannot connect to the broker: {}", transport_cause(.0))]
     Transport(#[from] tonic::transport::Error),
     /// The broker (or the transport on its behalf) answered with a non-OK
     /// gRPC status. Boxed: a `Status` is large, and errors travel often.
@@ -55,4 +55,14 @@ impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         Self::Status(Box::new(status))
     }
+}
+
+/// The innermost cause of a transport error ("connection refused"), which
+/// tonic's own message ("transport error") hides.
+fn transport_cause(e: &tonic::transport::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

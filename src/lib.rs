@@ -45,7 +45,7 @@ mod outcome;
 mod signature;
 
 pub use chain::{Chain, Steps};
-pub use client::{Admin, Client, Submitted};
+pub use client::{Admin, Client, Submitted, endpoint_uri};
 pub use error::{Error, Result};
 pub use outcome::{ChainError, ChainOutcome};
 pub use signature::{Args, Signature, Task, Throttle};

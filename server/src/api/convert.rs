@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use baton::pb;
 use tonic::Status;
 
-use crate::domain::{
-    self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, StepState, ThrottleScope,
-};
+use crate::domain::{self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, ThrottleScope};
 
 /// Size limits applied to requests.
 #[derive(Clone, Debug)]
@@ -243,11 +241,7 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
         queue: s.queue.clone(),
         result: s.result.clone(),
         failure: s.failure.clone(),
-        worker: if s.state() == StepState::Running {
-            s.worker.clone()
-        } else {
-            String::new()
-        },
+        worker: s.worker.clone(),
         ready_unix_ms: s.ready_ms,
         started_unix_ms: s.started_ms,
         finished_unix_ms: s.finished_ms,

@@ -212,7 +212,7 @@ impl WorkerBuilder {
     /// [`Error::DuplicateTask`] for a bad set of tasks, and
     /// [`Error::ZeroConcurrency`].
     pub fn build(self) -> Result<Worker, Error> {
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let endpoint = Endpoint::from_shared(baton::endpoint_uri(self.endpoint.clone()))
             .map_err(|source| Error::InvalidEndpoint {
                 endpoint: self.endpoint.clone(),
                 source,
