@@ -219,7 +219,7 @@ impl Core {
             for at in running {
                 core.restore_run(chain_id, at, now);
             }
-            if !rec_is_ended(&core.chains[chain_id]) && core.chains[chain_id].deadline_ms > 0 {
+            if !core.chains[chain_id].is_ended() && core.chains[chain_id].deadline_ms > 0 {
                 let when = core.chains[chain_id].deadline_ms;
                 core.add_timer(
                     when,
@@ -374,7 +374,7 @@ impl Core {
                     // the broker: it is dropped as if its connection broke,
                     // and its leases run out unless it comes back.
                     tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
-                    self.worker_gone(&worker_id, false, domain_now());
+                    self.worker_gone(&worker_id, false, now_ms());
                 }
             }
             Effect::Watch {
@@ -486,19 +486,9 @@ impl Core {
             return;
         }
         let at = rec.current();
-        let step = rec.step(at);
-        let record = FailureRecord {
-            chain_id: chain_id.to_owned(),
-            phase: at.phase as i32,
-            step_index: u32::try_from(at.index).unwrap_or(u32::MAX),
-            task_name: step.name().to_owned(),
-            task_id: step.task_id.clone(),
-            attempt: step.attempts,
-            error_type: "DeadlineExceeded".into(),
-            message: format!("the chain's deadline ({}) passed", rec.deadline_ms),
-            traceback: String::new(),
-        };
-        let task_id = step.task_id.clone();
+        let attempt = rec.step(at).attempts;
+        let message = format!("the chain's deadline ({}) passed", rec.deadline_ms);
+        let record = self.failure_of(chain_id, at, attempt, "DeadlineExceeded", &message, "");
         self.stop_step(
             chain_id,
             at,
@@ -512,7 +502,6 @@ impl Core {
             .step_mut(at)
             .failure = Some(record.clone());
         self.event(chain_id, "step_failed", Some(at));
-        let _ = task_id;
         self.fail_chain(chain_id, record, now);
         self.touch(chain_id);
     }
@@ -720,6 +709,21 @@ impl Core {
                     .throttles
                     .remove_waiters(|w| w.ticket.task_id() == task_id);
                 debug_assert!(gone.len() <= 1);
+                // A ready step may already hold its task-scoped declared
+                // slot (granted, waiting for a worker): give it back, or it
+                // would stay taken with nobody left to release it.
+                let rec = &self.chains[chain_id];
+                if let Some(throttle) = self
+                    .effective(rec, at)
+                    .throttle
+                    .filter(|t| t.scope() != ThrottleScope::Chain)
+                {
+                    let identity = Identity::of(rec.step(at).name(), &throttle);
+                    let grants = self
+                        .throttles
+                        .release(&identity, &Holder::Task(task_id.clone()));
+                    self.apply_grants(grants, now);
+                }
                 let step = self
                     .chains
                     .get_mut(chain_id)
@@ -837,6 +841,18 @@ impl Core {
     fn apply_grants(&mut self, grants: Vec<Grant<Ticket>>, now: UnixMs) {
         let mut work: VecDeque<Grant<Ticket>> = grants.into();
         while let Some(Grant { identity, waiter }) = work.pop_front() {
+            // A holder counts from its grant, not from when it began to
+            // wait; an in-body holder already runs on a known worker (a
+            // declared one learns its worker when assigned).
+            let worker = match &waiter.ticket {
+                Ticket::InBody { worker_id, .. } => self
+                    .workers
+                    .get(worker_id)
+                    .map_or_else(String::new, |w| w.name.clone()),
+                Ticket::Enqueue { .. } | Ticket::ChainHold { .. } => String::new(),
+            };
+            self.throttles
+                .set_worker(&identity, &waiter.holder, &worker, now);
             match waiter.ticket {
                 Ticket::Enqueue { task_id } => {
                     if let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() {
@@ -1255,7 +1271,7 @@ impl Core {
         self.batch.put_chain(&rec, false);
         self.dirty.remove(chain_id);
         // Watchers still get the final event: it was queued with the chain.
-        self.apply_grants(grants, domain_now());
+        self.apply_grants(grants, now_ms());
     }
 
     // -----------------------------------------------------------------
@@ -1737,14 +1753,6 @@ impl Core {
         let grants = self.throttles.set_override(identity, limit);
         self.apply_grants(grants, now);
     }
-}
-
-fn rec_is_ended(rec: &ChainRecord) -> bool {
-    rec.is_ended()
-}
-
-fn domain_now() -> UnixMs {
-    now_ms()
 }
 
 /// Prepends the carried value to a JSON array of arguments.
