@@ -11,10 +11,12 @@
 use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::chain::Chain;
 use crate::error::{Error, Result};
+use crate::options::{Bearer, ClientOptions};
 use crate::outcome::ChainOutcome;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
@@ -24,6 +26,9 @@ use crate::pb::broker_client::BrokerClient;
 const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to re-open a broken watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A channel whose calls carry the token, if the client has one.
+type Authed = InterceptedService<Channel, Bearer>;
 
 /// Turns a broker address as users type it (`"127.0.0.1:7070"`) into the
 /// URI tonic wants (`"http://127.0.0.1:7070"`); URIs pass through unchanged.
@@ -49,8 +54,8 @@ pub fn endpoint_uri(endpoint: impl Into<String>) -> String {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    broker: BrokerClient<Channel>,
-    admin: AdminClient<Channel>,
+    broker: BrokerClient<Authed>,
+    admin: AdminClient<Authed>,
 }
 
 /// What [`Client::submit`] got back.
@@ -86,12 +91,58 @@ impl Client {
         Ok(Self::new(channel))
     }
 
-    /// A client over an existing channel (for TLS, timeouts or a lazy
-    /// connection configured by the caller).
+    /// Connects with a token, TLS, or both (see [`ClientOptions`]). With
+    /// TLS, `"broker:7070"` means `https://broker:7070`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> baton::Result<()> {
+    /// use baton::{Client, ClientOptions, TlsOptions};
+    ///
+    /// let ca = std::fs::read("ca.pem").expect("ca.pem");
+    /// let options = ClientOptions::new()
+    ///     .token(std::env::var("BATON_TOKEN").unwrap_or_default())
+    ///     .tls(TlsOptions::new().ca_pem(ca));
+    /// let client = Client::connect_with("broker.internal:7070", options).await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] for a token that cannot be sent,
+    /// [`Error::Transport`] when the endpoint is malformed, a PEM is
+    /// unusable, or the broker cannot be reached (including a failed TLS
+    /// handshake: a certificate not trusted, a name that does not match).
+    pub async fn connect_with(endpoint: impl Into<String>, options: ClientOptions) -> Result<Self> {
+        let authorization = options.authorization()?;
+        let channel = options.endpoint(endpoint)?.connect().await?;
+        Ok(Self::with_interceptor(channel, Bearer::new(authorization)))
+    }
+
+    /// A client over an existing channel (for timeouts or a lazy
+    /// connection configured by the caller), with no token.
     pub fn new(channel: Channel) -> Self {
+        Self::with_interceptor(channel, Bearer::default())
+    }
+
+    /// A client over an existing channel whose calls carry the token of
+    /// `options` (its TLS settings are the channel's business).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] for a token that cannot be sent.
+    pub fn with_options(channel: Channel, options: &ClientOptions) -> Result<Self> {
+        Ok(Self::with_interceptor(
+            channel,
+            Bearer::new(options.authorization()?),
+        ))
+    }
+
+    fn with_interceptor(channel: Channel, bearer: Bearer) -> Self {
         Self {
-            broker: BrokerClient::new(channel.clone()),
-            admin: AdminClient::new(channel),
+            broker: BrokerClient::with_interceptor(channel.clone(), bearer.clone()),
+            admin: AdminClient::with_interceptor(channel, bearer),
         }
     }
 
@@ -254,7 +305,7 @@ fn is_transient(error: &Error) -> bool {
 /// the client's connection.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    inner: AdminClient<Channel>,
+    inner: AdminClient<Authed>,
 }
 
 impl Admin {

@@ -34,6 +34,10 @@ pub enum Error {
     /// The caller's time limit passed first (the chain goes on).
     #[error("gave up waiting after {0:?}")]
     Timeout(Duration),
+    /// The token given in [`ClientOptions`](crate::ClientOptions) is empty
+    /// or has characters other than visible ASCII, so it cannot be sent.
+    #[error("the token is empty or not visible ASCII, so it cannot be sent")]
+    InvalidToken,
 }
 
 impl Error {

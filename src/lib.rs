@@ -41,11 +41,13 @@ mod chain;
 mod client;
 mod error;
 mod millis;
+mod options;
 mod outcome;
 mod signature;
 
 pub use chain::{Chain, Steps};
 pub use client::{Admin, Client, Submitted, endpoint_uri};
 pub use error::{Error, Result};
+pub use options::{Bearer, ClientOptions, TlsOptions};
 pub use outcome::{ChainError, ChainOutcome};
 pub use signature::{Args, Signature, Task, Throttle};

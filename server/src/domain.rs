@@ -57,6 +57,9 @@ pub struct ChainSpec {
     pub idempotency_key: String,
     pub unique_key: String,
     pub deadline_ms: UnixMs,
+    /// Name of the token that submitted the chain; empty when
+    /// authentication is off (see `auth::Caller::claim`).
+    pub owner: String,
 }
 
 /// A throttle identity: (task name, key), or a shared key alone when
@@ -206,6 +209,10 @@ pub struct ChainRecord {
     /// Chain-scoped throttle slots this chain holds until it ends.
     #[prost(message, repeated, tag = "18")]
     pub chain_holds: Vec<Identity>,
+    /// Name of the token that submitted the chain; empty when
+    /// authentication was off. Clients see only their own chains.
+    #[prost(string, tag = "19")]
+    pub owner: String,
 }
 
 /// Where a step sits inside its chain.
@@ -242,6 +249,7 @@ impl ChainRecord {
             cursor: 0,
             idempotency_key: spec.idempotency_key,
             unique_key: spec.unique_key,
+            owner: spec.owner,
             ..Default::default()
         }
     }
@@ -500,6 +508,7 @@ mod tests {
             idempotency_key: String::new(),
             unique_key: String::new(),
             deadline_ms: 0,
+            owner: String::new(),
         };
         let mut c = ChainRecord::new("c".into(), spec, 1);
         c.steps[0].result = "41".into();

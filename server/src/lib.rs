@@ -8,10 +8,13 @@
 //!   one place that decides what runs next; one task owns its state.
 //! - [`store`]: sled trees behind domain operations, with group commit.
 //!
-//! [`domain`] holds the vocabulary they share. [`run`] wires them together
-//! on a listener until a shutdown signal, which tests drive directly.
+//! [`domain`] holds the vocabulary they share; [`auth`] decides who may
+//! call what (tokens, roles) and holds the listener's TLS settings. [`run`]
+//! wires them together on a listener until a shutdown signal, which tests
+//! drive directly.
 
 pub mod api;
+pub mod auth;
 pub mod domain;
 pub mod scheduler;
 pub mod store;
@@ -22,8 +25,9 @@ use std::time::Duration;
 
 use baton::pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 /// How the broker runs.
 #[derive(Clone, Debug)]
@@ -37,16 +41,25 @@ pub struct Config {
     /// Turning it off is for benchmarks: acknowledged work may be lost.
     pub durable: bool,
     pub limits: api::Limits,
+    /// Who may call what. [`auth::Auth::Off`] (the library's default, for
+    /// tests and local development) lets every call through; the broker
+    /// logs a warning when it starts that way.
+    pub auth: auth::Auth,
+    /// TLS for the listener; `None` serves plaintext HTTP/2.
+    pub tls: Option<auth::Tls>,
 }
 
 impl Config {
-    /// Defaults: 30 s leases, durable acknowledgment, 1 MiB payloads.
+    /// Defaults: 30 s leases, durable acknowledgment, 1 MiB payloads,
+    /// authentication off, no TLS.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
             lease: Duration::from_secs(30),
             durable: true,
             limits: api::Limits::default(),
+            auth: auth::Auth::Off,
+            tls: None,
         }
     }
 }
@@ -60,6 +73,19 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate, key or client CA is unusable.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// The innermost cause of an error, which tonic's own message hides
+/// ("transport error").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// Serves the broker on `listener` until `shutdown` completes, then drains:
@@ -67,12 +93,21 @@ pub enum Error {
 /// is flushed last.
 ///
 /// # Errors
-/// When the store cannot be opened or recovered, or the server fails.
+/// When the TLS settings are unusable ([`Error::Tls`]), the store cannot be
+/// opened or recovered, or the server fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    // TLS first: a bad certificate should stop the broker before it
+    // touches the store.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| Error::Tls(root_cause(&e)))?;
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| store::Error::Io {
         path: config.data_dir.clone(),
         source,
@@ -105,20 +140,45 @@ pub async fn run(
         .build_v1()?;
 
     let max_message = config.limits.max_payload_bytes + 64 * 1024;
+    // Each service behind its gate (auth.rs); health and reflection open.
+    let mutual_tls = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_pem.is_some());
+    let gate = |service| auth::Gate::new(config.auth.clone(), service, mutual_tls);
     let broker = pb::broker_server::BrokerServer::new(api::BrokerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
+    let broker = InterceptedService::new(broker, gate(auth::Service::Broker));
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
+    let worker = InterceptedService::new(worker, gate(auth::Service::Worker));
     let admin = pb::admin_server::AdminServer::new(api::AdminService { handle });
+    let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
 
-    tracing::info!(addr = ?listener.local_addr().ok(), "baton broker listening");
-    let served = tonic::transport::Server::builder()
+    match &config.auth {
+        auth::Auth::Off => tracing::warn!(
+            "authentication is OFF (local development only): any caller may submit, run, inspect and cancel work"
+        ),
+        auth::Auth::Tokens(tokens) => {
+            tracing::info!(tokens = tokens.len(), "token authentication on");
+        }
+    }
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = config.tls.is_some(),
+        mutual_tls,
+        "baton broker listening"
+    );
+    // No Nagle: a worker's outcome and the next assignment are small
+    // messages that must not wait for delayed ACKs (40 ms each otherwise).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = server
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
@@ -126,7 +186,7 @@ pub async fn run(
         .add_service(broker)
         .add_service(worker)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(incoming, {
             // Stopping the scheduler first ends every worker and watch
             // stream, which the server's graceful shutdown waits for.
             let stop = stop.clone();

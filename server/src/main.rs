@@ -1,11 +1,13 @@
 //! The `baton` command: parses arguments, sets up logging, binds, and hands
-//! over to [`baton_server::run`].
+//! over to [`baton_server::run`]. `baton token` makes and hashes secrets
+//! for the token file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_server::auth;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,6 +21,38 @@ struct Cli {
 enum Command {
     /// Run the broker on an embedded sled store.
     Serve(ServeArgs),
+    /// Make and hash secrets for the token file (`serve --tokens`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random secret (on stderr) and the `[[token]]` table
+    /// to add to the token file (on stdout, so `>> tokens.toml` works).
+    New {
+        /// The token's name: 1 to 64 characters of A-Z a-z 0-9 _ . -
+        #[arg(long)]
+        name: String,
+        /// client, worker or admin.
+        #[arg(long, value_parser = ["client", "worker", "admin"])]
+        role: String,
+        /// Queues a worker token may serve, comma-separated ("*" = any).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+    },
+    /// Read a secret from stdin (one line) and print its SHA-256, the
+    /// `sha256` of its entry in the token file.
+    Hash,
+}
+
+/// `--auth`: how callers are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    /// Every call needs a token of the `--tokens` file.
+    Tokens,
+    /// No authentication: local development only.
+    Off,
 }
 
 #[derive(clap::Args)]
@@ -43,6 +77,27 @@ struct ServeArgs {
     /// Log format: "text" or "json".
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Authentication: "tokens" or "off". Default: tokens when --tokens is
+    /// given, else off (which is refused on a non-loopback address unless
+    /// --allow-insecure).
+    #[arg(long, env = "BATON_AUTH", value_enum)]
+    auth: Option<AuthMode>,
+    /// The token file (TOML; see `baton token new`).
+    #[arg(long, env = "BATON_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long, env = "BATON_ALLOW_INSECURE")]
+    allow_insecure: bool,
+    /// The server's TLS certificate chain (PEM); turns TLS on.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate(s) of client certificates (PEM): mutual TLS. Worker
+    /// streams then need a client certificate it signed.
+    #[arg(long, env = "BATON_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -50,7 +105,111 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Token(command) => token(command),
     }
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::New { name, role, queues } => {
+            let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let queues: Vec<String> = queues
+                .into_iter()
+                .map(|q| q.trim().to_owned())
+                .filter(|q| !q.is_empty())
+                .collect();
+            if role == auth::Role::Worker && queues.is_empty() {
+                anyhow::bail!("a worker token needs --queues (e.g. general,heavy; \"*\" for any)");
+            }
+            if role != auth::Role::Worker && !queues.is_empty() {
+                anyhow::bail!("--queues is only for --role worker");
+            }
+            let secret = auth::new_secret().context("reading the OS random source")?;
+            let entry = auth::toml_entry(&name, role, &queues, &secret);
+            // Checked like the broker checks the file: a bad name or queue
+            // fails here, not when the broker starts.
+            auth::Tokens::parse(&entry, "the new entry").map_err(anyhow::Error::msg)?;
+            eprintln!("secret of token {name:?} (shown once; the broker keeps only its hash):");
+            eprintln!("{secret}");
+            print!("\n{entry}");
+            Ok(())
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the secret from stdin")?;
+            let secret = line.trim();
+            if secret.is_empty() {
+                anyhow::bail!("no secret on stdin");
+            }
+            println!("{}", auth::hex(&auth::digest(secret)));
+            Ok(())
+        }
+    }
+}
+
+/// The broker's authentication and TLS, from the flags; refuses the
+/// combinations that would serve more openly than the operator meant.
+fn security(args: &ServeArgs) -> anyhow::Result<(auth::Auth, Option<auth::Tls>)> {
+    let mode = args.auth.unwrap_or(if args.tokens.is_some() {
+        AuthMode::Tokens
+    } else {
+        AuthMode::Off
+    });
+    let auth = match (mode, &args.tokens) {
+        (AuthMode::Tokens, None) => anyhow::bail!(
+            "--auth tokens needs a token file: --tokens FILE (or BATON_TOKENS); \
+             make entries with `baton token new --name NAME --role client|worker|admin`"
+        ),
+        (AuthMode::Tokens, Some(path)) => {
+            let tokens = auth::Tokens::load(path)?;
+            if tokens.is_empty() {
+                anyhow::bail!(
+                    "{} has no [[token]] entries: every call would be refused",
+                    path.display()
+                );
+            }
+            auth::Auth::Tokens(std::sync::Arc::new(tokens))
+        }
+        (AuthMode::Off, Some(path)) => anyhow::bail!(
+            "--auth off and --tokens {} contradict each other: drop one",
+            path.display()
+        ),
+        (AuthMode::Off, None) => {
+            if !args.listen.ip().is_loopback() && !args.allow_insecure {
+                anyhow::bail!(
+                    "refusing to serve without authentication on {} (not a loopback address): \
+                     give --tokens FILE, or --allow-insecure to let anyone who reaches this port \
+                     submit, run, inspect and cancel work",
+                    args.listen
+                );
+            }
+            auth::Auth::Off
+        }
+    };
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(auth::Tls {
+            cert_pem: read("--tls-cert", cert)?,
+            key_pem: read("--tls-key", key)?,
+            client_ca_pem: args
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| read("--tls-client-ca", ca))
+                .transpose()?,
+        }),
+        _ => None,
+    };
+    if tls.is_none() && matches!(auth, auth::Auth::Tokens(_)) && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "tokens travel in clear text on {}: serve TLS (--tls-cert, --tls-key) unless a proxy does",
+            args.listen
+        );
+    }
+    Ok((auth, tls))
 }
 
 fn init_tracing(format: &str) {
@@ -71,6 +230,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.lease_ms == 0 {
         anyhow::bail!("--lease-ms must be at least 1");
     }
+    let (auth, tls) = security(&args)?;
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -79,6 +239,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.lease = Duration::from_millis(args.lease_ms);
     config.durable = !args.no_durable;
     config.limits.max_payload_bytes = args.max_payload;
+    config.auth = auth;
+    config.tls = tls;
     if !config.durable {
         tracing::warn!("durable acknowledgment is OFF: a crash may lose acknowledged work");
     }

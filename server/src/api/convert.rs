@@ -195,6 +195,7 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         idempotency_key: req.idempotency_key,
         unique_key: req.unique_key,
         deadline_ms: req.deadline_unix_ms,
+        owner: String::new(), // set by the caller's claim (auth)
     })
 }
 

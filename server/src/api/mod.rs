@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 pub use self::convert::Limits;
 pub use self::worker::WorkerService;
+use crate::auth::Caller;
 use crate::domain::Identity;
 use crate::scheduler::{self, Dedup, Handle, Holder};
 
@@ -35,6 +36,17 @@ pub struct BrokerService {
     pub limits: Limits,
 }
 
+impl BrokerService {
+    /// Lets `caller` at chain `id` (an owner never changes, so a check
+    /// before the watch or cancel cannot go stale).
+    async fn check_sees(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        if caller.sees_all() {
+            return Ok(());
+        }
+        caller.check_sees(&self.handle.get(id.to_owned()).await?)
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ChainEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -43,7 +55,9 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::SubmitChainRequest>,
     ) -> Result<Response<pb::SubmitChainResponse>, Status> {
-        let spec = convert::chain_spec(request.into_inner(), &self.limits)?;
+        let caller = Caller::of(&request)?;
+        let mut spec = convert::chain_spec(request.into_inner(), &self.limits)?;
+        caller.claim(&mut spec);
         let submitted = self.handle.submit(spec).await?;
         let dedup = match submitted.dedup {
             None => pb::Dedup::Unspecified,
@@ -60,8 +74,10 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::GetChainRequest>,
     ) -> Result<Response<pb::Chain>, Status> {
+        let caller = Caller::of(&request)?;
         let id = convert::chain_id(request.into_inner().chain_id)?;
         let chain = self.handle.get(id).await?;
+        caller.check_sees(&chain)?;
         Ok(Response::new(convert::chain_view(&chain)))
     }
 
@@ -71,7 +87,9 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::WatchChainRequest>,
     ) -> Result<Response<Self::WatchChainStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = convert::chain_id(request.into_inner().chain_id)?;
+        self.check_sees(&caller, &id).await?;
         let rx = self.handle.watch(id).await?;
         let stream = ReceiverStream::new(rx).map(|e| Ok(convert::event_view(&e)));
         Ok(Response::new(Box::pin(stream)))
@@ -81,8 +99,10 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::CancelChainRequest>,
     ) -> Result<Response<pb::CancelChainResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let id = convert::chain_id(req.chain_id)?;
+        self.check_sees(&caller, &id).await?;
         let state = self.handle.cancel(id, req.reason).await?;
         Ok(Response::new(pb::CancelChainResponse {
             state: state as i32,

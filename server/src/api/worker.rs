@@ -194,6 +194,7 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = crate::auth::Caller::of(&request)?;
         let mut up = request.into_inner();
         let first = up
             .message()
@@ -206,6 +207,7 @@ impl pb::worker_server::Worker for WorkerService {
             ));
         };
         let hello = hello(h)?;
+        caller.check_queues(&hello.queues)?;
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
         let handle = self.handle.clone();

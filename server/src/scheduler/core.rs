@@ -131,6 +131,10 @@ pub struct Core {
     unique: HashMap<String, String>,
     /// Idempotency keys written in the current, not yet applied batch.
     idempotency_pending: HashMap<String, String>,
+    /// Chains retired (ended, left memory) in the current, not yet applied
+    /// batch: until it is applied the store still has their previous
+    /// record, so reads look here first.
+    retired_pending: HashMap<String, ChainRecord>,
     queues: Queues,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
@@ -159,6 +163,7 @@ impl Core {
             tasks: HashMap::new(),
             unique: HashMap::new(),
             idempotency_pending: HashMap::new(),
+            retired_pending: HashMap::new(),
             queues: Queues::default(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -322,6 +327,7 @@ impl Core {
             self.store.apply(&self.batch)?;
             self.batch = Batch::new();
             self.idempotency_pending.clear();
+            self.retired_pending.clear();
             self.written += 1;
         }
         Ok((self.written, std::mem::take(&mut self.effects)))
@@ -585,7 +591,11 @@ impl Core {
 
     /// A chain's record, from memory if live, else from the store.
     pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
-        if let Some(rec) = self.chains.get(chain_id) {
+        if let Some(rec) = self
+            .chains
+            .get(chain_id)
+            .or_else(|| self.retired_pending.get(chain_id))
+        {
             return Ok(rec.clone());
         }
         match self.store.chain(chain_id) {
@@ -1270,6 +1280,7 @@ impl Core {
         }
         self.batch.put_chain(&rec, false);
         self.dirty.remove(chain_id);
+        self.retired_pending.insert(chain_id.to_owned(), rec);
         // Watchers still get the final event: it was queued with the chain.
         self.apply_grants(grants, now_ms());
     }
@@ -1290,7 +1301,7 @@ impl Core {
         for (name, defaults) in &hello.tasks {
             if *defaults != Options::default() && self.task_defaults.get(name) != Some(defaults) {
                 self.batch.put_task_defaults(name, defaults);
-                self.task_defaults.insert(name.clone(), defaults.clone());
+                self.redefine(name, defaults.clone(), now);
             }
         }
         let mut conn = WorkerConn {
@@ -1353,6 +1364,53 @@ impl Core {
             },
         );
         worker_id
+    }
+
+    /// Sets a task name's defaults. Its steps already waiting for a slot or
+    /// a worker were routed under the old ones (or none: submitted before
+    /// any worker declared the name), so they are taken out and made ready
+    /// again, oldest first: a throttle or queue declared for the name (the
+    /// seed's `@throttle`) applies to them too.
+    fn redefine(&mut self, name: &str, defaults: Options, now: UnixMs) {
+        let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
+        for (chain_id, rec) in &self.chains {
+            if rec.is_ended() {
+                continue;
+            }
+            let at = rec.current();
+            let step = rec.step(at);
+            if step.name() == name
+                && matches!(step.state(), StepState::Ready | StepState::Throttled)
+            {
+                waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+            }
+        }
+        waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut grants = Vec::new();
+        for (_, task_id, chain_id, at) in &waiting {
+            self.queues.remove(task_id);
+            self.throttles
+                .remove_waiters(|w| w.ticket.task_id() == task_id);
+            // A ready step may hold its task-scoped slot: give it back.
+            let rec = &self.chains[chain_id];
+            if let Some(throttle) = self
+                .effective(rec, *at)
+                .throttle
+                .filter(|t| t.scope() != ThrottleScope::Chain)
+            {
+                let identity = Identity::of(name, &throttle);
+                grants.extend(
+                    self.throttles
+                        .release(&identity, &Holder::Task(task_id.clone())),
+                );
+            }
+        }
+        self.task_defaults.insert(name.to_owned(), defaults);
+        for (_, _, chain_id, at) in waiting {
+            self.make_ready(&chain_id, at, now);
+            self.touch(&chain_id);
+        }
+        self.apply_grants(grants, now);
     }
 
     pub fn on_worker_message(&mut self, worker_id: &str, msg: FromWorker, now: UnixMs) {
@@ -1763,4 +1821,74 @@ fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
     let mut list: Vec<serde_json::Value> = serde_json::from_str(args).unwrap_or_default();
     list.insert(0, value);
     serde_json::Value::Array(list).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_step(name: &str) -> ChainSpec {
+        ChainSpec {
+            steps: vec![Signature {
+                name: name.into(),
+                args: "[]".into(),
+                kwargs: "{}".into(),
+                immutable: true,
+                options: None,
+            }],
+            on_success: Vec::new(),
+            on_failure: Vec::new(),
+            heavy: false,
+            context: BTreeMap::new(),
+            idempotency_key: String::new(),
+            unique_key: String::new(),
+            deadline_ms: 0,
+            owner: String::new(),
+        }
+    }
+
+    /// Ends a round: commits and delivers its effects (durability does not
+    /// matter here).
+    fn end_round(core: &mut Core) {
+        let (_, effects) = core.commit().expect("commit");
+        for effect in effects {
+            core.deliver(effect);
+        }
+    }
+
+    #[test]
+    fn a_chain_retired_earlier_in_the_same_round_reads_as_ended() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (reply, mut submitted) = oneshot::channel();
+        core.submit(one_step("t"), reply, 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        let hello = WorkerHello {
+            name: "w".into(),
+            queues: vec![GENERAL_QUEUE.into()],
+            tasks: vec![("t".into(), Options::default())],
+            concurrency: 1,
+            held: Vec::new(),
+            held_slots: Vec::new(),
+        };
+        let worker_id = core.connect(hello, tx, 1);
+        core.dispatch(1);
+        end_round(&mut core);
+        let chain_id = submitted.try_recv().expect("reply").expect("ok").chain_id;
+        let task = loop {
+            if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
+                break a.task;
+            }
+        };
+        // One round: the outcome ends the chain (it leaves memory), then a
+        // read of it arrives before the round's batch is applied.
+        let outcome = RunOutcome::Success("1".into());
+        core.on_worker_message(&worker_id, FromWorker::Outcome { task, outcome }, 2);
+        let (reply, mut got) = oneshot::channel();
+        core.get(&chain_id, reply);
+        end_round(&mut core);
+        let chain = got.try_recv().expect("reply").expect("found");
+        assert_eq!(chain.state(), ChainState::Succeeded);
+    }
 }

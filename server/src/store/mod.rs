@@ -295,6 +295,7 @@ mod tests {
             idempotency_key: String::new(),
             unique_key: String::new(),
             deadline_ms: 0,
+            owner: String::new(),
         };
         ChainRecord::new(id.into(), spec, 1)
     }

@@ -22,6 +22,7 @@ Importing this package has no side effect beyond loading the protocol
 definitions: no connection, thread or signal handler is created until used.
 """
 
+from ._transport import Tls
 from .app import Baton, Task
 from .canvas import Chain, Signature, chain
 from .client import AsyncResult
@@ -54,6 +55,7 @@ __all__ = [
     "TaskContext",
     "Throttle",
     "ThrottleError",
+    "Tls",
     "Worker",
     "WorkerConfigError",
     "chain",

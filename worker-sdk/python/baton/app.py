@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
 
-from . import options as _options, pb
+from . import _transport, options as _options, pb
 from .canvas import Signature
 from .client import AsyncResult, BrokerClient
 from .client import AsyncResult as _AsyncResult
@@ -126,14 +126,31 @@ class Baton:
     ``address`` is the broker's ``host:port``; it defaults to
     ``$BATON_ADDRESS``, then ``127.0.0.1:7070`` (the broker's default), read when the first call is
     made, and may be reassigned until then (the worker CLI's ``--broker``
-    does). TLS and token options will come with the broker's support for them.
-    ``timeout`` bounds every unary call, including the wait for an
+    does). ``timeout`` bounds every unary call, including the wait for an
     unreachable broker.
+
+    ``token`` is the secret of a broker token (``baton token new``), sent
+    on every call; it defaults to ``$BATON_TOKEN``. ``tls`` turns TLS on:
+    ``True`` trusts the system's roots; a dict (or :class:`baton.Tls`) with
+    ``ca`` (the CA that signed the broker's certificate), ``cert`` and
+    ``key`` (a client certificate, which a broker with mutual TLS requires
+    of workers) and ``domain`` (the name in the broker's certificate, when
+    the address does not carry it). ``ca``, ``cert`` and ``key`` are file
+    paths or PEM bytes.
     """
 
-    def __init__(self, address: Optional[str] = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        token: Optional[str] = None,
+        tls: Any = None,
+    ) -> None:
         self._address = address
         self.timeout = timeout
+        self._token = _transport.check_token(token)
+        self._tls = _transport.tls_config(tls)
         self.tasks: dict[str, Task] = {}
         self._client: Optional[BrokerClient] = None
 
@@ -152,9 +169,29 @@ class Baton:
         self._address = value
 
     @property
+    def token(self) -> Optional[str]:
+        """The token sent on every call: ``Baton(token=...)``, else ``$BATON_TOKEN``."""
+        return self._token or _transport.check_token(os.environ.get("BATON_TOKEN"))
+
+    @token.setter
+    def token(self, value: Optional[str]) -> None:
+        self.close()
+        self._token = _transport.check_token(value)
+
+    @property
+    def tls(self) -> Optional[_transport.Tls]:
+        """The TLS settings (a :class:`baton.Tls`), or ``None`` for plaintext."""
+        return self._tls
+
+    @tls.setter
+    def tls(self, value: Any) -> None:
+        self.close()
+        self._tls = _transport.tls_config(value)
+
+    @property
     def client(self) -> BrokerClient:
         if self._client is None:
-            self._client = BrokerClient(self.address, self.timeout)
+            self._client = BrokerClient(self.address, self.timeout, self.token, self.tls)
         return self._client
 
     @property

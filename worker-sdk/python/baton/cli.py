@@ -5,7 +5,10 @@
     python -m baton worker --app mymodule:app --queues heavy --concurrency 1
 
 Option names follow Celery's where they exist (``-A``, ``-Q``, ``-c``,
-``-n``, ``-l``), so muscle memory carries over.
+``-n``, ``-l``), so muscle memory carries over. A secured broker::
+
+    BATON_TOKEN=... python -m baton worker -A mymodule:app --tls-ca ca.pem \\
+        --tls-cert worker.pem --tls-key worker.key
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("-c", "--concurrency", type=int, default=1, help="tasks run at once (default 1)")
     w.add_argument("-n", "--name", help="worker name shown in inspection (default host:pid)")
     w.add_argument("-b", "--broker", help="broker address host:port (default: the app's)")
+    w.add_argument(
+        "--token",
+        help="the worker's broker token (default: $BATON_TOKEN, then the app's); "
+        "prefer the variable: arguments show in `ps`",
+    )
+    w.add_argument("--tls", action="store_true", help="use TLS, trusting the system's roots")
+    w.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this CA (PEM)")
+    w.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), for mutual TLS")
+    w.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert (PEM)")
+    w.add_argument("--tls-domain", metavar="NAME", help="the name in the broker's certificate, if not the host")
     w.add_argument(
         "-l",
         "--loglevel",
@@ -98,6 +111,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         if args.broker:
             app.address = args.broker
+        try:
+            if args.token:
+                app.token = args.token
+            tls = {k: v for k, v in (("ca", args.tls_ca), ("cert", args.tls_cert), ("key", args.tls_key),
+                                     ("domain", args.tls_domain)) if v}
+            if tls or args.tls:
+                app.tls = tls or True
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
         worker = app.worker(queues=_queues(args.queues) or None, concurrency=args.concurrency, name=args.name)
         try:
             worker.run()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, cast
 
 import grpc
 
-from . import _json, pb
+from . import _json, _transport, pb
 from .errors import ChainCancelled, ChainFailed
 
 if TYPE_CHECKING:
@@ -66,27 +66,37 @@ class BrokerClient:
     """A lazily opened channel with the Broker and Admin stubs.
 
     Unary calls use ``wait_for_ready`` bounded by ``timeout``: a submit made
-    while the broker restarts waits for it instead of failing at once.
+    while the broker restarts waits for it instead of failing at once. With
+    a ``token`` every call carries it; with ``tls`` the channel is TLS.
     """
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float,
+        token: Optional[str] = None,
+        tls: Optional[_transport.Tls] = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
+        self.token = token
+        self.tls = tls
         self._lock = threading.Lock()
+        self._raw: Optional[grpc.Channel] = None
         self._channel: Optional[grpc.Channel] = None
 
     @property
     def channel(self) -> grpc.Channel:
         with self._lock:
             if self._channel is None:
-                self._channel = grpc.insecure_channel(self.address)
+                self._raw, self._channel = _transport.sync_channel(self.address, self.token, self.tls)
             return self._channel
 
     def close(self) -> None:
         with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
+            if self._raw is not None:
+                self._raw.close()
+            self._raw = self._channel = None
 
     @property
     def broker(self) -> Any:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
 import grpc
 import grpc.aio
 
-from . import _json, options as _options, outcomes, pb
+from . import _json, _transport, options as _options, outcomes, pb
 from .client import PHASES
 from .context import TaskContext, TaskKey
 from .errors import Cancelled, ThrottleError, WorkerConfigError
@@ -311,10 +311,10 @@ class Worker:
                     return
                 yield msg
 
-        channel = grpc.aio.insecure_channel(self.app.address)
+        channel = _transport.aio_channel(self.app.address, self.app.tls)
         tasks: list["asyncio.Task[Any]"] = []
         try:
-            call = pb.WorkerStub(channel).Session(pump())
+            call = pb.WorkerStub(channel).Session(pump(), metadata=_transport.metadata(self.app.token))
             try:
                 first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
             except asyncio.TimeoutError:

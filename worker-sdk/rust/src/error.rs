@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The token is empty or has characters other than visible ASCII.
+    #[error("the worker's token is empty or not visible ASCII")]
+    InvalidToken,
     /// The worker has no task registered, so the broker could assign it nothing.
     #[error("no task registered: add at least one with .task(name, handler)")]
     NoTasks,

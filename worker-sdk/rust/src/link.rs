@@ -11,8 +11,9 @@ use baton::pb::{self, worker_message::Msg};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Request, Status, Streaming};
 use tracing::{debug, info};
 
 use crate::error::Error;
@@ -81,16 +82,19 @@ impl From<Status> for Broken {
 }
 
 /// Opens the session on `channel` with `outbound` (whose first message is
-/// the Hello) and reads the Welcome.
+/// the Hello), with the token's `authorization` metadata if any, and reads
+/// the Welcome.
 pub(crate) async fn greet(
     channel: Channel,
+    authorization: Option<AsciiMetadataValue>,
     outbound: mpsc::UnboundedReceiver<pb::WorkerMessage>,
 ) -> Result<(pb::Welcome, Streaming<pb::BrokerMessage>), Broken> {
     let mut client = pb::worker_client::WorkerClient::new(channel);
-    let mut inbound = client
-        .session(UnboundedReceiverStream::new(outbound))
-        .await?
-        .into_inner();
+    let mut request = Request::new(UnboundedReceiverStream::new(outbound));
+    if let Some(value) = authorization {
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.session(request).await?.into_inner();
     match inbound.message().await?.map(|message| message.msg) {
         Some(Some(pb::broker_message::Msg::Welcome(welcome))) => Ok((welcome, inbound)),
         None => Err(Broken::Transient(Disconnect::Closed)),

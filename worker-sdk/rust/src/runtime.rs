@@ -180,7 +180,10 @@ impl Runtime {
         // Once the Hello is out the handshake is completed even if the
         // drain ends meanwhile, so the session closes with a Goodbye (which
         // hands back at once whatever the broker assigned before our Drain).
-        let greeting = timeout(HANDSHAKE_TIMEOUT, greet(channel, outbound));
+        let greeting = timeout(
+            HANDSHAKE_TIMEOUT,
+            greet(channel, self.config.authorization.clone(), outbound),
+        );
         match self.alongside(greeting, Some(&link), shutdown).await {
             None => Ok(Connected::Done),
             Some(Err(_elapsed)) => Ok(Connected::No(Disconnect::Timeout(HANDSHAKE_TIMEOUT))),

@@ -9,9 +9,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::pb;
+use baton::{ClientOptions, TlsOptions, pb};
 use futures::future::BoxFuture;
 use serde_json::Value;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 
 use crate::context::TaskContext;
@@ -44,8 +45,10 @@ pub(crate) struct Registered {
 
 /// A validated worker configuration.
 pub(crate) struct Config {
-    /// The broker, with connection timeouts and keep-alive set.
+    /// The broker, with connection timeouts, keep-alive and TLS set.
     pub(crate) endpoint: Endpoint,
+    /// `Bearer <token>`, sent when the session opens.
+    pub(crate) authorization: Option<AsciiMetadataValue>,
     pub(crate) name: String,
     /// Queues to take tasks from; empty means the broker's default.
     pub(crate) queues: Vec<String>,
@@ -75,6 +78,7 @@ impl Worker {
             concurrency: 1,
             tasks: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            options: ClientOptions::new(),
         }
     }
 
@@ -131,9 +135,25 @@ pub struct WorkerBuilder {
     concurrency: u32,
     tasks: Vec<(String, Registered)>,
     drain_timeout: Duration,
+    options: ClientOptions,
 }
 
 impl WorkerBuilder {
+    /// The secret of a broker token with role `worker` whose queues cover
+    /// this worker's.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.options = self.options.token(token);
+        self
+    }
+
+    /// TLS settings (the CA to trust, the broker's name, and the client
+    /// certificate a broker with mutual TLS requires of workers). The
+    /// connection uses `https` whatever scheme the endpoint names.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.options = self.options.tls(tls);
+        self
+    }
+
     /// The name shown in inspection; defaults to `"<host>:<pid>"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -207,12 +227,19 @@ impl WorkerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidEndpoint`] for an endpoint that is not a URI,
+    /// [`Error::InvalidEndpoint`] for an endpoint that is not a URI (or
+    /// TLS settings with an unusable PEM), [`Error::InvalidToken`],
     /// [`Error::NoTasks`], [`Error::EmptyTaskName`] or
     /// [`Error::DuplicateTask`] for a bad set of tasks, and
     /// [`Error::ZeroConcurrency`].
     pub fn build(self) -> Result<Worker, Error> {
-        let endpoint = Endpoint::from_shared(baton::endpoint_uri(self.endpoint.clone()))
+        let authorization = self
+            .options
+            .authorization()
+            .map_err(|_| Error::InvalidToken)?;
+        let endpoint = self
+            .options
+            .endpoint(self.endpoint.clone())
             .map_err(|source| Error::InvalidEndpoint {
                 endpoint: self.endpoint.clone(),
                 source,
@@ -240,6 +267,7 @@ impl WorkerBuilder {
         }
         let config = Config {
             endpoint,
+            authorization,
             name: self.name.unwrap_or_else(default_name),
             queues: self.queues,
             concurrency: self.concurrency,
@@ -262,6 +290,7 @@ impl fmt::Debug for WorkerBuilder {
                 &self.tasks.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             )
             .field("drain_timeout", &self.drain_timeout)
+            .field("options", &self.options)
             .finish()
     }
 }

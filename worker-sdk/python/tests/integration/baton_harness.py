@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from baton import pb
+from baton import _transport, pb
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[3]
@@ -57,28 +57,36 @@ def _terminate(proc, grace=5.0):
 
 
 class Broker:
-    """A `baton serve` process on a free port; restartable on the same port and data."""
+    """A `baton serve` process on a free port; restartable on the same port and data.
 
-    def __init__(self, binary, data_dir, log_path, lease_ms):
+    ``args`` are extra `baton serve` flags (``--tokens``, ``--tls-cert``...);
+    ``token`` and ``tls`` are what the harness's own admin channel needs then.
+    """
+
+    def __init__(self, binary, data_dir, log_path, lease_ms, args=(), token=None, tls=None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
         self.lease_ms = lease_ms
+        self.args = list(args)
+        self.token = token
+        self.tls = _transport.tls_config(tls)
         self.address = f"127.0.0.1:{free_port()}"
         self.proc = None
+        self._raw = None
         self._channel = None
 
     def start(self):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(self.binary), "serve", "--listen", self.address, "--data", str(self.data_dir),
-             "--lease-ms", str(self.lease_ms)],
+             "--lease-ms", str(self.lease_ms), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        self._channel = grpc.insecure_channel(self.address)
+        self._raw, self._channel = _transport.sync_channel(self.address, self.token, self.tls)
         admin = pb.AdminStub(self._channel)
 
         def ready():
@@ -96,13 +104,13 @@ class Broker:
         """SIGKILL the broker (crash)."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self._channel.close()
+        self._raw.close()
 
     def stop(self):
         if self.proc is not None:
             _terminate(self.proc)
-        if self._channel is not None:
-            self._channel.close()
+        if self._raw is not None:
+            self._raw.close()
 
     @property
     def admin(self):

@@ -25,12 +25,14 @@ sys.path.insert(0, str(HERE))  # demo_app and baton_harness, for this process
 
 @pytest.fixture
 def start_broker(tmp_path):
-    """Factory: ``start_broker(lease_ms=...)`` returns a running Broker."""
+    """Factory: ``start_broker(lease_ms=..., args=..., token=..., tls=...)``
+    returns a running Broker (see Broker for the security arguments)."""
     binary = broker_binary()
     brokers = []
 
-    def start(lease_ms=LEASE_MS):
-        b = Broker(binary, tmp_path / f"data{len(brokers)}", tmp_path / f"broker{len(brokers)}.log", lease_ms)
+    def start(lease_ms=LEASE_MS, **security):
+        b = Broker(binary, tmp_path / f"data{len(brokers)}", tmp_path / f"broker{len(brokers)}.log", lease_ms,
+                   **security)
         brokers.append(b)
         b.start()
         return b
@@ -79,18 +81,18 @@ def start_worker(broker, events_path, tmp_path):
     env["BATON_TEST_EVENTS"] = str(events_path)
     env["PYTHONUNBUFFERED"] = "1"
 
-    def start(queues=("general",), concurrency=1, wait=True, target=None):
+    def start(queues=("general",), concurrency=1, wait=True, target=None, args=(), extra_env=None):
         name = f"w{len(procs)}-{'+'.join(queues)}"
         log_path = tmp_path / f"{name}.log"
         log = open(log_path, "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "baton", "worker", "--app", "demo_app:app",
              "--broker", (target or broker).address, "--queues", ",".join(queues),
-             "--concurrency", str(concurrency), "--name", name],
+             "--concurrency", str(concurrency), "--name", name, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env={**env, **(extra_env or {})},
             cwd=str(HERE),
         )
         log.close()

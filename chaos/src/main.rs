@@ -1,0 +1,161 @@
+//! `baton-chaos`: the fault-injection harness of Baton's reliability work.
+//!
+//! It drives the real `baton` broker and real worker processes on loopback:
+//! thousands of chains (throttled identities in all three forms, heavy
+//! steps, retries, retry-later polls, cancellations, callbacks) while it
+//! repeatedly `kill -9`s the broker (restarting it on the same data
+//! directory and port) and the workers (restarting them). At the end it
+//! checks, from the task bodies' own journals, that every acknowledged
+//! chain ended as designed, none was lost, callbacks fired as the
+//! guarantees say and no throttle identity ever had more holders than its
+//! limit; it prints the counts and exits non-zero when a guarantee broke.
+//!
+//! ```text
+//! baton-chaos [--duration 300s --chains 5000 --seed 42 ...]   a run (see --help)
+//! baton-chaos worker --addr ... --journal FILE ...            one worker process (the harness starts these)
+//! ```
+//!
+//! Modules, in reading order:
+//! - `run`: the run itself (processes, kill schedule, submissions, the wait);
+//! - `plan`: the chains, drawn from the seed, and how each must end;
+//! - `worker`: the worker sub-mode and its one journalling task body;
+//! - `journal`: the records bodies write and the checker reads;
+//! - `procs`: starting, killing and stopping the broker and the workers;
+//! - `check`: the verdict;
+//! - `span`: durations and ranges on the command line.
+//!
+//! Exit codes: 0 the guarantees held, 1 they did not, 2 the harness could
+//! not run.
+
+mod check;
+mod journal;
+mod plan;
+mod procs;
+mod run;
+mod span;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton-chaos",
+    version,
+    about = "Kill -9 the Baton broker and its workers under load, then check the guarantees",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: run::Options,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One worker process of a run (started by the harness).
+    Worker(worker::Options),
+    /// Print a broker's queues, workers and throttles (to look into a failed
+    /// run: start `baton serve --data <run dir>/data` and point this at it).
+    Inspect {
+        /// The broker, e.g. 127.0.0.1:7070.
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("baton-chaos: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match cli.command {
+        Some(Command::Worker(options)) => {
+            init_logging();
+            match runtime.block_on(worker::main(options)) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("baton-chaos worker: {error:#}");
+                    2
+                }
+            }
+        }
+        Some(Command::Inspect { addr }) => match runtime.block_on(inspect(&addr)) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("baton-chaos inspect: {error:#}");
+                2
+            }
+        },
+        None => match runtime.block_on(run::run(cli.run)) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(error) => {
+                eprintln!("baton-chaos: {error:#}");
+                2
+            }
+        },
+    };
+    // Not waiting for the runtime: a worker's stdin reader may still block.
+    std::process::exit(code);
+}
+
+/// Prints what the broker at `addr` holds: queues, workers, throttles.
+async fn inspect(addr: &str) -> anyhow::Result<()> {
+    let admin = baton::Client::connect(addr.to_owned()).await?.admin();
+    for queue in admin.list_queues().await? {
+        println!(
+            "queue {}: ready {} delayed {} throttled {} running {}",
+            queue.name, queue.ready, queue.delayed, queue.throttled, queue.running
+        );
+    }
+    for worker in admin.list_workers().await? {
+        println!(
+            "worker {} {:?}: {} in flight of {}{}",
+            worker.worker_name,
+            worker.queues,
+            worker.in_flight.len(),
+            worker.concurrency,
+            if worker.draining { " (draining)" } else { "" }
+        );
+    }
+    for throttle in admin.list_throttles().await? {
+        let identity = throttle.identity.unwrap_or_default();
+        println!(
+            "throttle {}/{}: limit {}, {} waiters (oldest {} ms)",
+            identity.task_name,
+            identity.key,
+            throttle.limit,
+            throttle.waiters,
+            throttle.oldest_waiter_age_ms
+        );
+        for holder in throttle.holders {
+            println!(
+                "  held by {} task {} chain {} worker {:?} since {}",
+                holder.kind, holder.task_id, holder.chain_id, holder.worker, holder.since_unix_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Worker logs go to stderr (a file per process, from the harness), at the
+/// level `RUST_LOG` sets.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

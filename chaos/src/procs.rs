@@ -1,0 +1,437 @@
+//! The processes of a run: the real `baton` broker and the chaos worker
+//! processes, each started, killed (`kill -9`, by its own PID) and
+//! restarted by the harness, which remembers when it killed what.
+//!
+//! Every child is spawned with `kill_on_drop`, so a harness that returns
+//! early (an error, ctrl-c) takes its children with it. Workers also stop
+//! on their own when their stdin (a pipe from the harness) closes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::journal::now_ns;
+
+/// How long a broker may take to answer after it was started.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// PIDs of the children alive now (spawned, not yet reaped), for
+/// [`kill_all`].
+static LIVE: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn live() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a new child as alive.
+fn spawned(child: &Child) {
+    if let Some(pid) = child.id() {
+        live().insert(pid);
+    }
+}
+
+/// `kill -9` of every child still alive, by PID: what an interrupted
+/// harness does before it exits, whatever phase it was in.
+pub fn kill_all() {
+    for pid in std::mem::take(&mut *live()) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// What the harness did to a process, and when (journal clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kill {
+    /// `None`: the broker; `Some(slot)`: that worker.
+    pub worker: Option<usize>,
+    pub pid: u32,
+    /// Taken right after the SIGKILL was sent: the process runs no more
+    /// code after it, so nothing it holds outlives this time.
+    pub t: u64,
+}
+
+/// A process that ended without being killed by the harness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub worker: Option<usize>,
+    pub pid: u32,
+    /// When the harness noticed (an upper bound of the real end).
+    pub t: u64,
+    pub status: String,
+}
+
+/// The broker: one process at a time on a fixed port and data directory.
+pub struct Broker {
+    bin: PathBuf,
+    pub port: u16,
+    data: PathBuf,
+    logs: PathBuf,
+    lease_ms: u64,
+    /// Extra arguments of `baton serve`.
+    extra: Vec<String>,
+    /// Starts so far (1 for the first).
+    pub incarnation: u32,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn new(
+        bin: PathBuf,
+        port: u16,
+        data: PathBuf,
+        logs: PathBuf,
+        lease_ms: u64,
+        extra: Vec<String>,
+    ) -> Self {
+        Self {
+            bin,
+            port,
+            data,
+            logs,
+            lease_ms,
+            extra,
+            incarnation: 0,
+            child: None,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The log file of one incarnation (JSON lines, warnings and up).
+    pub fn log_path(logs: &Path, incarnation: u32) -> PathBuf {
+        logs.join(format!("broker-{incarnation}.log"))
+    }
+
+    /// Starts the broker and waits until it answers. A broker that exits
+    /// at once (its port not free yet) is started again, a few times.
+    ///
+    /// # Errors
+    /// When it cannot be spawned or does not come up in time.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            self.incarnation += 1;
+            let log_path = Self::log_path(&self.logs, self.incarnation);
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let child = Command::new(&self.bin)
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--data")
+                .arg(&self.data)
+                .args(["--lease-ms", &self.lease_ms.to_string()])
+                .args(["--log-format", "json"])
+                .args(&self.extra)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", self.bin.display()))?;
+            spawned(&child);
+            self.child = Some(child);
+            match self.wait_ready(deadline).await? {
+                true => return Ok(()),
+                false if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                false => bail!(
+                    "the broker exited at start; see {}",
+                    Self::log_path(&self.logs, self.incarnation).display()
+                ),
+            }
+        }
+    }
+
+    /// `Ok(true)` once the broker answers an admin call; `Ok(false)` if it
+    /// exited first.
+    async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+        let addr = self.addr();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                let pid = child.id();
+                if child.try_wait()?.is_some() {
+                    if let Some(pid) = pid {
+                        live().remove(&pid);
+                    }
+                    self.child = None;
+                    return Ok(false);
+                }
+            }
+            if let Ok(client) = baton::Client::connect(addr.clone()).await
+                && client.admin().list_queues().await.is_ok()
+            {
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the broker did not answer within {READY_WITHIN:?}; see {}",
+                    Self::log_path(&self.logs, self.incarnation).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, then reap.
+    pub async fn kill9(&mut self) -> Option<Kill> {
+        let (pid, t) = kill9(self.child.as_mut()?).await?;
+        self.child = None;
+        Some(Kill {
+            worker: None,
+            pid,
+            t,
+        })
+    }
+
+    /// The broker's end if it ended without being asked.
+    pub fn exited(&mut self) -> Option<Exit> {
+        let child = self.child.as_mut()?;
+        let pid = child.id().unwrap_or(0);
+        let status = child.try_wait().ok()??;
+        live().remove(&pid);
+        self.child = None;
+        Some(Exit {
+            worker: None,
+            pid,
+            t: now_ns(),
+            status: status.to_string(),
+        })
+    }
+
+    /// SIGTERM (a drain), then wait up to `grace`; a broker still running
+    /// then is killed. Returns whether it exited cleanly in time.
+    pub async fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let Some(pid) = child.id() else {
+            return false;
+        };
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if signalled && let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+            live().remove(&pid);
+            return status.success();
+        }
+        let _ = kill9(&mut child).await;
+        false
+    }
+}
+
+/// Sends SIGKILL to `child` and reaps it; its PID and the time right after
+/// the signal went out.
+async fn kill9(child: &mut Child) -> Option<(u32, u64)> {
+    let pid = child.id()?;
+    child.start_kill().ok()?;
+    let t = now_ns();
+    let _ = child.wait().await;
+    live().remove(&pid);
+    Some((pid, t))
+}
+
+/// One worker process of the run, and what the checker must know of it.
+#[derive(Clone, Debug)]
+pub struct WorkerProcess {
+    pub slot: usize,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub journal: PathBuf,
+    /// When the harness killed it.
+    pub killed: Option<u64>,
+    /// When it exited by itself (or at the final stop).
+    pub exited: Option<u64>,
+    /// Whether it exited 0 at the final stop.
+    pub clean: bool,
+}
+
+struct Running {
+    child: Child,
+    /// Closing it asks the worker to drain.
+    stdin: Option<ChildStdin>,
+    /// Index into `Workers::history`.
+    index: usize,
+}
+
+/// The worker processes: a fixed number of slots, each running at most one
+/// process at a time.
+pub struct Workers {
+    exe: PathBuf,
+    addr: String,
+    journals: PathBuf,
+    logs: PathBuf,
+    concurrency: u32,
+    slots: Vec<Option<Running>>,
+    /// Every process ever started, in start order.
+    pub history: Vec<WorkerProcess>,
+}
+
+impl Workers {
+    pub fn new(
+        exe: PathBuf,
+        addr: String,
+        journals: PathBuf,
+        logs: PathBuf,
+        count: usize,
+        concurrency: u32,
+    ) -> Self {
+        Self {
+            exe,
+            addr,
+            journals,
+            logs,
+            concurrency,
+            slots: (0..count).map(|_| None).collect(),
+            history: Vec::new(),
+        }
+    }
+
+    /// The queues of worker `slot`: general and heavy, general only, heavy
+    /// only, in turn, so heavy work has its own workers and shares others.
+    pub fn queues(slot: usize) -> Vec<String> {
+        let queues: &[&str] = match slot % 3 {
+            0 => &["general", "heavy"],
+            1 => &["general"],
+            _ => &["heavy"],
+        };
+        queues.iter().map(|q| (*q).to_owned()).collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_up(&self, slot: usize) -> bool {
+        self.slots[slot].is_some()
+    }
+
+    /// Starts a process in `slot` (which must be empty).
+    ///
+    /// # Errors
+    /// When it cannot be spawned.
+    pub fn start(&mut self, slot: usize) -> anyhow::Result<()> {
+        assert!(self.slots[slot].is_none(), "worker {slot} is running");
+        let index = self.history.len();
+        let journal = self.journals.join(format!("w{slot}-{index}.jsonl"));
+        let log_path = self.logs.join(format!("w{slot}-{index}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let queues = Self::queues(slot);
+        let mut child = Command::new(&self.exe)
+            .arg("worker")
+            .args(["--addr", &self.addr])
+            .arg("--journal")
+            .arg(&journal)
+            .args(["--slot", &slot.to_string()])
+            .args(["--queues", &queues.join(",")])
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        let pid = child.id().unwrap_or(0);
+        spawned(&child);
+        let stdin = child.stdin.take();
+        self.history.push(WorkerProcess {
+            slot,
+            pid,
+            queues,
+            journal,
+            killed: None,
+            exited: None,
+            clean: false,
+        });
+        self.slots[slot] = Some(Running {
+            child,
+            stdin,
+            index,
+        });
+        Ok(())
+    }
+
+    /// `kill -9` of the process in `slot`, if any.
+    pub async fn kill9(&mut self, slot: usize) -> Option<Kill> {
+        let mut running = self.slots[slot].take()?;
+        let (pid, t) = kill9(&mut running.child).await?;
+        self.history[running.index].killed = Some(t);
+        Some(Kill {
+            worker: Some(slot),
+            pid,
+            t,
+        })
+    }
+
+    /// Processes that ended by themselves since the last call; their slots
+    /// are empty afterwards.
+    pub fn exited(&mut self) -> Vec<Exit> {
+        let mut exits = Vec::new();
+        for slot in 0..self.slots.len() {
+            let Some(running) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = running.child.try_wait() else {
+                continue;
+            };
+            let t = now_ns();
+            let index = running.index;
+            live().remove(&self.history[index].pid);
+            self.slots[slot] = None;
+            self.history[index].exited = Some(t);
+            exits.push(Exit {
+                worker: Some(slot),
+                pid: self.history[index].pid,
+                t,
+                status: status.to_string(),
+            });
+        }
+        exits
+    }
+
+    /// Asks every worker to drain (closes its stdin) and waits up to
+    /// `grace` for all; those still running are killed. Returns how many
+    /// exited cleanly.
+    pub async fn stop_all(&mut self, grace: Duration) -> usize {
+        let mut running: Vec<Running> = self.slots.iter_mut().filter_map(Option::take).collect();
+        for process in &mut running {
+            drop(process.stdin.take());
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut clean = 0;
+        for mut process in running {
+            let status: Option<ExitStatus> =
+                match tokio::time::timeout_at(deadline, process.child.wait()).await {
+                    Ok(Ok(status)) => Some(status),
+                    _ => None,
+                };
+            let record = &mut self.history[process.index];
+            match status {
+                Some(status) => {
+                    live().remove(&record.pid);
+                    record.exited = Some(now_ns());
+                    record.clean = status.success();
+                    clean += usize::from(status.success());
+                }
+                None => {
+                    if let Some((_, t)) = kill9(&mut process.child).await {
+                        record.killed = Some(t);
+                    }
+                }
+            }
+        }
+        clean
+    }
+}

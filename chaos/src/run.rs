@@ -1,0 +1,692 @@
+//! A chaos run, start to verdict.
+//!
+//! 1. Start the broker (`baton serve`, on a loopback port and a fresh data
+//!    directory) and the worker processes.
+//! 2. Submit the plan's chains at a steady pace over the first part of the
+//!    run, each retried with its idempotency key until the broker
+//!    acknowledges it; cancel the chains designed to be cancelled.
+//! 3. Meanwhile, on a seeded schedule, `kill -9` the broker (restarting it
+//!    on the same port and directory) and the workers (restarting them).
+//! 4. When the duration is over, stop killing, and wait (bounded) until
+//!    every acknowledged chain ended, as `GetChain` tells.
+//! 5. Stop the workers (drain) and the broker (SIGTERM), read the journals
+//!    and the broker logs, and hand everything to the checker.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton::{Client, pb};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::check::{self, Evidence};
+use crate::journal::{self, now_ns};
+use crate::plan::{self, Design, Expect};
+use crate::procs::{self, Broker, Exit, Kill, Workers};
+use crate::span::{Span, parse_duration, show};
+
+/// Longest wait for one RPC; a broker that died mid-call makes it fail.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two tries of a submission or a cancel.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Submissions in flight at once.
+const IN_FLIGHT: usize = 32;
+/// Chains submitted together: bursts make throttled work arrive at once,
+/// so every identity has waiters.
+const BURST: u32 = 12;
+/// Part of the duration over which submissions are spread; kills go on
+/// over the rest while the last chains run.
+const SUBMIT_SHARE: f64 = 0.75;
+/// How long workers and the broker get to stop cleanly at the end.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// How long to inject faults (submissions are spread over the first
+    /// three quarters).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// How many chains to submit.
+    #[arg(long, default_value_t = 300)]
+    pub chains: u64,
+    /// Worker processes (queues in turn: general+heavy, general, heavy).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: u64,
+    /// Bodies each worker runs at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u32,
+    /// Time between two `kill -9`s of the broker (drawn from the range).
+    #[arg(long, default_value = "8s..15s")]
+    pub broker_kill_every: Span,
+    /// How long the broker stays dead before its restart.
+    #[arg(long, default_value = "0ms..1500ms")]
+    pub broker_down: Span,
+    /// Time between two `kill -9`s of a (random) worker.
+    #[arg(long, default_value = "3s..6s")]
+    pub worker_kill_every: Span,
+    /// How long a killed worker stays dead before its restart.
+    #[arg(long, default_value = "0ms..1s")]
+    pub worker_down: Span,
+    /// Seed of the plan and the kill schedule (default: from the clock;
+    /// printed, so a run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The `baton` binary [default: `baton` next to this binary, built
+    /// first when run through cargo].
+    #[arg(long)]
+    pub broker: Option<PathBuf>,
+    /// Directory for the broker's data, the journals and the logs
+    /// (created; must be empty) [default: a temporary directory, removed
+    /// after a passing run].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The broker's lease (--lease-ms).
+    #[arg(long, default_value_t = 2000)]
+    pub lease_ms: u64,
+    /// How long to wait, after the faults stop, for every acknowledged
+    /// chain to end.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub settle_timeout: Duration,
+    /// Keep the temporary directory even after a passing run.
+    #[arg(long)]
+    pub keep: bool,
+    /// An extra argument for `baton serve` (repeatable). For example
+    /// `--broker-arg=--no-durable` shows the checker catching a broker that
+    /// acknowledges before its writes are durable.
+    #[arg(long, allow_hyphen_values = true)]
+    pub broker_arg: Vec<String>,
+    /// Route the declared steps of the mixed identity through the general
+    /// queue, where in-body waiters of that identity can take every worker
+    /// slot: reproduces the deadlock of docs/reliability.md ("Findings").
+    #[arg(long)]
+    pub mixed_on_general: bool,
+}
+
+/// What the harness saw from the client's side.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Acknowledged submissions by plan number.
+    pub acked: HashMap<u64, Ack>,
+    /// Plan numbers never acknowledged (gave up at the settle deadline).
+    pub unacked: Vec<u64>,
+    /// Submission tries that failed and were repeated.
+    pub submit_retries: u64,
+    /// Chains seen ended, by id: their final state.
+    pub finals: HashMap<String, pb::Chain>,
+    /// The last state seen of chains not ended.
+    pub last_seen: HashMap<String, pb::Chain>,
+    /// Acknowledged chains the broker answered NOT_FOUND for.
+    pub not_found: HashSet<String>,
+    /// The state CancelChain answered, by plan number.
+    pub cancels: HashMap<u64, pb::ChainState>,
+    /// Answers no correct broker gives (INVALID_ARGUMENT for the plan,
+    /// a dedup on a first try).
+    pub oddities: Vec<String>,
+}
+
+/// One acknowledged submission.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub chain_id: String,
+    /// Tries it took.
+    pub tries: u32,
+    /// The broker answered with the first chain of an idempotency key: an
+    /// earlier try was stored but its answer was lost.
+    pub deduplicated: bool,
+}
+
+type Shared = Arc<Mutex<Observed>>;
+
+fn lock(observed: &Shared) -> std::sync::MutexGuard<'_, Observed> {
+    observed.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the harness; `Ok(true)` when the verdict is a pass.
+///
+/// # Errors
+/// When the harness itself cannot work (no broker binary, a process that
+/// cannot be started, an interrupt).
+pub async fn run(options: Options) -> anyhow::Result<bool> {
+    let seed = options.seed.unwrap_or_else(|| now_ns() % 1_000_000);
+    let bin = broker_binary(options.broker.as_deref())?;
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let (dir, temp) = run_dir(options.data_dir.as_deref())?;
+    let data = dir.join("data");
+    let journals = dir.join("journals");
+    let logs = dir.join("logs");
+    for d in [&data, &journals, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    println!(
+        "baton-chaos: seed {seed}, {} chains over {}, {} workers x {}, lease {} ms",
+        options.chains,
+        show(options.duration),
+        options.workers,
+        options.concurrency,
+        options.lease_ms
+    );
+    println!(
+        "  broker kill every {} (down {}), worker kill every {} (down {})",
+        options.broker_kill_every,
+        options.broker_down,
+        options.worker_kill_every,
+        options.worker_down
+    );
+    println!(
+        "  broker {}, run directory {}",
+        bin.display(),
+        dir.display()
+    );
+
+    // Whatever the phase, an interrupt kills every child, then the harness.
+    tokio::spawn(async {
+        interrupted().await;
+        procs::kill_all();
+        eprintln!("baton-chaos: interrupted; every process of the run was killed");
+        std::process::exit(2);
+    });
+    let port = free_port()?;
+    let mut broker = Broker::new(
+        bin,
+        port,
+        data,
+        logs.clone(),
+        options.lease_ms,
+        options.broker_arg.clone(),
+    );
+    broker.start().await?;
+    let workers_count = usize::try_from(options.workers).unwrap_or(1);
+    let mut workers = Workers::new(
+        exe,
+        broker.addr(),
+        journals,
+        logs.clone(),
+        workers_count,
+        options.concurrency,
+    );
+    for slot in 0..workers_count {
+        workers.start(slot)?;
+    }
+    let client = Client::new(
+        tonic::transport::Endpoint::from_shared(broker.addr())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(RPC_TIMEOUT)
+            .connect_lazy(),
+    );
+
+    let plan = Arc::new(plan::generate(
+        seed,
+        options.chains,
+        options.mixed_on_general,
+    ));
+    let observed: Shared = Arc::default();
+    let started = Instant::now();
+    let give_up = started + options.duration + options.settle_timeout;
+    let submitter = tokio::spawn(submit_all(
+        client.clone(),
+        Arc::clone(&plan),
+        format!("{seed}-{}", now_ns()),
+        seed,
+        options.duration.mul_f64(SUBMIT_SHARE),
+        Arc::clone(&observed),
+        give_up,
+    ));
+    let observer = tokio::spawn(observe(client.clone(), Arc::clone(&observed)));
+
+    let mut kills: Vec<Kill> = Vec::new();
+    let mut exits: Vec<Exit> = Vec::new();
+    inject(
+        &options,
+        seed,
+        started,
+        &mut broker,
+        &mut workers,
+        &mut kills,
+        &mut exits,
+    )
+    .await?;
+    let chaos_ended = started.elapsed();
+    println!(
+        "faults stopped after {:.1}s ({} broker kills, {} worker kills); waiting for the chains to end",
+        chaos_ended.as_secs_f64(),
+        kills.iter().filter(|k| k.worker.is_none()).count(),
+        kills.iter().filter(|k| k.worker.is_some()).count()
+    );
+
+    // Settle: every process up, then wait for every chain to end.
+    for slot in 0..workers.count() {
+        if !workers.is_up(slot) {
+            workers.start(slot)?;
+        }
+    }
+    let settle = async {
+        loop {
+            exits.extend(workers.exited());
+            for slot in 0..workers.count() {
+                if !workers.is_up(slot) {
+                    workers.start(slot)?;
+                }
+            }
+            if let Some(exit) = broker.exited() {
+                exits.push(exit);
+                broker.start().await?;
+            }
+            let submitted = submitter.is_finished();
+            let pending = {
+                let o = lock(&observed);
+                o.acked
+                    .values()
+                    .filter(|a| {
+                        !o.finals.contains_key(&a.chain_id) && !o.not_found.contains(&a.chain_id)
+                    })
+                    .count()
+            };
+            if submitted && pending == 0 {
+                return Ok::<bool, anyhow::Error>(false);
+            }
+            if Instant::now() > give_up {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let settle_timed_out = settle.await?;
+    submitter.abort();
+    observer.abort();
+    let settled_after = started.elapsed();
+
+    // Stop: workers drain first (they need the broker), then the broker.
+    exits.extend(workers.exited());
+    let live = (0..workers.count()).filter(|s| workers.is_up(*s)).count();
+    let workers_clean = workers.stop_all(STOP_GRACE).await;
+    if let Some(exit) = broker.exited() {
+        exits.push(exit);
+    }
+    let broker_clean_stop = broker.terminate(STOP_GRACE).await;
+
+    // Evidence.
+    let mut reads = Vec::new();
+    for process in &workers.history {
+        let read = journal::read(&process.journal).unwrap_or_default();
+        reads.push(read);
+    }
+    let (lapses, broker_errors) = broker_logs(&logs, broker.incarnation);
+    let observed = std::mem::take(&mut *lock(&observed));
+    let evidence = Evidence {
+        plan: &plan,
+        observed: &observed,
+        processes: &workers.history,
+        journals: &reads,
+        kills: &kills,
+        exits: &exits,
+        lapses: &lapses,
+        broker_errors: &broker_errors,
+        broker_clean_stop,
+        workers_live_at_stop: live,
+        workers_clean,
+        settle_timed_out,
+    };
+    let report = check::check(&evidence);
+    println!(
+        "chains ended (or the wait gave up) after {:.1}s: {:.1}s after the faults stopped",
+        settled_after.as_secs_f64(),
+        settled_after.saturating_sub(chaos_ended).as_secs_f64()
+    );
+    println!();
+    print!("{report}");
+    let summary = dir.join("summary.txt");
+    let _ = std::fs::write(&summary, report.to_string());
+    let passed = report.passed();
+    match temp {
+        Some(temp) if passed && !options.keep => drop(temp),
+        Some(temp) => {
+            let kept = temp.keep();
+            println!("run directory kept: {}", kept.display());
+        }
+        None => println!("run directory: {}", dir.display()),
+    }
+    Ok(passed)
+}
+
+/// The kill schedule, until the duration is over. Processes that end by
+/// themselves are recorded and restarted.
+async fn inject(
+    options: &Options,
+    seed: u64,
+    started: Instant,
+    broker: &mut Broker,
+    workers: &mut Workers,
+    kills: &mut Vec<Kill>,
+    exits: &mut Vec<Exit>,
+) -> anyhow::Result<()> {
+    // Its own stream, so the plan does not change with the kill settings.
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_c4a0_5000_0001);
+    let end = started + options.duration;
+    let mut next_broker_kill = started + options.broker_kill_every.pick(&mut rng);
+    let mut next_worker_kill = started + options.worker_kill_every.pick(&mut rng);
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        exits.extend(workers.exited());
+        if let Some(exit) = broker.exited() {
+            eprintln!("the broker exited by itself: {}", exit.status);
+            exits.push(exit);
+            broker.start().await?;
+        }
+        if now >= next_broker_kill {
+            if let Some(kill) = broker.kill9().await {
+                kills.push(kill);
+            }
+            tokio::time::sleep(options.broker_down.pick(&mut rng)).await;
+            broker.start().await?;
+            next_broker_kill = Instant::now() + options.broker_kill_every.pick(&mut rng);
+        }
+        if now >= next_worker_kill {
+            let up: Vec<usize> = (0..workers.count()).filter(|s| workers.is_up(*s)).collect();
+            if let Some(&slot) = rng.choice(up.iter()) {
+                if let Some(kill) = workers.kill9(slot).await {
+                    kills.push(kill);
+                }
+                restarts.push((Instant::now() + options.worker_down.pick(&mut rng), slot));
+            }
+            next_worker_kill = Instant::now() + options.worker_kill_every.pick(&mut rng);
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = restarts.into_iter().partition(|(at, _)| *at <= now);
+        restarts = later;
+        for (_, slot) in due {
+            if !workers.is_up(slot) {
+                workers.start(slot)?;
+            }
+        }
+        // Slots of workers that exited by themselves come back at once.
+        let next = [
+            next_broker_kill,
+            next_worker_kill,
+            end,
+            now + Duration::from_millis(200),
+        ]
+        .into_iter()
+        .chain(restarts.iter().map(|(at, _)| *at))
+        .min()
+        .unwrap_or(end);
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// Submits the plan at a steady pace over `span`, in bursts.
+async fn submit_all(
+    client: Client,
+    plan: Arc<Vec<Design>>,
+    key: String,
+    seed: u64,
+    span: Duration,
+    observed: Shared,
+    give_up: Instant,
+) {
+    let start = tokio::time::Instant::now();
+    let semaphore = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    let count = u32::try_from(plan.len()).unwrap_or(u32::MAX).max(1);
+    for (i, design) in plan.iter().enumerate() {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(start + span / count * (i - i % BURST)).await;
+        let Ok(permit) = Arc::clone(&semaphore).acquire_owned().await else {
+            return;
+        };
+        let (client, design, key) = (client.clone(), design.clone(), key.clone());
+        let observed = Arc::clone(&observed);
+        tasks.spawn(async move {
+            submit_one(&client, &design, &key, seed, &observed, give_up).await;
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Submits one chain until acknowledged (same idempotency key every try),
+/// then cancels it if it is designed to be cancelled.
+async fn submit_one(
+    client: &Client,
+    design: &Design,
+    key: &str,
+    seed: u64,
+    observed: &Shared,
+    give_up: Instant,
+) {
+    let mut tries = 0;
+    let chain_id = loop {
+        tries += 1;
+        match tokio::time::timeout(RPC_TIMEOUT, client.submit(design.chain(key))).await {
+            Ok(Ok(submitted)) => {
+                let deduplicated = !submitted.is_new();
+                let mut o = lock(observed);
+                if deduplicated && tries == 1 {
+                    o.oddities.push(format!(
+                        "chain {}: the first submission was answered as a duplicate ({:?})",
+                        design.seq, submitted.dedup
+                    ));
+                }
+                o.acked.insert(
+                    design.seq,
+                    Ack {
+                        chain_id: submitted.chain_id.clone(),
+                        tries,
+                        deduplicated,
+                    },
+                );
+                break submitted.chain_id;
+            }
+            Ok(Err(error)) if error.code() == Some(tonic::Code::InvalidArgument) => {
+                lock(observed)
+                    .oddities
+                    .push(format!("chain {} was refused: {error}", design.seq));
+                return;
+            }
+            _ => lock(observed).submit_retries += 1,
+        }
+        if Instant::now() > give_up {
+            lock(observed).unacked.push(design.seq);
+            return;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    };
+    if design.expect != Expect::Cancel {
+        return;
+    }
+    let mut rng = fastrand::Rng::with_seed(seed ^ design.seq.rotate_left(17));
+    let delay: Span = Span {
+        min: Duration::from_millis(300),
+        max: Duration::from_millis(3000),
+    };
+    tokio::time::sleep(delay.pick(&mut rng)).await;
+    loop {
+        let cancelled =
+            tokio::time::timeout(RPC_TIMEOUT, client.cancel(&chain_id, "chaos: by design")).await;
+        if let Ok(Ok(state)) = cancelled {
+            lock(observed).cancels.insert(design.seq, state);
+            return;
+        }
+        if Instant::now() > give_up {
+            return;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Follows every acknowledged chain with GetChain until it ended.
+async fn observe(client: Client, observed: Shared) {
+    loop {
+        let pending: Vec<String> = {
+            let o = lock(&observed);
+            o.acked
+                .values()
+                .map(|a| a.chain_id.clone())
+                .filter(|id| !o.finals.contains_key(id) && !o.not_found.contains(id))
+                .collect()
+        };
+        let mut answers = futures::stream::iter(pending)
+            .map(|id| {
+                let client = client.clone();
+                async move {
+                    let got = tokio::time::timeout(RPC_TIMEOUT, client.get(&id)).await;
+                    (id, got)
+                }
+            })
+            .buffer_unordered(16);
+        while let Some((id, got)) = answers.next().await {
+            let mut o = lock(&observed);
+            match got {
+                Ok(Ok(chain)) => {
+                    let ended = !matches!(
+                        chain.state(),
+                        pb::ChainState::Running | pb::ChainState::Unspecified
+                    );
+                    if ended {
+                        o.last_seen.remove(&id);
+                        o.finals.insert(id, chain);
+                    } else {
+                        o.last_seen.insert(id, chain);
+                    }
+                }
+                Ok(Err(error)) if error.code() == Some(tonic::Code::NotFound) => {
+                    o.not_found.insert(id);
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// ctrl-c or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The broker binary: as given, or `baton` next to this binary. Run through
+/// cargo (`$CARGO` set) with no `--broker`, it is built first, so
+/// `cargo run -p baton-chaos` and `cargo test -p baton-chaos` test the
+/// broker of the working tree.
+fn broker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        if !path.exists() {
+            bail!("--broker {} does not exist", path.display());
+        }
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let profile_dir = exe.parent().context("this binary has no directory")?;
+    let bin = profile_dir.join(format!("baton{}", std::env::consts::EXE_SUFFIX));
+    let target_dir = profile_dir
+        .parent()
+        .filter(|t| t.join("CACHEDIR.TAG").exists());
+    if let (Some(cargo), Some(target_dir)) = (std::env::var_os("CARGO"), target_dir) {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "baton-server", "--bin", "baton"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        eprintln!("building the broker: {build:?}");
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building the broker failed: {status}");
+        }
+    }
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it (cargo build [--release] -p baton-server) or pass --broker",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The run directory, and the temporary directory guard when it is one.
+fn run_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match given {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                bail!("--data-dir {} is not empty", dir.display());
+            }
+            Ok((dir.to_owned(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
+            Ok((temp.path().to_owned(), Some(temp)))
+        }
+    }
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// From the broker's logs (JSON lines): the leases it saw lapse, as
+/// (task id, attempt), and every error it logged.
+fn broker_logs(logs: &Path, incarnations: u32) -> (HashSet<(String, u32)>, Vec<String>) {
+    let mut lapses = HashSet::new();
+    let mut errors = Vec::new();
+    for incarnation in 1..=incarnations {
+        let path = Broker::log_path(logs, incarnation);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let fields = &entry["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            if message.starts_with("lease lapsed")
+                && let (Some(task), Some(attempt)) =
+                    (fields["task.id"].as_str(), fields["attempt"].as_u64())
+            {
+                lapses.insert((task.to_owned(), u32::try_from(attempt).unwrap_or(0)));
+            }
+            if entry["level"].as_str() == Some("ERROR") {
+                errors.push(format!("broker-{incarnation}.log: {line}"));
+            }
+        }
+    }
+    (lapses, errors)
+}
