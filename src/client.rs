@@ -155,7 +155,17 @@ impl Client {
     /// is malformed (nothing is stored), or a transport status such as
     /// `UNAVAILABLE`.
     pub async fn submit(&self, chain: impl Into<Chain>) -> Result<Submitted> {
-        let request = pb::SubmitChainRequest::from(chain.into());
+        self.submit_request(pb::SubmitChainRequest::from(chain.into()))
+            .await
+    }
+
+    /// [`submit`](Self::submit) for a request built by hand (as tools that
+    /// read chains from files do).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`submit`](Self::submit).
+    pub async fn submit_request(&self, request: pb::SubmitChainRequest) -> Result<Submitted> {
         let response = self.broker.clone().submit_chain(request).await?;
         let response = response.into_inner();
         Ok(Submitted {
@@ -372,6 +382,103 @@ impl Admin {
         };
         let response = self.inner.clone().set_throttle_limit(request).await?;
         Ok(response.into_inner())
+    }
+
+    /// Pauses a queue: its tasks stay READY but none is assigned until
+    /// [`resume_queue`](Self::resume_queue). Survives a broker restart.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for a malformed queue name.
+    pub async fn pause_queue(&self, queue: impl Into<String>) -> Result<pb::QueueInfo> {
+        let request = pb::PauseQueueRequest {
+            queue: queue.into(),
+        };
+        Ok(self.inner.clone().pause_queue(request).await?.into_inner())
+    }
+
+    /// Resumes a paused queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for a malformed queue name.
+    pub async fn resume_queue(&self, queue: impl Into<String>) -> Result<pb::QueueInfo> {
+        let request = pb::ResumeQueueRequest {
+            queue: queue.into(),
+        };
+        Ok(self.inner.clone().resume_queue(request).await?.into_inner())
+    }
+
+    /// Cancels the chain of every task READY in `queue` (as
+    /// [`Client::cancel`] does: no callback fires).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for a malformed queue name.
+    pub async fn purge_queue(
+        &self,
+        queue: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Result<pb::PurgeQueueResponse> {
+        let request = pb::PurgeQueueRequest {
+            queue: queue.into(),
+            reason: reason.into(),
+        };
+        Ok(self.inner.clone().purge_queue(request).await?.into_inner())
+    }
+
+    /// One page of failed chains, newest first; pass the response's
+    /// `next_page_token` to get the next page (empty: no more).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for a page token the broker
+    /// did not hand out.
+    pub async fn list_dead_chains(
+        &self,
+        page_size: u32,
+        page_token: impl Into<String>,
+    ) -> Result<pb::ListDeadChainsResponse> {
+        let request = pb::ListDeadChainsRequest {
+            page_size,
+            page_token: page_token.into(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .list_dead_chains(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Submits a failed chain again as a new chain; returns the new
+    /// chain's id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`]: `NOT_FOUND`, `FAILED_PRECONDITION` (the chain did
+    /// not fail, or was requeued already), `ALREADY_EXISTS` (a chain with
+    /// its unique key is queued or running).
+    pub async fn requeue_chain(&self, chain_id: &str) -> Result<String> {
+        let request = pb::RequeueChainRequest {
+            chain_id: chain_id.to_owned(),
+        };
+        let response = self.inner.clone().requeue_chain(request).await?;
+        Ok(response.into_inner().chain_id)
+    }
+
+    /// Drains the connected workers with this name (or worker id): they get
+    /// no new work and finish what they run. Returns them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `NOT_FOUND` when no connected worker matches.
+    pub async fn drain_worker(&self, worker: impl Into<String>) -> Result<Vec<pb::WorkerInfo>> {
+        let request = pb::DrainWorkerRequest {
+            worker: worker.into(),
+        };
+        let response = self.inner.clone().drain_worker(request).await?;
+        Ok(response.into_inner().workers)
     }
 }
 

@@ -957,14 +957,17 @@ async fn chain_scoped_slots_are_held_from_acquire_to_the_chain_end_whatever_the_
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_or_deadline_of_a_task_waiting_for_a_worker_gives_its_slot_back() {
+async fn a_throttled_task_takes_its_slot_only_with_a_worker_and_cancel_or_deadline_leave_no_trace()
+{
     let broker = TestBroker::start().await;
     let journal = Journal::default();
     let j = journal.clone();
     let open = gate();
     let g = open.clone();
-    // Concurrency 1, taken by a long task: a throttled task that got its
-    // slot waits in the queue for the worker.
+    // Concurrency 1, taken by a long task: a throttled task with a free
+    // slot still waits, holding nothing, because slot and worker are taken
+    // together (a slot reserved for a task that waits for a worker could
+    // wait forever behind bodies waiting in-body for that same slot).
     let _w = TestWorker::spawn(
         worker(&broker.addr, "busy")
             .concurrency(1)
@@ -998,22 +1001,18 @@ async fn cancel_or_deadline_of_a_task_waiting_for_a_worker_gives_its_slot_back()
         .await
         .unwrap()
         .chain_id;
-    until_throttle(&client, "leak.job", "leak", "the slot granted", |t| {
-        t.holders.len() == 1
+    until_throttle(&client, "leak.job", "leak", "a waiter and no holder", |t| {
+        t.waiters == 1 && t.holders.is_empty()
     })
     .await;
     assert_eq!(
         client.get(&cancelled).await.unwrap().steps[0].state(),
-        pb::StepState::Ready
+        pb::StepState::Throttled
     );
     client.cancel(&cancelled, "not needed").await.unwrap();
-    until_throttle(
-        &client,
-        "leak.job",
-        "leak",
-        "the slot back after cancel",
-        |t| t.holders.is_empty(),
-    )
+    until_throttle(&client, "leak.job", "leak", "no waiter after cancel", |t| {
+        t.holders.is_empty() && t.waiters == 0
+    })
     .await;
 
     let expired = client
@@ -1032,8 +1031,8 @@ async fn cancel_or_deadline_of_a_task_waiting_for_a_worker_gives_its_slot_back()
         &client,
         "leak.job",
         "leak",
-        "the slot back after the deadline",
-        |t| t.holders.is_empty(),
+        "no waiter after the deadline",
+        |t| t.holders.is_empty() && t.waiters == 0,
     )
     .await;
 
@@ -1341,4 +1340,82 @@ async fn a_task_name_throttle_applies_to_work_submitted_before_any_worker_declar
     );
     let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
     assert_eq!(holders.started(), expected, "in submission order");
+}
+
+/// The shape the chaos harness found: one worker slot, one identity taken
+/// both declared and in-body. A declared task that was granted its slot
+/// while it still waited for a worker could wait forever behind a body
+/// that waits in-body for that same slot. Slot and worker are taken
+/// together instead, so every chain ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_and_in_body_waiters_on_one_identity_never_deadlock() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let journal = Journal::default();
+    let open = gate();
+    let (g, jb, ja, jc) = (
+        open.clone(),
+        journal.clone(),
+        journal.clone(),
+        journal.clone(),
+    );
+    let shared = || BodyThrottle::new(1).key("k").shared();
+    let _w = TestWorker::spawn(
+        worker(&broker.addr, "one")
+            .concurrency(1)
+            .task("b.inbody", move |ctx: TaskContext| {
+                let (g, j) = (g.clone(), jb.clone());
+                async move {
+                    ctx.throttle(shared(), async {
+                        j.note("b holds");
+                        pass(&g).await;
+                    })
+                    .await?;
+                    Ok(Value::Null)
+                }
+            })
+            .task("a.declared", move |_ctx: TaskContext| {
+                let j = ja.clone();
+                async move {
+                    j.note("a runs");
+                    Ok(Value::Null)
+                }
+            })
+            .task("c.inbody", move |ctx: TaskContext| {
+                let j = jc.clone();
+                async move {
+                    ctx.throttle(shared(), async { j.note("c holds") }).await?;
+                    Ok(Value::Null)
+                }
+            }),
+    );
+    let b = client
+        .submit(Task::new("b.inbody").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    eventually("b to hold the slot", || journal.count("b holds") == 1).await;
+    let declared = Throttle::new(1).key("k").shared();
+    let a = client
+        .submit(Task::new("a.declared").si(()).throttle(declared))
+        .await
+        .unwrap()
+        .chain_id;
+    let c = client
+        .submit(Task::new("c.inbody").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let start = std::time::Instant::now();
+    while client.get(&c).await.unwrap().steps[0].state() != pb::StepState::Ready {
+        assert!(start.elapsed() < PATIENCE, "c never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        client.get(&a).await.unwrap().steps[0].state(),
+        pb::StepState::Throttled
+    );
+    open.add_permits(1);
+    all_succeed(&client, &[b, a, c]).await;
+    assert_eq!(journal.entries(), ["b holds", "a runs", "c holds"]);
 }

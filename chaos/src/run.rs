@@ -181,6 +181,12 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         bin.display(),
         dir.display()
     );
+    if options.workers < 3 && !options.mixed_on_general {
+        println!(
+            "  note: with fewer than 3 workers there is no heavy-only worker, so the mixed \
+             identity can deadlock (docs/reliability.md, \"Findings\")"
+        );
+    }
 
     // Whatever the phase, an interrupt kills every child, then the harness.
     tokio::spawn(async {

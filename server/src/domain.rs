@@ -213,6 +213,13 @@ pub struct ChainRecord {
     /// authentication was off. Clients see only their own chains.
     #[prost(string, tag = "19")]
     pub owner: String,
+    /// The failed chain this one was requeued from (`Admin.RequeueChain`).
+    #[prost(string, tag = "20")]
+    pub requeued_from: String,
+    /// Set on a failed chain once it was requeued: the new chain's id. A
+    /// requeued chain leaves the store's dead index.
+    #[prost(string, tag = "21")]
+    pub requeued_as: String,
 }
 
 /// Where a step sits inside its chain.

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod domain;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 
@@ -47,6 +48,9 @@ pub struct Config {
     pub auth: auth::Auth,
     /// TLS for the listener; `None` serves plaintext HTTP/2.
     pub tls: Option<auth::Tls>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no
+    /// authentication); `None` (the default) serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -60,6 +64,7 @@ impl Config {
             limits: api::Limits::default(),
             auth: auth::Auth::Off,
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -73,6 +78,13 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics address cannot be bound.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// The TLS certificate, key or client CA is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
@@ -112,7 +124,16 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = store::Store::open(&config.data_dir)?;
+    // The metrics port too: a port in use stops the broker before the store.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let store = store::Shared::open(&config.data_dir)?;
     let recovered = store.recover()?;
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -124,6 +145,8 @@ pub async fn run(
     let settings = scheduler::Settings {
         lease: config.lease,
         durable: config.durable,
+        max_workers: config.limits.max_workers,
+        max_watches: config.limits.max_watches,
     };
     let (handle, scheduler) = scheduler::start(store.clone(), recovered, settings, stop.clone());
 
@@ -134,6 +157,17 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::worker_server::WorkerServer<api::WorkerService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<api::AdminService>>()
+        .await;
+    tokio::spawn(report_store_health(
+        health_reporter.clone(),
+        handle.store_fault(),
+        stop.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, handle.clone(), stop.clone()));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -179,6 +213,7 @@ pub async fn run(
     // messages that must not wait for delayed ACKs (40 ms each otherwise).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = server
+        .trace_fn(request_span)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
@@ -192,6 +227,12 @@ pub async fn run(
             let stop = stop.clone();
             async move {
                 shutdown.await;
+                // Probes see the drain at once: "" and every service.
+                for service in ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"] {
+                    health_reporter
+                        .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
                 stop.cancel();
             }
         })
@@ -202,4 +243,52 @@ pub async fn run(
     tracing::info!("baton broker stopped");
     served?;
     Ok(())
+}
+
+/// The span of one gRPC call: its method, the caller's `x-request-id` when
+/// it sent one, and the chain it is about (recorded by the handler). Log
+/// lines of the call carry them, in both log formats.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        method = %request.uri().path(),
+        request.id = tracing::field::Empty,
+        chain.id = tracing::field::Empty,
+    );
+    if let Some(id) = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("request.id", id);
+    }
+    span
+}
+
+/// Keeps health checks honest while the store is in trouble (the disk is
+/// full or failing): the broker service and the server as a whole ("")
+/// report NOT_SERVING, since submissions are refused, and SERVING again
+/// once the store recovered. Ends with the broker.
+async fn report_store_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut fault: tokio::sync::watch::Receiver<Option<store::Fault>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = fault.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        let status = if fault.borrow_and_update().is_some() {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        for service in ["", pb::broker_server::SERVICE_NAME] {
+            if stop.is_cancelled() {
+                return;
+            }
+            reporter.set_service_status(service, status).await;
+        }
+    }
 }

@@ -1,14 +1,21 @@
 //! The `baton` command: parses arguments, sets up logging, binds, and hands
 //! over to [`baton_server::run`]. `baton token` makes and hashes secrets
-//! for the token file.
+//! for the token file. The operator's subcommands (submit, chain, queues,
+//! workers, throttles, dead, config) live in [`cli`].
+//!
+//! Exit codes: 0 done, 1 failed (one `error: ...` line on stderr), 2 bad
+//! arguments.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use baton_server::auth;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Baton task broker")]
@@ -24,6 +31,8 @@ enum Command {
     /// Make and hash secrets for the token file (`serve --tokens`).
     #[command(subcommand)]
     Token(TokenCommand),
+    #[command(flatten)]
+    Operate(cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +83,19 @@ struct ServeArgs {
     /// Largest request payload in bytes.
     #[arg(long, env = "BATON_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
     max_payload: usize,
+    /// Most signatures in one chain (steps + on_success + on_failure).
+    #[arg(long, env = "BATON_MAX_STEPS", default_value_t = 1000)]
+    max_steps: usize,
+    /// Most worker streams connected at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BATON_MAX_WORKERS", default_value_t = 1000)]
+    max_workers: usize,
+    /// Most WatchChain streams open at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BATON_MAX_WATCHES", default_value_t = 10_000)]
+    max_watches: usize,
+    /// Largest concurrency a worker may declare: the most assignments one
+    /// worker stream holds at once.
+    #[arg(long, env = "BATON_MAX_WORKER_CONCURRENCY", default_value_t = 10_000)]
+    max_worker_concurrency: u32,
     /// Log format: "text" or "json".
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -98,15 +120,35 @@ struct ServeArgs {
     /// streams then need a client certificate it signed.
     #[arg(long, env = "BATON_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics, plain HTTP,
+    /// no authentication); off when not given.
+    #[arg(long, env = "BATON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// A TOML configuration file: one key per flag (`lease_ms` for
+    /// --lease-ms). Flags and BATON_* variables override it.
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args).await,
-        Command::Token(command) => token(command),
-    }
+async fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
+        Command::Serve(mut args) => {
+            let serve_matches = matches.subcommand_matches("serve").unwrap_or(&matches);
+            match cli::config::apply(&mut args, serve_matches) {
+                Ok(()) => serve(args).await.map(|()| ExitCode::SUCCESS),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Token(command) => token(command).map(|()| ExitCode::SUCCESS),
+        Command::Operate(command) => cli::run(command).await,
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        cli::exit_code(&e)
+    })
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {
@@ -230,8 +272,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.lease_ms == 0 {
         anyhow::bail!("--lease-ms must be at least 1");
     }
+    for (flag, value) in [
+        ("--max-payload", args.max_payload),
+        ("--max-steps", args.max_steps),
+        ("--max-workers", args.max_workers),
+        ("--max-watches", args.max_watches),
+        (
+            "--max-worker-concurrency",
+            usize::try_from(args.max_worker_concurrency).unwrap_or(usize::MAX),
+        ),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+    }
     let (auth, tls) = security(&args)?;
     let shutdown = shutdown_signal()?;
+    keep_running_past_file_size_limit()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -239,14 +296,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.lease = Duration::from_millis(args.lease_ms);
     config.durable = !args.no_durable;
     config.limits.max_payload_bytes = args.max_payload;
+    config.limits.max_steps = args.max_steps;
+    config.limits.max_workers = args.max_workers;
+    config.limits.max_watches = args.max_watches;
+    config.limits.max_worker_concurrency = args.max_worker_concurrency;
     config.auth = auth;
     config.tls = tls;
+    config.metrics_listen = args.metrics_listen;
+    if let Some(path) = &args.config {
+        tracing::info!(config = %path.display(), "configuration file read");
+    }
     if !config.durable {
         tracing::warn!("durable acknowledgment is OFF: a crash may lose acknowledged work");
     }
     baton_server::run(listener, config, shutdown)
         .await
         .context("broker failed")
+}
+
+/// A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, which
+/// kills the process by default. With a handler installed the write fails
+/// with EFBIG instead, which the store treats as a full disk: submissions
+/// are refused with RESOURCE_EXHAUSTED until there is room again, and
+/// nothing acknowledged is lost. tokio keeps the handler for the life of
+/// the process; the signal itself needs no action.
+fn keep_running_past_file_size_limit() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let kind = tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ);
+        let mut signals =
+            tokio::signal::unix::signal(kind).context("installing the SIGXFSZ handler")?;
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                tracing::debug!("SIGXFSZ: a store write went past the file-size limit");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT (ctrl-c) or SIGTERM. The handlers are installed

@@ -167,6 +167,76 @@ impl pb::admin_server::Admin for Fake {
         self.limits.lock().unwrap().push(request);
         Ok(Response::new(info))
     }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        Ok(Response::new(pb::QueueInfo {
+            name: request.into_inner().queue,
+            paused: true,
+            ..pb::QueueInfo::default()
+        }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        Ok(Response::new(pb::QueueInfo {
+            name: request.into_inner().queue,
+            ..pb::QueueInfo::default()
+        }))
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(pb::PurgeQueueResponse {
+            cancelled: 1,
+            chain_ids: vec![format!("{}:{}", request.queue, request.reason)],
+        }))
+    }
+
+    async fn list_dead_chains(
+        &self,
+        request: Request<pb::ListDeadChainsRequest>,
+    ) -> Result<Response<pb::ListDeadChainsResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(pb::ListDeadChainsResponse {
+            chains: vec![pb::Chain {
+                chain_id: format!("dead-{}", request.page_size),
+                ..pb::Chain::default()
+            }],
+            next_page_token: format!("after-{}", request.page_token),
+        }))
+    }
+
+    async fn requeue_chain(
+        &self,
+        request: Request<pb::RequeueChainRequest>,
+    ) -> Result<Response<pb::RequeueChainResponse>, Status> {
+        let from = request.into_inner().chain_id;
+        Ok(Response::new(pb::RequeueChainResponse {
+            chain_id: format!("{from}-again"),
+            requeued_from: from,
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        Ok(Response::new(pb::DrainWorkerResponse {
+            workers: vec![pb::WorkerInfo {
+                worker_name: request.into_inner().worker,
+                draining: true,
+                ..pb::WorkerInfo::default()
+            }],
+        }))
+    }
 }
 
 /// Serves `fake` on `listener` until the future is dropped.
@@ -538,6 +608,29 @@ async fn watch_streams_the_events_in_order() {
         let kinds: Vec<_> = events.map(|event| event.unwrap().kind).collect().await;
 
         assert_eq!(kinds, ["snapshot", "step_started", "chain_succeeded"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_operations_send_their_requests() {
+    bounded(async {
+        let fake = Arc::new(Fake::default());
+        let admin = connect(start(fake.clone()).await).await.admin();
+        let paused = admin.pause_queue("io").await.unwrap();
+        assert_eq!((paused.name.as_str(), paused.paused), ("io", true));
+        assert!(!admin.resume_queue("io").await.unwrap().paused);
+        let purged = admin.purge_queue("io", "why").await.unwrap();
+        assert_eq!(purged.chain_ids, ["io:why"]);
+        let page = admin.list_dead_chains(7, "t").await.unwrap();
+        assert_eq!(page.chains[0].chain_id, "dead-7");
+        assert_eq!(page.next_page_token, "after-t");
+        assert_eq!(admin.requeue_chain("c").await.unwrap(), "c-again");
+        let drained = admin.drain_worker("w").await.unwrap();
+        assert_eq!(
+            (drained[0].worker_name.as_str(), drained[0].draining),
+            ("w", true)
+        );
     })
     .await;
 }

@@ -11,13 +11,23 @@ use tonic::Status;
 
 use crate::domain::{self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, ThrottleScope};
 
-/// Size limits applied to requests.
+/// Limits on what one request or one caller may ask of the broker. Each
+/// refusal names the limit (and its flag), so a caller knows what to fix.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest encoded SubmitChain request, result or failure (bytes).
+    /// Largest encoded SubmitChain request, result or failure (bytes); this
+    /// bounds a signature's args and kwargs too. `INVALID_ARGUMENT` (a
+    /// message past it plus 64 KiB is cut off by gRPC: `RESOURCE_EXHAUSTED`).
     pub max_payload_bytes: usize,
-    /// Most signatures in one chain (steps + callbacks).
+    /// Most signatures in one chain (steps + callbacks): `INVALID_ARGUMENT`.
     pub max_steps: usize,
+    /// Most worker streams connected at once: `RESOURCE_EXHAUSTED`.
+    pub max_workers: usize,
+    /// Most WatchChain streams open at once: `RESOURCE_EXHAUSTED`.
+    pub max_watches: usize,
+    /// Largest concurrency a worker may ask for in its hello, which is the
+    /// most assignments it holds at once: `INVALID_ARGUMENT`.
+    pub max_worker_concurrency: u32,
 }
 
 impl Default for Limits {
@@ -25,11 +35,18 @@ impl Default for Limits {
         Limits {
             max_payload_bytes: 1024 * 1024,
             max_steps: 1000,
+            max_workers: 1000,
+            max_watches: 10_000,
+            max_worker_concurrency: 10_000,
         }
     }
 }
 
 pub const MAX_NAME_LEN: usize = 200;
+/// Longest duration, and latest unix time, a request may name in
+/// milliseconds: 2^48 - 1 (about 8900 years), so that the times computed
+/// from them never overflow.
+pub const MAX_MS: u64 = (1 << 48) - 1;
 pub const MAX_KEY_LEN: usize = 200;
 pub const MAX_QUEUE_LEN: usize = 64;
 
@@ -129,6 +146,26 @@ pub fn check_options(field: &str, o: &pb::Options) -> Result<(), Status> {
             "{field}.description is longer than 1000 characters"
         )));
     }
+    let times = [
+        ("retry_backoff_ms", o.retry_backoff_ms.unwrap_or(0)),
+        ("retry_backoff_max_ms", o.retry_backoff_max_ms.unwrap_or(0)),
+        ("timeout_ms", o.timeout_ms.unwrap_or(0)),
+        ("countdown_ms", o.countdown_ms),
+        ("eta_unix_ms", o.eta_unix_ms),
+    ];
+    for (name, ms) in times {
+        check_ms(&format!("{field}.{name}"), ms)?;
+    }
+    Ok(())
+}
+
+/// A duration or unix time in milliseconds: at most [`MAX_MS`].
+pub fn check_ms(field: &str, ms: u64) -> Result<(), Status> {
+    if ms > MAX_MS {
+        return Err(invalid(format!(
+            "{field} is {ms}, over the limit of {MAX_MS} ms (about 8900 years)"
+        )));
+    }
     Ok(())
 }
 
@@ -179,6 +216,7 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
     }
     check_key("idempotency_key", &req.idempotency_key)?;
     check_key("unique_key", &req.unique_key)?;
+    check_ms("deadline_unix_ms", req.deadline_unix_ms)?;
     for (k, v) in &req.context {
         if k.is_empty() {
             return Err(invalid("context has an empty key"));
@@ -276,6 +314,8 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         result: c.result.clone(),
         failure: c.failure.clone(),
         cancel_reason: c.cancel_reason.clone(),
+        requeued_from: c.requeued_from.clone(),
+        requeued_as: c.requeued_as.clone(),
     }
 }
 

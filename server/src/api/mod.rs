@@ -22,6 +22,10 @@ impl From<scheduler::Error> for Status {
         match e {
             scheduler::Error::NotFound(m) => Status::not_found(m),
             scheduler::Error::ShuttingDown => Status::unavailable("broker is shutting down"),
+            scheduler::Error::Conflict(m) => Status::failed_precondition(m),
+            scheduler::Error::Exists(m) => Status::already_exists(m),
+            scheduler::Error::Exhausted(m) => Status::resource_exhausted(m),
+            scheduler::Error::Unavailable(m) => Status::unavailable(m),
             scheduler::Error::Store(m) => {
                 tracing::error!(cause = %m, "store failure");
                 Status::unavailable("the broker's store is failing; retry later")
@@ -59,6 +63,7 @@ impl pb::broker_server::Broker for BrokerService {
         let mut spec = convert::chain_spec(request.into_inner(), &self.limits)?;
         caller.claim(&mut spec);
         let submitted = self.handle.submit(spec).await?;
+        record_chain(&submitted.chain_id);
         let dedup = match submitted.dedup {
             None => pb::Dedup::Unspecified,
             Some(Dedup::IdempotencyKey) => pb::Dedup::IdempotencyKey,
@@ -76,6 +81,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::Chain>, Status> {
         let caller = Caller::of(&request)?;
         let id = convert::chain_id(request.into_inner().chain_id)?;
+        record_chain(&id);
         let chain = self.handle.get(id).await?;
         caller.check_sees(&chain)?;
         Ok(Response::new(convert::chain_view(&chain)))
@@ -89,6 +95,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::WatchChainStream>, Status> {
         let caller = Caller::of(&request)?;
         let id = convert::chain_id(request.into_inner().chain_id)?;
+        record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let rx = self.handle.watch(id).await?;
         let stream = ReceiverStream::new(rx).map(|e| Ok(convert::event_view(&e)));
@@ -102,6 +109,7 @@ impl pb::broker_server::Broker for BrokerService {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let id = convert::chain_id(req.chain_id)?;
+        record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let state = self.handle.cancel(id, req.reason).await?;
         Ok(Response::new(pb::CancelChainResponse {
@@ -109,6 +117,41 @@ impl pb::broker_server::Broker for BrokerService {
         }))
     }
 }
+
+/// Records the chain a call is about in its span (see `request_span` in
+/// lib.rs), so the call's log lines name it.
+fn record_chain(chain_id: &str) {
+    tracing::Span::current().record("chain.id", chain_id);
+}
+
+fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
+    pb::QueueInfo {
+        name: q.name,
+        ready: q.ready,
+        delayed: q.delayed,
+        throttled: q.throttled,
+        running: q.running,
+        oldest_ready_age_ms: q.oldest_ready_age_ms,
+        paused: q.paused,
+    }
+}
+
+fn worker_view(w: scheduler::WorkerStats) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        worker_id: w.worker_id,
+        worker_name: w.name,
+        queues: w.queues,
+        task_names: w.task_names,
+        concurrency: w.concurrency,
+        in_flight: w.in_flight.into_iter().map(convert::pb_task_ref).collect(),
+        draining: w.draining,
+        connected_unix_ms: w.connected_ms,
+    }
+}
+
+/// Most dead chains per page, and the page size when none is asked for.
+const MAX_DEAD_PAGE: u32 = 1000;
+const DEFAULT_DEAD_PAGE: u32 = 50;
 
 /// Inspection and live limits.
 pub struct AdminService {
@@ -154,14 +197,7 @@ impl pb::admin_server::Admin for AdminService {
             .queues()
             .await?
             .into_iter()
-            .map(|q| pb::QueueInfo {
-                name: q.name,
-                ready: q.ready,
-                delayed: q.delayed,
-                throttled: q.throttled,
-                running: q.running,
-                oldest_ready_age_ms: q.oldest_ready_age_ms,
-            })
+            .map(queue_view)
             .collect();
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
@@ -175,16 +211,7 @@ impl pb::admin_server::Admin for AdminService {
             .workers()
             .await?
             .into_iter()
-            .map(|w| pb::WorkerInfo {
-                worker_id: w.worker_id,
-                worker_name: w.name,
-                queues: w.queues,
-                task_names: w.task_names,
-                concurrency: w.concurrency,
-                in_flight: w.in_flight.into_iter().map(convert::pb_task_ref).collect(),
-                draining: w.draining,
-                connected_unix_ms: w.connected_ms,
-            })
+            .map(worker_view)
             .collect();
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
@@ -250,5 +277,98 @@ impl pb::admin_server::Admin for AdminService {
                 ..Default::default()
             });
         Ok(Response::new(info))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let queue = request.into_inner().queue;
+        convert::check_queue("queue", &queue)?;
+        let stats = self.handle.pause_queue(queue, true).await?;
+        Ok(Response::new(queue_view(stats)))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let queue = request.into_inner().queue;
+        convert::check_queue("queue", &queue)?;
+        let stats = self.handle.pause_queue(queue, false).await?;
+        Ok(Response::new(queue_view(stats)))
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let req = request.into_inner();
+        convert::check_queue("queue", &req.queue)?;
+        if req.reason.chars().count() > convert::MAX_KEY_LEN {
+            return Err(Status::invalid_argument(format!(
+                "reason is longer than {} characters",
+                convert::MAX_KEY_LEN
+            )));
+        }
+        let chain_ids = self.handle.purge_queue(req.queue, req.reason).await?;
+        Ok(Response::new(pb::PurgeQueueResponse {
+            cancelled: u64::try_from(chain_ids.len()).unwrap_or(u64::MAX),
+            chain_ids,
+        }))
+    }
+
+    async fn list_dead_chains(
+        &self,
+        request: Request<pb::ListDeadChainsRequest>,
+    ) -> Result<Response<pb::ListDeadChainsResponse>, Status> {
+        let req = request.into_inner();
+        let size = match req.page_size {
+            0 => DEFAULT_DEAD_PAGE,
+            n => n.min(MAX_DEAD_PAGE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                crate::store::DeadCursor::parse(&req.page_token).ok_or_else(|| {
+                    Status::invalid_argument("page_token is not a token this broker handed out")
+                })?,
+            )
+        };
+        let page = self
+            .handle
+            .dead_chains(after, usize::try_from(size).unwrap_or(usize::MAX))
+            .await?;
+        Ok(Response::new(pb::ListDeadChainsResponse {
+            chains: page.chains.iter().map(convert::chain_view).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn requeue_chain(
+        &self,
+        request: Request<pb::RequeueChainRequest>,
+    ) -> Result<Response<pb::RequeueChainResponse>, Status> {
+        let id = convert::chain_id(request.into_inner().chain_id)?;
+        record_chain(&id);
+        let new_id = self.handle.requeue(id.clone()).await?;
+        tracing::info!(requeued_as = %new_id, "chain requeued");
+        Ok(Response::new(pb::RequeueChainResponse {
+            chain_id: new_id,
+            requeued_from: id,
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let worker = request.into_inner().worker;
+        convert::check_name("worker", &worker)?;
+        let workers = self.handle.drain_workers(worker).await?;
+        Ok(Response::new(pb::DrainWorkerResponse {
+            workers: workers.into_iter().map(worker_view).collect(),
+        }))
     }
 }

@@ -5,6 +5,13 @@
 //! scheduler's [`ToWorker`] messages into the stream down. When the stream
 //! up ends without a Goodbye, the scheduler hears that the worker is gone
 //! (its leases keep running until they lapse or it reconnects).
+//!
+//! Limits: the hello must come within [`HELLO_WAIT`] and ask for at most
+//! `--max-worker-concurrency` assignments at once; the scheduler refuses
+//! workers past `--max-workers`. A worker does not set the pace: its
+//! messages are forwarded one at a time (a flood waits for the scheduler),
+//! and one that does not read its stream is dropped once [`OUTBOUND`]
+//! messages wait for it, after which its stream up is not read either.
 
 use std::pin::Pin;
 
@@ -19,8 +26,8 @@ use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
 const OUTBOUND: usize = 4096;
-/// Largest concurrency a worker may ask for.
-pub const MAX_CONCURRENCY: u32 = 10_000;
+/// How long a new stream may take to send its hello.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct WorkerService {
     pub handle: Handle,
@@ -29,10 +36,12 @@ pub struct WorkerService {
 
 type DownStream = Pin<Box<dyn Stream<Item = Result<pb::BrokerMessage, Status>> + Send>>;
 
-fn hello(h: pb::Hello) -> Result<WorkerHello, Status> {
-    if h.concurrency == 0 || h.concurrency > MAX_CONCURRENCY {
+fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<WorkerHello, Status> {
+    let max = limits.max_worker_concurrency;
+    if h.concurrency == 0 || h.concurrency > max {
         return Err(Status::invalid_argument(format!(
-            "hello.concurrency must be between 1 and {MAX_CONCURRENCY}"
+            "hello.concurrency is {}: it must be between 1 and {max} (--max-worker-concurrency)",
+            h.concurrency
         )));
     }
     let queues = if h.queues.is_empty() {
@@ -95,10 +104,13 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
                     traceback: f.traceback,
                     retryable: f.retryable,
                 },
-                Some(pb::outcome::Result::RetryLater(r)) => RunOutcome::RetryLater {
-                    delay_ms: r.delay_ms,
-                    message: r.message,
-                },
+                Some(pb::outcome::Result::RetryLater(r)) => {
+                    convert::check_ms("outcome.retry_later.delay_ms", r.delay_ms)?;
+                    RunOutcome::RetryLater {
+                        delay_ms: r.delay_ms,
+                        message: r.message,
+                    }
+                }
                 None => return Err(Status::invalid_argument("outcome.result is missing")),
             };
             FromWorker::Outcome { task, outcome }
@@ -196,9 +208,14 @@ impl pb::worker_server::Worker for WorkerService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = crate::auth::Caller::of(&request)?;
         let mut up = request.into_inner();
-        let first = up
-            .message()
-            .await?
+        let first = tokio::time::timeout(HELLO_WAIT, up.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no hello within {} s: a worker stream must open with one",
+                    HELLO_WAIT.as_secs()
+                ))
+            })??
             .and_then(|m| m.msg)
             .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
         let worker_message::Msg::Hello(h) = first else {
@@ -206,7 +223,7 @@ impl pb::worker_server::Worker for WorkerService {
                 "the first message must be a hello",
             ));
         };
-        let hello = hello(h)?;
+        let hello = hello(h, &self.limits)?;
         caller.check_queues(&hello.queues)?;
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
@@ -214,12 +231,21 @@ impl pb::worker_server::Worker for WorkerService {
         // Weak, so that the stream down ends as soon as the scheduler lets
         // go of the worker (shutdown, or a worker that does not read).
         let tx = tx.downgrade();
+        // And once the stream down is gone (ended, or its client went
+        // away), the stream up is read no more: a worker the scheduler
+        // dropped cannot keep a session open by writing only.
+        let down_gone = tokio_util::sync::CancellationToken::new();
+        let down_guard = down_gone.clone().drop_guard();
         let span = tracing::info_span!("worker", worker.id = %worker_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let mut clean = false;
                 loop {
-                    let msg = match up.message().await {
+                    let next = tokio::select! {
+                        next = up.message() => next,
+                        () = down_gone.cancelled() => break,
+                    };
+                    let msg = match next {
                         Ok(Some(m)) => m,
                         Ok(None) => break,
                         Err(e) => {
@@ -255,7 +281,10 @@ impl pb::worker_server::Worker for WorkerService {
             },
             span,
         ));
-        let down = ReceiverStream::new(rx).map(|m| Ok(to_pb(m)));
+        let down = ReceiverStream::new(rx).map(move |m| {
+            let _alive = &down_guard;
+            Ok(to_pb(m))
+        });
         Ok(Response::new(Box::pin(down)))
     }
 }

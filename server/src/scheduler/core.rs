@@ -13,14 +13,16 @@
 //! stored outcome.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::queues::Queues;
-use super::throttle::{Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
+use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
 use super::{Error, QueueStats, Submitted, WorkerStats};
 use crate::domain::*;
-use crate::store::{Batch, Recovered, Store};
+use crate::metrics::{Metrics, TaskMetrics};
+use crate::store::{Batch, Recovered, Shared};
 
 /// How many times a run may be lost (lease lapsed) before the step fails
 /// with "WorkerLost", so a task that kills its workers cannot loop forever.
@@ -122,7 +124,7 @@ enum Timer {
 }
 
 pub struct Core {
-    store: Store,
+    store: Shared,
     lease_ms: u64,
     chains: HashMap<String, ChainRecord>,
     /// task id → (chain id, position), for every step of a live chain.
@@ -151,11 +153,15 @@ pub struct Core {
     effects: Vec<Effect>,
     /// Sequence number of the last applied batch.
     pub written: u64,
+    /// Counters and histograms, shared with the metrics endpoint.
+    pub metrics: Arc<Metrics>,
+    /// The counters of each task name seen, so counting never allocates.
+    task_metrics: TaskMetrics,
 }
 
 impl Core {
     /// Rebuilds the scheduler from what the store recovered.
-    pub fn recover(store: Store, lease_ms: u64, recovered: Recovered, now: UnixMs) -> Self {
+    pub fn recover(store: Shared, lease_ms: u64, recovered: Recovered, now: UnixMs) -> Self {
         let mut core = Core {
             store,
             lease_ms,
@@ -177,9 +183,15 @@ impl Core {
             dirty: BTreeSet::new(),
             effects: Vec::new(),
             written: 0,
+            metrics: Arc::default(),
+            task_metrics: TaskMetrics::new(Arc::default()),
         };
+        core.task_metrics = TaskMetrics::new(core.metrics.clone());
+        for queue in &recovered.paused {
+            core.queues.pause(queue);
+        }
         for (identity, limit) in recovered.limits {
-            core.throttles.set_override(identity, Some(limit));
+            core.throttle_op(|t, cs| t.set_override(identity, Some(limit), cs));
         }
         for corrupt in &recovered.corrupt {
             tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
@@ -458,6 +470,7 @@ impl Core {
             return;
         }
         tracing::warn!(task.id = %task_id, attempt, "lease lapsed; the task goes back to its queue");
+        self.metrics.lease_expiries.inc();
         self.lose_run(task_id, "lease lapsed", now);
     }
 
@@ -547,6 +560,20 @@ impl Core {
             let id = id.clone();
             return self.reply(reply, dedup(id, Dedup::UniqueKey));
         }
+        let chain_id = self.create(spec, now);
+        tracing::debug!(chain.id = %chain_id, "chain submitted");
+        self.reply(
+            reply,
+            Ok(Submitted {
+                chain_id,
+                dedup: None,
+            }),
+        );
+    }
+
+    /// Stores a new chain (deduplication already checked) and starts its
+    /// first step; returns its id.
+    fn create(&mut self, spec: ChainSpec, now: UnixMs) -> String {
         let chain_id = new_id();
         if !spec.idempotency_key.is_empty() {
             self.batch
@@ -573,14 +600,7 @@ impl Core {
             now,
         );
         self.touch(&chain_id);
-        tracing::debug!(chain.id = %chain_id, "chain submitted");
-        self.reply(
-            reply,
-            Ok(Submitted {
-                chain_id,
-                dedup: None,
-            }),
-        );
+        chain_id
     }
 
     fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
@@ -729,9 +749,9 @@ impl Core {
                     .filter(|t| t.scope() != ThrottleScope::Chain)
                 {
                     let identity = Identity::of(rec.step(at).name(), &throttle);
-                    let grants = self
-                        .throttles
-                        .release(&identity, &Holder::Task(task_id.clone()));
+                    let grants = self.throttle_op(|t, cs| {
+                        t.release(&identity, &Holder::Task(task_id.clone()), cs)
+                    });
                     self.apply_grants(grants, now);
                 }
                 let step = self
@@ -765,8 +785,9 @@ impl Core {
         rec.phase = at.phase as i32;
         rec.cursor = u32::try_from(at.index).unwrap_or(u32::MAX);
         let rec = &self.chains[chain_id];
+        self.task_metrics.get(rec.step(at).name()).submitted.inc();
         let eff = self.effective(rec, at);
-        let not_before = (now + eff.countdown_ms).max(eff.eta_ms);
+        let not_before = now.saturating_add(eff.countdown_ms).max(eff.eta_ms);
         if not_before > now {
             self.schedule(chain_id, at, not_before);
         } else {
@@ -818,15 +839,18 @@ impl Core {
         } else {
             (Holder::Task(task_id.clone()), Ticket::Enqueue { task_id })
         };
-        let grants = self.throttles.wait(
-            identity,
-            throttle.concurrency,
-            Waiter {
-                holder,
-                since: now,
-                ticket,
-            },
-        );
+        let grants = self.throttle_op(|t, cs| {
+            t.wait(
+                identity,
+                throttle.concurrency,
+                Waiter {
+                    holder,
+                    since: now,
+                    ticket,
+                },
+                cs,
+            )
+        });
         self.apply_grants(grants, now);
     }
 
@@ -845,6 +869,84 @@ impl Core {
         let task_id = step.task_id.clone();
         self.queues
             .push(&eff.queue, &name, eff.priority, &task_id, now);
+    }
+
+    /// Runs an operation on the throttle table with the rule of
+    /// [`throttle::CanStart`]: a waiter that needs a worker is granted only
+    /// if a connected worker can take its task now (its queue, its name, a
+    /// free slot; each approval uses up that free slot), and
+    /// [`Core::apply_grants`] then assigns it in the same transition.
+    fn throttle_op<R>(
+        &mut self,
+        op: impl FnOnce(&mut Throttles<Ticket>, CanStart<'_, Ticket>) -> R,
+    ) -> R {
+        let Core {
+            throttles,
+            workers,
+            tasks,
+            chains,
+            task_defaults,
+            queues,
+            ..
+        } = self;
+        let mut free: HashMap<&str, usize> = workers
+            .iter()
+            .map(|(id, w)| (id.as_str(), w.free()))
+            .collect();
+        let mut can_start = |w: &Waiter<Ticket>| -> bool {
+            let task_id = match &w.ticket {
+                Ticket::InBody { .. } => return true,
+                Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => task_id,
+            };
+            let Some((chain_id, at)) = tasks.get(task_id) else {
+                return true;
+            };
+            let Some(rec) = chains.get(chain_id) else {
+                return true;
+            };
+            let sig = rec.step(*at).signature();
+            let queue = Effective::resolve(
+                sig.options.as_ref(),
+                task_defaults.get(&sig.name),
+                rec.heavy,
+            )
+            .queue;
+            if queues.is_paused(&queue) {
+                return false;
+            }
+            let taker = workers.iter().find(|(id, w)| {
+                w.names.contains(&sig.name) && w.queues.contains(&queue) && free[id.as_str()] > 0
+            });
+            match taker {
+                Some((id, _)) => {
+                    *free.get_mut(id.as_str()).expect("every worker listed") -= 1;
+                    true
+                }
+                None => false,
+            }
+        };
+        op(throttles, &mut can_start)
+    }
+
+    /// Assigns a task that was just granted its slot to a worker that can
+    /// take it now (one exists: [`Core::throttle_op`] checked).
+    fn start_now(&mut self, task_id: &str, now: UnixMs) {
+        let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let step = self.chains[&chain_id].step(at);
+        let (name, queue) = (step.name().to_owned(), step.queue.clone());
+        let taker = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.free() > 0 && w.names.contains(&name) && w.queues.contains(&queue))
+            .map(|(id, _)| id.clone());
+        if let Some(worker_id) = taker
+            && !self.queues.is_paused(&queue)
+            && self.queues.remove(task_id)
+        {
+            self.assign(&worker_id, task_id, now);
+        }
     }
 
     /// Acts on throttle grants, and on grants that their effects cause.
@@ -867,6 +969,7 @@ impl Core {
                 Ticket::Enqueue { task_id } => {
                     if let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() {
                         self.enqueue(&chain_id, at, now);
+                        self.start_now(&task_id, now);
                         self.touch(&chain_id);
                     }
                 }
@@ -875,6 +978,7 @@ impl Core {
                         let rec = self.chains.get_mut(&chain_id).expect("live chain");
                         rec.chain_holds.push(identity);
                         self.enqueue(&chain_id, at, now);
+                        self.start_now(&task_id, now);
                         self.touch(&chain_id);
                     }
                 }
@@ -904,7 +1008,9 @@ impl Core {
                         self.send_worker(&worker_id, ToWorker::Granted { request_id });
                     } else {
                         // The run ended while it waited: hand the slot on.
-                        work.extend(self.throttles.release(&identity, &waiter.holder));
+                        work.extend(
+                            self.throttle_op(|t, cs| t.release(&identity, &waiter.holder, cs)),
+                        );
                     }
                 }
             }
@@ -913,6 +1019,10 @@ impl Core {
 
     /// Assigns ready tasks to workers with free concurrency, round-robin.
     pub fn dispatch(&mut self, now: UnixMs) {
+        // First the throttle waiters passed over for want of a worker: some
+        // worker may be free now.
+        let grants = self.throttle_op(|t, cs| t.repump(cs));
+        self.apply_grants(grants, now);
         let ids: Vec<String> = self.workers.keys().cloned().collect();
         if ids.is_empty() {
             return;
@@ -963,6 +1073,10 @@ impl Core {
         step.attempts += 1;
         step.worker = worker_name.clone();
         step.started_ms = now;
+        let waited_ms = now.saturating_sub(step.ready_ms);
+        self.metrics
+            .assignment_latency
+            .observe(crate::metrics::millis_as_seconds(waited_ms));
         step.in_body.clear();
         let attempt = step.attempts;
         let sig = step.signature().clone();
@@ -1022,7 +1136,7 @@ impl Core {
         );
         if eff.timeout_ms > 0 {
             self.add_timer(
-                now + eff.timeout_ms,
+                now.saturating_add(eff.timeout_ms),
                 Timer::Timeout {
                     task_id: task_id.to_owned(),
                     attempt,
@@ -1043,8 +1157,9 @@ impl Core {
         let mut grants = Vec::new();
         if let Some(identity) = &run.declared {
             grants.extend(
-                self.throttles
-                    .release(identity, &Holder::Task(task_id.to_owned())),
+                self.throttle_op(|t, cs| {
+                    t.release(identity, &Holder::Task(task_id.to_owned()), cs)
+                }),
             );
         }
         let step = self
@@ -1058,7 +1173,7 @@ impl Core {
                     task_id: task_id.to_owned(),
                     request_id: hold.request_id,
                 };
-                grants.extend(self.throttles.release(&identity, &holder));
+                grants.extend(self.throttle_op(|t, cs| t.release(&identity, &holder, cs)));
             }
         }
         self.throttles.remove_waiters(
@@ -1203,6 +1318,7 @@ impl Core {
     /// A step failed for good: on_failure runs once (also when on_success
     /// failed), or the chain ends failed.
     fn fail_chain(&mut self, chain_id: &str, record: FailureRecord, now: UnixMs) {
+        self.task_metrics.get(&record.task_name).failed.inc();
         let rec = self.chains.get_mut(chain_id).expect("live chain");
         if rec.phase() == Phase::OnFailure {
             return self.finish(chain_id, ChainState::Failed, now);
@@ -1267,10 +1383,9 @@ impl Core {
         let mut rec = self.chains.remove(chain_id).expect("live chain");
         let mut grants = Vec::new();
         for identity in std::mem::take(&mut rec.chain_holds) {
-            grants.extend(
-                self.throttles
-                    .release(&identity, &Holder::Chain(chain_id.to_owned())),
-            );
+            grants.extend(self.throttle_op(|t, cs| {
+                t.release(&identity, &Holder::Chain(chain_id.to_owned()), cs)
+            }));
         }
         self.throttles.remove_waiters(
             |w| matches!(&w.ticket, Ticket::ChainHold { chain_id: c, .. } if c == chain_id),
@@ -1400,8 +1515,9 @@ impl Core {
             {
                 let identity = Identity::of(name, &throttle);
                 grants.extend(
-                    self.throttles
-                        .release(&identity, &Holder::Task(task_id.clone())),
+                    self.throttle_op(|t, cs| {
+                        t.release(&identity, &Holder::Task(task_id.clone()), cs)
+                    }),
                 );
             }
         }
@@ -1469,7 +1585,8 @@ impl Core {
                 },
             );
         }
-        let run = self.end_run(&task.task_id, now).expect("current run");
+        // The ack goes first: ending the run may hand its slot (and the
+        // worker's freed concurrency) straight to the next task.
         self.send_worker(
             worker_id,
             ToWorker::Ack {
@@ -1478,6 +1595,7 @@ impl Core {
                 reason: String::new(),
             },
         );
+        let run = self.end_run(&task.task_id, now).expect("current run");
         let (chain_id, at) = (run.chain_id.clone(), run.at);
         let rec = &self.chains[&chain_id];
         if rec.is_ended() || rec.current() != at {
@@ -1508,6 +1626,8 @@ impl Core {
                     result
                 };
                 step.finished_ms = now;
+                let name = step.name().to_owned();
+                self.task_metrics.get(&name).succeeded.inc();
                 self.event(&chain_id, "step_succeeded", Some(at));
                 self.advance(&chain_id, at, now);
             }
@@ -1533,8 +1653,9 @@ impl Core {
                 step.failure = Some(record.clone());
                 if retryable && step.retries < eff.max_retries {
                     step.retries += 1;
+                    self.task_metrics.get(&record.task_name).retried.inc();
                     let delay = eff.backoff(step.retries);
-                    self.schedule(&chain_id, at, now + delay);
+                    self.schedule(&chain_id, at, now.saturating_add(delay));
                     self.event(&chain_id, "step_retrying", Some(at));
                 } else {
                     step.state = StepState::Failed as i32;
@@ -1574,7 +1695,7 @@ impl Core {
                     self.event(&chain_id, "step_failed", Some(at));
                     self.fail_chain(&chain_id, record, now);
                 } else {
-                    self.schedule(&chain_id, at, now + delay_ms);
+                    self.schedule(&chain_id, at, now.saturating_add(delay_ms));
                     self.event(&chain_id, "step_polling", Some(at));
                 }
             }
@@ -1617,15 +1738,18 @@ impl Core {
             task,
             request_id,
         };
-        let grants = self.throttles.wait(
-            identity,
-            throttle.concurrency,
-            Waiter {
-                holder,
-                since: now,
-                ticket,
-            },
-        );
+        let grants = self.throttle_op(|t, cs| {
+            t.wait(
+                identity,
+                throttle.concurrency,
+                Waiter {
+                    holder,
+                    since: now,
+                    ticket,
+                },
+                cs,
+            )
+        });
         self.apply_grants(grants, now);
     }
 
@@ -1658,7 +1782,7 @@ impl Core {
         let hold = step.in_body.remove(pos);
         self.touch(&run.chain_id);
         if let Some(identity) = hold.identity {
-            let grants = self.throttles.release(&identity, &holder);
+            let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
             self.apply_grants(grants, now);
         }
     }
@@ -1688,7 +1812,7 @@ impl Core {
                     task_id: task_id.to_owned(),
                     request_id: hold.request_id,
                 };
-                let grants = self.throttles.release(&identity, &holder);
+                let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
                 self.apply_grants(grants, now);
             }
         }
@@ -1719,6 +1843,20 @@ impl Core {
     // -----------------------------------------------------------------
     // Inspection and admin
     // -----------------------------------------------------------------
+
+    /// Worker streams connected now.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Watch streams open now; forgets those whose client went away.
+    pub fn watch_count(&mut self) -> usize {
+        self.watchers.retain(|_, list| {
+            list.retain(|tx| !tx.is_closed());
+            !list.is_empty()
+        });
+        self.watchers.values().map(Vec::len).sum()
+    }
 
     pub fn queue_stats(&self, now: UnixMs) -> Vec<QueueStats> {
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
@@ -1751,6 +1889,12 @@ impl Core {
                     _ => s.running += 1,
                 }
             }
+        }
+        for queue in self.queues.paused() {
+            stats
+                .entry(queue.to_owned())
+                .or_insert_with(|| QueueStats::named(queue))
+                .paused = true;
         }
         stats.into_values().collect()
     }
@@ -1808,8 +1952,171 @@ impl Core {
 
     pub fn set_limit(&mut self, identity: Identity, limit: Option<u32>, now: UnixMs) {
         self.batch.put_limit(&identity, limit);
-        let grants = self.throttles.set_override(identity, limit);
+        let grants = self.throttle_op(|t, cs| t.set_override(identity, limit, cs));
         self.apply_grants(grants, now);
+    }
+
+    /// Pauses or resumes dispatch from a queue. The change is stored with
+    /// this round's batch; a resumed queue's tasks go out with the round's
+    /// dispatch.
+    pub fn pause_queue(
+        &mut self,
+        queue: &str,
+        paused: bool,
+        reply: oneshot::Sender<Result<QueueStats, Error>>,
+        now: UnixMs,
+    ) {
+        let changed = if paused {
+            self.queues.pause(queue)
+        } else {
+            self.queues.resume(queue)
+        };
+        if changed {
+            self.batch.put_paused(queue, paused);
+            tracing::info!(queue, paused, "queue dispatch changed");
+        }
+        let stats = self
+            .queue_stats(now)
+            .into_iter()
+            .find(|q| q.name == queue)
+            .unwrap_or_else(|| QueueStats::named(queue));
+        self.reply(reply, Ok(stats));
+    }
+
+    /// Cancels, as [`Core::cancel`] does, the chain of every task READY in
+    /// `queue`. Tasks running, delayed or throttled are not in the queue
+    /// and stay.
+    pub fn purge_queue(
+        &mut self,
+        queue: &str,
+        reason: &str,
+        reply: oneshot::Sender<Result<Vec<String>, Error>>,
+        now: UnixMs,
+    ) {
+        let mut chain_ids: Vec<String> = self
+            .queues
+            .task_ids(queue)
+            .iter()
+            .filter_map(|task_id| self.tasks.get(task_id).map(|(c, _)| c.clone()))
+            .collect();
+        chain_ids.sort();
+        chain_ids.dedup();
+        let reason = if reason.is_empty() {
+            format!("queue {queue} purged")
+        } else {
+            format!("queue {queue} purged: {reason}")
+        };
+        for chain_id in &chain_ids {
+            // `cancel` answers through a oneshot; nobody waits on this one.
+            let (cancelled, _) = oneshot::channel();
+            self.cancel(chain_id, reason.clone(), cancelled, now);
+        }
+        tracing::info!(queue, cancelled = chain_ids.len(), "queue purged");
+        self.reply(reply, Ok(chain_ids));
+    }
+
+    /// Submits a failed chain's spec again as a new chain and links the
+    /// two records, in one batch.
+    pub fn requeue(
+        &mut self,
+        chain_id: &str,
+        reply: oneshot::Sender<Result<String, Error>>,
+        now: UnixMs,
+    ) {
+        let result = self.requeue_chain(chain_id, now);
+        self.reply(reply, result);
+    }
+
+    fn requeue_chain(&mut self, chain_id: &str, now: UnixMs) -> Result<String, Error> {
+        let mut original = self.chain(chain_id)?;
+        if original.state() != ChainState::Failed {
+            return Err(Error::Conflict(format!(
+                "chain {chain_id} did not fail (it is {}): only failed chains are requeued",
+                original
+                    .state()
+                    .as_str_name()
+                    .trim_start_matches("CHAIN_STATE_")
+                    .to_lowercase()
+            )));
+        }
+        if !original.requeued_as.is_empty() {
+            return Err(Error::Conflict(format!(
+                "chain {chain_id} was requeued already, as {}",
+                original.requeued_as
+            )));
+        }
+        if let Some(running) = self
+            .unique
+            .get(&original.unique_key)
+            .filter(|_| !original.unique_key.is_empty())
+        {
+            return Err(Error::Exists(format!(
+                "chain {running} with the same unique key is queued or running"
+            )));
+        }
+        let signatures = |steps: &[StepRecord]| -> Vec<Signature> {
+            steps.iter().map(|s| s.signature().clone()).collect()
+        };
+        let spec = ChainSpec {
+            steps: signatures(&original.steps),
+            on_success: signatures(&original.on_success),
+            on_failure: signatures(&original.on_failure),
+            heavy: original.heavy,
+            context: original.context.clone(),
+            idempotency_key: String::new(),
+            unique_key: original.unique_key.clone(),
+            deadline_ms: if original.deadline_ms > 0 {
+                now + original.deadline_ms.saturating_sub(original.created_ms)
+            } else {
+                0
+            },
+            owner: original.owner.clone(),
+        };
+        let new_id = self.create(spec, now);
+        if let Some(rec) = self.chains.get_mut(&new_id) {
+            rec.requeued_from = chain_id.to_owned();
+        }
+        match self.chains.get_mut(chain_id) {
+            // Ended with a run still out: written with the round's dirty chains.
+            Some(rec) => {
+                rec.requeued_as = new_id.clone();
+                self.touch(chain_id);
+            }
+            None => {
+                original.requeued_as = new_id.clone();
+                self.batch.put_chain(&original, false);
+                self.retired_pending.insert(chain_id.to_owned(), original);
+            }
+        }
+        tracing::info!(chain.id = %new_id, requeued_from = %chain_id, "failed chain requeued");
+        Ok(new_id)
+    }
+
+    /// Marks every worker stream named `who` (or with id `who`) draining:
+    /// it gets no new assignments and finishes what it runs.
+    pub fn drain_workers(
+        &mut self,
+        who: &str,
+        reply: oneshot::Sender<Result<Vec<WorkerStats>, Error>>,
+    ) {
+        let mut matched = HashSet::new();
+        for (id, worker) in &mut self.workers {
+            if worker.name == who || id == who {
+                worker.draining = true;
+                matched.insert(id.clone());
+            }
+        }
+        let result = if matched.is_empty() {
+            Err(Error::NotFound(format!("no connected worker named {who}")))
+        } else {
+            tracing::info!(worker.name = %who, streams = matched.len(), "worker draining (admin)");
+            Ok(self
+                .worker_stats()
+                .into_iter()
+                .filter(|w| matched.contains(&w.worker_id))
+                .collect())
+        };
+        self.reply(reply, result);
     }
 }
 
@@ -1859,7 +2166,7 @@ mod tests {
     #[test]
     fn a_chain_retired_earlier_in_the_same_round_reads_as_ended() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path()).expect("store");
+        let store = Shared::open(dir.path()).expect("store");
         let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
         let (reply, mut submitted) = oneshot::channel();
         core.submit(one_step("t"), reply, 1);

@@ -8,12 +8,28 @@
 //! commit): while it flushes, further rounds pile up and the next flush
 //! covers them all. Effects of a round (replies, assignments, acks, events)
 //! are held in an outbox until the flusher reports their batch durable.
+//!
+//! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
+//! a degraded mode instead of losing or faking anything:
+//! - requests that would store new work (submit, cancel, requeue, pause,
+//!   purge) are refused at once, with [`Error::Exhausted`] when the disk is
+//!   full and [`Error::Unavailable`] otherwise, and change nothing;
+//! - work already accepted goes on in memory, but its effects (replies,
+//!   assignments, acks, events) stay held, as always, until their batch is
+//!   durable: nobody is told "done" or "stored" before it is;
+//! - a write that failed stays pending and is retried; the flusher repairs
+//!   the store ([`Shared::repair`](crate::store::Shared::repair): reopen,
+//!   replay what was not durable, flush) with backoff until it succeeds;
+//!   then the held effects leave and new work is taken again.
+//!
+//! [`Handle::store_fault`] tells the health service while this lasts.
 
 mod core;
 pub mod queues;
 pub mod throttle;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,7 +39,8 @@ pub use self::core::Dedup;
 use self::core::{Core, Effect};
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
-use crate::store::{Recovered, Store};
+use crate::metrics::{Metrics, Snapshot};
+use crate::store::{DeadCursor, DeadPage, Fault, Recovered, Shared};
 
 /// Errors the scheduler answers with. Expected outcomes (deduplicated,
 /// already ended) are values, not errors.
@@ -35,6 +52,49 @@ pub enum Error {
     Store(String),
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// The request does not fit the target's state (requeue a chain that
+    /// did not fail, or was requeued already).
+    #[error("{0}")]
+    Conflict(String),
+    /// What the request would create exists already (a chain with the same
+    /// unique key is queued or running).
+    #[error("{0}")]
+    Exists(String),
+    /// A limit of the broker is reached (the message names it), or its disk
+    /// is full. Nothing was changed.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The store cannot take writes for now. Nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// The refusal of new work while the store is in trouble.
+    fn refused(fault: Fault) -> Self {
+        match fault {
+            Fault::Full => Error::Exhausted(
+                "the broker's disk is full: new work is refused until it has room again; \
+                 nothing was stored (retry later)"
+                    .into(),
+            ),
+            Fault::Failing => Error::Unavailable(
+                "the broker's store cannot write: new work is refused until it recovers; \
+                 nothing was stored (retry later)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The refusal of a chain read while the store is in trouble: what the
+    /// scheduler holds may not be on disk, and only durable state is shown.
+    fn unreadable(fault: Fault) -> Self {
+        let why = "chain state is not shown until it is on disk (retry later)";
+        match fault {
+            Fault::Full => Error::Exhausted(format!("the broker's disk is full: {why}")),
+            Fault::Failing => Error::Unavailable(format!("the broker's store cannot write: {why}")),
+        }
+    }
 }
 
 /// Answer to a submission.
@@ -54,6 +114,8 @@ pub struct QueueStats {
     pub throttled: u64,
     pub running: u64,
     pub oldest_ready_age_ms: u64,
+    /// Dispatch from the queue is paused (its tasks stay READY).
+    pub paused: bool,
 }
 
 impl QueueStats {
@@ -88,7 +150,7 @@ enum Command {
     Get(String, Reply<ChainRecord>),
     Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
-    Connect(WorkerHello, mpsc::Sender<ToWorker>, oneshot::Sender<String>),
+    Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
     FromWorker(String, FromWorker),
     Disconnected(String),
     Queues(oneshot::Sender<Vec<QueueStats>>),
@@ -96,6 +158,15 @@ enum Command {
     Throttles(oneshot::Sender<Vec<ThrottleStats>>),
     SetLimit(Identity, Option<u32>, oneshot::Sender<Vec<ThrottleStats>>),
     Durable(u64),
+    /// The flusher failed to flush or repair the store.
+    StoreFault(Fault),
+    /// Pause (true) or resume (false) a queue.
+    Pause(String, bool, Reply<QueueStats>),
+    /// Cancel the chains of a queue's READY tasks (queue, reason).
+    Purge(String, String, Reply<Vec<String>>),
+    Requeue(String, Reply<String>),
+    Drain(String, Reply<Vec<WorkerStats>>),
+    Snapshot(oneshot::Sender<Snapshot>),
 }
 
 /// Settings of the scheduler.
@@ -106,12 +177,23 @@ pub struct Settings {
     /// When false, effects leave as soon as their batch is applied, without
     /// waiting for a flush (benchmarks only: acknowledged work may be lost).
     pub durable: bool,
+    /// Most worker streams connected at once.
+    pub max_workers: usize,
+    /// Most WatchChain streams open at once.
+    pub max_watches: usize,
 }
 
 /// A cheap, cloneable way to talk to the scheduler.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    /// The counters the scheduler updates, for the metrics endpoint.
+    metrics: Arc<Metrics>,
+    /// For reads of committed history that need no scheduler round (the
+    /// dead list), so a long read never delays dispatch.
+    store: Shared,
+    /// The store's trouble while it lasts (see the module doc).
+    store_fault: watch::Receiver<Option<Fault>>,
 }
 
 /// Commands applied per round before one commit.
@@ -121,7 +203,7 @@ const ROUND: usize = 512;
 /// join handle of its loop, which ends when `shutdown` is cancelled (after a
 /// last commit and flush) or every handle is dropped.
 pub fn start(
-    store: Store,
+    store: Shared,
     recovered: Recovered,
     settings: Settings,
     shutdown: CancellationToken,
@@ -129,43 +211,156 @@ pub fn start(
     let (tx, rx) = mpsc::channel(64 * 1024);
     let lease_ms = u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX);
     let core = Core::recover(store.clone(), lease_ms, recovered, now_ms());
+    let metrics = core.metrics.clone();
     let (flush_tx, flush_rx) = watch::channel(0u64);
-    if settings.durable {
-        tokio::spawn(flusher(store.clone(), flush_rx, tx.clone()));
-    }
+    // Without durable acknowledgment nothing waits for a flush, so nothing
+    // needs replaying after a repair either.
+    store.keep_journal(settings.durable);
+    // The flusher also repairs the store after a failure, so it runs in
+    // both modes; without durability it is woken only by failures.
+    let flusher = tokio::spawn(flusher(
+        store.clone(),
+        flush_rx,
+        tx.clone(),
+        metrics.clone(),
+    ));
+    let (fault_tx, store_fault) = watch::channel(None);
+    let disk = Disk {
+        durable: settings.durable,
+        durable_seq: 0,
+        write_fault: None,
+        flush_fault: None,
+        retry_at: None,
+        retry_backoff: RETRY_MIN,
+        published: fault_tx,
+        flusher: Some(flusher),
+    };
     let join = tokio::spawn(run_loop(
         core,
         rx,
         flush_tx,
-        settings.durable,
-        store,
+        disk,
+        settings,
+        store.clone(),
         shutdown,
     ));
-    (Handle { tx }, join)
+    (
+        Handle {
+            tx,
+            metrics,
+            store,
+            store_fault,
+        },
+        join,
+    )
+}
+
+/// First and last pause before a failed write is retried.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The loop's view of the store: what is durable, and whether it is in
+/// trouble.
+struct Disk {
+    /// Whether effects wait for a flush (see [`Settings::durable`]).
+    durable: bool,
+    /// Every batch up to this number is durable.
+    durable_seq: u64,
+    /// Set while applying the round's batch fails; the next write that
+    /// succeeds clears it.
+    write_fault: Option<Fault>,
+    /// Set while the flusher fails to flush or repair; its next success
+    /// clears it.
+    flush_fault: Option<Fault>,
+    /// When to retry a failed write even if no command comes.
+    retry_at: Option<tokio::time::Instant>,
+    retry_backoff: Duration,
+    /// What [`Handle::store_fault`] shows.
+    published: watch::Sender<Option<Fault>>,
+    /// The flusher task, joined when the loop ends.
+    flusher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Disk {
+    /// The trouble in force: new work is refused while there is one. The
+    /// flusher's word comes first: while it repairs, writes fail only
+    /// because the store is closed, which says nothing of the disk.
+    fn fault(&self) -> Option<Fault> {
+        self.flush_fault.or(self.write_fault)
+    }
+
+    /// Tells the health service (and the log) when the trouble starts, ends
+    /// or changes.
+    fn publish(&self) {
+        let fault = self.fault();
+        self.published.send_if_modified(|shown| {
+            if *shown == fault {
+                return false;
+            }
+            match fault {
+                Some(fault) => tracing::error!(
+                    ?fault,
+                    "the store is in trouble: new work is refused and acknowledgments are held until it recovers"
+                ),
+                None => tracing::info!("the store recovered: new work is accepted again"),
+            }
+            *shown = fault;
+            true
+        });
+    }
 }
 
 /// The flusher: flushes whenever new batches were applied and reports the
-/// sequence number the flush covered. Failures are retried with backoff;
-/// nothing waiting on them is released meanwhile.
-async fn flusher(store: Store, mut wanted: watch::Receiver<u64>, tx: mpsc::Sender<Command>) {
-    let mut backoff = Duration::from_millis(10);
-    while wanted.changed().await.is_ok() {
+/// sequence number the flush covered. After a failure it repairs the store
+/// instead (reopen, replay, flush; a retried flush would prove nothing),
+/// with backoff, until that succeeds; nothing waiting on the flush is
+/// released meanwhile. Ends when the loop drops its end of `wanted`.
+async fn flusher(
+    store: Shared,
+    mut wanted: watch::Receiver<u64>,
+    tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+) {
+    // The pause before the next repair, while the store is broken.
+    let mut broken: Option<Duration> = None;
+    loop {
+        if broken.is_none() && wanted.changed().await.is_err() {
+            return;
+        }
+        // Every batch up to `target` was applied before this flush starts,
+        // so the flush (or the repair's replay) covers it.
         let target = *wanted.borrow_and_update();
-        loop {
-            match store.flush().await {
-                Ok(()) => {
-                    backoff = Duration::from_millis(10);
-                    break;
+        let started = std::time::Instant::now();
+        let result = match broken {
+            None => store.flush().await,
+            Some(_) => store.repair().await,
+        };
+        match result {
+            Ok(()) => {
+                if broken.take().is_some() {
+                    tracing::info!("store repaired: reopened, replayed and flushed");
+                } else {
+                    metrics.store_flush.observe(started.elapsed().as_secs_f64());
                 }
-                Err(e) => {
-                    tracing::error!(cause = %e, "store flush failed; acknowledgments wait until it succeeds");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                if tx.send(Command::Durable(target)).await.is_err() {
+                    return;
                 }
             }
-        }
-        if tx.send(Command::Durable(target)).await.is_err() {
-            return;
+            Err(e) => {
+                let fault = e.fault();
+                tracing::error!(cause = %e, ?fault, repairing = broken.is_some(), "store flush failed; acknowledgments wait until a repair succeeds");
+                if tx.send(Command::StoreFault(fault)).await.is_err() {
+                    return;
+                }
+                let pause = broken.map_or(Duration::from_millis(50), |b| {
+                    (b * 2).min(Duration::from_secs(2))
+                });
+                broken = Some(pause);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    changed = wanted.changed() => if changed.is_err() { return },
+                }
+            }
         }
     }
 }
@@ -174,26 +369,29 @@ async fn run_loop(
     mut core: Core,
     mut rx: mpsc::Receiver<Command>,
     flush_tx: watch::Sender<u64>,
-    durable: bool,
-    store: Store,
+    mut disk: Disk,
+    limits: Settings,
+    store: Shared,
     shutdown: CancellationToken,
 ) {
     let mut outbox: VecDeque<(u64, Effect)> = VecDeque::new();
-    let mut durable_seq = 0u64;
     // Recovery may have changed records (re-queued work): commit it first.
-    round_end(&mut core, &mut outbox, &flush_tx, durable, &mut durable_seq);
+    round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
     loop {
-        let sleep = match core.next_timer() {
+        let mut sleep = match core.next_timer() {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         };
+        if let Some(at) = disk.retry_at {
+            sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle(&mut core, cmd, &mut durable_seq);
+                handle(&mut core, cmd, &mut disk, &limits);
                 for _ in 1..ROUND {
                     match rx.try_recv() {
-                        Ok(cmd) => handle(&mut core, cmd, &mut durable_seq),
+                        Ok(cmd) => handle(&mut core, cmd, &mut disk, &limits),
                         Err(_) => break,
                     }
                 }
@@ -202,15 +400,31 @@ async fn run_loop(
             () = shutdown.cancelled() => break,
         }
         core.fire_timers(now_ms());
-        round_end(&mut core, &mut outbox, &flush_tx, durable, &mut durable_seq);
-        while outbox.front().is_some_and(|(seq, _)| *seq <= durable_seq) {
+        round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
+        while outbox
+            .front()
+            .is_some_and(|(seq, _)| *seq <= disk.durable_seq)
+        {
             let (_, effect) = outbox.pop_front().expect("checked");
             core.deliver(effect);
         }
     }
-    // Drain: what was applied is flushed before the loop ends, so a clean
-    // shutdown loses nothing even in non-durable mode.
-    if let Err(e) = store.flush().await {
+    // Drain: the flusher stops first (it may be repairing), then what was
+    // applied is flushed before the loop ends, so a clean shutdown loses
+    // nothing even in non-durable mode.
+    drop(rx);
+    drop(flush_tx);
+    if let Some(flusher) = disk.flusher.take() {
+        let _ = flusher.await;
+    }
+    let flushed = match store.flush().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::warn!(cause = %e, "final store flush failed; repairing the store once");
+            store.repair().await
+        }
+    };
+    if let Err(e) = flushed {
         tracing::error!(cause = %e, "final store flush failed");
     }
     tracing::info!("scheduler stopped");
@@ -220,38 +434,104 @@ fn round_end(
     core: &mut Core,
     outbox: &mut VecDeque<(u64, Effect)>,
     flush_tx: &watch::Sender<u64>,
-    durable: bool,
-    durable_seq: &mut u64,
+    disk: &mut Disk,
 ) {
     core.dispatch(now_ms());
     match core.commit() {
         Ok((seq, effects)) => {
             outbox.extend(effects.into_iter().map(|e| (seq, e)));
-            if durable {
+            if disk.durable {
                 if seq > *flush_tx.borrow() {
                     flush_tx.send_replace(seq);
                 }
             } else {
-                *durable_seq = seq;
+                disk.durable_seq = seq;
             }
+            disk.write_fault = None;
+            disk.retry_at = None;
+            disk.retry_backoff = RETRY_MIN;
         }
         Err(e) => {
-            // The batch and its effects stay pending; the next round retries.
-            tracing::error!(cause = %e, "store write failed; retrying with the next round");
+            // The batch and its effects stay pending; a later round retries
+            // (on a timer if no command comes).
+            let fault = e.fault();
+            if disk.write_fault.is_none() {
+                tracing::error!(cause = %e, ?fault, "store write failed; retrying");
+            }
+            if disk.flush_fault.is_none() {
+                // sled refuses every write after an I/O error until the
+                // store is reopened: let the flusher find out and repair.
+                flush_tx.send_modify(|_| {});
+            }
+            disk.write_fault = Some(fault);
+            disk.retry_at = Some(tokio::time::Instant::now() + disk.retry_backoff);
+            disk.retry_backoff = (disk.retry_backoff * 2).min(RETRY_MAX);
         }
     }
+    disk.publish();
 }
 
-fn handle(core: &mut Core, cmd: Command, durable_seq: &mut u64) {
+fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
     let now = now_ms();
+    // While the store is in trouble, requests that would store new work are
+    // refused before they touch anything, and so are chain reads: their
+    // answer would wait for a durable round like every effect.
+    let cmd = match (disk.fault(), cmd) {
+        (Some(fault), Command::Get(_, reply)) => {
+            let _ = reply.send(Err(Error::unreadable(fault)));
+            return;
+        }
+        (Some(fault), Command::Watch(_, _, reply)) => {
+            let _ = reply.send(Err(Error::unreadable(fault)));
+            return;
+        }
+        (Some(fault), Command::Submit(_, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
+        (Some(fault), Command::Cancel(_, _, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
+        (Some(fault), Command::Requeue(_, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
+        (Some(fault), Command::Pause(_, _, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
+        (Some(fault), Command::Purge(_, _, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
+        (_, cmd) => cmd,
+    };
     match cmd {
         Command::Submit(spec, reply) => core.submit(spec, reply, now),
         Command::Get(id, reply) => core.get(&id, reply),
-        Command::Watch(id, tx, reply) => core.watch(&id, tx, reply),
+        Command::Watch(id, tx, reply) => {
+            // Counted only at the limit: pruning closed streams walks them all.
+            if core.watch_count() >= limits.max_watches {
+                let _ = reply.send(Err(Error::Exhausted(format!(
+                    "too many WatchChain streams open: the limit is {} (--max-watches)",
+                    limits.max_watches
+                ))));
+                return;
+            }
+            core.watch(&id, tx, reply)
+        }
         Command::Cancel(id, reason, reply) => core.cancel(&id, reason, reply, now),
         Command::Connect(hello, tx, reply) => {
+            if core.worker_count() >= limits.max_workers {
+                let _ = reply.send(Err(Error::Exhausted(format!(
+                    "too many workers connected: the limit is {} (--max-workers)",
+                    limits.max_workers
+                ))));
+                return;
+            }
             let id = core.connect(hello, tx, now);
-            let _ = reply.send(id);
+            let _ = reply.send(Ok(id));
         }
         Command::FromWorker(id, msg) => core.on_worker_message(&id, msg, now),
         Command::Disconnected(id) => core.worker_gone(&id, false, now),
@@ -268,7 +548,22 @@ fn handle(core: &mut Core, cmd: Command, durable_seq: &mut u64) {
             core.set_limit(identity, limit, now);
             let _ = reply.send(core.throttle_info());
         }
-        Command::Durable(seq) => *durable_seq = (*durable_seq).max(seq),
+        Command::Durable(seq) => {
+            disk.durable_seq = disk.durable_seq.max(seq);
+            disk.flush_fault = None;
+        }
+        Command::StoreFault(fault) => disk.flush_fault = Some(fault),
+        Command::Pause(queue, paused, reply) => core.pause_queue(&queue, paused, reply, now),
+        Command::Purge(queue, reason, reply) => core.purge_queue(&queue, &reason, reply, now),
+        Command::Requeue(id, reply) => core.requeue(&id, reply, now),
+        Command::Drain(worker, reply) => core.drain_workers(&worker, reply),
+        Command::Snapshot(reply) => {
+            let _ = reply.send(Snapshot {
+                queues: core.queue_stats(now),
+                throttles: core.throttle_info(),
+                workers: core.worker_stats(),
+            });
+        }
     }
 }
 
@@ -333,7 +628,7 @@ impl Handle {
         hello: WorkerHello,
         tx: mpsc::Sender<ToWorker>,
     ) -> Result<String, Error> {
-        self.query(|r| Command::Connect(hello, tx, r)).await
+        self.ask(|r| Command::Connect(hello, tx, r)).await
     }
 
     /// Forwards a worker's message.
@@ -380,5 +675,77 @@ impl Handle {
         limit: Option<u32>,
     ) -> Result<Vec<ThrottleStats>, Error> {
         self.query(|r| Command::SetLimit(identity, limit, r)).await
+    }
+
+    /// Pauses (`true`) or resumes (`false`) dispatch from a queue; stored,
+    /// so it survives a restart. Returns the queue's counts.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn pause_queue(&self, queue: String, paused: bool) -> Result<QueueStats, Error> {
+        self.ask(|r| Command::Pause(queue, paused, r)).await
+    }
+
+    /// Cancels the chain of every READY task of `queue`; returns their ids.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn purge_queue(&self, queue: String, reason: String) -> Result<Vec<String>, Error> {
+        self.ask(|r| Command::Purge(queue, reason, r)).await
+    }
+
+    /// Submits a failed chain again as a new chain; returns the new id once
+    /// both records are durable.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] (not failed, or requeued
+    /// already), [`Error::Exists`] (its unique key is in use).
+    pub async fn requeue(&self, chain_id: String) -> Result<String, Error> {
+        self.ask(|r| Command::Requeue(chain_id, r)).await
+    }
+
+    /// Marks the workers named `worker` (or with that id) draining; returns
+    /// them.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no connected worker matches.
+    pub async fn drain_workers(&self, worker: String) -> Result<Vec<WorkerStats>, Error> {
+        self.ask(|r| Command::Drain(worker, r)).await
+    }
+
+    /// Queues, throttles and workers at one instant, for the metrics.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn snapshot(&self) -> Result<Snapshot, Error> {
+        self.query(Command::Snapshot).await
+    }
+
+    /// Failed chains not yet requeued, newest first, read from the store
+    /// (committed records; no scheduler round).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read.
+    pub async fn dead_chains(
+        &self,
+        after: Option<DeadCursor>,
+        limit: usize,
+    ) -> Result<DeadPage, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.dead_chains(after.as_ref(), limit))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    /// The counters and histograms the scheduler updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store's trouble while it lasts (`None` when it is well): new
+    /// work is refused meanwhile. For the health service.
+    pub fn store_fault(&self) -> watch::Receiver<Option<Fault>> {
+        self.store_fault.clone()
     }
 }

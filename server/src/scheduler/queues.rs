@@ -3,7 +3,8 @@
 //! A task may go only to a worker that subscribed to its queue and
 //! registered its name, so each queue keeps one ordered map per task name.
 //! Picking for a worker looks at the head of each (queue, name) the worker
-//! serves and takes the best: highest priority, then oldest.
+//! serves and takes the best: highest priority, then oldest. A paused
+//! queue keeps its tasks but is skipped when picking.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,6 +20,8 @@ pub struct Queues {
     /// Where each queued task sits, so it can be removed (cancel, deadline).
     index: HashMap<String, (String, String, Rank)>,
     next: u64,
+    /// Queues whose tasks stay put until resumed.
+    paused: HashSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +73,9 @@ impl Queues {
             let Some(by_name) = self.by_queue.get(queue) else {
                 continue;
             };
+            if !self.paused.is_empty() && self.paused.contains(queue) {
+                continue;
+            }
             for (name, entries) in by_name {
                 if !names.contains(name) {
                     continue;
@@ -94,6 +100,34 @@ impl Queues {
             Some((queue, name, rank)) => self.take(&queue, &name, rank).is_some(),
             None => false,
         }
+    }
+
+    /// Stops picking from `queue` (true if it was not paused yet).
+    pub fn pause(&mut self, queue: &str) -> bool {
+        self.paused.insert(queue.to_owned())
+    }
+
+    /// Picks from `queue` again (true if it was paused).
+    pub fn resume(&mut self, queue: &str) -> bool {
+        self.paused.remove(queue)
+    }
+
+    pub fn is_paused(&self, queue: &str) -> bool {
+        self.paused.contains(queue)
+    }
+
+    pub fn paused(&self) -> impl Iterator<Item = &str> {
+        self.paused.iter().map(String::as_str)
+    }
+
+    /// The tasks waiting in `queue`, oldest first within each task name.
+    pub fn task_ids(&self, queue: &str) -> Vec<String> {
+        self.by_queue.get(queue).map_or_else(Vec::new, |by_name| {
+            by_name
+                .values()
+                .flat_map(|m| m.values().map(|e| e.task_id.clone()))
+                .collect()
+        })
     }
 
     pub fn depths(&self) -> HashMap<String, Depth> {
@@ -162,5 +196,20 @@ mod tests {
         assert!(q.remove("t1"));
         assert!(!q.remove("t1"));
         assert!(q.depths().is_empty());
+    }
+
+    #[test]
+    fn a_paused_queue_keeps_its_tasks_and_skips_picking() {
+        let mut q = Queues::default();
+        q.push("io", "a", 0, "t1", 1);
+        q.push("general", "a", 0, "t2", 2);
+        let both = vec!["io".to_string(), "general".to_string()];
+        assert!(q.pause("io"));
+        assert!(!q.pause("io"));
+        assert_eq!(q.pop_for(&both, &names(&["a"])).as_deref(), Some("t2"));
+        assert_eq!(q.pop_for(&both, &names(&["a"])), None);
+        assert_eq!(q.task_ids("io"), ["t1"]);
+        assert!(q.resume("io"));
+        assert_eq!(q.pop_for(&both, &names(&["a"])).as_deref(), Some("t1"));
     }
 }

@@ -11,7 +11,7 @@
 //! task enters its queue. So the count bounds running bodies at every
 //! instant, including the hand-off between a release and the next start.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::domain::{Identity, UnixMs};
 
@@ -78,11 +78,24 @@ pub struct SlotInfo {
     pub oldest_waiter: Option<UnixMs>,
 }
 
+/// Whether a waiter can take its slot now. A waiter that needs a worker
+/// (a declared or chain-scoped throttle) is granted only when a worker can
+/// take its task at once, and the scheduler assigns it in the same
+/// transition: the slot is taken atomically with the assignment. A slot
+/// reserved for a task still waiting for a worker could otherwise wait
+/// forever behind running bodies that wait in-body for that same slot.
+/// Waiters that cannot start are passed over, not dropped: FIFO holds among
+/// the waiters that can proceed.
+pub type CanStart<'a, T> = &'a mut dyn FnMut(&Waiter<T>) -> bool;
+
 /// Every identity's slots, waiters and admin limits.
 #[derive(Debug)]
 pub struct Throttles<T> {
     slots: HashMap<Identity, Slot<T>>,
     overrides: HashMap<Identity, u32>,
+    /// Identities with a free slot whose waiters could not start when last
+    /// pumped (no worker free for them): [`Throttles::repump`] retries them.
+    blocked: BTreeSet<Identity>,
 }
 
 impl<T> Default for Throttles<T> {
@@ -90,6 +103,7 @@ impl<T> Default for Throttles<T> {
         Throttles {
             slots: HashMap::new(),
             overrides: HashMap::new(),
+            blocked: BTreeSet::new(),
         }
     }
 }
@@ -111,11 +125,12 @@ impl<T> Throttles<T> {
         identity: Identity,
         concurrency: u32,
         waiter: Waiter<T>,
+        can_start: CanStart<'_, T>,
     ) -> Vec<Grant<T>> {
         let slot = self.slot(&identity);
         slot.declared = concurrency.max(1);
         slot.waiters.push_back(waiter);
-        self.pump(&identity)
+        self.pump(&identity, can_start)
     }
 
     /// Records a holder without waiting, as recovery does for slots that
@@ -129,14 +144,30 @@ impl<T> Throttles<T> {
 
     /// Releases a holder and returns the waiters that now get their slot.
     /// Releasing something that does not hold is a no-op.
-    pub fn release(&mut self, identity: &Identity, holder: &Holder) -> Vec<Grant<T>> {
+    pub fn release(
+        &mut self,
+        identity: &Identity,
+        holder: &Holder,
+        can_start: CanStart<'_, T>,
+    ) -> Vec<Grant<T>> {
         let Some(slot) = self.slots.get_mut(identity) else {
             return Vec::new();
         };
         if slot.holders.remove(holder).is_none() {
             return Vec::new();
         }
-        self.pump(identity)
+        self.pump(identity, can_start)
+    }
+
+    /// Pumps again the identities whose waiters could not start last time
+    /// (call it when workers may have become free).
+    pub fn repump(&mut self, can_start: CanStart<'_, T>) -> Vec<Grant<T>> {
+        let blocked: Vec<Identity> = self.blocked.iter().cloned().collect();
+        let mut grants = Vec::new();
+        for identity in blocked {
+            grants.extend(self.pump(&identity, can_start));
+        }
+        grants
     }
 
     /// Whether `holder` holds a slot of `identity`.
@@ -191,12 +222,17 @@ impl<T> Throttles<T> {
 
     /// Sets (`Some`) or clears (`None`) the admin limit; a raised limit
     /// grants waiters at once.
-    pub fn set_override(&mut self, identity: Identity, limit: Option<u32>) -> Vec<Grant<T>> {
+    pub fn set_override(
+        &mut self,
+        identity: Identity,
+        limit: Option<u32>,
+        can_start: CanStart<'_, T>,
+    ) -> Vec<Grant<T>> {
         match limit {
             Some(limit) => self.overrides.insert(identity.clone(), limit.max(1)),
             None => self.overrides.remove(&identity),
         };
-        self.pump(&identity)
+        self.pump(&identity, can_start)
     }
 
     /// Inspection: one entry per identity with holders, waiters or a limit.
@@ -232,15 +268,21 @@ impl<T> Throttles<T> {
         })
     }
 
-    /// Grants waiters from the front while a slot is free.
-    fn pump(&mut self, identity: &Identity) -> Vec<Grant<T>> {
+    /// Grants waiters from the front while a slot is free, passing over
+    /// those that cannot start now (see [`CanStart`]).
+    fn pump(&mut self, identity: &Identity, can_start: CanStart<'_, T>) -> Vec<Grant<T>> {
         let limit = usize::try_from(self.limit(identity)).unwrap_or(usize::MAX);
         let mut grants = Vec::new();
+        let mut passed_over = false;
         if let Some(slot) = self.slots.get_mut(identity) {
-            while slot.holders.len() < limit {
-                let Some(waiter) = slot.waiters.pop_front() else {
-                    break;
-                };
+            let mut i = 0;
+            while slot.holders.len() < limit && i < slot.waiters.len() {
+                if !can_start(&slot.waiters[i]) {
+                    passed_over = true;
+                    i += 1;
+                    continue;
+                }
+                let waiter = slot.waiters.remove(i).expect("index checked");
                 slot.holders.insert(
                     waiter.holder.clone(),
                     HolderInfo {
@@ -253,9 +295,15 @@ impl<T> Throttles<T> {
                     waiter,
                 });
             }
+            passed_over &= slot.holders.len() < limit;
             if slot.holders.is_empty() && slot.waiters.is_empty() {
                 self.slots.remove(identity);
             }
+        }
+        if passed_over {
+            self.blocked.insert(identity.clone());
+        } else {
+            self.blocked.remove(identity);
         }
         grants
     }
@@ -280,6 +328,10 @@ mod tests {
         }
     }
 
+    fn yes(_: &Waiter<u32>) -> bool {
+        true
+    }
+
     fn tickets(grants: &[Grant<u32>]) -> Vec<u32> {
         grants.iter().map(|g| g.waiter.ticket).collect()
     }
@@ -289,19 +341,22 @@ mod tests {
         let mut t = Throttles::default();
         let mut granted = Vec::new();
         for n in 0..5 {
-            granted.extend(tickets(&t.wait(id("a"), 2, waiter(n))));
+            granted.extend(tickets(&t.wait(id("a"), 2, waiter(n), &mut yes)));
         }
         assert_eq!(granted, [0, 1]);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t1".into()))),
+            tickets(&t.release(&id("a"), &Holder::Task("t1".into()), &mut yes)),
             [2]
         );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t0".into()))),
+            tickets(&t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)),
             [3]
         );
         // A release by a non-holder (a stale report) grants nothing.
-        assert!(t.release(&id("a"), &Holder::Task("t0".into())).is_empty());
+        assert!(
+            t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)
+                .is_empty()
+        );
         assert_eq!(t.info()[0].holders.len(), 2);
         assert_eq!(t.info()[0].waiters, 1);
     }
@@ -309,24 +364,30 @@ mod tests {
     #[test]
     fn identities_are_independent() {
         let mut t = Throttles::default();
-        assert_eq!(tickets(&t.wait(id("a"), 1, waiter(0))), [0]);
-        assert!(t.wait(id("a"), 1, waiter(1)).is_empty());
-        assert_eq!(tickets(&t.wait(id("b"), 1, waiter(2))), [2]);
+        assert_eq!(tickets(&t.wait(id("a"), 1, waiter(0), &mut yes)), [0]);
+        assert!(t.wait(id("a"), 1, waiter(1), &mut yes).is_empty());
+        assert_eq!(tickets(&t.wait(id("b"), 1, waiter(2), &mut yes)), [2]);
     }
 
     #[test]
     fn raising_the_limit_grants_at_once_and_lowering_takes_nothing_away() {
         let mut t = Throttles::default();
         for n in 0..4 {
-            t.wait(id("a"), 1, waiter(n));
+            t.wait(id("a"), 1, waiter(n), &mut yes);
         }
-        assert_eq!(tickets(&t.set_override(id("a"), Some(3))), [1, 2]);
-        assert!(t.set_override(id("a"), Some(1)).is_empty());
+        assert_eq!(tickets(&t.set_override(id("a"), Some(3), &mut yes)), [1, 2]);
+        assert!(t.set_override(id("a"), Some(1), &mut yes).is_empty());
         // Three hold, limit 1: releases grant nothing until under the limit.
-        assert!(t.release(&id("a"), &Holder::Task("t0".into())).is_empty());
-        assert!(t.release(&id("a"), &Holder::Task("t1".into())).is_empty());
+        assert!(
+            t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)
+                .is_empty()
+        );
+        assert!(
+            t.release(&id("a"), &Holder::Task("t1".into()), &mut yes)
+                .is_empty()
+        );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t2".into()))),
+            tickets(&t.release(&id("a"), &Holder::Task("t2".into()), &mut yes)),
             [3]
         );
     }
@@ -335,12 +396,12 @@ mod tests {
     fn removed_waiters_never_get_a_slot() {
         let mut t = Throttles::default();
         for n in 0..3 {
-            t.wait(id("a"), 1, waiter(n));
+            t.wait(id("a"), 1, waiter(n), &mut yes);
         }
         let removed = t.remove_waiters(|w| w.ticket == 1);
         assert_eq!(removed.len(), 1);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t0".into()))),
+            tickets(&t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)),
             [2]
         );
     }
@@ -349,10 +410,34 @@ mod tests {
     fn recovered_holders_count_against_the_limit() {
         let mut t: Throttles<u32> = Throttles::default();
         t.hold(id("a"), 1, Holder::Chain("c".into()), HolderInfo::default());
-        assert!(t.wait(id("a"), 1, waiter(0)).is_empty());
+        assert!(t.wait(id("a"), 1, waiter(0), &mut yes).is_empty());
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Chain("c".into()))),
+            tickets(&t.release(&id("a"), &Holder::Chain("c".into()), &mut yes)),
             [0]
         );
+    }
+
+    #[test]
+    fn waiters_that_cannot_start_are_passed_over_and_retried() {
+        let mut t = Throttles::default();
+        assert_eq!(tickets(&t.wait(id("a"), 1, waiter(0), &mut yes)), [0]);
+        t.wait(id("a"), 1, waiter(1), &mut yes);
+        t.wait(id("a"), 1, waiter(2), &mut yes);
+        // Waiter 1 needs a worker and none is free: waiter 2 goes first.
+        let mut only_two = |w: &Waiter<u32>| w.ticket == 2;
+        let granted = t.release(&id("a"), &Holder::Task("t0".into()), &mut only_two);
+        assert_eq!(tickets(&granted), [2]);
+        assert!(
+            t.repump(&mut yes).is_empty(),
+            "no free slot: nothing to retry"
+        );
+        let mut nobody = |_: &Waiter<u32>| false;
+        assert!(
+            t.release(&id("a"), &Holder::Task("t2".into()), &mut nobody)
+                .is_empty()
+        );
+        // A worker became free: the passed-over waiter gets the slot.
+        assert_eq!(tickets(&t.repump(&mut yes)), [1]);
+        assert!(t.repump(&mut yes).is_empty());
     }
 }

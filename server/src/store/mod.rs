@@ -6,7 +6,11 @@
 //!   ended with a run still out), so a restart never scans finished history;
 //! - `idempotency`: idempotency key → chain id;
 //! - `limits`: throttle identity → admin limit (u32, big-endian);
-//! - `task_defaults`: task name → default `Options` registered by workers.
+//! - `task_defaults`: task name → default `Options` registered by workers;
+//! - `dead`: (finished ms, big-endian; chain id) → empty, every failed chain
+//!   not yet requeued, so the dead list is a reverse range scan. Kept by
+//!   [`Batch::put_chain`] from the record itself, in the same batch;
+//! - `paused`: queue name → empty, the queues whose dispatch is paused.
 //!
 //! A state transition is one [`Batch`], applied atomically across trees in a
 //! sled transaction. Applying a batch makes it visible but not durable:
@@ -24,7 +28,10 @@ use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::domain::{ChainRecord, Identity, Options};
+use crate::domain::{ChainRecord, ChainState, Identity, Options};
+
+mod shared;
+pub use shared::{Fault, Shared, inconsistency};
 
 /// Errors of the store. All of them mean the disk or the data directory is
 /// in trouble; the scheduler stops acknowledging until a flush succeeds.
@@ -48,13 +55,15 @@ pub enum Error {
 }
 
 /// Writes of one state transition, applied atomically by [`Store::apply`].
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Batch {
     chains: sled::Batch,
     live: sled::Batch,
     idempotency: sled::Batch,
     limits: sled::Batch,
     defaults: sled::Batch,
+    dead: sled::Batch,
+    paused: sled::Batch,
     empty: bool,
 }
 
@@ -79,6 +88,26 @@ impl Batch {
             self.live.insert(chain.id.as_bytes(), &[]);
         } else {
             self.live.remove(chain.id.as_bytes());
+        }
+        // Only a failed chain is (or was) in the dead index, so other
+        // writes cost nothing here.
+        if chain.state() == ChainState::Failed {
+            let key = dead_key(chain.finished_ms, &chain.id);
+            if chain.requeued_as.is_empty() {
+                self.dead.insert(key, &[]);
+            } else {
+                self.dead.remove(key);
+            }
+        }
+    }
+
+    /// Pauses (`true`) or resumes (`false`) dispatch from a queue.
+    pub fn put_paused(&mut self, queue: &str, paused: bool) {
+        self.empty = false;
+        if paused {
+            self.paused.insert(queue.as_bytes(), &[]);
+        } else {
+            self.paused.remove(queue.as_bytes());
         }
     }
 
@@ -110,6 +139,8 @@ pub struct Recovered {
     pub live_chains: Vec<ChainRecord>,
     pub limits: Vec<(Identity, u32)>,
     pub task_defaults: Vec<(String, Options)>,
+    /// Queues whose dispatch is paused.
+    pub paused: Vec<String>,
     /// Records that could not be decoded: reported, skipped, left on disk.
     pub corrupt: Vec<String>,
 }
@@ -123,6 +154,8 @@ pub struct Store {
     idempotency: sled::Tree,
     limits: sled::Tree,
     defaults: sled::Tree,
+    dead: sled::Tree,
+    paused: sled::Tree,
     /// sled's data file, fdatasync'ed after every flush.
     data_file: Arc<(PathBuf, File)>,
 }
@@ -134,6 +167,8 @@ impl Store {
     /// When sled cannot open the directory or its data file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let db = sled::Config::new().path(dir).open()?;
+        // A store written before the dead index existed gets it built once.
+        let had_dead = db.tree_names().iter().any(|n| n.as_ref() == b"dead");
         let path = dir.join("db");
         let file = File::options()
             .read(true)
@@ -143,15 +178,63 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             chains: db.open_tree("chains")?,
             live: db.open_tree("live")?,
             idempotency: db.open_tree("idempotency")?,
             limits: db.open_tree("limits")?,
             defaults: db.open_tree("task_defaults")?,
+            dead: db.open_tree("dead")?,
+            paused: db.open_tree("paused")?,
             data_file: Arc::new((path, file)),
             db,
-        })
+        };
+        if !had_dead {
+            store.index_dead()?;
+        }
+        Ok(store)
+    }
+
+    /// Builds the dead index from every stored chain (once, for a store of
+    /// an earlier version; an empty store costs nothing).
+    fn index_dead(&self) -> Result<(), Error> {
+        for item in self.chains.iter() {
+            let (_, value) = item?;
+            if let Ok(chain) = ChainRecord::decode(value.as_ref())
+                && chain.state() == ChainState::Failed
+                && chain.requeued_as.is_empty()
+            {
+                self.dead
+                    .insert(dead_key(chain.finished_ms, &chain.id), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Failed chains not yet requeued, newest failure first: at most
+    /// `limit` of them, starting after `after` (from the [`DeadPage::next`]
+    /// of an earlier call). Records that cannot be read are skipped.
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
+        let iter = match after {
+            None => self.dead.iter(),
+            Some(cursor) => self.dead.range(..cursor.0.clone()),
+        };
+        let mut page = DeadPage::default();
+        for key in iter.keys().rev() {
+            let key = key?;
+            if page.chains.len() == limit {
+                page.next = page.chains.last().map(|c| dead_token(c.finished_ms, &c.id));
+                break;
+            }
+            let id = String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned();
+            if let Ok(Some(chain)) = self.chain(&id) {
+                page.chains.push(chain);
+            }
+        }
+        Ok(page)
     }
 
     /// Applies a batch atomically across trees (visible, not yet durable).
@@ -165,14 +248,18 @@ impl Store {
             &self.idempotency,
             &self.limits,
             &self.defaults,
+            &self.dead,
+            &self.paused,
         );
         trees
-            .transaction(|(chains, live, idem, limits, defaults)| {
+            .transaction(|(chains, live, idem, limits, defaults, dead, paused)| {
                 chains.apply_batch(&batch.chains)?;
                 live.apply_batch(&batch.live)?;
                 idem.apply_batch(&batch.idempotency)?;
                 limits.apply_batch(&batch.limits)?;
                 defaults.apply_batch(&batch.defaults)?;
+                dead.apply_batch(&batch.dead)?;
+                paused.apply_batch(&batch.paused)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -262,7 +349,42 @@ impl Store {
                 Err(e) => out.corrupt.push(format!("task defaults of {name}: {e}")),
             }
         }
+        for key in self.paused.iter().keys() {
+            out.paused.push(String::from_utf8_lossy(&key?).into_owned());
+        }
         Ok(out)
+    }
+}
+
+/// A page of [`Store::dead_chains`].
+#[derive(Debug, Default)]
+pub struct DeadPage {
+    pub chains: Vec<ChainRecord>,
+    /// The token of the next page; `None` after the last.
+    pub next: Option<String>,
+}
+
+/// Key of the dead index: newest last, so a reverse scan is newest first.
+fn dead_key(finished_ms: u64, chain_id: &str) -> Vec<u8> {
+    let mut key = finished_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(chain_id.as_bytes());
+    key
+}
+
+/// A page token names the last chain of a page: `<finished ms>-<chain id>`.
+fn dead_token(finished_ms: u64, chain_id: &str) -> String {
+    format!("{finished_ms}-{chain_id}")
+}
+
+/// Where a page of the dead list continues: after the chain its token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadCursor(Vec<u8>);
+
+impl DeadCursor {
+    /// Reads a page token ([`DeadPage::next`]); `None` when it is not one.
+    pub fn parse(token: &str) -> Option<Self> {
+        let (ms, id) = token.split_once('-')?;
+        Some(DeadCursor(dead_key(ms.parse().ok()?, id)))
     }
 }
 
@@ -344,6 +466,40 @@ mod tests {
         assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
         assert!(store.chain("b").unwrap().is_some());
         assert!(r.corrupt.is_empty());
+    }
+
+    #[test]
+    fn dead_index_lists_failed_chains_newest_first_until_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed = |id: &str, at: u64| {
+            let mut c = chain(id);
+            c.state = ChainState::Failed as i32;
+            c.finished_ms = at;
+            c
+        };
+        let mut b = Batch::new();
+        for (id, at) in [("a", 10), ("b", 30), ("c", 20)] {
+            b.put_chain(&failed(id, at), false);
+        }
+        b.put_chain(&chain("live"), true);
+        store.apply(&b).unwrap();
+        let ids = |p: &DeadPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let first = store.dead_chains(None, 2).unwrap();
+        assert_eq!(ids(&first), ["b", "c"]);
+        let cursor = DeadCursor::parse(first.next.as_deref().unwrap()).unwrap();
+        let second = store.dead_chains(Some(&cursor), 2).unwrap();
+        assert_eq!((ids(&second), second.next), (vec!["a".to_owned()], None));
+
+        let mut requeued = failed("b", 30);
+        requeued.requeued_as = "b2".into();
+        let mut b = Batch::new();
+        b.put_chain(&requeued, false);
+        b.put_paused("io", true);
+        store.apply(&b).unwrap();
+        assert_eq!(ids(&store.dead_chains(None, 10).unwrap()), ["c", "a"]);
+        assert_eq!(store.recover().unwrap().paused, ["io"]);
+        assert!(DeadCursor::parse("nonsense").is_none());
     }
 
     /// sled's background thread may hold the directory's lock for a moment

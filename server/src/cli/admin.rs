@@ -1,0 +1,573 @@
+//! The Admin service from the command line: queues, workers, throttles
+//! and failed ("dead") chains.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton::pb;
+use serde_json::json;
+
+use super::output::{self, print_json, table};
+use super::{Conn, bounded, usage};
+
+/// Listing commands take only the connection options.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Stop assigning the queue's tasks; they stay READY (and keep
+    /// arriving) until resumed. Survives a broker restart.
+    Pause {
+        /// The queue's name.
+        queue: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Assign the queue's tasks again.
+    Resume {
+        /// The queue's name.
+        queue: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel the chain of every task READY in the queue (no callback
+    /// fires). Running, delayed and throttled tasks are left alone.
+    Purge {
+        /// The queue's name.
+        queue: String,
+        /// Confirm: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        /// Recorded with each cancellation.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// Give the worker no new tasks; it finishes what it runs and stays
+    /// connected (a restarted worker starts undrained).
+    Drain {
+        /// The worker's name (every connection with it), or a worker id.
+        name: String,
+        /// Wait until the drained workers run nothing, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_parser = super::seconds, requires = "wait")]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ThrottlesArgs {
+    #[command(subcommand)]
+    pub action: Option<ThrottleAction>,
+    /// List every holder under its identity.
+    #[arg(long)]
+    pub holders: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ThrottleAction {
+    /// Set the limit of a throttle identity while Baton runs; waiting work
+    /// honours it at once. 0 clears the override.
+    Set {
+        /// The new limit (0: back to the declared concurrency).
+        limit: u32,
+        /// The task name of the identity (omit for a shared key).
+        #[arg(long)]
+        task: Option<String>,
+        /// The key ("*" or omitted with --task: the whole task name; alone:
+        /// a shared key).
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DeadCommand {
+    /// Failed chains, newest first, with their failure records.
+    List {
+        /// Chains per page (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after an earlier page (printed at its end).
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Every page.
+        #[arg(long, conflicts_with = "page_token")]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Submit a failed chain again as a new chain (same steps, callbacks,
+    /// context); prints the new chain's id.
+    Requeue {
+        /// The failed chain's id.
+        chain_id: String,
+        /// Wait for the new chain to end, showing its events.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_parser = super::seconds, requires = "wait")]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn count(n: u64) -> String {
+    n.to_string()
+}
+
+fn print_queue(q: &pb::QueueInfo, json: bool) {
+    if json {
+        print_json(&output::queue_json(q));
+    } else {
+        let state = if q.paused { "paused" } else { "active" };
+        println!(
+            "queue {}: {state}, {} ready, {} running, {} delayed, {} throttled",
+            q.name, q.ready, q.running, q.delayed, q.throttled
+        );
+    }
+}
+
+pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let conn = &args.conn;
+    let client = conn.connect().await?;
+    let queues = client
+        .admin()
+        .list_queues()
+        .await
+        .map_err(|e| conn.error(e))?;
+    if conn.json {
+        print_json(&json!({"queues": queues.iter().map(output::queue_json).collect::<Vec<_>>()}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            vec![
+                q.name.clone(),
+                if q.paused { "paused" } else { "active" }.to_owned(),
+                count(q.ready),
+                count(q.running),
+                count(q.delayed),
+                count(q.throttled),
+                if q.ready > 0 {
+                    output::duration(q.oldest_ready_age_ms)
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "QUEUE",
+                "STATE",
+                "READY",
+                "RUNNING",
+                "DELAYED",
+                "THROTTLED",
+                "OLDEST READY"
+            ],
+            &rows
+        )
+    );
+    if queues.is_empty() {
+        println!("(no queue holds work)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn queue(command: QueueCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        QueueCommand::Pause { queue, conn } => {
+            let client = conn.connect().await?;
+            let q = client
+                .admin()
+                .pause_queue(queue)
+                .await
+                .map_err(|e| conn.error(e))?;
+            print_queue(&q, conn.json);
+        }
+        QueueCommand::Resume { queue, conn } => {
+            let client = conn.connect().await?;
+            let q = client
+                .admin()
+                .resume_queue(queue)
+                .await
+                .map_err(|e| conn.error(e))?;
+            print_queue(&q, conn.json);
+        }
+        QueueCommand::Purge {
+            queue,
+            yes,
+            reason,
+            conn,
+        } => {
+            if !yes {
+                return Err(usage(format!(
+                    "purging cancels the chain of every task waiting in queue {queue}, \
+                     and cannot be undone: add --yes"
+                )));
+            }
+            let client = conn.connect().await?;
+            let purged = client
+                .admin()
+                .purge_queue(&queue, reason)
+                .await
+                .map_err(|e| conn.error(e))?;
+            if conn.json {
+                print_json(&json!({
+                    "queue": queue,
+                    "cancelled": purged.cancelled,
+                    "chain_ids": purged.chain_ids,
+                }));
+            } else {
+                println!(
+                    "queue {queue} purged: {} chain(s) cancelled",
+                    purged.cancelled
+                );
+                for id in &purged.chain_ids {
+                    println!("  {id}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker_rows(workers: &[pb::WorkerInfo]) -> Vec<Vec<String>> {
+    workers
+        .iter()
+        .map(|w| {
+            let tasks = w.task_names.join(",");
+            vec![
+                w.worker_name.clone(),
+                w.worker_id.clone(),
+                if w.draining { "draining" } else { "active" }.to_owned(),
+                format!("{}/{}", w.in_flight.len(), w.concurrency),
+                w.queues.join(","),
+                output::short(&tasks, 40),
+                output::ago(w.connected_unix_ms),
+            ]
+        })
+        .collect()
+}
+
+const WORKER_HEADERS: [&str; 7] = [
+    "NAME",
+    "ID",
+    "STATE",
+    "RUNNING",
+    "QUEUES",
+    "TASKS",
+    "CONNECTED",
+];
+
+pub async fn workers(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let conn = &args.conn;
+    let client = conn.connect().await?;
+    let workers = client
+        .admin()
+        .list_workers()
+        .await
+        .map_err(|e| conn.error(e))?;
+    if conn.json {
+        print_json(
+            &json!({"workers": workers.iter().map(output::worker_json).collect::<Vec<_>>()}),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", table(&WORKER_HEADERS, &worker_rows(&workers)));
+    if workers.is_empty() {
+        println!("(no worker connected)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
+    let WorkerCommand::Drain {
+        name,
+        wait,
+        timeout,
+        conn,
+    } = command;
+    let client = conn.connect().await?;
+    let admin = client.admin();
+    let drained = admin.drain_worker(&name).await.map_err(|e| conn.error(e))?;
+    if conn.json && !wait {
+        print_json(
+            &json!({"workers": drained.iter().map(output::worker_json).collect::<Vec<_>>()}),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !conn.json {
+        println!("draining {} connection(s) of worker {name}:", drained.len());
+        print!("{}", table(&WORKER_HEADERS, &worker_rows(&drained)));
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ids: HashSet<String> = drained.iter().map(|w| w.worker_id.clone()).collect();
+    let json = conn.json;
+    bounded(timeout, "the drain", async {
+        let mut last = None;
+        loop {
+            let workers = admin.list_workers().await.map_err(|e| conn.error(e))?;
+            let running: usize = workers
+                .iter()
+                .filter(|w| ids.contains(&w.worker_id))
+                .map(|w| w.in_flight.len())
+                .sum();
+            if !json && last != Some(running) {
+                println!("{running} task(s) still running");
+                last = Some(running);
+            }
+            if running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    })
+    .await?;
+    if json {
+        print_json(
+            &json!({"workers": drained.iter().map(output::worker_json).collect::<Vec<_>>(), "idle": true}),
+        );
+    } else {
+        println!("worker {name} is drained: it runs nothing; stop it when you like");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn throttles(args: ThrottlesArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ThrottleAction::Set {
+        limit,
+        task,
+        key,
+        conn,
+    }) = args.action
+    {
+        let identity = match (task, key) {
+            (None, None) => return Err(usage("give --task NAME, --key KEY, or both")),
+            (Some(task), key) => pb::ThrottleIdentity::task(task, key.unwrap_or_default()),
+            (None, Some(key)) => pb::ThrottleIdentity::shared(key),
+        };
+        let client = conn.connect().await?;
+        let info = client
+            .admin()
+            .set_throttle_limit(identity, limit)
+            .await
+            .map_err(|e| conn.error(e))?;
+        if conn.json {
+            print_json(&output::throttle_json(&info));
+        } else {
+            let how = if info.limit_overridden {
+                "set"
+            } else {
+                "back to the declared concurrency"
+            };
+            println!(
+                "{}: limit {} ({how}); {} holder(s), {} waiting",
+                output::identity(info.identity.as_ref()),
+                info.limit,
+                info.holders.len(),
+                info.waiters
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let conn = &args.conn;
+    let client = conn.connect().await?;
+    let throttles = client
+        .admin()
+        .list_throttles()
+        .await
+        .map_err(|e| conn.error(e))?;
+    if conn.json {
+        print_json(
+            &json!({"throttles": throttles.iter().map(output::throttle_json).collect::<Vec<_>>()}),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = Vec::new();
+    for t in &throttles {
+        rows.push(vec![
+            output::identity(t.identity.as_ref()),
+            format!(
+                "{}{}",
+                t.limit,
+                if t.limit_overridden { " (set)" } else { "" }
+            ),
+            t.holders.len().to_string(),
+            count(t.waiters),
+            if t.waiters > 0 {
+                output::duration(t.oldest_waiter_age_ms)
+            } else {
+                String::new()
+            },
+        ]);
+        if args.holders {
+            for h in &t.holders {
+                let who = if h.task_id.is_empty() {
+                    format!("chain {}", h.chain_id)
+                } else {
+                    format!("task {} (chain {})", h.task_id, h.chain_id)
+                };
+                let worker = if h.worker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", h.worker)
+                };
+                rows.push(vec![
+                    format!(
+                        "  {} {who}{worker}, {}",
+                        h.kind,
+                        output::ago(h.since_unix_ms)
+                    ),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+        }
+    }
+    print!(
+        "{}",
+        table(
+            &["IDENTITY", "LIMIT", "HOLDERS", "WAITERS", "OLDEST WAIT"],
+            &rows
+        )
+    );
+    if throttles.is_empty() {
+        println!("(no throttle has holders, waiters or a limit set)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dead(command: DeadCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeadCommand::List {
+            limit,
+            page_token,
+            all,
+            conn,
+        } => {
+            if limit == 0 {
+                return Err(usage("--limit must be at least 1"));
+            }
+            let client = conn.connect().await?;
+            let admin = client.admin();
+            let mut chains = Vec::new();
+            let mut token = page_token;
+            let next = loop {
+                let page = admin
+                    .list_dead_chains(limit, token)
+                    .await
+                    .map_err(|e| conn.error(e))?;
+                chains.extend(page.chains);
+                if !all || page.next_page_token.is_empty() {
+                    break page.next_page_token;
+                }
+                token = page.next_page_token;
+            };
+            if conn.json {
+                print_json(&json!({
+                    "chains": chains.iter().map(output::chain_json).collect::<Vec<_>>(),
+                    "next_page_token": next,
+                }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = chains
+                .iter()
+                .map(|c| {
+                    let f = c.failure.clone().unwrap_or_default();
+                    vec![
+                        output::timestamp(c.finished_unix_ms),
+                        c.chain_id.clone(),
+                        format!(
+                            "{}[{}] {}",
+                            output::phase(f.phase),
+                            f.step_index,
+                            f.task_name
+                        ),
+                        f.attempt.to_string(),
+                        f.error_type.clone(),
+                        output::short(&f.message, 60),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["FAILED AT", "CHAIN", "STEP", "ATTEMPT", "ERROR", "MESSAGE"],
+                    &rows
+                )
+            );
+            if chains.is_empty() {
+                println!("(no failed chain)");
+            }
+            if !next.is_empty() {
+                println!("more: baton dead list --page-token {next}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadCommand::Requeue {
+            chain_id,
+            wait,
+            timeout,
+            conn,
+        } => {
+            let client = conn.connect().await?;
+            let new_id = client
+                .admin()
+                .requeue_chain(&chain_id)
+                .await
+                .map_err(|e| conn.error(e))?;
+            if !wait {
+                if conn.json {
+                    print_json(&json!({"chain_id": new_id, "requeued_from": chain_id}));
+                } else {
+                    println!("{new_id}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !conn.json {
+                println!("chain {chain_id} requeued as {new_id}");
+            }
+            let chain = bounded(
+                timeout,
+                "the chain",
+                super::chain::follow(&client, &conn, &new_id, !conn.json),
+            )
+            .await?;
+            if conn.json {
+                print_json(&output::chain_json(&chain));
+            }
+            Ok(super::chain::ended(&chain))
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `baton chain get|watch|cancel`, and the follow loop that `submit
+//! --wait` and `dead requeue --wait` share with `watch`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton::pb;
+use tokio_stream::StreamExt;
+
+use super::output::{self, print_json};
+use super::{Conn, bounded};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Show a chain: its state, context, failure, and every step.
+    Get {
+        /// The chain's id.
+        chain_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow a chain: one line per event until it ends. Exits 0 if it
+    /// succeeded, 1 if it failed or was cancelled.
+    Watch {
+        /// The chain's id.
+        chain_id: String,
+        /// Give up after this many seconds (the chain goes on).
+        #[arg(long, value_parser = super::seconds)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel a chain: unstarted steps never start, running ones are told
+    /// to stop, no callback fires. Exits 1 if it had already ended
+    /// otherwise.
+    Cancel {
+        /// The chain's id.
+        chain_id: String,
+        /// Recorded with the cancellation.
+        #[arg(long, default_value = "cancelled with the baton CLI")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Get { chain_id, conn } => {
+            let client = conn.connect().await?;
+            let chain = client.get(&chain_id).await.map_err(|e| conn.error(e))?;
+            if conn.json {
+                print_json(&output::chain_json(&chain));
+            } else {
+                print!("{}", output::chain_text(&chain));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch {
+            chain_id,
+            timeout,
+            conn,
+        } => {
+            let client = conn.connect().await?;
+            let chain = bounded(
+                timeout,
+                "the chain",
+                follow(&client, &conn, &chain_id, true),
+            )
+            .await?;
+            Ok(ended(&chain))
+        }
+        Command::Cancel {
+            chain_id,
+            reason,
+            conn,
+        } => {
+            let client = conn.connect().await?;
+            let state = client
+                .cancel(&chain_id, reason)
+                .await
+                .map_err(|e| conn.error(e))?;
+            let name = output::chain_state(state as i32);
+            if conn.json {
+                print_json(&serde_json::json!({"chain_id": chain_id, "state": name}));
+            } else if state == pb::ChainState::Cancelled {
+                println!("chain {chain_id} cancelled");
+            } else {
+                println!("chain {chain_id} had already ended: {name}; nothing to cancel");
+            }
+            Ok(if state == pb::ChainState::Cancelled {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// The exit code for how a followed chain ended.
+pub fn ended(chain: &pb::Chain) -> ExitCode {
+    if chain.state == pb::ChainState::Succeeded as i32 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Follows a chain until it ends and returns its final state. Events are
+/// printed as they come when `print_events` (one line each, or one JSON
+/// object per line with `--json`). A watch broken by the connection (a
+/// broker restarting) is opened again after a pause; the snapshot it
+/// starts with says where the chain is.
+///
+/// # Errors
+/// When the chain cannot be watched (not found, not allowed), or the
+/// broker stays unreachable.
+pub async fn follow(
+    client: &baton::Client,
+    conn: &Conn,
+    chain_id: &str,
+    print_events: bool,
+) -> anyhow::Result<pb::Chain> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    let mut last_snapshot: Option<pb::Chain> = None;
+    loop {
+        let mut events = match client.watch(chain_id).await {
+            Ok(events) => events,
+            Err(e) if transient(&e) && last_snapshot.is_some() => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => return Err(conn.error(e)),
+        };
+        let mut reopen = false;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) if transient(&e) => {
+                    reopen = true;
+                    break;
+                }
+                Err(e) => return Err(conn.error(e)),
+            };
+            pause = Duration::from_millis(200);
+            if print_events {
+                if conn.json {
+                    print_json(&output::event_json(&event));
+                } else {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    println!("{elapsed:>8.3}s  {}", output::event_line(&event));
+                }
+            }
+            if let Some(chain) = event.chain {
+                if chain.state != pb::ChainState::Running as i32 {
+                    return Ok(chain);
+                }
+                last_snapshot = Some(chain);
+            }
+        }
+        if !reopen && last_snapshot.is_none() {
+            anyhow::bail!("the broker ended the watch of chain {chain_id} without an event");
+        }
+        if print_events && !conn.json {
+            eprintln!("(watch interrupted; reconnecting)");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A broken connection or a broker that is going away, as opposed to an
+/// answer about the chain.
+fn transient(e: &baton::Error) -> bool {
+    e.status().is_some_and(|s| {
+        s.code() == tonic::Code::Unavailable || std::error::Error::source(s).is_some()
+    })
+}

@@ -1,0 +1,330 @@
+//! The configuration file of `baton serve --config FILE`, and `baton
+//! config check FILE`.
+//!
+//! The file is TOML with one key per `serve` flag, named like the flag
+//! with `_` for `-` (`lease_ms` for `--lease-ms`). Precedence, highest
+//! first: flags, `BATON_*` environment variables, the file, the built-in
+//! defaults. Relative paths in the file are relative to the file's own
+//! directory, so a file and the token and certificate files beside it can
+//! move together. An unknown key is an error that names it and its line:
+//! a misspelt setting must not fall back to its default silently.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::parser::ValueSource;
+use serde::Deserialize;
+
+use crate::{AuthMode, ServeArgs};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Validate a configuration file as `baton serve --config FILE` would
+    /// use it (with this environment's BATON_* variables): every key known,
+    /// every value usable, the token and TLS files readable. Prints the
+    /// settings in force; exits 1 naming the bad key otherwise.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// The file's keys; every one optional.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub lease_ms: Option<u64>,
+    pub no_durable: Option<bool>,
+    pub max_payload: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub max_workers: Option<usize>,
+    pub max_watches: Option<usize>,
+    pub max_worker_concurrency: Option<u32>,
+    pub log_format: Option<LogFormat>,
+    pub auth: Option<Auth>,
+    pub tokens: Option<PathBuf>,
+    pub allow_insecure: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    Tokens,
+    Off,
+}
+
+impl FileConfig {
+    /// Parses the text of `path`; errors name the key and its line.
+    ///
+    /// # Errors
+    /// Unknown keys, values of the wrong type or out of range.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let mut config: FileConfig =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if config.lease_ms == Some(0) {
+            anyhow::bail!("{}: lease_ms must be at least 1", path.display());
+        }
+        for (key, value) in [
+            ("max_payload", config.max_payload),
+            ("max_steps", config.max_steps),
+            ("max_workers", config.max_workers),
+            ("max_watches", config.max_watches),
+            (
+                "max_worker_concurrency",
+                config.max_worker_concurrency.map(|n| n as usize),
+            ),
+        ] {
+            if value == Some(0) {
+                anyhow::bail!("{}: {key} must be at least 1", path.display());
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut config.data,
+            &mut config.tokens,
+            &mut config.tls_cert,
+            &mut config.tls_key,
+            &mut config.tls_client_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    ///
+    /// # Errors
+    /// When it cannot be read, or [`FileConfig::parse`] fails.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+}
+
+/// Fills the `serve` settings that neither a flag nor an environment
+/// variable gave from `file`.
+pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig) {
+    let unset = |id: &str| {
+        !matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! fill {
+        ($field:ident) => {
+            if let Some(value) = file.$field
+                && unset(stringify!($field))
+            {
+                args.$field = value;
+            }
+        };
+        ($field:ident, optional) => {
+            if let Some(value) = file.$field
+                && unset(stringify!($field))
+            {
+                args.$field = Some(value);
+            }
+        };
+    }
+    fill!(listen);
+    fill!(data);
+    fill!(lease_ms);
+    fill!(no_durable);
+    fill!(max_payload);
+    fill!(max_steps);
+    fill!(max_workers);
+    fill!(max_watches);
+    fill!(max_worker_concurrency);
+    fill!(allow_insecure);
+    fill!(tokens, optional);
+    fill!(tls_cert, optional);
+    fill!(tls_key, optional);
+    fill!(tls_client_ca, optional);
+    fill!(metrics_listen, optional);
+    if let Some(format) = file.log_format
+        && unset("log_format")
+    {
+        args.log_format = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+        .to_owned();
+    }
+    if let Some(auth) = file.auth
+        && unset("auth")
+    {
+        args.auth = Some(match auth {
+            Auth::Tokens => AuthMode::Tokens,
+            Auth::Off => AuthMode::Off,
+        });
+    }
+}
+
+/// Applies `--config` (if given) to the `serve` settings.
+///
+/// # Errors
+/// When the file cannot be read or is not a valid configuration.
+pub fn apply(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    if let Some(path) = args.config.clone() {
+        let file = FileConfig::load(&path)?;
+        merge(args, matches, file);
+    }
+    Ok(())
+}
+
+/// Checks what `serve` would refuse at start, without starting.
+///
+/// # Errors
+/// Naming the setting at fault.
+pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("lease_ms", usize::from(args.lease_ms > 0)),
+        ("max_payload", args.max_payload),
+        ("max_steps", args.max_steps),
+        ("max_workers", args.max_workers),
+        ("max_watches", args.max_watches),
+        (
+            "max_worker_concurrency",
+            args.max_worker_concurrency as usize,
+        ),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{key} must be at least 1");
+        }
+    }
+    if args.data.exists() && !args.data.is_dir() {
+        anyhow::bail!("data: {} is not a directory", args.data.display());
+    }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        anyhow::bail!("tls_cert and tls_key go together: give both or neither");
+    }
+    if args.tls_client_ca.is_some() && args.tls_cert.is_none() {
+        anyhow::bail!("tls_client_ca needs tls_cert and tls_key");
+    }
+    crate::security(args)?;
+    Ok(())
+}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let Command::Check { file } = command;
+    use clap::{CommandFactory, FromArgMatches};
+    let path = file.display().to_string();
+    let matches = crate::Cli::command()
+        .try_get_matches_from(["baton", "serve", "--config", &path])
+        .context("the BATON_* environment variables")?;
+    let serve = matches
+        .subcommand_matches("serve")
+        .context("serve settings")?;
+    let mut args = ServeArgs::from_arg_matches(serve)?;
+    apply(&mut args, serve)?;
+    check(&args).with_context(|| format!("{path} (with this environment)"))?;
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref().map_or_else(
+            || "(none)".to_owned(),
+            |p| format!("{:?}", p.display().to_string()),
+        )
+    };
+    println!("{path}: ok. Settings in force (flags > BATON_* > file > defaults):");
+    println!("listen = \"{}\"", args.listen);
+    println!("data = {:?}", args.data.display().to_string());
+    println!("lease_ms = {}", args.lease_ms);
+    println!("no_durable = {}", args.no_durable);
+    println!("max_payload = {}", args.max_payload);
+    println!("max_steps = {}", args.max_steps);
+    println!("max_workers = {}", args.max_workers);
+    println!("max_watches = {}", args.max_watches);
+    println!("max_worker_concurrency = {}", args.max_worker_concurrency);
+    println!("log_format = \"{}\"", args.log_format);
+    let auth = match (args.auth, &args.tokens) {
+        (Some(AuthMode::Tokens), _) | (None, Some(_)) => "tokens",
+        _ => "off",
+    };
+    println!("auth = \"{auth}\"");
+    println!("tokens = {}", show(&args.tokens));
+    println!("allow_insecure = {}", args.allow_insecure);
+    println!("tls_cert = {}", show(&args.tls_cert));
+    println!("tls_key = {}", show(&args.tls_key));
+    println!("tls_client_ca = {}", show(&args.tls_client_ca));
+    println!(
+        "metrics_listen = {}",
+        args.metrics_listen
+            .map_or_else(|| "(none)".to_owned(), |a| format!("\"{a}\""))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses_and_paths_are_relative_to_the_file() {
+        let text = r#"
+            listen = "127.0.0.1:7171"
+            data = "state"
+            lease_ms = 5000
+            no_durable = false
+            max_payload = 65536
+            max_steps = 100
+            max_workers = 50
+            max_watches = 500
+            max_worker_concurrency = 64
+            log_format = "json"
+            auth = "tokens"
+            tokens = "/etc/baton/tokens.toml"
+            allow_insecure = false
+            tls_cert = "broker.pem"
+            tls_key = "broker.key"
+            tls_client_ca = "ca.pem"
+            metrics_listen = "127.0.0.1:9090"
+        "#;
+        let c = FileConfig::parse(text, Path::new("/etc/baton/baton.toml")).unwrap();
+        assert_eq!(c.data.as_deref(), Some(Path::new("/etc/baton/state")));
+        assert_eq!(
+            c.tokens.as_deref(),
+            Some(Path::new("/etc/baton/tokens.toml"))
+        );
+        assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_key_is_named_with_its_line() {
+        let e = FileConfig::parse(
+            "listen = \"127.0.0.1:1\"\nleese_ms = 5\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("leese_ms") && e.contains("line 2"), "{e}");
+        let e = FileConfig::parse("log_format = \"xml\"\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xml") && e.contains("line 1"), "{e}");
+        let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease_ms must be at least 1"), "{e}");
+    }
+}

@@ -1,0 +1,429 @@
+//! The store as the broker shares it, and how it survives disk trouble.
+//!
+//! sled 0.34 makes an I/O error sticky: once a write of its log fails (disk
+//! full, a read-only remount, EIO), that database refuses every later write
+//! until it is opened again. And after a failed `fsync` the kernel may have
+//! dropped the dirty pages it could not write, so retrying the sync proves
+//! nothing (PostgreSQL's "fsyncgate"). The only sound recovery is the one a
+//! crash gets: open the files again and redo what was not durable.
+//!
+//! [`Shared`] does that in place. It holds the one open [`Store`] behind a
+//! lock, and a journal of every [`Batch`] applied since the last flush that
+//! succeeded. [`Shared::repair`] closes the database, opens it again (sled's
+//! own crash recovery reads the log back), re-applies the journal in order,
+//! and makes it durable before anyone else may write; until then writes and
+//! reads fail fast with an error, and the scheduler refuses new work (see
+//! `scheduler` on its degraded mode). Nothing applied is lost: what was
+//! durable is on disk, what was not is in the journal.
+//!
+//! Everyone shares one [`Shared`] (a cheap clone): no other handle to the
+//! sled database may outlive a call, or the database could not be reopened
+//! (sled locks its directory while any handle is open).
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use super::{Batch, DeadCursor, DeadPage, Error, Recovered, Store};
+use crate::domain::ChainRecord;
+
+/// Why the store refuses writes, while it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The disk (or the quota, or the file-size limit) has no room left.
+    Full,
+    /// Any other write or sync failure.
+    Failing,
+}
+
+impl Error {
+    /// What kind of trouble this error says the disk is in: full (no space,
+    /// quota exceeded, file-size limit), or failing in some other way.
+    pub fn fault(&self) -> Fault {
+        let io = match self {
+            Error::Sled(sled::Error::Io(e)) | Error::Io { source: e, .. } => e,
+            _ => return Fault::Failing,
+        };
+        // sled hands out copies of a sticky error that keep the kind but not
+        // the OS error number; 28 is ENOSPC everywhere that matters.
+        let full = matches!(
+            io.kind(),
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+        ) || io.raw_os_error() == Some(28);
+        if full { Fault::Full } else { Fault::Failing }
+    }
+}
+
+/// The store shared by the scheduler, its flusher and readers; reopened in
+/// place after a failure. Cheap to clone.
+#[derive(Clone)]
+pub struct Shared {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// The open database; `None` while [`Shared::repair`] reopens it.
+    store: RwLock<Option<Store>>,
+    journal: Mutex<Journal>,
+}
+
+/// Batches applied but not yet known durable, oldest first.
+struct Journal {
+    /// Whether batches are kept at all: off when the broker acknowledges
+    /// before flushing (then a failure may lose work anyway).
+    keep: bool,
+    /// Number of batches applied so far.
+    applied: u64,
+    /// (number, batch) of every batch applied after the last flush that
+    /// succeeded.
+    batches: VecDeque<(u64, Batch)>,
+}
+
+impl Shared {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        Ok(Self::new(dir, Store::open(dir)?))
+    }
+
+    /// Shares an open store of `dir`.
+    pub fn new(dir: &Path, store: Store) -> Self {
+        Shared {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                store: RwLock::new(Some(store)),
+                journal: Mutex::new(Journal {
+                    keep: true,
+                    applied: 0,
+                    batches: VecDeque::new(),
+                }),
+            }),
+        }
+    }
+
+    /// Keeps (the default) or stops keeping a journal of batches not yet
+    /// durable. Without it a repair brings back only what was flushed.
+    pub fn keep_journal(&self, keep: bool) {
+        let mut journal = self.journal();
+        journal.keep = keep;
+        if !keep {
+            journal.batches.clear();
+        }
+    }
+
+    /// Runs `read` on the open store.
+    ///
+    /// # Errors
+    /// What `read` returns, or an error while the store is being reopened.
+    pub fn read<T>(&self, read: impl FnOnce(&Store) -> Result<T, Error>) -> Result<T, Error> {
+        let guard = self.inner.store.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(store) => read(store),
+            None => Err(self.closed()),
+        }
+    }
+
+    /// Applies a batch atomically (visible, not yet durable) and keeps it in
+    /// the journal until a flush covers it.
+    ///
+    /// # Errors
+    /// When sled fails to write, or the store is being reopened.
+    pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
+        self.read(|store| {
+            // The journal's lock spans the write, so journal order is
+            // write order.
+            let mut journal = self.journal();
+            store.apply(batch)?;
+            journal.applied += 1;
+            if journal.keep {
+                let n = journal.applied;
+                journal.batches.push_back((n, batch.clone()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes every batch applied so far durable (see [`Store::flush`]).
+    ///
+    /// # Errors
+    /// When the flush or the sync fails, or the store is being reopened.
+    /// After an error only [`Shared::repair`] makes the store durable again.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (store, covered) = {
+            let store = self.read(|s| Ok(s.clone()))?;
+            (store, self.journal().applied)
+        };
+        store.flush().await?;
+        drop(store);
+        self.journal().batches.retain(|(n, _)| *n > covered);
+        Ok(())
+    }
+
+    /// Recovers from a failed write or flush: closes the database, opens it
+    /// again, re-applies every batch not yet durable and flushes. Writes
+    /// and reads fail meanwhile, and go on failing if the repair does; call
+    /// it again later (the disk may still be full).
+    ///
+    /// # Errors
+    /// When the database cannot be opened, written or flushed.
+    pub async fn repair(&self) -> Result<(), Error> {
+        let old = self
+            .inner
+            .store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let inner = Arc::clone(&self.inner);
+        // Closing flushes what sled can and joins its threads; opening reads
+        // the log back. Both block.
+        let opened = tokio::task::spawn_blocking(move || {
+            drop(old);
+            let store = open_when_unlocked(&inner.dir)?;
+            let journal = inner.journal.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, batch) in &journal.batches {
+                store.apply(batch)?;
+            }
+            Ok::<_, Error>((store, journal.applied))
+        })
+        .await
+        .map_err(|e| self.io_error(std::io::Error::other(e)))?;
+        let (store, covered) = opened?;
+        if let Err(e) = store.flush().await {
+            // Closing may block on sled's threads: not on this task.
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+            return Err(e);
+        }
+        self.journal().batches.retain(|(n, _)| *n > covered);
+        *self.inner.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+        Ok(())
+    }
+
+    /// What the scheduler needs to resume (see [`Store::recover`]). A live
+    /// chain whose record decodes but could not be run (no steps, a cursor
+    /// past its steps, a step without task id or signature) is reported in
+    /// `corrupt` and skipped like an undecodable one, so a damaged record
+    /// never reaches the scheduler, which indexes steps by the cursor.
+    ///
+    /// # Errors
+    /// As [`Store::recover`].
+    pub fn recover(&self) -> Result<Recovered, Error> {
+        let mut recovered = self.read(Store::recover)?;
+        let (sound, damaged): (Vec<_>, Vec<_>) = std::mem::take(&mut recovered.live_chains)
+            .into_iter()
+            .map(|c| (inconsistency(&c), c))
+            .partition(|(why, _)| why.is_none());
+        recovered.live_chains = sound.into_iter().map(|(_, c)| c).collect();
+        for (why, chain) in damaged {
+            let why = why.unwrap_or_default();
+            recovered
+                .corrupt
+                .push(format!("live chain {:?}: {why}", chain.id));
+        }
+        Ok(recovered)
+    }
+
+    /// # Errors
+    /// As [`Store::chain`].
+    pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
+        self.read(|s| s.chain(id))
+    }
+
+    /// # Errors
+    /// As [`Store::idempotent_chain`].
+    pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
+        self.read(|s| s.idempotent_chain(key))
+    }
+
+    /// # Errors
+    /// As [`Store::dead_chains`].
+    pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
+        self.read(|s| s.dead_chains(after, limit))
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.inner.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.inner.dir.clone(),
+            source,
+        }
+    }
+
+    fn closed(&self) -> Error {
+        self.io_error(std::io::Error::new(
+            ErrorKind::NotConnected,
+            "the store is closed while it is repaired after a failure",
+        ))
+    }
+}
+
+/// Why a decoded chain record cannot be run, if it cannot.
+pub fn inconsistency(chain: &ChainRecord) -> Option<String> {
+    if chain.id.is_empty() {
+        return Some("the record has no chain id".into());
+    }
+    if chain.steps.is_empty() {
+        return Some("the chain has no steps".into());
+    }
+    let phase = chain.phase();
+    let len = chain.steps_of(phase).len();
+    if usize::try_from(chain.cursor).map_or(true, |c| c >= len) {
+        return Some(format!(
+            "its cursor {} is past the {len} steps of phase {phase:?}",
+            chain.cursor
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (at, step) in chain.all_steps() {
+        if step.task_id.is_empty() || step.signature.is_none() {
+            return Some(format!(
+                "step {} of phase {:?} lacks its task id or signature",
+                at.index, at.phase
+            ));
+        }
+        if !ids.insert(step.task_id.as_str()) {
+            return Some(format!("two steps share task id {:?}", step.task_id));
+        }
+    }
+    None
+}
+
+/// Opens the store, waiting a moment for the previous database's threads to
+/// let go of its lock.
+fn open_when_unlocked(dir: &Path) -> Result<Store, Error> {
+    let mut tries = 0;
+    loop {
+        match Store::open(dir) {
+            Err(Error::Sled(sled::Error::Io(e)))
+                if tries < 50 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChainSpec, Signature};
+
+    fn chain(id: &str) -> ChainRecord {
+        let spec = ChainSpec {
+            steps: vec![Signature {
+                name: "t".into(),
+                args: "[]".into(),
+                kwargs: "{}".into(),
+                ..Default::default()
+            }],
+            on_success: vec![],
+            on_failure: vec![],
+            heavy: false,
+            context: Default::default(),
+            idempotency_key: String::new(),
+            unique_key: String::new(),
+            deadline_ms: 0,
+            owner: String::new(),
+        };
+        ChainRecord::new(id.into(), spec, 1)
+    }
+
+    fn put(shared: &Shared, id: &str) {
+        let mut b = Batch::new();
+        b.put_chain(&chain(id), true);
+        shared.apply(&b).unwrap();
+    }
+
+    #[test]
+    fn disk_full_is_told_apart_from_other_failures() {
+        let io = |e: std::io::Error| Error::Io {
+            path: PathBuf::new(),
+            source: e,
+        };
+        let full = [
+            io(std::io::Error::from_raw_os_error(28)),
+            io(ErrorKind::StorageFull.into()),
+            io(ErrorKind::QuotaExceeded.into()),
+            Error::Sled(sled::Error::Io(ErrorKind::FileTooLarge.into())),
+        ];
+        for e in full {
+            assert_eq!(e.fault(), Fault::Full, "{e}");
+        }
+        let failing = [
+            io(ErrorKind::PermissionDenied.into()),
+            Error::Sled(sled::Error::Io(std::io::Error::from_raw_os_error(5))),
+            Error::Sled(sled::Error::Unsupported("x".into())),
+        ];
+        for e in failing {
+            assert_eq!(e.fault(), Fault::Failing, "{e}");
+        }
+    }
+
+    /// A repair reopens the database and brings back every batch, the ones
+    /// flushed before and the ones only applied; the journal empties.
+    #[tokio::test]
+    async fn repair_reopens_and_replays_what_was_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::open(dir.path()).unwrap();
+        put(&shared, "flushed");
+        shared.flush().await.unwrap();
+        assert!(shared.journal().batches.is_empty());
+        put(&shared, "applied");
+        assert_eq!(shared.journal().batches.len(), 1);
+        shared.repair().await.unwrap();
+        assert!(shared.journal().batches.is_empty());
+        let live: Vec<String> = shared
+            .recover()
+            .unwrap()
+            .live_chains
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(live, ["applied", "flushed"]);
+        put(&shared, "after");
+        shared.flush().await.unwrap();
+        assert!(shared.chain("after").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_live_record_that_could_not_run_is_reported_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::open(dir.path()).unwrap();
+        let mut past = chain("past");
+        past.cursor = 7;
+        let mut nameless = chain("nameless");
+        nameless.steps[0].task_id.clear();
+        let mut empty = chain("empty");
+        empty.steps.clear();
+        let mut b = Batch::new();
+        for c in [&past, &nameless, &empty, &chain("fine")] {
+            b.put_chain(c, true);
+        }
+        shared.apply(&b).unwrap();
+        let r = shared.recover().unwrap();
+        let ids: Vec<&str> = r.live_chains.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["fine"]);
+        assert_eq!(r.corrupt.len(), 3, "{:?}", r.corrupt);
+        assert!(r.corrupt.iter().any(|c| c.contains("cursor 7")));
+    }
+
+    #[tokio::test]
+    async fn without_a_journal_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::open(dir.path()).unwrap();
+        shared.keep_journal(false);
+        put(&shared, "a");
+        assert!(shared.journal().batches.is_empty());
+        shared.flush().await.unwrap();
+        assert!(shared.chain("a").unwrap().is_some());
+    }
+}

@@ -1,0 +1,437 @@
+//! Workers that misbehave, end to end: a worker that floods heartbeats,
+//! one that never reads its stream, one that reports on assignments it
+//! never held, too many workers or watchers, and malformed hellos. None of
+//! them may disturb other workers' tasks or slots, or stall the broker
+//! (guarantee 8); each refusal names what was wrong.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton::{ChainOutcome, Task, pb};
+use baton_worker::TaskContext;
+use common::*;
+use pb::{broker_message::Msg as Down, worker_message::Msg as Up};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// A worker session driven by hand, to do what the SDK never would.
+struct Raw {
+    up: mpsc::UnboundedSender<pb::WorkerMessage>,
+    down: tonic::Streaming<pb::BrokerMessage>,
+}
+
+fn hello(name: &str, tasks: &[&str], concurrency: u32) -> pb::Hello {
+    pb::Hello {
+        worker_name: name.into(),
+        tasks: tasks
+            .iter()
+            .map(|t| pb::TaskDefinition {
+                name: (*t).into(),
+                defaults: None,
+            })
+            .collect(),
+        concurrency,
+        ..Default::default()
+    }
+}
+
+impl Raw {
+    /// Opens a session with `first` as its first message; the broker's
+    /// refusal, if any, comes back as the status.
+    async fn open(addr: &str, first: Up) -> Result<Self, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        Self::open_on(channel, first).await
+    }
+
+    async fn open_on(channel: tonic::transport::Channel, first: Up) -> Result<Self, tonic::Status> {
+        let mut client = pb::worker_client::WorkerClient::new(channel);
+        let (up, rx) = mpsc::unbounded_channel();
+        up.send(pb::WorkerMessage { msg: Some(first) }).unwrap();
+        let down = client
+            .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut raw = Raw { up, down };
+        assert!(matches!(raw.next().await, Down::Welcome(_)));
+        Ok(raw)
+    }
+
+    async fn connect(addr: &str, name: &str, tasks: &[&str], concurrency: u32) -> Self {
+        Self::open(addr, Up::Hello(hello(name, tasks, concurrency)))
+            .await
+            .expect("session")
+    }
+
+    fn send(&self, msg: Up) {
+        self.up
+            .send(pb::WorkerMessage { msg: Some(msg) })
+            .expect("send");
+    }
+
+    async fn next(&mut self) -> Down {
+        tokio::time::timeout(PATIENCE, self.down.message())
+            .await
+            .expect("a message from the broker in time")
+            .expect("stream ok")
+            .expect("stream open")
+            .msg
+            .expect("message body")
+    }
+
+    async fn assignment(&mut self) -> pb::TaskRef {
+        match self.next().await {
+            Down::Assignment(a) => a.task.unwrap(),
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+}
+
+fn heartbeat(tasks: Vec<pb::TaskRef>) -> Up {
+    Up::Heartbeat(pb::Heartbeat { tasks })
+}
+
+fn success(task: pb::TaskRef, result: &str) -> Up {
+    Up::Outcome(pb::Outcome {
+        task: Some(task),
+        result: Some(pb::outcome::Result::Success(pb::Success {
+            result: result.into(),
+        })),
+    })
+}
+
+/// A worker of the SDK that answers `work` with its argument and any other
+/// registered name with the attempt number.
+fn honest(addr: &str, extra: &'static str) -> TestWorker {
+    TestWorker::spawn(
+        worker(addr, "honest")
+            .concurrency(16)
+            .task(
+                "work",
+                |ctx: TaskContext| async move { Ok(ctx.args[0].clone()) },
+            )
+            .task(
+                extra,
+                |ctx: TaskContext| async move { Ok(json!(ctx.attempt)) },
+            ),
+    )
+}
+
+async fn run_chains(client: &baton::Client, n: usize) -> Duration {
+    let start = Instant::now();
+    let work = Task::new("work");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(client.submit(work.si([i])).await.unwrap().chain_id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            client.wait_timeout(id, PATIENCE).await.unwrap(),
+            ChainOutcome::Succeeded(json!(i))
+        );
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_flood_neither_stalls_others_nor_keeps_their_leases() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_millis(1000)).await;
+    let client = broker.client().await;
+    // A worker takes a task and then goes silent: no heartbeats, and no
+    // more work.
+    let mut silent = Raw::connect(&broker.addr, "silent", &["silent.job"], 1).await;
+    let lost = client
+        .submit(Task::new("silent.job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let lost_task = silent.assignment().await;
+    silent.send(Up::Drain(pb::Drain {}));
+    let _honest = honest(&broker.addr, "silent.job");
+    let baseline = run_chains(&client, 20).await;
+
+    // The flooder: 40 000 heartbeats as fast as the connection takes
+    // them, half of them naming the silent worker's assignment, then a
+    // malformed message whose error reply marks the end of the flood.
+    let mut flooder = Raw::connect(&broker.addr, "flooder", &["noise"], 1).await;
+    for n in 0..40_000 {
+        let tasks = if n % 2 == 0 {
+            Vec::new()
+        } else {
+            vec![lost_task.clone()]
+        };
+        flooder.send(heartbeat(tasks));
+    }
+    flooder.send(Up::Outcome(pb::Outcome::default()));
+    let flooding = Instant::now();
+    let during = run_chains(&client, 20).await;
+    assert!(
+        matches!(flooder.next().await, Down::Error(e) if e.message.contains("task is missing"))
+    );
+    let flood = flooding.elapsed();
+    eprintln!(
+        "20 chains: {baseline:?} before the flood, {during:?} during it (flood took {flood:?})"
+    );
+    assert!(
+        during < Duration::from_secs(15),
+        "other workers' chains stalled behind the flood: {during:?}"
+    );
+    // Naming another worker's assignment extends nothing: the silent
+    // worker's task lapsed and ran again on the honest worker.
+    assert_eq!(
+        client.wait_timeout(&lost, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!(2))
+    );
+    assert!(matches!(silent.next().await, Down::Cancel(c) if c.task == Some(lost_task.clone())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_reads_is_cut_off_and_its_tasks_come_back_after_the_lease() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_millis(1000)).await;
+    let client = broker.client().await;
+    let admin = client.admin();
+    // The hog takes up to 10 000 assignments and never reads one; it is
+    // alive all the same (heartbeats), only stuck. A small HTTP/2 window,
+    // so that the transport does not buffer megabytes of assignments for
+    // it before the broker's own buffer for it fills.
+    let channel = tonic::transport::Endpoint::from_shared(broker.addr.clone())
+        .unwrap()
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(64 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let hog = Raw::open_on(channel, Up::Hello(hello("hog", &["pile"], 10_000)))
+        .await
+        .unwrap();
+    let beats = hog.up.clone();
+    tokio::spawn(async move {
+        let beat = pb::WorkerMessage {
+            msg: Some(heartbeat(Vec::new())),
+        };
+        while beats.send(beat.clone()).is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let pile = Task::new("pile");
+    let mut piled = Vec::new();
+    for chunk in 0..50 {
+        let submits = (0..100).map(|i| client.submit(pile.si([chunk * 100 + i])));
+        for submitted in futures::future::join_all(submits).await {
+            piled.push(submitted.unwrap().chain_id);
+        }
+    }
+    // Its stream filled up: the broker let go of it rather than wait.
+    let start = Instant::now();
+    while admin
+        .list_workers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|w| w.worker_name == "hog")
+    {
+        assert!(start.elapsed() < PATIENCE, "the hog was never disconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_at = Instant::now();
+
+    // Other work flows meanwhile, and the hog's tasks come back once their
+    // leases lapse, as attempt 2 (the honest worker answers `pile` with
+    // the attempt number); what it never got runs as attempt 1.
+    let _honest = honest(&broker.addr, "pile");
+    let during = run_chains(&client, 20).await;
+    assert!(during < Duration::from_secs(20), "{during:?}");
+    let mut again = 0;
+    for id in &piled {
+        match client.wait_timeout(id, PATIENCE).await.unwrap() {
+            ChainOutcome::Succeeded(a) if a == json!(2) => again += 1,
+            ChainOutcome::Succeeded(a) => assert_eq!(a, json!(1)),
+            other => panic!("chain {id}: {other:?}"),
+        }
+    }
+    eprintln!(
+        "{again} of {} piled chains ran again {:?} after the hog was cut off",
+        piled.len(),
+        cut_at.elapsed()
+    );
+    assert!(
+        again >= 4096,
+        "only {again} assignments were held by the hog"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_assignments_a_worker_never_held_are_refused_and_change_nothing() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut owner = Raw::connect(&broker.addr, "owner", &["job"], 1).await;
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let task = owner.assignment().await;
+    owner.send(Up::ThrottleAcquire(pb::ThrottleAcquire {
+        request_id: 1,
+        task: Some(task.clone()),
+        throttle: Some(pb::Throttle {
+            concurrency: 1,
+            key: "k".into(),
+            shared: true,
+            ..Default::default()
+        }),
+    }));
+    assert!(matches!(owner.next().await, Down::ThrottleGranted(_)));
+
+    let mut liar = Raw::connect(&broker.addr, "liar", &["job"], 1).await;
+    let other_attempt = pb::TaskRef {
+        attempt: u32::MAX,
+        ..task.clone()
+    };
+    let unknown = pb::TaskRef {
+        task_id: "no-such-task".into(),
+        attempt: 1,
+    };
+    for t in [&task, &other_attempt, &unknown] {
+        liar.send(success(t.clone(), "\"forged\""));
+        assert!(matches!(liar.next().await, Down::OutcomeAck(a) if !a.accepted));
+        liar.send(Up::ThrottleRelease(pb::ThrottleRelease {
+            request_id: 1,
+            task: Some(t.clone()),
+        }));
+        assert!(matches!(liar.next().await, Down::Error(_)));
+        liar.send(Up::ThrottleAcquire(pb::ThrottleAcquire {
+            request_id: 2,
+            task: Some(t.clone()),
+            throttle: Some(pb::Throttle {
+                concurrency: 5,
+                key: "k".into(),
+                shared: true,
+                ..Default::default()
+            }),
+        }));
+        assert!(matches!(liar.next().await, Down::Error(_)));
+    }
+    // A result that is not JSON is refused at the edge.
+    liar.send(success(task.clone(), "{not json"));
+    assert!(
+        matches!(liar.next().await, Down::Error(e) if e.message.contains("outcome.success.result"))
+    );
+
+    // Nothing moved: the owner still runs attempt 1 and holds its slot.
+    let chain = client.get(&id).await.unwrap();
+    assert_eq!(chain.steps[0].state(), pb::StepState::Running);
+    assert_eq!(
+        (chain.steps[0].attempts, chain.steps[0].worker.as_str()),
+        (1, "owner")
+    );
+    let throttles = client.admin().list_throttles().await.unwrap();
+    assert_eq!(throttles.len(), 1);
+    assert_eq!(throttles[0].holders.len(), 1);
+    assert_eq!(throttles[0].holders[0].worker, "owner");
+    assert_eq!(throttles[0].limit, 1);
+    owner.send(success(task, "\"real\""));
+    assert!(matches!(owner.next().await, Down::OutcomeAck(a) if a.accepted));
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("real"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_workers_or_watchers_are_refused_naming_the_limit() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_workers = 2;
+        c.limits.max_watches = 2;
+    })
+    .await;
+    let client = broker.client().await;
+    let first = Raw::connect(&broker.addr, "w1", &["job"], 1).await;
+    let _second = Raw::connect(&broker.addr, "w2", &["job"], 1).await;
+    let refused = Raw::open(&broker.addr, Up::Hello(hello("w3", &["job"], 1)))
+        .await
+        .err()
+        .expect("a third worker is refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.message().contains("--max-workers"), "{refused:?}");
+    // A worker that leaves makes room.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        match Raw::open(&broker.addr, Up::Hello(hello("w3", &["job"], 1))).await {
+            Ok(_) => break,
+            Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted),
+        }
+        assert!(start.elapsed() < PATIENCE, "no room after a worker left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Watchers of a chain that does not end (nobody serves "idle").
+    let id = client
+        .submit(Task::new("idle").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let one = client.watch(&id).await.unwrap();
+    let _two = client.watch(&id).await.unwrap();
+    let refused = client
+        .watch(&id)
+        .await
+        .err()
+        .expect("a third watch is refused");
+    assert_eq!(refused.code(), Some(tonic::Code::ResourceExhausted));
+    assert!(
+        refused
+            .status()
+            .unwrap()
+            .message()
+            .contains("--max-watches"),
+        "{refused}"
+    );
+    drop(one);
+    let start = Instant::now();
+    while client.watch(&id).await.is_err() {
+        assert!(start.elapsed() < PATIENCE, "no room after a watcher left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_hello_is_refused_naming_the_field() {
+    let broker = TestBroker::start_with(|c| c.limits.max_worker_concurrency = 8).await;
+    let refusal = |first: Up| {
+        let addr = broker.addr.clone();
+        async move {
+            let status = Raw::open(&addr, first).await.err().expect("refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            status.message().to_owned()
+        }
+    };
+    let m = refusal(Up::Hello(hello("w", &["job"], 0))).await;
+    assert!(m.contains("hello.concurrency is 0"), "{m}");
+    let m = refusal(Up::Hello(hello("w", &["job"], 9))).await;
+    assert!(
+        m.contains("between 1 and 8 (--max-worker-concurrency)"),
+        "{m}"
+    );
+    let mut bad_queue = hello("w", &["job"], 1);
+    bad_queue.queues = vec!["general".into(), "no spaces!".into()];
+    let m = refusal(Up::Hello(bad_queue)).await;
+    assert!(m.contains("hello.queues[1]"), "{m}");
+    let m = refusal(Up::Hello(hello("w", &[], 1))).await;
+    assert!(m.contains("hello.tasks is empty"), "{m}");
+    let m = refusal(Up::Hello(hello("w", &["job", "bad\u{7}name"], 1))).await;
+    assert!(
+        m.contains("hello.tasks[1].name contains control characters"),
+        "{m}"
+    );
+    let m = refusal(Up::Heartbeat(pb::Heartbeat::default())).await;
+    assert!(m.contains("first message must be a hello"), "{m}");
+    // None of them counts as a worker.
+    let workers = broker.client().await.admin().list_workers().await.unwrap();
+    assert!(workers.is_empty(), "{workers:?}");
+}
