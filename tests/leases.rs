@@ -100,6 +100,16 @@ struct RawWorker {
 
 impl RawWorker {
     async fn connect(addr: &str, name: &str, held: Vec<pb::TaskRef>) -> Self {
+        Self::open(addr, name, "job", held).await.0
+    }
+
+    /// Opens a session for `task` and returns it with the broker's Welcome.
+    async fn open(
+        addr: &str,
+        name: &str,
+        task: &str,
+        held: Vec<pb::TaskRef>,
+    ) -> (Self, pb::Welcome) {
         let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
             .await
             .unwrap();
@@ -107,7 +117,7 @@ impl RawWorker {
         let hello = pb::Hello {
             worker_name: name.into(),
             tasks: vec![pb::TaskDefinition {
-                name: "job".into(),
+                name: task.into(),
                 defaults: None,
             }],
             concurrency: 1,
@@ -123,8 +133,10 @@ impl RawWorker {
             .unwrap()
             .into_inner();
         let mut raw = RawWorker { up, down };
-        assert!(matches!(raw.next().await, broker_message::Msg::Welcome(_)));
-        raw
+        let broker_message::Msg::Welcome(welcome) = raw.next().await else {
+            panic!("expected a welcome")
+        };
+        (raw, welcome)
     }
 
     async fn next(&mut self) -> broker_message::Msg {
@@ -208,34 +220,9 @@ async fn a_stale_report_is_rejected_and_changes_nothing() {
 
 impl RawWorker {
     async fn connect_expect_lost(addr: &str, held: pb::TaskRef) -> Self {
-        let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
-            .await
-            .unwrap();
-        let (up, rx) = mpsc::channel(16);
-        let hello = pb::Hello {
-            worker_name: "late".into(),
-            tasks: vec![pb::TaskDefinition {
-                name: "other".into(),
-                defaults: None,
-            }],
-            concurrency: 1,
-            held: vec![held.clone()],
-            ..Default::default()
-        };
-        up.send(msg(worker_message::Msg::Hello(hello)))
-            .await
-            .unwrap();
-        let down = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut raw = RawWorker { up, down };
-        let broker_message::Msg::Welcome(w) = raw.next().await else {
-            panic!("expected a welcome")
-        };
-        assert_eq!(w.lost, vec![held]);
-        assert!(w.kept.is_empty());
+        let (raw, welcome) = Self::open(addr, "late", "other", vec![held.clone()]).await;
+        assert_eq!(welcome.lost, vec![held]);
+        assert!(welcome.kept.is_empty());
         raw
     }
 }

@@ -839,19 +839,7 @@ impl Core {
         } else {
             (Holder::Task(task_id.clone()), Ticket::Enqueue { task_id })
         };
-        let grants = self.throttle_op(|t, cs| {
-            t.wait(
-                identity,
-                throttle.concurrency,
-                Waiter {
-                    holder,
-                    since: now,
-                    ticket,
-                },
-                cs,
-            )
-        });
-        self.apply_grants(grants, now);
+        self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
     }
 
     fn enqueue(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
@@ -926,6 +914,24 @@ impl Core {
             }
         };
         op(throttles, &mut can_start)
+    }
+
+    /// Puts `holder` in the identity's line and acts on what that grants.
+    fn wait_for_slot(
+        &mut self,
+        identity: Identity,
+        concurrency: u32,
+        holder: Holder,
+        ticket: Ticket,
+        now: UnixMs,
+    ) {
+        let waiter = Waiter {
+            holder,
+            since: now,
+            ticket,
+        };
+        let grants = self.throttle_op(|t, cs| t.wait(identity, concurrency, waiter, cs));
+        self.apply_grants(grants, now);
     }
 
     /// Assigns a task that was just granted its slot to a worker that can
@@ -1738,19 +1744,7 @@ impl Core {
             task,
             request_id,
         };
-        let grants = self.throttle_op(|t, cs| {
-            t.wait(
-                identity,
-                throttle.concurrency,
-                Waiter {
-                    holder,
-                    since: now,
-                    ticket,
-                },
-                cs,
-            )
-        });
-        self.apply_grants(grants, now);
+        self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
     }
 
     fn release(&mut self, worker_id: &str, request_id: u64, task: TaskRef, now: UnixMs) {
