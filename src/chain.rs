@@ -184,6 +184,7 @@ impl From<Chain> for pb::SubmitChainRequest {
             idempotency_key: chain.idempotency_key,
             unique_key: chain.unique_key,
             deadline_unix_ms: chain.deadline.map_or(0, unix_ms),
+            chain_id: String::new(),
         }
     }
 }

@@ -46,7 +46,7 @@ mod outcome;
 mod signature;
 
 pub use chain::{Chain, Steps};
-pub use client::{Admin, Client, Submitted, endpoint_uri};
+pub use client::{Admin, Client, Pending, Submitted, endpoint_uri};
 pub use error::{Error, Result};
 pub use options::{Bearer, ClientOptions, TlsOptions};
 pub use outcome::{ChainError, ChainOutcome};

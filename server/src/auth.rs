@@ -897,6 +897,7 @@ mod tests {
     #[test]
     fn a_client_sees_only_its_chains_and_keys_are_scoped() {
         let mut spec = ChainSpec {
+            chain_id: None,
             steps: vec![],
             on_success: vec![],
             on_failure: vec![],

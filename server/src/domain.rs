@@ -60,6 +60,9 @@ pub struct ChainSpec {
     /// Name of the token that submitted the chain; empty when
     /// authentication is off (see `auth::Caller::claim`).
     pub owner: String,
+    /// The id the client chose (a canonical UUID), or None for one the
+    /// broker picks.
+    pub chain_id: Option<String>,
 }
 
 /// A throttle identity: (task name, key), or a shared key alone when
@@ -507,6 +510,7 @@ mod tests {
             ..Default::default()
         };
         let spec = ChainSpec {
+            chain_id: None,
             steps: vec![sig("a"), sig("b")],
             on_success: vec![sig("ok")],
             on_failure: vec![sig("err")],

@@ -179,6 +179,7 @@ fn request() -> impl Strategy<Value = pb::SubmitChainRequest> {
                     idempotency_key: idem,
                     unique_key: unique,
                     deadline_unix_ms: deadline,
+                    chain_id: String::new(),
                 }
             },
         )
@@ -242,6 +243,7 @@ proptest! {
 fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
     (0u8..6, any::<u32>(), any::<i32>()).prop_map(move |(how, n, e)| {
         let spec = baton_server::domain::ChainSpec {
+            chain_id: None,
             steps: vec![baton_server::domain::Signature {
                 name: "t".into(),
                 args: "[]".into(),

@@ -74,6 +74,22 @@ impl pb::broker_server::Broker for Fake {
         }))
     }
 
+    async fn submit_chains(
+        &self,
+        request: Request<pb::SubmitChainsRequest>,
+    ) -> Result<Response<pb::SubmitChainsResponse>, Status> {
+        let chains = request.into_inner().chains;
+        let answers = chains
+            .iter()
+            .map(|c| pb::SubmitChainResponse {
+                chain_id: c.chain_id.clone(),
+                dedup: 0,
+            })
+            .collect();
+        self.submits.lock().unwrap().extend(chains);
+        Ok(Response::new(pb::SubmitChainsResponse { chains: answers }))
+    }
+
     async fn get_chain(
         &self,
         request: Request<pb::GetChainRequest>,

@@ -217,6 +217,13 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
     check_key("idempotency_key", &req.idempotency_key)?;
     check_key("unique_key", &req.unique_key)?;
     check_ms("deadline_unix_ms", req.deadline_unix_ms)?;
+    let chain_id = if req.chain_id.is_empty() {
+        None
+    } else {
+        Some(canonical_uuid(&req.chain_id).ok_or_else(|| {
+            invalid("chain_id is not a UUID (leave it empty to let the broker pick one)")
+        })?)
+    };
     for (k, v) in &req.context {
         if k.is_empty() {
             return Err(invalid("context has an empty key"));
@@ -234,7 +241,45 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         unique_key: req.unique_key,
         deadline_ms: req.deadline_unix_ms,
         owner: String::new(), // set by the caller's claim (auth)
+        chain_id,
     })
+}
+
+/// Most chains in one SubmitChains call.
+pub const MAX_BATCH: usize = 1000;
+
+/// Validates a batch submission: every chain as [`chain_spec`] checks one.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the first bad chain by its index, or an empty
+/// or oversized batch.
+pub fn chain_specs(
+    req: pb::SubmitChainsRequest,
+    limits: &Limits,
+) -> Result<Vec<ChainSpec>, Status> {
+    if req.chains.is_empty() {
+        return Err(invalid("chains is empty: a batch needs at least one chain"));
+    }
+    if req.chains.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "chains holds {} chains, over the limit of {MAX_BATCH} per call",
+            req.chains.len()
+        )));
+    }
+    req.chains
+        .into_iter()
+        .enumerate()
+        .map(|(i, chain)| {
+            chain_spec(chain, limits)
+                .map_err(|e| Status::new(e.code(), format!("chains[{i}]: {}", e.message())))
+        })
+        .collect()
+}
+
+/// A UUID in its canonical form (lower-case, hyphenated), so that one id
+/// has one key in the store however the client spelled it.
+fn canonical_uuid(id: &str) -> Option<String> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
 }
 
 /// A chain id from a request: must look like a UUID.

@@ -51,6 +51,20 @@ impl BrokerService {
     }
 }
 
+/// The answer to one submitted chain.
+fn submitted_view(submitted: scheduler::Submitted) -> pb::SubmitChainResponse {
+    let dedup = match submitted.dedup {
+        None => pb::Dedup::Unspecified,
+        Some(Dedup::IdempotencyKey) => pb::Dedup::IdempotencyKey,
+        Some(Dedup::UniqueKey) => pb::Dedup::UniqueKey,
+        Some(Dedup::ChainId) => pb::Dedup::ChainId,
+    };
+    pb::SubmitChainResponse {
+        chain_id: submitted.chain_id,
+        dedup: dedup as i32,
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ChainEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -64,14 +78,21 @@ impl pb::broker_server::Broker for BrokerService {
         caller.claim(&mut spec);
         let submitted = self.handle.submit(spec).await?;
         record_chain(&submitted.chain_id);
-        let dedup = match submitted.dedup {
-            None => pb::Dedup::Unspecified,
-            Some(Dedup::IdempotencyKey) => pb::Dedup::IdempotencyKey,
-            Some(Dedup::UniqueKey) => pb::Dedup::UniqueKey,
-        };
-        Ok(Response::new(pb::SubmitChainResponse {
-            chain_id: submitted.chain_id,
-            dedup: dedup as i32,
+        Ok(Response::new(submitted_view(submitted)))
+    }
+
+    async fn submit_chains(
+        &self,
+        request: Request<pb::SubmitChainsRequest>,
+    ) -> Result<Response<pb::SubmitChainsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let mut specs = convert::chain_specs(request.into_inner(), &self.limits)?;
+        for spec in &mut specs {
+            caller.claim(spec);
+        }
+        let submitted = self.handle.submit_many(specs).await?;
+        Ok(Response::new(pb::SubmitChainsResponse {
+            chains: submitted.into_iter().map(submitted_view).collect(),
         }))
     }
 

@@ -189,6 +189,7 @@ impl ChainFile {
             idempotency_key: self.idempotency_key,
             unique_key: self.unique_key,
             deadline_unix_ms: self.deadline_unix_ms,
+            chain_id: String::new(),
         })
     }
 }
@@ -310,6 +311,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dedup = match submitted.dedup {
         pb::Dedup::IdempotencyKey => "idempotency_key",
         pb::Dedup::UniqueKey => "unique_key",
+        pb::Dedup::ChainId => "chain_id",
         _ => "",
     };
     if !args.wait {

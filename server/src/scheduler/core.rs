@@ -47,6 +47,8 @@ pub enum Effect {
 pub enum Dedup {
     IdempotencyKey,
     UniqueKey,
+    /// The client-chosen chain id is stored already.
+    ChainId,
 }
 
 /// One attempt out on a worker.
@@ -535,21 +537,80 @@ impl Core {
         reply: oneshot::Sender<Result<Submitted, Error>>,
         now: UnixMs,
     ) {
-        let dedup = |chain_id: String, dedup| {
-            Ok(Submitted {
-                chain_id,
-                dedup: Some(dedup),
-            })
+        let result = self.check_admissible(&spec).map(|()| self.admit(spec, now));
+        self.reply(reply, result);
+    }
+
+    /// Stores a batch of chains: all of them, or none when one of them
+    /// cannot be admitted. They are admitted in order, so a later chain is
+    /// deduplicated against an earlier one of the same batch.
+    pub fn submit_many(
+        &mut self,
+        specs: Vec<ChainSpec>,
+        reply: oneshot::Sender<Result<Vec<Submitted>, Error>>,
+        now: UnixMs,
+    ) {
+        let checked = specs.iter().enumerate().try_for_each(|(i, spec)| {
+            self.check_admissible(spec)
+                .map_err(|e| e.prefixed(&format!("chains[{i}]: ")))
+        });
+        let result = checked.map(|()| {
+            specs
+                .into_iter()
+                .map(|spec| self.admit(spec, now))
+                .collect()
+        });
+        self.reply(reply, result);
+    }
+
+    /// What could refuse a submission without changing anything: a
+    /// client-chosen id that belongs to another owner's chain, or a store
+    /// read that failed.
+    fn check_admissible(&self, spec: &ChainSpec) -> Result<(), Error> {
+        if !spec.idempotency_key.is_empty()
+            && !self.idempotency_pending.contains_key(&spec.idempotency_key)
+        {
+            self.store
+                .idempotent_chain(&spec.idempotency_key)
+                .map_err(|e| Error::Store(e.to_string()))?;
+        }
+        if let Some(id) = &spec.chain_id {
+            match self.chain(id) {
+                Ok(rec) if rec.owner != spec.owner => {
+                    return Err(Error::Exists(format!(
+                        "chain_id {id} is taken by another client's chain; choose a fresh UUID"
+                    )));
+                }
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deduplicates a submission or stores it ([`check_admissible`] passed,
+    /// so the reads here succeed).
+    ///
+    /// [`check_admissible`]: Self::check_admissible
+    fn admit(&mut self, spec: ChainSpec, now: UnixMs) -> Submitted {
+        let dedup = |chain_id: String, dedup| Submitted {
+            chain_id,
+            dedup: Some(dedup),
         };
+        if let Some(id) = spec.chain_id.as_deref().filter(|id| self.chain(id).is_ok()) {
+            return dedup(id.to_owned(), Dedup::ChainId);
+        }
         if !spec.idempotency_key.is_empty() {
             let known = match self.idempotency_pending.get(&spec.idempotency_key) {
-                Some(id) => Ok(Some(id.clone())),
-                None => self.store.idempotent_chain(&spec.idempotency_key),
+                Some(id) => Some(id.clone()),
+                None => self
+                    .store
+                    .idempotent_chain(&spec.idempotency_key)
+                    .ok()
+                    .flatten(),
             };
-            match known {
-                Ok(Some(id)) => return self.reply(reply, dedup(id, Dedup::IdempotencyKey)),
-                Ok(None) => {}
-                Err(e) => return self.reply(reply, Err(Error::Store(e.to_string()))),
+            if let Some(id) = known {
+                return dedup(id, Dedup::IdempotencyKey);
             }
         }
         if let Some(id) = self
@@ -557,24 +618,20 @@ impl Core {
             .get(&spec.unique_key)
             .filter(|_| !spec.unique_key.is_empty())
         {
-            let id = id.clone();
-            return self.reply(reply, dedup(id, Dedup::UniqueKey));
+            return dedup(id.clone(), Dedup::UniqueKey);
         }
         let chain_id = self.create(spec, now);
         tracing::debug!(chain.id = %chain_id, "chain submitted");
-        self.reply(
-            reply,
-            Ok(Submitted {
-                chain_id,
-                dedup: None,
-            }),
-        );
+        Submitted {
+            chain_id,
+            dedup: None,
+        }
     }
 
     /// Stores a new chain (deduplication already checked) and starts its
     /// first step; returns its id.
-    fn create(&mut self, spec: ChainSpec, now: UnixMs) -> String {
-        let chain_id = new_id();
+    fn create(&mut self, mut spec: ChainSpec, now: UnixMs) -> String {
+        let chain_id = spec.chain_id.take().unwrap_or_else(new_id);
         if !spec.idempotency_key.is_empty() {
             self.batch
                 .put_idempotency_key(&spec.idempotency_key, &chain_id);
@@ -2052,6 +2109,7 @@ impl Core {
             steps.iter().map(|s| s.signature().clone()).collect()
         };
         let spec = ChainSpec {
+            chain_id: None,
             steps: signatures(&original.steps),
             on_success: signatures(&original.on_success),
             on_failure: signatures(&original.on_failure),
@@ -2130,6 +2188,7 @@ mod tests {
 
     fn one_step(name: &str) -> ChainSpec {
         ChainSpec {
+            chain_id: None,
             steps: vec![Signature {
                 name: name.into(),
                 args: "[]".into(),
@@ -2155,6 +2214,48 @@ mod tests {
         for effect in effects {
             core.deliver(effect);
         }
+    }
+
+    #[test]
+    fn a_batch_with_a_chain_id_of_another_owner_stores_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let taken = uuid::Uuid::new_v4().to_string();
+        let owned_by = |owner: &str, id: Option<&str>| ChainSpec {
+            owner: owner.into(),
+            chain_id: id.map(str::to_owned),
+            ..one_step("t")
+        };
+        let (reply, mut first) = oneshot::channel();
+        core.submit(owned_by("alice", Some(&taken)), reply, 1);
+        end_round(&mut core);
+        assert!(first.try_recv().expect("reply").is_ok());
+
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let batch = vec![owned_by("bob", Some(&fresh)), owned_by("bob", Some(&taken))];
+        let (reply, mut answer) = oneshot::channel();
+        core.submit_many(batch, reply, 2);
+        end_round(&mut core);
+        let err = answer.try_recv().expect("reply").expect_err("refused");
+        assert!(
+            matches!(&err, Error::Exists(m) if m.starts_with("chains[1]: ")),
+            "{err:?}"
+        );
+        assert!(matches!(core.chain(&fresh), Err(Error::NotFound(_))));
+
+        // The owner's own resend is a deduplicated repeat, within a batch too.
+        let batch = vec![
+            owned_by("alice", Some(&taken)),
+            owned_by("alice", Some(&fresh)),
+            owned_by("alice", Some(&fresh)),
+        ];
+        let (reply, mut answer) = oneshot::channel();
+        core.submit_many(batch, reply, 3);
+        end_round(&mut core);
+        let answers = answer.try_recv().expect("reply").expect("stored");
+        let dedups: Vec<_> = answers.iter().map(|a| a.dedup).collect();
+        assert_eq!(dedups, [Some(Dedup::ChainId), None, Some(Dedup::ChainId)]);
     }
 
     #[test]

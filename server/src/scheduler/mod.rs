@@ -70,6 +70,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `prefix` before its message (which chain of a
+    /// batch it is about).
+    pub fn prefixed(self, prefix: &str) -> Self {
+        let p = |m: String| format!("{prefix}{m}");
+        match self {
+            Error::NotFound(m) => Error::NotFound(p(m)),
+            Error::Store(m) => Error::Store(p(m)),
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::Conflict(m) => Error::Conflict(p(m)),
+            Error::Exists(m) => Error::Exists(p(m)),
+            Error::Exhausted(m) => Error::Exhausted(p(m)),
+            Error::Unavailable(m) => Error::Unavailable(p(m)),
+        }
+    }
+
     /// The refusal of new work while the store is in trouble.
     fn refused(fault: Fault) -> Self {
         match fault {
@@ -147,6 +162,7 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 enum Command {
     Submit(ChainSpec, Reply<Submitted>),
+    SubmitMany(Vec<ChainSpec>, Reply<Vec<Submitted>>),
     Get(String, Reply<ChainRecord>),
     Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
@@ -489,6 +505,10 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
             let _ = reply.send(Err(Error::refused(fault)));
             return;
         }
+        (Some(fault), Command::SubmitMany(_, reply)) => {
+            let _ = reply.send(Err(Error::refused(fault)));
+            return;
+        }
         (Some(fault), Command::Cancel(_, _, reply)) => {
             let _ = reply.send(Err(Error::refused(fault)));
             return;
@@ -509,6 +529,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
     };
     match cmd {
         Command::Submit(spec, reply) => core.submit(spec, reply, now),
+        Command::SubmitMany(specs, reply) => core.submit_many(specs, reply, now),
         Command::Get(id, reply) => core.get(&id, reply),
         Command::Watch(id, tx, reply) => {
             // Counted only at the limit: pruning closed streams walks them all.
@@ -593,6 +614,16 @@ impl Handle {
     /// [`Error::ShuttingDown`] when the scheduler stopped.
     pub async fn submit(&self, spec: ChainSpec) -> Result<Submitted, Error> {
         self.ask(|r| Command::Submit(spec, r)).await
+    }
+
+    /// Stores a batch of chains with one commit, all or none; returns once
+    /// they are durable, with one answer per chain in order.
+    ///
+    /// # Errors
+    /// Those of [`submit`](Self::submit), for the first chain that could
+    /// not be admitted (its index in the message); then nothing is stored.
+    pub async fn submit_many(&self, specs: Vec<ChainSpec>) -> Result<Vec<Submitted>, Error> {
+        self.ask(|r| Command::SubmitMany(specs, r)).await
     }
 
     /// # Errors

@@ -409,6 +409,7 @@ mod tests {
             ..Default::default()
         };
         let spec = ChainSpec {
+            chain_id: None,
             steps: vec![sig],
             on_success: vec![],
             on_failure: vec![],

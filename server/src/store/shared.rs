@@ -319,6 +319,7 @@ mod tests {
 
     fn chain(id: &str) -> ChainRecord {
         let spec = ChainSpec {
+            chain_id: None,
             steps: vec![Signature {
                 name: "t".into(),
                 args: "[]".into(),
