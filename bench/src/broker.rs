@@ -1,0 +1,154 @@
+//! The broker under test: the real `baton` binary as a child process on a
+//! free loopback port, with its own temporary data directory.
+//!
+//! A child process (not the server library in this process) so that its
+//! memory can be read on its own, it can be killed with `kill -9`, and the
+//! bench's clients and workers compete with it for the CPU as a separate
+//! program would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+/// How long a broker may take to answer after it was started.
+const STARTUP: Duration = Duration::from_secs(120);
+
+/// How a broker is started.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub binary: PathBuf,
+    /// Durable acknowledgment (the default); off is labelled as such.
+    pub durable: bool,
+}
+
+/// A running broker, killed when dropped.
+pub struct Broker {
+    pub addr: String,
+    port: u16,
+    data: PathBuf,
+    settings: Settings,
+    child: Child,
+}
+
+impl Broker {
+    /// Starts a broker on `data` and waits until it answers.
+    pub async fn start(settings: &Settings, data: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let mut broker = Self::spawn(settings, data, port)?;
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// Starts the binary without waiting for it (the recovery bench times
+    /// the wait itself).
+    pub fn spawn(settings: &Settings, data: &Path, port: u16) -> Result<Self> {
+        let mut command = Command::new(&settings.binary);
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !settings.durable {
+            command.arg("--no-durable");
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", settings.binary.display()))?;
+        Ok(Broker {
+            addr: format!("http://127.0.0.1:{port}"),
+            port,
+            data: data.to_owned(),
+            settings: settings.clone(),
+            child,
+        })
+    }
+
+    /// Waits until the broker's admin service answers (its store is
+    /// recovered by then).
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(client) = baton::Client::connect(self.addr.clone()).await
+                && client.admin().list_queues().await.is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the broker exited during startup: {status}");
+            }
+            if start.elapsed() > STARTUP {
+                bail!("the broker did not answer within {STARTUP:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<baton::Client> {
+        Ok(baton::Client::connect(self.addr.clone()).await?)
+    }
+
+    /// Resident memory of the broker process, in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self.child.id().context("the broker has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("no VmRSS in /proc/<pid>/status")?;
+        Ok(kib * 1024)
+    }
+
+    /// `kill -9`, then the same binary again on the same port and data
+    /// directory, not yet waited for; also returns when it was started.
+    pub async fn kill9_and_respawn(mut self) -> Result<(Self, Instant)> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        let started = Instant::now();
+        Ok((Self::spawn(&self.settings, &self.data, self.port)?, started))
+    }
+
+    /// SIGTERM, waiting for the broker's clean exit.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.start_kill()?;
+            self.child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes the files under `dir` occupy on disk (allocated blocks).
+pub fn disk_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())?
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    Ok(total)
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,315 @@
+//! `baton-bench`: Baton's figures on this machine, with Rust workers.
+//!
+//! ```text
+//! cargo build --release -p baton-server -p baton-bench
+//! target/release/baton-bench                      # everything, 3 runs each
+//! target/release/baton-bench --only noop,latency --runs 5 --out results.jsonl
+//! ```
+//!
+//! Every figure is the median of `--runs` runs, printed with its min and
+//! max, and appended as a JSON line to `--out` (the schema that
+//! `bench/report.py` reads, shared with the Python and Celery figures of
+//! `bench/python/bench.py`; `bench/run` runs both and draws the chart).
+//!
+//! Each run starts a fresh broker (the real `baton` binary, a child process
+//! on a free loopback port with a temporary data directory) and in-process
+//! Rust workers, warms it up, measures, and stops it. Durable
+//! acknowledgment is on unless a figure is labelled `no-durable`. Nothing
+//! here asserts a figure: this prints what the machine does.
+
+mod broker;
+mod handoff;
+mod latency;
+mod recovery;
+mod stats;
+mod throughput;
+mod workers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::broker::{Broker, Settings};
+use crate::stats::{Figure, Label, Sink, ms, percentile};
+use crate::throughput::{Producer, Unit};
+use crate::workers::{Tally, Workers};
+
+#[derive(Parser, Debug)]
+#[command(about = "Baton's benchmark suite (Rust workers)")]
+struct Args {
+    /// The broker binary; default: `baton` next to this program.
+    #[arg(long)]
+    baton_bin: Option<PathBuf>,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Append JSON records here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Comma-separated groups: noop, chains, executors, latency, handoff,
+    /// recovery. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Multiplies every workload's size (0.1 for a quick look).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Queued tasks of the recovery figure (before --scale).
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_tasks: usize,
+    /// Only durable acknowledgment (skip the no-durable figures).
+    #[arg(long)]
+    durable_only: bool,
+    /// Worker connections of the throughput figures.
+    #[arg(long, default_value_t = 2)]
+    procs: usize,
+    /// Concurrency of each worker connection.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Background no-op tasks per second of the latency-under-load figure.
+    #[arg(long, default_value_t = 5000)]
+    load_rate: usize,
+}
+
+impl Args {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
+    fn size(&self, n: usize) -> usize {
+        ((n as f64 * self.scale) as usize).max(10)
+    }
+
+    fn binary(&self) -> Result<PathBuf> {
+        if let Some(bin) = &self.baton_bin {
+            return Ok(bin.clone());
+        }
+        let exe = std::env::current_exe()?;
+        let bin = exe.with_file_name(format!("baton{}", std::env::consts::EXE_SUFFIX));
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build --release -p baton-server`, or pass --baton-bin",
+            bin.display()
+        );
+        Ok(bin)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let binary = args.binary()?;
+    let mut sink = Sink::new(args.out.as_deref())?;
+    println!(
+        "{:<24} {:<6} {:<10} {:>12} {:<9} [min .. max]",
+        "workload", "prod.", "ack", "median", "unit"
+    );
+    let modes: &[bool] = if args.durable_only {
+        &[true]
+    } else {
+        &[true, false]
+    };
+    for &durable in modes {
+        let settings = Settings {
+            binary: binary.clone(),
+            durable,
+        };
+        throughput_figures(&args, &settings, &mut sink).await?;
+        if args.wants("latency") {
+            latency_figures(&args, &settings, &mut sink).await?;
+        }
+        if args.wants("handoff") {
+            handoff_figures(&args, &settings, &mut sink).await?;
+        }
+    }
+    if args.wants("recovery") {
+        let settings = Settings {
+            binary,
+            durable: true,
+        };
+        recovery_figures(&args, &settings, &mut sink).await?;
+    }
+    Ok(())
+}
+
+/// A broker and workers for one run, warmed up.
+async fn fresh(settings: &Settings, procs: usize, concurrency: u32) -> Result<Run> {
+    let data = tempfile::tempdir()?;
+    let broker = Broker::start(settings, data.path()).await?;
+    let client = broker.client().await?;
+    let tally = Arc::new(Tally::default());
+    let workers = Workers::start(&broker.addr, procs, concurrency, &tally);
+    throughput::run(&client, &tally, Unit::Noop, Producer::Batch, 2000).await?;
+    Ok(Run {
+        _data: data,
+        broker,
+        client,
+        tally,
+        workers,
+    })
+}
+
+struct Run {
+    _data: tempfile::TempDir,
+    broker: Broker,
+    client: baton::Client,
+    tally: Arc<Tally>,
+    workers: Workers,
+}
+
+impl Run {
+    async fn end(self) -> Result<()> {
+        self.workers.stop().await;
+        self.broker.stop().await
+    }
+}
+
+async fn throughput_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
+    let cases = [
+        (Unit::Noop, Producer::Batch, 50_000),
+        (Unit::Noop, Producer::Loop, 50_000),
+        (Unit::TwoStepChain, Producer::Batch, 20_000),
+        (Unit::TwoStepChain, Producer::Loop, 20_000),
+        (Unit::Executor, Producer::Batch, 10_000),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .filter(|(unit, _, _)| args.wants(unit.workload()))
+        .collect();
+    let mut results = vec![Vec::new(); cases.len()];
+    for _ in 0..args.runs {
+        let run = fresh(settings, args.procs, args.concurrency).await?;
+        for ((unit, producer, n), runs) in cases.iter().zip(&mut results) {
+            let n = args.size(*n);
+            runs.push(throughput::run(&run.client, &run.tally, *unit, *producer, n).await?);
+        }
+        run.end().await?;
+    }
+    for ((unit, producer, n), runs) in cases.iter().zip(results) {
+        sink.put(&Figure {
+            label: Label {
+                workload: unit.workload().into(),
+                producer: producer.name(),
+                durable: settings.durable,
+                procs: args.procs,
+                concurrency: args.concurrency,
+                tasks: args.size(*n),
+                unit: unit.per_second(),
+            },
+            runs,
+        })?;
+    }
+    Ok(())
+}
+
+async fn latency_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
+    let probes = args.size(1000) as u64;
+    let (procs, concurrency) = (1, 16);
+    let mut figures: Vec<(String, Vec<f64>)> = ["low_p50", "low_p99", "load_p50", "load_p99"]
+        .iter()
+        .map(|n| (format!("latency_{n}"), Vec::new()))
+        .collect();
+    for _ in 0..args.runs {
+        let run = fresh(settings, procs, concurrency).await?;
+        let low = latency::probe(&run.client, &run.tally, probes).await?;
+        let load =
+            latency::probe_under_load(&run.client, &run.tally, probes, args.load_rate).await?;
+        for (i, sorted) in [&low, &low, &load, &load].into_iter().enumerate() {
+            let p = if i % 2 == 0 { 50 } else { 99 };
+            figures[i].1.push(ms(percentile(sorted, p)));
+        }
+        run.end().await?;
+    }
+    for (workload, runs) in figures {
+        sink.put(&Figure {
+            label: Label {
+                workload,
+                producer: "sync",
+                durable: settings.durable,
+                procs,
+                concurrency,
+                tasks: probes as usize,
+                unit: "ms",
+            },
+            runs,
+        })?;
+    }
+    Ok(())
+}
+
+async fn handoff_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
+    let handoffs = args.size(1000);
+    for form in [handoff::Form::Declared, handoff::Form::InBody] {
+        let (mut p50, mut p99) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let data = tempfile::tempdir()?;
+            let broker = Broker::start(settings, data.path()).await?;
+            let gaps = handoff::measure(&broker.addr, form, handoffs).await?;
+            broker.stop().await?;
+            p50.push(ms(percentile(&gaps, 50)));
+            p99.push(ms(percentile(&gaps, 99)));
+        }
+        for (p, runs) in [("p50", p50), ("p99", p99)] {
+            sink.put(&Figure {
+                label: Label {
+                    workload: format!("handoff_{}_{p}", form.name().replace('-', "_")),
+                    producer: "-",
+                    durable: settings.durable,
+                    procs: 1,
+                    concurrency: 8,
+                    tasks: handoffs,
+                    unit: "ms",
+                },
+                runs,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn recovery_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
+    let n = args.size(args.recovery_tasks);
+    let mut rows: Vec<(&str, &'static str, Vec<f64>)> = vec![
+        ("recovery_fill", "tasks/s", Vec::new()),
+        ("recovery_flow", "s", Vec::new()),
+        ("recovery_rss_queued", "B/task", Vec::new()),
+        ("recovery_rss_restarted", "B/task", Vec::new()),
+        ("recovery_disk", "B/task", Vec::new()),
+    ];
+    for _ in 0..args.runs {
+        let r = recovery::measure(settings, n).await?;
+        let values = [
+            r.fill_per_s,
+            r.flow_after_restart.as_secs_f64(),
+            r.rss_queued_per_task,
+            r.rss_recovered_per_task,
+            r.disk_per_task,
+        ];
+        for (row, v) in rows.iter_mut().zip(values) {
+            row.2.push(v);
+        }
+    }
+    for (workload, unit, runs) in rows {
+        sink.put(&Figure {
+            label: Label {
+                workload: workload.into(),
+                producer: "batch",
+                durable: settings.durable,
+                procs: 1,
+                concurrency: 64,
+                tasks: n,
+                unit,
+            },
+            runs,
+        })?;
+    }
+    Ok(())
+}
