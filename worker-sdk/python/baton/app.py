@@ -12,23 +12,34 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
 
+import grpc
+
 from . import _transport, options as _options, pb
-from .canvas import Signature
+from ._pipeline import Pipeline
+from .canvas import Chain, Signature
 from .client import AsyncResult, BrokerClient
 from .client import AsyncResult as _AsyncResult
+from .errors import PartialSubmission
 from .throttle import declared_on
 
 if TYPE_CHECKING:
-    import grpc
-
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 """Used when neither ``Baton(address)`` nor ``$BATON_ADDRESS`` names the broker."""
+
+MAX_BATCH = 1000
+"""Most chains in one ``SubmitChains`` call (the broker's limit)."""
+
+MAX_BATCH_BYTES = 1024 * 1024
+"""Largest encoded ``SubmitChains`` request :meth:`Baton.submit_many` sends:
+the broker's default request limit (``--max-payload``) with room to spare. A
+batch closes early when the next chain would pass it."""
 
 
 def _main_module_name() -> str:
@@ -137,6 +148,12 @@ class Baton:
     of workers) and ``domain`` (the name in the broker's certificate, when
     the address does not carry it). ``ca``, ``cert`` and ``key`` are file
     paths or PEM bytes.
+
+    ``pipeline`` (default ``True``): ``delay()`` and ``apply_async()`` send
+    the chain and return at once, with the chain id chosen here; the
+    broker's acknowledgment is awaited by ``AsyncResult.wait_stored()``,
+    ``get()`` and the like, and by :meth:`flush`. ``False`` makes every
+    submission one synchronous round trip, as a durable call.
     """
 
     def __init__(
@@ -146,13 +163,16 @@ class Baton:
         timeout: float = 30.0,
         token: Optional[str] = None,
         tls: Any = None,
+        pipeline: bool = True,
     ) -> None:
         self._address = address
         self.timeout = timeout
         self._token = _transport.check_token(token)
         self._tls = _transport.tls_config(tls)
+        self.pipeline = pipeline
         self.tasks: dict[str, Task] = {}
         self._client: Optional[BrokerClient] = None
+        self._in_flight = Pipeline()
 
     def __repr__(self) -> str:
         return f"<Baton {self.address} tasks={len(self.tasks)}>"
@@ -200,7 +220,9 @@ class Baton:
         return self.client.channel
 
     def close(self) -> None:
-        """Close the channel; the next call opens a new one."""
+        """Wait for the submissions in flight, then close the channel; the next
+        call opens a new one. Failed submissions are not raised (see :meth:`flush`)."""
+        self._in_flight.drain()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -265,8 +287,70 @@ class Baton:
     # -- submitting and following ----------------------------------------------
 
     def submit(self, request: pb.SubmitChainRequest) -> _AsyncResult:
-        """Send a prepared ``SubmitChain`` request (``chain(...).apply_async`` builds one)."""
+        """Send a prepared ``SubmitChain`` request (``chain(...).apply_async`` builds one).
+
+        Without a ``chain_id`` the request is sent as a copy carrying a new
+        one (so one request object can be submitted again as a new chain);
+        with one, as it is: a repeat of a stored id stores nothing and its
+        ``dedup`` is ``"chain_id"``.
+
+        Pipelined (see the class), except with ``pipeline=False`` or when the
+        request has an ``idempotency_key`` or ``unique_key``: the broker may
+        answer with an earlier chain's id then, and the handle must not carry
+        a different one in the meantime, so those are acknowledged before
+        this returns.
+        """
+        if not request.chain_id:
+            request = _with_new_id(request)
+        if self.pipeline and not (request.idempotency_key or request.unique_key):
+            submission = self._in_flight.send(self.client, request)
+            return _AsyncResult(self, request.chain_id, submission=submission)
         return _AsyncResult._from_response(self, self.client.submit(request))
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait for the acknowledgment of every submission in flight.
+
+        Then raises the earliest failed submission not raised yet (by this or
+        by ``wait_stored()``), as ``delay()`` raised it before pipelining.
+        Later failures were logged as they happened and count as reported.
+
+        Raises:
+            grpc.RpcError: a submission was refused or the broker unreachable.
+            TimeoutError: some were still unanswered after ``timeout`` seconds.
+        """
+        self._in_flight.flush(timeout)
+
+    def submit_many(self, items: Iterable[Union[Signature, Chain]], **options: Any) -> list[_AsyncResult]:
+        """Submit many chains with ``SubmitChains``; returns once all are stored.
+
+        ``items`` are signatures (each a one-step chain) or chains;
+        ``options`` are those of :meth:`Chain.apply_async` (``heavy``,
+        ``context``, ``queue``, ``countdown``, ``on_success``...), applied to
+        each. The results come in the order of ``items``.
+
+        Chains go in batches of up to 1000 (and about 1 MiB), each stored with
+        one durable commit, all of its chains or none. A batch after the first
+        that is refused raises :class:`~baton.PartialSubmission`, whose
+        ``stored`` lists the chains of the batches before it.
+
+        Raises:
+            grpc.RpcError: the first batch was refused (``INVALID_ARGUMENT``
+                naming ``chains[i]``); nothing was stored.
+            PartialSubmission: a later batch was refused (also a ``grpc.RpcError``).
+        """
+        requests = [_as_chain(item).to_request(**options) for item in items]
+        for request in requests:
+            request.chain_id = str(uuid.uuid4())
+        stored: list[_AsyncResult] = []
+        for batch in _batches(requests):
+            try:
+                responses = self.client.submit_many(batch)
+            except grpc.RpcError as exc:
+                if not stored:
+                    raise
+                raise PartialSubmission(stored, len(requests), exc) from exc
+            stored += [_AsyncResult._from_response(self, response) for response in responses]
+        return stored
 
     def AsyncResult(self, chain_id: str) -> _AsyncResult:  # noqa: N802 - Celery's name
         """A handle on an existing chain by id."""
@@ -285,3 +369,37 @@ class Baton:
         from .worker import Worker
 
         return Worker(self, queues=queues, concurrency=concurrency, name=name)
+
+
+def _with_new_id(request: pb.SubmitChainRequest) -> pb.SubmitChainRequest:
+    copy = pb.SubmitChainRequest()
+    copy.CopyFrom(request)
+    copy.chain_id = str(uuid.uuid4())
+    return copy
+
+
+def _as_chain(item: Union[Signature, Chain]) -> Chain:
+    if isinstance(item, Chain):
+        return item
+    if isinstance(item, Signature):
+        return Chain([item])
+    raise TypeError(f"submit_many takes signatures and chains, not {type(item).__name__}")
+
+
+def _batches(requests: list[pb.SubmitChainRequest]) -> Iterable[list[pb.SubmitChainRequest]]:
+    """Consecutive runs of at most ``MAX_BATCH`` requests and about ``MAX_BATCH_BYTES``.
+
+    A chain larger than the byte budget on its own still goes, alone: the
+    broker judges it against its own limit.
+    """
+    batch: list[pb.SubmitChainRequest] = []
+    size = 0
+    for request in requests:
+        cost = request.ByteSize() + 8  # the field's tag and length prefix, generously
+        if batch and (len(batch) == MAX_BATCH or size + cost > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(request)
+        size += cost
+    if batch:
+        yield batch

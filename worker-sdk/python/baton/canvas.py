@@ -260,7 +260,12 @@ class Chain:
         eta: Optional[datetime] = None,
         app: Optional["Baton"] = None,
     ) -> "AsyncResult":
-        """Submit the chain; returns once the broker stored it durably.
+        """Submit the chain; see :meth:`Baton.submit` for when it is stored.
+
+        With the app's default pipelining this returns before the broker's
+        acknowledgment: :meth:`AsyncResult.wait_stored` (or ``get()``) waits
+        for it. With an ``idempotency_key`` or ``unique_key`` it returns once
+        the chain is stored.
 
         * ``on_success`` runs after the last step succeeded; ``on_failure``
           once if a step failed for good, and a mutable (``.s``) first

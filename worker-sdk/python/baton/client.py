@@ -2,18 +2,21 @@
 
 Every call is a plain ``Broker`` RPC; nothing is cached or decided here. The
 channel is opened lazily on first use, so importing a module that builds a
-``Baton`` app (as every worker does) opens no connection.
+``Baton`` app (as every worker does) opens no connection. An ``AsyncResult``
+may be handed out before its chain is stored (see :mod:`baton._pipeline`):
+everything it does first waits for that acknowledgment.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, cast
 
 import grpc
 
 from . import _json, _transport, pb
+from ._pipeline import Submission
 from .errors import ChainCancelled, ChainFailed
 
 if TYPE_CHECKING:
@@ -44,7 +47,11 @@ A stream can go quiet without an error (an idle connection dropped by a
 middlebox, an event lost by the broker); re-opening costs one snapshot and
 bounds how late ``get()`` can notice the end."""
 
-_DEDUP = {pb.DEDUP_IDEMPOTENCY_KEY: "idempotency_key", pb.DEDUP_UNIQUE_KEY: "unique_key"}
+_DEDUP = {
+    pb.DEDUP_IDEMPOTENCY_KEY: "idempotency_key",
+    pb.DEDUP_UNIQUE_KEY: "unique_key",
+    pb.DEDUP_CHAIN_ID: "chain_id",
+}
 
 
 def failure_record(record: pb.FailureRecord) -> Dict[str, Any]:
@@ -84,6 +91,7 @@ class BrokerClient:
         self._lock = threading.Lock()
         self._raw: Optional[grpc.Channel] = None
         self._channel: Optional[grpc.Channel] = None
+        self._broker: Any = None
 
     @property
     def channel(self) -> grpc.Channel:
@@ -96,15 +104,29 @@ class BrokerClient:
         with self._lock:
             if self._raw is not None:
                 self._raw.close()
-            self._raw = self._channel = None
+            self._raw = self._channel = self._broker = None
 
     @property
     def broker(self) -> Any:
-        return pb.BrokerStub(self.channel)
+        """The Broker stub, made once per channel (a pipelined loop calls it per chain)."""
+        if self._broker is None:
+            self._broker = pb.BrokerStub(self.channel)
+        return self._broker
 
     def submit(self, request: pb.SubmitChainRequest) -> pb.SubmitChainResponse:
         response = self.broker.SubmitChain(request, timeout=self.timeout, wait_for_ready=True)
         return cast(pb.SubmitChainResponse, response)
+
+    def submit_future(self, request: pb.SubmitChainRequest) -> "grpc.Future":
+        """``SubmitChain`` without waiting: a ``grpc.Future`` of the response."""
+        return self.broker.SubmitChain.future(request, timeout=self.timeout, wait_for_ready=True)
+
+    def submit_many(self, requests: Sequence[pb.SubmitChainRequest]) -> List[pb.SubmitChainResponse]:
+        """``SubmitChains``: all of ``requests`` in one durable commit, or none."""
+        response = self.broker.SubmitChains(
+            pb.SubmitChainsRequest(chains=requests), timeout=self.timeout, wait_for_ready=True
+        )
+        return list(response.chains)
 
     def get_chain(self, chain_id: str) -> pb.Chain:
         chain = self.broker.GetChain(
@@ -134,14 +156,29 @@ class AsyncResult:
     protocol does: ``"RUNNING"``, ``"SUCCEEDED"``, ``"FAILED"`` or
     ``"CANCELLED"`` (not Celery's PENDING/SUCCESS/FAILURE/REVOKED: a chain in
     Baton is one of these four, and the names say so).
+
+    A pipelined ``delay()`` returns the handle before the broker has stored
+    the chain; ``submission`` is that request in flight. :meth:`wait_stored`
+    waits for its acknowledgment, and every other method calls it first, so a
+    refused submission raises there.
     """
 
-    def __init__(self, app: "Baton", chain_id: str, dedup: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        app: "Baton",
+        chain_id: str,
+        dedup: Optional[str] = None,
+        *,
+        submission: Optional[Submission] = None,
+    ) -> None:
         self.app = app
         self.id = chain_id
-        self.dedup = dedup
-        """``None`` for a new chain; ``"idempotency_key"`` or ``"unique_key"`` when
-        the broker returned an existing chain instead."""
+        """The chain id. Chosen by the client for a pipelined submission, so
+        final at once; with an ``idempotency_key`` or ``unique_key`` it may be
+        an earlier chain's, and such submissions are acknowledged before
+        ``apply_async`` returns."""
+        self._dedup = dedup
+        self._submission = submission
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -156,8 +193,38 @@ class AsyncResult:
     def _from_response(cls, app: "Baton", response: pb.SubmitChainResponse) -> "AsyncResult":
         return cls(app, response.chain_id, _DEDUP.get(response.dedup))
 
+    def wait_stored(self, timeout: Optional[float] = None) -> "AsyncResult":
+        """Wait until the broker has stored the chain durably; returns ``self``.
+
+        Immediate for a chain submitted without pipelining, or already
+        acknowledged. Hand ``id`` to other processes after this: before it,
+        the chain may not exist yet, or ever.
+
+        Raises:
+            grpc.RpcError: the broker refused the submission (e.g.
+                ``INVALID_ARGUMENT`` naming the bad field) or was unreachable;
+                raised again by every later call on this handle.
+            TimeoutError: no acknowledgment within ``timeout`` seconds.
+        """
+        submission = self._submission
+        if submission is not None:
+            response = submission.wait(timeout)
+            self.id = response.chain_id
+            self._dedup = _DEDUP.get(response.dedup)
+            self._submission = None
+        return self
+
+    @property
+    def dedup(self) -> Optional[str]:
+        """``None`` for a new chain; ``"idempotency_key"``, ``"unique_key"`` or
+        ``"chain_id"`` (the same id was submitted before) when the broker stored
+        nothing new. Waits for the acknowledgment."""
+        self.wait_stored()
+        return self._dedup
+
     def info(self) -> pb.Chain:
         """The chain's full current state (``baton.pb.Chain``: steps, attempts, failure...)."""
+        self.wait_stored()
         return self.app.client.get_chain(self.id)
 
     def status(self) -> str:
@@ -170,6 +237,7 @@ class AsyncResult:
 
     def cancel(self, reason: str = "") -> str:
         """Cancel the chain; returns its state afterwards (an ended chain is unchanged)."""
+        self.wait_stored()
         return STATES.get(self.app.client.cancel(self.id, reason).state, "UNKNOWN")
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -183,8 +251,10 @@ class AsyncResult:
             ChainFailed: the chain failed; ``.record`` is the failure record.
             ChainCancelled: the chain was cancelled.
             TimeoutError: it had not ended within ``timeout`` seconds.
+            grpc.RpcError: the submission was refused (see :meth:`wait_stored`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_stored(timeout)
         backoff = 0.1
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()

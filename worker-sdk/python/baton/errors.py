@@ -16,7 +16,12 @@ the SDK, so existing Celery code keeps its shape:
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+
+import grpc
+
+if TYPE_CHECKING:
+    from .client import AsyncResult
 
 Seconds = Union[float, int, timedelta]
 
@@ -116,3 +121,29 @@ class ChainCancelled(BatonError):
 
 class WorkerConfigError(BatonError):
     """The broker refused the worker's Hello (bad queue or task name): retrying cannot help."""
+
+
+class PartialSubmission(BatonError, grpc.RpcError):
+    """:meth:`Baton.submit_many` stored some batches, then the broker refused one.
+
+    Each batch of up to 1000 chains is stored all or nothing, so the chains
+    of the earlier batches are stored (``stored``, in order) and none after.
+    It is a ``grpc.RpcError`` too, with the refused call's ``code()`` and
+    ``details()``, so code that catches what a refused first batch raises
+    catches this as well. The ``chains[i]`` the details name counts from the
+    start of the refused batch, that is from item ``len(stored)``.
+    """
+
+    def __init__(self, stored: Sequence["AsyncResult"], total: int, cause: grpc.RpcError) -> None:
+        self.stored = list(stored)
+        self.cause = cause
+        super().__init__(
+            f"{len(self.stored)} of {total} chains stored; the batch from item {len(self.stored)} "
+            f"was refused: {cause.code().name}: {cause.details()}"
+        )
+
+    def code(self) -> grpc.StatusCode:
+        return self.cause.code()
+
+    def details(self) -> str:
+        return str(self.cause.details())

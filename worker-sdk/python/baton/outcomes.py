@@ -16,6 +16,7 @@ import traceback as _traceback
 from typing import Any, Awaitable, Callable
 
 from . import _json, pb
+from ._pipeline import stored_before_return
 from .context import TaskContext, enter, leave
 from .errors import Cancelled, Fatal, Retry
 
@@ -60,10 +61,15 @@ def from_exception(exc: BaseException) -> pb.Outcome:
 
 
 def run_sync(fn: Callable[..., Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]) -> pb.Outcome:
-    """Run a plain task body (in a pool thread) with its context current."""
+    """Run a plain task body (in a pool thread) with its context current.
+
+    The chains the body submitted are stored before the outcome is made
+    (:func:`~baton._pipeline.stored_before_return`).
+    """
     token = enter(ctx)
     try:
-        value = fn(*args, **kwargs)
+        with stored_before_return():
+            value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - every ending is reported, SystemExit too
         return from_exception(exc)
     finally:
@@ -74,10 +80,15 @@ def run_sync(fn: Callable[..., Any], ctx: TaskContext, args: list[Any], kwargs: 
 async def run_async(
     fn: Callable[..., Awaitable[Any]], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
 ) -> pb.Outcome:
-    """Run a coroutine task body; ``CancelledError`` propagates (the worker reports it)."""
+    """Run a coroutine task body; ``CancelledError`` propagates (the worker reports it).
+
+    As in :func:`run_sync`, the chains it submitted are stored first; the
+    wait blocks the task loop, as each ``delay()`` in a coroutine always did.
+    """
     enter(ctx)  # this asyncio task runs in its own copy of the context
     try:
-        value = await fn(*args, **kwargs)
+        with stored_before_return():
+            value = await fn(*args, **kwargs)
     except Exception as exc:
         return from_exception(exc)
     return from_result(value, ctx.name)

@@ -55,8 +55,8 @@ def test_tokens_roles_and_owners(start_broker, start_worker, tmp_path):
     # No token, or an unknown one: UNAUTHENTICATED.
     for token in (None, "not-a-token"):
         stranger = Baton(broker.address, token=token, timeout=5)
-        with pytest.raises(grpc.RpcError) as e:
-            stranger.signature("demo.add", (1, 1), immutable=True).apply_async()
+        with pytest.raises(grpc.RpcError) as e:  # raised when the refusal is awaited
+            stranger.signature("demo.add", (1, 1), immutable=True).apply_async().wait_stored()
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         stranger.close()
     # Another client does not see the chain at all.
@@ -105,6 +105,6 @@ def test_tls_and_mutual_tls(start_broker, start_worker, tmp_path):
     for tls in ({"ca": str(stranger.ca)}, None):
         lost = Baton(broker.address, tls=tls, timeout=3)
         with pytest.raises(grpc.RpcError) as e:
-            lost.signature("demo.add", (1, 1), immutable=True).apply_async()
+            lost.signature("demo.add", (1, 1), immutable=True).apply_async().wait_stored()
         assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         lost.close()
