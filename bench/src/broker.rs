@@ -104,6 +104,23 @@ impl Broker {
         Ok(kib * 1024)
     }
 
+    /// CPU time (user + system) the broker process used so far. Read
+    /// around a run, it gives the broker's cost per unit of work, a figure
+    /// that holds even when other programs share the machine.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.child.id().context("the broker has exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces), from 3 on.
+        let rest = stat
+            .rsplit_once(')')
+            .context("malformed /proc/<pid>/stat")?
+            .1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let per_second = 100; // USER_HZ, fixed at 100 on Linux for /proc
+        Ok(Duration::from_millis(ticks * 1000 / per_second))
+    }
+
     /// `kill -9`, then the same binary again on the same port and data
     /// directory, not yet waited for; also returns when it was started.
     pub async fn kill9_and_respawn(mut self) -> Result<(Self, Instant)> {

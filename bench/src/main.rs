@@ -147,7 +147,7 @@ async fn fresh(settings: &Settings, procs: usize, concurrency: u32) -> Result<Ru
     let client = broker.client().await?;
     let tally = Arc::new(Tally::default());
     let workers = Workers::start(&broker.addr, procs, concurrency, &tally);
-    throughput::run(&client, &tally, Unit::Noop, Producer::Batch, 2000).await?;
+    throughput::run(&broker, &client, &tally, Unit::Noop, Producer::Batch, 2000).await?;
     Ok(Run {
         _data: data,
         broker,
@@ -184,27 +184,40 @@ async fn throughput_figures(args: &Args, settings: &Settings, sink: &mut Sink) -
         .into_iter()
         .filter(|(unit, _, _)| args.wants(unit.workload()))
         .collect();
-    let mut results = vec![Vec::new(); cases.len()];
+    let mut rates = vec![Vec::new(); cases.len()];
+    let mut costs = vec![Vec::new(); cases.len()];
     for _ in 0..args.runs {
         let run = fresh(settings, args.procs, args.concurrency).await?;
-        for ((unit, producer, n), runs) in cases.iter().zip(&mut results) {
+        for (i, (unit, producer, n)) in cases.iter().enumerate() {
             let n = args.size(*n);
-            runs.push(throughput::run(&run.client, &run.tally, *unit, *producer, n).await?);
+            let (rate, cpu) =
+                throughput::run(&run.broker, &run.client, &run.tally, *unit, *producer, n).await?;
+            rates[i].push(rate);
+            costs[i].push(cpu);
         }
         run.end().await?;
     }
-    for ((unit, producer, n), runs) in cases.iter().zip(results) {
+    for (((unit, producer, n), rates), costs) in cases.iter().zip(rates).zip(costs) {
+        let label = Label {
+            workload: unit.workload().into(),
+            producer: producer.name(),
+            durable: settings.durable,
+            procs: args.procs,
+            concurrency: args.concurrency,
+            tasks: args.size(*n),
+            unit: unit.per_second(),
+        };
+        sink.put(&Figure {
+            label: label.clone(),
+            runs: rates,
+        })?;
         sink.put(&Figure {
             label: Label {
-                workload: unit.workload().into(),
-                producer: producer.name(),
-                durable: settings.durable,
-                procs: args.procs,
-                concurrency: args.concurrency,
-                tasks: args.size(*n),
-                unit: unit.per_second(),
+                workload: format!("{}_broker_cpu", unit.workload()),
+                unit: "us/unit",
+                ..label
             },
-            runs,
+            runs: costs,
         })?;
     }
     Ok(())

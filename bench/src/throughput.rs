@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use baton::{Chain, Client, Task};
 
+use crate::broker::Broker;
 use crate::workers::{self, Tally};
 
 /// What one unit of work is.
@@ -116,17 +117,25 @@ pub async fn produce(
     Ok(())
 }
 
-/// One timed run: returns units per second.
+/// One timed run: units per second, and the broker's CPU time per unit
+/// in microseconds.
 pub async fn run(
+    broker: &Broker,
     client: &Client,
     tally: &Arc<Tally>,
     unit: Unit,
     producer: Producer,
     n: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     tally.reset();
+    let cpu = broker.cpu_time()?;
     let start = Instant::now();
     produce(client, unit, producer, 0, n).await?;
     tally.wait_for(n).await;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed();
+    let cpu = broker.cpu_time()? - cpu;
+    Ok((
+        n as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+    ))
 }

@@ -146,6 +146,12 @@ pub struct Recovered {
 }
 
 /// The sled database. Cheap to clone.
+/// sled's page cache. sled's default (1 GiB) would keep most of a large
+/// backlog in memory twice, once as pages here and once as the scheduler's
+/// records; the scheduler reads the store only at startup and for chains
+/// no longer live, so a small cache costs little.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -166,7 +172,10 @@ impl Store {
     /// # Errors
     /// When sled cannot open the directory or its data file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         // A store written before the dead index existed gets it built once.
         let had_dead = db.tree_names().iter().any(|n| n.as_ref() == b"dead");
         let path = dir.join("db");
