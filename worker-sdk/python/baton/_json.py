@@ -27,10 +27,15 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_encoder = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
+"""One encoder for every call: ``json.dumps`` with options builds a new one each time,
+and arguments and results are encoded once per step and per run."""
+
+
 def dumps(value: Any, what: str) -> str:
     """Encode ``value``; ``what`` names it in the error (``"args of demo.slow"``)."""
     try:
-        return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+        return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what}: {exc}") from exc
 

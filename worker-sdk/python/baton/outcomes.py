@@ -29,6 +29,11 @@ def failure(error_type: str, message: str, traceback: str = "", retryable: bool 
     )
 
 
+def worker_error(exc: BaseException) -> pb.Outcome:
+    """The worker failed to run a body (a bug of the SDK, not of the task): retryable."""
+    return failure("WorkerError", f"worker failed to run the task: {exc!r}", retryable=True)
+
+
 def cancelled(reason: str) -> pb.Outcome:
     return failure("Cancelled", reason or "cancelled by the broker")
 

@@ -8,7 +8,8 @@ Layout of a worker process:
   it through ``call_soon_threadsafe``.
 * plain functions run in a **thread pool** of ``concurrency`` threads
   (reused threads, so per-thread resources such as Django's database
-  connections are reused as under Celery);
+  connections are reused as under Celery), which hands finished runs back
+  to the session loop in bulk (:class:`_Pool`);
 * ``async def`` tasks run on a **separate event loop thread**, so a
   coroutine that blocks by mistake cannot stall heartbeats and lose the
   worker's leases.
@@ -29,13 +30,13 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional, Tuple
 
 import grpc
 import grpc.aio
@@ -100,6 +101,77 @@ class _Run:
     cancel_requested: bool = False
 
 
+_Job = Tuple[_Run, Callable[..., Any], "list[Any]", "dict[str, Any]"]
+
+
+class _Pool:
+    """``size`` reused threads that run plain task bodies for the session loop.
+
+    Why not ``loop.run_in_executor``: per run it builds a
+    ``concurrent.futures.Future`` and an asyncio future chained to it, and
+    wakes the session loop once; with no-op tasks that was about a sixth of
+    the session loop's time, the loop being what limits a worker. Here a
+    run is one put on a queue; a finished run is put on another, and a
+    thread wakes the session loop only when no wake-up is pending already,
+    so one wake-up hands back every run finished meanwhile.
+    ``on_done(run, outcome)`` is called on the session loop.
+    """
+
+    def __init__(
+        self, size: int, loop: asyncio.AbstractEventLoop, on_done: Callable[[_Run, pb.Outcome], None]
+    ) -> None:
+        self._loop = loop
+        self._on_done = on_done
+        self._jobs: "queue.SimpleQueue[Optional[_Job]]" = queue.SimpleQueue()
+        self._done: "queue.SimpleQueue[tuple[_Run, pb.Outcome]]" = queue.SimpleQueue()
+        self._wake_pending = False
+        # Daemon threads: a forced exit must not wait for a body that never returns.
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"baton-task_{i}", daemon=True) for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, run: _Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        self._jobs.put((run, fn, args, kwargs))
+
+    def shutdown(self, wait: bool) -> None:
+        """Stop the threads once they are idle; with ``wait``, join them."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            run, fn, args, kwargs = job
+            try:
+                outcome = outcomes.run_sync(fn, run.ctx, args, kwargs)
+            except BaseException as exc:  # run_sync reports every ending itself: a bug of ours
+                outcome = outcomes.worker_error(exc)
+            self._done.put((run, outcome))
+            if not self._wake_pending:
+                self._wake_pending = True
+                try:
+                    self._loop.call_soon_threadsafe(self._hand_back)
+                except RuntimeError:
+                    return  # the session loop is closed: the worker stopped without waiting for us
+
+    def _hand_back(self) -> None:
+        """On the session loop: every run finished since the last hand-back."""
+        self._wake_pending = False  # first: a run put after this point schedules another hand-back
+        while True:
+            try:
+                run, outcome = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._on_done(run, outcome)
+
+
 class _TaskLoop:
     """An event loop in its own thread for ``async def`` task bodies."""
 
@@ -160,7 +232,7 @@ class Worker:
         self._outbox: "Optional[asyncio.Queue[Optional[pb.WorkerMessage]]]" = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: Optional[_Pool] = None
         self._task_loop: Optional[_TaskLoop] = None
         self._draining = False
         self._forced = False
@@ -194,7 +266,7 @@ class Worker:
     async def _serve(self, install_signals: bool) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="baton-task")
+        self._pool = _Pool(self.concurrency, loop, self._ended)
         if any(t.is_async for t in self.app.tasks.values()):
             self._task_loop = _TaskLoop()
             self._task_loop.start()
@@ -235,7 +307,7 @@ class Worker:
                 loop.remove_signal_handler(sig)
             if self._task_loop is not None:
                 self._task_loop.stop()
-            self._pool.shutdown(wait=not self._forced, cancel_futures=True)
+            self._pool.shutdown(wait=not self._forced)
         log.info("worker %s: stopped", self.name)
 
     def _finished(self) -> bool:
@@ -261,7 +333,11 @@ class Worker:
                 return
 
     def _notify(self) -> None:
-        if self._wake is not None:
+        """Wake whoever waits for the worker to be finished (:meth:`_until_finished`,
+        :meth:`_sleep`). Only a draining or forced worker can finish, so until then
+        this is a no-op: waking those waiters for every outcome and ack would cost
+        two task switches per run for nothing."""
+        if self._wake is not None and (self._draining or self._forced):
             self._wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -444,16 +520,15 @@ class Worker:
         )
         run = _Run(key, ctx, is_async=task.is_async)
         self._runs[key] = run
-        log.info("task %s[%s] attempt %d: started", a.name, key[0], key[1])
+        log.debug("task %s[%s] attempt %d: started", a.name, key[0], key[1])
         assert self._loop is not None and self._pool is not None
-        fut: "asyncio.Future[pb.Outcome]"
         if task.is_async:
             assert self._task_loop is not None
             cf = asyncio.run_coroutine_threadsafe(self._run_coroutine(run, task.fn, args, kwargs), self._task_loop.loop)
             fut = asyncio.wrap_future(cf, loop=self._loop)
+            fut.add_done_callback(lambda f: self._ended(run, self._coroutine_outcome(run, f)))
         else:
-            fut = self._loop.run_in_executor(self._pool, outcomes.run_sync, task.fn, ctx, args, kwargs)
-        fut.add_done_callback(lambda f: self._ended(run, f))
+            self._pool.submit(run, task.fn, args, kwargs)
 
     @staticmethod
     async def _run_coroutine(run: _Run, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> pb.Outcome:
@@ -470,7 +545,18 @@ class Worker:
         if run.atask is not None:
             run.atask.cancel()
 
-    def _ended(self, run: _Run, fut: "asyncio.Future[pb.Outcome]") -> None:
+    @staticmethod
+    def _coroutine_outcome(run: _Run, fut: "asyncio.Future[pb.Outcome]") -> pb.Outcome:
+        if fut.cancelled():
+            return outcomes.cancelled(run.ctx.cancel_reason)
+        exc = fut.exception()
+        if exc is not None:
+            return outcomes.worker_error(exc)
+        return fut.result()
+
+    def _ended(self, run: _Run, outcome: pb.Outcome) -> None:
+        """On the session loop, when a body returned: report its outcome (a
+        cancelled run reports ``Cancelled``, a lost one nothing)."""
         run.ended = True
         if self._runs.get(run.key) is run:
             del self._runs[run.key]
@@ -487,14 +573,8 @@ class Worker:
             log.info("task %s[%s]: ended after its lease was lost; not reported", run.ctx.name, run.key[0])
             self._notify()
             return
-        if run.cancelled or fut.cancelled():
+        if run.cancelled:
             outcome = outcomes.cancelled(run.ctx.cancel_reason)
-        elif fut.exception() is not None:
-            exc = fut.exception()
-            assert exc is not None
-            outcome = outcomes.failure("WorkerError", f"worker failed to run the task: {exc!r}", retryable=True)
-        else:
-            outcome = fut.result()
         log.info(
             "task %s[%s] attempt %d: %s in %.3fs",
             run.ctx.name, run.key[0], run.key[1], _describe(outcome), elapsed,
