@@ -140,27 +140,38 @@ class Pipeline:
         return submission
 
     def _answered(self, submission: Submission, future: Any) -> None:
-        """On a gRPC thread (or in ``send``): record the answer, free the slot."""
+        """On a gRPC thread (or in ``send``): record the answer, free the slot.
+
+        The submission is settled before it leaves ``_in_flight``, and it
+        moves to ``_unseen`` in the same step, so a ``flush()`` finds every
+        failure either among the submissions it waited for or in ``_unseen``.
+        """
         try:
             response, error = future.result(), None
         except Exception as exc:  # grpc.RpcError; FutureCancelledError once the channel closed
             response, error = None, exc
+        unwatched = submission.settle(response, error)
         with self._lock:
             self._in_flight.discard(submission)
             if error is not None and len(self._unseen) < MAX_UNSEEN_FAILURES:
                 self._unseen.append(submission)
         self._slots.release()
-        if submission.settle(response, error):
-            assert error is not None
+        if unwatched and error is not None:
             log.warning("chain %s was not stored: %s", submission.chain_id, describe(error))
 
     def drain(self, timeout: Optional[float] = None) -> int:
         """Wait for the submissions in flight now; returns how many are still unanswered."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._wait_for(self._pending(), timeout)
+
+    def _pending(self) -> List[Submission]:
         with self._lock:
-            pending = list(self._in_flight)
+            return list(self._in_flight)
+
+    @staticmethod
+    def _wait_for(submissions: List[Submission], timeout: Optional[float]) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
         unanswered = 0
-        for submission in pending:
+        for submission in submissions:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not submission.settled(remaining):
                 unanswered += 1
@@ -175,18 +186,19 @@ class Pipeline:
             grpc.RpcError: that failure, as the synchronous call raised it.
             TimeoutError: some were still unanswered after ``timeout`` seconds.
         """
-        unanswered = self.drain(timeout)
+        pending = self._pending()
+        unanswered = self._wait_for(pending, timeout)
         if unanswered:
             raise TimeoutError(f"{unanswered} submission(s) still unanswered after {timeout}s")
         with self._lock:
-            unseen = [s for s in self._unseen if not s.observed]
+            failed = {s.seq: s for s in self._unseen + pending if s.error is not None and not s.observed}
             self._unseen.clear()
-        if unseen:
-            for submission in unseen:
-                submission.observed = True
-            first = min(unseen, key=lambda s: s.seq)
-            assert first.error is not None
-            raise first.error
+        for submission in failed.values():
+            submission.observed = True
+        if failed:
+            error = failed[min(failed)].error
+            assert error is not None
+            raise error
 
 
 # -- submissions of a task body ---------------------------------------------------
