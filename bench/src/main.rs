@@ -184,6 +184,9 @@ async fn throughput_figures(args: &Args, settings: &Settings, sink: &mut Sink) -
         .into_iter()
         .filter(|(unit, _, _)| args.wants(unit.workload()))
         .collect();
+    if cases.is_empty() {
+        return Ok(());
+    }
     let mut rates = vec![Vec::new(); cases.len()];
     let mut costs = vec![Vec::new(); cases.len()];
     for _ in 0..args.runs {

@@ -225,6 +225,20 @@ pub struct ChainRecord {
     pub requeued_as: String,
 }
 
+/// Where a cold chain waits (see `Core::cool`): what recovery needs to
+/// queue it again without reading its record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ColdSummary {
+    #[prost(string, tag = "1")]
+    pub queue: String,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(int32, tag = "3")]
+    pub priority: i32,
+    #[prost(uint64, tag = "4")]
+    pub ready_ms: UnixMs,
+}
+
 /// Where a step sits inside its chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StepAt {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::queues::Queues;
+use super::queues::{ChainKey, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
 use super::{Error, QueueStats, Submitted, WorkerStats};
 use crate::domain::*;
@@ -27,6 +27,11 @@ use crate::store::{Batch, Recovered, Shared};
 /// How many times a run may be lost (lease lapsed) before the step fails
 /// with "WorkerLost", so a task that kills its workers cannot loop forever.
 pub const MAX_LAPSES: u32 = 10;
+
+/// A queue line (queue, task name) longer than this keeps new chains cold:
+/// their records go to the store and leave memory, and only a small queue
+/// entry remains until a worker picks them (see [`Core::cool`]).
+pub const COLD_AFTER: usize = 1000;
 
 /// Something to do once the writes it depends on are durable.
 pub enum Effect {
@@ -139,6 +144,9 @@ pub struct Core {
     /// batch: until it is applied the store still has their previous
     /// record, so reads look here first.
     retired_pending: HashMap<String, ChainRecord>,
+    /// Chains cooled in the current, not yet applied batch, for the same
+    /// reason.
+    cold_pending: HashMap<String, ChainRecord>,
     queues: Queues,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
@@ -172,6 +180,7 @@ impl Core {
             unique: HashMap::new(),
             idempotency_pending: HashMap::new(),
             retired_pending: HashMap::new(),
+            cold_pending: HashMap::new(),
             queues: Queues::default(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -249,8 +258,23 @@ impl Core {
             }
         }
         waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (_, _, chain_id, at) in waiting {
+        // Cold chains wait only in queues; both kinds go back in the order
+        // they became ready.
+        let mut cold = recovered.cold;
+        cold.sort_by_key(|c| (c.ready_ms, c.chain));
+        let mut cold = cold.into_iter().peekable();
+        for (ready_ms, _, chain_id, at) in waiting {
+            while let Some(c) = cold.next_if(|c| c.ready_ms < ready_ms) {
+                let (queue, name) = &recovered.cold_lines[c.line as usize];
+                core.queues
+                    .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
+            }
             core.make_ready(&chain_id, at, now);
+        }
+        for c in cold {
+            let (queue, name) = &recovered.cold_lines[c.line as usize];
+            core.queues
+                .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
         }
         core
     }
@@ -342,6 +366,7 @@ impl Core {
             self.batch = Batch::new();
             self.idempotency_pending.clear();
             self.retired_pending.clear();
+            self.cold_pending.clear();
             self.written += 1;
         }
         Ok((self.written, std::mem::take(&mut self.effects)))
@@ -657,7 +682,98 @@ impl Core {
             now,
         );
         self.touch(&chain_id);
+        self.cool(&chain_id);
         chain_id
+    }
+
+    /// Moves a new chain out of memory when its first step joins a long
+    /// queue line: its record goes to the store (this round's batch) and
+    /// the queue keeps a cold entry of a few dozen bytes in its place, in
+    /// the same position. A backlog of millions then costs little memory,
+    /// and recovery queues it again from the store's small `live` entries
+    /// without reading the records. The chain comes back ([`Core::warm`])
+    /// when a worker picks it, or when a request needs it (cancel, purge,
+    /// new task defaults).
+    ///
+    /// Only a chain that nothing else refers to is cooled: its step is
+    /// READY (not waiting for a slot or a timer), and it has no deadline,
+    /// no unique key and no chain-scoped slot.
+    fn cool(&mut self, chain_id: &str) {
+        let rec = &self.chains[chain_id];
+        let at = rec.current();
+        let step = rec.step(at);
+        if step.state() != StepState::Ready
+            || rec.deadline_ms > 0
+            || !rec.unique_key.is_empty()
+            || !rec.chain_holds.is_empty()
+            || self.queues.line_len(&step.queue, step.name()) <= COLD_AFTER
+        {
+            return;
+        }
+        let Ok(key) = uuid::Uuid::parse_str(chain_id).map(|u| u.as_u128()) else {
+            return;
+        };
+        let waits = ColdSummary {
+            queue: step.queue.clone(),
+            name: step.name().to_owned(),
+            priority: self.effective(rec, at).priority,
+            ready_ms: step.ready_ms,
+        };
+        if !self.queues.cool(&step.task_id, key) {
+            return;
+        }
+        let rec = self.chains.remove(chain_id).expect("live chain");
+        for (_, step) in rec.all_steps() {
+            self.tasks.remove(&step.task_id);
+        }
+        self.dirty.remove(chain_id);
+        self.batch.put_cold_chain(&rec, &waits);
+        self.cold_pending.insert(chain_id.to_owned(), rec);
+    }
+
+    /// Brings a cold chain back into memory; its queue entry (if it is
+    /// still queued) turns hot in place. Returns the chain's id, or None
+    /// when its record cannot be read (logged; it stays on disk, and a
+    /// restart queues it again).
+    fn warm(&mut self, key: ChainKey) -> Option<String> {
+        let chain_id = uuid::Uuid::from_u128(key).to_string();
+        let rec = match self.cold_pending.remove(&chain_id) {
+            Some(rec) => rec,
+            None => match self.store.chain(&chain_id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    tracing::error!(chain.id = %chain_id, "a cold chain has no record");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(chain.id = %chain_id, cause = %e, "cannot read a cold chain");
+                    return None;
+                }
+            },
+        };
+        let step = rec.step(rec.current());
+        let task_id = step.task_id.clone();
+        self.queues.warm(&step.queue, step.name(), key, &task_id);
+        self.index_chain(rec);
+        // Its `live` entry must say "hot" again.
+        self.touch(&chain_id);
+        Some(chain_id)
+    }
+
+    /// [`Core::warm`] for a chain addressed by id, if it is cold (a store
+    /// read, for requests that name a chain not in memory).
+    fn warm_by_id(&mut self, chain_id: &str) {
+        if self.chains.contains_key(chain_id) {
+            return;
+        }
+        let cold = self.cold_pending.contains_key(chain_id)
+            || self.store.waits_cold(chain_id).unwrap_or_else(|e| {
+                tracing::error!(chain.id = %chain_id, cause = %e, "cannot read the live index");
+                false
+            });
+        if cold && let Ok(uuid) = uuid::Uuid::parse_str(chain_id) {
+            self.warm(uuid.as_u128());
+        }
     }
 
     fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
@@ -672,6 +788,7 @@ impl Core {
             .chains
             .get(chain_id)
             .or_else(|| self.retired_pending.get(chain_id))
+            .or_else(|| self.cold_pending.get(chain_id))
         {
             return Ok(rec.clone());
         }
@@ -722,6 +839,7 @@ impl Core {
         reply: oneshot::Sender<Result<ChainState, Error>>,
         now: UnixMs,
     ) {
+        self.warm_by_id(chain_id);
         let rec = match self.chains.get(chain_id) {
             Some(rec) => rec,
             None => {
@@ -1104,13 +1222,21 @@ impl Core {
                     idle[k] = true;
                     continue;
                 }
-                match self.queues.pop_for(&worker.queues, &worker.names) {
-                    Some(task_id) => {
-                        self.assign(&ids[k], &task_id, now);
-                        progress = true;
+                let task_id = match self.queues.pop_for(&worker.queues, &worker.names) {
+                    Some(Queued::Hot(task_id)) => Some(task_id),
+                    Some(Queued::Cold(key)) => self.warm(key).map(|chain_id| {
+                        let rec = &self.chains[&chain_id];
+                        rec.step(rec.current()).task_id.clone()
+                    }),
+                    None => {
+                        idle[k] = true;
+                        continue;
                     }
-                    None => idle[k] = true,
+                };
+                if let Some(task_id) = task_id {
+                    self.assign(&ids[k], &task_id, now);
                 }
+                progress = true;
             }
             if !progress {
                 break;
@@ -1550,6 +1676,9 @@ impl Core {
     /// again, oldest first: a throttle or queue declared for the name (the
     /// seed's `@throttle`) applies to them too.
     fn redefine(&mut self, name: &str, defaults: Options, now: UnixMs) {
+        for (_, key) in self.queues.cold_of_name(name) {
+            self.warm(key);
+        }
         let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
         for (chain_id, rec) in &self.chains {
             if rec.is_ended() {
@@ -2044,12 +2173,15 @@ impl Core {
         reply: oneshot::Sender<Result<Vec<String>, Error>>,
         now: UnixMs,
     ) {
-        let mut chain_ids: Vec<String> = self
-            .queues
-            .task_ids(queue)
-            .iter()
-            .filter_map(|task_id| self.tasks.get(task_id).map(|(c, _)| c.clone()))
-            .collect();
+        let mut chain_ids: Vec<String> = Vec::new();
+        for entry in self.queues.entries(queue) {
+            match entry {
+                Queued::Hot(task_id) => {
+                    chain_ids.extend(self.tasks.get(&task_id).map(|(c, _)| c.clone()));
+                }
+                Queued::Cold(key) => chain_ids.extend(self.warm(key)),
+            }
+        }
         chain_ids.sort();
         chain_ids.dedup();
         let reason = if reason.is_empty() {
@@ -2214,6 +2346,51 @@ mod tests {
         for effect in effects {
             core.deliver(effect);
         }
+    }
+
+    #[test]
+    fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        let total = COLD_AFTER + 10;
+        let mut ids = Vec::new();
+        for i in 0..total {
+            let (reply, mut answer) = oneshot::channel();
+            core.submit(one_step("t"), reply, 1 + i as u64);
+            end_round(&mut core);
+            ids.push(answer.try_recv().expect("reply").expect("stored").chain_id);
+        }
+        // The first COLD_AFTER stay in memory; the rest wait cold.
+        assert_eq!(core.chains.len(), COLD_AFTER);
+        let cold = &ids[COLD_AFTER];
+        assert_eq!(
+            core.chain(cold).expect("readable").state(),
+            ChainState::Running
+        );
+
+        let recovered = store.recover().expect("recover");
+        assert_eq!(recovered.cold.len(), total - COLD_AFTER);
+        let mut core = Core::recover(store, 30_000, recovered, 10_000);
+        let (tx, mut rx) = mpsc::channel(4 * total);
+        let hello = WorkerHello {
+            name: "w".into(),
+            queues: vec![GENERAL_QUEUE.into()],
+            tasks: vec![("t".into(), Options::default())],
+            concurrency: u32::try_from(total).expect("small"),
+            held: Vec::new(),
+            held_slots: Vec::new(),
+        };
+        core.connect(hello, tx, 10_000);
+        core.dispatch(10_000);
+        end_round(&mut core);
+        let mut order = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            if let ToWorker::Assign(a) = msg {
+                order.push(a.chain_id);
+            }
+        }
+        assert_eq!(order, ids);
     }
 
     #[test]

@@ -1,33 +1,85 @@
 //! Ready queues: per queue, per task name, FIFO within a priority.
 //!
 //! A task may go only to a worker that subscribed to its queue and
-//! registered its name, so each queue keeps one ordered map per task name.
-//! Picking for a worker looks at the head of each (queue, name) the worker
-//! serves and takes the best: highest priority, then oldest. A paused
-//! queue keeps its tasks but is skipped when picking.
+//! registered its name, so each queue keeps one ordered map per task name
+//! (a *line*). Picking for a worker looks at the head of each line the
+//! worker serves and takes the best: highest priority, then oldest. A
+//! paused queue keeps its tasks but is skipped when picking.
+//!
+//! An entry is *hot* (its chain is in the scheduler's memory, named by its
+//! task id) or *cold* (its chain is only in the store, named by its chain
+//! id as a number): a long backlog is kept cold so that a million waiting
+//! tasks cost a few dozen bytes each, not their whole records (see
+//! `Core::cool`). Both kinds share one order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::domain::UnixMs;
 
 /// Orders ready tasks: priority descending, then arrival.
 type Rank = (Reverse<i32>, u64);
 
+/// A cold chain's id as a number (the UUID's 128 bits).
+pub type ChainKey = u128;
+
+/// What a queue entry names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// The task id of a step whose chain is in memory.
+    Hot(String),
+    /// A chain held only in the store; its current step is the queued one.
+    Cold(ChainKey),
+}
+
 #[derive(Debug, Default)]
 pub struct Queues {
-    by_queue: HashMap<String, HashMap<String, BTreeMap<Rank, Entry>>>,
-    /// Where each queued task sits, so it can be removed (cancel, deadline).
+    by_queue: HashMap<String, HashMap<String, Line>>,
+    /// Where each hot task sits, so it can be removed (cancel, deadline)
+    /// or cooled. Cold entries have no index: a backlog of millions would
+    /// double its memory, and they are looked up only by rare requests
+    /// (cancel, purge, new task defaults), which scan their line.
     index: HashMap<String, (String, String, Rank)>,
     next: u64,
     /// Queues whose tasks stay put until resumed.
     paused: HashSet<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    task_id: String,
+/// The tasks of one (queue, task name): FIFO per priority. Slots are
+/// appended in rank order, so each deque is sorted by `seq`; a removed
+/// slot becomes [`Item::Gone`] and is dropped when it reaches the front.
+#[derive(Debug, Default)]
+struct Line {
+    by_priority: BTreeMap<Reverse<i32>, VecDeque<Slot>>,
+    /// Slots not gone.
+    live: usize,
+}
+
+/// 40 bytes: the unit of a backlog's memory.
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    item: Item,
     ready_ms: UnixMs,
+}
+
+/// A slot's content. The key is kept as bytes so the enum needs no 16-byte
+/// alignment (`u128` has it), which would make every slot 48 bytes.
+#[derive(Debug)]
+enum Item {
+    Hot(Box<str>),
+    Cold([u8; 16]),
+    Gone,
+}
+
+impl Item {
+    fn queued(&self) -> Option<Queued> {
+        match self {
+            Item::Hot(task_id) => Some(Queued::Hot(task_id.to_string())),
+            Item::Cold(key) => Some(Queued::Cold(u128::from_le_bytes(*key))),
+            Item::Gone => None,
+        }
+    }
 }
 
 /// Counts of one queue, for inspection.
@@ -37,7 +89,71 @@ pub struct Depth {
     pub oldest_ready_ms: Option<UnixMs>,
 }
 
+impl Line {
+    fn append(&mut self, priority: i32, item: Item, seq: u64, ready_ms: UnixMs) {
+        self.by_priority
+            .entry(Reverse(priority))
+            .or_default()
+            .push_back(Slot {
+                seq,
+                item,
+                ready_ms,
+            });
+        self.live += 1;
+    }
+
+    /// The best slot's rank. Every deque's front is live (see
+    /// [`Line::take`]), so this looks at one slot.
+    fn head(&self) -> Option<Rank> {
+        let (priority, slots) = self.by_priority.first_key_value()?;
+        slots.front().map(|slot| (*priority, slot.seq))
+    }
+
+    fn slot_mut(&mut self, rank: Rank) -> Option<&mut Slot> {
+        let slots = self.by_priority.get_mut(&rank.0)?;
+        let i = slots.binary_search_by_key(&rank.1, |s| s.seq).ok()?;
+        slots.get_mut(i)
+    }
+
+    /// Takes a slot's item, leaving it gone; then drops the gone slots at
+    /// the front of its deque (and the deque once empty), so that fronts
+    /// stay live.
+    fn take(&mut self, rank: Rank) -> Option<Item> {
+        let slot = self.slot_mut(rank)?;
+        let item = std::mem::replace(&mut slot.item, Item::Gone);
+        if matches!(item, Item::Gone) {
+            return None;
+        }
+        self.live -= 1;
+        if let Some(slots) = self.by_priority.get_mut(&rank.0) {
+            while slots.front().is_some_and(|s| matches!(s.item, Item::Gone)) {
+                slots.pop_front();
+            }
+            if slots.is_empty() {
+                self.by_priority.remove(&rank.0);
+            }
+        }
+        Some(item)
+    }
+
+    fn find_cold(&mut self, key: ChainKey) -> Option<&mut Slot> {
+        let bytes = key.to_le_bytes();
+        self.by_priority
+            .values_mut()
+            .flat_map(|slots| slots.iter_mut())
+            .find(|s| matches!(&s.item, Item::Cold(k) if *k == bytes))
+    }
+
+    fn items(&self) -> impl Iterator<Item = &Slot> {
+        self.by_priority
+            .values()
+            .flat_map(|slots| slots.iter())
+            .filter(|s| !matches!(s.item, Item::Gone))
+    }
+}
+
 impl Queues {
+    /// Queues a hot task behind the others of its priority.
     pub fn push(
         &mut self,
         queue: &str,
@@ -47,59 +163,148 @@ impl Queues {
         ready_ms: UnixMs,
     ) {
         self.next += 1;
-        let rank = (Reverse(priority), self.next);
-        self.by_queue
-            .entry(queue.to_owned())
-            .or_default()
-            .entry(name.to_owned())
-            .or_default()
-            .insert(
-                rank,
-                Entry {
-                    task_id: task_id.to_owned(),
-                    ready_ms,
-                },
-            );
+        let seq = self.next;
+        self.line_mut(queue, name)
+            .append(priority, Item::Hot(task_id.into()), seq, ready_ms);
+        let rank = (Reverse(priority), seq);
         self.index.insert(
             task_id.to_owned(),
             (queue.to_owned(), name.to_owned(), rank),
         );
     }
 
+    /// Queues a cold chain behind the others of its priority.
+    pub fn push_cold(
+        &mut self,
+        queue: &str,
+        name: &str,
+        priority: i32,
+        chain: ChainKey,
+        ready_ms: UnixMs,
+    ) {
+        self.next += 1;
+        let seq = self.next;
+        self.line_mut(queue, name)
+            .append(priority, Item::Cold(chain.to_le_bytes()), seq, ready_ms);
+    }
+
+    fn line_mut(&mut self, queue: &str, name: &str) -> &mut Line {
+        if !self.by_queue.contains_key(queue) {
+            self.by_queue.insert(queue.to_owned(), HashMap::new());
+        }
+        let by_name = self.by_queue.get_mut(queue).expect("inserted above");
+        if !by_name.contains_key(name) {
+            by_name.insert(name.to_owned(), Line::default());
+        }
+        by_name.get_mut(name).expect("inserted above")
+    }
+
+    fn existing_line(&mut self, queue: &str, name: &str) -> Option<&mut Line> {
+        self.by_queue.get_mut(queue)?.get_mut(name)
+    }
+
+    /// How many tasks wait in one line.
+    pub fn line_len(&self, queue: &str, name: &str) -> usize {
+        self.by_queue
+            .get(queue)
+            .and_then(|by_name| by_name.get(name))
+            .map_or(0, |line| line.live)
+    }
+
     /// Takes the best task a worker may run, if any.
-    pub fn pop_for(&mut self, queues: &[String], names: &HashSet<String>) -> Option<String> {
+    pub fn pop_for(&mut self, queues: &[String], names: &HashSet<String>) -> Option<Queued> {
         let mut best: Option<(Rank, &str, &str)> = None;
         for queue in queues {
-            let Some(by_name) = self.by_queue.get(queue) else {
-                continue;
-            };
             if !self.paused.is_empty() && self.paused.contains(queue) {
                 continue;
             }
-            for (name, entries) in by_name {
+            let Some(by_name) = self.by_queue.get(queue) else {
+                continue;
+            };
+            for (name, line) in by_name {
                 if !names.contains(name) {
                     continue;
                 }
-                if let Some((rank, _)) = entries.first_key_value()
-                    && best.is_none_or(|(b, _, _)| *rank < b)
+                if let Some(rank) = line.head()
+                    && best.is_none_or(|(b, _, _)| rank < b)
                 {
-                    best = Some((*rank, queue.as_str(), name.as_str()));
+                    best = Some((rank, queue.as_str(), name.as_str()));
                 }
             }
         }
         let (rank, queue, name) = best?;
         let (queue, name) = (queue.to_owned(), name.to_owned());
-        let entry = self.take(&queue, &name, rank)?;
-        self.index.remove(&entry.task_id);
-        Some(entry.task_id)
+        let item = self.take(&queue, &name, rank)?;
+        let queued = item.queued()?;
+        if let Queued::Hot(task_id) = &queued {
+            self.index.remove(task_id);
+        }
+        Some(queued)
     }
 
-    /// Removes a queued task; false if it was not queued.
+    /// Removes a queued hot task; false if it was not queued.
     pub fn remove(&mut self, task_id: &str) -> bool {
         match self.index.remove(task_id) {
             Some((queue, name, rank)) => self.take(&queue, &name, rank).is_some(),
             None => false,
         }
+    }
+
+    /// Turns the cold entry of `chain` in line (queue, name) hot in place
+    /// (same rank), now that its chain is in memory and its step has task
+    /// id `task_id`. A scan of the line: for rare requests only.
+    pub fn warm(&mut self, queue: &str, name: &str, chain: ChainKey, task_id: &str) -> bool {
+        let Some(line) = self.existing_line(queue, name) else {
+            return false;
+        };
+        let Some(slot) = line.find_cold(chain) else {
+            return false;
+        };
+        slot.item = Item::Hot(task_id.into());
+        let seq = slot.seq;
+        let priority = line
+            .by_priority
+            .iter()
+            .find(|(_, slots)| slots.binary_search_by_key(&seq, |s| s.seq).is_ok())
+            .map(|(p, _)| *p)
+            .expect("the slot is in its line");
+        self.index.insert(
+            task_id.to_owned(),
+            (queue.to_owned(), name.to_owned(), (priority, seq)),
+        );
+        true
+    }
+
+    /// Turns a hot entry cold in place (same rank): its chain leaves memory.
+    pub fn cool(&mut self, task_id: &str, chain: ChainKey) -> bool {
+        let Some((queue, name, rank)) = self.index.remove(task_id) else {
+            return false;
+        };
+        match self
+            .existing_line(&queue, &name)
+            .and_then(|line| line.slot_mut(rank))
+        {
+            Some(slot) => {
+                slot.item = Item::Cold(chain.to_le_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The cold chains waiting for task name `name`, in any queue, with
+    /// their queue.
+    pub fn cold_of_name(&self, name: &str) -> Vec<(String, ChainKey)> {
+        let mut out = Vec::new();
+        for (queue, by_name) in &self.by_queue {
+            if let Some(line) = by_name.get(name) {
+                out.extend(line.items().filter_map(|s| match s.item {
+                    Item::Cold(key) => Some((queue.clone(), u128::from_le_bytes(key))),
+                    _ => None,
+                }));
+            }
+        }
+        out
     }
 
     /// Stops picking from `queue` (true if it was not paused yet).
@@ -120,12 +325,13 @@ impl Queues {
         self.paused.iter().map(String::as_str)
     }
 
-    /// The tasks waiting in `queue`, oldest first within each task name.
-    pub fn task_ids(&self, queue: &str) -> Vec<String> {
+    /// The tasks waiting in `queue`, oldest first within each task name and
+    /// priority.
+    pub fn entries(&self, queue: &str) -> Vec<Queued> {
         self.by_queue.get(queue).map_or_else(Vec::new, |by_name| {
             by_name
                 .values()
-                .flat_map(|m| m.values().map(|e| e.task_id.clone()))
+                .flat_map(|line| line.items().filter_map(|s| s.item.queued()))
                 .collect()
         })
     }
@@ -133,35 +339,86 @@ impl Queues {
     pub fn depths(&self) -> HashMap<String, Depth> {
         self.by_queue
             .iter()
-            .map(|(queue, by_name)| {
+            .filter_map(|(queue, by_name)| {
                 let mut d = Depth::default();
-                for e in by_name.values().flat_map(|m| m.values()) {
-                    d.ready += 1;
-                    d.oldest_ready_ms =
-                        Some(d.oldest_ready_ms.map_or(e.ready_ms, |o| o.min(e.ready_ms)));
+                for line in by_name.values() {
+                    d.ready += line.live as u64;
+                    // Each deque is in arrival order: its first live slot is
+                    // its oldest.
+                    for slots in line.by_priority.values() {
+                        if let Some(first) = slots.iter().find(|s| !matches!(s.item, Item::Gone)) {
+                            d.oldest_ready_ms = Some(
+                                d.oldest_ready_ms
+                                    .map_or(first.ready_ms, |o| o.min(first.ready_ms)),
+                            );
+                        }
+                    }
                 }
-                (queue.clone(), d)
+                (d.ready > 0).then(|| (queue.clone(), d))
             })
             .collect()
     }
 
-    fn take(&mut self, queue: &str, name: &str, rank: Rank) -> Option<Entry> {
+    /// Takes the item at `rank`, and forgets the line once it is empty.
+    fn take(&mut self, queue: &str, name: &str, rank: Rank) -> Option<Item> {
         let by_name = self.by_queue.get_mut(queue)?;
-        let entries = by_name.get_mut(name)?;
-        let entry = entries.remove(&rank);
-        if entries.is_empty() {
+        let line = by_name.get_mut(name)?;
+        let item = line.take(rank);
+        if line.live == 0 {
             by_name.remove(name);
             if by_name.is_empty() {
                 self.by_queue.remove(queue);
             }
         }
-        entry
+        item
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hot(task_id: &str) -> Queued {
+        Queued::Hot(task_id.into())
+    }
+
+    #[test]
+    fn cold_and_hot_entries_share_one_order_and_swap_in_place() {
+        let mut q = Queues::default();
+        q.push("general", "a", 0, "t1", 1);
+        q.push_cold("general", "a", 0, 42, 2);
+        q.push("general", "a", 0, "t3", 3);
+        q.push("general", "a", 0, "t4", 4);
+        assert!(q.cool("t3", 43));
+        assert!(q.remove("t4"));
+        assert_eq!(q.cold_of_name("a").len(), 2);
+        assert!(q.warm("general", "a", 42, "t2"));
+        assert!(!q.warm("general", "a", 42, "t2"));
+        assert_eq!(q.line_len("general", "a"), 3);
+        assert_eq!(q.depths()["general"].oldest_ready_ms, Some(1));
+        let all = names(&["a"]);
+        let qs = vec!["general".to_string()];
+        assert_eq!(q.pop_for(&qs, &all), Some(hot("t1")));
+        assert_eq!(q.pop_for(&qs, &all), Some(hot("t2")));
+        assert!(!q.remove("t2"));
+        assert_eq!(q.pop_for(&qs, &all), Some(Queued::Cold(43)));
+        assert_eq!(q.pop_for(&qs, &all), None);
+        assert!(q.depths().is_empty());
+    }
+
+    #[test]
+    fn a_removed_slot_in_the_middle_is_skipped() {
+        let mut q = Queues::default();
+        for (i, t) in ["t1", "t2", "t3"].iter().enumerate() {
+            q.push("general", "a", 0, t, i as u64);
+        }
+        assert!(q.remove("t2"));
+        assert_eq!(q.entries("general"), [hot("t1"), hot("t3")]);
+        let qs = vec!["general".to_string()];
+        assert_eq!(q.pop_for(&qs, &names(&["a"])), Some(hot("t1")));
+        assert_eq!(q.pop_for(&qs, &names(&["a"])), Some(hot("t3")));
+        assert_eq!(q.line_len("general", "a"), 0);
+    }
 
     fn names(n: &[&str]) -> HashSet<String> {
         n.iter().map(|s| s.to_string()).collect()
@@ -175,9 +432,9 @@ mod tests {
         q.push("general", "a", 5, "t3", 3);
         let all = names(&["a", "b"]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &all).as_deref(), Some("t3"));
-        assert_eq!(q.pop_for(&qs, &all).as_deref(), Some("t1"));
-        assert_eq!(q.pop_for(&qs, &all).as_deref(), Some("t2"));
+        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t3")));
+        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t1")));
+        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t2")));
         assert_eq!(q.pop_for(&qs, &all), None);
     }
 
@@ -189,8 +446,8 @@ mod tests {
         let general = vec!["general".to_string()];
         assert_eq!(q.pop_for(&general, &names(&["h"])), None);
         assert_eq!(
-            q.pop_for(&general, &names(&["a", "h"])).as_deref(),
-            Some("t2")
+            q.pop_for(&general, &names(&["a", "h"])).as_ref(),
+            Some(&hot("t2"))
         );
         assert_eq!(q.pop_for(&general, &names(&["a", "h"])), None);
         assert!(q.remove("t1"));
@@ -206,10 +463,10 @@ mod tests {
         let both = vec!["io".to_string(), "general".to_string()];
         assert!(q.pause("io"));
         assert!(!q.pause("io"));
-        assert_eq!(q.pop_for(&both, &names(&["a"])).as_deref(), Some("t2"));
+        assert_eq!(q.pop_for(&both, &names(&["a"])).as_ref(), Some(&hot("t2")));
         assert_eq!(q.pop_for(&both, &names(&["a"])), None);
-        assert_eq!(q.task_ids("io"), ["t1"]);
+        assert_eq!(q.entries("io"), [hot("t1")]);
         assert!(q.resume("io"));
-        assert_eq!(q.pop_for(&both, &names(&["a"])).as_deref(), Some("t1"));
+        assert_eq!(q.pop_for(&both, &names(&["a"])).as_ref(), Some(&hot("t1")));
     }
 }

@@ -20,6 +20,7 @@
 //! store's data file. The scheduler calls `flush` from one task and groups
 //! every transition applied meanwhile into it (group commit).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::domain::{ChainRecord, ChainState, Identity, Options};
+use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 
 mod shared;
 pub use shared::{Fault, Shared, inconsistency};
@@ -77,6 +78,16 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.empty
+    }
+
+    /// Stores a chain that waits cold in a queue (see `Core::cool`): its
+    /// `live` entry carries where it waits, so that recovery can queue it
+    /// again without reading its record.
+    pub fn put_cold_chain(&mut self, chain: &ChainRecord, waits: &ColdSummary) {
+        self.empty = false;
+        self.chains
+            .insert(chain.id.as_bytes(), chain.encode_to_vec());
+        self.live.insert(chain.id.as_bytes(), waits.encode_to_vec());
     }
 
     /// Stores a chain; `live` says whether recovery must load it.
@@ -143,15 +154,30 @@ pub struct Recovered {
     pub paused: Vec<String>,
     /// Records that could not be decoded: reported, skipped, left on disk.
     pub corrupt: Vec<String>,
+    /// Chains that wait cold in a queue; their records stay on disk.
+    pub cold: Vec<ColdEntry>,
+    /// The (queue, task name) pairs that [`ColdEntry::line`] indexes.
+    pub cold_lines: Vec<(String, String)>,
 }
 
-/// The sled database. Cheap to clone.
+/// A recovered cold chain: its id as a number and where it waits, kept
+/// small because a backlog may hold millions.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdEntry {
+    pub chain: u128,
+    /// Index into [`Recovered::cold_lines`].
+    pub line: u32,
+    pub priority: i32,
+    pub ready_ms: u64,
+}
+
 /// sled's page cache. sled's default (1 GiB) would keep most of a large
 /// backlog in memory twice, once as pages here and once as the scheduler's
 /// records; the scheduler reads the store only at startup and for chains
 /// no longer live, so a small cache costs little.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The sled database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -300,6 +326,15 @@ impl Store {
         .map_err(|(path, source)| Error::Io { path, source })
     }
 
+    /// Whether the chain with this id waits cold in a queue (its `live`
+    /// entry says where).
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.live.get(id.as_bytes())?.is_some_and(|v| !v.is_empty()))
+    }
+
     /// The chain with this id, if stored.
     ///
     /// # Errors
@@ -331,15 +366,40 @@ impl Store {
     /// When sled fails to read.
     pub fn recover(&self) -> Result<Recovered, Error> {
         let mut out = Recovered::default();
-        for key in self.live.iter().keys() {
-            let key = key?;
+        let mut lines: HashMap<(String, String), u32> = HashMap::new();
+        for item in self.live.iter() {
+            let (key, waits) = item?;
             let id = String::from_utf8_lossy(&key).into_owned();
+            if !waits.is_empty() {
+                match (
+                    uuid::Uuid::parse_str(&id),
+                    ColdSummary::decode(waits.as_ref()),
+                ) {
+                    (Ok(uuid), Ok(waits)) => {
+                        let next = u32::try_from(lines.len()).unwrap_or(u32::MAX);
+                        let line = *lines.entry((waits.queue, waits.name)).or_insert(next);
+                        out.cold.push(ColdEntry {
+                            chain: uuid.as_u128(),
+                            line,
+                            priority: waits.priority,
+                            ready_ms: waits.ready_ms,
+                        });
+                    }
+                    _ => out
+                        .corrupt
+                        .push(format!("live chain {id} has an undecodable queue entry")),
+                }
+                continue;
+            }
             match self.chain(&id) {
                 Ok(Some(chain)) => out.live_chains.push(chain),
                 Ok(None) => out.corrupt.push(format!("live chain {id} has no record")),
                 Err(e) => out.corrupt.push(e.to_string()),
             }
         }
+        let mut cold_lines: Vec<_> = lines.into_iter().collect();
+        cold_lines.sort_by_key(|(_, i)| *i);
+        out.cold_lines = cold_lines.into_iter().map(|(line, _)| line).collect();
         for item in self.limits.iter() {
             let (k, v) = item?;
             match (

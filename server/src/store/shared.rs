@@ -234,6 +234,12 @@ impl Shared {
     }
 
     /// # Errors
+    /// As [`Store::waits_cold`].
+    pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
+        self.read(|s| s.waits_cold(id))
+    }
+
+    /// # Errors
     /// As [`Store::idempotent_chain`].
     pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
         self.read(|s| s.idempotent_chain(key))
