@@ -1,6 +1,7 @@
-//! The durable store: sled trees behind domain operations.
+//! The durable store: one sled tree behind domain operations.
 //!
-//! Trees (one per collection):
+//! Collections (each a key space of the tree: its keys start with one byte
+//! of its own, see [`Space`]):
 //! - `chains`: chain id → [`ChainRecord`] (prost), every chain ever stored;
 //! - `live`: chain id → empty, the chains recovery must load (not ended, or
 //!   ended with a run still out), so a restart never scans finished history;
@@ -12,8 +13,11 @@
 //!   [`Batch::put_chain`] from the record itself, in the same batch;
 //! - `paused`: queue name → empty, the queues whose dispatch is paused.
 //!
-//! A state transition is one [`Batch`], applied atomically across trees in a
-//! sled transaction. Applying a batch makes it visible but not durable:
+//! A state transition is one [`Batch`], applied atomically with one
+//! `Tree::apply_batch`. (The collections were separate trees written in a
+//! multi-tree transaction until the benchmark profile showed the
+//! transaction's bookkeeping taking a third of the commit; a store of that
+//! layout is moved over once when opened.) Applying a batch makes it visible but not durable:
 //! [`Store::flush`] makes everything applied so far durable. sled 0.34's own
 //! flush ends in `sync_file_range`, which does not flush the device's write
 //! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
@@ -26,8 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 
@@ -58,14 +60,43 @@ pub enum Error {
 /// Writes of one state transition, applied atomically by [`Store::apply`].
 #[derive(Clone, Default)]
 pub struct Batch {
-    chains: sled::Batch,
-    live: sled::Batch,
-    idempotency: sled::Batch,
-    limits: sled::Batch,
-    defaults: sled::Batch,
-    dead: sled::Batch,
-    paused: sled::Batch,
+    writes: sled::Batch,
     empty: bool,
+}
+
+/// The collections of the store, by the first byte of their keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Space {
+    Chains = b'c',
+    Live = b'l',
+    Idempotency = b'i',
+    Limits = b'm',
+    Defaults = b'd',
+    Dead = b'x',
+    Paused = b'p',
+}
+
+impl Space {
+    /// The tree key of `key` in this collection.
+    fn key(self, key: impl AsRef<[u8]>) -> Vec<u8> {
+        let key = key.as_ref();
+        let mut out = Vec::with_capacity(1 + key.len());
+        out.push(self as u8);
+        out.extend_from_slice(key);
+        out
+    }
+
+    /// The names of the trees of the former layout, one per collection.
+    const FORMER_TREES: [(Space, &'static str); 7] = [
+        (Space::Chains, "chains"),
+        (Space::Live, "live"),
+        (Space::Idempotency, "idempotency"),
+        (Space::Limits, "limits"),
+        (Space::Defaults, "task_defaults"),
+        (Space::Dead, "dead"),
+        (Space::Paused, "paused"),
+    ];
 }
 
 impl Batch {
@@ -80,67 +111,68 @@ impl Batch {
         self.empty
     }
 
+    fn insert(&mut self, space: Space, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.empty = false;
+        self.writes.insert(space.key(key), value.as_ref());
+    }
+
+    fn remove(&mut self, space: Space, key: impl AsRef<[u8]>) {
+        self.empty = false;
+        self.writes.remove(space.key(key));
+    }
+
     /// Stores a chain that waits cold in a queue (see `Core::cool`): its
     /// `live` entry carries where it waits, so that recovery can queue it
     /// again without reading its record.
     pub fn put_cold_chain(&mut self, chain: &ChainRecord, waits: &ColdSummary) {
-        self.empty = false;
-        self.chains
-            .insert(chain.id.as_bytes(), chain.encode_to_vec());
-        self.live.insert(chain.id.as_bytes(), waits.encode_to_vec());
+        self.insert(Space::Chains, &chain.id, chain.encode_to_vec());
+        self.insert(Space::Live, &chain.id, waits.encode_to_vec());
     }
 
     /// Stores a chain; `live` says whether recovery must load it.
     pub fn put_chain(&mut self, chain: &ChainRecord, live: bool) {
-        self.empty = false;
-        self.chains
-            .insert(chain.id.as_bytes(), chain.encode_to_vec());
+        self.insert(Space::Chains, &chain.id, chain.encode_to_vec());
         if live {
-            self.live.insert(chain.id.as_bytes(), &[]);
+            self.insert(Space::Live, &chain.id, []);
         } else {
-            self.live.remove(chain.id.as_bytes());
+            self.remove(Space::Live, &chain.id);
         }
         // Only a failed chain is (or was) in the dead index, so other
         // writes cost nothing here.
         if chain.state() == ChainState::Failed {
             let key = dead_key(chain.finished_ms, &chain.id);
             if chain.requeued_as.is_empty() {
-                self.dead.insert(key, &[]);
+                self.insert(Space::Dead, key, []);
             } else {
-                self.dead.remove(key);
+                self.remove(Space::Dead, key);
             }
         }
     }
 
     /// Pauses (`true`) or resumes (`false`) dispatch from a queue.
     pub fn put_paused(&mut self, queue: &str, paused: bool) {
-        self.empty = false;
         if paused {
-            self.paused.insert(queue.as_bytes(), &[]);
+            self.insert(Space::Paused, queue, []);
         } else {
-            self.paused.remove(queue.as_bytes());
+            self.remove(Space::Paused, queue);
         }
     }
 
     pub fn put_idempotency_key(&mut self, key: &str, chain_id: &str) {
-        self.empty = false;
-        self.idempotency.insert(key.as_bytes(), chain_id.as_bytes());
+        self.insert(Space::Idempotency, key, chain_id);
     }
 
     /// Sets (`Some`) or clears (`None`) the admin limit of an identity.
     pub fn put_limit(&mut self, identity: &Identity, limit: Option<u32>) {
-        self.empty = false;
         let key = identity.encode_to_vec();
         match limit {
-            Some(limit) => self.limits.insert(key, &limit.to_be_bytes()),
-            None => self.limits.remove(key),
+            Some(limit) => self.insert(Space::Limits, key, limit.to_be_bytes()),
+            None => self.remove(Space::Limits, key),
         }
     }
 
     pub fn put_task_defaults(&mut self, name: &str, defaults: &Options) {
-        self.empty = false;
-        self.defaults
-            .insert(name.as_bytes(), defaults.encode_to_vec());
+        self.insert(Space::Defaults, name, defaults.encode_to_vec());
     }
 }
 
@@ -177,17 +209,19 @@ pub struct ColdEntry {
 /// no longer live, so a small cache costs little.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The store's tree.
+const TREE: &str = "baton";
+
+/// Present while a store of the former layout is being moved (see
+/// [`Store::move_former_layout`]); outside every collection's prefix.
+const MOVED: &[u8] = b"~moved-from-trees";
+
 /// The sled database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    chains: sled::Tree,
-    live: sled::Tree,
-    idempotency: sled::Tree,
-    limits: sled::Tree,
-    defaults: sled::Tree,
-    dead: sled::Tree,
-    paused: sled::Tree,
+    /// Every collection, each under its key prefix ([`Space`]).
+    tree: sled::Tree,
     /// sled's data file, fdatasync'ed after every flush.
     data_file: Arc<(PathBuf, File)>,
 }
@@ -202,8 +236,6 @@ impl Store {
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()?;
-        // A store written before the dead index existed gets it built once.
-        let had_dead = db.tree_names().iter().any(|n| n.as_ref() == b"dead");
         let path = dir.join("db");
         let file = File::options()
             .read(true)
@@ -214,36 +246,75 @@ impl Store {
                 source,
             })?;
         let store = Store {
-            chains: db.open_tree("chains")?,
-            live: db.open_tree("live")?,
-            idempotency: db.open_tree("idempotency")?,
-            limits: db.open_tree("limits")?,
-            defaults: db.open_tree("task_defaults")?,
-            dead: db.open_tree("dead")?,
-            paused: db.open_tree("paused")?,
+            tree: db.open_tree(TREE)?,
             data_file: Arc::new((path, file)),
             db,
         };
-        if !had_dead {
-            store.index_dead()?;
-        }
+        store.move_former_layout()?;
         Ok(store)
     }
 
-    /// Builds the dead index from every stored chain (once, for a store of
-    /// an earlier version; an empty store costs nothing).
+    /// Moves a store of the former layout (one tree per collection, the
+    /// dead index possibly missing) into the one tree, then drops the old
+    /// trees. Safe to interrupt: the copy is redone from the old trees
+    /// until a marker says it is complete, and only then are they dropped.
+    fn move_former_layout(&self) -> Result<(), Error> {
+        let names = self.db.tree_names();
+        let former: Vec<_> = Space::FORMER_TREES
+            .iter()
+            .filter(|(_, name)| names.iter().any(|n| n.as_ref() == name.as_bytes()))
+            .collect();
+        if former.is_empty() {
+            return Ok(());
+        }
+        if self.tree.get(MOVED)?.is_none() {
+            self.tree.clear()?;
+            for (space, name) in &former {
+                let old = self.db.open_tree(name)?;
+                for item in old.iter() {
+                    let (key, value) = item?;
+                    self.tree.insert(space.key(&key), value)?;
+                }
+            }
+            self.index_dead()?;
+            self.tree.insert(MOVED, &[])?;
+            self.db.flush()?;
+        }
+        for (_, name) in &former {
+            self.db.drop_tree(name)?;
+        }
+        self.tree.remove(MOVED)?;
+        self.db.flush()?;
+        tracing::info!("moved the store to its one-tree layout");
+        Ok(())
+    }
+
+    /// Builds the dead index from every stored chain (for a store of an
+    /// earlier version, whose index may be missing).
     fn index_dead(&self) -> Result<(), Error> {
-        for item in self.chains.iter() {
+        for item in self.tree.scan_prefix([Space::Chains as u8]) {
             let (_, value) = item?;
             if let Ok(chain) = ChainRecord::decode(value.as_ref())
                 && chain.state() == ChainState::Failed
                 && chain.requeued_as.is_empty()
             {
-                self.dead
-                    .insert(dead_key(chain.finished_ms, &chain.id), &[])?;
+                self.tree
+                    .insert(Space::Dead.key(dead_key(chain.finished_ms, &chain.id)), &[])?;
             }
         }
         Ok(())
+    }
+
+    fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, Error> {
+        Ok(self.tree.get(space.key(key))?)
+    }
+
+    /// The (key without its prefix, value) pairs of a collection.
+    fn scan(&self, space: Space) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
+        self.tree.scan_prefix([space as u8]).map(|item| {
+            let (key, value) = item?;
+            Ok((key.subslice(1, key.len() - 1), value))
+        })
     }
 
     /// Failed chains not yet requeued, newest failure first: at most
@@ -254,12 +325,15 @@ impl Store {
     /// When sled fails to read.
     pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
         let iter = match after {
-            None => self.dead.iter(),
-            Some(cursor) => self.dead.range(..cursor.0.clone()),
+            None => self.tree.scan_prefix([Space::Dead as u8]),
+            Some(cursor) => self
+                .tree
+                .range(Space::Dead.key([])..Space::Dead.key(&cursor.0)),
         };
         let mut page = DeadPage::default();
         for key in iter.keys().rev() {
             let key = key?;
+            let key = key.get(1..).unwrap_or_default();
             if page.chains.len() == limit {
                 page.next = page.chains.last().map(|c| dead_token(c.finished_ms, &c.id));
                 break;
@@ -277,32 +351,7 @@ impl Store {
     /// # Errors
     /// When sled fails to write (for example the disk is full).
     pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
-        let trees = (
-            &self.chains,
-            &self.live,
-            &self.idempotency,
-            &self.limits,
-            &self.defaults,
-            &self.dead,
-            &self.paused,
-        );
-        trees
-            .transaction(|(chains, live, idem, limits, defaults, dead, paused)| {
-                chains.apply_batch(&batch.chains)?;
-                live.apply_batch(&batch.live)?;
-                idem.apply_batch(&batch.idempotency)?;
-                limits.apply_batch(&batch.limits)?;
-                defaults.apply_batch(&batch.defaults)?;
-                dead.apply_batch(&batch.dead)?;
-                paused.apply_batch(&batch.paused)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => Error::Sled(e),
-                TransactionError::Abort(()) => Error::Sled(sled::Error::ReportableBug(
-                    "store transaction aborted".into(),
-                )),
-            })
+        Ok(self.tree.apply_batch(batch.writes.clone())?)
     }
 
     /// Makes every batch applied so far durable: sled's flush, then an
@@ -332,7 +381,7 @@ impl Store {
     /// # Errors
     /// When sled fails to read.
     pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
-        Ok(self.live.get(id.as_bytes())?.is_some_and(|v| !v.is_empty()))
+        Ok(self.get(Space::Live, id)?.is_some_and(|v| !v.is_empty()))
     }
 
     /// The chain with this id, if stored.
@@ -340,7 +389,7 @@ impl Store {
     /// # Errors
     /// When the record cannot be read or decoded.
     pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
-        match self.chains.get(id.as_bytes())? {
+        match self.get(Space::Chains, id)? {
             None => Ok(None),
             Some(bytes) => ChainRecord::decode(bytes.as_ref())
                 .map(Some)
@@ -354,8 +403,7 @@ impl Store {
     /// When sled fails to read.
     pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
         Ok(self
-            .idempotency
-            .get(key.as_bytes())?
+            .get(Space::Idempotency, key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -367,7 +415,7 @@ impl Store {
     pub fn recover(&self) -> Result<Recovered, Error> {
         let mut out = Recovered::default();
         let mut lines: HashMap<(String, String), u32> = HashMap::new();
-        for item in self.live.iter() {
+        for item in self.scan(Space::Live) {
             let (key, waits) = item?;
             let id = String::from_utf8_lossy(&key).into_owned();
             if !waits.is_empty() {
@@ -400,7 +448,7 @@ impl Store {
         let mut cold_lines: Vec<_> = lines.into_iter().collect();
         cold_lines.sort_by_key(|(_, i)| *i);
         out.cold_lines = cold_lines.into_iter().map(|(line, _)| line).collect();
-        for item in self.limits.iter() {
+        for item in self.scan(Space::Limits) {
             let (k, v) = item?;
             match (
                 Identity::decode(k.as_ref()),
@@ -410,7 +458,7 @@ impl Store {
                 _ => out.corrupt.push("undecodable throttle limit".into()),
             }
         }
-        for item in self.defaults.iter() {
+        for item in self.scan(Space::Defaults) {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k).into_owned();
             match Options::decode(v.as_ref()) {
@@ -418,8 +466,9 @@ impl Store {
                 Err(e) => out.corrupt.push(format!("task defaults of {name}: {e}")),
             }
         }
-        for key in self.paused.iter().keys() {
-            out.paused.push(String::from_utf8_lossy(&key?).into_owned());
+        for item in self.scan(Space::Paused) {
+            out.paused
+                .push(String::from_utf8_lossy(&item?.0).into_owned());
         }
         Ok(out)
     }
@@ -588,10 +637,55 @@ mod tests {
     fn corrupt_live_record_is_reported_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.chains.insert("bad", &[0xff, 0xff, 0xff][..]).unwrap();
-        store.live.insert("bad", &[][..]).unwrap();
+        store
+            .tree
+            .insert(Space::Chains.key("bad"), &[0xff, 0xff, 0xff][..])
+            .unwrap();
+        store.tree.insert(Space::Live.key("bad"), &[][..]).unwrap();
         let r = store.recover().unwrap();
         assert!(r.live_chains.is_empty());
         assert_eq!(r.corrupt.len(), 1);
+    }
+
+    #[test]
+    fn a_store_of_the_former_layout_is_moved_into_one_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut failed = chain("f");
+        failed.state = ChainState::Failed as i32;
+        failed.finished_ms = 7;
+        {
+            // One tree per collection, written as version 0.1 did, without
+            // the dead index (older still).
+            let db = sled::open(dir.path()).unwrap();
+            let chains = db.open_tree("chains").unwrap();
+            let live = db.open_tree("live").unwrap();
+            for c in [chain("a"), failed.clone()] {
+                chains.insert(c.id.as_bytes(), c.encode_to_vec()).unwrap();
+            }
+            live.insert("a", &[][..]).unwrap();
+            db.open_tree("idempotency")
+                .unwrap()
+                .insert("k", "a")
+                .unwrap();
+            db.open_tree("paused")
+                .unwrap()
+                .insert("io", &[][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.recover().unwrap();
+        assert_eq!(r.live_chains.len(), 1);
+        assert_eq!(r.live_chains[0].id, "a");
+        assert_eq!(r.paused, ["io"]);
+        assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
+        let dead = store.dead_chains(None, 10).unwrap();
+        assert_eq!(dead.chains, [failed]);
+        let names = store.db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"chains"));
+        drop(store);
+        // Opening again finds nothing to move and the same content.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recover().unwrap().live_chains.len(), 1);
     }
 }
