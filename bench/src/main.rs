@@ -48,8 +48,8 @@ struct Args {
     /// Append JSON records here.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Comma-separated groups: noop, chains, executors, latency, handoff,
-    /// recovery. Default: all.
+    /// Comma-separated groups: disk, noop, chains, executors, latency,
+    /// handoff, recovery. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every workload's size (0.1 for a quick look).
@@ -112,6 +112,9 @@ async fn run(args: Args) -> Result<()> {
         "{:<24} {:<6} {:<10} {:>12} {:<9} [min .. max]",
         "workload", "prod.", "ack", "median", "unit"
     );
+    if args.wants("disk") {
+        disk_figures(&args, &mut sink)?;
+    }
     let modes: &[bool] = if args.durable_only {
         &[true]
     } else {
@@ -287,6 +290,46 @@ async fn handoff_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> R
                 runs,
             })?;
         }
+    }
+    Ok(())
+}
+
+/// What one durable commit costs at least on this disk: a 4 KiB write and
+/// an `fdatasync`, as the broker's flusher does after each group of
+/// transitions. Latencies below this floor cannot be had with durable
+/// acknowledgment on this machine.
+fn disk_figures(args: &Args, sink: &mut Sink) -> Result<()> {
+    use std::io::Write;
+    let syncs = args.size(1000);
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let dir = tempfile::tempdir()?;
+        let mut file = std::fs::File::create(dir.path().join("probe"))?;
+        let page = [7u8; 4096];
+        let mut took = Vec::with_capacity(syncs);
+        for _ in 0..syncs {
+            let start = std::time::Instant::now();
+            file.write_all(&page)?;
+            file.sync_data()?;
+            took.push(start.elapsed());
+        }
+        took.sort_unstable();
+        p50.push(ms(percentile(&took, 50)));
+        p99.push(ms(percentile(&took, 99)));
+    }
+    for (p, runs) in [("p50", p50), ("p99", p99)] {
+        sink.put(&Figure {
+            label: Label {
+                workload: format!("disk_fdatasync_{p}"),
+                producer: "-",
+                durable: true,
+                procs: 1,
+                concurrency: 1,
+                tasks: syncs,
+                unit: "ms",
+            },
+            runs,
+        })?;
     }
     Ok(())
 }
