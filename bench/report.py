@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -165,9 +166,9 @@ def panel(ax, results: List[dict], workloads: Tuple[str, ...], title: str, sized
                     key=lambda g: (g[0], not g[1]))
     members = {g: [r for r in lines if (workloads.index(r["workload"]), r["durable"]) == g] for g in groups}
     width = 0.8 / max(len(m) for m in members.values())
-    values = [r["min"] for r in lines]
+    medians = [r["median"] for r in lines]
     top = max(r["max"] for r in lines)
-    log = min(values) > 0 and top / min(values) > 30
+    log = min(medians) > 0 and top / min(medians) > 20  # else the small bars would be slivers
     for x0, g in enumerate(groups):
         for k, r in enumerate(members[g]):
             label, color = series_of(r, sized)
@@ -183,9 +184,9 @@ def panel(ax, results: List[dict], workloads: Tuple[str, ...], title: str, sized
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([LABELS[workloads[w]] + (("\ndurable" if d else "\nno-durable") if split else "")
                         for w, d in groups])
-    if log:
+    if log:  # bars rise from a power of ten, so their heights still compare
         ax.set_yscale("log")
-        ax.set_ylim(top=top * 3)
+        ax.set_ylim(10 ** math.floor(math.log10(min(r["min"] for r in lines))), top * 3)
     else:
         ax.set_ylim(0, top * 1.15)
     units = " or ".join(dict.fromkeys(r["unit"] for r in lines))
@@ -213,7 +214,7 @@ def chart(results: List[dict], path: str) -> None:
     size = "" if sized else f"{sizes[0][0]} worker process(es) × concurrency {sizes[0][1]}. "
     fig.text(0.5, 0.005, f"{size}Bars: median of runs, whiskers: min–max; labels: Baton/Celery "
              "(green: Baton better).", ha="center", va="bottom", fontsize=9, color="#444444")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.88))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -29,10 +29,13 @@ What is measured, identically for both systems:
   Low load: 200 tasks one at a time, each submitted 5 ms after the previous
   one ran. Under load: N tasks paced at half the noop throughput (loop
   producer) this invocation measured (the median of the noop figure when it
-  was asked for, else one run); every task's latency counts.
+  was asked for, else one run), or at ``--load-rate`` (to load both systems
+  equally); every task's latency counts.
   Reported as p50 and p99 (milliseconds), each with its own JSON line.
 * Each workload is warmed up once (300 units) and then measured ``--runs``
-  times; a line gives every run, their median, min and max.
+  times; a line gives every run, their median, min and max. Throughput lines
+  also give ``producer_rate``, the median rate at which the producer submitted:
+  when it is close to the throughput, the producer was the bottleneck.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import sys
 import tempfile
 import time
 from importlib.metadata import version
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -348,17 +351,19 @@ class Bench:
         self.seen = target
         return runs
 
-    def throughput(self, workload: str, producer: str, n: int) -> float:
-        """Units per second from the first submit to the start of the last body."""
+    def throughput(self, workload: str, producer: str, n: int) -> Tuple[float, float]:
+        """Units per second from the first submit to the start of the last body, and
+        units per second the producer submitted (to tell when it was the bottleneck)."""
         role, per_unit, _ = WORKLOADS[workload]
         submit = self.system.producer(workload, producer)
         start = time.time()
         submit(n)
+        submitted = time.time()
         runs = self.wait_records(n * per_unit, f"{workload}/{producer}")
         done = sorted(r.index for r in runs if r.role == role)
         if done != list(range(n)) or any(r.role == records.ON_FAILURE for r in runs):
             raise RuntimeError(f"{workload}/{producer}: the records do not show each unit completed once")
-        return n / (max(r.time for r in runs) - start)
+        return n / (max(r.time for r in runs) - start), n / (submitted - start)
 
     def latencies(self, n: int, rate: Optional[float]) -> List[float]:
         """Submit-to-start latencies (ms) of ``n`` noop tasks.
@@ -397,14 +402,15 @@ def measure(bench: Bench, args: argparse.Namespace, workload: str, producer: str
     """Warm up once, run ``args.runs`` times; one result (a dict) per figure."""
     if workload != "latency":
         bench.throughput(workload, producer, WARMUP)
-        runs = [bench.throughput(workload, producer, args.tasks) for _ in range(args.runs)]
+        runs, submits = zip(*(bench.throughput(workload, producer, args.tasks) for _ in range(args.runs)))
         if (workload, producer) == ("noop", "loop"):
             bench.noop_rate = statistics.median(runs)
-        return [result(args, workload, producer, args.tasks, WORKLOADS[workload][2], runs)]
+        return [result(args, workload, producer, args.tasks, WORKLOADS[workload][2], list(runs),
+                       producer_rate=round(statistics.median(submits), 1))]
     bench.throughput("noop", "loop", WARMUP)
-    if bench.noop_rate is None:  # no noop figure yet: one run of it sets the pace
-        bench.noop_rate = bench.throughput("noop", "loop", args.tasks)
-    rate = LOAD_SHARE * bench.noop_rate
+    if args.load_rate is None and bench.noop_rate is None:  # no noop figure yet: one run sets the pace
+        bench.noop_rate = bench.throughput("noop", "loop", args.tasks)[0]
+    rate = args.load_rate or LOAD_SHARE * bench.noop_rate
     figures: Dict[str, List[float]] = {}
     for _ in range(args.runs):
         low = bench.latencies(LOW_TASKS, None)
@@ -454,9 +460,13 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-durable", action="store_true",
                    help="Baton: --no-durable; Celery: Redis without AOF (appendonly no)")
     p.add_argument("--batch-size", type=int, default=1000, help="chains per submit_many call")
+    p.add_argument("--load-rate", type=float,
+                   help="tasks/s of the latency-under-load phase (default: half the measured noop throughput)")
     args = p.parse_args(argv)
     if min(args.tasks, args.procs, args.concurrency, args.runs, args.batch_size) < 1:
         p.error("--tasks, --procs, --concurrency, --runs and --batch-size must be at least 1")
+    if args.load_rate is not None and args.load_rate <= 0:
+        p.error("--load-rate must be positive")
     return args
 
 
