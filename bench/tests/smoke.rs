@@ -1,0 +1,62 @@
+//! The bench binary runs end to end at a tiny size and prints a figure for
+//! every group asked for (figures are not asserted: this only guards the
+//! suite against breaking).
+
+use std::process::Command;
+
+#[test]
+fn every_group_prints_its_figures_at_a_tiny_size() {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let bench = env!("CARGO_BIN_EXE_baton-bench");
+    let broker = std::path::Path::new(bench).with_file_name("baton");
+    assert!(
+        broker.exists(),
+        "{} is missing: `cargo build -p baton-server` (cargo test --workspace does)",
+        broker.display()
+    );
+    let status = Command::new(bench)
+        .args([
+            "--runs",
+            "1",
+            "--scale",
+            "0.01",
+            "--recovery-tasks",
+            "20000",
+        ])
+        .args(["--durable-only", "--baton-bin"])
+        .arg(&broker)
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("run baton-bench");
+    assert!(status.success());
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.path())
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    let workloads: Vec<&str> = records
+        .iter()
+        .map(|r| r["workload"].as_str().expect("workload"))
+        .collect();
+    for expected in [
+        "disk_fdatasync_p99",
+        "noop",
+        "chains",
+        "executors",
+        "latency_low_p99",
+        "latency_load_p99",
+        "handoff_declared_p99",
+        "handoff_in_body_p99",
+        "recovery_flow",
+        "recovery_rss_restarted",
+    ] {
+        assert!(
+            workloads.contains(&expected),
+            "{expected} missing from {workloads:?}"
+        );
+    }
+    for r in &records {
+        assert!(r["median"].as_f64().expect("median") >= 0.0, "{r}");
+    }
+}
