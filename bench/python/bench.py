@@ -463,6 +463,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--load-rate", type=float,
                    help="tasks/s of the latency-under-load phase (default: half the measured noop throughput)")
     args = p.parse_args(argv)
+    args.baton_bin = os.path.abspath(args.baton_bin)  # the processes start in this directory
     if min(args.tasks, args.procs, args.concurrency, args.runs, args.batch_size) < 1:
         p.error("--tasks, --procs, --concurrency, --runs and --batch-size must be at least 1")
     if args.load_rate is not None and args.load_rate <= 0:
