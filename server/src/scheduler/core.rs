@@ -731,11 +731,13 @@ impl Core {
         self.cold_pending.insert(chain_id.to_owned(), rec);
     }
 
-    /// Brings a cold chain back into memory; its queue entry (if it is
-    /// still queued) turns hot in place. Returns the chain's id, or None
-    /// when its record cannot be read (logged; it stays on disk, and a
-    /// restart queues it again).
-    fn warm(&mut self, key: ChainKey) -> Option<String> {
+    /// Brings a cold chain back into memory. When it is still `queued`,
+    /// its queue entry turns hot in place (a scan of its line: requests
+    /// that name a chain are rare); a chain just picked from its queue has
+    /// no entry left. Returns the chain's id, or None when its record
+    /// cannot be read (logged; it stays on disk, and a restart queues it
+    /// again).
+    fn warm(&mut self, key: ChainKey, queued: bool) -> Option<String> {
         let chain_id = uuid::Uuid::from_u128(key).to_string();
         let rec = match self.cold_pending.remove(&chain_id) {
             Some(rec) => rec,
@@ -753,7 +755,9 @@ impl Core {
         };
         let step = rec.step(rec.current());
         let task_id = step.task_id.clone();
-        self.queues.warm(&step.queue, step.name(), key, &task_id);
+        if queued {
+            self.queues.warm(&step.queue, step.name(), key, &task_id);
+        }
         self.index_chain(rec);
         // Its `live` entry must say "hot" again.
         self.touch(&chain_id);
@@ -772,7 +776,7 @@ impl Core {
                 false
             });
         if cold && let Ok(uuid) = uuid::Uuid::parse_str(chain_id) {
-            self.warm(uuid.as_u128());
+            self.warm(uuid.as_u128(), true);
         }
     }
 
@@ -1224,7 +1228,7 @@ impl Core {
                 }
                 let task_id = match self.queues.pop_for(&worker.queues, &worker.names) {
                     Some(Queued::Hot(task_id)) => Some(task_id),
-                    Some(Queued::Cold(key)) => self.warm(key).map(|chain_id| {
+                    Some(Queued::Cold(key)) => self.warm(key, false).map(|chain_id| {
                         let rec = &self.chains[&chain_id];
                         rec.step(rec.current()).task_id.clone()
                     }),
@@ -1676,8 +1680,10 @@ impl Core {
     /// again, oldest first: a throttle or queue declared for the name (the
     /// seed's `@throttle`) applies to them too.
     fn redefine(&mut self, name: &str, defaults: Options, now: UnixMs) {
-        for (_, key) in self.queues.cold_of_name(name) {
-            self.warm(key);
+        // Cold chains of the name come back without queue entries; the
+        // pass below makes them ready again under the new defaults.
+        for key in self.queues.take_cold(|_, n| n == name) {
+            self.warm(key, false);
         }
         let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
         for (chain_id, rec) in &self.chains {
@@ -2173,13 +2179,15 @@ impl Core {
         reply: oneshot::Sender<Result<Vec<String>, Error>>,
         now: UnixMs,
     ) {
+        // Cold chains come back without queue entries: they are cancelled
+        // below like the rest.
         let mut chain_ids: Vec<String> = Vec::new();
+        for key in self.queues.take_cold(|q, _| q == queue) {
+            chain_ids.extend(self.warm(key, false));
+        }
         for entry in self.queues.entries(queue) {
-            match entry {
-                Queued::Hot(task_id) => {
-                    chain_ids.extend(self.tasks.get(&task_id).map(|(c, _)| c.clone()));
-                }
-                Queued::Cold(key) => chain_ids.extend(self.warm(key)),
+            if let Queued::Hot(task_id) = entry {
+                chain_ids.extend(self.tasks.get(&task_id).map(|(c, _)| c.clone()));
             }
         }
         chain_ids.sort();

@@ -292,19 +292,35 @@ impl Queues {
         }
     }
 
-    /// The cold chains waiting for task name `name`, in any queue, with
-    /// their queue.
-    pub fn cold_of_name(&self, name: &str) -> Vec<(String, ChainKey)> {
-        let mut out = Vec::new();
-        for (queue, by_name) in &self.by_queue {
-            if let Some(line) = by_name.get(name) {
-                out.extend(line.items().filter_map(|s| match s.item {
-                    Item::Cold(key) => Some((queue.clone(), u128::from_le_bytes(key))),
-                    _ => None,
-                }));
+    /// Takes every cold entry of the lines `which(queue, name)` selects,
+    /// in one pass: for requests that bring a whole backlog back (purge,
+    /// new task defaults), where warming entries one by one in place would
+    /// scan the line once per entry.
+    pub fn take_cold(&mut self, which: impl Fn(&str, &str) -> bool) -> Vec<ChainKey> {
+        let mut taken = Vec::new();
+        for (queue, by_name) in &mut self.by_queue {
+            for (name, line) in by_name.iter_mut() {
+                if !which(queue, name) {
+                    continue;
+                }
+                for slots in line.by_priority.values_mut() {
+                    for slot in slots.iter_mut() {
+                        if let Item::Cold(key) = slot.item {
+                            taken.push(u128::from_le_bytes(key));
+                            slot.item = Item::Gone;
+                            line.live -= 1;
+                        }
+                    }
+                    while slots.front().is_some_and(|s| matches!(s.item, Item::Gone)) {
+                        slots.pop_front();
+                    }
+                }
+                line.by_priority.retain(|_, slots| !slots.is_empty());
             }
+            by_name.retain(|_, line| line.live > 0);
         }
-        out
+        self.by_queue.retain(|_, by_name| !by_name.is_empty());
+        taken
     }
 
     /// Stops picking from `queue` (true if it was not paused yet).
@@ -391,7 +407,7 @@ mod tests {
         q.push("general", "a", 0, "t4", 4);
         assert!(q.cool("t3", 43));
         assert!(q.remove("t4"));
-        assert_eq!(q.cold_of_name("a").len(), 2);
+        assert_eq!(q.take_cold(|_, name| name == "b"), Vec::<ChainKey>::new());
         assert!(q.warm("general", "a", 42, "t2"));
         assert!(!q.warm("general", "a", 42, "t2"));
         assert_eq!(q.line_len("general", "a"), 3);
@@ -403,6 +419,23 @@ mod tests {
         assert!(!q.remove("t2"));
         assert_eq!(q.pop_for(&qs, &all), Some(Queued::Cold(43)));
         assert_eq!(q.pop_for(&qs, &all), None);
+        assert!(q.depths().is_empty());
+    }
+
+    #[test]
+    fn taking_the_cold_entries_of_a_line_leaves_its_hot_ones_in_order() {
+        let mut q = Queues::default();
+        q.push_cold("general", "a", 0, 1, 1);
+        q.push("general", "a", 0, "t2", 2);
+        q.push_cold("general", "a", 5, 3, 3);
+        q.push_cold("io", "a", 0, 4, 4);
+        let mut taken = q.take_cold(|queue, _| queue == "general");
+        taken.sort_unstable();
+        assert_eq!(taken, [1, 3]);
+        assert_eq!(q.line_len("general", "a"), 1);
+        assert_eq!(q.entries("general"), [hot("t2")]);
+        assert!(q.remove("t2"));
+        assert_eq!(q.take_cold(|_, _| true), [4]);
         assert!(q.depths().is_empty());
     }
 
