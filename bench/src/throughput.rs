@@ -100,12 +100,12 @@ pub async fn produce(
             }
         }
         Producer::Loop => {
-            let mut pending = VecDeque::with_capacity(WINDOW);
+            let mut pending: VecDeque<baton::Pending> = VecDeque::with_capacity(WINDOW);
             for u in ids {
                 if pending.len() == WINDOW
                     && let Some(oldest) = pending.pop_front()
                 {
-                    baton::Pending::stored(oldest).await?;
+                    oldest.stored().await?;
                 }
                 pending.push_back(client.submit_pipelined(unit.chain(u)));
             }

@@ -136,12 +136,15 @@ impl Line {
         Some(item)
     }
 
-    fn find_cold(&mut self, key: ChainKey) -> Option<&mut Slot> {
+    /// The cold slot of `key` and its rank (a scan of the line).
+    fn find_cold(&mut self, key: ChainKey) -> Option<(Rank, &mut Slot)> {
         let bytes = key.to_le_bytes();
-        self.by_priority
-            .values_mut()
-            .flat_map(|slots| slots.iter_mut())
-            .find(|s| matches!(&s.item, Item::Cold(k) if *k == bytes))
+        self.by_priority.iter_mut().find_map(|(priority, slots)| {
+            slots
+                .iter_mut()
+                .find(|s| matches!(&s.item, Item::Cold(k) if *k == bytes))
+                .map(|slot| ((*priority, slot.seq), slot))
+        })
     }
 
     fn items(&self) -> impl Iterator<Item = &Slot> {
@@ -257,20 +260,13 @@ impl Queues {
         let Some(line) = self.existing_line(queue, name) else {
             return false;
         };
-        let Some(slot) = line.find_cold(chain) else {
+        let Some((rank, slot)) = line.find_cold(chain) else {
             return false;
         };
         slot.item = Item::Hot(task_id.into());
-        let seq = slot.seq;
-        let priority = line
-            .by_priority
-            .iter()
-            .find(|(_, slots)| slots.binary_search_by_key(&seq, |s| s.seq).is_ok())
-            .map(|(p, _)| *p)
-            .expect("the slot is in its line");
         self.index.insert(
             task_id.to_owned(),
-            (queue.to_owned(), name.to_owned(), (priority, seq)),
+            (queue.to_owned(), name.to_owned(), rank),
         );
         true
     }

@@ -515,11 +515,12 @@ fn corrupt(tree: &'static str, key: &str, source: prost::DecodeError) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{ChainSpec, Signature};
 
-    fn chain(id: &str) -> ChainRecord {
+    /// A one-step chain record, for the store's tests.
+    pub(crate) fn chain(id: &str) -> ChainRecord {
         let sig = Signature {
             name: "t".into(),
             args: "[]".into(),

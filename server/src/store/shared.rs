@@ -320,29 +320,8 @@ fn open_when_unlocked(dir: &Path) -> Result<Store, Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::chain;
     use super::*;
-    use crate::domain::{ChainSpec, Signature};
-
-    fn chain(id: &str) -> ChainRecord {
-        let spec = ChainSpec {
-            chain_id: None,
-            steps: vec![Signature {
-                name: "t".into(),
-                args: "[]".into(),
-                kwargs: "{}".into(),
-                ..Default::default()
-            }],
-            on_success: vec![],
-            on_failure: vec![],
-            heavy: false,
-            context: Default::default(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
-        };
-        ChainRecord::new(id.into(), spec, 1)
-    }
 
     fn put(shared: &Shared, id: &str) {
         let mut b = Batch::new();
