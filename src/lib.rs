@@ -37,6 +37,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
 
+pub mod batch;
 mod chain;
 mod client;
 mod error;

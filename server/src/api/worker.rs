@@ -6,6 +6,13 @@
 //! up ends without a Goodbye, the scheduler hears that the worker is gone
 //! (its leases keep running until they lapse or it reconnects).
 //!
+//! Batches: a worker whose Hello sets `batch_bytes` gets everything that is
+//! ready for it at the same moment (a round's acknowledgments and new
+//! assignments, say) packed into one `BrokerBatch` frame ([`pack`]); the
+//! Welcome tells every worker how large a `WorkerBatch` it may send up. A
+//! batch is unpacked here, at the edge: the scheduler sees the same
+//! messages as if they came one by one.
+//!
 //! Limits: the hello must come within [`HELLO_WAIT`] and ask for at most
 //! `--max-worker-concurrency` assignments at once; the scheduler refuses
 //! workers past `--max-workers`. A worker does not set the pace: its
@@ -16,8 +23,9 @@
 use std::pin::Pin;
 
 use baton::pb::{self, broker_message, worker_message};
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
@@ -28,6 +36,8 @@ use crate::scheduler::Handle;
 const OUTBOUND: usize = 4096;
 /// How long a new stream may take to send its hello.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most messages taken off a worker's queue for one frame down.
+const BATCH_MESSAGES: usize = 512;
 
 pub struct WorkerService {
     pub handle: Handle,
@@ -36,7 +46,8 @@ pub struct WorkerService {
 
 type DownStream = Pin<Box<dyn Stream<Item = Result<pb::BrokerMessage, Status>> + Send>>;
 
-fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<WorkerHello, Status> {
+/// The hello, checked, and the largest batch the worker reads (0: none).
+fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize), Status> {
     let max = limits.max_worker_concurrency;
     if h.concurrency == 0 || h.concurrency > max {
         return Err(Status::invalid_argument(format!(
@@ -74,20 +85,30 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<WorkerHello, Status> 
         .into_iter()
         .map(|s| Ok((convert::task_ref(s.task)?, s.request_id)))
         .collect::<Result<_, Status>>()?;
-    Ok(WorkerHello {
-        held_slots,
-        name: h.worker_name,
-        queues,
-        tasks,
-        concurrency: h.concurrency,
-        held,
-    })
+    let batch_bytes = usize::try_from(h.batch_bytes).unwrap_or(usize::MAX);
+    Ok((
+        WorkerHello {
+            held_slots,
+            name: h.worker_name,
+            queues,
+            tasks,
+            concurrency: h.concurrency,
+            held,
+        },
+        batch_bytes,
+    ))
 }
 
 /// Decodes a message after the hello; `Ok(None)` for a repeated hello.
+/// A batch is unpacked by the caller, so here it is one nested too deep.
 fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
     Ok(Some(match msg {
         worker_message::Msg::Hello(_) => return Ok(None),
+        worker_message::Msg::Batch(_) => {
+            return Err(Status::invalid_argument(
+                "batch.messages holds a batch: batches do not nest",
+            ));
+        }
         worker_message::Msg::Outcome(o) => {
             let task = convert::task_ref(o.task)?;
             let outcome = match o.result {
@@ -140,7 +161,9 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
     }))
 }
 
-fn to_pb(msg: ToWorker) -> pb::BrokerMessage {
+/// The message down; `batch_bytes` is the largest batch this broker reads
+/// up, told in the Welcome.
+fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
     let msg = match msg {
         ToWorker::Welcome {
             worker_id,
@@ -153,6 +176,7 @@ fn to_pb(msg: ToWorker) -> pb::BrokerMessage {
             heartbeat_interval_ms: (lease_ms / 3).max(1),
             kept: kept.into_iter().map(convert::pb_task_ref).collect(),
             lost: lost.into_iter().map(convert::pb_task_ref).collect(),
+            batch_bytes,
         }),
         ToWorker::Assign(a) => broker_message::Msg::Assignment(pb::Assignment {
             task: Some(convert::pb_task_ref(a.task)),
@@ -198,6 +222,61 @@ fn to_pb(msg: ToWorker) -> pb::BrokerMessage {
     pb::BrokerMessage { msg: Some(msg) }
 }
 
+/// The stream up's side of a session: hands the worker's messages to the
+/// scheduler and answers a malformed one with a `WorkerError`.
+struct UpLink {
+    handle: Handle,
+    worker_id: String,
+    tx: mpsc::WeakSender<ToWorker>,
+}
+
+impl UpLink {
+    /// Forwards one message; `clean` is set by a Goodbye.
+    async fn forward(&self, msg: worker_message::Msg, clean: &mut bool) -> Next {
+        match from_worker(msg) {
+            Ok(None) => Next::Continue,
+            Ok(Some(m)) => {
+                *clean = m == FromWorker::Goodbye;
+                let sent = self.handle.from_worker(self.worker_id.clone(), m).await;
+                if sent.is_err() || *clean {
+                    Next::Stop
+                } else {
+                    Next::Continue
+                }
+            }
+            Err(status) => {
+                // A malformed message is refused; the stream stays.
+                let error = ToWorker::Error {
+                    request_id: 0,
+                    task: None,
+                    message: status.message().to_owned(),
+                };
+                match self.tx.upgrade() {
+                    Some(tx) if tx.try_send(error).is_ok() => Next::Continue,
+                    _ => Next::Stop,
+                }
+            }
+        }
+    }
+
+    /// Forwards a batch's messages in order, as if they came one by one.
+    async fn forward_all(&self, messages: Vec<pb::WorkerMessage>, clean: &mut bool) -> Next {
+        for msg in messages.into_iter().filter_map(|m| m.msg) {
+            if let Next::Stop = self.forward(msg, clean).await {
+                return Next::Stop;
+            }
+        }
+        Next::Continue
+    }
+}
+
+/// What the session does after a message up.
+enum Next {
+    Continue,
+    /// The worker said Goodbye, or the scheduler is gone.
+    Stop,
+}
+
 #[tonic::async_trait]
 impl pb::worker_server::Worker for WorkerService {
     type SessionStream = DownStream;
@@ -223,14 +302,18 @@ impl pb::worker_server::Worker for WorkerService {
                 "the first message must be a hello",
             ));
         };
-        let hello = hello(h, &self.limits)?;
+        let (hello, batch_down) = hello(h, &self.limits)?;
         caller.check_queues(&hello.queues)?;
+        let batch_up = u64::try_from(self.limits.max_payload_bytes).unwrap_or(u64::MAX);
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
-        let handle = self.handle.clone();
-        // Weak, so that the stream down ends as soon as the scheduler lets
-        // go of the worker (shutdown, or a worker that does not read).
-        let tx = tx.downgrade();
+        let up_link = UpLink {
+            handle: self.handle.clone(),
+            worker_id: worker_id.clone(),
+            // Weak, so that the stream down ends as soon as the scheduler
+            // lets go of the worker (shutdown, or a worker that does not read).
+            tx: tx.downgrade(),
+        };
         // And once the stream down is gone (ended, or its client went
         // away), the stream up is read no more: a worker the scheduler
         // dropped cannot keep a session open by writing only.
@@ -253,38 +336,41 @@ impl pb::worker_server::Worker for WorkerService {
                             break;
                         }
                     };
-                    let Some(msg) = msg.msg else { continue };
-                    match from_worker(msg) {
-                        Ok(None) => {}
-                        Ok(Some(m)) => {
-                            clean = m == FromWorker::Goodbye;
-                            if handle.from_worker(worker_id.clone(), m).await.is_err() || clean {
-                                break;
-                            }
+                    let flow = match msg.msg {
+                        None => Next::Continue,
+                        Some(worker_message::Msg::Batch(batch)) => {
+                            up_link.forward_all(batch.messages, &mut clean).await
                         }
-                        Err(status) => {
-                            // A malformed message is refused; the stream stays.
-                            let error = ToWorker::Error {
-                                request_id: 0,
-                                task: None,
-                                message: status.message().to_owned(),
-                            };
-                            if tx.upgrade().is_none_or(|tx| tx.try_send(error).is_err()) {
-                                break;
-                            }
-                        }
+                        Some(msg) => up_link.forward(msg, &mut clean).await,
+                    };
+                    if matches!(flow, Next::Stop) {
+                        break;
                     }
                 }
                 if !clean {
-                    handle.disconnected(worker_id).await;
+                    up_link.handle.disconnected(up_link.worker_id).await;
                 }
             },
             span,
         ));
-        let down = ReceiverStream::new(rx).map(move |m| {
-            let _alive = &down_guard;
-            Ok(to_pb(m))
-        });
-        Ok(Response::new(Box::pin(down)))
+        let down = ReceiverStream::new(rx).map(move |m| to_pb(m, batch_up));
+        let down: DownStream = if batch_down == 0 {
+            Box::pin(down.map(move |m| {
+                let _alive = &down_guard;
+                Ok(m)
+            }))
+        } else {
+            // Whatever waits for the worker when the stream is polled goes
+            // down in as few frames as its size allows.
+            Box::pin(
+                down.ready_chunks(BATCH_MESSAGES)
+                    .flat_map(move |chunk| {
+                        let _alive = &down_guard;
+                        futures::stream::iter(baton::batch::pack(chunk, batch_down))
+                    })
+                    .map(Ok),
+            )
+        };
+        Ok(Response::new(down))
     }
 }

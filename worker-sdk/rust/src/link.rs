@@ -3,14 +3,22 @@
 //! refusal, closing cleanly with Goodbye, and the delay between attempts.
 //!
 //! The runtime decides what to send and when; this module only knows how a
-//! stream starts, breaks and ends.
+//! stream starts, breaks and ends, and how what is sent goes in frames:
+//! once the Welcome says how large a batch the broker reads, whatever is
+//! queued when the stream is polled leaves in as few frames as that allows
+//! ([`baton::batch`]).
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use baton::pb::{self, worker_message::Msg};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
@@ -25,19 +33,43 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long to wait, after Goodbye, for the broker to end its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Most queued messages taken for one frame.
+const BATCH_MESSAGES: usize = 512;
+/// The largest BrokerBatch this worker reads (tonic decodes up to 4 MiB).
+pub(crate) const BATCH_BYTES_DOWN: u64 = 1 << 20;
 
 /// One connection's outbound half.
 pub(crate) struct Link {
     pub(crate) id: LinkId,
     /// Feeds the request stream; dropping it ends the stream cleanly.
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
+    /// The largest batch the broker reads: 0 (one by one) until the
+    /// Welcome tells.
+    batch_bytes: Arc<AtomicUsize>,
 }
 
 impl Link {
-    /// A link and the receiving end that becomes its request stream.
-    pub(crate) fn new(id: LinkId) -> (Self, mpsc::UnboundedReceiver<pb::WorkerMessage>) {
-        let (tx, outbound) = mpsc::unbounded_channel();
-        (Self { id, tx }, outbound)
+    /// A link and the request stream it feeds.
+    pub(crate) fn new(id: LinkId) -> (Self, Frames) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let batch_bytes = Arc::new(AtomicUsize::new(0));
+        let outbound = Frames {
+            rx,
+            limit: Arc::clone(&batch_bytes),
+            ready: VecDeque::new(),
+        };
+        let link = Self {
+            id,
+            tx,
+            batch_bytes,
+        };
+        (link, outbound)
+    }
+
+    /// From the Welcome: batches up to `bytes` may be sent from now on.
+    pub(crate) fn allow_batches(&self, bytes: u64) {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.batch_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Queues a message on the stream.
@@ -45,6 +77,38 @@ impl Link {
         // A closed channel means the connection is gone; the inbound side
         // reports that, and the ledger keeps what must be re-sent.
         let _ = self.tx.send(pb::WorkerMessage { msg: Some(msg) });
+    }
+}
+
+/// A link's request stream: every message queued when it is polled, packed
+/// into frames within the broker's batch limit.
+pub(crate) struct Frames {
+    rx: mpsc::UnboundedReceiver<pb::WorkerMessage>,
+    limit: Arc<AtomicUsize>,
+    /// Frames packed and not yet taken by the stream.
+    ready: VecDeque<pb::WorkerMessage>,
+}
+
+impl Stream for Frames {
+    type Item = pb::WorkerMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(frame) = self.ready.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        let Some(first) = ready!(self.rx.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
+        let mut queued = vec![first];
+        while queued.len() < BATCH_MESSAGES {
+            match self.rx.try_recv() {
+                Ok(message) => queued.push(message),
+                Err(_) => break,
+            }
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.ready.extend(baton::batch::pack(queued, limit));
+        Poll::Ready(self.ready.pop_front())
     }
 }
 
@@ -87,10 +151,10 @@ impl From<Status> for Broken {
 pub(crate) async fn greet(
     channel: Channel,
     authorization: Option<AsciiMetadataValue>,
-    outbound: mpsc::UnboundedReceiver<pb::WorkerMessage>,
+    outbound: Frames,
 ) -> Result<(pb::Welcome, Streaming<pb::BrokerMessage>), Broken> {
     let mut client = pb::worker_client::WorkerClient::new(channel);
-    let mut request = Request::new(UnboundedReceiverStream::new(outbound));
+    let mut request = Request::new(outbound);
     if let Some(value) = authorization {
         request.metadata_mut().insert("authorization", value);
     }

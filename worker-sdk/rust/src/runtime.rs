@@ -214,6 +214,7 @@ impl Runtime {
             concurrency: self.config.concurrency,
             held,
             held_slots,
+            batch_bytes: crate::link::BATCH_BYTES_DOWN,
         }
     }
 
@@ -223,6 +224,7 @@ impl Runtime {
         self.lease = (welcome.lease_ms > 0).then(|| Duration::from_millis(welcome.lease_ms));
         self.heartbeat_every = heartbeat_period(welcome.heartbeat_interval_ms, self.lease);
         let leased_until = self.lease.map(|lease| Instant::now() + lease);
+        link.allow_batches(welcome.batch_bytes);
         let reconciled = self.ledger.reconcile(&welcome.kept, link.id, leased_until);
         info!(
             worker.id = %welcome.worker_id,
@@ -320,6 +322,15 @@ impl Runtime {
     fn on_broker_message(&mut self, message: pb::BrokerMessage, link: &Link) {
         use pb::broker_message::Msg as Down;
         match message.msg {
+            Some(Down::Batch(batch)) => {
+                for message in batch.messages {
+                    if matches!(message.msg, Some(Down::Batch(_) | Down::Welcome(_))) {
+                        warn!("a batch nested in a batch, or a Welcome in one, ignored");
+                        continue;
+                    }
+                    self.on_broker_message(message, link);
+                }
+            }
             Some(Down::Assignment(assignment)) => self.start_run(assignment),
             Some(Down::Cancel(cancel)) => {
                 let task = cancel.task.unwrap_or_default();

@@ -5,7 +5,7 @@
 //! Tests wait on channels, never on sleeps; every wait is bounded by
 //! [`within`] so a bug fails the test instead of hanging it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use baton::pb::{self, broker_message::Msg as Down, worker_message::Msg as Up};
 use baton_worker::{Error, TaskContext, TaskError, Throttle, Worker, WorkerBuilder};
+use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -39,15 +40,51 @@ struct Session {
     up: mpsc::UnboundedReceiver<pb::WorkerMessage>,
     /// What the broker sends; dropping it ends the response stream.
     down: Option<mpsc::UnboundedSender<Result<pb::BrokerMessage, Status>>>,
+    /// The Welcome's `batch_bytes`: 0 until sent, and while 0 the worker
+    /// must send no batch.
+    batch_bytes: u64,
+    /// Messages of a batch not yet returned by `next`.
+    unpacked: VecDeque<Up>,
+    /// Batches received so far.
+    batches: usize,
 }
 
 impl Session {
-    /// The next message, heartbeats included; `None` once the worker ended
-    /// its stream.
+    /// The next message, heartbeats included, a batch's one by one; `None`
+    /// once the worker ended its stream.
     async fn next(&mut self) -> Option<Up> {
-        within("a message from the worker", self.up.recv())
-            .await
-            .map(|message| message.msg.expect("a message with a body"))
+        if let Some(message) = self.unpacked.pop_front() {
+            return Some(message);
+        }
+        let frame = within("a message from the worker", self.up.recv()).await?;
+        match frame.msg.expect("a message with a body") {
+            Up::Batch(batch) => {
+                assert!(
+                    self.batch_bytes > 0,
+                    "a batch before the Welcome allowed one"
+                );
+                let size = pb::WorkerMessage {
+                    msg: Some(Up::Batch(batch.clone())),
+                }
+                .encoded_len();
+                assert!(size as u64 <= self.batch_bytes, "batch of {size} bytes");
+                assert!(batch.messages.len() >= 2, "a batch of one message");
+                self.batches += 1;
+                self.unpacked = batch
+                    .messages
+                    .into_iter()
+                    .map(|m| m.msg.expect("a message with a body"))
+                    .collect();
+                for message in &self.unpacked {
+                    assert!(
+                        !matches!(message, Up::Hello(_) | Up::Batch(_)),
+                        "{message:?} in a batch"
+                    );
+                }
+                self.unpacked.pop_front()
+            }
+            message => Some(message),
+        }
     }
 
     /// The next message that is not a heartbeat.
@@ -90,6 +127,19 @@ impl Session {
             heartbeat_interval_ms,
             kept: kept.to_vec(),
             lost: Vec::new(),
+            batch_bytes: 0,
+        }));
+    }
+
+    /// A Welcome that lets the worker send batches of up to `batch_bytes`.
+    fn welcome_batches(&mut self, batch_bytes: u64) {
+        self.batch_bytes = batch_bytes;
+        self.send(Down::Welcome(pb::Welcome {
+            worker_id: "w-1".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 60_000,
+            batch_bytes,
+            ..Default::default()
         }));
     }
 
@@ -148,6 +198,9 @@ impl pb::worker_server::Worker for FakeBroker {
         let _ = self.sessions.send(Session {
             up,
             down: Some(down),
+            batch_bytes: 0,
+            unpacked: VecDeque::new(),
+            batches: 0,
         });
         Ok(Response::new(UnboundedReceiverStream::new(down_rx)))
     }
@@ -465,6 +518,78 @@ async fn hello_describes_the_worker_and_outcomes_map_to_protocol_fields() {
     worker.shut_down();
     session.expect_drain_and_goodbye().await;
     drop(session);
+    worker.finished().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn batches_go_both_ways_once_the_welcome_allows_them() {
+    const TASKS: u32 = 64;
+    let mut broker = Broker::start().await;
+    let release = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let gate = Arc::clone(&release);
+    let mut worker = Running::start(broker.builder().concurrency(TASKS).task(
+        "gated",
+        move |ctx| {
+            let (gate, started_tx) = (Arc::clone(&gate), started_tx.clone());
+            async move {
+                let _ = started_tx.send(ctx.task_id.clone());
+                gate.acquire().await.expect("open").forget();
+                Ok(json!(ctx.task_id))
+            }
+        },
+    ));
+    let mut session = broker.session().await;
+    let hello = session.hello().await;
+    assert_eq!(hello.batch_bytes, 1 << 20, "the worker reads batches");
+    session.welcome_batches(4096);
+    // One frame down with every assignment: each starts, in order.
+    let ids: Vec<String> = (0..TASKS).map(|i| format!("t{i:02}")).collect();
+    session.send(Down::Batch(pb::BrokerBatch {
+        messages: ids
+            .iter()
+            .map(|id| pb::BrokerMessage {
+                msg: Some(assignment(id, "gated", "[]")),
+            })
+            .collect(),
+    }));
+    let mut order = Vec::new();
+    for _ in 0..TASKS {
+        order.push(recv("a start", &mut started).await);
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "every assignment of the batch started once");
+    // All end at once: their outcomes go up packed within 4096 bytes
+    // (`next` checks the size and unpacks them).
+    release.add_permits(ids.len());
+    let mut reported = Vec::new();
+    for _ in 0..TASKS {
+        let outcome = session.outcome().await;
+        reported.push(outcome.task.expect("a task ref").task_id);
+    }
+    reported.sort();
+    assert_eq!(reported, ids);
+    assert!(
+        session.batches >= 1,
+        "64 outcomes ready together, none batched"
+    );
+    // The acknowledgments in one frame too: the drain, which waits for
+    // every outcome to be acknowledged, ends.
+    session.send(Down::Batch(pb::BrokerBatch {
+        messages: ids
+            .iter()
+            .map(|id| pb::BrokerMessage {
+                msg: Some(Down::OutcomeAck(pb::OutcomeAck {
+                    task: Some(task(id)),
+                    accepted: true,
+                    reason: String::new(),
+                })),
+            })
+            .collect(),
+    }));
+    worker.shut_down();
+    session.expect_drain_and_goodbye().await;
     worker.finished().await.expect("clean stop");
 }
 
@@ -844,6 +969,7 @@ async fn reconnect_declares_held_work_resends_unacked_outcomes_and_aborts_lost_r
         heartbeat_interval_ms: 60_000,
         kept: vec![task("a"), task("b")],
         lost: vec![task("c")],
+        batch_bytes: 0,
     }));
     assert_eq!(
         second.outcome().await,
