@@ -14,6 +14,11 @@ Layout of a worker process:
   coroutine that blocks by mistake cannot stall heartbeats and lose the
   worker's leases.
 
+Messages go both ways in batches when both ends allow it (``Hello.batch_bytes``,
+``Welcome.batch_bytes``): every message grpc.aio moves costs an event-loop
+round trip, so what is ready at the same time travels as one frame
+(:class:`_Outbox` up, :meth:`Worker._read` down).
+
 The worker decides nothing about scheduling: it runs what the broker assigns
 (never more than its free concurrency), reports how each run ended, and keeps
 its leases alive with heartbeats. Recovery follows the protocol: an outcome
@@ -26,6 +31,7 @@ says it still owns (``Welcome.kept``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -36,7 +42,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Iterable, Optional, Tuple
 
 import grpc
 import grpc.aio
@@ -55,6 +61,9 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 WELCOME_TIMEOUT = 10.0
 GOODBYE_TIMEOUT = 5.0
+READ_BATCH_BYTES = 1 << 20
+"""``Hello.batch_bytes``: the largest BrokerBatch this worker asks for. grpc's
+default receive limit is 4 MB, so 1 MiB batches stay well inside it."""
 
 # Statuses that no reconnect can fix: the broker refused this worker itself.
 _FATAL_CODES = frozenset(
@@ -193,6 +202,115 @@ class _TaskLoop:
             self.loop.close()
 
 
+class _Traffic:
+    """Messages and frames the worker sent and read, over all its streams
+    (logged when it stops; a frame carrying several messages is a batch)."""
+
+    __slots__ = ("messages_sent", "frames_sent", "messages_read", "frames_read")
+
+    def __init__(self) -> None:
+        self.messages_sent = 0
+        self.frames_sent = 0
+        self.messages_read = 0
+        self.frames_read = 0
+
+
+def _varint_size(n: int) -> int:
+    """Bytes of ``n`` as a protobuf varint."""
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _take_frame(pending: "Deque[pb.WorkerMessage]", batch_bytes: int) -> pb.WorkerMessage:
+    """Remove the messages of the next frame from the front of ``pending`` (not
+    empty) and return that frame.
+
+    With ``batch_bytes`` 0 (the broker reads no batch, or has not said yet)
+    the frame is the first message. Otherwise it is a ``WorkerBatch`` of as
+    many messages as fit in ``batch_bytes`` (counting the whole frame, the
+    batch's own tag and length included); a frame of one message is that
+    message, unwrapped, which is also how a message too big for any batch
+    leaves. Order is kept: frames are taken from the front.
+    """
+    if batch_bytes == 0 or len(pending) == 1:
+        return pending.popleft()
+    # The frame is the batch's tag (1 byte), its length, and the batch; the
+    # batch is each message's tag (1 byte), length and bytes.
+    budget = batch_bytes - 1 - _varint_size(batch_bytes)
+    size = 0
+    count = 0
+    for msg in pending:
+        n = msg.ByteSize()
+        size += 1 + _varint_size(n) + n
+        if size > budget:
+            break
+        count += 1
+    if count <= 1:
+        return pending.popleft()
+    return pb.WorkerMessage(batch=pb.WorkerBatch(messages=[pending.popleft() for _ in range(count)]))
+
+
+class _Outbox:
+    """The messages waiting to go up one stream, and the generator grpc takes
+    them from (:meth:`frames`).
+
+    Why not an ``asyncio.Queue`` of messages: grpc.aio writes one message
+    at a time, and each write costs event-loop round trips through its
+    poller thread. Here everything queued while the previous write was in
+    flight (typically the outcomes of every run that finished meanwhile)
+    leaves as one frame, once the Welcome set :attr:`batch_bytes`. Before
+    that, and with a broker that reads no batch, messages leave one by
+    one; the Hello, queued first, always leaves alone.
+    """
+
+    def __init__(self, traffic: _Traffic) -> None:
+        self.batch_bytes = 0
+        """``Welcome.batch_bytes`` once welcomed: the largest batch the broker reads (0: none)."""
+        self._traffic = traffic
+        self._pending: "Deque[pb.WorkerMessage]" = collections.deque()
+        self._wakeup: "Optional[asyncio.Future[None]]" = None
+        self._closed = False
+
+    def put(self, msg: pb.WorkerMessage) -> None:
+        self._pending.append(msg)
+        self._wake()
+
+    def close(self) -> None:
+        """End the stream (half-close) once everything queued has left."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None:
+            self._wakeup = None
+            if not waiter.done():
+                # Resumes frames() on a later turn of the loop, so the rest
+                # of this turn's messages join the same frame.
+                waiter.set_result(None)
+
+    async def frames(self) -> AsyncIterator[pb.WorkerMessage]:
+        """The request iterator of the stream: one frame per resumption."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        traffic = self._traffic
+        while True:
+            if pending:
+                before = len(pending)
+                frame = _take_frame(pending, self.batch_bytes)
+                traffic.messages_sent += before - len(pending)
+                traffic.frames_sent += 1
+                yield frame
+            elif self._closed:
+                return
+            else:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+
+
 class Worker:
     """Runs an app's tasks for the broker until drained.
 
@@ -229,7 +347,16 @@ class Worker:
         self._unacked: dict[TaskKey, pb.Outcome] = {}
         self._requests: dict[int, _Run] = {}
         self._request_ids = itertools.count(1)
-        self._outbox: "Optional[asyncio.Queue[Optional[pb.WorkerMessage]]]" = None
+        self._outbox: Optional[_Outbox] = None
+        self._traffic = _Traffic()
+        # What the reader does with each kind of broker message (see _read).
+        self._handlers: dict[str, Callable[[Any], None]] = {
+            "assignment": self._start,
+            "cancel": self._cancel,
+            "outcome_ack": self._acked,
+            "throttle_granted": self._granted,
+            "error": self._refused,
+        }
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._pool: Optional[_Pool] = None
@@ -308,7 +435,11 @@ class Worker:
             if self._task_loop is not None:
                 self._task_loop.stop()
             self._pool.shutdown(wait=not self._forced)
-        log.info("worker %s: stopped", self.name)
+        t = self._traffic
+        log.info(
+            "worker %s: stopped (sent %d messages in %d frames, read %d in %d)",
+            self.name, t.messages_sent, t.frames_sent, t.messages_read, t.frames_read,
+        )
 
     def _finished(self) -> bool:
         return self._forced or (self._draining and not self._runs and not self._unacked)
@@ -371,33 +502,29 @@ class Worker:
                 for run in self._runs.values()
                 for rid in run.slots
             ],
+            batch_bytes=READ_BATCH_BYTES,
         )
 
     async def _session(self) -> bool:
         """Run one stream; True once the worker is done (drained or forced)."""
-        outbox: "asyncio.Queue[Optional[pb.WorkerMessage]]" = asyncio.Queue()
-        outbox.put_nowait(pb.WorkerMessage(hello=self._hello()))
+        outbox = _Outbox(self._traffic)
+        outbox.put(pb.WorkerMessage(hello=self._hello()))
         if self._draining:
-            outbox.put_nowait(pb.WorkerMessage(drain=pb.Drain()))
-
-        async def pump() -> AsyncIterator[pb.WorkerMessage]:
-            while True:
-                msg = await outbox.get()
-                if msg is None:
-                    return
-                yield msg
-
+            outbox.put(pb.WorkerMessage(drain=pb.Drain()))
         channel = _transport.aio_channel(self.app.address, self.app.tls)
         tasks: list["asyncio.Task[Any]"] = []
         try:
-            call = pb.WorkerStub(channel).Session(pump(), metadata=_transport.metadata(self.app.token))
+            call = pb.WorkerStub(channel).Session(outbox.frames(), metadata=_transport.metadata(self.app.token))
             try:
                 first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
             except asyncio.TimeoutError:
                 raise _SessionLost("no welcome") from None
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":
                 raise _SessionLost("no welcome")
+            self._traffic.messages_read += 1
+            self._traffic.frames_read += 1
             self._outbox = outbox
+            outbox.batch_bytes = first.welcome.batch_bytes
             self._welcomed = True
             self._on_welcome(first.welcome)
             tasks.append(asyncio.ensure_future(self._heartbeats(first.welcome.heartbeat_interval_ms)))
@@ -406,8 +533,8 @@ class Worker:
             tasks += [reader, done_waiter]
             await asyncio.wait({reader, done_waiter}, return_when=asyncio.FIRST_COMPLETED)
             if done_waiter.done():
-                outbox.put_nowait(pb.WorkerMessage(goodbye=pb.Goodbye()))
-                outbox.put_nowait(None)  # half-close: the broker ends the stream
+                outbox.put(pb.WorkerMessage(goodbye=pb.Goodbye()))
+                outbox.close()  # half-close: the broker ends the stream
                 try:
                     await asyncio.wait_for(asyncio.shield(reader), GOODBYE_TIMEOUT)
                 except (asyncio.TimeoutError, grpc.aio.AioRpcError):
@@ -461,29 +588,37 @@ class Worker:
             await self._wake.wait()
 
     async def _read(self, call: Any) -> None:
+        """Handle the broker's messages until the stream ends; a BrokerBatch's
+        messages one by one, in order, as if each had come on its own."""
+        dispatch = self._dispatch
+        traffic = self._traffic
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:
                 return
-            kind = msg.WhichOneof("msg")
-            if kind == "assignment":
-                self._start(msg.assignment)
-            elif kind == "cancel":
-                self._cancel(msg.cancel)
-            elif kind == "outcome_ack":
-                self._acked(msg.outcome_ack)
-            elif kind == "throttle_granted":
-                self._granted(msg.throttle_granted.request_id)
-            elif kind == "error":
-                self._refused(msg.error)
+            traffic.frames_read += 1
+            if msg.WhichOneof("msg") == "batch":
+                batch = msg.batch.messages
+                traffic.messages_read += len(batch)
+                for inner in batch:
+                    dispatch(inner)
             else:
-                log.warning("worker %s: unexpected %s from the broker", self.name, kind)
+                traffic.messages_read += 1
+                dispatch(msg)
+
+    def _dispatch(self, msg: pb.BrokerMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        handler = self._handlers.get(kind)
+        if handler is None:  # a second Welcome, a nested batch, a kind newer than this SDK
+            log.warning("worker %s: unexpected %s from the broker", self.name, kind)
+            return
+        handler(getattr(msg, kind))
 
     def _send(self, msg: pb.WorkerMessage) -> None:
         """Queue a message on the current stream; dropped while disconnected
         (the reconnect's Hello and Welcome bring the broker up to date)."""
         if self._outbox is not None:
-            self._outbox.put_nowait(msg)
+            self._outbox.put(msg)
 
     # -- runs -----------------------------------------------------------------
 
@@ -676,7 +811,8 @@ class Worker:
             raise
         return rid
 
-    def _granted(self, rid: int) -> None:
+    def _granted(self, granted: pb.ThrottleGranted) -> None:
+        rid = granted.request_id
         run = self._requests.get(rid)
         if run is None or rid not in run.waiters:
             log.debug("throttle grant for unknown request %d ignored", rid)
