@@ -14,6 +14,7 @@ use common::*;
 use pb::{broker_message::Msg as Down, worker_message::Msg as Up};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 
 /// A worker session driven by hand, to do what the SDK never would.
 struct Raw {
@@ -340,6 +341,80 @@ async fn reports_on_assignments_a_worker_never_held_are_refused_and_change_nothi
         client.wait_timeout(&id, PATIENCE).await.unwrap(),
         ChainOutcome::Succeeded(json!("real"))
     );
+}
+
+#[tokio::test]
+async fn a_batch_up_counts_message_by_message_and_a_bad_one_is_refused_alone() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut worker = Raw::connect(&broker.addr, "batcher", &["job"], 2).await;
+    let ids = [
+        client
+            .submit(Task::new("job").si(()))
+            .await
+            .unwrap()
+            .chain_id,
+        client
+            .submit(Task::new("job").si(()))
+            .await
+            .unwrap()
+            .chain_id,
+    ];
+    let (first, second) = (worker.assignment().await, worker.assignment().await);
+    let frame = |msg: Up| pb::WorkerMessage { msg: Some(msg) };
+    worker.send(Up::Batch(pb::WorkerBatch {
+        messages: vec![
+            frame(success(first.clone(), "1")),
+            frame(success(second.clone(), "{not json")),
+            frame(Up::Batch(pb::WorkerBatch {
+                messages: vec![frame(success(second.clone(), "3"))],
+            })),
+            frame(success(second.clone(), "2")),
+        ],
+    }));
+    let (mut accepted, mut errors) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        match worker.next().await {
+            Down::OutcomeAck(ack) if ack.accepted => accepted.push(ack.task.unwrap()),
+            Down::Error(error) => errors.push(error.message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    accepted.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let mut expected = vec![first, second];
+    expected.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    assert_eq!(accepted, expected);
+    errors.sort();
+    assert!(errors[0].contains("batches do not nest"), "{errors:?}");
+    assert!(errors[1].contains("outcome.success.result"), "{errors:?}");
+    // The good reports of the batch count; the nested one changed nothing.
+    for (id, result) in ids.iter().zip([1, 2]) {
+        assert_eq!(
+            client.wait_timeout(id, PATIENCE).await.unwrap(),
+            ChainOutcome::Succeeded(json!(result))
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_welcome_tells_how_large_a_batch_the_broker_reads() {
+    let broker = TestBroker::start().await;
+    let mut client = pb::worker_client::WorkerClient::connect(broker.addr.clone())
+        .await
+        .unwrap();
+    let first = pb::WorkerMessage {
+        msg: Some(Up::Hello(hello("w", &["job"], 1))),
+    };
+    let mut down = client
+        .session(tokio_stream::iter([first]).chain(tokio_stream::pending()))
+        .await
+        .unwrap()
+        .into_inner();
+    match down.message().await.unwrap().unwrap().msg {
+        // --max-payload's default: a batch is one request.
+        Some(Down::Welcome(welcome)) => assert_eq!(welcome.batch_bytes, 1024 * 1024),
+        other => panic!("expected the Welcome, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
