@@ -41,5 +41,15 @@ def dumps(value: Any, what: str) -> str:
 
 
 def loads(text: str, default: Any = None) -> Any:
-    """Decode JSON text; the protocol's empty string stands for ``default``."""
-    return json.loads(text) if text else default
+    """Decode JSON text; the protocol's empty string stands for ``default``.
+
+    ``[]`` and ``{}``, the arguments of most task runs, skip the decoder
+    (about a microsecond each, paid per run by the worker).
+    """
+    if not text:
+        return default
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)

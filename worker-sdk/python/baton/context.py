@@ -37,15 +37,43 @@ TaskKey = Tuple[str, int]
 
 
 class CancelState:
-    """Set once by the worker when the broker cancels the run; read by the body."""
+    """Set once by the worker when the broker cancels the run; read by the body.
+
+    The ``threading.Event`` a body sleeps on (:meth:`wait`) is made on first
+    use: building one costs a ``Condition`` and a lock, a noticeable part of
+    starting a short run, and most runs are never cancelled nor wait.
+    """
+
+    __slots__ = ("reason", "_cancelled", "_event")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.reason = ""
+        self._cancelled = False
+        self._event: Optional[threading.Event] = None
 
     def cancel(self, reason: str) -> None:
-        self.reason = reason
-        self.event.set()
+        with _event_lock:
+            self.reason = reason
+            self._cancelled = True
+            if self._event is not None:
+                self._event.set()
+
+    def is_set(self) -> bool:
+        return self._cancelled
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Block up to ``timeout`` seconds until cancelled; whether it was."""
+        with _event_lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._cancelled:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
+_event_lock = threading.Lock()
+"""Guards the lazy creation of CancelState events (a cancel and a first wait may race)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +112,7 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         """True once the broker told this worker to stop the run."""
-        return self._cancel.event.is_set()
+        return self._cancel.is_set()
 
     @property
     def cancel_reason(self) -> str:
@@ -105,7 +133,7 @@ class TaskContext:
         A cancellable ``time.sleep`` for synchronous bodies; returns whether
         the run was cancelled.
         """
-        return self._cancel.event.wait(timeout)
+        return self._cancel.wait(timeout)
 
 
 _current: ContextVar[TaskContext] = ContextVar("baton_current_task")

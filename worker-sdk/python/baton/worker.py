@@ -17,7 +17,8 @@ Layout of a worker process:
 Messages go both ways in batches when both ends allow it (``Hello.batch_bytes``,
 ``Welcome.batch_bytes``): every message grpc.aio moves costs an event-loop
 round trip, so what is ready at the same time travels as one frame
-(:class:`_Outbox` up, :meth:`Worker._read` down).
+(:class:`_Outbox` up, :meth:`Worker._read` down), and an outcome waits up
+to a millisecond for the runs started with it (:data:`OUTCOME_LINGER`).
 
 The worker decides nothing about scheduling: it runs what the broker assigns
 (never more than its free concurrency), reports how each run ended, and keeps
@@ -61,6 +62,18 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 WELCOME_TIMEOUT = 10.0
 GOODBYE_TIMEOUT = 5.0
+OUTCOME_LINGER = 0.001
+"""Longest an outcome waits, after the youngest run in flight started, for
+the runs still going to end too, so that their outcomes leave in one frame.
+
+Why: the broker assigns what is free at once, so runs start in groups; without
+waiting, the first outcome of a group leaves alone and the group splits for
+good (each half acknowledged and reassigned on its own), doubling the frames
+per run, the cost that limits a worker with short tasks. Runs in flight for
+longer than this are not waited for, so a long task does not hold back the
+outcomes of short ones; the worst an outcome waits is this plus the event
+loop's timer resolution (1 ms).
+"""
 READ_BATCH_BYTES = 1 << 20
 """``Hello.batch_bytes``: the largest BrokerBatch this worker asks for. grpc's
 default receive limit is 4 MB, so 1 MiB batches stay well inside it."""
@@ -264,18 +277,28 @@ class _Outbox:
     leaves as one frame, once the Welcome set :attr:`batch_bytes`. Before
     that, and with a broker that reads no batch, messages leave one by
     one; the Hello, queued first, always leaves alone.
+
+    Outcomes may also wait a little for each other (:attr:`linger`), see
+    :data:`OUTCOME_LINGER`; any other message, and closing, sends at once
+    everything queued.
     """
 
     def __init__(self, traffic: _Traffic) -> None:
         self.batch_bytes = 0
         """``Welcome.batch_bytes`` once welcomed: the largest batch the broker reads (0: none)."""
+        self.linger: Optional[Callable[[], float]] = None
+        """Set with batches: how many more seconds queued outcomes should wait (<= 0: none)."""
         self._traffic = traffic
         self._pending: "Deque[pb.WorkerMessage]" = collections.deque()
         self._wakeup: "Optional[asyncio.Future[None]]" = None
+        self._urgent = False
         self._closed = False
 
-    def put(self, msg: pb.WorkerMessage) -> None:
+    def put(self, msg: pb.WorkerMessage, urgent: bool = True) -> None:
+        """Queue ``msg``; an outcome is put with ``urgent=False``: it may linger."""
         self._pending.append(msg)
+        if urgent:
+            self._urgent = True
         self._wake()
 
     def close(self) -> None:
@@ -298,17 +321,33 @@ class _Outbox:
         pending = self._pending
         traffic = self._traffic
         while True:
-            if pending:
-                before = len(pending)
-                frame = _take_frame(pending, self.batch_bytes)
-                traffic.messages_sent += before - len(pending)
-                traffic.frames_sent += 1
-                yield frame
-            elif self._closed:
-                return
-            else:
-                self._wakeup = loop.create_future()
-                await self._wakeup
+            if not pending:
+                if self._closed:
+                    return
+                await self._wait(loop, None)
+                continue
+            if not self._urgent and not self._closed and self.linger is not None:
+                delay = self.linger()
+                if delay > 0:
+                    await self._wait(loop, delay)  # or until the next message
+                    continue
+            before = len(pending)
+            frame = _take_frame(pending, self.batch_bytes)
+            if not pending:
+                self._urgent = False
+            traffic.messages_sent += before - len(pending)
+            traffic.frames_sent += 1
+            yield frame
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, timeout: Optional[float]) -> None:
+        """Until a message is put or the outbox closed, or ``timeout`` seconds passed."""
+        self._wakeup = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, self._wake)
+        try:
+            await self._wakeup
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 class Worker:
@@ -525,6 +564,8 @@ class Worker:
             self._traffic.frames_read += 1
             self._outbox = outbox
             outbox.batch_bytes = first.welcome.batch_bytes
+            if outbox.batch_bytes:
+                outbox.linger = self._linger
             self._welcomed = True
             self._on_welcome(first.welcome)
             tasks.append(asyncio.ensure_future(self._heartbeats(first.welcome.heartbeat_interval_ms)))
@@ -562,7 +603,7 @@ class Worker:
         # Whatever the broker did not declare lost is still ours: re-send what
         # it has not acknowledged and the throttle requests it has not granted.
         for outcome in self._unacked.values():
-            self._send(pb.WorkerMessage(outcome=outcome))
+            self._send(pb.WorkerMessage(outcome=outcome), urgent=False)
         for run in self._runs.values():
             for rid, (throttle, _) in run.waiters.items():
                 self._send_acquire(run, rid, throttle)
@@ -614,11 +655,20 @@ class Worker:
             return
         handler(getattr(msg, kind))
 
-    def _send(self, msg: pb.WorkerMessage) -> None:
+    def _send(self, msg: pb.WorkerMessage, urgent: bool = True) -> None:
         """Queue a message on the current stream; dropped while disconnected
-        (the reconnect's Hello and Welcome bring the broker up to date)."""
+        (the reconnect's Hello and Welcome bring the broker up to date).
+        Outcomes are sent with ``urgent=False`` (see :data:`OUTCOME_LINGER`)."""
         if self._outbox is not None:
-            self._outbox.put(msg)
+            self._outbox.put(msg, urgent)
+
+    def _linger(self) -> float:
+        """Seconds queued outcomes should still wait for the runs in flight
+        started less than OUTCOME_LINGER ago (<= 0: none are)."""
+        youngest = max((run.started for run in self._runs.values()), default=None)
+        if youngest is None:
+            return 0.0
+        return youngest + OUTCOME_LINGER - time.monotonic()
 
     # -- runs -----------------------------------------------------------------
 
@@ -647,7 +697,7 @@ class Worker:
             phase=PHASES.get(a.phase, ""),
             step_index=a.step_index,
             queue=a.queue,
-            context=dict(a.context),
+            context=a.context if a.context else {},  # copied by TaskContext; an empty map's copy is slow
             polls=a.polls,
             retries=a.retries,
             timeout_ms=a.timeout_ms,
@@ -703,23 +753,24 @@ class Worker:
             self._requests.pop(rid, None)
         run.waiters.clear()
         run.slots.clear()
-        elapsed = time.monotonic() - run.started
         if run.lost:
             log.info("task %s[%s]: ended after its lease was lost; not reported", run.ctx.name, run.key[0])
             self._notify()
             return
         if run.cancelled:
             outcome = outcomes.cancelled(run.ctx.cancel_reason)
-        log.info(
-            "task %s[%s] attempt %d: %s in %.3fs",
-            run.ctx.name, run.key[0], run.key[1], _describe(outcome), elapsed,
-        )
+        if log.isEnabledFor(logging.INFO):  # spares _describe when the line is not logged
+            log.info(
+                "task %s[%s] attempt %d: %s in %.3fs",
+                run.ctx.name, run.key[0], run.key[1], _describe(outcome), time.monotonic() - run.started,
+            )
         self._report(run.key, outcome)
 
     def _report(self, key: TaskKey, outcome: pb.Outcome) -> None:
-        outcome.task.CopyFrom(_ref(key))
+        ref = outcome.task
+        ref.task_id, ref.attempt = key
         self._unacked[key] = outcome
-        self._send(pb.WorkerMessage(outcome=outcome))
+        self._send(pb.WorkerMessage(outcome=outcome), urgent=False)
         self._notify()
 
     def _acked(self, ack: pb.OutcomeAck) -> None:

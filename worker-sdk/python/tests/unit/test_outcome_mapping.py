@@ -124,5 +124,31 @@ def test_cancellation_state_is_visible_to_the_body():
     assert c.wait_cancelled(0.01)
 
 
+def test_a_body_waiting_for_cancellation_wakes_when_cancelled():
+    """The wait's event is made on first use; a cancel before or during the wait reaches it."""
+    import threading
+
+    c = ctx()
+    assert not c.wait_cancelled(0.01)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(c.wait_cancelled(10)))
+    waiter.start()
+    c._cancel.cancel("stop")
+    waiter.join(10)
+    assert woke == [True]
+    fresh = ctx()
+    fresh._cancel.cancel("before any wait")
+    assert fresh.wait_cancelled(0) and fresh.cancelled
+
+
+def test_empty_arguments_decode_to_fresh_containers():
+    from baton import _json
+
+    first, second = _json.loads("[]"), _json.loads("[]")
+    first.append(1)
+    assert second == [] and _json.loads("{}") == {} and _json.loads("", 7) == 7
+    assert _json.loads('[1, {"a": "b"}]') == [1, {"a": "b"}]
+
+
 def test_cancelled_outcome_helper():
     assert outcomes.cancelled("").failure.error_type == "Cancelled"

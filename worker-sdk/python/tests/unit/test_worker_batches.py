@@ -5,6 +5,7 @@ against a scripted broker (an in-process gRPC server) that sends and expects
 import asyncio
 import collections
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -130,8 +131,9 @@ def test_outbox_sends_one_by_one_until_batches_are_allowed_then_one_frame_per_tu
 
 
 def assignment(i, name="t.add"):
+    args = f"[{i}, 1]" if name == "t.add" else "[]"
     return pb.BrokerMessage(
-        assignment=pb.Assignment(task=pb.TaskRef(task_id=f"t{i}", attempt=1), name=name, args=f"[{i}, 1]",
+        assignment=pb.Assignment(task=pb.TaskRef(task_id=f"t{i}", attempt=1), name=name, args=args,
                                  chain_id=f"c{i}", phase=pb.PHASE_MAIN, queue="general")
     )
 
@@ -295,3 +297,58 @@ def test_small_batch_bytes_split_the_outcomes():
     batches = [f for f in broker.frames if f.WhichOneof("msg") == "batch"]
     assert batches and all(f.ByteSize() <= limit for f in batches)
     assert [m.WhichOneof("msg") for m in messages_of(broker.frames)].count("outcome") == n
+
+
+# -- outcomes linger for their group ------------------------------------------------
+
+
+def test_outcomes_linger_until_an_urgent_message_or_the_deadline():
+    async def main():
+        box = _Outbox(_Traffic())
+        box.batch_bytes = 1 << 20
+        it = box.frames().__aiter__()
+        wait = {"seconds": 60.0}
+        box.linger = lambda: wait["seconds"]
+        box.put(outcome(0), urgent=False)
+        box.put(outcome(1), urgent=False)
+        first = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.05)
+        assert not first.done()  # lingering
+        box.put(pb.WorkerMessage(heartbeat=pb.Heartbeat()))  # urgent: everything leaves
+        frame = await asyncio.wait_for(first, 5)
+        assert [m.WhichOneof("msg") for m in frame.batch.messages] == ["outcome", "outcome", "heartbeat"]
+
+        box.put(outcome(2), urgent=False)
+        wait["seconds"] = 0.05  # the deadline passes with nothing else queued
+        second = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.01)
+        assert not second.done()
+        wait["seconds"] = 0.0
+        assert await asyncio.wait_for(second, 5) == outcome(2)
+
+        box.put(outcome(3), urgent=False)
+        wait["seconds"] = 60.0
+        box.close()  # closing does not wait either
+        assert await asyncio.wait_for(it.__anext__(), 5) == outcome(3)
+
+    asyncio.run(main())
+
+
+def test_a_long_task_does_not_hold_back_the_outcomes_of_short_ones():
+    """The short runs' outcomes linger at most about a millisecond for the long one."""
+    seen = {}
+    took = []
+
+    def script(reqs):
+        yield broker_batch([assignment(0, "t.wait")] + [assignment(i) for i in range(1, 4)])
+        started = time.monotonic()
+        seen.update(read_outcomes(reqs, 3))  # the three short ones, while t.wait runs
+        took.append(time.monotonic() - started)
+        yield broker_batch([pb.BrokerMessage(cancel=pb.Cancel(task=pb.TaskRef(task_id="t0", attempt=1),
+                                                                reason="done"))])
+        outcomes = read_outcomes(reqs, 1)
+        yield acks({**seen, **outcomes})
+
+    serve_worker(ScriptedBroker(1 << 20, script))  # t.wait would run 10 s: the script reads its outcome last
+    assert sorted(seen) == ["t1", "t2", "t3"]
+    assert took[0] < 2.0  # milliseconds, unless the machine is very busy; not t.wait's 10 s
