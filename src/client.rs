@@ -256,7 +256,7 @@ impl Client {
     /// [`pb::Dedup::ChainId`]). Must be called within a Tokio runtime.
     pub fn submit_pipelined(&self, chain: impl Into<Chain>) -> Pending {
         let mut request = pb::SubmitChainRequest::from(chain.into());
-        let chain_id = uuid::Uuid::new_v4().to_string();
+        let chain_id = uuid::Uuid::now_v7().to_string();
         request.chain_id.clone_from(&chain_id);
         let client = self.clone();
         let answer = tokio::spawn(async move { client.submit_request(request).await });

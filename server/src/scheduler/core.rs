@@ -56,6 +56,15 @@ pub enum Dedup {
     ChainId,
 }
 
+/// What the store holds for a submission, read once when it is checked.
+#[derive(Debug, Default)]
+struct Stored {
+    /// A chain with the client-chosen id exists (the same owner's).
+    chain: bool,
+    /// The chain stored under the idempotency key, if any.
+    idempotent: Option<String>,
+}
+
 /// One attempt out on a worker.
 #[derive(Debug, Clone)]
 struct Run {
@@ -562,7 +571,9 @@ impl Core {
         reply: oneshot::Sender<Result<Submitted, Error>>,
         now: UnixMs,
     ) {
-        let result = self.check_admissible(&spec).map(|()| self.admit(spec, now));
+        let result = self
+            .check_admissible(&spec)
+            .map(|stored| self.admit(spec, stored, now));
         self.reply(reply, result);
     }
 
@@ -575,14 +586,19 @@ impl Core {
         reply: oneshot::Sender<Result<Vec<Submitted>, Error>>,
         now: UnixMs,
     ) {
-        let checked = specs.iter().enumerate().try_for_each(|(i, spec)| {
-            self.check_admissible(spec)
-                .map_err(|e| e.prefixed(&format!("chains[{i}]: ")))
-        });
-        let result = checked.map(|()| {
+        let checked: Result<Vec<Stored>, Error> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                self.check_admissible(spec)
+                    .map_err(|e| e.prefixed(&format!("chains[{i}]: ")))
+            })
+            .collect();
+        let result = checked.map(|stored| {
             specs
                 .into_iter()
-                .map(|spec| self.admit(spec, now))
+                .zip(stored)
+                .map(|(spec, stored)| self.admit(spec, stored, now))
                 .collect()
         });
         self.reply(reply, result);
@@ -590,12 +606,17 @@ impl Core {
 
     /// What could refuse a submission without changing anything: a
     /// client-chosen id that belongs to another owner's chain, or a store
-    /// read that failed.
-    fn check_admissible(&self, spec: &ChainSpec) -> Result<(), Error> {
+    /// read that failed. Returns what the store holds for the submission, so
+    /// that [`admit`] does not read it again.
+    ///
+    /// [`admit`]: Self::admit
+    fn check_admissible(&self, spec: &ChainSpec) -> Result<Stored, Error> {
+        let mut stored = Stored::default();
         if !spec.idempotency_key.is_empty()
             && !self.idempotency_pending.contains_key(&spec.idempotency_key)
         {
-            self.store
+            stored.idempotent = self
+                .store
                 .idempotent_chain(&spec.idempotency_key)
                 .map_err(|e| Error::Store(e.to_string()))?;
         }
@@ -606,33 +627,43 @@ impl Core {
                         "chain_id {id} is taken by another client's chain; choose a fresh UUID"
                     )));
                 }
-                Ok(_) | Err(Error::NotFound(_)) => {}
+                Ok(_) => stored.chain = true,
+                Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
-    /// Deduplicates a submission or stores it ([`check_admissible`] passed,
-    /// so the reads here succeed).
+    /// Whether a chain is held in memory: live, or retired or cooled in
+    /// this round (its record not yet written).
+    fn in_memory(&self, chain_id: &str) -> bool {
+        self.chains.contains_key(chain_id)
+            || self.retired_pending.contains_key(chain_id)
+            || self.cold_pending.contains_key(chain_id)
+    }
+
+    /// Deduplicates a submission or stores it. `stored` is what
+    /// [`check_admissible`] found; a chain admitted since (earlier in the
+    /// same batch) is in memory.
     ///
     /// [`check_admissible`]: Self::check_admissible
-    fn admit(&mut self, spec: ChainSpec, now: UnixMs) -> Submitted {
+    fn admit(&mut self, spec: ChainSpec, stored: Stored, now: UnixMs) -> Submitted {
         let dedup = |chain_id: String, dedup| Submitted {
             chain_id,
             dedup: Some(dedup),
         };
-        if let Some(id) = spec.chain_id.as_deref().filter(|id| self.chain(id).is_ok()) {
+        if let Some(id) = spec
+            .chain_id
+            .as_deref()
+            .filter(|id| stored.chain || self.in_memory(id))
+        {
             return dedup(id.to_owned(), Dedup::ChainId);
         }
         if !spec.idempotency_key.is_empty() {
             let known = match self.idempotency_pending.get(&spec.idempotency_key) {
                 Some(id) => Some(id.clone()),
-                None => self
-                    .store
-                    .idempotent_chain(&spec.idempotency_key)
-                    .ok()
-                    .flatten(),
+                None => stored.idempotent,
             };
             if let Some(id) = known {
                 return dedup(id, Dedup::IdempotencyKey);

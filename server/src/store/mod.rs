@@ -360,19 +360,23 @@ impl Store {
     /// # Errors
     /// When either step fails; nothing is durable past the last success.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await?;
+        // Both steps on one blocking thread: sled's `flush_async` would hand
+        // the flush to a thread of its own and wake us from there, a second
+        // hop between threads on the path of every acknowledgment.
+        let db = self.db.clone();
         let file = Arc::clone(&self.data_file);
         tokio::task::spawn_blocking(move || {
-            file.1
-                .sync_data()
-                .map_err(|source| (file.0.clone(), source))
+            db.flush()?;
+            file.1.sync_data().map_err(|source| Error::Io {
+                path: file.0.clone(),
+                source,
+            })
         })
         .await
         .map_err(|e| Error::Io {
             path: self.data_file.0.clone(),
             source: std::io::Error::other(e),
         })?
-        .map_err(|(path, source)| Error::Io { path, source })
     }
 
     /// Whether the chain with this id waits cold in a queue (its `live`
