@@ -74,6 +74,12 @@ longer than this are not waited for, so a long task does not hold back the
 outcomes of short ones; the worst an outcome waits is this plus the event
 loop's timer resolution (1 ms).
 """
+SHORT_RUN = 0.0002
+"""A plain function whose last run took less (seconds) is short: its next
+job waits for a thread already awake rather than waking one (see :class:`_Pool`)."""
+SPARE_DELAY = 0.001
+"""How long such a job may wait for the awake threads before an idle one is
+woken for it (plus the event loop's timer resolution, 1 ms)."""
 READ_BATCH_BYTES = 1 << 20
 """``Hello.batch_bytes``: the largest BrokerBatch this worker asks for. grpc's
 default receive limit is 4 MB, so 1 MiB batches stay well inside it."""
@@ -133,10 +139,21 @@ class _Pool:
     ``concurrent.futures.Future`` and an asyncio future chained to it, and
     wakes the session loop once; with no-op tasks that was about a sixth of
     the session loop's time, the loop being what limits a worker. Here a
-    run is one put on a queue; a finished run is put on another, and a
+    run is one append to a queue; a finished run is put on another, and a
     thread wakes the session loop only when no wake-up is pending already,
     so one wake-up hands back every run finished meanwhile.
     ``on_done(run, outcome)`` is called on the session loop.
+
+    Waking a thread is the dearest part of a short run: a context switch,
+    then the woken thread contends for the GIL with the session loop (with
+    no-op tasks, four threads cost a fifth more CPU per run than one). So a
+    job of a function whose last run took under :data:`SHORT_RUN` wakes no
+    thread while one is awake: that thread takes it as soon as its current
+    body returns, sooner than a woken one would start. If it does not return
+    soon, the session loop wakes idle threads for the jobs still queued
+    :data:`SPARE_DELAY` later. Any other job wakes an idle thread at once,
+    so bodies that take time start side by side as soon as they are
+    assigned, as in any thread pool.
     """
 
     def __init__(
@@ -144,7 +161,14 @@ class _Pool:
     ) -> None:
         self._loop = loop
         self._on_done = on_done
-        self._jobs: "queue.SimpleQueue[Optional[_Job]]" = queue.SimpleQueue()
+        self._size = size
+        self._jobs: "Deque[Optional[_Job]]" = collections.deque()  # None stops a thread
+        self._mutex = threading.Lock()
+        self._sleeping: "list[threading.Lock]" = []
+        """The idle threads' gates, each held while its thread sleeps on it (under _mutex)."""
+        self._last_run: "dict[Callable[..., Any], float]" = {}
+        """Seconds the last run of each function took (set by the threads)."""
+        self._spare_timer: Optional[asyncio.TimerHandle] = None
         self._done: "queue.SimpleQueue[tuple[_Run, pb.Outcome]]" = queue.SimpleQueue()
         self._wake_pending = False
         # Daemon threads: a forced exit must not wait for a body that never returns.
@@ -155,26 +179,60 @@ class _Pool:
             thread.start()
 
     def submit(self, run: _Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
-        self._jobs.put((run, fn, args, kwargs))
+        """On the session loop."""
+        self._jobs.append((run, fn, args, kwargs))
+        short = self._last_run.get(fn, SHORT_RUN) < SHORT_RUN
+        with self._mutex:
+            if self._sleeping and (not short or len(self._sleeping) == self._size):
+                self._sleeping.pop().release()
+                return
+        if short and self._spare_timer is None:
+            self._spare_timer = self._loop.call_later(SPARE_DELAY, self._wake_spares)
+
+    def _wake_spares(self) -> None:
+        """On the session loop, SPARE_DELAY after a job was left to a thread
+        already awake: idle threads for the jobs still queued."""
+        self._spare_timer = None
+        with self._mutex:
+            for _ in range(min(len(self._jobs), len(self._sleeping))):
+                self._sleeping.pop().release()
 
     def shutdown(self, wait: bool) -> None:
         """Stop the threads once they are idle; with ``wait``, join them."""
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
         for _ in self._threads:
-            self._jobs.put(None)
+            self._jobs.append(None)
+        with self._mutex:
+            while self._sleeping:
+                self._sleeping.pop().release()
         if wait:
             for thread in self._threads:
                 thread.join()
 
     def _serve(self) -> None:
+        gate = threading.Lock()
+        gate.acquire()
+        jobs = self._jobs
         while True:
-            job = self._jobs.get()
+            try:
+                job = jobs.popleft()
+            except IndexError:
+                with self._mutex:
+                    if jobs:
+                        continue  # queued since: take it
+                    self._sleeping.append(gate)
+                gate.acquire()  # until submit, _wake_spares or shutdown releases it
+                continue
             if job is None:
                 return
             run, fn, args, kwargs = job
+            started = time.perf_counter()
             try:
                 outcome = outcomes.run_sync(fn, run.ctx, args, kwargs)
             except BaseException as exc:  # run_sync reports every ending itself: a bug of ours
                 outcome = outcomes.worker_error(exc)
+            self._last_run[fn] = time.perf_counter() - started
             self._done.put((run, outcome))
             if not self._wake_pending:
                 self._wake_pending = True
@@ -186,6 +244,9 @@ class _Pool:
     def _hand_back(self) -> None:
         """On the session loop: every run finished since the last hand-back."""
         self._wake_pending = False  # first: a run put after this point schedules another hand-back
+        if self._spare_timer is not None and not self._jobs:
+            self._spare_timer.cancel()  # every job was taken: no thread to wake
+            self._spare_timer = None
         while True:
             try:
                 run, outcome = self._done.get_nowait()

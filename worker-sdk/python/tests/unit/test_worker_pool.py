@@ -54,3 +54,50 @@ def test_a_raising_body_is_reported_as_its_failure():
 
     failure = asyncio.run(main()).failure
     assert (failure.error_type, failure.retryable) == ("KeyError", True)
+
+
+def test_a_job_left_to_a_busy_thread_gets_an_idle_one_if_that_body_blocks():
+    """A short function's job waits for an awake thread rather than waking one;
+    when that thread's body turns out to block, an idle thread takes the job."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = {}
+        back = asyncio.Event()
+
+        def on_done(run, outcome):
+            done[run.key[0]] = (outcome, threading.current_thread())
+            back.set()
+
+        pool = _Pool(4, loop, on_done)
+        release = threading.Event()
+        threads = []
+
+        def usually_short(block=False):
+            threads.append(threading.current_thread().name)
+            if block:
+                release.wait(30)
+            return "ok"
+
+        # Learn that usually_short is short.
+        pool.submit(make_run(0), usually_short, [], {})
+        while "t0" not in done:
+            back.clear()
+            await asyncio.wait_for(back.wait(), 10)
+        # This run blocks its thread; the next one must not wait for it.
+        pool.submit(make_run(1), usually_short, [True], {})
+        pool.submit(make_run(2), usually_short, [], {})
+        while "t2" not in done:
+            back.clear()
+            await asyncio.wait_for(back.wait(), 10)
+        assert "t1" not in done
+        release.set()
+        while "t1" not in done:
+            back.clear()
+            await asyncio.wait_for(back.wait(), 10)
+        pool.shutdown(wait=True)
+        return done, threads
+
+    done, threads = asyncio.run(main())
+    assert all(outcome.success.result == '"ok"' for outcome, _ in done.values())
+    assert threads[1] != threads[2]  # t2 ran beside the blocked t1
