@@ -147,13 +147,14 @@ class _Pool:
     Waking a thread is the dearest part of a short run: a context switch,
     then the woken thread contends for the GIL with the session loop (with
     no-op tasks, four threads cost a fifth more CPU per run than one). So a
-    job of a function whose last run took under :data:`SHORT_RUN` wakes no
-    thread while one is awake: that thread takes it as soon as its current
-    body returns, sooner than a woken one would start. If it does not return
-    soon, the session loop wakes idle threads for the jobs still queued
-    :data:`SPARE_DELAY` later. Any other job wakes an idle thread at once,
-    so bodies that take time start side by side as soon as they are
-    assigned, as in any thread pool.
+    job of a short function (its last run took under :data:`SHORT_RUN`)
+    wakes no thread while one is awake and free soon (between jobs, or
+    running a short function): that thread takes it when its current body
+    returns, sooner than a woken one would start. Should that body not
+    return soon after all, the session loop wakes idle threads for the jobs
+    still queued :data:`SPARE_DELAY` later. Any other job wakes an idle
+    thread at once, so bodies that take time start side by side as soon as
+    they are assigned, as in any thread pool.
     """
 
     def __init__(
@@ -161,11 +162,12 @@ class _Pool:
     ) -> None:
         self._loop = loop
         self._on_done = on_done
-        self._size = size
         self._jobs: "Deque[Optional[_Job]]" = collections.deque()  # None stops a thread
         self._mutex = threading.Lock()
         self._sleeping: "list[threading.Lock]" = []
         """The idle threads' gates, each held while its thread sleeps on it (under _mutex)."""
+        self._free_soon = size
+        """Threads awake and not running a long body: they take the next job soon (under _mutex)."""
         self._last_run: "dict[Callable[..., Any], float]" = {}
         """Seconds the last run of each function took (set by the threads)."""
         self._spare_timer: Optional[asyncio.TimerHandle] = None
@@ -181,13 +183,22 @@ class _Pool:
     def submit(self, run: _Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
         """On the session loop."""
         self._jobs.append((run, fn, args, kwargs))
-        short = self._last_run.get(fn, SHORT_RUN) < SHORT_RUN
         with self._mutex:
-            if self._sleeping and (not short or len(self._sleeping) == self._size):
-                self._sleeping.pop().release()
+            left = self._free_soon > 0 and self._short(fn)
+            if not left:
+                if self._sleeping:
+                    self._wake_one()
                 return
-        if short and self._spare_timer is None:
+        if self._spare_timer is None:
             self._spare_timer = self._loop.call_later(SPARE_DELAY, self._wake_spares)
+
+    def _short(self, fn: Callable[..., Any]) -> bool:
+        return self._last_run.get(fn, SHORT_RUN) < SHORT_RUN
+
+    def _wake_one(self) -> None:
+        """Under _mutex."""
+        self._sleeping.pop().release()
+        self._free_soon += 1
 
     def _wake_spares(self) -> None:
         """On the session loop, SPARE_DELAY after a job was left to a thread
@@ -195,7 +206,7 @@ class _Pool:
         self._spare_timer = None
         with self._mutex:
             for _ in range(min(len(self._jobs), len(self._sleeping))):
-                self._sleeping.pop().release()
+                self._wake_one()
 
     def shutdown(self, wait: bool) -> None:
         """Stop the threads once they are idle; with ``wait``, join them."""
@@ -205,7 +216,7 @@ class _Pool:
             self._jobs.append(None)
         with self._mutex:
             while self._sleeping:
-                self._sleeping.pop().release()
+                self._wake_one()
         if wait:
             for thread in self._threads:
                 thread.join()
@@ -221,18 +232,26 @@ class _Pool:
                 with self._mutex:
                     if jobs:
                         continue  # queued since: take it
+                    self._free_soon -= 1
                     self._sleeping.append(gate)
-                gate.acquire()  # until submit, _wake_spares or shutdown releases it
+                gate.acquire()  # until _wake_one releases it
                 continue
             if job is None:
                 return
             run, fn, args, kwargs = job
+            long = not self._short(fn)
+            if long:
+                with self._mutex:
+                    self._free_soon -= 1
             started = time.perf_counter()
             try:
                 outcome = outcomes.run_sync(fn, run.ctx, args, kwargs)
             except BaseException as exc:  # run_sync reports every ending itself: a bug of ours
                 outcome = outcomes.worker_error(exc)
             self._last_run[fn] = time.perf_counter() - started
+            if long:
+                with self._mutex:
+                    self._free_soon += 1
             self._done.put((run, outcome))
             if not self._wake_pending:
                 self._wake_pending = True

@@ -101,3 +101,46 @@ def test_a_job_left_to_a_busy_thread_gets_an_idle_one_if_that_body_blocks():
     done, threads = asyncio.run(main())
     assert all(outcome.success.result == '"ok"' for outcome, _ in done.values())
     assert threads[1] != threads[2]  # t2 ran beside the blocked t1
+
+
+def test_a_long_body_does_not_make_short_jobs_wait_for_its_thread():
+    """While a thread runs a body that is not known to be short, a short job
+    wakes an idle thread at once instead of waiting for the spare timer."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = {}
+        back = asyncio.Event()
+
+        def on_done(run, outcome):
+            done[run.key[0]] = outcome
+            back.set()
+
+        async def until(task_id):
+            while task_id not in done:
+                back.clear()
+                await asyncio.wait_for(back.wait(), 10)
+
+        pool = _Pool(4, loop, on_done)
+        started, release = threading.Event(), threading.Event()
+
+        def long_body():
+            started.set()
+            release.wait(30)
+
+        def short_body():
+            return "ok"
+
+        pool.submit(make_run(0), short_body, [], {})
+        await until("t0")  # short_body is known short now
+        pool.submit(make_run(1), long_body, [], {})
+        assert started.wait(10)
+        pool.submit(make_run(2), short_body, [], {})
+        deferred = pool._spare_timer is not None
+        await until("t2")
+        release.set()
+        await until("t1")
+        pool.shutdown(wait=True)
+        return deferred
+
+    assert asyncio.run(main()) is False
