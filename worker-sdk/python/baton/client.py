@@ -108,7 +108,7 @@ class BrokerClient:
 
     @property
     def broker(self) -> Any:
-        """The Broker stub, made once per channel (a pipelined loop calls it per chain)."""
+        """The Broker stub, made once per channel (the pipeline calls it per batch)."""
         if self._broker is None:
             self._broker = pb.BrokerStub(self.channel)
         return self._broker
@@ -117,9 +117,12 @@ class BrokerClient:
         response = self.broker.SubmitChain(request, timeout=self.timeout, wait_for_ready=True)
         return cast(pb.SubmitChainResponse, response)
 
-    def submit_future(self, request: pb.SubmitChainRequest) -> "grpc.Future":
-        """``SubmitChain`` without waiting: a ``grpc.Future`` of the response."""
-        return self.broker.SubmitChain.future(request, timeout=self.timeout, wait_for_ready=True)
+    def submit_many_future(self, requests: Sequence[pb.SubmitChainRequest]) -> "grpc.Future":
+        """``SubmitChains`` without waiting: a ``grpc.Future`` of the response
+        (how pipelined ``delay()`` calls travel, see :mod:`baton._pipeline`)."""
+        return self.broker.SubmitChains.future(
+            pb.SubmitChainsRequest(chains=requests), timeout=self.timeout, wait_for_ready=True
+        )
 
     def submit_many(self, requests: Sequence[pb.SubmitChainRequest]) -> List[pb.SubmitChainResponse]:
         """``SubmitChains``: all of ``requests`` in one durable commit, or none."""

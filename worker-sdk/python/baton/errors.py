@@ -147,3 +147,31 @@ class PartialSubmission(BatonError, grpc.RpcError):
 
     def details(self) -> str:
         return str(self.cause.details())
+
+
+class SubmissionRefused(BatonError, grpc.RpcError):
+    """The broker refused one chain of a pipelined ``SubmitChains`` call.
+
+    Pipelined ``delay()`` calls travel together (see :mod:`baton._pipeline`),
+    and the broker names the chain it refuses: ``chains[i]: <why>``. This is
+    what a ``SubmitChain`` of that chain alone would have raised: a
+    ``grpc.RpcError`` with the same ``code()`` and the ``details()``
+    without the ``chains[i]: `` prefix. ``cause`` is the refused call's error.
+    """
+
+    def __init__(self, cause: grpc.RpcError, details: str) -> None:
+        self.cause = cause
+        self._details = details
+        super().__init__(f"{cause.code().name}: {details}")
+
+    def code(self) -> grpc.StatusCode:
+        return self.cause.code()
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> Any:
+        return self.cause.initial_metadata() if hasattr(self.cause, "initial_metadata") else ()
+
+    def trailing_metadata(self) -> Any:
+        return self.cause.trailing_metadata() if hasattr(self.cause, "trailing_metadata") else ()

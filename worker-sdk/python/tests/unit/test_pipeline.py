@@ -1,8 +1,9 @@
 """Pipelined submission and submit_many, against a fake client that answers when told.
 
-The fake stands in for ``BrokerClient``: ``submit_future`` returns a future
-the test settles (in any order, from any thread), so what the SDK does before,
-during and after the broker's acknowledgment is observable without a broker.
+The fake stands in for ``BrokerClient``: ``submit_many_future`` records a
+``SubmitChains`` call and returns a future the test settles (in any order, from
+any thread), so what the SDK does before, during and after the broker's
+acknowledgment is observable without a broker.
 """
 
 import logging
@@ -14,8 +15,9 @@ import grpc
 import pytest
 
 from baton import Baton, PartialSubmission, chain, outcomes, pb
-from baton._pipeline import Pipeline
+from baton._pipeline import MAX_BATCH_BYTES, Pipeline, describe
 from baton.context import TaskContext
+from baton.errors import BatonError, SubmissionRefused
 
 
 class RpcError(grpc.RpcError):
@@ -32,11 +34,12 @@ class RpcError(grpc.RpcError):
         return self._details
 
 
-class Future:
-    """The part of ``grpc.Future`` the pipeline uses."""
+class Call:
+    """A ``SubmitChains`` call the pipeline started: the part of ``grpc.Future`` it uses."""
 
-    def __init__(self, request):
-        self.request = request
+    def __init__(self, requests):
+        self.requests = list(requests)
+        self.ids = [r.chain_id for r in self.requests]
         self._callbacks = []
         self._outcome = None
 
@@ -52,13 +55,19 @@ class Future:
             raise error
         return response
 
-    def answer(self, dedup=pb.DEDUP_UNSPECIFIED):
-        self._settle(pb.SubmitChainResponse(chain_id=self.request.chain_id, dedup=dedup), None)
+    def answer(self, dedup=pb.DEDUP_UNSPECIFIED, count=None):
+        chains = [pb.SubmitChainResponse(chain_id=i, dedup=dedup) for i in self.ids[:count]]
+        self._settle(pb.SubmitChainsResponse(chains=chains), None)
 
     def fail(self, error=None):
         self._settle(None, error or RpcError())
 
+    @property
+    def done(self):
+        return self._outcome is not None
+
     def _settle(self, response, error):
+        assert self._outcome is None, "answered twice"
         self._outcome = (response, error)
         for fn in self._callbacks:
             fn(self)
@@ -68,15 +77,15 @@ class FakeClient:
     timeout = 5.0
 
     def __init__(self, refuse_batch=None):
-        self.futures = []
+        self.calls = []
         self.blocking = []
         self.batches = []
         self.refuse_batch = refuse_batch
 
-    def submit_future(self, request):
-        future = Future(request)
-        self.futures.append(future)
-        return future
+    def submit_many_future(self, requests):
+        call = Call(requests)
+        self.calls.append(call)
+        return call
 
     def submit(self, request):
         self.blocking.append(request)
@@ -92,14 +101,22 @@ class FakeClient:
         pass
 
 
+def answer_all(app):
+    """Answer every call, and the calls those answers start, until none is left."""
+    while True:
+        waiting = [c for c in app._client.calls if not c.done]
+        if not waiting:
+            return
+        for call in waiting:
+            call.answer()
+
+
 @pytest.fixture
 def app():
     app = Baton("127.0.0.1:1")
     app._client = FakeClient()
     yield app
-    for future in app._client.futures:  # nothing left in flight for close()
-        if future._outcome is None:
-            future.answer()
+    answer_all(app)  # nothing left in flight for close()
     app.close()
 
 
@@ -113,17 +130,29 @@ def add(app):
 
 
 def sent(app):
-    return app._client.futures
+    """The calls started so far, in order."""
+    return app._client.calls
+
+
+def behind_a_call_in_flight(app, add, submit):
+    """``submit()``'s submissions, made while another call is in flight, then
+    sent together when it is answered; returns them and their call."""
+    add.delay(0, 0)
+    (first,) = sent(app)
+    results = submit()
+    assert len(sent(app)) == 1  # queued, not sent
+    first.answer()
+    return results, sent(app)[-1]
 
 
 def test_delay_returns_before_the_answer_with_the_id_it_sent(app, add):
     r = add.delay(1, 2)
-    (future,) = sent(app)
-    assert r.id == future.request.chain_id
-    assert str(uuid.UUID(r.id, version=4)) == r.id
+    (call,) = sent(app)  # nothing was in flight: sent at once, alone
+    assert call.ids == [r.id]
+    assert str(uuid.UUID(r.id)) == r.id
     with pytest.raises(TimeoutError, match="not acknowledged"):
         r.wait_stored(timeout=0.01)
-    future.answer()
+    call.answer()
     assert r.wait_stored(timeout=0) is r
     assert r.dedup is None
 
@@ -168,18 +197,33 @@ def test_a_failure_someone_waits_for_is_raised_not_logged(app, add, caplog):
 
 
 def test_flush_raises_the_earliest_unseen_failure_once(app, add):
-    results = [add.delay(i, 0) for i in range(4)]
     first, second = RpcError(details="first"), RpcError(details="second")
-    futures = sent(app)
-    futures[3].fail(second)  # answered first, sent last
-    futures[0].answer()
-    futures[1].fail(first)
-    threading.Timer(0.1, futures[2].answer).start()
+    results = [add.delay(i, 0) for i in range(4)]  # one alone, then three together
+    sent(app)[0].fail(first)
+    assert len(sent(app)[1].ids) == 3
+    threading.Timer(0.1, sent(app)[1].fail, args=(second,)).start()
     with pytest.raises(grpc.RpcError) as raised:
         app.flush(timeout=5)
     assert raised.value is first
     app.flush()  # the failures up to now were reported (the others were logged)
-    assert results[2].wait_stored(timeout=0).dedup is None
+    with pytest.raises(grpc.RpcError) as again:
+        results[1].wait_stored(timeout=0)
+    assert again.value is second
+
+
+def test_flush_raises_the_earliest_failure_not_the_first_to_arrive(app, add):
+    """A refused chain fails before the chains sent ahead of it, which go again."""
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(1, 6)])
+    call.fail(RpcError(details="chains[3]: steps[0].name is empty"))  # results[3]
+    taken = RpcError(grpc.StatusCode.ALREADY_EXISTS, "chains[0]: chain_id x is taken by another client's chain")
+    sent(app)[-1].fail(taken)  # results[0], sent earlier
+    sent(app)[-1].answer()
+    with pytest.raises(grpc.RpcError) as raised:
+        app.flush(timeout=5)
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert raised.value.details() == "chain_id x is taken by another client's chain"
+    app.flush()
+    assert [r.wait_stored(timeout=0).id for r in (results[1], results[2], results[4])] == sent(app)[-1].ids
 
 
 def test_flush_skips_failures_already_raised_by_wait_stored(app, add):
@@ -196,17 +240,17 @@ def test_flush_times_out_while_answers_are_missing(app, add):
         app.flush(timeout=0.05)
 
 
-def test_at_most_limit_submissions_are_in_flight(app, add):
+def test_at_most_limit_chains_are_queued_or_in_flight(app, add):
     app._in_flight = Pipeline(limit=2)
-    add.delay(1, 0)
-    add.delay(2, 0)
+    add.delay(1, 0)  # in flight
+    add.delay(2, 0)  # queued behind it
     third = threading.Thread(target=add.delay, args=(3, 0))
     third.start()
     third.join(0.2)
-    assert third.is_alive() and len(sent(app)) == 2  # waits for a slot
+    assert third.is_alive() and len(sent(app)) == 1  # waits for room
     sent(app)[0].answer()
     third.join(5)
-    assert not third.is_alive() and len(sent(app)) == 3
+    assert not third.is_alive() and len(app._in_flight._in_flight) == 2
 
 
 def test_keys_and_pipeline_false_submit_synchronously(app, add):
@@ -225,13 +269,161 @@ def test_submit_copies_a_request_without_an_id_and_keeps_a_given_one(app, add):
     assert request.chain_id == "" and a.id != b.id
     request.chain_id = chosen = str(uuid.uuid4())
     assert app.submit(request).id == chosen
-    assert [f.request.chain_id for f in sent(app)] == [a.id, b.id, chosen]
+    answer_all(app)
+    assert [i for call in sent(app) for i in call.ids] == [a.id, b.id, chosen]
 
 
 def test_a_repeated_chain_id_is_reported_as_dedup(app, add):
     r = add.delay(1, 2)
     sent(app)[0].answer(dedup=pb.DEDUP_CHAIN_ID)
     assert r.dedup == "chain_id"
+
+
+# -- coalescing into SubmitChains calls ------------------------------------------
+
+
+def test_delays_made_while_a_call_is_in_flight_leave_together_in_order(app, add):
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(1, 100)])
+    assert len(sent(app)) == 2 and call.ids == [r.id for r in results]
+    assert [r.steps[0].args for r in call.requests] == [f"[{i},0]" for i in range(1, 100)]
+    add.delay(100, 0)  # a call is in flight: this one waits for it
+    assert len(sent(app)) == 2
+    call.answer()
+    assert all(r.wait_stored(timeout=0).dedup is None for r in results)
+    assert len(sent(app)) == 3 and len(sent(app)[2].ids) == 1
+
+
+def test_a_call_holds_at_most_1000_chains_and_half_a_mib(app, add):
+    app._in_flight = Pipeline(limit=3000)  # room for all: this thread answers
+    results, _ = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(2500)])
+    answer_all(app)
+    assert [len(c.ids) for c in sent(app)[1:]] == [1000, 1000, 500]
+    assert [i for c in sent(app)[1:] for i in c.ids] == [r.id for r in results]
+
+    app._client.calls.clear()
+    big = "x" * 100_000
+    behind_a_call_in_flight(app, add, lambda: [add.delay(big, i) for i in range(12)])
+    answer_all(app)
+    sizes = [len(c.ids) for c in sent(app)[1:]]
+    assert sizes == [5, 5, 2]
+    assert all(pb.SubmitChainsRequest(chains=c.requests).ByteSize() <= MAX_BATCH_BYTES for c in sent(app))
+
+    app._client.calls.clear()
+    huge = "x" * (MAX_BATCH_BYTES + 1)
+    behind_a_call_in_flight(app, add, lambda: [add.delay(1, 0), add.delay(huge, 0), add.delay(2, 0)])
+    answer_all(app)
+    assert [len(c.ids) for c in sent(app)[1:]] == [1, 1, 1]  # the oversize one alone; the broker judges it
+
+
+def test_a_refused_chain_fails_alone_with_its_own_error_and_the_others_go_again(app, add, caplog):
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(5)])
+    late = add.delay(5, 0)  # queued while the call is in flight
+    refusal = RpcError(details="chains[2]: steps[0].name contains control characters")
+    with caplog.at_level(logging.WARNING, logger="baton.client"):
+        call.fail(refusal)
+    resent = sent(app)[-1]
+    assert resent.ids == [r.id for r in results[:2] + results[3:]] + [late.id]  # in order, ahead of the queue
+    with pytest.raises(grpc.RpcError) as raised:
+        results[2].wait_stored(timeout=0)
+    error = raised.value
+    assert isinstance(error, SubmissionRefused) and error.cause is refusal
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "steps[0].name contains control characters"  # as SubmitChain says it
+    assert describe(error) == "INVALID_ARGUMENT: steps[0].name contains control characters"
+    assert f"chain {results[2].id} was not stored: {describe(error)}" in caplog.text
+    with pytest.raises(TimeoutError):
+        results[0].wait_stored(timeout=0)  # not stored yet: sent again
+    resent.answer()
+    assert all(r.wait_stored(timeout=0) for r in results[:2] + results[3:] + [late])
+
+
+def test_a_chains_index_out_of_range_or_any_other_failure_fails_the_whole_call(app, add):
+    for error in (RpcError(details="chains[7]: who?"), RpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")):
+        app._client.calls.clear()
+        results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(3)])
+        call.fail(error)
+        for r in results:
+            with pytest.raises(grpc.RpcError) as raised:
+                r.wait_stored(timeout=0)
+            assert raised.value is error
+        assert len(sent(app)) == 2  # nothing sent again
+
+
+def test_a_call_too_large_for_the_broker_goes_again_in_halves(app, add):
+    """A broker run with a small --max-payload refuses the whole message
+    (OUT_OF_RANGE): the chains go again in smaller calls, and one too large
+    alone fails as SubmitChain of it would."""
+    too_large = RpcError(grpc.StatusCode.OUT_OF_RANGE, "Error, decoded message length too large")
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay("x" * 1000, i) for i in range(8)])
+    call.fail(too_large)
+    assert [len(c.ids) for c in sent(app)[2:]] == [4]
+    sent(app)[-1].fail(too_large)
+    assert [len(c.ids) for c in sent(app)[2:]] == [4, 2]
+    answer_all(app)
+    assert [i for c in sent(app)[3:] for i in c.ids] == [r.id for r in results]
+    alone = add.delay("x" * 5000, 0)
+    sent(app)[-1].fail(too_large)
+    with pytest.raises(grpc.RpcError) as raised:
+        alone.wait_stored(timeout=0)
+    assert raised.value is too_large
+
+
+def test_an_answer_short_of_chains_fails_the_call_instead_of_hanging(app, add):
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(3)])
+    call.answer(count=2)
+    for r in results:
+        with pytest.raises(BatonError, match="answered 2 chains of a call of 3"):
+            r.wait_stored(timeout=0)
+
+
+def test_a_call_that_cannot_start_fails_its_chains(app, add):
+    def closed(requests):
+        raise ValueError("Cannot invoke RPC on closed channel!")
+
+    app._client.submit_many_future = closed
+    r = add.delay(1, 2)
+    with pytest.raises(ValueError, match="closed channel"):
+        r.wait_stored(timeout=0)
+    add.delay(3, 4)
+    with pytest.raises(ValueError, match="closed channel"):
+        app.flush()
+
+
+class AnsweringClient(FakeClient):
+    """Answers each call on a timer thread, as the broker would, after ``delay`` seconds."""
+
+    def __init__(self, delay=0.002):
+        super().__init__()
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def submit_many_future(self, requests):
+        with self.lock:
+            call = super().submit_many_future(requests)
+        threading.Timer(self.delay, call.answer).start()
+        return call
+
+
+def test_delay_from_many_threads_keeps_each_threads_order(app, add):
+    app._client = AnsweringClient()
+    app._in_flight = Pipeline(limit=64)  # some threads wait for room too
+    per_thread = {}
+
+    def producer(n):
+        per_thread[n] = [add.delay(n, i).id for i in range(300)]
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    app.flush(timeout=30)
+    order = [i for c in app._client.calls for i in c.ids]
+    assert len(order) == len(set(order)) == 1800
+    position = {chain_id: at for at, chain_id in enumerate(order)}
+    for ids in per_thread.values():
+        assert [position[i] for i in ids] == sorted(position[i] for i in ids)
+    assert len(app._client.calls) < 1800 // 2
 
 
 def run_in_worker(body):
@@ -251,7 +443,7 @@ def test_a_task_body_returns_only_once_its_submissions_are_stored(app, add):
     started = time.monotonic()
     outcome = run_in_worker(body)
     assert time.monotonic() - started >= 0.09
-    assert outcome.success.result == f'"{sent(app)[0].request.chain_id}"'
+    assert outcome.success.result == f'"{sent(app)[0].ids[0]}"'
 
     # A refused submission fails the run, as when delay() raised in the body.
     threading.Timer(0.1, lambda: sent(app)[1].fail()).start()
