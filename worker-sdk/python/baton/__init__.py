@@ -35,6 +35,7 @@ from .errors import (
     Fatal,
     PartialSubmission,
     Retry,
+    SubmissionRefused,
     ThrottleError,
     WorkerConfigError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "PartialSubmission",
     "Retry",
     "Signature",
+    "SubmissionRefused",
     "Task",
     "TaskContext",
     "Throttle",
