@@ -73,6 +73,10 @@ pub fn pack<M: Batchable>(messages: Vec<M>, limit: usize) -> Vec<M> {
             _ => frames.push(M::batch(std::mem::take(run))),
         }
     }
+    if messages.len() < 2 {
+        // Nothing to pack: skip sizing the message (the usual lone assignment).
+        return messages;
+    }
     let budget = limit.saturating_sub(NESTING_BYTES);
     let mut frames = Vec::with_capacity(1);
     let mut run = Vec::new();

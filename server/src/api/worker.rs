@@ -8,7 +8,7 @@
 //!
 //! Batches: a worker whose Hello sets `batch_bytes` gets everything that is
 //! ready for it at the same moment (a round's acknowledgments and new
-//! assignments, say) packed into one `BrokerBatch` frame ([`pack`]); the
+//! assignments, say) packed into one `BrokerBatch` frame ([`baton::batch`]); the
 //! Welcome tells every worker how large a `WorkerBatch` it may send up. A
 //! batch is unpacked here, at the edge: the scheduler sees the same
 //! messages as if they came one by one.
@@ -231,17 +231,16 @@ struct UpLink {
 }
 
 impl UpLink {
-    /// Forwards one message; `clean` is set by a Goodbye.
-    async fn forward(&self, msg: worker_message::Msg, clean: &mut bool) -> Next {
+    /// Forwards one message.
+    async fn forward(&self, msg: worker_message::Msg) -> Next {
         match from_worker(msg) {
             Ok(None) => Next::Continue,
             Ok(Some(m)) => {
-                *clean = m == FromWorker::Goodbye;
-                let sent = self.handle.from_worker(self.worker_id.clone(), m).await;
-                if sent.is_err() || *clean {
-                    Next::Stop
-                } else {
-                    Next::Continue
+                let goodbye = m == FromWorker::Goodbye;
+                match self.handle.from_worker(self.worker_id.clone(), m).await {
+                    Err(_) => Next::Stop,
+                    Ok(()) if goodbye => Next::Goodbye,
+                    Ok(()) => Next::Continue,
                 }
             }
             Err(status) => {
@@ -260,10 +259,11 @@ impl UpLink {
     }
 
     /// Forwards a batch's messages in order, as if they came one by one.
-    async fn forward_all(&self, messages: Vec<pb::WorkerMessage>, clean: &mut bool) -> Next {
+    async fn forward_all(&self, messages: Vec<pb::WorkerMessage>) -> Next {
         for msg in messages.into_iter().filter_map(|m| m.msg) {
-            if let Next::Stop = self.forward(msg, clean).await {
-                return Next::Stop;
+            let next = self.forward(msg).await;
+            if !matches!(next, Next::Continue) {
+                return next;
             }
         }
         Next::Continue
@@ -273,8 +273,10 @@ impl UpLink {
 /// What the session does after a message up.
 enum Next {
     Continue,
-    /// The worker said Goodbye, or the scheduler is gone.
+    /// The scheduler is gone, or the worker cannot be answered.
     Stop,
+    /// The worker said Goodbye: it leaves cleanly, its runs released.
+    Goodbye,
 }
 
 #[tonic::async_trait]
@@ -339,12 +341,17 @@ impl pb::worker_server::Worker for WorkerService {
                     let flow = match msg.msg {
                         None => Next::Continue,
                         Some(worker_message::Msg::Batch(batch)) => {
-                            up_link.forward_all(batch.messages, &mut clean).await
+                            up_link.forward_all(batch.messages).await
                         }
-                        Some(msg) => up_link.forward(msg, &mut clean).await,
+                        Some(msg) => up_link.forward(msg).await,
                     };
-                    if matches!(flow, Next::Stop) {
-                        break;
+                    match flow {
+                        Next::Continue => {}
+                        Next::Stop => break,
+                        Next::Goodbye => {
+                            clean = true;
+                            break;
+                        }
                     }
                 }
                 if !clean {
