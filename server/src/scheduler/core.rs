@@ -169,6 +169,11 @@ pub struct Core {
     // The transition under way.
     batch: Batch,
     dirty: BTreeSet<String>,
+    /// Chains in memory whose `live` entry on disk does not say "hot" (new
+    /// chains, chains just warmed, chains that ended with nothing out):
+    /// their next write sets it. Every other chain in memory has it set, so
+    /// writing it again with each step would cost a sled write for nothing.
+    live_unwritten: HashSet<String>,
     effects: Vec<Effect>,
     /// Sequence number of the last applied batch.
     pub written: u64,
@@ -201,6 +206,7 @@ impl Core {
             watchers: HashMap::new(),
             batch: Batch::new(),
             dirty: BTreeSet::new(),
+            live_unwritten: HashSet::new(),
             effects: Vec::new(),
             written: 0,
             metrics: Arc::default(),
@@ -367,7 +373,17 @@ impl Core {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
                 let live = !rec.is_ended() || self.has_runs(rec);
-                self.batch.put_chain(rec, live);
+                if live && !self.live_unwritten.contains(&chain_id) {
+                    // Its hot `live` entry is on disk: only the record changed.
+                    self.batch.put_chain_record(rec);
+                } else {
+                    self.batch.put_chain(rec, live);
+                    if live {
+                        self.live_unwritten.remove(&chain_id);
+                    } else {
+                        self.live_unwritten.insert(chain_id);
+                    }
+                }
             }
         }
         if !self.batch.is_empty() {
@@ -704,6 +720,7 @@ impl Core {
             );
         }
         self.index_chain(chain);
+        self.live_unwritten.insert(chain_id.clone());
         self.start_step(
             &chain_id,
             StepAt {
@@ -758,6 +775,7 @@ impl Core {
             self.tasks.remove(&step.task_id);
         }
         self.dirty.remove(chain_id);
+        self.live_unwritten.remove(chain_id);
         self.batch.put_cold_chain(&rec, &waits);
         self.cold_pending.insert(chain_id.to_owned(), rec);
     }
@@ -791,6 +809,7 @@ impl Core {
         }
         self.index_chain(rec);
         // Its `live` entry must say "hot" again.
+        self.live_unwritten.insert(chain_id.clone());
         self.touch(&chain_id);
         Some(chain_id)
     }
@@ -1619,6 +1638,7 @@ impl Core {
         }
         self.batch.put_chain(&rec, false);
         self.dirty.remove(chain_id);
+        self.live_unwritten.remove(chain_id);
         self.retired_pending.insert(chain_id.to_owned(), rec);
         // Watchers still get the final event: it was queued with the chain.
         self.apply_grants(grants, now_ms());

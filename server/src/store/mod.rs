@@ -131,12 +131,20 @@ impl Batch {
 
     /// Stores a chain; `live` says whether recovery must load it.
     pub fn put_chain(&mut self, chain: &ChainRecord, live: bool) {
-        self.insert(Space::Chains, &chain.id, chain.encode_to_vec());
         if live {
             self.insert(Space::Live, &chain.id, []);
         } else {
             self.remove(Space::Live, &chain.id);
         }
+        self.put_chain_record(chain);
+    }
+
+    /// Stores a chain whose `live` entry says "load it, hot" already: the
+    /// entry is left as it is. Most writes of a running chain are these,
+    /// and a sled write saved is a tenth of the scheduler's time per task
+    /// (see `Core::commit`).
+    pub fn put_chain_record(&mut self, chain: &ChainRecord) {
+        self.insert(Space::Chains, &chain.id, chain.encode_to_vec());
         // Only a failed chain is (or was) in the dead index, so other
         // writes cost nothing here.
         if chain.state() == ChainState::Failed {
@@ -590,6 +598,41 @@ pub(crate) mod tests {
         assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
         assert!(store.chain("b").unwrap().is_some());
         assert!(r.corrupt.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_record_written_alone_keeps_the_live_entry_it_had() {
+        const COLD: &str = "01964c1e-0000-7000-8000-000000000001";
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put_chain(&chain("hot"), true);
+            let waits = ColdSummary {
+                queue: "general".into(),
+                name: "t".into(),
+                ..Default::default()
+            };
+            // A cold chain is known by its id as a number: a UUID.
+            b.put_cold_chain(&chain(COLD), &waits);
+            store.apply(&b).unwrap();
+            let mut b = Batch::new();
+            for id in ["hot", COLD] {
+                let mut later = chain(id);
+                later.context.insert("step".into(), "2".into());
+                b.put_chain_record(&later);
+            }
+            store.apply(&b).unwrap();
+            store.flush().await.unwrap();
+        }
+        let r = reopen(dir.path()).recover().unwrap();
+        // Still loaded hot, with the record's latest version ...
+        assert_eq!(r.live_chains.len(), 1);
+        assert_eq!(r.live_chains[0].id, "hot");
+        assert_eq!(r.live_chains[0].context["step"], "2");
+        // ... and still queued cold, from its entry.
+        assert_eq!(r.cold.len(), 1);
+        assert_eq!(r.cold[0].chain, uuid::Uuid::parse_str(COLD).unwrap().as_u128());
     }
 
     #[test]
