@@ -51,7 +51,7 @@ def load(path: str) -> List[dict]:
         for line in f:
             if line.lstrip().startswith("{"):
                 r = json.loads(line)
-                results[(r["system"], r["producer"], *(r[k] for k in CONFIG))] = r
+                results[(r["system"], r["producer"], r.get("prefetch", 0), *(r[k] for k in CONFIG))] = r
     return list(results.values())
 
 
@@ -95,10 +95,17 @@ def rows(results: List[dict]) -> Tuple[List[str], List[List[str]]]:
         q = ratio(baton, celery)
         table.append([
             any_["workload"], baton["producer"] if baton else "—", any_["workers"],
-            "yes" if any_["durable"] else "no", f"{any_['procs']} × {any_['concurrency']}",
+            "yes" if any_["durable"] else "no", size(any_),
             figure(baton), figure(celery), "—" if q is None else f"{q:.2f}×",
         ])
     return header, table
+
+
+def size(r: dict) -> str:
+    """Worker processes × concurrency, and a Baton worker's prefetch (Celery's is
+    always its default: 3 × concurrency beyond the running ones)."""
+    prefetch = f" + {r['prefetch']} prefetch" if r.get("prefetch") else ""
+    return f"{r['procs']} × {r['concurrency']}{prefetch}"
 
 
 def text_table(header: List[str], table: List[List[str]]) -> str:
@@ -138,16 +145,26 @@ SERIES = {
 }
 
 
+PREFETCHED = {
+    # The same series with Baton workers prefetching (hatched shades of their color).
+    ("baton", "python", "loop"): "#08306b",
+    ("baton", "python", "batch"): "#2171b5",
+}
+
+
 def series_of(r: dict, sized: bool) -> Tuple[str, str]:
     """The bar a line is drawn as: its label (with the worker sizes when ``sized``) and color."""
     key = (r["system"], r["workers"], r["producer"])
     label, color = SERIES.get(key, (f"{r['system']}, {r['workers']} workers, {r['producer']}", "#333333"))
-    return (f"{label} ({r['procs']}×{r['concurrency']})" if sized else label), color
+    if r.get("prefetch"):
+        label, color = f"{label}, prefetch", PREFETCHED.get(key, color)
+    return (f"{label} ({size(r).replace(' ', '')})" if sized else label), color
 
 
 def series_order(r: dict) -> tuple:
     """Celery first, then Baton with Python workers, then Rust; loop before batch."""
-    return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r["procs"], r["concurrency"])
+    return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r.get("prefetch", 0), r["procs"],
+            r["concurrency"])
 
 
 def ratio_label(q: float) -> str:

@@ -190,7 +190,8 @@ class BatonSystem:
         for k in range(self.args.procs):
             self.procs.start(f"baton-worker-{k}", [
                 sys.executable, "-m", "baton", "worker", "--app", "baton_tasks:app", "--queues", "general",
-                "--concurrency", str(self.args.concurrency), "--name", f"bench{k}", "--loglevel", "WARNING",
+                "--concurrency", str(self.args.concurrency), "--prefetch", str(self.args.prefetch),
+                "--name", f"bench{k}", "--loglevel", "WARNING",
             ], self.env)
         admin = pb.AdminStub(baton_tasks.app.channel)
 
@@ -430,7 +431,8 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
     digits = 3 if unit == "ms" else 1
     return {
         "system": args.system, "workload": workload, "producer": producer, "durable": not args.no_durable,
-        "workers": "python", "procs": args.procs, "concurrency": args.concurrency, "tasks": tasks,
+        "workers": "python", "procs": args.procs, "concurrency": args.concurrency,
+        **({"prefetch": args.prefetch} if args.prefetch else {}), "tasks": tasks,
         "unit": unit, "runs": [round(r, digits) for r in runs], "median": round(statistics.median(runs), digits),
         "min": round(min(runs), digits), "max": round(max(runs), digits), **extra,
     }
@@ -438,8 +440,9 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
 
 def human(line: dict) -> str:
     durable = "durable" if line["durable"] else "no-durable"
+    prefetch = f"+{line['prefetch']}" if line.get("prefetch") else ""
     return (f"{line['system']:6} {line['workload']:16} {line['producer']:5} {durable:10} "
-            f"P={line['procs']} C={line['concurrency']} N={line['tasks']}: {line['median']:g} {line['unit']} "
+            f"P={line['procs']} C={line['concurrency']}{prefetch} N={line['tasks']}: {line['median']:g} {line['unit']} "
             f"[{line['min']:g}-{line['max']:g}] over {len(line['runs'])} runs")
 
 
@@ -455,6 +458,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=5000, help="units per run (N)")
     p.add_argument("--procs", type=int, default=1, help="worker processes (P)")
     p.add_argument("--concurrency", type=int, default=8, help="tasks at once per worker process (C)")
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="Baton: assignments each worker holds beyond C (baton worker --prefetch); Celery always "
+                        "runs with its default prefetch multiplier 4, a window of 4 x C")
     p.add_argument("--runs", type=int, default=3, help="measured runs per workload (R)")
     p.add_argument("--baton-bin", default=os.path.join(ROOT, "target", "release", "baton"))
     p.add_argument("--no-durable", action="store_true",
@@ -466,6 +472,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.baton_bin = os.path.abspath(args.baton_bin)  # the processes start in this directory
     if min(args.tasks, args.procs, args.concurrency, args.runs, args.batch_size) < 1:
         p.error("--tasks, --procs, --concurrency, --runs and --batch-size must be at least 1")
+    if args.prefetch < 0 or (args.prefetch and args.system != "baton"):
+        p.error("--prefetch is a number >= 0, for --system baton only")
     if args.load_rate is not None and args.load_rate <= 0:
         p.error("--load-rate must be positive")
     return args

@@ -578,6 +578,8 @@ pub struct WorkerHello {
     /// Task names it runs, with their default options.
     pub tasks: Vec<(String, Options)>,
     pub concurrency: u32,
+    /// Assignments it may hold beyond `concurrency`, waiting for a slot.
+    pub prefetch: u32,
     /// Attempts it still runs from an earlier stream.
     pub held: Vec<TaskRef>,
     /// In-body slots those attempts still hold, by (task, request id).

@@ -167,6 +167,7 @@ fn worker_view(w: scheduler::WorkerStats) -> pb::WorkerInfo {
         in_flight: w.in_flight.into_iter().map(convert::pb_task_ref).collect(),
         draining: w.draining,
         connected_unix_ms: w.connected_ms,
+        prefetch: w.prefetch,
     }
 }
 

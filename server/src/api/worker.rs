@@ -55,6 +55,13 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
             h.concurrency
         )));
     }
+    if u64::from(h.concurrency) + u64::from(h.prefetch) > u64::from(max) {
+        return Err(Status::invalid_argument(format!(
+            "hello.prefetch is {}: with hello.concurrency {} it makes more than {max} assignments \
+             at once (--max-worker-concurrency)",
+            h.prefetch, h.concurrency
+        )));
+    }
     let queues = if h.queues.is_empty() {
         vec![crate::domain::GENERAL_QUEUE.to_owned()]
     } else {
@@ -93,6 +100,7 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
             queues,
             tasks,
             concurrency: h.concurrency,
+            prefetch: h.prefetch,
             held,
         },
         batch_bytes,

@@ -85,6 +85,9 @@ pub struct WorkerConn {
     pub queues: Vec<String>,
     pub names: HashSet<String>,
     pub concurrency: u32,
+    /// Assignments it may hold beyond `concurrency` (they wait in the
+    /// worker for a slot), so a run that ends finds the next one there.
+    pub prefetch: u32,
     pub in_flight: BTreeSet<String>,
     pub draining: bool,
     pub connected_ms: UnixMs,
@@ -92,11 +95,13 @@ pub struct WorkerConn {
 }
 
 impl WorkerConn {
+    /// Assignments it may still take: its concurrency and its prefetch,
+    /// less what it holds.
     fn free(&self) -> usize {
         if self.draining {
             return 0;
         }
-        usize::try_from(self.concurrency)
+        usize::try_from(self.concurrency.saturating_add(self.prefetch))
             .unwrap_or(usize::MAX)
             .saturating_sub(self.in_flight.len())
     }
@@ -1668,6 +1673,7 @@ impl Core {
             queues: hello.queues,
             names: hello.tasks.into_iter().map(|(n, _)| n).collect(),
             concurrency: hello.concurrency,
+            prefetch: hello.prefetch,
             in_flight: BTreeSet::new(),
             draining: false,
             connected_ms: now,
@@ -2149,6 +2155,7 @@ impl Core {
                     names
                 },
                 concurrency: w.concurrency,
+                prefetch: w.prefetch,
                 in_flight: w
                     .in_flight
                     .iter()
@@ -2437,6 +2444,7 @@ mod tests {
             queues: vec![GENERAL_QUEUE.into()],
             tasks: vec![("t".into(), Options::default())],
             concurrency: u32::try_from(total).expect("small"),
+            prefetch: 0,
             held: Vec::new(),
             held_slots: Vec::new(),
         };
@@ -2507,6 +2515,7 @@ mod tests {
             queues: vec![GENERAL_QUEUE.into()],
             tasks: vec![("t".into(), Options::default())],
             concurrency: 1,
+            prefetch: 0,
             held: Vec::new(),
             held_slots: Vec::new(),
         };
@@ -2528,5 +2537,51 @@ mod tests {
         end_round(&mut core);
         let chain = got.try_recv().expect("reply").expect("found");
         assert_eq!(chain.state(), ChainState::Succeeded);
+    }
+
+    #[test]
+    fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        for _ in 0..6 {
+            let (reply, _submitted) = oneshot::channel();
+            core.submit(one_step("t"), reply, 1);
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let hello = WorkerHello {
+            name: "w".into(),
+            queues: vec![GENERAL_QUEUE.into()],
+            tasks: vec![("t".into(), Options::default())],
+            concurrency: 1,
+            prefetch: 2,
+            held: Vec::new(),
+            held_slots: Vec::new(),
+        };
+        let worker_id = core.connect(hello, tx, 1);
+        let mut assigned = |core: &mut Core| {
+            core.dispatch(1);
+            end_round(core);
+            let mut tasks = Vec::new();
+            while let Ok(msg) = rx.try_recv() {
+                if let ToWorker::Assign(a) = msg {
+                    tasks.push(a.task);
+                }
+            }
+            tasks
+        };
+        let first = assigned(&mut core);
+        assert_eq!(first.len(), 3, "1 to run and 2 prefetched");
+        assert!(assigned(&mut core).is_empty(), "the window is full");
+        // Each run that ends lets exactly one more in.
+        let outcome = RunOutcome::Success("1".into());
+        let task = first[0].clone();
+        core.on_worker_message(&worker_id, FromWorker::Outcome { task, outcome }, 2);
+        assert_eq!(assigned(&mut core).len(), 1);
+        let info = &core.worker_stats()[0];
+        assert_eq!(
+            (info.concurrency, info.prefetch, info.in_flight.len()),
+            (1, 2, 3)
+        );
     }
 }

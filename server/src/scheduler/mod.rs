@@ -150,6 +150,7 @@ pub struct WorkerStats {
     pub queues: Vec<String>,
     pub task_names: Vec<String>,
     pub concurrency: u32,
+    pub prefetch: u32,
     pub in_flight: Vec<TaskRef>,
     pub draining: bool,
     pub connected_ms: UnixMs,

@@ -632,7 +632,10 @@ pub(crate) mod tests {
         assert_eq!(r.live_chains[0].context["step"], "2");
         // ... and still queued cold, from its entry.
         assert_eq!(r.cold.len(), 1);
-        assert_eq!(r.cold[0].chain, uuid::Uuid::parse_str(COLD).unwrap().as_u128());
+        assert_eq!(
+            r.cold[0].chain,
+            uuid::Uuid::parse_str(COLD).unwrap().as_u128()
+        );
     }
 
     #[test]

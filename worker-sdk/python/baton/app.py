@@ -365,11 +365,13 @@ class Baton:
         concurrency: int = 1,
         *,
         name: Optional[str] = None,
+        prefetch: int = 0,
     ) -> "Worker":
-        """A worker for this app's tasks; call ``.run()`` to serve until SIGTERM."""
+        """A worker for this app's tasks; call ``.run()`` to serve until SIGTERM.
+        ``prefetch``: assignments held beyond ``concurrency`` (see :class:`Worker`)."""
         from .worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, name=name)
+        return Worker(self, queues=queues, concurrency=concurrency, name=name, prefetch=prefetch)
 
 
 def new_chain_id() -> str:

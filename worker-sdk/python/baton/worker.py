@@ -71,8 +71,10 @@ waiting, the first outcome of a group leaves alone and the group splits for
 good (each half acknowledged and reassigned on its own), doubling the frames
 per run, the cost that limits a worker with short tasks. Runs in flight for
 longer than this are not waited for, so a long task does not hold back the
-outcomes of short ones; the worst an outcome waits is this plus the event
-loop's timer resolution (1 ms).
+outcomes of short ones. Nor is an outcome held longer than this after it was
+queued, though runs keep starting (a prefetching worker starts one as each
+ends): the worst an outcome waits is this plus the event loop's timer
+resolution (1 ms).
 """
 SHORT_RUN = 0.0002
 """A plain function whose last run took less (seconds) is short: its next
@@ -127,6 +129,9 @@ class _Run:
     is_async: bool = False
     atask: "Optional[asyncio.Task[Any]]" = None
     cancel_requested: bool = False
+    launched: bool = False
+    """Its body was handed to the pool or the task loop (a prefetched run
+    waits in ``Worker._waiting`` until a slot frees)."""
 
 
 _Job = Tuple[_Run, Callable[..., Any], "list[Any]", "dict[str, Any]"]
@@ -373,9 +378,13 @@ class _Outbox:
         self._wakeup: "Optional[asyncio.Future[None]]" = None
         self._urgent = False
         self._closed = False
+        self._queued_at = 0.0
+        """When the oldest message still queued was put (monotonic seconds)."""
 
     def put(self, msg: pb.WorkerMessage, urgent: bool = True) -> None:
         """Queue ``msg``; an outcome is put with ``urgent=False``: it may linger."""
+        if not self._pending:
+            self._queued_at = time.monotonic()
         self._pending.append(msg)
         if urgent:
             self._urgent = True
@@ -407,7 +416,7 @@ class _Outbox:
                 await self._wait(loop, None)
                 continue
             if not self._urgent and not self._closed and self.linger is not None:
-                delay = self.linger()
+                delay = min(self.linger(), self._queued_at + OUTCOME_LINGER - time.monotonic())
                 if delay > 0:
                     await self._wait(loop, delay)  # or until the next message
                     continue
@@ -415,6 +424,8 @@ class _Outbox:
             frame = _take_frame(pending, self.batch_bytes)
             if not pending:
                 self._urgent = False
+            else:
+                self._queued_at = time.monotonic()  # what is left waits from now on
             traffic.messages_sent += before - len(pending)
             traffic.frames_sent += 1
             yield frame
@@ -434,7 +445,13 @@ class Worker:
     """Runs an app's tasks for the broker until drained.
 
     ``queues`` are the queues to take tasks from (default ``["general"]``);
-    ``concurrency`` is how many tasks run at once. Every task registered on
+    ``concurrency`` is how many tasks run at once. ``prefetch`` (default 0)
+    is how many more assignments the broker may send: they wait here until a
+    run ends, so a worker of many short tasks never idles for the round trip
+    and durable commit that bring the next one. They are this worker's from
+    assignment: their leases and timeouts run, a declared throttle slot is
+    held, and a drain runs them too; keep it for short tasks (Celery's
+    ``worker_prefetch_multiplier=4`` is ``prefetch=3 * concurrency``). Every task registered on
     the app is announced with its declared options, so the broker applies
     routing and throttles declared in ``@app.task(...)`` even to chains
     submitted by code that does not know them.
@@ -447,12 +464,16 @@ class Worker:
         queues: Optional[Iterable[str]] = None,
         concurrency: int = 1,
         name: Optional[str] = None,
+        prefetch: int = 0,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1 (got {concurrency!r})")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an int >= 0 (got {prefetch!r})")
         self.app = app
         self.queues = list(queues) if queues else ["general"]
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # Converted now so a bad declaration fails before connecting.
         self._definitions = [
@@ -463,6 +484,10 @@ class Worker:
         self.lease_ms = 0
         # Session-loop state (see the module docstring).
         self._runs: dict[TaskKey, _Run] = {}
+        self._active = 0
+        """Runs launched and not ended: at most ``concurrency``."""
+        self._waiting: "Deque[tuple[_Run, Any, list[Any], dict[str, Any]]]" = collections.deque()
+        """Prefetched runs, in assignment order, until a slot frees."""
         self._unacked: dict[TaskKey, pb.Outcome] = {}
         self._requests: dict[int, _Run] = {}
         self._request_ids = itertools.count(1)
@@ -615,6 +640,7 @@ class Worker:
             queues=self.queues,
             tasks=self._definitions,
             concurrency=self.concurrency,
+            prefetch=self.prefetch,
             held=[_ref(k) for k in held],
             held_slots=[
                 pb.HeldSlot(task=_ref(run.key), request_id=rid)
@@ -745,7 +771,7 @@ class Worker:
     def _linger(self) -> float:
         """Seconds queued outcomes should still wait for the runs in flight
         started less than OUTCOME_LINGER ago (<= 0: none are)."""
-        youngest = max((run.started for run in self._runs.values()), default=None)
+        youngest = max((run.started for run in self._runs.values() if run.launched), default=None)
         if youngest is None:
             return 0.0
         return youngest + OUTCOME_LINGER - time.monotonic()
@@ -785,7 +811,17 @@ class Worker:
         )
         run = _Run(key, ctx, is_async=task.is_async)
         self._runs[key] = run
-        log.debug("task %s[%s] attempt %d: started", a.name, key[0], key[1])
+        if self._active >= self.concurrency:
+            self._waiting.append((run, task, args, kwargs))  # prefetched
+            return
+        self._launch(run, task, args, kwargs)
+
+    def _launch(self, run: _Run, task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+        key = run.key
+        run.launched = True
+        run.started = time.monotonic()
+        self._active += 1
+        log.debug("task %s[%s] attempt %d: started", run.ctx.name, key[0], key[1])
         assert self._loop is not None and self._pool is not None
         if task.is_async:
             assert self._task_loop is not None
@@ -820,11 +856,17 @@ class Worker:
         return fut.result()
 
     def _ended(self, run: _Run, outcome: pb.Outcome) -> None:
-        """On the session loop, when a body returned: report its outcome (a
-        cancelled run reports ``Cancelled``, a lost one nothing)."""
+        """On the session loop, when a body returned (or a prefetched run was
+        stopped before it started): report its outcome (a cancelled run
+        reports ``Cancelled``, a lost one nothing), and start the next
+        prefetched run in the freed slot."""
         run.ended = True
         if self._runs.get(run.key) is run:
             del self._runs[run.key]
+        if run.launched:
+            self._active -= 1
+            while self._waiting and self._active < self.concurrency:
+                self._launch(*self._waiting.popleft())
         # The broker frees a run's throttle slots when its outcome is recorded.
         for rid, (_, waiter) in run.waiters.items():
             self._requests.pop(rid, None)
@@ -873,6 +915,11 @@ class Worker:
         """Ask a run to stop: coroutines are cancelled, threads are told and
         wake from throttle waits; their outcome is reported when they return."""
         run.ctx._cancel.cancel(reason)
+        if not run.launched:
+            # Prefetched: it never starts.
+            self._waiting = collections.deque(w for w in self._waiting if w[0] is not run)
+            self._ended(run, outcomes.cancelled(reason))
+            return
         for _, waiter in run.waiters.values():
             waiter.cancel()
         if run.is_async and self._task_loop is not None:

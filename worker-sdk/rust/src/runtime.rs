@@ -212,6 +212,7 @@ impl Runtime {
                 })
                 .collect(),
             concurrency: self.config.concurrency,
+            prefetch: self.config.prefetch,
             held,
             held_slots,
             batch_bytes: crate::link::BATCH_BYTES_DOWN,
@@ -415,11 +416,14 @@ impl Runtime {
             // The broker sent it before it saw our Drain: it is ours to run.
             info!(task.id = %task.task_id, "assignment arrived while draining; running it");
         }
-        if self.ledger.running() > self.semaphore_size() {
+        let window = self
+            .semaphore_size()
+            .saturating_add(permits(self.config.prefetch));
+        if self.ledger.running() > window {
             // The broker should never do this; the semaphore still holds.
             warn!(
                 task.id = %task.task_id,
-                "assignment beyond the free concurrency; it waits for a slot"
+                "assignment beyond the free concurrency and prefetch; it waits for a slot"
             );
         }
         let span = info_span!(

@@ -54,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) queues: Vec<String>,
     /// At least 1.
     pub(crate) concurrency: u32,
+    /// Assignments held beyond `concurrency`, waiting for a slot.
+    pub(crate) prefetch: u32,
     /// At least one; sorted by name so Hello is stable.
     pub(crate) tasks: BTreeMap<String, Registered>,
     pub(crate) drain_timeout: Duration,
@@ -76,6 +78,7 @@ impl Worker {
             name: None,
             queues: vec![DEFAULT_QUEUE.to_owned()],
             concurrency: 1,
+            prefetch: 0,
             tasks: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             options: ClientOptions::new(),
@@ -120,6 +123,7 @@ impl fmt::Debug for Worker {
             .field("name", &self.config.name)
             .field("queues", &self.config.queues)
             .field("concurrency", &self.config.concurrency)
+            .field("prefetch", &self.config.prefetch)
             .field("tasks", &self.config.tasks.keys().collect::<Vec<_>>())
             .field("drain_timeout", &self.config.drain_timeout)
             .finish()
@@ -133,6 +137,7 @@ pub struct WorkerBuilder {
     name: Option<String>,
     queues: Vec<String>,
     concurrency: u32,
+    prefetch: u32,
     tasks: Vec<(String, Registered)>,
     drain_timeout: Duration,
     options: ClientOptions,
@@ -174,6 +179,18 @@ impl WorkerBuilder {
     /// How many task bodies may run at once; defaults to 1.
     pub fn concurrency(mut self, concurrency: u32) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// How many assignments the broker may send beyond `concurrency`;
+    /// defaults to 0. They wait here until a body ends, so a worker of
+    /// many short tasks never idles for the round trip and durable commit
+    /// that bring the next one. They are this worker's from assignment:
+    /// their leases and timeouts run, a declared throttle slot is held,
+    /// and a drain runs them too. Keep it for short tasks (Celery's
+    /// `worker_prefetch_multiplier` 4 is a prefetch of 3 × concurrency).
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch;
         self
     }
 
@@ -271,6 +288,7 @@ impl WorkerBuilder {
             name: self.name.unwrap_or_else(default_name),
             queues: self.queues,
             concurrency: self.concurrency,
+            prefetch: self.prefetch,
             tasks,
             drain_timeout: self.drain_timeout,
         };
@@ -285,6 +303,7 @@ impl fmt::Debug for WorkerBuilder {
             .field("name", &self.name)
             .field("queues", &self.queues)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
             .field(
                 "tasks",
                 &self.tasks.iter().map(|(name, _)| name).collect::<Vec<_>>(),

@@ -658,7 +658,7 @@ async fn cancel_aborts_the_body_and_reports_cancelled() {
 }
 
 #[tokio::test]
-async fn at_most_concurrency_bodies_run_at_once() {
+async fn at_most_concurrency_bodies_run_at_once_and_prefetched_ones_wait() {
     let mut broker = Broker::start().await;
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
@@ -680,12 +680,19 @@ async fn at_most_concurrency_bodies_run_at_once() {
             }
         }
     };
-    let mut worker = Running::start(broker.builder().concurrency(2).task("gated", body));
+    let mut worker = Running::start(
+        broker
+            .builder()
+            .concurrency(2)
+            .prefetch(2)
+            .task("gated", body),
+    );
     let mut session = broker.session().await;
-    assert_eq!(session.hello().await.concurrency, 2);
+    let hello = session.hello().await;
+    assert_eq!((hello.concurrency, hello.prefetch), (2, 2));
     session.welcome(60_000, 60_000, &[]);
-    // More than the free concurrency, which a broker never does: the worker
-    // guards anyway.
+    // The window (2 running, 2 prefetched) and one more, which a broker
+    // never sends: the worker guards anyway.
     for i in 0..5 {
         session.send(assignment(&format!("t-{i}"), "gated", "[]"));
     }

@@ -11,6 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
+import baton.worker
 from baton import Baton, current_task, pb
 from baton._pb import baton_pb2_grpc
 from baton.worker import READ_BATCH_BYTES, _Outbox, _take_frame, _Traffic
@@ -302,7 +303,9 @@ def test_small_batch_bytes_split_the_outcomes():
 # -- outcomes linger for their group ------------------------------------------------
 
 
-def test_outcomes_linger_until_an_urgent_message_or_the_deadline():
+def test_outcomes_linger_until_an_urgent_message_or_the_deadline(monkeypatch):
+    monkeypatch.setattr(baton.worker, "OUTCOME_LINGER", 60.0)  # only linger() decides here
+
     async def main():
         box = _Outbox(_Traffic())
         box.batch_bytes = 1 << 20
@@ -330,6 +333,24 @@ def test_outcomes_linger_until_an_urgent_message_or_the_deadline():
         wait["seconds"] = 60.0
         box.close()  # closing does not wait either
         assert await asyncio.wait_for(it.__anext__(), 5) == outcome(3)
+
+    asyncio.run(main())
+
+
+def test_an_outcome_lingers_at_most_outcome_linger_after_it_was_queued():
+    """Runs that keep starting (a prefetching worker starts one as each ends)
+    do not hold an outcome back for longer than OUTCOME_LINGER."""
+
+    async def main():
+        box = _Outbox(_Traffic())
+        box.batch_bytes = 1 << 20
+        box.linger = lambda: 60.0  # a run always just started
+        it = box.frames().__aiter__()
+        queued = time.monotonic()
+        box.put(outcome(0), urgent=False)
+        assert await asyncio.wait_for(it.__anext__(), 5) == outcome(0)
+        waited = time.monotonic() - queued
+        assert baton.worker.OUTCOME_LINGER <= waited < 0.5
 
     asyncio.run(main())
 

@@ -1,0 +1,65 @@
+"""Prefetch: a worker holds `concurrency + prefetch` assignments, runs
+`concurrency` of them at once, starts the rest in order as slots free, and a
+prefetched run that is cancelled never starts."""
+
+import time
+
+import pytest
+
+from baton import ChainCancelled
+
+
+def _held(broker, name):
+    (w,) = [w for w in broker.workers() if w.worker_name == name]
+    return w
+
+
+def test_prefetched_runs_wait_for_a_slot_and_start_in_order(broker, tasks, start_worker, events):
+    worker = start_worker(concurrency=1, args=("--prefetch", "2"))
+    results = [tasks.sleeper.delay(0.5, f"s{i}") for i in range(5)]
+    events.wait_for("sleeper_start", tag="s0")
+
+    # The broker sent the window (1 running + 2 prefetched) and no more.
+    info = _held(broker, worker.name)
+    assert (info.concurrency, info.prefetch) == (1, 2)
+    time.sleep(0.2)
+    assert len(_held(broker, worker.name).in_flight) == 3
+    assert [e["tag"] for e in events.all("sleeper_start")] == ["s0"], "one at a time"
+
+    assert [r.get(timeout=30) for r in results] == [f"s{i}" for i in range(5)]
+    starts = [e["tag"] for e in events.all("sleeper_start")]
+    assert starts == [f"s{i}" for i in range(5)], "prefetched runs start in assignment order"
+    # Never two at once: each start comes after the previous end.
+    timeline = [(e["event"], e["tag"]) for e in events.all() if e["event"] in ("sleeper_start", "sleeper_end")]
+    for i in range(4):
+        assert timeline.index(("sleeper_end", f"s{i}")) < timeline.index(("sleeper_start", f"s{i + 1}"))
+
+
+def test_a_cancelled_prefetched_run_never_starts(broker, tasks, start_worker, events):
+    worker = start_worker(concurrency=1, args=("--prefetch", "1"))
+    running = tasks.sleeper.delay(60, "running")
+    events.wait_for("sleeper_start", tag="running")
+    waiting = tasks.sleeper.delay(60, "waiting")
+
+    def prefetched():
+        return len(_held(broker, worker.name).in_flight) == 2
+
+    deadline = time.monotonic() + 10
+    while not prefetched():
+        assert time.monotonic() < deadline, "the second run was not prefetched"
+        time.sleep(0.05)
+    waiting.cancel("not needed")
+    with pytest.raises(ChainCancelled):
+        waiting.get(timeout=10)
+    running.cancel()
+    with pytest.raises(ChainCancelled):
+        running.get(timeout=10)
+    # The slot is free again, and the cancelled run never started.
+    assert tasks.fast.delay(7).get(timeout=30) == "fast 7"
+    assert [e["tag"] for e in events.all("sleeper_start")] == ["running"]
+
+
+def test_prefetch_beyond_the_brokers_limit_is_refused(tasks, start_worker):
+    worker = start_worker(concurrency=2, wait=False, args=("--prefetch", "100000"))
+    assert worker.proc.wait(30) != 0
+    assert "hello.prefetch is 100000" in worker.log()
