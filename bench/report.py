@@ -146,9 +146,9 @@ SERIES = {
 
 
 PREFETCHED = {
-    # The same series with Baton workers prefetching (hatched shades of their color).
-    ("baton", "python", "loop"): "#08306b",
-    ("baton", "python", "batch"): "#2171b5",
+    # The same series with Baton workers prefetching.
+    ("baton", "python", "loop"): "#54278f",
+    ("baton", "python", "batch"): "#9e9ac8",
 }
 
 
@@ -158,7 +158,8 @@ def series_of(r: dict, sized: bool) -> Tuple[str, str]:
     label, color = SERIES.get(key, (f"{r['system']}, {r['workers']} workers, {r['producer']}", "#333333"))
     if r.get("prefetch"):
         label, color = f"{label}, prefetch", PREFETCHED.get(key, color)
-    return (f"{label} ({size(r).replace(' ', '')})" if sized else label), color
+    prefetch = f" + {r['prefetch']}" if r.get("prefetch") else ""
+    return (f"{label} ({r['procs']}×{r['concurrency']}{prefetch})" if sized else label), color
 
 
 def series_order(r: dict) -> tuple:
@@ -195,8 +196,9 @@ def panel(ax, results: List[dict], workloads: Tuple[str, ...], title: str, sized
             q = ratio(r, celery_for(r, results)) if r["system"] == "baton" else None
             if q is not None:
                 better = q < 1 if lower_is_better(r) else q > 1
+                # Upright, so the labels of neighbouring narrow bars do not overlap.
                 ax.annotate(ratio_label(q), (x, r["max"]), xytext=(0, 3), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=8.5, fontweight="bold",
+                            ha="center", va="bottom", fontsize=7.5, fontweight="bold", rotation=90,
                             color="#1b7837" if better else "#b2182b")
     ax.set_xticks(range(len(groups)))
     # One line per label, slanted: the groups are narrow and the labels long.
@@ -223,7 +225,7 @@ def chart(results: List[dict], path: str) -> None:
     drawn = [r for r in results if r["workload"] in THROUGHPUT + LATENCY]
     sizes = sorted({(r["procs"], r["concurrency"]) for r in drawn})
     sized = len(sizes) > 1
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [3, 4]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 7.5), gridspec_kw={"width_ratios": [4, 3]})
     panel(left, drawn, THROUGHPUT, "Throughput, end to end", sized)
     panel(right, drawn, LATENCY, "Submit-to-start latency", sized)
     legend = {series_of(r, sized)[0]: series_of(r, sized)[1] for r in sorted(drawn, key=series_order)}
@@ -232,7 +234,8 @@ def chart(results: List[dict], path: str) -> None:
     size = "" if sized else f"{sizes[0][0]} worker process(es) × concurrency {sizes[0][1]}. "
     fig.text(0.5, 0.005, f"{size}Bars: median of runs, whiskers: min–max; labels: Baton/Celery "
              "(green: Baton better).", ha="center", va="bottom", fontsize=9, color="#444444")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.9))
+    rows = math.ceil(len(legend) / min(3, len(legend)))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97 - 0.035 * rows))  # the legend's rows above the panels
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -266,7 +266,12 @@ fn worker_rows(workers: &[pb::WorkerInfo]) -> Vec<Vec<String>> {
                 w.worker_name.clone(),
                 w.worker_id.clone(),
                 if w.draining { "draining" } else { "active" }.to_owned(),
-                format!("{}/{}", w.in_flight.len(), w.concurrency),
+                // Held assignments over concurrency, and the prefetch beyond it.
+                if w.prefetch > 0 {
+                    format!("{}/{}+{}", w.in_flight.len(), w.concurrency, w.prefetch)
+                } else {
+                    format!("{}/{}", w.in_flight.len(), w.concurrency)
+                },
                 w.queues.join(","),
                 output::short(&tasks, 40),
                 output::ago(w.connected_unix_ms),
@@ -569,5 +574,33 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(super::chain::ended(&chain))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_row_shows_held_over_concurrency_and_the_prefetch_beyond_it() {
+        let held = |n: usize| {
+            (0..n)
+                .map(|i| pb::TaskRef {
+                    task_id: format!("t{i}"),
+                    attempt: 1,
+                })
+                .collect::<Vec<_>>()
+        };
+        let worker = |prefetch, in_flight| pb::WorkerInfo {
+            worker_name: "w".into(),
+            concurrency: 4,
+            prefetch,
+            in_flight,
+            ..Default::default()
+        };
+        let rows = worker_rows(&[worker(0, held(3)), worker(12, held(9))]);
+        let running = WORKER_HEADERS.iter().position(|h| *h == "RUNNING").unwrap();
+        assert_eq!(rows[0][running], "3/4");
+        assert_eq!(rows[1][running], "9/4+12");
     }
 }
