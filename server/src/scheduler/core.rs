@@ -2405,6 +2405,19 @@ mod tests {
         }
     }
 
+    /// A worker "w" of the general queue that runs `task`.
+    fn hello(task: &str, concurrency: u32, prefetch: u32) -> WorkerHello {
+        WorkerHello {
+            name: "w".into(),
+            queues: vec![GENERAL_QUEUE.into()],
+            tasks: vec![(task.into(), Options::default())],
+            concurrency,
+            prefetch,
+            held: Vec::new(),
+            held_slots: Vec::new(),
+        }
+    }
+
     /// Ends a round: commits and delivers its effects (durability does not
     /// matter here).
     fn end_round(core: &mut Core) {
@@ -2439,16 +2452,8 @@ mod tests {
         assert_eq!(recovered.cold.len(), total - COLD_AFTER);
         let mut core = Core::recover(store, 30_000, recovered, 10_000);
         let (tx, mut rx) = mpsc::channel(4 * total);
-        let hello = WorkerHello {
-            name: "w".into(),
-            queues: vec![GENERAL_QUEUE.into()],
-            tasks: vec![("t".into(), Options::default())],
-            concurrency: u32::try_from(total).expect("small"),
-            prefetch: 0,
-            held: Vec::new(),
-            held_slots: Vec::new(),
-        };
-        core.connect(hello, tx, 10_000);
+        let concurrency = u32::try_from(total).expect("small");
+        core.connect(hello("t", concurrency, 0), tx, 10_000);
         core.dispatch(10_000);
         end_round(&mut core);
         let mut order = Vec::new();
@@ -2510,16 +2515,7 @@ mod tests {
         let (reply, mut submitted) = oneshot::channel();
         core.submit(one_step("t"), reply, 1);
         let (tx, mut rx) = mpsc::channel(16);
-        let hello = WorkerHello {
-            name: "w".into(),
-            queues: vec![GENERAL_QUEUE.into()],
-            tasks: vec![("t".into(), Options::default())],
-            concurrency: 1,
-            prefetch: 0,
-            held: Vec::new(),
-            held_slots: Vec::new(),
-        };
-        let worker_id = core.connect(hello, tx, 1);
+        let worker_id = core.connect(hello("t", 1, 0), tx, 1);
         core.dispatch(1);
         end_round(&mut core);
         let chain_id = submitted.try_recv().expect("reply").expect("ok").chain_id;
@@ -2549,16 +2545,7 @@ mod tests {
             core.submit(one_step("t"), reply, 1);
         }
         let (tx, mut rx) = mpsc::channel(16);
-        let hello = WorkerHello {
-            name: "w".into(),
-            queues: vec![GENERAL_QUEUE.into()],
-            tasks: vec![("t".into(), Options::default())],
-            concurrency: 1,
-            prefetch: 2,
-            held: Vec::new(),
-            held_slots: Vec::new(),
-        };
-        let worker_id = core.connect(hello, tx, 1);
+        let worker_id = core.connect(hello("t", 1, 2), tx, 1);
         let mut assigned = |core: &mut Core| {
             core.dispatch(1);
             end_round(core);
