@@ -38,8 +38,13 @@ order. Resending is safe: the ids are the client's, and the broker answers an
 id it stored already as a repeat (dedup ``chain_id``) instead of storing it
 twice. A call too large for the broker (``OUT_OF_RANGE``: one run with a
 ``--max-payload`` below the default) is sent again in calls half its size,
-down to a chain alone, which then fails as it would alone. Any other failure
-(``UNAVAILABLE``...) is the failure of each chain of the call.
+down to a chain alone, which then fails as it would alone. A call cut off by
+a lost connection (``UNAVAILABLE``: the broker crashed or restarted while it
+was in flight, so some of its chains may be stored and some not) is sent
+again, up to ``UNAVAILABLE_RESENDS`` times: each call waits for the broker
+to be ready again (``wait_for_ready``, bounded by the client's timeout), and
+the broker answers the chains it had stored as repeats. Any other failure is
+the failure of each chain of the call.
 
 What does not change: a chain is stored only when its own answer is OK, and
 whoever relies on that waits for the answer: ``AsyncResult.wait_stored()``
@@ -88,6 +93,11 @@ MAX_BATCH_BYTES = 512 * 1024
 (``--max-payload``, 1 MiB). A request larger on its own goes alone, and the
 broker judges it as it would judge it alone."""
 
+UNAVAILABLE_RESENDS = 3
+"""How many times a chain cut off by a lost connection is sent again before
+its ``UNAVAILABLE`` is its failure (each send waits for the broker to be
+ready again, up to the client's timeout)."""
+
 MAX_UNSEEN_FAILURES = 1024
 """Most failures kept for ``flush()`` to raise. They are all logged when they
 happen; the bound keeps a process that never flushes from growing without end."""
@@ -103,7 +113,7 @@ class Submission:
     costs no condition of its own.
     """
 
-    __slots__ = ("chain_id", "seq", "request", "size", "response", "error", "observed",
+    __slots__ = ("chain_id", "seq", "request", "size", "response", "error", "observed", "resends",
                  "_settled", "_lock", "_cond", "_waiters")
 
     def __init__(self, request: pb.SubmitChainRequest, lock: threading.Lock) -> None:
@@ -117,6 +127,8 @@ class Submission:
         self.error: Optional[BaseException] = None
         self.observed = False
         """The error has been raised to someone (``wait()`` or ``flush()``)."""
+        self.resends = 0
+        """Times it was sent again after a lost connection cut its call off."""
         self._settled = False
         self._lock = lock
         self._cond: Optional[threading.Condition] = None
@@ -327,6 +339,11 @@ class Pipeline:
                 self._batch_bytes = min(self._batch_bytes, max(1, size // 2))
             log.info("a call of %d chains (%d bytes) was too large for the broker: "
                      "sending calls of at most %d bytes", len(batch), size, self._batch_bytes)
+            return [], batch
+        if _code(error) == grpc.StatusCode.UNAVAILABLE and all(s.resends < UNAVAILABLE_RESENDS for s in batch):
+            for s in batch:
+                s.resends += 1
+            log.info("a call of %d chains was cut off (%s): sending it again", len(batch), describe(error))
             return [], batch
         return [(s, None, error) for s in batch], []
 

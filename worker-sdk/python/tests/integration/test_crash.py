@@ -3,7 +3,7 @@
 import os
 import signal
 
-from baton import chain
+from baton import chain, pb
 from baton_harness import wait_until
 
 
@@ -63,3 +63,18 @@ def test_refused_hello_exits_with_status_2(start_worker):
     worker = start_worker(queues=["no spaces allowed"], wait=False)
     assert worker.proc.wait(20) == 2
     assert "INVALID_ARGUMENT" in worker.log()
+
+
+def test_delay_calls_cut_off_by_a_broker_crash_are_sent_again(tasks, start_broker):
+    """The broker is killed while pipelined delay() calls are in flight and
+    restarts on the same port and data: the cut-off calls go again (the broker
+    answers chains it had stored as repeats), so every chain is stored, once."""
+    broker = start_broker()
+    tasks.app.address = broker.address
+    results = [tasks.fast.delay(i) for i in range(3000)]  # queued; calls of up to 1000 leave
+    broker.kill()
+    broker.start()
+    for r in results:
+        assert r.wait_stored(timeout=30)
+    ready = {q.name: q.ready for q in broker.admin.ListQueues(pb.ListQueuesRequest(), timeout=5).queues}
+    assert ready["general"] == 3000  # none lost, none twice

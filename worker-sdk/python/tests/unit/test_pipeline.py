@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from baton import Baton, PartialSubmission, chain, outcomes, pb
-from baton._pipeline import MAX_BATCH_BYTES, Pipeline, describe
+from baton._pipeline import MAX_BATCH_BYTES, UNAVAILABLE_RESENDS, Pipeline, describe
 from baton.context import TaskContext
 from baton.errors import BatonError, SubmissionRefused
 
@@ -338,7 +338,7 @@ def test_a_refused_chain_fails_alone_with_its_own_error_and_the_others_go_again(
 
 
 def test_a_chains_index_out_of_range_or_any_other_failure_fails_the_whole_call(app, add):
-    for error in (RpcError(details="chains[7]: who?"), RpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")):
+    for error in (RpcError(details="chains[7]: who?"), RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "too slow")):
         app._client.calls.clear()
         results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(3)])
         call.fail(error)
@@ -347,6 +347,31 @@ def test_a_chains_index_out_of_range_or_any_other_failure_fails_the_whole_call(a
                 r.wait_stored(timeout=0)
             assert raised.value is error
         assert len(sent(app)) == 2  # nothing sent again
+
+
+def test_a_call_cut_off_by_a_lost_connection_goes_again_a_few_times(app, add):
+    """UNAVAILABLE on a call in flight (the broker crashed or restarted): its
+    chains may or may not be stored, so the same ids go again, in order; the
+    broker answers the stored ones as repeats. After UNAVAILABLE_RESENDS
+    resends the error is each chain's failure."""
+    lost = RpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 0) for i in range(3)])
+    ids = [r.id for r in results]
+    call.fail(lost)
+    assert sent(app)[-1].ids == ids  # sent again at once (the call waits for the broker itself)
+    sent(app)[-1].answer(dedup=pb.DEDUP_CHAIN_ID)
+    assert all(r.wait_stored(timeout=0) for r in results)
+
+    app._client.calls.clear()
+    results, call = behind_a_call_in_flight(app, add, lambda: [add.delay(i, 1) for i in range(2)])
+    call.fail(lost)
+    for _ in range(UNAVAILABLE_RESENDS):
+        sent(app)[-1].fail(lost)
+    assert len(sent(app)) == 2 + UNAVAILABLE_RESENDS
+    for r in results:
+        with pytest.raises(grpc.RpcError) as raised:
+            r.wait_stored(timeout=0)
+        assert raised.value is lost
 
 
 def test_a_call_too_large_for_the_broker_goes_again_in_halves(app, add):
