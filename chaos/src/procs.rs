@@ -272,6 +272,7 @@ pub struct Workers {
     journals: PathBuf,
     logs: PathBuf,
     concurrency: u32,
+    prefetch: u32,
     slots: Vec<Option<Running>>,
     /// Every process ever started, in start order.
     pub history: Vec<WorkerProcess>,
@@ -285,6 +286,7 @@ impl Workers {
         logs: PathBuf,
         count: usize,
         concurrency: u32,
+        prefetch: u32,
     ) -> Self {
         Self {
             exe,
@@ -292,6 +294,7 @@ impl Workers {
             journals,
             logs,
             concurrency,
+            prefetch,
             slots: (0..count).map(|_| None).collect(),
             history: Vec::new(),
         }
@@ -336,6 +339,7 @@ impl Workers {
             .args(["--slot", &slot.to_string()])
             .args(["--queues", &queues.join(",")])
             .args(["--concurrency", &self.concurrency.to_string()])
+            .args(["--prefetch", &self.prefetch.to_string()])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -59,6 +59,10 @@ pub struct Options {
     /// Bodies each worker runs at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u32,
+    /// Assignments each worker holds beyond its concurrency (prefetched,
+    /// waiting for a slot).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
     /// Time between two `kill -9`s of the broker (drawn from the range).
     #[arg(long, default_value = "8s..15s")]
     pub broker_kill_every: Span,
@@ -213,6 +217,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         logs.clone(),
         workers_count,
         options.concurrency,
+        options.prefetch,
     );
     for slot in 0..workers_count {
         workers.start(slot)?;

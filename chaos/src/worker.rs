@@ -37,6 +37,9 @@ pub struct Options {
     /// Bodies run at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u32,
+    /// Assignments held beyond `concurrency`, waiting for a slot.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
 }
 
 /// Serves until stdin closes; the process's exit code.
@@ -52,6 +55,7 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
         .name(format!("chaos-w{}:{}", options.slot, std::process::id()))
         .queues(options.queues.clone())
         .concurrency(options.concurrency)
+        .prefetch(options.prefetch)
         .drain_timeout(DRAIN);
     for name in plan::TASKS {
         let journal = Arc::clone(&journal);
