@@ -354,9 +354,10 @@ enum Form {
 }
 
 /// `n` tasks on one identity with `limit`, over three workers of
-/// concurrency 4: the most bodies holding at once is exactly the limit,
-/// and every task ran exactly once.
-async fn exact_under_contention(form: Form, limit: u32, n: usize, hold: Duration) {
+/// concurrency 4 (holding `prefetch` more assignments each): the most
+/// bodies holding at once is exactly the limit, and every task ran exactly
+/// once.
+async fn exact_under_contention(form: Form, limit: u32, n: usize, hold: Duration, prefetch: u32) {
     let broker = TestBroker::start().await;
     let holders = Holders::default();
     let key = format!("exact-{limit}");
@@ -367,6 +368,7 @@ async fn exact_under_contention(form: Form, limit: u32, n: usize, hold: Duration
         workers.push(TestWorker::spawn(
             worker(&broker.addr, &format!("exact-{w}"))
                 .concurrency(4)
+                .prefetch(prefetch)
                 .task("exact", move |ctx: TaskContext| {
                     let (h, k) = (h.clone(), k.clone());
                     async move {
@@ -412,22 +414,34 @@ async fn exact_under_contention(form: Form, limit: u32, n: usize, hold: Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_limit_1_is_exact_under_contention() {
-    exact_under_contention(Form::Declared, 1, 200, Duration::from_millis(2)).await;
+    exact_under_contention(Form::Declared, 1, 200, Duration::from_millis(2), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_limit_3_is_exact_under_contention() {
-    exact_under_contention(Form::Declared, 3, 200, Duration::from_millis(15)).await;
+    exact_under_contention(Form::Declared, 3, 200, Duration::from_millis(15), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_body_limit_1_is_exact_under_contention() {
-    exact_under_contention(Form::InBody, 1, 200, Duration::from_millis(2)).await;
+    exact_under_contention(Form::InBody, 1, 200, Duration::from_millis(2), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_body_limit_3_is_exact_under_contention() {
-    exact_under_contention(Form::InBody, 3, 200, Duration::from_millis(15)).await;
+    exact_under_contention(Form::InBody, 3, 200, Duration::from_millis(15), 0).await;
+}
+
+/// Prefetched runs hold their declared slot while they wait in a worker,
+/// and take an in-body slot only once they run: the limit holds either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_limit_3_is_exact_with_prefetching_workers() {
+    exact_under_contention(Form::Declared, 3, 200, Duration::from_millis(15), 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_body_limit_1_is_exact_with_prefetching_workers() {
+    exact_under_contention(Form::InBody, 1, 200, Duration::from_millis(2), 4).await;
 }
 
 // ---------------------------------------------------------------------------

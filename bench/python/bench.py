@@ -14,7 +14,9 @@ What is measured, identically for both systems:
 
 * **procs P, concurrency C**: P worker processes (``python -m baton worker``
   / ``celery worker``), each running up to C tasks at once (Baton: C threads;
-  Celery: the prefork pool, C child processes).
+  Celery: the prefork pool, C child processes). Celery's workers take 4 x C
+  tasks ahead (its default prefetch); Baton's take C, or C + N with
+  ``--prefetch N`` (``baton worker --prefetch``).
 * **Task bodies** are no-ops that append a fixed-size record (task index, role,
   ``time.time()`` at body start) to a file (:mod:`records`); the harness knows
   that all N units ran from the file's size. A chain is done when its last step
