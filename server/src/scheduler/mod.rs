@@ -426,9 +426,12 @@ async fn run_loop(
             core.deliver(effect);
         }
     }
-    // Drain: the flusher stops first (it may be repairing), then what was
-    // applied is flushed before the loop ends, so a clean shutdown loses
-    // nothing even in non-durable mode.
+    // Drain: writes still held are applied, the flusher stops (it may be
+    // repairing), then what was applied is flushed before the loop ends, so
+    // a clean shutdown loses nothing even in non-durable mode.
+    if let Err(e) = core.commit_deferred(true) {
+        tracing::error!(cause = %e, "final store write failed");
+    }
     drop(rx);
     drop(flush_tx);
     if let Some(flusher) = disk.flusher.take() {
@@ -454,7 +457,13 @@ fn round_end(
     disk: &mut Disk,
 ) {
     core.dispatch(now_ms());
-    match core.commit() {
+    // While a flush is under way the round's writes wait in the core's
+    // batch, and the first round after it ends applies them all at once,
+    // right before the next flush starts: one sled write per flush, not
+    // per round (see `Core::commit_deferred`). Their effects wait for that
+    // flush, as they would have anyway.
+    let flushing = disk.durable && disk.durable_seq < *flush_tx.borrow();
+    match core.commit_deferred(!flushing) {
         Ok((seq, effects)) => {
             outbox.extend(effects.into_iter().map(|e| (seq, e)));
             if disk.durable {
