@@ -6,14 +6,17 @@
 RESULTS.jsonl holds one JSON object per line, as ``bench/python/bench.py`` and
 the Rust bench binary print them: system, workload, producer, durable,
 workers, procs, concurrency, tasks, unit, runs, median, min, max (and
-optionally versions, settings, load_rate). Other lines (blank, or not
+optionally versions, settings, load_rate, load). Other lines (blank, or not
 starting with ``{``) are skipped, so a log with JSON lines in it will do.
 When a configuration appears more than once, its last line counts.
 
 Each Baton figure is compared with the Celery figure of the same workload,
 durability, workers, procs and concurrency, measured with Celery's one
 producer, the ``.delay()`` loop: Baton's loop and Baton's batch producer are
-each set against it. The ratio is Baton's median over Celery's; above 1 is
+each set against it. A latency-under-load figure is compared only at the same
+load (rates within 10%): ``bench/run`` measures Baton at its own half
+capacity (``load`` "half") and again at Celery's rate (``--load-rate``,
+``load`` "set"), and only the second has a ratio. The ratio is Baton's median over Celery's; above 1 is
 better for throughput, below 1 for latency.
 
 The table goes to stdout; ``--markdown`` writes it (with the versions and
@@ -51,7 +54,8 @@ def load(path: str) -> List[dict]:
         for line in f:
             if line.lstrip().startswith("{"):
                 r = json.loads(line)
-                results[(r["system"], r["producer"], r.get("prefetch", 0), *(r[k] for k in CONFIG))] = r
+                results[(r["system"], r["producer"], r.get("prefetch", 0), r.get("load", "half"),
+                         *(r[k] for k in CONFIG))] = r
     return list(results.values())
 
 
@@ -59,9 +63,21 @@ def lower_is_better(r: dict) -> bool:
     return r["unit"] == "ms"
 
 
+def same_load(a: dict, b: dict) -> bool:
+    """Whether two figures were measured at the same load: always for figures without a
+    load rate, else when the rates are within 10%."""
+    ra, rb = a.get("load_rate"), b.get("load_rate")
+    return ra is None or rb is None or abs(ra - rb) <= 0.1 * max(ra, rb)
+
+
 def celery_for(baton: dict, results: Iterable[dict]) -> Optional[dict]:
     return next((r for r in results if r["system"] == "celery" and r["producer"] == "loop"
-                 and all(r[k] == baton[k] for k in CONFIG)), None)
+                 and all(r[k] == baton[k] for k in CONFIG) and same_load(r, baton)), None)
+
+
+def workload_name(r: dict) -> str:
+    """The workload, with the load rate of a latency figure measured at a set rate."""
+    return f"{r['workload']} at {r['load_rate']:,.0f}/s" if r.get("load") == "set" else r["workload"]
 
 
 def comparisons(results: List[dict]) -> List[Tuple[Optional[dict], Optional[dict]]]:
@@ -94,7 +110,7 @@ def rows(results: List[dict]) -> Tuple[List[str], List[List[str]]]:
         any_ = baton or celery
         q = ratio(baton, celery)
         table.append([
-            any_["workload"], baton["producer"] if baton else "—", any_["workers"],
+            workload_name(any_), baton["producer"] if baton else "—", any_["workers"],
             "yes" if any_["durable"] else "no", size(any_),
             figure(baton), figure(celery), "—" if q is None else f"{q:.2f}×",
         ])
@@ -152,20 +168,28 @@ PREFETCHED = {
 }
 
 
+AT_CELERYS_LOAD = {
+    # Latency under load measured at Celery's rate (``load`` "set").
+    ("baton", "python", "loop"): "#08306b",
+}
+
+
 def series_of(r: dict, sized: bool) -> Tuple[str, str]:
     """The bar a line is drawn as: its label (with the worker sizes when ``sized``) and color."""
     key = (r["system"], r["workers"], r["producer"])
     label, color = SERIES.get(key, (f"{r['system']}, {r['workers']} workers, {r['producer']}", "#333333"))
     if r.get("prefetch"):
         label, color = f"{label}, prefetch", PREFETCHED.get(key, color)
+    if r.get("load") == "set":
+        label, color = f"{label}, under Celery's load", AT_CELERYS_LOAD.get(key, color)
     prefetch = f" + {r['prefetch']}" if r.get("prefetch") else ""
     return (f"{label} ({r['procs']}×{r['concurrency']}{prefetch})" if sized else label), color
 
 
 def series_order(r: dict) -> tuple:
     """Celery first, then Baton with Python workers, then Rust; loop before batch."""
-    return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r.get("prefetch", 0), r["procs"],
-            r["concurrency"])
+    return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r.get("prefetch", 0),
+            r.get("load") == "set", r["procs"], r["concurrency"])
 
 
 def ratio_label(q: float) -> str:

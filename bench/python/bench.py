@@ -423,7 +423,9 @@ def measure(bench: Bench, args: argparse.Namespace, workload: str, producer: str
                 figures.setdefault(f"latency_{name}_p{p}", []).append(percentile(values, p))
     return [
         result(args, name, producer, LOW_TASKS if "low" in name else args.tasks, "ms", runs,
-               **({} if "low" in name else {"load_rate": round(rate, 1)}))
+               **({} if "low" in name else {"load_rate": round(rate, 1),
+                                            # "half": this system's own half capacity; "set": --load-rate
+                                            "load": "set" if args.load_rate else "half"}))
         for name, runs in figures.items()
     ]
 
