@@ -152,14 +152,14 @@ pub struct Core {
     tasks: HashMap<String, (String, StepAt)>,
     /// unique key → chain id, for chains not ended.
     unique: HashMap<String, String>,
-    /// Idempotency keys written in the batch not yet applied.
+    /// Idempotency keys written in the current, not yet applied batch.
     idempotency_pending: HashMap<String, String>,
-    /// Chains retired (ended, left memory) in the batch not yet applied
-    /// (which may span rounds, see [`Core::commit_deferred`]): until it is
-    /// applied the store still has their previous record, so reads look
-    /// here first.
+    /// Chains retired (ended, left memory) in the current, not yet applied
+    /// batch: until it is applied the store still has their previous
+    /// record, so reads look here first.
     retired_pending: HashMap<String, ChainRecord>,
-    /// Chains cooled in the batch not yet applied, for the same reason.
+    /// Chains cooled in the current, not yet applied batch, for the same
+    /// reason.
     cold_pending: HashMap<String, ChainRecord>,
     queues: Queues,
     timers: BTreeMap<(UnixMs, u64), Timer>,
@@ -171,8 +171,7 @@ pub struct Core {
     runs: HashMap<String, Run>,
     task_defaults: HashMap<String, Options>,
     watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
-    // The writes not yet applied: this round's, and those of earlier rounds
-    // held while a flush was under way.
+    // The transition under way.
     batch: Batch,
     dirty: BTreeSet<String>,
     /// Chains in memory whose `live` entry on disk does not say "hot" (new
@@ -369,41 +368,13 @@ impl Core {
     // Transactions: commit and effects
     // -----------------------------------------------------------------
 
-    /// Writes the round's dirty chains and applies the batch (see
-    /// [`Core::commit_deferred`]).
-    ///
-    /// # Errors
-    /// As [`Core::commit_deferred`].
-    #[cfg(test)]
-    pub fn commit(&mut self) -> Result<(u64, Vec<Effect>), crate::store::Error> {
-        self.commit_deferred(true)
-    }
-
-    /// Adds the round's dirty chains to the batch and, when `apply`, applies
-    /// the batch to the store as one atomic write. Returns the round's
-    /// effects with the sequence number of the batch they wait for: the
-    /// one applied now, or, while the batch is held, the next one.
-    ///
-    /// Holding the batch across rounds lets the scheduler apply once per
-    /// flush instead of once per round. Each sled `apply_batch` seals and
-    /// writes sled's I/O buffer twice, each write followed by a
-    /// `sync_file_range` that sends its last, partial page to the disk;
-    /// the next write dirties that page again. Applying once per flush
-    /// took the bytes the broker wrote for 100,000 no-op tasks from
-    /// about 2.0–2.4 GB to 1.2 GB, and its `sync_file_range` calls from
-    /// about 6,000 to 3,500 (`baton-bench --only noop`, /proc/PID/io).
-    /// A record changed in several rounds of one window is also written
-    /// once. Reads of chains that left memory meanwhile are served by the
-    /// pending maps (`retired_pending`, `cold_pending`,
-    /// `idempotency_pending`), which live until the batch is applied.
+    /// Writes the transition's dirty chains as one atomic batch. Returns the
+    /// effects with the sequence number they wait for.
     ///
     /// # Errors
     /// A store error: the batch (and the effects) stay pending and are
     /// retried with the next commit.
-    pub fn commit_deferred(
-        &mut self,
-        apply: bool,
-    ) -> Result<(u64, Vec<Effect>), crate::store::Error> {
+    pub fn commit(&mut self) -> Result<(u64, Vec<Effect>), crate::store::Error> {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
                 let live = !rec.is_ended() || self.has_runs(rec);
@@ -420,18 +391,14 @@ impl Core {
                 }
             }
         }
-        if self.batch.is_empty() {
-            return Ok((self.written, std::mem::take(&mut self.effects)));
+        if !self.batch.is_empty() {
+            self.store.apply(&self.batch)?;
+            self.batch = Batch::new();
+            self.idempotency_pending.clear();
+            self.retired_pending.clear();
+            self.cold_pending.clear();
+            self.written += 1;
         }
-        if !apply {
-            return Ok((self.written + 1, std::mem::take(&mut self.effects)));
-        }
-        self.store.apply(&self.batch)?;
-        self.batch = Batch::new();
-        self.idempotency_pending.clear();
-        self.retired_pending.clear();
-        self.cold_pending.clear();
-        self.written += 1;
         Ok((self.written, std::mem::take(&mut self.effects)))
     }
 
@@ -689,8 +656,8 @@ impl Core {
         Ok(stored)
     }
 
-    /// Whether a chain is held in memory: live, or retired or cooled since
-    /// the last apply (its record not yet written).
+    /// Whether a chain is held in memory: live, or retired or cooled in
+    /// this round (its record not yet written).
     fn in_memory(&self, chain_id: &str) -> bool {
         self.chains.contains_key(chain_id)
             || self.retired_pending.contains_key(chain_id)
@@ -773,7 +740,7 @@ impl Core {
     }
 
     /// Moves a new chain out of memory when its first step joins a long
-    /// queue line: its record goes to the store (the pending batch) and
+    /// queue line: its record goes to the store (this round's batch) and
     /// the queue keeps a cold entry of a few dozen bytes in its place, in
     /// the same position. A backlog of millions then costs little memory,
     /// and recovery queues it again from the store's small `live` entries
@@ -2460,29 +2427,6 @@ mod tests {
         }
     }
 
-    /// Submits `spec` and starts its first step on a new worker of
-    /// concurrency 1: (chain id, worker id, the assigned task, the worker's
-    /// end of its stream).
-    fn started(
-        core: &mut Core,
-        spec: ChainSpec,
-    ) -> (String, String, TaskRef, mpsc::Receiver<ToWorker>) {
-        let name = spec.steps[0].name.clone();
-        let (reply, mut submitted) = oneshot::channel();
-        core.submit(spec, reply, 1);
-        let (tx, mut rx) = mpsc::channel(16);
-        let worker_id = core.connect(hello(&name, 1, 0), tx, 1);
-        core.dispatch(1);
-        end_round(core);
-        let chain_id = submitted.try_recv().expect("reply").expect("ok").chain_id;
-        let task = loop {
-            if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
-                break a.task;
-            }
-        };
-        (chain_id, worker_id, task, rx)
-    }
-
     #[test]
     fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -2568,7 +2512,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Shared::open(dir.path()).expect("store");
         let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
-        let (chain_id, worker_id, task, _rx) = started(&mut core, one_step("t"));
+        let (reply, mut submitted) = oneshot::channel();
+        core.submit(one_step("t"), reply, 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        let worker_id = core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        end_round(&mut core);
+        let chain_id = submitted.try_recv().expect("reply").expect("ok").chain_id;
+        let task = loop {
+            if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
+                break a.task;
+            }
+        };
         // One round: the outcome ends the chain (it leaves memory), then a
         // read of it arrives before the round's batch is applied.
         let outcome = RunOutcome::Success("1".into());
@@ -2578,58 +2533,6 @@ mod tests {
         end_round(&mut core);
         let chain = got.try_recv().expect("reply").expect("found");
         assert_eq!(chain.state(), ChainState::Succeeded);
-    }
-
-    #[test]
-    fn writes_held_across_rounds_are_read_back_and_their_effects_wait_for_the_next_batch() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
-        let keyed = || ChainSpec {
-            idempotency_key: "k".into(),
-            ..one_step("t")
-        };
-        let (chain_id, worker_id, task, _rx) = started(&mut core, keyed());
-        let applied = core.written;
-
-        // A flush is under way: the round that ends the chain holds its
-        // writes, and its effects wait for the batch after the last applied.
-        let outcome = RunOutcome::Success("1".into());
-        core.on_worker_message(&worker_id, FromWorker::Outcome { task, outcome }, 2);
-        let (seq, _) = core.commit_deferred(false).expect("commit");
-        assert_eq!(seq, applied + 1);
-
-        // A later round, still held: reads see the ended chain and the
-        // idempotency key, though the store has neither yet.
-        let (reply, mut got) = oneshot::channel();
-        core.get(&chain_id, reply);
-        let (reply, mut again) = oneshot::channel();
-        core.submit(keyed(), reply, 3);
-        let (seq, effects) = core.commit_deferred(false).expect("commit");
-        assert_eq!(seq, applied + 1);
-        for effect in effects {
-            core.deliver(effect);
-        }
-        let read = got.try_recv().expect("reply").expect("found");
-        assert_eq!(read.state(), ChainState::Succeeded);
-        let repeat = again.try_recv().expect("reply").expect("deduplicated");
-        assert_eq!(
-            (repeat.chain_id.as_str(), repeat.dedup),
-            (chain_id.as_str(), Some(Dedup::IdempotencyKey))
-        );
-        let on_disk = store.chain(&chain_id).expect("read").expect("stored");
-        assert_eq!(on_disk.state(), ChainState::Running);
-
-        // The flush ended: one apply writes both rounds.
-        let (seq, _) = core.commit_deferred(true).expect("commit");
-        assert_eq!((seq, core.written), (applied + 1, applied + 1));
-        let on_disk = store.chain(&chain_id).expect("read").expect("stored");
-        assert_eq!(on_disk.state(), ChainState::Succeeded);
-        let recovered = store.recover().expect("recover");
-        assert!(
-            recovered.live_chains.is_empty(),
-            "the ended chain is not live"
-        );
     }
 
     #[test]

@@ -426,12 +426,9 @@ async fn run_loop(
             core.deliver(effect);
         }
     }
-    // Drain: writes still held are applied, the flusher stops (it may be
-    // repairing), then what was applied is flushed before the loop ends, so
-    // a clean shutdown loses nothing even in non-durable mode.
-    if let Err(e) = core.commit_deferred(true) {
-        tracing::error!(cause = %e, "final store write failed");
-    }
+    // Drain: the flusher stops first (it may be repairing), then what was
+    // applied is flushed before the loop ends, so a clean shutdown loses
+    // nothing even in non-durable mode.
     drop(rx);
     drop(flush_tx);
     if let Some(flusher) = disk.flusher.take() {
@@ -457,25 +454,15 @@ fn round_end(
     disk: &mut Disk,
 ) {
     core.dispatch(now_ms());
-    // While a flush is under way the round's writes wait in the core's
-    // batch, and the first round after it ends applies them all at once,
-    // right before the next flush starts: one sled write per flush, not
-    // per round (see `Core::commit_deferred`). Their effects wait for that
-    // flush, as they would have anyway.
-    let flushing = disk.durable && disk.durable_seq < *flush_tx.borrow();
-    match core.commit_deferred(!flushing) {
+    match core.commit() {
         Ok((seq, effects)) => {
             outbox.extend(effects.into_iter().map(|e| (seq, e)));
-            // The flusher is asked to cover what is applied, never `seq`:
-            // while writes are held, `seq` names the batch not applied yet,
-            // and a flush "covering" it would release its effects early.
-            let applied = core.written;
             if disk.durable {
-                if applied > *flush_tx.borrow() {
-                    flush_tx.send_replace(applied);
+                if seq > *flush_tx.borrow() {
+                    flush_tx.send_replace(seq);
                 }
             } else {
-                disk.durable_seq = applied;
+                disk.durable_seq = seq;
             }
             disk.write_fault = None;
             disk.retry_at = None;
@@ -792,76 +779,5 @@ impl Handle {
     /// work is refused meanwhile. For the health service.
     pub fn store_fault(&self) -> watch::Receiver<Option<Fault>> {
         self.store_fault.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    fn noop() -> ChainSpec {
-        ChainSpec {
-            chain_id: None,
-            steps: vec![Signature {
-                name: "t".into(),
-                args: "[]".into(),
-                kwargs: "{}".into(),
-                immutable: true,
-                options: None,
-            }],
-            on_success: Vec::new(),
-            on_failure: Vec::new(),
-            heavy: false,
-            context: BTreeMap::new(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
-        }
-    }
-
-    #[test]
-    fn a_round_during_a_flush_holds_its_writes_and_the_flusher_is_not_asked_to_cover_them() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
-        let (flush_tx, _flush_rx) = watch::channel(0u64);
-        let (published, _) = watch::channel(None);
-        let mut disk = Disk {
-            durable: true,
-            durable_seq: 0,
-            write_fault: None,
-            flush_fault: None,
-            retry_at: None,
-            retry_backoff: RETRY_MIN,
-            published,
-            flusher: None,
-        };
-        let mut outbox = VecDeque::new();
-        let submit = |core: &mut Core| {
-            let (reply, answer) = oneshot::channel();
-            core.submit(noop(), reply, 1);
-            answer
-        };
-
-        // Nothing is being flushed: the round is applied and its flush asked for.
-        let _first = submit(&mut core);
-        round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
-        assert_eq!((core.written, *flush_tx.borrow()), (1, 1));
-
-        // Batch 1's flush is under way: the next round's writes are held,
-        // the flusher is not asked for them, and its reply waits for batch 2.
-        let _second = submit(&mut core);
-        round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
-        assert_eq!((core.written, *flush_tx.borrow()), (1, 1));
-        assert_eq!(outbox.back().map(|(seq, _)| *seq), Some(2));
-
-        // Batch 1 is durable: the next round applies the held writes and
-        // asks for their flush.
-        disk.durable_seq = 1;
-        round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
-        assert_eq!((core.written, *flush_tx.borrow()), (2, 2));
     }
 }

@@ -22,10 +22,7 @@
 //! flush ends in `sync_file_range`, which does not flush the device's write
 //! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
 //! store's data file. The scheduler calls `flush` from one task and groups
-//! every transition applied meanwhile into it (group commit); while a flush
-//! is under way it also holds the next rounds' writes and applies them as
-//! one batch when the flush ends (`Core::commit_deferred`), since each
-//! `apply_batch` costs sled two synced writes of its I/O buffer.
+//! every transition applied meanwhile into it (group commit).
 
 use std::collections::HashMap;
 use std::fs::File;
