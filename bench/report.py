@@ -16,8 +16,8 @@ producer, the ``.delay()`` loop: Baton's loop and Baton's batch producer are
 each set against it. A latency-under-load figure is compared only at the same
 load (rates within 10%): ``bench/run`` measures Baton at its own half
 capacity (``load`` "half") and again at Celery's rate (``--load-rate``,
-``load`` "set"), and only the second has a ratio. The ratio is Baton's median over Celery's; above 1 is
-better for throughput, below 1 for latency.
+``load`` "set"), and only the second has a ratio. The ratio is Baton's
+median over Celery's; above 1 is better for throughput, below 1 for latency.
 
 The table goes to stdout; ``--markdown`` writes it (with the versions and
 settings the lines recorded) as Markdown, and ``--chart`` renders a PNG with
