@@ -60,7 +60,7 @@ def load(path: str) -> List[dict]:
 
 
 def lower_is_better(r: dict) -> bool:
-    return r["unit"] == "ms"
+    return r["unit"] in ("ms", "us/task")
 
 
 def same_load(a: dict, b: dict) -> bool:

@@ -34,6 +34,10 @@ What is measured, identically for both systems:
   was asked for, else one run), or at ``--load-rate`` (to load both systems
   equally); every task's latency counts.
   Reported as p50 and p99 (milliseconds), each with its own JSON line.
+* **CPU per task under load** (``latency_load_cpu``, microseconds): the CPU time
+  (user + system) that every process of the system (broker or redis-server,
+  workers with their pool processes) and the producer used during a paced
+  latency run, divided by its tasks: what each system costs at the same load.
 * Each workload is warmed up once (300 units) and then measured ``--runs``
   times; a line gives every run, their median, min and max. Throughput lines
   also give ``producer_rate``, the median rate at which the producer submitted:
@@ -111,6 +115,27 @@ class Processes:
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{tail(path)}" for name, _, path in self.running)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by every live process this object
+        started, with their children (each leads its own process group: a Celery
+        worker's pool processes are in its group), plus this process's own (the
+        producer). Linux only (``/proc``)."""
+        groups = {proc.pid for _, proc, _ in self.running}
+        ticks = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:  # it exited meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is the state (field 3)
+            if int(fields[2]) in groups:  # pgrp
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        own = os.times()
+        return ticks / os.sysconf("SC_CLK_TCK") + own.user + own.system
 
     def stop(self) -> None:
         """Stop the processes in reverse order of their start, workers before their broker.
@@ -368,14 +393,17 @@ class Bench:
             raise RuntimeError(f"{workload}/{producer}: the records do not show each unit completed once")
         return n / (max(r.time for r in runs) - start), n / (submitted - start)
 
-    def latencies(self, n: int, rate: Optional[float]) -> List[float]:
-        """Submit-to-start latencies (ms) of ``n`` noop tasks.
+    def latencies(self, n: int, rate: Optional[float]) -> Tuple[List[float], float]:
+        """Submit-to-start latencies (ms) of ``n`` noop tasks, and the CPU time
+        (microseconds) that all processes of the system and the producer used per
+        task meanwhile.
 
         ``rate=None``: one at a time, each submitted ``LOW_PAUSE`` after the
         previous one ran. Otherwise paced at ``rate`` tasks/s from this thread
         (a late submission goes at once, the pace is not reset)."""
         submit = self.system.tasks.LOOP["noop"]
         submitted = [0.0] * n
+        cpu = self.procs.cpu_seconds()
         if rate is None:
             runs = []
             for i in range(n):
@@ -392,7 +420,8 @@ class Bench:
                 submitted[i] = time.time()
                 submit(i)
             runs = self.wait_records(n, "latency (load)")
-        return [(r.time - submitted[r.index]) * 1000 for r in runs]
+        cpu = self.procs.cpu_seconds() - cpu
+        return [(r.time - submitted[r.index]) * 1000 for r in runs], cpu / n * 1e6
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -416,13 +445,15 @@ def measure(bench: Bench, args: argparse.Namespace, workload: str, producer: str
     rate = args.load_rate or LOAD_SHARE * bench.noop_rate
     figures: Dict[str, List[float]] = {}
     for _ in range(args.runs):
-        low = bench.latencies(LOW_TASKS, None)
-        load = bench.latencies(args.tasks, rate)
+        low, _ = bench.latencies(LOW_TASKS, None)
+        load, cpu = bench.latencies(args.tasks, rate)
         for name, values in (("low", low), ("load", load)):
             for p in (50, 99):
                 figures.setdefault(f"latency_{name}_p{p}", []).append(percentile(values, p))
+        figures.setdefault("latency_load_cpu", []).append(cpu)
     return [
-        result(args, name, producer, LOW_TASKS if "low" in name else args.tasks, "ms", runs,
+        result(args, name, producer, LOW_TASKS if "low" in name else args.tasks,
+               "us/task" if name.endswith("cpu") else "ms", runs,
                **({} if "low" in name else {"load_rate": round(rate, 1),
                                             # "half": this system's own half capacity; "set": --load-rate
                                             "load": "set" if args.load_rate else "half"}))
