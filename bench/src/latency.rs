@@ -58,6 +58,32 @@ pub async fn probe(client: &Client, tally: &Arc<Tally>, probes: u64) -> Result<V
     Ok(latencies)
 }
 
+/// The gRPC round trip alone: `rounds` standard health checks to the
+/// broker at `addr` (`http://host:port`), one at a time and as far apart as the probes, sorted.
+/// It involves neither the scheduler nor the disk, so it is the floor
+/// under every latency figure on this machine: what a unary call costs
+/// when both sides' threads are idle in between.
+pub async fn grpc_round_trips(addr: &str, rounds: u64) -> Result<Vec<Duration>> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
+        .connect()
+        .await?;
+    let mut health = HealthClient::new(channel);
+    let mut took = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        took.push(start.elapsed());
+        tokio::time::sleep(SPACING).await;
+    }
+    took.sort_unstable();
+    Ok(took)
+}
+
 /// [`probe`] while a background producer submits `load_rate` no-op tasks
 /// per second.
 pub async fn probe_under_load(

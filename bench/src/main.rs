@@ -232,26 +232,38 @@ async fn throughput_figures(args: &Args, settings: &Settings, sink: &mut Sink) -
 async fn latency_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
     let probes = args.size(1000) as u64;
     let (procs, concurrency) = (1, 16);
-    let mut figures: Vec<(String, Vec<f64>)> = ["low_p50", "low_p99", "load_p50", "load_p99"]
-        .iter()
-        .map(|n| (format!("latency_{n}"), Vec::new()))
-        .collect();
+    let mut figures: Vec<(String, Vec<f64>)> = [
+        "latency_low_p50",
+        "latency_low_p99",
+        "latency_load_p50",
+        "latency_load_p99",
+        "grpc_round_trip_p50",
+        "grpc_round_trip_p99",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), Vec::new()))
+    .collect();
     for _ in 0..args.runs {
         let run = fresh(settings, procs, concurrency).await?;
+        let rtt = latency::grpc_round_trips(&run.broker.addr, probes).await?;
         let low = latency::probe(&run.client, &run.tally, probes).await?;
         let load =
             latency::probe_under_load(&run.client, &run.tally, probes, args.load_rate).await?;
-        for (i, sorted) in [&low, &low, &load, &load].into_iter().enumerate() {
+        for (i, sorted) in [&low, &low, &load, &load, &rtt, &rtt]
+            .into_iter()
+            .enumerate()
+        {
             let p = if i % 2 == 0 { 50 } else { 99 };
             figures[i].1.push(ms(percentile(sorted, p)));
         }
         run.end().await?;
     }
     for (workload, runs) in figures {
+        let rtt = workload.starts_with("grpc");
         sink.put(&Figure {
             label: Label {
                 workload,
-                producer: "sync",
+                producer: if rtt { "-" } else { "sync" },
                 durable: settings.durable,
                 procs,
                 concurrency,

@@ -46,6 +46,7 @@ fn every_group_prints_its_figures_at_a_tiny_size() {
         "executors",
         "latency_low_p99",
         "latency_load_p99",
+        "grpc_round_trip_p99",
         "handoff_declared_p99",
         "handoff_in_body_p99",
         "recovery_flow",
