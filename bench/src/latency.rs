@@ -59,10 +59,10 @@ pub async fn probe(client: &Client, tally: &Arc<Tally>, probes: u64) -> Result<V
 }
 
 /// The gRPC round trip alone: `rounds` standard health checks to the
-/// broker at `addr` (`http://host:port`), one at a time and as far apart as the probes, sorted.
-/// It involves neither the scheduler nor the disk, so it is the floor
-/// under every latency figure on this machine: what a unary call costs
-/// when both sides' threads are idle in between.
+/// broker at `addr` (`http://host:port`), one at a time and as far apart
+/// as the probes, sorted. It involves neither the scheduler nor the disk,
+/// so it is the floor under every latency figure on this machine: what a
+/// unary call costs when both sides' threads are idle in between.
 pub async fn grpc_round_trips(addr: &str, rounds: u64) -> Result<Vec<Duration>> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())?
