@@ -95,7 +95,7 @@ def comparisons(results: List[dict]) -> List[Tuple[Optional[dict], Optional[dict
 def figure(r: Optional[dict]) -> str:
     if r is None:
         return "—"
-    fmt = "{:,.2f}" if lower_is_better(r) else "{:,.0f}"
+    fmt = "{:,.2f}" if r["unit"] == "ms" else "{:,.0f}"
     return f"{fmt.format(r['median'])} {r['unit']} [{fmt.format(r['min'])}–{fmt.format(r['max'])}]"
 
 
