@@ -131,7 +131,11 @@ class _Run:
     cancel_requested: bool = False
     launched: bool = False
     """Its body was handed to the pool or the task loop (a prefetched run
-    waits in ``Worker._waiting`` until a slot frees)."""
+    waits in ``Worker._waiting`` until a slot frees, unless it goes straight
+    to the pool: see ``Worker._slots``)."""
+    job: "Optional[_Job]" = None
+    """Its job while queued in the pool, so that :meth:`_Pool.withdraw` can
+    take it back before a thread does."""
 
 
 _Job = Tuple[_Run, Callable[..., Any], "list[Any]", "dict[str, Any]"]
@@ -186,8 +190,10 @@ class _Pool:
             thread.start()
 
     def submit(self, run: _Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
-        """On the session loop."""
-        self._jobs.append((run, fn, args, kwargs))
+        """On the session loop. Jobs start in submission order, at most
+        ``size`` at once: the pool may be given more jobs than threads."""
+        job = run.job = (run, fn, args, kwargs)
+        self._jobs.append(job)
         with self._mutex:
             left = self._free_soon > 0 and self._short(fn)
             if not left:
@@ -196,6 +202,21 @@ class _Pool:
                 return
         if self._spare_timer is None:
             self._spare_timer = self._loop.call_later(SPARE_DELAY, self._wake_spares)
+
+    def withdraw(self, run: _Run) -> bool:
+        """On the session loop: take back ``run``'s job if no thread took it
+        yet (True), so that it never starts."""
+        job = run.job
+        if job is None:
+            return False  # a thread has it
+        try:
+            # Atomic under the GIL: the tuples' comparisons run no Python
+            # code (a _Run compares by identity), so no thread can pop the
+            # job in the middle; either this removes it or a thread had it.
+            self._jobs.remove(job)
+        except ValueError:
+            return False
+        return True
 
     def _short(self, fn: Callable[..., Any]) -> bool:
         return self._last_run.get(fn, SHORT_RUN) < SHORT_RUN
@@ -244,10 +265,12 @@ class _Pool:
             if job is None:
                 return
             run, fn, args, kwargs = job
+            run.job = None  # no reference cycle left for the garbage collector
             long = not self._short(fn)
             if long:
                 with self._mutex:
                     self._free_soon -= 1
+            run.started = time.monotonic()
             started = time.perf_counter()
             try:
                 outcome = outcomes.run_sync(fn, run.ctx, args, kwargs)
@@ -485,7 +508,15 @@ class Worker:
         # Session-loop state (see the module docstring).
         self._runs: dict[TaskKey, _Run] = {}
         self._active = 0
-        """Runs launched and not ended: at most ``concurrency``."""
+        """Runs launched and not ended: at most :attr:`_slots`."""
+        self._slots = concurrency
+        """How many runs may be launched at once. With only plain functions
+        registered, every assignment goes to the pool at once (``concurrency
+        + prefetch``): its ``concurrency`` threads take the prefetched runs
+        in order as they free, without a round trip through the session loop
+        between one body and the next (with no-op tasks, that round trip was
+        a fifth of a worker's CPU per run). ``async def`` bodies run elsewhere,
+        so with any of them registered, runs wait here for a slot."""
         self._waiting: "Deque[tuple[_Run, Any, list[Any], dict[str, Any]]]" = collections.deque()
         """Prefetched runs, in assignment order, until a slot frees."""
         self._unacked: dict[TaskKey, pb.Outcome] = {}
@@ -541,6 +572,8 @@ class Worker:
         if any(t.is_async for t in self.app.tasks.values()):
             self._task_loop = _TaskLoop()
             self._task_loop.start()
+        else:
+            self._slots = self.concurrency + self.prefetch
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -811,7 +844,7 @@ class Worker:
         )
         run = _Run(key, ctx, is_async=task.is_async)
         self._runs[key] = run
-        if self._active >= self.concurrency:
+        if self._active >= self._slots:
             self._waiting.append((run, task, args, kwargs))  # prefetched
             return
         self._launch(run, task, args, kwargs)
@@ -865,7 +898,7 @@ class Worker:
             del self._runs[run.key]
         if run.launched:
             self._active -= 1
-            while self._waiting and self._active < self.concurrency:
+            while self._waiting and self._active < self._slots:
                 self._launch(*self._waiting.popleft())
         # The broker frees a run's throttle slots when its outcome is recorded.
         for rid, (_, waiter) in run.waiters.items():
@@ -918,6 +951,10 @@ class Worker:
         if not run.launched:
             # Prefetched: it never starts.
             self._waiting = collections.deque(w for w in self._waiting if w[0] is not run)
+            self._ended(run, outcomes.cancelled(reason))
+            return
+        if not run.is_async and self._pool is not None and self._pool.withdraw(run):
+            # Prefetched and still queued in the pool: it never starts either.
             self._ended(run, outcomes.cancelled(reason))
             return
         for _, waiter in run.waiters.values():

@@ -94,7 +94,7 @@ def one_run(args: argparse.Namespace, work: Path, profile: str | None) -> tuple[
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     worker_cmd = [sys.executable, "-m", "baton", "worker", "--app", "bench_app:app", "--broker", address,
-                  "--concurrency", str(args.concurrency), "--name", "bench", "--loglevel", args.loglevel]
+                  "--concurrency", str(args.concurrency), "--prefetch", str(args.prefetch), "--name", "bench", "--loglevel", args.loglevel]
     with open(work / "worker.log", "wb") as log:
         worker = subprocess.Popen(worker_cmd, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=log)
     spy = None
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--broker", default="target/release/baton", help="the baton binary (a release build)")
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=0, help="baton worker --prefetch")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--loglevel", default="INFO", help="the worker's --loglevel (default INFO, its default)")
     parser.add_argument("--profile", metavar="FILE",
@@ -161,7 +162,7 @@ def main() -> None:
     median = statistics.median(seconds)
     print(f"median: {median:.2f}s = {args.tasks / median:.0f} tasks/s, worker CPU "
           f"{statistics.median(cpus) / args.tasks * 1e6:.0f} us/task "
-          f"(concurrency {args.concurrency}, loglevel {args.loglevel})")
+          f"(concurrency {args.concurrency}, prefetch {args.prefetch}, loglevel {args.loglevel})")
 
 
 if __name__ == "__main__":

@@ -175,3 +175,15 @@ async def async_slow(uuid):
         await asyncio.sleep(SLOW_SECONDS)
         record("slow_end", uuid=uuid)
     return uuid
+
+
+# -- the same plain functions, without the coroutines ------------------------
+
+plain_app = Baton()
+"""The demo's plain functions alone. A worker of an app without ``async def``
+tasks hands its prefetched runs to its thread pool at once (they wait in the
+pool's queue, not in the session loop): ``--app demo_app:plain_app`` tests
+that path."""
+for _task in list(app.tasks.values()):
+    if not _task.is_async:
+        plain_app.task(name=_task.name, **_task.options)(_task.fn)

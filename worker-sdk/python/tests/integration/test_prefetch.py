@@ -1,6 +1,11 @@
 """Prefetch: a worker holds `concurrency + prefetch` assignments, runs
 `concurrency` of them at once, starts the rest in order as slots free, and a
-prefetched run that is cancelled never starts."""
+prefetched run that is cancelled never starts.
+
+Each test runs twice: with the demo app, whose `async def` tasks make
+prefetched runs wait in the worker's session loop, and with its plain
+functions alone (`demo_app:plain_app`), whose prefetched runs wait in the
+thread pool's queue."""
 
 import time
 
@@ -9,13 +14,17 @@ import pytest
 from baton import ChainCancelled
 
 
+APPS = pytest.mark.parametrize("app", ["demo_app:app", "demo_app:plain_app"])
+
+
 def _held(broker, name):
     (w,) = [w for w in broker.workers() if w.worker_name == name]
     return w
 
 
-def test_prefetched_runs_wait_for_a_slot_and_start_in_order(broker, tasks, start_worker, events):
-    worker = start_worker(concurrency=1, args=("--prefetch", "2"))
+@APPS
+def test_prefetched_runs_wait_for_a_slot_and_start_in_order(broker, tasks, start_worker, events, app):
+    worker = start_worker(concurrency=1, args=("--prefetch", "2", "--app", app))
     results = [tasks.sleeper.delay(0.5, f"s{i}") for i in range(5)]
     events.wait_for("sleeper_start", tag="s0")
 
@@ -35,8 +44,9 @@ def test_prefetched_runs_wait_for_a_slot_and_start_in_order(broker, tasks, start
         assert timeline.index(("sleeper_end", f"s{i}")) < timeline.index(("sleeper_start", f"s{i + 1}"))
 
 
-def test_a_cancelled_prefetched_run_never_starts(broker, tasks, start_worker, events):
-    worker = start_worker(concurrency=1, args=("--prefetch", "1"))
+@APPS
+def test_a_cancelled_prefetched_run_never_starts(broker, tasks, start_worker, events, app):
+    worker = start_worker(concurrency=1, args=("--prefetch", "1", "--app", app))
     running = tasks.sleeper.delay(60, "running")
     events.wait_for("sleeper_start", tag="running")
     waiting = tasks.sleeper.delay(60, "waiting")

@@ -144,3 +144,56 @@ def test_a_long_body_does_not_make_short_jobs_wait_for_its_thread():
         return deferred
 
     assert asyncio.run(main()) is False
+
+
+def test_jobs_beyond_the_threads_wait_in_order_and_a_queued_one_can_be_withdrawn():
+    """The pool takes more jobs than it has threads (a worker's prefetched
+    runs): they wait, never more than ``size`` run at once, the first ones
+    submitted start first, and a job no thread took yet can be withdrawn, so
+    that it never starts. (The order of every start is checked with one
+    thread, in tests/integration/test_prefetch.py.)"""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = {}
+        back = asyncio.Event()
+
+        def on_done(run, outcome):
+            done[run.key[0]] = outcome
+            back.set()
+
+        pool = _Pool(2, loop, on_done)
+        lock = threading.Lock()
+        running, most, started = [0], [0], []
+        release = threading.Event()
+
+        def body(i):
+            with lock:
+                started.append(i)
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            release.wait(30)
+            with lock:
+                running[0] -= 1
+            return i
+
+        runs = [make_run(i) for i in range(6)]
+        for i, run in enumerate(runs):
+            pool.submit(run, body, [i], {})
+        while len(started) < 2:  # both threads hold a job; the other four wait
+            await asyncio.sleep(0.01)
+        assert not pool.withdraw(runs[0]), "a started job cannot be withdrawn"
+        assert pool.withdraw(runs[3])
+        assert not pool.withdraw(runs[3]), "withdrawn once"
+        release.set()
+        while len(done) < 5:
+            back.clear()
+            await asyncio.wait_for(back.wait(), 10)
+        pool.shutdown(wait=True)
+        return done, most[0], started
+
+    done, most, started = asyncio.run(main())
+    assert sorted(done) == ["t0", "t1", "t2", "t4", "t5"], "the withdrawn job never ran"
+    assert sorted(started[:2]) == [0, 1], "the first jobs submitted start first"
+    assert sorted(started[2:]) == [2, 4, 5]
+    assert most == 2
