@@ -80,8 +80,9 @@ SHORT_RUN = 0.0002
 """A plain function whose last run took less (seconds) is short: its next
 job waits for a thread already awake rather than waking one (see :class:`_Pool`)."""
 SPARE_DELAY = 0.001
-"""How long such a job may wait for the awake threads before an idle one is
-woken for it (plus the event loop's timer resolution, 1 ms)."""
+"""How long the awake threads may take no job, while such a job waits, before
+idle ones are woken for the jobs queued (plus the event loop's timer
+resolution, 1 ms)."""
 READ_BATCH_BYTES = 1 << 20
 """``Hello.batch_bytes``: the largest BrokerBatch this worker asks for. grpc's
 default receive limit is 4 MB, so 1 MiB batches stay well inside it."""
@@ -161,7 +162,11 @@ class _Pool:
     running a short function): that thread takes it when its current body
     returns, sooner than a woken one would start. Should that body not
     return soon after all, the session loop wakes idle threads for the jobs
-    still queued :data:`SPARE_DELAY` later. Any other job wakes an idle
+    still queued once :data:`SPARE_DELAY` passed with no job taken. (Not
+    merely because jobs are still queued: a worker that prefetches queues
+    many short jobs at once, and while the awake threads get through them,
+    waking the others only makes them fight over the GIL, each body's
+    ``write`` handing it over: 5-10% more CPU per no-op run.) Any other job wakes an idle
     thread at once, so bodies that take time start side by side as soon as
     they are assigned, as in any thread pool.
     """
@@ -180,6 +185,9 @@ class _Pool:
         self._last_run: "dict[Callable[..., Any], float]" = {}
         """Seconds the last run of each function took (set by the threads)."""
         self._spare_timer: Optional[asyncio.TimerHandle] = None
+        self._taken = 0
+        """Jobs the threads have taken so far (a progress mark, for :meth:`_wake_spares`)."""
+        self._taken_when_armed = 0
         self._done: "queue.SimpleQueue[tuple[_Run, pb.Outcome]]" = queue.SimpleQueue()
         self._wake_pending = False
         # Daemon threads: a forced exit must not wait for a body that never returns.
@@ -201,7 +209,7 @@ class _Pool:
                     self._wake_one()
                 return
         if self._spare_timer is None:
-            self._spare_timer = self._loop.call_later(SPARE_DELAY, self._wake_spares)
+            self._arm_spare_timer()
 
     def withdraw(self, run: _Run) -> bool:
         """On the session loop: take back ``run``'s job if no thread took it
@@ -226,10 +234,20 @@ class _Pool:
         self._sleeping.pop().release()
         self._free_soon += 1
 
+    def _arm_spare_timer(self) -> None:
+        self._taken_when_armed = self._taken
+        self._spare_timer = self._loop.call_later(SPARE_DELAY, self._wake_spares)
+
     def _wake_spares(self) -> None:
         """On the session loop, SPARE_DELAY after a job was left to a thread
-        already awake: idle threads for the jobs still queued."""
+        already awake: idle threads for the jobs still queued, unless the
+        awake threads took jobs meanwhile (then look again later)."""
         self._spare_timer = None
+        if not self._jobs:
+            return
+        if self._taken != self._taken_when_armed:
+            self._arm_spare_timer()
+            return
         with self._mutex:
             for _ in range(min(len(self._jobs), len(self._sleeping))):
                 self._wake_one()
@@ -265,6 +283,7 @@ class _Pool:
             if job is None:
                 return
             run, fn, args, kwargs = job
+            self._taken += 1  # threads may race here and count one job for two: a change is all that matters
             run.job = None  # no reference cycle left for the garbage collector
             long = not self._short(fn)
             if long:

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 from baton.context import TaskContext
 from baton.worker import _Pool, _Run
@@ -197,3 +198,46 @@ def test_jobs_beyond_the_threads_wait_in_order_and_a_queued_one_can_be_withdrawn
     assert sorted(started[:2]) == [0, 1], "the first jobs submitted start first"
     assert sorted(started[2:]) == [2, 4, 5]
     assert most == 2
+
+
+def test_threads_busy_with_a_backlog_of_short_jobs_wake_no_others(monkeypatch):
+    """A backlog of short jobs (a prefetching worker's) is left to the thread
+    that is awake while it keeps taking them: waking the idle threads would
+    only make them contend for the GIL. (A thread stalled by the machine for
+    a whole SPARE_DELAY may let a second one wake; never all four.)"""
+    monkeypatch.setattr("baton.worker.SPARE_DELAY", 0.01)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = {}
+        back = asyncio.Event()
+
+        def on_done(run, outcome):
+            done[run.key[0]] = outcome
+            back.set()
+
+        async def until(count):
+            while len(done) < count:
+                back.clear()
+                await asyncio.wait_for(back.wait(), 30)
+
+        pool = _Pool(4, loop, on_done)
+        threads = set()
+
+        def short(spin):
+            threads.add(threading.current_thread().name)
+            end = time.perf_counter() + spin
+            while time.perf_counter() < end:
+                pass
+
+        pool.submit(make_run(0), short, [0], {})
+        await until(1)  # short is known short now
+        threads.clear()
+        for i in range(1, 401):  # 400 x 0.1 ms: the backlog outlasts several SPARE_DELAYs
+            pool.submit(make_run(i), short, [0.0001], {})
+        await until(401)
+        pool.shutdown(wait=True)
+        return threads
+
+    threads = asyncio.run(main())
+    assert 1 <= len(threads) <= 2, threads
