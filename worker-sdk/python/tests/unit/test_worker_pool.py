@@ -8,6 +8,24 @@ from baton.context import TaskContext
 from baton.worker import _Pool, _Run
 
 
+class Outcomes:
+    """The outcomes a pool hands back, by task id; made on the loop."""
+
+    def __init__(self):
+        self.done = {}
+        self._back = asyncio.Event()
+
+    def on_done(self, run, outcome):
+        self.done[run.key[0]] = outcome
+        self._back.set()
+
+    async def until(self, ready):
+        """Until ``ready(done)`` holds (10 s at most between outcomes)."""
+        while not ready(self.done):
+            self._back.clear()
+            await asyncio.wait_for(self._back.wait(), 10)
+
+
 def make_run(i):
     ctx = TaskContext(name="t.x", task_id=f"t{i}", attempt=1, chain_id="c", phase="main", step_index=0,
                       queue="general", context={})
@@ -109,20 +127,12 @@ def test_a_long_body_does_not_make_short_jobs_wait_for_its_thread():
     wakes an idle thread at once instead of waiting for the spare timer."""
 
     async def main():
-        loop = asyncio.get_running_loop()
-        done = {}
-        back = asyncio.Event()
-
-        def on_done(run, outcome):
-            done[run.key[0]] = outcome
-            back.set()
+        outcomes = Outcomes()
 
         async def until(task_id):
-            while task_id not in done:
-                back.clear()
-                await asyncio.wait_for(back.wait(), 10)
+            await outcomes.until(lambda done: task_id in done)
 
-        pool = _Pool(4, loop, on_done)
+        pool = _Pool(4, asyncio.get_running_loop(), outcomes.on_done)
         started, release = threading.Event(), threading.Event()
 
         def long_body():
@@ -155,15 +165,8 @@ def test_jobs_beyond_the_threads_wait_in_order_and_a_queued_one_can_be_withdrawn
     thread, in tests/integration/test_prefetch.py.)"""
 
     async def main():
-        loop = asyncio.get_running_loop()
-        done = {}
-        back = asyncio.Event()
-
-        def on_done(run, outcome):
-            done[run.key[0]] = outcome
-            back.set()
-
-        pool = _Pool(2, loop, on_done)
+        outcomes = Outcomes()
+        pool = _Pool(2, asyncio.get_running_loop(), outcomes.on_done)
         lock = threading.Lock()
         running, most, started = [0], [0], []
         release = threading.Event()
@@ -187,11 +190,9 @@ def test_jobs_beyond_the_threads_wait_in_order_and_a_queued_one_can_be_withdrawn
         assert pool.withdraw(runs[3])
         assert not pool.withdraw(runs[3]), "withdrawn once"
         release.set()
-        while len(done) < 5:
-            back.clear()
-            await asyncio.wait_for(back.wait(), 10)
+        await outcomes.until(lambda done: len(done) == 5)
         pool.shutdown(wait=True)
-        return done, most[0], started
+        return outcomes.done, most[0], started
 
     done, most, started = asyncio.run(main())
     assert sorted(done) == ["t0", "t1", "t2", "t4", "t5"], "the withdrawn job never ran"
@@ -208,20 +209,12 @@ def test_threads_busy_with_a_backlog_of_short_jobs_wake_no_others(monkeypatch):
     monkeypatch.setattr("baton.worker.SPARE_DELAY", 0.01)
 
     async def main():
-        loop = asyncio.get_running_loop()
-        done = {}
-        back = asyncio.Event()
-
-        def on_done(run, outcome):
-            done[run.key[0]] = outcome
-            back.set()
+        outcomes = Outcomes()
 
         async def until(count):
-            while len(done) < count:
-                back.clear()
-                await asyncio.wait_for(back.wait(), 30)
+            await outcomes.until(lambda done: len(done) == count)
 
-        pool = _Pool(4, loop, on_done)
+        pool = _Pool(4, asyncio.get_running_loop(), outcomes.on_done)
         threads = set()
 
         def short(spin):
