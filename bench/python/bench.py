@@ -118,11 +118,16 @@ class Processes:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by every live process this object
-        started, with their children (each leads its own process group: a Celery
-        worker's pool processes are in its group), plus this process's own (the
-        producer). Linux only (``/proc``)."""
-        groups = {proc.pid for _, proc, _ in self.running}
-        ticks = 0
+        started, with their children, plus this process's own (the producer)."""
+        return sum(self.cpu_by_name().values())
+
+    def cpu_by_name(self) -> Dict[str, float]:
+        """CPU time (user + system, seconds) used so far by each live process this
+        object started, by its name, with its children (each leads its own
+        process group: a Celery worker's pool processes are in its group), and
+        by this process (``producer``). Linux only (``/proc``)."""
+        names = {proc.pid: name for name, proc, _ in self.running}
+        ticks = dict.fromkeys(names.values(), 0)
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -132,10 +137,12 @@ class Processes:
             except OSError:  # it exited meanwhile
                 continue
             fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is the state (field 3)
-            if int(fields[2]) in groups:  # pgrp
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            name = names.get(int(fields[2]))  # pgrp
+            if name is not None:
+                ticks[name] += int(fields[11]) + int(fields[12])  # utime, stime
+        hz = os.sysconf("SC_CLK_TCK")
         own = os.times()
-        return ticks / os.sysconf("SC_CLK_TCK") + own.user + own.system
+        return {**{name: n / hz for name, n in ticks.items()}, "producer": own.user + own.system}
 
     def stop(self) -> None:
         """Stop the processes in reverse order of their start, workers before their broker.
@@ -434,11 +441,17 @@ def measure(bench: Bench, args: argparse.Namespace, workload: str, producer: str
     """Warm up once, run ``args.runs`` times; one result (a dict) per figure."""
     if workload != "latency":
         bench.throughput(workload, producer, WARMUP)
+        cpu = bench.procs.cpu_by_name()
         runs, submits = zip(*(bench.throughput(workload, producer, args.tasks) for _ in range(args.runs)))
+        after = bench.procs.cpu_by_name()
         if (workload, producer) == ("noop", "loop"):
             bench.noop_rate = statistics.median(runs)
+        units = args.runs * args.tasks
         return [result(args, workload, producer, args.tasks, WORKLOADS[workload][2], list(runs),
-                       producer_rate=round(statistics.median(submits), 1))]
+                       producer_rate=round(statistics.median(submits), 1),
+                       # CPU of each process per unit over the measured runs (waits between them included)
+                       cpu_us_per_unit={name: round((after[name] - cpu.get(name, 0.0)) / units * 1e6, 1)
+                                        for name in after})]
     bench.throughput("noop", "loop", WARMUP)
     if args.load_rate is None and bench.noop_rate is None:  # no noop figure yet: one run sets the pace
         bench.noop_rate = bench.throughput("noop", "loop", args.tasks)[0]
@@ -476,9 +489,11 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
 def human(line: dict) -> str:
     durable = "durable" if line["durable"] else "no-durable"
     prefetch = f"+{line['prefetch']}" if line.get("prefetch") else ""
+    cpu = line.get("cpu_us_per_unit")
+    split = "" if not cpu else "; CPU us/unit: " + ", ".join(f"{name} {us:g}" for name, us in cpu.items())
     return (f"{line['system']:6} {line['workload']:16} {line['producer']:5} {durable:10} "
             f"P={line['procs']} C={line['concurrency']}{prefetch} N={line['tasks']}: {line['median']:g} {line['unit']} "
-            f"[{line['min']:g}-{line['max']:g}] over {len(line['runs'])} runs")
+            f"[{line['min']:g}-{line['max']:g}] over {len(line['runs'])} runs{split}")
 
 
 # -- command line ------------------------------------------------------------------------
