@@ -38,6 +38,10 @@ What is measured, identically for both systems:
   (user + system) that every process of the system (broker or redis-server,
   workers with their pool processes) and the producer used during a paced
   latency run, divided by its tasks: what each system costs at the same load.
+* **CPU per unit by process** (``cpu_us_per_unit`` of each throughput line,
+  microseconds): the same CPU time, for each process the harness started and
+  the producer, over the measured runs (waits between them included),
+  divided by their units: where the time of a throughput figure goes.
 * Each workload is warmed up once (300 units) and then measured ``--runs``
   times; a line gives every run, their median, min and max. Throughput lines
   also give ``producer_rate``, the median rate at which the producer submitted:
