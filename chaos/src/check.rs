@@ -16,6 +16,10 @@
 //!   one idempotency key; one (task, attempt) run by two processes; a task
 //!   run twice at once, or again after it completed, with no crash or lease
 //!   lapse to explain it; a broker that recorded fewer attempts than ran;
+//!   (the last three are excused for a run that takes no throttle slot
+//!   when the broker was killed after it started: the broker sends such a
+//!   run before its assignment is durable, so a crash can make it forget
+//!   the run and issue the same attempt again, see `forgotten`)
 //!   a process that died unasked; an error in the broker's log; a broker
 //!   or worker that did not stop cleanly at the end.
 //!
@@ -138,6 +142,11 @@ pub struct Report {
     pub re_executed: usize,
     /// The same (task, attempt) run by more than one process.
     pub same_attempt_twice: usize,
+    /// Runs the broker forgot when it was killed (sent before their
+    /// assignment was durable; allowed for runs without a throttle slot):
+    /// the same attempt ran again. Counted among the redeliveries and
+    /// re-executions too.
+    pub forgotten: usize,
     pub on_success_runs: usize,
     pub on_success_chains: usize,
     pub on_failure_runs: usize,
@@ -192,6 +201,9 @@ fn collect_runs<'a>(evidence: &Evidence<'a>, report: &mut Report) -> Vec<Run<'a>
             ));
         }
         let cut = info.killed.or(info.exited);
+        let first = runs.len();
+        // The latest run of each (task, attempt): a forgotten attempt (see
+        // `may_be_early`) can start again in the same process.
         let mut open: HashMap<(&str, u32), usize> = HashMap::new();
         let mut ends: HashMap<usize, (How, u64)> = HashMap::new();
         let mut slots: Vec<(usize, &str, u64, Option<u64>)> = Vec::new();
@@ -245,7 +257,7 @@ fn collect_runs<'a>(evidence: &Evidence<'a>, report: &mut Report) -> Vec<Run<'a>
                 }
             }
         }
-        for &i in open.values() {
+        for i in first..runs.len() {
             let run = &mut runs[i];
             match ends.get(&i) {
                 Some(&(how, t)) => {
@@ -336,16 +348,22 @@ fn check_tasks(evidence: &Evidence<'_>, runs: &[Run<'_>], index: &Index<'_>, rep
         .map(|k| k.t)
         .collect();
     for (task, list) in &index.by_task {
-        let mut attempts: HashMap<u32, usize> = HashMap::new();
+        let mut last_of_attempt: HashMap<u32, usize> = HashMap::new();
         for &i in list {
-            *attempts.entry(runs[i].start.attempt).or_default() += 1;
-        }
-        for (attempt, count) in attempts {
-            if count > 1 {
-                report.same_attempt_twice += count - 1;
-                report.violations.push(format!(
-                    "task {task} attempt {attempt} ran {count} times (one attempt is one run)"
-                ));
+            let start = runs[i].start;
+            if let Some(first) = last_of_attempt.insert(start.attempt, i) {
+                let window = runs[first].start.t..=start.t;
+                if may_be_early(evidence, runs[first].start)
+                    && broker_kills.iter().any(|t| window.contains(t))
+                {
+                    report.forgotten += 1;
+                } else {
+                    report.same_attempt_twice += 1;
+                    report.violations.push(format!(
+                        "task {task} attempt {} ran more than once (one attempt is one run)",
+                        start.attempt
+                    ));
+                }
             }
         }
         for pair in list.windows(2) {
@@ -354,11 +372,13 @@ fn check_tasks(evidence: &Evidence<'_>, runs: &[Run<'_>], index: &Index<'_>, rep
             let lapsed = evidence
                 .lapses
                 .contains(&(task.to_string(), prev.start.attempt));
-            let crash = broker_kills.iter().any(|t| window.contains(t))
+            let broker_crash = broker_kills.iter().any(|t| window.contains(t));
+            let crash = broker_crash
                 || evidence.processes[prev.process]
                     .killed
                     .is_some_and(|t| window.contains(&t));
-            if cur.start.t < prev.end && !lapsed {
+            let forgotten = broker_crash && may_be_early(evidence, prev.start);
+            if cur.start.t < prev.end && !lapsed && !forgotten {
                 report.violations.push(format!(
                     "task {task} (chain {}) ran twice at once: attempt {} started while attempt {} \
                      still ran, and the broker logged no lapse of its lease",
@@ -383,6 +403,23 @@ fn check_tasks(evidence: &Evidence<'_>, runs: &[Run<'_>], index: &Index<'_>, rep
             }
         }
     }
+}
+
+/// Whether the broker may have sent this run before its assignment was
+/// durable (an early assignment): it takes no throttle slot, neither
+/// declared for the run nor the chain's (taken by step 0). Such a run is
+/// forgotten when the broker is killed before its assignment is durable:
+/// the broker issues the same attempt again, maybe while the forgotten run
+/// still goes on (its worker stops it when it reconnects and is told the
+/// run is lost).
+fn may_be_early(evidence: &Evidence<'_>, start: &Start) -> bool {
+    let chain_hold = start.phase == "main"
+        && start.step == 0
+        && evidence
+            .plan
+            .iter()
+            .any(|d| d.seq == start.seq && d.chain_hold.is_some());
+    start.hold.is_none() && !chain_hold
 }
 
 /// What one chain's end must look like, and whether it does.
@@ -585,7 +622,21 @@ impl ChainCheck<'_, '_> {
             for (i, step) in steps.iter().enumerate() {
                 let expected = design.queue(main.then_some(i));
                 let runs = self.runs_of(step);
-                if let Some(max) = runs.iter().map(|&r| self.runs[r].start.attempt).max()
+                // A forgotten run (see `may_be_early`) is not counted.
+                let counted = |r: &usize| {
+                    let start = self.runs[*r].start;
+                    !(may_be_early(self.evidence, start)
+                        && self
+                            .evidence
+                            .kills
+                            .iter()
+                            .any(|k| k.worker.is_none() && k.t >= start.t))
+                };
+                if let Some(max) = runs
+                    .iter()
+                    .filter(|r| counted(r))
+                    .map(|&r| self.runs[r].start.attempt)
+                    .max()
                     && max > step.attempts
                 {
                     problems.push(format!(
@@ -624,10 +675,11 @@ impl ChainCheck<'_, '_> {
         }
         let result: Value = serde_json::from_str(&step.result).unwrap_or(Value::Null);
         let id = result["run"].as_str().unwrap_or_default();
+        // A forgotten run (see `may_be_early`) may share the id of the
+        // run issued again in the same process: the successful one counts.
         self.runs_of(step)
             .into_iter()
-            .find(|&r| run_id(self.evidence, &self.runs[r]) == id)
-            .filter(|&r| self.runs[r].is(How::Ok))
+            .find(|&r| run_id(self.evidence, &self.runs[r]) == id && self.runs[r].is(How::Ok))
             .ok_or_else(|| {
                 format!(
                     "step {} [{}] succeeded with result {}, but no body journalled that \
@@ -1044,8 +1096,8 @@ impl fmt::Display for Report {
             self.duplicate_runs(),
             format!(
                 "  (redelivered after a crash {}, re-executed after a lost outcome {}, \
-                 same attempt twice {})",
-                self.redelivered, self.re_executed, self.same_attempt_twice
+                 same attempt twice {}; forgotten by a killed broker {})",
+                self.redelivered, self.re_executed, self.same_attempt_twice, self.forgotten
             ),
         )?;
         row(
@@ -1254,6 +1306,26 @@ mod tests {
         records: Vec<Record>,
         killed: Option<u64>,
     ) -> Report {
+        verdict_with_kills(plan, observed, records, killed, &[])
+    }
+
+    /// A verdict with the worker process killed at `killed` and the
+    /// broker killed at each of `broker_kills`.
+    fn verdict_with_kills(
+        plan: &[Design],
+        observed: &Observed,
+        records: Vec<Record>,
+        killed: Option<u64>,
+        broker_kills: &[u64],
+    ) -> Report {
+        let kills: Vec<Kill> = broker_kills
+            .iter()
+            .map(|&t| Kill {
+                worker: None,
+                pid: 1,
+                t,
+            })
+            .collect();
         let processes = [WorkerProcess {
             killed,
             ..process()
@@ -1268,7 +1340,7 @@ mod tests {
             observed,
             processes: &processes,
             journals: &journals,
-            kills: &[],
+            kills: &kills,
             exits: &[],
             lapses: &lapses,
             broker_errors: &[],
@@ -1405,6 +1477,54 @@ mod tests {
         assert_eq!(report.re_executed, 1);
         assert!(
             violations_mention(&report, "no crash or lease lapse"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_run_forgotten_by_a_killed_broker_is_excused_only_without_a_throttle_slot() {
+        let plan = [design(0, 2, Expect::Succeed)];
+        // Attempt 1 of "a" starts, the broker is killed before its
+        // assignment is durable and issues attempt 1 again, which starts
+        // while the first still runs (its worker has not reconnected yet).
+        let forgotten = |hold: Option<&str>| {
+            let mut records = journal();
+            let mut first = start("a", "main", None, 5);
+            if let Record::Start(s) = &mut first {
+                s.hold = hold.map(str::to_owned);
+            }
+            records.insert(0, first);
+            records.insert(1, end("a", How::Aborted, 12));
+            records
+        };
+        let report = verdict_with_kills(
+            &plan,
+            &observed(Some(succeeded())),
+            forgotten(None),
+            None,
+            &[7],
+        );
+        assert!(report.passed(), "{report}");
+        assert_eq!((report.forgotten, report.same_attempt_twice), (1, 0));
+
+        // With a declared throttle slot, or with no broker kill in between,
+        // the same journal breaks the fence.
+        let held = Some(IDENTITIES[0].label);
+        let report = verdict_with_kills(
+            &plan,
+            &observed(Some(succeeded())),
+            forgotten(held),
+            None,
+            &[7],
+        );
+        assert!(
+            violations_mention(&report, "ran more than once"),
+            "{report}"
+        );
+        assert!(violations_mention(&report, "ran twice at once"), "{report}");
+        let report = verdict(&plan, &observed(Some(succeeded())), forgotten(None));
+        assert!(
+            violations_mention(&report, "ran more than once"),
             "{report}"
         );
     }

@@ -63,6 +63,11 @@ pub struct Metrics {
     retried: Family<TaskLabel, Counter>,
     /// Runs taken back because their lease lapsed.
     pub lease_expiries: Counter,
+    /// Assignments sent to workers.
+    pub assignments: Counter,
+    /// Of those, the ones sent before their round was durable (see the
+    /// scheduler's `Unsettled`).
+    pub early_assignments: Counter,
     /// From entering its queue (READY) to being assigned, in seconds.
     pub assignment_latency: Histogram,
     /// One group commit: sled's flush and the fdatasync, in seconds.
@@ -77,6 +82,8 @@ impl Default for Metrics {
             failed: Family::default(),
             retried: Family::default(),
             lease_expiries: Counter::default(),
+            assignments: Counter::default(),
+            early_assignments: Counter::default(),
             // 0.5 ms .. ~65 s.
             assignment_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             // 50 µs .. ~3 s.
@@ -151,6 +158,16 @@ impl Metrics {
             "lease_expiries",
             "Runs taken back because their lease lapsed",
             self.lease_expiries.clone(),
+        );
+        r.register(
+            "assignments",
+            "Assignments sent to workers",
+            self.assignments.clone(),
+        );
+        r.register(
+            "assignments_early",
+            "Assignments sent before their round was durable (no throttle slot, readiness durable)",
+            self.early_assignments.clone(),
         );
         r.register(
             "assignment_latency_seconds",
@@ -382,6 +399,7 @@ mod tests {
         tasks.get("demo.slow").submitted.inc();
         tasks.get("demo.slow").succeeded.inc();
         metrics.assignment_latency.observe(0.002);
+        metrics.early_assignments.inc();
         let snapshot = Snapshot {
             queues: vec![QueueStats {
                 name: "general".into(),
@@ -397,6 +415,7 @@ mod tests {
             "baton_tasks_submitted_total{task=\"demo.slow\"} 1",
             "baton_tasks_succeeded_total{task=\"demo.slow\"} 1",
             "baton_assignment_latency_seconds_count 1",
+            "baton_assignments_early_total 1",
             "baton_queue_ready{queue=\"general\"} 3",
             "baton_queue_paused{queue=\"general\"} 1",
             "baton_queue_oldest_ready_age_seconds{queue=\"general\"} 1.5",

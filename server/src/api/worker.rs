@@ -11,7 +11,8 @@
 //! assignments, say) packed into one `BrokerBatch` frame ([`baton::batch`]); the
 //! Welcome tells every worker how large a `WorkerBatch` it may send up. A
 //! batch is unpacked here, at the edge: the scheduler sees the same
-//! messages as if they came one by one.
+//! messages as if they came one by one. Acknowledgments alone wait up to
+//! [`ACK_HOLD`] for other messages to share their frame (see [`frames`]).
 //!
 //! Limits: the hello must come within [`HELLO_WAIT`] and ask for at most
 //! `--max-worker-concurrency` assignments at once; the scheduler refuses
@@ -38,6 +39,8 @@ const OUTBOUND: usize = 4096;
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most messages taken off a worker's queue for one frame down.
 const BATCH_MESSAGES: usize = 512;
+/// Longest an outcome acknowledgment waits for company (see [`frames`]).
+const ACK_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub struct WorkerService {
     pub handle: Handle,
@@ -167,6 +170,47 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
         worker_message::Msg::Drain(_) => FromWorker::Drain,
         worker_message::Msg::Goodbye(_) => FromWorker::Goodbye,
     }))
+}
+
+/// The messages for a worker that reads batches, grouped into what goes down
+/// together: everything waiting when the stream is polled, except that
+/// outcome acknowledgments alone wait up to [`ACK_HOLD`] for company.
+///
+/// Why: a worker that turns over short tasks reports a group of outcomes,
+/// and the broker answers with the next assignments at once (early
+/// assignments, see the scheduler's `Unsettled`) but with the
+/// acknowledgments only once the outcomes are durable, a flush later. Sent
+/// as they come, that is two frames per group where one used to do, and a
+/// frame read costs a Python worker far more than the messages in it. An
+/// acknowledgment has no hurry (the worker only forgets its copy of the
+/// outcome), so it rides with the next group of assignments, or leaves when
+/// the hold is up.
+fn frames(rx: mpsc::Receiver<ToWorker>) -> impl Stream<Item = Vec<ToWorker>> {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let mut chunk = vec![rx.recv().await?];
+        let hold = tokio::time::Instant::now() + ACK_HOLD;
+        loop {
+            while chunk.len() < BATCH_MESSAGES {
+                match rx.try_recv() {
+                    Ok(m) => chunk.push(m),
+                    Err(_) => break,
+                }
+            }
+            let only_acks = chunk.iter().all(|m| matches!(m, ToWorker::Ack { .. }));
+            if !only_acks || chunk.len() >= BATCH_MESSAGES {
+                return Some((chunk, Some(rx)));
+            }
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => chunk.push(m),
+                    // The scheduler let go: what is held still goes.
+                    None => return Some((chunk, None)),
+                },
+                () = tokio::time::sleep_until(hold) => return Some((chunk, Some(rx))),
+            }
+        }
+    })
 }
 
 /// The message down; `batch_bytes` is the largest batch this broker reads
@@ -368,24 +412,87 @@ impl pb::worker_server::Worker for WorkerService {
             },
             span,
         ));
-        let down = ReceiverStream::new(rx).map(move |m| to_pb(m, batch_up));
         let down: DownStream = if batch_down == 0 {
-            Box::pin(down.map(move |m| {
+            Box::pin(ReceiverStream::new(rx).map(move |m| {
                 let _alive = &down_guard;
-                Ok(m)
+                Ok(to_pb(m, batch_up))
             }))
         } else {
             // Whatever waits for the worker when the stream is polled goes
             // down in as few frames as its size allows.
             Box::pin(
-                down.ready_chunks(BATCH_MESSAGES)
+                frames(rx)
                     .flat_map(move |chunk| {
                         let _alive = &down_guard;
+                        let chunk = chunk.into_iter().map(|m| to_pb(m, batch_up)).collect();
                         futures::stream::iter(baton::batch::pack(chunk, batch_down))
                     })
                     .map(Ok),
             )
         };
         Ok(Response::new(down))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskRef;
+
+    fn ack(n: u32) -> ToWorker {
+        ToWorker::Ack {
+            task: TaskRef {
+                task_id: "t".into(),
+                attempt: n,
+            },
+            accepted: true,
+            reason: String::new(),
+        }
+    }
+
+    fn granted(request_id: u64) -> ToWorker {
+        ToWorker::Granted { request_id }
+    }
+
+    /// What a chunk holds, in order: "ack" or "grant".
+    fn kinds(chunk: &[ToWorker]) -> Vec<&'static str> {
+        chunk
+            .iter()
+            .map(|m| match m {
+                ToWorker::Ack { .. } => "ack",
+                _ => "grant",
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgments_wait_for_company_or_for_the_hold() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut frames = Box::pin(frames(rx));
+
+        // Acknowledgments alone are held; the next message takes them along.
+        tx.send(ack(1)).await.unwrap();
+        tx.send(ack(2)).await.unwrap();
+        let next = tokio::time::timeout(ACK_HOLD / 2, frames.next()).await;
+        assert!(next.is_err(), "held");
+        tx.send(granted(7)).await.unwrap();
+        let chunk = frames.next().await.expect("a chunk");
+        assert_eq!(kinds(&chunk), ["ack", "ack", "grant"]);
+
+        // With nothing else coming, they leave when the hold is up.
+        tx.send(ack(3)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let chunk = frames.next().await.expect("a chunk");
+        assert_eq!(kinds(&chunk), ["ack"]);
+        assert_eq!(started.elapsed(), ACK_HOLD);
+
+        // Anything else goes at once, and so does what is held when the
+        // scheduler lets go of the worker.
+        tx.send(granted(8)).await.unwrap();
+        assert_eq!(kinds(&frames.next().await.expect("a chunk")), ["grant"]);
+        tx.send(ack(4)).await.unwrap();
+        drop(tx);
+        assert_eq!(kinds(&frames.next().await.expect("a chunk")), ["ack"]);
+        assert!(frames.next().await.is_none());
     }
 }

@@ -45,6 +45,72 @@ pub enum Effect {
     },
     /// Any other deferred reply (a oneshot send, a watch snapshot).
     Run(Box<dyn FnOnce() + Send>),
+    /// A write that early assignments depend on is durable now (see
+    /// [`Unsettled`]).
+    Settled(Settled),
+}
+
+/// What a round wrote that an early assignment must not run ahead of.
+pub enum Settled {
+    /// The task was made ready.
+    Ready(String),
+    /// A queue's dispatch was resumed.
+    Resumed,
+}
+
+/// An assignment may leave before its round is durable (an *early*
+/// assignment) when a crash in between could cost no more than a repeated
+/// run, which at-least-once delivery allows anyway: the worker would come
+/// back to a broker that knows nothing of the run, be told the run is lost
+/// (`Welcome.lost`), drop it without reporting, and the task would run
+/// again. That holds only if nothing the run relies on is still in
+/// flight, so an assignment waits for its round like every other effect
+/// when:
+/// - its task was made ready in a round not yet durable (a step must not
+///   start before the previous step's success is durable, guarantee 6; nor
+///   may work requeued by a lapsed lease or a retry run ahead of that
+///   record);
+/// - a queue was resumed in a round not yet durable;
+/// - it takes or relies on a throttle slot (a slot granted in memory and
+///   lost in a crash could let a second holder in, guarantee 4);
+/// - its worker's `Welcome` has not left yet (it must be the first message
+///   on the stream).
+///
+/// Why bother: on the hot path of short tasks a worker ends a run, the
+/// broker hands its slot to the next task in the same round, and the
+/// assignment waited for a flush (about 0.8 ms) it did not need. See
+/// docs/benchmarks.md, "Early assignments".
+#[derive(Default)]
+struct Unsettled {
+    /// Tasks made ready in rounds not yet durable, with how many such
+    /// rounds (a task can be made ready again before the first is).
+    ready: HashMap<String, u32>,
+    /// Queue resumptions in rounds not yet durable.
+    resumed: usize,
+}
+
+impl Unsettled {
+    fn settle(&mut self, settled: Settled) {
+        match settled {
+            Settled::Ready(task_id) => {
+                if let Some(n) = self.ready.get_mut(&task_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.ready.remove(&task_id);
+                    }
+                }
+            }
+            Settled::Resumed => self.resumed -= 1,
+        }
+    }
+}
+
+/// What [`Core::commit`] applied: the batch's sequence number, the effects
+/// that wait until it is durable, and the early assignments that need not.
+pub struct Committed {
+    pub seq: u64,
+    pub effects: Vec<Effect>,
+    pub early: Vec<Effect>,
 }
 
 /// Why a submission was deduplicated.
@@ -91,6 +157,8 @@ pub struct WorkerConn {
     pub in_flight: BTreeSet<String>,
     pub draining: bool,
     pub connected_ms: UnixMs,
+    /// Its `Welcome` has left: early assignments may follow it.
+    welcomed: bool,
     tx: mpsc::Sender<ToWorker>,
 }
 
@@ -180,6 +248,10 @@ pub struct Core {
     /// writing it again with each step would cost a sled write for nothing.
     live_unwritten: HashSet<String>,
     effects: Vec<Effect>,
+    /// Assignments of the transition that need not wait for it to be
+    /// durable (see [`Unsettled`]).
+    early: Vec<Effect>,
+    unsettled: Unsettled,
     /// Sequence number of the last applied batch.
     pub written: u64,
     /// Counters and histograms, shared with the metrics endpoint.
@@ -213,6 +285,8 @@ impl Core {
             dirty: BTreeSet::new(),
             live_unwritten: HashSet::new(),
             effects: Vec::new(),
+            early: Vec::new(),
+            unsettled: Unsettled::default(),
             written: 0,
             metrics: Arc::default(),
             task_metrics: TaskMetrics::new(Arc::default()),
@@ -369,12 +443,13 @@ impl Core {
     // -----------------------------------------------------------------
 
     /// Writes the transition's dirty chains as one atomic batch. Returns the
-    /// effects with the sequence number they wait for.
+    /// effects with the sequence number they wait for, and the early
+    /// assignments, which may leave as soon as the batch is applied.
     ///
     /// # Errors
     /// A store error: the batch (and the effects) stay pending and are
     /// retried with the next commit.
-    pub fn commit(&mut self) -> Result<(u64, Vec<Effect>), crate::store::Error> {
+    pub fn commit(&mut self) -> Result<Committed, crate::store::Error> {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
                 let live = !rec.is_ended() || self.has_runs(rec);
@@ -399,7 +474,11 @@ impl Core {
             self.cold_pending.clear();
             self.written += 1;
         }
-        Ok((self.written, std::mem::take(&mut self.effects)))
+        Ok(Committed {
+            seq: self.written,
+            effects: std::mem::take(&mut self.effects),
+            early: std::mem::take(&mut self.early),
+        })
     }
 
     fn touch(&mut self, chain_id: &str) {
@@ -441,9 +520,10 @@ impl Core {
         match effect {
             Effect::Run(f) => f(),
             Effect::ToWorker { worker_id, msg } => {
-                let Some(worker) = self.workers.get(&worker_id) else {
+                let Some(worker) = self.workers.get_mut(&worker_id) else {
                     return;
                 };
+                worker.welcomed |= matches!(msg, ToWorker::Welcome { .. });
                 if let Err(e) = worker.tx.try_send(msg) {
                     // A worker that does not read its stream must not stall
                     // the broker: it is dropped as if its connection broke,
@@ -464,6 +544,7 @@ impl Core {
                     }
                 }
             }
+            Effect::Settled(settled) => self.unsettled.settle(settled),
         }
     }
 
@@ -1091,6 +1172,8 @@ impl Core {
         let task_id = step.task_id.clone();
         self.queues
             .push(&eff.queue, &name, eff.priority, &task_id, now);
+        *self.unsettled.ready.entry(task_id.clone()).or_default() += 1;
+        self.emit(Effect::Settled(Settled::Ready(task_id)));
     }
 
     /// Runs an operation on the throttle table with the rule of
@@ -1391,7 +1474,21 @@ impl Core {
                 },
             );
         }
-        self.send_worker(worker_id, ToWorker::Assign(Box::new(assignment)));
+        let early = eff.throttle.is_none()
+            && self.workers[worker_id].welcomed
+            && self.unsettled.resumed == 0
+            && !self.unsettled.ready.contains_key(task_id);
+        let send = Effect::ToWorker {
+            worker_id: worker_id.to_owned(),
+            msg: ToWorker::Assign(Box::new(assignment)),
+        };
+        self.metrics.assignments.inc();
+        if early {
+            self.metrics.early_assignments.inc();
+            self.early.push(send);
+        } else {
+            self.emit(send);
+        }
         self.event(&chain_id, "step_started", Some(at));
         self.touch(&chain_id);
     }
@@ -1677,15 +1774,23 @@ impl Core {
             in_flight: BTreeSet::new(),
             draining: false,
             connected_ms: now,
+            welcomed: false,
             tx,
         };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
         for task in hello.held {
-            match self
-                .runs
-                .get_mut(&task.task_id)
-                .filter(|r| r.attempt == task.attempt)
-            {
+            // A claim is for the broker's current attempt, and that attempt
+            // is not out on another worker that is connected. (Attempt
+            // numbers of early assignments lost in a crash are issued again:
+            // the run issued since is the current one, not the claim.)
+            let claimable = self.runs.get(&task.task_id).is_some_and(|r| {
+                r.attempt == task.attempt
+                    && r.worker
+                        .as_ref()
+                        .and_then(|w| self.workers.get(w))
+                        .is_none_or(|w| w.name == conn.name)
+            });
+            match self.runs.get_mut(&task.task_id).filter(|_| claimable) {
                 Some(run) => {
                     if let Some(old) = run.worker.replace(worker_id.clone())
                         && let Some(old) = self.workers.get_mut(&old)
@@ -2218,6 +2323,10 @@ impl Core {
         if changed {
             self.batch.put_paused(queue, paused);
             tracing::info!(queue, paused, "queue dispatch changed");
+            if !paused {
+                self.unsettled.resumed += 1;
+                self.emit(Effect::Settled(Settled::Resumed));
+            }
         }
         let stats = self
             .queue_stats(now)
@@ -2421,8 +2530,8 @@ mod tests {
     /// Ends a round: commits and delivers its effects (durability does not
     /// matter here).
     fn end_round(core: &mut Core) {
-        let (_, effects) = core.commit().expect("commit");
-        for effect in effects {
+        let committed = core.commit().expect("commit");
+        for effect in committed.early.into_iter().chain(committed.effects) {
             core.deliver(effect);
         }
     }
@@ -2570,5 +2679,299 @@ mod tests {
             (info.concurrency, info.prefetch, info.in_flight.len()),
             (1, 2, 3)
         );
+    }
+
+    /// Commits a round as the scheduler loop does: delivers its early
+    /// assignments and returns their chain ids, with the round's other
+    /// effects, which wait for it to be durable.
+    fn commit_round(core: &mut Core) -> (Vec<String>, Vec<Effect>) {
+        let committed = core.commit().expect("commit");
+        let early = assigned_chains(&committed.early);
+        assert_eq!(
+            early.len(),
+            committed.early.len(),
+            "only assignments go early"
+        );
+        durable(core, committed.early);
+        (early, committed.effects)
+    }
+
+    /// The worker reports `task` succeeded.
+    fn succeed(core: &mut Core, worker_id: &str, task: TaskRef, now: UnixMs) {
+        let outcome = RunOutcome::Success("1".into());
+        core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, now);
+    }
+
+    /// The chain ids of the assignments among held effects.
+    fn assigned_chains(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ToWorker {
+                    msg: ToWorker::Assign(a),
+                    ..
+                } => Some(a.chain_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The round is durable: its held effects are delivered.
+    fn durable(core: &mut Core, effects: Vec<Effect>) {
+        for effect in effects {
+            core.deliver(effect);
+        }
+    }
+
+    /// Submits `spec` under a chain id of its own, returned.
+    fn submit(core: &mut Core, spec: ChainSpec) -> String {
+        let chain_id = uuid::Uuid::new_v4().to_string();
+        let spec = ChainSpec {
+            chain_id: Some(chain_id.clone()),
+            ..spec
+        };
+        let (reply, _) = oneshot::channel();
+        core.submit(spec, reply, 1);
+        chain_id
+    }
+
+    #[test]
+    fn an_assignment_goes_early_only_when_what_it_relies_on_is_durable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        let a = submit(&mut core, one_step("t"));
+        let b = submit(&mut core, one_step("t"));
+        let worker_id = core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        // `a` became ready in this very round, and the worker's welcome has
+        // not left: its assignment waits for the round.
+        let (early, held) = commit_round(&mut core);
+        assert!(early.is_empty());
+        assert_eq!(assigned_chains(&held), [a.clone()]);
+        durable(&mut core, held);
+        let task_a = next_assignment(&mut rx);
+
+        // `a` ends; `b` was ready in a durable round: it goes early. `c`,
+        // submitted in this round, is not durable yet.
+        succeed(&mut core, &worker_id, task_a, 2);
+        let c = submit(&mut core, one_step("t"));
+        core.dispatch(2);
+        let (early, held_2) = commit_round(&mut core);
+        assert_eq!(early, [b.clone()]);
+        let task_b = next_assignment(&mut rx);
+
+        // `b` ends before the round that made `c` ready is durable: `c`
+        // waits for its round.
+        succeed(&mut core, &worker_id, task_b, 3);
+        core.dispatch(3);
+        let (early, held_3) = commit_round(&mut core);
+        assert!(early.is_empty());
+        assert_eq!(assigned_chains(&held_3), [c]);
+        durable(&mut core, held_2);
+        durable(&mut core, held_3);
+        assert!(core.unsettled.ready.is_empty(), "every readiness settled");
+    }
+
+    /// The first assignment message among delivered ones.
+    fn next_assignment(rx: &mut mpsc::Receiver<ToWorker>) -> TaskRef {
+        loop {
+            if let ToWorker::Assign(x) = rx.try_recv().expect("an assignment") {
+                break x.task;
+            }
+        }
+    }
+
+    #[test]
+    fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        let worker_id = core.connect(hello("t", 1, 0), tx, 1);
+        submit(&mut core, one_step("t"));
+        let x = submit(&mut core, one_step("t"));
+        core.dispatch(1);
+        let (_, held) = commit_round(&mut core);
+        durable(&mut core, held);
+        let a = next_assignment(&mut rx);
+        // What a restart would find on disk now.
+        let on_disk = store.recover().expect("recover");
+
+        // `a` ends; `x` goes early. The broker dies before the round is
+        // durable: its outcome and `x`'s assignment are lost.
+        succeed(&mut core, &worker_id, a.clone(), 2);
+        core.dispatch(2);
+        let (early, _lost_with_the_crash) = commit_round(&mut core);
+        assert_eq!(early, [x.clone()]);
+        let sent = next_assignment(&mut rx);
+        drop(core);
+
+        // The worker comes back holding both (`a` with its outcome not
+        // acknowledged): `a` is kept, `x` is lost, and `x` runs again under
+        // the same attempt number.
+        let mut core = Core::recover(store, 30_000, on_disk, 3);
+        let (tx, mut rx) = mpsc::channel(16);
+        let back = WorkerHello {
+            held: vec![a.clone(), sent.clone()],
+            ..hello("t", 2, 0)
+        };
+        core.connect(back, tx, 3);
+        core.dispatch(3);
+        end_round(&mut core);
+        match rx.try_recv().expect("welcome") {
+            ToWorker::Welcome { kept, lost, .. } => {
+                assert_eq!((kept, lost), (vec![a], vec![sent.clone()]));
+            }
+            _ => panic!("welcome first"),
+        }
+        assert_eq!(next_assignment(&mut rx), sent);
+    }
+
+    #[test]
+    fn a_worker_gets_no_early_assignment_before_its_welcome() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let ready = submit(&mut core, one_step("t"));
+        let (_, held) = commit_round(&mut core);
+        durable(&mut core, held);
+
+        let (tx, mut rx) = mpsc::channel(16);
+        core.connect(hello("t", 1, 0), tx, 2);
+        core.dispatch(2);
+        let (early, held) = commit_round(&mut core);
+        assert!(early.is_empty());
+        assert_eq!(assigned_chains(&held), [ready]);
+        durable(&mut core, held);
+        assert!(matches!(rx.try_recv(), Ok(ToWorker::Welcome { .. })));
+    }
+
+    #[test]
+    fn a_resumed_queue_waits_for_its_round() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (tx, _rx) = mpsc::channel(16);
+        let (paused, _) = oneshot::channel();
+        core.pause_queue(GENERAL_QUEUE, true, paused, 1);
+        let ready = submit(&mut core, one_step("t"));
+        core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        let (early, held) = commit_round(&mut core);
+        assert!(
+            early.is_empty() && assigned_chains(&held).is_empty(),
+            "paused"
+        );
+        durable(&mut core, held);
+
+        // The task was ready in a durable round, the worker is welcomed,
+        // but the resumption is not durable yet.
+        let (resumed, _) = oneshot::channel();
+        core.pause_queue(GENERAL_QUEUE, false, resumed, 2);
+        core.dispatch(2);
+        let (early, held) = commit_round(&mut core);
+        assert!(early.is_empty());
+        assert_eq!(assigned_chains(&held), [ready]);
+    }
+
+    #[test]
+    fn a_throttled_step_waits_for_its_round() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let throttled = Signature {
+            options: Some(Options {
+                throttle: Some(Throttle {
+                    concurrency: 1,
+                    key: "tenant".into(),
+                    scope: ThrottleScope::Chain as i32,
+                    ..Throttle::default()
+                }),
+                ..Options::default()
+            }),
+            ..one_step("t").steps[0].clone()
+        };
+        let held_by_chain = ChainSpec {
+            steps: vec![throttled.clone(), throttled],
+            ..one_step("t")
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let worker_id = core.connect(hello("t", 2, 0), tx, 1);
+        let (_, held) = commit_round(&mut core);
+        durable(&mut core, held);
+        let chain = submit(&mut core, held_by_chain);
+        submit(&mut core, one_step("t"));
+        submit(&mut core, one_step("t"));
+        core.dispatch(1);
+        let (_, held) = commit_round(&mut core);
+        durable(&mut core, held);
+        let (step_1, plain_1) = (next_assignment(&mut rx), next_assignment(&mut rx));
+
+        // Step 1 ends: step 2 queues behind the second plain task, which
+        // takes the free slot (early: it was ready in a durable round).
+        succeed(&mut core, &worker_id, step_1, 2);
+        core.dispatch(2);
+        let (early, held) = commit_round(&mut core);
+        assert_eq!(early.len(), 1);
+        durable(&mut core, held);
+
+        // Step 2 is ready in a durable round and needs no new slot, but it
+        // runs under the chain's throttle slot: it is never sent ahead.
+        succeed(&mut core, &worker_id, plain_1, 3);
+        core.dispatch(3);
+        let (early, held) = commit_round(&mut core);
+        assert!(early.is_empty());
+        assert_eq!(assigned_chains(&held), [chain]);
+    }
+
+    #[test]
+    fn a_claim_for_an_attempt_out_on_another_connected_worker_is_lost() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        submit(&mut core, one_step("t"));
+        let owner = core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        end_round(&mut core);
+        let task = next_assignment(&mut rx);
+
+        // Another worker claims the same attempt (as one that ran an early
+        // assignment before a crash would): the connected owner keeps it.
+        let (tx, mut other_rx) = mpsc::channel(16);
+        let other = WorkerHello {
+            name: "other".into(),
+            held: vec![task.clone()],
+            ..hello("t", 1, 0)
+        };
+        core.connect(other, tx, 2);
+        end_round(&mut core);
+        match other_rx.try_recv().expect("welcome") {
+            ToWorker::Welcome { kept, lost, .. } => {
+                assert!(kept.is_empty());
+                assert_eq!(lost, [task.clone()]);
+            }
+            _ => panic!("welcome first"),
+        }
+        assert!(core.workers[&owner].in_flight.contains(&task.task_id));
+
+        // The owner itself, reconnecting before its old stream is noticed
+        // gone, keeps it.
+        let (tx, mut again_rx) = mpsc::channel(16);
+        let again = WorkerHello {
+            held: vec![task.clone()],
+            ..hello("t", 1, 0)
+        };
+        core.connect(again, tx, 3);
+        end_round(&mut core);
+        match again_rx.try_recv().expect("welcome") {
+            ToWorker::Welcome { kept, lost, .. } => {
+                assert_eq!(kept, [task]);
+                assert!(lost.is_empty());
+            }
+            _ => panic!("welcome first"),
+        }
     }
 }

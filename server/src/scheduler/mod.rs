@@ -7,7 +7,10 @@
 //! atomic batch. A second task, the flusher, makes batches durable (group
 //! commit): while it flushes, further rounds pile up and the next flush
 //! covers them all. Effects of a round (replies, assignments, acks, events)
-//! are held in an outbox until the flusher reports their batch durable.
+//! are held in an outbox until the flusher reports their batch durable;
+//! the one exception is an *early* assignment, which relies on nothing
+//! that is not durable yet and leaves once its batch is applied (see
+//! `core::Unsettled`).
 //!
 //! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
 //! a degraded mode instead of losing or faking anything:
@@ -36,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use self::core::Dedup;
-use self::core::{Core, Effect};
+use self::core::{Committed, Core, Effect};
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
 use crate::metrics::{Metrics, Snapshot};
@@ -455,7 +458,21 @@ fn round_end(
 ) {
     core.dispatch(now_ms());
     match core.commit() {
-        Ok((seq, effects)) => {
+        Ok(Committed {
+            seq,
+            effects,
+            early,
+        }) => {
+            // Early assignments leave now, once the batch is applied (a
+            // later flush covers it), unless the store is in trouble: then
+            // they wait like everything else.
+            if disk.fault().is_none() {
+                for effect in early {
+                    core.deliver(effect);
+                }
+            } else {
+                outbox.extend(early.into_iter().map(|e| (seq, e)));
+            }
             outbox.extend(effects.into_iter().map(|e| (seq, e)));
             if disk.durable {
                 if seq > *flush_tx.borrow() {
