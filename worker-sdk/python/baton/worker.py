@@ -18,7 +18,7 @@ Messages go both ways in batches when both ends allow it (``Hello.batch_bytes``,
 ``Welcome.batch_bytes``): every message grpc.aio moves costs an event-loop
 round trip, so what is ready at the same time travels as one frame
 (:class:`_Outbox` up, :meth:`Worker._read` down), and an outcome waits up
-to a millisecond for the runs started with it (:data:`OUTCOME_LINGER`).
+to 0.3 ms for the runs started with it (:data:`OUTCOME_LINGER`).
 
 The worker decides nothing about scheduling: it runs what the broker assigns
 (never more than its free concurrency), reports how each run ended, and keeps
@@ -62,7 +62,7 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 WELCOME_TIMEOUT = 10.0
 GOODBYE_TIMEOUT = 5.0
-OUTCOME_LINGER = 0.001
+OUTCOME_LINGER = 0.0003
 """Longest an outcome waits, after the youngest run in flight started, for
 the runs still going to end too, so that their outcomes leave in one frame.
 
@@ -75,6 +75,13 @@ outcomes of short ones. Nor is an outcome held longer than this after it was
 queued, though runs keep starting (a prefetching worker starts one as each
 ends): the worst an outcome waits is this plus the event loop's timer
 resolution (1 ms).
+
+Why 0.3 ms: since the broker sends the next assignments as soon as it has
+the outcomes (early assignments), the wait here is most of the time between
+a group's last run and the next group's first. At 2 x 4 with prefetch 12,
+0.3 ms gave more no-op tasks per second than 1 ms in 7 of 8 paired
+measurements (docs/benchmarks.md, "Early assignments"), and 0 gave fewer,
+with more CPU in the workers (groups split).
 """
 SHORT_RUN = 0.0002
 """A plain function whose last run took less (seconds) is short: its next
