@@ -257,8 +257,7 @@ fn collect_runs<'a>(evidence: &Evidence<'a>, report: &mut Report) -> Vec<Run<'a>
                 }
             }
         }
-        for i in first..runs.len() {
-            let run = &mut runs[i];
+        for (i, run) in runs.iter_mut().enumerate().skip(first) {
             match ends.get(&i) {
                 Some(&(how, t)) => {
                     run.ending = Ending::Body(how);

@@ -2749,7 +2749,7 @@ mod tests {
         // not left: its assignment waits for the round.
         let (early, held) = commit_round(&mut core);
         assert!(early.is_empty());
-        assert_eq!(assigned_chains(&held), [a.clone()]);
+        assert_eq!(assigned_chains(&held), std::slice::from_ref(&a));
         durable(&mut core, held);
         let task_a = next_assignment(&mut rx);
 
@@ -2759,7 +2759,7 @@ mod tests {
         let c = submit(&mut core, one_step("t"));
         core.dispatch(2);
         let (early, held_2) = commit_round(&mut core);
-        assert_eq!(early, [b.clone()]);
+        assert_eq!(early, std::slice::from_ref(&b));
         let task_b = next_assignment(&mut rx);
 
         // `b` ends before the round that made `c` ready is durable: `c`
@@ -2804,7 +2804,7 @@ mod tests {
         succeed(&mut core, &worker_id, a.clone(), 2);
         core.dispatch(2);
         let (early, _lost_with_the_crash) = commit_round(&mut core);
-        assert_eq!(early, [x.clone()]);
+        assert_eq!(early, std::slice::from_ref(&x));
         let sent = next_assignment(&mut rx);
         drop(core);
 
@@ -2951,7 +2951,7 @@ mod tests {
         match other_rx.try_recv().expect("welcome") {
             ToWorker::Welcome { kept, lost, .. } => {
                 assert!(kept.is_empty());
-                assert_eq!(lost, [task.clone()]);
+                assert_eq!(lost, std::slice::from_ref(&task));
             }
             _ => panic!("welcome first"),
         }
