@@ -2527,6 +2527,15 @@ mod tests {
         }
     }
 
+    /// A scheduler on an empty store in a temporary directory (kept alive
+    /// by the returned guard), at time 1.
+    fn empty_core() -> (tempfile::TempDir, Shared, Core) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Shared::open(dir.path()).expect("store");
+        let core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        (dir, store, core)
+    }
+
     /// Ends a round: commits and delivers its effects (durability does not
     /// matter here).
     fn end_round(core: &mut Core) {
@@ -2538,9 +2547,7 @@ mod tests {
 
     #[test]
     fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        let (_dir, store, mut core) = empty_core();
         let total = COLD_AFTER + 10;
         let mut ids = Vec::new();
         for i in 0..total {
@@ -2576,9 +2583,7 @@ mod tests {
 
     #[test]
     fn a_batch_with_a_chain_id_of_another_owner_stores_nothing() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let taken = uuid::Uuid::new_v4().to_string();
         let owned_by = |owner: &str, id: Option<&str>| ChainSpec {
             owner: owner.into(),
@@ -2618,9 +2623,7 @@ mod tests {
 
     #[test]
     fn a_chain_retired_earlier_in_the_same_round_reads_as_ended() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let (reply, mut submitted) = oneshot::channel();
         core.submit(one_step("t"), reply, 1);
         let (tx, mut rx) = mpsc::channel(16);
@@ -2646,9 +2649,7 @@ mod tests {
 
     #[test]
     fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         for _ in 0..6 {
             let (reply, _submitted) = oneshot::channel();
             core.submit(one_step("t"), reply, 1);
@@ -2737,9 +2738,7 @@ mod tests {
 
     #[test]
     fn an_assignment_goes_early_only_when_what_it_relies_on_is_durable() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let (tx, mut rx) = mpsc::channel(16);
         let a = submit(&mut core, one_step("t"));
         let b = submit(&mut core, one_step("t"));
@@ -2785,9 +2784,7 @@ mod tests {
 
     #[test]
     fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        let (_dir, store, mut core) = empty_core();
         let (tx, mut rx) = mpsc::channel(16);
         let worker_id = core.connect(hello("t", 1, 0), tx, 1);
         submit(&mut core, one_step("t"));
@@ -2831,9 +2828,7 @@ mod tests {
 
     #[test]
     fn a_worker_gets_no_early_assignment_before_its_welcome() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let ready = submit(&mut core, one_step("t"));
         let (_, held) = commit_round(&mut core);
         durable(&mut core, held);
@@ -2850,9 +2845,7 @@ mod tests {
 
     #[test]
     fn a_resumed_queue_waits_for_its_round() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let (tx, _rx) = mpsc::channel(16);
         let (paused, _) = oneshot::channel();
         core.pause_queue(GENERAL_QUEUE, true, paused, 1);
@@ -2878,9 +2871,7 @@ mod tests {
 
     #[test]
     fn a_throttled_step_waits_for_its_round() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let throttled = Signature {
             options: Some(Options {
                 throttle: Some(Throttle {
@@ -2928,9 +2919,7 @@ mod tests {
 
     #[test]
     fn a_claim_for_an_attempt_out_on_another_connected_worker_is_lost() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Shared::open(dir.path()).expect("store");
-        let mut core = Core::recover(store, 30_000, Recovered::default(), 1);
+        let (_dir, _, mut core) = empty_core();
         let (tx, mut rx) = mpsc::channel(16);
         submit(&mut core, one_step("t"));
         let owner = core.connect(hello("t", 1, 0), tx, 1);
