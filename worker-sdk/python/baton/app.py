@@ -12,13 +12,12 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
 
 import grpc
 
 from . import _transport, options as _options, pb
+from ._ids import new_chain_id
 from ._pipeline import Pipeline
 from .canvas import Chain, Signature
 from .client import AsyncResult, BrokerClient
@@ -372,28 +371,6 @@ class Baton:
         from .worker import Worker
 
         return Worker(self, queues=queues, concurrency=concurrency, name=name, prefetch=prefetch)
-
-
-def new_chain_id() -> str:
-    """A fresh chain id chosen by the client: a UUIDv7 (RFC 9562), the unix
-    time in milliseconds followed by 74 random bits.
-
-    Why not ``uuid4``: the broker checks that a client-chosen id is not taken,
-    and its store keeps chains in id order. Time-ordered ids are looked up
-    among the newest entries, which stay in the store's cache; random ones
-    each land on a random page, which once the store outgrows its cache is a
-    read from disk per submission.
-    """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80  # unix_ts_ms
-        | 0x7 << 76  # version
-        | (rand >> 68) << 64  # rand_a: 12 bits
-        | 0b10 << 62  # variant
-        | (rand & ((1 << 62) - 1))  # rand_b: 62 bits
-    )
-    return str(uuid.UUID(int=value))
 
 
 def _with_new_id(request: pb.SubmitChainRequest) -> pb.SubmitChainRequest:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _json, options as _options, pb
+from ._ids import new_chain_id
 
 if TYPE_CHECKING:
     from .app import Baton, Task
@@ -117,14 +118,23 @@ class Signature:
         return _merge(declared, self.options)
 
     def to_pb(self, extra: Optional[Mapping[str, Any]] = None) -> pb.Signature:
-        """The protocol signature; ``extra`` options override (used for chain-level ones)."""
-        opts = _merge(self.effective_options(), extra or {})
+        """The protocol signature; ``extra`` options override (used for chain-level ones).
+
+        A signature without options (the common ``task.delay(x)``) leaves the
+        field unset, which the broker reads as empty options, and empty
+        arguments skip the JSON encoder: a submission loop pays this per call.
+        """
+        declared = self.task.options if self.task is not None else None
+        if declared or self.options or extra:
+            options: Optional[pb.Options] = _options.to_pb(_merge(declared or {}, self.options, extra or {}))
+        else:
+            options = None
         return pb.Signature(
             name=self.name,
-            args=_json.dumps(list(self.args), f"args of {self.name}"),
-            kwargs=_json.dumps(self.kwargs, f"kwargs of {self.name}"),
+            args=_json.dumps(list(self.args), f"args of {self.name}") if self.args else "[]",
+            kwargs=_json.dumps(self.kwargs, f"kwargs of {self.name}") if self.kwargs else "{}",
             immutable=self.immutable,
-            options=_options.to_pb(opts),
+            options=options,
         )
 
     def __or__(self, other: Union["Signature", "Chain"]) -> "Chain":
@@ -148,7 +158,7 @@ class Signature:
         ``unique_key``, ``deadline``).
         """
         chain_level = {k: options.pop(k) for k in list(options) if k in _CHAIN_LEVEL}
-        step = self.clone(args or (), kwargs, **options)
+        step = self.clone(args or (), kwargs, **options) if args or kwargs or options else self
         return Chain([step]).apply_async(**chain_level)
 
 
@@ -230,20 +240,31 @@ class Chain:
                 if queue and not step.effective_options().get("queue"):
                     extra["queue"] = queue
                 if start and i == 0:
-                    extra.update(countdown=countdown, eta=eta)
+                    if countdown is not None:
+                        extra["countdown"] = countdown
+                    if eta is not None:
+                        extra["eta"] = eta
                 out.append(step.to_pb(extra))
             return out
 
-        return pb.SubmitChainRequest(
-            steps=convert(self.steps, True),
-            on_success=convert(_callback_steps(on_success, "on_success"), False),
-            on_failure=convert(_callback_steps(on_failure, "on_failure"), False),
-            heavy=heavy,
-            context=ctx,
-            idempotency_key=idempotency_key or "",
-            unique_key=unique_key or "",
-            deadline_unix_ms=_deadline_ms(deadline),
-        )
+        # Only the fields that are set: each empty one passed to the
+        # constructor still costs a submission loop its conversion.
+        fields: dict[str, Any] = {"steps": convert(self.steps, True)}
+        if on_success is not None:
+            fields["on_success"] = convert(_callback_steps(on_success, "on_success"), False)
+        if on_failure is not None:
+            fields["on_failure"] = convert(_callback_steps(on_failure, "on_failure"), False)
+        if heavy:
+            fields["heavy"] = True
+        if ctx:
+            fields["context"] = ctx
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+        if unique_key:
+            fields["unique_key"] = unique_key
+        if deadline is not None:
+            fields["deadline_unix_ms"] = _deadline_ms(deadline)
+        return pb.SubmitChainRequest(**fields)
 
     def apply_async(
         self,
@@ -297,6 +318,7 @@ class Chain:
         target = app or next((s.app for s in self.steps if s.app is not None), None)
         if target is None:
             raise RuntimeError("no Baton app to submit to: build steps from app tasks or pass app=")
+        request.chain_id = new_chain_id()  # a fresh request: Baton.submit need not copy it to add one
         return target.submit(request)
 
 
