@@ -327,6 +327,15 @@ fn serve_creates_the_store_and_stops_cleanly_on_sigterm() {
         "the sled store is created in --data"
     );
     let pid = child.id().to_string();
+    // Transparent huge pages are off for the broker (kernels since 5.0 show
+    // the flag; an older one shows nothing to check).
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        }
+    }
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
