@@ -124,11 +124,9 @@ class Signature:
         field unset, which the broker reads as empty options, and empty
         arguments skip the JSON encoder: a submission loop pays this per call.
         """
-        declared = self.task.options if self.task is not None else None
-        if declared or self.options or extra:
-            options: Optional[pb.Options] = _options.to_pb(_merge(declared or {}, self.options, extra or {}))
-        else:
-            options = None
+        options: Optional[pb.Options] = None
+        if self.options or extra or (self.task is not None and self.task.options):
+            options = _options.to_pb(_merge(self.effective_options(), extra or {}))
         return pb.Signature(
             name=self.name,
             args=_json.dumps(list(self.args), f"args of {self.name}") if self.args else "[]",
