@@ -105,8 +105,8 @@ impl Unsettled {
     }
 }
 
-/// What [`Core::commit`] applied: the batch's sequence number, the effects
-/// that wait until it is durable, and the early assignments that need not.
+/// What a round left: the number of the batch its effects wait for (to be
+/// durable), those effects, and the early assignments that wait for none.
 pub struct Committed {
     pub seq: u64,
     pub effects: Vec<Effect>,
@@ -220,13 +220,13 @@ pub struct Core {
     tasks: HashMap<String, (String, StepAt)>,
     /// unique key → chain id, for chains not ended.
     unique: HashMap<String, String>,
-    /// Idempotency keys written in the current, not yet applied batch.
+    /// Idempotency keys written in the pending, not yet applied batch.
     idempotency_pending: HashMap<String, String>,
-    /// Chains retired (ended, left memory) in the current, not yet applied
+    /// Chains retired (ended, left memory) in the pending, not yet applied
     /// batch: until it is applied the store still has their previous
     /// record, so reads look here first.
     retired_pending: HashMap<String, ChainRecord>,
-    /// Chains cooled in the current, not yet applied batch, for the same
+    /// Chains cooled in the pending, not yet applied batch, for the same
     /// reason.
     cold_pending: HashMap<String, ChainRecord>,
     queues: Queues,
@@ -239,7 +239,7 @@ pub struct Core {
     runs: HashMap<String, Run>,
     task_defaults: HashMap<String, Options>,
     watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
-    // The transition under way.
+    /// Writes of the rounds since the last [`Core::apply`].
     batch: Batch,
     dirty: BTreeSet<String>,
     /// Chains in memory whose `live` entry on disk does not say "hot" (new
@@ -442,14 +442,17 @@ impl Core {
     // Transactions: commit and effects
     // -----------------------------------------------------------------
 
-    /// Writes the transition's dirty chains as one atomic batch. Returns the
-    /// effects with the sequence number they wait for, and the early
-    /// assignments, which may leave as soon as the batch is applied.
+    /// Ends a round: writes its dirty chains into the pending batch, and
+    /// returns its effects with the number of the batch they wait for, and
+    /// its early assignments, which wait for none.
     ///
-    /// # Errors
-    /// A store error: the batch (and the effects) stay pending and are
-    /// retried with the next commit.
-    pub fn commit(&mut self) -> Result<Committed, crate::store::Error> {
+    /// The pending batch gathers the writes of every round since the last
+    /// [`apply`](Self::apply) (a later write of a key replaces an earlier
+    /// one), so the scheduler can apply one batch per flush instead of one
+    /// per round: each sled batch seals the store's log buffer twice and
+    /// hands it to an I/O thread, and a chain written in several rounds of
+    /// one flush is written once.
+    pub fn end_round(&mut self) -> Committed {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
                 let live = !rec.is_ended() || self.has_runs(rec);
@@ -466,6 +469,28 @@ impl Core {
                 }
             }
         }
+        // With writes pending, the round's effects may depend on them (a
+        // reply that a chain is stored): they wait for the batch that will
+        // hold them. Without, for the last batch applied.
+        Committed {
+            seq: self.written + u64::from(!self.batch.is_empty()),
+            effects: std::mem::take(&mut self.effects),
+            early: std::mem::take(&mut self.early),
+        }
+    }
+
+    /// Whether rounds left writes that are not applied yet.
+    pub fn has_pending_writes(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Applies the pending batch atomically (visible, not yet durable).
+    /// Returns its sequence number: what [`end_round`](Self::end_round)
+    /// promised the effects of the rounds it holds.
+    ///
+    /// # Errors
+    /// A store error: the batch stays pending, to be applied later.
+    pub fn apply(&mut self) -> Result<u64, crate::store::Error> {
         if !self.batch.is_empty() {
             self.store.apply(&self.batch)?;
             self.batch = Batch::new();
@@ -474,11 +499,17 @@ impl Core {
             self.cold_pending.clear();
             self.written += 1;
         }
-        Ok(Committed {
-            seq: self.written,
-            effects: std::mem::take(&mut self.effects),
-            early: std::mem::take(&mut self.early),
-        })
+        Ok(self.written)
+    }
+
+    /// Ends a round and applies its writes at once (see
+    /// [`end_round`](Self::end_round) and [`apply`](Self::apply)), for
+    /// tests that drive rounds by hand.
+    #[cfg(test)]
+    pub fn commit(&mut self) -> Result<Committed, crate::store::Error> {
+        let round = self.end_round();
+        self.apply()?;
+        Ok(round)
     }
 
     fn touch(&mut self, chain_id: &str) {
@@ -737,8 +768,8 @@ impl Core {
         Ok(stored)
     }
 
-    /// Whether a chain is held in memory: live, or retired or cooled in
-    /// this round (its record not yet written).
+    /// Whether a chain is held in memory: live, or retired or cooled in a
+    /// round whose writes are not applied yet.
     fn in_memory(&self, chain_id: &str) -> bool {
         self.chains.contains_key(chain_id)
             || self.retired_pending.contains_key(chain_id)
@@ -821,7 +852,7 @@ impl Core {
     }
 
     /// Moves a new chain out of memory when its first step joins a long
-    /// queue line: its record goes to the store (this round's batch) and
+    /// queue line: its record goes to the store (the pending batch) and
     /// the queue keeps a cold entry of a few dozen bytes in its place, in
     /// the same position. A backlog of millions then costs little memory,
     /// and recovery queues it again from the store's small `live` entries
@@ -2306,7 +2337,7 @@ impl Core {
     }
 
     /// Pauses or resumes dispatch from a queue. The change is stored with
-    /// this round's batch; a resumed queue's tasks go out with the round's
+    /// the round's writes; a resumed queue's tasks go out with the round's
     /// dispatch.
     pub fn pause_queue(
         &mut self,
@@ -2734,6 +2765,28 @@ mod tests {
         let (reply, _) = oneshot::channel();
         core.submit(spec, reply, 1);
         chain_id
+    }
+
+    #[test]
+    fn rounds_before_an_apply_share_its_batch_and_number() {
+        let (_dir, store, mut core) = empty_core();
+        let a = submit(&mut core, one_step("t"));
+        let first = core.end_round();
+        let b = submit(&mut core, one_step("t"));
+        let second = core.end_round();
+        assert_eq!(
+            (first.seq, second.seq),
+            (1, 1),
+            "both rounds' replies wait for the batch that will hold them"
+        );
+        assert!(store.chain(&a).unwrap().is_none(), "nothing applied yet");
+        assert_eq!(core.apply().unwrap(), 1);
+        assert!(store.chain(&a).unwrap().is_some());
+        assert!(store.chain(&b).unwrap().is_some());
+        // A round that writes nothing waits for the batch applied last.
+        assert_eq!(core.end_round().seq, 1);
+        assert!(!core.has_pending_writes());
+        assert_eq!(core.apply().unwrap(), 1, "nothing to apply: no new batch");
     }
 
     #[test]

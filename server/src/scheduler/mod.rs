@@ -3,14 +3,17 @@
 //! One task owns the state ([`core::Core`]); everybody else holds a cheap
 //! [`Handle`] and sends it commands over a channel, with a oneshot for the
 //! reply. The loop takes whatever commands are waiting (up to a bound),
-//! applies them, dispatches ready work, and commits the whole round as one
-//! atomic batch. A second task, the flusher, makes batches durable (group
-//! commit): while it flushes, further rounds pile up and the next flush
-//! covers them all. Effects of a round (replies, assignments, acks, events)
-//! are held in an outbox until the flusher reports their batch durable;
-//! the one exception is an *early* assignment, which relies on nothing
-//! that is not durable yet and leaves once its batch is applied (see
-//! `core::Unsettled`).
+//! applies them and dispatches ready work: a round. A second task, the
+//! flusher, makes the store durable (group commit). When it is free, the
+//! writes of every round since its last flush are applied as one atomic
+//! batch and handed to it; while it flushes, the rounds' writes gather in
+//! memory for the next batch (a chain written in several of them is
+//! written once). Effects of a round (replies, assignments, acks, events)
+//! are held in an outbox until the flusher reports the batch that holds
+//! its writes durable; the one exception is an *early* assignment, which
+//! relies on nothing that is not durable yet and leaves at the end of its
+//! round (see `core::Unsettled`). The flusher reports on a channel of its
+//! own, so its word never waits behind queued commands.
 //!
 //! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
 //! a degraded mode instead of losing or faking anything:
@@ -177,9 +180,6 @@ enum Command {
     Workers(oneshot::Sender<Vec<WorkerStats>>),
     Throttles(oneshot::Sender<Vec<ThrottleStats>>),
     SetLimit(Identity, Option<u32>, oneshot::Sender<Vec<ThrottleStats>>),
-    Durable(u64),
-    /// The flusher failed to flush or repair the store.
-    StoreFault(Fault),
     /// Pause (true) or resume (false) a queue.
     Pause(String, bool, Reply<QueueStats>),
     /// Cancel the chains of a queue's READY tasks (queue, reason).
@@ -233,27 +233,25 @@ pub fn start(
     let core = Core::recover(store.clone(), lease_ms, recovered, now_ms());
     let metrics = core.metrics.clone();
     let (flush_tx, flush_rx) = watch::channel(0u64);
+    let (report_tx, reports) = mpsc::unbounded_channel();
     // Without durable acknowledgment nothing waits for a flush, so nothing
     // needs replaying after a repair either.
     store.keep_journal(settings.durable);
     // The flusher also repairs the store after a failure, so it runs in
     // both modes; without durability it is woken only by failures.
-    let flusher = tokio::spawn(flusher(
-        store.clone(),
-        flush_rx,
-        tx.clone(),
-        metrics.clone(),
-    ));
+    let flusher = tokio::spawn(flusher(store.clone(), flush_rx, report_tx, metrics.clone()));
     let (fault_tx, store_fault) = watch::channel(None);
     let disk = Disk {
         durable: settings.durable,
         durable_seq: 0,
+        flushing: 0,
         write_fault: None,
         flush_fault: None,
         retry_at: None,
         retry_backoff: RETRY_MIN,
         published: fault_tx,
         flusher: Some(flusher),
+        reports,
     };
     let join = tokio::spawn(run_loop(
         core,
@@ -286,6 +284,9 @@ struct Disk {
     durable: bool,
     /// Every batch up to this number is durable.
     durable_seq: u64,
+    /// The last batch handed to the flusher: it is busy until that one is
+    /// durable.
+    flushing: u64,
     /// Set while applying the round's batch fails; the next write that
     /// succeeds clears it.
     write_fault: Option<Fault>,
@@ -299,6 +300,8 @@ struct Disk {
     published: watch::Sender<Option<Fault>>,
     /// The flusher task, joined when the loop ends.
     flusher: Option<tokio::task::JoinHandle<()>>,
+    /// What the flusher reports.
+    reports: mpsc::UnboundedReceiver<Flushed>,
 }
 
 impl Disk {
@@ -307,6 +310,22 @@ impl Disk {
     /// because the store is closed, which says nothing of the disk.
     fn fault(&self) -> Option<Fault> {
         self.flush_fault.or(self.write_fault)
+    }
+
+    /// Whether the flusher would start on a new batch at once: it made the
+    /// last one durable, and is not repairing the store.
+    fn flusher_idle(&self) -> bool {
+        self.durable_seq >= self.flushing && self.flush_fault.is_none()
+    }
+
+    fn flushed(&mut self, report: Flushed) {
+        match report {
+            Flushed::Durable(seq) => {
+                self.durable_seq = self.durable_seq.max(seq);
+                self.flush_fault = None;
+            }
+            Flushed::Failed(fault) => self.flush_fault = Some(fault),
+        }
     }
 
     /// Tells the health service (and the log) when the trouble starts, ends
@@ -330,6 +349,16 @@ impl Disk {
     }
 }
 
+/// What the flusher tells the loop, on a channel of its own so that it never
+/// waits behind queued commands: the loop hands over the next batch when it
+/// hears that the last one is durable.
+enum Flushed {
+    /// Every batch up to this number is durable.
+    Durable(u64),
+    /// A flush or a repair failed.
+    Failed(Fault),
+}
+
 /// The flusher: flushes whenever new batches were applied and reports the
 /// sequence number the flush covered. After a failure it repairs the store
 /// instead (reopen, replay, flush; a retried flush would prove nothing),
@@ -338,7 +367,7 @@ impl Disk {
 async fn flusher(
     store: Shared,
     mut wanted: watch::Receiver<u64>,
-    tx: mpsc::Sender<Command>,
+    reports: mpsc::UnboundedSender<Flushed>,
     metrics: Arc<Metrics>,
 ) {
     // The pause before the next repair, while the store is broken.
@@ -362,14 +391,14 @@ async fn flusher(
                 } else {
                     metrics.store_flush.observe(started.elapsed().as_secs_f64());
                 }
-                if tx.send(Command::Durable(target)).await.is_err() {
+                if reports.send(Flushed::Durable(target)).is_err() {
                     return;
                 }
             }
             Err(e) => {
                 let fault = e.fault();
                 tracing::error!(cause = %e, ?fault, repairing = broken.is_some(), "store flush failed; acknowledgments wait until a repair succeeds");
-                if tx.send(Command::StoreFault(fault)).await.is_err() {
+                if reports.send(Flushed::Failed(fault)).is_err() {
                     return;
                 }
                 let pause = broken.map_or(Duration::from_millis(50), |b| {
@@ -406,6 +435,8 @@ async fn run_loop(
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
         tokio::select! {
+            biased;
+            Some(report) = disk.reports.recv() => disk.flushed(report),
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 handle(&mut core, cmd, &mut disk, &limits);
@@ -418,6 +449,9 @@ async fn run_loop(
             }
             () = tokio::time::sleep(sleep) => {}
             () = shutdown.cancelled() => break,
+        }
+        while let Ok(report) = disk.reports.try_recv() {
+            disk.flushed(report);
         }
         core.fire_timers(now_ms());
         round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
@@ -436,6 +470,9 @@ async fn run_loop(
     drop(flush_tx);
     if let Some(flusher) = disk.flusher.take() {
         let _ = flusher.await;
+    }
+    if let Err(e) = core.apply() {
+        tracing::warn!(cause = %e, "the last writes could not be applied before stopping");
     }
     let flushed = match store.flush().await {
         Ok(()) => Ok(()),
@@ -457,49 +494,54 @@ fn round_end(
     disk: &mut Disk,
 ) {
     core.dispatch(now_ms());
-    match core.commit() {
-        Ok(Committed {
-            seq,
-            effects,
-            early,
-        }) => {
-            // Early assignments leave now, once the batch is applied (a
-            // later flush covers it), unless the store is in trouble: then
-            // they wait like everything else.
-            if disk.fault().is_none() {
-                for effect in early {
-                    core.deliver(effect);
-                }
-            } else {
-                outbox.extend(early.into_iter().map(|e| (seq, e)));
-            }
-            outbox.extend(effects.into_iter().map(|e| (seq, e)));
-            if disk.durable {
-                if seq > *flush_tx.borrow() {
-                    flush_tx.send_replace(seq);
-                }
-            } else {
-                disk.durable_seq = seq;
-            }
-            disk.write_fault = None;
-            disk.retry_at = None;
-            disk.retry_backoff = RETRY_MIN;
+    let Committed {
+        seq,
+        effects,
+        early,
+    } = core.end_round();
+    // Early assignments leave now (a later flush covers their round),
+    // unless the store is in trouble: then they wait like everything else.
+    if disk.fault().is_none() {
+        for effect in early {
+            core.deliver(effect);
         }
-        Err(e) => {
-            // The batch and its effects stay pending; a later round retries
-            // (on a timer if no command comes).
-            let fault = e.fault();
-            if disk.write_fault.is_none() {
-                tracing::error!(cause = %e, ?fault, "store write failed; retrying");
+    } else {
+        outbox.extend(early.into_iter().map(|e| (seq, e)));
+    }
+    outbox.extend(effects.into_iter().map(|e| (seq, e)));
+    // The writes of the rounds since the last flush began are applied as
+    // one batch when the flusher is free to make it durable at once; while
+    // it flushes, further rounds add to the pending batch. Without
+    // durability nothing waits for the flusher: every round is applied.
+    if core.has_pending_writes() && (!disk.durable || disk.flusher_idle()) {
+        match core.apply() {
+            Ok(applied) => {
+                if disk.durable {
+                    disk.flushing = applied;
+                    flush_tx.send_replace(applied);
+                } else {
+                    disk.durable_seq = applied;
+                }
+                disk.write_fault = None;
+                disk.retry_at = None;
+                disk.retry_backoff = RETRY_MIN;
             }
-            if disk.flush_fault.is_none() {
-                // sled refuses every write after an I/O error until the
-                // store is reopened: let the flusher find out and repair.
-                flush_tx.send_modify(|_| {});
+            Err(e) => {
+                // The batch stays pending; a later round retries (on a
+                // timer if no command comes).
+                let fault = e.fault();
+                if disk.write_fault.is_none() {
+                    tracing::error!(cause = %e, ?fault, "store write failed; retrying");
+                }
+                if disk.flush_fault.is_none() {
+                    // sled refuses every write after an I/O error until the
+                    // store is reopened: let the flusher find out and repair.
+                    flush_tx.send_modify(|_| {});
+                }
+                disk.write_fault = Some(fault);
+                disk.retry_at = Some(tokio::time::Instant::now() + disk.retry_backoff);
+                disk.retry_backoff = (disk.retry_backoff * 2).min(RETRY_MAX);
             }
-            disk.write_fault = Some(fault);
-            disk.retry_at = Some(tokio::time::Instant::now() + disk.retry_backoff);
-            disk.retry_backoff = (disk.retry_backoff * 2).min(RETRY_MAX);
         }
     }
     disk.publish();
@@ -587,11 +629,6 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
             core.set_limit(identity, limit, now);
             let _ = reply.send(core.throttle_info());
         }
-        Command::Durable(seq) => {
-            disk.durable_seq = disk.durable_seq.max(seq);
-            disk.flush_fault = None;
-        }
-        Command::StoreFault(fault) => disk.flush_fault = Some(fault),
         Command::Pause(queue, paused, reply) => core.pause_queue(&queue, paused, reply, now),
         Command::Purge(queue, reason, reply) => core.purge_queue(&queue, &reason, reply, now),
         Command::Requeue(id, reply) => core.requeue(&id, reply, now),

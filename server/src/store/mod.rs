@@ -13,16 +13,18 @@
 //!   [`Batch::put_chain`] from the record itself, in the same batch;
 //! - `paused`: queue name → empty, the queues whose dispatch is paused.
 //!
-//! A state transition is one [`Batch`], applied atomically with one
-//! `Tree::apply_batch`. (The collections were separate trees written in a
+//! The writes of the scheduler's rounds go in one [`Batch`], applied
+//! atomically with one `Tree::apply_batch`. (The collections were separate trees written in a
 //! multi-tree transaction until the benchmark profile showed the
 //! transaction's bookkeeping taking a third of the commit; a store of that
 //! layout is moved over once when opened.) Applying a batch makes it visible but not durable:
 //! [`Store::flush`] makes everything applied so far durable. sled 0.34's own
 //! flush ends in `sync_file_range`, which does not flush the device's write
 //! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
-//! store's data file. The scheduler calls `flush` from one task and groups
-//! every transition applied meanwhile into it (group commit).
+//! store's data file. The scheduler calls `flush` from one task, and
+//! gathers the rounds that pass meanwhile into the next batch (group
+//! commit): sled's `apply_batch` seals its log buffer twice and hands it to
+//! an I/O thread, so one batch per flush costs far less than one per round.
 
 use std::collections::HashMap;
 use std::fs::File;
