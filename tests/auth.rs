@@ -328,13 +328,15 @@ async fn tls_serves_clients_and_workers_that_trust_the_ca() {
         error.to_string().to_lowercase().contains("certificate"),
         "{error}"
     );
-    // Plaintext gets no answer from a TLS listener.
+    // Plaintext gets no answer from a TLS listener: an error, or nothing at
+    // all (on a busy machine the failed handshake may not come back within
+    // the wait; what matters is that the chain is never served).
     let plain = Client::connect(broker.addr.clone()).await;
     let failed = match plain {
         Err(_) => true,
         Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.get(&id))
             .await
-            .is_ok_and(|r| r.is_err()),
+            .map_or(true, |r| r.is_err()),
     };
     assert!(failed, "a plaintext client must not be served");
     broker.stop().await;
