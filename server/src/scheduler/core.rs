@@ -107,7 +107,7 @@ impl Unsettled {
 
 /// What a round left: the number of the batch its effects wait for (to be
 /// durable), those effects, and the early assignments that wait for none.
-pub struct Committed {
+pub struct RoundEnd {
     pub seq: u64,
     pub effects: Vec<Effect>,
     pub early: Vec<Effect>,
@@ -452,7 +452,7 @@ impl Core {
     /// per round: each sled batch seals the store's log buffer twice and
     /// hands it to an I/O thread, and a chain written in several rounds of
     /// one flush is written once.
-    pub fn end_round(&mut self) -> Committed {
+    pub fn end_round(&mut self) -> RoundEnd {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
                 let live = !rec.is_ended() || self.has_runs(rec);
@@ -472,7 +472,7 @@ impl Core {
         // With writes pending, the round's effects may depend on them (a
         // reply that a chain is stored): they wait for the batch that will
         // hold them. Without, for the last batch applied.
-        Committed {
+        RoundEnd {
             seq: self.written + u64::from(!self.batch.is_empty()),
             effects: std::mem::take(&mut self.effects),
             early: std::mem::take(&mut self.early),
@@ -506,7 +506,7 @@ impl Core {
     /// [`end_round`](Self::end_round) and [`apply`](Self::apply)), for
     /// tests that drive rounds by hand.
     #[cfg(test)]
-    pub fn commit(&mut self) -> Result<Committed, crate::store::Error> {
+    pub fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
         let round = self.end_round();
         self.apply()?;
         Ok(round)

@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use self::core::Dedup;
-use self::core::{Committed, Core, Effect};
+use self::core::{Core, Effect, RoundEnd};
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
 use crate::metrics::{Metrics, Snapshot};
@@ -287,7 +287,7 @@ struct Disk {
     /// The last batch handed to the flusher: it is busy until that one is
     /// durable.
     flushing: u64,
-    /// Set while applying the round's batch fails; the next write that
+    /// Set while applying the pending batch fails; the next write that
     /// succeeds clears it.
     write_fault: Option<Fault>,
     /// Set while the flusher fails to flush or repair; its next success
@@ -494,7 +494,7 @@ fn round_end(
     disk: &mut Disk,
 ) {
     core.dispatch(now_ms());
-    let Committed {
+    let RoundEnd {
         seq,
         effects,
         early,
