@@ -1433,3 +1433,93 @@ async fn declared_and_in_body_waiters_on_one_identity_never_deadlock() {
     all_succeed(&client, &[b, a, c]).await;
     assert_eq!(journal.entries(), ["b holds", "a runs", "c holds"]);
 }
+
+/// The same cycle through a worker's prefetch: a declared slot granted to
+/// a task that then waits in a worker's prefetch, behind runs whose bodies
+/// wait in-body for that slot, never starts. Found by the chaos harness
+/// under frequent broker kills. A slot holder goes only to a worker with
+/// an idle run slot, so every chain ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_holder_never_waits_in_a_prefetch_behind_its_own_waiters() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let journal = Journal::default();
+    let (release, finish) = (gate(), gate());
+    let (g1, g2, jb, ja, jw) = (
+        release.clone(),
+        finish.clone(),
+        journal.clone(),
+        journal.clone(),
+        journal.clone(),
+    );
+    let shared = || BodyThrottle::new(1).key("k").shared();
+    let _w = TestWorker::spawn(
+        worker(&broker.addr, "one")
+            .concurrency(2)
+            .prefetch(2)
+            .task("b.inbody", move |ctx: TaskContext| {
+                let (g1, g2, j) = (g1.clone(), g2.clone(), jb.clone());
+                async move {
+                    ctx.throttle(shared(), async {
+                        j.note("b holds");
+                        pass(&g1).await;
+                    })
+                    .await?;
+                    // Released, but still running: its worker stays full.
+                    pass(&g2).await;
+                    Ok(Value::Null)
+                }
+            })
+            .task("a.declared", move |_ctx: TaskContext| {
+                let j = ja.clone();
+                async move {
+                    j.note("a runs");
+                    Ok(Value::Null)
+                }
+            })
+            .task("w.inbody", move |ctx: TaskContext| {
+                let j = jw.clone();
+                async move {
+                    ctx.throttle(shared(), async { j.note("w holds") }).await?;
+                    Ok(Value::Null)
+                }
+            }),
+    );
+    let b = client
+        .submit(Task::new("b.inbody").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    eventually("b to hold the slot", || journal.count("b holds") == 1).await;
+    let declared = Throttle::new(1).key("k").shared();
+    let a = client
+        .submit(Task::new("a.declared").si(()).throttle(declared))
+        .await
+        .unwrap()
+        .chain_id;
+    // c runs beside b and waits in-body behind a; d is prefetched.
+    let c = client
+        .submit(Task::new("w.inbody").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    until_throttle(&client, "", "k", "a and c to wait", |t| t.waiters == 2).await;
+    let d = client
+        .submit(Task::new("w.inbody").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let start = std::time::Instant::now();
+    while client.get(&d).await.unwrap().steps[0].state() != pb::StepState::Running {
+        assert!(start.elapsed() < PATIENCE, "d was never prefetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // b lets go of the slot but keeps its run slot: a must not be handed
+    // the slot into the prefetch, behind d.
+    release.add_permits(1);
+    all_succeed(&client, &[a, c, d]).await;
+    finish.add_permits(1);
+    all_succeed(&client, &[b]).await;
+    assert_eq!(journal.count("a runs"), 1);
+    assert_eq!(journal.count("w holds"), 2);
+}

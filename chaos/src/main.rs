@@ -28,6 +28,7 @@
 //! not run.
 
 mod check;
+mod inspect;
 mod journal;
 mod plan;
 mod procs;
@@ -89,8 +90,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Inspect { addr }) => match runtime.block_on(inspect(&addr)) {
-            Ok(()) => 0,
+        Some(Command::Inspect { addr }) => match runtime.block_on(inspect::describe(&addr)) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
             Err(error) => {
                 eprintln!("baton-chaos inspect: {error:#}");
                 2
@@ -107,45 +111,6 @@ fn main() -> ExitCode {
     };
     // Not waiting for the runtime: a worker's stdin reader may still block.
     std::process::exit(code);
-}
-
-/// Prints what the broker at `addr` holds: queues, workers, throttles.
-async fn inspect(addr: &str) -> anyhow::Result<()> {
-    let admin = baton::Client::connect(addr.to_owned()).await?.admin();
-    for queue in admin.list_queues().await? {
-        println!(
-            "queue {}: ready {} delayed {} throttled {} running {}",
-            queue.name, queue.ready, queue.delayed, queue.throttled, queue.running
-        );
-    }
-    for worker in admin.list_workers().await? {
-        println!(
-            "worker {} {:?}: {} in flight of {}{}",
-            worker.worker_name,
-            worker.queues,
-            worker.in_flight.len(),
-            worker.concurrency,
-            if worker.draining { " (draining)" } else { "" }
-        );
-    }
-    for throttle in admin.list_throttles().await? {
-        let identity = throttle.identity.unwrap_or_default();
-        println!(
-            "throttle {}/{}: limit {}, {} waiters (oldest {} ms)",
-            identity.task_name,
-            identity.key,
-            throttle.limit,
-            throttle.waiters,
-            throttle.oldest_waiter_age_ms
-        );
-        for holder in throttle.holders {
-            println!(
-                "  held by {} task {} chain {} worker {:?} since {}",
-                holder.kind, holder.task_id, holder.chain_id, holder.worker, holder.since_unix_ms
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Worker logs go to stderr (a file per process, from the harness), at the

@@ -306,6 +306,21 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         }
     };
     let settle_timed_out = settle.await?;
+    if settle_timed_out {
+        let stuck = dir.join("stuck.txt");
+        match crate::inspect::describe(&broker.addr()).await {
+            Ok(text) => {
+                let _ = std::fs::write(&stuck, text);
+                println!(
+                    "the wait gave up; the broker's state then: {}",
+                    stuck.display()
+                );
+            }
+            Err(error) => {
+                println!("the wait gave up; the broker could not be inspected: {error:#}")
+            }
+        }
+    }
     submitter.abort();
     observer.abort();
     let settled_after = started.elapsed();

@@ -173,6 +173,17 @@ impl WorkerConn {
             .unwrap_or(usize::MAX)
             .saturating_sub(self.in_flight.len())
     }
+
+    /// Run slots it has free now: an assignment it gets starts at once
+    /// rather than waiting in its prefetch behind the runs it holds.
+    fn idle(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        usize::try_from(self.concurrency)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.in_flight.len())
+    }
 }
 
 /// What to do when a throttle waiter is granted its slot.
@@ -1209,9 +1220,14 @@ impl Core {
 
     /// Runs an operation on the throttle table with the rule of
     /// [`throttle::CanStart`]: a waiter that needs a worker is granted only
-    /// if a connected worker can take its task now (its queue, its name, a
-    /// free slot; each approval uses up that free slot), and
+    /// if a connected worker can start its task now (its queue, its name,
+    /// an idle run slot; each approval uses up that slot), and
     /// [`Core::apply_grants`] then assigns it in the same transition.
+    ///
+    /// An idle run slot, not a prefetch slot: a slot holder prefetched
+    /// behind runs whose bodies wait in-body for that same identity would
+    /// never start, and they would wait for it forever (docs/reliability.md,
+    /// "Findings").
     fn throttle_op<R>(
         &mut self,
         op: impl FnOnce(&mut Throttles<Ticket>, CanStart<'_, Ticket>) -> R,
@@ -1227,7 +1243,7 @@ impl Core {
         } = self;
         let mut free: HashMap<&str, usize> = workers
             .iter()
-            .map(|(id, w)| (id.as_str(), w.free()))
+            .map(|(id, w)| (id.as_str(), w.idle()))
             .collect();
         let mut can_start = |w: &Waiter<Ticket>| -> bool {
             let task_id = match &w.ticket {
@@ -1283,7 +1299,7 @@ impl Core {
     }
 
     /// Assigns a task that was just granted its slot to a worker that can
-    /// take it now (one exists: [`Core::throttle_op`] checked).
+    /// start it now (one exists: [`Core::throttle_op`] checked).
     fn start_now(&mut self, task_id: &str, now: UnixMs) {
         let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
             return;
@@ -1293,7 +1309,7 @@ impl Core {
         let taker = self
             .workers
             .iter()
-            .find(|(_, w)| w.free() > 0 && w.names.contains(&name) && w.queues.contains(&queue))
+            .find(|(_, w)| w.idle() > 0 && w.names.contains(&name) && w.queues.contains(&queue))
             .map(|(id, _)| id.clone());
         if let Some(worker_id) = taker
             && !self.queues.is_paused(&queue)
@@ -1372,6 +1388,11 @@ impl Core {
     }
 
     /// Assigns ready tasks to workers with free concurrency, round-robin.
+    ///
+    /// A worker whose run slots are all taken gets only tasks that hold no
+    /// throttle slot into its prefetch: a slot held by a task waiting there
+    /// behind the worker's runs could be the one their bodies wait for. (A
+    /// cold entry holds none: chains holding slots are never cooled.)
     pub fn dispatch(&mut self, now: UnixMs) {
         // First the throttle waiters passed over for want of a worker: some
         // worker may be free now.
@@ -1395,7 +1416,18 @@ impl Core {
                     idle[k] = true;
                     continue;
                 }
-                let task_id = match self.queues.pop_for(&worker.queues, &worker.names) {
+                let prefetch_only = worker.idle() == 0;
+                let Core {
+                    queues,
+                    tasks,
+                    chains,
+                    task_defaults,
+                    ..
+                } = self;
+                let picked = queues.pop_for(&worker.queues, &worker.names, |task_id| {
+                    prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
+                });
+                let task_id = match picked {
                     Some(Queued::Hot(task_id)) => Some(task_id),
                     Some(Queued::Cold(key)) => self.warm(key, false).map(|chain_id| {
                         let rec = &self.chains[&chain_id];
@@ -2511,6 +2543,22 @@ impl Core {
 }
 
 /// Prepends the carried value to a JSON array of arguments.
+/// Whether a queued hot task holds a throttle slot. A throttled task is
+/// queued only once it holds one (its own, or its chain's).
+fn holds_a_slot(
+    tasks: &HashMap<String, (String, StepAt)>,
+    chains: &HashMap<String, ChainRecord>,
+    task_defaults: &HashMap<String, Options>,
+    task_id: &str,
+) -> bool {
+    let Some((chain_id, at)) = tasks.get(task_id) else {
+        return false;
+    };
+    let sig = chains[chain_id].step(*at).signature();
+    let throttled = |o: Option<&Options>| o.is_some_and(|o| o.throttle.is_some());
+    throttled(sig.options.as_ref()) || throttled(task_defaults.get(&sig.name))
+}
+
 fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
     let Some(value) = carried else {
         return args.to_owned();
@@ -2968,6 +3016,73 @@ mod tests {
         let (early, held) = commit_round(&mut core);
         assert!(early.is_empty());
         assert_eq!(assigned_chains(&held), [chain]);
+    }
+
+    #[test]
+    fn a_step_under_its_chains_slot_waits_for_an_idle_run_slot_not_a_prefetch() {
+        let (_dir, _, mut core) = empty_core();
+        let throttled = Signature {
+            options: Some(Options {
+                throttle: Some(Throttle {
+                    concurrency: 1,
+                    key: "tenant".into(),
+                    scope: ThrottleScope::Chain as i32,
+                    ..Throttle::default()
+                }),
+                ..Options::default()
+            }),
+            ..one_step("t").steps[0].clone()
+        };
+        let held_by_chain = ChainSpec {
+            steps: vec![throttled.clone(), throttled],
+            ..one_step("t")
+        };
+        // One run slot, room for two more in its prefetch.
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut two_names = hello("t", 1, 2);
+        two_names.tasks.push(("u".into(), Options::default()));
+        let worker_id = core.connect(two_names, tx, 1);
+        let chain = submit(&mut core, held_by_chain);
+        core.dispatch(1);
+        end_round(&mut core);
+        let step_1 = next_assignment(&mut rx);
+        let plain = submit(&mut core, one_step("t"));
+        core.dispatch(1);
+        end_round(&mut core);
+        let plain_run = next_assignment(&mut rx);
+
+        // Step 1 ends while the plain task runs: step 2 holds the chain's
+        // slot, so it is not prefetched behind the plain run (nor is the
+        // rest of its line); a task of another line that holds no slot is.
+        succeed(&mut core, &worker_id, step_1, 2);
+        let after = submit(&mut core, one_step("u"));
+        core.dispatch(2);
+        let (early, held) = commit_round(&mut core);
+        let assigned: Vec<String> = early.into_iter().chain(assigned_chains(&held)).collect();
+        assert_eq!(assigned, [after]);
+        durable(&mut core, held);
+        assert_eq!(
+            core.chain(&chain).expect("live").steps[1].state(),
+            StepState::Ready
+        );
+
+        // The plain run ends: the prefetched task takes its run slot. When
+        // that one ends, its slot goes to step 2.
+        let after_run = next_assignment(&mut rx);
+        succeed(&mut core, &worker_id, plain_run, 3);
+        core.dispatch(3);
+        let (early, held) = commit_round(&mut core);
+        assert!(early.is_empty() && assigned_chains(&held).is_empty());
+        durable(&mut core, held);
+        succeed(&mut core, &worker_id, after_run, 4);
+        core.dispatch(4);
+        let (early, held) = commit_round(&mut core);
+        let assigned: Vec<String> = early.into_iter().chain(assigned_chains(&held)).collect();
+        assert_eq!(assigned, [chain]);
+        assert_eq!(
+            core.chain(&plain).expect("readable").state(),
+            ChainState::Succeeded
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ enum Item {
 }
 
 impl Item {
+    fn is_hot_and(&self, check: impl Fn(&str) -> bool) -> bool {
+        matches!(self, Item::Hot(task_id) if check(task_id))
+    }
+
     fn queued(&self) -> Option<Queued> {
         match self {
             Item::Hot(task_id) => Some(Queued::Hot(task_id.to_string())),
@@ -107,6 +111,12 @@ impl Line {
     fn head(&self) -> Option<Rank> {
         let (priority, slots) = self.by_priority.first_key_value()?;
         slots.front().map(|slot| (*priority, slot.seq))
+    }
+
+    fn slot(&self, rank: Rank) -> Option<&Slot> {
+        let slots = self.by_priority.get(&rank.0)?;
+        let i = slots.binary_search_by_key(&rank.1, |s| s.seq).ok()?;
+        slots.get(i)
     }
 
     fn slot_mut(&mut self, rank: Rank) -> Option<&mut Slot> {
@@ -214,8 +224,15 @@ impl Queues {
             .map_or(0, |line| line.live)
     }
 
-    /// Takes the best task a worker may run, if any.
-    pub fn pop_for(&mut self, queues: &[String], names: &HashSet<String>) -> Option<Queued> {
+    /// Takes the best task a worker may run, if any. A line whose head is
+    /// a hot task that `passed` names is left out (its tasks wait behind
+    /// that head).
+    pub fn pop_for(
+        &mut self,
+        queues: &[String],
+        names: &HashSet<String>,
+        passed: impl Fn(&str) -> bool,
+    ) -> Option<Queued> {
         let mut best: Option<(Rank, &str, &str)> = None;
         for queue in queues {
             if !self.paused.is_empty() && self.paused.contains(queue) {
@@ -230,6 +247,7 @@ impl Queues {
                 }
                 if let Some(rank) = line.head()
                     && best.is_none_or(|(b, _, _)| rank < b)
+                    && !line.slot(rank).is_some_and(|s| s.item.is_hot_and(&passed))
                 {
                     best = Some((rank, queue.as_str(), name.as_str()));
                 }
@@ -394,6 +412,27 @@ mod tests {
         Queued::Hot(task_id.into())
     }
 
+    /// Passes over nothing.
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_line_whose_head_is_passed_over_waits_and_the_others_go_on() {
+        let mut q = Queues::default();
+        q.push("general", "a", 0, "held", 1);
+        q.push("general", "a", 0, "t2", 2);
+        q.push("general", "b", 0, "t3", 3);
+        let qs = vec!["general".to_string()];
+        let all = names(&["a", "b"]);
+        let passed = |task_id: &str| task_id == "held";
+        assert_eq!(q.pop_for(&qs, &all, passed), Some(hot("t3")));
+        // Line "a" waits behind its head: t2 does not jump it.
+        assert_eq!(q.pop_for(&qs, &all, passed), None);
+        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("held")));
+        assert_eq!(q.pop_for(&qs, &all, passed), Some(hot("t2")));
+    }
+
     #[test]
     fn cold_and_hot_entries_share_one_order_and_swap_in_place() {
         let mut q = Queues::default();
@@ -410,11 +449,11 @@ mod tests {
         assert_eq!(q.depths()["general"].oldest_ready_ms, Some(1));
         let all = names(&["a"]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &all), Some(hot("t1")));
-        assert_eq!(q.pop_for(&qs, &all), Some(hot("t2")));
+        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("t1")));
+        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("t2")));
         assert!(!q.remove("t2"));
-        assert_eq!(q.pop_for(&qs, &all), Some(Queued::Cold(43)));
-        assert_eq!(q.pop_for(&qs, &all), None);
+        assert_eq!(q.pop_for(&qs, &all, none), Some(Queued::Cold(43)));
+        assert_eq!(q.pop_for(&qs, &all, none), None);
         assert!(q.depths().is_empty());
     }
 
@@ -444,8 +483,8 @@ mod tests {
         assert!(q.remove("t2"));
         assert_eq!(q.entries("general"), [hot("t1"), hot("t3")]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &names(&["a"])), Some(hot("t1")));
-        assert_eq!(q.pop_for(&qs, &names(&["a"])), Some(hot("t3")));
+        assert_eq!(q.pop_for(&qs, &names(&["a"]), none), Some(hot("t1")));
+        assert_eq!(q.pop_for(&qs, &names(&["a"]), none), Some(hot("t3")));
         assert_eq!(q.line_len("general", "a"), 0);
     }
 
@@ -461,10 +500,10 @@ mod tests {
         q.push("general", "a", 5, "t3", 3);
         let all = names(&["a", "b"]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t3")));
-        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t1")));
-        assert_eq!(q.pop_for(&qs, &all).as_ref(), Some(&hot("t2")));
-        assert_eq!(q.pop_for(&qs, &all), None);
+        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t3")));
+        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t1")));
+        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t2")));
+        assert_eq!(q.pop_for(&qs, &all, none), None);
     }
 
     #[test]
@@ -473,12 +512,12 @@ mod tests {
         q.push("heavy", "h", 0, "t1", 1);
         q.push("general", "a", 0, "t2", 1);
         let general = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&general, &names(&["h"])), None);
+        assert_eq!(q.pop_for(&general, &names(&["h"]), none), None);
         assert_eq!(
-            q.pop_for(&general, &names(&["a", "h"])).as_ref(),
+            q.pop_for(&general, &names(&["a", "h"]), none).as_ref(),
             Some(&hot("t2"))
         );
-        assert_eq!(q.pop_for(&general, &names(&["a", "h"])), None);
+        assert_eq!(q.pop_for(&general, &names(&["a", "h"]), none), None);
         assert!(q.remove("t1"));
         assert!(!q.remove("t1"));
         assert!(q.depths().is_empty());
@@ -492,10 +531,16 @@ mod tests {
         let both = vec!["io".to_string(), "general".to_string()];
         assert!(q.pause("io"));
         assert!(!q.pause("io"));
-        assert_eq!(q.pop_for(&both, &names(&["a"])).as_ref(), Some(&hot("t2")));
-        assert_eq!(q.pop_for(&both, &names(&["a"])), None);
+        assert_eq!(
+            q.pop_for(&both, &names(&["a"]), none).as_ref(),
+            Some(&hot("t2"))
+        );
+        assert_eq!(q.pop_for(&both, &names(&["a"]), none), None);
         assert_eq!(q.entries("io"), [hot("t1")]);
         assert!(q.resume("io"));
-        assert_eq!(q.pop_for(&both, &names(&["a"])).as_ref(), Some(&hot("t1")));
+        assert_eq!(
+            q.pop_for(&both, &names(&["a"]), none).as_ref(),
+            Some(&hot("t1"))
+        );
     }
 }
