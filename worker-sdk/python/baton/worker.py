@@ -565,6 +565,12 @@ class Worker:
         self._draining = False
         self._forced = False
         self._welcomed = False
+        self._connected = False
+        """A welcomed stream is up. Runs start only then: one prefetched and not
+        started when the stream breaks waits for the next Welcome, because the
+        broker may not hold it any more (a broker killed before the assignment
+        was durable forgets it, and the Welcome says it is lost); run anyway, it
+        could run twice."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -733,6 +739,8 @@ class Worker:
                 outbox.linger = self._linger
             self._welcomed = True
             self._on_welcome(first.welcome)
+            self._connected = True
+            self._launch_waiting()
             tasks.append(asyncio.ensure_future(self._heartbeats(first.welcome.heartbeat_interval_ms)))
             reader = asyncio.ensure_future(self._read(call))
             done_waiter = asyncio.ensure_future(self._until_finished())
@@ -750,6 +758,9 @@ class Worker:
             raise _SessionLost("the broker closed the stream")
         finally:
             self._outbox = None
+            if self._connected:
+                self._connected = False
+                self._hold_back()
             for task in tasks:
                 task.cancel()
             await channel.close()
@@ -870,10 +881,32 @@ class Worker:
         )
         run = _Run(key, ctx, is_async=task.is_async)
         self._runs[key] = run
-        if self._active >= self._slots:
-            self._waiting.append((run, task, args, kwargs))  # prefetched
+        if self._waiting or self._active >= self._slots:
+            self._waiting.append((run, task, args, kwargs))  # prefetched, behind those waiting
             return
         self._launch(run, task, args, kwargs)
+
+    def _launch_waiting(self) -> None:
+        """Start prefetched runs in the free slots, while connected."""
+        while self._connected and self._waiting and self._active < self._slots:
+            self._launch(*self._waiting.popleft())
+
+    def _hold_back(self) -> None:
+        """The stream broke: take back from the pool the runs no thread has
+        started, in order, to wait for the next Welcome (see ``_connected``)."""
+        if self._pool is None:
+            return
+        held = []
+        for run in list(self._runs.values()):
+            job = run.job
+            if job is None or not run.launched or not self._pool.withdraw(run):
+                continue  # not queued in the pool: running, or waiting already
+            run.launched = False
+            run.job = None
+            self._active -= 1
+            held.append((run, self.app.tasks[run.ctx.name], job[2], job[3]))
+        if held:
+            self._waiting.extendleft(reversed(held))
 
     def _launch(self, run: _Run, task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
         key = run.key
@@ -924,8 +957,7 @@ class Worker:
             del self._runs[run.key]
         if run.launched:
             self._active -= 1
-            while self._waiting and self._active < self._slots:
-                self._launch(*self._waiting.popleft())
+            self._launch_waiting()
         # The broker frees a run's throttle slots when its outcome is recorded.
         for rid, (_, waiter) in run.waiters.items():
             self._requests.pop(rid, None)

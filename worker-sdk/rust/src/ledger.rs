@@ -26,6 +26,12 @@ use crate::outcome::{RunEnd, TaskError};
 /// Identifies one connection to the broker; increases with every attempt.
 pub(crate) type LinkId = u64;
 
+/// Identifies one run in this worker. A task ref is not enough: a broker
+/// killed before an assignment was durable forgets it and may assign the
+/// same attempt again, to this worker too, while the end of the forgotten
+/// run (aborted when the Welcome said it was lost) is still on its way.
+pub(crate) type RunId = u64;
+
 /// Answers a pending throttle request: `Ok` once granted, the refusal
 /// otherwise.
 pub(crate) type GrantReply = oneshot::Sender<Result<(), TaskError>>;
@@ -46,6 +52,8 @@ pub(crate) struct Ledger {
     /// never have arrived: each new link carries them again (releasing is
     /// idempotent). Each belongs to a run in `runs` that is still running.
     released: BTreeMap<u64, Released>,
+    /// The id of the last run started.
+    last_run: RunId,
 }
 
 #[derive(Debug)]
@@ -57,6 +65,7 @@ struct Released {
 
 #[derive(Debug)]
 struct Run {
+    id: RunId,
     /// Local estimate of when the broker takes the run back: the later of
     /// its arrival and the last heartbeat sent, plus the lease. `None` when
     /// the broker announced no lease.
@@ -126,10 +135,11 @@ impl Ledger {
         task: pb::TaskRef,
         cancel: CancellationToken,
         leased_until: Option<Instant>,
-    ) -> bool {
+    ) -> Option<RunId> {
         if self.runs.contains_key(&task) {
-            return false;
+            return None;
         }
+        self.last_run += 1;
         let state = RunState::Running {
             cancel,
             cancel_reason: None,
@@ -137,15 +147,14 @@ impl Ledger {
         self.runs.insert(
             task,
             Run {
+                id: self.last_run,
                 leased_until,
                 state,
             },
         );
-        true
+        Some(self.last_run)
     }
 
-    /// Stops a running run on the broker's request. Returns false when the
-    /// run is not running here (unknown, or already finished).
     pub(crate) fn cancel(&mut self, task: &pb::TaskRef, reason: String) -> bool {
         match self.runs.get_mut(task).map(|run| &mut run.state) {
             Some(RunState::Running {
@@ -169,10 +178,11 @@ impl Ledger {
     pub(crate) fn finish(
         &mut self,
         task: &pb::TaskRef,
+        id: RunId,
         end: RunEnd,
         link: Option<LinkId>,
     ) -> Option<pb::Outcome> {
-        let run = self.runs.get_mut(task)?;
+        let run = self.runs.get_mut(task).filter(|run| run.id == id)?;
         let RunState::Running { cancel_reason, .. } = &run.state else {
             return None;
         };
@@ -467,16 +477,23 @@ mod tests {
     #[test]
     fn a_run_lives_until_its_outcome_is_acknowledged() {
         let mut ledger = Ledger::default();
-        assert!(ledger.start(task("a"), CancellationToken::new(), None));
+        let run_a = ledger.start(task("a"), CancellationToken::new(), None);
+        let run_a = run_a.expect("started");
         assert!(
-            !ledger.start(task("a"), CancellationToken::new(), None),
+            ledger
+                .start(task("a"), CancellationToken::new(), None)
+                .is_none(),
             "duplicate"
         );
         assert!(!ledger.acknowledged(&task("a")), "no outcome yet");
-        let outcome = ledger.finish(&task("a"), success(), Some(1)).unwrap();
+        let outcome = ledger
+            .finish(&task("a"), run_a, success(), Some(1))
+            .unwrap();
         assert_eq!(outcome.task, Some(task("a")));
         assert!(
-            ledger.finish(&task("a"), success(), Some(1)).is_none(),
+            ledger
+                .finish(&task("a"), run_a, success(), Some(1))
+                .is_none(),
             "reported once"
         );
         assert_eq!((ledger.len(), ledger.running()), (1, 0));
@@ -488,10 +505,14 @@ mod tests {
     fn cancel_stops_the_body_and_names_the_reason() {
         let mut ledger = Ledger::default();
         let token = CancellationToken::new();
-        ledger.start(task("a"), token.clone(), None);
+        let run_a = ledger
+            .start(task("a"), token.clone(), None)
+            .expect("started");
         assert!(ledger.cancel(&task("a"), "chain cancelled".into()));
         assert!(token.is_cancelled());
-        let outcome = ledger.finish(&task("a"), RunEnd::Aborted, None).unwrap();
+        let outcome = ledger
+            .finish(&task("a"), run_a, RunEnd::Aborted, None)
+            .unwrap();
         match outcome.result {
             Some(pb::outcome::Result::Failure(f)) => {
                 assert_eq!(
@@ -510,7 +531,9 @@ mod tests {
     #[test]
     fn grants_become_slots_and_releases_free_them() {
         let mut ledger = Ledger::default();
-        ledger.start(task("a"), CancellationToken::new(), None);
+        ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         let (reply, mut granted) = oneshot::channel();
         assert!(ledger.request(acquire(7, "a"), reply, Some(1)).is_some());
         assert!(ledger.granted(7, 1).is_none());
@@ -531,7 +554,9 @@ mod tests {
     #[test]
     fn an_abandoned_request_is_released_when_granted() {
         let mut ledger = Ledger::default();
-        ledger.start(task("a"), CancellationToken::new(), None);
+        ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         let (reply, _granted) = oneshot::channel();
         ledger.request(acquire(7, "a"), reply, Some(1));
         assert!(
@@ -545,7 +570,9 @@ mod tests {
     #[test]
     fn refusals_reach_the_requester() {
         let mut ledger = Ledger::default();
-        ledger.start(task("a"), CancellationToken::new(), None);
+        ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         let (reply, mut granted) = oneshot::channel();
         ledger.request(acquire(7, "a"), reply, None);
         assert!(ledger.refused(7, "bad key"));
@@ -576,13 +603,15 @@ mod tests {
     #[test]
     fn finishing_drops_the_runs_throttles() {
         let mut ledger = Ledger::default();
-        ledger.start(task("a"), CancellationToken::new(), None);
+        let run_a = ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         let (reply, _g1) = oneshot::channel();
         ledger.request(acquire(1, "a"), reply, None);
         ledger.granted(1, 1);
         let (reply, _g2) = oneshot::channel();
         ledger.request(acquire(2, "a"), reply, None);
-        ledger.finish(&task("a"), success(), None);
+        ledger.finish(&task("a"), run_a, success(), None);
         assert!(ledger.held().1.is_empty());
         assert!(
             ledger.release(1, Some(1)).is_none(),
@@ -595,12 +624,20 @@ mod tests {
     fn welcome_keeps_resends_and_aborts() {
         let mut ledger = Ledger::default();
         let lost_token = CancellationToken::new();
-        ledger.start(task("done"), CancellationToken::new(), None);
-        ledger.start(task("sent-on-2"), CancellationToken::new(), None);
-        ledger.start(task("running"), CancellationToken::new(), None);
-        ledger.start(task("lost"), lost_token.clone(), None);
-        ledger.finish(&task("done"), success(), Some(1));
-        ledger.finish(&task("sent-on-2"), success(), Some(2));
+        let run_done = ledger
+            .start(task("done"), CancellationToken::new(), None)
+            .expect("started");
+        let run_sent_on_2 = ledger
+            .start(task("sent-on-2"), CancellationToken::new(), None)
+            .expect("started");
+        ledger
+            .start(task("running"), CancellationToken::new(), None)
+            .expect("started");
+        ledger
+            .start(task("lost"), lost_token.clone(), None)
+            .expect("started");
+        ledger.finish(&task("done"), run_done, success(), Some(1));
+        ledger.finish(&task("sent-on-2"), run_sent_on_2, success(), Some(2));
         let (reply, _granted) = oneshot::channel();
         ledger.request(acquire(5, "running"), reply, Some(1));
         let (reply, _granted2) = oneshot::channel();
@@ -625,7 +662,7 @@ mod tests {
         let reconciled = ledger.reconcile(&kept, 2, Some(until));
         assert_eq!(reconciled.lost, vec![task("lost")]);
         assert!(lost_token.is_cancelled());
-        let outcome = ledger.finish(&task("done"), success(), None);
+        let outcome = ledger.finish(&task("done"), run_done, success(), None);
         assert!(outcome.is_none());
         match reconciled.resend.as_slice() {
             [
@@ -645,17 +682,45 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_a_lost_run_does_not_finish_a_new_run_of_the_same_attempt() {
+        let mut ledger = Ledger::default();
+        let forgotten = ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
+        assert_eq!(ledger.reconcile(&[], 2, None).lost, vec![task("a")]);
+        // The broker assigns the same attempt again before the aborted
+        // body's end arrives.
+        let again = ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("a new run");
+        assert!(
+            ledger
+                .finish(&task("a"), forgotten, RunEnd::Aborted, Some(2))
+                .is_none()
+        );
+        let outcome = ledger.finish(&task("a"), again, success(), Some(2));
+        assert!(matches!(
+            outcome.and_then(|o| o.result),
+            Some(pb::outcome::Result::Success(_))
+        ));
+    }
+
+    #[test]
     fn runs_whose_lease_lapsed_are_aborted() {
         let mut ledger = Ledger::default();
         let now = Instant::now();
         let stale = CancellationToken::new();
-        ledger.start(task("stale"), stale.clone(), Some(now));
+        ledger
+            .start(task("stale"), stale.clone(), Some(now))
+            .expect("started");
         ledger.start(
             task("fresh"),
             CancellationToken::new(),
             Some(now + Duration::from_secs(5)),
         );
-        ledger.start(task("unleased"), CancellationToken::new(), None);
+        ledger
+            .start(task("unleased"), CancellationToken::new(), None)
+            .expect("started");
         assert_eq!(ledger.next_expiry(), Some(now));
         assert_eq!(ledger.expire(now), vec![task("stale")]);
         assert!(stale.is_cancelled());
@@ -668,7 +733,9 @@ mod tests {
     #[test]
     fn releases_are_carried_again_by_each_new_link_while_the_run_goes_on() {
         let mut ledger = Ledger::default();
-        ledger.start(task("a"), CancellationToken::new(), None);
+        let run_a = ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         let (reply, _granted) = oneshot::channel();
         ledger.request(acquire(3, "a"), reply, Some(1));
         ledger.granted(3, 1);
@@ -684,7 +751,7 @@ mod tests {
         // It may not have arrived on link 2 either: link 3 carries it again.
         assert_eq!(ledger.reconcile(&[task("a")], 3, None).resend.len(), 1);
         // Once the run ends the broker frees everything it held.
-        ledger.finish(&task("a"), success(), Some(3));
+        ledger.finish(&task("a"), run_a, success(), Some(3));
         assert_eq!(
             ledger.reconcile(&[task("a")], 4, None).resend.len(),
             1,

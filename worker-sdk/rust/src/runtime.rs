@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use baton::pb::{self, worker_message::Msg};
 use futures::FutureExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::context::TaskContext;
 use crate::error::Error;
 use crate::error_type::NOT_REGISTERED;
-use crate::ledger::{GrantReply, Ledger, LinkId};
+use crate::ledger::{GrantReply, Ledger, LinkId, RunId};
 use crate::link::{Backoff, Broken, Disconnect, Link, goodbye, greet};
 use crate::outcome::{RunEnd, TaskError, panic_message};
 use crate::worker::{Config, Handler};
@@ -43,7 +43,11 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A run's body returned, panicked or was aborted.
-    Finished { task: pb::TaskRef, end: RunEnd },
+    Finished {
+        task: pb::TaskRef,
+        run: RunId,
+        end: RunEnd,
+    },
     /// A body asks for an in-body throttle slot.
     Acquire {
         request: pb::ThrottleAcquire,
@@ -78,6 +82,12 @@ pub(crate) struct Runtime {
     config: Config,
     /// Bounds the bodies running at once to `config.concurrency`.
     semaphore: Arc<Semaphore>,
+    /// Whether a welcomed stream is up. A run starts only then: one that
+    /// has not started when the stream breaks (prefetched) waits, because
+    /// the broker may not hold it any more (a broker killed before its
+    /// assignment was durable forgets it, and the next Welcome says it is
+    /// lost); run anyway, it could run twice.
+    connected: watch::Sender<bool>,
     /// Cloned into every run and context; never closed while the runtime
     /// lives, since it holds this sender.
     events_tx: Events,
@@ -98,6 +108,7 @@ impl Runtime {
         let (events_tx, events) = mpsc::unbounded_channel();
         Self {
             semaphore: Arc::new(Semaphore::new(permits(config.concurrency))),
+            connected: watch::Sender::new(false),
             config,
             events_tx,
             events,
@@ -118,7 +129,9 @@ impl Runtime {
             let cause = match self.connect(shutdown.as_mut()).await {
                 Ok(Connected::Yes(link, inbound)) => {
                     backoff.reset();
-                    match self.serve(link, *inbound, shutdown.as_mut()).await {
+                    let served = self.serve(link, *inbound, shutdown.as_mut()).await;
+                    self.connected.send_replace(false);
+                    match served {
                         Ok(Served::Done) => break Ok(()),
                         Ok(Served::Broken(cause)) => cause,
                         Err(error) => break Err(error),
@@ -245,6 +258,8 @@ impl Runtime {
         for msg in reconciled.resend {
             link.send(msg);
         }
+        // The lost runs are aborted: the kept ones that wait may start.
+        self.connected.send_replace(true);
         if self.drain_deadline.is_some() {
             link.send(Msg::Drain(pb::Drain {}));
         }
@@ -401,17 +416,17 @@ impl Runtime {
         };
         let cancel = CancellationToken::new();
         let leased_until = self.lease.map(|lease| Instant::now() + lease);
-        if !self
+        let Some(run) = self
             .ledger
             .start(task.clone(), cancel.clone(), leased_until)
-        {
+        else {
             warn!(
                 task.id = %task.task_id,
                 task.attempt = task.attempt,
                 "duplicate assignment ignored"
             );
             return;
-        }
+        };
         if self.drain_deadline.is_some() {
             // The broker sent it before it saw our Drain: it is ours to run.
             info!(task.id = %task.task_id, "assignment arrived while draining; running it");
@@ -444,14 +459,18 @@ impl Runtime {
         };
         match prepared {
             Ok((handler, ctx)) => {
-                let run = drive(handler, ctx, cancel, Arc::clone(&self.semaphore));
+                let gate = Gate {
+                    slots: Arc::clone(&self.semaphore),
+                    connected: self.connected.subscribe(),
+                };
+                let body = drive(handler, ctx, cancel, gate);
                 let events = self.events_tx.clone();
                 tokio::spawn(
                     async move {
-                        let end = run.await;
+                        let end = body.await;
                         // The runtime outlives every run it tracks; once it
                         // is gone nobody wants the end.
-                        let _ = events.send(Event::Finished { task, end });
+                        let _ = events.send(Event::Finished { task, run, end });
                     }
                     .instrument(span),
                 );
@@ -459,6 +478,7 @@ impl Runtime {
             Err(error) => {
                 let _ = self.events_tx.send(Event::Finished {
                     task,
+                    run,
                     end: RunEnd::Returned(Err(error)),
                 });
             }
@@ -469,25 +489,27 @@ impl Runtime {
     fn on_event(&mut self, event: Event, link: Option<&Link>) {
         let link_id = link.map(|link| link.id);
         match event {
-            Event::Finished { task, end } => match self.ledger.finish(&task, end, link_id) {
-                Some(outcome) => {
-                    info!(
-                        task.id = %task.task_id,
-                        task.attempt = task.attempt,
-                        outcome = describe(&outcome),
-                        "run ended"
-                    );
-                    if let Some(link) = link {
-                        link.send(Msg::Outcome(outcome));
+            Event::Finished { task, run, end } => {
+                match self.ledger.finish(&task, run, end, link_id) {
+                    Some(outcome) => {
+                        info!(
+                            task.id = %task.task_id,
+                            task.attempt = task.attempt,
+                            outcome = describe(&outcome),
+                            "run ended"
+                        );
+                        if let Some(link) = link {
+                            link.send(Msg::Outcome(outcome));
+                        }
+                    }
+                    None => {
+                        debug!(
+                            task.id = %task.task_id,
+                            "run ended but is no longer ours; outcome dropped"
+                        )
                     }
                 }
-                None => {
-                    debug!(
-                        task.id = %task.task_id,
-                        "run ended but is no longer ours; outcome dropped"
-                    )
-                }
-            },
+            }
             Event::Acquire { request, granted } => {
                 if let Some(request) = self.ledger.request(request, granted, link_id)
                     && let Some(link) = link
@@ -554,19 +576,35 @@ impl Runtime {
     }
 }
 
-/// Runs a body once a concurrency slot is free, turning a panic into
-/// [`RunEnd::Panicked`]; cancelling `cancel` drops the body at its next
-/// await point. The slot is freed before this returns.
+/// What a run waits for before its body starts.
+struct Gate {
+    /// A concurrency slot.
+    slots: Arc<Semaphore>,
+    /// A welcomed stream (see [`Runtime::connected`]).
+    connected: watch::Receiver<bool>,
+}
+
+/// Runs a body once a concurrency slot is free and the worker is
+/// connected, turning a panic into [`RunEnd::Panicked`]; cancelling
+/// `cancel` drops the body at its next await point. The slot is freed
+/// before this returns.
 async fn drive(
     handler: Handler,
     ctx: TaskContext,
     cancel: CancellationToken,
-    semaphore: Arc<Semaphore>,
+    gate: Gate,
 ) -> RunEnd {
+    let Gate {
+        slots,
+        mut connected,
+    } = gate;
     let body = async move {
-        let Ok(_permit) = semaphore.acquire_owned().await else {
+        let Ok(_permit) = slots.acquire_owned().await else {
             return RunEnd::Aborted; // the semaphore is never closed
         };
+        if connected.wait_for(|up| *up).await.is_err() {
+            return RunEnd::Aborted; // the runtime is gone
+        }
         debug!("run started");
         match AssertUnwindSafe(async move { handler(ctx).await })
             .catch_unwind()
@@ -656,6 +694,11 @@ mod tests {
     #[tokio::test]
     async fn drive_reports_returns_panics_and_aborts() {
         let semaphore = Arc::new(Semaphore::new(1));
+        let (_up, connected) = watch::channel(true);
+        let gate = || Gate {
+            slots: Arc::clone(&semaphore),
+            connected: connected.clone(),
+        };
         let (events, _rx) = mpsc::unbounded_channel();
         let assignment = pb::Assignment {
             name: "t".into(),
@@ -664,34 +707,50 @@ mod tests {
         let ctx = TaskContext::from_assignment(assignment, pb::TaskRef::default(), events).unwrap();
 
         let ok: Handler = Arc::new(|_| Box::pin(async { Ok(serde_json::json!(1)) }));
-        let end = drive(
-            ok,
-            ctx.clone(),
-            CancellationToken::new(),
-            Arc::clone(&semaphore),
-        )
-        .await;
+        let end = drive(ok, ctx.clone(), CancellationToken::new(), gate()).await;
         assert!(matches!(end, RunEnd::Returned(Ok(_))));
 
         let panics: Handler = Arc::new(|_| Box::pin(async { panic!("boom") }));
-        let end = drive(
-            panics,
-            ctx.clone(),
-            CancellationToken::new(),
-            Arc::clone(&semaphore),
-        )
-        .await;
+        let end = drive(panics, ctx.clone(), CancellationToken::new(), gate()).await;
         assert!(matches!(end, RunEnd::Panicked(ref m) if m == "boom"));
 
         let forever: Handler = Arc::new(|_| Box::pin(std::future::pending()));
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let end = drive(forever, ctx, cancel, Arc::clone(&semaphore)).await;
+        let end = drive(forever, ctx.clone(), cancel, gate()).await;
         assert!(matches!(end, RunEnd::Aborted));
         assert_eq!(
             semaphore.available_permits(),
             1,
             "every slot was given back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_run_starts_only_while_connected() {
+        let slots = Arc::new(Semaphore::new(1));
+        let (up, connected) = watch::channel(false);
+        let (events, _rx) = mpsc::unbounded_channel();
+        let assignment = pb::Assignment {
+            name: "t".into(),
+            ..Default::default()
+        };
+        let ctx = TaskContext::from_assignment(assignment, pb::TaskRef::default(), events).unwrap();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mark = Arc::clone(&started);
+        let body: Handler = Arc::new(move |_| {
+            mark.store(true, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(serde_json::json!(1)) })
+        });
+        let gate = Gate {
+            slots: Arc::clone(&slots),
+            connected,
+        };
+        let run = tokio::spawn(drive(body, ctx, CancellationToken::new(), gate));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+        up.send_replace(true);
+        assert!(matches!(run.await.unwrap(), RunEnd::Returned(Ok(_))));
+        assert!(started.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

@@ -1005,6 +1005,80 @@ async fn reconnect_declares_held_work_resends_unacked_outcomes_and_aborts_lost_r
     worker.finished().await.expect("clean stop");
 }
 
+/// A prefetched run that has not started when the stream breaks waits
+/// for the next Welcome: the broker may have forgotten it (a broker killed
+/// before the assignment was durable), and then it must never start.
+#[tokio::test]
+async fn a_prefetched_run_waits_for_the_broker_and_a_lost_one_never_starts() {
+    let mut broker = Broker::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let body = {
+        let gate = Arc::clone(&gate);
+        move |ctx: TaskContext| {
+            let (gate, started) = (Arc::clone(&gate), started_tx.clone());
+            async move {
+                let _ = started.send(ctx.task_id.clone());
+                gate.acquire().await.expect("gate open").forget();
+                Ok(Value::Null)
+            }
+        }
+    };
+    let mut worker = Running::start(
+        broker
+            .builder()
+            .concurrency(1)
+            .prefetch(2)
+            .task("gated", body),
+    );
+    let mut first = broker.session().await;
+    first.hello().await;
+    first.welcome(60_000, 60_000, &[]);
+    for id in ["a", "b", "c"] {
+        first.send(assignment(id, "gated", "[]"));
+    }
+    assert_eq!(recv("a to start", &mut started).await, "a");
+    first.break_stream();
+    let mut second = broker.session().await;
+    let hello = second.hello().await;
+    assert_eq!(hello.held, vec![task("a"), task("b"), task("c")]);
+
+    // a ends while no broker is welcomed: b and c wait.
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        started.try_recv().is_err(),
+        "a prefetched run started unwelcomed"
+    );
+
+    // The broker forgot b: only c starts.
+    second.send(Down::Welcome(pb::Welcome {
+        worker_id: "w-2".into(),
+        lease_ms: 60_000,
+        heartbeat_interval_ms: 60_000,
+        kept: vec![task("a"), task("c")],
+        lost: vec![task("b")],
+        batch_bytes: 0,
+    }));
+    assert_eq!(recv("c to start", &mut started).await, "c");
+    gate.add_permits(1);
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let outcome = second.outcome().await;
+        let task = outcome.task.clone().expect("task ref");
+        second.ack(&task);
+        ended.push(task.task_id);
+    }
+    ended.sort();
+    assert_eq!(ended, ["a", "c"]);
+    assert!(started.try_recv().is_err(), "the lost run started");
+
+    worker.shut_down();
+    second.expect_drain_and_goodbye().await;
+    drop((first, second));
+    worker.finished().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn reconnect_resends_a_pending_throttle_request() {
     let mut broker = Broker::start().await;
