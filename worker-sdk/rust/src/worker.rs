@@ -186,8 +186,10 @@ impl WorkerBuilder {
     /// defaults to 0. They wait here until a body ends, so a worker of
     /// many short tasks never idles for the round trip and durable commit
     /// that bring the next one. They are this worker's from assignment:
-    /// their leases and timeouts run, a declared throttle slot is held,
-    /// and a drain runs them too. Keep it for short tasks (Celery's
+    /// their leases and timeouts run, and a drain runs them too. While
+    /// the worker is disconnected they wait; the next Welcome says which
+    /// are still its own. The broker never prefetches a task that holds a
+    /// throttle slot. Keep it for short tasks (Celery's
     /// `worker_prefetch_multiplier` 4 is a prefetch of 3 × concurrency).
     pub fn prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = prefetch;
