@@ -1356,6 +1356,49 @@ async fn a_task_name_throttle_applies_to_work_submitted_before_any_worker_declar
     assert_eq!(holders.started(), expected, "in submission order");
 }
 
+/// What the deadlock tests' bodies return.
+type Body = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, TaskError>> + Send>>;
+
+/// The shared key `k`, limit 1, that the deadlock tests take both declared
+/// and in-body.
+fn shared_k() -> BodyThrottle {
+    BodyThrottle::new(1).key("k").shared()
+}
+
+/// A body that notes `label` and succeeds.
+fn notes(
+    journal: &Journal,
+    label: &'static str,
+) -> impl Fn(TaskContext) -> Body + Send + Sync + use<> {
+    let journal = journal.clone();
+    move |_ctx| {
+        journal.note(label);
+        Box::pin(async { Ok(Value::Null) })
+    }
+}
+
+/// A body that takes `k` in-body, notes `label` while it holds it, and
+/// succeeds.
+fn notes_holding_k(
+    journal: &Journal,
+    label: &'static str,
+) -> impl Fn(TaskContext) -> Body + Send + Sync + use<> {
+    let journal = journal.clone();
+    move |ctx| {
+        let journal = journal.clone();
+        Box::pin(async move {
+            ctx.throttle(shared_k(), async { journal.note(label) })
+                .await?;
+            Ok(Value::Null)
+        })
+    }
+}
+
+/// Submits one task and returns its chain id.
+async fn submit_one(client: &Client, task: impl Into<Chain>) -> String {
+    client.submit(task).await.expect("submit").chain_id
+}
+
 /// The shape the chaos harness found: one worker slot, one identity taken
 /// both declared and in-body. A declared task that was granted its slot
 /// while it still waited for a worker could wait forever behind a body
@@ -1367,20 +1410,14 @@ async fn declared_and_in_body_waiters_on_one_identity_never_deadlock() {
     let client = broker.client().await;
     let journal = Journal::default();
     let open = gate();
-    let (g, jb, ja, jc) = (
-        open.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-    );
-    let shared = || BodyThrottle::new(1).key("k").shared();
+    let (g, jb) = (open.clone(), journal.clone());
     let _w = TestWorker::spawn(
         worker(&broker.addr, "one")
             .concurrency(1)
             .task("b.inbody", move |ctx: TaskContext| {
                 let (g, j) = (g.clone(), jb.clone());
                 async move {
-                    ctx.throttle(shared(), async {
+                    ctx.throttle(shared_k(), async {
                         j.note("b holds");
                         pass(&g).await;
                     })
@@ -1388,38 +1425,14 @@ async fn declared_and_in_body_waiters_on_one_identity_never_deadlock() {
                     Ok(Value::Null)
                 }
             })
-            .task("a.declared", move |_ctx: TaskContext| {
-                let j = ja.clone();
-                async move {
-                    j.note("a runs");
-                    Ok(Value::Null)
-                }
-            })
-            .task("c.inbody", move |ctx: TaskContext| {
-                let j = jc.clone();
-                async move {
-                    ctx.throttle(shared(), async { j.note("c holds") }).await?;
-                    Ok(Value::Null)
-                }
-            }),
+            .task("a.declared", notes(&journal, "a runs"))
+            .task("c.inbody", notes_holding_k(&journal, "c holds")),
     );
-    let b = client
-        .submit(Task::new("b.inbody").si(()))
-        .await
-        .unwrap()
-        .chain_id;
+    let b = submit_one(&client, Task::new("b.inbody").si(())).await;
     eventually("b to hold the slot", || journal.count("b holds") == 1).await;
     let declared = Throttle::new(1).key("k").shared();
-    let a = client
-        .submit(Task::new("a.declared").si(()).throttle(declared))
-        .await
-        .unwrap()
-        .chain_id;
-    let c = client
-        .submit(Task::new("c.inbody").si(()))
-        .await
-        .unwrap()
-        .chain_id;
+    let a = submit_one(&client, Task::new("a.declared").si(()).throttle(declared)).await;
+    let c = submit_one(&client, Task::new("c.inbody").si(())).await;
     let start = std::time::Instant::now();
     while client.get(&c).await.unwrap().steps[0].state() != pb::StepState::Ready {
         assert!(start.elapsed() < PATIENCE, "c never queued");
@@ -1445,14 +1458,7 @@ async fn a_slot_holder_never_waits_in_a_prefetch_behind_its_own_waiters() {
     let client = broker.client().await;
     let journal = Journal::default();
     let (release, finish) = (gate(), gate());
-    let (g1, g2, jb, ja, jw) = (
-        release.clone(),
-        finish.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-    );
-    let shared = || BodyThrottle::new(1).key("k").shared();
+    let (g1, g2, jb) = (release.clone(), finish.clone(), journal.clone());
     let _w = TestWorker::spawn(
         worker(&broker.addr, "one")
             .concurrency(2)
@@ -1460,7 +1466,7 @@ async fn a_slot_holder_never_waits_in_a_prefetch_behind_its_own_waiters() {
             .task("b.inbody", move |ctx: TaskContext| {
                 let (g1, g2, j) = (g1.clone(), g2.clone(), jb.clone());
                 async move {
-                    ctx.throttle(shared(), async {
+                    ctx.throttle(shared_k(), async {
                         j.note("b holds");
                         pass(&g1).await;
                     })
@@ -1470,45 +1476,17 @@ async fn a_slot_holder_never_waits_in_a_prefetch_behind_its_own_waiters() {
                     Ok(Value::Null)
                 }
             })
-            .task("a.declared", move |_ctx: TaskContext| {
-                let j = ja.clone();
-                async move {
-                    j.note("a runs");
-                    Ok(Value::Null)
-                }
-            })
-            .task("w.inbody", move |ctx: TaskContext| {
-                let j = jw.clone();
-                async move {
-                    ctx.throttle(shared(), async { j.note("w holds") }).await?;
-                    Ok(Value::Null)
-                }
-            }),
+            .task("a.declared", notes(&journal, "a runs"))
+            .task("w.inbody", notes_holding_k(&journal, "w holds")),
     );
-    let b = client
-        .submit(Task::new("b.inbody").si(()))
-        .await
-        .unwrap()
-        .chain_id;
+    let b = submit_one(&client, Task::new("b.inbody").si(())).await;
     eventually("b to hold the slot", || journal.count("b holds") == 1).await;
     let declared = Throttle::new(1).key("k").shared();
-    let a = client
-        .submit(Task::new("a.declared").si(()).throttle(declared))
-        .await
-        .unwrap()
-        .chain_id;
+    let a = submit_one(&client, Task::new("a.declared").si(()).throttle(declared)).await;
     // c runs beside b and waits in-body behind a; d is prefetched.
-    let c = client
-        .submit(Task::new("w.inbody").si(()))
-        .await
-        .unwrap()
-        .chain_id;
+    let c = submit_one(&client, Task::new("w.inbody").si(())).await;
     until_throttle(&client, "", "k", "a and c to wait", |t| t.waiters == 2).await;
-    let d = client
-        .submit(Task::new("w.inbody").si(()))
-        .await
-        .unwrap()
-        .chain_id;
+    let d = submit_one(&client, Task::new("w.inbody").si(())).await;
     let start = std::time::Instant::now();
     while client.get(&d).await.unwrap().steps[0].state() != pb::StepState::Running {
         assert!(start.elapsed() < PATIENCE, "d was never prefetched");

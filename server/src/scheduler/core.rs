@@ -2970,9 +2970,9 @@ mod tests {
         assert_eq!(assigned_chains(&held), [ready]);
     }
 
-    #[test]
-    fn a_throttled_step_waits_for_its_round() {
-        let (_dir, _, mut core) = empty_core();
+    /// Two steps of task "t" under one chain-scoped slot (limit 1, key
+    /// "tenant"): the chain holds it from its first step to its end.
+    fn two_steps_under_one_chain_slot() -> ChainSpec {
         let throttled = Signature {
             options: Some(Options {
                 throttle: Some(Throttle {
@@ -2985,10 +2985,16 @@ mod tests {
             }),
             ..one_step("t").steps[0].clone()
         };
-        let held_by_chain = ChainSpec {
+        ChainSpec {
             steps: vec![throttled.clone(), throttled],
             ..one_step("t")
-        };
+        }
+    }
+
+    #[test]
+    fn a_throttled_step_waits_for_its_round() {
+        let (_dir, _, mut core) = empty_core();
+        let held_by_chain = two_steps_under_one_chain_slot();
         let (tx, mut rx) = mpsc::channel(16);
         let worker_id = core.connect(hello("t", 2, 0), tx, 1);
         let (_, held) = commit_round(&mut core);
@@ -3021,22 +3027,7 @@ mod tests {
     #[test]
     fn a_step_under_its_chains_slot_waits_for_an_idle_run_slot_not_a_prefetch() {
         let (_dir, _, mut core) = empty_core();
-        let throttled = Signature {
-            options: Some(Options {
-                throttle: Some(Throttle {
-                    concurrency: 1,
-                    key: "tenant".into(),
-                    scope: ThrottleScope::Chain as i32,
-                    ..Throttle::default()
-                }),
-                ..Options::default()
-            }),
-            ..one_step("t").steps[0].clone()
-        };
-        let held_by_chain = ChainSpec {
-            steps: vec![throttled.clone(), throttled],
-            ..one_step("t")
-        };
+        let held_by_chain = two_steps_under_one_chain_slot();
         // One run slot, room for two more in its prefetch.
         let (tx, mut rx) = mpsc::channel(16);
         let mut two_names = hello("t", 1, 2);
