@@ -1356,6 +1356,55 @@ async fn a_task_name_throttle_applies_to_work_submitted_before_any_worker_declar
     assert_eq!(holders.started(), expected, "in submission order");
 }
 
+/// A slot holder is never prefetched, so it needs an idle run slot; a
+/// stream of other work must not keep every run slot and prefetch full
+/// forever. The worker it waits for takes no more prefetch work until a run
+/// slot frees, so the throttled task starts after the few already
+/// prefetched, not after the whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_task_is_not_starved_by_a_backlog_of_prefetched_work() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let journal = Journal::default();
+    let jp = journal.clone();
+    let _w = TestWorker::spawn(
+        worker(&broker.addr, "one")
+            .concurrency(1)
+            .prefetch(2)
+            .task("plain", move |_ctx: TaskContext| {
+                let j = jp.clone();
+                async move {
+                    j.note("plain");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(Value::Null)
+                }
+            })
+            .task("declared", notes(&journal, "declared")),
+    );
+    let plain = || Chain::from(Task::new("plain").si(()));
+    let mut chains: Vec<Chain> = (0..20).map(|_| plain()).collect();
+    chains.push(Chain::from(
+        Task::new("declared")
+            .si(())
+            .throttle(Throttle::new(1).key("t")),
+    ));
+    chains.extend((0..40).map(|_| plain()));
+    let ids = submit_in_order(&client, chains).await;
+    all_succeed(&client, &ids).await;
+    let entries = journal.entries();
+    let at = entries
+        .iter()
+        .position(|e| e == "declared")
+        .expect("declared ran");
+    // Submitted 21st: it may wait for what was assigned before it and for
+    // a drained prefetch, not for the 40 submitted after it.
+    assert!(
+        at < 30,
+        "the throttled task started {at}th of {}",
+        entries.len()
+    );
+}
+
 /// What the deadlock tests' bodies return.
 type Body = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, TaskError>> + Send>>;
 

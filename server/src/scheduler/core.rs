@@ -247,6 +247,12 @@ pub struct Core {
     workers: BTreeMap<String, WorkerConn>,
     /// Round-robin start for dispatch, so free workers share the work.
     rr: usize,
+    /// Workers that take no prefetch work until a run slot frees: a
+    /// throttle waiter whose slot is free waits for an idle run slot on
+    /// one of them (see [`Core::throttle_op`]). Without this, a stream of
+    /// other work would keep every prefetch full, and a slot holder, which
+    /// is never prefetched, would never find an idle run slot.
+    reserved: HashSet<String>,
     runs: HashMap<String, Run>,
     task_defaults: HashMap<String, Options>,
     watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
@@ -289,6 +295,7 @@ impl Core {
             throttles: Throttles::default(),
             workers: BTreeMap::new(),
             rr: 0,
+            reserved: HashSet::new(),
             runs: HashMap::new(),
             task_defaults: recovered.task_defaults.into_iter().collect(),
             watchers: HashMap::new(),
@@ -1227,7 +1234,9 @@ impl Core {
     /// An idle run slot, not a prefetch slot: a slot holder prefetched
     /// behind runs whose bodies wait in-body for that same identity would
     /// never start, and they would wait for it forever (docs/reliability.md,
-    /// "Findings").
+    /// "Findings"). A waiter passed over for want of one reserves the
+    /// least busy worker that could take it (`reserved`): it gets no more
+    /// prefetch work, so its runs drain and a run slot frees.
     fn throttle_op<R>(
         &mut self,
         op: impl FnOnce(&mut Throttles<Ticket>, CanStart<'_, Ticket>) -> R,
@@ -1239,6 +1248,7 @@ impl Core {
             chains,
             task_defaults,
             queues,
+            reserved,
             ..
         } = self;
         let mut free: HashMap<&str, usize> = workers
@@ -1266,16 +1276,24 @@ impl Core {
             if queues.is_paused(&queue) {
                 return false;
             }
-            let taker = workers.iter().find(|(id, w)| {
-                w.names.contains(&sig.name) && w.queues.contains(&queue) && free[id.as_str()] > 0
-            });
-            match taker {
-                Some((id, _)) => {
-                    *free.get_mut(id.as_str()).expect("every worker listed") -= 1;
-                    true
-                }
-                None => false,
+            let serves = |w: &WorkerConn| {
+                w.names.contains(&sig.name) && w.queues.contains(&queue) && !w.draining
+            };
+            let taker = workers
+                .iter()
+                .find(|(id, w)| serves(w) && free[id.as_str()] > 0);
+            if let Some((id, _)) = taker {
+                *free.get_mut(id.as_str()).expect("every worker listed") -= 1;
+                return true;
             }
+            let least_busy = workers
+                .iter()
+                .filter(|(_, w)| serves(w))
+                .min_by_key(|(_, w)| w.in_flight.len());
+            if let Some((id, _)) = least_busy {
+                reserved.insert(id.clone());
+            }
+            false
         };
         op(throttles, &mut can_start)
     }
@@ -1395,7 +1413,8 @@ impl Core {
     /// cold entry holds none: chains holding slots are never cooled.)
     pub fn dispatch(&mut self, now: UnixMs) {
         // First the throttle waiters passed over for want of a worker: some
-        // worker may be free now.
+        // worker may be free now (and those still passed over reserve one).
+        self.reserved.clear();
         let grants = self.throttle_op(|t, cs| t.repump(cs));
         self.apply_grants(grants, now);
         let ids: Vec<String> = self.workers.keys().cloned().collect();
@@ -1417,6 +1436,10 @@ impl Core {
                     continue;
                 }
                 let prefetch_only = worker.idle() == 0;
+                if prefetch_only && self.reserved.contains(&ids[k]) {
+                    idle[k] = true;
+                    continue;
+                }
                 let Core {
                     queues,
                     tasks,
