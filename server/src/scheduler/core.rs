@@ -2565,7 +2565,6 @@ impl Core {
     }
 }
 
-/// Prepends the carried value to a JSON array of arguments.
 /// Whether a queued hot task holds a throttle slot. A throttled task is
 /// queued only once it holds one (its own, or its chain's).
 fn holds_a_slot(
@@ -2582,6 +2581,7 @@ fn holds_a_slot(
     throttled(sig.options.as_ref()) || throttled(task_defaults.get(&sig.name))
 }
 
+/// Prepends the carried value to a JSON array of arguments.
 fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
     let Some(value) = carried else {
         return args.to_owned();

@@ -113,10 +113,9 @@ impl Line {
         slots.front().map(|slot| (*priority, slot.seq))
     }
 
-    fn slot(&self, rank: Rank) -> Option<&Slot> {
-        let slots = self.by_priority.get(&rank.0)?;
-        let i = slots.binary_search_by_key(&rank.1, |s| s.seq).ok()?;
-        slots.get(i)
+    /// The best slot (the one [`Line::head`] ranks).
+    fn front(&self) -> Option<&Slot> {
+        self.by_priority.first_key_value()?.1.front()
     }
 
     fn slot_mut(&mut self, rank: Rank) -> Option<&mut Slot> {
@@ -247,7 +246,7 @@ impl Queues {
                 }
                 if let Some(rank) = line.head()
                     && best.is_none_or(|(b, _, _)| rank < b)
-                    && !line.slot(rank).is_some_and(|s| s.item.is_hot_and(&passed))
+                    && !line.front().is_some_and(|s| s.item.is_hot_and(&passed))
                 {
                     best = Some((rank, queue.as_str(), name.as_str()));
                 }

@@ -128,8 +128,8 @@ impl Ledger {
             .count()
     }
 
-    /// Records a new run. Returns false (and records nothing) when the
-    /// worker already holds this attempt of this task.
+    /// Records a new run and returns its id. Returns `None` (and records
+    /// nothing) when the worker already holds this attempt of this task.
     pub(crate) fn start(
         &mut self,
         task: pb::TaskRef,
@@ -155,6 +155,8 @@ impl Ledger {
         Some(self.last_run)
     }
 
+    /// Stops a running run on the broker's request. Returns false when the
+    /// run is not running here (unknown, or already finished).
     pub(crate) fn cancel(&mut self, task: &pb::TaskRef, reason: String) -> bool {
         match self.runs.get_mut(task).map(|run| &mut run.state) {
             Some(RunState::Running {
@@ -169,9 +171,11 @@ impl Ledger {
         }
     }
 
-    /// Records the end of a run and returns the outcome to report on `link`
-    /// (or later, on the next link, when `link` is `None`). Returns `None`
-    /// when the run is no longer this worker's (lost, expired, aborted).
+    /// Records the end of run `id` of `task` and returns the outcome to
+    /// report on `link` (or later, on the next link, when `link` is
+    /// `None`). Returns `None` when the run is no longer this worker's
+    /// (lost, expired, aborted), even if a newer run of the same task ref
+    /// is.
     ///
     /// The run's slots and requests are dropped: the broker frees them when
     /// the run ends.
@@ -477,8 +481,9 @@ mod tests {
     #[test]
     fn a_run_lives_until_its_outcome_is_acknowledged() {
         let mut ledger = Ledger::default();
-        let run_a = ledger.start(task("a"), CancellationToken::new(), None);
-        let run_a = run_a.expect("started");
+        let run_a = ledger
+            .start(task("a"), CancellationToken::new(), None)
+            .expect("started");
         assert!(
             ledger
                 .start(task("a"), CancellationToken::new(), None)
