@@ -18,6 +18,7 @@
 //! here asserts a figure: this prints what the machine does.
 
 mod broker;
+mod disk;
 mod handoff;
 mod latency;
 mod recovery;
@@ -113,7 +114,7 @@ async fn run(args: Args) -> Result<()> {
         "workload", "prod.", "ack", "median", "unit"
     );
     if args.wants("disk") {
-        disk_figures(&args, &mut sink)?;
+        disk_figures(&args, &mut sink).await?;
     }
     let modes: &[bool] = if args.durable_only {
         &[true]
@@ -306,42 +307,36 @@ async fn handoff_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> R
     Ok(())
 }
 
-/// What one durable commit costs at least on this disk: a 4 KiB write and
-/// an `fdatasync`, as the broker's flusher does after each group of
-/// transitions. Latencies below this floor cannot be had with durable
-/// acknowledgment on this machine.
-fn disk_figures(args: &Args, sink: &mut Sink) -> Result<()> {
-    use std::io::Write;
-    let syncs = args.size(1000);
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+/// The disk under the durable figures (see [`disk`]): one 4 KiB write and
+/// an `fdatasync`, the floor under any durable commit on this machine, and
+/// one group commit through the broker's store, which is what each
+/// submit-to-start and hand-off waits for.
+async fn disk_figures(args: &Args, sink: &mut Sink) -> Result<()> {
+    let samples = args.size(1000);
+    let (mut sync_p, mut commit_p) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for _ in 0..args.runs {
-        let dir = tempfile::tempdir()?;
-        let mut file = std::fs::File::create(dir.path().join("probe"))?;
-        let page = [7u8; 4096];
-        let mut took = Vec::with_capacity(syncs);
-        for _ in 0..syncs {
-            let start = std::time::Instant::now();
-            file.write_all(&page)?;
-            file.sync_data()?;
-            took.push(start.elapsed());
+        let syncs = disk::fdatasyncs(samples)?;
+        let commits = disk::store_commits(samples).await?;
+        for (i, p) in [50, 99].into_iter().enumerate() {
+            sync_p[i].push(ms(percentile(&syncs, p)));
+            commit_p[i].push(ms(percentile(&commits, p)));
         }
-        took.sort_unstable();
-        p50.push(ms(percentile(&took, 50)));
-        p99.push(ms(percentile(&took, 99)));
     }
-    for (p, runs) in [("p50", p50), ("p99", p99)] {
-        sink.put(&Figure {
-            label: Label {
-                workload: format!("disk_fdatasync_{p}"),
-                producer: "-",
-                durable: true,
-                procs: 1,
-                concurrency: 1,
-                tasks: syncs,
-                unit: "ms",
-            },
-            runs,
-        })?;
+    for (name, figures) in [("disk_fdatasync", sync_p), ("store_commit", commit_p)] {
+        for (p, runs) in ["p50", "p99"].into_iter().zip(figures) {
+            sink.put(&Figure {
+                label: Label {
+                    workload: format!("{name}_{p}"),
+                    producer: "-",
+                    durable: true,
+                    procs: 1,
+                    concurrency: 1,
+                    tasks: samples,
+                    unit: "ms",
+                },
+                runs,
+            })?;
+        }
     }
     Ok(())
 }

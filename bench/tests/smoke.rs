@@ -41,6 +41,7 @@ fn every_group_prints_its_figures_at_a_tiny_size() {
         .collect();
     for expected in [
         "disk_fdatasync_p99",
+        "store_commit_p99",
         "noop",
         "chains",
         "executors",
