@@ -64,7 +64,6 @@ pub async fn store_commits(samples: usize) -> Result<Vec<Duration>> {
 /// The record of a one-step no-op chain, as the broker stores it.
 fn noop_chain() -> ChainRecord {
     let spec = ChainSpec {
-        chain_id: None,
         steps: vec![Signature {
             name: "bench.noop".into(),
             args: "[1]".into(),
@@ -72,14 +71,7 @@ fn noop_chain() -> ChainRecord {
             immutable: true,
             options: None,
         }],
-        on_success: vec![],
-        on_failure: vec![],
-        heavy: false,
-        context: Default::default(),
-        idempotency_key: String::new(),
-        unique_key: String::new(),
-        deadline_ms: 0,
-        owner: String::new(),
+        ..ChainSpec::default()
     };
     ChainRecord::new(baton_server::domain::new_id(), spec, 1)
 }

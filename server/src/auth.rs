@@ -897,16 +897,8 @@ mod tests {
     #[test]
     fn a_client_sees_only_its_chains_and_keys_are_scoped() {
         let mut spec = ChainSpec {
-            chain_id: None,
-            steps: vec![],
-            on_success: vec![],
-            on_failure: vec![],
-            heavy: false,
-            context: Default::default(),
             idempotency_key: "k".into(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
+            ..ChainSpec::default()
         };
         let ci = gate(Service::Broker)
             .admit(&request(Some("Bearer c")))

@@ -47,7 +47,7 @@ pub struct Signature {
 }
 
 /// A validated submission, before it becomes a [`ChainRecord`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChainSpec {
     pub steps: Vec<Signature>,
     pub on_success: Vec<Signature>,
@@ -524,16 +524,10 @@ mod tests {
             ..Default::default()
         };
         let spec = ChainSpec {
-            chain_id: None,
             steps: vec![sig("a"), sig("b")],
             on_success: vec![sig("ok")],
             on_failure: vec![sig("err")],
-            heavy: false,
-            context: BTreeMap::new(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
+            ..ChainSpec::default()
         };
         let mut c = ChainRecord::new("c".into(), spec, 1);
         c.steps[0].result = "41".into();

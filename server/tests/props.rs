@@ -4,7 +4,7 @@
 //! `cargo test` stays fast; `PROPTEST_CASES=10000 cargo test --test props`
 //! digs deeper.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use baton::pb;
 use baton_server::api::convert::{self, Limits};
@@ -243,7 +243,6 @@ proptest! {
 fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
     (0u8..6, any::<u32>(), any::<i32>()).prop_map(move |(how, n, e)| {
         let spec = baton_server::domain::ChainSpec {
-            chain_id: None,
             steps: vec![baton_server::domain::Signature {
                 name: "t".into(),
                 args: "[]".into(),
@@ -251,14 +250,7 @@ fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
                 immutable: true,
                 options: None,
             }],
-            on_success: vec![],
-            on_failure: vec![],
-            heavy: false,
-            context: BTreeMap::new(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
+            ..Default::default()
         };
         let mut c = ChainRecord::new(id.clone(), spec, 1);
         match how {

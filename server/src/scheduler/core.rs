@@ -2597,7 +2597,6 @@ mod tests {
 
     fn one_step(name: &str) -> ChainSpec {
         ChainSpec {
-            chain_id: None,
             steps: vec![Signature {
                 name: name.into(),
                 args: "[]".into(),
@@ -2605,14 +2604,7 @@ mod tests {
                 immutable: true,
                 options: None,
             }],
-            on_success: Vec::new(),
-            on_failure: Vec::new(),
-            heavy: false,
-            context: BTreeMap::new(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
+            ..ChainSpec::default()
         }
     }
 

@@ -542,16 +542,8 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let spec = ChainSpec {
-            chain_id: None,
             steps: vec![sig],
-            on_success: vec![],
-            on_failure: vec![],
-            heavy: false,
-            context: Default::default(),
-            idempotency_key: String::new(),
-            unique_key: String::new(),
-            deadline_ms: 0,
-            owner: String::new(),
+            ..ChainSpec::default()
         };
         ChainRecord::new(id.into(), spec, 1)
     }
