@@ -39,9 +39,10 @@ pub fn fdatasyncs(samples: usize) -> Result<Vec<Duration>> {
 }
 
 /// `samples` group commits through the broker's store, sorted: each
-/// applies a batch of two one-step chain records (a submission and the
-/// outcome of another task, as at low load) and flushes it (sled's flush,
-/// then the `fdatasync`), the way the scheduler's flusher does.
+/// applies a batch of two new one-step chain records (about what a round
+/// writes at low load: a submission, or an outcome and the next
+/// assignment) and flushes it (sled's flush, then the `fdatasync`), the
+/// way the scheduler's flusher does.
 pub async fn store_commits(samples: usize) -> Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
