@@ -304,3 +304,68 @@ async fn in_body_slots_not_listed_on_reconnect_are_released() {
     assert!(matches!(again.next().await, broker_message::Msg::OutcomeAck(a) if a.accepted));
     client.wait_timeout(&id, PATIENCE).await.unwrap();
 }
+
+/// A broker paused (SIGSTOP) for longer than the lease, while a live worker
+/// keeps heartbeating, takes nothing from that worker when it resumes: the
+/// heartbeats sent meanwhile wait unread in its socket, and the pause does
+/// not count against the lease. Before the fix the lease timers fired first
+/// on SIGCONT, the run and its limit-1 in-body slot were taken, and a
+/// second body entered the throttled section while the first was inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_past_the_lease_keeps_a_live_workers_run_and_slot() {
+    use baton_worker::Throttle;
+    let data = tempfile::tempdir().expect("temp dir");
+    let lease = Duration::from_millis(1500);
+    let lease_ms = lease.as_millis().to_string();
+    let broker = BrokerProcess::spawn(data.path(), free_port(), &["--lease-ms", &lease_ms]).await;
+    let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+    let (inside, entered) = (Gauge::default(), Journal::default());
+    let body = {
+        let (inside, entered) = (inside.clone(), entered.clone());
+        move |ctx: TaskContext| {
+            let (inside, entered) = (inside.clone(), entered.clone());
+            async move {
+                let work: u64 = ctx.arg(0)?;
+                let _slot = ctx.acquire(Throttle::new(1).key("paused")).await?;
+                inside.enter();
+                entered.note(format!("{}/{}", ctx.task_id, ctx.attempt));
+                tokio::time::sleep(Duration::from_millis(work)).await;
+                inside.leave();
+                Ok(json!(ctx.attempt))
+            }
+        }
+    };
+    let _w = TestWorker::spawn(
+        worker(&broker.addr, "live")
+            .concurrency(2)
+            .task("paused.section", body),
+    );
+    let first = client
+        .submit(Task::new("paused.section").si([4 * 1500_u64]))
+        .await
+        .unwrap()
+        .chain_id;
+    eventually("the first body inside its section", || {
+        entered.entries().len() == 1
+    })
+    .await;
+    let second = client
+        .submit(Task::new("paused.section").si([10]))
+        .await
+        .unwrap()
+        .chain_id;
+    // Paused for twice the lease, then resumed.
+    broker.signal("STOP");
+    tokio::time::sleep(lease * 2).await;
+    broker.signal("CONT");
+    for id in [&first, &second] {
+        assert_eq!(
+            client.wait_timeout(id, PATIENCE).await.unwrap(),
+            ChainOutcome::Succeeded(json!(1)),
+            "chain {id} ran more than once"
+        );
+    }
+    assert_eq!(inside.max(), 1, "two bodies were inside a limit-1 section");
+    assert_eq!(entered.entries().len(), 2, "{:?}", entered.entries());
+    broker.kill9().await;
+}

@@ -16,12 +16,23 @@ pub use baton::pb::{
 /// Milliseconds since the unix epoch: how every persisted time is kept.
 pub type UnixMs = u64;
 
-/// The wall clock in unix milliseconds.
+/// Unix milliseconds that never step: the wall clock read once, when this
+/// is first called, advanced since by the monotonic clock. Timers measured
+/// on it (countdowns, deadlines, time limits, leases) neither fire early
+/// nor wait longer when the system clock is set forward or back; a restart
+/// reads the wall clock again.
 pub fn now_ms() -> UnixMs {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    use std::sync::OnceLock;
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    static ANCHOR: OnceLock<(Instant, u128)> = OnceLock::new();
+    let (at, unix) = ANCHOR.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        (Instant::now(), unix)
+    });
+    u64::try_from(unix + at.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Generates a new time-ordered id (UUID v7), so ids sort by creation time.

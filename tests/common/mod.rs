@@ -259,6 +259,16 @@ impl BrokerProcess {
         let _ = self.child.wait().await;
     }
 
+    /// Sends `signal` (a name `kill` knows: STOP, CONT, TERM) to the broker.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("pid");
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGTERM and wait for a clean exit; returns whether it exited 0.
     pub async fn terminate(mut self) -> bool {
         let pid = self.child.id().expect("pid");

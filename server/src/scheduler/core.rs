@@ -139,10 +139,21 @@ struct Run {
     attempt: u32,
     /// None while its worker is disconnected (the lease still runs).
     worker: Option<String>,
-    lease_deadline: UnixMs,
+    lease: Lease,
     /// The task-scoped declared throttle slot this run holds.
     declared: Option<Identity>,
     timed_out: bool,
+}
+
+/// A run's lease. It lapses once the scheduler has been awake for the
+/// lease length since `renewed_awake` (see `clock`): time the broker spent
+/// paused, with the worker's heartbeats waiting unread in its sockets, does
+/// not count. `deadline` is the same moment on the clock of timers, when
+/// no pause intervenes; its timer checks the awake time and re-arms.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    renewed_awake: u64,
+    deadline: UnixMs,
 }
 
 /// A connected worker.
@@ -226,6 +237,9 @@ enum Timer {
 pub struct Core {
     store: Shared,
     lease_ms: u64,
+    /// Milliseconds the scheduler has been awake, as the driver last read
+    /// them (see `clock::Awake`): what leases are measured in.
+    awake_ms: u64,
     chains: HashMap<String, ChainRecord>,
     /// task id → (chain id, position), for every step of a live chain.
     tasks: HashMap<String, (String, StepAt)>,
@@ -283,6 +297,7 @@ impl Core {
         let mut core = Core {
             store,
             lease_ms,
+            awake_ms: 0,
             chains: HashMap::new(),
             tasks: HashMap::new(),
             unique: HashMap::new(),
@@ -440,7 +455,7 @@ impl Core {
                     .hold(identity, concurrency, holder, info.clone());
             }
         }
-        let lease_deadline = now + self.lease_ms;
+        let lease = self.new_lease(now);
         self.runs.insert(
             task_id.clone(),
             Run {
@@ -448,12 +463,12 @@ impl Core {
                 at,
                 attempt,
                 worker: None,
-                lease_deadline,
+                lease,
                 declared: declared.map(|(i, _)| i),
                 timed_out: false,
             },
         );
-        self.add_timer(lease_deadline, Timer::Lease { task_id, attempt });
+        self.add_timer(lease.deadline, Timer::Lease { task_id, attempt });
     }
 
     // -----------------------------------------------------------------
@@ -601,6 +616,19 @@ impl Core {
     // Timers
     // -----------------------------------------------------------------
 
+    /// Sets the awake time the driver read (see `clock::Awake`).
+    pub fn set_awake(&mut self, awake_ms: u64) {
+        self.awake_ms = self.awake_ms.max(awake_ms);
+    }
+
+    /// A lease that starts now.
+    fn new_lease(&self, now: UnixMs) -> Lease {
+        Lease {
+            renewed_awake: self.awake_ms,
+            deadline: now.saturating_add(self.lease_ms),
+        }
+    }
+
     fn add_timer(&mut self, at: UnixMs, timer: Timer) {
         self.timer_seq += 1;
         self.timers.insert((at, self.timer_seq), timer);
@@ -645,8 +673,11 @@ impl Core {
         if run.attempt != attempt {
             return;
         }
-        if run.lease_deadline > now {
-            let when = run.lease_deadline;
+        let awake_for = self.awake_ms.saturating_sub(run.lease.renewed_awake);
+        if awake_for < self.lease_ms {
+            // Extended by a heartbeat, or the broker was paused: look again
+            // when the rest of the lease would be up.
+            let when = now.saturating_add(self.lease_ms - awake_for);
             self.add_timer(
                 when,
                 Timer::Lease {
@@ -1482,7 +1513,7 @@ impl Core {
             rec.carried_value(at)
         };
         let worker_name = self.workers[worker_id].name.clone();
-        let lease_deadline = now + self.lease_ms;
+        let lease = self.new_lease(now);
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let context = rec.context.clone();
         let step = rec.step_mut(at);
@@ -1522,7 +1553,7 @@ impl Core {
             kwargs: sig.kwargs.clone(),
             context,
             queue: eff.queue.clone(),
-            lease_deadline_ms: lease_deadline,
+            lease_deadline_ms: lease.deadline,
             timeout_ms: eff.timeout_ms,
             polls: step.polls,
             retries: step.retries,
@@ -1534,7 +1565,7 @@ impl Core {
                 at,
                 attempt,
                 worker: Some(worker_id.to_owned()),
-                lease_deadline,
+                lease,
                 declared,
                 timed_out: false,
             },
@@ -1545,7 +1576,7 @@ impl Core {
             .in_flight
             .insert(task_id.to_owned());
         self.add_timer(
-            lease_deadline,
+            lease.deadline,
             Timer::Lease {
                 task_id: task_id.to_owned(),
                 attempt,
@@ -1864,6 +1895,7 @@ impl Core {
             tx,
         };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
+        let lease = self.new_lease(now);
         for task in hello.held {
             // A claim is for the broker's current attempt, and that attempt
             // is not out on another worker that is connected. (Attempt
@@ -1883,7 +1915,7 @@ impl Core {
                     {
                         old.in_flight.remove(&task.task_id);
                     }
-                    run.lease_deadline = now + self.lease_ms;
+                    run.lease = lease;
                     if let Some(identity) = run.declared.clone() {
                         self.throttles.set_worker(
                             &identity,
@@ -1982,14 +2014,14 @@ impl Core {
         match msg {
             FromWorker::Outcome { task, outcome } => self.outcome(worker_id, task, outcome, now),
             FromWorker::Heartbeat { tasks } => {
-                let lease = now + self.lease_ms;
+                let lease = self.new_lease(now);
                 let all = tasks.is_empty();
                 let listed: HashSet<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
                 for task_id in &self.workers[worker_id].in_flight {
                     if (all || listed.contains(task_id.as_str()))
                         && let Some(run) = self.runs.get_mut(task_id)
                     {
-                        run.lease_deadline = lease;
+                        run.lease = lease;
                     }
                 }
             }
@@ -2779,6 +2811,26 @@ mod tests {
     /// Commits a round as the scheduler loop does: delivers its early
     /// assignments and returns their chain ids, with the round's other
     /// effects, which wait for it to be durable.
+    #[test]
+    fn a_lease_lapses_after_the_lease_of_awake_time_not_of_time_passed() {
+        let (_dir, _, mut core) = empty_core();
+        submit(&mut core, one_step("t"));
+        let (tx, _rx) = mpsc::channel(16);
+        core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        end_round(&mut core);
+        assert_eq!(core.runs.len(), 1);
+        // A minute passed on the clock of timers, but the broker was awake
+        // for only a second of it (it was paused): the run stays.
+        core.set_awake(1_000);
+        core.fire_timers(60_000);
+        assert_eq!(core.runs.len(), 1, "a pause took the run");
+        // Once the broker has been awake for the whole lease, it lapses.
+        core.set_awake(30_000);
+        core.fire_timers(60_000 + 29_000);
+        assert!(core.runs.is_empty(), "the lease never lapsed");
+    }
+
     fn commit_round(core: &mut Core) -> (Vec<String>, Vec<Effect>) {
         let committed = core.commit().expect("commit");
         let early = assigned_chains(&committed.early);

@@ -30,6 +30,7 @@
 //!
 //! [`Handle::store_fault`] tells the health service while this lasts.
 
+mod clock;
 mod core;
 pub mod queues;
 pub mod throttle;
@@ -424,13 +425,17 @@ async fn run_loop(
     shutdown: CancellationToken,
 ) {
     let mut outbox: VecDeque<(u64, Effect)> = VecDeque::new();
+    let mut awake = clock::Awake::start(std::time::Instant::now());
     // Recovery may have changed records (re-queued work): commit it first.
     round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
     loop {
+        // Never asleep longer than a tick, so that a longer gap between two
+        // readings of the clock means the broker did not run (see `clock`).
         let mut sleep = match core.next_timer() {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
-            None => Duration::from_secs(3600),
-        };
+            None => clock::TICK,
+        }
+        .min(clock::TICK);
         if let Some(at) = disk.retry_at {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
@@ -439,6 +444,7 @@ async fn run_loop(
             Some(report) = disk.reports.recv() => disk.flushed(report),
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
+                core.set_awake(awake.observe(std::time::Instant::now()));
                 handle(&mut core, cmd, &mut disk, &limits);
                 for _ in 1..ROUND {
                     match rx.try_recv() {
@@ -453,6 +459,7 @@ async fn run_loop(
         while let Ok(report) = disk.reports.try_recv() {
             disk.flushed(report);
         }
+        core.set_awake(awake.observe(std::time::Instant::now()));
         core.fire_timers(now_ms());
         round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
         while outbox
