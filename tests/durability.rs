@@ -104,3 +104,63 @@ async fn a_clean_restart_keeps_finished_chains_readable() {
     assert_eq!(chain.result, "7");
     assert!(broker.terminate().await);
 }
+
+/// Admin changes are acknowledged only once durable: throttle limits and
+/// queue pauses answered OK are all there after a `kill -9` right after the
+/// answers. Before the fix SetThrottleLimit answered before its write was
+/// even applied, and most of the limits were gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_answered_ok_survive_kill_9() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    for round in 0..3 {
+        let broker = BrokerProcess::spawn(data.path(), port, &[]).await;
+        let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+        // Each kind alone: an answer that waits for a flush would carry
+        // the other kind's writes with it.
+        let limits = (1..=15u32).map(|i| {
+            let admin = client.admin();
+            let identity = baton::pb::ThrottleIdentity {
+                task_name: String::new(),
+                key: format!("tenant-{round}-{i}"),
+            };
+            async move { admin.set_throttle_limit(identity, i).await }
+        });
+        for answer in futures::future::join_all(limits).await {
+            answer.expect("set limit");
+        }
+        broker.kill9().await;
+        let broker = BrokerProcess::spawn(data.path(), port, &[]).await;
+        let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+        let pauses = (1..=15u32).map(|i| {
+            let admin = client.admin();
+            async move { admin.pause_queue(format!("q{round}-{i}")).await }
+        });
+        for answer in futures::future::join_all(pauses).await {
+            answer.expect("pause");
+        }
+        broker.kill9().await;
+
+        let broker = BrokerProcess::spawn(data.path(), port, &[]).await;
+        let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+        let throttles = client.admin().list_throttles().await.unwrap();
+        let queues = client.admin().list_queues().await.unwrap();
+        broker.kill9().await;
+        for i in 1..=15u32 {
+            let key = format!("tenant-{round}-{i}");
+            let found = throttles
+                .iter()
+                .find(|t| t.identity.as_ref().is_some_and(|id| id.key == key));
+            assert_eq!(
+                found.map(|t| (t.limit, t.limit_overridden)),
+                Some((i, true)),
+                "the limit of {key} was acknowledged and lost"
+            );
+            let name = format!("q{round}-{i}");
+            assert!(
+                queues.iter().any(|q| q.name == name && q.paused),
+                "the pause of {name} was acknowledged and lost"
+            );
+        }
+    }
+}

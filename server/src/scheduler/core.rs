@@ -2417,10 +2417,21 @@ impl Core {
             .collect()
     }
 
-    pub fn set_limit(&mut self, identity: Identity, limit: Option<u32>, now: UnixMs) {
+    /// Sets or clears an identity's admin limit. The answer (every
+    /// identity, as [`Core::throttle_info`] has them) waits, like every
+    /// admin change, until the limit is durable.
+    pub fn set_limit(
+        &mut self,
+        identity: Identity,
+        limit: Option<u32>,
+        reply: oneshot::Sender<Result<Vec<super::ThrottleStats>, Error>>,
+        now: UnixMs,
+    ) {
         self.batch.put_limit(&identity, limit);
         let grants = self.throttle_op(|t, cs| t.set_override(identity, limit, cs));
         self.apply_grants(grants, now);
+        let info = self.throttle_info();
+        self.reply(reply, Ok(info));
     }
 
     /// Pauses or resumes dispatch from a queue. The change is stored with

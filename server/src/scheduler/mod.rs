@@ -17,8 +17,9 @@
 //!
 //! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
 //! a degraded mode instead of losing or faking anything:
-//! - requests that would store new work (submit, cancel, requeue, pause,
-//!   purge) are refused at once, with [`Error::Exhausted`] when the disk is
+//! - requests that would store new work or change what runs (submit,
+//!   cancel, requeue, pause, purge, a throttle limit, a drain) are refused
+//!   at once, with [`Error::Exhausted`] when the disk is
 //!   full and [`Error::Unavailable`] otherwise, and change nothing;
 //! - work already accepted goes on in memory, but its effects (replies,
 //!   assignments, acks, events) stay held, as always, until their batch is
@@ -180,7 +181,7 @@ enum Command {
     Queues(oneshot::Sender<Vec<QueueStats>>),
     Workers(oneshot::Sender<Vec<WorkerStats>>),
     Throttles(oneshot::Sender<Vec<ThrottleStats>>),
-    SetLimit(Identity, Option<u32>, oneshot::Sender<Vec<ThrottleStats>>),
+    SetLimit(Identity, Option<u32>, Reply<Vec<ThrottleStats>>),
     /// Pause (true) or resume (false) a queue.
     Pause(String, bool, Reply<QueueStats>),
     /// Cancel the chains of a queue's READY tasks (queue, reason).
@@ -554,45 +555,29 @@ fn round_end(
     disk.publish();
 }
 
+/// Answers a request with `error` instead of running it.
+fn refuse<T>(reply: Reply<T>, error: Error) {
+    let _ = reply.send(Err(error));
+}
+
 fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
     let now = now_ms();
     // While the store is in trouble, requests that would store new work are
     // refused before they touch anything, and so are chain reads: their
     // answer would wait for a durable round like every effect.
     let cmd = match (disk.fault(), cmd) {
-        (Some(fault), Command::Get(_, reply)) => {
-            let _ = reply.send(Err(Error::unreadable(fault)));
-            return;
-        }
-        (Some(fault), Command::Watch(_, _, reply)) => {
-            let _ = reply.send(Err(Error::unreadable(fault)));
-            return;
-        }
-        (Some(fault), Command::Submit(_, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (Some(fault), Command::SubmitMany(_, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (Some(fault), Command::Cancel(_, _, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (Some(fault), Command::Requeue(_, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (Some(fault), Command::Pause(_, _, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (Some(fault), Command::Purge(_, _, reply)) => {
-            let _ = reply.send(Err(Error::refused(fault)));
-            return;
-        }
-        (_, cmd) => cmd,
+        (None, cmd) => cmd,
+        (Some(f), Command::Get(_, r)) => return refuse(r, Error::unreadable(f)),
+        (Some(f), Command::Watch(_, _, r)) => return refuse(r, Error::unreadable(f)),
+        (Some(f), Command::Submit(_, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::SubmitMany(_, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::Cancel(_, _, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::Requeue(_, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::Pause(_, _, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::Purge(_, _, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::SetLimit(_, _, r)) => return refuse(r, Error::refused(f)),
+        (Some(f), Command::Drain(_, r)) => return refuse(r, Error::refused(f)),
+        (Some(_), cmd) => cmd,
     };
     match cmd {
         Command::Submit(spec, reply) => core.submit(spec, reply, now),
@@ -632,10 +617,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
         Command::Throttles(reply) => {
             let _ = reply.send(core.throttle_info());
         }
-        Command::SetLimit(identity, limit, reply) => {
-            core.set_limit(identity, limit, now);
-            let _ = reply.send(core.throttle_info());
-        }
+        Command::SetLimit(identity, limit, reply) => core.set_limit(identity, limit, reply, now),
         Command::Pause(queue, paused, reply) => core.pause_queue(&queue, paused, reply, now),
         Command::Purge(queue, reason, reply) => core.purge_queue(&queue, &reason, reply, now),
         Command::Requeue(id, reply) => core.requeue(&id, reply, now),
@@ -758,16 +740,18 @@ impl Handle {
         self.query(Command::Throttles).await
     }
 
-    /// Sets or clears an identity's admin limit.
+    /// Sets or clears an identity's admin limit; returns once it is
+    /// durable.
     ///
     /// # Errors
-    /// [`Error::ShuttingDown`].
+    /// [`Error::Exhausted`] or [`Error::Unavailable`] while the store is in
+    /// trouble (nothing changed), [`Error::ShuttingDown`].
     pub async fn set_limit(
         &self,
         identity: Identity,
         limit: Option<u32>,
     ) -> Result<Vec<ThrottleStats>, Error> {
-        self.query(|r| Command::SetLimit(identity, limit, r)).await
+        self.ask(|r| Command::SetLimit(identity, limit, r)).await
     }
 
     /// Pauses (`true`) or resumes (`false`) dispatch from a queue; stored,
