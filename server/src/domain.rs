@@ -24,15 +24,17 @@ pub type UnixMs = u64;
 pub fn now_ms() -> UnixMs {
     use std::sync::OnceLock;
     use std::time::{Instant, SystemTime, UNIX_EPOCH};
-    static ANCHOR: OnceLock<(Instant, u128)> = OnceLock::new();
+    // In nanoseconds until the sum, so that the result rounds as the wall
+    // clock's own milliseconds would (CLOCK_MONOTONIC runs at the rate NTP
+    // sets for the wall clock; only steps part them).
+    static ANCHOR: OnceLock<(Instant, std::time::Duration)> = OnceLock::new();
     let (at, unix) = ANCHOR.get_or_init(|| {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+            .unwrap_or_default();
         (Instant::now(), unix)
     });
-    u64::try_from(unix + at.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from((*unix + at.elapsed()).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Generates a new time-ordered id (UUID v7), so ids sort by creation time.

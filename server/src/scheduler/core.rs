@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::queues::{ChainKey, Queued, Queues};
+use super::queues::{ChainKey, Head, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
 use super::{Error, QueueStats, Submitted, WorkerStats};
 use crate::domain::*;
@@ -103,6 +103,16 @@ impl Unsettled {
             Settled::Resumed => self.resumed -= 1,
         }
     }
+}
+
+/// Why a cold chain could not be brought back into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unwarmed {
+    /// Its record is not in the store: it is lost (logged as an error).
+    Missing,
+    /// The store cannot be read now (it is reopened after disk trouble):
+    /// its queue entry goes back where it was, to be tried again.
+    Unreadable,
 }
 
 /// What a round left: the number of the batch its effects wait for (to be
@@ -269,6 +279,9 @@ pub struct Core {
     reserved: HashSet<String>,
     runs: HashMap<String, Run>,
     task_defaults: HashMap<String, Options>,
+    /// Task names with new defaults whose cold chains could not be read
+    /// (see [`Core::warm_names`]).
+    rerouting: HashSet<String>,
     watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
     /// Writes of the rounds since the last [`Core::apply`].
     batch: Batch,
@@ -313,6 +326,7 @@ impl Core {
             reserved: HashSet::new(),
             runs: HashMap::new(),
             task_defaults: recovered.task_defaults.into_iter().collect(),
+            rerouting: HashSet::new(),
             watchers: HashMap::new(),
             batch: Batch::new(),
             dirty: BTreeSet::new(),
@@ -949,22 +963,22 @@ impl Core {
     /// Brings a cold chain back into memory. When it is still `queued`,
     /// its queue entry turns hot in place (a scan of its line: requests
     /// that name a chain are rare); a chain just picked from its queue has
-    /// no entry left. Returns the chain's id, or None when its record
-    /// cannot be read (logged; it stays on disk, and a restart queues it
-    /// again).
-    fn warm(&mut self, key: ChainKey, queued: bool) -> Option<String> {
+    /// no entry left. Returns the chain's id, or why it could not: then
+    /// the caller puts a picked entry back (the store may be unreadable
+    /// only while it is repaired after disk trouble).
+    fn warm(&mut self, key: ChainKey, queued: bool) -> Result<String, Unwarmed> {
         let chain_id = uuid::Uuid::from_u128(key).to_string();
         let rec = match self.cold_pending.remove(&chain_id) {
             Some(rec) => rec,
             None => match self.store.chain(&chain_id) {
                 Ok(Some(rec)) => rec,
                 Ok(None) => {
-                    tracing::error!(chain.id = %chain_id, "a cold chain has no record");
-                    return None;
+                    tracing::error!(chain.id = %chain_id, "a cold chain has no record: it is lost");
+                    return Err(Unwarmed::Missing);
                 }
                 Err(e) => {
-                    tracing::error!(chain.id = %chain_id, cause = %e, "cannot read a cold chain");
-                    return None;
+                    tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain now; it stays queued");
+                    return Err(Unwarmed::Unreadable);
                 }
             },
         };
@@ -977,7 +991,33 @@ impl Core {
         // Its `live` entry must say "hot" again.
         self.live_unwritten.insert(chain_id.clone());
         self.touch(&chain_id);
-        Some(chain_id)
+        Ok(chain_id)
+    }
+
+    /// Brings back the cold chains of the task names `names`, without
+    /// queue entries, for a pass that queues them again under new task
+    /// defaults. Entries that cannot be read now go back where they were,
+    /// and their names into `rerouting`, for [`Core::dispatch`] to try
+    /// again and to keep from picking them under the old defaults
+    /// meanwhile. Returns the ids of the chains brought back.
+    fn warm_names(&mut self, names: &HashSet<String>) -> Vec<String> {
+        let mut warmed = Vec::new();
+        let mut unreadable = false;
+        for (key, place) in self.queues.take_cold(|_, n| names.contains(n)) {
+            if !unreadable {
+                match self.warm(key, false) {
+                    Ok(chain_id) => {
+                        warmed.push(chain_id);
+                        continue;
+                    }
+                    Err(Unwarmed::Missing) => continue,
+                    Err(Unwarmed::Unreadable) => unreadable = true,
+                }
+            }
+            self.rerouting.insert(place.name().to_owned());
+            self.queues.put_back(Queued::Cold(key), place);
+        }
+        warmed
     }
 
     /// [`Core::warm`] for a chain addressed by id, if it is cold (a store
@@ -992,7 +1032,9 @@ impl Core {
                 false
             });
         if cold && let Ok(uuid) = uuid::Uuid::parse_str(chain_id) {
-            self.warm(uuid.as_u128(), true);
+            // Unread, it stays cold in its queue; the request then reads
+            // the store itself and fails as the store does.
+            let _ = self.warm(uuid.as_u128(), true);
         }
     }
 
@@ -1448,12 +1490,23 @@ impl Core {
         self.reserved.clear();
         let grants = self.throttle_op(|t, cs| t.repump(cs));
         self.apply_grants(grants, now);
+        if !self.rerouting.is_empty() {
+            // New task defaults whose cold chains could not be read then.
+            let names = std::mem::take(&mut self.rerouting);
+            for chain_id in self.warm_names(&names) {
+                let at = self.chains[&chain_id].current();
+                self.make_ready(&chain_id, at, now);
+            }
+        }
         let ids: Vec<String> = self.workers.keys().cloned().collect();
         if ids.is_empty() {
             return;
         }
         self.rr = (self.rr + 1) % ids.len();
         let mut idle = vec![false; ids.len()];
+        // Set once a cold chain could not be read: the store is in
+        // trouble, and other cold heads would fail the same way.
+        let mut cold_unreadable = false;
         loop {
             let mut progress = false;
             for i in 0..ids.len() {
@@ -1476,17 +1529,30 @@ impl Core {
                     tasks,
                     chains,
                     task_defaults,
+                    rerouting,
                     ..
                 } = self;
-                let picked = queues.pop_for(&worker.queues, &worker.names, |task_id| {
-                    prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
-                });
+                let picked =
+                    queues.pop_for(&worker.queues, &worker.names, |name, head| match head {
+                        Head::Hot(task_id) => {
+                            prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
+                        }
+                        Head::Cold => cold_unreadable || rerouting.contains(name),
+                    });
                 let task_id = match picked {
-                    Some(Queued::Hot(task_id)) => Some(task_id),
-                    Some(Queued::Cold(key)) => self.warm(key, false).map(|chain_id| {
-                        let rec = &self.chains[&chain_id];
-                        rec.step(rec.current()).task_id.clone()
-                    }),
+                    Some((Queued::Hot(task_id), _)) => Some(task_id),
+                    Some((Queued::Cold(key), place)) => match self.warm(key, false) {
+                        Ok(chain_id) => {
+                            let rec = &self.chains[&chain_id];
+                            Some(rec.step(rec.current()).task_id.clone())
+                        }
+                        Err(Unwarmed::Missing) => None,
+                        Err(Unwarmed::Unreadable) => {
+                            self.queues.put_back(Queued::Cold(key), place);
+                            cold_unreadable = true;
+                            None
+                        }
+                    },
                     None => {
                         idle[k] = true;
                         continue;
@@ -1876,11 +1942,15 @@ impl Core {
         let worker_id = new_id();
         // A worker that registers a name without defaults (a plain
         // `.task(name, f)`) leaves the defaults others declared alone.
+        let mut changed = HashMap::new();
         for (name, defaults) in &hello.tasks {
             if *defaults != Options::default() && self.task_defaults.get(name) != Some(defaults) {
                 self.batch.put_task_defaults(name, defaults);
-                self.redefine(name, defaults.clone(), now);
+                changed.insert(name.clone(), defaults.clone());
             }
+        }
+        if !changed.is_empty() {
+            self.redefine(changed, now);
         }
         let mut conn = WorkerConn {
             name: hello.name.clone(),
@@ -1954,25 +2024,27 @@ impl Core {
         worker_id
     }
 
-    /// Sets a task name's defaults. Its steps already waiting for a slot or
+    /// Sets task names' defaults. Their steps already waiting for a slot or
     /// a worker were routed under the old ones (or none: submitted before
     /// any worker declared the name), so they are taken out and made ready
     /// again, oldest first: a throttle or queue declared for the name (the
-    /// seed's `@throttle`) applies to them too.
-    fn redefine(&mut self, name: &str, defaults: Options, now: UnixMs) {
-        // Cold chains of the name come back without queue entries; the
+    /// seed's `@throttle`) applies to them too. One pass over the chains in
+    /// memory for all the names of a Hello, however many it registers.
+    fn redefine(&mut self, defaults: HashMap<String, Options>, now: UnixMs) {
+        let names: HashSet<String> = defaults.keys().cloned().collect();
+        // Cold chains of the names come back without queue entries; the
         // pass below makes them ready again under the new defaults.
-        for key in self.queues.take_cold(|_, n| n == name) {
-            self.warm(key, false);
-        }
+        self.warm_names(&names);
         let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
         for (chain_id, rec) in &self.chains {
+            #[cfg(test)]
+            tests::CHAIN_VISITS.with(|n| n.set(n.get() + 1));
             if rec.is_ended() {
                 continue;
             }
             let at = rec.current();
             let step = rec.step(at);
-            if step.name() == name
+            if names.contains(step.name())
                 && matches!(step.state(), StepState::Ready | StepState::Throttled)
             {
                 waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
@@ -1991,7 +2063,7 @@ impl Core {
                 .throttle
                 .filter(|t| t.scope() != ThrottleScope::Chain)
             {
-                let identity = Identity::of(name, &throttle);
+                let identity = Identity::of(rec.step(*at).name(), &throttle);
                 grants.extend(
                     self.throttle_op(|t, cs| {
                         t.release(&identity, &Holder::Task(task_id.clone()), cs)
@@ -1999,7 +2071,7 @@ impl Core {
                 );
             }
         }
-        self.task_defaults.insert(name.to_owned(), defaults);
+        self.task_defaults.extend(defaults);
         for (_, _, chain_id, at) in waiting {
             self.make_ready(&chain_id, at, now);
             self.touch(&chain_id);
@@ -2476,10 +2548,23 @@ impl Core {
         now: UnixMs,
     ) {
         // Cold chains come back without queue entries: they are cancelled
-        // below like the rest.
+        // below like the rest. Those that cannot be read now stay queued,
+        // and the answer says so.
         let mut chain_ids: Vec<String> = Vec::new();
-        for key in self.queues.take_cold(|q, _| q == queue) {
-            chain_ids.extend(self.warm(key, false));
+        let mut unread = 0;
+        for (key, place) in self.queues.take_cold(|q, _| q == queue) {
+            if unread == 0 {
+                match self.warm(key, false) {
+                    Ok(chain_id) => {
+                        chain_ids.push(chain_id);
+                        continue;
+                    }
+                    Err(Unwarmed::Missing) => continue,
+                    Err(Unwarmed::Unreadable) => {}
+                }
+            }
+            unread += 1;
+            self.queues.put_back(Queued::Cold(key), place);
         }
         for entry in self.queues.entries(queue) {
             if let Queued::Hot(task_id) = entry {
@@ -2498,8 +2583,17 @@ impl Core {
             let (cancelled, _) = oneshot::channel();
             self.cancel(chain_id, reason.clone(), cancelled, now);
         }
-        tracing::info!(queue, cancelled = chain_ids.len(), "queue purged");
-        self.reply(reply, Ok(chain_ids));
+        tracing::info!(queue, cancelled = chain_ids.len(), unread, "queue purged");
+        let answer = if unread == 0 {
+            Ok(chain_ids)
+        } else {
+            Err(Error::Unavailable(format!(
+                "{} chains of queue {queue} were cancelled, but {unread} queued chains could not \
+                 be read from the store and stay queued: purge again later",
+                chain_ids.len()
+            )))
+        };
+        self.reply(reply, answer);
     }
 
     /// Submits a failed chain's spec again as a new chain and links the
@@ -2819,9 +2913,125 @@ mod tests {
         );
     }
 
-    /// Commits a round as the scheduler loop does: delivers its early
-    /// assignments and returns their chain ids, with the round's other
-    /// effects, which wait for it to be durable.
+    thread_local! {
+        /// Chains [`Core::redefine`] went through.
+        pub static CHAIN_VISITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn a_hello_of_many_new_task_defaults_goes_through_the_chains_once() {
+        let (_dir, _, mut core) = empty_core();
+        for i in 0..500 {
+            submit(&mut core, one_step(&format!("t{i}")));
+        }
+        let mut hello = hello("t0", 1, 0);
+        let limited = Options {
+            max_retries: Some(7),
+            ..Default::default()
+        };
+        hello.tasks = (0..500)
+            .map(|i| (format!("t{i}"), limited.clone()))
+            .collect();
+        let before = CHAIN_VISITS.with(std::cell::Cell::get);
+        let (tx, _rx) = mpsc::channel(16);
+        core.connect(hello, tx, 1);
+        let visits = CHAIN_VISITS.with(std::cell::Cell::get) - before;
+        assert_eq!(visits, 500, "one pass over the 500 chains");
+        assert_eq!(core.task_defaults.len(), 500);
+    }
+
+    /// A core with `n` one-step chains of `name` submitted and applied,
+    /// the last `n - COLD_AFTER` of them cold (only in the store).
+    fn backlog(name: &str, n: usize) -> (tempfile::TempDir, Shared, Core) {
+        let (dir, store, mut core) = empty_core();
+        for _ in 0..n {
+            submit(&mut core, one_step(name));
+        }
+        end_round(&mut core);
+        assert_eq!(core.chains.len(), COLD_AFTER);
+        (dir, store, core)
+    }
+
+    /// Runs assigned so far, after a dispatch (not committed: the store
+    /// may be closed).
+    fn dispatched(core: &mut Core) -> usize {
+        core.dispatch(2);
+        core.runs.len()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_on_disk_is_kept_while_the_store_cannot_be_read() {
+        let n = COLD_AFTER + 40;
+        let (_dir, store, mut core) = backlog("t", n);
+        store.close();
+        let (tx, _rx) = mpsc::channel(2 * n);
+        let count = u32::try_from(n).unwrap();
+        core.connect(hello("t", count, 0), tx, 1);
+        assert_eq!(dispatched(&mut core), COLD_AFTER, "only hot ones go");
+        assert_eq!(
+            core.queues.line_len(GENERAL_QUEUE, "t"),
+            40,
+            "cold ones stay"
+        );
+        store.repair().await.expect("repair");
+        assert_eq!(dispatched(&mut core), n, "the backlog was dropped");
+    }
+
+    #[tokio::test]
+    async fn new_defaults_reach_a_backlog_on_disk_read_after_the_store_recovers() {
+        let n = COLD_AFTER + 40;
+        let (_dir, store, mut core) = backlog("t", n);
+        store.close();
+        // A worker declares a limit-1 throttle for the name: every waiting
+        // step must honour it, including the cold ones not readable now.
+        let mut declared = hello("t", u32::try_from(n).unwrap(), 0);
+        declared.tasks[0].1 = Options {
+            throttle: Some(crate::domain::Throttle {
+                concurrency: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::channel(2 * n);
+        core.connect(declared, tx, 1);
+        assert_eq!(
+            dispatched(&mut core),
+            1,
+            "a cold chain ran under the old defaults"
+        );
+        store.repair().await.expect("repair");
+        assert_eq!(dispatched(&mut core), 1);
+        assert!(core.rerouting.is_empty());
+        assert_eq!(core.chains.len(), n, "every chain is back in memory");
+        let waiting = core
+            .chains
+            .values()
+            .filter(|c| c.step(c.current()).state() == StepState::Throttled)
+            .count();
+        assert_eq!(waiting, n - 1, "all but the holder wait for the slot");
+    }
+
+    #[tokio::test]
+    async fn a_purge_while_the_store_cannot_be_read_says_what_stayed() {
+        let n = COLD_AFTER + 40;
+        let (_dir, store, mut core) = backlog("t", n);
+        store.close();
+        let (reply, answer) = oneshot::channel();
+        core.purge_queue(GENERAL_QUEUE, "", reply, 2);
+        store.repair().await.expect("repair");
+        end_round(&mut core);
+        let error = answer.await.unwrap().unwrap_err().to_string();
+        assert!(
+            error.contains("40 queued chains could not be read"),
+            "{error}"
+        );
+        assert_eq!(core.queues.line_len(GENERAL_QUEUE, "t"), 40);
+        let (reply, answer) = oneshot::channel();
+        core.purge_queue(GENERAL_QUEUE, "", reply, 3);
+        end_round(&mut core);
+        assert_eq!(answer.await.unwrap().unwrap().len(), 40);
+    }
+
     #[test]
     fn a_lease_lapses_after_the_lease_of_awake_time_not_of_time_passed() {
         let (_dir, _, mut core) = empty_core();
@@ -2842,6 +3052,9 @@ mod tests {
         assert!(core.runs.is_empty(), "the lease never lapsed");
     }
 
+    /// Commits a round as the scheduler loop does: delivers its early
+    /// assignments and returns their chain ids, with the round's other
+    /// effects, which wait for it to be durable.
     fn commit_round(core: &mut Core) -> (Vec<String>, Vec<Effect>) {
         let committed = core.commit().expect("commit");
         let early = assigned_chains(&committed.early);

@@ -73,16 +73,69 @@ enum Item {
 }
 
 impl Item {
-    fn is_hot_and(&self, check: impl Fn(&str) -> bool) -> bool {
-        matches!(self, Item::Hot(task_id) if check(task_id))
-    }
-
     fn queued(&self) -> Option<Queued> {
         match self {
             Item::Hot(task_id) => Some(Queued::Hot(task_id.to_string())),
             Item::Cold(key) => Some(Queued::Cold(u128::from_le_bytes(*key))),
             Item::Gone => None,
         }
+    }
+}
+
+/// The head of a line, as [`Queues::pop_for`] shows it to its `passed`
+/// check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head<'a> {
+    /// A hot task, by task id.
+    Hot(&'a str),
+    /// A cold chain: picking it means reading its record from the store.
+    Cold,
+}
+
+/// Where a taken entry sat, so that it can be put back in the same place
+/// ([`Queues::put_back`]) when what was to follow cannot (a cold chain
+/// whose record cannot be read while the store is in trouble).
+#[derive(Debug)]
+pub struct Place {
+    queue: String,
+    name: String,
+    rank: Rank,
+    ready_ms: UnixMs,
+}
+
+impl Place {
+    /// The task name of the line.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Names or lines [`Queues::pop_for`] went through, for tests of its
+    /// cost.
+    static EXAMINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes `line` of (`queue`, `name`) the best pick so far if its head
+/// ranks before `best`'s and is not passed over.
+fn consider<'a>(
+    best: &mut Option<(Rank, &'a str, &'a str)>,
+    queue: &'a str,
+    name: &'a str,
+    line: &Line,
+    passed: &impl Fn(&str, Head<'_>) -> bool,
+) {
+    let Some(rank) = line.head() else { return };
+    if best.is_some_and(|(b, _, _)| b <= rank) {
+        return;
+    }
+    let head = match line.front().map(|s| &s.item) {
+        Some(Item::Hot(task_id)) => Head::Hot(task_id),
+        _ => Head::Cold,
+    };
+    if !passed(name, head) {
+        *best = Some((rank, queue, name));
     }
 }
 
@@ -223,15 +276,20 @@ impl Queues {
             .map_or(0, |line| line.live)
     }
 
-    /// Takes the best task a worker may run, if any. A line whose head is
-    /// a hot task that `passed` names is left out (its tasks wait behind
-    /// that head).
+    /// Takes the best task a worker may run, if any, and where it sat. A
+    /// line whose head `passed(name, head)` passes over is left out (its
+    /// tasks wait behind that head).
+    ///
+    /// The cost is the smaller of the worker's task names and the queue's
+    /// non-empty lines (lines are dropped once empty): a backlog of many
+    /// names nobody serves does not slow a worker that serves a few, and a
+    /// worker that registered many names does not slow a queue of few.
     pub fn pop_for(
         &mut self,
         queues: &[String],
         names: &HashSet<String>,
-        passed: impl Fn(&str) -> bool,
-    ) -> Option<Queued> {
+        passed: impl Fn(&str, Head<'_>) -> bool,
+    ) -> Option<(Queued, Place)> {
         let mut best: Option<(Rank, &str, &str)> = None;
         for queue in queues {
             if !self.paused.is_empty() && self.paused.contains(queue) {
@@ -240,26 +298,81 @@ impl Queues {
             let Some(by_name) = self.by_queue.get(queue) else {
                 continue;
             };
-            for (name, line) in by_name {
-                if !names.contains(name) {
-                    continue;
+            if names.len() < by_name.len() {
+                for name in names {
+                    #[cfg(test)]
+                    EXAMINED.with(|n| n.set(n.get() + 1));
+                    if let Some((name, line)) = by_name.get_key_value(name) {
+                        consider(&mut best, queue, name, line, &passed);
+                    }
                 }
-                if let Some(rank) = line.head()
-                    && best.is_none_or(|(b, _, _)| rank < b)
-                    && !line.front().is_some_and(|s| s.item.is_hot_and(&passed))
-                {
-                    best = Some((rank, queue.as_str(), name.as_str()));
+            } else {
+                for (name, line) in by_name {
+                    #[cfg(test)]
+                    EXAMINED.with(|n| n.set(n.get() + 1));
+                    if names.contains(name) {
+                        consider(&mut best, queue, name, line, &passed);
+                    }
                 }
             }
         }
         let (rank, queue, name) = best?;
         let (queue, name) = (queue.to_owned(), name.to_owned());
+        let ready_ms = self
+            .by_queue
+            .get(&queue)
+            .and_then(|by_name| by_name.get(&name))
+            .and_then(Line::front)
+            .map_or(0, |s| s.ready_ms);
         let item = self.take(&queue, &name, rank)?;
         let queued = item.queued()?;
         if let Queued::Hot(task_id) = &queued {
             self.index.remove(task_id);
         }
-        Some(queued)
+        Some((
+            queued,
+            Place {
+                queue,
+                name,
+                rank,
+                ready_ms,
+            },
+        ))
+    }
+
+    /// Puts a taken entry back where it was, as if it had never been taken.
+    pub fn put_back(&mut self, queued: Queued, place: Place) {
+        let Place {
+            queue,
+            name,
+            rank,
+            ready_ms,
+        } = place;
+        let item = match &queued {
+            Queued::Hot(task_id) => {
+                self.index
+                    .insert(task_id.clone(), (queue.clone(), name.clone(), rank));
+                Item::Hot(task_id.as_str().into())
+            }
+            Queued::Cold(key) => Item::Cold(key.to_le_bytes()),
+        };
+        let line = self.line_mut(&queue, &name);
+        let slots = line.by_priority.entry(rank.0).or_default();
+        // Its slot may still be there, gone (taken from the middle of its
+        // deque): then it takes that slot again, or two slots would share
+        // one rank.
+        match slots.binary_search_by_key(&rank.1, |s| s.seq) {
+            Ok(at) => slots[at].item = item,
+            Err(at) => slots.insert(
+                at,
+                Slot {
+                    seq: rank.1,
+                    item,
+                    ready_ms,
+                },
+            ),
+        }
+        line.live += 1;
     }
 
     /// Removes a queued hot task; false if it was not queued.
@@ -309,17 +422,23 @@ impl Queues {
     /// in one pass: for requests that bring a whole backlog back (purge,
     /// new task defaults), where warming entries one by one in place would
     /// scan the line once per entry.
-    pub fn take_cold(&mut self, which: impl Fn(&str, &str) -> bool) -> Vec<ChainKey> {
+    pub fn take_cold(&mut self, which: impl Fn(&str, &str) -> bool) -> Vec<(ChainKey, Place)> {
         let mut taken = Vec::new();
         for (queue, by_name) in &mut self.by_queue {
             for (name, line) in by_name.iter_mut() {
                 if !which(queue, name) {
                     continue;
                 }
-                for slots in line.by_priority.values_mut() {
+                for (priority, slots) in &mut line.by_priority {
                     for slot in slots.iter_mut() {
                         if let Item::Cold(key) = slot.item {
-                            taken.push(u128::from_le_bytes(key));
+                            let place = Place {
+                                queue: queue.clone(),
+                                name: name.clone(),
+                                rank: (*priority, slot.seq),
+                                ready_ms: slot.ready_ms,
+                            };
+                            taken.push((u128::from_le_bytes(key), place));
                             slot.item = Item::Gone;
                             line.live -= 1;
                         }
@@ -412,8 +531,29 @@ mod tests {
     }
 
     /// Passes over nothing.
-    fn none(_: &str) -> bool {
+    fn none(_: &str, _: Head<'_>) -> bool {
         false
+    }
+
+    impl Queues {
+        /// What [`Queues::pop_for`] takes, without where it sat.
+        fn pop(
+            &mut self,
+            queues: &[String],
+            names: &HashSet<String>,
+            passed: impl Fn(&str, Head<'_>) -> bool,
+        ) -> Option<Queued> {
+            self.pop_for(queues, names, passed)
+                .map(|(queued, _)| queued)
+        }
+
+        /// The keys [`Queues::take_cold`] takes.
+        fn take_cold_keys(&mut self, which: impl Fn(&str, &str) -> bool) -> Vec<ChainKey> {
+            self.take_cold(which)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
+        }
     }
 
     #[test]
@@ -424,12 +564,12 @@ mod tests {
         q.push("general", "b", 0, "t3", 3);
         let qs = vec!["general".to_string()];
         let all = names(&["a", "b"]);
-        let passed = |task_id: &str| task_id == "held";
-        assert_eq!(q.pop_for(&qs, &all, passed), Some(hot("t3")));
+        let passed = |_: &str, head: Head<'_>| head == Head::Hot("held");
+        assert_eq!(q.pop(&qs, &all, passed), Some(hot("t3")));
         // Line "a" waits behind its head: t2 does not jump it.
-        assert_eq!(q.pop_for(&qs, &all, passed), None);
-        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("held")));
-        assert_eq!(q.pop_for(&qs, &all, passed), Some(hot("t2")));
+        assert_eq!(q.pop(&qs, &all, passed), None);
+        assert_eq!(q.pop(&qs, &all, none), Some(hot("held")));
+        assert_eq!(q.pop(&qs, &all, passed), Some(hot("t2")));
     }
 
     #[test]
@@ -441,18 +581,21 @@ mod tests {
         q.push("general", "a", 0, "t4", 4);
         assert!(q.cool("t3", 43));
         assert!(q.remove("t4"));
-        assert_eq!(q.take_cold(|_, name| name == "b"), Vec::<ChainKey>::new());
+        assert_eq!(
+            q.take_cold_keys(|_, name| name == "b"),
+            Vec::<ChainKey>::new()
+        );
         assert!(q.warm("general", "a", 42, "t2"));
         assert!(!q.warm("general", "a", 42, "t2"));
         assert_eq!(q.line_len("general", "a"), 3);
         assert_eq!(q.depths()["general"].oldest_ready_ms, Some(1));
         let all = names(&["a"]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("t1")));
-        assert_eq!(q.pop_for(&qs, &all, none), Some(hot("t2")));
+        assert_eq!(q.pop(&qs, &all, none), Some(hot("t1")));
+        assert_eq!(q.pop(&qs, &all, none), Some(hot("t2")));
         assert!(!q.remove("t2"));
-        assert_eq!(q.pop_for(&qs, &all, none), Some(Queued::Cold(43)));
-        assert_eq!(q.pop_for(&qs, &all, none), None);
+        assert_eq!(q.pop(&qs, &all, none), Some(Queued::Cold(43)));
+        assert_eq!(q.pop(&qs, &all, none), None);
         assert!(q.depths().is_empty());
     }
 
@@ -463,14 +606,67 @@ mod tests {
         q.push("general", "a", 0, "t2", 2);
         q.push_cold("general", "a", 5, 3, 3);
         q.push_cold("io", "a", 0, 4, 4);
-        let mut taken = q.take_cold(|queue, _| queue == "general");
+        let mut taken = q.take_cold_keys(|queue, _| queue == "general");
         taken.sort_unstable();
         assert_eq!(taken, [1, 3]);
         assert_eq!(q.line_len("general", "a"), 1);
         assert_eq!(q.entries("general"), [hot("t2")]);
         assert!(q.remove("t2"));
-        assert_eq!(q.take_cold(|_, _| true), [4]);
+        assert_eq!(q.take_cold_keys(|_, _| true), [4]);
         assert!(q.depths().is_empty());
+    }
+
+    #[test]
+    fn an_entry_put_back_is_picked_again_first() {
+        let mut q = Queues::default();
+        q.push_cold("general", "a", 0, 1, 1);
+        q.push("general", "a", 0, "t2", 2);
+        q.push_cold("general", "a", 0, 3, 3);
+        let qs = vec!["general".to_string()];
+        let all = names(&["a"]);
+        let (first, place) = q.pop_for(&qs, &all, none).unwrap();
+        assert_eq!(first, Queued::Cold(1));
+        q.put_back(first, place);
+        let (again, place) = q.pop_for(&qs, &all, none).unwrap();
+        assert_eq!(again, Queued::Cold(1));
+        q.put_back(again, place);
+        // Both cold entries taken, the later one put back: it keeps its
+        // place behind the hot one.
+        let mut taken = q.take_cold(|_, _| true);
+        assert_eq!(taken.len(), 2);
+        let (key, place) = taken.remove(1);
+        q.put_back(Queued::Cold(key), place);
+        assert_eq!(q.pop(&qs, &all, none), Some(hot("t2")));
+        assert_eq!(q.pop(&qs, &all, none), Some(Queued::Cold(3)));
+        assert_eq!(q.pop(&qs, &all, none), None);
+        assert!(q.depths().is_empty());
+    }
+
+    #[test]
+    fn picking_costs_the_fewer_of_the_workers_names_and_the_queues_lines() {
+        let mut q = Queues::default();
+        for i in 0..10_000 {
+            q.push("general", &format!("nobody-{i}"), 0, &format!("n{i}"), i);
+        }
+        q.push("general", "served", 0, "t", 10_000);
+        let qs = vec!["general".to_string()];
+        let examined = || EXAMINED.with(std::cell::Cell::get);
+        let before = examined();
+        let served = names(&["served", "other"]);
+        assert_eq!(q.pop(&qs, &served, none), Some(Queued::Hot("t".into())));
+        assert_eq!(q.pop(&qs, &served, none), None);
+        let went_through = examined() - before;
+        assert!(went_through <= 4, "went through {went_through} lines");
+        // A worker of many names, a queue of few lines.
+        let mut q = Queues::default();
+        q.push("general", "a", 0, "t", 1);
+        let many: HashSet<String> = (0..10_000)
+            .map(|i| format!("x{i}"))
+            .chain(["a".into()])
+            .collect();
+        let before = examined();
+        assert_eq!(q.pop(&qs, &many, none), Some(Queued::Hot("t".into())));
+        assert_eq!(examined() - before, 1, "went through the worker's names");
     }
 
     #[test]
@@ -482,8 +678,8 @@ mod tests {
         assert!(q.remove("t2"));
         assert_eq!(q.entries("general"), [hot("t1"), hot("t3")]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &names(&["a"]), none), Some(hot("t1")));
-        assert_eq!(q.pop_for(&qs, &names(&["a"]), none), Some(hot("t3")));
+        assert_eq!(q.pop(&qs, &names(&["a"]), none), Some(hot("t1")));
+        assert_eq!(q.pop(&qs, &names(&["a"]), none), Some(hot("t3")));
         assert_eq!(q.line_len("general", "a"), 0);
     }
 
@@ -499,10 +695,10 @@ mod tests {
         q.push("general", "a", 5, "t3", 3);
         let all = names(&["a", "b"]);
         let qs = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t3")));
-        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t1")));
-        assert_eq!(q.pop_for(&qs, &all, none).as_ref(), Some(&hot("t2")));
-        assert_eq!(q.pop_for(&qs, &all, none), None);
+        assert_eq!(q.pop(&qs, &all, none).as_ref(), Some(&hot("t3")));
+        assert_eq!(q.pop(&qs, &all, none).as_ref(), Some(&hot("t1")));
+        assert_eq!(q.pop(&qs, &all, none).as_ref(), Some(&hot("t2")));
+        assert_eq!(q.pop(&qs, &all, none), None);
     }
 
     #[test]
@@ -511,12 +707,12 @@ mod tests {
         q.push("heavy", "h", 0, "t1", 1);
         q.push("general", "a", 0, "t2", 1);
         let general = vec!["general".to_string()];
-        assert_eq!(q.pop_for(&general, &names(&["h"]), none), None);
+        assert_eq!(q.pop(&general, &names(&["h"]), none), None);
         assert_eq!(
-            q.pop_for(&general, &names(&["a", "h"]), none).as_ref(),
+            q.pop(&general, &names(&["a", "h"]), none).as_ref(),
             Some(&hot("t2"))
         );
-        assert_eq!(q.pop_for(&general, &names(&["a", "h"]), none), None);
+        assert_eq!(q.pop(&general, &names(&["a", "h"]), none), None);
         assert!(q.remove("t1"));
         assert!(!q.remove("t1"));
         assert!(q.depths().is_empty());
@@ -531,14 +727,14 @@ mod tests {
         assert!(q.pause("io"));
         assert!(!q.pause("io"));
         assert_eq!(
-            q.pop_for(&both, &names(&["a"]), none).as_ref(),
+            q.pop(&both, &names(&["a"]), none).as_ref(),
             Some(&hot("t2"))
         );
-        assert_eq!(q.pop_for(&both, &names(&["a"]), none), None);
+        assert_eq!(q.pop(&both, &names(&["a"]), none), None);
         assert_eq!(q.entries("io"), [hot("t1")]);
         assert!(q.resume("io"));
         assert_eq!(
-            q.pop_for(&both, &names(&["a"]), none).as_ref(),
+            q.pop(&both, &names(&["a"]), none).as_ref(),
             Some(&hot("t1"))
         );
     }

@@ -172,12 +172,7 @@ impl Shared {
     /// # Errors
     /// When the database cannot be opened, written or flushed.
     pub async fn repair(&self) -> Result<(), Error> {
-        let old = self
-            .inner
-            .store
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let old = self.take_store();
         let inner = Arc::clone(&self.inner);
         // Closing flushes what sled can and joins its threads; opening reads
         // the log back. Both block.
@@ -201,6 +196,23 @@ impl Shared {
         self.journal().batches.retain(|(n, _)| *n > covered);
         *self.inner.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
         Ok(())
+    }
+
+    /// Closes the database as [`Shared::repair`] does first: reads and
+    /// writes fail until a repair. For tests of what the scheduler does
+    /// meanwhile.
+    #[cfg(test)]
+    pub fn close(&self) {
+        drop(self.take_store());
+    }
+
+    /// Takes the open database out: reads and writes fail from here on.
+    fn take_store(&self) -> Option<Store> {
+        self.inner
+            .store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// What the scheduler needs to resume (see [`Store::recover`]). A live
