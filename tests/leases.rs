@@ -110,10 +110,6 @@ impl RawWorker {
         task: &str,
         held: Vec<pb::TaskRef>,
     ) -> (Self, pb::Welcome) {
-        let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
-            .await
-            .unwrap();
-        let (up, rx) = mpsc::channel(16);
         let hello = pb::Hello {
             worker_name: name.into(),
             tasks: vec![pb::TaskDefinition {
@@ -124,6 +120,15 @@ impl RawWorker {
             held,
             ..Default::default()
         };
+        Self::open_with(addr, hello).await
+    }
+
+    /// Opens a session with this Hello.
+    async fn open_with(addr: &str, hello: pb::Hello) -> (Self, pb::Welcome) {
+        let mut client = pb::worker_client::WorkerClient::connect(addr.to_owned())
+            .await
+            .unwrap();
+        let (up, rx) = mpsc::channel(16);
         up.send(msg(worker_message::Msg::Hello(hello)))
             .await
             .unwrap();
@@ -368,4 +373,67 @@ async fn a_broker_paused_past_the_lease_keeps_a_live_workers_run_and_slot() {
     assert_eq!(inside.max(), 1, "two bodies were inside a limit-1 section");
     assert_eq!(entered.entries().len(), 2, "{:?}", entered.entries());
     broker.kill9().await;
+}
+
+/// A worker may claim (in `Hello.held`) only a run it could have been
+/// assigned: its queues include the run's queue and it registered the
+/// run's task name. Before the fix a worker of another queue and task name
+/// kept a crashed worker's run, and its forged result was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_from_a_worker_that_could_not_run_the_task_is_lost() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(30)).await;
+    let client = broker.client().await;
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let mut owner = RawWorker::connect(&broker.addr, "owner", vec![]).await;
+    let broker_message::Msg::Assignment(a) = owner.next().await else {
+        panic!("expected an assignment")
+    };
+    let run = a.task.unwrap();
+    drop(owner); // crashed: the run waits for its lease
+
+    // Another task name, same queue; then the same name, another queue.
+    let other_name = pb::Hello {
+        worker_name: "forger".into(),
+        tasks: vec![pb::TaskDefinition {
+            name: "other".into(),
+            defaults: None,
+        }],
+        concurrency: 1,
+        held: vec![run.clone()],
+        ..Default::default()
+    };
+    let other_queue = pb::Hello {
+        queues: vec!["heavy".into()],
+        tasks: vec![pb::TaskDefinition {
+            name: "job".into(),
+            defaults: None,
+        }],
+        ..other_name.clone()
+    };
+    for hello in [other_name, other_queue] {
+        let (mut forger, welcome) = RawWorker::open_with(&broker.addr, hello).await;
+        assert_eq!(welcome.lost, vec![run.clone()], "{welcome:?}");
+        assert!(welcome.kept.is_empty(), "{welcome:?}");
+        forger.send(success(run.clone(), "\"forged\"")).await;
+        let broker_message::Msg::OutcomeAck(ack) = forger.next().await else {
+            panic!("expected an ack")
+        };
+        assert!(!ack.accepted, "a forged outcome was accepted: {ack:?}");
+    }
+
+    // The owner comes back within its lease and finishes the run.
+    let mut owner = RawWorker::connect(&broker.addr, "owner", vec![run.clone()]).await;
+    owner.send(success(run, "\"real\"")).await;
+    let broker_message::Msg::OutcomeAck(ack) = owner.next().await else {
+        panic!("expected an ack")
+    };
+    assert!(ack.accepted, "{ack:?}");
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("real"))
+    );
 }

@@ -1971,8 +1971,12 @@ impl Core {
             // is not out on another worker that is connected. (Attempt
             // numbers of early assignments lost in a crash are issued again:
             // the run issued since is the current one, not the claim.)
+            // Only a worker that could have been assigned it may claim a
+            // run: its queues hold the run's queue and it registered the
+            // task name (a worker token's queues are checked at the edge).
             let claimable = self.runs.get(&task.task_id).is_some_and(|r| {
                 r.attempt == task.attempt
+                    && self.could_run(&conn, r)
                     && r.worker
                         .as_ref()
                         .and_then(|w| self.workers.get(w))
@@ -2022,6 +2026,20 @@ impl Core {
             },
         );
         worker_id
+    }
+
+    /// Whether `worker` could have been assigned `run`: it serves the
+    /// queue the run's step was queued in, and registered its task name.
+    fn could_run(&self, worker: &WorkerConn, run: &Run) -> bool {
+        self.chains.get(&run.chain_id).is_some_and(|rec| {
+            let step = rec.step(run.at);
+            let queue = if step.queue.is_empty() {
+                self.effective(rec, run.at).queue
+            } else {
+                step.queue.clone()
+            };
+            worker.names.contains(step.name()) && worker.queues.contains(&queue)
+        })
     }
 
     /// Sets task names' defaults. Their steps already waiting for a slot or
