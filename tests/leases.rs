@@ -232,21 +232,31 @@ impl RawWorker {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_reconnects_within_its_lease_keeps_its_assignment() {
-    let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(5)).await;
-    let client = broker.client().await;
+/// Submits one `job` chain, lets a raw worker named `name` take its run,
+/// and breaks that worker's stream; returns the chain id and the run.
+async fn one_job_out_then_cut_off(
+    broker: &TestBroker,
+    client: &baton::Client,
+    name: &str,
+) -> (String, pb::TaskRef) {
     let id = client
         .submit(Task::new("job").si(()))
         .await
         .unwrap()
         .chain_id;
-    let mut first = RawWorker::connect(&broker.addr, "blip", vec![]).await;
-    let broker_message::Msg::Assignment(a) = first.next().await else {
+    let mut worker = RawWorker::connect(&broker.addr, name, vec![]).await;
+    let broker_message::Msg::Assignment(a) = worker.next().await else {
         panic!("expected an assignment")
     };
-    let task = a.task.unwrap();
-    drop(first); // the stream breaks, as in a network blip
+    (id, a.task.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_reconnects_within_its_lease_keeps_its_assignment() {
+    let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(5)).await;
+    let client = broker.client().await;
+    // The stream breaks, as in a network blip.
+    let (id, task) = one_job_out_then_cut_off(&broker, &client, "blip").await;
     let mut again = RawWorker::connect(&broker.addr, "blip", vec![task.clone()]).await;
     again.send(success(task.clone(), "\"kept\"")).await;
     let broker_message::Msg::OutcomeAck(ack) = again.next().await else {
@@ -383,17 +393,8 @@ async fn a_broker_paused_past_the_lease_keeps_a_live_workers_run_and_slot() {
 async fn a_claim_from_a_worker_that_could_not_run_the_task_is_lost() {
     let broker = TestBroker::start_with(|c| c.lease = Duration::from_secs(30)).await;
     let client = broker.client().await;
-    let id = client
-        .submit(Task::new("job").si(()))
-        .await
-        .unwrap()
-        .chain_id;
-    let mut owner = RawWorker::connect(&broker.addr, "owner", vec![]).await;
-    let broker_message::Msg::Assignment(a) = owner.next().await else {
-        panic!("expected an assignment")
-    };
-    let run = a.task.unwrap();
-    drop(owner); // crashed: the run waits for its lease
+    // The owner crashes: the run waits for its lease.
+    let (id, run) = one_job_out_then_cut_off(&broker, &client, "owner").await;
 
     // Another task name, same queue; then the same name, another queue.
     let other_name = pb::Hello {
