@@ -275,6 +275,25 @@ impl Client {
         Ok(self.broker.clone().get_chain(request).await?.into_inner())
     }
 
+    /// The JSON result of one succeeded step, by its task id. [`get`]
+    /// omits results over 16 KiB that the chain no longer uses
+    /// (`Step.result_omitted`); this reads any of them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`]: `NOT_FOUND` for an unknown chain or step,
+    /// `FAILED_PRECONDITION` for a step that has not succeeded.
+    ///
+    /// [`get`]: Self::get
+    pub async fn step_result(&self, chain_id: &str, task_id: &str) -> Result<String> {
+        let request = pb::GetStepResultRequest {
+            chain_id: chain_id.to_owned(),
+            task_id: task_id.to_owned(),
+        };
+        let answer = self.broker.clone().get_step_result(request).await?;
+        Ok(answer.into_inner().result)
+    }
+
     /// Follows a chain: its current state first (kind `"snapshot"`), then
     /// one event per change. The stream ends after the chain has ended.
     ///

@@ -8,6 +8,7 @@
 //! reused as they are rather than mirrored field by field.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use baton::pb::{
     ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
@@ -165,7 +166,21 @@ pub struct StepRecord {
     /// In-body slots held by the current attempt.
     #[prost(message, repeated, tag = "16")]
     pub in_body: Vec<InBodyHold>,
+    /// The result is stored apart, written once (see [`RESULT_APART_AFTER`]):
+    /// `result` is empty in the store. In memory, the scheduler keeps the
+    /// ones its chains still use (see [`ChainRecord::results_in_use`]).
+    #[prost(bool, tag = "17")]
+    pub result_apart: bool,
+    /// The result's length in bytes, once succeeded.
+    #[prost(uint64, tag = "18")]
+    pub result_bytes: u64,
 }
+
+/// Results longer than this are stored apart from their chain's record,
+/// once, instead of in the record, which is written again at every step:
+/// a chain of 40 steps returning 1 MB each grew a 40 MB record rewritten
+/// 40 times (finding 10 of docs/reliability.md).
+pub const RESULT_APART_AFTER: usize = 16 * 1024;
 
 impl StepRecord {
     pub fn signature(&self) -> &Signature {
@@ -229,6 +244,10 @@ pub struct ChainRecord {
     /// authentication was off. Clients see only their own chains.
     #[prost(string, tag = "19")]
     pub owner: String,
+    /// `result` is the last main step's, stored apart with that step (see
+    /// [`StepRecord::result_apart`]); it is empty here.
+    #[prost(bool, tag = "22")]
+    pub result_apart: bool,
     /// The failed chain this one was requeued from (`Admin.RequeueChain`).
     #[prost(string, tag = "20")]
     pub requeued_from: String,
@@ -339,11 +358,36 @@ impl ChainRecord {
             })
     }
 
+    /// The steps whose results the running chain may still hand on or
+    /// show: the one before the current step of its phase (carried to
+    /// it), and the last main step (the chain's result) once it succeeded.
+    pub fn results_in_use(&self) -> impl Iterator<Item = &StepRecord> {
+        let at = self.current();
+        let carried = at
+            .index
+            .checked_sub(1)
+            .and_then(|i| self.steps_of(at.phase).get(i));
+        let last_main = self
+            .steps
+            .last()
+            .filter(|s| s.state() == StepState::Succeeded);
+        carried
+            .into_iter()
+            .chain(last_main.filter(|l| carried.is_none_or(|c| c.task_id != l.task_id)))
+    }
+
     /// The value a mutable (`.s`) step receives as its first argument: the
     /// previous step's result, the last main result for on_success, or the
-    /// failure record for on_failure.
-    pub fn carried_value(&self, at: StepAt) -> Option<serde_json::Value> {
-        let parse = |text: &str| {
+    /// failure record for on_failure. `apart` gives the results stored
+    /// apart (see [`StepRecord::result_apart`]).
+    pub fn carried_value(
+        &self,
+        at: StepAt,
+        apart: impl Fn(&StepRecord) -> Option<Arc<str>>,
+    ) -> Option<serde_json::Value> {
+        let parse = |step: &StepRecord| {
+            let kept = step.result_apart.then(|| apart(step)).flatten();
+            let text = kept.as_deref().unwrap_or(&step.result);
             if text.is_empty() {
                 serde_json::Value::Null
             } else {
@@ -351,10 +395,11 @@ impl ChainRecord {
             }
         };
         if at.index > 0 {
-            return Some(parse(&self.steps_of(at.phase)[at.index - 1].result));
+            return Some(parse(&self.steps_of(at.phase)[at.index - 1]));
         }
         match at.phase {
-            Phase::OnSuccess => Some(parse(&self.result)),
+            Phase::OnSuccess if self.result_apart => self.steps.last().map(parse),
+            Phase::OnSuccess => Some(serde_json::from_str(&self.result).unwrap_or_default()),
             Phase::OnFailure => self.failure.as_ref().map(failure_json),
             _ => None,
         }
@@ -550,17 +595,18 @@ mod tests {
             ..Default::default()
         });
         let at = |phase, index| StepAt { phase, index };
-        assert_eq!(c.carried_value(at(Phase::Main, 0)), None);
+        let none = |_: &StepRecord| None;
+        assert_eq!(c.carried_value(at(Phase::Main, 0), none), None);
         assert_eq!(
-            c.carried_value(at(Phase::Main, 1)),
+            c.carried_value(at(Phase::Main, 1), none),
             Some(serde_json::json!(41))
         );
         assert_eq!(
-            c.carried_value(at(Phase::OnSuccess, 0)),
+            c.carried_value(at(Phase::OnSuccess, 0), none),
             Some(serde_json::json!("done"))
         );
         assert_eq!(
-            c.carried_value(at(Phase::OnFailure, 0)).unwrap()["error_type"],
+            c.carried_value(at(Phase::OnFailure, 0), none).unwrap()["error_type"],
             "E"
         );
     }

@@ -99,6 +99,13 @@ impl pb::broker_server::Broker for Fake {
         Ok(Response::new(chain))
     }
 
+    async fn get_step_result(
+        &self,
+        _: Request<pb::GetStepResultRequest>,
+    ) -> Result<Response<pb::GetStepResultResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     type WatchChainStream = Events;
 
     async fn watch_chain(

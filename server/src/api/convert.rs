@@ -324,6 +324,8 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
         retries: s.retries,
         queue: s.queue.clone(),
         result: s.result.clone(),
+        result_omitted: s.result_apart && s.result.is_empty(),
+        result_bytes: s.result_bytes,
         failure: s.failure.clone(),
         worker: s.worker.clone(),
         ready_unix_ms: s.ready_ms,

@@ -108,6 +108,19 @@ impl pb::broker_server::Broker for BrokerService {
         Ok(Response::new(convert::chain_view(&chain)))
     }
 
+    async fn get_step_result(
+        &self,
+        request: Request<pb::GetStepResultRequest>,
+    ) -> Result<Response<pb::GetStepResultResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let id = convert::chain_id(request.chain_id)?;
+        record_chain(&id);
+        self.check_sees(&caller, &id).await?;
+        let result = self.handle.step_result(id, request.task_id).await?;
+        Ok(Response::new(pb::GetStepResultResponse { result }))
+    }
+
     type WatchChainStream = EventStream;
 
     async fn watch_chain(

@@ -105,6 +105,13 @@ impl Unsettled {
     }
 }
 
+/// A result stored apart, kept in memory while its chain uses it.
+#[derive(Debug, Clone)]
+struct KeptResult {
+    chain_id: String,
+    result: Arc<str>,
+}
+
 /// Why a cold chain could not be brought back into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unwarmed {
@@ -279,6 +286,12 @@ pub struct Core {
     reserved: HashSet<String>,
     runs: HashMap<String, Run>,
     task_defaults: HashMap<String, Options>,
+    /// Results stored apart (see `StepRecord::result_apart`) that chains in
+    /// memory still use (`ChainRecord::results_in_use`), by task id, with
+    /// their chain's id: at most two a chain, however long it is. Kept
+    /// until the batch that wrote them is applied, then dropped with the
+    /// chains that left memory.
+    apart: HashMap<String, KeptResult>,
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
     rerouting: HashSet<String>,
@@ -327,6 +340,7 @@ impl Core {
             runs: HashMap::new(),
             task_defaults: recovered.task_defaults.into_iter().collect(),
             rerouting: HashSet::new(),
+            apart: HashMap::new(),
             watchers: HashMap::new(),
             batch: Batch::new(),
             dirty: BTreeSet::new(),
@@ -349,6 +363,12 @@ impl Core {
             tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
         }
         for chain in recovered.live_chains {
+            match core.results_apart_of(&chain) {
+                Ok(results) => core.apart.extend(results),
+                Err(e) => {
+                    tracing::error!(chain.id = %chain.id, cause = %e, "cannot read the results this chain hands on");
+                }
+            }
             core.index_chain(chain);
         }
         // First every slot that was held, so that waiting work re-queued
@@ -418,6 +438,70 @@ impl Core {
                 .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
         }
         core
+    }
+
+    /// Reads from the store the results stored apart that `chain` still
+    /// uses. One missing is an error in the log: the step gets null.
+    fn results_apart_of(
+        &self,
+        chain: &ChainRecord,
+    ) -> Result<Vec<(String, KeptResult)>, crate::store::Error> {
+        let mut out = Vec::new();
+        for step in chain.results_in_use().filter(|s| s.result_apart) {
+            match self.store.result(&chain.id, &step.task_id)? {
+                Some(result) => {
+                    let kept = KeptResult {
+                        chain_id: chain.id.clone(),
+                        result: Arc::from(result),
+                    };
+                    out.push((step.task_id.clone(), kept));
+                }
+                None => tracing::error!(
+                    chain.id = %chain.id,
+                    task.id = %step.task_id,
+                    "a result stored apart is missing"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The result of `step` of `chain_id`, kept apart in memory.
+    fn kept_result(&self, step: &StepRecord) -> Option<Arc<str>> {
+        self.apart.get(&step.task_id).map(|k| Arc::clone(&k.result))
+    }
+
+    /// Fills in a copy of a chain, for an answer or an event, the results
+    /// stored apart that are in memory: the one carried to the current
+    /// step and the chain's result. Older ones stay empty, marked apart:
+    /// the view shows them as omitted, and `GetStepResult` reads them.
+    fn with_results(&self, mut rec: ChainRecord) -> ChainRecord {
+        for steps in [&mut rec.steps, &mut rec.on_success, &mut rec.on_failure] {
+            for step in steps.iter_mut().filter(|s| s.result_apart) {
+                if let Some(kept) = self.apart.get(&step.task_id) {
+                    step.result = kept.result.to_string();
+                }
+            }
+        }
+        if rec.result_apart
+            && let Some(last) = rec.steps.last()
+        {
+            rec.result = last.result.clone();
+        }
+        rec
+    }
+
+    /// Drops the results kept apart for `chain_id` that it no longer uses.
+    fn prune_results(&mut self, chain_id: &str) {
+        let Some(rec) = self.chains.get(chain_id) else {
+            return;
+        };
+        let in_use: HashSet<&str> = rec.results_in_use().map(|s| s.task_id.as_str()).collect();
+        for (_, step) in rec.all_steps() {
+            if step.result_apart && !in_use.contains(step.task_id.as_str()) {
+                self.apart.remove(&step.task_id);
+            }
+        }
     }
 
     fn index_chain(&mut self, chain: ChainRecord) {
@@ -544,6 +628,9 @@ impl Core {
             self.idempotency_pending.clear();
             self.retired_pending.clear();
             self.cold_pending.clear();
+            let chains = &self.chains;
+            self.apart
+                .retain(|_, kept| chains.contains_key(&kept.chain_id));
             self.written += 1;
         }
         Ok(self.written)
@@ -583,7 +670,7 @@ impl Core {
             let event = Box::new(ChainEvent {
                 kind,
                 at,
-                chain: chain.clone(),
+                chain: self.with_results(chain.clone()),
             });
             self.emit(Effect::Watch {
                 chain_id: chain_id.to_owned(),
@@ -969,9 +1056,20 @@ impl Core {
     fn warm(&mut self, key: ChainKey, queued: bool) -> Result<String, Unwarmed> {
         let chain_id = uuid::Uuid::from_u128(key).to_string();
         let rec = match self.cold_pending.remove(&chain_id) {
+            // Its results apart are still in memory: the batch that wrote
+            // them is not applied yet.
             Some(rec) => rec,
             None => match self.store.chain(&chain_id) {
-                Ok(Some(rec)) => rec,
+                Ok(Some(rec)) => match self.results_apart_of(&rec) {
+                    Ok(results) => {
+                        self.apart.extend(results);
+                        rec
+                    }
+                    Err(e) => {
+                        tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain's results now; it stays queued");
+                        return Err(Unwarmed::Unreadable);
+                    }
+                },
                 Ok(None) => {
                     tracing::error!(chain.id = %chain_id, "a cold chain has no record: it is lost");
                     return Err(Unwarmed::Missing);
@@ -1045,6 +1143,9 @@ impl Core {
     }
 
     /// A chain's record, from memory if live, else from the store.
+    /// A chain as requests see it, with the results it still uses filled
+    /// in (see [`Core::with_results`]); from the store when it is not in
+    /// memory.
     pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
         if let Some(rec) = self
             .chains
@@ -1052,13 +1153,58 @@ impl Core {
             .or_else(|| self.retired_pending.get(chain_id))
             .or_else(|| self.cold_pending.get(chain_id))
         {
-            return Ok(rec.clone());
+            return Ok(self.with_results(rec.clone()));
         }
-        match self.store.chain(chain_id) {
-            Ok(Some(rec)) => Ok(rec),
-            Ok(None) => Err(Error::NotFound(format!("chain {chain_id} not found"))),
-            Err(e) => Err(Error::Store(e.to_string())),
+        let store_error = |e: crate::store::Error| Error::Store(e.to_string());
+        let mut rec = self
+            .store
+            .chain(chain_id)
+            .map_err(store_error)?
+            .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
+        if rec.result_apart
+            && let Some(last) = rec.steps.last()
+        {
+            rec.result = self
+                .store
+                .result(chain_id, &last.task_id)
+                .map_err(store_error)?
+                .unwrap_or_default();
         }
+        Ok(rec)
+    }
+
+    /// A step's result, whether kept in its chain's record or apart.
+    pub fn step_result(
+        &mut self,
+        chain_id: &str,
+        task_id: &str,
+        reply: oneshot::Sender<Result<String, Error>>,
+    ) {
+        let answer = self.chain(chain_id).and_then(|rec| {
+            let step = rec
+                .all_steps()
+                .find(|(_, s)| s.task_id == task_id)
+                .map(|(_, s)| s)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "chain {chain_id} has no step with task id {task_id}"
+                    ))
+                })?;
+            if step.state() != StepState::Succeeded {
+                return Err(Error::Conflict(format!(
+                    "step {task_id} has no result: it is {:?}",
+                    step.state()
+                )));
+            }
+            if !step.result_apart || !step.result.is_empty() {
+                return Ok(step.result.clone());
+            }
+            self.store
+                .result(chain_id, task_id)
+                .map_err(|e| Error::Store(e.to_string()))?
+                .ok_or_else(|| Error::Store(format!("the result of step {task_id} is missing")))
+        });
+        self.reply(reply, answer);
     }
 
     pub fn get(&mut self, chain_id: &str, reply: oneshot::Sender<Result<ChainRecord, Error>>) {
@@ -1576,7 +1722,7 @@ impl Core {
         let carried = if rec.step(at).signature().immutable {
             None
         } else {
-            rec.carried_value(at)
+            rec.carried_value(at, |s| self.kept_result(s))
         };
         let worker_name = self.workers[worker_id].name.clone();
         let lease = self.new_lease(now);
@@ -1827,6 +1973,7 @@ impl Core {
             _ => {
                 let rec = self.chains.get_mut(chain_id).expect("live chain");
                 rec.result = rec.step(at).result.clone();
+                rec.result_apart = rec.step(at).result_apart;
                 if rec.on_success.is_empty() {
                     self.finish(chain_id, ChainState::Succeeded, now);
                 } else {
@@ -2188,16 +2335,30 @@ impl Core {
                     .expect("live chain")
                     .step_mut(at);
                 step.state = StepState::Succeeded as i32;
-                step.result = if result.is_empty() {
+                let result = if result.is_empty() {
                     "null".into()
                 } else {
                     result
                 };
+                step.result_bytes = u64::try_from(result.len()).unwrap_or(u64::MAX);
+                if result.len() > RESULT_APART_AFTER {
+                    // Written once, apart; the record only says so.
+                    step.result_apart = true;
+                    self.batch.put_result(&chain_id, &step.task_id, &result);
+                    let kept = KeptResult {
+                        chain_id: chain_id.clone(),
+                        result: Arc::from(result),
+                    };
+                    self.apart.insert(step.task_id.clone(), kept);
+                } else {
+                    step.result = result;
+                }
                 step.finished_ms = now;
                 let name = step.name().to_owned();
                 self.task_metrics.get(&name).succeeded.inc();
                 self.event(&chain_id, "step_succeeded", Some(at));
                 self.advance(&chain_id, at, now);
+                self.prune_results(&chain_id);
             }
             RunOutcome::Failure {
                 error_type,

@@ -173,6 +173,8 @@ enum Command {
     Submit(ChainSpec, Reply<Submitted>),
     SubmitMany(Vec<ChainSpec>, Reply<Vec<Submitted>>),
     Get(String, Reply<ChainRecord>),
+    /// (chain id, task id) of a step whose result to read.
+    StepResult(String, String, Reply<String>),
     Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
     Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
@@ -568,6 +570,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
     let cmd = match (disk.fault(), cmd) {
         (None, cmd) => cmd,
         (Some(f), Command::Get(_, r)) => return refuse(r, Error::unreadable(f)),
+        (Some(f), Command::StepResult(_, _, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::Watch(_, _, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::Submit(_, r)) => return refuse(r, Error::refused(f)),
         (Some(f), Command::SubmitMany(_, r)) => return refuse(r, Error::refused(f)),
@@ -583,6 +586,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
         Command::Submit(spec, reply) => core.submit(spec, reply, now),
         Command::SubmitMany(specs, reply) => core.submit_many(specs, reply, now),
         Command::Get(id, reply) => core.get(&id, reply),
+        Command::StepResult(id, task_id, reply) => core.step_result(&id, &task_id, reply),
         Command::Watch(id, tx, reply) => {
             // Counted only at the limit: pruning closed streams walks them all.
             if core.watch_count() >= limits.max_watches {
@@ -674,6 +678,16 @@ impl Handle {
     /// [`Error::NotFound`] for an unknown chain.
     pub async fn get(&self, chain_id: String) -> Result<ChainRecord, Error> {
         self.ask(|r| Command::Get(chain_id, r)).await
+    }
+
+    /// The result of one succeeded step of a chain.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown chain or step,
+    /// [`Error::Conflict`] for a step that has not succeeded.
+    pub async fn step_result(&self, chain_id: String, task_id: String) -> Result<String, Error> {
+        self.ask(|r| Command::StepResult(chain_id, task_id, r))
+            .await
     }
 
     /// Subscribes to a chain's events; the first is a snapshot, and the

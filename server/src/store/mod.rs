@@ -11,7 +11,10 @@
 //! - `dead`: (finished ms, big-endian; chain id) → empty, every failed chain
 //!   not yet requeued, so the dead list is a reverse range scan. Kept by
 //!   [`Batch::put_chain`] from the record itself, in the same batch;
-//! - `paused`: queue name → empty, the queues whose dispatch is paused.
+//! - `paused`: queue name → empty, the queues whose dispatch is paused;
+//! - `results`: (chain id, `/`, task id) → a step's JSON result, for results
+//!   too long to keep in their chain's record (`StepRecord::result_apart`):
+//!   written once, when the step succeeds.
 //!
 //! The writes of the scheduler's rounds go in one [`Batch`], applied
 //! atomically with one `Tree::apply_batch`. (The collections were separate trees written in a
@@ -77,6 +80,7 @@ enum Space {
     Defaults = b'd',
     Dead = b'x',
     Paused = b'p',
+    Results = b'r',
 }
 
 impl Space {
@@ -184,6 +188,17 @@ impl Batch {
     pub fn put_task_defaults(&mut self, name: &str, defaults: &Options) {
         self.insert(Space::Defaults, name, defaults.encode_to_vec());
     }
+
+    /// Stores a step's result apart from its chain's record.
+    pub fn put_result(&mut self, chain_id: &str, task_id: &str, result: &str) {
+        self.insert(Space::Results, result_key(chain_id, task_id), result);
+    }
+}
+
+/// Key of a result stored apart: the chain's id first, so that a chain's
+/// results sit together.
+fn result_key(chain_id: &str, task_id: &str) -> String {
+    format!("{chain_id}/{task_id}")
 }
 
 /// What [`Store::recover`] hands the scheduler at start.
@@ -409,6 +424,16 @@ impl Store {
                 .map(Some)
                 .map_err(|e| corrupt("chains", id, e)),
         }
+    }
+
+    /// A step's result stored apart (see [`Batch::put_result`]).
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .get(Space::Results, result_key(chain_id, task_id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// The chain an idempotency key was first used for.

@@ -246,6 +246,12 @@ impl Shared {
     }
 
     /// # Errors
+    /// As [`Store::result`].
+    pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
+        self.read(|s| s.result(chain_id, task_id))
+    }
+
+    /// # Errors
     /// As [`Store::waits_cold`].
     pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
         self.read(|s| s.waits_cold(id))
