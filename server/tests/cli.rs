@@ -21,7 +21,13 @@ const PATIENCE: Duration = Duration::from_secs(60);
 fn baton() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
     // The test's own environment must not steer the CLI.
-    for var in ["BATON_ADDR", "BATON_TOKEN", "BATON_TLS_CA", "BATON_CONFIG"] {
+    for var in [
+        "BATON_ADDR",
+        "BATON_ADDRESS",
+        "BATON_TOKEN",
+        "BATON_TLS_CA",
+        "BATON_CONFIG",
+    ] {
         command.env_remove(var);
     }
     command
@@ -420,6 +426,36 @@ async fn submit_from_a_file_stdin_and_flags_with_wait() {
     std::fs::write(&file, r#"{"steps": [{"name": "cli.double", "argz": [1]}]}"#).unwrap();
     let out = broker.cli(&["submit", "-f", file.to_str().unwrap()]).await;
     fails(&out, 2, "unknown field `argz`");
+    broker.stop().await;
+}
+
+/// Issue 22: `BATON_ADDR` names the broker for the CLI as for every SDK;
+/// `BATON_ADDRESS` (the Python SDK's old name) still works, with a warning,
+/// and is not read when `BATON_ADDR` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_addr_names_the_broker_and_baton_address_is_a_deprecated_alias() {
+    let broker = Broker::start().await;
+    let queues = |vars: &[(&str, &str)]| {
+        let mut command = baton();
+        command
+            .args(["queues", "--json"])
+            .envs(vars.iter().copied());
+        run(command, None)
+    };
+    let out = queues(&[
+        ("BATON_ADDR", &broker.addr),
+        ("BATON_ADDRESS", "127.0.0.1:1"),
+    ])
+    .await;
+    ok(&out);
+    assert!(!stderr(&out).contains("deprecated"), "{out:?}");
+
+    let out = queues(&[("BATON_ADDRESS", &broker.addr)]).await;
+    ok(&out);
+    assert!(
+        stderr(&out).contains("warning: $BATON_ADDRESS is deprecated, use $BATON_ADDR"),
+        "{out:?}"
+    );
     broker.stop().await;
 }
 
