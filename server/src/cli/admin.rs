@@ -196,6 +196,9 @@ pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
     if queues.is_empty() {
         println!("(no queue holds work)");
     }
+    for line in output::unserved_in_queues(&queues) {
+        println!("{line}: its tasks wait until one connects");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -563,12 +566,8 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<ExitCode> {
             if !conn.json {
                 println!("chain {chain_id} requeued as {new_id}");
             }
-            let chain = bounded(
-                timeout,
-                "the chain",
-                super::chain::follow(&client, &conn, &new_id, !conn.json),
-            )
-            .await?;
+            let chain =
+                super::chain::follow_for(timeout, &client, &conn, &new_id, !conn.json).await?;
             if conn.json {
                 print_json(&output::chain_json(&chain));
             }

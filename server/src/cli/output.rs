@@ -113,6 +113,7 @@ fn step_json(s: &pb::Step) -> Value {
         "started_unix_ms": s.started_unix_ms,
         "finished_unix_ms": s.finished_unix_ms,
         "description": s.description,
+        "unserved_queue": s.unserved_queue,
     })
 }
 
@@ -158,7 +159,34 @@ pub fn queue_json(q: &pb::QueueInfo) -> Value {
         "running": q.running,
         "oldest_ready_age_ms": q.oldest_ready_age_ms,
         "paused": q.paused,
+        "unserved_tasks": q.unserved_tasks,
     })
+}
+
+/// Why waiting work does not start: no connected worker registered its
+/// task name for its queue.
+pub fn unserved(name: &str, queue: &str) -> String {
+    format!("no connected worker runs {name} (queue {queue})")
+}
+
+/// One [`unserved`] line per task name the queues wait for in vain.
+pub fn unserved_in_queues(queues: &[pb::QueueInfo]) -> Vec<String> {
+    queues
+        .iter()
+        .flat_map(|q| q.unserved_tasks.iter().map(|name| unserved(name, &q.name)))
+        .collect()
+}
+
+/// One [`unserved`] line per step of the chain that waits for a task name
+/// no connected worker runs (GetChain's `unserved_queue`).
+pub fn unserved_steps(c: &pb::Chain) -> Vec<String> {
+    c.steps
+        .iter()
+        .chain(&c.on_success)
+        .chain(&c.on_failure)
+        .filter(|s| !s.unserved_queue.is_empty())
+        .map(|s| unserved(&s.name, &s.unserved_queue))
+        .collect()
 }
 
 pub fn worker_json(w: &pb::WorkerInfo) -> Value {
@@ -374,6 +402,9 @@ pub fn chain_text(c: &pb::Chain) -> String {
         ],
         &rows,
     ));
+    for line in unserved_steps(c) {
+        out.push_str(&format!("\n{line}: the step waits until one connects\n"));
+    }
     out
 }
 

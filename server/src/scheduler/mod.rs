@@ -137,7 +137,15 @@ pub struct QueueStats {
     pub oldest_ready_age_ms: u64,
     /// Dispatch from the queue is paused (its tasks stay READY).
     pub paused: bool,
+    /// Task names of the queue's waiting work (ready, delayed or throttled)
+    /// that no connected worker subscribed to the queue registered, sorted:
+    /// that work waits until such a worker connects.
+    pub unserved: Vec<String>,
 }
+
+/// A chain and its steps that wait for a task name no connected worker
+/// runs in their queue (with that queue), for `GetChain`.
+pub type Inspected = (ChainRecord, Vec<(StepAt, String)>);
 
 impl QueueStats {
     fn named(name: &str) -> Self {
@@ -171,6 +179,7 @@ enum Command {
     Submit(ChainSpec, Reply<Submitted>),
     SubmitMany(Vec<ChainSpec>, Reply<Vec<Submitted>>),
     Get(String, Reply<ChainRecord>),
+    Inspect(String, Reply<Inspected>),
     Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
     Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
@@ -557,6 +566,10 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
             let _ = reply.send(Err(Error::unreadable(fault)));
             return;
         }
+        (Some(fault), Command::Inspect(_, reply)) => {
+            let _ = reply.send(Err(Error::unreadable(fault)));
+            return;
+        }
         (Some(fault), Command::Watch(_, _, reply)) => {
             let _ = reply.send(Err(Error::unreadable(fault)));
             return;
@@ -591,6 +604,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
         Command::Submit(spec, reply) => core.submit(spec, reply, now),
         Command::SubmitMany(specs, reply) => core.submit_many(specs, reply, now),
         Command::Get(id, reply) => core.get(&id, reply),
+        Command::Inspect(id, reply) => core.inspect(&id, reply),
         Command::Watch(id, tx, reply) => {
             // Counted only at the limit: pruning closed streams walks them all.
             if core.watch_count() >= limits.max_watches {
@@ -685,6 +699,15 @@ impl Handle {
     /// [`Error::NotFound`] for an unknown chain.
     pub async fn get(&self, chain_id: String) -> Result<ChainRecord, Error> {
         self.ask(|r| Command::Get(chain_id, r)).await
+    }
+
+    /// The chain, with its steps that wait for a task name no connected
+    /// worker runs in their queue.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown chain.
+    pub async fn inspect(&self, chain_id: String) -> Result<Inspected, Error> {
+        self.ask(|r| Command::Inspect(chain_id, r)).await
     }
 
     /// Subscribes to a chain's events; the first is a snapshot, and the
