@@ -25,7 +25,9 @@ contract; do not edit this page by hand.
   follow them), **Worker** (one bidirectional stream per worker process)
   and **Admin** (inspection and operations; role `admin` when tokens are
   on). The broker also serves `grpc.health.v1.Health` and server
-  reflection, so `grpcurl -plaintext 127.0.0.1:7070 list` shows them all.
+  reflection (`grpc.reflection.v1` and, for Evans, grpcio-reflection and
+  older grpcurl, `grpc.reflection.v1alpha`), so `grpcurl -plaintext
+  127.0.0.1:7070 list` shows them all.
 - Payloads (task arguments, keyword arguments, results) are **JSON text**
   in string fields, so any language decodes them with its standard
   library. Times are unix **milliseconds** (UTC); durations are

@@ -51,6 +51,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    // The SDKs' warnings (a deprecated variable, a lost connection), on stderr.
+    let warnings = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    warnings.with_max_level(tracing::Level::WARN).init();
     let addr = broker_address();
     let client = match Client::connect(addr.clone()).await {
         Ok(client) => client,
@@ -382,10 +387,7 @@ fn report(
 /// The broker's address: the first argument, else `$BATON_ADDR`, else
 /// `127.0.0.1:7070`.
 fn broker_address() -> String {
-    std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("BATON_ADDR").ok())
-        .unwrap_or_else(|| "127.0.0.1:7070".to_owned())
+    std::env::args().nth(1).unwrap_or_else(baton::addr_from_env)
 }
 
 /// The worker SDK wants a URI.

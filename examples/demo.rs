@@ -74,6 +74,11 @@ async fn incr(ctx: TaskContext) -> Result<Value, TaskError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    // The SDKs' warnings (a deprecated variable, a lost connection), on stderr.
+    let warnings = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    warnings.with_max_level(tracing::Level::WARN).init();
     let args = Args::parse()?;
     let client = match Client::connect(args.addr.clone()).await {
         Ok(client) => client,
@@ -192,9 +197,7 @@ impl Args {
                 addr = Some(arg);
             }
         }
-        let addr = addr
-            .or_else(|| std::env::var("BATON_ADDR").ok())
-            .unwrap_or_else(|| "127.0.0.1:7070".to_owned());
+        let addr = addr.unwrap_or_else(baton::addr_from_env);
         Ok(Self { addr, chains })
     }
 }

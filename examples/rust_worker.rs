@@ -5,7 +5,8 @@
 //! cargo run --example rust_worker -- [ADDR] [--queues general,heavy] [--concurrency 4] [--name NAME]
 //! ```
 //!
-//! ADDR is the broker (else `$BATON_ADDR`, else `127.0.0.1:7070`). It runs
+//! ADDR is the broker (else `$BATON_ADDR`, else `127.0.0.1:7070`; see
+//! [`baton::addr_from_env`]). It runs
 //! until ctrl-c or SIGTERM, then drains. Its tasks take JSON arguments like
 //! any other, so a Python chain can call them by name between its own
 //! steps, and they receive the previous step's result first when mutable:
@@ -78,6 +79,11 @@ fn finished(ctx: &TaskContext, result: Value) -> Result<Value, TaskError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The SDKs' warnings (a deprecated variable, a lost connection), on stderr.
+    let warnings = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    warnings.with_max_level(tracing::Level::WARN).init();
     let args = Args::parse()?;
     println!(
         "rust_worker {} on {} (queues {}, concurrency {})",
@@ -110,7 +116,7 @@ impl Args {
     fn parse() -> anyhow::Result<Self> {
         let usage = "usage: rust_worker [ADDR] [--queues a,b] [--concurrency N] [--name NAME]";
         let mut parsed = Self {
-            addr: std::env::var("BATON_ADDR").unwrap_or_else(|_| "127.0.0.1:7070".to_owned()),
+            addr: baton::addr_from_env(),
             queues: vec![baton_worker::DEFAULT_QUEUE.to_owned()],
             concurrency: 4,
             name: format!("rust-worker:{}", std::process::id()),

@@ -37,6 +37,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
 
+mod addr;
 pub mod batch;
 mod chain;
 mod client;
@@ -46,6 +47,7 @@ mod options;
 mod outcome;
 mod signature;
 
+pub use addr::{ADDR_VAR, DEFAULT_ADDR, DEPRECATED_ADDR_VAR, addr_from_env};
 pub use chain::{Chain, Steps};
 pub use client::{Admin, Client, Pending, Submitted, endpoint_uri};
 pub use error::{Error, Result};

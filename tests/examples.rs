@@ -126,6 +126,57 @@ async fn demo_runs_the_slow_parts_one_at_a_time_and_each_fast_after_a_slow() {
     broker.stop().await;
 }
 
+/// Issue 22: a worker that never reached its broker says so and names the
+/// address (it used to say the connection was lost), and the deprecated
+/// `$BATON_ADDRESS` still names the broker, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_connected_says_so_and_names_the_broker() {
+    use tokio::io::AsyncBufReadExt;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // free once the listener is dropped: nothing answers there
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(build_example("rust_worker").await)
+        .env_remove("BATON_ADDR")
+        .env("BATON_ADDRESS", &addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("never connected");
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    child.kill().await.unwrap(); // the child this test started
+    let text = seen.join("\n");
+    assert!(found.is_ok(), "no 'never connected' line:\n{text}");
+    assert!(
+        text.contains("$BATON_ADDRESS is deprecated, use $BATON_ADDR"),
+        "{text}"
+    );
+    let line = seen.last().unwrap();
+    assert!(
+        line.contains("could not connect to the broker")
+            && line.contains(&format!("broker=http://{addr}")),
+        "{line}"
+    );
+    assert!(!text.contains("lost"), "{text}");
+}
+
 /// Builds the example (a no-op when it is fresh: `cargo test --test
 /// examples` alone does not build examples), runs it with `args` (and
 /// `$BATON_ADDR` when given) and returns its output once it exited 0.

@@ -1,7 +1,7 @@
 """The benchmark's Baton app: no-op tasks and the submissions users write.
 
 The task bodies are those of :mod:`celery_tasks`, line for line: one call to
-:func:`records.record`. The broker is ``$BATON_ADDRESS`` (set by the harness
+:func:`records.record`. The broker is ``$BATON_ADDR`` (set by the harness
 for itself and for the workers it starts).
 """
 

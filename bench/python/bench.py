@@ -216,7 +216,10 @@ class BatonSystem:
         address = f"127.0.0.1:{free_port()}"
         argv = [self.args.baton_bin, "serve", "--listen", address, "--data", os.path.join(self.tmp, "baton-data")]
         self.procs.start("baton-broker", argv + (["--no-durable"] if self.args.no_durable else []))
-        self.env["BATON_ADDRESS"] = os.environ["BATON_ADDRESS"] = address
+        # BATON_ADDR is the SDK's variable; BATON_ADDRESS too, for SDK versions
+        # before it (the new ones ignore it when BATON_ADDR is set).
+        for var in ("BATON_ADDR", "BATON_ADDRESS"):
+            self.env[var] = os.environ[var] = address
         import baton_tasks
         import grpc
         from baton import pb

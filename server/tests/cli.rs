@@ -21,7 +21,13 @@ const PATIENCE: Duration = Duration::from_secs(60);
 fn baton() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
     // The test's own environment must not steer the CLI.
-    for var in ["BATON_ADDR", "BATON_TOKEN", "BATON_TLS_CA", "BATON_CONFIG"] {
+    for var in [
+        "BATON_ADDR",
+        "BATON_ADDRESS",
+        "BATON_TOKEN",
+        "BATON_TLS_CA",
+        "BATON_CONFIG",
+    ] {
         command.env_remove(var);
     }
     command
@@ -420,6 +426,128 @@ async fn submit_from_a_file_stdin_and_flags_with_wait() {
     std::fs::write(&file, r#"{"steps": [{"name": "cli.double", "argz": [1]}]}"#).unwrap();
     let out = broker.cli(&["submit", "-f", file.to_str().unwrap()]).await;
     fails(&out, 2, "unknown field `argz`");
+    broker.stop().await;
+}
+
+/// Issue 22: `BATON_ADDR` names the broker for the CLI as for every SDK;
+/// `BATON_ADDRESS` (the Python SDK's old name) still works, with a warning,
+/// and is not read when `BATON_ADDR` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_addr_names_the_broker_and_baton_address_is_a_deprecated_alias() {
+    let broker = Broker::start().await;
+    let queues = |vars: &[(&str, &str)]| {
+        let mut command = baton();
+        command
+            .args(["queues", "--json"])
+            .envs(vars.iter().copied());
+        run(command, None)
+    };
+    let out = queues(&[
+        ("BATON_ADDR", &broker.addr),
+        ("BATON_ADDRESS", "127.0.0.1:1"),
+    ])
+    .await;
+    ok(&out);
+    assert!(!stderr(&out).contains("deprecated"), "{out:?}");
+
+    let out = queues(&[("BATON_ADDRESS", &broker.addr)]).await;
+    ok(&out);
+    assert!(
+        stderr(&out).contains("warning: $BATON_ADDRESS is deprecated, use $BATON_ADDR"),
+        "{out:?}"
+    );
+    broker.stop().await;
+}
+
+/// Issue 22: work whose task name no connected worker registered for its
+/// queue waits; `queues`, `chain get` and a `--wait` that gives up say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_no_connected_worker_runs_is_named() {
+    let broker = Broker::start().await;
+    let out = broker
+        .cli(&[
+            "submit",
+            "cli.nobody",
+            "--args",
+            "[1]",
+            "--wait",
+            "--timeout",
+            "1",
+        ])
+        .await;
+    fails(
+        &out,
+        1,
+        "gave up waiting after 1.0s (the chain goes on at the broker); \
+         no connected worker runs cli.nobody (queue general)",
+    );
+    let nobody = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted chain "))
+        .unwrap()
+        .to_owned();
+
+    // A worker for cli.double in queues general and cli: not for cli.nobody,
+    // nor for cli.double in queue elsewhere, nor for a delayed step.
+    let _worker = spawn_worker(&broker.addr, "w-unserved", Arc::default());
+    eventually(&broker, &["workers", "--json"], |v| {
+        v["workers"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let elsewhere = ok(&broker
+        .cli(&[
+            "submit",
+            "cli.double",
+            "--args",
+            "[1]",
+            "--queue",
+            "elsewhere",
+        ])
+        .await);
+    let delayed = r#"{"steps": [{"name": "cli.later", "options": {"countdown_ms": 600000}}]}"#;
+    let delayed = ok(&broker
+        .cli_with_stdin(&["submit", "-f", "-"], Some(delayed))
+        .await);
+    // Served work is not named: this one runs.
+    let served = broker
+        .cli(&["submit", "cli.double", "--args", "[4]", "--wait"])
+        .await;
+    ok(&served);
+
+    let queues = json_of(&broker.cli(&["queues", "--json"]).await);
+    let unserved = |name: &str| {
+        queues["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .map(|q| q["unserved_tasks"].clone())
+    };
+    assert_eq!(
+        unserved("general"),
+        Some(json!(["cli.later", "cli.nobody"]))
+    );
+    assert_eq!(unserved("elsewhere"), Some(json!(["cli.double"])));
+    let text = ok(&broker.cli(&["queues"]).await);
+    for line in [
+        "no connected worker runs cli.double (queue elsewhere): its tasks wait until one connects",
+        "no connected worker runs cli.later (queue general): its tasks wait until one connects",
+        "no connected worker runs cli.nobody (queue general): its tasks wait until one connects",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+
+    for (id, name, queue) in [
+        (nobody.as_str(), "cli.nobody", "general"),
+        (elsewhere.trim(), "cli.double", "elsewhere"),
+        (delayed.trim(), "cli.later", "general"),
+    ] {
+        let text = ok(&broker.cli(&["chain", "get", id]).await);
+        let line = format!("no connected worker runs {name} (queue {queue}): the step waits");
+        assert!(text.contains(&line), "{line:?} not in\n{text}");
+        let chain = json_of(&broker.cli(&["chain", "get", id, "--json"]).await);
+        assert_eq!(chain["steps"][0]["unserved_queue"], queue, "{chain}");
+    }
     broker.stop().await;
 }
 

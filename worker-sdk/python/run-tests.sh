@@ -5,6 +5,9 @@
 #
 #   worker-sdk/python/run-tests.sh                 # unit + integration tests
 #   worker-sdk/python/run-tests.sh tests/unit -q   # arguments go to pytest
+#   worker-sdk/python/run-tests.sh --mypy          # the type check instead (mypy
+#                                                  # --strict, see pyproject.toml);
+#                                                  # further arguments go to mypy
 #
 # Environment:
 #   PYTHON       interpreter for the venv (default python3; 3.9+)
@@ -25,6 +28,12 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 # Not editable: the tests import the installed package, as users will.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps .
+if [ "${1:-}" = "--mypy" ]; then
+    shift
+    # The install above generated baton/_pb (stubs and .pyi) beside the sources mypy reads.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ".[typecheck]"
+    exec "$venv/bin/mypy" "$@"
+fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ".[test]"
 
 if [ -n "${CI:-}" ]; then

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use baton::pb;
 use tonic::Status;
 
-use crate::domain::{self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, ThrottleScope};
+use crate::domain::{
+    self, ChainRecord, ChainSpec, Phase, Signature, StepAt, StepRecord, ThrottleScope,
+};
 
 /// Limits on what one request or one caller may ask of the broker. Each
 /// refusal names the limit (and its flag), so a caller knows what to fix.
@@ -336,6 +338,7 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
             .as_ref()
             .map(|o| o.description.clone())
             .unwrap_or_default(),
+        unserved_queue: String::new(), // GetChain fills it in
     }
 }
 
@@ -364,6 +367,24 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         requeued_from: c.requeued_from.clone(),
         requeued_as: c.requeued_as.clone(),
     }
+}
+
+/// [`chain_view`] with `unserved_queue` set on the steps that wait for a
+/// task name no connected worker runs in that queue (GetChain).
+pub fn inspected_view(c: &ChainRecord, unserved: Vec<(StepAt, String)>) -> pb::Chain {
+    let mut view = chain_view(c);
+    for (at, queue) in unserved {
+        let steps = match at.phase {
+            Phase::Main => &mut view.steps,
+            Phase::OnSuccess => &mut view.on_success,
+            Phase::OnFailure => &mut view.on_failure,
+            Phase::Unspecified => continue, // no step is in no phase
+        };
+        if let Some(step) = steps.get_mut(at.index) {
+            step.unserved_queue = queue;
+        }
+    }
+    view
 }
 
 pub fn event_view(e: &domain::ChainEvent) -> pb::ChainEvent {

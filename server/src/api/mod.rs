@@ -103,9 +103,9 @@ impl pb::broker_server::Broker for BrokerService {
         let caller = Caller::of(&request)?;
         let id = convert::chain_id(request.into_inner().chain_id)?;
         record_chain(&id);
-        let chain = self.handle.get(id).await?;
+        let (chain, unserved) = self.handle.inspect(id).await?;
         caller.check_sees(&chain)?;
-        Ok(Response::new(convert::chain_view(&chain)))
+        Ok(Response::new(convert::inspected_view(&chain, unserved)))
     }
 
     async fn get_step_result(
@@ -167,6 +167,7 @@ fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
         running: q.running,
         oldest_ready_age_ms: q.oldest_ready_age_ms,
         paused: q.paused,
+        unserved_tasks: q.unserved,
     }
 }
 

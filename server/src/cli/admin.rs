@@ -196,6 +196,9 @@ pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
     if queues.is_empty() {
         println!("(no queue holds work)");
     }
+    for line in output::unserved_in_queues(&queues) {
+        println!("{line}: its tasks wait until one connects");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -261,10 +264,9 @@ fn worker_rows(workers: &[pb::WorkerInfo]) -> Vec<Vec<String>> {
     workers
         .iter()
         .map(|w| {
-            let tasks = w.task_names.join(",");
             vec![
                 w.worker_name.clone(),
-                w.worker_id.clone(),
+                output::short_id(&w.worker_id),
                 if w.draining { "draining" } else { "active" }.to_owned(),
                 // Held assignments over concurrency, and the prefetch beyond it.
                 if w.prefetch > 0 {
@@ -273,7 +275,7 @@ fn worker_rows(workers: &[pb::WorkerInfo]) -> Vec<Vec<String>> {
                     format!("{}/{}", w.in_flight.len(), w.concurrency)
                 },
                 w.queues.join(","),
-                output::short(&tasks, 40),
+                w.task_names.len().to_string(),
                 output::ago(w.connected_unix_ms),
             ]
         })
@@ -290,6 +292,29 @@ const WORKER_HEADERS: [&str; 7] = [
     "CONNECTED",
 ];
 
+/// The workers' table (TASKS counts them), then each worker's task names
+/// in full, wrapped, under the table.
+fn workers_text(workers: &[pb::WorkerInfo]) -> String {
+    let mut out = table(&WORKER_HEADERS, &worker_rows(workers));
+    let width = workers
+        .iter()
+        .map(|w| w.worker_name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (i, w) in workers.iter().enumerate() {
+        if i == 0 {
+            out.push('\n');
+        }
+        let label = format!(
+            "{:<width$}  ",
+            format!("{}:", w.worker_name),
+            width = width + 1
+        );
+        out.push_str(&output::wrap_list(&label, &w.task_names));
+    }
+    out
+}
+
 pub async fn workers(args: ListArgs) -> anyhow::Result<ExitCode> {
     let conn = &args.conn;
     let client = conn.connect().await?;
@@ -304,7 +329,7 @@ pub async fn workers(args: ListArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", table(&WORKER_HEADERS, &worker_rows(&workers)));
+    print!("{}", workers_text(&workers));
     if workers.is_empty() {
         println!("(no worker connected)");
     }
@@ -329,7 +354,7 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
     }
     if !conn.json {
         println!("draining {} connection(s) of worker {name}:", drained.len());
-        print!("{}", table(&WORKER_HEADERS, &worker_rows(&drained)));
+        print!("{}", workers_text(&drained));
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);
@@ -417,60 +442,64 @@ pub async fn throttles(args: ThrottlesArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = Vec::new();
-    for t in &throttles {
-        rows.push(vec![
-            output::identity(t.identity.as_ref()),
-            format!(
-                "{}{}",
-                t.limit,
-                if t.limit_overridden { " (set)" } else { "" }
-            ),
-            t.holders.len().to_string(),
-            count(t.waiters),
-            if t.waiters > 0 {
-                output::duration(t.oldest_waiter_age_ms)
-            } else {
-                String::new()
-            },
-        ]);
-        if args.holders {
-            for h in &t.holders {
-                let who = if h.task_id.is_empty() {
-                    format!("chain {}", h.chain_id)
-                } else {
-                    format!("task {} (chain {})", h.task_id, h.chain_id)
-                };
-                let worker = if h.worker.is_empty() {
-                    String::new()
-                } else {
-                    format!(" on {}", h.worker)
-                };
-                rows.push(vec![
-                    format!(
-                        "  {} {who}{worker}, {}",
-                        h.kind,
-                        output::ago(h.since_unix_ms)
-                    ),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]);
-            }
-        }
-    }
-    print!(
-        "{}",
-        table(
-            &["IDENTITY", "LIMIT", "HOLDERS", "WAITERS", "OLDEST WAIT"],
-            &rows
-        )
-    );
+    print!("{}", throttles_text(&throttles, args.holders));
     if throttles.is_empty() {
         println!("(no throttle has holders, waiters or a limit set)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The throttles' table; with `holders`, a second table of who holds
+/// each identity (ids shortened: `--json` has them whole).
+fn throttles_text(throttles: &[pb::ThrottleInfo], holders: bool) -> String {
+    let rows: Vec<Vec<String>> = throttles
+        .iter()
+        .map(|t| {
+            vec![
+                output::elide_middle(&output::identity(t.identity.as_ref()), 56),
+                format!(
+                    "{}{}",
+                    t.limit,
+                    if t.limit_overridden { " (set)" } else { "" }
+                ),
+                t.holders.len().to_string(),
+                count(t.waiters),
+                if t.waiters > 0 {
+                    output::duration(t.oldest_waiter_age_ms)
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["IDENTITY", "LIMIT", "HOLDERS", "WAITERS", "OLDEST WAIT"],
+        &rows,
+    );
+    let held: Vec<Vec<String>> = throttles
+        .iter()
+        .flat_map(|t| {
+            let identity = output::elide_middle(&output::identity(t.identity.as_ref()), 28);
+            t.holders.iter().map(move |h| {
+                vec![
+                    identity.clone(),
+                    h.kind.clone(),
+                    output::short_id(&h.chain_id),
+                    output::short_id(&h.task_id),
+                    output::short(&h.worker, 16),
+                    output::ago(h.since_unix_ms),
+                ]
+            })
+        })
+        .collect();
+    if holders && !held.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["HELD", "KIND", "CHAIN", "TASK", "WORKER", "SINCE"],
+            &held,
+        ));
+    }
+    out
 }
 
 pub async fn dead(command: DeadCommand) -> anyhow::Result<ExitCode> {
@@ -563,12 +592,8 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<ExitCode> {
             if !conn.json {
                 println!("chain {chain_id} requeued as {new_id}");
             }
-            let chain = bounded(
-                timeout,
-                "the chain",
-                super::chain::follow(&client, &conn, &new_id, !conn.json),
-            )
-            .await?;
+            let chain =
+                super::chain::follow_for(timeout, &client, &conn, &new_id, !conn.json).await?;
             if conn.json {
                 print_json(&output::chain_json(&chain));
             }
@@ -602,5 +627,101 @@ mod tests {
         let running = WORKER_HEADERS.iter().position(|h| *h == "RUNNING").unwrap();
         assert_eq!(rows[0][running], "3/4");
         assert_eq!(rows[1][running], "9/4+12");
+    }
+
+    const ID: &str = "01a2418b-51e9-779a-bc40-d189ba64d6c7";
+
+    fn fits(text: &str) {
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= output::WIDTH,
+                "{} columns: {line:?}\n{text}",
+                line.chars().count()
+            );
+        }
+    }
+
+    /// Issue 22: the TASKS column was cut at 40 characters.
+    #[test]
+    fn workers_fit_100_columns_and_list_every_task_name() {
+        let names: Vec<String> = [
+            "nodeconductor.structure.begin_creating",
+            "nodeconductor.openstack.provision_instance",
+            "nodeconductor.openstack.poll_instance",
+            "nodeconductor.structure.set_ok",
+            "nodeconductor.structure.set_erred",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let w = pb::WorkerInfo {
+            worker_name: "host-1:4242".into(),
+            worker_id: ID.into(),
+            queues: vec!["general".into(), "heavy".into()],
+            task_names: names.clone(),
+            concurrency: 4,
+            ..Default::default()
+        };
+        let text = workers_text(&[w]);
+        fits(&text);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.contains("…d189ba64d6c7") && row.contains("general,heavy"),
+            "{text}"
+        );
+        for name in &names {
+            assert!(text.contains(name.as_str()), "{name} missing:\n{text}");
+        }
+        assert!(
+            text.contains("\nhost-1:4242:  nodeconductor.structure.begin_creating,"),
+            "{text}"
+        );
+    }
+
+    /// Issue 22: `--holders` put each holder into the identity column,
+    /// which grew to about 120 characters.
+    #[test]
+    fn throttle_holders_fit_100_columns() {
+        let holder = |kind: &str, task: &str| pb::ThrottleHolder {
+            kind: kind.into(),
+            task_id: task.into(),
+            chain_id: ID.into(),
+            worker: "a-worker-with-a-rather-long-name:12345".into(),
+            since_unix_ms: output::now_ms(),
+        };
+        let t = pb::ThrottleInfo {
+            identity: Some(pb::ThrottleIdentity::task(
+                "nodeconductor.openstack.provision_instance",
+                "tenant:0f3c5d1e-9a7b-4c2d-8e6f-123456789abc",
+            )),
+            limit: 4,
+            holders: vec![
+                holder("in_body", "01a2418b-75b9-729f-95da-8d371698213c"),
+                holder("chain", ""),
+            ],
+            waiters: 2,
+            ..Default::default()
+        };
+        let text = throttles_text(std::slice::from_ref(&t), true);
+        fits(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].split_whitespace().next(), Some("IDENTITY"));
+        assert!(
+            lines[1].starts_with("nodeconductor.openstack.")
+                && lines[1].contains("123456789abc]  4"),
+            "{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("HELD") && l.contains("CHAIN")),
+            "{text}"
+        );
+        let in_body = lines.iter().find(|l| l.contains(" in_body ")).unwrap();
+        assert!(
+            in_body.contains("…8d371698213c") && in_body.contains("…d189ba64d6c7"),
+            "{text}"
+        );
+        // Without --holders, the first table alone.
+        assert_eq!(throttles_text(&[t], false).lines().count(), 2);
     }
 }

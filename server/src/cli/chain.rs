@@ -62,12 +62,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             conn,
         } => {
             let client = conn.connect().await?;
-            let chain = bounded(
-                timeout,
-                "the chain",
-                follow(&client, &conn, &chain_id, true),
-            )
-            .await?;
+            let chain = follow_for(timeout, &client, &conn, &chain_id, true).await?;
             Ok(ended(&chain))
         }
         Command::Cancel {
@@ -103,6 +98,34 @@ pub fn ended(chain: &pb::Chain) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// [`follow`] for at most `timeout`. Giving up, it says which waiting steps
+/// no connected worker runs: the usual reason a chain waits that long.
+///
+/// # Errors
+/// Those of [`follow`], or the timeout.
+pub async fn follow_for(
+    timeout: Option<Duration>,
+    client: &baton::Client,
+    conn: &Conn,
+    chain_id: &str,
+    print_events: bool,
+) -> anyhow::Result<pb::Chain> {
+    let followed = follow(client, conn, chain_id, print_events);
+    let error = match bounded(timeout, "the chain", followed).await {
+        Ok(chain) => return Ok(chain),
+        Err(error) => error,
+    };
+    let why = match client.get(chain_id).await {
+        Ok(chain) => output::unserved_steps(&chain),
+        Err(_) => Vec::new(),
+    };
+    if why.is_empty() {
+        Err(error)
+    } else {
+        Err(anyhow::anyhow!("{error:#}; {}", why.join("; ")))
     }
 }
 

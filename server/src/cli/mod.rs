@@ -58,9 +58,11 @@ pub enum Command {
 /// takes these.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
-    /// The broker's address: host:port, or a URI (https://... for TLS).
-    #[arg(long, env = "BATON_ADDR", default_value = "127.0.0.1:7070")]
-    pub addr: String,
+    /// The broker's address: host:port, or a URI (https://... for TLS)
+    /// [default: 127.0.0.1:7070; the deprecated BATON_ADDRESS is read when
+    /// BATON_ADDR is not set].
+    #[arg(long, env = "BATON_ADDR")]
+    pub addr: Option<String>,
     /// Token secret, for a broker with authentication on (admin commands
     /// need role admin).
     #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
@@ -113,11 +115,27 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
 }
 
 impl Conn {
+    /// The broker's address: `--addr` or `$BATON_ADDR`, else the
+    /// deprecated `$BATON_ADDRESS`, else the default.
+    pub fn addr(&self) -> String {
+        self.addr
+            .clone()
+            .or_else(deprecated_addr)
+            .unwrap_or_else(|| baton::DEFAULT_ADDR.to_owned())
+    }
+
     /// Connects to the broker.
     ///
     /// # Errors
     /// When the CA file cannot be read or the broker cannot be reached.
     pub async fn connect(&self) -> anyhow::Result<baton::Client> {
+        if self.addr.is_none() && deprecated_addr().is_some() {
+            eprintln!(
+                "warning: ${} is deprecated, use ${}",
+                baton::DEPRECATED_ADDR_VAR,
+                baton::ADDR_VAR
+            );
+        }
         let mut options = baton::ClientOptions::new();
         if let Some(token) = &self.token {
             options = options.token(token.clone());
@@ -127,7 +145,7 @@ impl Conn {
                 .map_err(|e| usage(format!("reading --tls-ca {}: {e}", ca.display())))?;
             options = options.tls(baton::TlsOptions::new().ca_pem(pem));
         }
-        baton::Client::connect_with(self.addr.clone(), options)
+        baton::Client::connect_with(self.addr(), options)
             .await
             .map_err(|e| self.error(e))
     }
@@ -136,7 +154,7 @@ impl Conn {
     /// terms: the broker's own message for an answer about the request
     /// (`chain ... not found`), the address for an unreachable broker.
     pub fn error(&self, error: baton::Error) -> anyhow::Error {
-        let addr = &self.addr;
+        let addr = self.addr();
         let message = match &error {
             baton::Error::Transport(e) => {
                 format!(
@@ -167,6 +185,13 @@ impl Conn {
         };
         anyhow::Error::msg(message)
     }
+}
+
+/// `$BATON_ADDRESS`, the Python SDK's name before `$BATON_ADDR`.
+fn deprecated_addr() -> Option<String> {
+    std::env::var(baton::DEPRECATED_ADDR_VAR)
+        .ok()
+        .filter(|addr| !addr.is_empty())
 }
 
 /// The innermost cause of an error ("Connection refused (os error 111)").

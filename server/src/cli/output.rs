@@ -46,6 +46,67 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The width the tables are made to fit (a terminal of 100 columns).
+pub const WIDTH: usize = 100;
+
+/// An id shortened for a table: its last 12 characters after `…`. Ids are
+/// UUIDv7, whose first characters are the time they were made, so those
+/// made together differ at the end. `--json` prints them whole.
+pub fn short_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 13 {
+        return id.to_owned();
+    }
+    let tail: String = chars[chars.len() - 12..].iter().collect();
+    format!("…{tail}")
+}
+
+/// `text` cut to `max` characters in its middle, so that both ends stay:
+/// a throttle identity's task name and the end of its key.
+pub fn elide_middle(text: &str, max: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= max || max < 3 {
+        return text.to_owned();
+    }
+    let head = (max - 1) / 2;
+    let tail = max - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+/// `label` then `items` separated by `, `, wrapped to [`WIDTH`] columns
+/// with the continuation lines indented under the first item; an item is
+/// never cut.
+pub fn wrap_list(label: &str, items: &[String]) -> String {
+    let indent = label.chars().count();
+    let mut out = label.to_owned();
+    let mut column = indent;
+    for (i, item) in items.iter().enumerate() {
+        let piece = if i + 1 < items.len() {
+            format!("{item},")
+        } else {
+            item.clone()
+        };
+        let len = piece.chars().count();
+        if i > 0 {
+            if column + 1 + len > WIDTH {
+                out.push('\n');
+                out.extend(std::iter::repeat_n(' ', indent));
+                column = indent;
+            } else {
+                out.push(' ');
+                column += 1;
+            }
+        }
+        out.push_str(&piece);
+        column += len;
+    }
+    out.push('\n');
+    out
+}
+
 /// Prints a JSON value on one line.
 pub fn print_json(value: &Value) {
     println!("{value}");
@@ -113,6 +174,7 @@ fn step_json(s: &pb::Step) -> Value {
         "started_unix_ms": s.started_unix_ms,
         "finished_unix_ms": s.finished_unix_ms,
         "description": s.description,
+        "unserved_queue": s.unserved_queue,
     })
 }
 
@@ -158,7 +220,34 @@ pub fn queue_json(q: &pb::QueueInfo) -> Value {
         "running": q.running,
         "oldest_ready_age_ms": q.oldest_ready_age_ms,
         "paused": q.paused,
+        "unserved_tasks": q.unserved_tasks,
     })
+}
+
+/// Why waiting work does not start: no connected worker registered its
+/// task name for its queue.
+pub fn unserved(name: &str, queue: &str) -> String {
+    format!("no connected worker runs {name} (queue {queue})")
+}
+
+/// One [`unserved`] line per task name the queues wait for in vain.
+pub fn unserved_in_queues(queues: &[pb::QueueInfo]) -> Vec<String> {
+    queues
+        .iter()
+        .flat_map(|q| q.unserved_tasks.iter().map(|name| unserved(name, &q.name)))
+        .collect()
+}
+
+/// One [`unserved`] line per step of the chain that waits for a task name
+/// no connected worker runs (GetChain's `unserved_queue`).
+pub fn unserved_steps(c: &pb::Chain) -> Vec<String> {
+    c.steps
+        .iter()
+        .chain(&c.on_success)
+        .chain(&c.on_failure)
+        .filter(|s| !s.unserved_queue.is_empty())
+        .map(|s| unserved(&s.name, &s.unserved_queue))
+        .collect()
 }
 
 pub fn worker_json(w: &pb::WorkerInfo) -> Value {
@@ -374,6 +463,9 @@ pub fn chain_text(c: &pb::Chain) -> String {
         ],
         &rows,
     ));
+    for line in unserved_steps(c) {
+        out.push_str(&format!("\n{line}: the step waits until one connects\n"));
+    }
     out
 }
 
@@ -483,6 +575,32 @@ mod tests {
             t,
             "NAME     READY  STATE\ngeneral  3      -\nio       12     paused\n"
         );
+    }
+
+    #[test]
+    fn ids_keep_their_distinct_end_and_lists_wrap_under_their_first_item() {
+        assert_eq!(
+            short_id("01a2418b-51e9-779a-bc40-d189ba64d6c7"),
+            "…d189ba64d6c7"
+        );
+        assert_eq!(short_id("w-1"), "w-1");
+        assert_eq!(elide_middle("abcdefghij", 5), "ab…ij");
+        assert_eq!(elide_middle("abc", 5), "abc");
+        let names: Vec<String> = (0..12)
+            .map(|i| format!("nodeconductor.task_{i:02}"))
+            .collect();
+        let text = wrap_list("w0-general: ", &names);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 1, "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{text}");
+        assert!(lines[1].starts_with("            nodeconductor."), "{text}");
+        // Every name whole, in order.
+        let listed: Vec<&str> = text
+            .trim_start_matches("w0-general:")
+            .split([',', ' ', '\n'])
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(listed, names);
     }
 
     #[test]

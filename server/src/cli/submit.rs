@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::output::{self, print_json};
-use super::{Conn, bounded, usage};
+use super::{Conn, usage};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["task", "file"])))]
@@ -331,12 +331,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !conn.json {
         println!("submitted chain {}", submitted.chain_id);
     }
-    let chain = bounded(
-        args.timeout,
-        "the chain",
-        super::chain::follow(&client, conn, &submitted.chain_id, !conn.json),
-    )
-    .await?;
+    let chain =
+        super::chain::follow_for(args.timeout, &client, conn, &submitted.chain_id, !conn.json)
+            .await?;
     if conn.json {
         print_json(&output::chain_json(&chain));
     }

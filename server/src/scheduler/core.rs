@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::queues::{ChainKey, Head, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
-use super::{Error, QueueStats, Submitted, WorkerStats};
+use super::{Error, Inspected, QueueStats, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::store::{Batch, Recovered, Shared};
@@ -1209,6 +1209,15 @@ impl Core {
 
     pub fn get(&mut self, chain_id: &str, reply: oneshot::Sender<Result<ChainRecord, Error>>) {
         let result = self.chain(chain_id);
+        self.reply(reply, result);
+    }
+
+    /// [`Core::get`] with the chain's [`Core::unserved_steps`].
+    pub fn inspect(&mut self, chain_id: &str, reply: oneshot::Sender<Result<Inspected, Error>>) {
+        let result = self.chain(chain_id).map(|rec| {
+            let unserved = self.unserved_steps(&rec);
+            (rec, unserved)
+        });
         self.reply(reply, result);
     }
 
@@ -2613,7 +2622,58 @@ impl Core {
                 .or_insert_with(|| QueueStats::named(queue))
                 .paused = true;
         }
+        // Waiting work that no connected worker runs: the ready lines (hot
+        // or cold) and the waiting steps of the chains in memory.
+        let mut unserved: BTreeSet<(String, String)> = self
+            .queues
+            .lines()
+            .filter(|(queue, name)| !self.serves(queue, name))
+            .map(|(queue, name)| (queue.to_owned(), name.to_owned()))
+            .collect();
+        for rec in self.chains.values() {
+            for (at, queue) in self.unserved_steps(rec) {
+                unserved.insert((queue, rec.step(at).signature().name.clone()));
+            }
+        }
+        for (queue, name) in unserved {
+            if let Some(s) = stats.get_mut(&queue) {
+                s.unserved.push(name);
+            }
+        }
         stats.into_values().collect()
+    }
+
+    /// Whether a connected worker subscribed to `queue` registered `name`:
+    /// only such a worker is assigned that work (routing isolation).
+    fn serves(&self, queue: &str, name: &str) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.names.contains(name) && w.queues.iter().any(|q| q == queue))
+    }
+
+    /// The steps of `rec` that wait (ready, delayed or throttled) for a task
+    /// name that no connected worker registered for their queue, each with
+    /// that queue: they wait until such a worker connects. For inspection.
+    pub fn unserved_steps(&self, rec: &ChainRecord) -> Vec<(StepAt, String)> {
+        if rec.is_ended() {
+            return Vec::new();
+        }
+        rec.all_steps()
+            .filter(|(_, step)| {
+                matches!(
+                    step.state(),
+                    StepState::Ready | StepState::Scheduled | StepState::Throttled
+                )
+            })
+            .filter_map(|(at, step)| {
+                let queue = if step.queue.is_empty() {
+                    self.effective(rec, at).queue
+                } else {
+                    step.queue.clone()
+                };
+                (!self.serves(&queue, &step.signature().name)).then_some((at, queue))
+            })
+            .collect()
     }
 
     pub fn worker_stats(&self) -> Vec<WorkerStats> {

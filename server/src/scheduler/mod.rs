@@ -139,7 +139,15 @@ pub struct QueueStats {
     pub oldest_ready_age_ms: u64,
     /// Dispatch from the queue is paused (its tasks stay READY).
     pub paused: bool,
+    /// Task names of the queue's waiting work (ready, delayed or throttled)
+    /// that no connected worker subscribed to the queue registered, sorted:
+    /// that work waits until such a worker connects.
+    pub unserved: Vec<String>,
 }
+
+/// A chain and its steps that wait for a task name no connected worker
+/// runs in their queue (with that queue), for `GetChain`.
+pub type Inspected = (ChainRecord, Vec<(StepAt, String)>);
 
 impl QueueStats {
     fn named(name: &str) -> Self {
@@ -175,6 +183,7 @@ enum Command {
     Get(String, Reply<ChainRecord>),
     /// (chain id, task id) of a step whose result to read.
     StepResult(String, String, Reply<String>),
+    Inspect(String, Reply<Inspected>),
     Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
     Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
@@ -571,6 +580,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
         (None, cmd) => cmd,
         (Some(f), Command::Get(_, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::StepResult(_, _, r)) => return refuse(r, Error::unreadable(f)),
+        (Some(f), Command::Inspect(_, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::Watch(_, _, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::Submit(_, r)) => return refuse(r, Error::refused(f)),
         (Some(f), Command::SubmitMany(_, r)) => return refuse(r, Error::refused(f)),
@@ -587,6 +597,7 @@ fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
         Command::SubmitMany(specs, reply) => core.submit_many(specs, reply, now),
         Command::Get(id, reply) => core.get(&id, reply),
         Command::StepResult(id, task_id, reply) => core.step_result(&id, &task_id, reply),
+        Command::Inspect(id, reply) => core.inspect(&id, reply),
         Command::Watch(id, tx, reply) => {
             // Counted only at the limit: pruning closed streams walks them all.
             if core.watch_count() >= limits.max_watches {
@@ -688,6 +699,15 @@ impl Handle {
     pub async fn step_result(&self, chain_id: String, task_id: String) -> Result<String, Error> {
         self.ask(|r| Command::StepResult(chain_id, task_id, r))
             .await
+    }
+
+    /// The chain, with its steps that wait for a task name no connected
+    /// worker runs in their queue.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown chain.
+    pub async fn inspect(&self, chain_id: String) -> Result<Inspected, Error> {
+        self.ask(|r| Command::Inspect(chain_id, r)).await
     }
 
     /// Subscribes to a chain's events; the first is a snapshot, and the

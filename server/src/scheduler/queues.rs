@@ -484,6 +484,16 @@ impl Queues {
         })
     }
 
+    /// Every (queue, task name) with tasks waiting in it.
+    pub fn lines(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_queue.iter().flat_map(|(queue, by_name)| {
+            by_name
+                .iter()
+                .filter(|(_, line)| line.live > 0)
+                .map(move |(name, _)| (queue.as_str(), name.as_str()))
+        })
+    }
+
     pub fn depths(&self) -> HashMap<String, Depth> {
         self.by_queue
             .iter()

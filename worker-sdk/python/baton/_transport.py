@@ -159,13 +159,33 @@ class _Bearer(
         return continuation(self._details(details), requests)
 
 
+RECONNECT_OPTIONS: Tuple[Tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+"""gRPC's own reconnect backoff, set to the worker's (0.1 s doubling to 2 s).
+
+gRPC's default starts at 1 s and grows by 1.6 up to 120 s. A process keeps
+one channel per address (the client's), and channels of one process share
+their connections to an address, and that backoff with them: a worker whose
+tasks had submitted work (so its client channel was open) got its reconnect
+attempts refused by gRPC itself, without a connection being tried, for
+seconds after the broker was back."""
+
+WORKER_OPTIONS: Tuple[Tuple[str, Any], ...] = RECONNECT_OPTIONS + (("grpc.use_local_subchannel_pool", 1),)
+"""The worker's session channel, new for each attempt, also takes a
+connection of its own, so no other channel's backoff delays an attempt:
+the worker's backoff alone decides when it connects."""
+
+
 def sync_channel(address: str, token: Optional[str], tls: Optional[Tls]) -> Tuple[grpc.Channel, grpc.Channel]:
     """``(raw, usable)``: the channel to close, and the one to call through
     (the raw one with the token interceptor, if there is a token)."""
     if tls is None:
-        raw = grpc.insecure_channel(address)
+        raw = grpc.insecure_channel(address, options=RECONNECT_OPTIONS)
     else:
-        raw = grpc.secure_channel(address, tls.credentials(), options=tls.options())
+        raw = grpc.secure_channel(address, tls.credentials(), options=RECONNECT_OPTIONS + tuple(tls.options()))
     usable = grpc.intercept_channel(raw, _Bearer(token)) if token else raw
     return raw, usable
 
@@ -173,5 +193,5 @@ def sync_channel(address: str, token: Optional[str], tls: Optional[Tls]) -> Tupl
 def aio_channel(address: str, tls: Optional[Tls]) -> grpc.aio.Channel:
     """The worker's channel; its stream carries :func:`metadata` itself."""
     if tls is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options())
+        return grpc.aio.insecure_channel(address, options=WORKER_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.credentials(), options=WORKER_OPTIONS + tuple(tls.options()))

@@ -10,6 +10,7 @@ importing a task module is always safe.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
@@ -31,7 +32,36 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
-"""Used when neither ``Baton(address)`` nor ``$BATON_ADDRESS`` names the broker."""
+"""Used when neither ``Baton(address)`` nor ``$BATON_ADDR`` names the broker."""
+
+ADDRESS_VARIABLE = "BATON_ADDR"
+"""The broker's address in the environment: the same variable as the
+``baton`` command's and the Rust SDK's."""
+
+DEPRECATED_ADDRESS_VARIABLE = "BATON_ADDRESS"
+"""The name this SDK read before: still honoured when ``$BATON_ADDR`` is
+not set, with a warning."""
+
+_log = logging.getLogger("baton")
+_warned_deprecated = False
+
+
+def env_address() -> Optional[str]:
+    """The broker address the environment names: ``$BATON_ADDR``, else the
+    deprecated ``$BATON_ADDRESS`` (logging a warning, once), else ``None``."""
+    global _warned_deprecated
+    address = os.environ.get(ADDRESS_VARIABLE)
+    if address:
+        return address
+    old = os.environ.get(DEPRECATED_ADDRESS_VARIABLE)
+    if old:
+        if not _warned_deprecated:
+            _warned_deprecated = True
+            _log.warning(
+                "$%s is deprecated, use $%s (broker address %s)", DEPRECATED_ADDRESS_VARIABLE, ADDRESS_VARIABLE, old
+            )
+        return old
+    return None
 
 MAX_BATCH = 1000
 """Most chains in one ``SubmitChains`` call (the broker's limit)."""
@@ -135,7 +165,8 @@ class Baton:
     """A Baton application: registers tasks and talks to one broker.
 
     ``address`` is the broker's ``host:port``; it defaults to
-    ``$BATON_ADDRESS``, then ``127.0.0.1:7070`` (the broker's default), read when the first call is
+    ``$BATON_ADDR`` (the deprecated ``$BATON_ADDRESS`` is read too, with a
+    warning), then ``127.0.0.1:7070`` (the broker's default), read when the first call is
     made, and may be reassigned until then (the worker CLI's ``--broker``
     does). ``timeout`` bounds every unary call, including the wait for an
     unreachable broker.
@@ -181,7 +212,7 @@ class Baton:
 
     @property
     def address(self) -> str:
-        return self._address or os.environ.get("BATON_ADDRESS") or DEFAULT_ADDRESS
+        return self._address or env_address() or DEFAULT_ADDRESS
 
     @address.setter
     def address(self, value: str) -> None:

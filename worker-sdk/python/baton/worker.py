@@ -565,6 +565,9 @@ class Worker:
         self._draining = False
         self._forced = False
         self._welcomed = False
+        self._ever_welcomed = False
+        """Some stream was welcomed: a failure to connect is then a lost
+        connection, before that one that never existed."""
         self._connected = False
         """A welcomed stream is up. Runs start only then: one prefetched and not
         started when the stream breaks waits for the next Welcome, because the
@@ -655,7 +658,14 @@ class Worker:
 
     def _log_lost(self, detail: str, quiet: bool) -> None:
         level = logging.DEBUG if quiet else logging.WARNING
-        log.log(level, "worker %s: connection to %s lost (%s); reconnecting", self.name, self.app.address, detail)
+        if self._ever_welcomed:
+            log.log(level, "worker %s: connection to %s lost (%s); reconnecting", self.name, self.app.address, detail)
+        else:
+            log.log(
+                level,
+                "worker %s: could not connect to the broker at %s, never connected (%s); retrying",
+                self.name, self.app.address, detail,
+            )
 
     async def _sleep(self, seconds: float) -> None:
         """The reconnect backoff: sleep, ending early only once the worker is finished
@@ -737,7 +747,7 @@ class Worker:
             outbox.batch_bytes = first.welcome.batch_bytes
             if outbox.batch_bytes:
                 outbox.linger = self._linger
-            self._welcomed = True
+            self._welcomed = self._ever_welcomed = True
             self._on_welcome(first.welcome)
             self._connected = True
             self._launch_waiting()

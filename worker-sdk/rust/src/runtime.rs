@@ -125,9 +125,13 @@ impl Runtime {
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut shutdown = pin!(shutdown);
         let mut backoff = Backoff::default();
+        // Before a first Welcome, a failure is not a lost connection: say
+        // so, with the address, so that a wrong one is told from a restart.
+        let mut ever_connected = false;
         let result = loop {
             let cause = match self.connect(shutdown.as_mut()).await {
                 Ok(Connected::Yes(link, inbound)) => {
+                    ever_connected = true;
                     backoff.reset();
                     let served = self.serve(link, *inbound, shutdown.as_mut()).await;
                     self.connected.send_replace(false);
@@ -142,12 +146,23 @@ impl Runtime {
                 Err(error) => break Err(error),
             };
             let delay = backoff.next();
-            warn!(
-                cause = %error_chain(&cause),
-                retry_in_ms = delay.as_millis(),
-                runs = self.ledger.len(),
-                "not connected to the broker"
-            );
+            let broker = self.config.endpoint.uri();
+            if ever_connected {
+                warn!(
+                    %broker,
+                    cause = %error_chain(&cause),
+                    retry_in_ms = delay.as_millis(),
+                    runs = self.ledger.len(),
+                    "connection to the broker lost; reconnecting"
+                );
+            } else {
+                warn!(
+                    %broker,
+                    cause = %error_chain(&cause),
+                    retry_in_ms = delay.as_millis(),
+                    "could not connect to the broker, never connected; retrying"
+                );
+            }
             if self
                 .alongside(sleep(delay), None, shutdown.as_mut())
                 .await

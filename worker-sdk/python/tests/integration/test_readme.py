@@ -20,9 +20,10 @@ def demo_source():
 
 
 def test_readme_demo_runs_as_written(broker, tmp_path):
-    source = demo_source().replace('Baton("127.0.0.1:7070")', f'Baton("{broker.address}")')
-    (tmp_path / "demo.py").write_text(source)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    (tmp_path / "demo.py").write_text(demo_source())
+    # The script, as written, finds the broker through $BATON_ADDR.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BATON_ADDR=broker.address)
+    env.pop("BATON_ADDRESS", None)
     root = str(Path(baton.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     procs = []
@@ -52,5 +53,10 @@ def test_readme_demo_runs_as_written(broker, tmp_path):
     slow = [l for l in prints if l.startswith(("** Start", "** End"))]
     assert slow == ["** Start 10", "** End 10", "** Start 10", "** End 10"], general
     assert prints.count("** Fast 10") == 2
+    # The order the README shows: each fast after its own slow, the first
+    # one while the second slow runs (it starts once the first leaves the throttle).
+    seed = [l for l in prints if l.startswith(("** Start", "** End", "** Fast"))]
+    assert seed[:2] == ["** Start 10", "** End 10"] and seed[-2:] == ["** End 10", "** Fast 10"], general
+    assert sorted(seed[2:4]) == ["** Fast 10", "** Start 10"], general
     assert sorted(l for l in prints if l.startswith("** Dangerous")) == [f"** Dangerous {i}" for i in range(3)]
     assert "** Heavy 1" in heavy and "** Heavy" not in general

@@ -72,13 +72,34 @@ def test_duplicate_names_are_refused():
 
 
 def test_address_defaults_and_override(monkeypatch):
+    monkeypatch.delenv("BATON_ADDR", raising=False)
     monkeypatch.delenv("BATON_ADDRESS", raising=False)
     assert Baton().address == "127.0.0.1:7070"
-    monkeypatch.setenv("BATON_ADDRESS", "10.0.0.1:7")
+    monkeypatch.setenv("BATON_ADDR", "10.0.0.1:7")
     assert Baton().address == "10.0.0.1:7"
     b = Baton("h:1")
     b.address = "h:2"
     assert b.address == "h:2"
+
+
+def test_baton_addr_is_the_variable_and_baton_address_a_deprecated_alias(monkeypatch, caplog):
+    """Issue 22: the `baton` command and the Rust SDK read $BATON_ADDR; this SDK read
+    $BATON_ADDRESS only, so with BATON_ADDR set a worker went to the default port."""
+    import baton.app
+
+    monkeypatch.setattr(baton.app, "_warned_deprecated", False)
+    monkeypatch.setenv("BATON_ADDR", "10.0.0.1:7")
+    monkeypatch.setenv("BATON_ADDRESS", "10.0.0.2:8")
+    with caplog.at_level("WARNING", logger="baton"):
+        assert Baton().address == "10.0.0.1:7"
+    assert not caplog.records  # the old name is not read when the new one is set
+
+    monkeypatch.delenv("BATON_ADDR")
+    with caplog.at_level("WARNING", logger="baton"):
+        assert Baton().address == "10.0.0.2:8"
+        assert Baton().address == "10.0.0.2:8"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["$BATON_ADDRESS is deprecated, use $BATON_ADDR (broker address 10.0.0.2:8)"]
 
 
 def test_script_tasks_are_named_after_the_script(tmp_path, baton_env):

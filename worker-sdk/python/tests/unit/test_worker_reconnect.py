@@ -102,3 +102,29 @@ def test_a_prefetched_run_waits_for_the_broker_and_a_lost_one_never_starts():
         worker.stop()
         thread.join(10)
         server.stop(0)
+
+
+def test_a_first_connection_that_fails_says_it_never_connected_and_where(caplog):
+    """Issue 22: a worker that never reached the broker said its connection was
+    "lost", and a wrong address was hard to tell from a broker restart."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    app = Baton(address)
+    app.task(name="t.noop")(lambda: None)
+    worker = app.worker(concurrency=1, name="lonely")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    with caplog.at_level("WARNING", logger="baton.worker"):
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages, "no warning within 10 s"
+    assert messages[0].startswith(f"worker lonely: could not connect to the broker at {address}, never connected ("), messages
+    assert not any("lost" in m for m in messages), messages
