@@ -34,6 +34,8 @@ const PATIENCE: Duration = Duration::from_secs(60);
 struct Broker {
     addr: String,
     child: tokio::process::Child,
+    /// Every line the broker wrote to its stderr (its log) so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Broker {
@@ -62,9 +64,12 @@ impl Broker {
             .spawn()
             .expect("spawn baton");
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&log);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[broker] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let addr = format!("http://127.0.0.1:{port}");
@@ -78,7 +83,7 @@ impl Broker {
             assert!(start.elapsed() < PATIENCE, "baton did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Broker { addr, child }
+        Broker { addr, child, log }
     }
 
     /// Caps the size of every file the broker writes (`None`: no cap).
@@ -103,6 +108,15 @@ impl Broker {
             maximum,
         };
         prlimit(Some(pid), resource, new).expect("prlimit");
+    }
+
+    /// The lines of the broker's log at ERROR so far.
+    fn errors(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("ERROR"))
+            .cloned()
+            .collect()
     }
 
     fn pid(&self) -> u32 {
@@ -436,4 +450,56 @@ async fn a_large_record_with_no_descriptor_left_is_refused_or_held_never_hangs()
         tonic::Code::Unavailable,
     )
     .await;
+}
+
+/// Issue 19, finding 3: a restart that finds the blob file of an
+/// acknowledged record torn (`torn`: emptied) or missing says so at ERROR,
+/// naming the file, instead of dropping the record without a word.
+async fn a_damaged_blob_is_reported(torn: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn_with(&data, &["--max-payload", "2000000"]).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    client
+        .submit(Task::new("echo").si(["x".repeat(LARGE)]))
+        .await
+        .unwrap();
+    broker.kill9().await;
+
+    // The newest blob file holds the leaf with the chain's record.
+    let newest = std::fs::read_dir(data.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .expect("the large record is in a blob file");
+    if torn {
+        std::fs::File::create(&newest).unwrap();
+    } else {
+        std::fs::remove_file(&newest).unwrap();
+    }
+    let broker = Broker::spawn(&data).await;
+    let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
+    let errors = broker.errors();
+    assert!(
+        errors.iter().any(|l| l.contains(&name)),
+        "no ERROR names blob {name}: {errors:?}"
+    );
+    broker.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_blob_file_is_reported_at_error() {
+    a_damaged_blob_is_reported(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_blob_file_is_reported_at_error() {
+    a_damaged_blob_is_reported(false).await;
 }

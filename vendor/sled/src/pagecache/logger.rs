@@ -883,7 +883,19 @@ pub(crate) fn read_message<R: ReadAt>(
                     Ok(LogRead::DanglingBlob(header, id, inline_len))
                 }
                 Err(other_e) => {
-                    debug!("failed to read blob: {:?}", other_e);
+                    // Baton patch: loud. Only the log iterator reads blob
+                    // messages here, and it stops at this error: recovery
+                    // ends the log at this message, so the write it holds
+                    // and every write logged after it are dropped.
+                    error!(
+                        "blob file {:?} of the log message for page {} \
+                         (lsn {}) cannot be read: {:?}; the log is cut \
+                         here and the writes from this message on are lost",
+                        config.blob_path(id),
+                        header.pid,
+                        id,
+                        other_e
+                    );
                     Err(other_e)
                 }
             }
