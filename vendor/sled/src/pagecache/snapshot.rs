@@ -251,6 +251,9 @@ fn advance_snapshot(
     // iteration. That is harmless when the page was written again later
     // (its old blob was removed once the new version was stable); when it
     // was not, the page's last write is lost, and that is said loudly.
+    // Per page: its newest dangling write, and how many there were.
+    let mut lost: std::collections::BTreeMap<PageId, (Lsn, Lsn, usize)> =
+        std::collections::BTreeMap::new();
     for &(pid, lsn, blob) in &iter.dangling {
         if lsn < old_stable_lsn.unwrap_or(-1) {
             continue;
@@ -261,14 +264,24 @@ fn advance_snapshot(
             _ => false,
         };
         if !rewritten {
-            error!(
-                "the blob file of the last write of page {} (log message \
-                 at lsn {}, file {:?}) is missing: that write is lost",
-                pid,
-                lsn,
-                config.blob_path(blob)
-            );
+            let entry = lost.entry(pid).or_insert((lsn, blob, 0));
+            if lsn > entry.0 {
+                entry.0 = lsn;
+                entry.1 = blob;
+            }
+            entry.2 += 1;
         }
+    }
+    for (pid, (lsn, blob, count)) in lost {
+        error!(
+            "the blob file of the last write of page {} (log message at \
+             lsn {}, file {:?}) is missing: {} write(s) of that page are \
+             lost, and it is recovered as it was before them",
+            pid,
+            lsn,
+            config.blob_path(blob),
+            count
+        );
     }
 
     // `snapshot.tip_lid` can be set based on 4 possibilities for the tip of the
