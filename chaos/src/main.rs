@@ -13,6 +13,7 @@
 //! ```text
 //! baton-chaos [--duration 300s --chains 5000 --seed 42 ...]   a run (see --help)
 //! baton-chaos worker --addr ... --journal FILE ...            one worker process (the harness starts these)
+//! baton-chaos powercut [--runs 3 --seed 19]                   simulated power cuts (see `powercut_run`)
 //! ```
 //!
 //! Modules, in reading order:
@@ -22,7 +23,9 @@
 //! - `journal`: the records bodies write and the checker reads;
 //! - `procs`: starting, killing and stopping the broker and the workers;
 //! - `check`: the verdict;
-//! - `span`: durations and ranges on the command line.
+//! - `span`: durations and ranges on the command line;
+//! - `powercut`, `powercut_run`: the power-cut shim, its rollback, and the
+//!   `powercut` mode.
 //!
 //! Exit codes: 0 the guarantees held, 1 they did not, 2 the harness could
 //! not run.
@@ -31,6 +34,8 @@ mod check;
 mod inspect;
 mod journal;
 mod plan;
+mod powercut;
+mod powercut_run;
 mod procs;
 mod run;
 mod span;
@@ -65,6 +70,10 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    /// Simulated power cuts: submit under a shim that records what is not
+    /// durable, kill -9, roll back, restart, and check every acknowledged
+    /// chain is there (Linux, needs `cc`).
+    Powercut(powercut_run::Options),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +106,14 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("baton-chaos inspect: {error:#}");
+                2
+            }
+        },
+        Some(Command::Powercut(options)) => match runtime.block_on(powercut_run::run(options)) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(error) => {
+                eprintln!("baton-chaos powercut: {error:#}");
                 2
             }
         },

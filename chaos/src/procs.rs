@@ -75,6 +75,8 @@ pub struct Broker {
     lease_ms: u64,
     /// Extra arguments of `baton serve`.
     extra: Vec<String>,
+    /// Extra environment of the broker's next starts.
+    pub env: Vec<(&'static str, PathBuf)>,
     /// Starts so far (1 for the first).
     pub incarnation: u32,
     child: Option<Child>,
@@ -96,6 +98,7 @@ impl Broker {
             logs,
             lease_ms,
             extra,
+            env: Vec::new(),
             incarnation: 0,
             child: None,
         }
@@ -131,6 +134,7 @@ impl Broker {
                 .args(["--log-format", "json"])
                 .args(&self.extra)
                 .env("RUST_LOG", "warn")
+                .envs(self.env.iter().cloned())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

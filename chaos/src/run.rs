@@ -617,7 +617,7 @@ async fn interrupted() {
 /// cargo (`$CARGO` set) with no `--broker`, it is built first, so
 /// `cargo run -p baton-chaos` and `cargo test -p baton-chaos` test the
 /// broker of the working tree.
-fn broker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn broker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         if !path.exists() {
             bail!("--broker {} does not exist", path.display());
@@ -682,7 +682,7 @@ fn run_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::Te
 }
 
 /// A free loopback port (bound, read, released).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -10,6 +10,12 @@
 //! that is not on disk (a run's outcome arriving meanwhile is acked only
 //! later); when the limit is lifted the broker recovers by itself; and
 //! after a `kill -9` every chain ever acknowledged is there.
+//!
+//! The same for a record sled keeps in a blob file of its own (over about
+//! 128 KiB), under the file-size cap and with no descriptor left
+//! (RLIMIT_NOFILE lowered to the broker's lowest free descriptor, so the
+//! blob file cannot be opened: EMFILE): the broker never hangs (issue 19,
+//! finding 1).
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
@@ -28,10 +34,17 @@ const PATIENCE: Duration = Duration::from_secs(60);
 struct Broker {
     addr: String,
     child: tokio::process::Child,
+    /// Every line the broker wrote to its stderr (its log) so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Broker {
     async fn spawn(data: &Path) -> Self {
+        Self::spawn_with(data, &[]).await
+    }
+
+    /// Starts a broker with extra `baton serve` arguments.
+    async fn spawn_with(data: &Path, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,6 +54,7 @@ impl Broker {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data")
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             // Through a pipe: under the file-size limit the broker could not
@@ -50,9 +64,12 @@ impl Broker {
             .spawn()
             .expect("spawn baton");
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&log);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[broker] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let addr = format!("http://127.0.0.1:{port}");
@@ -66,18 +83,44 @@ impl Broker {
             assert!(start.elapsed() < PATIENCE, "baton did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Broker { addr, child }
+        Broker { addr, child, log }
     }
 
     /// Caps the size of every file the broker writes (`None`: no cap).
     fn limit_file_size(&self, bytes: Option<u64>) {
-        use rustix::process::{Pid, Resource, Rlimit, prlimit};
-        let pid = Pid::from_raw(i32::try_from(self.child.id().unwrap()).unwrap()).unwrap();
+        self.limit(rustix::process::Resource::Fsize, bytes);
+    }
+
+    /// Caps the number of descriptors the broker may have open (`None`:
+    /// back to the hard limit).
+    fn limit_files(&self, files: Option<u64>) {
+        self.limit(rustix::process::Resource::Nofile, files);
+    }
+
+    /// Sets the broker's soft limit of `resource` (`None`: up to the hard
+    /// limit, which the broker inherited from this process).
+    fn limit(&self, resource: rustix::process::Resource, current: Option<u64>) {
+        use rustix::process::{Pid, Rlimit, getrlimit, prlimit};
+        let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap()).unwrap();
+        let maximum = getrlimit(resource).maximum;
         let new = Rlimit {
-            current: bytes,
-            maximum: None,
+            current: current.or(maximum),
+            maximum,
         };
-        prlimit(Some(pid), Resource::Fsize, new).expect("prlimit");
+        prlimit(Some(pid), resource, new).expect("prlimit");
+    }
+
+    /// The lines of the broker's log at ERROR so far.
+    fn errors(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("ERROR"))
+            .cloned()
+            .collect()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
     }
 
     async fn kill9(mut self) {
@@ -257,4 +300,206 @@ async fn a_full_disk_refuses_new_work_holds_acks_and_recovers_without_losing_any
         );
     }
     broker.kill9().await;
+}
+
+/// The payload of a chain large enough that sled stores its record in a
+/// file of its own under `blobs/` (past `segment_size / 4`, about 128 KiB).
+const LARGE: usize = 600 * 1024;
+
+/// What disk trouble does to the broker, for a fault set by `start` and
+/// lifted by `stop`: a chain of [`LARGE`] bytes submitted meanwhile is
+/// refused or held, never hangs the broker (health and GetChain answer
+/// within seconds all along), the broker recovers by itself once the fault
+/// is lifted, and whatever was acknowledged survives a kill -9.
+async fn a_large_record_in_trouble(
+    start: impl FnOnce(&Broker, &Path),
+    stop: impl FnOnce(&Broker),
+    refusal: tonic::Code,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn_with(&data, &["--max-payload", "2000000"]).await;
+    // Every connection is made before the trouble: with no descriptor
+    // left the broker could accept no new one.
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(broker.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let echo = Task::new("echo");
+    let small = client.submit(echo.si(["small"])).await.unwrap().chain_id;
+    let large_arg = "x".repeat(LARGE);
+
+    start(&broker, &data);
+    let submission = {
+        let client = client.clone();
+        let chain = echo.si([large_arg.clone()]);
+        tokio::spawn(async move { client.submit(chain).await })
+    };
+    // For three seconds of trouble the broker answers: health says it does
+    // not serve, chain reads are refused or answered, never left hanging.
+    let answer = Duration::from_secs(5);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut saw_trouble = false;
+    while Instant::now() < until {
+        let mut h = health.clone();
+        let status = tokio::time::timeout(
+            answer,
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("health answers during disk trouble")
+        .unwrap()
+        .into_inner()
+        .status();
+        saw_trouble |= status == ServingStatus::NotServing;
+        let read = tokio::time::timeout(answer, client.get(&small))
+            .await
+            .expect("GetChain answers during disk trouble");
+        if let Err(e) = read {
+            assert_eq!(e.code(), Some(refusal), "{e}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(saw_trouble, "health never said NOT_SERVING");
+    // Submitted now, a chain is refused at once (the broker knows).
+    let refused = tokio::time::timeout(answer, client.submit(echo.si(["refused"])))
+        .await
+        .expect("a submission is answered during disk trouble")
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(refusal), "{refused}");
+
+    // The trouble ends: the broker recovers by itself.
+    stop(&broker);
+    let start = Instant::now();
+    let after = loop {
+        assert!(start.elapsed() < PATIENCE, "the broker did not recover");
+        match tokio::time::timeout(answer, client.submit(echo.si(["after"]))).await {
+            Ok(Ok(s)) => break s.chain_id,
+            Ok(Err(e)) if e.code() == Some(refusal) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => panic!("unexpected answer while recovering: {e}"),
+            Err(_) => panic!("a submission hung after the trouble ended"),
+        }
+    };
+    let large = tokio::time::timeout(PATIENCE, submission)
+        .await
+        .expect("the large submission is answered after the repair")
+        .unwrap();
+    let mut acked = vec![(small, "small".to_owned()), (after, "after".to_owned())];
+    match large {
+        Ok(s) => acked.push((s.chain_id, large_arg.clone())),
+        Err(e) => assert_eq!(e.code(), Some(refusal), "{e}"),
+    }
+    // A large chain submitted now is stored.
+    let again = client.submit(echo.si([large_arg.clone()])).await.unwrap();
+    acked.push((again.chain_id, large_arg));
+
+    broker.kill9().await;
+    // Each acknowledged chain is there, its arguments whole: the echo
+    // task gives them back as its result.
+    let broker = Broker::spawn_with(&data, &["--max-payload", "2000000"]).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    let worker_task = tokio::spawn(worker(&broker.addr).run_until(std::future::pending()));
+    for (id, arg) in &acked {
+        succeeded(&client, id, json!(arg)).await;
+    }
+    worker_task.abort();
+    broker.kill9().await;
+}
+
+/// Issue 19, finding 1: a record sled stores in a blob file of its own,
+/// written while no file may grow (EFBIG), left a writer on sled's IO
+/// buffer, and every flush after waited for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_on_a_full_disk_is_refused_or_held_never_hangs() {
+    a_large_record_in_trouble(
+        |broker, data| {
+            let size = std::fs::metadata(data.join("db")).unwrap().len();
+            assert!(size < LARGE as u64, "the store's file is {size} bytes");
+            broker.limit_file_size(Some(size));
+        },
+        |broker| broker.limit_file_size(None),
+        tonic::Code::ResourceExhausted,
+    )
+    .await;
+}
+
+/// The same with no descriptor left (EMFILE): the blob file cannot be
+/// opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_with_no_descriptor_left_is_refused_or_held_never_hangs() {
+    a_large_record_in_trouble(
+        |broker, _| {
+            // The lowest free descriptor number: the kernel hands out the
+            // lowest, so with the limit there every open fails.
+            let fd_dir = format!("/proc/{}/fd", broker.pid());
+            let open: std::collections::HashSet<u64> = std::fs::read_dir(fd_dir)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+            broker.limit_files(Some(lowest_free));
+        },
+        |broker| broker.limit_files(None),
+        tonic::Code::Unavailable,
+    )
+    .await;
+}
+
+/// Issue 19, finding 3: a restart that finds the blob file of an
+/// acknowledged record torn (`torn`: emptied) or missing says so at ERROR,
+/// naming the file, instead of dropping the record without a word.
+async fn a_damaged_blob_is_reported(torn: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn_with(&data, &["--max-payload", "2000000"]).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    client
+        .submit(Task::new("echo").si(["x".repeat(LARGE)]))
+        .await
+        .unwrap();
+    broker.kill9().await;
+
+    // The newest blob file holds the leaf with the chain's record.
+    let newest = std::fs::read_dir(data.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .expect("the large record is in a blob file");
+    if torn {
+        std::fs::File::create(&newest).unwrap();
+    } else {
+        std::fs::remove_file(&newest).unwrap();
+    }
+    let broker = Broker::spawn(&data).await;
+    let name = newest.file_name().unwrap().to_str().unwrap().to_owned();
+    let errors = broker.errors();
+    assert!(
+        errors.iter().any(|l| l.contains(&name)),
+        "no ERROR names blob {name}: {errors:?}"
+    );
+    broker.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_blob_file_is_reported_at_error() {
+    a_damaged_blob_is_reported(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_blob_file_is_reported_at_error() {
+    a_damaged_blob_is_reported(false).await;
 }

@@ -557,7 +557,7 @@ impl Config {
         let blob_dir: PathBuf = self.get_path().join("blobs");
 
         if !blob_dir.exists() {
-            fs::create_dir_all(blob_dir)?;
+            fs::create_dir_all(&blob_dir)?;
         }
 
         self.verify_config()?;
@@ -573,7 +573,25 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+
+        // Baton patch: the directories sled may just have created (the
+        // data directory, possibly its parents, and `blobs/` in it) and
+        // the entry of the data file are made durable before anything is
+        // written, so a power cut cannot take a whole store away with the
+        // directory entries that held it. Upstream synced no directory.
+        if !self.temporary {
+            crate::pagecache::sync_dir(&blob_dir)?;
+            let data_dir = self.get_path();
+            crate::pagecache::sync_dir(&data_dir)?;
+            if let Some(parent) =
+                data_dir.parent().filter(|p| !p.as_os_str().is_empty())
+            {
+                crate::pagecache::sync_dir(parent)?;
+            }
+        }
+
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +696,12 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // Baton patch: the configuration file and its entry are durable
+        // before the store is used (upstream synced neither).
+        if !self.temporary {
+            f.sync_all()?;
+            crate::pagecache::sync_dir(&self.get_path())?;
+        }
         Ok(())
     }
 

@@ -90,12 +90,26 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // Baton patch: the blob file and its directory entry are made durable
+    // before `write_blob` returns, that is before the log message that
+    // points at the blob is even in an IO buffer, so no flush can make
+    // that message durable without its blob. Upstream synced neither: a
+    // power cut after a flush could leave the message pointing at an empty
+    // or missing file, and recovery then dropped that page's write, or
+    // stopped at it and dropped every write after it, with no word.
+    f.sync_all()?;
+    let blob_dir = path.parent().expect("a blob's path has a directory");
+    sync_dir(blob_dir)?;
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
+}
+
+/// Baton patch: makes the entries of a directory (files created, renamed
+/// or removed in it) durable, as `fsync` on a file does its data.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {

@@ -15,6 +15,10 @@ pub struct LogIter {
     pub max_lsn: Option<Lsn>,
     pub cur_lsn: Option<Lsn>,
     pub last_stage: bool,
+    /// Baton patch: (page, message lsn, blob) of each blob message whose
+    /// blob file was missing, skipped by the iteration; recovery reports
+    /// those whose page was not written again later.
+    pub dangling: Vec<(PageId, Lsn, Lsn)>,
 }
 
 impl Iterator for LogIter {
@@ -153,12 +157,13 @@ impl Iterator for LogIter {
 
                     continue;
                 }
-                Ok(LogRead::DanglingBlob(_, blob_ptr, inline_len)) => {
+                Ok(LogRead::DanglingBlob(header, blob_ptr, inline_len)) => {
                     debug!(
                         "encountered dangling blob \
                          pointer at lsn {} ptr {}",
                         lsn, blob_ptr
                     );
+                    self.dangling.push((header.pid, lsn, blob_ptr));
                     self.cur_lsn = Some(lsn + Lsn::from(inline_len));
                     continue;
                 }
@@ -446,6 +451,7 @@ fn check_contiguity_in_unstable_tail(
         max_lsn: missing_item_in_tail,
         cur_lsn: None,
         last_stage: false,
+        dangling: vec![],
     };
 
     // run the iterator to completion
@@ -513,5 +519,6 @@ pub fn raw_segment_iter_from(
         segment_base: None,
         segments,
         last_stage: true,
+        dangling: vec![],
     })
 }

@@ -361,14 +361,14 @@ impl Log {
             let blob_id =
                 if over_blob_threshold { Some(reservation_lsn) } else { None };
 
-            self.iobufs.encapsulate(
+            // Baton patch: on failure the reservation is aborted, not
+            // left holding its writer (see `abandon_reservation`).
+            let encapsulated = self.iobufs.encapsulate(
                 item,
                 message_header,
                 destination,
                 blob_id,
-            )?;
-
-            M.log_reservation_success();
+            );
 
             let pointer = if let Some(blob_id) = blob_id {
                 DiskPtr::new_blob(reservation_lid, blob_id)
@@ -378,7 +378,7 @@ impl Log {
                 DiskPtr::new_inline(reservation_lid)
             };
 
-            return Ok(Reservation {
+            let reservation = Reservation {
                 iobuf,
                 log: self,
                 buf: destination,
@@ -388,8 +388,72 @@ impl Log {
                 is_blob_rewrite: blob_rewrite.is_some(),
                 header_len: usize::try_from(message_header.serialized_size())
                     .unwrap(),
-            });
+            };
+
+            if let Err(e) = encapsulated {
+                return Err(self.abandon_reservation(
+                    reservation,
+                    message_header,
+                    e,
+                ));
+            }
+
+            M.log_reservation_success();
+
+            return Ok(reservation);
         }
+    }
+
+    /// Baton patch: a reservation whose message could not be written into
+    /// its slot (`encapsulate` failed: the blob file of a large message
+    /// could not be created, written or synced, with ENOSPC, EFBIG,
+    /// EMFILE, EIO...). Upstream returned the error with `?` and left the
+    /// writer it had counted on the IO buffer, so the buffer was never
+    /// written and every flush waited for it forever.
+    ///
+    /// The slot is aborted instead: its header is written again and its
+    /// body zeroed (`encapsulate` may have stopped anywhere), the message
+    /// is marked `Canceled` with a valid checksum (recovery skips it),
+    /// the partial blob file is removed, and the writer leaves, so the
+    /// buffer can be sealed and written. The error becomes the global
+    /// (sticky) error, as a failed log write does: the write of the
+    /// caller's page is lost, so the tree must not go on as if it had
+    /// happened; the owner reopens the database (sled's recovery) to go
+    /// on. Waiters on stability are woken to see it. Returns the error.
+    fn abandon_reservation(
+        &self,
+        mut reservation: Reservation<'_>,
+        header: MessageHeader,
+        error: Error,
+    ) -> Error {
+        error!(
+            "failed to write a log message of {} at lsn {}: {:?}; \
+             the reservation is aborted and the error is sticky",
+            if reservation.pointer.is_blob() {
+                "a blob"
+            } else {
+                "inline data"
+            },
+            reservation.lsn,
+            error
+        );
+        {
+            let mut out: &mut [u8] = &mut *reservation.buf;
+            header.serialize_into(&mut out);
+            for byte in out.iter_mut() {
+                *byte = 0;
+            }
+        }
+        if let Err(abort_error) = reservation.abort() {
+            debug!("aborting a failed reservation: {:?}", abort_error);
+        }
+        self.config.set_global_error(error.clone());
+        let intervals = self.iobufs.intervals.lock();
+        // having held the mutex makes this linearized
+        // with the notify below.
+        drop(intervals);
+        let _notified = self.iobufs.interval_updated.notify_all();
+        error
     }
 
     /// Called by Reservation on termination (completion or abort).
@@ -819,7 +883,19 @@ pub(crate) fn read_message<R: ReadAt>(
                     Ok(LogRead::DanglingBlob(header, id, inline_len))
                 }
                 Err(other_e) => {
-                    debug!("failed to read blob: {:?}", other_e);
+                    // Baton patch: loud. Only the log iterator reads blob
+                    // messages here, and it stops at this error: recovery
+                    // ends the log at this message, so the write it holds
+                    // and every write logged after it are dropped.
+                    error!(
+                        "blob file {:?} of the log message for page {} \
+                         (lsn {}) cannot be read: {:?}; the log is cut \
+                         here and the writes from this message on are lost",
+                        config.blob_path(id),
+                        header.pid,
+                        id,
+                        other_e
+                    );
                     Err(other_e)
                 }
             }

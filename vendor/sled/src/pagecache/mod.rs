@@ -48,6 +48,8 @@ use self::{
 };
 
 pub(crate) use self::{
+    // Baton patch: `sync_dir`, for the directory syncs of `Config`.
+    blob_io::sync_dir,
     logger::{
         read_message, read_segment_header, MessageHeader, SegmentHeader,
         SegmentNumber,

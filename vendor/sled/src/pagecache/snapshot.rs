@@ -247,6 +247,43 @@ fn advance_snapshot(
         snapshot.apply(log_kind, pid, lsn, ptr, sz)?;
     }
 
+    // Baton patch: a blob message whose file is missing is skipped by the
+    // iteration. That is harmless when the page was written again later
+    // (its old blob was removed once the new version was stable); when it
+    // was not, the page's last write is lost, and that is said loudly.
+    // Per page: its newest dangling write, and how many there were.
+    let mut lost: std::collections::BTreeMap<PageId, (Lsn, Lsn, usize)> =
+        std::collections::BTreeMap::new();
+    for &(pid, lsn, blob) in &iter.dangling {
+        if lsn < old_stable_lsn.unwrap_or(-1) {
+            continue;
+        }
+        let rewritten = match snapshot.pt.get(usize::try_from(pid).unwrap()) {
+            Some(PageState::Present { base, .. }) => base.0 > lsn,
+            Some(PageState::Free(free_lsn, _)) => *free_lsn > lsn,
+            _ => false,
+        };
+        if !rewritten {
+            let entry = lost.entry(pid).or_insert((lsn, blob, 0));
+            if lsn > entry.0 {
+                entry.0 = lsn;
+                entry.1 = blob;
+            }
+            entry.2 += 1;
+        }
+    }
+    for (pid, (lsn, blob, count)) in lost {
+        error!(
+            "the blob file of the last write of page {} (log message at \
+             lsn {}, file {:?}) is missing: {} write(s) of that page are \
+             lost, and it is recovered as it was before them",
+            pid,
+            lsn,
+            config.blob_path(blob),
+            count
+        );
+    }
+
     // `snapshot.tip_lid` can be set based on 4 possibilities for the tip of the
     // log:
     // 1. an empty DB - tip set to None, causing a fresh segment to be
@@ -560,6 +597,13 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+
+    // Baton patch: the rename is made durable before the old snapshots are
+    // removed, so a power cut cannot leave the directory with the removals
+    // and without the new name.
+    if !config.temporary {
+        super::sync_dir(parent)?;
+    }
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
