@@ -1161,14 +1161,16 @@ impl Core {
             .chain(chain_id)
             .map_err(store_error)?
             .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
+        // The chain's result, shown with its step as for a chain in memory.
         if rec.result_apart
-            && let Some(last) = rec.steps.last()
+            && let Some(last) = rec.steps.last_mut()
         {
-            rec.result = self
+            last.result = self
                 .store
                 .result(chain_id, &last.task_id)
                 .map_err(store_error)?
                 .unwrap_or_default();
+            rec.result = last.result.clone();
         }
         Ok(rec)
     }

@@ -137,6 +137,14 @@ class BrokerClient:
         )
         return cast(pb.Chain, chain)
 
+    def step_result(self, chain_id: str, task_id: str) -> str:
+        response = self.broker.GetStepResult(
+            pb.GetStepResultRequest(chain_id=chain_id, task_id=task_id),
+            timeout=self.timeout,
+            wait_for_ready=True,
+        )
+        return cast(str, response.result)
+
     def cancel(self, chain_id: str, reason: str) -> pb.CancelChainResponse:
         response = self.broker.CancelChain(
             pb.CancelChainRequest(chain_id=chain_id, reason=reason),
@@ -229,6 +237,15 @@ class AsyncResult:
         """The chain's full current state (``baton.pb.Chain``: steps, attempts, failure...)."""
         self.wait_stored()
         return self.app.client.get_chain(self.id)
+
+    def step_result(self, task_id: str) -> Any:
+        """The result of one succeeded step, by its task id (``Step.task_id``).
+
+        ``info()`` omits results over 16 KiB that the chain no longer uses
+        (``Step.result_omitted``); this reads any of them.
+        """
+        self.wait_stored()
+        return _json.loads(self.app.client.step_result(self.id, task_id))
 
     def status(self) -> str:
         """The chain state: RUNNING, SUCCEEDED, FAILED or CANCELLED."""

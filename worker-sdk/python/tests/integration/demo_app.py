@@ -94,6 +94,12 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="demo.big")
+def big(tag, size):
+    """A result of ``size`` characters: large ones are stored apart."""
+    return str(tag) * size
+
+
 @app.task(name="demo.whoami")
 def whoami(*args):
     ctx = current_task()

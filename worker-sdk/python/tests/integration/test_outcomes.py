@@ -114,3 +114,16 @@ def test_idempotency_key_returns_the_first_chain(tasks, start_worker):
     again = tasks.fast.apply_async(args=[1], idempotency_key="create-vm-1")
     assert again.id == first.id and again.dedup == "idempotency_key" and first.dedup is None
     assert first.get(timeout=30) == "fast 1"
+
+
+def test_large_results_are_omitted_from_info_and_read_by_step_result(tasks, start_worker):
+    start_worker()
+    size = 40_000  # over the 16 KiB that the broker keeps in a chain's record
+    r = chain(tasks.big.si(0, size), tasks.big.si(1, size), tasks.big.si(2, size)).delay()
+    assert r.get(timeout=30) == "2" * size
+    steps = r.info().steps
+    assert steps[0].result_omitted and steps[0].result == ""
+    assert steps[0].result_bytes == size + 2  # the JSON string's quotes
+    assert not steps[2].result_omitted  # the chain's result is shown
+    for i, step in enumerate(steps):
+        assert r.step_result(step.task_id) == str(i) * size
