@@ -406,6 +406,38 @@ impl ChainRecord {
     }
 }
 
+/// Longest message or traceback kept in the failure of a step that later
+/// succeeded (see [`shorten_superseded`]).
+pub const SUPERSEDED_FAILURE_BYTES: usize = 512;
+
+/// Shortens the failure record a step keeps once a retry of it succeeded:
+/// the start of its message and the end of its traceback (where the error
+/// was raised). A long chain of flaky steps would otherwise keep a full
+/// traceback for every step in its record, which is written again at
+/// every step and must fit one GetChain answer.
+pub fn shorten_superseded(failure: &mut FailureRecord) {
+    let limit = SUPERSEDED_FAILURE_BYTES;
+    if failure.message.len() > limit {
+        let mut end = limit;
+        while !failure.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        failure.message.truncate(end);
+        failure.message.push_str(" [shortened]");
+    }
+    let len = failure.traceback.len();
+    if len > limit {
+        let mut start = len - limit;
+        while !failure.traceback.is_char_boundary(start) {
+            start += 1;
+        }
+        failure.traceback = format!(
+            "[{start} bytes shortened: the step succeeded later]\n{}",
+            &failure.traceback[start..]
+        );
+    }
+}
+
 /// The failure record as the JSON object a mutable on_failure step receives.
 pub fn failure_json(f: &FailureRecord) -> serde_json::Value {
     serde_json::json!({
@@ -571,6 +603,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Identity::of("a", &s), Identity::of("b", &s));
+    }
+
+    #[test]
+    fn a_superseded_failure_keeps_the_start_of_its_message_and_the_end_of_its_traceback() {
+        let mut f = FailureRecord {
+            message: "é".repeat(400),
+            traceback: format!("{}raise Boom", "x".repeat(2000)),
+            ..Default::default()
+        };
+        shorten_superseded(&mut f);
+        assert!(
+            f.message.len() < SUPERSEDED_FAILURE_BYTES + 20,
+            "{}",
+            f.message.len()
+        );
+        assert!(f.message.ends_with("[shortened]"));
+        assert!(f.traceback.ends_with("raise Boom"));
+        assert!(
+            f.traceback.starts_with("[1498 bytes shortened"),
+            "{}",
+            &f.traceback[..40]
+        );
+        let short = FailureRecord {
+            message: "m".into(),
+            traceback: "t".into(),
+            ..Default::default()
+        };
+        let mut same = short.clone();
+        shorten_superseded(&mut same);
+        assert_eq!(same, short);
     }
 
     #[test]

@@ -2346,6 +2346,9 @@ impl Core {
                     .expect("live chain")
                     .step_mut(at);
                 step.state = StepState::Succeeded as i32;
+                if let Some(failure) = step.failure.as_mut() {
+                    shorten_superseded(failure);
+                }
                 let result = if result.is_empty() {
                     "null".into()
                 } else {
