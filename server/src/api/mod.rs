@@ -101,7 +101,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::GetChainRequest>,
     ) -> Result<Response<pb::Chain>, Status> {
         let caller = Caller::of(&request)?;
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         let chain = self.handle.get(id).await?;
         caller.check_sees(&chain)?;
@@ -115,7 +115,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::WatchChainRequest>,
     ) -> Result<Response<Self::WatchChainStream>, Status> {
         let caller = Caller::of(&request)?;
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let rx = self.handle.watch(id).await?;
@@ -129,7 +129,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::CancelChainResponse>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let id = convert::chain_id(req.chain_id)?;
+        let id = convert::chain_id(&req.chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let state = self.handle.cancel(id, req.reason).await?;
@@ -372,7 +372,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RequeueChainRequest>,
     ) -> Result<Response<pb::RequeueChainResponse>, Status> {
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         let new_id = self.handle.requeue(id.clone()).await?;
         tracing::info!(requeued_as = %new_id, "chain requeued");
