@@ -18,6 +18,7 @@ pub mod auth;
 pub mod domain;
 pub mod metrics;
 pub mod scheduler;
+pub mod settings;
 pub mod store;
 
 use std::future::Future;
@@ -85,6 +86,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is out of its range.
+    #[error(transparent)]
+    Setting(#[from] settings::OutOfRange),
     /// The TLS certificate, key or client CA is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
@@ -105,13 +109,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// is flushed last.
 ///
 /// # Errors
-/// When the TLS settings are unusable ([`Error::Tls`]), the store cannot be
-/// opened or recovered, or the server fails.
+/// When a setting is out of its range ([`Error::Setting`]), the TLS
+/// settings are unusable ([`Error::Tls`]), the store cannot be opened or
+/// recovered, or the server fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    settings::LEASE_MS.check_duration(config.lease)?;
     // TLS first: a bad certificate should stop the broker before it
     // touches the store.
     let mut server = tonic::transport::Server::builder();

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_server::auth;
+use baton_server::{auth, settings};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc instead of the system allocator: the broker allocates many
@@ -78,8 +78,9 @@ struct ServeArgs {
     /// Data directory of the store (created if missing).
     #[arg(long, env = "BATON_DATA", default_value = "./baton-data")]
     data: PathBuf,
-    /// Lease length in milliseconds: a worker silent for this long loses its
-    /// assignments, which are redelivered.
+    /// Lease length in milliseconds (1 to 86400000, one day): a worker
+    /// silent for this long loses its assignments, which are redelivered,
+    /// and its stream is ended.
     #[arg(long, env = "BATON_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u64,
     /// Acknowledge before the store is flushed (benchmarks only: a crash may
@@ -275,9 +276,7 @@ fn init_tracing(format: &str) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
-    if args.lease_ms == 0 {
-        anyhow::bail!("--lease-ms must be at least 1");
-    }
+    settings::LEASE_MS.check(&settings::LEASE_MS.flag(), args.lease_ms)?;
     for (flag, value) in [
         ("--max-payload", args.max_payload),
         ("--max-steps", args.max_steps),

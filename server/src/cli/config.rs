@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use baton_server::settings;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
@@ -76,8 +77,10 @@ impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
         let mut config: FileConfig =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if config.lease_ms == Some(0) {
-            anyhow::bail!("{}: lease_ms must be at least 1", path.display());
+        if let Some(ms) = config.lease_ms {
+            settings::LEASE_MS
+                .check(settings::LEASE_MS.key, ms)
+                .with_context(|| path.display().to_string())?;
         }
         for (key, value) in [
             ("max_payload", config.max_payload),
@@ -198,8 +201,8 @@ pub fn apply(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result
 /// # Errors
 /// Naming the setting at fault.
 pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
+    settings::LEASE_MS.check(settings::LEASE_MS.key, args.lease_ms)?;
     for (key, value) in [
-        ("lease_ms", usize::from(args.lease_ms > 0)),
         ("max_payload", args.max_payload),
         ("max_steps", args.max_steps),
         ("max_workers", args.max_workers),
@@ -322,9 +325,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xml") && e.contains("line 1"), "{e}");
-        let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("lease_ms must be at least 1"), "{e}");
+        let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("b.toml: lease_ms is 0: it must be between 1 and 86400000 ms"),
+            "{e}"
+        );
     }
 }
