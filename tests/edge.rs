@@ -133,3 +133,31 @@ async fn every_call_that_names_a_chain_accepts_any_spelling_of_its_id() {
     }
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_message_limit_is_resource_exhausted_naming_the_option() {
+    let broker = TestBroker::start_with(|c| c.limits.max_payload_bytes = 1024).await;
+    let mut broker_rpc = pb::broker_client::BrokerClient::connect(broker.addr.clone())
+        .await
+        .unwrap();
+    let mut request: pb::SubmitChainRequest =
+        baton::Chain::from(Task::new("edge.big").si(["x".repeat(100 * 1024)])).into();
+    request.chain_id = uuid::Uuid::now_v7().to_string();
+    let status = broker_rpc.submit_chain(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("over the limit of 66560 bytes per message")
+            && status.message().contains("--max-payload (1024 bytes)"),
+        "{}",
+        status.message()
+    );
+    // Under the message limit but over --max-payload: refused by the edge's
+    // own check, as before.
+    let request: pb::SubmitChainRequest =
+        baton::Chain::from(Task::new("edge.big").si(["x".repeat(2048)])).into();
+    let status = broker_rpc.submit_chain(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    broker.stop().await;
+}

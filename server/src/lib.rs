@@ -191,13 +191,25 @@ pub async fn run(
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    let broker = InterceptedService::new(broker, gate(auth::Service::Broker));
+    // A message over the limit is refused by tonic's codec; its status is
+    // rewritten to name the limit and the option (api/oversize.rs).
+    let message_limit = api::MessageLimit {
+        max_message,
+        max_payload: config.limits.max_payload_bytes,
+    };
+    let broker = api::Oversize::new(
+        InterceptedService::new(broker, gate(auth::Service::Broker)),
+        message_limit.clone(),
+    );
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    let worker = InterceptedService::new(worker, gate(auth::Service::Worker));
+    let worker = api::Oversize::new(
+        InterceptedService::new(worker, gate(auth::Service::Worker)),
+        message_limit,
+    );
     let admin = pb::admin_server::AdminServer::new(api::AdminService { handle });
     let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
 

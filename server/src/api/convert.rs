@@ -17,7 +17,8 @@ use crate::domain::{self, ChainRecord, ChainSpec, Phase, Signature, StepRecord, 
 pub struct Limits {
     /// Largest encoded SubmitChain request, result or failure (bytes); this
     /// bounds a signature's args and kwargs too. `INVALID_ARGUMENT` (a
-    /// message past it plus 64 KiB is cut off by gRPC: `RESOURCE_EXHAUSTED`).
+    /// message past it plus 64 KiB is not even decoded:
+    /// `RESOURCE_EXHAUSTED` naming `--max-payload`, see `api::oversize`).
     pub max_payload_bytes: usize,
     /// Most signatures in one chain (steps + callbacks): `INVALID_ARGUMENT`.
     pub max_steps: usize,

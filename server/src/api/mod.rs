@@ -3,6 +3,7 @@
 //! Nothing here decides anything: every rule lives in the scheduler.
 
 pub mod convert;
+mod oversize;
 mod worker;
 
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 pub use self::convert::Limits;
+pub use self::oversize::{MessageLimit, Oversize};
 pub use self::worker::WorkerService;
 use crate::auth::Caller;
 use crate::domain::Identity;
