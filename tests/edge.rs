@@ -5,8 +5,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
 use baton::{Task, pb};
+use baton_worker::{TaskContext, TaskError};
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
@@ -160,4 +166,166 @@ async fn a_request_over_the_message_limit_is_resource_exhausted_naming_the_optio
     let status = broker_rpc.submit_chain(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     broker.stop().await;
+}
+
+/// The value of `baton_watch_buffered_bytes` on the broker's metrics
+/// endpoint.
+async fn watch_buffered_bytes(metrics: std::net::SocketAddr) -> i64 {
+    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("baton_watch_buffered_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no baton_watch_buffered_bytes in {text}"))
+}
+
+/// Issue 19, items 9 and 15: three watchers that never read, on a 1 MB
+/// chain that polls, took the broker to 3 GB, and a watcher dropped for
+/// being slow got a plain end of stream. Now a watcher holds at most its
+/// byte budget, and one that falls behind is ended with RESOURCE_EXHAUSTED
+/// saying so, while a watcher that reads sees every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_never_reads_is_held_to_its_byte_budget_and_told_why() {
+    const BUDGET: usize = 512 * 1024;
+    const POLLS: u32 = 60;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let broker = TestBroker::start_with(|c| {
+        c.limits.watch_budget_bytes = BUDGET;
+        c.metrics_listen = Some(metrics);
+    })
+    .await;
+    let client = broker.client().await;
+
+    // A chain whose first step leaves a 100 KB result in its record (and
+    // in every event on the wire), and whose second step changes the
+    // record twice with every poll (started, polling): 12 MB of events,
+    // far more than the silent watcher's connection and budget take.
+    let id = client
+        .submit(baton::Chain::new(Task::new("edge.big").si(())).then(Task::new("edge.poll").si(())))
+        .await
+        .unwrap()
+        .chain_id;
+
+    // The silent watcher has a connection of its own and never reads; its
+    // HTTP/2 windows are the protocol's smallest, so that the broker, not
+    // the client's buffers, holds what it does not read.
+    let channel = tonic::transport::Endpoint::from_shared(broker.addr.clone())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut silent_rpc = pb::broker_client::BrokerClient::new(channel);
+    let mut silent = silent_rpc
+        .watch_chain(pb::WatchChainRequest {
+            chain_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reading = client.watch(&id).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = reading.next().await {
+            let event = event.expect("the reading watcher is never cut off");
+            let polls = event.chain.as_ref().map_or(0, |c| c.steps[1].polls);
+            seen.push((event.kind, polls));
+        }
+        seen
+    });
+    let most = Arc::new(AtomicI64::new(0));
+    let sampler = tokio::spawn({
+        let most = most.clone();
+        async move {
+            loop {
+                most.fetch_max(watch_buffered_bytes(metrics).await, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+
+    let _worker = TestWorker::spawn(
+        worker(&broker.addr, "poller")
+            .task("edge.big", |_ctx: TaskContext| async {
+                Ok(serde_json::json!("x".repeat(100 * 1024)))
+            })
+            .task("edge.poll", |ctx: TaskContext| async move {
+                if ctx.polls >= POLLS {
+                    Ok(serde_json::json!("done"))
+                } else {
+                    Err(TaskError::retry_later(Duration::from_millis(5)))
+                }
+            }),
+    );
+    client.wait_timeout(&id, PATIENCE).await.unwrap();
+
+    // The reader saw the snapshot, every poll, the start of each run and
+    // the end.
+    let seen = reader.await.unwrap();
+    let polled: Vec<u32> = seen
+        .iter()
+        .filter(|(kind, _)| kind == "step_polling")
+        .map(|(_, polls)| *polls)
+        .collect();
+    assert_eq!(polled, (1..=POLLS).collect::<Vec<_>>(), "{seen:?}");
+    assert_eq!(seen.first().map(|(k, _)| k.as_str()), Some("snapshot"));
+    assert_eq!(
+        seen.last().map(|(k, _)| k.as_str()),
+        Some("chain_succeeded")
+    );
+
+    // What the broker held stayed within the two watchers' budgets, and
+    // once the chain ended, only the silent one's events are left.
+    sampler.abort();
+    let budget = i64::try_from(BUDGET).unwrap();
+    let most = most.load(Ordering::Relaxed);
+    assert!(most > 0 && most <= 2 * budget, "{most} bytes held at most");
+    let held = watch_buffered_bytes(metrics).await;
+    assert!(held <= budget, "{held} bytes held");
+
+    // The silent watcher, read at last: what reached it before it fell
+    // behind, then the reason.
+    let mut events = 0;
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, silent.next()).await.unwrap() {
+            Some(Ok(_)) => events += 1,
+            Some(Err(status)) => break status,
+            None => panic!("a plain end of stream after {events} events"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("fell behind") && status.message().contains("watch again"),
+        "{}",
+        status.message()
+    );
+    assert!(events < seen.len(), "{events} of {} events", seen.len());
+    drop(silent);
+    eventually_async(
+        "the broker to let go of the silent watcher's events",
+        || async { watch_buffered_bytes(metrics).await == 0 },
+    )
+    .await;
+    broker.stop().await;
+}
+
+/// Polls an async `check` until it is true or [`PATIENCE`] runs out.
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -26,6 +26,10 @@ pub struct Limits {
     pub max_workers: usize,
     /// Most WatchChain streams open at once: `RESOURCE_EXHAUSTED`.
     pub max_watches: usize,
+    /// Most bytes of chain events that may wait for one WatchChain stream
+    /// to read them; a watcher further behind is ended with
+    /// `RESOURCE_EXHAUSTED` (see `scheduler::watchers`).
+    pub watch_budget_bytes: usize,
     /// Largest concurrency a worker may ask for in its hello, which is the
     /// most assignments it holds at once: `INVALID_ARGUMENT`.
     pub max_worker_concurrency: u32,
@@ -38,6 +42,7 @@ impl Default for Limits {
             max_steps: 1000,
             max_workers: 1000,
             max_watches: 10_000,
+            watch_budget_bytes: crate::scheduler::watchers::DEFAULT_BUDGET,
             max_worker_concurrency: 10_000,
         }
     }

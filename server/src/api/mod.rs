@@ -9,7 +9,7 @@ mod worker;
 use std::pin::Pin;
 
 use baton::pb;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub use self::convert::Limits;
@@ -120,8 +120,16 @@ impl pb::broker_server::Broker for BrokerService {
         let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
-        let rx = self.handle.watch(id).await?;
-        let stream = ReceiverStream::new(rx).map(|e| Ok(convert::event_view(&e)));
+        let feed = self
+            .handle
+            .watch(id, self.limits.watch_budget_bytes)
+            .await?;
+        // A watcher that fell behind ends with why, never with a plain end
+        // of stream that would look like the chain ended.
+        let stream = feed.map(|event| match event {
+            Ok(e) => Ok(convert::event_view(&e)),
+            Err(behind) => Err(Status::resource_exhausted(behind.to_string())),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
