@@ -180,6 +180,12 @@ pub async fn run(
         .build_v1()?;
 
     let max_message = config.limits.max_payload_bytes + 64 * 1024;
+    // A message over the limit is refused by tonic's codec; its status is
+    // rewritten to name the limit and the option (api/oversize.rs).
+    let message_limit = api::MessageLimit {
+        max_message,
+        max_payload: config.limits.max_payload_bytes,
+    };
     // Each service behind its gate (auth.rs); health and reflection open.
     let mutual_tls = config
         .tls
@@ -191,12 +197,6 @@ pub async fn run(
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    // A message over the limit is refused by tonic's codec; its status is
-    // rewritten to name the limit and the option (api/oversize.rs).
-    let message_limit = api::MessageLimit {
-        max_message,
-        max_payload: config.limits.max_payload_bytes,
-    };
     let broker = api::Oversize::new(
         InterceptedService::new(broker, gate(auth::Service::Broker)),
         message_limit.clone(),
@@ -204,6 +204,8 @@ pub async fn run(
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
+        lease: config.lease,
+        message_limit: message_limit.clone(),
     })
     .max_decoding_message_size(max_message);
     let worker = api::Oversize::new(

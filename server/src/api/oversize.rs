@@ -48,7 +48,12 @@ impl MessageLimit {
     /// The status tonic put in `headers`, rewritten if it is tonic's
     /// "too large"; `None` for any other response.
     fn rewrite(&self, headers: &HeaderMap) -> Option<Status> {
-        let status = Status::from_header_map(headers)?;
+        self.rewrite_status(&Status::from_header_map(headers)?)
+    }
+
+    /// `status` rewritten if it is tonic's "too large" (a stream's message
+    /// up, which its handler reads); `None` for any other.
+    pub fn rewrite_status(&self, status: &Status) -> Option<Status> {
         if status.code() != tonic::Code::OutOfRange
             || !status.message().starts_with(TONIC_TOO_LARGE)
         {
