@@ -338,6 +338,44 @@ impl UpLink {
     }
 }
 
+/// The stream down, ended early with the session's reason when the stream
+/// up's task sends one (a silent worker, a message over the limit). It
+/// still ends as soon as the scheduler lets go of the worker, whatever the
+/// stream up does.
+fn ending_with(down: DownStream, end: tokio::sync::oneshot::Receiver<Status>) -> DownStream {
+    enum Next {
+        Item(Option<Result<pb::BrokerMessage, Status>>),
+        /// The stream up ended without a reason: only the stream down is left.
+        NoReason,
+    }
+    let state = (down, Some(end), false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut down, mut end, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let next = match end.as_mut() {
+                    None => Next::Item(down.next().await),
+                    Some(why) => tokio::select! {
+                        biased;
+                        why = why => match why {
+                            Ok(status) => return Some((Err(status), (down, None, true))),
+                            Err(_) => Next::NoReason,
+                        },
+                        item = down.next() => Next::Item(item),
+                    },
+                };
+                match next {
+                    Next::Item(item) => return item.map(|item| (item, (down, end, false))),
+                    Next::NoReason => end = None,
+                }
+            }
+        },
+    ))
+}
+
 /// How long a worker stream has been silent. A message up resets it; a
 /// whole lease without one ends the stream (see the module doc).
 ///
@@ -499,8 +537,6 @@ impl pb::worker_server::Worker for WorkerService {
             },
             span,
         ));
-        let ended =
-            futures::stream::once(end_rx).filter_map(|why| async move { why.ok().map(Err) });
         let down: DownStream = if batch_down == 0 {
             Box::pin(ReceiverStream::new(rx).map(move |m| {
                 let _alive = &down_guard;
@@ -519,9 +555,8 @@ impl pb::worker_server::Worker for WorkerService {
                     .map(Ok),
             )
         };
-        // The stream down ends with the session's reason, if it has one.
-        let down: DownStream = Box::pin(futures::stream::select(down, ended));
-        Ok(Response::new(down))
+        // It ends with the session's reason, if it has one.
+        Ok(Response::new(ending_with(down, end_rx)))
     }
 }
 
