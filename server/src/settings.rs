@@ -30,6 +30,13 @@ pub const LEASE_MS: Millis = Millis {
     max: 24 * 60 * 60 * 1000,
 };
 
+/// `--handshake-timeout-ms`: 1 ms to ten minutes.
+pub const HANDSHAKE_TIMEOUT_MS: Millis = Millis {
+    key: "handshake_timeout_ms",
+    min: 1,
+    max: 10 * 60 * 1000,
+};
+
 /// A duration setting out of its range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name} is {value}: it must be between {min} and {max} ms")]
