@@ -343,37 +343,39 @@ impl UpLink {
 /// still ends as soon as the scheduler lets go of the worker, whatever the
 /// stream up does.
 fn ending_with(down: DownStream, end: tokio::sync::oneshot::Receiver<Status>) -> DownStream {
-    enum Next {
-        Item(Option<Result<pb::BrokerMessage, Status>>),
-        /// The stream up ended without a reason: only the stream down is left.
-        NoReason,
+    /// What the stream does next: with `end` gone, it is the stream down
+    /// alone; `done` once the reason was sent.
+    struct State {
+        down: DownStream,
+        end: Option<tokio::sync::oneshot::Receiver<Status>>,
+        done: bool,
     }
-    let state = (down, Some(end), false);
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut down, mut end, done)| async move {
-            if done {
-                return None;
+    let state = State {
+        down,
+        end: Some(end),
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        while let Some(why) = state.end.as_mut() {
+            tokio::select! {
+                biased;
+                why = why => match why {
+                    Ok(status) => {
+                        state.done = true;
+                        return Some((Err(status), state));
+                    }
+                    // The stream up ended without a reason.
+                    Err(_) => state.end = None,
+                },
+                item = state.down.next() => return item.map(|item| (item, state)),
             }
-            loop {
-                let next = match end.as_mut() {
-                    None => Next::Item(down.next().await),
-                    Some(why) => tokio::select! {
-                        biased;
-                        why = why => match why {
-                            Ok(status) => return Some((Err(status), (down, None, true))),
-                            Err(_) => Next::NoReason,
-                        },
-                        item = down.next() => Next::Item(item),
-                    },
-                };
-                match next {
-                    Next::Item(item) => return item.map(|item| (item, (down, end, false))),
-                    Next::NoReason => end = None,
-                }
-            }
-        },
-    ))
+        }
+        let item = state.down.next().await;
+        item.map(|item| (item, state))
+    }))
 }
 
 /// How long a worker stream has been silent. A message up resets it; a
