@@ -74,6 +74,24 @@ impl Raw {
             .expect("send");
     }
 
+    /// Keeps the stream open (a silent one is ended after a lease) with
+    /// heartbeats that extend none of its assignments, so their leases
+    /// lapse while the worker stays connected.
+    fn keep_stream_only(&self) {
+        let up = self.up.clone();
+        let beat = pb::WorkerMessage {
+            msg: Some(heartbeat(vec![pb::TaskRef {
+                task_id: "no-such-task".into(),
+                attempt: 1,
+            }])),
+        };
+        tokio::spawn(async move {
+            while up.send(beat.clone()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     async fn next(&mut self) -> Down {
         tokio::time::timeout(PATIENCE, self.down.message())
             .await
@@ -142,9 +160,10 @@ async fn run_chains(client: &baton::Client, n: usize) -> Duration {
 async fn a_heartbeat_flood_neither_stalls_others_nor_keeps_their_leases() {
     let broker = TestBroker::start_with(|c| c.lease = Duration::from_millis(1000)).await;
     let client = broker.client().await;
-    // A worker takes a task and then goes silent: no heartbeats, and no
-    // more work.
+    // A worker takes a task and then goes silent about it: no heartbeats
+    // for it, and no more work.
     let mut silent = Raw::connect(&broker.addr, "silent", &["silent.job"], 1).await;
+    silent.keep_stream_only();
     let lost = client
         .submit(Task::new("silent.job").si(()))
         .await
