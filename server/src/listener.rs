@@ -153,7 +153,9 @@ async fn accept_loop<IO, F, Fut>(
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = io::Result<IO>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        settings.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
