@@ -38,6 +38,12 @@ contract; do not edit this page by hand.
   retries").
 - The contract only grows: fields and RPCs are added, never renumbered or
   removed, so older clients and workers keep working with a newer broker.
+- Chain ids are UUIDs. A request may spell one in upper case, in braces
+  or as 32 hex digits without hyphens; the broker stores and answers the
+  canonical form (lower case, hyphenated), and every call that names a
+  chain (GetChain, WatchChain, CancelChain, RequeueChain, SubmitChain's
+  own `chain_id`) finds it by any spelling. Anything else is
+  `INVALID_ARGUMENT` naming `chain_id`.
 - Errors are gRPC statuses: `INVALID_ARGUMENT` names the field,
   `NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`,
   `RESOURCE_EXHAUSTED` (a limit, or a full disk), `UNAVAILABLE` (shutting

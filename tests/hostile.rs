@@ -74,6 +74,24 @@ impl Raw {
             .expect("send");
     }
 
+    /// Keeps the stream open (a silent one is ended after a lease) with
+    /// heartbeats that extend none of its assignments, so their leases
+    /// lapse while the worker stays connected.
+    fn keep_stream_only(&self) {
+        let up = self.up.clone();
+        let beat = pb::WorkerMessage {
+            msg: Some(heartbeat(vec![pb::TaskRef {
+                task_id: "no-such-task".into(),
+                attempt: 1,
+            }])),
+        };
+        tokio::spawn(async move {
+            while up.send(beat.clone()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     async fn next(&mut self) -> Down {
         tokio::time::timeout(PATIENCE, self.down.message())
             .await
@@ -142,9 +160,10 @@ async fn run_chains(client: &baton::Client, n: usize) -> Duration {
 async fn a_heartbeat_flood_neither_stalls_others_nor_keeps_their_leases() {
     let broker = TestBroker::start_with(|c| c.lease = Duration::from_millis(1000)).await;
     let client = broker.client().await;
-    // A worker takes a task and then goes silent: no heartbeats, and no
-    // more work.
+    // A worker takes a task and then goes silent about it: no heartbeats
+    // for it, and no more work.
     let mut silent = Raw::connect(&broker.addr, "silent", &["silent.job"], 1).await;
+    silent.keep_stream_only();
     let lost = client
         .submit(Task::new("silent.job").si(()))
         .await
@@ -509,4 +528,97 @@ async fn a_bad_hello_is_refused_naming_the_field() {
     // None of them counts as a worker.
     let workers = broker.client().await.admin().list_workers().await.unwrap();
     assert!(workers.is_empty(), "{workers:?}");
+}
+
+/// Issue 19, item 11: worker streams that sent a Hello and then nothing
+/// held every worker slot forever. A stream silent for a whole lease is
+/// ended, saying why, and its slot is free for a real worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_stream_is_ended_after_the_lease_and_its_slot_freed() {
+    let lease = Duration::from_millis(500);
+    let broker = TestBroker::start_with(|c| {
+        c.lease = lease;
+        c.limits.max_workers = 1;
+    })
+    .await;
+    let client = broker.client().await;
+    let mut silent = Raw::connect(&broker.addr, "silent", &["work"], 1).await;
+    let refused = Raw::open(&broker.addr, Up::Hello(hello("real", &["work"], 1)))
+        .await
+        .err()
+        .expect("the silent stream holds the only slot");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), silent.down.message())
+        .await
+        .expect("the silent stream is ended within a few leases")
+        .expect_err("ended with a status, not a plain end");
+    assert!(
+        started.elapsed() >= lease * 9 / 10,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("sent nothing for 500 ms")
+            && status.message().contains("Heartbeat"),
+        "{}",
+        status.message()
+    );
+
+    // Its slot is free: a real worker connects and works.
+    let _worker = honest(&broker.addr, "other");
+    let id = client
+        .submit(Task::new("work").si([7]))
+        .await
+        .unwrap()
+        .chain_id;
+    let outcome = client.wait_timeout(&id, PATIENCE).await.unwrap();
+    assert_eq!(outcome, ChainOutcome::Succeeded(json!(7)));
+    broker.stop().await;
+}
+
+/// The other side of the eviction above: a worker of the SDK that has
+/// nothing to do sends its heartbeats while idle, so it stays connected,
+/// on the same stream, across many leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sdk_worker_stays_connected_across_many_leases() {
+    let lease = Duration::from_millis(300);
+    let broker = TestBroker::start_with(|c| {
+        c.lease = lease;
+        c.limits.max_workers = 1;
+    })
+    .await;
+    let client = broker.client().await;
+    let _worker = honest(&broker.addr, "other");
+    let admin = client.admin();
+    let mut first = None;
+    let start = Instant::now();
+    while first.is_none() {
+        first = admin
+            .list_workers()
+            .await
+            .unwrap()
+            .pop()
+            .map(|w| w.worker_id);
+        assert!(start.elapsed() < PATIENCE, "the worker never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(lease * 8).await;
+    let workers = admin.list_workers().await.unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(
+        Some(&workers[0].worker_id),
+        first.as_ref(),
+        "the same stream"
+    );
+    let id = client
+        .submit(Task::new("work").si([1]))
+        .await
+        .unwrap()
+        .chain_id;
+    let outcome = client.wait_timeout(&id, PATIENCE).await.unwrap();
+    assert_eq!(outcome, ChainOutcome::Succeeded(json!(1)));
+    broker.stop().await;
 }

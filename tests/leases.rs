@@ -141,7 +141,25 @@ impl RawWorker {
         let broker_message::Msg::Welcome(welcome) = raw.next().await else {
             panic!("expected a welcome")
         };
+        raw.keep_alive(Duration::from_millis(welcome.heartbeat_interval_ms));
         (raw, welcome)
+    }
+
+    /// Sends an empty heartbeat every `period`, as the protocol asks of an
+    /// idle worker (a silent stream is ended after a lease), until the
+    /// worker is dropped.
+    fn keep_alive(&self, period: Duration) {
+        let up = self.up.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(up) = up.upgrade() else { return };
+                let beat = worker_message::Msg::Heartbeat(pb::Heartbeat { tasks: vec![] });
+                if up.send(msg(beat)).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     async fn next(&mut self) -> broker_message::Msg {

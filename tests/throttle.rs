@@ -1103,10 +1103,26 @@ impl RawWorker {
 
     /// Sends heartbeats for all its assignments until the session drops.
     fn keep_alive(&self) {
+        self.beat(pb::Heartbeat::default());
+    }
+
+    /// Keeps the stream open (a silent one is ended after a lease) with
+    /// heartbeats that extend none of its assignments, so their leases
+    /// lapse while the worker stays connected.
+    fn keep_stream_only(&self) {
+        self.beat(pb::Heartbeat {
+            tasks: vec![pb::TaskRef {
+                task_id: "no-such-task".into(),
+                attempt: 1,
+            }],
+        });
+    }
+
+    fn beat(&self, heartbeat: pb::Heartbeat) {
         let up = self.up.clone().expect("open");
         tokio::spawn(async move {
             let beat = pb::WorkerMessage {
-                msg: Some(Up::Heartbeat(pb::Heartbeat::default())),
+                msg: Some(Up::Heartbeat(heartbeat)),
             };
             while up.send(beat.clone()).is_ok() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1177,9 +1193,10 @@ async fn a_stale_outcome_or_release_never_frees_a_slot() {
     let broker = TestBroker::start_with(|c| c.lease = Duration::from_millis(1000)).await;
     let client = broker.client().await;
     let def = task_def("stale.job", Some(whole_task(1, "st")));
-    // A takes X and an in-body slot, then goes silent (no heartbeats) and
-    // stops taking work.
+    // A takes X and an in-body slot, then lets X's lease lapse (its
+    // heartbeats name no run of its) and stops taking work.
     let mut a = RawWorker::connect(&broker.addr, "A", def.clone(), 1).await;
+    a.keep_stream_only();
     let job = Task::new("stale.job");
     let ids = submit_in_order(
         &client,

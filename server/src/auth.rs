@@ -644,22 +644,49 @@ impl fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// tonic's server TLS settings for these PEMs.
-    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            // A client that connects and never finishes the handshake
-            // holds a socket, not the accept loop; still, bound it.
-            .timeout(std::time::Duration::from_secs(10));
-        match &self.client_ca_pem {
-            // Optional at the handshake, so clients with tokens alone still
-            // connect; the worker gate demands the certificate.
-            Some(ca) => config
-                .client_ca_root(Certificate::from_pem(ca))
-                .client_auth_optional(true),
-            None => config,
-        }
+    /// The listener's TLS acceptor for these PEMs: HTTP/2 by ALPN, and with
+    /// a client CA, client certificates verified against it. They are
+    /// optional at the handshake, so clients with tokens alone still
+    /// connect; the worker gate demands the certificate.
+    ///
+    /// # Errors
+    /// A certificate, key or CA that does not parse or does not fit.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls::{self, RootCertStore, server::WebPkiClientVerifier};
+
+        let certs = |what: &str, pem: &[u8]| {
+            CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{what}: {e}"))
+        };
+        let chain = certs("the certificate", &self.cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("the private key: {e}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certs("the client CA", ca)? {
+                    roots.add(cert).map_err(|e| format!("the client CA: {e}"))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("the client CA: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }
 

@@ -788,10 +788,27 @@ pub enum ToWorker {
     },
 }
 
-/// A change of a chain, for watchers.
+/// A change of a chain, for watchers. Made once per change and shared by
+/// all of the chain's watchers (`Arc`), whose buffers are bounded by
+/// [`ChainEvent::bytes`] (see `scheduler::watchers`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChainEvent {
     pub kind: &'static str,
     pub at: Option<StepAt>,
     pub chain: ChainRecord,
+    /// About what the event holds in memory: its chain's encoded size.
+    pub bytes: usize,
+}
+
+impl ChainEvent {
+    pub fn new(kind: &'static str, at: Option<StepAt>, chain: ChainRecord) -> Self {
+        use prost::Message as _;
+        let bytes = chain.encoded_len();
+        ChainEvent {
+            kind,
+            at,
+            chain,
+            bytes,
+        }
+    }
 }

@@ -16,8 +16,10 @@
 pub mod api;
 pub mod auth;
 pub mod domain;
+pub mod listener;
 pub mod metrics;
 pub mod scheduler;
+pub mod settings;
 pub mod store;
 
 use std::future::Future;
@@ -28,7 +30,6 @@ use baton::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
 /// How the broker runs.
 #[derive(Clone, Debug)]
@@ -51,11 +52,20 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no
     /// authentication); `None` (the default) serves none.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a new connection may take to complete its handshake (TLS
+    /// and the HTTP/2 preface) before it is closed; see [`listener`].
+    pub handshake_timeout: Duration,
+    /// Most connections open at once; more are closed as they come. Lowered
+    /// to what the descriptor limit allows ([`listener::connection_cap`]).
+    pub max_connections: usize,
 }
+
+/// Default of [`Config::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Config {
     /// Defaults: 30 s leases, durable acknowledgment, 1 MiB payloads,
-    /// authentication off, no TLS.
+    /// authentication off, no TLS, 10 s handshakes, 10,000 connections.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
@@ -65,6 +75,8 @@ impl Config {
             auth: auth::Auth::Off,
             tls: None,
             metrics_listen: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -85,19 +97,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is out of its range.
+    #[error(transparent)]
+    Setting(#[from] settings::OutOfRange),
     /// The TLS certificate, key or client CA is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
-}
-
-/// The innermost cause of an error, which tonic's own message hides
-/// ("transport error").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 /// Serves the broker on `listener` until `shutdown` completes, then drains:
@@ -105,21 +110,25 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// is flushed last.
 ///
 /// # Errors
-/// When the TLS settings are unusable ([`Error::Tls`]), the store cannot be
-/// opened or recovered, or the server fails.
+/// When a setting is out of its range ([`Error::Setting`]), the TLS
+/// settings are unusable ([`Error::Tls`]), the store cannot be opened or
+/// recovered, or the server fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    settings::LEASE_MS.check_duration(config.lease)?;
+    settings::HANDSHAKE_TIMEOUT_MS.check_duration(config.handshake_timeout)?;
     // TLS first: a bad certificate should stop the broker before it
     // touches the store.
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        server = server
-            .tls_config(tls.server_config())
-            .map_err(|e| Error::Tls(root_cause(&e)))?;
-    }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(auth::Tls::acceptor)
+        .transpose()
+        .map_err(Error::Tls)?;
+    let server = tonic::transport::Server::builder();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| store::Error::Io {
         path: config.data_dir.clone(),
         source,
@@ -179,6 +188,12 @@ pub async fn run(
         (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let max_message = config.limits.max_payload_bytes + 64 * 1024;
+    // A message over the limit is refused by tonic's codec; its status is
+    // rewritten to name the limit and the option (api/oversize.rs).
+    let message_limit = api::MessageLimit {
+        max_message,
+        max_payload: config.limits.max_payload_bytes,
+    };
     // Each service behind its gate (auth.rs); health and reflection open.
     let mutual_tls = config
         .tls
@@ -190,13 +205,21 @@ pub async fn run(
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    let broker = InterceptedService::new(broker, gate(auth::Service::Broker));
+    let broker = api::Oversize::new(
+        InterceptedService::new(broker, gate(auth::Service::Broker)),
+        message_limit.clone(),
+    );
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
+        lease: config.lease,
+        message_limit: message_limit.clone(),
     })
     .max_decoding_message_size(max_message);
-    let worker = InterceptedService::new(worker, gate(auth::Service::Worker));
+    let worker = api::Oversize::new(
+        InterceptedService::new(worker, gate(auth::Service::Worker)),
+        message_limit,
+    );
     let admin = pb::admin_server::AdminServer::new(api::AdminService { handle });
     let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
 
@@ -214,10 +237,13 @@ pub async fn run(
         mutual_tls,
         "baton broker listening"
     );
-    // No Nagle: a worker's outcome and the next assignment are small
-    // messages that must not wait for delayed ACKs (40 ms each otherwise).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = server
+    // Our own accept loop: handshake deadline, connection cap, and
+    // descriptor exhaustion weathered (listener.rs).
+    let accepting = listener::Settings {
+        handshake_timeout: config.handshake_timeout,
+        max_connections: listener::connection_cap(config.max_connections),
+    };
+    let router = server
         .trace_fn(request_span)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -226,23 +252,32 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(broker)
         .add_service(worker)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, {
-            // Stopping the scheduler first ends every worker and watch
-            // stream, which the server's graceful shutdown waits for.
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                // Probes see the drain at once: "" and every service.
-                for service in ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"] {
-                    health_reporter
-                        .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                        .await;
-                }
-                stop.cancel();
+        .add_service(admin);
+    let drained = {
+        // Stopping the scheduler first ends every worker and watch
+        // stream, which the server's graceful shutdown waits for.
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            // Probes see the drain at once: "" and every service.
+            for service in ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"] {
+                health_reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
             }
-        })
-        .await;
+            stop.cancel();
+        }
+    };
+    let served = match tls {
+        None => {
+            let incoming = listener::plain(listener, accepting, stop.clone());
+            router.serve_with_incoming_shutdown(incoming, drained).await
+        }
+        Some(acceptor) => {
+            let incoming = listener::tls(listener, accepting, acceptor, stop.clone());
+            router.serve_with_incoming_shutdown(incoming, drained).await
+        }
+    };
     stop.cancel();
     let _ = scheduler.await;
     store.flush().await?;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_server::auth;
+use baton_server::{auth, settings};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc instead of the system allocator: the broker allocates many
@@ -78,8 +78,9 @@ struct ServeArgs {
     /// Data directory of the store (created if missing).
     #[arg(long, env = "BATON_DATA", default_value = "./baton-data")]
     data: PathBuf,
-    /// Lease length in milliseconds: a worker silent for this long loses its
-    /// assignments, which are redelivered.
+    /// Lease length in milliseconds (1 to 86400000, one day): a worker
+    /// silent for this long loses its assignments, which are redelivered,
+    /// and its stream is ended.
     #[arg(long, env = "BATON_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u64,
     /// Acknowledge before the store is flushed (benchmarks only: a crash may
@@ -126,6 +127,14 @@ struct ServeArgs {
     /// streams then need a client certificate it signed.
     #[arg(long, env = "BATON_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Milliseconds a new connection may take to complete its handshake
+    /// (TLS and the HTTP/2 preface) before it is closed (1 to 600000).
+    #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// Most connections open at once; more are closed as they come. Kept
+    /// below the descriptor limit (`ulimit -n`) less a reserve for the store.
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = baton_server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Serve Prometheus metrics on this address (GET /metrics, plain HTTP,
     /// no authentication); off when not given.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
@@ -275,10 +284,13 @@ fn init_tracing(format: &str) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
-    if args.lease_ms == 0 {
-        anyhow::bail!("--lease-ms must be at least 1");
-    }
+    settings::LEASE_MS.check(&settings::LEASE_MS.flag(), args.lease_ms)?;
+    settings::HANDSHAKE_TIMEOUT_MS.check(
+        &settings::HANDSHAKE_TIMEOUT_MS.flag(),
+        args.handshake_timeout_ms,
+    )?;
     for (flag, value) in [
+        ("--max-connections", args.max_connections),
         ("--max-payload", args.max_payload),
         ("--max-steps", args.max_steps),
         ("--max-workers", args.max_workers),
@@ -296,6 +308,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     keep_running_past_file_size_limit()?;
     no_transparent_huge_pages();
+    raise_descriptor_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -310,6 +323,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.auth = auth;
     config.tls = tls;
     config.metrics_listen = args.metrics_listen;
+    config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
+    config.max_connections = args.max_connections;
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration file read");
     }
@@ -353,6 +368,32 @@ fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!(cause = %e, "transparent huge pages stay as the system sets them");
+    }
+}
+
+/// Raises the soft limit on open descriptors (`ulimit -n`) to the hard
+/// limit, as nginx, PostgreSQL and most servers do: the soft limit is often
+/// 1024, too few for a broker with many workers and clients, while the
+/// hard limit is what the operator allows. The connection cap is then kept
+/// below it (`listener::connection_cap`). Best effort: a failure leaves
+/// the limit as it was.
+fn raise_descriptor_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let raised = Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::debug!(from = ?limit.current, to = ?limit.maximum, "descriptor limit raised")
+                }
+                Err(e) => tracing::debug!(cause = %e, "descriptor limit left as it was"),
+            }
+        }
     }
 }
 

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub assignment_latency: Histogram,
     /// One group commit: sled's flush and the fdatasync, in seconds.
     pub store_flush: Histogram,
+    /// Bytes of chain events waiting for WatchChain streams to take them
+    /// (see `scheduler::watchers`); each watcher holds at most its budget.
+    pub watch_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,7 @@ impl Default for Metrics {
             assignment_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             // 50 µs .. ~3 s.
             store_flush: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            watch_bytes: Gauge::default(),
         }
     }
 }
@@ -178,6 +182,11 @@ impl Metrics {
             "store_flush_seconds",
             "Duration of one group commit (sled flush + fdatasync)",
             self.store_flush.clone(),
+        );
+        r.register(
+            "watch_buffered_bytes",
+            "Bytes of chain events waiting for WatchChain streams to read them",
+            self.watch_bytes.clone(),
         );
     }
 }

@@ -261,7 +261,11 @@ fn bad_arguments_exit_non_zero_with_a_message() {
     fails(&out, 2, "--listen");
 
     let out = baton().args(["serve", "--lease-ms", "0"]).output().unwrap();
-    fails(&out, 1, "--lease-ms must be at least 1");
+    fails(
+        &out,
+        1,
+        "--lease-ms is 0: it must be between 1 and 86400000 ms",
+    );
 
     let out = baton().arg("frobnicate").output().unwrap();
     fails(&out, 2, "unrecognized subcommand");
@@ -996,6 +1000,75 @@ async fn metrics_show_what_ran() {
     broker.stop().await;
 }
 
+/// Runs a `baton serve` that should refuse to start; one that starts
+/// anyway is stopped after a few seconds, so the test fails rather than
+/// hangs.
+fn refused(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 19, item 13: `--lease-ms 18446744073709551615` was accepted, and
+/// `now + lease` wrapped so that every assignment lapsed at once. Every
+/// duration setting is bounded, by flag, by environment and in the file,
+/// with a message that names it, its value and its range.
+#[test]
+fn duration_settings_out_of_range_are_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |extra: &[&str]| {
+        let mut command = baton();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(extra);
+        command
+    };
+    let out = refused(serve(&["--lease-ms", "18446744073709551615"]));
+    fails(
+        &out,
+        1,
+        "--lease-ms is 18446744073709551615: it must be between 1 and 86400000 ms",
+    );
+    let mut by_env = serve(&[]);
+    by_env.env("BATON_LEASE_MS", "86400001");
+    let out = refused(by_env);
+    fails(
+        &out,
+        1,
+        "--lease-ms is 86400001: it must be between 1 and 86400000 ms",
+    );
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "lease_ms = 9223372036854775807\n").unwrap();
+    let mut by_file = serve(&["--config"]);
+    by_file.arg(&file);
+    let out = refused(by_file);
+    fails(
+        &out,
+        1,
+        "lease_ms is 9223372036854775807: it must be between 1 and 86400000 ms",
+    );
+    let out = baton()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    fails(&out, 1, "lease_ms is 9223372036854775807");
+    assert!(!data.exists(), "nothing was started");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_file_is_checked_and_used_below_flags_and_env() {
     let dir = tempfile::tempdir().unwrap();
@@ -1037,7 +1110,11 @@ async fn a_config_file_is_checked_and_used_below_flags_and_env() {
         "{out:?}"
     );
     let out = check(&write("zero.toml", "lease_ms = 0\n"));
-    fails(&out, 1, "lease_ms must be at least 1");
+    fails(
+        &out,
+        1,
+        "lease_ms is 0: it must be between 1 and 86400000 ms",
+    );
     let out = check(&write("addr.toml", "metrics_listen = \"nowhere\"\n"));
     fails(&out, 1, "metrics_listen");
     let out = check(&write(

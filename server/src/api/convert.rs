@@ -19,7 +19,8 @@ use crate::domain::{
 pub struct Limits {
     /// Largest encoded SubmitChain request, result or failure (bytes); this
     /// bounds a signature's args and kwargs too. `INVALID_ARGUMENT` (a
-    /// message past it plus 64 KiB is cut off by gRPC: `RESOURCE_EXHAUSTED`).
+    /// message past it plus 64 KiB is not even decoded:
+    /// `RESOURCE_EXHAUSTED` naming `--max-payload`, see `api::oversize`).
     pub max_payload_bytes: usize,
     /// Most signatures in one chain (steps + callbacks): `INVALID_ARGUMENT`.
     pub max_steps: usize,
@@ -27,6 +28,10 @@ pub struct Limits {
     pub max_workers: usize,
     /// Most WatchChain streams open at once: `RESOURCE_EXHAUSTED`.
     pub max_watches: usize,
+    /// Most bytes of chain events that may wait for one WatchChain stream
+    /// to read them; a watcher further behind is ended with
+    /// `RESOURCE_EXHAUSTED` (see `scheduler::watchers`).
+    pub watch_budget_bytes: usize,
     /// Largest concurrency a worker may ask for in its hello, which is the
     /// most assignments it holds at once: `INVALID_ARGUMENT`.
     pub max_worker_concurrency: u32,
@@ -39,6 +44,7 @@ impl Default for Limits {
             max_steps: 1000,
             max_workers: 1000,
             max_watches: 10_000,
+            watch_budget_bytes: crate::scheduler::watchers::DEFAULT_BUDGET,
             max_worker_concurrency: 10_000,
         }
     }
@@ -222,8 +228,11 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
     let chain_id = if req.chain_id.is_empty() {
         None
     } else {
-        Some(canonical_uuid(&req.chain_id).ok_or_else(|| {
-            invalid("chain_id is not a UUID (leave it empty to let the broker pick one)")
+        Some(chain_id(&req.chain_id).map_err(|e| {
+            invalid(format!(
+                "{} (or leave it empty to let the broker pick one)",
+                e.message()
+            ))
         })?)
     };
     for (k, v) in &req.context {
@@ -284,14 +293,21 @@ fn canonical_uuid(id: &str) -> Option<String> {
     uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
 }
 
-/// A chain id from a request: must look like a UUID.
+/// A chain id from a request, in the one spelling the store keys chains by
+/// (lower-case, hyphenated). A submission's id is stored that way, so every
+/// call that names a chain (GetChain, WatchChain, CancelChain, RequeueChain)
+/// must look it up that way too: `0190ABCD-...`, `{0190abcd-...}` and the
+/// 32 hex digits without hyphens all name the same chain.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` when it is not one.
-pub fn chain_id(id: String) -> Result<String, Status> {
-    uuid::Uuid::parse_str(&id)
-        .map(|_| id)
-        .map_err(|_| invalid("chain_id is not a UUID"))
+/// `INVALID_ARGUMENT` naming `chain_id` when it is not a UUID.
+pub fn chain_id(id: &str) -> Result<String, Status> {
+    canonical_uuid(id).ok_or_else(|| {
+        invalid(
+            "chain_id is not a UUID (36 characters like 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b; \
+             upper case, braces and the 32 digits without hyphens are accepted)",
+        )
+    })
 }
 
 pub fn task_ref(t: Option<pb::TaskRef>) -> Result<domain::TaskRef, Status> {

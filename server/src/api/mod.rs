@@ -3,15 +3,17 @@
 //! Nothing here decides anything: every rule lives in the scheduler.
 
 pub mod convert;
+mod oversize;
 mod worker;
 
 use std::pin::Pin;
 
 use baton::pb;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub use self::convert::Limits;
+pub use self::oversize::{MessageLimit, Oversize};
 pub use self::worker::WorkerService;
 use crate::auth::Caller;
 use crate::domain::Identity;
@@ -101,7 +103,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::GetChainRequest>,
     ) -> Result<Response<pb::Chain>, Status> {
         let caller = Caller::of(&request)?;
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         let (chain, unserved) = self.handle.inspect(id).await?;
         caller.check_sees(&chain)?;
@@ -114,7 +116,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::GetStepResultResponse>, Status> {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let id = convert::chain_id(request.chain_id)?;
+        let id = convert::chain_id(&request.chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let result = self.handle.step_result(id, request.task_id).await?;
@@ -128,11 +130,19 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::WatchChainRequest>,
     ) -> Result<Response<Self::WatchChainStream>, Status> {
         let caller = Caller::of(&request)?;
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
-        let rx = self.handle.watch(id).await?;
-        let stream = ReceiverStream::new(rx).map(|e| Ok(convert::event_view(&e)));
+        let feed = self
+            .handle
+            .watch(id, self.limits.watch_budget_bytes)
+            .await?;
+        // A watcher that fell behind ends with why, never with a plain end
+        // of stream that would look like the chain ended.
+        let stream = feed.map(|event| match event {
+            Ok(e) => Ok(convert::event_view(&e)),
+            Err(behind) => Err(Status::resource_exhausted(behind.to_string())),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -142,7 +152,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::CancelChainResponse>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let id = convert::chain_id(req.chain_id)?;
+        let id = convert::chain_id(&req.chain_id)?;
         record_chain(&id);
         self.check_sees(&caller, &id).await?;
         let state = self.handle.cancel(id, req.reason).await?;
@@ -386,7 +396,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RequeueChainRequest>,
     ) -> Result<Response<pb::RequeueChainResponse>, Status> {
-        let id = convert::chain_id(request.into_inner().chain_id)?;
+        let id = convert::chain_id(&request.into_inner().chain_id)?;
         record_chain(&id);
         let new_id = self.handle.requeue(id.clone()).await?;
         tracing::info!(requeued_as = %new_id, "chain requeued");

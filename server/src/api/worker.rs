@@ -14,6 +14,15 @@
 //! messages as if they came one by one. Acknowledgments alone wait up to
 //! [`ACK_HOLD`] for other messages to share their frame (see [`frames`]).
 //!
+//! Silence: a worker must send something (a Heartbeat when it has nothing
+//! else to say; the Welcome suggests every third of the lease) at least
+//! once per lease. A stream silent for a whole lease is ended with
+//! `DEADLINE_EXCEEDED` saying why, and its worker slot is freed: without
+//! this, streams that sent a Hello and then nothing held every slot of
+//! `--max-workers` forever (issue 19, item 11). The eviction lives here, at
+//! the edge, where the messages arrive; the scheduler only hears that the
+//! worker is gone, as for a broken connection.
+//!
 //! Limits: the hello must come within [`HELLO_WAIT`] and ask for at most
 //! `--max-worker-concurrency` assignments at once; the scheduler refuses
 //! workers past `--max-workers`. A worker does not set the pace: its
@@ -22,6 +31,7 @@
 //! messages wait for it, after which its stream up is not read either.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use baton::pb::{self, broker_message, worker_message};
 use futures::StreamExt as _;
@@ -30,21 +40,27 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::oversize::MessageLimit;
 use crate::domain::{FromWorker, Options, RunOutcome, ToWorker, WorkerHello};
 use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
 const OUTBOUND: usize = 4096;
 /// How long a new stream may take to send its hello.
-const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const HELLO_WAIT: Duration = Duration::from_secs(10);
 /// Most messages taken off a worker's queue for one frame down.
 const BATCH_MESSAGES: usize = 512;
 /// Longest an outcome acknowledgment waits for company (see [`frames`]).
-const ACK_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+const ACK_HOLD: Duration = Duration::from_millis(5);
 
 pub struct WorkerService {
     pub handle: Handle,
     pub limits: convert::Limits,
+    /// The assignment lease (`--lease-ms`), which is also the longest a
+    /// stream may stay silent.
+    pub lease: Duration,
+    /// What a message over the size limit is told.
+    pub message_limit: MessageLimit,
 }
 
 type DownStream = Pin<Box<dyn Stream<Item = Result<pb::BrokerMessage, Status>> + Send>>;
@@ -322,6 +338,95 @@ impl UpLink {
     }
 }
 
+/// The stream down, ended early with the session's reason when the stream
+/// up's task sends one (a silent worker, a message over the limit). It
+/// still ends as soon as the scheduler lets go of the worker, whatever the
+/// stream up does.
+fn ending_with(down: DownStream, end: tokio::sync::oneshot::Receiver<Status>) -> DownStream {
+    /// What the stream does next: with `end` gone, it is the stream down
+    /// alone; `done` once the reason was sent.
+    struct State {
+        down: DownStream,
+        end: Option<tokio::sync::oneshot::Receiver<Status>>,
+        done: bool,
+    }
+    let state = State {
+        down,
+        end: Some(end),
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        while let Some(why) = state.end.as_mut() {
+            tokio::select! {
+                biased;
+                why = why => match why {
+                    Ok(status) => {
+                        state.done = true;
+                        return Some((Err(status), state));
+                    }
+                    // The stream up ended without a reason.
+                    Err(_) => state.end = None,
+                },
+                item = state.down.next() => return item.map(|item| (item, state)),
+            }
+        }
+        let item = state.down.next().await;
+        item.map(|item| (item, state))
+    }))
+}
+
+/// How long a worker stream has been silent. A message up resets it; a
+/// whole lease without one ends the stream (see the module doc).
+///
+/// One timer per lease, not one per message: a message only notes the
+/// time, and the timer, when it fires early, waits again for the rest.
+struct Silence {
+    lease: Duration,
+    last_heard: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Silence {
+    fn new(lease: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Silence {
+            lease,
+            last_heard: now,
+            timer: Box::pin(tokio::time::sleep_until(now + lease)),
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = tokio::time::Instant::now();
+    }
+
+    /// Completes once a whole lease passed without a message.
+    async fn lasted(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let deadline = self.last_heard + self.lease;
+            if deadline <= tokio::time::Instant::now() {
+                return;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
+    /// What the worker is told.
+    fn status(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "this worker stream sent nothing for {} ms, the broker's lease (--lease-ms): a worker \
+             must send a message, a Heartbeat when idle, at least every \
+             Welcome.heartbeat_interval_ms; the stream is ended and its worker slot freed \
+             (reconnect to go on)",
+            self.lease.as_millis()
+        ))
+    }
+}
+
 /// What the session does after a message up.
 enum Next {
     Continue,
@@ -373,20 +478,39 @@ impl pb::worker_server::Worker for WorkerService {
         // dropped cannot keep a session open by writing only.
         let down_gone = tokio_util::sync::CancellationToken::new();
         let down_guard = down_gone.clone().drop_guard();
+        // Why the session ended, when the worker should hear it: the stream
+        // down ends with this status.
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
+        let lease = self.lease;
+        let message_limit = self.message_limit.clone();
         let span = tracing::info_span!("worker", worker.id = %worker_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let mut clean = false;
+                let mut silence = Silence::new(lease);
                 loop {
+                    // Biased: a message that waits wins over the timer, so
+                    // a worker is never evicted while the broker was busy
+                    // forwarding what it sent before.
                     let next = tokio::select! {
+                        biased;
                         next = up.message() => next,
                         () = down_gone.cancelled() => break,
+                        () = silence.lasted() => {
+                            tracing::info!(lease_ms = lease.as_millis(), "silent worker stream ended");
+                            let _ = end_tx.send(silence.status());
+                            break;
+                        }
                     };
                     let msg = match next {
                         Ok(Some(m)) => m,
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(cause = %e, "worker stream broke");
+                            // A message over the limit: say which limit.
+                            if let Some(status) = message_limit.rewrite_status(&e) {
+                                let _ = end_tx.send(status);
+                            }
                             break;
                         }
                     };
@@ -397,6 +521,9 @@ impl pb::worker_server::Worker for WorkerService {
                         }
                         Some(msg) => up_link.forward(msg).await,
                     };
+                    // Silence counts from here: the time spent forwarding
+                    // (a busy scheduler) is not the worker's.
+                    silence.heard();
                     match flow {
                         Next::Continue => {}
                         Next::Stop => break,
@@ -430,7 +557,8 @@ impl pb::worker_server::Worker for WorkerService {
                     .map(Ok),
             )
         };
-        Ok(Response::new(down))
+        // It ends with the session's reason, if it has one.
+        Ok(Response::new(ending_with(down, end_rx)))
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use baton_server::settings;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
@@ -52,6 +53,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +79,18 @@ impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
         let mut config: FileConfig =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if config.lease_ms == Some(0) {
-            anyhow::bail!("{}: lease_ms must be at least 1", path.display());
+        for (setting, value) in [
+            (settings::LEASE_MS, config.lease_ms),
+            (settings::HANDSHAKE_TIMEOUT_MS, config.handshake_timeout_ms),
+        ] {
+            if let Some(ms) = value {
+                setting
+                    .check(setting.key, ms)
+                    .with_context(|| path.display().to_string())?;
+            }
         }
         for (key, value) in [
+            ("max_connections", config.max_connections),
             ("max_payload", config.max_payload),
             ("max_steps", config.max_steps),
             ("max_workers", config.max_workers),
@@ -156,6 +167,8 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(max_workers);
     fill!(max_watches);
     fill!(max_worker_concurrency);
+    fill!(handshake_timeout_ms);
+    fill!(max_connections);
     fill!(allow_insecure);
     fill!(tokens, optional);
     fill!(tls_cert, optional);
@@ -198,8 +211,13 @@ pub fn apply(args: &mut ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result
 /// # Errors
 /// Naming the setting at fault.
 pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
+    settings::LEASE_MS.check(settings::LEASE_MS.key, args.lease_ms)?;
+    settings::HANDSHAKE_TIMEOUT_MS.check(
+        settings::HANDSHAKE_TIMEOUT_MS.key,
+        args.handshake_timeout_ms,
+    )?;
     for (key, value) in [
-        ("lease_ms", usize::from(args.lease_ms > 0)),
+        ("max_connections", args.max_connections),
         ("max_payload", args.max_payload),
         ("max_steps", args.max_steps),
         ("max_workers", args.max_workers),
@@ -255,6 +273,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("max_workers = {}", args.max_workers);
     println!("max_watches = {}", args.max_watches);
     println!("max_worker_concurrency = {}", args.max_worker_concurrency);
+    println!("handshake_timeout_ms = {}", args.handshake_timeout_ms);
+    println!("max_connections = {}", args.max_connections);
     println!("log_format = \"{}\"", args.log_format);
     let auth = match (args.auth, &args.tokens) {
         (Some(AuthMode::Tokens), _) | (None, Some(_)) => "tokens",
@@ -298,6 +318,8 @@ mod tests {
             tls_key = "broker.key"
             tls_client_ca = "ca.pem"
             metrics_listen = "127.0.0.1:9090"
+            handshake_timeout_ms = 5000
+            max_connections = 2000
         "#;
         let c = FileConfig::parse(text, Path::new("/etc/baton/baton.toml")).unwrap();
         assert_eq!(c.data.as_deref(), Some(Path::new("/etc/baton/state")));
@@ -322,9 +344,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xml") && e.contains("line 1"), "{e}");
-        let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("lease_ms must be at least 1"), "{e}");
+        let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("b.toml: lease_ms is 0: it must be between 1 and 86400000 ms"),
+            "{e}"
+        );
     }
 }

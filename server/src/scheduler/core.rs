@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::queues::{ChainKey, Head, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
-use super::{Error, Inspected, QueueStats, Submitted, WorkerStats};
+use super::{Error, Inspected, QueueStats, Submitted, WorkerStats, watchers};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::store::{Batch, Recovered, Shared};
@@ -40,7 +40,7 @@ pub enum Effect {
     /// Sends an event to a chain's watchers; `last` closes their streams.
     Watch {
         chain_id: String,
-        event: Box<ChainEvent>,
+        event: Arc<ChainEvent>,
         last: bool,
     },
     /// Any other deferred reply (a oneshot send, a watch snapshot).
@@ -295,7 +295,7 @@ pub struct Core {
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
     rerouting: HashSet<String>,
-    watchers: HashMap<String, Vec<mpsc::Sender<ChainEvent>>>,
+    watchers: HashMap<String, Vec<watchers::Sender>>,
     /// Writes of the rounds since the last [`Core::apply`].
     batch: Batch,
     dirty: BTreeSet<String>,
@@ -667,11 +667,8 @@ impl Core {
         }
         if let Some(chain) = self.chains.get(chain_id) {
             let last = chain.is_ended();
-            let event = Box::new(ChainEvent {
-                kind,
-                at,
-                chain: self.with_results(chain.clone()),
-            });
+            // One copy of the chain for all of its watchers.
+            let event = Arc::new(ChainEvent::new(kind, at, self.with_results(chain.clone())));
             self.emit(Effect::Watch {
                 chain_id: chain_id.to_owned(),
                 event,
@@ -703,7 +700,9 @@ impl Core {
                 last,
             } => {
                 if let Some(list) = self.watchers.get_mut(&chain_id) {
-                    list.retain(|tx| tx.try_send((*event).clone()).is_ok());
+                    // A watcher over its byte budget is dropped here; its
+                    // stream ends saying it fell behind (watchers.rs).
+                    list.retain(|tx| tx.offer(&event));
                     if last || list.is_empty() {
                         self.watchers.remove(&chain_id);
                     }
@@ -1226,7 +1225,7 @@ impl Core {
     pub fn watch(
         &mut self,
         chain_id: &str,
-        tx: mpsc::Sender<ChainEvent>,
+        tx: watchers::Sender,
         reply: oneshot::Sender<Result<(), Error>>,
     ) {
         match self.chain(chain_id) {
@@ -1238,13 +1237,9 @@ impl Core {
                         .or_default()
                         .push(tx.clone());
                 }
-                let event = ChainEvent {
-                    kind: "snapshot",
-                    at: None,
-                    chain,
-                };
+                let event = Arc::new(ChainEvent::new("snapshot", None, chain));
                 self.emit(Effect::Run(Box::new(move || {
-                    let _ = tx.try_send(event);
+                    tx.offer(&event);
                 })));
                 self.reply(reply, Ok(()));
             }

@@ -35,6 +35,7 @@ mod clock;
 mod core;
 pub mod queues;
 pub mod throttle;
+pub mod watchers;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -184,7 +185,7 @@ enum Command {
     /// (chain id, task id) of a step whose result to read.
     StepResult(String, String, Reply<String>),
     Inspect(String, Reply<Inspected>),
-    Watch(String, mpsc::Sender<ChainEvent>, Reply<()>),
+    Watch(String, watchers::Sender, Reply<()>),
     Cancel(String, String, Reply<ChainState>),
     Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
     FromWorker(String, FromWorker),
@@ -711,14 +712,16 @@ impl Handle {
     }
 
     /// Subscribes to a chain's events; the first is a snapshot, and the
-    /// channel closes after the event that ends the chain.
+    /// feed ends after the event that ends the chain, or with
+    /// [`watchers::FellBehind`] once more than `budget` bytes of events
+    /// wait for the reader.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain.
-    pub async fn watch(&self, chain_id: String) -> Result<mpsc::Receiver<ChainEvent>, Error> {
-        let (tx, rx) = mpsc::channel(1024);
+    pub async fn watch(&self, chain_id: String, budget: usize) -> Result<watchers::Feed, Error> {
+        let (tx, feed) = watchers::channel(budget, self.metrics.watch_bytes.clone());
         self.ask(|r| Command::Watch(chain_id, tx, r)).await?;
-        Ok(rx)
+        Ok(feed)
     }
 
     /// # Errors
