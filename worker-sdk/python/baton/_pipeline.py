@@ -36,8 +36,9 @@ fails with what a ``SubmitChain`` of it alone would have raised
 code and details) and the others are sent again, ahead of the queue, in their
 order. Resending is safe: the ids are the client's, and the broker answers an
 id it stored already as a repeat (dedup ``chain_id``) instead of storing it
-twice. A call too large for the broker (``OUT_OF_RANGE``: one run with a
-``--max-payload`` below the default) is sent again in calls half its size,
+twice. A call too large for the broker (``RESOURCE_EXHAUSTED`` naming
+``--max-payload``, or ``OUT_OF_RANGE`` from older brokers: one run with
+a ``--max-payload`` below the default) is sent again in calls half its size,
 down to a chain alone, which then fails as it would alone. A call cut off by
 a lost connection (``UNAVAILABLE``: the broker crashed or restarted while it
 was in flight, so some of its chains may be stored and some not) is sent
@@ -333,7 +334,7 @@ class Pipeline:
             index, details = refused
             assert isinstance(error, grpc.RpcError)
             return [(batch[index], None, SubmissionRefused(error, details))], batch[:index] + batch[index + 1:]
-        if len(batch) > 1 and _code(error) == grpc.StatusCode.OUT_OF_RANGE:
+        if len(batch) > 1 and _too_large(error):
             size = sum(s.size for s in batch)
             with self._lock:
                 self._batch_bytes = min(self._batch_bytes, max(1, size // 2))
@@ -394,6 +395,23 @@ class Pipeline:
 def _code(error: BaseException) -> Optional[grpc.StatusCode]:
     code = getattr(error, "code", None)
     return code() if callable(code) else None
+
+
+def _too_large(error: BaseException) -> bool:
+    """Whether the broker refused a call for being over its message limit.
+
+    ``RESOURCE_EXHAUSTED`` also means a full disk: the broker's message for
+    a call too large names the option that sets the limit.
+    """
+    code = _code(error)
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        return True
+    details = getattr(error, "details", None)
+    return (
+        code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and callable(details)
+        and "per message: --max-payload" in (details() or "")
+    )
 
 
 def _refused_chain(error: BaseException, count: int) -> Optional[Tuple[int, str]]:

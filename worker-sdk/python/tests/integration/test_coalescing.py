@@ -165,7 +165,7 @@ def test_calls_too_large_for_a_small_max_payload_go_again_smaller(start_broker):
             with pytest.raises(grpc.RpcError) as raised:
                 alone.submit(chain(sig(size, 0)).to_request())
             expected[size] = raised.value.code()
-        assert expected == {70_000: grpc.StatusCode.INVALID_ARGUMENT, 140_000: grpc.StatusCode.OUT_OF_RANGE}
+        assert expected == {70_000: grpc.StatusCode.INVALID_ARGUMENT, 140_000: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
         sig(10, 0).delay().wait_stored(timeout=30)
         with stopped(broker):

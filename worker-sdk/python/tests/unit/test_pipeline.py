@@ -374,11 +374,22 @@ def test_a_call_cut_off_by_a_lost_connection_goes_again_a_few_times(app, add):
         assert raised.value is lost
 
 
-def test_a_call_too_large_for_the_broker_goes_again_in_halves(app, add):
+@pytest.mark.parametrize(
+    "too_large",
+    [
+        RpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the request message is 140000 bytes, over the limit of 131072 bytes per message: "
+            "--max-payload (65536 bytes) plus 64 KiB for the rest of the request",
+        ),
+        # Brokers before the status was RESOURCE_EXHAUSTED.
+        RpcError(grpc.StatusCode.OUT_OF_RANGE, "Error, decoded message length too large"),
+    ],
+)
+def test_a_call_too_large_for_the_broker_goes_again_in_halves(app, add, too_large):
     """A broker run with a small --max-payload refuses the whole message
-    (OUT_OF_RANGE): the chains go again in smaller calls, and one too large
-    alone fails as SubmitChain of it would."""
-    too_large = RpcError(grpc.StatusCode.OUT_OF_RANGE, "Error, decoded message length too large")
+    (RESOURCE_EXHAUSTED naming --max-payload): the chains go again in smaller
+    calls, and one too large alone fails as SubmitChain of it would."""
     results, call = behind_a_call_in_flight(app, add, lambda: [add.delay("x" * 1000, i) for i in range(8)])
     call.fail(too_large)
     assert [len(c.ids) for c in sent(app)[2:]] == [4]
