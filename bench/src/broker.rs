@@ -97,13 +97,24 @@ impl Broker {
 
     /// Resident memory of the broker process, in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The most resident memory the broker process has had so far (its
+    /// high-water mark), in bytes.
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> Result<u64> {
         let pid = self.child.id().context("the broker has exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("no VmRSS in /proc/<pid>/status")?;
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
         Ok(kib * 1024)
     }
 

@@ -4,6 +4,7 @@
 //! cargo build --release -p baton-server -p baton-bench
 //! target/release/baton-bench                      # everything, 3 runs each
 //! target/release/baton-bench --only noop,latency --runs 5 --out results.jsonl
+//! target/release/baton-bench --only hostile       # issue 19's hostile workloads
 //! ```
 //!
 //! Every figure is the median of `--runs` runs, printed with its min and
@@ -20,6 +21,7 @@
 mod broker;
 mod disk;
 mod handoff;
+mod hostile;
 mod latency;
 mod recovery;
 mod stats;
@@ -33,7 +35,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use crate::broker::{Broker, Settings};
-use crate::stats::{Figure, Label, Sink, ms, percentile};
+use crate::stats::{Figure, Label, Rows, Sink, ms, percentile};
 use crate::throughput::{Producer, Unit};
 use crate::workers::{Tally, Workers};
 
@@ -50,7 +52,8 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Comma-separated groups: disk, noop, chains, executors, latency,
-    /// handoff, recovery. Default: all.
+    /// handoff, recovery; and hostile (issue 19's hostile workloads, run
+    /// only when named). Default: all but hostile.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every workload's size (0.1 for a quick look).
@@ -75,7 +78,11 @@ struct Args {
 
 impl Args {
     fn wants(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        self.only.is_empty() || self.named(group)
+    }
+
+    fn named(&self, group: &str) -> bool {
+        self.only.iter().any(|g| g == group)
     }
 
     fn size(&self, n: usize) -> usize {
@@ -134,12 +141,15 @@ async fn run(args: Args) -> Result<()> {
             handoff_figures(&args, &settings, &mut sink).await?;
         }
     }
+    let durable = Settings {
+        binary,
+        durable: true,
+    };
     if args.wants("recovery") {
-        let settings = Settings {
-            binary,
-            durable: true,
-        };
-        recovery_figures(&args, &settings, &mut sink).await?;
+        recovery_figures(&args, &durable, &mut sink).await?;
+    }
+    if args.named("hostile") {
+        hostile_figures(&args, &durable, &mut sink).await?;
     }
     Ok(())
 }
@@ -343,39 +353,145 @@ async fn disk_figures(args: &Args, sink: &mut Sink) -> Result<()> {
 
 async fn recovery_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
     let n = args.size(args.recovery_tasks);
-    let mut rows: Vec<(&str, &'static str, Vec<f64>)> = vec![
-        ("recovery_fill", "tasks/s", Vec::new()),
-        ("recovery_flow", "s", Vec::new()),
-        ("recovery_rss_queued", "B/task", Vec::new()),
-        ("recovery_rss_restarted", "B/task", Vec::new()),
-        ("recovery_disk", "B/task", Vec::new()),
-    ];
+    let mut rows = Rows::new(&[
+        ("recovery_fill", "tasks/s"),
+        ("recovery_flow", "s"),
+        ("recovery_rss_queued", "B/task"),
+        ("recovery_rss_restarted", "B/task"),
+        ("recovery_disk", "B/task"),
+    ]);
     for _ in 0..args.runs {
         let r = recovery::measure(settings, n).await?;
-        let values = [
+        rows.push([
             r.fill_per_s,
             r.flow_after_restart.as_secs_f64(),
             r.rss_queued_per_task,
             r.rss_recovered_per_task,
             r.disk_per_task,
-        ];
-        for (row, v) in rows.iter_mut().zip(values) {
-            row.2.push(v);
+        ]);
+    }
+    rows.put(sink, |workload, unit| Label {
+        workload: workload.into(),
+        producer: "batch",
+        durable: settings.durable,
+        procs: 1,
+        concurrency: 64,
+        tasks: n,
+        unit,
+    })?;
+    Ok(())
+}
+
+/// Issue 19's hostile workloads (see [`hostile`]): a Hello with many
+/// names, dispatch beside many unserved names, and large results.
+async fn hostile_figures(args: &Args, settings: &Settings, sink: &mut Sink) -> Result<()> {
+    let sizes = hostile::Sizes {
+        queued: args.size(50_000),
+        names: args.size(40_000),
+        unserved: args.size(100_000),
+        noops: args.size(20_000),
+        probes: args.size(200),
+        steps: args.size(40),
+        result_bytes: args.size(1_000_000),
+    };
+    let label = |workload: &str, producer, tasks, unit| Label {
+        workload: format!("hostile_{workload}"),
+        producer,
+        durable: settings.durable,
+        procs: 1,
+        concurrency: 1,
+        tasks,
+        unit,
+    };
+    let (mut welcome, mut stall) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let h = hostile::hello(settings, sizes).await?;
+        if h.gave_up {
+            println!(
+                "hostile_hello: no Welcome within {:.0} s, recorded at that bound",
+                h.welcome.as_secs_f64()
+            );
+        }
+        welcome.push(h.welcome.as_secs_f64());
+        stall.push(ms(h.longest_get));
+    }
+    sink.put(&Figure {
+        label: label("hello_welcome", "-", sizes.names, "s"),
+        runs: welcome,
+    })?;
+    sink.put(&Figure {
+        label: label("hello_longest_get", "sync", sizes.names, "ms"),
+        runs: stall,
+    })?;
+
+    for (case, unserved) in [("none", 0), ("unserved", sizes.unserved)] {
+        let (mut rate, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let d = hostile::dispatch(settings, sizes, unserved).await?;
+            if d.gave_up {
+                println!(
+                    "hostile_dispatch_{case}: not every no-op chain ran in time; the rate is of those that did"
+                );
+            }
+            rate.push(d.chains_per_s);
+            p50.push(ms(percentile(&d.gets, 50)));
+            p99.push(ms(percentile(&d.gets, 99)));
+        }
+        let eight = |l: Label| Label {
+            concurrency: 8,
+            ..l
+        };
+        sink.put(&Figure {
+            label: eight(label(
+                &format!("dispatch_{case}"),
+                "batch",
+                sizes.noops,
+                "chains/s",
+            )),
+            runs: rate,
+        })?;
+        for (p, runs) in [("p50", p50), ("p99", p99)] {
+            sink.put(&Figure {
+                label: eight(label(
+                    &format!("dispatch_{case}_get_{p}"),
+                    "sync",
+                    sizes.probes,
+                    "ms",
+                )),
+                runs,
+            })?;
         }
     }
-    for (workload, unit, runs) in rows {
-        sink.put(&Figure {
-            label: Label {
-                workload: workload.into(),
-                producer: "batch",
-                durable: settings.durable,
-                procs: 1,
-                concurrency: 64,
-                tasks: n,
-                unit,
-            },
-            runs,
-        })?;
+
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let mut rows = Rows::new(&[
+        ("large_peak_rss", "MB"),
+        ("large_disk", "MB"),
+        ("large_disk_blobs", "MB"),
+        ("large_blob_files", "files"),
+        ("large_get_bytes", "MB"),
+        ("large_default_get_ok", "of 1"),
+        ("large_chain", "s"),
+        ("large_steps_fed", "steps"),
+    ]);
+    for _ in 0..args.runs {
+        let l = hostile::large(settings, sizes).await?;
+        if let Err(refused) = &l.default_get {
+            println!("hostile_large: GetChain with the default limit failed: {refused}");
+        }
+        rows.push([
+            mb(l.peak_rss_bytes),
+            mb(l.disk_bytes),
+            mb(l.blob_bytes),
+            l.blob_files as f64,
+            l.get_bytes as f64 / 1e6,
+            if l.default_get.is_ok() { 1.0 } else { 0.0 },
+            l.took.as_secs_f64(),
+            l.fed as f64,
+        ]);
     }
+    rows.put(sink, |workload, unit| {
+        label(workload, "-", sizes.steps, unit)
+    })?;
     Ok(())
 }

@@ -98,6 +98,42 @@ impl Figure {
     }
 }
 
+/// Several figures measured together, one value of each per run.
+pub struct Rows {
+    rows: Vec<(&'static str, &'static str, Vec<f64>)>,
+}
+
+impl Rows {
+    /// Figures of these (workload, unit) pairs, with no run yet.
+    pub fn new(figures: &[(&'static str, &'static str)]) -> Self {
+        Rows {
+            rows: figures.iter().map(|&(w, u)| (w, u, Vec::new())).collect(),
+        }
+    }
+
+    /// One run's values, in the order of [`Rows::new`].
+    pub fn push(&mut self, values: impl IntoIterator<Item = f64>) {
+        for (row, v) in self.rows.iter_mut().zip(values) {
+            row.2.push(v);
+        }
+    }
+
+    /// Puts every figure, labelled by `label(workload, unit)`.
+    pub fn put(
+        self,
+        sink: &mut Sink,
+        label: impl Fn(&str, &'static str) -> Label,
+    ) -> anyhow::Result<()> {
+        for (workload, unit, runs) in self.rows {
+            sink.put(&Figure {
+                label: label(workload, unit),
+                runs,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Prints figures as they come and appends their records to a file.
 pub struct Sink {
     out: Option<std::fs::File>,

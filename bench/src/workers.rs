@@ -51,12 +51,18 @@ impl Tally {
         }
     }
 
+    /// Units of work finished since the last reset.
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::Acquire)
+    }
+
     pub fn reset(&self) {
         self.finished.store(0, Ordering::Release);
         self.probes.lock().expect("probes").clear();
     }
 
-    fn finish_one(&self) {
+    /// Counts one unit of work as finished.
+    pub fn finish_one(&self) {
         let n = self.finished.fetch_add(1, Ordering::AcqRel) + 1;
         let goal = self.goal.load(Ordering::Acquire);
         if goal > 0 && n >= goal {
@@ -75,9 +81,7 @@ impl Workers {
     /// Connects `procs` workers of `concurrency` each, serving the general
     /// queue with every bench task.
     pub fn start(addr: &str, procs: usize, concurrency: u32, tally: &Arc<Tally>) -> Self {
-        let mut stops = Vec::new();
-        let mut joins = Vec::new();
-        for i in 0..procs {
+        Self::run((0..procs).map(|i| {
             let mut builder = Worker::builder(addr.to_owned())
                 .name(format!("bench-{i}"))
                 .concurrency(concurrency);
@@ -100,7 +104,15 @@ impl Workers {
                     }
                 });
             }
-            let worker = builder.build().expect("worker settings are valid");
+            builder.build().expect("worker settings are valid")
+        }))
+    }
+
+    /// Runs these workers until [`Workers::stop`].
+    pub fn run(workers: impl IntoIterator<Item = Worker>) -> Self {
+        let mut stops = Vec::new();
+        let mut joins = Vec::new();
+        for worker in workers {
             let (stop, stopped) = oneshot::channel::<()>();
             joins.push(tokio::spawn(worker.run_until(async {
                 let _ = stopped.await;
