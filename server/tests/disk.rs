@@ -514,6 +514,99 @@ async fn until_refused(client: &Client, refusal: tonic::Code) -> (Vec<Held>, bat
     }
 }
 
+/// SetThrottleLimit and DrainWorker store or change what runs: while the
+/// disk is full they are refused with RESOURCE_EXHAUSTED and change
+/// nothing; after the repair they work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_are_refused_on_a_full_disk_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn(&data).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    let admin = client.admin();
+    let worker_task = tokio::spawn(worker(&broker.addr).run_until(std::future::pending()));
+    let id = client
+        .submit(Task::new("echo").si([1]))
+        .await
+        .unwrap()
+        .chain_id;
+    succeeded(&client, &id, json!(1)).await;
+    let identity = baton::pb::ThrottleIdentity::task("echo", "k");
+    let overridden = |throttles: &[baton::pb::ThrottleInfo]| {
+        throttles
+            .iter()
+            .find(|t| t.identity.as_ref() == Some(&identity))
+            .map(|t| (t.limit, t.limit_overridden))
+    };
+    let draining = |workers: &[baton::pb::WorkerInfo]| {
+        workers
+            .iter()
+            .filter(|w| w.worker_name == "disk-test")
+            .map(|w| w.draining)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [false]);
+
+    let size = std::fs::metadata(data.join("db")).unwrap().len();
+    broker.limit_file_size(Some(size));
+    let (held, _) = until_refused(&client, tonic::Code::ResourceExhausted).await;
+
+    // Answered at once: a write the broker took would wait for the repair.
+    let answer = Duration::from_secs(5);
+    let limit = tokio::time::timeout(answer, admin.set_throttle_limit(identity.clone(), 3))
+        .await
+        .expect("SetThrottleLimit is answered during disk trouble")
+        .unwrap_err();
+    assert_eq!(
+        limit.code(),
+        Some(tonic::Code::ResourceExhausted),
+        "{limit}"
+    );
+    let drain = tokio::time::timeout(answer, admin.drain_worker("disk-test"))
+        .await
+        .expect("DrainWorker is answered during disk trouble")
+        .unwrap_err();
+    assert_eq!(
+        drain.code(),
+        Some(tonic::Code::ResourceExhausted),
+        "{drain}"
+    );
+    // Nothing changed: no override, the worker not draining.
+    assert_eq!(overridden(&admin.list_throttles().await.unwrap()), None);
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [false]);
+
+    // Room again: both work once the broker has repaired its store.
+    broker.limit_file_size(None);
+    let start = Instant::now();
+    let info = loop {
+        assert!(start.elapsed() < PATIENCE, "the broker did not recover");
+        match admin.set_throttle_limit(identity.clone(), 3).await {
+            Ok(info) => break info,
+            Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("unexpected answer while recovering: {e}"),
+        }
+    };
+    assert_eq!((info.limit, info.limit_overridden), (3, true));
+    assert_eq!(
+        overridden(&admin.list_throttles().await.unwrap()),
+        Some((3, true))
+    );
+    let drained = admin.drain_worker("disk-test").await.unwrap();
+    assert_eq!(draining(&drained), [true]);
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [true]);
+    for h in held {
+        tokio::time::timeout(PATIENCE, h)
+            .await
+            .expect("a held submission is answered after the repair")
+            .unwrap()
+            .expect("and stored");
+    }
+    worker_task.abort();
+    broker.kill9().await;
+}
+
 /// Repairs back off (50 ms doubling to 2 s) whatever the failure. With no
 /// descriptor left and a large record pending, closing the store freed
 /// enough descriptors for its reopening to succeed, the pending write then
