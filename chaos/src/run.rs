@@ -331,7 +331,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let observer = tokio::spawn(observe(client.clone(), Arc::clone(&observed)));
 
     let mut seen = Seen::default();
-    let mut troubles = Troubles::new(troubles, seed, started, data);
+    let quiet = Duration::from_millis(options.lease_ms + 1000);
+    let mut troubles = Troubles::new(troubles, seed, started, data, quiet);
     let injected = inject(
         &options,
         seed,

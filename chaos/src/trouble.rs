@@ -2,9 +2,9 @@
 //! from the seed like the kills (see `run`): a full disk (the broker's
 //! RLIMIT_FSIZE capped with `prlimit`), no descriptor left (its
 //! RLIMIT_NOFILE lowered to its lowest free descriptor) and a pause (SIGSTOP
-//! for longer than the lease, then SIGCONT). One episode at a time; a
-//! broker killed during one ends it (the next incarnation starts without
-//! the limit). The checker is told when each one lasted: the broker's
+//! for longer than the lease, then SIGCONT). One episode at a time, a
+//! lease and a second apart; a broker killed during one ends it (the next
+//! incarnation starts without the limit). The checker is told when each one lasted: the broker's
 //! ERROR lines during a full disk or no descriptor (and a few seconds
 //! after, while it repairs) are expected, and a lease that lapsed right
 //! after a pause while its worker was alive is a violation.
@@ -70,11 +70,23 @@ pub struct Troubles {
     data: PathBuf,
     /// The episode under way, until when, and the limit to put back.
     current: Option<(Episode, Instant, Option<u64>)>,
+    /// How long after an episode the next may start, and when that is.
+    quiet: Duration,
+    quiet_until: Instant,
     pub done: Vec<Episode>,
 }
 
 impl Troubles {
-    pub fn new(plans: Vec<Plan>, seed: u64, started: Instant, data: PathBuf) -> Self {
+    /// `quiet`: how long after an episode the next may start, so that
+    /// what follows one (a lease that lapses after a pause, a repair after
+    /// a full disk) is not taken for the effect of the next.
+    pub fn new(
+        plans: Vec<Plan>,
+        seed: u64,
+        started: Instant,
+        data: PathBuf,
+        quiet: Duration,
+    ) -> Self {
         // A stream of its own, so the plan and the kills do not change
         // with these settings.
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x7e0b_1e00_0000_0019);
@@ -90,6 +102,8 @@ impl Troubles {
             rng,
             data,
             current: None,
+            quiet,
+            quiet_until: started,
             done: Vec::new(),
         }
     }
@@ -98,7 +112,12 @@ impl Troubles {
     pub fn next(&self) -> Option<Instant> {
         match &self.current {
             Some((_, until, _)) => Some(*until),
-            None => self.plans.iter().map(|(_, at)| *at).min(),
+            None => self
+                .plans
+                .iter()
+                .map(|(_, at)| *at)
+                .min()
+                .map(|at| at.max(self.quiet_until)),
         }
     }
 
@@ -114,7 +133,7 @@ impl Troubles {
         {
             self.lift(broker)?;
         }
-        if self.current.is_some() {
+        if self.current.is_some() || now < self.quiet_until {
             return Ok(());
         }
         let Some(i) = (0..self.plans.len()).find(|i| self.plans[*i].1 <= now) else {
@@ -180,6 +199,7 @@ impl Troubles {
         }
         episode.end = now_ns();
         self.done.push(episode);
+        self.quiet_until = Instant::now() + self.quiet;
         Ok(())
     }
 
