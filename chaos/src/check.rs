@@ -60,6 +60,9 @@ pub struct Evidence<'a> {
     pub exits: &'a [Exit],
     /// (task id, attempt) whose lease the broker logged as lapsed.
     pub lapses: &'a HashSet<(String, u32)>,
+    /// Leases that lapsed in a broker the harness paused (SIGSTOP), during
+    /// the pause or within a lease of its end.
+    pub paused_lapses: &'a [Lapse],
     /// Error lines of the broker's logs.
     pub broker_errors: &'a [String],
     /// The broker exited 0 on SIGTERM at the end.
@@ -70,6 +73,17 @@ pub struct Evidence<'a> {
     pub workers_clean: usize,
     /// The wait for the chains gave up before all ended.
     pub settle_timed_out: bool,
+}
+
+/// A lease the broker logged as lapsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapse {
+    pub task: String,
+    pub attempt: u32,
+    /// The broker's incarnation that logged it.
+    pub incarnation: u32,
+    /// When (journal clock).
+    pub t: u64,
 }
 
 /// How a run ended.
@@ -185,7 +199,32 @@ pub fn check(evidence: &Evidence<'_>) -> Report {
     check_chains(evidence, &runs, &index, &mut report);
     check_throttles(evidence, &runs, &index, &mut report);
     check_processes(evidence, &mut report);
+    check_pauses(evidence, &runs, &index, &mut report);
     report
+}
+
+/// Guarantee 9: a pause of the broker never expires a lease whose
+/// heartbeats were sent in time. A lease that lapsed after a pause is a
+/// violation when the process running it was alive then (neither killed
+/// nor exited): its heartbeats were waiting for the broker to read them.
+fn check_pauses(evidence: &Evidence<'_>, runs: &[Run<'_>], index: &Index<'_>, report: &mut Report) {
+    for lapse in evidence.paused_lapses {
+        let alive = index.of_task(&lapse.task).iter().find(|&&i| {
+            let run = &runs[i];
+            let process = &evidence.processes[run.process];
+            run.start.attempt == lapse.attempt
+                && run.start.t <= lapse.t
+                && process.killed.is_none_or(|k| k > lapse.t)
+                && process.exited.is_none_or(|x| x > lapse.t)
+        });
+        if let Some(&i) = alive {
+            report.violations.push(format!(
+                "the lease of run {} lapsed after a pause of the broker (t = {} ns) while its worker was alive",
+                run_id(evidence, &runs[i]),
+                lapse.t
+            ));
+        }
+    }
 }
 
 /// Runs from every journal, each ended or cut.
@@ -1317,7 +1356,7 @@ mod tests {
         records: Vec<Record>,
         killed: Option<u64>,
     ) -> Report {
-        verdict_with_kills(plan, observed, records, killed, &[])
+        verdict_with_kills(plan, observed, records, killed, &[], &[])
     }
 
     /// A verdict with the worker process killed at `killed` and the
@@ -1364,6 +1403,7 @@ mod tests {
             records.clone(),
             None,
             &[MS],
+            &[],
         );
         assert!(report.passed(), "{report}");
         assert_eq!((report.forgotten, report.re_executed), (1, 1));
@@ -1375,6 +1415,7 @@ mod tests {
             retimed(records, |t| t + 1_000 * MS),
             None,
             &[MS],
+            &[],
         );
         assert!(
             violations_mention(&report, "ran more than once"),
@@ -1392,6 +1433,7 @@ mod tests {
         records: Vec<Record>,
         killed: Option<u64>,
         broker_kills: &[u64],
+        paused: &[Lapse],
     ) -> Report {
         let kills: Vec<Kill> = broker_kills
             .iter()
@@ -1418,6 +1460,7 @@ mod tests {
             kills: &kills,
             exits: &[],
             lapses: &lapses,
+            paused_lapses: paused,
             broker_errors: &[],
             broker_clean_stop: true,
             workers_live_at_stop: 1,
@@ -1578,6 +1621,7 @@ mod tests {
             forgotten(None),
             None,
             &[7],
+            &[],
         );
         assert!(report.passed(), "{report}");
         assert_eq!((report.forgotten, report.same_attempt_twice), (1, 0));
@@ -1591,6 +1635,7 @@ mod tests {
             forgotten(held),
             None,
             &[7],
+            &[],
         );
         assert!(
             violations_mention(&report, "ran more than once"),
@@ -1664,6 +1709,38 @@ mod tests {
             max_holders(&[(5, 5), (5, 6)]).0,
             1,
             "empty intervals hold nothing"
+        );
+    }
+
+    #[test]
+    fn a_lease_that_lapsed_after_a_pause_needs_a_dead_worker() {
+        let plan = [design(0, 2, Expect::Succeed)];
+        let lapse = [Lapse {
+            task: "a".into(),
+            attempt: 1,
+            incarnation: 1,
+            t: 15,
+        }];
+        let verdict = |killed| {
+            verdict_with_kills(
+                &plan,
+                &observed(Some(succeeded())),
+                journal(),
+                killed,
+                &[],
+                &lapse,
+            )
+        };
+        let report = verdict(None);
+        assert!(
+            violations_mention(&report, "lapsed after a pause of the broker"),
+            "{report}"
+        );
+        // Its worker was killed before the lapse: the lease had to lapse.
+        let report = verdict(Some(12));
+        assert!(
+            !violations_mention(&report, "lapsed after a pause"),
+            "{report}"
         );
     }
 }

@@ -23,6 +23,8 @@
 //! - `journal`: the records bodies write and the checker reads;
 //! - `procs`: starting, killing and stopping the broker and the workers;
 //! - `check`: the verdict;
+//! - `trouble`: faults besides kills (a full disk, no descriptor left, a
+//!   paused broker), each an episode with a start and an end;
 //! - `span`: durations and ranges on the command line;
 //! - `powercut`, `powercut_run`: the power-cut shim, its rollback, and the
 //!   `powercut` mode.
@@ -39,6 +41,7 @@ mod powercut_run;
 mod procs;
 mod run;
 mod span;
+mod trouble;
 mod worker;
 
 use std::process::ExitCode;

@@ -189,7 +189,15 @@ pub struct Behaviour {
     pub hold: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_body: Option<InBody>,
+    /// Filler that makes the chain's record large (see [`LARGE`]); the
+    /// body ignores it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
 }
+
+/// Sizes of the filler of a large chain: past sled's blob threshold (about
+/// 128 KiB), so its record goes to a blob file of its own.
+pub const LARGE: std::ops::RangeInclusive<usize> = 150_000..=400_000;
 
 /// Delay a polling body asks for.
 pub const POLL_DELAY: Duration = Duration::from_millis(100);
@@ -272,6 +280,13 @@ pub struct Design {
 }
 
 impl Design {
+    /// Bytes of filler the chain carries (0: a small chain).
+    pub fn pad_bytes(&self) -> usize {
+        self.steps.first().map_or(0, |s| s.behaviour.pad.len())
+    }
+}
+
+impl Design {
     /// The queue a main step (or, with `None`, a callback) is routed to.
     pub fn queue(&self, step: Option<usize>) -> &'static str {
         let heavy = self.heavy || step.is_some_and(|i| self.steps.get(i).is_some_and(|s| s.heavy));
@@ -339,10 +354,23 @@ impl Design {
 /// identity may fill every general worker while the declared holder waits
 /// in the queue for one. Heavy, they run on the heavy-only worker, which no
 /// in-body waiter ever occupies.
-pub fn generate(seed: u64, chains: u64, mixed_on_general: bool) -> Vec<Design> {
+///
+/// With `large_every` N > 0, one chain in N (the last of every N) carries
+/// filler of [`LARGE`] bytes in its first step's keyword arguments; the
+/// sizes come from a stream of their own, so the rest of the plan is the
+/// same as without.
+pub fn generate(seed: u64, chains: u64, mixed_on_general: bool, large_every: u64) -> Vec<Design> {
     let mut rng = fastrand::Rng::with_seed(seed);
+    let mut sizes = fastrand::Rng::with_seed(seed ^ 0x1a26_e000_0000_0019);
     (0..chains)
-        .map(|seq| design(&mut rng, seq, mixed_on_general))
+        .map(|seq| {
+            let mut design = design(&mut rng, seq, mixed_on_general);
+            if large_every > 0 && seq % large_every == large_every - 1 {
+                let size = sizes.usize(LARGE);
+                design.steps[0].behaviour.pad = "p".repeat(size);
+            }
+            design
+        })
         .collect()
 }
 
@@ -497,15 +525,15 @@ mod tests {
 
     #[test]
     fn a_seed_always_draws_the_same_plan() {
-        let a = generate(42, 200, false);
-        let b = generate(42, 200, false);
+        let a = generate(42, 200, false, 0);
+        let b = generate(42, 200, false, 0);
         let summary = |plan: &[Design]| {
             plan.iter()
                 .map(|d| (d.kind, d.steps.len(), d.expect))
                 .collect::<Vec<_>>()
         };
         assert_eq!(summary(&a), summary(&b));
-        assert_ne!(summary(&a), summary(&generate(43, 200, false)));
+        assert_ne!(summary(&a), summary(&generate(43, 200, false, 0)));
         for kind in KINDS.map(|(k, _)| k) {
             assert!(a.iter().any(|d| d.kind == kind), "{kind:?} drawn");
         }
@@ -528,7 +556,7 @@ mod tests {
 
     #[test]
     fn chains_carry_their_behaviour_routing_and_keys() {
-        let plan = generate(7, 300, false);
+        let plan = generate(7, 300, false, 0);
         let heavy = plan.iter().find(|d| d.kind == Kind::Heavy).unwrap();
         let request = baton::pb::SubmitChainRequest::from(heavy.chain("run"));
         assert!(request.heavy);
@@ -560,8 +588,27 @@ mod tests {
                 .map(|s| s.heavy)
                 .collect()
         };
-        let safe = mixed(&generate(5, 500, false));
+        let safe = mixed(&generate(5, 500, false, 0));
         assert!(!safe.is_empty() && safe.iter().all(|heavy| *heavy));
-        assert!(mixed(&generate(5, 500, true)).iter().all(|heavy| !heavy));
+        assert!(mixed(&generate(5, 500, true, 0)).iter().all(|heavy| !heavy));
+    }
+
+    #[test]
+    fn one_chain_in_n_is_large_and_the_rest_of_the_plan_is_unchanged() {
+        let plain = generate(9, 100, false, 0);
+        let large = generate(9, 100, false, 10);
+        assert!(plain.iter().all(|d| d.pad_bytes() == 0));
+        for (a, b) in plain.iter().zip(&large) {
+            assert_eq!(
+                (a.kind, a.steps.len(), a.expect),
+                (b.kind, b.steps.len(), b.expect)
+            );
+            assert_eq!(b.pad_bytes() > 0, b.seq % 10 == 9, "chain {}", b.seq);
+            if b.pad_bytes() > 0 {
+                assert!(LARGE.contains(&b.pad_bytes()));
+                let request = baton::pb::SubmitChainRequest::from(b.chain("run"));
+                assert!(request.steps[0].kwargs.len() > 128 * 1024);
+            }
+        }
     }
 }

@@ -80,6 +80,8 @@ pub struct Broker {
     /// Starts so far (1 for the first).
     pub incarnation: u32,
     child: Option<Child>,
+    /// The tasks copying each incarnation's stderr (its log) to its file.
+    copiers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -101,6 +103,7 @@ impl Broker {
             env: Vec::new(),
             incarnation: 0,
             child: None,
+            copiers: Vec::new(),
         }
     }
 
@@ -137,11 +140,22 @@ impl Broker {
                 .envs(self.env.iter().cloned())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log)
+                // Through a pipe, copied to the file by the harness: under
+                // a file-size limit (a "full disk", see `run`) the broker
+                // could not write its log to a file itself.
+                .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting {}", self.bin.display()))?;
             spawned(&child);
+            let mut child = child;
+            if let Some(mut stderr) = child.stderr.take() {
+                let mut log = tokio::fs::File::from_std(log);
+                self.copiers.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut stderr, &mut log).await;
+                    let _ = log.sync_data().await;
+                }));
+            }
             self.child = Some(child);
             match self.wait_ready(deadline).await? {
                 true => return Ok(()),
@@ -186,10 +200,27 @@ impl Broker {
         }
     }
 
+    /// The PID of the broker running now.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
+    }
+
+    /// Waits (a few seconds at most) until the logs of every incarnation
+    /// that ended are in their files.
+    pub async fn logs_written(&mut self) {
+        let running = self.child.is_some();
+        let keep = if running { self.copiers.pop() } else { None };
+        for copier in self.copiers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), copier).await;
+        }
+        self.copiers.extend(keep);
+    }
+
     /// `kill -9`, then reap.
     pub async fn kill9(&mut self) -> Option<Kill> {
         let (pid, t) = kill9(self.child.as_mut()?).await?;
         self.child = None;
+        self.logs_written().await;
         Some(Kill {
             worker: None,
             pid,
@@ -227,11 +258,94 @@ impl Broker {
             .is_ok_and(|s| s.success());
         if signalled && let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
             live().remove(&pid);
+            self.logs_written().await;
             return status.success();
         }
         let _ = kill9(&mut child).await;
+        self.logs_written().await;
         false
     }
+}
+
+/// Sends `signal` (a name `kill` knows: STOP, CONT) to `pid`.
+///
+/// # Errors
+/// When `kill` cannot run or fails (the process is gone).
+pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid}: {status}");
+    }
+    Ok(())
+}
+
+/// Sets the soft limit `resource` (a `prlimit` option: `fsize`, `nofile`)
+/// of process `pid` to `soft` (`None`: up to its hard limit), with
+/// `prlimit(1)`.
+///
+/// # Errors
+/// When `prlimit` cannot run or fails (the process is gone).
+pub fn set_limit(pid: u32, resource: &str, soft: Option<u64>) -> anyhow::Result<()> {
+    let soft = match soft {
+        Some(n) => Some(n),
+        None => hard_limit(pid, resource)?,
+    };
+    let soft = soft.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string()])
+        .arg(format!("--{resource}={soft}:"))
+        .status()
+        .context("running prlimit")?;
+    if !status.success() {
+        bail!("prlimit --pid {pid} --{resource}={soft}: {status}");
+    }
+    Ok(())
+}
+
+/// The soft limit `resource` of process `pid` (`None`: unlimited).
+///
+/// # Errors
+/// When `prlimit` cannot run or fails (the process is gone).
+pub fn soft_limit(pid: u32, resource: &str) -> anyhow::Result<Option<u64>> {
+    read_limit(pid, resource, "SOFT")
+}
+
+/// The hard limit `resource` of process `pid` (`None`: unlimited).
+fn hard_limit(pid: u32, resource: &str) -> anyhow::Result<Option<u64>> {
+    read_limit(pid, resource, "HARD")
+}
+
+/// A `prlimit` column (`SOFT`, `HARD`) of `resource` of process `pid`.
+fn read_limit(pid: u32, resource: &str, column: &str) -> anyhow::Result<Option<u64>> {
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string()])
+        .arg(format!("--{resource}"))
+        .args(["--output", column, "--noheadings", "--raw"])
+        .output()
+        .context("running prlimit")?;
+    if !out.status.success() {
+        bail!("prlimit --pid {pid} --{resource}: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.trim().parse().ok())
+}
+
+/// The lowest descriptor number process `pid` has free: with its
+/// RLIMIT_NOFILE set there, every open fails (EMFILE), since the kernel
+/// always hands out the lowest free number.
+///
+/// # Errors
+/// When `/proc/<pid>/fd` cannot be read.
+pub fn lowest_free_fd(pid: u32) -> anyhow::Result<u64> {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    Ok((0..).find(|fd| !open.contains(fd)).unwrap_or(0))
 }
 
 /// Sends SIGKILL to `child` and reaps it; its PID and the time right after

@@ -28,6 +28,7 @@ use crate::journal::{self, now_ns};
 use crate::plan::{self, Design, Expect};
 use crate::procs::{self, Broker, Exit, Kill, Workers};
 use crate::span::{Span, parse_duration, show};
+use crate::trouble::{self, Troubles};
 
 /// Longest wait for one RPC; a broker that died mid-call makes it fail.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +109,67 @@ pub struct Options {
     /// slot: reproduces the deadlock of docs/reliability.md ("Findings").
     #[arg(long)]
     pub mixed_on_general: bool,
+    /// One chain in N carries 150 to 400 KB of arguments, past sled's blob
+    /// threshold, so the broker writes blob files (0: none). The broker is
+    /// then started with `--max-payload 1000000`.
+    #[arg(long, default_value_t = 0)]
+    pub large_every: u64,
+    /// Time between two "full disk" episodes: the broker's file-size limit
+    /// (RLIMIT_FSIZE) is capped with prlimit, at the store's size or at 0
+    /// (off when not given).
+    #[arg(long)]
+    pub disk_full_every: Option<Span>,
+    /// How long a full disk lasts.
+    #[arg(long, default_value = "1s..4s")]
+    pub disk_full_for: Span,
+    /// Time between two episodes with no descriptor left: the broker's
+    /// RLIMIT_NOFILE is lowered to its lowest free descriptor (off when not
+    /// given).
+    #[arg(long)]
+    pub no_fd_every: Option<Span>,
+    /// How long no descriptor is left.
+    #[arg(long, default_value = "1s..3s")]
+    pub no_fd_for: Span,
+    /// Time between two pauses of the broker (SIGSTOP, then SIGCONT; off
+    /// when not given).
+    #[arg(long)]
+    pub pause_every: Option<Span>,
+    /// How long a pause lasts [default: 1.5 to 2.5 leases].
+    #[arg(long)]
+    pub pause_for: Option<Span>,
+}
+
+impl Options {
+    /// The episodes of faults besides kills that the options ask for.
+    fn troubles(&self) -> Vec<trouble::Plan> {
+        let lease = Duration::from_millis(self.lease_ms);
+        let pause_for = self.pause_for.unwrap_or(Span {
+            min: lease.mul_f64(1.5),
+            max: lease.mul_f64(2.5),
+        });
+        [
+            (
+                trouble::Kind::DiskFull,
+                self.disk_full_every,
+                self.disk_full_for,
+            ),
+            (
+                trouble::Kind::NoDescriptors,
+                self.no_fd_every,
+                self.no_fd_for,
+            ),
+            (trouble::Kind::Paused, self.pause_every, pause_for),
+        ]
+        .into_iter()
+        .filter_map(|(kind, every, lasting)| {
+            Some(trouble::Plan {
+                kind,
+                every: every?,
+                lasting,
+            })
+        })
+        .collect()
+    }
 }
 
 /// What the harness saw from the client's side.
@@ -119,6 +181,8 @@ pub struct Observed {
     pub unacked: Vec<u64>,
     /// Submission tries that failed and were repeated.
     pub submit_retries: u64,
+    /// Of those, the ones the broker refused, by status code.
+    pub refusals: std::collections::BTreeMap<String, u64>,
     /// Chains seen ended, by id: their final state.
     pub finals: HashMap<String, pb::Chain>,
     /// The last state seen of chains not ended.
@@ -180,6 +244,19 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         options.worker_kill_every,
         options.worker_down
     );
+    let troubles = options.troubles();
+    for plan in &troubles {
+        println!(
+            "  {:?} every {} for {}",
+            plan.kind, plan.every, plan.lasting
+        );
+    }
+    if options.large_every > 0 {
+        println!(
+            "  one chain in {} large (150 to 400 KB)",
+            options.large_every
+        );
+    }
     println!(
         "  broker {}, run directory {}",
         bin.display(),
@@ -200,13 +277,17 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         std::process::exit(2);
     });
     let port = free_port()?;
+    let mut broker_args = options.broker_arg.clone();
+    if options.large_every > 0 && !broker_args.iter().any(|a| a.starts_with("--max-payload")) {
+        broker_args.extend(["--max-payload".to_owned(), "1000000".to_owned()]);
+    }
     let mut broker = Broker::new(
         bin,
         port,
-        data,
+        data.clone(),
         logs.clone(),
         options.lease_ms,
-        options.broker_arg.clone(),
+        broker_args,
     );
     broker.start().await?;
     let workers_count = usize::try_from(options.workers).unwrap_or(1);
@@ -233,6 +314,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         seed,
         options.chains,
         options.mixed_on_general,
+        options.large_every,
     ));
     let observed: Shared = Arc::default();
     let started = Instant::now();
@@ -248,18 +330,23 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     ));
     let observer = tokio::spawn(observe(client.clone(), Arc::clone(&observed)));
 
-    let mut kills: Vec<Kill> = Vec::new();
-    let mut exits: Vec<Exit> = Vec::new();
-    inject(
+    let mut seen = Seen::default();
+    let quiet = Duration::from_millis(options.lease_ms + 1000);
+    let mut troubles = Troubles::new(troubles, seed, started, data, quiet);
+    let injected = inject(
         &options,
         seed,
         started,
         &mut broker,
         &mut workers,
-        &mut kills,
-        &mut exits,
+        &mut troubles,
+        &mut seen,
     )
-    .await?;
+    .await;
+    // Whatever happened, the broker is left without limits and running.
+    troubles.lift(&broker)?;
+    injected?;
+    let Seen { kills, mut exits } = seen;
     let chaos_ended = started.elapsed();
     println!(
         "faults stopped after {:.1}s ({} broker kills, {} worker kills); waiting for the chains to end",
@@ -340,7 +427,39 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         let read = journal::read(&process.journal).unwrap_or_default();
         reads.push(read);
     }
-    let (lapses, broker_errors) = broker_logs(&logs, broker.incarnation);
+    broker.logs_written().await;
+    let logged = broker_logs(&logs, broker.incarnation);
+    let lapses: HashSet<(String, u32)> = logged
+        .lapses
+        .iter()
+        .map(|l| (l.task.clone(), l.attempt))
+        .collect();
+    // ERROR lines are expected while the disk is full or no descriptor is
+    // left, and while the broker repairs its store after.
+    let grace = u64::try_from(trouble::REPAIR_GRACE.as_nanos()).unwrap_or(u64::MAX);
+    let (expected, broker_errors): (Vec<_>, Vec<_>) =
+        logged.errors.into_iter().partition(|(incarnation, t, _)| {
+            troubles.done.iter().any(|e| {
+                e.kind != trouble::Kind::Paused
+                    && e.incarnation == *incarnation
+                    && (e.start..=e.end.saturating_add(grace)).contains(t)
+            })
+        });
+    let broker_errors: Vec<String> = broker_errors.into_iter().map(|(_, _, l)| l).collect();
+    // A lease that lapsed in the incarnation that was paused, during the
+    // pause or within a lease and a second of its end.
+    let after = (options.lease_ms + 1000) * 1_000_000;
+    let paused_lapses: Vec<check::Lapse> = logged
+        .lapses
+        .into_iter()
+        .filter(|l| {
+            troubles.done.iter().any(|e| {
+                e.kind == trouble::Kind::Paused
+                    && e.incarnation == l.incarnation
+                    && (e.start..=e.end + after).contains(&l.t)
+            })
+        })
+        .collect();
     let observed = std::mem::take(&mut *lock(&observed));
     let evidence = Evidence {
         plan: &plan,
@@ -350,13 +469,42 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         kills: &kills,
         exits: &exits,
         lapses: &lapses,
+        paused_lapses: &paused_lapses,
         broker_errors: &broker_errors,
         broker_clean_stop,
         workers_live_at_stop: live,
         workers_clean,
         settle_timed_out,
     };
-    let report = check::check(&evidence);
+    let mut report = check::check(&evidence);
+    report.notes.extend(troubles.summary());
+    if !troubles.done.is_empty() {
+        report.notes.push(format!(
+            "{} broker ERROR lines during a full disk or no descriptor, or the repair after (expected)",
+            expected.len()
+        ));
+    }
+    if !observed.refusals.is_empty() {
+        report.notes.push(format!(
+            "submissions refused and retried: {}",
+            observed
+                .refusals
+                .iter()
+                .map(|(code, n)| format!("{n} {code}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let large = plan.iter().filter(|d| d.pad_bytes() > 0).count();
+    if large > 0 {
+        let acked = plan
+            .iter()
+            .filter(|d| d.pad_bytes() > 0 && observed.acked.contains_key(&d.seq))
+            .count();
+        report.notes.push(format!(
+            "{large} large chains (150 to 400 KB of arguments), {acked} acknowledged"
+        ));
+    }
     println!(
         "chains ended (or the wait gave up) after {:.1}s: {:.1}s after the faults stopped",
         settled_after.as_secs_f64(),
@@ -378,6 +526,13 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     Ok(passed)
 }
 
+/// What the harness did to processes, and what they did by themselves.
+#[derive(Default)]
+struct Seen {
+    kills: Vec<Kill>,
+    exits: Vec<Exit>,
+}
+
 /// The kill schedule, until the duration is over. Processes that end by
 /// themselves are recorded and restarted.
 async fn inject(
@@ -386,8 +541,8 @@ async fn inject(
     started: Instant,
     broker: &mut Broker,
     workers: &mut Workers,
-    kills: &mut Vec<Kill>,
-    exits: &mut Vec<Exit>,
+    troubles: &mut Troubles,
+    seen: &mut Seen,
 ) -> anyhow::Result<()> {
     // Its own stream, so the plan does not change with the kill settings.
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_c4a0_5000_0001);
@@ -400,15 +555,15 @@ async fn inject(
         if now >= end {
             return Ok(());
         }
-        exits.extend(workers.exited());
+        seen.exits.extend(workers.exited());
         if let Some(exit) = broker.exited() {
             eprintln!("the broker exited by itself: {}", exit.status);
-            exits.push(exit);
+            seen.exits.push(exit);
             broker.start().await?;
         }
         if now >= next_broker_kill {
             if let Some(kill) = broker.kill9().await {
-                kills.push(kill);
+                seen.kills.push(kill);
             }
             tokio::time::sleep(options.broker_down.pick(&mut rng)).await;
             broker.start().await?;
@@ -418,7 +573,7 @@ async fn inject(
             let up: Vec<usize> = (0..workers.count()).filter(|s| workers.is_up(*s)).collect();
             if let Some(&slot) = rng.choice(up.iter()) {
                 if let Some(kill) = workers.kill9(slot).await {
-                    kills.push(kill);
+                    seen.kills.push(kill);
                 }
                 restarts.push((Instant::now() + options.worker_down.pick(&mut rng), slot));
             }
@@ -432,6 +587,7 @@ async fn inject(
                 workers.start(slot)?;
             }
         }
+        troubles.tick(broker)?;
         // Slots of workers that exited by themselves come back at once.
         let next = [
             next_broker_kill,
@@ -440,6 +596,7 @@ async fn inject(
             now + Duration::from_millis(200),
         ]
         .into_iter()
+        .chain(troubles.next())
         .chain(restarts.iter().map(|(at, _)| *at))
         .min()
         .unwrap_or(end);
@@ -516,7 +673,14 @@ async fn submit_one(
                     .push(format!("chain {} was refused: {error}", design.seq));
                 return;
             }
-            _ => lock(observed).submit_retries += 1,
+            Ok(Err(error)) => {
+                let mut o = lock(observed);
+                o.submit_retries += 1;
+                if let Some(code) = error.code() {
+                    *o.refusals.entry(format!("{code:?}")).or_default() += 1;
+                }
+            }
+            Err(_) => lock(observed).submit_retries += 1,
         }
         if Instant::now() > give_up {
             lock(observed).unacked.push(design.seq);
@@ -687,11 +851,17 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// From the broker's logs (JSON lines): the leases it saw lapse, as
-/// (task id, attempt), and every error it logged.
-fn broker_logs(logs: &Path, incarnations: u32) -> (HashSet<(String, u32)>, Vec<String>) {
-    let mut lapses = HashSet::new();
-    let mut errors = Vec::new();
+/// What the broker's logs (JSON lines) said.
+#[derive(Default)]
+struct Logged {
+    /// Every lease it saw lapse.
+    lapses: Vec<check::Lapse>,
+    /// Every line at ERROR: (incarnation, time, line).
+    errors: Vec<(u32, u64, String)>,
+}
+
+fn broker_logs(logs: &Path, incarnations: u32) -> Logged {
+    let mut logged = Logged::default();
     for incarnation in 1..=incarnations {
         let path = Broker::log_path(logs, incarnation);
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -701,18 +871,29 @@ fn broker_logs(logs: &Path, incarnations: u32) -> (HashSet<(String, u32)>, Vec<S
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
+            let t = entry["timestamp"]
+                .as_str()
+                .and_then(trouble::rfc3339_ns)
+                .unwrap_or(0);
             let fields = &entry["fields"];
             let message = fields["message"].as_str().unwrap_or_default();
             if message.starts_with("lease lapsed")
                 && let (Some(task), Some(attempt)) =
                     (fields["task.id"].as_str(), fields["attempt"].as_u64())
             {
-                lapses.insert((task.to_owned(), u32::try_from(attempt).unwrap_or(0)));
+                logged.lapses.push(check::Lapse {
+                    task: task.to_owned(),
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    incarnation,
+                    t,
+                });
             }
             if entry["level"].as_str() == Some("ERROR") {
-                errors.push(format!("broker-{incarnation}.log: {line}"));
+                logged
+                    .errors
+                    .push((incarnation, t, format!("broker-{incarnation}.log: {line}")));
             }
         }
     }
-    (lapses, errors)
+    logged
 }

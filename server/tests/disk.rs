@@ -97,6 +97,19 @@ impl Broker {
         self.limit(rustix::process::Resource::Nofile, files);
     }
 
+    /// Leaves the broker no descriptor to open: its limit is set to its
+    /// lowest free descriptor number (the kernel hands out the lowest, so
+    /// with the limit there every open fails with EMFILE).
+    fn starve_descriptors(&self) {
+        let fd_dir = format!("/proc/{}/fd", self.pid());
+        let open: std::collections::HashSet<u64> = std::fs::read_dir(fd_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+        self.limit_files(Some(lowest_free));
+    }
+
     /// Sets the broker's soft limit of `resource` (`None`: up to the hard
     /// limit, which the broker inherited from this process).
     fn limit(&self, resource: rustix::process::Resource, current: Option<u64>) {
@@ -203,28 +216,7 @@ async fn a_full_disk_refuses_new_work_holds_acks_and_recovers_without_losing_any
     // Submissions caught in the round whose write fails are neither
     // acknowledged nor refused (the repair decides); once the scheduler
     // knows, the next ones are refused at once, naming the trouble.
-    let submit = |n: usize| {
-        let client = client.clone();
-        let chain = echo.si([format!("held {n}")]);
-        tokio::spawn(async move { client.submit(chain).await })
-    };
-    let mut held = Vec::new();
-    let start = Instant::now();
-    let refusal = loop {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "no refusal while the disk is full"
-        );
-        let mut attempt = submit(held.len());
-        match tokio::time::timeout(Duration::from_millis(500), &mut attempt).await {
-            Err(_) => held.push(attempt),
-            Ok(answer) => match answer.unwrap() {
-                Ok(s) => panic!("chain {} acknowledged while the disk is full", s.chain_id),
-                Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => break e,
-                Err(e) => panic!("unexpected answer while the disk is full: {e}"),
-            },
-        }
-    };
+    let (held, refusal) = until_refused(&client, tonic::Code::ResourceExhausted).await;
     assert!(!held.is_empty(), "the write of the first submission failed");
     assert!(
         refusal.status().unwrap().message().contains("disk is full"),
@@ -435,17 +427,7 @@ async fn a_large_record_on_a_full_disk_is_refused_or_held_never_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_record_with_no_descriptor_left_is_refused_or_held_never_hangs() {
     a_large_record_in_trouble(
-        |broker, _| {
-            // The lowest free descriptor number: the kernel hands out the
-            // lowest, so with the limit there every open fails.
-            let fd_dir = format!("/proc/{}/fd", broker.pid());
-            let open: std::collections::HashSet<u64> = std::fs::read_dir(fd_dir)
-                .unwrap()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
-            broker.limit_files(Some(lowest_free));
-        },
+        |broker, _| broker.starve_descriptors(),
         |broker| broker.limit_files(None),
         tonic::Code::Unavailable,
     )
@@ -502,4 +484,187 @@ async fn a_torn_blob_file_is_reported_at_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_blob_file_is_reported_at_error() {
     a_damaged_blob_is_reported(false).await;
+}
+
+/// A submission not answered yet.
+type Held = tokio::task::JoinHandle<baton::Result<baton::Submitted>>;
+
+/// Until the broker refuses a submission (the store's trouble is known),
+/// submitting small chains; those caught in a failing round are held, not
+/// answered.
+/// Returns the held ones and the refusal.
+async fn until_refused(client: &Client, refusal: tonic::Code) -> (Vec<Held>, baton::Error) {
+    let mut held = Vec::new();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < PATIENCE, "no refusal during disk trouble");
+        let mut attempt = {
+            let client = client.clone();
+            let chain = Task::new("echo").si([format!("held {}", held.len())]);
+            tokio::spawn(async move { client.submit(chain).await })
+        };
+        match tokio::time::timeout(Duration::from_millis(500), &mut attempt).await {
+            Err(_) => held.push(attempt),
+            Ok(answer) => match answer.unwrap() {
+                Ok(s) => panic!("chain {} acknowledged during disk trouble", s.chain_id),
+                Err(e) if e.code() == Some(refusal) => return (held, e),
+                Err(e) => panic!("unexpected answer during disk trouble: {e}"),
+            },
+        }
+    }
+}
+
+/// SetThrottleLimit and DrainWorker store or change what runs: while the
+/// disk is full they are refused with RESOURCE_EXHAUSTED and change
+/// nothing; after the repair they work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_are_refused_on_a_full_disk_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn(&data).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    let admin = client.admin();
+    let worker_task = tokio::spawn(worker(&broker.addr).run_until(std::future::pending()));
+    let id = client
+        .submit(Task::new("echo").si([1]))
+        .await
+        .unwrap()
+        .chain_id;
+    succeeded(&client, &id, json!(1)).await;
+    let identity = baton::pb::ThrottleIdentity::task("echo", "k");
+    let overridden = |throttles: &[baton::pb::ThrottleInfo]| {
+        throttles
+            .iter()
+            .find(|t| t.identity.as_ref() == Some(&identity))
+            .map(|t| (t.limit, t.limit_overridden))
+    };
+    let draining = |workers: &[baton::pb::WorkerInfo]| {
+        workers
+            .iter()
+            .filter(|w| w.worker_name == "disk-test")
+            .map(|w| w.draining)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [false]);
+
+    let size = std::fs::metadata(data.join("db")).unwrap().len();
+    broker.limit_file_size(Some(size));
+    let (held, _) = until_refused(&client, tonic::Code::ResourceExhausted).await;
+
+    // Answered at once: a write the broker took would wait for the repair.
+    let answer = Duration::from_secs(5);
+    let limit = tokio::time::timeout(answer, admin.set_throttle_limit(identity.clone(), 3))
+        .await
+        .expect("SetThrottleLimit is answered during disk trouble")
+        .unwrap_err();
+    assert_eq!(
+        limit.code(),
+        Some(tonic::Code::ResourceExhausted),
+        "{limit}"
+    );
+    let drain = tokio::time::timeout(answer, admin.drain_worker("disk-test"))
+        .await
+        .expect("DrainWorker is answered during disk trouble")
+        .unwrap_err();
+    assert_eq!(
+        drain.code(),
+        Some(tonic::Code::ResourceExhausted),
+        "{drain}"
+    );
+    // Nothing changed: no override, the worker not draining.
+    assert_eq!(overridden(&admin.list_throttles().await.unwrap()), None);
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [false]);
+
+    // Room again: both work once the broker has repaired its store.
+    broker.limit_file_size(None);
+    let start = Instant::now();
+    let info = loop {
+        assert!(start.elapsed() < PATIENCE, "the broker did not recover");
+        match admin.set_throttle_limit(identity.clone(), 3).await {
+            Ok(info) => break info,
+            Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("unexpected answer while recovering: {e}"),
+        }
+    };
+    assert_eq!((info.limit, info.limit_overridden), (3, true));
+    assert_eq!(
+        overridden(&admin.list_throttles().await.unwrap()),
+        Some((3, true))
+    );
+    let drained = admin.drain_worker("disk-test").await.unwrap();
+    assert_eq!(draining(&drained), [true]);
+    assert_eq!(draining(&admin.list_workers().await.unwrap()), [true]);
+    for h in held {
+        tokio::time::timeout(PATIENCE, h)
+            .await
+            .expect("a held submission is answered after the repair")
+            .unwrap()
+            .expect("and stored");
+    }
+    worker_task.abort();
+    broker.kill9().await;
+}
+
+/// Repairs back off (50 ms doubling to 2 s) whatever the failure. With no
+/// descriptor left and a large record pending, closing the store freed
+/// enough descriptors for its reopening to succeed, the pending write then
+/// failed again at once, and the repair was tried again about every 55 ms,
+/// logging each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_back_off_when_no_descriptor_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::spawn_with(&data, &["--max-payload", "2000000"]).await;
+    let client = Client::connect(broker.addr.clone()).await.unwrap();
+    client
+        .submit(Task::new("echo").si(["small"]))
+        .await
+        .unwrap();
+
+    broker.starve_descriptors();
+    let large = {
+        let client = client.clone();
+        let chain = Task::new("echo").si(["x".repeat(LARGE)]);
+        tokio::spawn(async move { client.submit(chain).await })
+    };
+    // The trouble starts (the large chain's write fails first); then
+    // repairs are counted over four seconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_refused(&client, tonic::Code::Unavailable).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = || {
+        let log = broker.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("store flush failed"))
+            .count()
+    };
+    let before = attempts();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = attempts() - before;
+    let errors = broker.errors().len();
+    // Backing off from 50 ms to 2 s, a repair is tried at most 4 times in
+    // 4 s once the first second has passed (1.55 s, 3.15 s, 5.15 s after
+    // the first failure); a little slack for timing.
+    assert!(
+        during <= 6,
+        "{during} repair attempts in 4 s ({errors} ERROR lines in all)"
+    );
+
+    broker.limit_files(None);
+    let large = tokio::time::timeout(PATIENCE, large)
+        .await
+        .expect("the large submission is answered after the repair")
+        .unwrap();
+    if let Err(e) = large {
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+    }
+    let start = Instant::now();
+    while let Err(e) = client.submit(Task::new("echo").si(["after"])).await {
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        assert!(start.elapsed() < PATIENCE, "the broker did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.kill9().await;
 }

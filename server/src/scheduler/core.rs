@@ -160,6 +160,13 @@ struct Run {
     /// The task-scoped declared throttle slot this run holds.
     declared: Option<Identity>,
     timed_out: bool,
+    /// Whether its assignment has left for the worker. Its lease runs only
+    /// from then: an assignment waits in the outbox until its round is
+    /// durable, for as long as the store is in trouble, and a lease that
+    /// lapsed there would hand its throttle slot to another run while the
+    /// stale assignment still left afterwards. Runs recovered or claimed
+    /// are sent.
+    sent: bool,
 }
 
 /// A run's lease. It lapses once the scheduler has been awake for the
@@ -564,6 +571,7 @@ impl Core {
                 lease,
                 declared: declared.map(|(i, _)| i),
                 timed_out: false,
+                sent: true,
             },
         );
         self.add_timer(lease.deadline, Timer::Lease { task_id, attempt });
@@ -682,6 +690,18 @@ impl Core {
         match effect {
             Effect::Run(f) => f(),
             Effect::ToWorker { worker_id, msg } => {
+                if let ToWorker::Assign(a) = &msg {
+                    // Its lease starts now (see `Run::sent`). An assignment
+                    // whose run is no longer this attempt is not sent.
+                    let awake = self.awake_ms;
+                    match self.runs.get_mut(&a.task.task_id) {
+                        Some(run) if run.attempt == a.task.attempt => {
+                            run.sent = true;
+                            run.lease.renewed_awake = awake;
+                        }
+                        _ => return,
+                    }
+                }
                 let Some(worker) = self.workers.get_mut(&worker_id) else {
                     return;
                 };
@@ -773,7 +793,12 @@ impl Core {
         if run.attempt != attempt {
             return;
         }
-        let awake_for = self.awake_ms.saturating_sub(run.lease.renewed_awake);
+        // Not sent yet: the lease has not started (see `Run::sent`).
+        let awake_for = if run.sent {
+            self.awake_ms.saturating_sub(run.lease.renewed_awake)
+        } else {
+            0
+        };
         if awake_for < self.lease_ms {
             // Extended by a heartbeat, or the broker was paused: look again
             // when the rest of the lease would be up.
@@ -1786,6 +1811,7 @@ impl Core {
                 lease,
                 declared,
                 timed_out: false,
+                sent: false,
             },
         );
         self.workers
@@ -3288,6 +3314,39 @@ mod tests {
         // Once the broker has been awake for the whole lease, it lapses.
         core.set_awake(30_000);
         core.fire_timers(60_000 + 29_000);
+        assert!(core.runs.is_empty(), "the lease never lapsed");
+    }
+
+    /// An assignment held back until its round is durable (as it is
+    /// while the store is in trouble) has not reached its worker: its
+    /// lease runs only from when it leaves. Before, it lapsed in the
+    /// outbox, the slot went to another run, and the stale assignment then
+    /// left anyway, so two bodies held a slot of limit 1 (the chaos
+    /// harness, a full disk of 2 s with a lease of 2 s).
+    #[test]
+    fn a_held_assignment_does_not_lapse_before_it_leaves() {
+        let (_dir, _, mut core) = empty_core();
+        submit(&mut core, one_step("t"));
+        let (tx, mut rx) = mpsc::channel(16);
+        core.connect(hello("t", 1, 0), tx, 1);
+        core.dispatch(1);
+        let held = core.commit().expect("commit");
+        assert!(held.early.is_empty());
+        assert_eq!(assigned_chains(&held.effects).len(), 1);
+        // Two leases of awake time pass while the round is not durable.
+        core.set_awake(60_000);
+        core.fire_timers(60_001);
+        assert_eq!(core.runs.len(), 1, "a held assignment lapsed");
+        // It leaves; its lease runs from now.
+        durable(&mut core, held.effects);
+        assert!(
+            std::iter::from_fn(|| rx.try_recv().ok()).any(|m| matches!(m, ToWorker::Assign(_)))
+        );
+        core.set_awake(60_000 + 29_000);
+        core.fire_timers(60_001 + 29_000);
+        assert_eq!(core.runs.len(), 1, "the lease ran before it left");
+        core.set_awake(60_000 + 30_000);
+        core.fire_timers(60_001 + 30_000);
         assert!(core.runs.is_empty(), "the lease never lapsed");
     }
 

@@ -373,36 +373,53 @@ enum Flushed {
     Failed(Fault),
 }
 
+/// First and last pause before the flusher repairs the store again.
+const REPAIR_MIN: Duration = Duration::from_millis(50);
+const REPAIR_MAX: Duration = Duration::from_secs(2);
+
 /// The flusher: flushes whenever new batches were applied and reports the
 /// sequence number the flush covered. After a failure it repairs the store
 /// instead (reopen, replay, flush; a retried flush would prove nothing),
 /// with backoff, until that succeeds; nothing waiting on the flush is
 /// released meanwhile. Ends when the loop drops its end of `wanted`.
+///
+/// The backoff (50 ms doubling to 2 s) ends only with a flush of new
+/// writes, not with a repair: a repair may succeed while the trouble goes
+/// on (with no descriptor left, closing the store frees enough for it to
+/// open again, and the pending write that failed fails again at once), and
+/// the loop, which retries that write as soon as the store is repaired,
+/// wakes the flusher again for every write that fails. So a pause is never
+/// cut short by `wanted`, only by its end.
 async fn flusher(
     store: Shared,
     mut wanted: watch::Receiver<u64>,
     reports: mpsc::UnboundedSender<Flushed>,
     metrics: Arc<Metrics>,
 ) {
-    // The pause before the next repair, while the store is broken.
-    let mut broken: Option<Duration> = None;
+    // Whether the store needs a repair rather than a flush.
+    let mut broken = false;
+    // The pause after the next failure.
+    let mut backoff = REPAIR_MIN;
     loop {
-        if broken.is_none() && wanted.changed().await.is_err() {
+        if !broken && wanted.changed().await.is_err() {
             return;
         }
         // Every batch up to `target` was applied before this flush starts,
         // so the flush (or the repair's replay) covers it.
         let target = *wanted.borrow_and_update();
         let started = std::time::Instant::now();
-        let result = match broken {
-            None => store.flush().await,
-            Some(_) => store.repair().await,
+        let result = if broken {
+            store.repair().await
+        } else {
+            store.flush().await
         };
         match result {
             Ok(()) => {
-                if broken.take().is_some() {
+                if broken {
+                    broken = false;
                     tracing::info!("store repaired: reopened, replayed and flushed");
                 } else {
+                    backoff = REPAIR_MIN;
                     metrics.store_flush.observe(started.elapsed().as_secs_f64());
                 }
                 if reports.send(Flushed::Durable(target)).is_err() {
@@ -411,18 +428,20 @@ async fn flusher(
             }
             Err(e) => {
                 let fault = e.fault();
-                tracing::error!(cause = %e, ?fault, repairing = broken.is_some(), "store flush failed; acknowledgments wait until a repair succeeds");
+                tracing::error!(cause = %e, ?fault, repairing = broken, "store flush failed; acknowledgments wait until a repair succeeds");
                 if reports.send(Flushed::Failed(fault)).is_err() {
                     return;
                 }
-                let pause = broken.map_or(Duration::from_millis(50), |b| {
-                    (b * 2).min(Duration::from_secs(2))
-                });
-                broken = Some(pause);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    changed = wanted.changed() => if changed.is_err() { return },
+                broken = true;
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        () = &mut pause => break,
+                        changed = wanted.changed() => if changed.is_err() { return },
+                    }
                 }
+                backoff = (backoff * 2).min(REPAIR_MAX);
             }
         }
     }
