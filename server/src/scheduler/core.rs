@@ -926,6 +926,20 @@ impl Core {
                 .store
                 .idempotent_chain(&spec.idempotency_key)
                 .map_err(|e| Error::Store(e.to_string()))?;
+            // A key must never answer with a chain nobody can read: a batch
+            // torn by disk trouble and a kill may have kept the key without
+            // its chain (finding 18 of docs/reliability.md). The key is
+            // then taken anew by this submission.
+            if let Some(id) = &stored.idempotent
+                && let Err(Error::NotFound(_)) = self.chain(id)
+            {
+                tracing::error!(
+                    idempotency_key = %spec.idempotency_key,
+                    chain.id = %id,
+                    "an idempotency key names a chain that is not stored; the key goes to this submission"
+                );
+                stored.idempotent = None;
+            }
         }
         if let Some(id) = &spec.chain_id {
             match self.chain(id) {
@@ -3295,6 +3309,34 @@ mod tests {
         core.purge_queue(GENERAL_QUEUE, "", reply, 3);
         end_round(&mut core);
         assert_eq!(answer.await.unwrap().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn an_idempotency_key_that_names_a_missing_chain_is_taken_anew() {
+        let (_dir, store, mut core) = empty_core();
+        let mut torn = Batch::new();
+        torn.put_idempotency_key("k", "01a24203-0000-7000-8000-000000000000");
+        store.apply(&torn).unwrap();
+        let keyed = ChainSpec {
+            idempotency_key: "k".into(),
+            ..one_step("t")
+        };
+        let (reply, mut first) = oneshot::channel();
+        core.submit(keyed.clone(), reply, 1);
+        end_round(&mut core);
+        let first = first.try_recv().unwrap().unwrap();
+        assert_eq!(
+            first.dedup, None,
+            "answered with a chain that is not stored"
+        );
+        let (reply, mut again) = oneshot::channel();
+        core.submit(keyed, reply, 2);
+        end_round(&mut core);
+        let again = again.try_recv().unwrap().unwrap();
+        assert_eq!(
+            (again.chain_id, again.dedup),
+            (first.chain_id, Some(Dedup::IdempotencyKey))
+        );
     }
 
     #[test]
