@@ -156,28 +156,19 @@ struct Run {
     attempt: u32,
     /// None while its worker is disconnected (the lease still runs).
     worker: Option<String>,
-    lease: Lease,
+    /// When its lease was last renewed, in the scheduler's awake time; it
+    /// lapses once the scheduler has been awake for the lease length since
+    /// (see `clock`: time the broker spent paused, with the worker's
+    /// heartbeats waiting unread in its sockets, does not count). `None`
+    /// until its assignment has left for the worker: an assignment waits in
+    /// the outbox until its round is durable, for as long as the store is
+    /// in trouble, and a lease that lapsed there would hand its throttle
+    /// slot to another run while the stale assignment still left
+    /// afterwards. Runs recovered or claimed have left.
+    renewed: Option<u64>,
     /// The task-scoped declared throttle slot this run holds.
     declared: Option<Identity>,
     timed_out: bool,
-    /// Whether its assignment has left for the worker. Its lease runs only
-    /// from then: an assignment waits in the outbox until its round is
-    /// durable, for as long as the store is in trouble, and a lease that
-    /// lapsed there would hand its throttle slot to another run while the
-    /// stale assignment still left afterwards. Runs recovered or claimed
-    /// are sent.
-    sent: bool,
-}
-
-/// A run's lease. It lapses once the scheduler has been awake for the
-/// lease length since `renewed_awake` (see `clock`): time the broker spent
-/// paused, with the worker's heartbeats waiting unread in its sockets, does
-/// not count. `deadline` is the same moment on the clock of timers, when
-/// no pause intervenes; its timer checks the awake time and re-arms.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    renewed_awake: u64,
-    deadline: UnixMs,
 }
 
 /// A connected worker.
@@ -560,7 +551,6 @@ impl Core {
                     .hold(identity, concurrency, holder, info.clone());
             }
         }
-        let lease = self.new_lease(now);
         self.runs.insert(
             task_id.clone(),
             Run {
@@ -568,13 +558,13 @@ impl Core {
                 at,
                 attempt,
                 worker: None,
-                lease,
+                renewed: Some(self.awake_ms),
                 declared: declared.map(|(i, _)| i),
                 timed_out: false,
-                sent: true,
             },
         );
-        self.add_timer(lease.deadline, Timer::Lease { task_id, attempt });
+        let deadline = self.lease_deadline(now);
+        self.add_timer(deadline, Timer::Lease { task_id, attempt });
     }
 
     // -----------------------------------------------------------------
@@ -691,14 +681,12 @@ impl Core {
             Effect::Run(f) => f(),
             Effect::ToWorker { worker_id, msg } => {
                 if let ToWorker::Assign(a) = &msg {
-                    // Its lease starts now (see `Run::sent`). An assignment
-                    // whose run is no longer this attempt is not sent.
+                    // Its lease starts now (see `Run::renewed`). An
+                    // assignment whose run is no longer this attempt is not
+                    // sent.
                     let awake = self.awake_ms;
                     match self.runs.get_mut(&a.task.task_id) {
-                        Some(run) if run.attempt == a.task.attempt => {
-                            run.sent = true;
-                            run.lease.renewed_awake = awake;
-                        }
+                        Some(run) if run.attempt == a.task.attempt => run.renewed = Some(awake),
                         _ => return,
                     }
                 }
@@ -741,12 +729,10 @@ impl Core {
         self.awake_ms = self.awake_ms.max(awake_ms);
     }
 
-    /// A lease that starts now.
-    fn new_lease(&self, now: UnixMs) -> Lease {
-        Lease {
-            renewed_awake: self.awake_ms,
-            deadline: now.saturating_add(self.lease_ms),
-        }
+    /// When a lease that starts now ends on the clock of timers, if no
+    /// pause intervenes (its timer checks the awake time and re-arms).
+    fn lease_deadline(&self, now: UnixMs) -> UnixMs {
+        now.saturating_add(self.lease_ms)
     }
 
     fn add_timer(&mut self, at: UnixMs, timer: Timer) {
@@ -793,12 +779,10 @@ impl Core {
         if run.attempt != attempt {
             return;
         }
-        // Not sent yet: the lease has not started (see `Run::sent`).
-        let awake_for = if run.sent {
-            self.awake_ms.saturating_sub(run.lease.renewed_awake)
-        } else {
-            0
-        };
+        // Not sent yet: the lease has not started (see `Run::renewed`).
+        let awake_for = run
+            .renewed
+            .map_or(0, |renewed| self.awake_ms.saturating_sub(renewed));
         if awake_for < self.lease_ms {
             // Extended by a heartbeat, or the broker was paused: look again
             // when the rest of the lease would be up.
@@ -1770,7 +1754,7 @@ impl Core {
             rec.carried_value(at, |s| self.kept_result(s))
         };
         let worker_name = self.workers[worker_id].name.clone();
-        let lease = self.new_lease(now);
+        let lease_deadline = self.lease_deadline(now);
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let context = rec.context.clone();
         let step = rec.step_mut(at);
@@ -1810,7 +1794,7 @@ impl Core {
             kwargs: sig.kwargs.clone(),
             context,
             queue: eff.queue.clone(),
-            lease_deadline_ms: lease.deadline,
+            lease_deadline_ms: lease_deadline,
             timeout_ms: eff.timeout_ms,
             polls: step.polls,
             retries: step.retries,
@@ -1822,10 +1806,9 @@ impl Core {
                 at,
                 attempt,
                 worker: Some(worker_id.to_owned()),
-                lease,
+                renewed: None,
                 declared,
                 timed_out: false,
-                sent: false,
             },
         );
         self.workers
@@ -1834,7 +1817,7 @@ impl Core {
             .in_flight
             .insert(task_id.to_owned());
         self.add_timer(
-            lease.deadline,
+            lease_deadline,
             Timer::Lease {
                 task_id: task_id.to_owned(),
                 attempt,
@@ -2158,7 +2141,7 @@ impl Core {
             tx,
         };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
-        let lease = self.new_lease(now);
+        let awake = self.awake_ms;
         for task in hello.held {
             // A claim is for the broker's current attempt, and that attempt
             // is not out on another worker that is connected. (Attempt
@@ -2182,7 +2165,7 @@ impl Core {
                     {
                         old.in_flight.remove(&task.task_id);
                     }
-                    run.lease = lease;
+                    run.renewed = Some(awake);
                     if let Some(identity) = run.declared.clone() {
                         self.throttles.set_worker(
                             &identity,
@@ -2297,14 +2280,17 @@ impl Core {
         match msg {
             FromWorker::Outcome { task, outcome } => self.outcome(worker_id, task, outcome, now),
             FromWorker::Heartbeat { tasks } => {
-                let lease = self.new_lease(now);
+                let awake = self.awake_ms;
                 let all = tasks.is_empty();
                 let listed: HashSet<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
                 for task_id in &self.workers[worker_id].in_flight {
                     if (all || listed.contains(task_id.as_str()))
                         && let Some(run) = self.runs.get_mut(task_id)
                     {
-                        run.lease = lease;
+                        // An assignment not sent yet has no lease to extend.
+                        if let Some(renewed) = run.renewed.as_mut() {
+                            *renewed = awake;
+                        }
                     }
                 }
             }
