@@ -491,12 +491,18 @@ impl Core {
 
     /// Drops the results kept apart for `chain_id` that it no longer uses.
     fn prune_results(&mut self, chain_id: &str) {
+        // Most brokers keep no result apart: nothing to walk on the path of
+        // every outcome.
+        if self.apart.is_empty() {
+            return;
+        }
         let Some(rec) = self.chains.get(chain_id) else {
             return;
         };
-        let in_use: HashSet<&str> = rec.results_in_use().map(|s| s.task_id.as_str()).collect();
+        // At most two steps.
+        let in_use: Vec<&str> = rec.results_in_use().map(|s| s.task_id.as_str()).collect();
         for (_, step) in rec.all_steps() {
-            if step.result_apart && !in_use.contains(step.task_id.as_str()) {
+            if step.result_apart && !in_use.contains(&step.task_id.as_str()) {
                 self.apart.remove(&step.task_id);
             }
         }

@@ -120,23 +120,38 @@ thread_local! {
 /// Makes `line` of (`queue`, `name`) the best pick so far if its head
 /// ranks before `best`'s and is not passed over.
 fn consider<'a>(
-    best: &mut Option<(Rank, &'a str, &'a str)>,
+    best: &mut Option<Best<'a>>,
     queue: &'a str,
     name: &'a str,
     line: &Line,
     passed: &impl Fn(&str, Head<'_>) -> bool,
 ) {
-    let Some(rank) = line.head() else { return };
-    if best.is_some_and(|(b, _, _)| b <= rank) {
+    let (Some(rank), Some(front)) = (line.head(), line.front()) else {
+        return;
+    };
+    if best.as_ref().is_some_and(|b| b.rank <= rank) {
         return;
     }
-    let head = match line.front().map(|s| &s.item) {
-        Some(Item::Hot(task_id)) => Head::Hot(task_id),
+    let head = match &front.item {
+        Item::Hot(task_id) => Head::Hot(task_id),
         _ => Head::Cold,
     };
     if !passed(name, head) {
-        *best = Some((rank, queue, name));
+        *best = Some(Best {
+            rank,
+            queue,
+            name,
+            ready_ms: front.ready_ms,
+        });
     }
+}
+
+/// The best pick so far of [`Queues::pop_for`]: the head of a line.
+struct Best<'a> {
+    rank: Rank,
+    queue: &'a str,
+    name: &'a str,
+    ready_ms: UnixMs,
 }
 
 /// Counts of one queue, for inspection.
@@ -290,7 +305,7 @@ impl Queues {
         names: &HashSet<String>,
         passed: impl Fn(&str, Head<'_>) -> bool,
     ) -> Option<(Queued, Place)> {
-        let mut best: Option<(Rank, &str, &str)> = None;
+        let mut best: Option<Best<'_>> = None;
         for queue in queues {
             if !self.paused.is_empty() && self.paused.contains(queue) {
                 continue;
@@ -316,14 +331,13 @@ impl Queues {
                 }
             }
         }
-        let (rank, queue, name) = best?;
+        let Best {
+            rank,
+            queue,
+            name,
+            ready_ms,
+        } = best?;
         let (queue, name) = (queue.to_owned(), name.to_owned());
-        let ready_ms = self
-            .by_queue
-            .get(&queue)
-            .and_then(|by_name| by_name.get(&name))
-            .and_then(Line::front)
-            .map_or(0, |s| s.ready_ms);
         let item = self.take(&queue, &name, rank)?;
         let queued = item.queued()?;
         if let Queued::Hot(task_id) = &queued {
