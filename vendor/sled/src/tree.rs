@@ -388,8 +388,14 @@ impl Tree {
         trace!("applying batch {:?}", batch);
         for (k, v_opt) in batch.writes {
             loop {
-                if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
-                    break;
+                // Baton patch 7: a write that fails tears the batch
+                // instead of dropping the peg, which would cancel the
+                // batch's manifest and leave the writes made so far to be
+                // recovered on their own.
+                match self.insert_inner(&k, v_opt.clone(), guard) {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(_conflict)) => continue,
+                    Err(e) => return Err(peg.tear_batch(e)),
                 }
             }
         }

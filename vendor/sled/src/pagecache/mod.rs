@@ -433,6 +433,26 @@ impl<'a> RecoveryGuard<'a> {
             self.batch_res.log.iobufs.max_reserved_lsn.load(Acquire);
         self.batch_res.mark_writebatch(max_reserved).map(|_| ())
     }
+
+    /// Baton patch 7: gives up on a batch one of whose writes failed,
+    /// keeping it atomic. The manifest is written as a batch that ends at
+    /// an lsn no log reaches, so recovery stops at it and drops every write
+    /// the batch made (as it does for a batch torn by a crash), and the
+    /// failure becomes the global (sticky) error: no later flush can report
+    /// the torn batch's writes stable, and whoever flushes next learns that
+    /// the database must be reopened. Returns `cause`.
+    pub(crate) fn tear_batch(self, cause: Error) -> Error {
+        let log = self.batch_res.log;
+        log.config.set_global_error(cause.clone());
+        if let Err(e) = self.batch_res.mark_writebatch(Lsn::max_value()) {
+            trace!("tearing a batch: {:?}", e);
+        }
+        // Wake whoever waits for the stable lsn, to see the error.
+        let intervals = log.iobufs.intervals.lock();
+        drop(intervals);
+        let _notified = log.iobufs.interval_updated.notify_all();
+        cause
+    }
 }
 
 /// A page consists of a sequence of state transformations
