@@ -5,9 +5,10 @@
 //! task (see `mod.rs`), one command at a time, so no transition races
 //! another. Each transition mutates memory, marks the chains it touched
 //! dirty and queues its effects (replies, messages to workers, events).
-//! [`Core::commit`] then writes the dirty chains as one atomic batch and
-//! tags the effects with that write's sequence number; they leave only once
-//! the write is durable. That single rule gives the ordering guarantees: a
+//! [`Core::end_round`] then writes the dirty chains into the round's batch
+//! and hands it over with the effects; the driver stages the batch with the
+//! committer and tags the effects with the number of the batch that will
+//! hold it; they leave only once that batch is durable. That single rule gives the ordering guarantees: a
 //! step is assigned only after the previous step's success is on disk, a
 //! client hears OK only for a stored chain, a worker is acked only for a
 //! stored outcome.
@@ -122,10 +123,10 @@ enum Unwarmed {
     Unreadable,
 }
 
-/// What a round left: the number of the batch its effects wait for (to be
-/// durable), those effects, and the early assignments that wait for none.
+/// What a round left: its writes, the effects that wait for them to be
+/// durable, and the early assignments that wait for none.
 pub struct RoundEnd {
-    pub seq: u64,
+    pub writes: Batch,
     pub effects: Vec<Effect>,
     pub early: Vec<Effect>,
 }
@@ -260,15 +261,6 @@ pub struct Core {
     tasks: HashMap<String, (String, StepAt)>,
     /// unique key → chain id, for chains not ended.
     unique: HashMap<String, String>,
-    /// Idempotency keys written in the pending, not yet applied batch.
-    idempotency_pending: HashMap<String, String>,
-    /// Chains retired (ended, left memory) in the pending, not yet applied
-    /// batch: until it is applied the store still has their previous
-    /// record, so reads look here first.
-    retired_pending: HashMap<String, ChainRecord>,
-    /// Chains cooled in the pending, not yet applied batch, for the same
-    /// reason.
-    cold_pending: HashMap<String, ChainRecord>,
     queues: Queues,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
@@ -294,7 +286,8 @@ pub struct Core {
     /// (see [`Core::warm_names`]).
     rerouting: HashSet<String>,
     watchers: HashMap<String, Vec<watchers::Sender>>,
-    /// Writes of the rounds since the last [`Core::apply`].
+    /// Writes of the round in progress, handed to the committer by
+    /// [`Core::end_round`]. Reads of the store look here first.
     batch: Batch,
     dirty: BTreeSet<String>,
     /// Chains in memory whose `live` entry on disk does not say "hot" (new
@@ -307,8 +300,6 @@ pub struct Core {
     /// durable (see [`Unsettled`]).
     early: Vec<Effect>,
     unsettled: Unsettled,
-    /// Sequence number of the last applied batch.
-    pub written: u64,
     /// Counters and histograms, shared with the metrics endpoint.
     pub metrics: Arc<Metrics>,
     /// The counters of each task name seen, so counting never allocates.
@@ -325,9 +316,6 @@ impl Core {
             chains: HashMap::new(),
             tasks: HashMap::new(),
             unique: HashMap::new(),
-            idempotency_pending: HashMap::new(),
-            retired_pending: HashMap::new(),
-            cold_pending: HashMap::new(),
             queues: Queues::default(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -346,7 +334,6 @@ impl Core {
             effects: Vec::new(),
             early: Vec::new(),
             unsettled: Unsettled::default(),
-            written: 0,
             metrics: Arc::default(),
             task_metrics: TaskMetrics::new(Arc::default()),
         };
@@ -446,7 +433,10 @@ impl Core {
     ) -> Result<Vec<(String, KeptResult)>, crate::store::Error> {
         let mut out = Vec::new();
         for step in chain.results_in_use().filter(|s| s.result_apart) {
-            match self.store.result(&chain.id, &step.task_id)? {
+            match self
+                .store
+                .view(&self.batch, |v| v.result(&chain.id, &step.task_id))?
+            {
                 Some(result) => {
                     let kept = KeptResult {
                         chain_id: chain.id.clone(),
@@ -577,16 +567,11 @@ impl Core {
     // Transactions: commit and effects
     // -----------------------------------------------------------------
 
-    /// Ends a round: writes its dirty chains into the pending batch, and
-    /// returns its effects with the number of the batch they wait for, and
-    /// its early assignments, which wait for none.
-    ///
-    /// The pending batch gathers the writes of every round since the last
-    /// [`apply`](Self::apply) (a later write of a key replaces an earlier
-    /// one), so the scheduler can apply one batch per flush instead of one
-    /// per round: each sled batch seals the store's log buffer twice and
-    /// hands it to an I/O thread, and a chain written in several rounds of
-    /// one flush is written once.
+    /// Ends a round: writes its dirty chains into the round's batch, and
+    /// returns those writes (for the committer, which gathers the rounds
+    /// of one flush into one batch), its effects, which wait for those
+    /// writes to be durable, and its early assignments, which wait for
+    /// none.
     pub fn end_round(&mut self) -> RoundEnd {
         for chain_id in std::mem::take(&mut self.dirty) {
             if let Some(rec) = self.chains.get(&chain_id) {
@@ -604,49 +589,27 @@ impl Core {
                 }
             }
         }
-        // With writes pending, the round's effects may depend on them (a
-        // reply that a chain is stored): they wait for the batch that will
-        // hold them. Without, for the last batch applied.
+        // Results kept for chains that left memory read back from the
+        // store from now on (its staged writes included).
+        if !self.apart.is_empty() {
+            let chains = &self.chains;
+            self.apart
+                .retain(|_, kept| chains.contains_key(&kept.chain_id));
+        }
         RoundEnd {
-            seq: self.written + u64::from(!self.batch.is_empty()),
+            writes: std::mem::take(&mut self.batch),
             effects: std::mem::take(&mut self.effects),
             early: std::mem::take(&mut self.early),
         }
     }
 
-    /// Whether rounds left writes that are not applied yet.
-    pub fn has_pending_writes(&self) -> bool {
-        !self.batch.is_empty()
-    }
-
-    /// Applies the pending batch atomically (visible, not yet durable).
-    /// Returns its sequence number: what [`end_round`](Self::end_round)
-    /// promised the effects of the rounds it holds.
-    ///
-    /// # Errors
-    /// A store error: the batch stays pending, to be applied later.
-    pub fn apply(&mut self) -> Result<u64, crate::store::Error> {
-        if !self.batch.is_empty() {
-            self.store.apply(&self.batch)?;
-            self.batch = Batch::new();
-            self.idempotency_pending.clear();
-            self.retired_pending.clear();
-            self.cold_pending.clear();
-            let chains = &self.chains;
-            self.apart
-                .retain(|_, kept| chains.contains_key(&kept.chain_id));
-            self.written += 1;
-        }
-        Ok(self.written)
-    }
-
     /// Ends a round and applies its writes at once (see
-    /// [`end_round`](Self::end_round) and [`apply`](Self::apply)), for
-    /// tests that drive rounds by hand.
+    /// [`end_round`](Self::end_round)), for tests that drive rounds by
+    /// hand.
     #[cfg(test)]
     pub fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
-        let round = self.end_round();
-        self.apply()?;
+        let mut round = self.end_round();
+        self.store.apply(std::mem::take(&mut round.writes))?;
         Ok(round)
     }
 
@@ -909,12 +872,10 @@ impl Core {
     /// [`admit`]: Self::admit
     fn check_admissible(&self, spec: &ChainSpec) -> Result<Stored, Error> {
         let mut stored = Stored::default();
-        if !spec.idempotency_key.is_empty()
-            && !self.idempotency_pending.contains_key(&spec.idempotency_key)
-        {
+        if !spec.idempotency_key.is_empty() {
             stored.idempotent = self
                 .store
-                .idempotent_chain(&spec.idempotency_key)
+                .view(&self.batch, |v| v.idempotent_chain(&spec.idempotency_key))
                 .map_err(|e| Error::Store(e.to_string()))?;
             // A key must never answer with a chain nobody can read: a batch
             // torn by disk trouble and a kill may have kept the key without
@@ -946,12 +907,10 @@ impl Core {
         Ok(stored)
     }
 
-    /// Whether a chain is held in memory: live, or retired or cooled in a
-    /// round whose writes are not applied yet.
-    fn in_memory(&self, chain_id: &str) -> bool {
-        self.chains.contains_key(chain_id)
-            || self.retired_pending.contains_key(chain_id)
-            || self.cold_pending.contains_key(chain_id)
+    /// Whether a chain was stored by this round (it may have left memory
+    /// already: cooled).
+    fn created(&self, chain_id: &str) -> bool {
+        self.chains.contains_key(chain_id) || self.batch.has_chain(chain_id)
     }
 
     /// Deduplicates a submission or stores it. `stored` is what
@@ -967,15 +926,16 @@ impl Core {
         if let Some(id) = spec
             .chain_id
             .as_deref()
-            .filter(|id| stored.chain || self.in_memory(id))
+            .filter(|id| stored.chain || self.created(id))
         {
             return dedup(id.to_owned(), Dedup::ChainId);
         }
         if !spec.idempotency_key.is_empty() {
-            let known = match self.idempotency_pending.get(&spec.idempotency_key) {
-                Some(id) => Some(id.clone()),
-                None => stored.idempotent,
-            };
+            // A chain admitted earlier in this batch may have taken the key.
+            let known = self
+                .batch
+                .idempotent_chain(&spec.idempotency_key)
+                .or(stored.idempotent);
             if let Some(id) = known {
                 return dedup(id, Dedup::IdempotencyKey);
             }
@@ -1002,8 +962,6 @@ impl Core {
         if !spec.idempotency_key.is_empty() {
             self.batch
                 .put_idempotency_key(&spec.idempotency_key, &chain_id);
-            self.idempotency_pending
-                .insert(spec.idempotency_key.clone(), chain_id.clone());
         }
         let chain = ChainRecord::new(chain_id.clone(), spec, now);
         if chain.deadline_ms > 0 {
@@ -1072,7 +1030,6 @@ impl Core {
         self.dirty.remove(chain_id);
         self.live_unwritten.remove(chain_id);
         self.batch.put_cold_chain(&rec, &waits);
-        self.cold_pending.insert(chain_id.to_owned(), rec);
     }
 
     /// Brings a cold chain back into memory. When it is still `queued`,
@@ -1083,30 +1040,25 @@ impl Core {
     /// only while it is repaired after disk trouble).
     fn warm(&mut self, key: ChainKey, queued: bool) -> Result<String, Unwarmed> {
         let chain_id = uuid::Uuid::from_u128(key).to_string();
-        let rec = match self.cold_pending.remove(&chain_id) {
-            // Its results apart are still in memory: the batch that wrote
-            // them is not applied yet.
-            Some(rec) => rec,
-            None => match self.store.chain(&chain_id) {
-                Ok(Some(rec)) => match self.results_apart_of(&rec) {
-                    Ok(results) => {
-                        self.apart.extend(results);
-                        rec
-                    }
-                    Err(e) => {
-                        tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain's results now; it stays queued");
-                        return Err(Unwarmed::Unreadable);
-                    }
-                },
-                Ok(None) => {
-                    tracing::error!(chain.id = %chain_id, "a cold chain has no record: it is lost");
-                    return Err(Unwarmed::Missing);
+        let rec = match self.store.view(&self.batch, |v| v.chain(&chain_id)) {
+            Ok(Some(rec)) => match self.results_apart_of(&rec) {
+                Ok(results) => {
+                    self.apart.extend(results);
+                    rec
                 }
                 Err(e) => {
-                    tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain now; it stays queued");
+                    tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain's results now; it stays queued");
                     return Err(Unwarmed::Unreadable);
                 }
             },
+            Ok(None) => {
+                tracing::error!(chain.id = %chain_id, "a cold chain has no record: it is lost");
+                return Err(Unwarmed::Missing);
+            }
+            Err(e) => {
+                tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain now; it stays queued");
+                return Err(Unwarmed::Unreadable);
+            }
         };
         let step = rec.step(rec.current());
         let task_id = step.task_id.clone();
@@ -1152,8 +1104,10 @@ impl Core {
         if self.chains.contains_key(chain_id) {
             return;
         }
-        let cold = self.cold_pending.contains_key(chain_id)
-            || self.store.waits_cold(chain_id).unwrap_or_else(|e| {
+        let cold = self
+            .store
+            .view(&self.batch, |v| v.waits_cold(chain_id))
+            .unwrap_or_else(|e| {
                 tracing::error!(chain.id = %chain_id, cause = %e, "cannot read the live index");
                 false
             });
@@ -1175,18 +1129,13 @@ impl Core {
     /// in (see [`Core::with_results`]); from the store when it is not in
     /// memory.
     pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
-        if let Some(rec) = self
-            .chains
-            .get(chain_id)
-            .or_else(|| self.retired_pending.get(chain_id))
-            .or_else(|| self.cold_pending.get(chain_id))
-        {
+        if let Some(rec) = self.chains.get(chain_id) {
             return Ok(self.with_results(rec.clone()));
         }
         let store_error = |e: crate::store::Error| Error::Store(e.to_string());
         let mut rec = self
             .store
-            .chain(chain_id)
+            .view(&self.batch, |v| v.chain(chain_id))
             .map_err(store_error)?
             .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
         // The chain's result, shown with its step as for a chain in memory.
@@ -1195,7 +1144,7 @@ impl Core {
         {
             last.result = self
                 .store
-                .result(chain_id, &last.task_id)
+                .view(&self.batch, |v| v.result(chain_id, &last.task_id))
                 .map_err(store_error)?
                 .unwrap_or_default();
             rec.result = last.result.clone();
@@ -1230,7 +1179,7 @@ impl Core {
                 return Ok(step.result.clone());
             }
             self.store
-                .result(chain_id, task_id)
+                .view(&self.batch, |v| v.result(chain_id, task_id))
                 .map_err(|e| Error::Store(e.to_string()))?
                 .ok_or_else(|| Error::Store(format!("the result of step {task_id} is missing")))
         });
@@ -2106,7 +2055,6 @@ impl Core {
         self.batch.put_chain(&rec, false);
         self.dirty.remove(chain_id);
         self.live_unwritten.remove(chain_id);
-        self.retired_pending.insert(chain_id.to_owned(), rec);
         // Watchers still get the final event: it was queued with the chain.
         self.apply_grants(grants, now_ms());
     }
@@ -2938,7 +2886,6 @@ impl Core {
             None => {
                 original.requeued_as = new_id.clone();
                 self.batch.put_chain(&original, false);
-                self.retired_pending.insert(chain_id.to_owned(), original);
             }
         }
         tracing::info!(chain.id = %new_id, requeued_from = %chain_id, "failed chain requeued");
@@ -3308,7 +3255,7 @@ mod tests {
         let (_dir, store, mut core) = empty_core();
         let mut torn = Batch::new();
         torn.put_idempotency_key("k", "01a24203-0000-7000-8000-000000000000");
-        store.apply(&torn).unwrap();
+        store.apply(torn).unwrap();
         let keyed = ChainSpec {
             idempotency_key: "k".into(),
             ..one_step("t")
@@ -3442,22 +3389,30 @@ mod tests {
     fn rounds_before_an_apply_share_its_batch_and_number() {
         let (_dir, store, mut core) = empty_core();
         let a = submit(&mut core, one_step("t"));
-        let first = core.end_round();
+        let first = store.stage_seq(core.end_round().writes);
         let b = submit(&mut core, one_step("t"));
-        let second = core.end_round();
+        let second = store.stage_seq(core.end_round().writes);
         assert_eq!(
-            (first.seq, second.seq),
+            (first, second),
             (1, 1),
             "both rounds' replies wait for the batch that will hold them"
         );
-        assert!(store.chain(&a).unwrap().is_none(), "nothing applied yet");
-        assert_eq!(core.apply().unwrap(), 1);
-        assert!(store.chain(&a).unwrap().is_some());
-        assert!(store.chain(&b).unwrap().is_some());
+        let on_disk = |id: &str| store.read(|s| s.chain(id)).unwrap().is_some();
+        assert!(!on_disk(&a), "nothing applied yet");
+        assert!(
+            store.chain(&a).unwrap().is_some(),
+            "reads see staged writes"
+        );
+        assert_eq!(store.apply_staged().unwrap(), 1);
+        assert!(on_disk(&a) && on_disk(&b));
         // A round that writes nothing waits for the batch applied last.
-        assert_eq!(core.end_round().seq, 1);
-        assert!(!core.has_pending_writes());
-        assert_eq!(core.apply().unwrap(), 1, "nothing to apply: no new batch");
+        assert_eq!(store.stage_seq(core.end_round().writes), 1);
+        assert!(!store.has_staged());
+        assert_eq!(
+            store.apply_staged().unwrap(),
+            1,
+            "nothing to apply: no new batch"
+        );
     }
 
     #[test]

@@ -3,17 +3,15 @@
 //! One task owns the state ([`core::Core`]); everybody else holds a cheap
 //! [`Handle`] and sends it commands over a channel, with a oneshot for the
 //! reply. The loop takes whatever commands are waiting (up to a bound),
-//! applies them and dispatches ready work: a round. A second task, the
-//! flusher, makes the store durable (group commit). When it is free, the
-//! writes of every round since its last flush are applied as one atomic
-//! batch and handed to it; while it flushes, the rounds' writes gather in
-//! memory for the next batch (a chain written in several of them is
-//! written once). Effects of a round (replies, assignments, acks, events)
-//! are held in an outbox until the flusher reports the batch that holds
-//! its writes durable; the one exception is an *early* assignment, which
-//! relies on nothing that is not durable yet and leaves at the end of its
-//! round (see `core::Unsettled`). The flusher reports on a channel of its
-//! own, so its word never waits behind queued commands.
+//! applies them and dispatches ready work: a round. Each round's writes go
+//! to the [`Committer`](crate::store::Committer), the one owner of
+//! durability (group commit, sequence numbers, disk trouble; see
+//! `store::committer`), which answers with the number of the batch that
+//! will hold them. Effects of a round (replies, assignments, acks, events)
+//! are held in an outbox until the committer reports that batch durable;
+//! the one exception is an *early* assignment, which relies on nothing that
+//! is not durable yet and leaves at the end of its round (see
+//! `core::Unsettled`).
 //!
 //! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
 //! a degraded mode instead of losing or faking anything:
@@ -24,10 +22,11 @@
 //! - work already accepted goes on in memory, but its effects (replies,
 //!   assignments, acks, events) stay held, as always, until their batch is
 //!   durable: nobody is told "done" or "stored" before it is;
-//! - a write that failed stays pending and is retried; the flusher repairs
-//!   the store ([`Shared::repair`](crate::store::Shared::repair): reopen,
-//!   replay what was not durable, flush) with backoff until it succeeds;
-//!   then the held effects leave and new work is taken again.
+//! - a write that failed stays staged and is retried; the committer's
+//!   flusher repairs the store
+//!   ([`Shared::repair`](crate::store::Shared::repair): reopen, replay what
+//!   was not durable, flush) with backoff until it succeeds; then the held
+//!   effects leave and new work is taken again.
 //!
 //! [`Handle::store_fault`] tells the health service while this lasts.
 
@@ -49,7 +48,7 @@ use self::core::{Core, Effect, RoundEnd};
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
 use crate::metrics::{Metrics, Snapshot};
-use crate::store::{DeadCursor, DeadPage, Fault, Recovered, Shared};
+use crate::store::{Committer, DeadCursor, DeadPage, Fault, Recovered, Shared};
 
 /// Errors the scheduler answers with. Expected outcomes (deduplicated,
 /// already ended) are values, not errors.
@@ -246,36 +245,9 @@ pub fn start(
     let lease_ms = u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX);
     let core = Core::recover(store.clone(), lease_ms, recovered, now_ms());
     let metrics = core.metrics.clone();
-    let (flush_tx, flush_rx) = watch::channel(0u64);
-    let (report_tx, reports) = mpsc::unbounded_channel();
-    // Without durable acknowledgment nothing waits for a flush, so nothing
-    // needs replaying after a repair either.
-    store.keep_journal(settings.durable);
-    // The flusher also repairs the store after a failure, so it runs in
-    // both modes; without durability it is woken only by failures.
-    let flusher = tokio::spawn(flusher(store.clone(), flush_rx, report_tx, metrics.clone()));
-    let (fault_tx, store_fault) = watch::channel(None);
-    let disk = Disk {
-        durable: settings.durable,
-        durable_seq: 0,
-        flushing: 0,
-        write_fault: None,
-        flush_fault: None,
-        retry_at: None,
-        retry_backoff: RETRY_MIN,
-        published: fault_tx,
-        flusher: Some(flusher),
-        reports,
-    };
-    let join = tokio::spawn(run_loop(
-        core,
-        rx,
-        flush_tx,
-        disk,
-        settings,
-        store.clone(),
-        shutdown,
-    ));
+    let committer = Committer::start(store.clone(), settings.durable, metrics.clone());
+    let store_fault = committer.faults();
+    let join = tokio::spawn(run_loop(core, rx, committer, settings, shutdown));
     (
         Handle {
             tx,
@@ -287,179 +259,17 @@ pub fn start(
     )
 }
 
-/// First and last pause before a failed write is retried.
-const RETRY_MIN: Duration = Duration::from_millis(20);
-const RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// The loop's view of the store: what is durable, and whether it is in
-/// trouble.
-struct Disk {
-    /// Whether effects wait for a flush (see [`Settings::durable`]).
-    durable: bool,
-    /// Every batch up to this number is durable.
-    durable_seq: u64,
-    /// The last batch handed to the flusher: it is busy until that one is
-    /// durable.
-    flushing: u64,
-    /// Set while applying the pending batch fails; the next write that
-    /// succeeds clears it.
-    write_fault: Option<Fault>,
-    /// Set while the flusher fails to flush or repair; its next success
-    /// clears it.
-    flush_fault: Option<Fault>,
-    /// When to retry a failed write even if no command comes.
-    retry_at: Option<tokio::time::Instant>,
-    retry_backoff: Duration,
-    /// What [`Handle::store_fault`] shows.
-    published: watch::Sender<Option<Fault>>,
-    /// The flusher task, joined when the loop ends.
-    flusher: Option<tokio::task::JoinHandle<()>>,
-    /// What the flusher reports.
-    reports: mpsc::UnboundedReceiver<Flushed>,
-}
-
-impl Disk {
-    /// The trouble in force: new work is refused while there is one. The
-    /// flusher's word comes first: while it repairs, writes fail only
-    /// because the store is closed, which says nothing of the disk.
-    fn fault(&self) -> Option<Fault> {
-        self.flush_fault.or(self.write_fault)
-    }
-
-    /// Whether the flusher would start on a new batch at once: it made the
-    /// last one durable, and is not repairing the store.
-    fn flusher_idle(&self) -> bool {
-        self.durable_seq >= self.flushing && self.flush_fault.is_none()
-    }
-
-    fn flushed(&mut self, report: Flushed) {
-        match report {
-            Flushed::Durable(seq) => {
-                self.durable_seq = self.durable_seq.max(seq);
-                self.flush_fault = None;
-            }
-            Flushed::Failed(fault) => self.flush_fault = Some(fault),
-        }
-    }
-
-    /// Tells the health service (and the log) when the trouble starts, ends
-    /// or changes.
-    fn publish(&self) {
-        let fault = self.fault();
-        self.published.send_if_modified(|shown| {
-            if *shown == fault {
-                return false;
-            }
-            match fault {
-                Some(fault) => tracing::error!(
-                    ?fault,
-                    "the store is in trouble: new work is refused and acknowledgments are held until it recovers"
-                ),
-                None => tracing::info!("the store recovered: new work is accepted again"),
-            }
-            *shown = fault;
-            true
-        });
-    }
-}
-
-/// What the flusher tells the loop, on a channel of its own so that it never
-/// waits behind queued commands: the loop hands over the next batch when it
-/// hears that the last one is durable.
-enum Flushed {
-    /// Every batch up to this number is durable.
-    Durable(u64),
-    /// A flush or a repair failed.
-    Failed(Fault),
-}
-
-/// First and last pause before the flusher repairs the store again.
-const REPAIR_MIN: Duration = Duration::from_millis(50);
-const REPAIR_MAX: Duration = Duration::from_secs(2);
-
-/// The flusher: flushes whenever new batches were applied and reports the
-/// sequence number the flush covered. After a failure it repairs the store
-/// instead (reopen, replay, flush; a retried flush would prove nothing),
-/// with backoff, until that succeeds; nothing waiting on the flush is
-/// released meanwhile. Ends when the loop drops its end of `wanted`.
-///
-/// The backoff (50 ms doubling to 2 s) ends only with a flush of new
-/// writes, not with a repair: a repair may succeed while the trouble goes
-/// on (with no descriptor left, closing the store frees enough for it to
-/// open again, and the pending write that failed fails again at once), and
-/// the loop, which retries that write as soon as the store is repaired,
-/// wakes the flusher again for every write that fails. So a pause is never
-/// cut short by `wanted`, only by its end.
-async fn flusher(
-    store: Shared,
-    mut wanted: watch::Receiver<u64>,
-    reports: mpsc::UnboundedSender<Flushed>,
-    metrics: Arc<Metrics>,
-) {
-    // Whether the store needs a repair rather than a flush.
-    let mut broken = false;
-    // The pause after the next failure.
-    let mut backoff = REPAIR_MIN;
-    loop {
-        if !broken && wanted.changed().await.is_err() {
-            return;
-        }
-        // Every batch up to `target` was applied before this flush starts,
-        // so the flush (or the repair's replay) covers it.
-        let target = *wanted.borrow_and_update();
-        let started = std::time::Instant::now();
-        let result = if broken {
-            store.repair().await
-        } else {
-            store.flush().await
-        };
-        match result {
-            Ok(()) => {
-                if broken {
-                    broken = false;
-                    tracing::info!("store repaired: reopened, replayed and flushed");
-                } else {
-                    backoff = REPAIR_MIN;
-                    metrics.store_flush.observe(started.elapsed().as_secs_f64());
-                }
-                if reports.send(Flushed::Durable(target)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let fault = e.fault();
-                tracing::error!(cause = %e, ?fault, repairing = broken, "store flush failed; acknowledgments wait until a repair succeeds");
-                if reports.send(Flushed::Failed(fault)).is_err() {
-                    return;
-                }
-                broken = true;
-                let pause = tokio::time::sleep(backoff);
-                tokio::pin!(pause);
-                loop {
-                    tokio::select! {
-                        () = &mut pause => break,
-                        changed = wanted.changed() => if changed.is_err() { return },
-                    }
-                }
-                backoff = (backoff * 2).min(REPAIR_MAX);
-            }
-        }
-    }
-}
-
 async fn run_loop(
     mut core: Core,
     mut rx: mpsc::Receiver<Command>,
-    flush_tx: watch::Sender<u64>,
-    mut disk: Disk,
+    mut committer: Committer,
     limits: Settings,
-    store: Shared,
     shutdown: CancellationToken,
 ) {
     let mut outbox: VecDeque<(u64, Effect)> = VecDeque::new();
     let mut awake = clock::Awake::start(std::time::Instant::now());
     // Recovery may have changed records (re-queued work): commit it first.
-    round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
+    round_end(&mut core, &mut outbox, &mut committer);
     loop {
         // Never asleep longer than a tick, so that a longer gap between two
         // readings of the clock means the broker did not run (see `clock`).
@@ -468,19 +278,20 @@ async fn run_loop(
             None => clock::TICK,
         }
         .min(clock::TICK);
-        if let Some(at) = disk.retry_at {
+        if let Some(at) = committer.retry_at() {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
         tokio::select! {
             biased;
-            Some(report) = disk.reports.recv() => disk.flushed(report),
+            Some(report) = committer.report() => committer.heard(report),
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 core.set_awake(awake.observe(std::time::Instant::now()));
-                handle(&mut core, cmd, &mut disk, &limits);
+                let fault = committer.fault();
+                handle(&mut core, cmd, fault, &limits);
                 for _ in 1..ROUND {
                     match rx.try_recv() {
-                        Ok(cmd) => handle(&mut core, cmd, &mut disk, &limits),
+                        Ok(cmd) => handle(&mut core, cmd, fault, &limits),
                         Err(_) => break,
                     }
                 }
@@ -488,59 +299,39 @@ async fn run_loop(
             () = tokio::time::sleep(sleep) => {}
             () = shutdown.cancelled() => break,
         }
-        while let Ok(report) = disk.reports.try_recv() {
-            disk.flushed(report);
-        }
+        committer.catch_up();
         core.set_awake(awake.observe(std::time::Instant::now()));
         core.fire_timers(now_ms());
-        round_end(&mut core, &mut outbox, &flush_tx, &mut disk);
+        round_end(&mut core, &mut outbox, &mut committer);
         while outbox
             .front()
-            .is_some_and(|(seq, _)| *seq <= disk.durable_seq)
+            .is_some_and(|(seq, _)| *seq <= committer.durable())
         {
             let (_, effect) = outbox.pop_front().expect("checked");
             core.deliver(effect);
         }
     }
-    // Drain: the flusher stops first (it may be repairing), then what was
-    // applied is flushed before the loop ends, so a clean shutdown loses
-    // nothing even in non-durable mode.
+    // Drain: what the rounds wrote is applied and flushed before the loop
+    // ends, so a clean shutdown loses nothing even in non-durable mode.
     drop(rx);
-    drop(flush_tx);
-    if let Some(flusher) = disk.flusher.take() {
-        let _ = flusher.await;
-    }
-    if let Err(e) = core.apply() {
-        tracing::warn!(cause = %e, "the last writes could not be applied before stopping");
-    }
-    let flushed = match store.flush().await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            tracing::warn!(cause = %e, "final store flush failed; repairing the store once");
-            store.repair().await
-        }
-    };
-    if let Err(e) = flushed {
-        tracing::error!(cause = %e, "final store flush failed");
-    }
+    committer.close().await;
     tracing::info!("scheduler stopped");
 }
 
-fn round_end(
-    core: &mut Core,
-    outbox: &mut VecDeque<(u64, Effect)>,
-    flush_tx: &watch::Sender<u64>,
-    disk: &mut Disk,
-) {
+/// Ends a round: dispatches ready work, stages the round's writes with the
+/// committer, lets early assignments leave and holds the other effects
+/// until the batch that holds their writes is durable.
+fn round_end(core: &mut Core, outbox: &mut VecDeque<(u64, Effect)>, committer: &mut Committer) {
     core.dispatch(now_ms());
     let RoundEnd {
-        seq,
+        writes,
         effects,
         early,
     } = core.end_round();
+    let seq = committer.stage(writes);
     // Early assignments leave now (a later flush covers their round),
     // unless the store is in trouble: then they wait like everything else.
-    if disk.fault().is_none() {
+    if committer.fault().is_none() {
         for effect in early {
             core.deliver(effect);
         }
@@ -548,42 +339,7 @@ fn round_end(
         outbox.extend(early.into_iter().map(|e| (seq, e)));
     }
     outbox.extend(effects.into_iter().map(|e| (seq, e)));
-    // The writes of the rounds since the last flush began are applied as
-    // one batch when the flusher is free to make it durable at once; while
-    // it flushes, further rounds add to the pending batch. Without
-    // durability nothing waits for the flusher: every round is applied.
-    if core.has_pending_writes() && (!disk.durable || disk.flusher_idle()) {
-        match core.apply() {
-            Ok(applied) => {
-                if disk.durable {
-                    disk.flushing = applied;
-                    flush_tx.send_replace(applied);
-                } else {
-                    disk.durable_seq = applied;
-                }
-                disk.write_fault = None;
-                disk.retry_at = None;
-                disk.retry_backoff = RETRY_MIN;
-            }
-            Err(e) => {
-                // The batch stays pending; a later round retries (on a
-                // timer if no command comes).
-                let fault = e.fault();
-                if disk.write_fault.is_none() {
-                    tracing::error!(cause = %e, ?fault, "store write failed; retrying");
-                }
-                if disk.flush_fault.is_none() {
-                    // sled refuses every write after an I/O error until the
-                    // store is reopened: let the flusher find out and repair.
-                    flush_tx.send_modify(|_| {});
-                }
-                disk.write_fault = Some(fault);
-                disk.retry_at = Some(tokio::time::Instant::now() + disk.retry_backoff);
-                disk.retry_backoff = (disk.retry_backoff * 2).min(RETRY_MAX);
-            }
-        }
-    }
-    disk.publish();
+    committer.commit();
 }
 
 /// Answers a request with `error` instead of running it.
@@ -591,12 +347,12 @@ fn refuse<T>(reply: Reply<T>, error: Error) {
     let _ = reply.send(Err(error));
 }
 
-fn handle(core: &mut Core, cmd: Command, disk: &mut Disk, limits: &Settings) {
+fn handle(core: &mut Core, cmd: Command, fault: Option<Fault>, limits: &Settings) {
     let now = now_ms();
     // While the store is in trouble, requests that would store new work are
     // refused before they touch anything, and so are chain reads: their
     // answer would wait for a durable round like every effect.
-    let cmd = match (disk.fault(), cmd) {
+    let cmd = match (fault, cmd) {
         (None, cmd) => cmd,
         (Some(f), Command::Get(_, r)) => return refuse(r, Error::unreadable(f)),
         (Some(f), Command::StepResult(_, _, r)) => return refuse(r, Error::unreadable(f)),

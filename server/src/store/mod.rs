@@ -24,27 +24,41 @@
 //! [`Store::flush`] makes everything applied so far durable. sled 0.34's own
 //! flush ends in `sync_file_range`, which does not flush the device's write
 //! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
-//! store's data file. The scheduler calls `flush` from one task, and
-//! gathers the rounds that pass meanwhile into the next batch (group
-//! commit): sled's `apply_batch` seals its log buffer twice and hands it to
-//! an I/O thread, so one batch per flush costs far less than one per round.
+//! store's data file.
+//!
+//! Who does what:
+//! - [`Store`]: the sled tree, its key layout, and reads of it;
+//! - [`Batch`]: writes not applied yet, readable (a [`View`] lays them over
+//!   the store);
+//! - [`Shared`]: the store shared by everyone, with the writes staged for
+//!   the next batch and a journal of the batches not yet durable, reopened
+//!   in place after disk trouble;
+//! - [`Committer`]: the one owner of durability: it applies what is staged
+//!   as one batch when its flusher is free, flushes (group commit), counts
+//!   what is durable and handles disk trouble.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
+use sled::IVec;
 
 use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 
+mod committer;
 mod shared;
+pub use committer::{Committer, Flushed};
 pub use shared::{Fault, Shared, inconsistency};
 
 /// Errors of the store. All of them mean the disk or the data directory is
 /// in trouble; the scheduler stops acknowledging until a flush succeeds.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store is being reopened after a failure (see [`Shared::repair`]).
+    #[error("the store is closed while it is repaired after a failure")]
+    Closed,
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record {key:?} in tree {tree}: {source}")]
@@ -62,11 +76,16 @@ pub enum Error {
     },
 }
 
-/// Writes of one state transition, applied atomically by [`Store::apply`].
+/// Writes to the store, applied atomically by [`Store::apply`]: tree key →
+/// new value, or `None` to remove the key. A later write of a key replaces
+/// an earlier one, so batches merge ([`Batch::merge`]) and can be read
+/// back ([`Batch::get`]) before they are applied: the scheduler's rounds
+/// write into one, and its reads see what they wrote (see `Shared`).
+/// Values are sled's `IVec`s so that keeping a batch in the journal, and
+/// handing it to sled, copies no bytes.
 #[derive(Clone, Default)]
 pub struct Batch {
-    writes: sled::Batch,
-    empty: bool,
+    writes: BTreeMap<IVec, Option<IVec>>,
 }
 
 /// The collections of the store, by the first byte of their keys.
@@ -107,24 +126,63 @@ impl Space {
 
 impl Batch {
     pub fn new() -> Self {
-        Batch {
-            empty: true,
-            ..Default::default()
-        }
+        Batch::default()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.empty
+        self.writes.is_empty()
+    }
+
+    /// Adds `later`'s writes, which replace this batch's writes of the same
+    /// keys.
+    pub fn merge(&mut self, later: Batch) {
+        if self.writes.is_empty() {
+            self.writes = later.writes;
+        } else {
+            self.writes.extend(later.writes);
+        }
+    }
+
+    /// What the batch writes to `key` of `space`: `None` when it does not
+    /// touch it, `Some(None)` when it removes it.
+    fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Option<Option<&IVec>> {
+        self.writes
+            .get(space.key(key).as_slice())
+            .map(Option::as_ref)
+    }
+
+    /// Whether the batch writes the record of this chain.
+    pub fn has_chain(&self, id: &str) -> bool {
+        matches!(self.get(Space::Chains, id), Some(Some(_)))
+    }
+
+    /// The chain this batch ties an idempotency key to, if it does.
+    pub fn idempotent_chain(&self, key: &str) -> Option<String> {
+        match self.get(Space::Idempotency, key) {
+            Some(Some(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+            _ => None,
+        }
     }
 
     fn insert(&mut self, space: Space, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.empty = false;
-        self.writes.insert(space.key(key), value.as_ref());
+        self.writes
+            .insert(space.key(key).into(), Some(value.as_ref().into()));
     }
 
     fn remove(&mut self, space: Space, key: impl AsRef<[u8]>) {
-        self.empty = false;
-        self.writes.remove(space.key(key));
+        self.writes.insert(space.key(key).into(), None);
+    }
+
+    /// The same writes as one sled batch.
+    fn to_sled(&self) -> sled::Batch {
+        let mut out = sled::Batch::default();
+        for (key, value) in &self.writes {
+            match value {
+                Some(value) => out.insert(key.clone(), value.clone()),
+                None => out.remove(key.clone()),
+            }
+        }
+        out
     }
 
     /// Stores a chain that waits cold in a queue (see `Core::cool`): its
@@ -148,7 +206,7 @@ impl Batch {
     /// Stores a chain whose `live` entry says "load it, hot" already: the
     /// entry is left as it is. Most writes of a running chain are these;
     /// the sled write saved took the broker's CPU per no-op task from about
-    /// 67 to 57 µs (see `Core::commit`).
+    /// 67 to 57 µs (see `Core::end_round`).
     pub fn put_chain_record(&mut self, chain: &ChainRecord) {
         self.insert(Space::Chains, &chain.id, chain.encode_to_vec());
         // Only a failed chain is (or was) in the dead index, so other
@@ -334,6 +392,12 @@ impl Store {
         Ok(self.tree.get(space.key(key))?)
     }
 
+    /// The store as it will be once `over` is applied: reads look in `over`
+    /// first.
+    pub fn over<'a>(&'a self, over: &'a Batch) -> View<'a> {
+        View::new(Some(self), [over, &NOTHING])
+    }
+
     /// The (key without its prefix, value) pairs of a collection.
     fn scan(&self, space: Space) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
         self.tree.scan_prefix([space as u8]).map(|item| {
@@ -376,7 +440,7 @@ impl Store {
     /// # Errors
     /// When sled fails to write (for example the disk is full).
     pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
-        Ok(self.tree.apply_batch(batch.writes.clone())?)
+        Ok(self.tree.apply_batch(batch.to_sled())?)
     }
 
     /// Makes every batch applied so far durable: sled's flush, then an
@@ -404,46 +468,28 @@ impl Store {
         })?
     }
 
-    /// Whether the chain with this id waits cold in a queue (its `live`
-    /// entry says where).
-    ///
     /// # Errors
-    /// When sled fails to read.
+    /// As [`View::waits_cold`].
     pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
-        Ok(self.get(Space::Live, id)?.is_some_and(|v| !v.is_empty()))
+        self.over(&Batch::default()).waits_cold(id)
     }
 
-    /// The chain with this id, if stored.
-    ///
     /// # Errors
-    /// When the record cannot be read or decoded.
+    /// As [`View::chain`].
     pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
-        match self.get(Space::Chains, id)? {
-            None => Ok(None),
-            Some(bytes) => ChainRecord::decode(bytes.as_ref())
-                .map(Some)
-                .map_err(|e| corrupt("chains", id, e)),
-        }
+        self.over(&Batch::default()).chain(id)
     }
 
-    /// A step's result stored apart (see [`Batch::put_result`]).
-    ///
     /// # Errors
-    /// When sled fails to read.
+    /// As [`View::result`].
     pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .get(Space::Results, result_key(chain_id, task_id))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.over(&Batch::default()).result(chain_id, task_id)
     }
 
-    /// The chain an idempotency key was first used for.
-    ///
     /// # Errors
-    /// When sled fails to read.
+    /// As [`View::idempotent_chain`].
     pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .get(Space::Idempotency, key)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.over(&Batch::default()).idempotent_chain(key)
     }
 
     /// Loads what the scheduler needs to resume: live chains, limits and task
@@ -510,6 +556,80 @@ impl Store {
                 .push(String::from_utf8_lossy(&item?.0).into_owned());
         }
         Ok(out)
+    }
+}
+
+/// Reads of the store with a batch not yet applied laid over it (see
+/// [`Store::over`]).
+pub struct View<'a> {
+    /// `None` while the store is closed (reopened after a failure): then
+    /// only what the batches write can be read.
+    store: Option<&'a Store>,
+    /// Laid over the store, the latest first.
+    over: [&'a Batch; 2],
+}
+
+/// A batch that writes nothing, for a [`View`] of fewer layers.
+static NOTHING: Batch = Batch {
+    writes: BTreeMap::new(),
+};
+
+impl<'a> View<'a> {
+    fn new(store: Option<&'a Store>, over: [&'a Batch; 2]) -> Self {
+        View { store, over }
+    }
+
+    fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Result<Option<IVec>, Error> {
+        let key = key.as_ref();
+        if let Some(written) = self.over.iter().find_map(|b| b.get(space, key)) {
+            return Ok(written.cloned());
+        }
+        match self.store {
+            Some(store) => store.get(space, key),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Whether the chain with this id waits cold in a queue (its `live`
+    /// entry says where).
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.get(Space::Live, id)?.is_some_and(|v| !v.is_empty()))
+    }
+
+    /// The chain with this id, if stored.
+    ///
+    /// # Errors
+    /// When the record cannot be read or decoded.
+    pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
+        match self.get(Space::Chains, id)? {
+            None => Ok(None),
+            Some(bytes) => ChainRecord::decode(bytes.as_ref())
+                .map(Some)
+                .map_err(|e| corrupt("chains", id, e)),
+        }
+    }
+
+    /// A step's result stored apart (see [`Batch::put_result`]).
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .get(Space::Results, result_key(chain_id, task_id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The chain an idempotency key was first used for.
+    ///
+    /// # Errors
+    /// When sled fails to read.
+    pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .get(Space::Idempotency, key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 }
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use super::{Batch, DeadCursor, DeadPage, Error, Recovered, Store};
+use super::{Batch, DeadCursor, DeadPage, Error, Recovered, Store, View};
 use crate::domain::ChainRecord;
 
 /// Why the store refuses writes, while it does.
@@ -70,10 +70,14 @@ struct Inner {
     journal: Mutex<Journal>,
 }
 
-/// Batches applied but not yet known durable, oldest first.
+/// Writes not yet known durable: the staged batch, not applied yet, and
+/// the batches applied since the last flush, oldest first.
 struct Journal {
-    /// Whether batches are kept at all: off when the broker acknowledges
-    /// before flushing (then a failure may lose work anyway).
+    /// Writes handed over ([`Shared::stage`]) but not applied yet; reads
+    /// see them ([`Shared::chain`] and the others).
+    staged: Batch,
+    /// Whether applied batches are kept at all: off when the broker
+    /// acknowledges before flushing (then a failure may lose work anyway).
     keep: bool,
     /// Number of batches applied so far.
     applied: u64,
@@ -98,6 +102,7 @@ impl Shared {
                 dir: dir.to_owned(),
                 store: RwLock::new(Some(store)),
                 journal: Mutex::new(Journal {
+                    staged: Batch::new(),
                     keep: true,
                     applied: 0,
                     batches: VecDeque::new(),
@@ -128,24 +133,70 @@ impl Shared {
         }
     }
 
-    /// Applies a batch atomically (visible, not yet durable) and keeps it in
-    /// the journal until a flush covers it.
+    /// Hands writes over, to be applied by the next
+    /// [`apply_staged`](Self::apply_staged) (with every other write staged
+    /// until then, in one batch). Reads see them at once.
+    pub fn stage(&self, writes: Batch) {
+        self.journal().staged.merge(writes);
+    }
+
+    /// The number the next batch applied will have if writes are staged,
+    /// else that of the last one applied: what the writes staged so far
+    /// wait for to be durable.
+    pub fn next_seq(&self) -> u64 {
+        let journal = self.journal();
+        journal.applied + u64::from(!journal.staged.is_empty())
+    }
+
+    /// [`stage`](Self::stage), then [`next_seq`](Self::next_seq): the
+    /// number of the batch that will hold `writes`.
+    pub fn stage_seq(&self, writes: Batch) -> u64 {
+        if !writes.is_empty() {
+            self.stage(writes);
+        }
+        self.next_seq()
+    }
+
+    /// Whether writes are staged, not applied yet.
+    pub fn has_staged(&self) -> bool {
+        !self.journal().staged.is_empty()
+    }
+
+    /// Applies the staged writes as one atomic batch (visible, not yet
+    /// durable) and keeps it in the journal until a flush covers it.
+    /// Returns the number of batches applied so far, this one included:
+    /// what a flush that starts now makes durable.
     ///
     /// # Errors
-    /// When sled fails to write, or the store is being reopened.
-    pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
+    /// When sled fails to write, or the store is being reopened: the
+    /// writes stay staged, to be applied later.
+    pub fn apply_staged(&self) -> Result<u64, Error> {
         self.read(|store| {
             // The journal's lock spans the write, so journal order is
             // write order.
             let mut journal = self.journal();
-            store.apply(batch)?;
+            if journal.staged.is_empty() {
+                return Ok(journal.applied);
+            }
+            store.apply(&journal.staged)?;
+            let batch = std::mem::take(&mut journal.staged);
             journal.applied += 1;
             if journal.keep {
                 let n = journal.applied;
-                journal.batches.push_back((n, batch.clone()));
+                journal.batches.push_back((n, batch));
             }
-            Ok(())
+            Ok(journal.applied)
         })
+    }
+
+    /// Stages `batch` and applies it with whatever else is staged (see
+    /// [`apply_staged`](Self::apply_staged)).
+    ///
+    /// # Errors
+    /// As [`apply_staged`](Self::apply_staged).
+    pub fn apply(&self, batch: Batch) -> Result<u64, Error> {
+        self.stage(batch);
+        self.apply_staged()
     }
 
     /// Makes every batch applied so far durable (see [`Store::flush`]).
@@ -242,25 +293,43 @@ impl Shared {
     /// # Errors
     /// As [`Store::chain`].
     pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, Error> {
-        self.read(|s| s.chain(id))
+        self.view(&Batch::new(), |v| v.chain(id))
     }
 
     /// # Errors
     /// As [`Store::result`].
     pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
-        self.read(|s| s.result(chain_id, task_id))
+        self.view(&Batch::new(), |v| v.result(chain_id, task_id))
     }
 
     /// # Errors
     /// As [`Store::waits_cold`].
     pub fn waits_cold(&self, id: &str) -> Result<bool, Error> {
-        self.read(|s| s.waits_cold(id))
+        self.view(&Batch::new(), |v| v.waits_cold(id))
     }
 
     /// # Errors
     /// As [`Store::idempotent_chain`].
     pub fn idempotent_chain(&self, key: &str) -> Result<Option<String>, Error> {
-        self.read(|s| s.idempotent_chain(key))
+        self.view(&Batch::new(), |v| v.idempotent_chain(key))
+    }
+
+    /// Runs `read` on the store with the staged writes laid over it, and
+    /// `top` (writes not even staged yet, such as the scheduler's round in
+    /// progress) over those: what is written reads back, even while the
+    /// store is reopened.
+    ///
+    /// # Errors
+    /// What `read` returns; [`Error::Closed`] for a read that reaches the
+    /// store while it is reopened.
+    pub fn view<T>(
+        &self,
+        top: &Batch,
+        read: impl FnOnce(View<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let guard = self.inner.store.read().unwrap_or_else(|e| e.into_inner());
+        let journal = self.journal();
+        read(View::new(guard.as_ref(), [top, &journal.staged]))
     }
 
     /// # Errors
@@ -281,10 +350,7 @@ impl Shared {
     }
 
     fn closed(&self) -> Error {
-        self.io_error(std::io::Error::new(
-            ErrorKind::NotConnected,
-            "the store is closed while it is repaired after a failure",
-        ))
+        Error::Closed
     }
 }
 
@@ -344,7 +410,7 @@ mod tests {
     fn put(shared: &Shared, id: &str) {
         let mut b = Batch::new();
         b.put_chain(&chain(id), true);
-        shared.apply(&b).unwrap();
+        shared.apply(b).unwrap();
     }
 
     #[test]
@@ -412,7 +478,7 @@ mod tests {
         for c in [&past, &nameless, &empty, &chain("fine")] {
             b.put_chain(c, true);
         }
-        shared.apply(&b).unwrap();
+        shared.apply(b).unwrap();
         let r = shared.recover().unwrap();
         let ids: Vec<&str> = r.live_chains.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["fine"]);
