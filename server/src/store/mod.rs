@@ -1,7 +1,7 @@
-//! The durable store: one sled tree behind domain operations.
+//! The durable store: Baton's collections over a key-value [`Backend`].
 //!
-//! Collections (each a key space of the tree: its keys start with one byte
-//! of its own, see [`Space`]):
+//! Collections (each a key space: its keys start with one byte of its own,
+//! see [`Space`]):
 //! - `chains`: chain id → [`ChainRecord`] (prost), every chain ever stored;
 //! - `live`: chain id → empty, the chains recovery must load (not ended, or
 //!   ended with a run still out), so a restart never scans finished history;
@@ -16,18 +16,12 @@
 //!   too long to keep in their chain's record (`StepRecord::result_apart`):
 //!   written once, when the step succeeds.
 //!
-//! The writes of the scheduler's rounds go in one [`Batch`], applied
-//! atomically with one `Tree::apply_batch`. (The collections were separate trees written in a
-//! multi-tree transaction until the benchmark profile showed the
-//! transaction's bookkeeping taking a third of the commit; a store of that
-//! layout is moved over once when opened.) Applying a batch makes it visible but not durable:
-//! [`Store::flush`] makes everything applied so far durable. sled 0.34's own
-//! flush ends in `sync_file_range`, which does not flush the device's write
-//! cache (sled issue #1452), so `flush` follows it with an `fdatasync` of the
-//! store's data file.
-//!
 //! Who does what:
-//! - [`Store`]: the sled tree, its key layout, and reads of it;
+//! - [`Store`]: the collections, their key layout and encoding, and reads
+//!   of them, over a [`Backend`];
+//! - [`Backend`]: ordered bytes with atomic batches and a durability point,
+//!   what a storage engine must give (docs/store.md); [`SledBackend`], the
+//!   embedded default, is one sled tree;
 //! - [`Batch`]: writes not applied yet, readable (a [`View`] lays them over
 //!   the store);
 //! - [`Shared`]: the store shared by everyone, with the writes staged for
@@ -38,7 +32,6 @@
 //!   what is durable and handles disk trouble.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,10 +40,14 @@ use sled::IVec;
 
 use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 
+mod backend;
 mod committer;
 mod shared;
+mod sled_backend;
+pub use backend::{Backend, Entries};
 pub use committer::{Committer, Flushed};
 pub use shared::{Fault, Shared, inconsistency};
+pub use sled_backend::SledBackend;
 
 /// Errors of the store. All of them mean the disk or the data directory is
 /// in trouble; the scheduler stops acknowledging until a flush succeeds.
@@ -173,16 +170,10 @@ impl Batch {
         self.writes.insert(space.key(key).into(), None);
     }
 
-    /// The same writes as one sled batch.
-    fn to_sled(&self) -> sled::Batch {
-        let mut out = sled::Batch::default();
-        for (key, value) in &self.writes {
-            match value {
-                Some(value) => out.insert(key.clone(), value.clone()),
-                None => out.remove(key.clone()),
-            }
-        }
-        out
+    /// The writes in key order: (key, new value or `None` to remove it),
+    /// for a [`Backend`] to apply.
+    pub fn writes(&self) -> impl Iterator<Item = (&IVec, Option<&IVec>)> {
+        self.writes.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
     /// Stores a chain that waits cold in a queue (see `Core::cool`): its
@@ -286,110 +277,31 @@ pub struct ColdEntry {
     pub ready_ms: u64,
 }
 
-/// sled's page cache. sled's default (1 GiB) would keep most of a large
-/// backlog in memory twice, once as pages here and once as the scheduler's
-/// records; the scheduler reads the store only at startup and for chains
-/// no longer live, so a small cache costs little.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The store's tree.
-const TREE: &str = "baton";
-
-/// Present while a store of the former layout is being moved (see
-/// [`Store::move_former_layout`]); outside every collection's prefix.
-const MOVED: &[u8] = b"~moved-from-trees";
-
-/// The sled database. Cheap to clone.
+/// The store: Baton's collections (see the module doc) over a [`Backend`].
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    /// Every collection, each under its key prefix ([`Space`]).
-    tree: sled::Tree,
-    /// sled's data file, fdatasync'ed after every flush.
-    data_file: Arc<(PathBuf, File)>,
+    backend: Arc<dyn Backend>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the sled store in `dir`, the embedded default.
     ///
     /// # Errors
     /// When sled cannot open the directory or its data file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()?;
-        let path = dir.join("db");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let store = Store {
-            tree: db.open_tree(TREE)?,
-            data_file: Arc::new((path, file)),
-            db,
-        };
-        store.move_former_layout()?;
-        Ok(store)
+        Ok(Store::over_backend(SledBackend::open(dir)?))
     }
 
-    /// Moves a store of the former layout (one tree per collection, the
-    /// dead index possibly missing) into the one tree, then drops the old
-    /// trees. Safe to interrupt: the copy is redone from the old trees
-    /// until a marker says it is complete, and only then are they dropped.
-    fn move_former_layout(&self) -> Result<(), Error> {
-        let names = self.db.tree_names();
-        let former: Vec<_> = Space::FORMER_TREES
-            .iter()
-            .filter(|(_, name)| names.iter().any(|n| n.as_ref() == name.as_bytes()))
-            .collect();
-        if former.is_empty() {
-            return Ok(());
+    /// The store kept by `backend`.
+    pub fn over_backend(backend: impl Backend) -> Self {
+        Store {
+            backend: Arc::new(backend),
         }
-        if self.tree.get(MOVED)?.is_none() {
-            self.tree.clear()?;
-            for (space, name) in &former {
-                let old = self.db.open_tree(name)?;
-                for item in old.iter() {
-                    let (key, value) = item?;
-                    self.tree.insert(space.key(&key), value)?;
-                }
-            }
-            self.index_dead()?;
-            self.tree.insert(MOVED, &[])?;
-            self.db.flush()?;
-        }
-        for (_, name) in &former {
-            self.db.drop_tree(name)?;
-        }
-        self.tree.remove(MOVED)?;
-        self.db.flush()?;
-        tracing::info!("moved the store to its one-tree layout");
-        Ok(())
     }
 
-    /// Builds the dead index from every stored chain (for a store of an
-    /// earlier version, whose index may be missing).
-    fn index_dead(&self) -> Result<(), Error> {
-        for item in self.tree.scan_prefix([Space::Chains as u8]) {
-            let (_, value) = item?;
-            if let Ok(chain) = ChainRecord::decode(value.as_ref())
-                && chain.state() == ChainState::Failed
-                && chain.requeued_as.is_empty()
-            {
-                self.tree
-                    .insert(Space::Dead.key(dead_key(chain.finished_ms, &chain.id)), &[])?;
-            }
-        }
-        Ok(())
-    }
-
-    fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, Error> {
-        Ok(self.tree.get(space.key(key))?)
+    fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Result<Option<IVec>, Error> {
+        self.backend.get(&space.key(key))
     }
 
     /// The store as it will be once `over` is applied: reads look in `over`
@@ -399,11 +311,13 @@ impl Store {
     }
 
     /// The (key without its prefix, value) pairs of a collection.
-    fn scan(&self, space: Space) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
-        self.tree.scan_prefix([space as u8]).map(|item| {
-            let (key, value) = item?;
-            Ok((key.subslice(1, key.len() - 1), value))
-        })
+    fn scan(&self, space: Space) -> impl Iterator<Item = Result<(IVec, IVec), Error>> {
+        self.backend
+            .range(&[space as u8], &[space as u8 + 1])
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key.subslice(1, key.len() - 1), value))
+            })
     }
 
     /// Failed chains not yet requeued, newest failure first: at most
@@ -413,15 +327,13 @@ impl Store {
     /// # Errors
     /// When sled fails to read.
     pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
-        let iter = match after {
-            None => self.tree.scan_prefix([Space::Dead as u8]),
-            Some(cursor) => self
-                .tree
-                .range(Space::Dead.key([])..Space::Dead.key(&cursor.0)),
+        let end = match after {
+            None => vec![Space::Dead as u8 + 1],
+            Some(cursor) => Space::Dead.key(&cursor.0),
         };
         let mut page = DeadPage::default();
-        for key in iter.keys().rev() {
-            let key = key?;
+        for item in self.backend.range(&Space::Dead.key([]), &end).rev() {
+            let (key, _) = item?;
             let key = key.get(1..).unwrap_or_default();
             if page.chains.len() == limit {
                 page.next = page.chains.last().map(|c| dead_token(c.finished_ms, &c.id));
@@ -435,37 +347,27 @@ impl Store {
         Ok(page)
     }
 
-    /// Applies a batch atomically across trees (visible, not yet durable).
+    /// Applies a batch atomically (visible, not yet durable).
     ///
     /// # Errors
-    /// When sled fails to write (for example the disk is full).
+    /// When the backend fails to write (for example the disk is full).
     pub fn apply(&self, batch: &Batch) -> Result<(), Error> {
-        Ok(self.tree.apply_batch(batch.to_sled())?)
+        self.backend.apply(batch)
     }
 
-    /// Makes every batch applied so far durable: sled's flush, then an
-    /// fdatasync of its data file.
+    /// Makes every batch applied so far durable (see [`Backend::flush`]),
+    /// on a blocking thread.
     ///
     /// # Errors
-    /// When either step fails; nothing is durable past the last success.
+    /// When the backend fails to; nothing is durable past the last success.
     pub async fn flush(&self) -> Result<(), Error> {
-        // Both steps on one blocking thread: sled's `flush_async` would hand
-        // the flush to a thread of its own and wake us from there, a second
-        // hop between threads on the path of every acknowledgment.
-        let db = self.db.clone();
-        let file = Arc::clone(&self.data_file);
-        tokio::task::spawn_blocking(move || {
-            db.flush()?;
-            file.1.sync_data().map_err(|source| Error::Io {
-                path: file.0.clone(),
-                source,
-            })
-        })
-        .await
-        .map_err(|e| Error::Io {
-            path: self.data_file.0.clone(),
-            source: std::io::Error::other(e),
-        })?
+        let backend = Arc::clone(&self.backend);
+        tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .map_err(|e| Error::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// # Errors
@@ -827,11 +729,10 @@ pub(crate) mod tests {
     fn corrupt_live_record_is_reported_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .tree
-            .insert(Space::Chains.key("bad"), &[0xff, 0xff, 0xff][..])
-            .unwrap();
-        store.tree.insert(Space::Live.key("bad"), &[][..]).unwrap();
+        let mut b = Batch::new();
+        b.insert(Space::Chains, "bad", [0xff, 0xff, 0xff]);
+        b.insert(Space::Live, "bad", []);
+        store.apply(&b).unwrap();
         let r = store.recover().unwrap();
         assert!(r.live_chains.is_empty());
         assert_eq!(r.corrupt.len(), 1);
@@ -872,9 +773,11 @@ pub(crate) mod tests {
         assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
         let dead = store.dead_chains(None, 10).unwrap();
         assert_eq!(dead.chains, [failed]);
-        let names = store.db.tree_names();
-        assert!(!names.iter().any(|n| n.as_ref() == b"chains"));
         drop(store);
+        let backend = SledBackend::open_when_unlocked(dir.path()).unwrap();
+        let names = backend.db().tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"chains"));
+        drop(backend);
         // Opening again finds nothing to move and the same content.
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.recover().unwrap().live_chains.len(), 1);

@@ -24,9 +24,8 @@ use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
 
-use super::{Batch, DeadCursor, DeadPage, Error, Recovered, Store, View};
+use super::{Batch, DeadCursor, DeadPage, Error, Recovered, SledBackend, Store, View};
 use crate::domain::ChainRecord;
 
 /// Why the store refuses writes, while it does.
@@ -65,6 +64,8 @@ pub struct Shared {
 
 struct Inner {
     dir: PathBuf,
+    /// Opens the store again, for [`Shared::repair`].
+    reopen: Box<dyn Fn() -> Result<Store, Error> + Send + Sync>,
     /// The open database; `None` while [`Shared::repair`] reopens it.
     store: RwLock<Option<Store>>,
     journal: Mutex<Journal>,
@@ -92,14 +93,23 @@ impl Shared {
     /// # Errors
     /// As [`Store::open`].
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        Ok(Self::new(dir, Store::open(dir)?))
+        let store = Store::open(dir)?;
+        let at = dir.to_owned();
+        let reopen = move || Ok(Store::over_backend(SledBackend::open_when_unlocked(&at)?));
+        Ok(Self::new(dir, store, reopen))
     }
 
-    /// Shares an open store of `dir`.
-    pub fn new(dir: &Path, store: Store) -> Self {
+    /// Shares an open store (of `dir`, for error messages); `reopen` opens
+    /// it again after a failure.
+    pub fn new(
+        dir: &Path,
+        store: Store,
+        reopen: impl Fn() -> Result<Store, Error> + Send + Sync + 'static,
+    ) -> Self {
         Shared {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
+                reopen: Box::new(reopen),
                 store: RwLock::new(Some(store)),
                 journal: Mutex::new(Journal {
                     staged: Batch::new(),
@@ -229,7 +239,7 @@ impl Shared {
         // the log back. Both block.
         let opened = tokio::task::spawn_blocking(move || {
             drop(old);
-            let store = open_when_unlocked(&inner.dir)?;
+            let store = (inner.reopen)()?;
             let journal = inner.journal.lock().unwrap_or_else(|e| e.into_inner());
             for (_, batch) in &journal.batches {
                 store.apply(batch)?;
@@ -383,23 +393,6 @@ pub fn inconsistency(chain: &ChainRecord) -> Option<String> {
         }
     }
     None
-}
-
-/// Opens the store, waiting a moment for the previous database's threads to
-/// let go of its lock.
-fn open_when_unlocked(dir: &Path) -> Result<Store, Error> {
-    let mut tries = 0;
-    loop {
-        match Store::open(dir) {
-            Err(Error::Sled(sled::Error::Io(e)))
-                if tries < 50 && e.to_string().contains("could not acquire lock") =>
-            {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]
