@@ -19,6 +19,15 @@ import type {
   FailureRecord__Output,
   GetStepResultRequest,
   GetStepResultResponse__Output,
+  ListQueuesRequest,
+  ListQueuesResponse__Output,
+  ListThrottlesRequest,
+  ListThrottlesResponse__Output,
+  ListWorkersRequest,
+  ListWorkersResponse__Output,
+  QueueInfo__Output,
+  ThrottleInfo__Output,
+  WorkerInfo__Output,
   SubmitChainRequest,
   SubmitChainResponse__Output,
   SubmitChainsRequest,
@@ -157,6 +166,26 @@ export class Client {
         await sleep(100 * 2 ** attempt);
       }
     }
+  }
+
+  listWorkers(): Promise<WorkerInfo__Output[]> {
+    return this.call<ListWorkersRequest, ListWorkersResponse__Output>(this.admin, this.admin.ListWorkers, {}).then(
+      (r) => r.workers,
+    );
+  }
+
+  listQueues(): Promise<QueueInfo__Output[]> {
+    return this.call<ListQueuesRequest, ListQueuesResponse__Output>(this.admin, this.admin.ListQueues, {}).then(
+      (r) => r.queues,
+    );
+  }
+
+  listThrottles(): Promise<ThrottleInfo__Output[]> {
+    return this.call<ListThrottlesRequest, ListThrottlesResponse__Output>(
+      this.admin,
+      this.admin.ListThrottles,
+      {},
+    ).then((r) => r.throttles);
   }
 
   getChain(chainId: string): Promise<Chain__Output> {

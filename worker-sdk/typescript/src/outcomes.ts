@@ -63,7 +63,12 @@ export function stack(err: unknown): string {
   const seen = new Set<unknown>();
   while (current instanceof Error && !seen.has(current)) {
     seen.add(current);
-    parts.push(current.stack ?? `${current.name}: ${current.message}`);
+    let text = current.stack ?? `${current.name}: ${current.message}`;
+    // V8 heads the stack with the inherited name ("Error: ..." for
+    // `class VolumeBusy extends Error {}`): head it with the type reported.
+    const type = errorType(current);
+    if (type !== current.name && text.startsWith(current.name)) text = type + text.slice(current.name.length);
+    parts.push(text);
     current = current.cause;
     if (current !== undefined && !(current instanceof Error)) parts.push(`[cause]: ${String(current)}`);
   }
