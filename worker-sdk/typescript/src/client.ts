@@ -26,12 +26,12 @@ import type {
   ListWorkersRequest,
   ListWorkersResponse__Output,
   QueueInfo__Output,
-  ThrottleInfo__Output,
-  WorkerInfo__Output,
   SubmitChainRequest,
   SubmitChainResponse__Output,
   SubmitChainsRequest,
   SubmitChainsResponse__Output,
+  ThrottleInfo__Output,
+  WorkerInfo__Output,
 } from "./gen/baton/v1/index";
 import { protocol } from "./proto";
 import { channelArgs, metadata, type TlsOptions } from "./transport";

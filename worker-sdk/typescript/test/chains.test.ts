@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { ChainCancelled, ChainFailed, chain, TimeoutError } from "../src/index";
 import * as tasks from "./fixtures/tasks";
-import { type Broker, SKIP, Scope, sleep, waitUntil } from "./harness";
+import { type Broker, Scope, SKIP, sleep, waitUntil } from "./harness";
 
 describe("chains and executors", { skip: SKIP }, () => {
   let scope: Scope;
@@ -232,7 +232,10 @@ describe("chains and executors", { skip: SKIP }, () => {
   });
 
   test("the context tells the body who it is", async () => {
-    const handle = await chain(tasks.add.si(1, 1), tasks.app.signature("t.whoami", [], { immutable: true, kwargs: { k: "v" } })).applyAsync({
+    const handle = await chain(
+      tasks.add.si(1, 1),
+      tasks.app.signature("t.whoami", [], { immutable: true, kwargs: { k: "v" } }),
+    ).applyAsync({
       context: { tenant: "7" },
     });
     const me = (await handle.get({ timeout: 10_000 })) as Record<string, unknown>;

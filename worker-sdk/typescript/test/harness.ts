@@ -12,13 +12,22 @@
  *   Tests end only the processes they started, by pid.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { TestContext } from "node:test";
-import { Baton, type BatonOptions } from "../src/index";
 import type { WorkerInfo__Output } from "../src/gen/baton/v1/index";
+import { Baton, type BatonOptions } from "../src/index";
 
 /** The package's root (build/test/ is two levels below). */
 export const PACKAGE = resolve(__dirname, "..", "..");
@@ -105,7 +114,9 @@ export class Scope {
     if (!process.env.BATON_KEEP_TMP) rmSync(this.dir, { recursive: true, force: true });
   }
 
-  async broker(options: { leaseMs?: number; args?: string[]; token?: string; tls?: BatonOptions["tls"] } = {}): Promise<Broker> {
+  async broker(
+    options: { leaseMs?: number; args?: string[]; token?: string; tls?: BatonOptions["tls"] } = {},
+  ): Promise<Broker> {
     const broker = new Broker(this.binary, join(this.dir, `data${this.cleanups.length}`), this.dir, options);
     this.cleanups.push(() => broker.stop());
     await broker.start();

@@ -112,17 +112,9 @@ const FIELDS: Record<string, Record<string, string>> = {
   ThrottleGranted: { request_id: "" },
   WorkerError: { request_id: "", task: "logged with the message", message: "" },
   FailureRecord: Object.fromEntries(
-    [
-      "chain_id",
-      "phase",
-      "step_index",
-      "task_name",
-      "task_id",
-      "attempt",
-      "error_type",
-      "message",
-      "traceback",
-    ].map((f) => [f, ""]),
+    ["chain_id", "phase", "step_index", "task_name", "task_id", "attempt", "error_type", "message", "traceback"].map(
+      (f) => [f, ""],
+    ),
   ),
 };
 
@@ -155,7 +147,8 @@ test("every field of the messages the SDK builds or reads is handled or listed",
     const fields = (def.type as { field: { name: string }[] }).field.map((f) => f.name);
     const knownCamel = Object.fromEntries(Object.entries(known).map(([k, v]) => [camel(k), v]));
     for (const f of fields) {
-      if (!(f in knownCamel)) problems.push(`${message}.${f} is new: handle it in the SDK, or list it here with why not`);
+      if (!(f in knownCamel))
+        problems.push(`${message}.${f} is new: handle it in the SDK, or list it here with why not`);
     }
     for (const f of Object.keys(knownCamel)) {
       if (!fields.includes(f)) problems.push(`${message}.${f} is gone from the proto`);

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as tasks from "./fixtures/tasks";
-import { SKIP, Scope, sleep, waitUntil } from "./harness";
+import { Scope, SKIP, sleep, waitUntil } from "./harness";
 
 describe("recovery", { skip: SKIP }, () => {
   test("held runs and their slots survive a broker restart: Hello.held keeps them, outcomes are re-sent", async (t) => {

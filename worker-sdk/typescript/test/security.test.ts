@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { Baton } from "../src/index";
 import * as tasks from "./fixtures/tasks";
-import { SKIP, Scope } from "./harness";
+import { Scope, SKIP } from "./harness";
 
 function secret(): string {
   return `baton_${randomBytes(32).toString("hex")}`;
@@ -41,15 +41,48 @@ function pki(dir: string): Record<"ca" | "serverCert" | "serverKey" | "clientCer
   const p = (name: string) => join(dir, name);
   const ssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "pipe" });
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  ssl("req", "-x509", ...ec, "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "1", "-subj", "/CN=baton test CA",
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature");
+  ssl(
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    p("ca.key"),
+    "-out",
+    p("ca.pem"),
+    "-days",
+    "1",
+    "-subj",
+    "/CN=baton test CA",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+  );
   const issue = (name: string, ext: string) => {
     writeFileSync(p(`${name}.ext`), ext);
     ssl("req", ...ec, "-keyout", p(`${name}.key`), "-out", p(`${name}.csr`), "-subj", `/CN=${name}`);
-    ssl("x509", "-req", "-in", p(`${name}.csr`), "-CA", p("ca.pem"), "-CAkey", p("ca.key"), "-CAcreateserial",
-      "-out", p(`${name}.pem`), "-days", "1", "-extfile", p(`${name}.ext`));
+    ssl(
+      "x509",
+      "-req",
+      "-in",
+      p(`${name}.csr`),
+      "-CA",
+      p("ca.pem"),
+      "-CAkey",
+      p("ca.key"),
+      "-CAcreateserial",
+      "-out",
+      p(`${name}.pem`),
+      "-days",
+      "1",
+      "-extfile",
+      p(`${name}.ext`),
+    );
   };
-  issue("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n");
+  issue(
+    "server",
+    "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+  );
   issue("client", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n");
   return {
     ca: p("ca.pem"),
@@ -120,7 +153,10 @@ describe("security", { skip: SKIP }, () => {
     // By name, with `domain` naming the certificate's host.
     const byName = new Baton(broker.address, { tls: { ca: certs.ca, domain: "localhost" }, timeout: 5_000 });
     t.after(() => byName.close());
-    assert.equal(await (await byName.signature("t.add", [1, 1], { immutable: true }).delay()).get({ timeout: 10_000 }), 2);
+    assert.equal(
+      await (await byName.signature("t.add", [1, 1], { immutable: true }).delay()).get({ timeout: 10_000 }),
+      2,
+    );
     const plain = new Baton(broker.address, { timeout: 1_500 });
     t.after(() => plain.close());
     await assert.rejects(plain.signature("t.add", [1, 1]).delay());

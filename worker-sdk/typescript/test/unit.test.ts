@@ -1,8 +1,8 @@
 /** Pure parts, no broker: options, signatures and chains to the protocol, outcomes, ids. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Baton, Cancelled, Chain, chain, Fatal, Retry } from "../src/index";
 import { newChainId } from "../src/ids";
+import { Baton, Cancelled, Chain, chain, Fatal, Retry } from "../src/index";
 import { optionsToPb } from "../src/options";
 import { errorType, fromError, fromResult, stack } from "../src/outcomes";
 
@@ -137,7 +137,12 @@ test("a body's ending becomes an outcome", () => {
   assert.equal(cancelled.failure?.retryable, false);
 
   const thrownString = fromError("just a string");
-  assert.deepEqual(thrownString.failure, { errorType: "string", message: "just a string", traceback: "", retryable: true });
+  assert.deepEqual(thrownString.failure, {
+    errorType: "string",
+    message: "just a string",
+    traceback: "",
+    retryable: true,
+  });
   assert.equal(stack({}), "");
   assert.throws(() => new Retry({ after: -1 }), /after/);
 });

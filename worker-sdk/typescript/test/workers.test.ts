@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { describe, type TestContext, test } from "node:test";
 import { ChainCancelled, chain } from "../src/index";
 import * as tasks from "./fixtures/tasks";
-import { type Event, SKIP, Scope, sleep, waitUntil } from "./harness";
+import { type Event, Scope, SKIP, sleep, waitUntil } from "./harness";
 
 /** The most holders at once, from enter/exit events of `key`. */
 function maxOverlap(events: Event[], key: string): number {
@@ -104,7 +104,9 @@ describe("worker", { skip: SKIP }, () => {
         ["heavy", "heavy-w"],
       ],
     );
-    const special = (await (await tasks.heavy.si().set({ queue: "special" }).delay()).get({
+    const special = (await (
+      await tasks.heavy.si().set({ queue: "special" }).delay()
+    ).get({
       timeout: 10_000,
     })) as Record<string, string>;
     assert.deepEqual(special, { queue: "special", worker: "special-w" });
