@@ -37,6 +37,7 @@ import type {
   WorkerError__Output,
   WorkerMessage,
 } from "./gen/baton/v1/index";
+import { keyOf, Ledger, type RunKey } from "./ledger";
 import { consoleLogger, type Logger } from "./log";
 import { optionsToPb } from "./options";
 import * as outcomes from "./outcomes";
@@ -75,20 +76,12 @@ export interface WorkerOptions {
   logger?: Logger;
 }
 
-/** (task id, attempt) as one string: the key of a run. */
-type RunKey = string;
-
-function keyOf(ref: TaskRef | null | undefined): RunKey {
-  return `${ref?.taskId ?? ""}#${ref?.attempt ?? 0}`;
-}
-
 interface Waiter {
-  throttle: Throttle;
   resolve: (requestId: number) => void;
   reject: (err: Error) => void;
 }
 
-/** One assignment this worker holds, from assignment until its body ended. */
+/** One assignment's body, from assignment until it ended (what the ledger holds is its bookkeeping). */
 class Run {
   readonly key: RunKey;
   readonly ref: TaskRef;
@@ -102,10 +95,8 @@ class Run {
   cancelReason = "";
   /** The broker no longer considers this run ours: report nothing. */
   lost = false;
-  /** In-body throttle requests sent and not granted yet, by request id. */
+  /** Who waits for each in-body throttle request not granted yet, by request id. */
   readonly waiters = new Map<number, Waiter>();
-  /** In-body slots granted and not released, by request id. */
-  readonly slots = new Map<number, Throttle>();
 
   constructor(
     assignment: Assignment__Output,
@@ -142,17 +133,14 @@ export class Worker {
   private readonly log: Logger;
   private readonly handleSignals: boolean;
   private readonly definitions: TaskDefinition[];
-  /** Every assignment held whose body has not ended: running, or prefetched and waiting. */
+  /** What the worker holds across connections: runs, unacknowledged outcomes, throttle requests and slots. */
+  private readonly ledger = new Ledger();
+  /** Every assignment whose body has not ended: running, or prefetched and waiting. */
   private readonly runs = new Map<RunKey, Run>();
   /** Prefetched runs, in assignment order, until a slot frees. */
   private waiting: Run[] = [];
   /** Bodies running: at most `concurrency`. */
   private active = 0;
-  /** Outcomes sent and not yet acknowledged: kept across reconnects. */
-  private readonly unacked = new Map<RunKey, Outcome>();
-  /** Pending and granted throttle requests, by request id. */
-  private readonly requests = new Map<number, Run>();
-  private nextRequestId = 1;
   private call: grpc.ClientDuplexStream<WorkerMessage, BrokerMessage__Output> | undefined;
   /** A welcomed stream is up: runs start, and messages are sent, only then. */
   private connected = false;
@@ -183,8 +171,8 @@ export class Worker {
   }
 
   /** How many assignments the worker holds (running or waiting), and outcomes not acknowledged. */
-  get held(): { runs: number; unacked: number } {
-    return { runs: this.runs.size, unacked: this.unacked.size };
+  get held(): { runs: number; running: number } {
+    return { runs: this.ledger.size, running: this.ledger.running() };
   }
 
   /**
@@ -272,7 +260,7 @@ export class Worker {
   }
 
   private finished(): boolean {
-    return this.forced || (this.draining && this.runs.size === 0 && this.unacked.size === 0);
+    return this.forced || (this.draining && this.ledger.size === 0);
   }
 
   private notify(): void {
@@ -299,23 +287,13 @@ export class Worker {
   // -- one connection ------------------------------------------------------
 
   private hello(): Hello {
-    const held: TaskRef[] = [...this.runs.values()].map((r) => r.ref);
-    for (const key of this.unacked.keys()) {
-      if (!this.runs.has(key)) {
-        const outcome = this.unacked.get(key);
-        if (outcome?.task) held.push(outcome.task);
-      }
-    }
     return {
       workerName: this.name,
       queues: this.queues,
       tasks: this.definitions,
       concurrency: this.concurrency,
       prefetch: this.prefetch,
-      held,
-      heldSlots: [...this.runs.values()].flatMap((run) =>
-        [...run.slots.keys()].map((requestId) => ({ task: run.ref, requestId })),
-      ),
+      ...this.ledger.hello(),
     };
   }
 
@@ -399,10 +377,9 @@ export class Worker {
   private welcome(welcome: Welcome__Output): void {
     this.workerId = welcome.workerId;
     this.leaseMs = welcome.leaseMs;
-    for (const ref of welcome.lost) {
-      const key = keyOf(ref);
-      this.unacked.delete(key);
-      const run = this.runs.get(key);
+    const { lost, resend } = this.ledger.welcome(welcome);
+    for (const ref of lost) {
+      const run = this.runs.get(keyOf(ref));
       if (run !== undefined) {
         this.log.warn(`task ${run.label}: lease lost while disconnected; stopping it`);
         run.lost = true;
@@ -411,10 +388,7 @@ export class Worker {
     }
     // Whatever the broker did not declare lost is still ours: send again what
     // it has not acknowledged, and the throttle requests it has not granted.
-    for (const outcome of this.unacked.values()) this.send({ outcome });
-    for (const run of this.runs.values()) {
-      for (const [requestId, waiter] of run.waiters) this.sendAcquire(run, requestId, waiter.throttle);
-    }
+    for (const msg of resend) this.send(msg);
     this.log.info(
       `connected as ${welcome.workerId} (lease ${welcome.leaseMs} ms, kept ${welcome.kept.length}, lost ${welcome.lost.length})`,
     );
@@ -454,16 +428,15 @@ export class Worker {
   // -- runs --------------------------------------------------------------------
 
   private assigned(a: Assignment__Output): void {
-    const key = keyOf(a.task);
-    if (this.runs.has(key)) {
-      this.log.warn(`task ${a.name}[${a.task?.taskId}]: attempt ${a.task?.attempt} assigned twice; ignored`);
+    const ref: TaskRef = { taskId: a.task?.taskId ?? "", attempt: a.task?.attempt ?? 0 };
+    if (!this.ledger.start(ref)) {
+      this.log.warn(`task ${a.name}[${ref.taskId}]: attempt ${ref.attempt} assigned twice; ignored`);
       return;
     }
     const task = this.app.tasks.get(a.name);
     if (task === undefined) {
       this.report(
-        key,
-        a.task,
+        ref,
         outcomes.failure("NotRegistered", `task ${JSON.stringify(a.name)} is not registered in this worker`),
       );
       return;
@@ -477,15 +450,11 @@ export class Worker {
         throw new Error("args must be a JSON array and kwargs a JSON object");
       }
     } catch (err) {
-      this.report(
-        key,
-        a.task,
-        outcomes.failure("DecodeError", `bad arguments for ${a.name}: ${(err as Error).message}`),
-      );
+      this.report(ref, outcomes.failure("DecodeError", `bad arguments for ${a.name}: ${(err as Error).message}`));
       return;
     }
     const run = new Run(a, task, args, kwargs as Record<string, unknown>);
-    this.runs.set(key, run);
+    this.runs.set(run.key, run);
     if (this.waiting.length > 0 || this.active >= this.concurrency || !this.connected) {
       this.waiting.push(run);
       return;
@@ -549,33 +518,26 @@ export class Worker {
       this.active -= 1;
       this.launchWaiting();
     }
-    // The broker frees a run's throttle slots when its outcome is recorded.
-    for (const [requestId, waiter] of run.waiters) {
-      this.requests.delete(requestId);
-      waiter.reject(new Cancelled("the run ended"));
-    }
-    for (const requestId of run.slots.keys()) this.requests.delete(requestId);
+    for (const waiter of run.waiters.values()) waiter.reject(new Cancelled("the run ended"));
     run.waiters.clear();
-    run.slots.clear();
     if (run.lost) {
       this.log.info(`task ${run.label}: ended after its lease was lost; not reported`);
       this.notify();
       return;
     }
-    this.report(run.key, run.ref, run.cancelled ? outcomes.cancelled(run.cancelReason) : outcome);
+    this.report(run.ref, run.cancelled ? outcomes.cancelled(run.cancelReason) : outcome);
   }
 
-  private report(key: RunKey, ref: TaskRef | null | undefined, outcome: Outcome): void {
-    const withTask: Outcome = { ...outcome, task: { taskId: ref?.taskId ?? "", attempt: ref?.attempt ?? 0 } };
-    this.unacked.set(key, withTask);
-    this.send({ outcome: withTask });
+  /** Records the outcome in the ledger (which keeps it until acknowledged) and sends it. */
+  private report(ref: TaskRef, outcome: Outcome): void {
+    const msg = this.ledger.finish(ref, outcome);
+    if (msg !== undefined) this.send(msg);
     this.notify();
   }
 
   private acked(ack: OutcomeAck__Output): void {
-    const key = keyOf(ack.task);
-    if (!this.unacked.delete(key)) return;
-    if (!ack.accepted) this.log.warn(`task ${key}: outcome rejected by the broker: ${ack.reason}`);
+    if (!this.ledger.acked(ack.task)) return;
+    if (!ack.accepted) this.log.warn(`task ${keyOf(ack.task)}: outcome rejected by the broker: ${ack.reason}`);
     this.notify();
   }
 
@@ -606,26 +568,22 @@ export class Worker {
     };
   }
 
-  private sendAcquire(run: Run, requestId: number, throttle: Throttle): void {
-    this.send({ throttleAcquire: { requestId, task: run.ref, throttle } });
-  }
-
   private acquire(run: Run, throttle: Throttle, signal: AbortSignal): Promise<number> {
-    if (run.ended || run.lost || signal.aborted) {
+    const request = run.ended || run.lost || signal.aborted ? undefined : this.ledger.request(run.ref, throttle);
+    if (request === undefined) {
       return Promise.reject(new Cancelled(run.cancelReason || "the run is no longer current"));
     }
-    const requestId = this.nextRequestId++;
+    const { requestId, message } = request;
     return new Promise<number>((resolve, reject) => {
       const onAbort = (): void => {
         // Withdraw the request (releasing one that was not granted withdraws it).
         if (run.waiters.delete(requestId)) {
-          this.requests.delete(requestId);
-          if (!run.ended) this.send({ throttleRelease: { requestId, task: run.ref } });
+          const release = this.ledger.release(requestId);
+          if (release !== undefined) this.send(release);
           reject(new Cancelled(`cancelled while waiting for a throttle slot: ${run.cancelReason}`));
         }
       };
       run.waiters.set(requestId, {
-        throttle,
         resolve: (id) => {
           signal.removeEventListener("abort", onAbort);
           resolve(id);
@@ -635,39 +593,36 @@ export class Worker {
           reject(err);
         },
       });
-      this.requests.set(requestId, run);
       signal.addEventListener("abort", onAbort, { once: true });
-      this.sendAcquire(run, requestId, throttle);
+      this.send(message);
     });
   }
 
   private granted(granted: ThrottleGranted__Output): void {
     const requestId = granted.requestId;
-    const run = this.requests.get(requestId);
+    const ref = this.ledger.granted(requestId);
+    const run = ref === undefined ? undefined : this.runs.get(keyOf(ref));
     const waiter = run?.waiters.get(requestId);
     if (run === undefined || waiter === undefined) {
       this.log.debug(`throttle grant for unknown request ${requestId} ignored`);
       return;
     }
     run.waiters.delete(requestId);
-    run.slots.set(requestId, waiter.throttle);
     waiter.resolve(requestId);
   }
 
   private release(run: Run, requestId: number): void {
     if (run.ended) return; // the broker released its slots with the run
-    if (run.slots.delete(requestId)) {
-      this.requests.delete(requestId);
-      this.send({ throttleRelease: { requestId, task: run.ref } });
-    }
+    const msg = this.ledger.release(requestId);
+    if (msg !== undefined) this.send(msg);
   }
 
   private refused(error: WorkerError__Output): void {
-    const run = error.requestId ? this.requests.get(error.requestId) : undefined;
+    const ref = error.requestId ? this.ledger.refused(error.requestId) : undefined;
+    const run = ref === undefined ? undefined : this.runs.get(keyOf(ref));
     const waiter = run?.waiters.get(error.requestId);
     if (run !== undefined && waiter !== undefined) {
       run.waiters.delete(error.requestId);
-      this.requests.delete(error.requestId);
       waiter.reject(new ThrottleError(error.message));
       return;
     }
