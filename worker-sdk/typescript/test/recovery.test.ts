@@ -67,4 +67,20 @@ describe("recovery", { skip: SKIP }, () => {
     await scope.waitForEvents("nap_cancelled", 1, 10_000, { key: "lapsed" });
     assert.equal((await handle.info()).steps[0]?.attempts, 2);
   });
+
+  test("a submission and a worker made while the broker is down wait for it", async (t) => {
+    const scope = Scope.open(t);
+    const broker = await scope.broker();
+    tasks.app.address = broker.address;
+    t.after(() => tasks.app.close());
+    await broker.kill();
+    const worker = await scope.worker(broker, { name: "early", wait: false });
+    const submitted = tasks.add.delay(40, 2); // waits for the broker (wait-for-ready), within the app's timeout
+    await sleep(1000);
+    await broker.start();
+    const handle = await submitted;
+    assert.equal(await handle.get({ timeout: 20_000 }), 42);
+    assert.equal(worker.proc.exitCode, null);
+    assert.match(worker.log(), /could not connect|connection lost/);
+  });
 });

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, type TestContext, test } from "node:test";
-import { ChainCancelled, chain } from "../src/index";
+import { Baton, ChainCancelled, chain, type Logger } from "../src/index";
 import * as tasks from "./fixtures/tasks";
 import { type Event, Scope, SKIP, sleep, waitUntil } from "./harness";
 
@@ -182,6 +182,52 @@ describe("worker", { skip: SKIP }, () => {
         ["rescuer", 2],
       ],
     );
+  });
+
+  test("heartbeats keep a run longer than the lease: it finishes as attempt 1", async (t) => {
+    const { scope, broker } = await setup(t);
+    assert.equal(broker.leaseMs, 2000);
+    await scope.worker(broker, { name: "beater" });
+    const handle = await tasks.nap.delay("long", 5000);
+    assert.equal(await handle.get({ timeout: 20_000 }), "long");
+    assert.deepEqual(
+      scope.events("nap_start").map((e) => e.attempt),
+      [1],
+    );
+    assert.equal((await handle.info()).steps[0]?.attempts, 1);
+  });
+
+  test("a worker in-process: app.worker().run() serves, stop() drains and run() resolves", async (t) => {
+    const { scope, broker } = await setup(t);
+    const app = new Baton(broker.address);
+    t.after(() => app.close());
+    const seen: string[] = [];
+    const lines: string[] = [];
+    const logger: Logger = {
+      debug: () => {},
+      info: (m) => lines.push(m),
+      warn: (m) => lines.push(m),
+      error: (m) => lines.push(m),
+    };
+    app.task({ name: "inproc.echo" }, async (ctx, text: string) => {
+      seen.push(`${ctx.name}:${text}`);
+      return text.toUpperCase();
+    });
+    const worker = app.worker({ name: "in-process", concurrency: 2, logger });
+    const running = worker.run();
+    await waitUntil(async () => (await broker.workers()).some((w) => w.workerName === "in-process"), 10_000, "it");
+    const handle = await app.signature("inproc.echo", ["hi"], { immutable: true }).delay();
+    assert.equal(await handle.get({ timeout: 10_000 }), "HI");
+    assert.deepEqual(seen, ["inproc.echo:hi"]);
+    worker.stop();
+    await running;
+    assert.ok(
+      lines.some((l) => l.startsWith("connected as")),
+      lines.join("\n"),
+    );
+    assert.deepEqual(worker.held, { runs: 0, running: 0 });
+    await waitUntil(async () => !(await broker.workers()).some((w) => w.workerName === "in-process"), 5_000, "gone");
+    void scope;
   });
 
   test("cancelling a run that waits for an in-body slot withdraws its request", async (t) => {
