@@ -27,11 +27,12 @@ npm ci --no-audit --no-fund
 step "build (types generated from proto/, tsc, ESM entry point)"
 npm run --silent build
 
-step "type check (tsc --noEmit, strict, sources and tests)"
+step "type check (tsc --noEmit, strict: sources, tests, the conformance worker and client)"
 npx tsc -p tsconfig.test.json --noEmit
+npx tsc -p ../../tests/conformance/typescript --noEmit
 
 step "lint and format check (biome)"
-npx biome check .
+npx biome check . ../../tests/conformance/typescript/*.ts
 
 step "tests (broker: $BATON_BIN)"
 rm -rf build
