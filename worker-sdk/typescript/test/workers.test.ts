@@ -84,6 +84,30 @@ describe("worker", { skip: SKIP }, () => {
     assert.ok((fasts[1]?.t ?? 0) >= (exits[1]?.t ?? 0));
   });
 
+  test("a chain-scoped, shared throttle is held across the chain's remaining steps", async (t) => {
+    const { scope, broker } = await setup(t);
+    await scope.worker(broker, { concurrency: 4 });
+    const tenant = { concurrency: 1, key: "tenant:9", shared: true, scope: "chain" as const };
+    const provisioning = (n: number) =>
+      chain(tasks.step.si(`c${n}-first`).set({ throttle: tenant }), tasks.nap.si(`c${n}-second`, 400)).delay();
+    const [one, two] = await Promise.all([provisioning(1), provisioning(2)]);
+    assert.ok(one && two);
+    await one.get({ timeout: 20_000 });
+    await two.get({ timeout: 20_000 });
+    const events = scope.events();
+    const at = (event: string, match: (e: Event) => boolean) =>
+      events.find((e) => e.event === event && match(e))?.t ?? 0;
+    const firsts = events.filter((e) => e.event === "step" && /^c\d-first$/.test(String(e.label)));
+    assert.equal(firsts.length, 2);
+    const [earlier, later] = firsts;
+    const earlierChain = String(earlier?.label).slice(0, 2);
+    // The later chain's first step starts only after the earlier chain's last step ended.
+    assert.ok(
+      (later?.t ?? 0) >= at("nap_end", (e) => e.key === `${earlierChain}-second`),
+      "the chain-scoped slot was not held across the chain",
+    );
+  });
+
   test("routing: heavy tasks and heavy chains reach only the heavy worker; an explicit queue wins", async (t) => {
     const { scope, broker } = await setup(t);
     await scope.worker(broker, { name: "general-w", queues: ["general"], concurrency: 2 });
