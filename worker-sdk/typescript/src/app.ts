@@ -11,6 +11,7 @@
 import { Chain, type ChainOptions, Signature } from "./canvas";
 import { ChainHandle, Client } from "./client";
 import type { TaskContext } from "./context";
+import { PartialSubmission } from "./errors";
 import type { AdminClient } from "./gen/baton/v1/Admin";
 import type { BrokerClient } from "./gen/baton/v1/Broker";
 import type { SubmitChainRequest } from "./gen/baton/v1/index";
@@ -223,6 +224,9 @@ export class Baton {
    * one durable commit that stores all of its chains or none. `items` are
    * signatures (one-step chains) or chains; `options` apply to each.
    * Resolves with the handles in the order of `items`.
+   *
+   * @throws RpcError the first batch was refused (INVALID_ARGUMENT naming `chains[i]`): nothing stored
+   * @throws PartialSubmission a later batch was refused; `stored` holds the earlier batches' handles
    */
   async submitMany(items: (Signature | Chain)[], options: ChainOptions = {}): Promise<ChainHandle[]> {
     const requests = items.map((item) =>
@@ -233,7 +237,13 @@ export class Baton {
     let bytes = 0;
     const flush = async (): Promise<void> => {
       if (batch.length === 0) return;
-      const answers = await this.client.submitMany(batch);
+      let answers: Awaited<ReturnType<Client["submitMany"]>>;
+      try {
+        answers = await this.client.submitMany(batch);
+      } catch (err) {
+        if (handles.length === 0) throw err;
+        throw new PartialSubmission<ChainHandle>([...handles], requests.length, err as Error);
+      }
       for (const a of answers) handles.push(new ChainHandle(() => this.client, a.chainId, a.dedup));
       batch = [];
       bytes = 0;

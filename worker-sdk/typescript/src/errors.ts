@@ -99,3 +99,26 @@ export class ChainCancelled extends BatonError {
     this.reason = reason;
   }
 }
+
+/**
+ * `submitMany` stored some batches, then the broker refused one. Each batch
+ * of up to 1000 chains is stored all or nothing, so the chains of the
+ * earlier batches are stored (`stored`, in order) and none after. `code`
+ * and `details` are the refused call's; the `chains[i]` the details name
+ * counts from the start of the refused batch, that is from item `stored.length`.
+ */
+export class PartialSubmission<H = unknown> extends BatonError {
+  override name = "PartialSubmission";
+  readonly stored: H[];
+  readonly code: number | undefined;
+  readonly details: string;
+  constructor(stored: H[], total: number, cause: Error & { code?: number; details?: string }) {
+    super(
+      `${stored.length} of ${total} chains stored; the batch from item ${stored.length} was refused: ${cause.message}`,
+      { cause },
+    );
+    this.stored = stored;
+    this.code = cause.code;
+    this.details = cause.details ?? cause.message;
+  }
+}

@@ -23,6 +23,7 @@ export {
   ChainFailed,
   type FailureRecord,
   Fatal,
+  PartialSubmission,
   Retry,
   ThrottleError,
   TimeoutError,

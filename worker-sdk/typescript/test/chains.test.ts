@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { ChainCancelled, ChainFailed, chain, TimeoutError } from "../src/index";
+import { ChainCancelled, ChainFailed, chain, PartialSubmission, TimeoutError } from "../src/index";
 import * as tasks from "./fixtures/tasks";
 import { type Broker, Scope, SKIP, sleep, waitUntil } from "./harness";
 
@@ -283,6 +283,20 @@ describe("chains and executors", { skip: SKIP }, () => {
       tasks.app.submitMany([tasks.add.si(1, 1), tasks.add.si(1, 1).set({ queue: "bad queue!" })]),
       /chains\[1\]/,
     );
+  });
+
+  test("submitMany in batches of 1000: a refused later batch leaves the earlier ones stored", async () => {
+    // A task no worker registers: the chains wait in their queue.
+    const items = Array.from({ length: 1001 }, (_, i) =>
+      tasks.app.signature("t.nobody", [i], { immutable: true, ...(i === 1000 ? { queue: "bad queue!" } : {}) }),
+    );
+    const err = await tasks.app.submitMany(items).catch((e: unknown) => e);
+    assert.ok(err instanceof PartialSubmission, String(err));
+    assert.equal(err.stored.length, 1000);
+    assert.equal(err.code, 3);
+    assert.match(err.details, /chains\[0\]/);
+    const last = err.stored[999] as { status(): Promise<string> };
+    assert.equal(await last.status(), "RUNNING");
   });
 
   test("watch() follows the chain's events to its end", async () => {
