@@ -1,0 +1,81 @@
+/**
+ * The TypeScript conformance worker: the task names every SDK's conformance
+ * worker registers, with the same behaviour, so one client (in any
+ * language) can check any worker.
+ *
+ *   node ../../../worker-sdk/typescript/dist/cjs/cli.js worker --app ./tasks.js --queues general,heavy
+ *
+ * | task                       | does                                                                  |
+ * | -------------------------- | --------------------------------------------------------------------- |
+ * | noop()                     | returns null                                                          |
+ * | echo(x)                    | returns x unchanged                                                   |
+ * | add(a, b)                  | returns a + b                                                         |
+ * | fail_once(key)             | attempt 1 throws ConformanceError("fail_once <key>: attempt 1"), retryable; declared maxRetries 1, retryBackoff 100 ms; a later attempt returns its attempt number |
+ * | fail_always(message)       | throws ConformanceError(message), retryable; declared maxRetries 0: the chain fails with error_type "ConformanceError" |
+ * | retry_later_n(n)           | while ctx.polls < n: Retry after 50 ms ("poll <polls> of <n>"); then returns the polls seen (n) |
+ * | sleep(ms)                  | sleeps ms (cut short by a cancel, which reports Cancelled); returns ms |
+ * | throttled_in_body(key, ms) | holds an in-body slot of (throttled_in_body, key), concurrency 1, for ms; returns key |
+ * | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
+ * | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
+ * | cancellable(ms)            | waits up to ms for its cancel: cancelled, it throws Cancelled (error_type "Cancelled"); else returns "not cancelled" |
+ */
+import { Baton, Cancelled, Retry } from "../../../worker-sdk/typescript/dist/cjs/index.js";
+
+export const app = new Baton(); // $BATON_ADDR, else 127.0.0.1:7070
+
+class ConformanceError extends Error {}
+
+app.task({ name: "noop" }, () => null);
+
+app.task({ name: "echo" }, (_ctx, x: unknown) => x);
+
+app.task({ name: "add" }, (_ctx, a: number, b: number) => a + b);
+
+app.task({ name: "fail_once", maxRetries: 1, retryBackoff: 100 }, (ctx, key: string) => {
+  if (ctx.attempt === 1) throw new ConformanceError(`fail_once ${key}: attempt 1`);
+  return ctx.attempt;
+});
+
+app.task({ name: "fail_always", maxRetries: 0 }, (_ctx, message: string) => {
+  throw new ConformanceError(message);
+});
+
+app.task({ name: "retry_later_n" }, (ctx, n: number) => {
+  if (ctx.polls < n) throw new Retry({ after: 50, message: `poll ${ctx.polls} of ${n}` });
+  return ctx.polls;
+});
+
+app.task({ name: "sleep" }, async (ctx, ms: number) => {
+  await ctx.sleep(ms);
+  return ms;
+});
+
+app.task({ name: "throttled_in_body" }, (ctx, key: string, ms: number) =>
+  ctx.throttle({ concurrency: 1, key }, async () => {
+    await ctx.sleep(ms);
+    return key;
+  }),
+);
+
+app.task({ name: "throttled_declared", throttle: 1 }, async (ctx, ms: number) => {
+  await ctx.sleep(ms);
+  return ms;
+});
+
+app.task({ name: "heavy", heavy: true }, (ctx) => ctx.queue);
+
+app.task({ name: "cancellable" }, async (ctx, ms: number) => {
+  const cancelled = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    ctx.signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve(true);
+      },
+      { once: true },
+    );
+  });
+  if (cancelled) throw new Cancelled(ctx.cancelReason);
+  return "not cancelled";
+});

@@ -1,0 +1,335 @@
+/**
+ * The client side: the Broker and Admin calls over one channel, and
+ * {@link ChainHandle}, the handle on a submitted chain.
+ *
+ * Every call is a plain RPC; nothing is cached or decided here. Unary calls
+ * wait for a broker that is (re)starting, up to the app's timeout; a
+ * submission cut off by a lost connection is sent again (the chain id is
+ * the client's, so the broker stores it once and answers a repeat as such).
+ */
+import * as grpc from "@grpc/grpc-js";
+import { BatonError, ChainCancelled, ChainFailed, type FailureRecord, TimeoutError } from "./errors";
+import type { AdminClient } from "./gen/baton/v1/Admin";
+import type { BrokerClient } from "./gen/baton/v1/Broker";
+import type {
+  CancelChainRequest,
+  CancelChainResponse__Output,
+  Chain__Output,
+  ChainEvent__Output,
+  FailureRecord__Output,
+  GetStepResultRequest,
+  GetStepResultResponse__Output,
+  ListQueuesRequest,
+  ListQueuesResponse__Output,
+  ListThrottlesRequest,
+  ListThrottlesResponse__Output,
+  ListWorkersRequest,
+  ListWorkersResponse__Output,
+  QueueInfo__Output,
+  SubmitChainRequest,
+  SubmitChainResponse__Output,
+  SubmitChainsRequest,
+  SubmitChainsResponse__Output,
+  ThrottleInfo__Output,
+  WorkerInfo__Output,
+} from "./gen/baton/v1/index";
+import { protocol } from "./proto";
+import { channelArgs, metadata, type TlsOptions } from "./transport";
+
+export type ChainStatus = "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED" | "UNKNOWN";
+export type Dedup = "idempotency_key" | "unique_key" | "chain_id";
+
+const STATES: Record<string, ChainStatus> = {
+  CHAIN_STATE_RUNNING: "RUNNING",
+  CHAIN_STATE_SUCCEEDED: "SUCCEEDED",
+  CHAIN_STATE_FAILED: "FAILED",
+  CHAIN_STATE_CANCELLED: "CANCELLED",
+};
+
+export const PHASES: Record<string, string> = {
+  PHASE_UNSPECIFIED: "",
+  PHASE_MAIN: "main",
+  PHASE_ON_SUCCESS: "on_success",
+  PHASE_ON_FAILURE: "on_failure",
+};
+
+const DEDUPS: Record<string, Dedup | undefined> = {
+  DEDUP_IDEMPOTENCY_KEY: "idempotency_key",
+  DEDUP_UNIQUE_KEY: "unique_key",
+  DEDUP_CHAIN_ID: "chain_id",
+};
+
+/** Longest a `get()` trusts one silent WatchChain stream before opening a new one (ms). */
+const WATCH_SLICE = 10_000;
+/** How many times a submission cut off by UNAVAILABLE is sent again. */
+const SUBMIT_ATTEMPTS = 4;
+
+export function chainStatus(state: string): ChainStatus {
+  return STATES[state] ?? "UNKNOWN";
+}
+
+export function failureRecord(r: FailureRecord__Output | null | undefined): FailureRecord {
+  return {
+    chain_id: r?.chainId ?? "",
+    phase: PHASES[r?.phase ?? ""] ?? String(r?.phase ?? ""),
+    step_index: r?.stepIndex ?? 0,
+    task_name: r?.taskName ?? "",
+    task_id: r?.taskId ?? "",
+    attempt: r?.attempt ?? 0,
+    error_type: r?.errorType ?? "",
+    message: r?.message ?? "",
+    traceback: r?.traceback ?? "",
+  };
+}
+
+/** A gRPC error with its status code, as grpc-js raises them. */
+export type RpcError = grpc.ServiceError;
+
+export function isRpcError(err: unknown): err is RpcError {
+  return err instanceof Error && typeof (err as Partial<RpcError>).code === "number";
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+type Unary<Req, Res> = (
+  request: Req,
+  md: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, value?: Res) => void,
+) => grpc.ClientUnaryCall;
+
+/** The Broker and Admin stubs on one lazily opened channel, with the token on every call. */
+export class Client {
+  readonly broker: BrokerClient;
+  readonly admin: AdminClient;
+  private readonly token: string | undefined;
+  private readonly timeout: number;
+
+  constructor(address: string, options: { token?: string | undefined; tls?: TlsOptions | undefined; timeout: number }) {
+    const { grpcObject } = protocol();
+    const { credentials, options: channelOptions } = channelArgs(options.tls);
+    this.broker = new grpcObject.baton.v1.Broker(address, credentials, channelOptions);
+    // The Admin stub shares the Broker stub's channel.
+    this.admin = new grpcObject.baton.v1.Admin(address, credentials, {
+      ...channelOptions,
+      channelOverride: this.broker.getChannel(),
+    });
+    this.token = options.token;
+    this.timeout = options.timeout;
+  }
+
+  close(): void {
+    this.broker.close();
+  }
+
+  /** Metadata for a call: the token, and wait-for-ready. */
+  metadata(): grpc.Metadata {
+    return metadata(this.token, true);
+  }
+
+  /** A unary call of `stub`, bounded by the app's timeout, as a promise. */
+  call<Req, Res>(stub: object, method: Unary<Req, Res>, request: Req, timeout = this.timeout): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      method.call(stub, request, this.metadata(), { deadline: Date.now() + timeout }, (err, value) => {
+        if (err) reject(err);
+        else resolve(value as Res);
+      });
+    });
+  }
+
+  async submit(request: SubmitChainRequest): Promise<SubmitChainResponse__Output> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.call(this.broker, this.broker.SubmitChain, request);
+      } catch (err) {
+        // A lost connection may have cut off an answer: the id is ours, so
+        // sending again stores nothing twice (the repeat is DEDUP_CHAIN_ID).
+        if (!isRpcError(err) || err.code !== grpc.status.UNAVAILABLE || attempt >= SUBMIT_ATTEMPTS) throw err;
+        await sleep(100 * 2 ** attempt);
+      }
+    }
+  }
+
+  async submitMany(requests: SubmitChainRequest[]): Promise<SubmitChainResponse__Output[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const response = await this.call<SubmitChainsRequest, SubmitChainsResponse__Output>(
+          this.broker,
+          this.broker.SubmitChains,
+          { chains: requests },
+        );
+        return response.chains;
+      } catch (err) {
+        if (!isRpcError(err) || err.code !== grpc.status.UNAVAILABLE || attempt >= SUBMIT_ATTEMPTS) throw err;
+        await sleep(100 * 2 ** attempt);
+      }
+    }
+  }
+
+  listWorkers(): Promise<WorkerInfo__Output[]> {
+    return this.call<ListWorkersRequest, ListWorkersResponse__Output>(this.admin, this.admin.ListWorkers, {}).then(
+      (r) => r.workers,
+    );
+  }
+
+  listQueues(): Promise<QueueInfo__Output[]> {
+    return this.call<ListQueuesRequest, ListQueuesResponse__Output>(this.admin, this.admin.ListQueues, {}).then(
+      (r) => r.queues,
+    );
+  }
+
+  listThrottles(): Promise<ThrottleInfo__Output[]> {
+    return this.call<ListThrottlesRequest, ListThrottlesResponse__Output>(
+      this.admin,
+      this.admin.ListThrottles,
+      {},
+    ).then((r) => r.throttles);
+  }
+
+  getChain(chainId: string): Promise<Chain__Output> {
+    return this.call(this.broker, this.broker.GetChain, { chainId });
+  }
+
+  /** WatchChain as an async iterable of events, ended after `timeout` ms (DEADLINE_EXCEEDED). */
+  watch(chainId: string, timeout?: number): grpc.ClientReadableStream<ChainEvent__Output> {
+    const options: grpc.CallOptions = timeout === undefined ? {} : { deadline: Date.now() + timeout };
+    return this.broker.WatchChain({ chainId }, this.metadata(), options);
+  }
+}
+
+/** The handle on a submitted chain (a single task is a one-step chain). */
+export class ChainHandle {
+  /** The chain id (with an idempotency or unique key, possibly an earlier chain's). */
+  readonly id: string;
+  /**
+   * `undefined` for a new chain; "idempotency_key", "unique_key" or
+   * "chain_id" when the broker stored nothing new and answered with an
+   * existing chain.
+   */
+  readonly dedup: Dedup | undefined;
+  private readonly client: () => Client;
+
+  constructor(client: () => Client, id: string, dedup?: string) {
+    this.client = client;
+    this.id = id;
+    this.dedup = dedup === undefined ? undefined : DEDUPS[dedup];
+  }
+
+  toString(): string {
+    return `ChainHandle(${this.id})`;
+  }
+
+  /** The chain's full current state: steps, attempts, polls, retries, queues, failure. */
+  info(): Promise<Chain__Output> {
+    return this.client().getChain(this.id);
+  }
+
+  /** RUNNING, SUCCEEDED, FAILED or CANCELLED. */
+  async status(): Promise<ChainStatus> {
+    return chainStatus((await this.info()).state);
+  }
+
+  /** Whether the chain has ended. */
+  async ready(): Promise<boolean> {
+    return (await this.status()) !== "RUNNING";
+  }
+
+  /** Cancels the chain: unstarted steps never start, running ones are told to stop, no callback runs. */
+  async cancel(reason = ""): Promise<ChainStatus> {
+    const client = this.client();
+    const response = await client.call<CancelChainRequest, CancelChainResponse__Output>(
+      client.broker,
+      client.broker.CancelChain,
+      { chainId: this.id, reason },
+    );
+    return chainStatus(response.state);
+  }
+
+  /** The result of one succeeded step by its task id (also one omitted from `info()` for its size). */
+  async stepResult(taskId: string): Promise<unknown> {
+    const client = this.client();
+    const response = await client.call<GetStepResultRequest, GetStepResultResponse__Output>(
+      client.broker,
+      client.broker.GetStepResult,
+      { chainId: this.id, taskId },
+    );
+    return decode(response.result);
+  }
+
+  /**
+   * The chain's events, starting with a "snapshot" of its current state,
+   * until it ends (WatchChain). Stop early with `break`.
+   */
+  async *watch(): AsyncGenerator<ChainEvent__Output> {
+    const stream = this.client().watch(this.id);
+    try {
+      for await (const event of stream) {
+        yield event as ChainEvent__Output;
+      }
+    } finally {
+      stream.cancel();
+    }
+  }
+
+  /**
+   * Waits for the chain to end and returns the last step's result.
+   *
+   * Follows WatchChain (no polling); a dropped stream is opened again until
+   * `timeout` (ms) passes, and so is one silent for 10 s.
+   *
+   * @throws ChainFailed the chain failed (`.record` is the failure record)
+   * @throws ChainCancelled the chain was cancelled
+   * @throws TimeoutError it had not ended within `timeout` ms
+   */
+  async get(options: { timeout?: number } = {}): Promise<unknown> {
+    const { timeout } = options;
+    const deadline = timeout === undefined ? undefined : Date.now() + timeout;
+    let backoff = 100;
+    for (;;) {
+      const remaining = deadline === undefined ? undefined : deadline - Date.now();
+      if (remaining !== undefined && remaining <= 0) {
+        throw new TimeoutError(`chain ${this.id} did not end within ${timeout} ms`);
+      }
+      const slice = remaining === undefined ? WATCH_SLICE : Math.min(remaining, WATCH_SLICE);
+      const stream = this.client().watch(this.id, slice);
+      try {
+        for await (const event of stream) {
+          const chain = (event as ChainEvent__Output).chain;
+          if (chain !== null && chainStatus(chain.state) !== "RUNNING" && chainStatus(chain.state) !== "UNKNOWN") {
+            return this.final(chain);
+          }
+        }
+      } catch (err) {
+        if (!isRpcError(err)) throw err;
+        if (err.code === grpc.status.DEADLINE_EXCEEDED) continue; // a silent slice: open again at once
+        if (err.code !== grpc.status.UNAVAILABLE) throw err;
+      } finally {
+        stream.cancel();
+      }
+      // The stream ended or broke before the end (a broker restart): look
+      // again after a short pause, so a dead broker is not spun on.
+      await sleep(remaining === undefined ? backoff : Math.min(backoff, Math.max(0, remaining)));
+      backoff = Math.min(backoff * 2, 2000);
+    }
+  }
+
+  private final(chain: Chain__Output): unknown {
+    switch (chainStatus(chain.state)) {
+      case "SUCCEEDED":
+        return decode(chain.result);
+      case "FAILED":
+        throw new ChainFailed(failureRecord(chain.failure));
+      case "CANCELLED":
+        throw new ChainCancelled(this.id, chain.cancelReason);
+      default:
+        throw new BatonError(`chain ${this.id} is in state ${chain.state}`);
+    }
+  }
+}
+
+/** A JSON payload from the broker; empty means null. */
+export function decode(text: string): unknown {
+  return text === "" ? null : JSON.parse(text);
+}

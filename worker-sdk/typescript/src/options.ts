@@ -1,0 +1,155 @@
+/**
+ * Execution options, written the JavaScript way (milliseconds, `Date`s,
+ * `throttle: 1`) on `app.task({...})`, `.set({...})` and `.applyAsync({...})`,
+ * and converted here, in one place, to `baton.v1.Options`. Only the
+ * translation lives here; what the options mean is decided by the broker.
+ *
+ * | option            | meaning (`baton.v1.Options` field)                              |
+ * | ----------------- | --------------------------------------------------------------- |
+ * | `queue`           | explicit queue name (`queue`)                                   |
+ * | `heavy`           | route to the `heavy` queue (`heavy`)                            |
+ * | `throttle`        | declared throttle: `true`/`n` (concurrency) or a spec (`throttle`) |
+ * | `maxRetries`      | retries of retryable failures, default 0 (`max_retries`)        |
+ * | `retryBackoff`    | first retry delay, ms (`retry_backoff_ms`)                      |
+ * | `retryBackoffMax` | longest retry delay, ms (`retry_backoff_max_ms`)                |
+ * | `maxPolls`        | budget of `Retry` outcomes, default 100 (`max_polls`)           |
+ * | `timeLimit`       | time limit of one run, ms (`timeout_ms`)                        |
+ * | `countdown`       | delay once the step's turn comes, ms (`countdown_ms`)           |
+ * | `eta`             | not before this `Date` (or unix ms) (`eta_unix_ms`)             |
+ * | `priority`        | higher first within a queue (`priority`)                        |
+ * | `description`     | free text shown in inspection (`description`)                   |
+ */
+import type { Options, Throttle } from "./gen/baton/v1/index";
+
+/** Whether a declared throttle's slot belongs to one run ("task", the default) or to the whole chain. */
+export type ThrottleScope = "task" | "chain";
+
+/** A throttle: at most `concurrency` (default 1) holders per identity (task name, key), or `key` alone if `shared`. */
+export interface ThrottleSpec {
+  concurrency?: number;
+  /** Default "*": the whole task name. */
+  key?: string;
+  /** The identity is the key alone, shared across task names (e.g. "tenant:42"). */
+  shared?: boolean;
+  scope?: ThrottleScope;
+}
+
+export interface StepOptions {
+  queue?: string;
+  heavy?: boolean;
+  throttle?: boolean | number | ThrottleSpec;
+  maxRetries?: number;
+  retryBackoff?: number;
+  retryBackoffMax?: number;
+  maxPolls?: number;
+  timeLimit?: number;
+  countdown?: number;
+  eta?: Date | number;
+  priority?: number;
+  description?: string;
+}
+
+export const OPTION_NAMES: readonly (keyof StepOptions)[] = [
+  "queue",
+  "heavy",
+  "throttle",
+  "maxRetries",
+  "retryBackoff",
+  "retryBackoffMax",
+  "maxPolls",
+  "timeLimit",
+  "countdown",
+  "eta",
+  "priority",
+  "description",
+];
+
+/**
+ * Refuses unknown option names: a misspelt option (`countdonw: 5`) must fail
+ * at the call site, not be dropped on the way to the broker.
+ */
+export function checkOptions(options: object, where: string): StepOptions {
+  const unknown = Object.keys(options).filter((k) => !(OPTION_NAMES as readonly string[]).includes(k));
+  if (unknown.length > 0) {
+    throw new TypeError(
+      `${where}: unknown option(s) ${unknown.sort().join(", ")}; known: ${[...OPTION_NAMES].sort().join(", ")}`,
+    );
+  }
+  return { ...(options as StepOptions) };
+}
+
+/** Options with `undefined` values dropped, `over` winning over `base`. */
+export function mergeOptions(base: StepOptions, over: StepOptions): StepOptions {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v !== undefined) out[k] = v;
+  }
+  return out as StepOptions;
+}
+
+function uint(value: unknown, name: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a non-negative integer (got ${String(value)})`);
+  }
+  return value;
+}
+
+function ms(value: unknown, name: string): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw new RangeError(`${name} must be a non-negative number of milliseconds (got ${String(value)})`);
+  }
+  return Math.round(value);
+}
+
+/** Unix milliseconds of a `Date` or a number (already unix ms). */
+export function unixMs(value: Date | number, name: string): number {
+  const n = value instanceof Date ? value.getTime() : value;
+  if (typeof n !== "number" || !Number.isFinite(n)) {
+    throw new RangeError(`${name} must be a Date or unix milliseconds (got ${String(value)})`);
+  }
+  return Math.max(0, Math.round(n));
+}
+
+const SCOPES = { task: "THROTTLE_SCOPE_TASK", chain: "THROTTLE_SCOPE_CHAIN" } as const;
+
+/** `throttle: true | n | spec` as the protocol's `Throttle`; `undefined` for none. */
+export function throttleToPb(value: StepOptions["throttle"], name = "throttle"): Throttle | undefined {
+  if (value === undefined || value === false) return undefined;
+  if (value === true) return { concurrency: 1 };
+  if (typeof value === "number") return { concurrency: uint(value, `${name}`) };
+  if (typeof value !== "object" || value === null) {
+    throw new TypeError(`${name} takes true, a number or { concurrency, key, shared, scope }`);
+  }
+  const out: Throttle = {};
+  if (value.concurrency !== undefined) out.concurrency = uint(value.concurrency, `${name}.concurrency`);
+  if (value.key !== undefined) out.key = String(value.key);
+  if (value.shared) out.shared = true;
+  if (value.scope !== undefined) {
+    const scope = SCOPES[value.scope];
+    if (scope === undefined) throw new TypeError(`${name}.scope must be "task" or "chain"`);
+    out.scope = scope;
+  }
+  return out;
+}
+
+/** Checked options as `baton.v1.Options`; unset ones stay unset (the broker's defaults apply). */
+export function optionsToPb(options: StepOptions): Options {
+  const out: Options = {};
+  if (options.queue) out.queue = String(options.queue);
+  if (options.heavy) out.heavy = true;
+  const throttle = throttleToPb(options.throttle);
+  if (throttle !== undefined) out.throttle = throttle;
+  if (options.maxRetries !== undefined) out.maxRetries = uint(options.maxRetries, "maxRetries");
+  if (options.retryBackoff !== undefined) out.retryBackoffMs = ms(options.retryBackoff, "retryBackoff");
+  if (options.retryBackoffMax !== undefined) out.retryBackoffMaxMs = ms(options.retryBackoffMax, "retryBackoffMax");
+  if (options.maxPolls !== undefined) out.maxPolls = uint(options.maxPolls, "maxPolls");
+  if (options.timeLimit !== undefined) out.timeoutMs = ms(options.timeLimit, "timeLimit");
+  if (options.countdown !== undefined) out.countdownMs = ms(options.countdown, "countdown");
+  if (options.eta !== undefined) out.etaUnixMs = unixMs(options.eta, "eta");
+  if (options.priority !== undefined) {
+    if (!Number.isInteger(options.priority)) throw new RangeError(`priority must be an integer`);
+    out.priority = options.priority;
+  }
+  if (options.description) out.description = String(options.description);
+  return out;
+}
