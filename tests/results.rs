@@ -134,11 +134,14 @@ async fn large_results_are_written_once_and_a_long_chain_stays_readable() {
     );
 
     // Each result was written about once: all of them together are 6 MiB;
-    // rewriting them with every step would write 39 MiB.
+    // rewriting them with every step would write 39 MiB (6.5 times). sled
+    // keeps a result in a blob file and its log, and the log's segments
+    // come in whole: about 3 times the results on disk, a little more when
+    // a loaded machine makes the flushes smaller (seen once at over 3).
     let written = dir_bytes(broker.dir.path());
     let results = (STEPS * RESULT_BYTES) as u64;
     assert!(
-        written < 3 * results,
+        written < 4 * results,
         "the data directory holds {written} bytes for {results} bytes of results"
     );
 }

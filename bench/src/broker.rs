@@ -22,6 +22,8 @@ pub struct Settings {
     pub binary: PathBuf,
     /// Durable acknowledgment (the default); off is labelled as such.
     pub durable: bool,
+    /// More `baton serve` arguments.
+    pub extra: Vec<String>,
 }
 
 /// A running broker, killed when dropped.
@@ -59,6 +61,7 @@ impl Broker {
         if !settings.durable {
             command.arg("--no-durable");
         }
+        command.args(&settings.extra);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", settings.binary.display()))?;

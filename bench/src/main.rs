@@ -24,6 +24,7 @@ mod handoff;
 mod hostile;
 mod latency;
 mod recovery;
+mod retention;
 mod stats;
 mod throughput;
 mod workers;
@@ -52,8 +53,9 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Comma-separated groups: disk, noop, chains, executors, latency,
-    /// handoff, recovery; and hostile (issue 19's hostile workloads, run
-    /// only when named). Default: all but hostile.
+    /// handoff, recovery; and, run only when named, hostile (issue 19's
+    /// hostile workloads) and retention (the data directory under a steady
+    /// load with a short retention). Default: all but those two.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every workload's size (0.1 for a quick look).
@@ -74,6 +76,10 @@ struct Args {
     /// Background no-op tasks per second of the latency-under-load figure.
     #[arg(long, default_value_t = 5000)]
     load_rate: usize,
+    /// Retention window of the retention figure, in seconds (the run lasts
+    /// four windows).
+    #[arg(long, default_value_t = 20)]
+    retention_seconds: u64,
 }
 
 impl Args {
@@ -132,6 +138,7 @@ async fn run(args: Args) -> Result<()> {
         let settings = Settings {
             binary: binary.clone(),
             durable,
+            extra: Vec::new(),
         };
         throughput_figures(&args, &settings, &mut sink).await?;
         if args.wants("latency") {
@@ -144,12 +151,16 @@ async fn run(args: Args) -> Result<()> {
     let durable = Settings {
         binary,
         durable: true,
+        extra: Vec::new(),
     };
     if args.wants("recovery") {
         recovery_figures(&args, &durable, &mut sink).await?;
     }
     if args.named("hostile") {
         hostile_figures(&args, &durable, &mut sink).await?;
+    }
+    if args.named("retention") {
+        retention::run(&durable, args.size(1500), args.retention_seconds).await?;
     }
     Ok(())
 }

@@ -55,6 +55,9 @@ pub struct Config {
     /// How long a new connection may take to complete its handshake (TLS
     /// and the HTTP/2 preface) before it is closed; see [`listener`].
     pub handshake_timeout: Duration,
+    /// How long an ended chain is kept before it is removed; zero keeps
+    /// ended chains forever. Default: seven days.
+    pub retention: Duration,
     /// Most connections open at once; more are closed as they come. Lowered
     /// to what the descriptor limit allows ([`listener::connection_cap`]).
     pub max_connections: usize,
@@ -65,7 +68,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Config {
     /// Defaults: 30 s leases, durable acknowledgment, 1 MiB payloads,
-    /// authentication off, no TLS, 10 s handshakes, 10,000 connections.
+    /// authentication off, no TLS, 10 s handshakes, 10,000 connections,
+    /// ended chains kept seven days.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
@@ -76,6 +80,7 @@ impl Config {
             tls: None,
             metrics_listen: None,
             handshake_timeout: Duration::from_secs(10),
+            retention: Duration::from_millis(settings::DEFAULT_RETENTION_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -120,6 +125,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     settings::LEASE_MS.check_duration(config.lease)?;
     settings::HANDSHAKE_TIMEOUT_MS.check_duration(config.handshake_timeout)?;
+    settings::RETENTION_MS.check_duration(config.retention)?;
     // TLS first: a bad certificate should stop the broker before it
     // touches the store.
     let tls = config
@@ -156,6 +162,7 @@ pub async fn run(
         durable: config.durable,
         max_workers: config.limits.max_workers,
         max_watches: config.limits.max_watches,
+        retention: config.retention,
     };
     let (handle, scheduler) = scheduler::start(store.clone(), recovered, settings, stop.clone());
 

@@ -131,6 +131,12 @@ struct ServeArgs {
     /// (TLS and the HTTP/2 preface) before it is closed (1 to 600000).
     #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     handshake_timeout_ms: u64,
+    /// Milliseconds an ended chain (succeeded, failed or cancelled) is kept
+    /// after it ended: then its record, results and idempotency key are
+    /// removed in the background. 0 keeps ended chains forever. Default:
+    /// seven days.
+    #[arg(long, env = "BATON_RETENTION_MS", default_value_t = settings::DEFAULT_RETENTION_MS)]
+    retention_ms: u64,
     /// Most connections open at once; more are closed as they come. Kept
     /// below the descriptor limit (`ulimit -n`) less a reserve for the store.
     #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = baton_server::DEFAULT_MAX_CONNECTIONS)]
@@ -289,6 +295,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &settings::HANDSHAKE_TIMEOUT_MS.flag(),
         args.handshake_timeout_ms,
     )?;
+    settings::RETENTION_MS.check(&settings::RETENTION_MS.flag(), args.retention_ms)?;
     for (flag, value) in [
         ("--max-connections", args.max_connections),
         ("--max-payload", args.max_payload),
@@ -324,6 +331,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.tls = tls;
     config.metrics_listen = args.metrics_listen;
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
+    config.retention = Duration::from_millis(args.retention_ms);
     config.max_connections = args.max_connections;
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration file read");

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Of those, the ones sent before their round was durable (see the
     /// scheduler's `Unsettled`).
     pub early_assignments: Counter,
+    /// Ended chains removed once their retention was over.
+    pub chains_removed: Counter,
     /// From entering its queue (READY) to being assigned, in seconds.
     pub assignment_latency: Histogram,
     /// One group commit: sled's flush and the fdatasync, in seconds.
@@ -87,6 +89,7 @@ impl Default for Metrics {
             lease_expiries: Counter::default(),
             assignments: Counter::default(),
             early_assignments: Counter::default(),
+            chains_removed: Counter::default(),
             // 0.5 ms .. ~65 s.
             assignment_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             // 50 µs .. ~3 s.
@@ -172,6 +175,11 @@ impl Metrics {
             "assignments_early",
             "Assignments sent before their round was durable (no throttle slot, readiness durable)",
             self.early_assignments.clone(),
+        );
+        r.register(
+            "chains_removed",
+            "Ended chains removed once their retention (--retention-ms) was over",
+            self.chains_removed.clone(),
         );
         r.register(
             "assignment_latency_seconds",

@@ -37,6 +37,17 @@ pub const HANDSHAKE_TIMEOUT_MS: Millis = Millis {
     max: 10 * 60 * 1000,
 };
 
+/// `--retention-ms`: how long an ended chain is kept; 0 keeps them
+/// forever, else one second to ten years. Default: seven days.
+pub const RETENTION_MS: Millis = Millis {
+    key: "retention_ms",
+    min: 0,
+    max: 10 * 366 * 24 * 60 * 60 * 1000,
+};
+
+/// Default of `--retention-ms`: seven days.
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// A duration setting out of its range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name} is {value}: it must be between {min} and {max} ms")]

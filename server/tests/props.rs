@@ -360,6 +360,7 @@ proptest! {
                 durable: true,
                 max_workers: 10,
                 max_watches: 10,
+                retention: std::time::Duration::ZERO,
             };
             let (handle, join) = baton_server::scheduler::start(store, recovered, settings, stop.clone());
             for id in &live_ids {

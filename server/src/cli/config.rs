@@ -54,6 +54,7 @@ pub struct FileConfig {
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub handshake_timeout_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
     pub max_connections: Option<usize>,
 }
 
@@ -82,6 +83,7 @@ impl FileConfig {
         for (setting, value) in [
             (settings::LEASE_MS, config.lease_ms),
             (settings::HANDSHAKE_TIMEOUT_MS, config.handshake_timeout_ms),
+            (settings::RETENTION_MS, config.retention_ms),
         ] {
             if let Some(ms) = value {
                 setting
@@ -168,6 +170,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(max_watches);
     fill!(max_worker_concurrency);
     fill!(handshake_timeout_ms);
+    fill!(retention_ms);
     fill!(max_connections);
     fill!(allow_insecure);
     fill!(tokens, optional);
@@ -216,6 +219,7 @@ pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
         settings::HANDSHAKE_TIMEOUT_MS.key,
         args.handshake_timeout_ms,
     )?;
+    settings::RETENTION_MS.check(settings::RETENTION_MS.key, args.retention_ms)?;
     for (key, value) in [
         ("max_connections", args.max_connections),
         ("max_payload", args.max_payload),
@@ -274,6 +278,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("max_watches = {}", args.max_watches);
     println!("max_worker_concurrency = {}", args.max_worker_concurrency);
     println!("handshake_timeout_ms = {}", args.handshake_timeout_ms);
+    println!("retention_ms = {}", args.retention_ms);
     println!("max_connections = {}", args.max_connections);
     println!("log_format = \"{}\"", args.log_format);
     let auth = match (args.auth, &args.tokens) {

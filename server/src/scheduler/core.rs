@@ -23,7 +23,13 @@ use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, 
 use super::{Error, Inspected, QueueStats, Submitted, WorkerStats, watchers};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
-use crate::store::{Batch, Recovered, Shared};
+use crate::store::{Batch, ExpiryCursor, Recovered, Shared};
+
+/// Most ended chains one sweep removes (see [`Core::sweep`]).
+const SWEEP_PAGE: usize = 512;
+
+/// Time between sweeps that found less than a full page.
+const SWEEP_EVERY_MS: u64 = 1000;
 
 /// How many times a run may be lost (lease lapsed) before the step fails
 /// with "WorkerLost", so a task that kills its workers cannot loop forever.
@@ -253,6 +259,14 @@ enum Timer {
 pub struct Core {
     store: Shared,
     lease_ms: u64,
+    /// Retention of ended chains (see [`Core::sweep`]); 0 keeps them.
+    retention_ms: u64,
+    /// Where the next sweep goes on from in the `ended` index.
+    swept: ExpiryCursor,
+    /// When the next sweep is due, unless the last found a full page.
+    next_sweep: UnixMs,
+    /// The last sweep found a full page: sweep again next round.
+    sweep_more: bool,
     /// Milliseconds the scheduler has been awake, as the driver last read
     /// them (see `clock::Awake`): what leases are measured in.
     awake_ms: u64,
@@ -308,10 +322,20 @@ pub struct Core {
 
 impl Core {
     /// Rebuilds the scheduler from what the store recovered.
-    pub fn recover(store: Shared, lease_ms: u64, recovered: Recovered, now: UnixMs) -> Self {
+    pub fn recover(
+        store: Shared,
+        lease_ms: u64,
+        retention_ms: u64,
+        recovered: Recovered,
+        now: UnixMs,
+    ) -> Self {
         let mut core = Core {
             store,
             lease_ms,
+            retention_ms,
+            swept: ExpiryCursor::default(),
+            next_sweep: 0,
+            sweep_more: false,
             awake_ms: 0,
             chains: HashMap::new(),
             tasks: HashMap::new(),
@@ -611,6 +635,49 @@ impl Core {
         let mut round = self.end_round();
         self.store.apply(std::mem::take(&mut round.writes))?;
         Ok(round)
+    }
+
+    /// Removes ended chains whose retention is over, a page at a time, so
+    /// that a large backlog of them never stalls a round: at most
+    /// [`SWEEP_PAGE`] a round, every round while full pages are found, else
+    /// once every [`SWEEP_EVERY_MS`]. Reads only the `ended` index (and the
+    /// idempotency key and results of each chain found), never a record.
+    pub fn sweep(&mut self, now: UnixMs) {
+        if self.retention_ms == 0 || (now < self.next_sweep && !self.sweep_more) {
+            return;
+        }
+        self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
+        let before = now.saturating_sub(self.retention_ms);
+        let found = self
+            .store
+            .read(|s| s.expired(before, &self.swept, SWEEP_PAGE));
+        let (expired, cursor) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read the ended chains to remove; trying later");
+                self.sweep_more = false;
+                return;
+            }
+        };
+        self.sweep_more = expired.len() == SWEEP_PAGE;
+        self.swept = cursor;
+        let mut removed = 0u64;
+        for chain in &expired {
+            // In memory again (requeued while ended with a run out): its
+            // next write indexes it again.
+            if self.chains.contains_key(&chain.id) {
+                continue;
+            }
+            self.batch.remove_chain(chain);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.metrics.chains_removed.inc_by(removed);
+            tracing::debug!(
+                chains = removed,
+                "removed ended chains past their retention"
+            );
+        }
     }
 
     fn touch(&mut self, chain_id: &str) {
@@ -2981,7 +3048,7 @@ mod tests {
     fn empty_core() -> (tempfile::TempDir, Shared, Core) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Shared::open(dir.path()).expect("store");
-        let core = Core::recover(store.clone(), 30_000, Recovered::default(), 1);
+        let core = Core::recover(store.clone(), 30_000, 0, Recovered::default(), 1);
         (dir, store, core)
     }
 
@@ -3015,7 +3082,7 @@ mod tests {
 
         let recovered = store.recover().expect("recover");
         assert_eq!(recovered.cold.len(), total - COLD_AFTER);
-        let mut core = Core::recover(store, 30_000, recovered, 10_000);
+        let mut core = Core::recover(store, 30_000, 0, recovered, 10_000);
         let (tx, mut rx) = mpsc::channel(4 * total);
         let concurrency = u32::try_from(total).expect("small");
         core.connect(hello("t", concurrency, 0), tx, 10_000);
@@ -3487,7 +3554,7 @@ mod tests {
         // The worker comes back holding both (`a` with its outcome not
         // acknowledged): `a` is kept, `x` is lost, and `x` runs again under
         // the same attempt number.
-        let mut core = Core::recover(store, 30_000, on_disk, 3);
+        let mut core = Core::recover(store, 30_000, 0, on_disk, 3);
         let (tx, mut rx) = mpsc::channel(16);
         let back = WorkerHello {
             held: vec![a.clone(), sent.clone()],

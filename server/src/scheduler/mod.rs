@@ -214,6 +214,8 @@ pub struct Settings {
     pub max_workers: usize,
     /// Most WatchChain streams open at once.
     pub max_watches: usize,
+    /// How long an ended chain is kept; zero keeps them forever.
+    pub retention: Duration,
 }
 
 /// A cheap, cloneable way to talk to the scheduler.
@@ -243,7 +245,8 @@ pub fn start(
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64 * 1024);
     let lease_ms = u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX);
-    let core = Core::recover(store.clone(), lease_ms, recovered, now_ms());
+    let retention_ms = u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX);
+    let core = Core::recover(store.clone(), lease_ms, retention_ms, recovered, now_ms());
     let metrics = core.metrics.clone();
     let committer = Committer::start(store.clone(), settings.durable, metrics.clone());
     let store_fault = committer.faults();
@@ -302,6 +305,10 @@ async fn run_loop(
         committer.catch_up();
         core.set_awake(awake.observe(std::time::Instant::now()));
         core.fire_timers(now_ms());
+        // Not while the store is in trouble: removals would only wait.
+        if committer.fault().is_none() {
+            core.sweep(now_ms());
+        }
         round_end(&mut core, &mut outbox, &mut committer);
         while outbox
             .front()

@@ -14,7 +14,12 @@
 //! - `paused`: queue name → empty, the queues whose dispatch is paused;
 //! - `results`: (chain id, `/`, task id) → a step's JSON result, for results
 //!   too long to keep in their chain's record (`StepRecord::result_apart`):
-//!   written once, when the step succeeds.
+//!   written once, when the step succeeds;
+//! - `ended`: (finished ms, big-endian; chain id) → the chain's idempotency
+//!   key, every ended chain out of memory, oldest first: what retention
+//!   removes once it is older than `--retention-ms` ([`Store::expired`],
+//!   [`Batch::remove_chain`]);
+//! - `meta`: markers of one-time migrations done.
 //!
 //! Who does what:
 //! - [`Store`]: the collections, their key layout and encoding, and reads
@@ -97,6 +102,9 @@ enum Space {
     Dead = b'x',
     Paused = b'p',
     Results = b'r',
+    Ended = b'e',
+    /// Markers of the store itself (which one-time migrations are done).
+    Meta = b'~',
 }
 
 impl Space {
@@ -184,14 +192,40 @@ impl Batch {
         self.insert(Space::Live, &chain.id, waits.encode_to_vec());
     }
 
-    /// Stores a chain; `live` says whether recovery must load it.
+    /// Stores a chain; `live` says whether recovery must load it. An ended
+    /// chain that is not live is indexed for retention.
     pub fn put_chain(&mut self, chain: &ChainRecord, live: bool) {
         if live {
             self.insert(Space::Live, &chain.id, []);
         } else {
             self.remove(Space::Live, &chain.id);
+            if chain.is_ended() {
+                self.insert(
+                    Space::Ended,
+                    dead_key(chain.finished_ms, &chain.id),
+                    &chain.idempotency_key,
+                );
+            }
         }
         self.put_chain_record(chain);
+    }
+
+    /// Removes an ended chain whose retention is over, with everything
+    /// stored for it: its record, its results stored apart, its entries in
+    /// the ended and dead indexes, and its idempotency key when the key
+    /// still names it.
+    pub fn remove_chain(&mut self, chain: &Expired) {
+        let key = dead_key(chain.finished_ms, &chain.id);
+        self.remove(Space::Chains, &chain.id);
+        self.remove(Space::Live, &chain.id);
+        self.remove(Space::Ended, &key);
+        self.remove(Space::Dead, &key);
+        if chain.owns_key {
+            self.remove(Space::Idempotency, &chain.idempotency_key);
+        }
+        for task_id in &chain.results {
+            self.remove(Space::Results, result_key(&chain.id, task_id));
+        }
     }
 
     /// Stores a chain whose `live` entry says "load it, hot" already: the
@@ -250,6 +284,23 @@ fn result_key(chain_id: &str, task_id: &str) -> String {
     format!("{chain_id}/{task_id}")
 }
 
+/// An ended chain past its retention, as [`Store::expired`] finds it: what
+/// [`Batch::remove_chain`] needs to remove it without reading its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub id: String,
+    pub finished_ms: u64,
+    pub idempotency_key: String,
+    /// Whether its idempotency key (if any) still names this chain.
+    pub owns_key: bool,
+    /// Task ids of its results stored apart.
+    pub results: Vec<String>,
+}
+
+/// Where [`Store::expired`] goes on from: after the last chain it found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpiryCursor(Vec<u8>);
+
 /// What [`Store::recover`] hands the scheduler at start.
 #[derive(Default)]
 pub struct Recovered {
@@ -290,14 +341,20 @@ impl Store {
     /// # Errors
     /// When sled cannot open the directory or its data file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        Ok(Store::over_backend(SledBackend::open(dir)?))
+        Store::over_backend(SledBackend::open(dir)?)
     }
 
-    /// The store kept by `backend`.
-    pub fn over_backend(backend: impl Backend) -> Self {
-        Store {
+    /// The store kept by `backend`, brought up to date (one-time
+    /// migrations of what earlier versions wrote).
+    ///
+    /// # Errors
+    /// When the backend fails to read or write.
+    pub fn over_backend(backend: impl Backend) -> Result<Self, Error> {
+        let store = Store {
             backend: Arc::new(backend),
-        }
+        };
+        store.index_ended()?;
+        Ok(store)
     }
 
     fn get(&self, space: Space, key: impl AsRef<[u8]>) -> Result<Option<IVec>, Error> {
@@ -308,6 +365,97 @@ impl Store {
     /// first.
     pub fn over<'a>(&'a self, over: &'a Batch) -> View<'a> {
         View::new(Some(self), [over, &NOTHING])
+    }
+
+    /// Ended chains that finished before `before_ms`, oldest first: at most
+    /// `limit`, after `after` (the cursor this returned last time, so that
+    /// chains whose removal is not applied yet are not found again). The
+    /// cursor is that of the last chain found, or `after` when none was.
+    ///
+    /// # Errors
+    /// When the backend fails to read.
+    pub fn expired(
+        &self,
+        before_ms: u64,
+        after: &ExpiryCursor,
+        limit: usize,
+    ) -> Result<(Vec<Expired>, ExpiryCursor), Error> {
+        let mut from = Space::Ended.key(&after.0);
+        if !after.0.is_empty() {
+            // Just past the cursor's key.
+            from.push(0);
+        }
+        let to = Space::Ended.key(before_ms.to_be_bytes());
+        let mut found = Vec::new();
+        let mut cursor = after.clone();
+        for item in self.backend.range(&from, &to).take(limit) {
+            let (key, value) = item?;
+            let key = key.get(1..).unwrap_or_default();
+            let Some((ms, id)) = key.split_first_chunk::<8>() else {
+                continue;
+            };
+            cursor = ExpiryCursor(key.to_vec());
+            let id = String::from_utf8_lossy(id).into_owned();
+            let idempotency_key = String::from_utf8_lossy(&value).into_owned();
+            let owns_key = !idempotency_key.is_empty()
+                && self.idempotent_chain(&idempotency_key)?.as_deref() == Some(id.as_str());
+            let prefix = Space::Results.key(format!("{id}/"));
+            let mut end = prefix.clone();
+            *end.last_mut().expect("not empty") += 1;
+            let results = self
+                .backend
+                .range(&prefix, &end)
+                .map(|item| {
+                    let (key, _) = item?;
+                    Ok(String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            found.push(Expired {
+                id,
+                finished_ms: u64::from_be_bytes(*ms),
+                idempotency_key,
+                owns_key,
+                results,
+            });
+        }
+        Ok((found, cursor))
+    }
+
+    /// Indexes the ended chains of a store written before the `ended`
+    /// index existed, once (a marker says it is done), so retention finds
+    /// them too. Reads every chain record: one pass, at the first start of
+    /// a version with retention.
+    fn index_ended(&self) -> Result<(), Error> {
+        const DONE: &str = "ended-indexed";
+        if self.get(Space::Meta, DONE)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let mut indexed = 0u64;
+        for item in self.scan(Space::Chains) {
+            let (_, value) = item?;
+            let Ok(chain) = ChainRecord::decode(value.as_ref()) else {
+                continue;
+            };
+            if chain.is_ended() && self.get(Space::Live, &chain.id)?.is_none() {
+                batch.insert(
+                    Space::Ended,
+                    dead_key(chain.finished_ms, &chain.id),
+                    &chain.idempotency_key,
+                );
+                indexed += 1;
+            }
+            if batch.writes.len() >= 10_000 {
+                self.apply(&std::mem::take(&mut batch))?;
+            }
+        }
+        batch.insert(Space::Meta, DONE, []);
+        self.apply(&batch)?;
+        self.backend.flush()?;
+        if indexed > 0 {
+            tracing::info!(chains = indexed, "indexed the ended chains for retention");
+        }
+        Ok(())
     }
 
     /// The (key without its prefix, value) pairs of a collection.
@@ -723,6 +871,95 @@ pub(crate) mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Store::open(dir).unwrap()
+    }
+
+    /// An ended chain record: `id`, finished at `ms`, with an idempotency
+    /// key of its own.
+    fn ended(id: &str, ms: u64) -> ChainRecord {
+        let mut c = chain(id);
+        c.state = ChainState::Succeeded as i32;
+        c.finished_ms = ms;
+        c.idempotency_key = format!("key-{id}");
+        c
+    }
+
+    #[test]
+    fn retention_finds_ended_chains_oldest_first_and_removes_all_they_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::new();
+        let mut failed = ended("f", 20);
+        failed.state = ChainState::Failed as i32;
+        for c in [
+            &ended("b", 30),
+            &ended("a", 10),
+            &failed,
+            &ended("late", 99),
+        ] {
+            b.put_chain(c, false);
+            b.put_idempotency_key(&c.idempotency_key, &c.id);
+        }
+        b.put_result("a", "t1", "big");
+        b.put_result("a", "t2", "bigger");
+        // A key taken anew by another chain is not "a"'s to remove.
+        b.put_idempotency_key("key-b", "other");
+        // Not ended: never found.
+        b.put_chain(&chain("live"), true);
+        store.apply(&b).unwrap();
+
+        let (page, cursor) = store.expired(50, &ExpiryCursor::default(), 2).unwrap();
+        let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "f"]);
+        assert_eq!(page[0].results, ["t1", "t2"]);
+        assert!(page[0].owns_key);
+        let (rest, end) = store.expired(50, &cursor, 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].id, "b");
+        assert!(!rest[0].owns_key, "key-b names another chain now");
+        assert_eq!(store.expired(50, &end, 2).unwrap().0, []);
+
+        let mut b = Batch::new();
+        for e in page.iter().chain(&rest) {
+            b.remove_chain(e);
+        }
+        store.apply(&b).unwrap();
+        for id in ["a", "f", "b"] {
+            assert_eq!(store.chain(id).unwrap(), None);
+        }
+        assert_eq!(store.result("a", "t1").unwrap(), None);
+        assert_eq!(store.idempotent_chain("key-a").unwrap(), None);
+        assert_eq!(
+            store.idempotent_chain("key-b").unwrap().as_deref(),
+            Some("other")
+        );
+        assert!(store.dead_chains(None, 10).unwrap().chains.is_empty());
+        assert!(store.chain("late").unwrap().is_some());
+        assert!(store.chain("live").unwrap().is_some());
+        let (again, _) = store
+            .expired(u64::MAX, &ExpiryCursor::default(), 10)
+            .unwrap();
+        let ids: Vec<&str> = again.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["late"], "the live chain is not in the ended index");
+    }
+
+    #[test]
+    fn a_store_without_the_ended_index_is_indexed_once_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Written as a version without retention did: records only.
+            let backend = SledBackend::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            for c in [ended("old", 5), chain("live")] {
+                b.insert(Space::Chains, &c.id, c.encode_to_vec());
+            }
+            b.insert(Space::Live, "live", []);
+            backend.apply(&b).unwrap();
+            backend.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        let (found, _) = store.expired(10, &ExpiryCursor::default(), 10).unwrap();
+        let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["old"]);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Shared {
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let store = Store::open(dir)?;
         let at = dir.to_owned();
-        let reopen = move || Ok(Store::over_backend(SledBackend::open_when_unlocked(&at)?));
+        let reopen = move || Store::over_backend(SledBackend::open_when_unlocked(&at)?);
         Ok(Self::new(dir, store, reopen))
     }
 
