@@ -13,18 +13,18 @@ import (
 type TaskContext struct {
 	context.Context
 
-	Name      string            // task name
-	TaskID    string            // stable across attempts
-	Attempt   uint32            // run number, from 1 (retries, polls and redeliveries count)
-	ChainID   string            // the chain the step belongs to
-	Phase     string            // "main", "on_success" or "on_failure"
-	StepIndex uint32            // index within its phase
-	Queue     string            // the queue it was routed to
+	Name         string            // task name
+	TaskID       string            // stable across attempts
+	Attempt      uint32            // run number, from 1 (retries, polls and redeliveries count)
+	ChainID      string            // the chain the step belongs to
+	Phase        string            // "main", "on_success" or "on_failure"
+	StepIndex    uint32            // index within its phase
+	Queue        string            // the queue it was routed to
 	ChainContext map[string]string // the chain's context map (Chain.Context)
-	Polls     uint32            // RetryLater outcomes reported so far by this step
-	Retries   uint32            // retryable failures retried so far
-	TimeoutMs uint64            // time limit of this run; 0 = none
-	Kwargs    map[string]json.RawMessage
+	Polls        uint32            // RetryLater outcomes reported so far by this step
+	Retries      uint32            // retryable failures retried so far
+	TimeoutMs    uint64            // time limit of this run; 0 = none
+	Kwargs       map[string]json.RawMessage
 
 	worker *Worker
 	ref    taskRef

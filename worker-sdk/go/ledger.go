@@ -28,7 +28,7 @@ type taskRef struct {
 }
 
 func refOf(r *pb.TaskRef) taskRef { return taskRef{r.GetTaskId(), r.GetAttempt()} }
-func (t taskRef) pb() *pb.TaskRef  { return &pb.TaskRef{TaskId: t.id, Attempt: t.attempt} }
+func (t taskRef) pb() *pb.TaskRef { return &pb.TaskRef{TaskId: t.id, Attempt: t.attempt} }
 
 // linkID numbers connections from 1; 0 means "no link" (disconnected).
 type linkID uint64

@@ -42,7 +42,9 @@ var (
 // itself (bad token, role, queue or task name): reconnecting cannot help.
 type WorkerRefusedError struct{ Err error }
 
-func (e *WorkerRefusedError) Error() string { return "baton: the broker refused this worker: " + e.Err.Error() }
+func (e *WorkerRefusedError) Error() string {
+	return "baton: the broker refused this worker: " + e.Err.Error()
+}
 func (e *WorkerRefusedError) Unwrap() error { return e.Err }
 
 // WorkerConfig configures a Worker.
