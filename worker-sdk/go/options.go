@@ -3,6 +3,7 @@ package baton
 import (
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"example.invalid/baton/worker-sdk/go/pb"
 )
@@ -31,6 +32,23 @@ type Limit struct {
 	// Scope applies to declared throttles only (in-body slots belong to
 	// their run).
 	Scope Scope
+}
+
+// check refuses what the broker would refuse. Needed for in-body throttles:
+// the broker answers a malformed ThrottleAcquire with a WorkerError that
+// names no request (request_id 0), so the waiting body could not be told.
+func (l Limit) check() error {
+	switch {
+	case l.Shared && l.Key == "":
+		return &ThrottleRefusedError{Message: "a shared throttle needs a key"}
+	case utf8.RuneCountInString(l.Key) > 200:
+		return &ThrottleRefusedError{Message: "the throttle key is longer than 200 characters"}
+	case l.Concurrency > 1_000_000:
+		return &ThrottleRefusedError{Message: "the throttle concurrency is larger than 1000000"}
+	case l.Scope != ScopeTask && l.Scope != ScopeChain:
+		return &ThrottleRefusedError{Message: fmt.Sprintf("unknown throttle scope %d", l.Scope)}
+	}
+	return nil
 }
 
 func (l Limit) pb() *pb.Throttle {

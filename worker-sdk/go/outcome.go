@@ -54,7 +54,8 @@ func fromError(err error) *pb.Outcome {
 	var fatal *fatalError
 	retryable := !errors.As(err, &fatal)
 	var cancelled *CancelledError
-	if errors.As(err, &cancelled) {
+	var refused *ThrottleRefusedError
+	if errors.As(err, &cancelled) || errors.As(err, &refused) {
 		retryable = false
 	}
 	return failure(errorTypeOf(err), err.Error(), traceback(err), retryable)

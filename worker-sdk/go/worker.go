@@ -677,6 +677,9 @@ func (w *Worker) cancelRun(c *pb.Cancel) {
 
 // acquire asks for an in-body throttle slot for tc's run and waits for it.
 func (w *Worker) acquire(tc *TaskContext, lim Limit) (func(), error) {
+	if err := lim.check(); err != nil {
+		return nil, err
+	}
 	id := w.reqSeq.Add(1)
 	msg := &pb.ThrottleAcquire{RequestId: id, Task: tc.ref.pb(), Throttle: lim.pb()}
 	reply := make(chan error, 1)
