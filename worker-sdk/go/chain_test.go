@@ -1,7 +1,6 @@
 package baton_test
 
 import (
-	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -201,5 +200,4 @@ func TestWatchYieldsEventsUntilTheEnd(t *testing.T) {
 	if kinds[0] != "snapshot" || kinds[len(kinds)-1] != "chain_succeeded" {
 		t.Fatalf("kinds %q", kinds)
 	}
-	_ = context.Background
 }

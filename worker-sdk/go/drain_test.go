@@ -2,7 +2,6 @@ package baton_test
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"strings"
@@ -146,5 +145,4 @@ func TestSecondSigtermExitsAtOnce(t *testing.T) {
 	if err != nil || info.State != pb.ChainState_CHAIN_STATE_RUNNING {
 		t.Fatalf("%v %v", info, err)
 	}
-	_ = context.Background
 }
