@@ -144,10 +144,8 @@ func TestOnFailureGetsFailureRecordWithGoErrorAndStack(t *testing.T) {
 func TestPanicsAndBadArgumentsAreFailures(t *testing.T) {
 	b := startBroker(t, baton.Connection{})
 	w := newWorker(b, "w-panic", nil, 2)
-	w.Register("test.panics", func(ctx *baton.TaskContext) error {
-		var m map[string]int
-		m["boom"]++ // assignment to entry in nil map
-		return nil
+	w.Register("test.panics", func(ctx *baton.TaskContext, n int) (int, error) {
+		return 10 / n, nil // integer divide by zero for n = 0
 	})
 	w.Register("test.wants_int", func(ctx *baton.TaskContext, n int) error { return nil })
 	w.Register("test.unencodable", func(ctx *baton.TaskContext) (any, error) { return func() {}, nil })
@@ -174,7 +172,7 @@ func TestPanicsAndBadArgumentsAreFailures(t *testing.T) {
 			}
 		}
 	}
-	check(baton.Si("test.panics"), "runtime.plainError", "assignment to entry in nil map", "goroutine", "chain_test.go")
+	check(baton.Si("test.panics", 0), "runtime.errorString", "integer divide by zero", "goroutine", "chain_test.go")
 	check(baton.Si("test.wants_int", "not a number"), baton.ErrorTypeInvalidArguments, "does not decode into int")
 	check(baton.Si("test.wants_int"), baton.ErrorTypeInvalidArguments, "takes 1 argument(s), got 0")
 	check(baton.Si("test.unencodable"), baton.ErrorTypeEncode)

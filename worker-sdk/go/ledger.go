@@ -108,14 +108,6 @@ func (l *ledger) isCurrent(t taskRef, id runID) bool {
 	return ok && r.id == id && r.running()
 }
 
-// cancelReason is the broker's reason when it cancelled run t.
-func (l *ledger) cancelReason(t taskRef) (string, bool) {
-	if r, ok := l.runs[t]; ok && r.cancelReason != nil {
-		return *r.cancelReason, true
-	}
-	return "", false
-}
-
 // cancel stops a running run on the broker's request; false when it is not
 // running here.
 func (l *ledger) cancel(t taskRef, reason string) bool {

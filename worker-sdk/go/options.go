@@ -132,45 +132,6 @@ func Priority(p int32) Option { return func(o *Options) { o.Priority = p } }
 // Description is free text shown in inspection.
 func Description(s string) Option { return func(o *Options) { o.Description = s } }
 
-// merge returns o with every field set in over replacing o's.
-func (o Options) merge(over Options) Options {
-	if over.Queue != "" {
-		o.Queue = over.Queue
-	}
-	o.Heavy = o.Heavy || over.Heavy
-	if over.Throttle != nil {
-		o.Throttle = over.Throttle
-	}
-	if over.MaxRetries != nil {
-		o.MaxRetries = over.MaxRetries
-	}
-	if over.RetryBackoff != nil {
-		o.RetryBackoff = over.RetryBackoff
-	}
-	if over.RetryBackoffMax != nil {
-		o.RetryBackoffMax = over.RetryBackoffMax
-	}
-	if over.MaxPolls != nil {
-		o.MaxPolls = over.MaxPolls
-	}
-	if over.TimeLimit != nil {
-		o.TimeLimit = over.TimeLimit
-	}
-	if over.Countdown != 0 {
-		o.Countdown = over.Countdown
-	}
-	if !over.ETA.IsZero() {
-		o.ETA = over.ETA
-	}
-	if over.Priority != 0 {
-		o.Priority = over.Priority
-	}
-	if over.Description != "" {
-		o.Description = over.Description
-	}
-	return o
-}
-
 func applyOptions(o Options, opts []Option) Options {
 	for _, opt := range opts {
 		opt(&o)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The Go SDK's one test command, from a fresh machine with Go (1.24+):
+#
+#   worker-sdk/go/run-tests.sh [go test arguments...]
+#
+# 1. generates ./pb from proto/ (tools/gen-proto.sh: the protoc plugins
+#    pinned in go.mod are installed from the Go module proxy; protoc is
+#    $PROTOC, else the one the Rust build vendors, else protoc on PATH);
+# 2. checks formatting (gofmt), go vet and staticcheck (the version pinned
+#    below, from the module proxy);
+# 3. runs the tests: unit tests, and tests against the real broker,
+#    $BATON_BIN or target/debug/baton of the repository (build it with
+#    `cargo build -p baton-server`). With $CI or $BATON_REQUIRE_BROKER set,
+#    a missing broker fails the tests instead of skipping them.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$here"
+export BATON_BIN="${BATON_BIN:-$repo/target/debug/baton}"
+export BATON_REQUIRE_BROKER="${BATON_REQUIRE_BROKER:-1}"
+STATICCHECK_VERSION=v0.8.2
+
+echo "--- generate pb/ from proto/"
+bash tools/gen-proto.sh
+
+echo "--- gofmt"
+unformatted="$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './pb/*'))"
+if [[ -n "$unformatted" ]]; then
+    echo "not gofmt-formatted:"
+    echo "$unformatted"
+    exit 1
+fi
+
+echo "--- go vet"
+go vet ./...
+
+echo "--- staticcheck $STATICCHECK_VERSION"
+GOBIN="$here/.bin" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+"$here/.bin/staticcheck" ./...
+
+echo "--- go test (broker: $BATON_BIN)"
+go test -count=1 -timeout 600s "$@" ./...
