@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Go SDK's one test command, from a fresh machine with Go (1.24+):
+# The Go SDK's one test command, from a fresh machine with Go (1.26+; an older go command fetches it itself):
 #
 #   worker-sdk/go/run-tests.sh [go test arguments...]
 #
