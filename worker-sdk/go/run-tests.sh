@@ -7,8 +7,9 @@
 #    pinned in go.mod are installed from the Go module proxy; protoc is
 #    $PROTOC, else the one the Rust build vendors, else protoc on PATH);
 # 2. checks formatting (gofmt), go vet and staticcheck (the version pinned
-#    below, from the module proxy);
-# 3. runs the tests: unit tests, and tests against the real broker,
+#    below, from the module proxy), of the SDK and of tests/conformance/go;
+# 3. runs the tests: unit tests, and tests against the real broker (the
+#    conformance worker and client of tests/conformance/go among them),
 #    $BATON_BIN or target/debug/baton of the repository (build it with
 #    `cargo build -p baton-server`). With $CI or $BATON_REQUIRE_BROKER set,
 #    a missing broker fails the tests instead of skipping them.
@@ -23,8 +24,10 @@ STATICCHECK_VERSION=v0.8.2
 echo "--- generate pb/ from proto/"
 bash tools/gen-proto.sh
 
+conformance="$repo/tests/conformance/go"
+
 echo "--- gofmt"
-unformatted="$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './pb/*'))"
+unformatted="$(gofmt -l $(find . "$conformance" -name '*.go' -not -path './pb/*'))"
 if [[ -n "$unformatted" ]]; then
     echo "not gofmt-formatted:"
     echo "$unformatted"
@@ -33,10 +36,12 @@ fi
 
 echo "--- go vet"
 go vet ./...
+(cd "$conformance" && go vet ./...)
 
 echo "--- staticcheck $STATICCHECK_VERSION"
 GOBIN="$here/.bin" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 "$here/.bin/staticcheck" ./...
+(cd "$conformance" && "$here/.bin/staticcheck" ./...)
 
 echo "--- go test (broker: $BATON_BIN)"
 go test -count=1 -timeout 600s "$@" ./...
