@@ -1,6 +1,7 @@
 package baton_test
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -135,5 +136,35 @@ func TestOutcomeOfARunEndedWhileDisconnectedIsReported(t *testing.T) {
 	info, _ := res.Info(ctx)
 	if info.Steps[0].Attempts != 1 {
 		t.Fatalf("attempts %d", info.Steps[0].Attempts)
+	}
+}
+
+// A worker started while the broker is down keeps trying (backoff) and
+// serves once the broker is up.
+func TestWorkerWaitsForABrokerThatIsDown(t *testing.T) {
+	b := startBroker(t, baton.Connection{})
+	b.kill()
+	w := newWorker(b, "w-early", nil, 1)
+	echo := w.Register("test.echo", func(ctx *baton.TaskContext, s string) (string, error) { return s, nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(700 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the worker gave up: %v", err)
+	default:
+	}
+	b.start()
+	waitUntil(t, 10*time.Second, "the worker to connect", func() bool { return len(b.workers(t)) == 1 })
+	tctx := testCtx(t, 30*time.Second)
+	res, err := b.client.Submit(tctx, echo.Si("up"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := res.Get(tctx, &got); err != nil || got != "up" {
+		t.Fatalf("%q %v", got, err)
 	}
 }

@@ -133,3 +133,42 @@ func TestRefusedInBodyThrottle(t *testing.T) {
 		t.Fatalf("wait: %v", err)
 	}
 }
+
+// A chain-scoped throttle (ScopeChain) is held by the chain from its first
+// dispatch through its remaining steps: two chains of the same shared key
+// never overlap, step 2 included.
+func TestChainScopedThrottleIsHeldAcrossTheChain(t *testing.T) {
+	b := startBroker(t, baton.Connection{})
+	rec := newRecorder()
+	w := newWorker(b, "w-chain-scope", nil, 4)
+	provision := w.Register("test.provision", func(ctx *baton.TaskContext, chain int) error {
+		rec.enter("tenant")
+		rec.add("provision %d", chain)
+		time.Sleep(150 * time.Millisecond)
+		return nil
+	}, baton.ThrottleLimit(baton.Limit{Concurrency: 1, Key: "tenant:9", Shared: true, Scope: baton.ScopeChain}))
+	finish := w.Register("test.finish", func(ctx *baton.TaskContext, chain int) error {
+		time.Sleep(150 * time.Millisecond)
+		rec.add("finish %d", chain)
+		rec.leave("tenant")
+		return nil
+	})
+	startWorker(t, b, w, "w-chain-scope")
+	ctx := testCtx(t, 30*time.Second)
+	var results []*baton.Result
+	for i := range 3 {
+		r, err := b.client.Submit(ctx, baton.NewChain(provision.Si(i), finish.Si(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, r)
+	}
+	for _, r := range results {
+		if _, err := r.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if most := rec.maxInside("tenant"); most != 1 {
+		t.Fatalf("%d chains inside at once: %q", most, rec.all())
+	}
+}
