@@ -233,11 +233,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	if len(w.tasks) == 0 {
 		return errors.New("baton: no task registered")
 	}
-	conn, err := w.cfg.Connection.dial()
+	// Checked now, so a bad setting fails at once rather than in a loop.
+	probe, err := w.cfg.Connection.dial()
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	_ = probe.Close()
 	runsCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
 	w.runsCtx = runsCtx
@@ -245,7 +246,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		"prefetch", w.cfg.Prefetch, "tasks", len(w.tasks), "broker", w.cfg.address())
 	delay := backoffMin
 	for {
+		// A connection of its own for each attempt: gRPC's reconnect backoff
+		// of an old one must not add to the worker's own.
+		conn, err := w.cfg.Connection.dial()
+		if err != nil {
+			return err
+		}
 		welcomed, done, err := w.session(ctx, conn)
+		_ = conn.Close()
 		if errors.Is(err, ErrForced) {
 			w.mu.Lock()
 			n := w.led.abortAll()
