@@ -8,7 +8,8 @@
 #    $PROTOC, else the one the Rust build vendors, else protoc on PATH);
 # 2. checks formatting (gofmt), go vet and staticcheck (the version pinned
 #    below, from the module proxy), of the SDK and of tests/conformance/go;
-# 3. runs the tests: unit tests, and tests against the real broker (the
+# 3. runs the tests (with the race detector when cgo is available): unit
+#    tests, and tests against the real broker (the
 #    conformance worker and client of tests/conformance/go among them),
 #    $BATON_BIN or target/debug/baton of the repository (build it with
 #    `cargo build -p baton-server`). With $CI or $BATON_REQUIRE_BROKER set,
@@ -43,5 +44,10 @@ GOBIN="$here/.bin" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_V
 "$here/.bin/staticcheck" ./...
 (cd "$conformance" && "$here/.bin/staticcheck" ./...)
 
-echo "--- go test (broker: $BATON_BIN)"
-go test -count=1 -timeout 600s "$@" ./...
+# The race detector needs cgo (a C compiler) on Linux; without one, test without it.
+race=()
+if [[ "$(go env CGO_ENABLED)" == 1 ]] && command -v "$(go env CC)" >/dev/null; then
+    race=(-race)
+fi
+echo "--- go test ${race[*]} (broker: $BATON_BIN)"
+go test "${race[@]}" -count=1 -timeout 600s "$@" ./...
