@@ -2,6 +2,7 @@ package baton
 
 import (
 	"context"
+	"flag"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,5 +115,27 @@ func TestSignaturesAndChainsToProtocol(t *testing.T) {
 	}
 	if _, err := S("x").With(Countdown(-time.Second)).request(); err == nil {
 		t.Fatal("a negative countdown was accepted")
+	}
+}
+
+func TestWorkerFlags(t *testing.T) {
+	var c WorkerConfig
+	fs := flag.NewFlagSet("w", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	if err := fs.Parse([]string{"-broker", "b:1", "-queues", "general, heavy", "-concurrency", "3", "-prefetch", "2", "-name", "n", "-tls-ca", "ca.pem", "-tls-cert", "c.pem", "-tls-key", "k.pem"}); err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyFlags()
+	if c.Address != "b:1" || len(c.Queues) != 2 || c.Queues[1] != "heavy" || c.Concurrency != 3 || c.Prefetch != 2 || c.Name != "n" ||
+		c.TLS == nil || c.TLS.CA != "ca.pem" || c.TLS.Cert != "c.pem" || c.TLS.Key != "k.pem" {
+		t.Fatalf("%+v %+v", c, c.TLS)
+	}
+	var plain WorkerConfig
+	fs = flag.NewFlagSet("w", flag.ContinueOnError)
+	plain.RegisterFlags(fs)
+	_ = fs.Parse(nil)
+	plain.ApplyFlags()
+	if plain.TLS != nil || plain.Concurrency != 1 {
+		t.Fatalf("%+v", plain)
 	}
 }

@@ -64,6 +64,9 @@ type WorkerConfig struct {
 	Prefetch int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+
+	flagTLS   *TLS // set by RegisterFlags
+	flagTLSOn bool
 }
 
 // Worker runs task bodies for the broker over one Worker.Session stream.

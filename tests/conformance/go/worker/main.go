@@ -5,6 +5,8 @@
 //
 //	BATON_ADDR=127.0.0.1:7070 go run ./worker -queues general,heavy -concurrency 4
 //
+// (flags: baton.WorkerConfig.RegisterFlags; the defaults are general,heavy and 4).
+//
 // | task                       | does                                                                  |
 // | -------------------------- | --------------------------------------------------------------------- |
 // | noop()                     | returns null                                                          |
@@ -25,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"strings"
 	"time"
 
 	baton "example.invalid/baton/worker-sdk/go"
@@ -88,11 +89,13 @@ func register(w *baton.Worker) {
 }
 
 func main() {
-	queues := flag.String("queues", "general,heavy", "queues to take tasks from, comma-separated")
-	concurrency := flag.Int("concurrency", 4, "tasks run at once")
-	name := flag.String("name", "", "worker name (default host:pid)")
+	// The usual worker flags: -broker, -queues, -concurrency, -prefetch,
+	// -name, -token, -tls, -tls-ca, -tls-cert, -tls-key, -tls-server-name.
+	cfg := baton.WorkerConfig{Queues: []string{"general", "heavy"}, Concurrency: 4}
+	cfg.RegisterFlags(flag.CommandLine)
 	flag.Parse()
-	w := baton.NewWorker(baton.WorkerConfig{Name: *name, Queues: strings.Split(*queues, ","), Concurrency: *concurrency})
+	cfg.ApplyFlags()
+	w := baton.NewWorker(cfg)
 	register(w)
 	if err := w.RunWithSignals(context.Background()); err != nil {
 		log.Fatal(err)
