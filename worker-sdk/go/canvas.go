@@ -1,0 +1,204 @@
+package baton
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"example.invalid/baton/worker-sdk/go/pb"
+)
+
+// Signature is one step: a task name, its arguments and options. A mutable
+// signature (S, Celery's .s) receives the previous step's result as its
+// first argument (the first step of OnFailure receives the FailureRecord);
+// an immutable one (Si, Celery's .si) does not. Signatures are values:
+// With returns a modified copy.
+type Signature struct {
+	Name      string
+	Args      []any          // encoded as a JSON array
+	Kwargs    map[string]any // encoded as a JSON object; read with TaskContext.Kwarg
+	Immutable bool
+	Options   Options
+}
+
+// S is a mutable signature of the task named name (Celery's .s).
+func S(name string, args ...any) Signature { return Signature{Name: name, Args: args} }
+
+// Si is an immutable signature of the task named name (Celery's .si).
+func Si(name string, args ...any) Signature {
+	return Signature{Name: name, Args: args, Immutable: true}
+}
+
+// With returns a copy of s with opts applied.
+func (s Signature) With(opts ...Option) Signature {
+	s.Options = applyOptions(s.Options, opts)
+	return s
+}
+
+// WithKwargs returns a copy of s with these keyword arguments.
+func (s Signature) WithKwargs(kwargs map[string]any) Signature {
+	s.Kwargs = kwargs
+	return s
+}
+
+func (s Signature) pb() (*pb.Signature, error) {
+	if s.Name == "" {
+		return nil, fmt.Errorf("baton: signature without a task name")
+	}
+	args := s.Args
+	if args == nil {
+		args = []any{}
+	}
+	a, err := json.Marshal(args)
+	if err != nil {
+		return nil, fmt.Errorf("baton: args of %s: %w", s.Name, err)
+	}
+	kw := "{}"
+	if len(s.Kwargs) > 0 {
+		k, err := json.Marshal(s.Kwargs)
+		if err != nil {
+			return nil, fmt.Errorf("baton: kwargs of %s: %w", s.Name, err)
+		}
+		kw = string(k)
+	}
+	opts, err := s.Options.pb()
+	if err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, s.Name)
+	}
+	return &pb.Signature{Name: s.Name, Args: string(a), Kwargs: kw, Immutable: s.Immutable, Options: opts}, nil
+}
+
+// Task names a task together with its default options, so signatures made
+// from it carry them (the worker that registers it announces them to the
+// broker as well, so submitters that know only the name get them too).
+type Task struct {
+	Name     string
+	Defaults Options
+}
+
+// NewTask is a Task by name with default options, for submitters that do
+// not register the body (Worker.Register returns the same).
+func NewTask(name string, opts ...Option) Task {
+	return Task{Name: name, Defaults: applyOptions(Options{}, opts)}
+}
+
+// S is a mutable signature of t with its defaults.
+func (t Task) S(args ...any) Signature {
+	return Signature{Name: t.Name, Args: args, Options: t.Defaults}
+}
+
+// Si is an immutable signature of t with its defaults.
+func (t Task) Si(args ...any) Signature {
+	return Signature{Name: t.Name, Args: args, Immutable: true, Options: t.Defaults}
+}
+
+// Chain is an executor: steps run one after another, then OnSuccess after
+// the last step succeeded, or OnFailure once when a step failed for good.
+// Neither runs for a cancelled chain.
+type Chain struct {
+	Steps     []Signature
+	OnSuccess []Signature
+	OnFailure []Signature
+	// Heavy routes every step and callback to the heavy queue (unless a
+	// signature names its queue).
+	Heavy bool
+	// Context is an opaque map every step and callback sees
+	// (TaskContext.Context).
+	Context map[string]string
+	// IdempotencyKey: a repeated submission returns the first chain's id
+	// and stores nothing.
+	IdempotencyKey string
+	// UniqueKey: skipped while a chain with this key is queued or running
+	// (Result.Dedup says so, and Result.ID is that chain).
+	UniqueKey string
+	// Deadline: when it passes before the steps end, the chain fails with
+	// DeadlineExceeded and OnFailure runs.
+	Deadline time.Time
+	// ID is the chain id to use; empty means a fresh UUIDv7 made by the
+	// client (so that a resend after a lost answer stores nothing twice).
+	ID string
+}
+
+// NewChain is a chain of these steps (Celery's chain(a, b)).
+func NewChain(steps ...Signature) Chain { return Chain{Steps: steps} }
+
+// Submittable is what Client.Submit takes: a Signature (a one-step chain)
+// or a Chain.
+type Submittable interface {
+	request() (*pb.SubmitChainRequest, error)
+}
+
+func (s Signature) request() (*pb.SubmitChainRequest, error) { return NewChain(s).request() }
+
+func sigs(list []Signature, field string) ([]*pb.Signature, error) {
+	out := make([]*pb.Signature, 0, len(list))
+	for i, s := range list {
+		p, err := s.pb()
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %w", field, i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (c Chain) request() (*pb.SubmitChainRequest, error) {
+	if len(c.Steps) == 0 {
+		return nil, fmt.Errorf("baton: a chain needs at least one step")
+	}
+	req := &pb.SubmitChainRequest{
+		Heavy:          c.Heavy,
+		Context:        c.Context,
+		IdempotencyKey: c.IdempotencyKey,
+		UniqueKey:      c.UniqueKey,
+		ChainId:        c.ID,
+	}
+	var err error
+	if req.Steps, err = sigs(c.Steps, "steps"); err != nil {
+		return nil, err
+	}
+	if req.OnSuccess, err = sigs(c.OnSuccess, "on_success"); err != nil {
+		return nil, err
+	}
+	if req.OnFailure, err = sigs(c.OnFailure, "on_failure"); err != nil {
+		return nil, err
+	}
+	if !c.Deadline.IsZero() {
+		req.DeadlineUnixMs = uint64(max(c.Deadline.UnixMilli(), 1))
+	}
+	if req.ChainId == "" {
+		req.ChainId = newUUIDv7()
+	}
+	return req, nil
+}
+
+// FailureRecord is what a mutable first OnFailure step receives as its
+// first argument (declare the parameter as FailureRecord), and what
+// ChainFailedError carries.
+type FailureRecord struct {
+	ChainID   string `json:"chain_id"`
+	Phase     string `json:"phase"` // "main", "on_success" or "on_failure"
+	StepIndex uint32 `json:"step_index"`
+	TaskName  string `json:"task_name"`
+	TaskID    string `json:"task_id"`
+	Attempt   uint32 `json:"attempt"`
+	ErrorType string `json:"error_type"`
+	Message   string `json:"message"`
+	Traceback string `json:"traceback"`
+}
+
+var phases = map[pb.Phase]string{
+	pb.Phase_PHASE_MAIN:       "main",
+	pb.Phase_PHASE_ON_SUCCESS: "on_success",
+	pb.Phase_PHASE_ON_FAILURE: "on_failure",
+}
+
+func failureRecord(r *pb.FailureRecord) FailureRecord {
+	if r == nil {
+		return FailureRecord{}
+	}
+	return FailureRecord{
+		ChainID: r.ChainId, Phase: phases[r.Phase], StepIndex: r.StepIndex, TaskName: r.TaskName,
+		TaskID: r.TaskId, Attempt: r.Attempt, ErrorType: r.ErrorType, Message: r.Message, Traceback: r.Traceback,
+	}
+}

@@ -1,0 +1,3 @@
+package baton
+
+//go:generate bash tools/gen-proto.sh
