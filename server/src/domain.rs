@@ -38,9 +38,55 @@ pub fn now_ms() -> UnixMs {
     u64::try_from((*unix + at.elapsed()).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How the scheduler's hash maps hash: seeded at random in the broker (a
+/// client chooses many of the keys), with fixed keys in tests, so that the
+/// simulator's runs, which iterate these maps, replay exactly from a seed.
+#[cfg(not(test))]
+pub type Hashing = std::hash::RandomState;
+#[cfg(test)]
+pub type Hashing = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+/// The scheduler's hash map (see [`Hashing`]).
+pub type Map<K, V> = std::collections::HashMap<K, V, Hashing>;
+
+/// The scheduler's hash set (see [`Hashing`]).
+pub type Set<K> = std::collections::HashSet<K, Hashing>;
+
 /// Generates a new time-ordered id (UUID v7), so ids sort by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Where the scheduler's new ids (chains, tasks, worker streams) come from:
+/// time-ordered UUIDs in the broker ([`new_id`]), a sequence drawn from a
+/// seed in the simulator, so that a simulated run replays exactly.
+#[derive(Clone, Debug)]
+pub enum Ids {
+    Time,
+    /// The state of a splitmix64 sequence.
+    Seeded(u64),
+}
+
+impl Ids {
+    /// The next id: a UUID in its usual text form.
+    pub fn fresh(&mut self) -> String {
+        match self {
+            Ids::Time => new_id(),
+            Ids::Seeded(state) => {
+                let mut bytes = [0u8; 16];
+                for half in bytes.chunks_mut(8) {
+                    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = *state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    half.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+                }
+                uuid::Builder::from_random_bytes(bytes)
+                    .into_uuid()
+                    .to_string()
+            }
+        }
+    }
 }
 
 /// One step as submitted: a task name, JSON arguments and options.
@@ -281,10 +327,15 @@ pub struct StepAt {
 impl ChainRecord {
     /// Builds the record of a new chain; every step gets its task id now.
     pub fn new(id: String, spec: ChainSpec, now: UnixMs) -> Self {
-        let steps = |sigs: Vec<Signature>| {
+        Self::with_ids(id, spec, now, &mut Ids::Time)
+    }
+
+    /// [`ChainRecord::new`] with task ids drawn from `ids`.
+    pub fn with_ids(id: String, spec: ChainSpec, now: UnixMs, ids: &mut Ids) -> Self {
+        let mut steps = |sigs: Vec<Signature>| {
             sigs.into_iter()
                 .map(|sig| StepRecord {
-                    task_id: new_id(),
+                    task_id: ids.fresh(),
                     signature: Some(sig),
                     state: StepState::Pending as i32,
                     ..Default::default()

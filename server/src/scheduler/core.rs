@@ -13,7 +13,7 @@
 //! client hears OK only for a stored chain, a worker is acked only for a
 //! stored outcome.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -91,7 +91,7 @@ pub enum Settled {
 struct Unsettled {
     /// Tasks made ready in rounds not yet durable, with how many such
     /// rounds (a task can be made ready again before the first is).
-    ready: HashMap<String, u32>,
+    ready: Map<String, u32>,
     /// Queue resumptions in rounds not yet durable.
     resumed: usize,
 }
@@ -182,7 +182,7 @@ struct Run {
 pub struct WorkerConn {
     pub name: String,
     pub queues: Vec<String>,
-    pub names: HashSet<String>,
+    pub names: Set<String>,
     pub concurrency: u32,
     /// Assignments it may hold beyond `concurrency` (they wait in the
     /// worker for a slot), so a run that ends finds the next one there.
@@ -259,6 +259,8 @@ enum Timer {
 pub struct Core {
     store: Shared,
     lease_ms: u64,
+    /// Where new chain, task and worker ids come from.
+    ids: Ids,
     /// Retention of ended chains (see [`Core::sweep`]); 0 keeps them.
     retention_ms: u64,
     /// Where the next sweep goes on from in the `ended` index.
@@ -270,11 +272,11 @@ pub struct Core {
     /// Milliseconds the scheduler has been awake, as the driver last read
     /// them (see `clock::Awake`): what leases are measured in.
     awake_ms: u64,
-    chains: HashMap<String, ChainRecord>,
+    chains: Map<String, ChainRecord>,
     /// task id → (chain id, position), for every step of a live chain.
-    tasks: HashMap<String, (String, StepAt)>,
+    tasks: Map<String, (String, StepAt)>,
     /// unique key → chain id, for chains not ended.
-    unique: HashMap<String, String>,
+    unique: Map<String, String>,
     queues: Queues,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
@@ -287,19 +289,19 @@ pub struct Core {
     /// one of them (see [`Core::throttle_op`]). Without this, a stream of
     /// other work would keep every prefetch full, and a slot holder, which
     /// is never prefetched, would never find an idle run slot.
-    reserved: HashSet<String>,
-    runs: HashMap<String, Run>,
-    task_defaults: HashMap<String, Options>,
+    reserved: Set<String>,
+    runs: Map<String, Run>,
+    task_defaults: Map<String, Options>,
     /// Results stored apart (see `StepRecord::result_apart`) that chains in
     /// memory still use (`ChainRecord::results_in_use`), by task id, with
     /// their chain's id: at most two a chain, however long it is. Kept
     /// until the batch that wrote them is applied, then dropped with the
     /// chains that left memory.
-    apart: HashMap<String, KeptResult>,
+    apart: Map<String, KeptResult>,
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
-    rerouting: HashSet<String>,
-    watchers: HashMap<String, Vec<watchers::Sender>>,
+    rerouting: Set<String>,
+    watchers: Map<String, Vec<watchers::Sender>>,
     /// Writes of the round in progress, handed to the committer by
     /// [`Core::end_round`]. Reads of the store look here first.
     batch: Batch,
@@ -308,7 +310,7 @@ pub struct Core {
     /// chains, chains just warmed, chains that ended with nothing out):
     /// their next write sets it. Every other chain in memory has it set, so
     /// writing it again with each step would cost a sled write for nothing.
-    live_unwritten: HashSet<String>,
+    live_unwritten: Set<String>,
     effects: Vec<Effect>,
     /// Assignments of the transition that need not wait for it to be
     /// durable (see [`Unsettled`]).
@@ -333,28 +335,29 @@ impl Core {
             store,
             lease_ms,
             retention_ms,
+            ids: Ids::Time,
             swept: ExpiryCursor::default(),
             next_sweep: 0,
             sweep_more: false,
             awake_ms: 0,
-            chains: HashMap::new(),
-            tasks: HashMap::new(),
-            unique: HashMap::new(),
+            chains: Map::default(),
+            tasks: Map::default(),
+            unique: Map::default(),
             queues: Queues::default(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             throttles: Throttles::default(),
             workers: BTreeMap::new(),
             rr: 0,
-            reserved: HashSet::new(),
-            runs: HashMap::new(),
+            reserved: Set::default(),
+            runs: Map::default(),
             task_defaults: recovered.task_defaults.into_iter().collect(),
-            rerouting: HashSet::new(),
-            apart: HashMap::new(),
-            watchers: HashMap::new(),
+            rerouting: Set::default(),
+            apart: Map::default(),
+            watchers: Map::default(),
             batch: Batch::new(),
             dirty: BTreeSet::new(),
-            live_unwritten: HashSet::new(),
+            live_unwritten: Set::default(),
             effects: Vec::new(),
             early: Vec::new(),
             unsettled: Unsettled::default(),
@@ -637,6 +640,12 @@ impl Core {
         Ok(round)
     }
 
+    /// Draws new ids from `ids` from now on (the simulator's seeded ids).
+    #[cfg(test)]
+    pub fn set_ids(&mut self, ids: Ids) {
+        self.ids = ids;
+    }
+
     /// Removes ended chains whose retention is over, a page at a time, so
     /// that a large backlog of them never stalls a round: at most
     /// [`SWEEP_PAGE`] a round, every round while full pages are found, else
@@ -712,7 +721,7 @@ impl Core {
     }
 
     /// Delivers an effect whose writes are durable.
-    pub fn deliver(&mut self, effect: Effect) {
+    pub fn deliver(&mut self, effect: Effect, now: UnixMs) {
         match effect {
             Effect::Run(f) => f(),
             Effect::ToWorker { worker_id, msg } => {
@@ -735,7 +744,7 @@ impl Core {
                     // the broker: it is dropped as if its connection broke,
                     // and its leases run out unless it comes back.
                     tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
-                    self.worker_gone(&worker_id, false, now_ms());
+                    self.worker_gone(&worker_id, false, now);
                 }
             }
             Effect::Watch {
@@ -1025,12 +1034,15 @@ impl Core {
     /// Stores a new chain (deduplication already checked) and starts its
     /// first step; returns its id.
     fn create(&mut self, mut spec: ChainSpec, now: UnixMs) -> String {
-        let chain_id = spec.chain_id.take().unwrap_or_else(new_id);
+        let chain_id = match spec.chain_id.take() {
+            Some(id) => id,
+            None => self.ids.fresh(),
+        };
         if !spec.idempotency_key.is_empty() {
             self.batch
                 .put_idempotency_key(&spec.idempotency_key, &chain_id);
         }
-        let chain = ChainRecord::new(chain_id.clone(), spec, now);
+        let chain = ChainRecord::with_ids(chain_id.clone(), spec, now, &mut self.ids);
         if chain.deadline_ms > 0 {
             self.add_timer(
                 chain.deadline_ms,
@@ -1145,7 +1157,7 @@ impl Core {
     /// and their names into `rerouting`, for [`Core::dispatch`] to try
     /// again and to keep from picking them under the old defaults
     /// meanwhile. Returns the ids of the chains brought back.
-    fn warm_names(&mut self, names: &HashSet<String>) -> Vec<String> {
+    fn warm_names(&mut self, names: &Set<String>) -> Vec<String> {
         let mut warmed = Vec::new();
         let mut unreadable = false;
         for (key, place) in self.queues.take_cold(|_, n| names.contains(n)) {
@@ -1323,7 +1335,7 @@ impl Core {
         rec.finished_ms = now;
         self.event(chain_id, "chain_cancelled", None);
         self.touch(chain_id);
-        self.chain_ended(chain_id);
+        self.chain_ended(chain_id, now);
         tracing::info!(chain.id = %chain_id, "chain cancelled");
         self.reply(reply, Ok(ChainState::Cancelled));
     }
@@ -1521,7 +1533,7 @@ impl Core {
             reserved,
             ..
         } = self;
-        let mut free: HashMap<&str, usize> = workers
+        let mut free: Map<&str, usize> = workers
             .iter()
             .map(|(id, w)| (id.as_str(), w.idle()))
             .collect();
@@ -1979,7 +1991,7 @@ impl Core {
             step.finished_ms = now;
         }
         self.touch(chain_id);
-        self.retire_if_done(chain_id);
+        self.retire_if_done(chain_id, now);
     }
 
     fn failure_of(
@@ -2076,12 +2088,12 @@ impl Core {
         tracing::debug!(chain.id = %chain_id, state = kind, "chain ended");
         self.event(chain_id, kind, None);
         self.touch(chain_id);
-        self.chain_ended(chain_id);
+        self.chain_ended(chain_id, now);
     }
 
     /// Bookkeeping common to every end: the unique key is free again and
     /// the chain retires once no run of it is out.
-    fn chain_ended(&mut self, chain_id: &str) {
+    fn chain_ended(&mut self, chain_id: &str, now: UnixMs) {
         let rec = &self.chains[chain_id];
         if !rec.unique_key.is_empty()
             && self
@@ -2091,7 +2103,7 @@ impl Core {
         {
             self.unique.remove(&rec.unique_key.clone());
         }
-        self.retire_if_done(chain_id);
+        self.retire_if_done(chain_id, now);
     }
 
     fn has_runs(&self, rec: &ChainRecord) -> bool {
@@ -2101,7 +2113,7 @@ impl Core {
 
     /// An ended chain with no run out releases its chain-scoped slots and
     /// leaves memory; its record stays in the store, no longer live.
-    fn retire_if_done(&mut self, chain_id: &str) {
+    fn retire_if_done(&mut self, chain_id: &str, now: UnixMs) {
         let rec = &self.chains[chain_id];
         if !rec.is_ended() || self.has_runs(rec) {
             return;
@@ -2123,7 +2135,7 @@ impl Core {
         self.dirty.remove(chain_id);
         self.live_unwritten.remove(chain_id);
         // Watchers still get the final event: it was queued with the chain.
-        self.apply_grants(grants, now_ms());
+        self.apply_grants(grants, now);
     }
 
     // -----------------------------------------------------------------
@@ -2136,10 +2148,10 @@ impl Core {
         tx: mpsc::Sender<ToWorker>,
         now: UnixMs,
     ) -> String {
-        let worker_id = new_id();
+        let worker_id = self.ids.fresh();
         // A worker that registers a name without defaults (a plain
         // `.task(name, f)`) leaves the defaults others declared alone.
-        let mut changed = HashMap::new();
+        let mut changed = Map::default();
         for (name, defaults) in &hello.tasks {
             if *defaults != Options::default() && self.task_defaults.get(name) != Some(defaults) {
                 self.batch.put_task_defaults(name, defaults);
@@ -2202,7 +2214,7 @@ impl Core {
             }
         }
         for task in &kept {
-            let listed: HashSet<u64> = hello
+            let listed: Set<u64> = hello
                 .held_slots
                 .iter()
                 .filter(|(t, _)| t == task)
@@ -2245,8 +2257,8 @@ impl Core {
     /// again, oldest first: a throttle or queue declared for the name (the
     /// seed's `@throttle`) applies to them too. One pass over the chains in
     /// memory for all the names of a Hello, however many it registers.
-    fn redefine(&mut self, defaults: HashMap<String, Options>, now: UnixMs) {
-        let names: HashSet<String> = defaults.keys().cloned().collect();
+    fn redefine(&mut self, defaults: Map<String, Options>, now: UnixMs) {
+        let names: Set<String> = defaults.keys().cloned().collect();
         // Cold chains of the names come back without queue entries; the
         // pass below makes them ready again under the new defaults.
         self.warm_names(&names);
@@ -2303,7 +2315,7 @@ impl Core {
             FromWorker::Heartbeat { tasks } => {
                 let awake = self.awake_ms;
                 let all = tasks.is_empty();
-                let listed: HashSet<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+                let listed: Set<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
                 for task_id in &self.workers[worker_id].in_flight {
                     if (all || listed.contains(task_id.as_str()))
                         && let Some(run) = self.runs.get_mut(task_id)
@@ -2562,7 +2574,7 @@ impl Core {
 
     /// Releases the in-body slots of a run that its worker no longer lists
     /// (it let go of them while disconnected).
-    fn release_unlisted_slots(&mut self, task_id: &str, listed: &HashSet<u64>, now: UnixMs) {
+    fn release_unlisted_slots(&mut self, task_id: &str, listed: &Set<u64>, now: UnixMs) {
         let Some(run) = self.runs.get(task_id).cloned() else {
             return;
         };
@@ -2966,7 +2978,7 @@ impl Core {
         who: &str,
         reply: oneshot::Sender<Result<Vec<WorkerStats>, Error>>,
     ) {
-        let mut matched = HashSet::new();
+        let mut matched = Set::default();
         for (id, worker) in &mut self.workers {
             if worker.name == who || id == who {
                 worker.draining = true;
@@ -2990,9 +3002,9 @@ impl Core {
 /// Whether a queued hot task holds a throttle slot. A throttled task is
 /// queued only once it holds one (its own, or its chain's).
 fn holds_a_slot(
-    tasks: &HashMap<String, (String, StepAt)>,
-    chains: &HashMap<String, ChainRecord>,
-    task_defaults: &HashMap<String, Options>,
+    tasks: &Map<String, (String, StepAt)>,
+    chains: &Map<String, ChainRecord>,
+    task_defaults: &Map<String, Options>,
     task_id: &str,
 ) -> bool {
     let Some((chain_id, at)) = tasks.get(task_id) else {
@@ -3057,7 +3069,7 @@ mod tests {
     fn end_round(core: &mut Core) {
         let committed = core.commit().expect("commit");
         for effect in committed.early.into_iter().chain(committed.effects) {
-            core.deliver(effect);
+            core.deliver(effect, 1);
         }
     }
 
@@ -3436,7 +3448,7 @@ mod tests {
     /// The round is durable: its held effects are delivered.
     fn durable(core: &mut Core, effects: Vec<Effect>) {
         for effect in effects {
-            core.deliver(effect);
+            core.deliver(effect, 1);
         }
     }
 
@@ -3450,6 +3462,23 @@ mod tests {
         let (reply, _) = oneshot::channel();
         core.submit(spec, reply, 1);
         chain_id
+    }
+
+    /// The simulator replays a run from its seed: the same seed gives the
+    /// same chain and task ids.
+    #[test]
+    fn seeded_ids_are_the_same_again() {
+        let ids_of_a_run = || {
+            let (_dir, _, mut core) = empty_core();
+            core.set_ids(Ids::Seeded(7));
+            let (reply, _) = oneshot::channel();
+            core.submit(one_step("t"), reply, 1);
+            let rec = core.chains.values().next().expect("submitted").clone();
+            (rec.id, rec.steps[0].task_id.clone())
+        };
+        let first = ids_of_a_run();
+        assert_eq!(first, ids_of_a_run());
+        assert!(uuid::Uuid::parse_str(&first.0).is_ok());
     }
 
     #[test]

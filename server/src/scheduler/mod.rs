@@ -315,7 +315,7 @@ async fn run_loop(
             .is_some_and(|(seq, _)| *seq <= committer.durable())
         {
             let (_, effect) = outbox.pop_front().expect("checked");
-            core.deliver(effect);
+            core.deliver(effect, now_ms());
         }
     }
     // Drain: what the rounds wrote is applied and flushed before the loop
@@ -340,7 +340,7 @@ fn round_end(core: &mut Core, outbox: &mut VecDeque<(u64, Effect)>, committer: &
     // unless the store is in trouble: then they wait like everything else.
     if committer.fault().is_none() {
         for effect in early {
-            core.deliver(effect);
+            core.deliver(effect, now_ms());
         }
     } else {
         outbox.extend(early.into_iter().map(|e| (seq, e)));

@@ -13,7 +13,9 @@
 //! `Core::cool`). Both kinds share one order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::domain::{Map, Set};
 
 use crate::domain::UnixMs;
 
@@ -34,15 +36,15 @@ pub enum Queued {
 
 #[derive(Debug, Default)]
 pub struct Queues {
-    by_queue: HashMap<String, HashMap<String, Line>>,
+    by_queue: Map<String, Map<String, Line>>,
     /// Where each hot task sits, so it can be removed (cancel, deadline)
     /// or cooled. Cold entries have no index: a backlog of millions would
     /// double its memory, and they are looked up only by rare requests
     /// (cancel, purge, new task defaults), which scan their line.
-    index: HashMap<String, (String, String, Rank)>,
+    index: Map<String, (String, String, Rank)>,
     next: u64,
     /// Queues whose tasks stay put until resumed.
-    paused: HashSet<String>,
+    paused: Set<String>,
 }
 
 /// The tasks of one (queue, task name): FIFO per priority. Slots are
@@ -270,7 +272,7 @@ impl Queues {
 
     fn line_mut(&mut self, queue: &str, name: &str) -> &mut Line {
         if !self.by_queue.contains_key(queue) {
-            self.by_queue.insert(queue.to_owned(), HashMap::new());
+            self.by_queue.insert(queue.to_owned(), Map::default());
         }
         let by_name = self.by_queue.get_mut(queue).expect("inserted above");
         if !by_name.contains_key(name) {
@@ -302,7 +304,7 @@ impl Queues {
     pub fn pop_for(
         &mut self,
         queues: &[String],
-        names: &HashSet<String>,
+        names: &Set<String>,
         passed: impl Fn(&str, Head<'_>) -> bool,
     ) -> Option<(Queued, Place)> {
         let mut best: Option<Best<'_>> = None;
@@ -508,7 +510,7 @@ impl Queues {
         })
     }
 
-    pub fn depths(&self) -> HashMap<String, Depth> {
+    pub fn depths(&self) -> Map<String, Depth> {
         self.by_queue
             .iter()
             .filter_map(|(queue, by_name)| {
@@ -564,7 +566,7 @@ mod tests {
         fn pop(
             &mut self,
             queues: &[String],
-            names: &HashSet<String>,
+            names: &Set<String>,
             passed: impl Fn(&str, Head<'_>) -> bool,
         ) -> Option<Queued> {
             self.pop_for(queues, names, passed)
@@ -684,7 +686,7 @@ mod tests {
         // A worker of many names, a queue of few lines.
         let mut q = Queues::default();
         q.push("general", "a", 0, "t", 1);
-        let many: HashSet<String> = (0..10_000)
+        let many: Set<String> = (0..10_000)
             .map(|i| format!("x{i}"))
             .chain(["a".into()])
             .collect();
@@ -707,7 +709,7 @@ mod tests {
         assert_eq!(q.line_len("general", "a"), 0);
     }
 
-    fn names(n: &[&str]) -> HashSet<String> {
+    fn names(n: &[&str]) -> Set<String> {
         n.iter().map(|s| s.to_string()).collect()
     }
 

@@ -11,7 +11,9 @@
 //! task enters its queue. So the count bounds running bodies at every
 //! instant, including the hand-off between a release and the next start.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::domain::Map;
 
 use crate::domain::{Identity, UnixMs};
 
@@ -91,8 +93,8 @@ pub type CanStart<'a, T> = &'a mut dyn FnMut(&Waiter<T>) -> bool;
 /// Every identity's slots, waiters and admin limits.
 #[derive(Debug)]
 pub struct Throttles<T> {
-    slots: HashMap<Identity, Slot<T>>,
-    overrides: HashMap<Identity, u32>,
+    slots: Map<Identity, Slot<T>>,
+    overrides: Map<Identity, u32>,
     /// Identities with a free slot whose waiters could not start when last
     /// pumped (no worker free for them): [`Throttles::repump`] retries them.
     blocked: BTreeSet<Identity>,
@@ -101,8 +103,8 @@ pub struct Throttles<T> {
 impl<T> Default for Throttles<T> {
     fn default() -> Self {
         Throttles {
-            slots: HashMap::new(),
-            overrides: HashMap::new(),
+            slots: Map::default(),
+            overrides: Map::default(),
             blocked: BTreeSet::new(),
         }
     }

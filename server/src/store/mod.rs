@@ -26,7 +26,8 @@
 //!   of them, over a [`Backend`];
 //! - [`Backend`]: ordered bytes with atomic batches and a durability point,
 //!   what a storage engine must give (docs/store.md); [`SledBackend`], the
-//!   embedded default, is one sled tree;
+//!   embedded default, is one sled tree; [`MemBackend`] keeps the data in
+//!   memory with an exact crash, for the simulator;
 //! - [`Batch`]: writes not applied yet, readable (a [`View`] lays them over
 //!   the store);
 //! - [`Shared`]: the store shared by everyone, with the writes staged for
@@ -47,10 +48,12 @@ use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 
 mod backend;
 mod committer;
+mod mem;
 mod shared;
 mod sled_backend;
 pub use backend::{Backend, Entries};
 pub use committer::{Committer, Flushed};
+pub use mem::MemBackend;
 pub use shared::{Fault, Shared, inconsistency};
 pub use sled_backend::SledBackend;
 
