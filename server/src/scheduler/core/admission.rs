@@ -1,0 +1,301 @@
+//! Admission: submissions checked, deduplicated (chain id, idempotency and unique keys) and stored; long queue lines kept cold on disk and warmed back.
+
+use super::*;
+
+impl Core {
+    pub fn submit(
+        &mut self,
+        spec: ChainSpec,
+        reply: oneshot::Sender<Result<Submitted, Error>>,
+        now: UnixMs,
+    ) {
+        let result = self
+            .check_admissible(&spec)
+            .map(|stored| self.admit(spec, stored, now));
+        self.reply(reply, result);
+    }
+
+    /// Stores a batch of chains: all of them, or none when one of them
+    /// cannot be admitted. They are admitted in order, so a later chain is
+    /// deduplicated against an earlier one of the same batch.
+    pub fn submit_many(
+        &mut self,
+        specs: Vec<ChainSpec>,
+        reply: oneshot::Sender<Result<Vec<Submitted>, Error>>,
+        now: UnixMs,
+    ) {
+        let checked: Result<Vec<Stored>, Error> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                self.check_admissible(spec)
+                    .map_err(|e| e.prefixed(&format!("chains[{i}]: ")))
+            })
+            .collect();
+        let result = checked.map(|stored| {
+            specs
+                .into_iter()
+                .zip(stored)
+                .map(|(spec, stored)| self.admit(spec, stored, now))
+                .collect()
+        });
+        self.reply(reply, result);
+    }
+
+    /// What could refuse a submission without changing anything: a
+    /// client-chosen id that belongs to another owner's chain, or a store
+    /// read that failed. Returns what the store holds for the submission, so
+    /// that [`admit`] does not read it again.
+    ///
+    /// [`admit`]: Self::admit
+    pub(super) fn check_admissible(&self, spec: &ChainSpec) -> Result<Stored, Error> {
+        let mut stored = Stored::default();
+        if !spec.idempotency_key.is_empty() {
+            stored.idempotent = self
+                .store
+                .view(&self.batch, |v| v.idempotent_chain(&spec.idempotency_key))
+                .map_err(|e| Error::Store(e.to_string()))?;
+            // A key must never answer with a chain nobody can read: a batch
+            // torn by disk trouble and a kill may have kept the key without
+            // its chain (finding 18 of docs/reliability.md). The key is
+            // then taken anew by this submission.
+            if let Some(id) = &stored.idempotent
+                && let Err(Error::NotFound(_)) = self.chain(id)
+            {
+                tracing::error!(
+                    idempotency_key = %spec.idempotency_key,
+                    chain.id = %id,
+                    "an idempotency key names a chain that is not stored; the key goes to this submission"
+                );
+                stored.idempotent = None;
+            }
+        }
+        if let Some(id) = &spec.chain_id {
+            match self.chain(id) {
+                Ok(rec) if rec.owner != spec.owner => {
+                    return Err(Error::Exists(format!(
+                        "chain_id {id} is taken by another client's chain; choose a fresh UUID"
+                    )));
+                }
+                Ok(_) => stored.chain = true,
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Whether a chain was stored by this round (it may have left memory
+    /// already: cooled).
+    pub(super) fn created(&self, chain_id: &str) -> bool {
+        self.chains.contains_key(chain_id) || self.batch.has_chain(chain_id)
+    }
+
+    /// Deduplicates a submission or stores it. `stored` is what
+    /// [`check_admissible`] found; a chain admitted since (earlier in the
+    /// same batch) is in memory.
+    ///
+    /// [`check_admissible`]: Self::check_admissible
+    pub(super) fn admit(&mut self, spec: ChainSpec, stored: Stored, now: UnixMs) -> Submitted {
+        let dedup = |chain_id: String, dedup| Submitted {
+            chain_id,
+            dedup: Some(dedup),
+        };
+        if let Some(id) = spec
+            .chain_id
+            .as_deref()
+            .filter(|id| stored.chain || self.created(id))
+        {
+            return dedup(id.to_owned(), Dedup::ChainId);
+        }
+        if !spec.idempotency_key.is_empty() {
+            // A chain admitted earlier in this batch may have taken the key.
+            let known = self
+                .batch
+                .idempotent_chain(&spec.idempotency_key)
+                .or(stored.idempotent);
+            if let Some(id) = known {
+                return dedup(id, Dedup::IdempotencyKey);
+            }
+        }
+        if let Some(id) = self
+            .unique
+            .get(&spec.unique_key)
+            .filter(|_| !spec.unique_key.is_empty())
+        {
+            return dedup(id.clone(), Dedup::UniqueKey);
+        }
+        let chain_id = self.create(spec, now);
+        tracing::debug!(chain.id = %chain_id, "chain submitted");
+        Submitted {
+            chain_id,
+            dedup: None,
+        }
+    }
+
+    /// Stores a new chain (deduplication already checked) and starts its
+    /// first step; returns its id.
+    pub(super) fn create(&mut self, mut spec: ChainSpec, now: UnixMs) -> String {
+        let chain_id = match spec.chain_id.take() {
+            Some(id) => id,
+            None => self.ids.fresh(),
+        };
+        if !spec.idempotency_key.is_empty() {
+            self.batch
+                .put_idempotency_key(&spec.idempotency_key, &chain_id);
+        }
+        let chain = ChainRecord::with_ids(chain_id.clone(), spec, now, &mut self.ids);
+        if chain.deadline_ms > 0 {
+            self.add_timer(
+                chain.deadline_ms,
+                Timer::Deadline {
+                    chain_id: chain_id.clone(),
+                },
+            );
+        }
+        self.index_chain(chain);
+        self.live_unwritten.insert(chain_id.clone());
+        self.start_step(
+            &chain_id,
+            StepAt {
+                phase: Phase::Main,
+                index: 0,
+            },
+            now,
+        );
+        self.touch(&chain_id);
+        self.cool(&chain_id);
+        chain_id
+    }
+
+    /// Moves a new chain out of memory when its first step joins a long
+    /// queue line: its record goes to the store (the pending batch) and
+    /// the queue keeps a cold entry of a few dozen bytes in its place, in
+    /// the same position. A backlog of millions then costs little memory,
+    /// and recovery queues it again from the store's small `live` entries
+    /// without reading the records. The chain comes back ([`Core::warm`])
+    /// when a worker picks it, or when a request needs it (cancel, purge,
+    /// new task defaults).
+    ///
+    /// Only a chain that nothing else refers to is cooled: its step is
+    /// READY (not waiting for a slot or a timer), and it has no deadline,
+    /// no unique key and no chain-scoped slot.
+    pub(super) fn cool(&mut self, chain_id: &str) {
+        let rec = &self.chains[chain_id];
+        let at = rec.current();
+        let step = rec.step(at);
+        if step.state() != StepState::Ready
+            || rec.deadline_ms > 0
+            || !rec.unique_key.is_empty()
+            || !rec.chain_holds.is_empty()
+            || self.queues.line_len(&step.queue, step.name()) <= COLD_AFTER
+        {
+            return;
+        }
+        let Ok(key) = uuid::Uuid::parse_str(chain_id).map(|u| u.as_u128()) else {
+            return;
+        };
+        let waits = ColdSummary {
+            queue: step.queue.clone(),
+            name: step.name().to_owned(),
+            priority: self.effective(rec, at).priority,
+            ready_ms: step.ready_ms,
+        };
+        if !self.queues.cool(&step.task_id, key) {
+            return;
+        }
+        let rec = self.chains.remove(chain_id).expect("live chain");
+        for (_, step) in rec.all_steps() {
+            self.tasks.remove(&step.task_id);
+        }
+        self.dirty.remove(chain_id);
+        self.live_unwritten.remove(chain_id);
+        self.batch.put_cold_chain(&rec, &waits);
+    }
+
+    /// Brings a cold chain back into memory. When it is still `queued`,
+    /// its queue entry turns hot in place (a scan of its line: requests
+    /// that name a chain are rare); a chain just picked from its queue has
+    /// no entry left. Returns the chain's id, or why it could not: then
+    /// the caller puts a picked entry back (the store may be unreadable
+    /// only while it is repaired after disk trouble).
+    pub(super) fn warm(&mut self, key: ChainKey, queued: bool) -> Result<String, Unwarmed> {
+        let chain_id = uuid::Uuid::from_u128(key).to_string();
+        let rec = match self.store.view(&self.batch, |v| v.chain(&chain_id)) {
+            Ok(Some(rec)) => match self.results_apart_of(&rec) {
+                Ok(results) => {
+                    self.apart.extend(results);
+                    rec
+                }
+                Err(e) => {
+                    tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain's results now; it stays queued");
+                    return Err(Unwarmed::Unreadable);
+                }
+            },
+            Ok(None) => {
+                tracing::error!(chain.id = %chain_id, "a cold chain has no record: it is lost");
+                return Err(Unwarmed::Missing);
+            }
+            Err(e) => {
+                tracing::warn!(chain.id = %chain_id, cause = %e, "cannot read a cold chain now; it stays queued");
+                return Err(Unwarmed::Unreadable);
+            }
+        };
+        let step = rec.step(rec.current());
+        let task_id = step.task_id.clone();
+        if queued {
+            self.queues.warm(&step.queue, step.name(), key, &task_id);
+        }
+        self.index_chain(rec);
+        // Its `live` entry must say "hot" again.
+        self.live_unwritten.insert(chain_id.clone());
+        self.touch(&chain_id);
+        Ok(chain_id)
+    }
+
+    /// Brings back the cold chains of the task names `names`, without
+    /// queue entries, for a pass that queues them again under new task
+    /// defaults. Entries that cannot be read now go back where they were,
+    /// and their names into `rerouting`, for [`Core::dispatch`] to try
+    /// again and to keep from picking them under the old defaults
+    /// meanwhile. Returns the ids of the chains brought back.
+    pub(super) fn warm_names(&mut self, names: &Set<String>) -> Vec<String> {
+        let mut warmed = Vec::new();
+        let mut unreadable = false;
+        for (key, place) in self.queues.take_cold(|_, n| names.contains(n)) {
+            if !unreadable {
+                match self.warm(key, false) {
+                    Ok(chain_id) => {
+                        warmed.push(chain_id);
+                        continue;
+                    }
+                    Err(Unwarmed::Missing) => continue,
+                    Err(Unwarmed::Unreadable) => unreadable = true,
+                }
+            }
+            self.rerouting.insert(place.name().to_owned());
+            self.queues.put_back(Queued::Cold(key), place);
+        }
+        warmed
+    }
+
+    /// [`Core::warm`] for a chain addressed by id, if it is cold (a store
+    /// read, for requests that name a chain not in memory).
+    pub(super) fn warm_by_id(&mut self, chain_id: &str) {
+        if self.chains.contains_key(chain_id) {
+            return;
+        }
+        let cold = self
+            .store
+            .view(&self.batch, |v| v.waits_cold(chain_id))
+            .unwrap_or_else(|e| {
+                tracing::error!(chain.id = %chain_id, cause = %e, "cannot read the live index");
+                false
+            });
+        if cold && let Ok(uuid) = uuid::Uuid::parse_str(chain_id) {
+            // Unread, it stays cold in its queue; the request then reads
+            // the store itself and fails as the store does.
+            let _ = self.warm(uuid.as_u128(), true);
+        }
+    }
+}

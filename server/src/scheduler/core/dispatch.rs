@@ -1,0 +1,474 @@
+//! Dispatch: throttle slots granted in FIFO order, ready work assigned to the workers that may run it, runs ended or lost.
+
+use super::*;
+
+impl Core {
+    /// Runs an operation on the throttle table with the rule of
+    /// [`throttle::CanStart`]: a waiter that needs a worker is granted only
+    /// if a connected worker can start its task now (its queue, its name,
+    /// an idle run slot; each approval uses up that slot), and
+    /// [`Core::apply_grants`] then assigns it in the same transition.
+    ///
+    /// An idle run slot, not a prefetch slot: a slot holder prefetched
+    /// behind runs whose bodies wait in-body for that same identity would
+    /// never start, and they would wait for it forever (docs/reliability.md,
+    /// "Findings"). A waiter passed over for want of one reserves the
+    /// least busy worker that could take it (`reserved`): it gets no more
+    /// prefetch work, so its runs drain and a run slot frees.
+    pub(super) fn throttle_op<R>(
+        &mut self,
+        op: impl FnOnce(&mut Throttles<Ticket>, CanStart<'_, Ticket>) -> R,
+    ) -> R {
+        let Core {
+            throttles,
+            workers,
+            tasks,
+            chains,
+            task_defaults,
+            queues,
+            reserved,
+            ..
+        } = self;
+        let mut free: Map<&str, usize> = workers
+            .iter()
+            .map(|(id, w)| (id.as_str(), w.idle()))
+            .collect();
+        let mut can_start = |w: &Waiter<Ticket>| -> bool {
+            let task_id = match &w.ticket {
+                Ticket::InBody { .. } => return true,
+                Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => task_id,
+            };
+            let Some((chain_id, at)) = tasks.get(task_id) else {
+                return true;
+            };
+            let Some(rec) = chains.get(chain_id) else {
+                return true;
+            };
+            let sig = rec.step(*at).signature();
+            let queue = Effective::resolve(
+                sig.options.as_ref(),
+                task_defaults.get(&sig.name),
+                rec.heavy,
+            )
+            .queue;
+            if queues.is_paused(&queue) {
+                return false;
+            }
+            let serves = |w: &WorkerConn| {
+                w.names.contains(&sig.name) && w.queues.contains(&queue) && !w.draining
+            };
+            let taker = workers
+                .iter()
+                .find(|(id, w)| serves(w) && free[id.as_str()] > 0);
+            if let Some((id, _)) = taker {
+                *free.get_mut(id.as_str()).expect("every worker listed") -= 1;
+                return true;
+            }
+            let least_busy = workers
+                .iter()
+                .filter(|(_, w)| serves(w))
+                .min_by_key(|(_, w)| w.in_flight.len());
+            if let Some((id, _)) = least_busy {
+                reserved.insert(id.clone());
+            }
+            false
+        };
+        op(throttles, &mut can_start)
+    }
+
+    /// Puts `holder` in the identity's line and acts on what that grants.
+    pub(super) fn wait_for_slot(
+        &mut self,
+        identity: Identity,
+        concurrency: u32,
+        holder: Holder,
+        ticket: Ticket,
+        now: UnixMs,
+    ) {
+        let waiter = Waiter {
+            holder,
+            since: now,
+            ticket,
+        };
+        let grants = self.throttle_op(|t, cs| t.wait(identity, concurrency, waiter, cs));
+        self.apply_grants(grants, now);
+    }
+
+    /// Assigns a task that was just granted its slot to a worker that can
+    /// start it now (one exists: [`Core::throttle_op`] checked).
+    pub(super) fn start_now(&mut self, task_id: &str, now: UnixMs) {
+        let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let step = self.chains[&chain_id].step(at);
+        let (name, queue) = (step.name().to_owned(), step.queue.clone());
+        let taker = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.idle() > 0 && w.names.contains(&name) && w.queues.contains(&queue))
+            .map(|(id, _)| id.clone());
+        if let Some(worker_id) = taker
+            && !self.queues.is_paused(&queue)
+            && self.queues.remove(task_id)
+        {
+            self.assign(&worker_id, task_id, now);
+        }
+    }
+
+    /// Acts on throttle grants, and on grants that their effects cause.
+    pub(super) fn apply_grants(&mut self, grants: Vec<Grant<Ticket>>, now: UnixMs) {
+        let mut work: VecDeque<Grant<Ticket>> = grants.into();
+        while let Some(Grant { identity, waiter }) = work.pop_front() {
+            // A holder counts from its grant, not from when it began to
+            // wait; an in-body holder already runs on a known worker (a
+            // declared one learns its worker when assigned).
+            let worker = match &waiter.ticket {
+                Ticket::InBody { worker_id, .. } => self
+                    .workers
+                    .get(worker_id)
+                    .map_or_else(String::new, |w| w.name.clone()),
+                Ticket::Enqueue { .. } | Ticket::ChainHold { .. } => String::new(),
+            };
+            self.throttles
+                .set_worker(&identity, &waiter.holder, &worker, now);
+            match waiter.ticket {
+                Ticket::Enqueue { task_id } => {
+                    if let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() {
+                        self.enqueue(&chain_id, at, now);
+                        self.start_now(&task_id, now);
+                        self.touch(&chain_id);
+                    }
+                }
+                Ticket::ChainHold { chain_id, task_id } => {
+                    if let Some((_, at)) = self.tasks.get(&task_id).cloned() {
+                        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+                        rec.chain_holds.push(identity);
+                        self.enqueue(&chain_id, at, now);
+                        self.start_now(&task_id, now);
+                        self.touch(&chain_id);
+                    }
+                }
+                Ticket::InBody {
+                    worker_id,
+                    task,
+                    request_id,
+                } => {
+                    let current = self
+                        .runs
+                        .get(&task.task_id)
+                        .filter(|r| r.attempt == task.attempt)
+                        .map(|r| r.chain_id.clone());
+                    if let Some(chain_id) = current {
+                        let at = self.runs[&task.task_id].at;
+                        let hold = InBodyHold {
+                            identity: Some(identity),
+                            request_id,
+                        };
+                        let step = self
+                            .chains
+                            .get_mut(&chain_id)
+                            .expect("live chain")
+                            .step_mut(at);
+                        step.in_body.push(hold);
+                        self.touch(&chain_id);
+                        self.send_worker(&worker_id, ToWorker::Granted { request_id });
+                    } else {
+                        // The run ended while it waited: hand the slot on.
+                        work.extend(
+                            self.throttle_op(|t, cs| t.release(&identity, &waiter.holder, cs)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns ready tasks to workers with free concurrency, round-robin.
+    ///
+    /// A worker whose run slots are all taken gets only tasks that hold no
+    /// throttle slot into its prefetch: a slot held by a task waiting there
+    /// behind the worker's runs could be the one their bodies wait for. (A
+    /// cold entry holds none: chains holding slots are never cooled.)
+    pub fn dispatch(&mut self, now: UnixMs) {
+        // First the throttle waiters passed over for want of a worker: some
+        // worker may be free now (and those still passed over reserve one).
+        self.reserved.clear();
+        let grants = self.throttle_op(|t, cs| t.repump(cs));
+        self.apply_grants(grants, now);
+        if !self.rerouting.is_empty() {
+            // New task defaults whose cold chains could not be read then.
+            let names = std::mem::take(&mut self.rerouting);
+            for chain_id in self.warm_names(&names) {
+                let at = self.chains[&chain_id].current();
+                self.make_ready(&chain_id, at, now);
+            }
+        }
+        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.rr = (self.rr + 1) % ids.len();
+        let mut idle = vec![false; ids.len()];
+        // Set once a cold chain could not be read: the store is in
+        // trouble, and other cold heads would fail the same way.
+        let mut cold_unreadable = false;
+        loop {
+            let mut progress = false;
+            for i in 0..ids.len() {
+                let k = (self.rr + i) % ids.len();
+                if idle[k] {
+                    continue;
+                }
+                let worker = &self.workers[&ids[k]];
+                if worker.free() == 0 {
+                    idle[k] = true;
+                    continue;
+                }
+                let prefetch_only = worker.idle() == 0;
+                if prefetch_only && self.reserved.contains(&ids[k]) {
+                    idle[k] = true;
+                    continue;
+                }
+                let Core {
+                    queues,
+                    tasks,
+                    chains,
+                    task_defaults,
+                    rerouting,
+                    ..
+                } = self;
+                let picked =
+                    queues.pop_for(&worker.queues, &worker.names, |name, head| match head {
+                        Head::Hot(task_id) => {
+                            prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
+                        }
+                        Head::Cold => cold_unreadable || rerouting.contains(name),
+                    });
+                let task_id = match picked {
+                    Some((Queued::Hot(task_id), _)) => Some(task_id),
+                    Some((Queued::Cold(key), place)) => match self.warm(key, false) {
+                        Ok(chain_id) => {
+                            let rec = &self.chains[&chain_id];
+                            Some(rec.step(rec.current()).task_id.clone())
+                        }
+                        Err(Unwarmed::Missing) => None,
+                        Err(Unwarmed::Unreadable) => {
+                            self.queues.put_back(Queued::Cold(key), place);
+                            cold_unreadable = true;
+                            None
+                        }
+                    },
+                    None => {
+                        idle[k] = true;
+                        continue;
+                    }
+                };
+                if let Some(task_id) = task_id {
+                    self.assign(&ids[k], &task_id, now);
+                }
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn assign(&mut self, worker_id: &str, task_id: &str, now: UnixMs) {
+        let (chain_id, at) = self.tasks[task_id].clone();
+        let rec = &self.chains[&chain_id];
+        let eff = self.effective(rec, at);
+        let carried = if rec.step(at).signature().immutable {
+            None
+        } else {
+            rec.carried_value(at, |s| self.kept_result(s))
+        };
+        let worker_name = self.workers[worker_id].name.clone();
+        let lease_deadline = self.lease_deadline(now);
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+        let context = rec.context.clone();
+        let step = rec.step_mut(at);
+        step.state = StepState::Running as i32;
+        step.attempts += 1;
+        step.worker = worker_name.clone();
+        step.started_ms = now;
+        let waited_ms = now.saturating_sub(step.ready_ms);
+        self.metrics
+            .assignment_latency
+            .observe(crate::metrics::millis_as_seconds(waited_ms));
+        step.in_body.clear();
+        let attempt = step.attempts;
+        let sig = step.signature().clone();
+        let declared = eff
+            .throttle
+            .as_ref()
+            .filter(|t| t.scope() != ThrottleScope::Chain)
+            .map(|t| Identity::of(&sig.name, t));
+        if let Some(identity) = &declared {
+            self.throttles.set_worker(
+                identity,
+                &Holder::Task(task_id.to_owned()),
+                &worker_name,
+                now,
+            );
+        }
+        let assignment = Assignment {
+            task: TaskRef {
+                task_id: task_id.to_owned(),
+                attempt,
+            },
+            chain_id: chain_id.clone(),
+            at,
+            name: sig.name.clone(),
+            args: with_carried(&sig.args, carried),
+            kwargs: sig.kwargs.clone(),
+            context,
+            queue: eff.queue.clone(),
+            lease_deadline_ms: lease_deadline,
+            timeout_ms: eff.timeout_ms,
+            polls: step.polls,
+            retries: step.retries,
+        };
+        self.runs.insert(
+            task_id.to_owned(),
+            Run {
+                chain_id: chain_id.clone(),
+                at,
+                attempt,
+                worker: Some(worker_id.to_owned()),
+                renewed: None,
+                declared,
+                timed_out: false,
+            },
+        );
+        self.workers
+            .get_mut(worker_id)
+            .expect("connected worker")
+            .in_flight
+            .insert(task_id.to_owned());
+        self.add_timer(
+            lease_deadline,
+            Timer::Lease {
+                task_id: task_id.to_owned(),
+                attempt,
+            },
+        );
+        if eff.timeout_ms > 0 {
+            self.add_timer(
+                now.saturating_add(eff.timeout_ms),
+                Timer::Timeout {
+                    task_id: task_id.to_owned(),
+                    attempt,
+                },
+            );
+        }
+        let early = eff.throttle.is_none()
+            && self.workers[worker_id].welcomed
+            && self.unsettled.resumed == 0
+            && !self.unsettled.ready.contains_key(task_id);
+        let send = Effect::ToWorker {
+            worker_id: worker_id.to_owned(),
+            msg: ToWorker::Assign(Box::new(assignment)),
+        };
+        self.metrics.assignments.inc();
+        if early {
+            self.metrics.early_assignments.inc();
+            self.early.push(send);
+        } else {
+            self.emit(send);
+        }
+        self.event(&chain_id, "step_started", Some(at));
+        self.touch(&chain_id);
+    }
+
+    /// Ends a run: frees its worker's concurrency and every slot it holds.
+    pub(super) fn end_run(&mut self, task_id: &str, now: UnixMs) -> Option<Run> {
+        let run = self.runs.remove(task_id)?;
+        if let Some(worker) = run.worker.as_ref().and_then(|w| self.workers.get_mut(w)) {
+            worker.in_flight.remove(task_id);
+        }
+        let mut grants = Vec::new();
+        if let Some(identity) = &run.declared {
+            grants.extend(
+                self.throttle_op(|t, cs| {
+                    t.release(identity, &Holder::Task(task_id.to_owned()), cs)
+                }),
+            );
+        }
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        for hold in std::mem::take(&mut step.in_body) {
+            if let Some(identity) = hold.identity {
+                let holder = Holder::InBody {
+                    task_id: task_id.to_owned(),
+                    request_id: hold.request_id,
+                };
+                grants.extend(self.throttle_op(|t, cs| t.release(&identity, &holder, cs)));
+            }
+        }
+        self.throttles.remove_waiters(
+            |w| matches!(&w.ticket, Ticket::InBody { task, .. } if task.task_id == task_id),
+        );
+        self.apply_grants(grants, now);
+        self.touch(&run.chain_id.clone());
+        Some(run)
+    }
+
+    /// A run was lost (lease lapsed, worker said goodbye mid-run): the step
+    /// goes back to its queue with the next attempt, or fails once it was
+    /// lost too often.
+    pub(super) fn lose_run(&mut self, task_id: &str, reason: &str, now: UnixMs) {
+        let Some(run) = self.end_run(task_id, now) else {
+            return;
+        };
+        if let Some(worker) = &run.worker {
+            let task = TaskRef {
+                task_id: task_id.to_owned(),
+                attempt: run.attempt,
+            };
+            self.send_worker(
+                worker,
+                ToWorker::Cancel {
+                    task,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        let chain_id = run.chain_id.clone();
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+        let superseded = rec.is_ended() || rec.current() != run.at;
+        let step = rec.step_mut(run.at);
+        step.lapses += 1;
+        step.worker.clear();
+        if superseded {
+            self.settle_superseded(&chain_id, run.at, now);
+            return;
+        }
+        if step.lapses > MAX_LAPSES {
+            let record = self.failure_of(
+                &chain_id,
+                run.at,
+                run.attempt,
+                "WorkerLost",
+                &format!("the run was lost {} times ({reason})", MAX_LAPSES + 1),
+                "",
+            );
+            let step = self
+                .chains
+                .get_mut(&chain_id)
+                .expect("live chain")
+                .step_mut(run.at);
+            step.state = StepState::Failed as i32;
+            step.failure = Some(record.clone());
+            step.finished_ms = now;
+            self.event(&chain_id, "step_failed", Some(run.at));
+            self.fail_chain(&chain_id, record, now);
+        } else {
+            self.event(&chain_id, "step_lost", Some(run.at));
+            self.make_ready(&chain_id, run.at, now);
+        }
+    }
+}

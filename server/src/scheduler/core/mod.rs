@@ -1,0 +1,704 @@
+//! The scheduler's state and its transitions.
+//!
+//! [`Core`] owns every live chain, the ready queues, the throttle slots,
+//! the leases, the timers and the connected workers. It is driven by one
+//! task (see `mod.rs`), one command at a time, so no transition races
+//! another. Each transition mutates memory, marks the chains it touched
+//! dirty and queues its effects (replies, messages to workers, events).
+//! [`Core::end_round`] then writes the dirty chains into the round's batch
+//! and hands it over with the effects; the driver stages the batch with the
+//! committer and tags the effects with the number of the batch that will
+//! hold it; they leave only once that batch is durable. That single rule
+//! gives the ordering guarantees: a step is assigned only after the
+//! previous step's success is on disk, a client hears OK only for a stored
+//! chain, a worker is acked only for a stored outcome.
+//!
+//! Where things are:
+//! - this file: the state ([`Core`] and the types it holds), recovery, the
+//!   end of a round and the delivery of effects;
+//! - `admission`: submissions, deduplication, cold chains;
+//! - `lifecycle`: a step's and a chain's states, from ready to retired;
+//! - `dispatch`: throttle grants and assignments to workers;
+//! - `workers`: worker streams and what they report;
+//! - `timers`: leases, ready times, time limits, deadlines, retention;
+//! - `reads`: chains as clients read them;
+//! - `admin`: inspection and admin changes;
+//! - `tests`: unit tests that drive rounds by hand.
+//!
+//! No part reads a clock or draws a random id: time comes in as an
+//! argument and ids from [`Ids`], so a run can be replayed (the simulator).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::queues::{ChainKey, Head, Queued, Queues};
+use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
+use super::{Error, Inspected, QueueStats, Submitted, WorkerStats, watchers};
+use crate::domain::*;
+use crate::metrics::{Metrics, TaskMetrics};
+use crate::store::{Batch, ExpiryCursor, Recovered, Shared};
+
+mod admin;
+mod admission;
+mod dispatch;
+mod lifecycle;
+mod reads;
+#[cfg(test)]
+mod tests;
+mod timers;
+mod workers;
+
+/// Most ended chains one sweep removes (see [`Core::sweep`]).
+const SWEEP_PAGE: usize = 512;
+
+/// Time between sweeps that found less than a full page.
+const SWEEP_EVERY_MS: u64 = 1000;
+
+/// How many times a run may be lost (lease lapsed) before the step fails
+/// with "WorkerLost", so a task that kills its workers cannot loop forever.
+pub const MAX_LAPSES: u32 = 10;
+
+/// A queue line (queue, task name) longer than this keeps new chains cold:
+/// their records go to the store and leave memory, and only a small queue
+/// entry remains until a worker picks them (see [`Core::cool`]).
+pub const COLD_AFTER: usize = 1000;
+
+/// Something to do once the writes it depends on are durable.
+pub enum Effect {
+    /// Sends to a connected worker (dropped if it is gone by then).
+    ToWorker { worker_id: String, msg: ToWorker },
+    /// Sends an event to a chain's watchers; `last` closes their streams.
+    Watch {
+        chain_id: String,
+        event: Arc<ChainEvent>,
+        last: bool,
+    },
+    /// Any other deferred reply (a oneshot send, a watch snapshot).
+    Run(Box<dyn FnOnce() + Send>),
+    /// A write that early assignments depend on is durable now (see
+    /// [`Unsettled`]).
+    Settled(Settled),
+}
+
+/// What a round wrote that an early assignment must not run ahead of.
+pub enum Settled {
+    /// The task was made ready.
+    Ready(String),
+    /// A queue's dispatch was resumed.
+    Resumed,
+}
+
+/// An assignment may leave before its round is durable (an *early*
+/// assignment) when a crash in between could cost no more than a repeated
+/// run, which at-least-once delivery allows anyway: the worker would come
+/// back to a broker that knows nothing of the run, be told the run is lost
+/// (`Welcome.lost`), drop it without reporting, and the task would run
+/// again. That holds only if nothing the run relies on is still in
+/// flight, so an assignment waits for its round like every other effect
+/// when:
+/// - its task was made ready in a round not yet durable (a step must not
+///   start before the previous step's success is durable, guarantee 6; nor
+///   may work requeued by a lapsed lease or a retry run ahead of that
+///   record);
+/// - a queue was resumed in a round not yet durable;
+/// - it takes or relies on a throttle slot (a slot granted in memory and
+///   lost in a crash could let a second holder in, guarantee 4);
+/// - its worker's `Welcome` has not left yet (it must be the first message
+///   on the stream).
+///
+/// Why bother: on the hot path of short tasks a worker ends a run, the
+/// broker hands its slot to the next task in the same round, and the
+/// assignment waited for a flush (about 0.8 ms) it did not need. See
+/// docs/benchmarks.md, "Early assignments".
+#[derive(Default)]
+struct Unsettled {
+    /// Tasks made ready in rounds not yet durable, with how many such
+    /// rounds (a task can be made ready again before the first is).
+    ready: Map<String, u32>,
+    /// Queue resumptions in rounds not yet durable.
+    resumed: usize,
+}
+
+impl Unsettled {
+    fn settle(&mut self, settled: Settled) {
+        match settled {
+            Settled::Ready(task_id) => {
+                if let Some(n) = self.ready.get_mut(&task_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.ready.remove(&task_id);
+                    }
+                }
+            }
+            Settled::Resumed => self.resumed -= 1,
+        }
+    }
+}
+
+/// A result stored apart, kept in memory while its chain uses it.
+#[derive(Debug, Clone)]
+struct KeptResult {
+    chain_id: String,
+    result: Arc<str>,
+}
+
+/// Why a cold chain could not be brought back into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unwarmed {
+    /// Its record is not in the store: it is lost (logged as an error).
+    Missing,
+    /// The store cannot be read now (it is reopened after disk trouble):
+    /// its queue entry goes back where it was, to be tried again.
+    Unreadable,
+}
+
+/// What a round left: its writes, the effects that wait for them to be
+/// durable, and the early assignments that wait for none.
+pub struct RoundEnd {
+    pub writes: Batch,
+    pub effects: Vec<Effect>,
+    pub early: Vec<Effect>,
+}
+
+/// Why a submission was deduplicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dedup {
+    IdempotencyKey,
+    UniqueKey,
+    /// The client-chosen chain id is stored already.
+    ChainId,
+}
+
+/// What the store holds for a submission, read once when it is checked.
+#[derive(Debug, Default)]
+struct Stored {
+    /// A chain with the client-chosen id exists (the same owner's).
+    chain: bool,
+    /// The chain stored under the idempotency key, if any.
+    idempotent: Option<String>,
+}
+
+/// One attempt out on a worker.
+#[derive(Debug, Clone)]
+struct Run {
+    chain_id: String,
+    at: StepAt,
+    attempt: u32,
+    /// None while its worker is disconnected (the lease still runs).
+    worker: Option<String>,
+    /// When its lease was last renewed, in the scheduler's awake time; it
+    /// lapses once the scheduler has been awake for the lease length since
+    /// (see `clock`: time the broker spent paused, with the worker's
+    /// heartbeats waiting unread in its sockets, does not count). `None`
+    /// until its assignment has left for the worker: an assignment waits in
+    /// the outbox until its round is durable, for as long as the store is
+    /// in trouble, and a lease that lapsed there would hand its throttle
+    /// slot to another run while the stale assignment still left
+    /// afterwards. Runs recovered or claimed have left.
+    renewed: Option<u64>,
+    /// The task-scoped declared throttle slot this run holds.
+    declared: Option<Identity>,
+    timed_out: bool,
+}
+
+/// A connected worker.
+pub struct WorkerConn {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub names: Set<String>,
+    pub concurrency: u32,
+    /// Assignments it may hold beyond `concurrency` (they wait in the
+    /// worker for a slot), so a run that ends finds the next one there.
+    pub prefetch: u32,
+    pub in_flight: BTreeSet<String>,
+    pub draining: bool,
+    pub connected_ms: UnixMs,
+    /// Its `Welcome` has left: early assignments may follow it.
+    welcomed: bool,
+    tx: mpsc::Sender<ToWorker>,
+}
+
+impl WorkerConn {
+    /// Assignments it may still take: its concurrency and its prefetch,
+    /// less what it holds.
+    fn free(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        usize::try_from(self.concurrency.saturating_add(self.prefetch))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.in_flight.len())
+    }
+
+    /// Run slots it has free now: an assignment it gets starts at once
+    /// rather than waiting in its prefetch behind the runs it holds.
+    fn idle(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        usize::try_from(self.concurrency)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.in_flight.len())
+    }
+}
+
+/// What to do when a throttle waiter is granted its slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ticket {
+    /// A declared task-scoped throttle: the task enters its queue.
+    Enqueue { task_id: String },
+    /// A chain-scoped throttle: the chain holds the slot, the task enters
+    /// its queue.
+    ChainHold { chain_id: String, task_id: String },
+    /// An in-body request of a running attempt: tell its worker.
+    InBody {
+        worker_id: String,
+        task: TaskRef,
+        request_id: u64,
+    },
+}
+
+impl Ticket {
+    fn task_id(&self) -> &str {
+        match self {
+            Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => task_id,
+            Ticket::InBody { task, .. } => &task.task_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A scheduled step becomes ready (stale if the step moved on).
+    Ready { task_id: String, at: UnixMs },
+    /// Check whether a run's lease lapsed (re-armed if it was extended).
+    Lease { task_id: String, attempt: u32 },
+    /// A run's time limit.
+    Timeout { task_id: String, attempt: u32 },
+    /// A chain's deadline.
+    Deadline { chain_id: String },
+}
+
+pub struct Core {
+    store: Shared,
+    lease_ms: u64,
+    /// Where new chain, task and worker ids come from.
+    ids: Ids,
+    /// Retention of ended chains (see [`Core::sweep`]); 0 keeps them.
+    retention_ms: u64,
+    /// Where the next sweep goes on from in the `ended` index.
+    swept: ExpiryCursor,
+    /// When the next sweep is due, unless the last found a full page.
+    next_sweep: UnixMs,
+    /// The last sweep found a full page: sweep again next round.
+    sweep_more: bool,
+    /// Milliseconds the scheduler has been awake, as the driver last read
+    /// them (see `clock::Awake`): what leases are measured in.
+    awake_ms: u64,
+    chains: Map<String, ChainRecord>,
+    /// task id → (chain id, position), for every step of a live chain.
+    tasks: Map<String, (String, StepAt)>,
+    /// unique key → chain id, for chains not ended.
+    unique: Map<String, String>,
+    queues: Queues,
+    timers: BTreeMap<(UnixMs, u64), Timer>,
+    timer_seq: u64,
+    throttles: Throttles<Ticket>,
+    workers: BTreeMap<String, WorkerConn>,
+    /// Round-robin start for dispatch, so free workers share the work.
+    rr: usize,
+    /// Workers that take no prefetch work until a run slot frees: a
+    /// throttle waiter whose slot is free waits for an idle run slot on
+    /// one of them (see [`Core::throttle_op`]). Without this, a stream of
+    /// other work would keep every prefetch full, and a slot holder, which
+    /// is never prefetched, would never find an idle run slot.
+    reserved: Set<String>,
+    runs: Map<String, Run>,
+    task_defaults: Map<String, Options>,
+    /// Results stored apart (see `StepRecord::result_apart`) that chains in
+    /// memory still use (`ChainRecord::results_in_use`), by task id, with
+    /// their chain's id: at most two a chain, however long it is. Kept
+    /// until the batch that wrote them is applied, then dropped with the
+    /// chains that left memory.
+    apart: Map<String, KeptResult>,
+    /// Task names with new defaults whose cold chains could not be read
+    /// (see [`Core::warm_names`]).
+    rerouting: Set<String>,
+    watchers: Map<String, Vec<watchers::Sender>>,
+    /// Writes of the round in progress, handed to the committer by
+    /// [`Core::end_round`]. Reads of the store look here first.
+    batch: Batch,
+    dirty: BTreeSet<String>,
+    /// Chains in memory whose `live` entry on disk does not say "hot" (new
+    /// chains, chains just warmed, chains that ended with nothing out):
+    /// their next write sets it. Every other chain in memory has it set, so
+    /// writing it again with each step would cost a sled write for nothing.
+    live_unwritten: Set<String>,
+    effects: Vec<Effect>,
+    /// Assignments of the transition that need not wait for it to be
+    /// durable (see [`Unsettled`]).
+    early: Vec<Effect>,
+    unsettled: Unsettled,
+    /// Counters and histograms, shared with the metrics endpoint.
+    pub metrics: Arc<Metrics>,
+    /// The counters of each task name seen, so counting never allocates.
+    task_metrics: TaskMetrics,
+}
+
+impl Core {
+    /// Rebuilds the scheduler from what the store recovered.
+    pub fn recover(
+        store: Shared,
+        lease_ms: u64,
+        retention_ms: u64,
+        recovered: Recovered,
+        now: UnixMs,
+    ) -> Self {
+        let mut core = Core {
+            store,
+            lease_ms,
+            retention_ms,
+            ids: Ids::Time,
+            swept: ExpiryCursor::default(),
+            next_sweep: 0,
+            sweep_more: false,
+            awake_ms: 0,
+            chains: Map::default(),
+            tasks: Map::default(),
+            unique: Map::default(),
+            queues: Queues::default(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            throttles: Throttles::default(),
+            workers: BTreeMap::new(),
+            rr: 0,
+            reserved: Set::default(),
+            runs: Map::default(),
+            task_defaults: recovered.task_defaults.into_iter().collect(),
+            rerouting: Set::default(),
+            apart: Map::default(),
+            watchers: Map::default(),
+            batch: Batch::new(),
+            dirty: BTreeSet::new(),
+            live_unwritten: Set::default(),
+            effects: Vec::new(),
+            early: Vec::new(),
+            unsettled: Unsettled::default(),
+            metrics: Arc::default(),
+            task_metrics: TaskMetrics::new(Arc::default()),
+        };
+        core.task_metrics = TaskMetrics::new(core.metrics.clone());
+        for queue in &recovered.paused {
+            core.queues.pause(queue);
+        }
+        for (identity, limit) in recovered.limits {
+            core.throttle_op(|t, cs| t.set_override(identity, Some(limit), cs));
+        }
+        for corrupt in &recovered.corrupt {
+            tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
+        }
+        for chain in recovered.live_chains {
+            match core.results_apart_of(&chain) {
+                Ok(results) => core.apart.extend(results),
+                Err(e) => {
+                    tracing::error!(chain.id = %chain.id, cause = %e, "cannot read the results this chain hands on");
+                }
+            }
+            core.index_chain(chain);
+        }
+        // First every slot that was held, so that waiting work re-queued
+        // below cannot overtake it; then the waiting work, oldest first.
+        let ids: Vec<String> = core.chains.keys().cloned().collect();
+        let mut waiting = Vec::new();
+        for chain_id in &ids {
+            let rec = &core.chains[chain_id];
+            let holds = rec.chain_holds.clone();
+            let mut running = Vec::new();
+            let mut scheduled = Vec::new();
+            for (at, step) in rec.all_steps() {
+                let current = !rec.is_ended() && rec.current() == at;
+                match step.state() {
+                    StepState::Running => running.push(at),
+                    StepState::Throttled | StepState::Ready if current => {
+                        waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+                    }
+                    StepState::Scheduled if current => {
+                        scheduled.push((step.not_before_ms, step.task_id.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            for (when, task_id) in scheduled {
+                core.add_timer(when, Timer::Ready { task_id, at: when });
+            }
+            for identity in holds {
+                let concurrency = core.throttles.limit(&identity);
+                let info = HolderInfo {
+                    since: now,
+                    worker: String::new(),
+                };
+                core.throttles
+                    .hold(identity, concurrency, Holder::Chain(chain_id.clone()), info);
+            }
+            for at in running {
+                core.restore_run(chain_id, at, now);
+            }
+            if !core.chains[chain_id].is_ended() && core.chains[chain_id].deadline_ms > 0 {
+                let when = core.chains[chain_id].deadline_ms;
+                core.add_timer(
+                    when,
+                    Timer::Deadline {
+                        chain_id: chain_id.clone(),
+                    },
+                );
+            }
+        }
+        waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        // Cold chains wait only in queues; both kinds go back in the order
+        // they became ready.
+        let mut cold = recovered.cold;
+        cold.sort_by_key(|c| (c.ready_ms, c.chain));
+        let mut cold = cold.into_iter().peekable();
+        for (ready_ms, _, chain_id, at) in waiting {
+            while let Some(c) = cold.next_if(|c| c.ready_ms < ready_ms) {
+                let (queue, name) = &recovered.cold_lines[c.line as usize];
+                core.queues
+                    .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
+            }
+            core.make_ready(&chain_id, at, now);
+        }
+        for c in cold {
+            let (queue, name) = &recovered.cold_lines[c.line as usize];
+            core.queues
+                .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
+        }
+        core
+    }
+
+    pub(super) fn index_chain(&mut self, chain: ChainRecord) {
+        for (at, step) in chain.all_steps() {
+            self.tasks
+                .insert(step.task_id.clone(), (chain.id.clone(), at));
+        }
+        if !chain.is_ended() && !chain.unique_key.is_empty() {
+            self.unique
+                .insert(chain.unique_key.clone(), chain.id.clone());
+        }
+        self.chains.insert(chain.id.clone(), chain);
+    }
+
+    /// A run that was out when the broker stopped: its slots are held again
+    /// and its worker gets a fresh lease to reconnect and claim it.
+    pub(super) fn restore_run(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[chain_id];
+        let step = rec.step(at);
+        let task_id = step.task_id.clone();
+        let eff = self.effective(rec, at);
+        let declared = eff
+            .throttle
+            .as_ref()
+            .filter(|t| t.scope() != ThrottleScope::Chain)
+            .map(|t| (Identity::of(step.name(), t), t.concurrency));
+        let in_body: Vec<InBodyHold> = step.in_body.clone();
+        let attempt = step.attempts;
+        let info = HolderInfo {
+            since: now,
+            worker: step.worker.clone(),
+        };
+        if let Some((identity, concurrency)) = &declared {
+            self.throttles.hold(
+                identity.clone(),
+                *concurrency,
+                Holder::Task(task_id.clone()),
+                info.clone(),
+            );
+        }
+        for hold in in_body {
+            if let Some(identity) = hold.identity {
+                let concurrency = self.throttles.limit(&identity);
+                let holder = Holder::InBody {
+                    task_id: task_id.clone(),
+                    request_id: hold.request_id,
+                };
+                self.throttles
+                    .hold(identity, concurrency, holder, info.clone());
+            }
+        }
+        self.runs.insert(
+            task_id.clone(),
+            Run {
+                chain_id: chain_id.to_owned(),
+                at,
+                attempt,
+                worker: None,
+                renewed: Some(self.awake_ms),
+                declared: declared.map(|(i, _)| i),
+                timed_out: false,
+            },
+        );
+        let deadline = self.lease_deadline(now);
+        self.add_timer(deadline, Timer::Lease { task_id, attempt });
+    }
+
+    /// Ends a round: writes its dirty chains into the round's batch, and
+    /// returns those writes (for the committer, which gathers the rounds
+    /// of one flush into one batch), its effects, which wait for those
+    /// writes to be durable, and its early assignments, which wait for
+    /// none.
+    pub fn end_round(&mut self) -> RoundEnd {
+        for chain_id in std::mem::take(&mut self.dirty) {
+            if let Some(rec) = self.chains.get(&chain_id) {
+                let live = !rec.is_ended() || self.has_runs(rec);
+                if live && !self.live_unwritten.contains(&chain_id) {
+                    // Its hot `live` entry is on disk: only the record changed.
+                    self.batch.put_chain_record(rec);
+                } else {
+                    self.batch.put_chain(rec, live);
+                    if live {
+                        self.live_unwritten.remove(&chain_id);
+                    } else {
+                        self.live_unwritten.insert(chain_id);
+                    }
+                }
+            }
+        }
+        // Results kept for chains that left memory read back from the
+        // store from now on (its staged writes included).
+        if !self.apart.is_empty() {
+            let chains = &self.chains;
+            self.apart
+                .retain(|_, kept| chains.contains_key(&kept.chain_id));
+        }
+        RoundEnd {
+            writes: std::mem::take(&mut self.batch),
+            effects: std::mem::take(&mut self.effects),
+            early: std::mem::take(&mut self.early),
+        }
+    }
+
+    /// Ends a round and applies its writes at once (see
+    /// [`end_round`](Self::end_round)), for tests that drive rounds by
+    /// hand.
+    #[cfg(test)]
+    pub fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
+        let mut round = self.end_round();
+        self.store.apply(std::mem::take(&mut round.writes))?;
+        Ok(round)
+    }
+
+    /// Draws new ids from `ids` from now on (the simulator's seeded ids).
+    #[cfg(test)]
+    pub fn set_ids(&mut self, ids: Ids) {
+        self.ids = ids;
+    }
+
+    pub(super) fn touch(&mut self, chain_id: &str) {
+        self.dirty.insert(chain_id.to_owned());
+    }
+
+    pub(super) fn emit(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    pub(super) fn send_worker(&mut self, worker_id: &str, msg: ToWorker) {
+        self.emit(Effect::ToWorker {
+            worker_id: worker_id.to_owned(),
+            msg,
+        });
+    }
+
+    pub(super) fn event(&mut self, chain_id: &str, kind: &'static str, at: Option<StepAt>) {
+        if !self.watchers.contains_key(chain_id) {
+            return;
+        }
+        if let Some(chain) = self.chains.get(chain_id) {
+            let last = chain.is_ended();
+            // One copy of the chain for all of its watchers.
+            let event = Arc::new(ChainEvent::new(kind, at, self.with_results(chain.clone())));
+            self.emit(Effect::Watch {
+                chain_id: chain_id.to_owned(),
+                event,
+                last,
+            });
+        }
+    }
+
+    /// Delivers an effect whose writes are durable.
+    pub fn deliver(&mut self, effect: Effect, now: UnixMs) {
+        match effect {
+            Effect::Run(f) => f(),
+            Effect::ToWorker { worker_id, msg } => {
+                if let ToWorker::Assign(a) = &msg {
+                    // Its lease starts now (see `Run::renewed`). An
+                    // assignment whose run is no longer this attempt is not
+                    // sent.
+                    let awake = self.awake_ms;
+                    match self.runs.get_mut(&a.task.task_id) {
+                        Some(run) if run.attempt == a.task.attempt => run.renewed = Some(awake),
+                        _ => return,
+                    }
+                }
+                let Some(worker) = self.workers.get_mut(&worker_id) else {
+                    return;
+                };
+                worker.welcomed |= matches!(msg, ToWorker::Welcome { .. });
+                if let Err(e) = worker.tx.try_send(msg) {
+                    // A worker that does not read its stream must not stall
+                    // the broker: it is dropped as if its connection broke,
+                    // and its leases run out unless it comes back.
+                    tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
+                    self.worker_gone(&worker_id, false, now);
+                }
+            }
+            Effect::Watch {
+                chain_id,
+                event,
+                last,
+            } => {
+                if let Some(list) = self.watchers.get_mut(&chain_id) {
+                    // A watcher over its byte budget is dropped here; its
+                    // stream ends saying it fell behind (watchers.rs).
+                    list.retain(|tx| tx.offer(&event));
+                    if last || list.is_empty() {
+                        self.watchers.remove(&chain_id);
+                    }
+                }
+            }
+            Effect::Settled(settled) => self.unsettled.settle(settled),
+        }
+    }
+
+    pub(super) fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
+        self.emit(Effect::Run(Box::new(move || {
+            let _ = reply.send(value);
+        })));
+    }
+}
+
+/// Whether a queued hot task holds a throttle slot. A throttled task is
+/// queued only once it holds one (its own, or its chain's).
+fn holds_a_slot(
+    tasks: &Map<String, (String, StepAt)>,
+    chains: &Map<String, ChainRecord>,
+    task_defaults: &Map<String, Options>,
+    task_id: &str,
+) -> bool {
+    let Some((chain_id, at)) = tasks.get(task_id) else {
+        return false;
+    };
+    let sig = chains[chain_id].step(*at).signature();
+    let throttled = |o: Option<&Options>| o.is_some_and(|o| o.throttle.is_some());
+    throttled(sig.options.as_ref()) || throttled(task_defaults.get(&sig.name))
+}
+
+/// Prepends the carried value to a JSON array of arguments.
+fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
+    let Some(value) = carried else {
+        return args.to_owned();
+    };
+    let mut list: Vec<serde_json::Value> = serde_json::from_str(args).unwrap_or_default();
+    list.insert(0, value);
+    serde_json::Value::Array(list).to_string()
+}

@@ -1,0 +1,178 @@
+//! Reads of chains for clients: from memory when live, else from the store, with the results kept apart filled in.
+
+use super::*;
+
+impl Core {
+    /// Reads from the store the results stored apart that `chain` still
+    /// uses. One missing is an error in the log: the step gets null.
+    pub(super) fn results_apart_of(
+        &self,
+        chain: &ChainRecord,
+    ) -> Result<Vec<(String, KeptResult)>, crate::store::Error> {
+        let mut out = Vec::new();
+        for step in chain.results_in_use().filter(|s| s.result_apart) {
+            match self
+                .store
+                .view(&self.batch, |v| v.result(&chain.id, &step.task_id))?
+            {
+                Some(result) => {
+                    let kept = KeptResult {
+                        chain_id: chain.id.clone(),
+                        result: Arc::from(result),
+                    };
+                    out.push((step.task_id.clone(), kept));
+                }
+                None => tracing::error!(
+                    chain.id = %chain.id,
+                    task.id = %step.task_id,
+                    "a result stored apart is missing"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The result of `step` of `chain_id`, kept apart in memory.
+    pub(super) fn kept_result(&self, step: &StepRecord) -> Option<Arc<str>> {
+        self.apart.get(&step.task_id).map(|k| Arc::clone(&k.result))
+    }
+
+    /// Fills in a copy of a chain, for an answer or an event, the results
+    /// stored apart that are in memory: the one carried to the current
+    /// step and the chain's result. Older ones stay empty, marked apart:
+    /// the view shows them as omitted, and `GetStepResult` reads them.
+    pub(super) fn with_results(&self, mut rec: ChainRecord) -> ChainRecord {
+        for steps in [&mut rec.steps, &mut rec.on_success, &mut rec.on_failure] {
+            for step in steps.iter_mut().filter(|s| s.result_apart) {
+                if let Some(kept) = self.apart.get(&step.task_id) {
+                    step.result = kept.result.to_string();
+                }
+            }
+        }
+        if rec.result_apart
+            && let Some(last) = rec.steps.last()
+        {
+            rec.result = last.result.clone();
+        }
+        rec
+    }
+
+    /// Drops the results kept apart for `chain_id` that it no longer uses.
+    pub(super) fn prune_results(&mut self, chain_id: &str) {
+        // Most brokers keep no result apart: nothing to walk on the path of
+        // every outcome.
+        if self.apart.is_empty() {
+            return;
+        }
+        let Some(rec) = self.chains.get(chain_id) else {
+            return;
+        };
+        // At most two steps.
+        let in_use: Vec<&str> = rec.results_in_use().map(|s| s.task_id.as_str()).collect();
+        for (_, step) in rec.all_steps() {
+            if step.result_apart && !in_use.contains(&step.task_id.as_str()) {
+                self.apart.remove(&step.task_id);
+            }
+        }
+    }
+
+    /// A chain's record, from memory if live, else from the store.
+    /// A chain as requests see it, with the results it still uses filled
+    /// in (see [`Core::with_results`]); from the store when it is not in
+    /// memory.
+    pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
+        if let Some(rec) = self.chains.get(chain_id) {
+            return Ok(self.with_results(rec.clone()));
+        }
+        let store_error = |e: crate::store::Error| Error::Store(e.to_string());
+        let mut rec = self
+            .store
+            .view(&self.batch, |v| v.chain(chain_id))
+            .map_err(store_error)?
+            .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
+        // The chain's result, shown with its step as for a chain in memory.
+        if rec.result_apart
+            && let Some(last) = rec.steps.last_mut()
+        {
+            last.result = self
+                .store
+                .view(&self.batch, |v| v.result(chain_id, &last.task_id))
+                .map_err(store_error)?
+                .unwrap_or_default();
+            rec.result = last.result.clone();
+        }
+        Ok(rec)
+    }
+
+    /// A step's result, whether kept in its chain's record or apart.
+    pub fn step_result(
+        &mut self,
+        chain_id: &str,
+        task_id: &str,
+        reply: oneshot::Sender<Result<String, Error>>,
+    ) {
+        let answer = self.chain(chain_id).and_then(|rec| {
+            let step = rec
+                .all_steps()
+                .find(|(_, s)| s.task_id == task_id)
+                .map(|(_, s)| s)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "chain {chain_id} has no step with task id {task_id}"
+                    ))
+                })?;
+            if step.state() != StepState::Succeeded {
+                return Err(Error::Conflict(format!(
+                    "step {task_id} has no result: it is {:?}",
+                    step.state()
+                )));
+            }
+            if !step.result_apart || !step.result.is_empty() {
+                return Ok(step.result.clone());
+            }
+            self.store
+                .view(&self.batch, |v| v.result(chain_id, task_id))
+                .map_err(|e| Error::Store(e.to_string()))?
+                .ok_or_else(|| Error::Store(format!("the result of step {task_id} is missing")))
+        });
+        self.reply(reply, answer);
+    }
+
+    pub fn get(&mut self, chain_id: &str, reply: oneshot::Sender<Result<ChainRecord, Error>>) {
+        let result = self.chain(chain_id);
+        self.reply(reply, result);
+    }
+
+    /// [`Core::get`] with the chain's [`Core::unserved_steps`].
+    pub fn inspect(&mut self, chain_id: &str, reply: oneshot::Sender<Result<Inspected, Error>>) {
+        let result = self.chain(chain_id).map(|rec| {
+            let unserved = self.unserved_steps(&rec);
+            (rec, unserved)
+        });
+        self.reply(reply, result);
+    }
+
+    pub fn watch(
+        &mut self,
+        chain_id: &str,
+        tx: watchers::Sender,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) {
+        match self.chain(chain_id) {
+            Err(e) => self.reply(reply, Err(e)),
+            Ok(chain) => {
+                if !chain.is_ended() {
+                    self.watchers
+                        .entry(chain_id.to_owned())
+                        .or_default()
+                        .push(tx.clone());
+                }
+                let event = Arc::new(ChainEvent::new("snapshot", None, chain));
+                self.emit(Effect::Run(Box::new(move || {
+                    tx.offer(&event);
+                })));
+                self.reply(reply, Ok(()));
+            }
+        }
+    }
+}

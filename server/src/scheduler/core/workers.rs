@@ -1,0 +1,494 @@
+//! Worker streams: Hello (with held runs and slots), task defaults, outcomes fenced by attempt, in-body throttle requests, and streams that end.
+
+use super::*;
+
+impl Core {
+    pub fn connect(
+        &mut self,
+        hello: WorkerHello,
+        tx: mpsc::Sender<ToWorker>,
+        now: UnixMs,
+    ) -> String {
+        let worker_id = self.ids.fresh();
+        // A worker that registers a name without defaults (a plain
+        // `.task(name, f)`) leaves the defaults others declared alone.
+        let mut changed = Map::default();
+        for (name, defaults) in &hello.tasks {
+            if *defaults != Options::default() && self.task_defaults.get(name) != Some(defaults) {
+                self.batch.put_task_defaults(name, defaults);
+                changed.insert(name.clone(), defaults.clone());
+            }
+        }
+        if !changed.is_empty() {
+            self.redefine(changed, now);
+        }
+        let mut conn = WorkerConn {
+            name: hello.name.clone(),
+            queues: hello.queues,
+            names: hello.tasks.into_iter().map(|(n, _)| n).collect(),
+            concurrency: hello.concurrency,
+            prefetch: hello.prefetch,
+            in_flight: BTreeSet::new(),
+            draining: false,
+            connected_ms: now,
+            welcomed: false,
+            tx,
+        };
+        let (mut kept, mut lost) = (Vec::new(), Vec::new());
+        let awake = self.awake_ms;
+        for task in hello.held {
+            // A claim is for the broker's current attempt, and that attempt
+            // is not out on another worker that is connected. (Attempt
+            // numbers of early assignments lost in a crash are issued again:
+            // the run issued since is the current one, not the claim.)
+            // Only a worker that could have been assigned it may claim a
+            // run: its queues hold the run's queue and it registered the
+            // task name (a worker token's queues are checked at the edge).
+            let claimable = self.runs.get(&task.task_id).is_some_and(|r| {
+                r.attempt == task.attempt
+                    && self.could_run(&conn, r)
+                    && r.worker
+                        .as_ref()
+                        .and_then(|w| self.workers.get(w))
+                        .is_none_or(|w| w.name == conn.name)
+            });
+            match self.runs.get_mut(&task.task_id).filter(|_| claimable) {
+                Some(run) => {
+                    if let Some(old) = run.worker.replace(worker_id.clone())
+                        && let Some(old) = self.workers.get_mut(&old)
+                    {
+                        old.in_flight.remove(&task.task_id);
+                    }
+                    run.renewed = Some(awake);
+                    if let Some(identity) = run.declared.clone() {
+                        self.throttles.set_worker(
+                            &identity,
+                            &Holder::Task(task.task_id.clone()),
+                            &conn.name,
+                            now,
+                        );
+                    }
+                    conn.in_flight.insert(task.task_id.clone());
+                    kept.push(task);
+                }
+                None => lost.push(task),
+            }
+        }
+        for task in &kept {
+            let listed: Set<u64> = hello
+                .held_slots
+                .iter()
+                .filter(|(t, _)| t == task)
+                .map(|(_, request_id)| *request_id)
+                .collect();
+            self.release_unlisted_slots(&task.task_id, &listed, now);
+        }
+        tracing::info!(worker.id = %worker_id, worker.name = %conn.name, kept = kept.len(), lost = lost.len(), "worker connected");
+        self.workers.insert(worker_id.clone(), conn);
+        let lease_ms = self.lease_ms;
+        self.send_worker(
+            &worker_id,
+            ToWorker::Welcome {
+                worker_id: worker_id.clone(),
+                lease_ms,
+                kept,
+                lost,
+            },
+        );
+        worker_id
+    }
+
+    /// Whether `worker` could have been assigned `run`: it serves the
+    /// queue the run's step was queued in, and registered its task name.
+    pub(super) fn could_run(&self, worker: &WorkerConn, run: &Run) -> bool {
+        self.chains.get(&run.chain_id).is_some_and(|rec| {
+            let step = rec.step(run.at);
+            let queue = if step.queue.is_empty() {
+                self.effective(rec, run.at).queue
+            } else {
+                step.queue.clone()
+            };
+            worker.names.contains(step.name()) && worker.queues.contains(&queue)
+        })
+    }
+
+    /// Sets task names' defaults. Their steps already waiting for a slot or
+    /// a worker were routed under the old ones (or none: submitted before
+    /// any worker declared the name), so they are taken out and made ready
+    /// again, oldest first: a throttle or queue declared for the name (the
+    /// seed's `@throttle`) applies to them too. One pass over the chains in
+    /// memory for all the names of a Hello, however many it registers.
+    pub(super) fn redefine(&mut self, defaults: Map<String, Options>, now: UnixMs) {
+        let names: Set<String> = defaults.keys().cloned().collect();
+        // Cold chains of the names come back without queue entries; the
+        // pass below makes them ready again under the new defaults.
+        self.warm_names(&names);
+        let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
+        for (chain_id, rec) in &self.chains {
+            #[cfg(test)]
+            tests::CHAIN_VISITS.with(|n| n.set(n.get() + 1));
+            if rec.is_ended() {
+                continue;
+            }
+            let at = rec.current();
+            let step = rec.step(at);
+            if names.contains(step.name())
+                && matches!(step.state(), StepState::Ready | StepState::Throttled)
+            {
+                waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+            }
+        }
+        waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut grants = Vec::new();
+        for (_, task_id, chain_id, at) in &waiting {
+            self.queues.remove(task_id);
+            self.throttles
+                .remove_waiters(|w| w.ticket.task_id() == task_id);
+            // A ready step may hold its task-scoped slot: give it back.
+            let rec = &self.chains[chain_id];
+            if let Some(throttle) = self
+                .effective(rec, *at)
+                .throttle
+                .filter(|t| t.scope() != ThrottleScope::Chain)
+            {
+                let identity = Identity::of(rec.step(*at).name(), &throttle);
+                grants.extend(
+                    self.throttle_op(|t, cs| {
+                        t.release(&identity, &Holder::Task(task_id.clone()), cs)
+                    }),
+                );
+            }
+        }
+        self.task_defaults.extend(defaults);
+        for (_, _, chain_id, at) in waiting {
+            self.make_ready(&chain_id, at, now);
+            self.touch(&chain_id);
+        }
+        self.apply_grants(grants, now);
+    }
+
+    pub fn on_worker_message(&mut self, worker_id: &str, msg: FromWorker, now: UnixMs) {
+        if !self.workers.contains_key(worker_id) {
+            return;
+        }
+        match msg {
+            FromWorker::Outcome { task, outcome } => self.outcome(worker_id, task, outcome, now),
+            FromWorker::Heartbeat { tasks } => {
+                let awake = self.awake_ms;
+                let all = tasks.is_empty();
+                let listed: Set<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+                for task_id in &self.workers[worker_id].in_flight {
+                    if (all || listed.contains(task_id.as_str()))
+                        && let Some(run) = self.runs.get_mut(task_id)
+                    {
+                        // An assignment not sent yet has no lease to extend.
+                        if let Some(renewed) = run.renewed.as_mut() {
+                            *renewed = awake;
+                        }
+                    }
+                }
+            }
+            FromWorker::Acquire {
+                request_id,
+                task,
+                throttle,
+            } => self.acquire(worker_id, request_id, task, throttle, now),
+            FromWorker::Release { request_id, task } => {
+                self.release(worker_id, request_id, task, now)
+            }
+            FromWorker::Drain => {
+                if let Some(w) = self.workers.get_mut(worker_id) {
+                    w.draining = true;
+                }
+            }
+            FromWorker::Goodbye => self.worker_gone(worker_id, true, now),
+        }
+    }
+
+    /// The run this worker holds for `task`, if it is current.
+    pub(super) fn current_run(&self, worker_id: &str, task: &TaskRef) -> Option<&Run> {
+        self.runs
+            .get(&task.task_id)
+            .filter(|r| r.attempt == task.attempt && r.worker.as_deref() == Some(worker_id))
+    }
+
+    pub(super) fn outcome(
+        &mut self,
+        worker_id: &str,
+        task: TaskRef,
+        outcome: RunOutcome,
+        now: UnixMs,
+    ) {
+        if self.current_run(worker_id, &task).is_none() {
+            tracing::info!(task.id = %task.task_id, attempt = task.attempt, "rejected an outcome for an assignment that is not current");
+            let reason =
+                "the assignment is not current (lease lapsed, reassigned or finished)".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Ack {
+                    task,
+                    accepted: false,
+                    reason,
+                },
+            );
+        }
+        // The ack goes first: ending the run may hand its slot (and the
+        // worker's freed concurrency) straight to the next task.
+        self.send_worker(
+            worker_id,
+            ToWorker::Ack {
+                task: task.clone(),
+                accepted: true,
+                reason: String::new(),
+            },
+        );
+        let run = self.end_run(&task.task_id, now).expect("current run");
+        let (chain_id, at) = (run.chain_id.clone(), run.at);
+        let rec = &self.chains[&chain_id];
+        if rec.is_ended() || rec.current() != at {
+            return self.settle_superseded(&chain_id, at, now);
+        }
+        let outcome = if run.timed_out && !matches!(outcome, RunOutcome::Success(_)) {
+            RunOutcome::Failure {
+                error_type: "TimeLimitExceeded".into(),
+                message: "the run exceeded its time limit".into(),
+                traceback: String::new(),
+                retryable: true,
+            }
+        } else {
+            outcome
+        };
+        let eff = self.effective(rec, at);
+        match outcome {
+            RunOutcome::Success(result) => {
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.state = StepState::Succeeded as i32;
+                if let Some(failure) = step.failure.as_mut() {
+                    shorten_superseded(failure);
+                }
+                let result = if result.is_empty() {
+                    "null".into()
+                } else {
+                    result
+                };
+                step.result_bytes = u64::try_from(result.len()).unwrap_or(u64::MAX);
+                if result.len() > RESULT_APART_AFTER {
+                    // Written once, apart; the record only says so.
+                    step.result_apart = true;
+                    self.batch.put_result(&chain_id, &step.task_id, &result);
+                    let kept = KeptResult {
+                        chain_id: chain_id.clone(),
+                        result: Arc::from(result),
+                    };
+                    self.apart.insert(step.task_id.clone(), kept);
+                } else {
+                    step.result = result;
+                }
+                step.finished_ms = now;
+                let name = step.name().to_owned();
+                self.task_metrics.get(&name).succeeded.inc();
+                self.event(&chain_id, "step_succeeded", Some(at));
+                self.advance(&chain_id, at, now);
+                self.prune_results(&chain_id);
+            }
+            RunOutcome::Failure {
+                error_type,
+                message,
+                traceback,
+                retryable,
+            } => {
+                let record = self.failure_of(
+                    &chain_id,
+                    at,
+                    run.attempt,
+                    &error_type,
+                    &message,
+                    &traceback,
+                );
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.failure = Some(record.clone());
+                if retryable && step.retries < eff.max_retries {
+                    step.retries += 1;
+                    self.task_metrics.get(&record.task_name).retried.inc();
+                    let delay = eff.backoff(step.retries);
+                    self.schedule(&chain_id, at, now.saturating_add(delay));
+                    self.event(&chain_id, "step_retrying", Some(at));
+                } else {
+                    step.state = StepState::Failed as i32;
+                    step.finished_ms = now;
+                    self.event(&chain_id, "step_failed", Some(at));
+                    self.fail_chain(&chain_id, record, now);
+                }
+            }
+            RunOutcome::RetryLater { delay_ms, message } => {
+                let step = self
+                    .chains
+                    .get_mut(&chain_id)
+                    .expect("live chain")
+                    .step_mut(at);
+                step.polls += 1;
+                if step.polls > eff.max_polls {
+                    let msg = format!(
+                        "{} polls exceeded the budget of {}: {message}",
+                        step.polls, eff.max_polls
+                    );
+                    let record = self.failure_of(
+                        &chain_id,
+                        at,
+                        run.attempt,
+                        "PollBudgetExhausted",
+                        &msg,
+                        "",
+                    );
+                    let step = self
+                        .chains
+                        .get_mut(&chain_id)
+                        .expect("live chain")
+                        .step_mut(at);
+                    step.state = StepState::Failed as i32;
+                    step.failure = Some(record.clone());
+                    step.finished_ms = now;
+                    self.event(&chain_id, "step_failed", Some(at));
+                    self.fail_chain(&chain_id, record, now);
+                } else {
+                    self.schedule(&chain_id, at, now.saturating_add(delay_ms));
+                    self.event(&chain_id, "step_polling", Some(at));
+                }
+            }
+        }
+        self.touch(&chain_id);
+    }
+
+    pub(super) fn acquire(
+        &mut self,
+        worker_id: &str,
+        request_id: u64,
+        task: TaskRef,
+        throttle: Throttle,
+        now: UnixMs,
+    ) {
+        let Some(run) = self.current_run(worker_id, &task) else {
+            let message = "throttle request for an assignment this worker does not hold".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Error {
+                    request_id,
+                    task: Some(task),
+                    message,
+                },
+            );
+        };
+        let name = self.chains[&run.chain_id].step(run.at).name().to_owned();
+        let identity = Identity::of(&name, &throttle);
+        let holder = Holder::InBody {
+            task_id: task.task_id.clone(),
+            request_id,
+        };
+        if self.throttles.holds(&identity, &holder) {
+            // A repeated request (after a reconnect) for a slot it holds.
+            return self.send_worker(worker_id, ToWorker::Granted { request_id });
+        }
+        self.throttles.remove_waiters(|w| w.holder == holder);
+        let ticket = Ticket::InBody {
+            worker_id: worker_id.to_owned(),
+            task,
+            request_id,
+        };
+        self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
+    }
+
+    pub(super) fn release(&mut self, worker_id: &str, request_id: u64, task: TaskRef, now: UnixMs) {
+        let Some(run) = self.current_run(worker_id, &task).cloned() else {
+            let message = "throttle release for an assignment this worker does not hold".into();
+            return self.send_worker(
+                worker_id,
+                ToWorker::Error {
+                    request_id,
+                    task: Some(task),
+                    message,
+                },
+            );
+        };
+        let holder = Holder::InBody {
+            task_id: task.task_id.clone(),
+            request_id,
+        };
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        let Some(pos) = step.in_body.iter().position(|h| h.request_id == request_id) else {
+            // Not granted yet: withdraw the request.
+            self.throttles.remove_waiters(|w| w.holder == holder);
+            return;
+        };
+        let hold = step.in_body.remove(pos);
+        self.touch(&run.chain_id);
+        if let Some(identity) = hold.identity {
+            let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
+            self.apply_grants(grants, now);
+        }
+    }
+
+    /// Releases the in-body slots of a run that its worker no longer lists
+    /// (it let go of them while disconnected).
+    pub(super) fn release_unlisted_slots(&mut self, task_id: &str, listed: &Set<u64>, now: UnixMs) {
+        let Some(run) = self.runs.get(task_id).cloned() else {
+            return;
+        };
+        let step = self
+            .chains
+            .get_mut(&run.chain_id)
+            .expect("live chain")
+            .step_mut(run.at);
+        let (keep, release): (Vec<_>, Vec<_>) = std::mem::take(&mut step.in_body)
+            .into_iter()
+            .partition(|h| listed.contains(&h.request_id));
+        step.in_body = keep;
+        if release.is_empty() {
+            return;
+        }
+        self.touch(&run.chain_id);
+        for hold in release {
+            if let Some(identity) = hold.identity {
+                let holder = Holder::InBody {
+                    task_id: task_id.to_owned(),
+                    request_id: hold.request_id,
+                };
+                let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
+                self.apply_grants(grants, now);
+            }
+        }
+    }
+
+    /// The worker's stream ended. After a Goodbye (`clean`) its runs are
+    /// released at once; after a broken stream they keep their leases, so
+    /// a worker that reconnects in time keeps them and a crashed one loses
+    /// them when the lease lapses, never earlier.
+    pub fn worker_gone(&mut self, worker_id: &str, clean: bool, now: UnixMs) {
+        let Some(conn) = self.workers.remove(worker_id) else {
+            return;
+        };
+        tracing::info!(worker.id = %worker_id, worker.name = %conn.name, clean, in_flight = conn.in_flight.len(), "worker disconnected");
+        self.throttles.remove_waiters(
+            |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if id == worker_id),
+        );
+        for task_id in conn.in_flight {
+            if let Some(run) = self.runs.get_mut(&task_id) {
+                run.worker = None;
+            }
+            if clean {
+                self.lose_run(&task_id, "worker left", now);
+            }
+        }
+    }
+}
