@@ -111,6 +111,7 @@ __all__ = [
     "chain",
     "chord",
     "current_app",
+    "current_task",
     "group",
     "shared_task",
     "signature",
@@ -463,6 +464,34 @@ class _CurrentAppProxy:
 
 
 current_app: Any = _CurrentAppProxy()
+
+
+class _CurrentTaskProxy:
+    """``current_task``: the Celery-style task whose body is running in this thread, falsy
+    outside one (NodeConductor's ``if current_task:`` and ``current_task.retry()``)."""
+
+    def _get_current_object(self) -> Optional["Task"]:
+        try:
+            run = _current_run()
+        except RuntimeError:
+            return None
+        task = _registry.get(run.name)
+        return task if isinstance(task, Task) else None
+
+    def __bool__(self) -> bool:
+        return self._get_current_object() is not None
+
+    def __getattr__(self, name: str) -> Any:
+        task = self._get_current_object()
+        if task is None:
+            raise RuntimeError("current_task is used outside a baton.celery task run by a Baton worker")
+        return getattr(task, name)
+
+    def __repr__(self) -> str:
+        return repr(self._get_current_object())
+
+
+current_task: Any = _CurrentTaskProxy()
 
 
 # -- the request of a running task -----------------------------------------------------
@@ -1315,10 +1344,16 @@ class AsyncResult:
     def app(self) -> Baton:
         return self._app or _current.app
 
-    def _handle(self) -> _BatonResult:
+    @property
+    def baton(self) -> _BatonResult:
+        """The chain's Baton handle (:class:`baton.AsyncResult`): ``info()`` shows
+        every step with its attempts, polls, retries, worker and times."""
         if self._result is None:
             self._result = _BatonResult(self.app, self.id)
         return self._result
+
+    def _handle(self) -> _BatonResult:
+        return self.baton
 
     def _snapshot(self) -> Tuple[str, Any, Optional[Dict[str, Any]]]:
         """(state, result, failure record) as the broker has them now."""

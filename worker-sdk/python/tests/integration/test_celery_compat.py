@@ -116,7 +116,7 @@ def test_create_executor_success(nc_worker):
     assert (done.runtime_state, done.backend_id, done.action, done.error_message) == (
         "available", f"cinder-{volume.pk}", "", "")
     assert result.state == "SUCCESS"
-    poll_step = result._handle().info().steps[1]
+    poll_step = result.baton.info().steps[1]
     assert (poll_step.polls, poll_step.retries) == (1, 0)  # one self.retry(), a retry-later outcome
 
 
@@ -161,7 +161,7 @@ def test_create_executor_polling_ends_erred(nc_worker, name, pulls, message):
     assert history(volume.pk)[-1] == "set_erred"
     assert message in erred.error_message
     assert "Traceback (most recent call last)" in erred.error_traceback
-    poll_step = result._handle().info().steps[1]
+    poll_step = result.baton.info().steps[1]
     assert poll_step.polls == pulls - 1
 
 
@@ -184,7 +184,7 @@ def test_create_executor_throttles_provisioning_per_tenant(nc_worker):
             next(s for s in spans if s[2] == pk)[1] = t
     most = max(sum(1 for s in spans if s[0] <= t < s[1]) for t, _, _ in spans)
     assert most <= 2  # DEFAULT_LIMIT 1, and Waldur lets usage == limit start
-    assert sum(r._handle().info().steps[0].polls for r in results) >= 1, "the throttle never made a step wait"
+    assert sum(r.baton.info().steps[0].polls for r in results) >= 1, "the throttle never made a step wait"
     assert all(Volume.objects.get(v.pk).state == "OK" for v in volumes)
 
 
@@ -290,7 +290,7 @@ def test_autoretry_for_retries_then_fails_and_others_fail_at_once(probes, events
     with pytest.raises(ConnectionError, match="backend is down"):
         flaky.get(timeout=30)
     assert [e["retries"] for e in events.all("flaky")] == [0, 1, 2]
-    assert flaky._handle().info().steps[0].retries == 2  # Baton's retried failures, with the broker's backoff
+    assert flaky.baton.info().steps[0].retries == 2  # Baton's retried failures, with the broker's backoff
     once = probes.not_retried.delay("d")
     with pytest.raises(ValueError, match="bad size"):
         once.get(timeout=30)

@@ -159,7 +159,7 @@ def test_class_tasks_register_themselves_and_abstract_ones_do_not():
     from baton.celery import get_current_app
 
     tasks = get_current_app().tasks
-    assert StateTransitionTask.name == "test_celery_compat.StateTransitionTask"
+    assert StateTransitionTask.name == "test_celery_mapping.StateTransitionTask"
     assert tasks[StateTransitionTask.name].__class__ is StateTransitionTask
     assert not any(isinstance(t, AbstractBase) and type(t) is AbstractBase for t in tasks.values())
     assert StateTransitionTask()("vol:1", state_transition="set_ok") == ["vol:1", "set_ok"]
@@ -353,3 +353,15 @@ def test_worker_cli_serves_the_shared_tasks_of_a_module():
     app = load_app("celery_sample")
     assert app is get_current_app()
     assert "sample.celery.echo" in app.tasks
+
+
+def test_current_task_is_the_running_celery_task():
+    from baton.celery import current_task
+
+    assert not current_task
+
+    @shared_task(name="compat.current", bind=True)
+    def which(self):
+        return bool(current_task), current_task.name, current_task.request.id
+
+    assert run_as_worker(which, [], task_id="t-42") == (True, "compat.current", "t-42")
