@@ -172,7 +172,7 @@ _TASK_OPTION_NOTES: Dict[str, str] = {
     "dies goes back to its queue when its lease lapses: acks_late's behaviour, always on",
     "reject_on_worker_lost": "the run of a worker that dies is always redelivered (attempt + 1) when its lease lapses",
     "acks_on_failure_or_timeout": "a failed run is recorded in the chain's failure record; nothing is requeued",
-    "track_started": "the broker always records when a step starts (AsyncResult(...).info()); .state says "
+    "track_started": "the broker always records when a step starts (AsyncResult(...).baton.info()); .state says "
     "PENDING until the chain ends",
     "serializer": "arguments and results are always JSON",
     "compression": "messages are not compressed",
