@@ -18,7 +18,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, cast
 
 from .app import Baton
 from .errors import WorkerConfigError
@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
         "-A",
         "--app",
         required=True,
-        help="the Baton app, as module:attribute (or module, for an attribute named `app`)",
+        help="the Baton app, as module:attribute; or a module, for its `app` (or `celery`) attribute or, "
+        "failing that, the baton.celery tasks (shared_task) that importing it registered",
     )
     w.add_argument(
         "-Q",
@@ -84,6 +85,11 @@ def load_app(spec: str) -> Baton:
 
     The current directory is put on ``sys.path`` first, as ``python -m``
     would, so ``--app mymodule:app`` works from the project directory.
+
+    A bare module (``--app proj``, Celery's ``-A proj`` habit) names its
+    ``app`` or ``celery`` attribute if that is a Baton app; failing that, if
+    importing it registered Celery-style tasks (``baton.celery.shared_task``
+    or ``Task`` subclasses), the :mod:`baton.celery` app that serves them.
     """
     module_name, _, attr = spec.partition(":")
     if not module_name:
@@ -91,6 +97,18 @@ def load_app(spec: str) -> Baton:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     module = importlib.import_module(module_name)
+    if not attr:
+        for candidate in ("app", "celery"):
+            found = getattr(module, candidate, None)
+            if isinstance(found, Baton):
+                return found
+        compat = sys.modules.get("baton.celery")
+        if compat is not None and compat.get_current_app().tasks:
+            return cast(Baton, compat.get_current_app())
+        raise ValueError(
+            f"--app {spec!r}: {module_name} has no Baton app named `app` (or `celery`) and registered no "
+            "baton.celery task"
+        )
     target: Any = module
     for part in (attr or "app").split("."):
         try:

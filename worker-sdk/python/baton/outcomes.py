@@ -5,6 +5,10 @@
 * :class:`~baton.Retry` -> ``RetryLater``;
 * :class:`~baton.Fatal` -> non-retryable ``Failure``;
 * :class:`~baton.Cancelled` -> non-retryable ``Failure`` of type ``Cancelled``;
+* an exception marked with :func:`mark_final` -> non-retryable ``Failure``
+  with its own type, message and traceback (how :mod:`baton.celery` fails a
+  task at once, as Celery does for exceptions outside ``autoretry_for``,
+  without wrapping the user's exception in another);
 * any other exception -> retryable ``Failure`` with its type name, message
   and formatted traceback (the broker decides whether ``max_retries`` allows
   another attempt).
@@ -19,6 +23,23 @@ from . import _json, pb
 from ._pipeline import stored_before_return
 from .context import TaskContext, enter, leave
 from .errors import Cancelled, Fatal, Retry
+
+
+FINAL_ATTRIBUTE = "__baton_final__"
+"""Set on an exception by :func:`mark_final`: report it as not retryable."""
+
+
+def mark_final(exc: BaseException) -> BaseException:
+    """Mark ``exc`` so that, raised from a task body, it fails the step for
+    good: the broker does not retry it whatever ``max_retries`` says. The
+    failure record keeps ``exc``'s own type, message and traceback. Returns
+    ``exc``, for ``raise mark_final(exc)``."""
+    setattr(exc, FINAL_ATTRIBUTE, True)
+    return exc
+
+
+def is_final(exc: BaseException) -> bool:
+    return bool(getattr(exc, FINAL_ATTRIBUTE, False))
 
 
 def failure(error_type: str, message: str, traceback: str = "", retryable: bool = False) -> pb.Outcome:
@@ -62,6 +83,8 @@ def from_exception(exc: BaseException) -> pb.Outcome:
         else:
             error_type = type(exc).__name__
         return failure(error_type, str(exc) or str(cause or ""), _format(exc), retryable=False)
+    if is_final(exc):
+        return failure(type(exc).__name__, str(exc), _format(exc), retryable=False)
     return failure(type(exc).__name__, str(exc), _format(exc), retryable=True)
 
 

@@ -81,13 +81,18 @@ def start_worker(broker, events_path, tmp_path):
     env["BATON_TEST_EVENTS"] = str(events_path)
     env["PYTHONUNBUFFERED"] = "1"
 
-    def start(queues=("general",), concurrency=1, wait=True, target=None, args=(), extra_env=None):
+    def start(queues=("general",), concurrency=1, wait=True, target=None, args=(), extra_env=None,
+              app="demo_app:app", broker_from_env=False):
+        """``app``: the --app argument; ``broker_from_env``: give the broker's
+        address as $BATON_ADDR instead of --broker."""
         name = f"w{len(procs)}-{'+'.join(queues)}"
         log_path = tmp_path / f"{name}.log"
         log = open(log_path, "ab")
+        address = (target or broker).address
+        where = [] if broker_from_env else ["--broker", address]
+        extra_env = {**(extra_env or {}), **({"BATON_ADDR": address} if broker_from_env else {})}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "baton", "worker", "--app", "demo_app:app",
-             "--broker", (target or broker).address, "--queues", ",".join(queues),
+            [sys.executable, "-m", "baton", "worker", "--app", app, *where, "--queues", ",".join(queues),
              "--concurrency", str(concurrency), "--name", name, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
