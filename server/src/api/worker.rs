@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::oversize::MessageLimit;
-use crate::domain::{FromWorker, Options, RunOutcome, ToWorker, WorkerHello};
+use crate::domain::{FromWorker, Options, RunOutcome, TaskRef, ToWorker, WorkerHello};
 use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
@@ -188,6 +188,30 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
     }))
 }
 
+/// What a message up is about, as the worker sent it: its request id (a
+/// throttle request's; 0 for the others) and the run it names, if any.
+/// A refusal carries both back, whatever else is wrong with the message,
+/// so the worker knows which of its requests or runs was refused.
+fn subject(msg: &worker_message::Msg) -> (u64, Option<TaskRef>) {
+    let named = |t: &Option<pb::TaskRef>| {
+        t.as_ref().map(|t| TaskRef {
+            task_id: t.task_id.clone(),
+            attempt: t.attempt,
+        })
+    };
+    match msg {
+        worker_message::Msg::Outcome(o) => (0, named(&o.task)),
+        worker_message::Msg::ThrottleAcquire(a) => (a.request_id, named(&a.task)),
+        worker_message::Msg::ThrottleRelease(r) => (r.request_id, named(&r.task)),
+        // A heartbeat names many runs (and is never refused).
+        worker_message::Msg::Heartbeat(_)
+        | worker_message::Msg::Hello(_)
+        | worker_message::Msg::Batch(_)
+        | worker_message::Msg::Drain(_)
+        | worker_message::Msg::Goodbye(_) => (0, None),
+    }
+}
+
 /// The messages for a worker that reads batches, grouped into what goes down
 /// together: everything waiting when the stream is polled, except that
 /// outcome acknowledgments alone wait up to [`ACK_HOLD`] for company.
@@ -301,6 +325,7 @@ struct UpLink {
 impl UpLink {
     /// Forwards one message.
     async fn forward(&self, msg: worker_message::Msg) -> Next {
+        let (request_id, task) = subject(&msg);
         match from_worker(msg) {
             Ok(None) => Next::Continue,
             Ok(Some(m)) => {
@@ -312,10 +337,12 @@ impl UpLink {
                 }
             }
             Err(status) => {
-                // A malformed message is refused; the stream stays.
+                // A malformed message is refused, naming the request and the
+                // run it was about, so the worker can fail what waits for
+                // it; the stream stays.
                 let error = ToWorker::Error {
-                    request_id: 0,
-                    task: None,
+                    request_id,
+                    task,
                     message: status.message().to_owned(),
                 };
                 match self.tx.upgrade() {
@@ -565,7 +592,6 @@ impl pb::worker_server::Worker for WorkerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TaskRef;
 
     fn ack(n: u32) -> ToWorker {
         ToWorker::Ack {
