@@ -250,6 +250,8 @@ def substitute(value: Any, sdk: str) -> Any:
     if isinstance(value, list):
         return [substitute(v, sdk) for v in value]
     if isinstance(value, dict):
+        if "$repeat" in value:
+            return str(value["$repeat"]) * int(value["times"])
         return {k: substitute(v, sdk) for k, v in value.items()}
     return value
 
@@ -337,7 +339,11 @@ def matches(expected: Any, actual: Any, chain_id: str) -> bool:
     if expected == "nonempty":
         return bool(actual)
     if expected == "$chain_id":
-        return actual == chain_id
+        return bool(actual == chain_id)
+    if isinstance(expected, dict) and "$contains" in expected:
+        return isinstance(actual, str) and str(expected["$contains"]) in actual
+    if isinstance(expected, dict) and "$not" in expected:
+        return not matches(expected["$not"], actual, chain_id)
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(
             k in actual and matches(v, actual[k], chain_id) for k, v in expected.items()
@@ -392,10 +398,10 @@ def check_step(where: str, exp: Dict[str, Any], step: Any, chain_id: str, proble
             continue
         elif key == "failure":
             got = failure_dict(step.failure) if step.HasField("failure") else None
-        elif key == "min_run_ms":
+        elif key in ("min_run_ms", "max_run_ms"):
             got = step.finished_unix_ms - step.started_unix_ms
-            if got < want:
-                bad("finished - started (ms)", f">= {want}", got)
+            if (got < want) if key == "min_run_ms" else (got > want):
+                bad("finished - started (ms)", f"{'>=' if key == 'min_run_ms' else '<='} {want}", got)
             continue
         else:
             problems.append(f"{where}: unknown expectation {key!r} in scenarios.json")
@@ -560,6 +566,8 @@ def table(scenarios: List[Dict[str, Any]], columns: Sequence[str], results: Dict
             else:
                 cells.append("pass" if v.ok else "**FAIL**")
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "What each scenario checks (beyond the results and states in scenarios.json):", ""]
+    lines += [f"- **{s['name']}**: {s['doc']}" for s in scenarios if s.get("doc")]
     failures = [
         f"- {name} x {col}: " + "; ".join(v.problems) for (name, col), v in sorted(results.items()) if not v.ok
     ]
@@ -628,11 +636,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         v = Verdict(False, [f"{type(e).__name__}: {e}"], 0.0)
                     results[(s["name"], label)] = v
                     log(f"{'ok  ' if v.ok else 'FAIL'} {s['name']} x {label} ({v.seconds:.1f} s)")
-                    for p in v.problems:
-                        log(f"     {p}")
-                dead = [p for p in session.procs if p.popen.poll() is not None]
-                for p in dead:
-                    log(f"--- {p.name} exited with {p.popen.returncode}:\n{p.tail()}")
+                    for problem in v.problems:
+                        log(f"     {problem}")
+                for proc in session.procs:
+                    if proc.popen.poll() is not None:
+                        log(f"--- {proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
             finally:
                 session.close()
     columns = [c for c in list(SDKS) + [MIXED] if c in sdks or (c == MIXED and mixed)]
