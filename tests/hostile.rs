@@ -434,6 +434,15 @@ async fn every_refusal_names_the_request_and_the_run_it_refuses() {
         pb::StepState::Running
     );
 
+    // A second hello changes nothing and is told so.
+    worker.send(Up::Hello(hello("w", &["other"], 5)));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (0, None), "{e:?}");
+    assert!(
+        e.message.starts_with("hello: a stream takes one hello"),
+        "{e:?}"
+    );
+
     // In a batch, each refusal names its own message.
     let frame = |msg: Up| pb::WorkerMessage { msg: Some(msg) };
     worker.send(Up::Batch(pb::WorkerBatch {

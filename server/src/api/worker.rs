@@ -126,11 +126,16 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
     ))
 }
 
-/// Decodes a message after the hello; `Ok(None)` for a repeated hello.
-/// A batch is unpacked by the caller, so here it is one nested too deep.
-fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
-    Ok(Some(match msg {
-        worker_message::Msg::Hello(_) => return Ok(None),
+/// Decodes a message after the hello. A batch is unpacked by the caller,
+/// so here it is one nested too deep.
+fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
+    Ok(match msg {
+        worker_message::Msg::Hello(_) => {
+            return Err(Status::invalid_argument(
+                "hello: a stream takes one hello, its first message; this one changed nothing \
+                 (open a new stream to change queues, tasks or concurrency)",
+            ));
+        }
         worker_message::Msg::Batch(_) => {
             return Err(Status::invalid_argument(
                 "batch.messages holds a batch: batches do not nest",
@@ -185,7 +190,7 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
         },
         worker_message::Msg::Drain(_) => FromWorker::Drain,
         worker_message::Msg::Goodbye(_) => FromWorker::Goodbye,
-    }))
+    })
 }
 
 /// What a message up is about, as the worker sent it: its request id (a
@@ -327,8 +332,7 @@ impl UpLink {
     async fn forward(&self, msg: worker_message::Msg) -> Next {
         let (request_id, task) = subject(&msg);
         match from_worker(msg) {
-            Ok(None) => Next::Continue,
-            Ok(Some(m)) => {
+            Ok(m) => {
                 let goodbye = m == FromWorker::Goodbye;
                 match self.handle.from_worker(self.worker_id.clone(), m).await {
                     Err(_) => Next::Stop,
