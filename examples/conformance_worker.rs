@@ -20,6 +20,7 @@
 //! | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
 //! | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 //! | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
+//! | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
 //!
 //! With `$BATON_CONFORMANCE_RECORD` set to a file, the throttled tasks
 //! append one JSON line when they start holding their slot and one just
@@ -207,6 +208,8 @@ fn worker(args: Args) -> Result<Worker, baton_worker::Error> {
             tokio::time::sleep(millis(ms)).await;
             Ok(json!("not cancelled"))
         })
+        // serde_json's Value cannot hold NaN: json! makes it null.
+        .task("nan", |_ctx| async { Ok(json!(f64::NAN)) })
         .build()
 }
 

@@ -18,6 +18,7 @@ so the one runner (``tests/conformance/run.py``) can check each SDK and mix them
 | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
 | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
+| nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
 
 With ``$BATON_CONFORMANCE_RECORD`` set to a file, the throttled tasks append one
 JSON line when they start holding their slot and one just before they give it
@@ -136,3 +137,8 @@ def heavy() -> str:
 async def cancellable(ms: int) -> str:
     await asyncio.sleep(ms / 1000)
     return "not cancelled"
+
+
+@app.task(name="nan")
+def nan() -> float:
+    return float("nan")

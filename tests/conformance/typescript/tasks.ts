@@ -18,6 +18,7 @@
  * | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
  * | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
  * | cancellable(ms)            | waits up to ms for its cancel: cancelled, it throws Cancelled (error_type "Cancelled"); else returns "not cancelled" |
+ * | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
  *
  * With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
  * one JSON line when they start holding their slot and one just before they
@@ -100,3 +101,5 @@ app.task({ name: "cancellable" }, async (ctx, ms: number) => {
   if (cancelled) throw new Cancelled(ctx.cancelReason);
   return "not cancelled";
 });
+
+app.task({ name: "nan" }, () => Number.NaN);

@@ -20,6 +20,7 @@
 // | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
 // | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 // | cancellable(ms)            | waits up to ms for its cancel: cancelled, it returns the cancellation (error_type "Cancelled"); else returns "not cancelled" |
+// | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
 //
 // With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
 // one JSON line when they start holding their slot and one just before they
@@ -35,6 +36,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math"
 	"os"
 	"time"
 
@@ -123,6 +125,7 @@ func register(w *baton.Worker) {
 		return ms, held(ctx, "*", func() error { return sleep(ctx, ms) })
 	}, baton.Throttle(1))
 	w.Register("heavy", func(ctx *baton.TaskContext) (string, error) { return ctx.Queue, nil }, baton.Heavy())
+	w.Register("nan", func(ctx *baton.TaskContext) (float64, error) { return math.NaN(), nil })
 	w.Register("cancellable", func(ctx *baton.TaskContext, ms int) (string, error) {
 		if err := sleep(ctx, ms); err != nil {
 			return "", err
