@@ -72,11 +72,11 @@ Messages up are `WorkerMessage`s, down `BrokerMessage`s, on the one
 | 1 | up | `hello {worker_name: "host-1:42", queues: ["general"], tasks: [{name: "vm.create", defaults: {}}, {name: "vm.poll", defaults: {max_polls: 50}}], concurrency: 2}` | the first message, within 10 s; `tasks` may not be empty |
 | 2 | down | `welcome {worker_id: "w-7", lease_ms: 30000, heartbeat_interval_ms: 10000, batch_bytes: 1048576}` | |
 | 3 | (client) | `Broker.SubmitChain {steps: [vm.create.si("vm-1"), vm.poll.s()]}` | |
-| 4 | down | `assignment {task: {task_id: "t1", attempt: 1}, chain_id: "c1", name: "vm.create", args: "[\"vm-1\"]", lease_deadline_unix_ms: now + 30000, ...}` | the worker runs the body |
+| 4 | down | `assignment {task: {task_id: "t1", attempt: 1}, chain_id: "c1", name: "vm.create", args: "[\\"vm-1\\"]", lease_deadline_unix_ms: now + 30000, ...}` | the worker runs the body |
 | 5 | up | `heartbeat {tasks: []}` | every 10 s: extends every lease of this stream, and shows the stream is alive |
-| 6 | up | `outcome {task: {task_id: "t1", attempt: 1}, success: {result: "\"vm-1\""}}` | |
+| 6 | up | `outcome {task: {task_id: "t1", attempt: 1}, success: {result: "\\"vm-1\\""}}` | |
 | 7 | down | `outcome_ack {task: {task_id: "t1", attempt: 1}, accepted: true}` | sent once the outcome is durable; the worker may forget it |
-| 8 | down | `assignment {task: {task_id: "t2", attempt: 1}, name: "vm.poll", args: "[\"vm-1\"]", ...}` | a mutable step: the previous result comes first |
+| 8 | down | `assignment {task: {task_id: "t2", attempt: 1}, name: "vm.poll", args: "[\\"vm-1\\"]", ...}` | a mutable step: the previous result comes first |
 | 9 | up | `throttle_acquire {request_id: 1, task: {task_id: "t2", attempt: 1}, throttle: {concurrency: 1, key: "tenant:9", shared: true}}` | the body's `with throttle(...)` |
 | 10 | down | `throttle_granted {request_id: 1}` | FIFO among waiters; a malformed request gets `error {request_id: 1, task: {...}, message}` instead |
 | 11 | up | `throttle_release {request_id: 1, task: {task_id: "t2", attempt: 1}}` | the block ended (the run's end would release it too) |
