@@ -276,6 +276,7 @@ def request(chain: Dict[str, Any]) -> Any:
         steps=[signature(s) for s in chain["steps"]],
         on_success=[signature(s) for s in chain.get("on_success", [])],
         on_failure=[signature(s) for s in chain.get("on_failure", [])],
+        heavy=bool(chain.get("heavy", False)),
     )
 
 
