@@ -25,7 +25,7 @@ fi
 cargo build --quiet --example conformance_worker
 if ! "$venv/bin/python" -c 'import baton.pb' 2>/dev/null; then
     "${PYTHON:-python3}" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./worker-sdk/python
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "./worker-sdk/python[test]"
 fi
 if [ ! -f worker-sdk/typescript/dist/cjs/cli.js ] || [ ! -d worker-sdk/typescript/node_modules ]; then
     (cd worker-sdk/typescript && npm ci --no-audit --no-fund && npm run --silent build)
@@ -33,4 +33,6 @@ fi
 if [ ! -d worker-sdk/go/pb ]; then
     (cd worker-sdk/go && bash tools/gen-proto.sh)
 fi
+# The runner's own judging first (no broker, a second).
+(cd tests/conformance && "$venv/bin/python" -m pytest -q -p no:cacheprovider test_run.py)
 exec "$venv/bin/python" tests/conformance/run.py "$@"
