@@ -48,7 +48,48 @@ contract; do not edit this page by hand.
   `NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`,
   `RESOURCE_EXHAUSTED` (a limit, or a full disk), `UNAVAILABLE` (shutting
   down, or the store cannot write), `UNAUTHENTICATED`,
-  `PERMISSION_DENIED`. A request that fails changes nothing.
+  `PERMISSION_DENIED`. A request that fails changes nothing. On the worker
+  stream, a malformed message after the Hello is refused with a
+  `WorkerError` naming its request id and run instead, and the stream
+  stays open.
+- **Tokens.** When the broker runs with a token file (`--tokens`, see
+  [security.md](security.md)), every call, the worker stream included,
+  carries the gRPC metadata `authorization: Bearer <secret>`. Without it,
+  or with an unknown secret: `UNAUTHENTICATED`; with a token whose role
+  may not make the call (roles `client`, `worker`, `admin`), or a worker
+  Hello naming a queue its token does not list: `PERMISSION_DENIED`. A
+  worker should treat both as fatal rather than reconnect.
+
+## A worked session
+
+One worker (concurrency 2) runs one chain of two steps; the second step
+takes an in-body throttle slot. The broker runs with `--lease-ms 30000`.
+Messages up are `WorkerMessage`s, down `BrokerMessage`s, on the one
+`Worker.Session` stream.
+
+| # | direction | message | notes |
+|---|---|---|---|
+| 1 | up | `hello {worker_name: "host-1:42", queues: ["general"], tasks: [{name: "vm.create", defaults: {}}, {name: "vm.poll", defaults: {max_polls: 50}}], concurrency: 2}` | the first message, within 10 s; `tasks` may not be empty |
+| 2 | down | `welcome {worker_id: "w-7", lease_ms: 30000, heartbeat_interval_ms: 10000, batch_bytes: 1048576}` | |
+| 3 | (client) | `Broker.SubmitChain {steps: [vm.create.si("vm-1"), vm.poll.s()]}` | |
+| 4 | down | `assignment {task: {task_id: "t1", attempt: 1}, chain_id: "c1", name: "vm.create", args: "[\\"vm-1\\"]", lease_deadline_unix_ms: now + 30000, ...}` | the worker runs the body |
+| 5 | up | `heartbeat {tasks: []}` | every 10 s: extends every lease of this stream, and shows the stream is alive |
+| 6 | up | `outcome {task: {task_id: "t1", attempt: 1}, success: {result: "\\"vm-1\\""}}` | |
+| 7 | down | `outcome_ack {task: {task_id: "t1", attempt: 1}, accepted: true}` | sent once the outcome is durable; the worker may forget it |
+| 8 | down | `assignment {task: {task_id: "t2", attempt: 1}, name: "vm.poll", args: "[\\"vm-1\\"]", ...}` | a mutable step: the previous result comes first |
+| 9 | up | `throttle_acquire {request_id: 1, task: {task_id: "t2", attempt: 1}, throttle: {concurrency: 1, key: "tenant:9", shared: true}}` | the body's `with throttle(...)` |
+| 10 | down | `throttle_granted {request_id: 1}` | FIFO among waiters; a malformed request gets `error {request_id: 1, task: {...}, message}` instead |
+| 11 | up | `throttle_release {request_id: 1, task: {task_id: "t2", attempt: 1}}` | the block ended (the run's end would release it too) |
+| 12 | up | `outcome {task: {task_id: "t2", attempt: 1}, retry_later: {delay_ms: 5000, message: "still building"}}` | a poll: the step keeps its place |
+| 13 | down | `outcome_ack {task: {...}, accepted: true}` | 5 s later, a new assignment of t2, attempt 2, with `polls: 1` |
+| 14 | up | `heartbeat {tasks: []}` | while idle too: a stream silent for a whole lease is ended |
+| 15 | up | `drain {}` then, with nothing running, `goodbye {}` | a graceful stop: no new work, then leave; the stream closes |
+
+A `cancel {task, reason}` may come down at any time for a running
+assignment (chain cancelled, time limit, deadline): stop the body and still
+report an outcome (see `Cancel`). After a broken stream, reconnect with a
+new Hello listing `held` runs and `held_slots`; the Welcome's `kept` and
+`lost` say which are still the worker's.
 """
 
 
@@ -125,9 +166,12 @@ def main():
             if m:
                 label, typ, name, num = m.groups()
                 typ = f"{label.strip()} {typ}" if label else typ
+                # One code span per name: a span cannot hold a backtick, so
+                # the oneof's name gets its own after the type's.
+                cell = f"`{typ}`"
                 if top == "oneof":
-                    typ = f"{typ} (oneof `{stack[-1][1]}`)"
-                out.append(f"| `{name}` | `{typ}` | {num} | {clean(comment)} |")
+                    cell += f" (oneof `{stack[-1][1]}`)"
+                out.append(f"| `{name}` | {cell} | {num} | {clean(comment)} |")
                 comment = []
             continue
         comment = []

@@ -362,6 +362,111 @@ async fn reports_on_assignments_a_worker_never_held_are_refused_and_change_nothi
     );
 }
 
+/// Every refusal names what it refuses: the request id of a throttle
+/// request and the run an outcome or throttle request was about, as the
+/// worker sent them (a worker waiting on a grant must learn that it will
+/// never come; one whose outcome was refused must learn which run still
+/// waits for a valid one). Before, the edge answered them all with
+/// `request_id: 0` and no task.
+#[tokio::test]
+async fn every_refusal_names_the_request_and_the_run_it_refuses() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut worker = Raw::connect(&broker.addr, "w", &["job"], 1).await;
+    let id = client
+        .submit(Task::new("job").si(()))
+        .await
+        .unwrap()
+        .chain_id;
+    let task = worker.assignment().await;
+    let refusal = |down: Down| match down {
+        Down::Error(e) => e,
+        other => panic!("expected a WorkerError, got {other:?}"),
+    };
+
+    // A malformed in-body throttle request: shared, with no key.
+    worker.send(Up::ThrottleAcquire(pb::ThrottleAcquire {
+        request_id: 41,
+        task: Some(task.clone()),
+        throttle: Some(pb::Throttle {
+            concurrency: 1,
+            shared: true,
+            ..Default::default()
+        }),
+    }));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (41, Some(&task)), "{e:?}");
+    assert!(e.message.contains("throttle_acquire.throttle.key"), "{e:?}");
+
+    // One with an unknown scope, and a release that names no run.
+    worker.send(Up::ThrottleAcquire(pb::ThrottleAcquire {
+        request_id: 42,
+        task: Some(task.clone()),
+        throttle: Some(pb::Throttle {
+            key: "k".into(),
+            scope: 99,
+            ..Default::default()
+        }),
+    }));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (42, Some(&task)), "{e:?}");
+    worker.send(Up::ThrottleRelease(pb::ThrottleRelease {
+        request_id: 43,
+        task: None,
+    }));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (43, None), "{e:?}");
+
+    // An outcome whose result is not JSON, and one with no result at all:
+    // the refusal names the run, which still runs and takes a valid one.
+    worker.send(success(task.clone(), "{not json"));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (0, Some(&task)), "{e:?}");
+    assert!(e.message.contains("outcome.success.result"), "{e:?}");
+    worker.send(Up::Outcome(pb::Outcome {
+        task: Some(task.clone()),
+        result: None,
+    }));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (0, Some(&task)), "{e:?}");
+    assert_eq!(
+        client.get(&id).await.unwrap().steps[0].state(),
+        pb::StepState::Running
+    );
+
+    // A second hello changes nothing and is told so.
+    worker.send(Up::Hello(hello("w", &["other"], 5)));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (0, None), "{e:?}");
+    assert!(
+        e.message.starts_with("hello: a stream takes one hello"),
+        "{e:?}"
+    );
+
+    // In a batch, each refusal names its own message.
+    let frame = |msg: Up| pb::WorkerMessage { msg: Some(msg) };
+    worker.send(Up::Batch(pb::WorkerBatch {
+        messages: vec![
+            frame(Up::ThrottleAcquire(pb::ThrottleAcquire {
+                request_id: 44,
+                task: Some(task.clone()),
+                throttle: Some(pb::Throttle {
+                    shared: true,
+                    ..Default::default()
+                }),
+            })),
+            frame(success(task.clone(), "\"done\"")),
+        ],
+    }));
+    let e = refusal(worker.next().await);
+    assert_eq!((e.request_id, e.task.as_ref()), (44, Some(&task)), "{e:?}");
+    assert!(matches!(worker.next().await, Down::OutcomeAck(a) if a.accepted));
+    assert_eq!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("done"))
+    );
+}
+
 #[tokio::test]
 async fn a_batch_up_counts_message_by_message_and_a_bad_one_is_refused_alone() {
     let broker = TestBroker::start().await;

@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::oversize::MessageLimit;
-use crate::domain::{FromWorker, Options, RunOutcome, ToWorker, WorkerHello};
+use crate::domain::{FromWorker, Options, RunOutcome, TaskRef, ToWorker, WorkerHello};
 use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
@@ -126,11 +126,16 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
     ))
 }
 
-/// Decodes a message after the hello; `Ok(None)` for a repeated hello.
-/// A batch is unpacked by the caller, so here it is one nested too deep.
-fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
-    Ok(Some(match msg {
-        worker_message::Msg::Hello(_) => return Ok(None),
+/// Decodes a message after the hello. A batch is unpacked by the caller,
+/// so here it is one nested too deep.
+fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
+    Ok(match msg {
+        worker_message::Msg::Hello(_) => {
+            return Err(Status::invalid_argument(
+                "hello: a stream takes one hello, its first message; this one changed nothing \
+                 (open a new stream to change queues, tasks or concurrency)",
+            ));
+        }
         worker_message::Msg::Batch(_) => {
             return Err(Status::invalid_argument(
                 "batch.messages holds a batch: batches do not nest",
@@ -185,7 +190,31 @@ fn from_worker(msg: worker_message::Msg) -> Result<Option<FromWorker>, Status> {
         },
         worker_message::Msg::Drain(_) => FromWorker::Drain,
         worker_message::Msg::Goodbye(_) => FromWorker::Goodbye,
-    }))
+    })
+}
+
+/// What a message up is about, as the worker sent it: its request id (a
+/// throttle request's; 0 for the others) and the run it names, if any.
+/// A refusal carries both back, whatever else is wrong with the message,
+/// so the worker knows which of its requests or runs was refused.
+fn subject(msg: &worker_message::Msg) -> (u64, Option<TaskRef>) {
+    let named = |t: &Option<pb::TaskRef>| {
+        t.as_ref().map(|t| TaskRef {
+            task_id: t.task_id.clone(),
+            attempt: t.attempt,
+        })
+    };
+    match msg {
+        worker_message::Msg::Outcome(o) => (0, named(&o.task)),
+        worker_message::Msg::ThrottleAcquire(a) => (a.request_id, named(&a.task)),
+        worker_message::Msg::ThrottleRelease(r) => (r.request_id, named(&r.task)),
+        // A heartbeat names many runs (and is never refused).
+        worker_message::Msg::Heartbeat(_)
+        | worker_message::Msg::Hello(_)
+        | worker_message::Msg::Batch(_)
+        | worker_message::Msg::Drain(_)
+        | worker_message::Msg::Goodbye(_) => (0, None),
+    }
 }
 
 /// The messages for a worker that reads batches, grouped into what goes down
@@ -301,9 +330,9 @@ struct UpLink {
 impl UpLink {
     /// Forwards one message.
     async fn forward(&self, msg: worker_message::Msg) -> Next {
+        let (request_id, task) = subject(&msg);
         match from_worker(msg) {
-            Ok(None) => Next::Continue,
-            Ok(Some(m)) => {
+            Ok(m) => {
                 let goodbye = m == FromWorker::Goodbye;
                 match self.handle.from_worker(self.worker_id.clone(), m).await {
                     Err(_) => Next::Stop,
@@ -312,10 +341,12 @@ impl UpLink {
                 }
             }
             Err(status) => {
-                // A malformed message is refused; the stream stays.
+                // A malformed message is refused, naming the request and the
+                // run it was about, so the worker can fail what waits for
+                // it; the stream stays.
                 let error = ToWorker::Error {
-                    request_id: 0,
-                    task: None,
+                    request_id,
+                    task,
                     message: status.message().to_owned(),
                 };
                 match self.tx.upgrade() {
@@ -565,7 +596,6 @@ impl pb::worker_server::Worker for WorkerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TaskRef;
 
     fn ack(n: u32) -> ToWorker {
         ToWorker::Ack {

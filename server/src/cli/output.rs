@@ -382,6 +382,32 @@ pub fn failure_line(f: &pb::FailureRecord) -> String {
     )
 }
 
+/// Lines of a traceback shown whole; a longer one keeps its first and last.
+const TRACEBACK_HEAD: usize = 30;
+const TRACEBACK_TAIL: usize = 10;
+
+/// A traceback for the chain's header, each line under the first indented
+/// to the value column. Shown whole, because which frame matters depends on
+/// the language: Python's last lines name the error and the innermost
+/// frame, while a Node, Go or Rust trace starts with the error and the
+/// frame that raised it. A longer one keeps its first [`TRACEBACK_HEAD`]
+/// and last [`TRACEBACK_TAIL`] lines, with how many were left out between.
+/// Each line is cut to 200 characters, control characters blanked.
+fn traceback(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut shown: Vec<String> = Vec::new();
+    if lines.len() <= TRACEBACK_HEAD + TRACEBACK_TAIL {
+        shown.extend(lines.iter().map(|l| short(l, 200)));
+    } else {
+        shown.extend(lines[..TRACEBACK_HEAD].iter().map(|l| short(l, 200)));
+        let left_out = lines.len() - TRACEBACK_HEAD - TRACEBACK_TAIL;
+        shown.push(format!("… {left_out} more lines …"));
+        let tail = &lines[lines.len() - TRACEBACK_TAIL..];
+        shown.extend(tail.iter().map(|l| short(l, 200)));
+    }
+    shown.join(&format!("\n{:14}", ""))
+}
+
 /// A chain for people: a header, then one row per step.
 pub fn chain_text(c: &pb::Chain) -> String {
     let mut out = String::new();
@@ -415,12 +441,7 @@ pub fn chain_text(c: &pb::Chain) -> String {
     }
     if let Some(f) = &c.failure {
         field("failure", failure_line(f));
-        if !f.traceback.is_empty() {
-            field(
-                "traceback",
-                short(f.traceback.lines().last().unwrap_or(""), 200),
-            );
-        }
+        field("traceback", traceback(&f.traceback));
     }
     field("cancel reason", c.cancel_reason.clone());
     field("requeued from", c.requeued_from.clone());
@@ -561,6 +582,26 @@ pub fn event_line(e: &pb::ChainEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceback_is_shown_whole_under_its_label_or_its_two_ends() {
+        // A Node stack: the error and the frame that threw come first.
+        let node = "ConformanceError: it broke\n    at tasks.js:55:11\n    at worker.js:472:25\n";
+        assert_eq!(
+            traceback(node),
+            "ConformanceError: it broke\n                  at tasks.js:55:11\n                  at worker.js:472:25"
+        );
+        let long: String = (1..=100).map(|i| format!("frame {i}\n")).collect();
+        let shown = traceback(&long);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), TRACEBACK_HEAD + 1 + TRACEBACK_TAIL);
+        assert_eq!(lines[0], "frame 1");
+        assert_eq!(lines[TRACEBACK_HEAD].trim(), "… 60 more lines …");
+        assert_eq!(lines.last().map(|l| l.trim()), Some("frame 100"));
+        assert_eq!(traceback(""), "");
+        // No terminal escapes get through.
+        assert_eq!(traceback("a\u{1b}[2Jb"), "a [2Jb");
+    }
 
     #[test]
     fn tables_align_and_mark_empty_cells() {

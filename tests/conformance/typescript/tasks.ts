@@ -18,12 +18,30 @@
  * | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
  * | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
  * | cancellable(ms)            | waits up to ms for its cancel: cancelled, it throws Cancelled (error_type "Cancelled"); else returns "not cancelled" |
+ * | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+ *
+ * With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
+ * one JSON line when they start holding their slot and one just before they
+ * give it back ({"sdk": "typescript", "event": "enter"|"leave", "task",
+ * "key", "task_id", "attempt", "t_us"}, wall-clock microseconds), each with
+ * one write to the file opened for appending, so the conformance runner
+ * (tests/conformance/run.py) can count holders across languages.
  */
-import { Baton, Cancelled, Retry } from "../../../worker-sdk/typescript/dist/cjs/index.js";
+import { appendFileSync } from "node:fs";
+import { Baton, Cancelled, Retry, type TaskContext } from "../../../worker-sdk/typescript/dist/cjs/index.js";
 
 export const app = new Baton(); // $BATON_ADDR, else 127.0.0.1:7070
 
 class ConformanceError extends Error {}
+
+/** Appends an enter or leave line to $BATON_CONFORMANCE_RECORD, if set. */
+function record(event: "enter" | "leave", ctx: TaskContext, key: string): void {
+  const path = process.env.BATON_CONFORMANCE_RECORD;
+  if (!path) return;
+  const t_us = Math.round((performance.timeOrigin + performance.now()) * 1000);
+  const line = { sdk: "typescript", event, task: ctx.name, key, task_id: ctx.taskId, attempt: ctx.attempt, t_us };
+  appendFileSync(path, `${JSON.stringify(line)}\n`);
+}
 
 app.task({ name: "noop" }, () => null);
 
@@ -52,13 +70,17 @@ app.task({ name: "sleep" }, async (ctx, ms: number) => {
 
 app.task({ name: "throttled_in_body" }, (ctx, key: string, ms: number) =>
   ctx.throttle({ concurrency: 1, key }, async () => {
+    record("enter", ctx, key);
     await ctx.sleep(ms);
+    record("leave", ctx, key);
     return key;
   }),
 );
 
 app.task({ name: "throttled_declared", throttle: 1 }, async (ctx, ms: number) => {
+  record("enter", ctx, "*");
   await ctx.sleep(ms);
+  record("leave", ctx, "*");
   return ms;
 });
 
@@ -79,3 +101,5 @@ app.task({ name: "cancellable" }, async (ctx, ms: number) => {
   if (cancelled) throw new Cancelled(ctx.cancelReason);
   return "not cancelled";
 });
+
+app.task({ name: "nan" }, () => Number.NaN);

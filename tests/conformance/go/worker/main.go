@@ -20,13 +20,24 @@
 // | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
 // | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 // | cancellable(ms)            | waits up to ms for its cancel: cancelled, it returns the cancellation (error_type "Cancelled"); else returns "not cancelled" |
+// | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+//
+// With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
+// one JSON line when they start holding their slot and one just before they
+// give it back ({"sdk": "go", "event": "enter"|"leave", "task", "key",
+// "task_id", "attempt", "t_us"}, wall-clock microseconds), each with one
+// write to the file opened for appending, so the conformance runner
+// (tests/conformance/run.py) can count holders across languages.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
+	"math"
+	"os"
 	"time"
 
 	baton "example.invalid/baton/worker-sdk/go"
@@ -52,18 +63,50 @@ func sleep(ctx *baton.TaskContext, ms int) error {
 	}
 }
 
+// record appends an enter or leave line to $BATON_CONFORMANCE_RECORD, if set.
+func record(event string, ctx *baton.TaskContext, key string) {
+	path := os.Getenv("BATON_CONFORMANCE_RECORD")
+	if path == "" {
+		return
+	}
+	line, err := json.Marshal(map[string]any{
+		"sdk": "go", "event": event, "task": ctx.Name, "key": key,
+		"task_id": ctx.TaskID, "attempt": ctx.Attempt, "t_us": time.Now().UnixMicro(),
+	})
+	if err == nil {
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+			_, err = f.Write(append(line, '\n'))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	if err != nil {
+		log.Fatalf("conformance worker: cannot write the record: %v", err)
+	}
+}
+
+// held runs body between an enter and a leave record of key.
+func held(ctx *baton.TaskContext, key string, body func() error) error {
+	record("enter", ctx, key)
+	err := body()
+	record("leave", ctx, key)
+	return err
+}
+
 func register(w *baton.Worker) {
 	w.Register("noop", func(ctx *baton.TaskContext) (any, error) { return nil, nil })
 	w.Register("echo", func(ctx *baton.TaskContext, x any) (any, error) { return x, nil })
 	w.Register("add", func(ctx *baton.TaskContext, a, b float64) (float64, error) { return a + b, nil })
 	w.Register("fail_once", func(ctx *baton.TaskContext, key string) (uint32, error) {
 		if ctx.Attempt == 1 {
-			return 0, &ConformanceError{fmt.Sprintf("fail_once %s: attempt 1", key)}
+			return 0, baton.WithStack(&ConformanceError{fmt.Sprintf("fail_once %s: attempt 1", key)})
 		}
 		return ctx.Attempt, nil
 	}, baton.MaxRetries(1), baton.RetryBackoff(100*time.Millisecond, 0))
 	w.Register("fail_always", func(ctx *baton.TaskContext, message string) error {
-		return &ConformanceError{message}
+		return baton.WithStack(&ConformanceError{message})
 	}, baton.MaxRetries(0))
 	w.Register("retry_later_n", func(ctx *baton.TaskContext, n uint32) (uint32, error) {
 		if ctx.Polls < n {
@@ -73,13 +116,16 @@ func register(w *baton.Worker) {
 	})
 	w.Register("sleep", func(ctx *baton.TaskContext, ms int) (int, error) { return ms, sleep(ctx, ms) })
 	w.Register("throttled_in_body", func(ctx *baton.TaskContext, key string, ms int) (string, error) {
-		err := ctx.Throttle(baton.Limit{Concurrency: 1, Key: key}, func() error { return sleep(ctx, ms) })
+		err := ctx.Throttle(baton.Limit{Concurrency: 1, Key: key}, func() error {
+			return held(ctx, key, func() error { return sleep(ctx, ms) })
+		})
 		return key, err
 	})
 	w.Register("throttled_declared", func(ctx *baton.TaskContext, ms int) (int, error) {
-		return ms, sleep(ctx, ms)
+		return ms, held(ctx, "*", func() error { return sleep(ctx, ms) })
 	}, baton.Throttle(1))
 	w.Register("heavy", func(ctx *baton.TaskContext) (string, error) { return ctx.Queue, nil }, baton.Heavy())
+	w.Register("nan", func(ctx *baton.TaskContext) (float64, error) { return math.NaN(), nil })
 	w.Register("cancellable", func(ctx *baton.TaskContext, ms int) (string, error) {
 		if err := sleep(ctx, ms); err != nil {
 			return "", err
