@@ -37,6 +37,7 @@ from .errors import (
     Retry,
     SubmissionRefused,
     ThrottleError,
+    ThrottleRefused,
     WorkerConfigError,
 )
 from .throttle import Throttle, throttle
@@ -59,6 +60,7 @@ __all__ = [
     "TaskContext",
     "Throttle",
     "ThrottleError",
+    "ThrottleRefused",
     "Tls",
     "Worker",
     "WorkerConfigError",

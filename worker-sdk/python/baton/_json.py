@@ -27,9 +27,13 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_encoder = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
+_encoder = json.JSONEncoder(
+    default=_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 """One encoder for every call: ``json.dumps`` with options builds a new one each time,
-and arguments and results are encoded once per step and per run."""
+and arguments and results are encoded once per step and per run. NaN and the
+infinities are refused (Python would write ``NaN``, which is not JSON: the broker
+refuses such an outcome, and the run would never end)."""
 
 
 def dumps(value: Any, what: str) -> str:

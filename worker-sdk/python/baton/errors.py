@@ -85,6 +85,13 @@ class ThrottleError(BatonError):
     """The broker refused an in-body throttle request (``WorkerError``)."""
 
 
+class ThrottleRefused(ThrottleError, Fatal):
+    """The broker refused an in-body throttle request: asking again would be
+    refused again, so raised from a body it fails the step for good (error
+    type ``ThrottleRefused``, as the Rust and Go SDKs report it), whatever
+    the task's retries. Catch :class:`ThrottleError` to handle it."""
+
+
 class ChainFailed(BatonError):
     """Raised by :meth:`AsyncResult.get` when the chain failed.
 

@@ -51,7 +51,7 @@ import grpc.aio
 from . import _json, _transport, options as _options, outcomes, pb
 from .client import PHASES
 from .context import TaskContext, TaskKey
-from .errors import Cancelled, ThrottleError, WorkerConfigError
+from .errors import Cancelled, ThrottleError, ThrottleRefused, WorkerConfigError
 
 if TYPE_CHECKING:
     from .app import Baton
@@ -1037,7 +1037,8 @@ class Worker:
 
         Raises:
             Cancelled: the run was cancelled while waiting.
-            ThrottleError: the broker refused the request.
+            ThrottleRefused: the broker refused the request (a
+                :class:`ThrottleError`, and fatal: not retried).
         """
         try:
             asyncio.get_running_loop()
@@ -1119,7 +1120,7 @@ class Worker:
             _, waiter = run.waiters.pop(error.request_id)
             self._requests.pop(error.request_id, None)
             if not waiter.done():
-                waiter.set_exception(ThrottleError(error.message))
+                waiter.set_exception(ThrottleRefused(error.message))
             return
         log.warning("worker %s: the broker refused a request: %s", self.name, error.message)
 

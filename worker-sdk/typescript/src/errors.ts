@@ -57,9 +57,15 @@ export class Cancelled extends BatonError {
   override name = "Cancelled";
 }
 
-/** The broker refused an in-body throttle request (a malformed throttle, say). */
+/**
+ * The broker refused an in-body throttle request (a malformed throttle, say).
+ * `fatal` is true for a refusal: thrown from a body, it fails the step for
+ * good with error type `ThrottleRefused` (asking again would be refused
+ * again), as the Rust and Go SDKs report it.
+ */
 export class ThrottleError extends BatonError {
   override name = "ThrottleError";
+  readonly fatal: boolean = true;
 }
 
 /** The broker refused the worker's Hello (bad queue, task name, token): retrying cannot help. */

@@ -8,11 +8,13 @@
  * - {@link Fatal}: a failure never retried (a plain `Fatal` with a `cause`
  *   reports the cause's type);
  * - {@link Cancelled}: a failure of type "Cancelled", never retried;
+ * - a {@link ThrottleError} (the broker refused an in-body throttle): a
+ *   failure of type "ThrottleRefused", never retried;
  * - any other thrown value: a retryable failure with the error's name,
  *   message and full stack (with its causes), which the broker retries
  *   while `maxRetries` allows.
  */
-import { Cancelled, Fatal, Retry } from "./errors";
+import { Cancelled, Fatal, Retry, ThrottleError } from "./errors";
 import type { Outcome } from "./gen/baton/v1/index";
 
 export function failure(errorType: string, message: string, traceback = "", retryable = false): Outcome {
@@ -90,6 +92,9 @@ export function fromError(err: unknown): Outcome {
   }
   if (err instanceof Cancelled) {
     return failure("Cancelled", err.message, stack(err));
+  }
+  if (err instanceof ThrottleError && err.fatal) {
+    return failure("ThrottleRefused", err.message, stack(err), false);
   }
   if (err instanceof Fatal) {
     const cause = err.cause;
