@@ -33,6 +33,8 @@
 mod clock;
 mod core;
 pub mod queues;
+#[cfg(test)]
+mod sim;
 pub mod throttle;
 pub mod watchers;
 
