@@ -364,6 +364,7 @@ impl Core {
         }
         let early = eff.throttle.is_none()
             && self.workers[worker_id].welcomed
+            && self.workers[worker_id].held_back == 0
             && self.unsettled.resumed == 0
             && !self.unsettled.ready.contains_key(task_id);
         let send = Effect::ToWorker {
@@ -376,6 +377,11 @@ impl Core {
             self.early.push(send);
         } else {
             self.emit(send);
+            // Delivered right after it, in order: early ones may follow.
+            self.emit(Effect::Settled(Settled::Sent(worker_id.to_owned())));
+            if let Some(worker) = self.workers.get_mut(worker_id) {
+                worker.held_back += 1;
+            }
         }
         self.event(&chain_id, "step_started", Some(at));
         self.touch(&chain_id);

@@ -88,6 +88,9 @@ pub enum Settled {
     Ready(String),
     /// A queue's dispatch was resumed.
     Resumed,
+    /// An assignment that waited for its round left for this worker (see
+    /// [`WorkerConn::held_back`]).
+    Sent(String),
 }
 
 /// An assignment may leave before its round is durable (an *early*
@@ -106,7 +109,12 @@ pub enum Settled {
 /// - it takes or relies on a throttle slot (a slot granted in memory and
 ///   lost in a crash could let a second holder in, guarantee 4);
 /// - its worker's `Welcome` has not left yet (it must be the first message
-///   on the stream).
+///   on the stream);
+/// - an earlier assignment to its worker waits for its round: a worker
+///   starts its assignments in the order they arrive, and one that
+///   overtook a slot holder could take the holder's only run slot and wait
+///   in its body for that very slot, for ever (finding F1 of the
+///   simulator).
 ///
 /// Why bother: on the hot path of short tasks a worker ends a run, the
 /// broker hands its slot to the next task in the same round, and the
@@ -133,6 +141,7 @@ impl Unsettled {
                 }
             }
             Settled::Resumed => self.resumed -= 1,
+            Settled::Sent(_) => {}
         }
     }
 }
@@ -217,6 +226,10 @@ pub struct WorkerConn {
     pub connected_ms: UnixMs,
     /// Its `Welcome` has left: early assignments may follow it.
     welcomed: bool,
+    /// Assignments to it that wait for their round to be durable: while
+    /// any does, none leaves early, so that it gets its assignments in the
+    /// order they were made (see [`Unsettled`]).
+    held_back: u32,
     tx: mpsc::Sender<ToWorker>,
 }
 
@@ -664,6 +677,11 @@ impl Core {
                     if last || list.is_empty() {
                         self.watchers.remove(&chain_id);
                     }
+                }
+            }
+            Effect::Settled(Settled::Sent(worker_id)) => {
+                if let Some(worker) = self.workers.get_mut(&worker_id) {
+                    worker.held_back = worker.held_back.saturating_sub(1);
                 }
             }
             Effect::Settled(settled) => self.unsettled.settle(settled),

@@ -765,3 +765,40 @@ fn a_claim_for_an_attempt_out_on_another_connected_worker_is_lost() {
         _ => panic!("welcome first"),
     }
 }
+
+/// Finding F2 of the simulator: once the run's stream is gone (here it
+/// ended; a restart looks the same), another worker serving the same task
+/// name cannot claim the run; the worker the step's record names can.
+#[test]
+fn a_run_whose_worker_is_gone_is_claimed_only_by_that_worker() {
+    let (_dir, _, mut core) = empty_core();
+    let (tx, mut rx) = mpsc::channel(16);
+    submit(&mut core, one_step("t"));
+    let owner = core.connect(hello("t", 1, 0), tx, 1);
+    core.dispatch(1);
+    end_round(&mut core);
+    let task = next_assignment(&mut rx);
+    core.worker_gone(&owner, false, 2);
+    end_round(&mut core);
+
+    let welcome = |core: &mut Core, name: &str, now| {
+        let (tx, mut rx) = mpsc::channel(16);
+        let claim = WorkerHello {
+            name: name.into(),
+            held: vec![task.clone()],
+            ..hello("t", 1, 0)
+        };
+        core.connect(claim, tx, now);
+        end_round(core);
+        match rx.try_recv().expect("welcome") {
+            ToWorker::Welcome { kept, lost, .. } => (kept, lost),
+            _ => panic!("welcome first"),
+        }
+    };
+    let (kept, lost) = welcome(&mut core, "other", 3);
+    assert!(kept.is_empty(), "another worker took the run");
+    assert_eq!(lost, std::slice::from_ref(&task));
+    let (kept, lost) = welcome(&mut core, &hello("t", 1, 0).name, 4);
+    assert_eq!(kept, std::slice::from_ref(&task));
+    assert!(lost.is_empty());
+}

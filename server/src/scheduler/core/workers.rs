@@ -32,6 +32,7 @@ impl Core {
             draining: false,
             connected_ms: now,
             welcomed: false,
+            held_back: 0,
             tx,
         };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
@@ -44,13 +45,22 @@ impl Core {
             // Only a worker that could have been assigned it may claim a
             // run: its queues hold the run's queue and it registered the
             // task name (a worker token's queues are checked at the edge).
+            // And only the worker it was assigned to, by name: the stream
+            // holding it, or, when none does (its stream ended, or the
+            // broker restarted), the worker the step's record names, so
+            // that another worker serving the same name cannot take it
+            // (finding F2 of the simulator).
             let claimable = self.runs.get(&task.task_id).is_some_and(|r| {
+                let owner = match r.worker.as_ref().and_then(|w| self.workers.get(w)) {
+                    Some(holder) => holder.name.as_str(),
+                    None => self
+                        .chains
+                        .get(&r.chain_id)
+                        .map_or("", |rec| rec.step(r.at).worker.as_str()),
+                };
                 r.attempt == task.attempt
                     && self.could_run(&conn, r)
-                    && r.worker
-                        .as_ref()
-                        .and_then(|w| self.workers.get(w))
-                        .is_none_or(|w| w.name == conn.name)
+                    && (owner.is_empty() || owner == conn.name)
             });
             match self.runs.get_mut(&task.task_id).filter(|_| claimable) {
                 Some(run) => {

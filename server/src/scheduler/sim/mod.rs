@@ -107,29 +107,7 @@ const EVENTS_PER_SEED: u64 = 5_000;
 
 /// Seeds that fail for a known reason, each with its finding in
 /// FINDINGS.md. They are skipped by the CI run, never by a replay.
-const KNOWN: &[(u64, &str)] = &[
-    // F1: an early assignment overtakes a held one to the same worker, so a
-    // slot holder waits in the prefetch behind a body that waits in-body
-    // for that slot: deadlock.
-    (
-        16,
-        "F1 (early assignment overtakes a slot holder: deadlock)",
-    ),
-    (
-        56,
-        "F1 (early assignment overtakes a slot holder: deadlock)",
-    ),
-    // F2: after a restart, any worker that registered a run's name and
-    // queue can claim the run in its Hello before its owner reconnects.
-    (
-        69,
-        "F2 (a Hello claims another worker's run after a restart)",
-    ),
-    (
-        80,
-        "F2 (a Hello claims another worker's run after a restart)",
-    ),
-];
+const KNOWN: &[(u64, &str)] = &[];
 
 /// Runs one seed; a panic inside the scheduler counts as a failure.
 fn run_seed(seed: u64, events: u64, trace: Trace) -> (Result<Stats, String>, Trace) {

@@ -455,6 +455,12 @@ impl SimWorker {
         match cx.rng.below(5) {
             0 if !self.past.is_empty() => {
                 let task = self.past[cx.rng.index(self.past.len())].clone();
+                // After a crash the broker issues an attempt number again:
+                // an attempt this worker holds now is not stale, and its
+                // success is no lie.
+                if self.runs.get(&task.task_id).is_some_and(|r| r.task == task) {
+                    return;
+                }
                 self.send(
                     cx,
                     worker_id,

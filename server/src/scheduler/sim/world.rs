@@ -406,8 +406,13 @@ impl World {
         }
     }
 
-    /// After the chaos: resume every queue a client paused.
+    /// After the chaos: resume every queue a client paused, and every queue
+    /// the broker says is paused (a pause whose answer a crash lost took
+    /// effect all the same: an operator would see it in `baton queues`).
     fn resume_queues(&mut self) {
+        let shown = self.core.queue_stats(self.now);
+        self.paused
+            .extend(shown.into_iter().filter(|q| q.paused).map(|q| q.name));
         let queues: Vec<String> = self.paused.difference(&self.resuming).cloned().collect();
         for queue in queues {
             self.resuming.insert(queue.clone());
