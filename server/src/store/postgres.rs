@@ -668,3 +668,269 @@ impl DoubleEndedIterator for Range<'_> {
             .map(Ok)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Place, admin_sql, postgres_url, with_search_path};
+    use super::super::{Fault, Shared};
+    use super::*;
+
+    fn put(batch: &mut Batch, key: &[u8], value: &[u8]) {
+        batch.writes.insert(key.into(), Some(value.into()));
+    }
+
+    fn remove(batch: &mut Batch, key: &[u8]) {
+        batch.writes.insert(key.into(), None);
+    }
+
+    fn collect(entries: Entries<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        entries
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// Ranges longer than a page, partly flushed and partly only applied,
+    /// with removals hiding flushed rows, read forward, backward, and from
+    /// both ends at once: every backend agrees with a map.
+    #[test]
+    fn ranges_lay_what_is_applied_over_what_is_flushed_on_every_backend() {
+        for place in Place::all() {
+            eprintln!("backend: {place}");
+            let backend = place.backend();
+            let mut model = BTreeMap::new();
+            let key = |i: u32| {
+                let mut k = vec![b'k'];
+                k.extend_from_slice(&i.to_be_bytes());
+                k
+            };
+            let mut b = Batch::new();
+            for i in 0..1300 {
+                put(&mut b, &key(i), &i.to_le_bytes());
+                model.insert(key(i), i.to_le_bytes().to_vec());
+            }
+            // Outside the range read below.
+            put(&mut b, b"z", b"outside");
+            backend.apply(&b).unwrap();
+            backend.flush().unwrap();
+            let mut b = Batch::new();
+            for i in (0..1300).step_by(3) {
+                remove(&mut b, &key(i));
+                model.remove(&key(i));
+            }
+            for i in (1..1300).step_by(7) {
+                put(&mut b, &key(i), b"new");
+                model.insert(key(i), b"new".to_vec());
+            }
+            for i in 2000..2010 {
+                put(&mut b, &key(i), b"only applied");
+                model.insert(key(i), b"only applied".to_vec());
+            }
+            backend.apply(&b).unwrap();
+            let want: Vec<_> = model.clone().into_iter().collect();
+            assert_eq!(collect(backend.range(b"k", b"l")), want);
+            let mut back = collect(Box::new(backend.range(b"k", b"l").rev()));
+            back.reverse();
+            assert_eq!(back, want);
+            // From both ends, meeting in the middle.
+            let mut both = backend.range(b"k", b"l");
+            let (mut front, mut rear) = (Vec::new(), Vec::new());
+            loop {
+                match both.next() {
+                    Some(e) => front.push(e.unwrap()),
+                    None => break,
+                }
+                match both.next_back() {
+                    Some(e) => rear.push(e.unwrap()),
+                    None => break,
+                }
+            }
+            drop(both);
+            front.extend(rear.into_iter().rev());
+            let front: Vec<_> = front
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            assert_eq!(front, want);
+            // A window and an empty range.
+            let (from, to) = (key(100), key(110));
+            let window: Vec<_> = model
+                .range(from.clone()..to.clone())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(collect(backend.range(&from, &to)), window);
+            assert!(collect(backend.range(&to, &from)).is_empty());
+            assert_eq!(backend.get(&key(0)).unwrap(), None);
+            assert_eq!(backend.get(&key(1)).unwrap().as_deref(), Some(&b"new"[..]));
+            assert_eq!(
+                backend.get(&key(2)).unwrap().as_deref(),
+                Some(&2u32.to_le_bytes()[..])
+            );
+            // Flushed, the same again, also after a reopen.
+            backend.flush().unwrap();
+            assert_eq!(collect(backend.range(b"k", b"l")), want);
+            drop(backend);
+            let backend = place.backend();
+            assert_eq!(collect(backend.range(b"k", b"l")), want);
+            assert_eq!(backend.get(b"z").unwrap().as_deref(), Some(&b"outside"[..]));
+        }
+    }
+
+    #[test]
+    fn a_value_written_again_during_a_flush_stays_in_the_overlay() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        let backend = PgBackend::open(url).unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"1");
+        backend.apply(&b).unwrap();
+        backend.flush().unwrap();
+        assert!(backend.overlay().writes.is_empty());
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"2");
+        remove(&mut b, b"gone");
+        backend.apply(&b).unwrap();
+        assert_eq!(backend.overlay().writes.len(), 2);
+        assert_eq!(backend.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        backend.flush().unwrap();
+        assert!(backend.overlay().writes.is_empty());
+        assert_eq!(backend.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_naming_both_versions() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        drop(PgBackend::open(url).unwrap());
+        admin_sql(
+            url,
+            "UPDATE baton_meta SET value = '99' WHERE key = 'schema_version'",
+        )
+        .unwrap();
+        let e = PgBackend::open(url).err().expect("refused");
+        assert!(
+            matches!(
+                e,
+                Error::SchemaTooNew {
+                    found: 99,
+                    known: SCHEMA_VERSION
+                }
+            ),
+            "{e}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("version 99") && message.contains("version 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn writes_left_applied_are_flushed_unasked() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        let backend = PgBackend::open(url).unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"1");
+        backend.apply(&b).unwrap();
+        let other = PgBackend::open(url).unwrap();
+        let start = Instant::now();
+        while other.get(b"a").unwrap().is_none() {
+            assert!(start.elapsed() < FLUSH_EVERY * 20, "never flushed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server ends the broker's connection (a restart, a failover of
+    /// the database, an administrator): reads connect again, a flush fails
+    /// and the repair replays what was not durable.
+    #[tokio::test]
+    async fn a_lost_connection_is_repaired_without_losing_a_batch() {
+        let Some(admin) = postgres_url() else {
+            return;
+        };
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { schema, .. } = &place else {
+            unreachable!()
+        };
+        // A name of its own, to end only this test's connections.
+        let name = format!("baton_{schema}");
+        let url = format!(
+            "{}&application_name={name}",
+            with_search_path(&admin, schema)
+        );
+        let kill = || {
+            admin_sql(
+                &admin,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+                ),
+            )
+            .unwrap();
+        };
+        let shared = Shared::open_postgres(&url).unwrap();
+        let chain = |id: &str| {
+            let mut b = Batch::new();
+            b.put_chain(&super::super::tests::chain(id), true);
+            b
+        };
+        shared.apply(chain("durable")).unwrap();
+        shared.flush().await.unwrap();
+        kill();
+        // A read connects again.
+        let read = tokio::task::spawn_blocking({
+            let shared = shared.clone();
+            move || shared.chain("durable")
+        });
+        assert!(read.await.unwrap().unwrap().is_some());
+        shared.apply(chain("applied")).unwrap();
+        kill();
+        if let Err(e) = shared.flush().await {
+            assert_eq!(e.fault(), Fault::Failing, "{e}");
+            shared.repair().await.unwrap();
+        }
+        shared.apply(chain("after")).unwrap();
+        shared.flush().await.unwrap();
+        drop(shared);
+        let again = Shared::open_postgres(&url).unwrap();
+        for id in ["durable", "applied", "after"] {
+            assert!(again.chain(id).unwrap().is_some(), "{id} was lost");
+        }
+    }
+
+    #[test]
+    fn disk_full_on_the_server_is_full_and_passwords_are_not_shown() {
+        let full = Error::Postgres(PgError {
+            message: "x".into(),
+            code: Some("53100".into()),
+        });
+        assert_eq!(full.fault(), Fault::Full);
+        let other = Error::Postgres(PgError {
+            message: "x".into(),
+            code: Some("57P01".into()),
+        });
+        assert_eq!(other.fault(), Fault::Failing);
+        assert_eq!(
+            redact("postgres://u:pw@h:5/d?x=1"),
+            "postgres://u:***@h:5/d?x=1"
+        );
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact("host=h user=u"), "host=h user=u");
+    }
+}
