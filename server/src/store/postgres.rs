@@ -131,6 +131,15 @@ fn pg(what: &'static str) -> impl Fn(postgres::Error) -> Error {
     move |e| Error::Postgres(PgError::new(what, &e))
 }
 
+/// Whether `e` says the connection is gone (SQLSTATE class 08, connection
+/// exception, or 57P, the server shutting down or ending the session),
+/// even before the client has noticed.
+fn lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
 /// `url` with its password (if any) replaced by `***`, for logs and
 /// messages.
 pub fn redact(url: &str) -> String {
@@ -326,27 +335,41 @@ impl Conn {
         Ok(&mut self.client)
     }
 
-    fn get(&mut self, key: &[u8]) -> Result<Option<IVec>, Error> {
+    /// Runs a read, once more on a new connection when the connection
+    /// turns out to be lost (a read needs no repair of the store).
+    fn read<T>(
+        &mut self,
+        what: &'static str,
+        read: impl Fn(&mut Client, &Statements) -> Result<T, postgres::Error>,
+    ) -> Result<T, Error> {
         self.client()?;
-        let row = self
-            .client
-            .query_opt(&self.statements.get, &[&key])
-            .map_err(pg("reading a key"))?;
+        match read(&mut self.client, &self.statements) {
+            Err(e) if self.client.is_closed() || lost(&e) => {
+                *self = Conn::connect(self.config.clone(), false)?;
+                tracing::info!("connected to PostgreSQL again");
+                read(&mut self.client, &self.statements).map_err(pg(what))
+            }
+            done => done.map_err(pg(what)),
+        }
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<IVec>, Error> {
+        let row = self.read("reading a key", |client, statements| {
+            client.query_opt(&statements.get, &[&key])
+        })?;
         Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))))
     }
 
     fn range(&mut self, from: &[u8], to: &[u8], reverse: bool) -> Result<Vec<(IVec, IVec)>, Error> {
-        self.client()?;
-        let statement = if reverse {
-            &self.statements.backward
-        } else {
-            &self.statements.forward
-        };
         let limit = i64::try_from(PAGE).unwrap_or(i64::MAX);
-        let rows = self
-            .client
-            .query(statement, &[&from, &to, &limit])
-            .map_err(pg("reading a range"))?;
+        let rows = self.read("reading a range", |client, statements| {
+            let statement = if reverse {
+                &statements.backward
+            } else {
+                &statements.forward
+            };
+            client.query(statement, &[&from, &to, &limit])
+        })?;
         Ok(rows
             .iter()
             .map(|row| {
