@@ -6,7 +6,8 @@
 //!   scheduler, maps errors to `Status`. No decisions.
 //! - [`scheduler`]: queues, throttle slots, leases, timers and workers. The
 //!   one place that decides what runs next; one task owns its state.
-//! - [`store`]: sled trees behind domain operations, with group commit.
+//! - [`store`]: the collections over a key-value backend (sled in the data
+//!   directory, or a PostgreSQL database), with group commit.
 //!
 //! [`domain`] holds the vocabulary they share; [`auth`] decides who may
 //! call what (tokens, roles) and holds the listener's TLS settings. [`run`]
@@ -34,8 +35,13 @@ use tonic::service::interceptor::InterceptedService;
 /// How the broker runs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Directory of the sled store; created if missing.
+    /// Directory of the sled store; created if missing. Unused when
+    /// [`Config::postgres`] is set.
     pub data_dir: PathBuf,
+    /// The store in the PostgreSQL database at this URL
+    /// (`postgres://USER@HOST:PORT/DB`) instead of sled; `None` (the
+    /// default): sled in `data_dir`.
+    pub postgres: Option<String>,
     /// Lease length of an assignment: a worker that sends no heartbeat for
     /// this long loses its assignments.
     pub lease: Duration,
@@ -73,6 +79,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
+            postgres: None,
             lease: Duration::from_secs(30),
             durable: true,
             limits: api::Limits::default(),
@@ -135,10 +142,12 @@ pub async fn run(
         .transpose()
         .map_err(Error::Tls)?;
     let server = tonic::transport::Server::builder();
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| store::Error::Io {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    if config.postgres.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| store::Error::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    }
     // The metrics port too: a port in use stops the broker before the store.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
@@ -148,10 +157,25 @@ pub async fn run(
         ),
         None => None,
     };
-    let store = store::Shared::open(&config.data_dir)?;
+    let (store, location) = match &config.postgres {
+        None => (
+            store::Shared::open(&config.data_dir)?,
+            config.data_dir.display().to_string(),
+        ),
+        Some(url) => {
+            // Connecting blocks: not on this task's thread.
+            let at = url.clone();
+            let shared = tokio::task::spawn_blocking(move || store::Shared::open_postgres(&at))
+                .await
+                .map_err(|e| {
+                    store::Error::Postgres(store::PgError::other(format!("opening the store: {e}")))
+                })??;
+            (shared, store::redact(url))
+        }
+    };
     let recovered = store.recover()?;
     tracing::info!(
-        data_dir = %config.data_dir.display(),
+        store = %location,
         live_chains = recovered.live_chains.len(),
         durable = config.durable,
         "store recovered"

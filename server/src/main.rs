@@ -75,9 +75,15 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Data directory of the store (created if missing).
+    /// Data directory of the store (created if missing): the embedded
+    /// sled store, unless --store names a database.
     #[arg(long, env = "BATON_DATA", default_value = "./baton-data")]
     data: PathBuf,
+    /// Keep the store in a PostgreSQL database instead of --data:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB. The schema is created or
+    /// migrated at start.
+    #[arg(long, env = "BATON_STORE")]
+    store: Option<String>,
     /// Lease length in milliseconds (1 to 86400000, one day): a worker
     /// silent for this long loses its assignments, which are redelivered,
     /// and its stream is ended.
@@ -311,6 +317,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("{flag} must be at least 1");
         }
     }
+    if let Some(url) = &args.store {
+        cli::config::check_store(url)?;
+    }
     let (auth, tls) = security(&args)?;
     let shutdown = shutdown_signal()?;
     keep_running_past_file_size_limit()?;
@@ -320,6 +329,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let mut config = baton_server::Config::new(&args.data);
+    config.postgres = args.store.clone();
     config.lease = Duration::from_millis(args.lease_ms);
     config.durable = !args.no_durable;
     config.limits.max_payload_bytes = args.max_payload;

@@ -38,6 +38,7 @@ pub enum Command {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
+    pub store: Option<String>,
     pub lease_ms: Option<u64>,
     pub no_durable: Option<bool>,
     pub max_payload: Option<usize>,
@@ -162,6 +163,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     }
     fill!(listen);
     fill!(data);
+    fill!(store, optional);
     fill!(lease_ms);
     fill!(no_durable);
     fill!(max_payload);
@@ -235,7 +237,9 @@ pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("{key} must be at least 1");
         }
     }
-    if args.data.exists() && !args.data.is_dir() {
+    if let Some(url) = &args.store {
+        check_store(url)?;
+    } else if args.data.exists() && !args.data.is_dir() {
         anyhow::bail!("data: {} is not a directory", args.data.display());
     }
     if args.tls_cert.is_some() != args.tls_key.is_some() {
@@ -245,6 +249,21 @@ pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("tls_client_ca needs tls_cert and tls_key");
     }
     crate::security(args)?;
+    Ok(())
+}
+
+/// Checks a `store` setting: a PostgreSQL URL (the only store besides the
+/// data directory's sled, for now).
+///
+/// # Errors
+/// When it is not one.
+pub fn check_store(url: &str) -> anyhow::Result<()> {
+    let shown = baton_server::store::redact(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        anyhow::bail!("store: {shown:?} is not a postgres://USER@HOST:PORT/DB URL");
+    }
+    url.parse::<postgres::Config>()
+        .map_err(|e| anyhow::anyhow!("store: {shown:?}: {e}"))?;
     Ok(())
 }
 
@@ -270,6 +289,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("{path}: ok. Settings in force (flags > BATON_* > file > defaults):");
     println!("listen = \"{}\"", args.listen);
     println!("data = {:?}", args.data.display().to_string());
+    println!(
+        "store = {}",
+        args.store.as_deref().map_or_else(
+            || "(none: sled in data)".to_owned(),
+            |url| format!("{:?}", baton_server::store::redact(url))
+        )
+    );
     println!("lease_ms = {}", args.lease_ms);
     println!("no_durable = {}", args.no_durable);
     println!("max_payload = {}", args.max_payload);
@@ -308,6 +334,7 @@ mod tests {
         let text = r#"
             listen = "127.0.0.1:7171"
             data = "state"
+            store = "postgres://baton:secret@127.0.0.1:5432/baton"
             lease_ms = 5000
             no_durable = false
             max_payload = 65536
@@ -329,11 +356,32 @@ mod tests {
         let c = FileConfig::parse(text, Path::new("/etc/baton/baton.toml")).unwrap();
         assert_eq!(c.data.as_deref(), Some(Path::new("/etc/baton/state")));
         assert_eq!(
+            c.store.as_deref(),
+            Some("postgres://baton:secret@127.0.0.1:5432/baton")
+        );
+        assert_eq!(
             c.tokens.as_deref(),
             Some(Path::new("/etc/baton/tokens.toml"))
         );
         assert_eq!(c.log_format, Some(LogFormat::Json));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_store_must_be_a_postgres_url_and_its_password_is_not_shown() {
+        check_store("postgres://baton@127.0.0.1:5432/baton").unwrap();
+        check_store("postgresql://baton:pw@localhost/baton?connect_timeout=5").unwrap();
+        let e = check_store("mysql://root:hunter2@db/baton")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a postgres://") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert_eq!(
+            baton_server::store::redact("postgres://u:hunter2@h:1/d"),
+            "postgres://u:***@h:1/d"
+        );
     }
 
     #[test]

@@ -56,3 +56,22 @@ pub trait Backend: Send + Sync + 'static {
     /// the last flush that succeeded.
     fn flush(&self) -> Result<(), Error>;
 }
+
+/// A backend chosen at run time (the store's tests open each kind).
+impl Backend for Box<dyn Backend> {
+    fn get(&self, key: &[u8]) -> Result<Option<IVec>, Error> {
+        (**self).get(key)
+    }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Entries<'_> {
+        (**self).range(from, to)
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), Error> {
+        (**self).apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        (**self).flush()
+    }
+}

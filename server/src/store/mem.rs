@@ -78,6 +78,10 @@ impl Backend for MemBackend {
     }
 
     fn range(&self, from: &[u8], to: &[u8]) -> Entries<'_> {
+        if from >= to {
+            // As sled: an empty range (BTreeMap's would panic).
+            return Box::new(std::iter::empty());
+        }
         // A copy: the lock is not held while the caller iterates.
         let entries: Vec<_> = self
             .lock()

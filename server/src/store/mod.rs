@@ -49,11 +49,15 @@ use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
 mod backend;
 mod committer;
 mod mem;
+mod postgres;
 mod shared;
 mod sled_backend;
+#[cfg(test)]
+pub(crate) mod testing;
 pub use backend::{Backend, Entries};
 pub use committer::{Committer, Flushed};
 pub use mem::MemBackend;
+pub use postgres::{PgBackend, PgError, SCHEMA_VERSION, redact};
 pub use shared::{Fault, Shared, inconsistency};
 pub use sled_backend::SledBackend;
 
@@ -79,6 +83,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// PostgreSQL failed or refused (see [`PgBackend`]).
+    #[error("postgres: {0}")]
+    Postgres(#[from] PgError),
+    /// The PostgreSQL database was written by a newer Baton.
+    #[error(
+        "the PostgreSQL database has Baton schema version {found}, newer than this broker knows (version {known}): run a Baton at least as new as the one that last migrated it"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
 }
 
 /// Writes to the store, applied atomically by [`Store::apply`]: tree key →
@@ -728,6 +740,7 @@ fn corrupt(tree: &'static str, key: &str, source: prost::DecodeError) -> Error {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::testing::{Place, reopen_sled};
     use super::*;
     use crate::domain::{ChainSpec, Signature};
 
@@ -748,132 +761,123 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn batch_survives_reopen_and_live_index_tracks_state() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.put_chain(&chain("a"), true);
-            b.put_chain(&chain("b"), true);
-            b.put_idempotency_key("k", "a");
-            b.put_limit(
-                &Identity {
-                    task_name: String::new(),
-                    key: "x".into(),
-                },
-                Some(3),
+        for place in Place::all() {
+            {
+                let store = place.open();
+                let mut b = Batch::new();
+                b.put_chain(&chain("a"), true);
+                b.put_chain(&chain("b"), true);
+                b.put_idempotency_key("k", "a");
+                b.put_limit(
+                    &Identity {
+                        task_name: String::new(),
+                        key: "x".into(),
+                    },
+                    Some(3),
+                );
+                b.put_task_defaults(
+                    "t",
+                    &Options {
+                        heavy: true,
+                        ..Default::default()
+                    },
+                );
+                store.apply(&b).unwrap();
+                let mut b = Batch::new();
+                b.put_chain(&chain("b"), false);
+                store.apply(&b).unwrap();
+                store.flush().await.unwrap();
+            }
+            let store = place.open();
+            let r = store.recover().unwrap();
+            assert_eq!(
+                r.live_chains
+                    .iter()
+                    .map(|c| c.id.as_str())
+                    .collect::<Vec<_>>(),
+                ["a"]
             );
-            b.put_task_defaults(
-                "t",
-                &Options {
-                    heavy: true,
-                    ..Default::default()
-                },
-            );
-            store.apply(&b).unwrap();
-            let mut b = Batch::new();
-            b.put_chain(&chain("b"), false);
-            store.apply(&b).unwrap();
-            store.flush().await.unwrap();
+            assert_eq!(r.limits.len(), 1);
+            assert_eq!(r.limits[0].1, 3);
+            assert!(r.task_defaults[0].1.heavy);
+            assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
+            assert!(store.chain("b").unwrap().is_some());
+            assert!(r.corrupt.is_empty());
         }
-        let store = reopen(dir.path());
-        let r = store.recover().unwrap();
-        assert_eq!(
-            r.live_chains
-                .iter()
-                .map(|c| c.id.as_str())
-                .collect::<Vec<_>>(),
-            ["a"]
-        );
-        assert_eq!(r.limits.len(), 1);
-        assert_eq!(r.limits[0].1, 3);
-        assert!(r.task_defaults[0].1.heavy);
-        assert_eq!(store.idempotent_chain("k").unwrap().as_deref(), Some("a"));
-        assert!(store.chain("b").unwrap().is_some());
-        assert!(r.corrupt.is_empty());
     }
 
     #[tokio::test]
     async fn a_record_written_alone_keeps_the_live_entry_it_had() {
-        const COLD: &str = "01964c1e-0000-7000-8000-000000000001";
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.put_chain(&chain("hot"), true);
-            let waits = ColdSummary {
-                queue: "general".into(),
-                name: "t".into(),
-                ..Default::default()
-            };
-            // A cold chain is known by its id as a number: a UUID.
-            b.put_cold_chain(&chain(COLD), &waits);
-            store.apply(&b).unwrap();
-            let mut b = Batch::new();
-            for id in ["hot", COLD] {
-                let mut later = chain(id);
-                later.context.insert("step".into(), "2".into());
-                b.put_chain_record(&later);
+        for place in Place::all() {
+            const COLD: &str = "01964c1e-0000-7000-8000-000000000001";
+            {
+                let store = place.open();
+                let mut b = Batch::new();
+                b.put_chain(&chain("hot"), true);
+                let waits = ColdSummary {
+                    queue: "general".into(),
+                    name: "t".into(),
+                    ..Default::default()
+                };
+                // A cold chain is known by its id as a number: a UUID.
+                b.put_cold_chain(&chain(COLD), &waits);
+                store.apply(&b).unwrap();
+                let mut b = Batch::new();
+                for id in ["hot", COLD] {
+                    let mut later = chain(id);
+                    later.context.insert("step".into(), "2".into());
+                    b.put_chain_record(&later);
+                }
+                store.apply(&b).unwrap();
+                store.flush().await.unwrap();
             }
-            store.apply(&b).unwrap();
-            store.flush().await.unwrap();
+            let r = place.open().recover().unwrap();
+            // Still loaded hot, with the record's latest version ...
+            assert_eq!(r.live_chains.len(), 1);
+            assert_eq!(r.live_chains[0].id, "hot");
+            assert_eq!(r.live_chains[0].context["step"], "2");
+            // ... and still queued cold, from its entry.
+            assert_eq!(r.cold.len(), 1);
+            assert_eq!(
+                r.cold[0].chain,
+                uuid::Uuid::parse_str(COLD).unwrap().as_u128()
+            );
         }
-        let r = reopen(dir.path()).recover().unwrap();
-        // Still loaded hot, with the record's latest version ...
-        assert_eq!(r.live_chains.len(), 1);
-        assert_eq!(r.live_chains[0].id, "hot");
-        assert_eq!(r.live_chains[0].context["step"], "2");
-        // ... and still queued cold, from its entry.
-        assert_eq!(r.cold.len(), 1);
-        assert_eq!(
-            r.cold[0].chain,
-            uuid::Uuid::parse_str(COLD).unwrap().as_u128()
-        );
     }
 
     #[test]
     fn dead_index_lists_failed_chains_newest_first_until_requeued() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let failed = |id: &str, at: u64| {
-            let mut c = chain(id);
-            c.state = ChainState::Failed as i32;
-            c.finished_ms = at;
-            c
-        };
-        let mut b = Batch::new();
-        for (id, at) in [("a", 10), ("b", 30), ("c", 20)] {
-            b.put_chain(&failed(id, at), false);
-        }
-        b.put_chain(&chain("live"), true);
-        store.apply(&b).unwrap();
-        let ids = |p: &DeadPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
-        let first = store.dead_chains(None, 2).unwrap();
-        assert_eq!(ids(&first), ["b", "c"]);
-        let cursor = DeadCursor::parse(first.next.as_deref().unwrap()).unwrap();
-        let second = store.dead_chains(Some(&cursor), 2).unwrap();
-        assert_eq!((ids(&second), second.next), (vec!["a".to_owned()], None));
-
-        let mut requeued = failed("b", 30);
-        requeued.requeued_as = "b2".into();
-        let mut b = Batch::new();
-        b.put_chain(&requeued, false);
-        b.put_paused("io", true);
-        store.apply(&b).unwrap();
-        assert_eq!(ids(&store.dead_chains(None, 10).unwrap()), ["c", "a"]);
-        assert_eq!(store.recover().unwrap().paused, ["io"]);
-        assert!(DeadCursor::parse("nonsense").is_none());
-    }
-
-    /// sled's background thread may hold the directory's lock for a moment
-    /// after the last handle is dropped.
-    fn reopen(dir: &Path) -> Store {
-        for _ in 0..100 {
-            if let Ok(store) = Store::open(dir) {
-                return store;
+        for place in Place::all() {
+            let store = place.open();
+            let failed = |id: &str, at: u64| {
+                let mut c = chain(id);
+                c.state = ChainState::Failed as i32;
+                c.finished_ms = at;
+                c
+            };
+            let mut b = Batch::new();
+            for (id, at) in [("a", 10), ("b", 30), ("c", 20)] {
+                b.put_chain(&failed(id, at), false);
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            b.put_chain(&chain("live"), true);
+            store.apply(&b).unwrap();
+            let ids = |p: &DeadPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+            let first = store.dead_chains(None, 2).unwrap();
+            assert_eq!(ids(&first), ["b", "c"]);
+            let cursor = DeadCursor::parse(first.next.as_deref().unwrap()).unwrap();
+            let second = store.dead_chains(Some(&cursor), 2).unwrap();
+            assert_eq!((ids(&second), second.next), (vec!["a".to_owned()], None));
+
+            let mut requeued = failed("b", 30);
+            requeued.requeued_as = "b2".into();
+            let mut b = Batch::new();
+            b.put_chain(&requeued, false);
+            b.put_paused("io", true);
+            store.apply(&b).unwrap();
+            assert_eq!(ids(&store.dead_chains(None, 10).unwrap()), ["c", "a"]);
+            assert_eq!(store.recover().unwrap().paused, ["io"]);
+            assert!(DeadCursor::parse("nonsense").is_none());
         }
-        Store::open(dir).unwrap()
     }
 
     /// An ended chain record: `id`, finished at `ms`, with an idempotency
@@ -888,94 +892,97 @@ pub(crate) mod tests {
 
     #[test]
     fn retention_finds_ended_chains_oldest_first_and_removes_all_they_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut b = Batch::new();
-        let mut failed = ended("f", 20);
-        failed.state = ChainState::Failed as i32;
-        for c in [
-            &ended("b", 30),
-            &ended("a", 10),
-            &failed,
-            &ended("late", 99),
-        ] {
-            b.put_chain(c, false);
-            b.put_idempotency_key(&c.idempotency_key, &c.id);
-        }
-        b.put_result("a", "t1", "big");
-        b.put_result("a", "t2", "bigger");
-        // A key taken anew by another chain is not "a"'s to remove.
-        b.put_idempotency_key("key-b", "other");
-        // Not ended: never found.
-        b.put_chain(&chain("live"), true);
-        store.apply(&b).unwrap();
+        for place in Place::all() {
+            let store = place.open();
+            let mut b = Batch::new();
+            let mut failed = ended("f", 20);
+            failed.state = ChainState::Failed as i32;
+            for c in [
+                &ended("b", 30),
+                &ended("a", 10),
+                &failed,
+                &ended("late", 99),
+            ] {
+                b.put_chain(c, false);
+                b.put_idempotency_key(&c.idempotency_key, &c.id);
+            }
+            b.put_result("a", "t1", "big");
+            b.put_result("a", "t2", "bigger");
+            // A key taken anew by another chain is not "a"'s to remove.
+            b.put_idempotency_key("key-b", "other");
+            // Not ended: never found.
+            b.put_chain(&chain("live"), true);
+            store.apply(&b).unwrap();
 
-        let (page, cursor) = store.expired(50, &ExpiryCursor::default(), 2).unwrap();
-        let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["a", "f"]);
-        assert_eq!(page[0].results, ["t1", "t2"]);
-        assert!(page[0].owns_key);
-        let (rest, end) = store.expired(50, &cursor, 2).unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].id, "b");
-        assert!(!rest[0].owns_key, "key-b names another chain now");
-        assert_eq!(store.expired(50, &end, 2).unwrap().0, []);
+            let (page, cursor) = store.expired(50, &ExpiryCursor::default(), 2).unwrap();
+            let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["a", "f"]);
+            assert_eq!(page[0].results, ["t1", "t2"]);
+            assert!(page[0].owns_key);
+            let (rest, end) = store.expired(50, &cursor, 2).unwrap();
+            assert_eq!(rest.len(), 1);
+            assert_eq!(rest[0].id, "b");
+            assert!(!rest[0].owns_key, "key-b names another chain now");
+            assert_eq!(store.expired(50, &end, 2).unwrap().0, []);
 
-        let mut b = Batch::new();
-        for e in page.iter().chain(&rest) {
-            b.remove_chain(e);
+            let mut b = Batch::new();
+            for e in page.iter().chain(&rest) {
+                b.remove_chain(e);
+            }
+            store.apply(&b).unwrap();
+            for id in ["a", "f", "b"] {
+                assert_eq!(store.chain(id).unwrap(), None);
+            }
+            assert_eq!(store.result("a", "t1").unwrap(), None);
+            assert_eq!(store.idempotent_chain("key-a").unwrap(), None);
+            assert_eq!(
+                store.idempotent_chain("key-b").unwrap().as_deref(),
+                Some("other")
+            );
+            assert!(store.dead_chains(None, 10).unwrap().chains.is_empty());
+            assert!(store.chain("late").unwrap().is_some());
+            assert!(store.chain("live").unwrap().is_some());
+            let (again, _) = store
+                .expired(u64::MAX, &ExpiryCursor::default(), 10)
+                .unwrap();
+            let ids: Vec<&str> = again.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["late"], "the live chain is not in the ended index");
         }
-        store.apply(&b).unwrap();
-        for id in ["a", "f", "b"] {
-            assert_eq!(store.chain(id).unwrap(), None);
-        }
-        assert_eq!(store.result("a", "t1").unwrap(), None);
-        assert_eq!(store.idempotent_chain("key-a").unwrap(), None);
-        assert_eq!(
-            store.idempotent_chain("key-b").unwrap().as_deref(),
-            Some("other")
-        );
-        assert!(store.dead_chains(None, 10).unwrap().chains.is_empty());
-        assert!(store.chain("late").unwrap().is_some());
-        assert!(store.chain("live").unwrap().is_some());
-        let (again, _) = store
-            .expired(u64::MAX, &ExpiryCursor::default(), 10)
-            .unwrap();
-        let ids: Vec<&str> = again.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["late"], "the live chain is not in the ended index");
     }
 
     #[test]
     fn a_store_without_the_ended_index_is_indexed_once_when_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // Written as a version without retention did: records only.
-            let backend = SledBackend::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            for c in [ended("old", 5), chain("live")] {
-                b.insert(Space::Chains, &c.id, c.encode_to_vec());
+        for place in Place::all() {
+            {
+                // Written as a version without retention did: records only.
+                let backend = place.backend();
+                let mut b = Batch::new();
+                for c in [ended("old", 5), chain("live")] {
+                    b.insert(Space::Chains, &c.id, c.encode_to_vec());
+                }
+                b.insert(Space::Live, "live", []);
+                backend.apply(&b).unwrap();
+                backend.flush().unwrap();
             }
-            b.insert(Space::Live, "live", []);
-            backend.apply(&b).unwrap();
-            backend.flush().unwrap();
+            let store = place.open();
+            let (found, _) = store.expired(10, &ExpiryCursor::default(), 10).unwrap();
+            let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["old"]);
         }
-        let store = reopen(dir.path());
-        let (found, _) = store.expired(10, &ExpiryCursor::default(), 10).unwrap();
-        let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["old"]);
     }
 
     #[test]
     fn corrupt_live_record_is_reported_not_fatal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut b = Batch::new();
-        b.insert(Space::Chains, "bad", [0xff, 0xff, 0xff]);
-        b.insert(Space::Live, "bad", []);
-        store.apply(&b).unwrap();
-        let r = store.recover().unwrap();
-        assert!(r.live_chains.is_empty());
-        assert_eq!(r.corrupt.len(), 1);
+        for place in Place::all() {
+            let store = place.open();
+            let mut b = Batch::new();
+            b.insert(Space::Chains, "bad", [0xff, 0xff, 0xff]);
+            b.insert(Space::Live, "bad", []);
+            store.apply(&b).unwrap();
+            let r = store.recover().unwrap();
+            assert!(r.live_chains.is_empty());
+            assert_eq!(r.corrupt.len(), 1);
+        }
     }
 
     #[test]
@@ -1005,7 +1012,7 @@ pub(crate) mod tests {
             db.flush().unwrap();
         }
         // sled's threads may hold the directory's lock a moment longer.
-        let store = reopen(dir.path());
+        let store = reopen_sled(dir.path());
         let r = store.recover().unwrap();
         assert_eq!(r.live_chains.len(), 1);
         assert_eq!(r.live_chains[0].id, "a");

@@ -25,7 +25,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::{Batch, DeadCursor, DeadPage, Error, Recovered, SledBackend, Store, View};
+use super::{
+    Batch, DeadCursor, DeadPage, Error, PgBackend, Recovered, SledBackend, Store, View, redact,
+};
 use crate::domain::ChainRecord;
 
 /// Why the store refuses writes, while it does.
@@ -43,6 +45,7 @@ impl Error {
     pub fn fault(&self) -> Fault {
         let io = match self {
             Error::Sled(sled::Error::Io(e)) | Error::Io { source: e, .. } => e,
+            Error::Postgres(e) if e.is_disk_full() => return Fault::Full,
             _ => return Fault::Failing,
         };
         // sled hands out copies of a sticky error that keep the kind but not
@@ -97,6 +100,18 @@ impl Shared {
         let at = dir.to_owned();
         let reopen = move || Store::over_backend(SledBackend::open_when_unlocked(&at)?);
         Ok(Self::new(dir, store, reopen))
+    }
+
+    /// Opens the store in the PostgreSQL database at `url` (see
+    /// [`PgBackend`]); a repair connects again.
+    ///
+    /// # Errors
+    /// As [`PgBackend::open`].
+    pub fn open_postgres(url: &str) -> Result<Self, Error> {
+        let store = Store::over_backend(PgBackend::open(url)?)?;
+        let at = url.to_owned();
+        let reopen = move || Store::over_backend(PgBackend::open(&at)?);
+        Ok(Self::new(Path::new(&redact(url)), store, reopen))
     }
 
     /// Shares an open store (of `dir`, for error messages); `reopen` opens
@@ -397,6 +412,7 @@ pub fn inconsistency(chain: &ChainRecord) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::Place;
     use super::super::tests::chain;
     use super::*;
 
@@ -435,58 +451,61 @@ mod tests {
     /// flushed before and the ones only applied; the journal empties.
     #[tokio::test]
     async fn repair_reopens_and_replays_what_was_not_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = Shared::open(dir.path()).unwrap();
-        put(&shared, "flushed");
-        shared.flush().await.unwrap();
-        assert!(shared.journal().batches.is_empty());
-        put(&shared, "applied");
-        assert_eq!(shared.journal().batches.len(), 1);
-        shared.repair().await.unwrap();
-        assert!(shared.journal().batches.is_empty());
-        let live: Vec<String> = shared
-            .recover()
-            .unwrap()
-            .live_chains
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        assert_eq!(live, ["applied", "flushed"]);
-        put(&shared, "after");
-        shared.flush().await.unwrap();
-        assert!(shared.chain("after").unwrap().is_some());
+        for place in Place::all() {
+            let shared = place.shared();
+            put(&shared, "flushed");
+            shared.flush().await.unwrap();
+            assert!(shared.journal().batches.is_empty());
+            put(&shared, "applied");
+            assert_eq!(shared.journal().batches.len(), 1);
+            shared.repair().await.unwrap();
+            assert!(shared.journal().batches.is_empty());
+            let live: Vec<String> = shared
+                .recover()
+                .unwrap()
+                .live_chains
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            assert_eq!(live, ["applied", "flushed"]);
+            put(&shared, "after");
+            shared.flush().await.unwrap();
+            assert!(shared.chain("after").unwrap().is_some());
+        }
     }
 
     #[test]
     fn a_live_record_that_could_not_run_is_reported_not_loaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = Shared::open(dir.path()).unwrap();
-        let mut past = chain("past");
-        past.cursor = 7;
-        let mut nameless = chain("nameless");
-        nameless.steps[0].task_id.clear();
-        let mut empty = chain("empty");
-        empty.steps.clear();
-        let mut b = Batch::new();
-        for c in [&past, &nameless, &empty, &chain("fine")] {
-            b.put_chain(c, true);
+        for place in Place::all() {
+            let shared = place.shared();
+            let mut past = chain("past");
+            past.cursor = 7;
+            let mut nameless = chain("nameless");
+            nameless.steps[0].task_id.clear();
+            let mut empty = chain("empty");
+            empty.steps.clear();
+            let mut b = Batch::new();
+            for c in [&past, &nameless, &empty, &chain("fine")] {
+                b.put_chain(c, true);
+            }
+            shared.apply(b).unwrap();
+            let r = shared.recover().unwrap();
+            let ids: Vec<&str> = r.live_chains.iter().map(|c| c.id.as_str()).collect();
+            assert_eq!(ids, ["fine"]);
+            assert_eq!(r.corrupt.len(), 3, "{:?}", r.corrupt);
+            assert!(r.corrupt.iter().any(|c| c.contains("cursor 7")));
         }
-        shared.apply(b).unwrap();
-        let r = shared.recover().unwrap();
-        let ids: Vec<&str> = r.live_chains.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["fine"]);
-        assert_eq!(r.corrupt.len(), 3, "{:?}", r.corrupt);
-        assert!(r.corrupt.iter().any(|c| c.contains("cursor 7")));
     }
 
     #[tokio::test]
     async fn without_a_journal_nothing_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = Shared::open(dir.path()).unwrap();
-        shared.keep_journal(false);
-        put(&shared, "a");
-        assert!(shared.journal().batches.is_empty());
-        shared.flush().await.unwrap();
-        assert!(shared.chain("a").unwrap().is_some());
+        for place in Place::all() {
+            let shared = place.shared();
+            shared.keep_journal(false);
+            put(&shared, "a");
+            assert!(shared.journal().batches.is_empty());
+            shared.flush().await.unwrap();
+            assert!(shared.chain("a").unwrap().is_some());
+        }
     }
 }

@@ -1,0 +1,227 @@
+//! The broker on PostgreSQL (`--store postgres://...`, issue 21), end to
+//! end: chains run by a worker, acknowledged ones surviving a clean restart
+//! of the library broker and a `kill -9` of the real binary; a database of
+//! a newer schema refused at start.
+//!
+//! Needs `BATON_TEST_POSTGRES` (a connection URL; `.ci/run` starts a server
+//! and sets it). Without it the tests say so and pass, except under CI
+//! (`CI` set), where they fail. Each test works in a schema of its own.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use baton::{Chain, ChainOutcome, Task};
+use baton_worker::TaskContext;
+use common::*;
+use serde_json::json;
+
+/// A schema of the test database for one test, dropped after it.
+struct Schema {
+    admin: String,
+    name: String,
+    /// The test database with `search_path` set to this schema.
+    url: String,
+}
+
+impl Schema {
+    fn new() -> Option<Self> {
+        let admin = match std::env::var("BATON_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "BATON_TEST_POSTGRES must name a PostgreSQL database under CI (.ci/run starts one)"
+                );
+                eprintln!("BATON_TEST_POSTGRES is not set: skipping the PostgreSQL test");
+                return None;
+            }
+        };
+        let name = format!("e2e_{}", uuid_like());
+        sql(&admin, &format!("CREATE SCHEMA {name}")).expect("create the test schema");
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}");
+        Some(Schema { admin, name, url })
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = sql(
+            &self.admin,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        );
+    }
+}
+
+/// A name no other test run uses at the same time.
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
+/// Runs `sql` on a connection of its own, off the tokio threads (the
+/// synchronous client runs a runtime of its own).
+fn sql(url: &str, sql: &str) -> Result<(), postgres::Error> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&sql)
+    })
+    .join()
+    .expect("sql thread")
+}
+
+fn two_step(i: u64) -> Chain {
+    Chain::new([Task::new("step.one").si([i]), Task::new("step.two").s(())])
+}
+
+type Seen = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// Task bodies record every (chain, step) they ran.
+fn recording_worker(addr: &str, seen: &Seen) -> TestWorker {
+    let body = |seen: Seen| {
+        move |ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .insert((ctx.chain_id.clone(), ctx.name.clone()));
+                Ok(ctx.args.first().cloned().unwrap_or(json!(null)))
+            }
+        }
+    };
+    TestWorker::spawn(
+        worker(addr, "recorder")
+            .concurrency(8)
+            .task("step.one", body(seen.clone()))
+            .task("step.two", body(seen.clone())),
+    )
+}
+
+fn assert_all_ran(seen: &Seen, ids: &[String]) {
+    let seen = seen.lock().unwrap();
+    for id in ids {
+        for step in ["step.one", "step.two"] {
+            assert!(
+                seen.contains(&(id.clone(), step.into())),
+                "{step} of {id} never ran"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_run_and_survive_a_clean_restart_on_postgres() {
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let broker = TestBroker::start_with(|c| c.postgres = Some(url.clone())).await;
+    let client = broker.client().await;
+    let seen = Seen::default();
+    let worker = recording_worker(&broker.addr, &seen);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(client.submit(two_step(i)).await.unwrap().chain_id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let outcome = client.wait_timeout(id, PATIENCE).await.unwrap();
+        assert_eq!(outcome, ChainOutcome::Succeeded(json!(i)), "chain {i}");
+    }
+    worker.stop().await;
+    // Acknowledged with no worker around: queued when the broker stops.
+    let mut waiting = Vec::new();
+    for i in 30..60 {
+        waiting.push(client.submit(two_step(i)).await.unwrap().chain_id);
+    }
+    broker.stop().await;
+
+    let broker = TestBroker::start_with(|c| c.postgres = Some(url.clone())).await;
+    let client = broker.client().await;
+    for id in &ids {
+        let chain = client.get(id).await.unwrap();
+        assert_eq!(chain.state(), baton::pb::ChainState::Succeeded, "{id}");
+    }
+    let worker = recording_worker(&broker.addr, &seen);
+    for (i, id) in waiting.iter().enumerate() {
+        let outcome = client.wait_timeout(id, PATIENCE).await.unwrap();
+        assert_eq!(
+            outcome,
+            ChainOutcome::Succeeded(json!(i + 30)),
+            "chain {id}"
+        );
+    }
+    ids.extend(waiting);
+    assert_all_ran(&seen, &ids);
+    worker.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_chains_survive_kill_9_of_a_broker_on_postgres() {
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    // --data names a directory the broker must not need.
+    let data = tempfile::tempdir().unwrap();
+    let unused = data.path().join("unused");
+    let port = free_port();
+    let args = ["--store", &schema.url, "--lease-ms", "2000"];
+    let broker = BrokerProcess::spawn(&unused, port, &args).await;
+    let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(client.submit(two_step(i)).await.unwrap().chain_id);
+    }
+    let seen = Seen::default();
+    let worker = recording_worker(&broker.addr, &seen);
+    for i in 60..120 {
+        ids.push(client.submit(two_step(i)).await.unwrap().chain_id);
+    }
+    broker.kill9().await;
+
+    let broker = BrokerProcess::spawn(&unused, port, &args).await;
+    let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let outcome = client.wait_timeout(id, PATIENCE).await.unwrap();
+        assert_eq!(outcome, ChainOutcome::Succeeded(json!(i)), "chain {i}");
+    }
+    assert_all_ran(&seen, &ids);
+    worker.stop().await;
+    assert!(
+        broker.terminate().await,
+        "SIGTERM must stop the broker cleanly"
+    );
+    assert!(!unused.exists(), "the broker made the --data directory");
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused_at_start() {
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    sql(
+        &schema.url,
+        "CREATE TABLE baton_meta (key text PRIMARY KEY, value text NOT NULL); \
+         INSERT INTO baton_meta VALUES ('schema_version', '1000')",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = baton_server::Config::new(data.path());
+    config.postgres = Some(schema.url.clone());
+    let run = baton_server::run(listener, config, std::future::pending());
+    let e = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the broker must refuse to start")
+        .expect_err("a newer schema must be refused")
+        .to_string();
+    assert!(
+        e.contains("schema version 1000") && e.contains("newer than this broker knows"),
+        "{e}"
+    );
+}
