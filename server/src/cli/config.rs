@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// An address, or "off" (see `baton serve --help`).
+    pub http: Option<String>,
     pub handshake_timeout_ms: Option<u64>,
     pub retention_ms: Option<u64>,
     pub max_connections: Option<usize>,
@@ -178,6 +180,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(tls_key, optional);
     fill!(tls_client_ca, optional);
     fill!(metrics_listen, optional);
+    fill!(http, optional);
     if let Some(format) = file.log_format
         && unset("log_format")
     {
@@ -291,6 +294,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("tls_cert = {}", show(&args.tls_cert));
     println!("tls_key = {}", show(&args.tls_key));
     println!("tls_client_ca = {}", show(&args.tls_client_ca));
+    println!(
+        "http = {}",
+        args.http.as_deref().map_or_else(
+            || format!("\"{}\" (default)", baton_server::http::DEFAULT_ADDR),
+            |a| format!("\"{a}\"")
+        )
+    );
     println!(
         "metrics_listen = {}",
         args.metrics_listen
