@@ -366,31 +366,47 @@ pub async fn list(
 /// its token, as at submission).
 async fn search(state: &State, caller: &Caller, q: &str) -> Result<ChainPage, ApiError> {
     let mut page = ChainPage::default();
-    let by_id = match convert::chain_id(q) {
-        Ok(id) => Some(id),
+    let ids = match convert::chain_id(q) {
+        Ok(id) => vec![id],
         Err(_) => {
-            let key = if caller.sees_all() {
-                q.to_owned()
-            } else {
-                format!("{}:{q}", caller.name)
-            };
+            // Keys are stored as submitted with authentication off, and
+            // scoped as "<token name>:<key>" with it; an admin also finds
+            // a key given with its scope.
+            let mut keys = Vec::new();
+            if !caller.name.is_empty() {
+                keys.push(format!("{}:{q}", caller.name));
+            }
+            if caller.sees_all() {
+                keys.push(q.to_owned());
+            }
             let store = state.store.clone();
-            tokio::task::spawn_blocking(move || store.idempotent_chain(&key))
-                .await
-                .map_err(|e| ApiError::new(tonic::Code::Internal, e.to_string()))?
-                .map_err(|e| {
-                    tracing::error!(cause = %e, "idempotency index read failed");
-                    ApiError::new(
-                        tonic::Code::Unavailable,
-                        "the broker's store is failing; retry later",
-                    )
-                })?
+            let found = tokio::task::spawn_blocking(move || {
+                keys.iter()
+                    .map(|k| store.idempotent_chain(k))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| ApiError::new(tonic::Code::Internal, e.to_string()))?
+            .map_err(|e| {
+                tracing::error!(cause = %e, "idempotency index read failed");
+                ApiError::new(
+                    tonic::Code::Unavailable,
+                    "the broker's store is failing; retry later",
+                )
+            })?;
+            let mut ids: Vec<String> = Vec::new();
+            for id in found.into_iter().flatten() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            ids
         }
     };
-    if let Some(id) = by_id {
+    for id in ids {
         match state.handle.get(id).await {
             Ok(chain) if caller.check_sees(&chain).is_ok() => {
-                page.scanned = 1;
+                page.scanned += 1;
                 page.chains.push(Summary::of(&chain));
             }
             Ok(_) | Err(crate::scheduler::Error::NotFound(_)) => {}
