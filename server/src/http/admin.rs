@@ -211,13 +211,12 @@ pub struct DeadChains {
 /// `GET /api/v1/dead`: ListDeadChains.
 pub async fn dead(
     Shared(state): Shared<Arc<State>>,
-    AdminCaller(caller): AdminCaller,
+    _: AdminCaller,
     query: Result<Query<DeadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeadChains>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     // The store read ListDeadChains makes, read here to show each step's
     // arguments too (the proto's Chain has none).
-    let _ = caller;
     let size = match query.page_size.unwrap_or(0) {
         0 => DEFAULT_DEAD_PAGE,
         n => n.min(MAX_DEAD_PAGE),

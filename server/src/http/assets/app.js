@@ -100,9 +100,9 @@ function ago(t) { return t ? `${ms(Date.now() - t)} ago` : "–"; }
 /** A JSON value, folded in a <details> when long. */
 function value(v, label) {
   if (v === null || v === undefined) return h("span", { class: "muted" }, "null");
-  const text = JSON.stringify(v, null, 2);
-  if (text.length <= 120 && !text.includes("\n")) return h("code", {}, text);
   const oneLine = JSON.stringify(v);
+  if (oneLine.length <= 120) return h("code", {}, oneLine);
+  const text = JSON.stringify(v, null, 2);
   return h("details", {},
     h("summary", {}, `${label}: ${oneLine.slice(0, 60)}${oneLine.length > 60 ? "…" : ""} (${text.length} chars)`),
     h("pre", {}, text));
@@ -486,7 +486,7 @@ function renderChain(c, events) {
     const wait = s.started_unix_ms && s.ready_unix_ms ? s.started_unix_ms - s.ready_unix_ms : null;
     const run = s.finished_unix_ms && s.started_unix_ms ? s.finished_unix_ms - s.started_unix_ms
       : s.started_unix_ms && short(s.state) === "RUNNING" ? Date.now() - s.started_unix_ms : null;
-    return h("li", { class: `s-${short(s.state)}` },
+    return h("li", { class: `st-${short(s.state)}` },
       h("div", { class: "step-head" }, h("strong", {}, s.name), badge(s.state),
         h("span", { class: "muted" }, `${short(s.phase).toLowerCase().replace("_", " ")} #${s.index}`),
         s.description ? h("span", { class: "muted" }, s.description) : null),
