@@ -261,6 +261,12 @@ pub async fn run(
         max_connections: listener::connection_cap(config.max_connections),
     };
     if let Some(http_listener) = http_listener {
+        let http_tls = config
+            .tls
+            .as_ref()
+            .map(auth::Tls::http_acceptor)
+            .transpose()
+            .map_err(Error::Tls)?;
         let state = std::sync::Arc::new(http::State {
             broker: api::BrokerService {
                 handle: handle.clone(),
@@ -280,7 +286,7 @@ pub async fn run(
             http_listener,
             http::routes::router(state),
             accepting.clone(),
-            tls.clone(),
+            http_tls,
             stop.clone(),
         ));
     }

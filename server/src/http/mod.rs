@@ -24,7 +24,7 @@
 //!
 //! Connections come through the broker's own accept loop
 //! ([`crate::listener`]): the same handshake deadline, connection cap and
-//! TLS as the gRPC port.
+//! TLS as the gRPC port; HTTP/1.1, or HTTP/2 for clients that ask.
 
 pub mod admin;
 pub mod assets;
@@ -115,7 +115,7 @@ pub struct State {
 
 /// Serves `router` on `listener` until `stop` is cancelled: every
 /// connection through the broker's accept loop (handshake deadline,
-/// connection cap, TLS when `tls` is given), HTTP/1.1.
+/// connection cap, TLS when `tls` is given), HTTP/1.1 or HTTP/2.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
@@ -162,9 +162,11 @@ async fn serve_incoming<IO>(
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            // HTTP/1.1, or HTTP/2 when the client asks (TLS's ALPN offers
+            // h2 for gRPC, and browsers take it).
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
             tokio::select! {
                 _ = connection => {}
                 () = stop.cancelled() => {}
