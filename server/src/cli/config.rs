@@ -333,6 +333,7 @@ mod tests {
             tls_key = "broker.key"
             tls_client_ca = "ca.pem"
             metrics_listen = "127.0.0.1:9090"
+            http = "127.0.0.1:7072"
             handshake_timeout_ms = 5000
             max_connections = 2000
         "#;
@@ -343,6 +344,7 @@ mod tests {
             Some(Path::new("/etc/baton/tokens.toml"))
         );
         assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert_eq!(c.http.as_deref(), Some("127.0.0.1:7072"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
