@@ -180,6 +180,7 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   await shot(page, "chain-running");
   await page.locator("h1 .badge", { hasText: "succeeded" }).waitFor();
   await page.getByText("chain_succeeded").waitFor();
+  await page.getByText("demo.fast (main #1) succeeded").waitFor();
   await shot(page, "chain-demo");
   assert.equal((await api("GET", `/api/v1/chains/${demo[1]}`)).data.state, "CHAIN_STATE_SUCCEEDED");
 

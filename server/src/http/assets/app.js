@@ -520,11 +520,29 @@ function renderChain(c, events) {
     c.failure ? h("section", { class: "panel", "aria-label": "Failure record" }, h("h2", { style: "margin-top:0" }, "Failure"), failure(c.failure, false)) : null,
     h("h2", {}, "Timeline"),
     phase("Steps", c.steps), phase("On success", c.on_success), phase("On failure", c.on_failure),
-    h("h2", {}, "Events"),
+    h("h2", {}, "History"),
+    h("ul", { class: "events", "aria-label": "History from the chain's record" }, history(c).map(([t, text]) =>
+      h("li", {}, h("span", { class: "muted" }, new Date(t).toLocaleTimeString()), " ", text))),
+    h("h2", {}, "Live events"),
     events.length ? h("ul", { class: "events", "aria-label": "Events seen since this page opened" },
       events.map((e) => h("li", {}, h("span", { class: "muted" }, new Date(e.at).toLocaleTimeString()), " ", h("code", {}, e.kind),
         e.phase !== "PHASE_UNSPECIFIED" ? ` ${short(e.phase).toLowerCase()} #${e.step}` : ""))) : h("p", { class: "empty" }, "Waiting for events…"));
   if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+}
+
+/** What the chain's record tells of its past, oldest first: when it was
+ * stored and ended, and when each step last entered its queue, started
+ * and ended (the broker keeps the latest times of each step, not a log). */
+function history(c) {
+  const out = [[c.created_unix_ms, "chain submitted"]];
+  for (const s of [...c.steps, ...c.on_success, ...c.on_failure]) {
+    const name = `${s.name} (${short(s.phase).toLowerCase().replace("_", " ")} #${s.index})`;
+    if (s.ready_unix_ms) out.push([s.ready_unix_ms, `${name} ready in ${s.queue || "its queue"}`]);
+    if (s.started_unix_ms) out.push([s.started_unix_ms, `${name} started, attempt ${s.attempts}${s.worker ? ` on ${s.worker}` : ""}`]);
+    if (s.finished_unix_ms) out.push([s.finished_unix_ms, `${name} ${short(s.state).toLowerCase()}`]);
+  }
+  if (c.finished_unix_ms) out.push([c.finished_unix_ms, `chain ${short(c.state).toLowerCase()}`]);
+  return out.sort((a, b) => a[0] - b[0]);
 }
 
 function failure(f, earlier) {
