@@ -652,6 +652,20 @@ impl Tls {
     /// # Errors
     /// A certificate, key or CA that does not parse or does not fit.
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        self.acceptor_for(&[b"h2"])
+    }
+
+    /// The HTTP listener's acceptor ([`crate::http`]): as
+    /// [`acceptor`](Self::acceptor), offering HTTP/1.1 beside HTTP/2, so
+    /// clients that speak only HTTP/1.1 over TLS connect too.
+    ///
+    /// # Errors
+    /// As [`acceptor`](Self::acceptor).
+    pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        self.acceptor_for(&[b"h2", b"http/1.1"])
+    }
+
+    fn acceptor_for(&self, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, String> {
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         use tokio_rustls::rustls::{self, RootCertStore, server::WebPkiClientVerifier};
@@ -685,7 +699,7 @@ impl Tls {
         let mut config = builder
             .with_single_cert(chain, key)
             .map_err(|e| e.to_string())?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }

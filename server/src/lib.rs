@@ -9,6 +9,9 @@
 //! - [`store`]: the collections over a key-value backend (sled in the data
 //!   directory, or a PostgreSQL database), with group commit.
 //!
+//! [`http`] serves the dashboard, the JSON API (the same services over
+//! HTTP/JSON), `/metrics` and `/healthz` on a second listener.
+//!
 //! [`domain`] holds the vocabulary they share; [`auth`] decides who may
 //! call what (tokens, roles) and holds the listener's TLS settings. [`run`]
 //! wires them together on a listener until a shutdown signal, which tests
@@ -17,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod domain;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod scheduler;
@@ -55,9 +59,15 @@ pub struct Config {
     pub auth: auth::Auth,
     /// TLS for the listener; `None` serves plaintext HTTP/2.
     pub tls: Option<auth::Tls>,
-    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no
-    /// authentication); `None` (the default) serves none.
+    /// Deprecated by [`Config::http`]: where to serve Prometheus metrics
+    /// alone (`GET /metrics`, plain HTTP, no authentication); `None` (the
+    /// default) serves none.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The HTTP listener: dashboard, JSON API, `/metrics` (role admin) and
+    /// `/healthz`, with the gRPC port's tokens and TLS. `None` (the
+    /// library's default) serves none; `baton serve` listens on
+    /// [`http::DEFAULT_ADDR`] unless told otherwise.
+    pub http: Option<http::Listen>,
     /// How long a new connection may take to complete its handshake (TLS
     /// and the HTTP/2 preface) before it is closed; see [`listener`].
     pub handshake_timeout: Duration,
@@ -86,6 +96,7 @@ impl Config {
             auth: auth::Auth::Off,
             tls: None,
             metrics_listen: None,
+            http: None,
             handshake_timeout: Duration::from_secs(10),
             retention: Duration::from_millis(settings::DEFAULT_RETENTION_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -105,6 +116,13 @@ pub enum Error {
     /// The metrics address cannot be bound.
     #[error("metrics listener on {addr}: {source}")]
     Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP address cannot be bound.
+    #[error("HTTP listener on {addr}: {source}")]
+    Http {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
@@ -157,6 +175,13 @@ pub async fn run(
         ),
         None => None,
     };
+    let http_listener = match &config.http {
+        Some(listen) => listen
+            .bind()
+            .await
+            .map_err(|(addr, source)| Error::Http { addr, source })?,
+        None => None,
+    };
     let (store, location) = match &config.postgres {
         None => (
             store::Shared::open(&config.data_dir)?,
@@ -206,6 +231,10 @@ pub async fn run(
         stop.clone(),
     ));
     if let Some(listener) = metrics_listener {
+        tracing::warn!(
+            "--metrics-listen is deprecated: /metrics is served on the HTTP listener (--http), \
+             with authentication"
+        );
         tokio::spawn(metrics::serve(listener, handle.clone(), stop.clone()));
     }
     // Reflection v1, and v1alpha for the tools that speak only that one
@@ -251,6 +280,40 @@ pub async fn run(
         InterceptedService::new(worker, gate(auth::Service::Worker)),
         message_limit,
     );
+    let accepting = listener::Settings {
+        handshake_timeout: config.handshake_timeout,
+        max_connections: listener::connection_cap(config.max_connections),
+    };
+    if let Some(http_listener) = http_listener {
+        let http_tls = config
+            .tls
+            .as_ref()
+            .map(auth::Tls::http_acceptor)
+            .transpose()
+            .map_err(Error::Tls)?;
+        let state = std::sync::Arc::new(http::State {
+            broker: api::BrokerService {
+                handle: handle.clone(),
+                limits: config.limits.clone(),
+            },
+            admin: api::AdminService {
+                handle: handle.clone(),
+            },
+            handle: handle.clone(),
+            store: store.clone(),
+            auth: config.auth.clone(),
+            tls: tls.is_some(),
+            live: http::live::Live::default(),
+        });
+        tokio::spawn(http::live::sample(state.clone(), stop.clone()));
+        tokio::spawn(http::serve(
+            http_listener,
+            http::routes::router(state),
+            accepting.clone(),
+            http_tls,
+            stop.clone(),
+        ));
+    }
     let admin = pb::admin_server::AdminServer::new(api::AdminService { handle });
     let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
 
@@ -268,12 +331,8 @@ pub async fn run(
         mutual_tls,
         "baton broker listening"
     );
-    // Our own accept loop: handshake deadline, connection cap, and
-    // descriptor exhaustion weathered (listener.rs).
-    let accepting = listener::Settings {
-        handshake_timeout: config.handshake_timeout,
-        max_connections: listener::connection_cap(config.max_connections),
-    };
+    // Our own accept loop (`accepting`, above): handshake deadline,
+    // connection cap, and descriptor exhaustion weathered (listener.rs).
     let router = server
         .trace_fn(request_span)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -147,8 +147,16 @@ struct ServeArgs {
     /// below the descriptor limit (`ulimit -n`) less a reserve for the store.
     #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = baton_server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Serve Prometheus metrics on this address (GET /metrics, plain HTTP,
-    /// no authentication); off when not given.
+    /// The HTTP listener: the dashboard, the JSON API, /metrics (role
+    /// admin) and /healthz, with the tokens and TLS of the gRPC port. An
+    /// address, or "off". Default: 127.0.0.1:7071, skipped with a warning
+    /// when that address is in use; a given address that cannot be bound
+    /// stops the broker.
+    #[arg(long, env = "BATON_HTTP")]
+    http: Option<String>,
+    /// Deprecated (use --http): serve Prometheus metrics alone on this
+    /// address (GET /metrics, plain HTTP, no authentication); off when not
+    /// given.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// A TOML configuration file: one key per flag (`lease_ms` for
@@ -340,6 +348,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.auth = auth;
     config.tls = tls;
     config.metrics_listen = args.metrics_listen;
+    config.http = http_listen(&args)?;
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     config.retention = Duration::from_millis(args.retention_ms);
     config.max_connections = args.max_connections;
@@ -352,6 +361,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     baton_server::run(listener, config, shutdown)
         .await
         .context("broker failed")
+}
+
+/// Where the HTTP listener listens (`--http`): the default address unless
+/// told otherwise, refused off loopback without authentication as the gRPC
+/// address is.
+fn http_listen(args: &ServeArgs) -> anyhow::Result<Option<baton_server::http::Listen>> {
+    use baton_server::http::{DEFAULT_ADDR, Listen};
+    let (addr, required) = match args.http.as_deref().map(str::trim) {
+        Some("off") => return Ok(None),
+        None => (DEFAULT_ADDR, false),
+        Some(addr) => (addr, true),
+    };
+    let addr: std::net::SocketAddr = addr.parse().with_context(|| {
+        format!("--http {addr:?} is not an address like 127.0.0.1:7071, nor \"off\"")
+    })?;
+    let auth_off = matches!(args.auth, Some(AuthMode::Off)) || args.tokens.is_none();
+    if auth_off && !addr.ip().is_loopback() && !args.allow_insecure {
+        anyhow::bail!(
+            "refusing to serve the dashboard and HTTP API without authentication on {addr} \
+             (not a loopback address): give --tokens FILE, or --allow-insecure"
+        );
+    }
+    Ok(Some(Listen::Addr { addr, required }))
 }
 
 /// A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, which

@@ -168,7 +168,7 @@ fn record_chain(chain_id: &str) {
     tracing::Span::current().record("chain.id", chain_id);
 }
 
-fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
+pub(crate) fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
     pb::QueueInfo {
         name: q.name,
         ready: q.ready,
@@ -181,7 +181,7 @@ fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
     }
 }
 
-fn worker_view(w: scheduler::WorkerStats) -> pb::WorkerInfo {
+pub(crate) fn worker_view(w: scheduler::WorkerStats) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: w.worker_id,
         worker_name: w.name,
@@ -204,7 +204,10 @@ pub struct AdminService {
     pub handle: Handle,
 }
 
-fn throttle_view((info, chains): scheduler::ThrottleStats, now: u64) -> pb::ThrottleInfo {
+pub(crate) fn throttle_view(
+    (info, chains): scheduler::ThrottleStats,
+    now: u64,
+) -> pb::ThrottleInfo {
     pb::ThrottleInfo {
         identity: Some(pb::ThrottleIdentity {
             task_name: info.identity.task_name.clone(),

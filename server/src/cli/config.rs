@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// An address, or "off" (see `baton serve --help`).
+    pub http: Option<String>,
     pub handshake_timeout_ms: Option<u64>,
     pub retention_ms: Option<u64>,
     pub max_connections: Option<usize>,
@@ -180,6 +182,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(tls_key, optional);
     fill!(tls_client_ca, optional);
     fill!(metrics_listen, optional);
+    fill!(http, optional);
     if let Some(format) = file.log_format
         && unset("log_format")
     {
@@ -318,6 +321,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("tls_key = {}", show(&args.tls_key));
     println!("tls_client_ca = {}", show(&args.tls_client_ca));
     println!(
+        "http = {}",
+        args.http.as_deref().map_or_else(
+            || format!("\"{}\" (default)", baton_server::http::DEFAULT_ADDR),
+            |a| format!("\"{a}\"")
+        )
+    );
+    println!(
         "metrics_listen = {}",
         args.metrics_listen
             .map_or_else(|| "(none)".to_owned(), |a| format!("\"{a}\""))
@@ -350,6 +360,7 @@ mod tests {
             tls_key = "broker.key"
             tls_client_ca = "ca.pem"
             metrics_listen = "127.0.0.1:9090"
+            http = "127.0.0.1:7072"
             handshake_timeout_ms = 5000
             max_connections = 2000
         "#;
@@ -364,6 +375,7 @@ mod tests {
             Some(Path::new("/etc/baton/tokens.toml"))
         );
         assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert_eq!(c.http.as_deref(), Some("127.0.0.1:7072"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 

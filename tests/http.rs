@@ -1,0 +1,100 @@
+//! The HTTP listener of a real broker (the dashboard's JSON API): the same
+//! answers and error messages as gRPC, on a listener bound by the test.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 request; the status and the body.
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_answers_as_grpc_does() {
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = http.local_addr().expect("addr");
+    let http = Arc::new(http);
+    let broker = TestBroker::start_with(|c| {
+        c.http = Some(baton_server::http::Listen::Bound(http));
+    })
+    .await;
+
+    let (status, body) = call(addr, "GET", "/healthz", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"SERVING"}"#));
+
+    // A chain submitted over HTTP is the chain gRPC reads.
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/api/v1/chains",
+        r#"{"steps": [{"name": "t.one", "args": [1, "a"]}], "idempotency_key": "k"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let submitted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = submitted["chain_id"].as_str().unwrap().to_owned();
+    let chain = broker.client().await.get(&id).await.expect("GetChain");
+    assert_eq!(chain.chain_id, id);
+    let (status, body) = call(addr, "GET", &format!("/api/v1/chains/{id}"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let chain: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(chain["state"], "CHAIN_STATE_RUNNING");
+    assert_eq!(chain["steps"][0]["args"], serde_json::json!([1, "a"]));
+    let (_, body) = call(addr, "GET", "/api/v1/chains?q=k", "").await;
+    assert!(body.contains(&id), "{body}");
+
+    // Errors: the gRPC status's code and message, word for word.
+    let grpc = broker
+        .client()
+        .await
+        .get("not-a-uuid")
+        .await
+        .expect_err("a bad id");
+    let (status, body) = call(addr, "GET", "/api/v1/chains/not-a-uuid", "").await;
+    assert_eq!(status, 400);
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], "INVALID_ARGUMENT");
+    assert!(
+        grpc.to_string()
+            .contains(error["message"].as_str().unwrap()),
+        "{grpc} vs {body}"
+    );
+    let (status, body) = call(addr, "POST", "/api/v1/chains", r#"{"stepz": []}"#).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown field `stepz`"), "{body}");
+
+    // Admin calls and /metrics; unknown routes.
+    let (status, body) = call(addr, "POST", "/api/v1/queues/general/pause", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""paused":true"#), "{body}");
+    let (status, body) = call(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("baton_queue_paused{queue=\"general\"} 1"),
+        "{body}"
+    );
+    let (status, _) = call(addr, "GET", "/nowhere", "").await;
+    assert_eq!(status, 404);
+    broker.stop().await;
+}
