@@ -32,6 +32,7 @@
 
 mod clock;
 mod core;
+mod driver;
 pub mod queues;
 #[cfg(test)]
 mod sim;
@@ -46,7 +47,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use self::core::Dedup;
-use self::core::{Core, Effect, RoundEnd};
+use self::core::{Core, Output, RoundEnd};
+use self::driver::Driver;
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
 use crate::metrics::{Metrics, Snapshot};
@@ -265,20 +267,21 @@ pub fn start(
 }
 
 async fn run_loop(
-    mut core: Core,
+    core: Core,
     mut rx: mpsc::Receiver<Command>,
     mut committer: Committer,
     limits: Settings,
     shutdown: CancellationToken,
 ) {
-    let mut outbox: VecDeque<(u64, Effect)> = VecDeque::new();
+    let mut driver = Driver::new(core);
+    let mut outbox: VecDeque<(u64, Output)> = VecDeque::new();
     let mut awake = clock::Awake::start(std::time::Instant::now());
     // Recovery may have changed records (re-queued work): commit it first.
-    round_end(&mut core, &mut outbox, &mut committer);
+    round_end(&mut driver, &mut outbox, &mut committer);
     loop {
         // Never asleep longer than a tick, so that a longer gap between two
         // readings of the clock means the broker did not run (see `clock`).
-        let mut sleep = match core.next_timer() {
+        let mut sleep = match driver.core.next_timer() {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
             None => clock::TICK,
         }
@@ -291,12 +294,12 @@ async fn run_loop(
             Some(report) = committer.report() => committer.heard(report),
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                core.set_awake(awake.observe(std::time::Instant::now()));
+                driver.core.set_awake(awake.observe(std::time::Instant::now()));
                 let fault = committer.fault();
-                handle(&mut core, cmd, fault, &limits);
+                driver.handle(cmd, fault, &limits, now_ms());
                 for _ in 1..ROUND {
                     match rx.try_recv() {
-                        Ok(cmd) => handle(&mut core, cmd, fault, &limits),
+                        Ok(cmd) => driver.handle(cmd, fault, &limits, now_ms()),
                         Err(_) => break,
                     }
                 }
@@ -305,19 +308,21 @@ async fn run_loop(
             () = shutdown.cancelled() => break,
         }
         committer.catch_up();
-        core.set_awake(awake.observe(std::time::Instant::now()));
-        core.fire_timers(now_ms());
+        driver
+            .core
+            .set_awake(awake.observe(std::time::Instant::now()));
+        driver.core.fire_timers(now_ms());
         // Not while the store is in trouble: removals would only wait.
         if committer.fault().is_none() {
-            core.sweep(now_ms());
+            driver.core.sweep(now_ms());
         }
-        round_end(&mut core, &mut outbox, &mut committer);
+        round_end(&mut driver, &mut outbox, &mut committer);
         while outbox
             .front()
             .is_some_and(|(seq, _)| *seq <= committer.durable())
         {
-            let (_, effect) = outbox.pop_front().expect("checked");
-            core.deliver(effect, now_ms());
+            let (_, output) = outbox.pop_front().expect("checked");
+            driver.deliver(output, now_ms());
         }
     }
     // Drain: what the rounds wrote is applied and flushed before the loop
@@ -328,108 +333,29 @@ async fn run_loop(
 }
 
 /// Ends a round: dispatches ready work, stages the round's writes with the
-/// committer, lets early assignments leave and holds the other effects
+/// committer, lets early assignments leave and holds the other outputs
 /// until the batch that holds their writes is durable.
-fn round_end(core: &mut Core, outbox: &mut VecDeque<(u64, Effect)>, committer: &mut Committer) {
-    core.dispatch(now_ms());
+fn round_end(driver: &mut Driver, outbox: &mut VecDeque<(u64, Output)>, committer: &mut Committer) {
+    driver.core.dispatch(now_ms());
     let RoundEnd {
         writes,
         effects,
         early,
-    } = core.end_round();
+        closed,
+    } = driver.core.end_round();
+    driver.close(closed);
     let seq = committer.stage(writes);
     // Early assignments leave now (a later flush covers their round),
     // unless the store is in trouble: then they wait like everything else.
     if committer.fault().is_none() {
-        for effect in early {
-            core.deliver(effect, now_ms());
+        for output in early {
+            driver.deliver(output, now_ms());
         }
     } else {
         outbox.extend(early.into_iter().map(|e| (seq, e)));
     }
     outbox.extend(effects.into_iter().map(|e| (seq, e)));
     committer.commit();
-}
-
-/// Answers a request with `error` instead of running it.
-fn refuse<T>(reply: Reply<T>, error: Error) {
-    let _ = reply.send(Err(error));
-}
-
-fn handle(core: &mut Core, cmd: Command, fault: Option<Fault>, limits: &Settings) {
-    let now = now_ms();
-    // While the store is in trouble, requests that would store new work are
-    // refused before they touch anything, and so are chain reads: their
-    // answer would wait for a durable round like every effect.
-    let cmd = match (fault, cmd) {
-        (None, cmd) => cmd,
-        (Some(f), Command::Get(_, r)) => return refuse(r, Error::unreadable(f)),
-        (Some(f), Command::StepResult(_, _, r)) => return refuse(r, Error::unreadable(f)),
-        (Some(f), Command::Inspect(_, r)) => return refuse(r, Error::unreadable(f)),
-        (Some(f), Command::Watch(_, _, r)) => return refuse(r, Error::unreadable(f)),
-        (Some(f), Command::Submit(_, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::SubmitMany(_, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::Cancel(_, _, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::Requeue(_, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::Pause(_, _, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::Purge(_, _, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::SetLimit(_, _, r)) => return refuse(r, Error::refused(f)),
-        (Some(f), Command::Drain(_, r)) => return refuse(r, Error::refused(f)),
-        (Some(_), cmd) => cmd,
-    };
-    match cmd {
-        Command::Submit(spec, reply) => core.submit(spec, reply, now),
-        Command::SubmitMany(specs, reply) => core.submit_many(specs, reply, now),
-        Command::Get(id, reply) => core.get(&id, reply),
-        Command::StepResult(id, task_id, reply) => core.step_result(&id, &task_id, reply),
-        Command::Inspect(id, reply) => core.inspect(&id, reply),
-        Command::Watch(id, tx, reply) => {
-            // Counted only at the limit: pruning closed streams walks them all.
-            if core.watch_count() >= limits.max_watches {
-                let _ = reply.send(Err(Error::Exhausted(format!(
-                    "too many WatchChain streams open: the limit is {} (--max-watches)",
-                    limits.max_watches
-                ))));
-                return;
-            }
-            core.watch(&id, tx, reply)
-        }
-        Command::Cancel(id, reason, reply) => core.cancel(&id, reason, reply, now),
-        Command::Connect(hello, tx, reply) => {
-            if core.worker_count() >= limits.max_workers {
-                let _ = reply.send(Err(Error::Exhausted(format!(
-                    "too many workers connected: the limit is {} (--max-workers)",
-                    limits.max_workers
-                ))));
-                return;
-            }
-            let id = core.connect(hello, tx, now);
-            let _ = reply.send(Ok(id));
-        }
-        Command::FromWorker(id, msg) => core.on_worker_message(&id, msg, now),
-        Command::Disconnected(id) => core.worker_gone(&id, false, now),
-        Command::Queues(reply) => {
-            let _ = reply.send(core.queue_stats(now));
-        }
-        Command::Workers(reply) => {
-            let _ = reply.send(core.worker_stats());
-        }
-        Command::Throttles(reply) => {
-            let _ = reply.send(core.throttle_info());
-        }
-        Command::SetLimit(identity, limit, reply) => core.set_limit(identity, limit, reply, now),
-        Command::Pause(queue, paused, reply) => core.pause_queue(&queue, paused, reply, now),
-        Command::Purge(queue, reason, reply) => core.purge_queue(&queue, &reason, reply, now),
-        Command::Requeue(id, reply) => core.requeue(&id, reply, now),
-        Command::Drain(worker, reply) => core.drain_workers(&worker, reply),
-        Command::Snapshot(reply) => {
-            let _ = reply.send(Snapshot {
-                queues: core.queue_stats(now),
-                throttles: core.throttle_info(),
-                workers: core.worker_stats(),
-            });
-        }
-    }
 }
 
 impl Handle {

@@ -8,15 +8,6 @@ impl Core {
         self.workers.len()
     }
 
-    /// Watch streams open now; forgets those whose client went away.
-    pub fn watch_count(&mut self) -> usize {
-        self.watchers.retain(|_, list| {
-            list.retain(|tx| !tx.is_closed());
-            !list.is_empty()
-        });
-        self.watchers.values().map(Vec::len).sum()
-    }
-
     pub fn queue_stats(&self, now: UnixMs) -> Vec<QueueStats> {
         let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
         for (queue, depth) in self.queues.depths() {
@@ -168,7 +159,7 @@ impl Core {
         &mut self,
         identity: Identity,
         limit: Option<u32>,
-        reply: oneshot::Sender<Result<Vec<crate::scheduler::ThrottleStats>, Error>>,
+        reply: Req<Vec<crate::scheduler::ThrottleStats>>,
         now: UnixMs,
     ) {
         self.batch.put_limit(&identity, limit);
@@ -181,13 +172,7 @@ impl Core {
     /// Pauses or resumes dispatch from a queue. The change is stored with
     /// the round's writes; a resumed queue's tasks go out with the round's
     /// dispatch.
-    pub fn pause_queue(
-        &mut self,
-        queue: &str,
-        paused: bool,
-        reply: oneshot::Sender<Result<QueueStats, Error>>,
-        now: UnixMs,
-    ) {
+    pub fn pause_queue(&mut self, queue: &str, paused: bool, reply: Req<QueueStats>, now: UnixMs) {
         let changed = if paused {
             self.queues.pause(queue)
         } else {
@@ -198,7 +183,7 @@ impl Core {
             tracing::info!(queue, paused, "queue dispatch changed");
             if !paused {
                 self.unsettled.resumed += 1;
-                self.emit(Effect::Settled(Settled::Resumed));
+                self.emit(Output::Settled(Settled::Resumed));
             }
         }
         let stats = self
@@ -212,13 +197,7 @@ impl Core {
     /// Cancels, as [`Core::cancel`] does, the chain of every task READY in
     /// `queue`. Tasks running, delayed or throttled are not in the queue
     /// and stay.
-    pub fn purge_queue(
-        &mut self,
-        queue: &str,
-        reason: &str,
-        reply: oneshot::Sender<Result<Vec<String>, Error>>,
-        now: UnixMs,
-    ) {
+    pub fn purge_queue(&mut self, queue: &str, reason: &str, reply: Req<Vec<String>>, now: UnixMs) {
         // Cold chains come back without queue entries: they are cancelled
         // below like the rest. Those that cannot be read now stay queued,
         // and the answer says so.
@@ -251,9 +230,9 @@ impl Core {
             format!("queue {queue} purged: {reason}")
         };
         for chain_id in &chain_ids {
-            // `cancel` answers through a oneshot; nobody waits on this one.
-            let (cancelled, _) = oneshot::channel();
-            self.cancel(chain_id, reason.clone(), cancelled, now);
+            // Each is in memory now (warmed above, or hot), so this
+            // cancels it.
+            let _ = self.cancel_chain(chain_id, reason.clone(), now);
         }
         tracing::info!(queue, cancelled = chain_ids.len(), unread, "queue purged");
         let answer = if unread == 0 {
@@ -270,12 +249,7 @@ impl Core {
 
     /// Submits a failed chain's spec again as a new chain and links the
     /// two records, in one batch.
-    pub fn requeue(
-        &mut self,
-        chain_id: &str,
-        reply: oneshot::Sender<Result<String, Error>>,
-        now: UnixMs,
-    ) {
+    pub fn requeue(&mut self, chain_id: &str, reply: Req<String>, now: UnixMs) {
         let result = self.requeue_chain(chain_id, now);
         self.reply(reply, result);
     }
@@ -347,11 +321,7 @@ impl Core {
 
     /// Marks every worker stream named `who` (or with id `who`) draining:
     /// it gets no new assignments and finishes what it runs.
-    pub fn drain_workers(
-        &mut self,
-        who: &str,
-        reply: oneshot::Sender<Result<Vec<WorkerStats>, Error>>,
-    ) {
+    pub fn drain_workers(&mut self, who: &str, reply: Req<Vec<WorkerStats>>) {
         let mut matched = Set::default();
         for (id, worker) in &mut self.workers {
             if worker.name == who || id == who {

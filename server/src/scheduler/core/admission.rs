@@ -3,12 +3,7 @@
 use super::*;
 
 impl Core {
-    pub fn submit(
-        &mut self,
-        spec: ChainSpec,
-        reply: oneshot::Sender<Result<Submitted, Error>>,
-        now: UnixMs,
-    ) {
+    pub fn submit(&mut self, spec: ChainSpec, reply: Req<Submitted>, now: UnixMs) {
         let result = self
             .check_admissible(&spec)
             .map(|stored| self.admit(spec, stored, now));
@@ -18,12 +13,7 @@ impl Core {
     /// Stores a batch of chains: all of them, or none when one of them
     /// cannot be admitted. They are admitted in order, so a later chain is
     /// deduplicated against an earlier one of the same batch.
-    pub fn submit_many(
-        &mut self,
-        specs: Vec<ChainSpec>,
-        reply: oneshot::Sender<Result<Vec<Submitted>, Error>>,
-        now: UnixMs,
-    ) {
+    pub fn submit_many(&mut self, specs: Vec<ChainSpec>, reply: Req<Vec<Submitted>>, now: UnixMs) {
         let checked: Result<Vec<Stored>, Error> = specs
             .iter()
             .enumerate()

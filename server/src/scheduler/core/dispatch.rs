@@ -367,7 +367,7 @@ impl Core {
             && self.workers[worker_id].held_back == 0
             && self.unsettled.resumed == 0
             && !self.unsettled.ready.contains_key(task_id);
-        let send = Effect::ToWorker {
+        let send = Output::ToWorker {
             worker_id: worker_id.to_owned(),
             msg: ToWorker::Assign(Box::new(assignment)),
         };
@@ -378,7 +378,7 @@ impl Core {
         } else {
             self.emit(send);
             // Delivered right after it, in order: early ones may follow.
-            self.emit(Effect::Settled(Settled::Sent(worker_id.to_owned())));
+            self.emit(Output::Settled(Settled::Sent(worker_id.to_owned())));
             if let Some(worker) = self.workers.get_mut(worker_id) {
                 worker.held_back += 1;
             }

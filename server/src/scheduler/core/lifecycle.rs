@@ -3,24 +3,25 @@
 use super::*;
 
 impl Core {
-    pub fn cancel(
+    pub fn cancel(&mut self, chain_id: &str, reason: String, reply: Req<ChainState>, now: UnixMs) {
+        let result = self.cancel_chain(chain_id, reason, now);
+        self.reply(reply, result);
+    }
+
+    /// Cancels a chain; returns its state (an ended chain keeps its own).
+    pub(super) fn cancel_chain(
         &mut self,
         chain_id: &str,
         reason: String,
-        reply: oneshot::Sender<Result<ChainState, Error>>,
         now: UnixMs,
-    ) {
+    ) -> Result<ChainState, Error> {
         self.warm_by_id(chain_id);
         let rec = match self.chains.get(chain_id) {
             Some(rec) => rec,
-            None => {
-                let result = self.chain(chain_id).map(|c| c.state());
-                return self.reply(reply, result);
-            }
+            None => return self.chain(chain_id).map(|c| c.state()),
         };
         if rec.is_ended() {
-            let state = rec.state();
-            return self.reply(reply, Ok(state));
+            return Ok(rec.state());
         }
         let phase = rec.phase();
         let len = rec.steps_of(phase).len();
@@ -37,7 +38,7 @@ impl Core {
         self.touch(chain_id);
         self.chain_ended(chain_id, now);
         tracing::info!(chain.id = %chain_id, "chain cancelled");
-        self.reply(reply, Ok(ChainState::Cancelled));
+        Ok(ChainState::Cancelled)
     }
 
     /// Takes a step out of play: a waiting one leaves its queue, timer or
@@ -200,7 +201,7 @@ impl Core {
         self.queues
             .push(&eff.queue, &name, eff.priority, &task_id, now);
         *self.unsettled.ready.entry(task_id.clone()).or_default() += 1;
-        self.emit(Effect::Settled(Settled::Ready(task_id)));
+        self.emit(Output::Settled(Settled::Ready(task_id)));
     }
 
     /// A run that ended after its chain moved on (cancelled, deadline):

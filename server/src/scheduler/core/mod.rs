@@ -31,11 +31,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
+pub use self::replies::{Answer, Answerable, Req, RequestId};
 use super::queues::{ChainKey, Head, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
-use super::{Error, Inspected, QueueStats, Submitted, WorkerStats, watchers};
+use super::{Error, Inspected, QueueStats, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::store::{Batch, ExpiryCursor, Recovered, Shared};
@@ -45,6 +44,7 @@ mod admission;
 mod dispatch;
 mod lifecycle;
 mod reads;
+mod replies;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -65,24 +65,44 @@ pub const MAX_LAPSES: u32 = 10;
 /// entry remains until a worker picks them (see [`Core::cool`]).
 pub const COLD_AFTER: usize = 1000;
 
-/// Something to do once the writes it depends on are durable.
-pub enum Effect {
+/// What the machine asks the driver to do, as plain data. Each waits for
+/// the round that decided it to be durable (early assignments excepted);
+/// the driver then hands it back through [`Core::leaving`], which keeps the
+/// machine's books and says whether it still goes out.
+#[derive(Debug)]
+pub enum Output {
+    /// Answers request `request` (boxed: some answers are large, and
+    /// outputs are moved around by the thousand).
+    Reply {
+        request: RequestId,
+        answer: Box<Answer>,
+    },
     /// Sends to a connected worker (dropped if it is gone by then).
     ToWorker { worker_id: String, msg: ToWorker },
-    /// Sends an event to a chain's watchers; `last` closes their streams.
-    Watch {
+    /// An event of a watched chain, for each of its watchers; `last`
+    /// closes their streams.
+    Event {
         chain_id: String,
         event: Arc<ChainEvent>,
         last: bool,
     },
-    /// Any other deferred reply (a oneshot send, a watch snapshot).
-    Run(Box<dyn FnOnce() + Send>),
+    /// The first event of the watcher that request `request` opened;
+    /// `keep` when the chain has not ended: the watcher then joins the
+    /// chain's watchers, and the machine counts it until the driver says
+    /// it left ([`Core::unwatched`]).
+    Snapshot {
+        request: RequestId,
+        chain_id: String,
+        event: Arc<ChainEvent>,
+        keep: bool,
+    },
     /// A write that early assignments depend on is durable now (see
-    /// [`Unsettled`]).
+    /// [`Unsettled`]). Never leaves the machine.
     Settled(Settled),
 }
 
 /// What a round wrote that an early assignment must not run ahead of.
+#[derive(Debug)]
 pub enum Settled {
     /// The task was made ready.
     Ready(String),
@@ -163,12 +183,15 @@ enum Unwarmed {
     Unreadable,
 }
 
-/// What a round left: its writes, the effects that wait for them to be
-/// durable, and the early assignments that wait for none.
+/// What a round left: its writes, the outputs that wait for them to be
+/// durable, the early assignments that wait for none, and the worker
+/// streams to close now (their workers are gone: disconnected, said
+/// goodbye, or could not be sent to).
 pub struct RoundEnd {
     pub writes: Batch,
-    pub effects: Vec<Effect>,
-    pub early: Vec<Effect>,
+    pub effects: Vec<Output>,
+    pub early: Vec<Output>,
+    pub closed: Vec<String>,
 }
 
 /// Why a submission was deduplicated.
@@ -230,7 +253,6 @@ pub struct WorkerConn {
     /// any does, none leaves early, so that it gets its assignments in the
     /// order they were made (see [`Unsettled`]).
     held_back: u32,
-    tx: mpsc::Sender<ToWorker>,
 }
 
 impl WorkerConn {
@@ -339,7 +361,9 @@ pub struct Core {
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
     rerouting: Set<String>,
-    watchers: Map<String, Vec<watchers::Sender>>,
+    /// Chains with watchers, with how many: the driver holds their
+    /// streams; the machine only needs to know whom to build events for.
+    watched: Map<String, usize>,
     /// Writes of the round in progress, handed to the committer by
     /// [`Core::end_round`]. Reads of the store look here first.
     batch: Batch,
@@ -349,10 +373,12 @@ pub struct Core {
     /// their next write sets it. Every other chain in memory has it set, so
     /// writing it again with each step would cost a sled write for nothing.
     live_unwritten: Set<String>,
-    effects: Vec<Effect>,
+    effects: Vec<Output>,
     /// Assignments of the transition that need not wait for it to be
     /// durable (see [`Unsettled`]).
-    early: Vec<Effect>,
+    early: Vec<Output>,
+    /// Workers gone this round, whose streams the driver closes.
+    closed: Vec<String>,
     unsettled: Unsettled,
     /// Counters and histograms, shared with the metrics endpoint.
     pub metrics: Arc<Metrics>,
@@ -392,7 +418,8 @@ impl Core {
             task_defaults: recovered.task_defaults.into_iter().collect(),
             rerouting: Set::default(),
             apart: Map::default(),
-            watchers: Map::default(),
+            watched: Map::default(),
+            closed: Vec::new(),
             batch: Batch::new(),
             dirty: BTreeSet::new(),
             live_unwritten: Set::default(),
@@ -588,6 +615,7 @@ impl Core {
             writes: std::mem::take(&mut self.batch),
             effects: std::mem::take(&mut self.effects),
             early: std::mem::take(&mut self.early),
+            closed: std::mem::take(&mut self.closed),
         }
     }
 
@@ -611,26 +639,30 @@ impl Core {
         self.dirty.insert(chain_id.to_owned());
     }
 
-    pub(super) fn emit(&mut self, effect: Effect) {
+    pub(super) fn emit(&mut self, effect: Output) {
         self.effects.push(effect);
     }
 
     pub(super) fn send_worker(&mut self, worker_id: &str, msg: ToWorker) {
-        self.emit(Effect::ToWorker {
+        self.emit(Output::ToWorker {
             worker_id: worker_id.to_owned(),
             msg,
         });
     }
 
     pub(super) fn event(&mut self, chain_id: &str, kind: &'static str, at: Option<StepAt>) {
-        if !self.watchers.contains_key(chain_id) {
+        if !self.watched.contains_key(chain_id) {
             return;
         }
         if let Some(chain) = self.chains.get(chain_id) {
             let last = chain.is_ended();
             // One copy of the chain for all of its watchers.
             let event = Arc::new(ChainEvent::new(kind, at, self.with_results(chain.clone())));
-            self.emit(Effect::Watch {
+            if last {
+                // The driver closes their streams with this event.
+                self.watched.remove(chain_id);
+            }
+            self.emit(Output::Event {
                 chain_id: chain_id.to_owned(),
                 event,
                 last,
@@ -638,11 +670,12 @@ impl Core {
         }
     }
 
-    /// Delivers an effect whose writes are durable.
-    pub fn deliver(&mut self, effect: Effect, now: UnixMs) {
-        match effect {
-            Effect::Run(f) => f(),
-            Effect::ToWorker { worker_id, msg } => {
+    /// An output whose round is durable (or an early assignment at the
+    /// end of its round) is about to leave: keeps the books that depend on
+    /// its leaving, and returns it if it still goes out.
+    pub fn leaving(&mut self, output: Output) -> Option<Output> {
+        match output {
+            Output::ToWorker { worker_id, msg } => {
                 if let ToWorker::Assign(a) = &msg {
                     // Its lease starts now (see `Run::renewed`). An
                     // assignment whose run is no longer this attempt is not
@@ -650,48 +683,43 @@ impl Core {
                     let awake = self.awake_ms;
                     match self.runs.get_mut(&a.task.task_id) {
                         Some(run) if run.attempt == a.task.attempt => run.renewed = Some(awake),
-                        _ => return,
+                        _ => return None,
                     }
                 }
-                let Some(worker) = self.workers.get_mut(&worker_id) else {
-                    return;
-                };
+                let worker = self.workers.get_mut(&worker_id)?;
                 worker.welcomed |= matches!(msg, ToWorker::Welcome { .. });
-                if let Err(e) = worker.tx.try_send(msg) {
-                    // A worker that does not read its stream must not stall
-                    // the broker: it is dropped as if its connection broke,
-                    // and its leases run out unless it comes back.
-                    tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
-                    self.worker_gone(&worker_id, false, now);
-                }
+                Some(Output::ToWorker { worker_id, msg })
             }
-            Effect::Watch {
-                chain_id,
-                event,
-                last,
-            } => {
-                if let Some(list) = self.watchers.get_mut(&chain_id) {
-                    // A watcher over its byte budget is dropped here; its
-                    // stream ends saying it fell behind (watchers.rs).
-                    list.retain(|tx| tx.offer(&event));
-                    if last || list.is_empty() {
-                        self.watchers.remove(&chain_id);
-                    }
-                }
-            }
-            Effect::Settled(Settled::Sent(worker_id)) => {
+            Output::Settled(Settled::Sent(worker_id)) => {
                 if let Some(worker) = self.workers.get_mut(&worker_id) {
                     worker.held_back = worker.held_back.saturating_sub(1);
                 }
+                None
             }
-            Effect::Settled(settled) => self.unsettled.settle(settled),
+            Output::Settled(settled) => {
+                self.unsettled.settle(settled);
+                None
+            }
+            other => Some(other),
         }
     }
 
-    pub(super) fn reply<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
-        self.emit(Effect::Run(Box::new(move || {
-            let _ = reply.send(value);
-        })));
+    /// `n` watchers of a chain left (their client went away, or fell
+    /// behind): with none left, its events are no longer built.
+    pub fn unwatched(&mut self, chain_id: &str, n: usize) {
+        if let Some(count) = self.watched.get_mut(chain_id) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.watched.remove(chain_id);
+            }
+        }
+    }
+
+    pub(super) fn reply<T: Answerable>(&mut self, reply: Req<T>, value: Result<T, Error>) {
+        self.emit(Output::Reply {
+            request: reply.id(),
+            answer: Box::new(T::wrap(value)),
+        });
     }
 }
 

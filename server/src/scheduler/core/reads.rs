@@ -105,12 +105,7 @@ impl Core {
     }
 
     /// A step's result, whether kept in its chain's record or apart.
-    pub fn step_result(
-        &mut self,
-        chain_id: &str,
-        task_id: &str,
-        reply: oneshot::Sender<Result<String, Error>>,
-    ) {
+    pub fn step_result(&mut self, chain_id: &str, task_id: &str, reply: Req<String>) {
         let answer = self.chain(chain_id).and_then(|rec| {
             let step = rec
                 .all_steps()
@@ -138,13 +133,13 @@ impl Core {
         self.reply(reply, answer);
     }
 
-    pub fn get(&mut self, chain_id: &str, reply: oneshot::Sender<Result<ChainRecord, Error>>) {
+    pub fn get(&mut self, chain_id: &str, reply: Req<ChainRecord>) {
         let result = self.chain(chain_id);
         self.reply(reply, result);
     }
 
     /// [`Core::get`] with the chain's [`Core::unserved_steps`].
-    pub fn inspect(&mut self, chain_id: &str, reply: oneshot::Sender<Result<Inspected, Error>>) {
+    pub fn inspect(&mut self, chain_id: &str, reply: Req<Inspected>) {
         let result = self.chain(chain_id).map(|rec| {
             let unserved = self.unserved_steps(&rec);
             (rec, unserved)
@@ -152,25 +147,23 @@ impl Core {
         self.reply(reply, result);
     }
 
-    pub fn watch(
-        &mut self,
-        chain_id: &str,
-        tx: watchers::Sender,
-        reply: oneshot::Sender<Result<(), Error>>,
-    ) {
+    /// Opens a watcher of a chain (the driver holds its stream, under
+    /// the request's number): its first event is a snapshot.
+    pub fn watch(&mut self, chain_id: &str, reply: Req<()>) {
         match self.chain(chain_id) {
             Err(e) => self.reply(reply, Err(e)),
             Ok(chain) => {
-                if !chain.is_ended() {
-                    self.watchers
-                        .entry(chain_id.to_owned())
-                        .or_default()
-                        .push(tx.clone());
+                let keep = !chain.is_ended();
+                if keep {
+                    *self.watched.entry(chain_id.to_owned()).or_default() += 1;
                 }
                 let event = Arc::new(ChainEvent::new("snapshot", None, chain));
-                self.emit(Effect::Run(Box::new(move || {
-                    tx.offer(&event);
-                })));
+                self.emit(Output::Snapshot {
+                    request: reply.id(),
+                    chain_id: chain_id.to_owned(),
+                    event,
+                    keep,
+                });
                 self.reply(reply, Ok(()));
             }
         }

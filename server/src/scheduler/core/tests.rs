@@ -1,4 +1,80 @@
+use std::ops::{Deref, DerefMut};
+
+use tokio::sync::{mpsc, oneshot};
+
 use super::*;
+use crate::scheduler::driver::Driver;
+
+/// The machine inside the driver, as the scheduler loop has it: requests
+/// answer on oneshots, workers read channels. Reads through to the machine.
+struct Harness(Driver);
+
+impl Deref for Harness {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0.core
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.0.core
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+impl Harness {
+    fn recover(store: Shared, lease_ms: u64, retention_ms: u64, r: Recovered, now: UnixMs) -> Self {
+        Harness(Driver::new(Core::recover(
+            store,
+            lease_ms,
+            retention_ms,
+            r,
+            now,
+        )))
+    }
+
+    fn submit(&mut self, spec: ChainSpec, reply: Reply<Submitted>, now: UnixMs) {
+        let req = self.0.request(reply);
+        self.0.core.submit(spec, req, now);
+    }
+
+    fn submit_many(&mut self, specs: Vec<ChainSpec>, reply: Reply<Vec<Submitted>>, now: UnixMs) {
+        let req = self.0.request(reply);
+        self.0.core.submit_many(specs, req, now);
+    }
+
+    fn get(&mut self, chain_id: &str, reply: Reply<ChainRecord>) {
+        let req = self.0.request(reply);
+        self.0.core.get(chain_id, req);
+    }
+
+    fn purge_queue(&mut self, queue: &str, reason: &str, reply: Reply<Vec<String>>, now: UnixMs) {
+        let req = self.0.request(reply);
+        self.0.core.purge_queue(queue, reason, req, now);
+    }
+
+    fn pause_queue(&mut self, queue: &str, paused: bool, reply: Reply<QueueStats>, now: UnixMs) {
+        let req = self.0.request(reply);
+        self.0.core.pause_queue(queue, paused, req, now);
+    }
+
+    fn connect(&mut self, hello: WorkerHello, tx: mpsc::Sender<ToWorker>, now: UnixMs) -> String {
+        self.0.connect(hello, tx, now)
+    }
+
+    fn deliver(&mut self, output: Output, now: UnixMs) {
+        self.0.deliver(output, now);
+    }
+
+    /// [`Core::commit`], closing the streams of workers gone.
+    fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
+        let mut round = self.0.core.commit()?;
+        self.0.close(std::mem::take(&mut round.closed));
+        Ok(round)
+    }
+}
 
 fn one_step(name: &str) -> ChainSpec {
     ChainSpec {
@@ -28,16 +104,16 @@ fn hello(task: &str, concurrency: u32, prefetch: u32) -> WorkerHello {
 
 /// A scheduler on an empty store in a temporary directory (kept alive
 /// by the returned guard), at time 1.
-fn empty_core() -> (tempfile::TempDir, Shared, Core) {
+fn empty_core() -> (tempfile::TempDir, Shared, Harness) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Shared::open(dir.path()).expect("store");
-    let core = Core::recover(store.clone(), 30_000, 0, Recovered::default(), 1);
+    let core = Harness::recover(store.clone(), 30_000, 0, Recovered::default(), 1);
     (dir, store, core)
 }
 
 /// Ends a round: commits and delivers its effects (durability does not
 /// matter here).
-fn end_round(core: &mut Core) {
+fn end_round(core: &mut Harness) {
     let committed = core.commit().expect("commit");
     for effect in committed.early.into_iter().chain(committed.effects) {
         core.deliver(effect, 1);
@@ -65,7 +141,7 @@ fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
 
     let recovered = store.recover().expect("recover");
     assert_eq!(recovered.cold.len(), total - COLD_AFTER);
-    let mut core = Core::recover(store, 30_000, 0, recovered, 10_000);
+    let mut core = Harness::recover(store, 30_000, 0, recovered, 10_000);
     let (tx, mut rx) = mpsc::channel(4 * total);
     let concurrency = u32::try_from(total).expect("small");
     core.connect(hello("t", concurrency, 0), tx, 10_000);
@@ -155,7 +231,7 @@ fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
     }
     let (tx, mut rx) = mpsc::channel(16);
     let worker_id = core.connect(hello("t", 1, 2), tx, 1);
-    let mut assigned = |core: &mut Core| {
+    let mut assigned = |core: &mut Harness| {
         core.dispatch(1);
         end_round(core);
         let mut tasks = Vec::new();
@@ -210,7 +286,7 @@ fn a_hello_of_many_new_task_defaults_goes_through_the_chains_once() {
 
 /// A core with `n` one-step chains of `name` submitted and applied,
 /// the last `n - COLD_AFTER` of them cold (only in the store).
-fn backlog(name: &str, n: usize) -> (tempfile::TempDir, Shared, Core) {
+fn backlog(name: &str, n: usize) -> (tempfile::TempDir, Shared, Harness) {
     let (dir, store, mut core) = empty_core();
     for _ in 0..n {
         submit(&mut core, one_step(name));
@@ -222,7 +298,7 @@ fn backlog(name: &str, n: usize) -> (tempfile::TempDir, Shared, Core) {
 
 /// Runs assigned so far, after a dispatch (not committed: the store
 /// may be closed).
-fn dispatched(core: &mut Core) -> usize {
+fn dispatched(core: &mut Harness) -> usize {
     core.dispatch(2);
     core.runs.len()
 }
@@ -382,7 +458,7 @@ fn a_held_assignment_does_not_lapse_before_it_leaves() {
 /// Commits a round as the scheduler loop does: delivers its early
 /// assignments and returns their chain ids, with the round's other
 /// effects, which wait for it to be durable.
-fn commit_round(core: &mut Core) -> (Vec<String>, Vec<Effect>) {
+fn commit_round(core: &mut Harness) -> (Vec<String>, Vec<Output>) {
     let committed = core.commit().expect("commit");
     let early = assigned_chains(&committed.early);
     assert_eq!(
@@ -395,17 +471,17 @@ fn commit_round(core: &mut Core) -> (Vec<String>, Vec<Effect>) {
 }
 
 /// The worker reports `task` succeeded.
-fn succeed(core: &mut Core, worker_id: &str, task: TaskRef, now: UnixMs) {
+fn succeed(core: &mut Harness, worker_id: &str, task: TaskRef, now: UnixMs) {
     let outcome = RunOutcome::Success("1".into());
     core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, now);
 }
 
 /// The chain ids of the assignments among held effects.
-fn assigned_chains(effects: &[Effect]) -> Vec<String> {
+fn assigned_chains(effects: &[Output]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::ToWorker {
+            Output::ToWorker {
                 msg: ToWorker::Assign(a),
                 ..
             } => Some(a.chain_id.clone()),
@@ -415,14 +491,14 @@ fn assigned_chains(effects: &[Effect]) -> Vec<String> {
 }
 
 /// The round is durable: its held effects are delivered.
-fn durable(core: &mut Core, effects: Vec<Effect>) {
+fn durable(core: &mut Harness, effects: Vec<Output>) {
     for effect in effects {
         core.deliver(effect, 1);
     }
 }
 
 /// Submits `spec` under a chain id of its own, returned.
-fn submit(core: &mut Core, spec: ChainSpec) -> String {
+fn submit(core: &mut Harness, spec: ChainSpec) -> String {
     let chain_id = uuid::Uuid::new_v4().to_string();
     let spec = ChainSpec {
         chain_id: Some(chain_id.clone()),
@@ -552,7 +628,7 @@ fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() 
     // The worker comes back holding both (`a` with its outcome not
     // acknowledged): `a` is kept, `x` is lost, and `x` runs again under
     // the same attempt number.
-    let mut core = Core::recover(store, 30_000, 0, on_disk, 3);
+    let mut core = Harness::recover(store, 30_000, 0, on_disk, 3);
     let (tx, mut rx) = mpsc::channel(16);
     let back = WorkerHello {
         held: vec![a.clone(), sent.clone()],
@@ -781,7 +857,7 @@ fn a_run_whose_worker_is_gone_is_claimed_only_by_that_worker() {
     core.worker_gone(&owner, false, 2);
     end_round(&mut core);
 
-    let welcome = |core: &mut Core, name: &str, now| {
+    let welcome = |core: &mut Harness, name: &str, now| {
         let (tx, mut rx) = mpsc::channel(16);
         let claim = WorkerHello {
             name: name.into(),

@@ -3,12 +3,10 @@
 use super::*;
 
 impl Core {
-    pub fn connect(
-        &mut self,
-        hello: WorkerHello,
-        tx: mpsc::Sender<ToWorker>,
-        now: UnixMs,
-    ) -> String {
+    /// A worker stream opened with `hello`: returns the worker's new id,
+    /// under which the driver keeps its stream. Its `Welcome` (the runs it
+    /// keeps and those it lost) is the first output for it.
+    pub fn connect(&mut self, hello: WorkerHello, now: UnixMs) -> String {
         let worker_id = self.ids.fresh();
         // A worker that registers a name without defaults (a plain
         // `.task(name, f)`) leaves the defaults others declared alone.
@@ -33,7 +31,6 @@ impl Core {
             connected_ms: now,
             welcomed: false,
             held_back: 0,
-            tx,
         };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
         let awake = self.awake_ms;
@@ -489,6 +486,7 @@ impl Core {
             return;
         };
         tracing::info!(worker.id = %worker_id, worker.name = %conn.name, clean, in_flight = conn.in_flight.len(), "worker disconnected");
+        self.closed.push(worker_id.to_owned());
         self.throttles.remove_waiters(
             |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if id == worker_id),
         );

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::*;
-use crate::scheduler::core::{Core, Effect, RoundEnd};
+use crate::scheduler::core::{Core, Output, RoundEnd};
+use crate::scheduler::driver::Driver;
 use crate::scheduler::throttle::Holder;
+use crate::scheduler::{Command, Settings};
 use crate::scheduler::{Error, QueueStats, Submitted, ThrottleStats};
 
 use super::disk::Disk;
@@ -111,11 +113,11 @@ pub struct World {
     /// A pause of the broker: until when, and the time it lasted so far.
     pause: Option<(u64, u64)>,
     lease_ms: u64,
-    core: Core,
+    driver: Driver,
     disk: Disk,
     rt: tokio::runtime::Runtime,
-    /// Effects waiting for their batch to be durable: (batch, effect).
-    outbox: VecDeque<(u64, Effect)>,
+    /// Outputs waiting for their batch to be durable: (batch, effect).
+    outbox: VecDeque<(u64, Output)>,
     inbox: Vec<Cmd>,
     workers: Vec<SimWorker>,
     worker_of: BTreeMap<String, usize>,
@@ -134,6 +136,15 @@ pub struct World {
     quiet: bool,
     pub stats: Stats,
 }
+
+/// The driver's limits: the simulation stays far below them.
+const LIMITS: Settings = Settings {
+    lease: std::time::Duration::from_secs(30),
+    durable: true,
+    max_workers: 1 << 20,
+    max_watches: 1 << 20,
+    retention: std::time::Duration::ZERO,
+};
 
 macro_rules! fail {
     ($($arg:tt)*) => { return Err(format!($($arg)*)) };
@@ -161,7 +172,7 @@ impl World {
             awake: 0,
             pause: None,
             lease_ms,
-            core,
+            driver: Driver::new(core),
             disk,
             rt,
             outbox: VecDeque::new(),
@@ -248,7 +259,7 @@ impl World {
         let jump = if self.quiet { 40 } else { 10 };
         let r = self.rng.below(100);
         if r < jump {
-            let mut next = self.core.next_timer().unwrap_or(u64::MAX);
+            let mut next = self.driver.core.next_timer().unwrap_or(u64::MAX);
             for w in &self.workers {
                 next = next.min(w.next_due());
             }
@@ -284,7 +295,7 @@ impl World {
                 rng: &mut self.rng,
                 out: &mut out,
                 model: &mut self.model,
-                core: &self.core,
+                core: &self.driver.core,
                 trace: &mut self.trace,
                 others: &others,
             };
@@ -410,7 +421,7 @@ impl World {
     /// the broker says is paused (a pause whose answer a crash lost took
     /// effect all the same: an operator would see it in `baton queues`).
     fn resume_queues(&mut self) {
-        let shown = self.core.queue_stats(self.now);
+        let shown = self.driver.core.queue_stats(self.now);
         self.paused
             .extend(shown.into_iter().filter(|q| q.paused).map(|q| q.name));
         let queues: Vec<String> = self.paused.difference(&self.resuming).cloned().collect();
@@ -424,26 +435,33 @@ impl World {
     fn round(&mut self) -> Result<(), Violation> {
         self.round += 1;
         self.stats.rounds += 1;
-        self.core.set_awake(self.awake);
+        self.driver.core.set_awake(self.awake);
         for cmd in std::mem::take(&mut self.inbox) {
             self.apply(cmd)?;
         }
-        self.core.set_awake(self.awake);
-        if self.core.next_timer().is_some_and(|at| at <= self.now) {
+        self.driver.core.set_awake(self.awake);
+        if self
+            .driver
+            .core
+            .next_timer()
+            .is_some_and(|at| at <= self.now)
+        {
             self.stats.events += 1;
         }
-        self.core.fire_timers(self.now);
+        self.driver.core.fire_timers(self.now);
         if self.disk.fault().is_none() {
-            self.core.sweep(self.now);
+            self.driver.core.sweep(self.now);
         }
-        self.core.dispatch(self.now);
+        self.driver.core.dispatch(self.now);
         let RoundEnd {
             writes,
             effects,
             early,
-        } = self.core.end_round();
+            closed,
+        } = self.driver.core.end_round();
+        self.driver.close(closed);
         for effect in effects.iter().chain(&early) {
-            if let Effect::ToWorker {
+            if let Output::ToWorker {
                 msg: ToWorker::Assign(a),
                 worker_id,
             } = effect
@@ -493,16 +511,16 @@ impl World {
         Ok(())
     }
 
-    fn deliver(&mut self, effect: Effect) {
+    fn deliver(&mut self, effect: Output) {
         self.stats.events += 1;
         self.note(&effect);
-        self.core.deliver(effect, self.now);
+        self.driver.deliver(effect, self.now);
     }
 
     /// What the model learns from an effect that leaves (or could have
     /// left: its batch is durable).
-    fn note(&mut self, effect: &Effect) {
-        if let Effect::ToWorker { worker_id, msg } = effect {
+    fn note(&mut self, effect: &Output) {
+        if let Output::ToWorker { worker_id, msg } = effect {
             trace!(
                 self.trace,
                 self.now,
@@ -542,7 +560,10 @@ impl World {
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
-                    None => self.core.submit(spec.clone(), tx, now),
+                    None => {
+                        self.driver
+                            .handle(Command::Submit(spec.clone(), tx), None, &LIMITS, now)
+                    }
                 }
                 self.pending.push(Pending::Submit(rx, spec));
             }
@@ -556,7 +577,12 @@ impl World {
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
-                    None => self.core.submit_many(specs.clone(), tx, now),
+                    None => self.driver.handle(
+                        Command::SubmitMany(specs.clone(), tx),
+                        None,
+                        &LIMITS,
+                        now,
+                    ),
                 }
                 self.pending.push(Pending::SubmitMany(rx, specs));
             }
@@ -565,7 +591,12 @@ impl World {
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
-                    None => self.core.cancel(&id, "simulated".into(), tx, now),
+                    None => self.driver.handle(
+                        Command::Cancel(id.clone(), "simulated".into(), tx),
+                        None,
+                        &LIMITS,
+                        now,
+                    ),
                 }
                 self.pending.push(Pending::Cancel(rx, id, self.round));
             }
@@ -574,7 +605,9 @@ impl World {
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
-                    None => self.core.requeue(&id, tx, now),
+                    None => self
+                        .driver
+                        .handle(Command::Requeue(id, tx), None, &LIMITS, now),
                 }
                 self.pending.push(Pending::Requeue(rx));
             }
@@ -588,7 +621,12 @@ impl World {
                     Some(e) => drop(tx.send(Err(e))),
                     None => {
                         self.model.limit_may_be(&identity, limit.unwrap_or(0));
-                        self.core.set_limit(identity, limit, tx, now);
+                        self.driver.handle(
+                            Command::SetLimit(identity, limit, tx),
+                            None,
+                            &LIMITS,
+                            now,
+                        );
                     }
                 }
                 self.pending.push(Pending::SetLimit(rx));
@@ -598,7 +636,12 @@ impl World {
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
-                    None => self.core.pause_queue(&queue, paused, tx, now),
+                    None => self.driver.handle(
+                        Command::Pause(queue.clone(), paused, tx),
+                        None,
+                        &LIMITS,
+                        now,
+                    ),
                 }
                 self.pending.push(Pending::Pause(rx, queue, paused));
             }
@@ -608,7 +651,7 @@ impl World {
                 hello,
                 tx,
             } => {
-                let id = self.core.connect(hello, tx, now);
+                let id = self.driver.connect(hello, tx, now);
                 trace!(
                     self.trace,
                     now,
@@ -618,7 +661,7 @@ impl World {
                 self.worker_of.insert(id.clone(), worker);
                 if !self.workers[worker].attach(generation, &id) {
                     // Its stream broke before the broker read its Hello.
-                    self.core.worker_gone(&id, false, now);
+                    self.driver.core.worker_gone(&id, false, now);
                 }
             }
             Cmd::FromWorker {
@@ -637,7 +680,7 @@ impl World {
                 );
                 let lie = lie.filter(|_| !self.is_current(&worker_id, &msg));
                 match lie {
-                    None => self.core.on_worker_message(&worker_id, msg, now),
+                    None => self.driver.core.on_worker_message(&worker_id, msg, now),
                     Some(lie) => {
                         self.stats.lies += 1;
                         let task = match &msg {
@@ -647,7 +690,7 @@ impl World {
                             _ => None,
                         };
                         let before = self.fingerprint(task.as_deref());
-                        self.core.on_worker_message(&worker_id, msg, now);
+                        self.driver.core.on_worker_message(&worker_id, msg, now);
                         let after = self.fingerprint(task.as_deref());
                         if before != after {
                             fail!(
@@ -665,7 +708,7 @@ impl World {
                     "broker notices the stream of {} closed",
                     short(&id)
                 );
-                self.core.worker_gone(&id, false, now);
+                self.driver.core.worker_gone(&id, false, now);
             }
         }
         Ok(())
@@ -680,7 +723,8 @@ impl World {
             | FromWorker::Release { task, .. } => task,
             _ => return false,
         };
-        self.core
+        self.driver
+            .core
             .worker_stats()
             .iter()
             .any(|w| w.worker_id == worker_id && w.in_flight.contains(task))
@@ -697,8 +741,12 @@ impl World {
     ) {
         let chain = task
             .and_then(|t| self.model.chain_of(t))
-            .and_then(|c| self.core.chain(c).ok());
-        (chain, self.core.throttle_info(), self.core.worker_stats())
+            .and_then(|c| self.driver.core.chain(c).ok());
+        (
+            chain,
+            self.driver.core.throttle_info(),
+            self.driver.core.worker_stats(),
+        )
     }
 
     fn poll_clients(&mut self) -> Result<(), Violation> {
@@ -718,7 +766,7 @@ impl World {
                         );
                         self.stats.chains += u64::from(s.dedup.is_none());
                         self.model
-                            .submitted(&spec, &s.chain_id, s.dedup, &self.core)?;
+                            .submitted(&spec, &s.chain_id, s.dedup, &self.driver.core)?;
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.push(spec),
                 },
@@ -735,7 +783,7 @@ impl World {
                         for (spec, s) in specs.iter().zip(answers) {
                             self.stats.chains += u64::from(s.dedup.is_none());
                             self.model
-                                .submitted(spec, &s.chain_id, s.dedup, &self.core)?;
+                                .submitted(spec, &s.chain_id, s.dedup, &self.driver.core)?;
                         }
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.extend(specs),
@@ -783,7 +831,7 @@ impl World {
         for w in &self.workers {
             w.holders(self.now, &mut told);
         }
-        self.model.check_holders(told, &self.core)
+        self.model.check_holders(told, &self.driver.core)
     }
 
     /// The broker dies (`kill -9`, a power cut): what was not durable is
@@ -800,7 +848,7 @@ impl World {
             "BROKER CRASH (last flush reached the disk: {flushed}; batches durable: {on_disk}; durable effects {})",
             if tell { "leave first" } else { "are lost" }
         );
-        // Effects whose batch is durable may have left just before.
+        // Outputs whose batch is durable may have left just before.
         for (seq, effect) in std::mem::take(&mut self.outbox) {
             if seq <= on_disk {
                 if tell {
@@ -828,20 +876,20 @@ impl World {
         self.disk = disk;
         self.awake = 0;
         self.pause = None;
-        self.core = Core::recover(
+        self.driver = Driver::new(Core::recover(
             self.disk.shared.clone(),
             self.lease_ms,
             0,
             recovered,
             self.now,
-        );
-        self.core.set_ids(Ids::Seeded(self.rng.next_u64()));
-        self.model.restarted(&self.core);
+        ));
+        self.driver.core.set_ids(Ids::Seeded(self.rng.next_u64()));
+        self.model.restarted(&self.driver.core);
         self.worker_of.clear();
         self.poll_clients()?;
         // Guarantee 1: every acknowledged chain survives.
         for id in &self.model.acked {
-            if let Err(Error::NotFound(_)) = self.core.chain(id) {
+            if let Err(Error::NotFound(_)) = self.driver.core.chain(id) {
                 fail!(
                     "durable acknowledgment (guarantee 1): chain {id} was acknowledged but is lost after a crash"
                 );
@@ -850,7 +898,7 @@ impl World {
         // Submissions whose answer was lost may have been stored.
         for spec in &self.unanswered {
             if let Some(id) = &spec.chain_id
-                && self.core.chain(id).is_ok()
+                && self.driver.core.chain(id).is_ok()
             {
                 self.model.track(id);
             }
@@ -877,7 +925,7 @@ impl World {
         }
         for spec in std::mem::take(&mut self.unanswered) {
             if let Some(id) = &spec.chain_id
-                && self.core.chain(id).is_ok()
+                && self.driver.core.chain(id).is_ok()
             {
                 self.model.track(id);
             }
@@ -903,7 +951,7 @@ impl World {
                     .live
                     .iter()
                     .take(5)
-                    .map(|id| match self.core.chain(id) {
+                    .map(|id| match self.driver.core.chain(id) {
                         Ok(c) => format!(
                             "{id} {:?} at {:?}: {:?}",
                             c.state(),
@@ -914,7 +962,7 @@ impl World {
                     })
                     .collect();
                 let queues: Vec<_> = self
-                    .core
+                    .driver.core
                     .queue_stats(self.now)
                     .into_iter()
                     .filter(|q| q.ready + q.delayed + q.throttled + q.running > 0 || q.paused)
@@ -924,12 +972,12 @@ impl World {
                     "every chain ends (guarantee 3): {} chains had not ended {} minutes after the faults stopped: {stuck:?}; queues {queues:?}; workers {workers:#?}; throttles {:?}",
                     self.model.live.len(),
                     LIVENESS_MS / 60_000,
-                    self.core.throttle_info()
+                    self.driver.core.throttle_info()
                 );
             }
         }
         // Every slot came back.
-        for (info, _) in self.core.throttle_info() {
+        for (info, _) in self.driver.core.throttle_info() {
             if !info.holders.is_empty() || info.waiters > 0 {
                 fail!(
                     "throttle safety (guarantee 4): every chain ended, but {} still has holders {:?} and {} waiters",
@@ -941,10 +989,10 @@ impl World {
         }
         for id in self.model.tracked.clone() {
             let rec = self
-                .core
+                .driver.core
                 .chain(&id)
                 .map_err(|e| format!("chain {id} cannot be read at the end: {e}"))?;
-            self.model.check_end(&rec, &self.core)?;
+            self.model.check_end(&rec, &self.driver.core)?;
             self.stats.ended += 1;
         }
         Ok(())
@@ -954,7 +1002,7 @@ impl World {
     fn all_ended(&mut self) -> Result<bool, Violation> {
         let live: Vec<String> = self.model.live.iter().cloned().collect();
         for id in live {
-            match self.core.chain(&id) {
+            match self.driver.core.chain(&id) {
                 Ok(c) if c.is_ended() => {
                     self.model.live.remove(&id);
                 }
@@ -964,7 +1012,7 @@ impl World {
             }
         }
         let busy = self
-            .core
+            .driver.core
             .queue_stats(self.now)
             .iter()
             .any(|q| q.ready + q.delayed + q.throttled + q.running > 0);
@@ -976,7 +1024,7 @@ impl World {
     fn refresh_live(&mut self) {
         let live: Vec<String> = self.model.live.iter().cloned().collect();
         for id in live {
-            if self.core.chain(&id).is_ok_and(|c| c.is_ended()) {
+            if self.driver.core.chain(&id).is_ok_and(|c| c.is_ended()) {
                 self.model.live.remove(&id);
             }
         }
