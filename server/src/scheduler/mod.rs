@@ -1,17 +1,27 @@
 //! The scheduler: the one place that decides what runs next.
 //!
-//! One task owns the state ([`core::Core`]); everybody else holds a cheap
-//! [`Handle`] and sends it commands over a channel, with a oneshot for the
-//! reply. The loop takes whatever commands are waiting (up to a bound),
-//! applies them and dispatches ready work: a round. Each round's writes go
-//! to the [`Committer`](crate::store::Committer), the one owner of
-//! durability (group commit, sequence numbers, disk trouble; see
-//! `store::committer`), which answers with the number of the batch that
-//! will hold them. Effects of a round (replies, assignments, acks, events)
-//! are held in an outbox until the committer reports that batch durable;
-//! the one exception is an *early* assignment, which relies on nothing that
-//! is not durable yet and leaves at the end of its round (see
-//! `core::Unsettled`).
+//! Three parts, each with one job:
+//! - `core::Core`, the **machine**: every decision (what to store, whom
+//!   to assign what, what to answer), made from its inputs and the time it
+//!   is given. It holds no channel and reads no clock; what it decides
+//!   leaves as plain data (`core::Output`) at the end of a round.
+//! - `driver::Driver`, the **driver**: the oneshot of each request, the
+//!   stream of each worker and watcher. It turns commands into inputs of
+//!   the machine and outputs into sends; a send that fails comes back to
+//!   the machine as an input.
+//! - the **loop** below (`run_loop`): one task that owns a driver, takes
+//!   whatever commands are waiting (up to a bound), applies them and
+//!   dispatches ready work: a round. Everybody else holds a cheap
+//!   [`Handle`] and sends it commands over a channel.
+//!
+//! Each round's writes go to the [`Committer`](crate::store::Committer),
+//! the one owner of durability (group commit, sequence numbers, disk
+//! trouble; see `store::committer`), which answers with the number of the
+//! batch that will hold them. The outputs of a round (replies,
+//! assignments, acks, events) wait in an outbox until the committer reports
+//! that batch durable; the one exception is an *early* assignment, which
+//! relies on nothing that is not durable yet and leaves at the end of its
+//! round (see `core::Unsettled`).
 //!
 //! Disk trouble (a full disk, a failing write or sync) puts the scheduler in
 //! a degraded mode instead of losing or faking anything:
@@ -19,14 +29,14 @@
 //!   cancel, requeue, pause, purge, a throttle limit, a drain) are refused
 //!   at once, with [`Error::Exhausted`] when the disk is
 //!   full and [`Error::Unavailable`] otherwise, and change nothing;
-//! - work already accepted goes on in memory, but its effects (replies,
+//! - work already accepted goes on in memory, but its outputs (replies,
 //!   assignments, acks, events) stay held, as always, until their batch is
 //!   durable: nobody is told "done" or "stored" before it is;
 //! - a write that failed stays staged and is retried; the committer's
 //!   flusher repairs the store
 //!   ([`Shared::repair`](crate::store::Shared::repair): reopen, replay what
 //!   was not durable, flush) with backoff until it succeeds; then the held
-//!   effects leave and new work is taken again.
+//!   outputs leave and new work is taken again.
 //!
 //! [`Handle::store_fault`] tells the health service while this lasts.
 
@@ -211,7 +221,7 @@ enum Command {
 pub struct Settings {
     /// Lease length of an assignment.
     pub lease: Duration,
-    /// When false, effects leave as soon as their batch is applied, without
+    /// When false, outputs leave as soon as their batch is applied, without
     /// waiting for a flush (benchmarks only: acknowledged work may be lost).
     pub durable: bool,
     /// Most worker streams connected at once.

@@ -1,21 +1,32 @@
-//! The scheduler's state and its transitions.
+//! The scheduler's state and its transitions: the machine.
 //!
 //! [`Core`] owns every live chain, the ready queues, the throttle slots,
-//! the leases, the timers and the connected workers. It is driven by one
-//! task (see `mod.rs`), one command at a time, so no transition races
-//! another. Each transition mutates memory, marks the chains it touched
-//! dirty and queues its effects (replies, messages to workers, events).
-//! [`Core::end_round`] then writes the dirty chains into the round's batch
-//! and hands it over with the effects; the driver stages the batch with the
-//! committer and tags the effects with the number of the batch that will
-//! hold it; they leave only once that batch is durable. That single rule
+//! the leases, the timers and the connected workers (as ids; their streams
+//! are the driver's). It is driven by one task (see `mod.rs`), one input at
+//! a time, so no transition races another. Each transition mutates memory,
+//! marks the chains it touched dirty and queues its outputs as plain data
+//! ([`Output`]: a reply to request N, a message to worker W, an event of
+//! chain C). [`Core::end_round`] then writes the dirty chains into the
+//! round's batch and hands it over with the outputs; the driver stages the
+//! batch with the committer and tags the outputs with the number of the
+//! batch that will hold it; they leave only once that batch is durable,
+//! through [`Core::leaving`], which keeps the books that depend on their
+//! leaving (a lease starts when its assignment leaves). That single rule
 //! gives the ordering guarantees: a step is assigned only after the
 //! previous step's success is on disk, a client hears OK only for a stored
 //! chain, a worker is acked only for a stored outcome.
 //!
+//! The machine reads the store (never writes it) for what is not in
+//! memory: cold chains when their turn comes, chains that ended and left
+//! memory, idempotency keys. Those reads go through the committer's view
+//! (the store with every staged write laid over it), synchronously: they
+//! are page-cache reads of a few microseconds, and a cold chain read in the
+//! round that dispatches it keeps dispatch order exact.
+//!
 //! Where things are:
 //! - this file: the state ([`Core`] and the types it holds), recovery, the
-//!   end of a round and the delivery of effects;
+//!   end of a round and the outputs that leave;
+//! - `replies`: requests as typed numbers, answers as plain data;
 //! - `admission`: submissions, deduplication, cold chains;
 //! - `lifecycle`: a step's and a chain's states, from ready to retired;
 //! - `dispatch`: throttle grants and assignments to workers;

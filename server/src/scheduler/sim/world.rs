@@ -962,7 +962,8 @@ impl World {
                     })
                     .collect();
                 let queues: Vec<_> = self
-                    .driver.core
+                    .driver
+                    .core
                     .queue_stats(self.now)
                     .into_iter()
                     .filter(|q| q.ready + q.delayed + q.throttled + q.running > 0 || q.paused)
@@ -989,7 +990,8 @@ impl World {
         }
         for id in self.model.tracked.clone() {
             let rec = self
-                .driver.core
+                .driver
+                .core
                 .chain(&id)
                 .map_err(|e| format!("chain {id} cannot be read at the end: {e}"))?;
             self.model.check_end(&rec, &self.driver.core)?;
@@ -1012,7 +1014,8 @@ impl World {
             }
         }
         let busy = self
-            .driver.core
+            .driver
+            .core
             .queue_stats(self.now)
             .iter()
             .any(|q| q.ready + q.delayed + q.throttled + q.running > 0);
