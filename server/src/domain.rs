@@ -528,6 +528,10 @@ pub struct Effective {
     pub priority: i32,
 }
 
+/// Priorities run from 0 (the default, lowest) to this (highest); the
+/// API refuses others.
+pub const MAX_PRIORITY: i32 = 9;
+
 pub const GENERAL_QUEUE: &str = "general";
 pub const HEAVY_QUEUE: &str = "heavy";
 

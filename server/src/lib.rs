@@ -74,6 +74,10 @@ pub struct Config {
     /// How long an ended chain is kept before it is removed; zero keeps
     /// ended chains forever. Default: seven days.
     pub retention: Duration,
+    /// The wait that raises a ready task one priority (see
+    /// `scheduler::queues`); zero keeps priorities strict. Default: one
+    /// minute.
+    pub priority_aging: Duration,
     /// Most connections open at once; more are closed as they come. Lowered
     /// to what the descriptor limit allows ([`listener::connection_cap`]).
     pub max_connections: usize,
@@ -99,6 +103,7 @@ impl Config {
             http: None,
             handshake_timeout: Duration::from_secs(10),
             retention: Duration::from_millis(settings::DEFAULT_RETENTION_MS),
+            priority_aging: Duration::from_millis(settings::DEFAULT_PRIORITY_AGING_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -151,6 +156,7 @@ pub async fn run(
     settings::LEASE_MS.check_duration(config.lease)?;
     settings::HANDSHAKE_TIMEOUT_MS.check_duration(config.handshake_timeout)?;
     settings::RETENTION_MS.check_duration(config.retention)?;
+    settings::PRIORITY_AGING_MS.check_duration(config.priority_aging)?;
     // TLS first: a bad certificate should stop the broker before it
     // touches the store.
     let tls = config
@@ -212,6 +218,7 @@ pub async fn run(
         max_workers: config.limits.max_workers,
         max_watches: config.limits.max_watches,
         retention: config.retention,
+        priority_aging: config.priority_aging,
     };
     let (handle, scheduler) = scheduler::start(store.clone(), recovered, settings, stop.clone());
 

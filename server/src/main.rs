@@ -143,6 +143,12 @@ struct ServeArgs {
     /// seven days.
     #[arg(long, env = "BATON_RETENTION_MS", default_value_t = settings::DEFAULT_RETENTION_MS)]
     retention_ms: u64,
+    /// Milliseconds of waiting that raise a ready task one priority (up to
+    /// 9), so a steady stream of urgent work cannot starve the rest; within
+    /// one priority the order stays first in, first out. 0 keeps priorities
+    /// strict. Default: one minute.
+    #[arg(long, env = "BATON_PRIORITY_AGING_MS", default_value_t = settings::DEFAULT_PRIORITY_AGING_MS)]
+    priority_aging_ms: u64,
     /// Most connections open at once; more are closed as they come. Kept
     /// below the descriptor limit (`ulimit -n`) less a reserve for the store.
     #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = baton_server::DEFAULT_MAX_CONNECTIONS)]
@@ -310,6 +316,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.handshake_timeout_ms,
     )?;
     settings::RETENTION_MS.check(&settings::RETENTION_MS.flag(), args.retention_ms)?;
+    settings::PRIORITY_AGING_MS
+        .check(&settings::PRIORITY_AGING_MS.flag(), args.priority_aging_ms)?;
     for (flag, value) in [
         ("--max-connections", args.max_connections),
         ("--max-payload", args.max_payload),
@@ -351,6 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.http = http_listen(&args)?;
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     config.retention = Duration::from_millis(args.retention_ms);
+    config.priority_aging = Duration::from_millis(args.priority_aging_ms);
     config.max_connections = args.max_connections;
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration file read");

@@ -48,6 +48,19 @@ pub const RETENTION_MS: Millis = Millis {
 /// Default of `--retention-ms`: seven days.
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
+/// `--priority-aging-ms`: the wait that raises a ready task one priority,
+/// so that low priorities are not starved (see `scheduler::queues`); 0
+/// keeps priorities strict, else one millisecond to one day.
+pub const PRIORITY_AGING_MS: Millis = Millis {
+    key: "priority_aging_ms",
+    min: 0,
+    max: 24 * 60 * 60 * 1000,
+};
+
+/// Default of `--priority-aging-ms`: one minute. A task of priority 0
+/// behind a steady stream of 9s goes after nine minutes at most.
+pub const DEFAULT_PRIORITY_AGING_MS: u64 = 60 * 1000;
+
 /// A duration setting out of its range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name} is {value}: it must be between {min} and {max} ms")]

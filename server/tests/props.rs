@@ -361,6 +361,7 @@ proptest! {
                 max_workers: 10,
                 max_watches: 10,
                 retention: std::time::Duration::ZERO,
+                priority_aging: std::time::Duration::ZERO,
             };
             let (handle, join) = baton_server::scheduler::start(store, recovered, settings, stop.clone());
             for id in &live_ids {

@@ -10,7 +10,7 @@ use baton::pb;
 use tonic::Status;
 
 use crate::domain::{
-    self, ChainRecord, ChainSpec, Phase, Signature, StepAt, StepRecord, ThrottleScope,
+    self, ChainRecord, ChainSpec, MAX_PRIORITY, Phase, Signature, StepAt, StepRecord, ThrottleScope,
 };
 
 /// Limits on what one request or one caller may ask of the broker. Each
@@ -148,6 +148,12 @@ pub fn check_options(field: &str, o: &pb::Options) -> Result<(), Status> {
     }
     if let Some(t) = &o.throttle {
         check_throttle(&format!("{field}.throttle"), t)?;
+    }
+    if !(0..=MAX_PRIORITY).contains(&o.priority) {
+        return Err(invalid(format!(
+            "{field}.priority is {}: priorities run from 0 (the default, lowest) to {} (highest)",
+            o.priority, MAX_PRIORITY
+        )));
     }
     if o.description.chars().count() > 1000 {
         return Err(invalid(format!(

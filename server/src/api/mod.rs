@@ -178,6 +178,7 @@ pub(crate) fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
         oldest_ready_age_ms: q.oldest_ready_age_ms,
         paused: q.paused,
         unserved_tasks: q.unserved,
+        ready_by_priority: q.ready_by_priority.into_iter().collect(),
     }
 }
 

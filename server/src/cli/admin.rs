@@ -175,6 +175,7 @@ pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     String::new()
                 },
+                output::by_priority(q),
             ]
         })
         .collect();
@@ -188,7 +189,8 @@ pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
                 "RUNNING",
                 "DELAYED",
                 "THROTTLED",
-                "OLDEST READY"
+                "OLDEST READY",
+                "READY BY PRIORITY"
             ],
             &rows
         )

@@ -58,6 +58,7 @@ pub struct FileConfig {
     pub http: Option<String>,
     pub handshake_timeout_ms: Option<u64>,
     pub retention_ms: Option<u64>,
+    pub priority_aging_ms: Option<u64>,
     pub max_connections: Option<usize>,
 }
 
@@ -87,6 +88,7 @@ impl FileConfig {
             (settings::LEASE_MS, config.lease_ms),
             (settings::HANDSHAKE_TIMEOUT_MS, config.handshake_timeout_ms),
             (settings::RETENTION_MS, config.retention_ms),
+            (settings::PRIORITY_AGING_MS, config.priority_aging_ms),
         ] {
             if let Some(ms) = value {
                 setting
@@ -175,6 +177,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(max_worker_concurrency);
     fill!(handshake_timeout_ms);
     fill!(retention_ms);
+    fill!(priority_aging_ms);
     fill!(max_connections);
     fill!(allow_insecure);
     fill!(tokens, optional);
@@ -225,6 +228,7 @@ pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
         args.handshake_timeout_ms,
     )?;
     settings::RETENTION_MS.check(settings::RETENTION_MS.key, args.retention_ms)?;
+    settings::PRIORITY_AGING_MS.check(settings::PRIORITY_AGING_MS.key, args.priority_aging_ms)?;
     for (key, value) in [
         ("max_connections", args.max_connections),
         ("max_payload", args.max_payload),
@@ -308,6 +312,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("max_worker_concurrency = {}", args.max_worker_concurrency);
     println!("handshake_timeout_ms = {}", args.handshake_timeout_ms);
     println!("retention_ms = {}", args.retention_ms);
+    println!("priority_aging_ms = {}", args.priority_aging_ms);
     println!("max_connections = {}", args.max_connections);
     println!("log_format = \"{}\"", args.log_format);
     let auth = match (args.auth, &args.tokens) {

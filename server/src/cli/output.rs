@@ -221,7 +221,23 @@ pub fn queue_json(q: &pb::QueueInfo) -> Value {
         "oldest_ready_age_ms": q.oldest_ready_age_ms,
         "paused": q.paused,
         "unserved_tasks": q.unserved_tasks,
+        "ready_by_priority": q
+            .ready_by_priority
+            .iter()
+            .map(|(p, n)| (p.to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// A queue's ready tasks by priority, highest first: `9:2 0:40`.
+pub fn by_priority(q: &pb::QueueInfo) -> String {
+    let mut counts: Vec<(&i32, &u64)> = q.ready_by_priority.iter().collect();
+    counts.sort_by(|a, b| b.0.cmp(a.0));
+    counts
+        .iter()
+        .map(|(p, n)| format!("{p}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why waiting work does not start: no connected worker registered its

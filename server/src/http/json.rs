@@ -448,6 +448,8 @@ pub struct Queue {
     pub oldest_ready_age_ms: u64,
     pub paused: bool,
     pub unserved_tasks: Vec<String>,
+    /// Ready tasks of each priority, as submitted (keys "0" to "9").
+    pub ready_by_priority: std::collections::BTreeMap<i32, u64>,
 }
 
 impl From<pb::QueueInfo> for Queue {
@@ -461,6 +463,7 @@ impl From<pb::QueueInfo> for Queue {
             oldest_ready_age_ms: q.oldest_ready_age_ms,
             paused: q.paused,
             unserved_tasks: q.unserved_tasks,
+            ready_by_priority: q.ready_by_priority.into_iter().collect(),
         }
     }
 }

@@ -157,6 +157,8 @@ pub struct QueueStats {
     /// that no connected worker subscribed to the queue registered, sorted:
     /// that work waits until such a worker connects.
     pub unserved: Vec<String>,
+    /// Ready tasks of each priority, as submitted.
+    pub ready_by_priority: std::collections::BTreeMap<i32, u64>,
 }
 
 /// A chain and its steps that wait for a task name no connected worker
@@ -230,6 +232,8 @@ pub struct Settings {
     pub max_watches: usize,
     /// How long an ended chain is kept; zero keeps them forever.
     pub retention: Duration,
+    /// The wait that raises a ready task one priority; zero: no aging.
+    pub priority_aging: Duration,
 }
 
 /// A cheap, cloneable way to talk to the scheduler.
@@ -260,7 +264,8 @@ pub fn start(
     let (tx, rx) = mpsc::channel(64 * 1024);
     let lease_ms = u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX);
     let retention_ms = u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX);
-    let core = Core::recover(store.clone(), lease_ms, retention_ms, recovered, now_ms());
+    let mut core = Core::recover(store.clone(), lease_ms, retention_ms, recovered, now_ms());
+    core.set_priority_aging(u64::try_from(settings.priority_aging.as_millis()).unwrap_or(u64::MAX));
     let metrics = core.metrics.clone();
     let committer = Committer::start(store.clone(), settings.durable, metrics.clone());
     let store_fault = committer.faults();

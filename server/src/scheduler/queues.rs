@@ -6,6 +6,13 @@
 //! worker serves and takes the best: highest priority, then oldest. A
 //! paused queue keeps its tasks but is skipped when picking.
 //!
+//! **Aging.** Strict priorities would let a steady stream of urgent work
+//! starve the rest for ever. So a waiting task counts one priority higher
+//! for every `aging` it has waited ([`Queues::set_aging`], `baton serve
+//! --priority-aging-ms`), up to [`MAX_PRIORITY`]: a task of priority 0
+//! competes as a 9 after nine agings, and among 9s the oldest goes first.
+//! Within one priority the order stays FIFO. Zero turns aging off.
+//!
 //! An entry is *hot* (its chain is in the scheduler's memory, named by its
 //! task id) or *cold* (its chain is only in the store, named by its chain
 //! id as a number): a long backlog is kept cold so that a million waiting
@@ -15,12 +22,25 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::domain::{Map, Set};
+use crate::domain::{MAX_PRIORITY, Map, Set, UnixMs};
 
-use crate::domain::UnixMs;
-
-/// Orders ready tasks: priority descending, then arrival.
+/// Where a task sits: its priority (descending), then its arrival.
 type Rank = (Reverse<i32>, u64);
+
+/// How a line's head competes at a given time: its priority as raised by
+/// waiting (see the module doc on aging), descending, then its arrival.
+type Standing = (Reverse<i32>, u64);
+
+/// A priority raised one level per `aging_ms` waited since `ready_ms`, up
+/// to [`MAX_PRIORITY`] (a priority above it is left as it is).
+fn aged(priority: i32, ready_ms: UnixMs, now: UnixMs, aging_ms: u64) -> i32 {
+    if aging_ms == 0 || priority >= MAX_PRIORITY {
+        return priority;
+    }
+    let levels = now.saturating_sub(ready_ms) / aging_ms;
+    let levels = i32::try_from(levels).unwrap_or(i32::MAX);
+    priority.saturating_add(levels).min(MAX_PRIORITY)
+}
 
 /// A cold chain's id as a number (the UUID's 128 bits).
 pub type ChainKey = u128;
@@ -45,6 +65,8 @@ pub struct Queues {
     next: u64,
     /// Queues whose tasks stay put until resumed.
     paused: Set<String>,
+    /// Waiting time that raises a task one priority; 0: no aging.
+    aging_ms: u64,
 }
 
 /// The tasks of one (queue, task name): FIFO per priority. Slots are
@@ -55,6 +77,9 @@ struct Line {
     by_priority: BTreeMap<Reverse<i32>, VecDeque<Slot>>,
     /// Slots not gone.
     live: usize,
+    /// Slots not gone, of each priority (for inspection, without walking a
+    /// backlog).
+    live_by_priority: BTreeMap<i32, u64>,
 }
 
 /// 40 bytes: the unit of a backlog's memory.
@@ -126,12 +151,13 @@ fn consider<'a>(
     queue: &'a str,
     name: &'a str,
     line: &Line,
+    when: (UnixMs, u64),
     passed: &impl Fn(&str, Head<'_>) -> bool,
 ) {
-    let (Some(rank), Some(front)) = (line.head(), line.front()) else {
+    let Some((standing, rank, front)) = line.head(when.0, when.1) else {
         return;
     };
-    if best.as_ref().is_some_and(|b| b.rank <= rank) {
+    if best.as_ref().is_some_and(|b| b.standing <= standing) {
         return;
     }
     let head = match &front.item {
@@ -140,6 +166,7 @@ fn consider<'a>(
     };
     if !passed(name, head) {
         *best = Some(Best {
+            standing,
             rank,
             queue,
             name,
@@ -150,6 +177,7 @@ fn consider<'a>(
 
 /// The best pick so far of [`Queues::pop_for`]: the head of a line.
 struct Best<'a> {
+    standing: Standing,
     rank: Rank,
     queue: &'a str,
     name: &'a str,
@@ -157,10 +185,12 @@ struct Best<'a> {
 }
 
 /// Counts of one queue, for inspection.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Depth {
     pub ready: u64,
     pub oldest_ready_ms: Option<UnixMs>,
+    /// Ready tasks of each priority (as submitted, before aging).
+    pub by_priority: std::collections::BTreeMap<i32, u64>,
 }
 
 impl Line {
@@ -173,19 +203,42 @@ impl Line {
                 item,
                 ready_ms,
             });
+        self.gained(priority);
+    }
+
+    fn gained(&mut self, priority: i32) {
         self.live += 1;
+        *self.live_by_priority.entry(priority).or_default() += 1;
     }
 
-    /// The best slot's rank. Every deque's front is live (see
-    /// [`Line::take`]), so this looks at one slot.
-    fn head(&self) -> Option<Rank> {
-        let (priority, slots) = self.by_priority.first_key_value()?;
-        slots.front().map(|slot| (*priority, slot.seq))
+    fn lost(&mut self, priority: i32) {
+        self.live -= 1;
+        if let Some(n) = self.live_by_priority.get_mut(&priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.live_by_priority.remove(&priority);
+            }
+        }
     }
 
-    /// The best slot (the one [`Line::head`] ranks).
-    fn front(&self) -> Option<&Slot> {
-        self.by_priority.first_key_value()?.1.front()
+    /// The best slot at `now`, how it stands and its rank. Every deque's
+    /// front is live (see [`Line::take`]) and the oldest of its priority,
+    /// so this looks at one slot per priority present.
+    fn head(&self, now: UnixMs, aging_ms: u64) -> Option<(Standing, Rank, &Slot)> {
+        let fronts = self
+            .by_priority
+            .iter()
+            .filter_map(|(priority, slots)| slots.front().map(|slot| (*priority, slot)));
+        if aging_ms == 0 {
+            let (priority, slot) = fronts.into_iter().next()?;
+            return Some(((priority, slot.seq), (priority, slot.seq), slot));
+        }
+        fronts
+            .map(|(priority, slot)| {
+                let standing = Reverse(aged(priority.0, slot.ready_ms, now, aging_ms));
+                ((standing, slot.seq), (priority, slot.seq), slot)
+            })
+            .min_by_key(|(standing, _, _)| *standing)
     }
 
     fn slot_mut(&mut self, rank: Rank) -> Option<&mut Slot> {
@@ -203,7 +256,7 @@ impl Line {
         if matches!(item, Item::Gone) {
             return None;
         }
-        self.live -= 1;
+        self.lost(rank.0.0);
         if let Some(slots) = self.by_priority.get_mut(&rank.0) {
             while slots.front().is_some_and(|s| matches!(s.item, Item::Gone)) {
                 slots.pop_front();
@@ -235,6 +288,12 @@ impl Line {
 }
 
 impl Queues {
+    /// Sets the waiting time that raises a task one priority (see the
+    /// module doc); 0 keeps priorities strict.
+    pub fn set_aging(&mut self, aging_ms: u64) {
+        self.aging_ms = aging_ms;
+    }
+
     /// Queues a hot task behind the others of its priority.
     pub fn push(
         &mut self,
@@ -305,9 +364,11 @@ impl Queues {
         &mut self,
         queues: &[String],
         names: &Set<String>,
+        now: UnixMs,
         passed: impl Fn(&str, Head<'_>) -> bool,
     ) -> Option<(Queued, Place)> {
         let mut best: Option<Best<'_>> = None;
+        let when = (now, self.aging_ms);
         for queue in queues {
             if !self.paused.is_empty() && self.paused.contains(queue) {
                 continue;
@@ -320,7 +381,7 @@ impl Queues {
                     #[cfg(test)]
                     EXAMINED.with(|n| n.set(n.get() + 1));
                     if let Some((name, line)) = by_name.get_key_value(name) {
-                        consider(&mut best, queue, name, line, &passed);
+                        consider(&mut best, queue, name, line, when, &passed);
                     }
                 }
             } else {
@@ -328,7 +389,7 @@ impl Queues {
                     #[cfg(test)]
                     EXAMINED.with(|n| n.set(n.get() + 1));
                     if names.contains(name) {
-                        consider(&mut best, queue, name, line, &passed);
+                        consider(&mut best, queue, name, line, when, &passed);
                     }
                 }
             }
@@ -338,6 +399,7 @@ impl Queues {
             queue,
             name,
             ready_ms,
+            ..
         } = best?;
         let (queue, name) = (queue.to_owned(), name.to_owned());
         let item = self.take(&queue, &name, rank)?;
@@ -388,7 +450,7 @@ impl Queues {
                 },
             ),
         }
-        line.live += 1;
+        line.gained(rank.0.0);
     }
 
     /// Removes a queued hot task; false if it was not queued.
@@ -445,6 +507,7 @@ impl Queues {
                 if !which(queue, name) {
                     continue;
                 }
+                let mut lost = Vec::new();
                 for (priority, slots) in &mut line.by_priority {
                     for slot in slots.iter_mut() {
                         if let Item::Cold(key) = slot.item {
@@ -456,12 +519,15 @@ impl Queues {
                             };
                             taken.push((u128::from_le_bytes(key), place));
                             slot.item = Item::Gone;
-                            line.live -= 1;
+                            lost.push(priority.0);
                         }
                     }
                     while slots.front().is_some_and(|s| matches!(s.item, Item::Gone)) {
                         slots.pop_front();
                     }
+                }
+                for priority in lost {
+                    line.lost(priority);
                 }
                 line.by_priority.retain(|_, slots| !slots.is_empty());
             }
@@ -519,6 +585,9 @@ impl Queues {
                     d.ready += line.live as u64;
                     // Each deque is in arrival order: its first live slot is
                     // its oldest.
+                    for (priority, n) in &line.live_by_priority {
+                        *d.by_priority.entry(*priority).or_default() += n;
+                    }
                     for slots in line.by_priority.values() {
                         if let Some(first) = slots.iter().find(|s| !matches!(s.item, Item::Gone)) {
                             d.oldest_ready_ms = Some(
@@ -569,7 +638,7 @@ mod tests {
             names: &Set<String>,
             passed: impl Fn(&str, Head<'_>) -> bool,
         ) -> Option<Queued> {
-            self.pop_for(queues, names, passed)
+            self.pop_for(queues, names, 0, passed)
                 .map(|(queued, _)| queued)
         }
 
@@ -650,10 +719,10 @@ mod tests {
         q.push_cold("general", "a", 0, 3, 3);
         let qs = vec!["general".to_string()];
         let all = names(&["a"]);
-        let (first, place) = q.pop_for(&qs, &all, none).unwrap();
+        let (first, place) = q.pop_for(&qs, &all, 0, none).unwrap();
         assert_eq!(first, Queued::Cold(1));
         q.put_back(first, place);
-        let (again, place) = q.pop_for(&qs, &all, none).unwrap();
+        let (again, place) = q.pop_for(&qs, &all, 0, none).unwrap();
         assert_eq!(again, Queued::Cold(1));
         q.put_back(again, place);
         // Both cold entries taken, the later one put back: it keeps its
@@ -693,6 +762,38 @@ mod tests {
         let before = examined();
         assert_eq!(q.pop(&qs, &many, none), Some(Queued::Hot("t".into())));
         assert_eq!(examined() - before, 1, "went through the worker's names");
+    }
+
+    #[test]
+    fn waiting_raises_a_priority_one_level_per_aging_up_to_nine() {
+        let qs = vec!["general".to_string()];
+        let all = names(&["a", "b"]);
+        let fill = |q: &mut Queues| {
+            q.push("general", "a", 0, "low", 0);
+            q.push("general", "b", 9, "urgent", 1000);
+            q.push("general", "a", 3, "mid", 1000);
+        };
+        // At 1000 ms with one level per 100 ms: low counts as 9 (capped)
+        // and is older than urgent; mid counts as 3.
+        let mut q = Queues::default();
+        q.set_aging(100);
+        fill(&mut q);
+        let at = |q: &mut Queues, now| q.pop_for(&qs, &all, now, none).map(|(x, _)| x);
+        assert_eq!(at(&mut q, 1000), Some(hot("low")));
+        assert_eq!(at(&mut q, 1000), Some(hot("urgent")));
+        assert_eq!(at(&mut q, 1000), Some(hot("mid")));
+        // At 500 ms low counts as 5: urgent, then low, then mid (3).
+        let mut q = Queues::default();
+        q.set_aging(100);
+        fill(&mut q);
+        assert_eq!(at(&mut q, 500), Some(hot("urgent")));
+        assert_eq!(at(&mut q, 500), Some(hot("low")));
+        // Without aging, strict priorities.
+        let mut q = Queues::default();
+        fill(&mut q);
+        assert_eq!(at(&mut q, 1_000_000), Some(hot("urgent")));
+        assert_eq!(at(&mut q, 1_000_000), Some(hot("mid")));
+        assert_eq!(q.depths()["general"].by_priority, [(0, 1)].into());
     }
 
     #[test]

@@ -15,6 +15,7 @@ impl Core {
                 .entry(queue.clone())
                 .or_insert_with(|| QueueStats::named(&queue));
             s.ready = depth.ready;
+            s.ready_by_priority = depth.by_priority;
             s.oldest_ready_age_ms = depth.oldest_ready_ms.map_or(0, |t| now.saturating_sub(t));
         }
         for rec in self.chains.values() {

@@ -238,12 +238,17 @@ impl Core {
                     ..
                 } = self;
                 let picked =
-                    queues.pop_for(&worker.queues, &worker.names, |name, head| match head {
-                        Head::Hot(task_id) => {
-                            prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
-                        }
-                        Head::Cold => cold_unreadable || rerouting.contains(name),
-                    });
+                    queues.pop_for(
+                        &worker.queues,
+                        &worker.names,
+                        now,
+                        |name, head| match head {
+                            Head::Hot(task_id) => {
+                                prefetch_only && holds_a_slot(tasks, chains, task_defaults, task_id)
+                            }
+                            Head::Cold => cold_unreadable || rerouting.contains(name),
+                        },
+                    );
                 let task_id = match picked {
                     Some((Queued::Hot(task_id), _)) => Some(task_id),
                     Some((Queued::Cold(key), place)) => match self.warm(key, false) {

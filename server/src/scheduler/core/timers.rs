@@ -3,6 +3,12 @@
 use super::*;
 
 impl Core {
+    /// Sets the wait that raises a ready task one priority (see
+    /// `queues`); 0 keeps priorities strict.
+    pub fn set_priority_aging(&mut self, aging_ms: u64) {
+        self.queues.set_aging(aging_ms);
+    }
+
     /// Sets the awake time the driver read (see `clock::Awake`).
     pub fn set_awake(&mut self, awake_ms: u64) {
         self.awake_ms = self.awake_ms.max(awake_ms);

@@ -144,6 +144,7 @@ const LIMITS: Settings = Settings {
     max_workers: 1 << 20,
     max_watches: 1 << 20,
     retention: std::time::Duration::ZERO,
+    priority_aging: std::time::Duration::ZERO,
 };
 
 macro_rules! fail {
