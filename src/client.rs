@@ -588,6 +588,66 @@ impl Admin {
         let response = self.inner.clone().drain_worker(request).await?;
         Ok(response.into_inner().workers)
     }
+
+    /// Adds a periodic schedule, or replaces the one with the same name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` naming what is wrong (the cron
+    /// expression, the time zone, the chain).
+    pub async fn put_schedule(&self, schedule: pb::Schedule) -> Result<pb::ScheduleInfo> {
+        let request = pb::PutScheduleRequest {
+            schedule: Some(schedule),
+        };
+        Ok(self.inner.clone().put_schedule(request).await?.into_inner())
+    }
+
+    /// Every schedule, by name, with its next fire times.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] when the call fails.
+    pub async fn list_schedules(&self) -> Result<Vec<pb::ScheduleInfo>> {
+        let response = self
+            .inner
+            .clone()
+            .list_schedules(pb::ListSchedulesRequest {})
+            .await?;
+        Ok(response.into_inner().schedules)
+    }
+
+    /// Pauses (`true`) or resumes (`false`) a schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `NOT_FOUND` for an unknown name.
+    pub async fn pause_schedule(
+        &self,
+        name: impl Into<String>,
+        paused: bool,
+    ) -> Result<pb::ScheduleInfo> {
+        let request = pb::PauseScheduleRequest {
+            name: name.into(),
+            paused,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .pause_schedule(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Removes a schedule; the chains it submitted are left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `NOT_FOUND` for an unknown name.
+    pub async fn remove_schedule(&self, name: impl Into<String>) -> Result<()> {
+        let request = pb::RemoveScheduleRequest { name: name.into() };
+        self.inner.clone().remove_schedule(request).await?;
+        Ok(())
+    }
 }
 
 impl pb::ThrottleIdentity {

@@ -464,6 +464,18 @@ impl Caller {
         }
     }
 
+    /// Marks a schedule as this caller's: its chains are, and their keys
+    /// are scoped as [`claim`](Self::claim) scopes a submission's.
+    pub fn claim_schedule(&self, schedule: &mut crate::domain::ScheduleRecord) {
+        if self.anyone {
+            return;
+        }
+        schedule.owner = self.name.clone();
+        if !schedule.unique_key.is_empty() {
+            schedule.unique_key = format!("{}:{}", self.name, schedule.unique_key);
+        }
+    }
+
     /// Lets a caller at a chain it may see.
     ///
     /// # Errors

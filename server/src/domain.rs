@@ -125,6 +125,88 @@ pub struct ChainSpec {
     pub chain_id: Option<String>,
 }
 
+/// A periodic schedule as the store keeps it: when it fires (see
+/// `scheduler::schedules`), the chain each fire submits, and the last fire
+/// time it handled.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScheduleRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub cron: String,
+    #[prost(string, tag = "3")]
+    pub timezone: String,
+    #[prost(uint64, tag = "4")]
+    pub every_ms: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub steps: Vec<Signature>,
+    #[prost(message, repeated, tag = "6")]
+    pub on_success: Vec<Signature>,
+    #[prost(message, repeated, tag = "7")]
+    pub on_failure: Vec<Signature>,
+    #[prost(bool, tag = "8")]
+    pub heavy: bool,
+    #[prost(btree_map = "string, string", tag = "9")]
+    pub context: BTreeMap<String, String>,
+    #[prost(string, tag = "10")]
+    pub unique_key: String,
+    /// Deadline of each chain, after it is submitted; 0 for none.
+    #[prost(uint64, tag = "11")]
+    pub deadline_ms: u64,
+    #[prost(uint32, tag = "12")]
+    pub catch_up: u32,
+    #[prost(bool, tag = "13")]
+    pub paused: bool,
+    #[prost(uint64, tag = "14")]
+    pub created_ms: UnixMs,
+    /// The last fire time handled, fired or skipped (`created_ms` before
+    /// the first).
+    #[prost(uint64, tag = "15")]
+    pub last_fire_ms: UnixMs,
+    #[prost(string, tag = "16")]
+    pub last_chain_id: String,
+    /// The token that added it: its chains are that token's.
+    #[prost(string, tag = "17")]
+    pub owner: String,
+}
+
+impl ScheduleRecord {
+    /// The idempotency key of the chain of fire time `fire_ms` (scoped to
+    /// the schedule's owner as a submission's key is).
+    pub fn key_of(&self, fire_ms: UnixMs) -> String {
+        if self.owner.is_empty() {
+            format!("schedule:{}:{fire_ms}", self.name)
+        } else {
+            format!("{}:schedule:{}:{fire_ms}", self.owner, self.name)
+        }
+    }
+
+    /// The chain fire time `fire_ms` submits at `now`. Its context names
+    /// the schedule (`baton.schedule`) and the fire time
+    /// (`baton.fire_unix_ms`), so a body knows which time it runs for.
+    pub fn chain_spec(&self, fire_ms: UnixMs, now: UnixMs) -> ChainSpec {
+        let mut context = self.context.clone();
+        context.insert("baton.schedule".into(), self.name.clone());
+        context.insert("baton.fire_unix_ms".into(), fire_ms.to_string());
+        ChainSpec {
+            steps: self.steps.clone(),
+            on_success: self.on_success.clone(),
+            on_failure: self.on_failure.clone(),
+            heavy: self.heavy,
+            context,
+            idempotency_key: self.key_of(fire_ms),
+            unique_key: self.unique_key.clone(),
+            deadline_ms: if self.deadline_ms == 0 {
+                0
+            } else {
+                now.saturating_add(self.deadline_ms)
+            },
+            owner: self.owner.clone(),
+            chain_id: None,
+        }
+    }
+}
+
 /// A throttle identity: (task name, key), or a shared key alone when
 /// `task_name` is empty.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]

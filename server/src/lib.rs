@@ -305,6 +305,7 @@ pub async fn run(
             },
             admin: api::AdminService {
                 handle: handle.clone(),
+                limits: config.limits.clone(),
             },
             handle: handle.clone(),
             store: store.clone(),
@@ -321,7 +322,10 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    let admin = pb::admin_server::AdminServer::new(api::AdminService { handle });
+    let admin = pb::admin_server::AdminServer::new(api::AdminService {
+        handle,
+        limits: config.limits.clone(),
+    });
     let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
 
     match &config.auth {

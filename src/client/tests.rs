@@ -260,6 +260,49 @@ impl pb::admin_server::Admin for Fake {
             }],
         }))
     }
+
+    async fn put_schedule(
+        &self,
+        request: Request<pb::PutScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        Ok(Response::new(pb::ScheduleInfo {
+            schedule: request.into_inner().schedule,
+            next_fires_unix_ms: vec![60_000],
+            ..pb::ScheduleInfo::default()
+        }))
+    }
+
+    async fn list_schedules(
+        &self,
+        _: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        Ok(Response::new(pb::ListSchedulesResponse::default()))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(pb::ScheduleInfo {
+            schedule: Some(pb::Schedule {
+                name: request.name,
+                paused: request.paused,
+                ..pb::Schedule::default()
+            }),
+            ..pb::ScheduleInfo::default()
+        }))
+    }
+
+    async fn remove_schedule(
+        &self,
+        request: Request<pb::RemoveScheduleRequest>,
+    ) -> Result<Response<pb::RemoveScheduleResponse>, Status> {
+        match request.into_inner().name.as_str() {
+            "nope" => Err(Status::not_found("schedule \"nope\" not found")),
+            _ => Ok(Response::new(pb::RemoveScheduleResponse {})),
+        }
+    }
 }
 
 /// Serves `fake` on `listener` until the future is dropped.
@@ -654,6 +697,22 @@ async fn admin_operations_send_their_requests() {
             (drained[0].worker_name.as_str(), drained[0].draining),
             ("w", true)
         );
+        let schedule = pb::Schedule {
+            name: "nightly".into(),
+            cron: "0 3 * * *".into(),
+            ..pb::Schedule::default()
+        };
+        let put = admin.put_schedule(schedule.clone()).await.unwrap();
+        assert_eq!(put.schedule, Some(schedule));
+        assert!(admin.list_schedules().await.unwrap().is_empty());
+        let paused = admin.pause_schedule("nightly", true).await.unwrap();
+        assert!(
+            paused
+                .schedule
+                .is_some_and(|s| s.paused && s.name == "nightly")
+        );
+        admin.remove_schedule("nightly").await.unwrap();
+        assert!(admin.remove_schedule("nope").await.is_err());
     })
     .await;
 }

@@ -10,7 +10,8 @@ use baton::pb;
 use tonic::Status;
 
 use crate::domain::{
-    self, ChainRecord, ChainSpec, MAX_PRIORITY, Phase, Signature, StepAt, StepRecord, ThrottleScope,
+    self, ChainRecord, ChainSpec, MAX_PRIORITY, Phase, ScheduleRecord, Signature, StepAt,
+    StepRecord, ThrottleScope,
 };
 
 /// Limits on what one request or one caller may ask of the broker. Each
@@ -80,10 +81,16 @@ pub fn check_name(field: &str, name: &str) -> Result<(), Status> {
 
 /// A queue name: 1..=64 characters of `[A-Za-z0-9_.:-]`.
 pub fn check_queue(field: &str, queue: &str) -> Result<(), Status> {
+    check_word(field, queue, MAX_QUEUE_LEN, "a queue name")
+}
+
+/// `word` is 1 to `max` characters of `[A-Za-z0-9_.:-]`, or an error
+/// saying it is not `what`.
+fn check_word(field: &str, word: &str, max: usize, what: &str) -> Result<(), Status> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
-    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN || !queue.chars().all(ok_char) {
+    if word.is_empty() || word.len() > max || !word.chars().all(ok_char) {
         return Err(invalid(format!(
-            "{field} {queue:?} is not a queue name (1 to {MAX_QUEUE_LEN} characters of A-Z a-z 0-9 _ . : -)"
+            "{field} {word:?} is not {what} (1 to {max} characters of A-Z a-z 0-9 _ . : -)"
         )));
     }
     Ok(())
@@ -262,6 +269,105 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
     })
 }
 
+/// Longest schedule name: its chains' idempotency keys add the fire time.
+pub const MAX_SCHEDULE_NAME_LEN: usize = 150;
+
+/// Most missed fire times a schedule may catch up on.
+pub const MAX_CATCH_UP: u32 = 1000;
+
+/// A schedule name: 1 to 150 characters of `[A-Za-z0-9_.:-]`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming `field`.
+pub fn check_schedule_name(field: &str, name: &str) -> Result<(), Status> {
+    check_word(field, name, MAX_SCHEDULE_NAME_LEN, "a schedule name")
+}
+
+/// Validates a schedule: its name, its timing and its chain (as
+/// SubmitChain would).
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the first bad field.
+pub fn schedule(s: pb::Schedule, limits: &Limits) -> Result<ScheduleRecord, Status> {
+    check_schedule_name("schedule.name", &s.name)?;
+    crate::scheduler::schedules::Timing::parse(&s.cron, s.every_ms, &s.timezone, 0)
+        .map_err(|e| invalid(format!("schedule: {e}")))?;
+    check_ms("schedule.deadline_ms", s.deadline_ms)?;
+    if s.catch_up > MAX_CATCH_UP {
+        return Err(invalid(format!(
+            "schedule.catch_up is {}, over the limit of {MAX_CATCH_UP}",
+            s.catch_up
+        )));
+    }
+    let chain = s
+        .chain
+        .ok_or_else(|| invalid("schedule.chain is missing: what should each fire submit?"))?;
+    for (field, set) in [
+        ("idempotency_key", !chain.idempotency_key.is_empty()),
+        ("chain_id", !chain.chain_id.is_empty()),
+        ("deadline_unix_ms", chain.deadline_unix_ms != 0),
+    ] {
+        if set {
+            return Err(invalid(format!(
+                "schedule.chain.{field} is set: each fire sets its own (give a relative \
+                 deadline in schedule.deadline_ms)"
+            )));
+        }
+    }
+    let spec = chain_spec(chain, limits)
+        .map_err(|e| Status::new(e.code(), format!("schedule.chain: {}", e.message())))?;
+    Ok(ScheduleRecord {
+        name: s.name,
+        cron: s.cron.trim().to_owned(),
+        timezone: s.timezone,
+        every_ms: s.every_ms,
+        steps: spec.steps,
+        on_success: spec.on_success,
+        on_failure: spec.on_failure,
+        heavy: spec.heavy,
+        context: spec.context,
+        unique_key: spec.unique_key,
+        deadline_ms: s.deadline_ms,
+        catch_up: s.catch_up,
+        paused: s.paused,
+        ..ScheduleRecord::default()
+    })
+}
+
+/// A schedule as `ListSchedules` shows it.
+pub fn schedule_view(v: crate::scheduler::ScheduleView) -> pb::ScheduleInfo {
+    let r = v.record;
+    let signatures = |sigs: Vec<Signature>| sigs.into_iter().map(pb_signature).collect();
+    pb::ScheduleInfo {
+        next_fires_unix_ms: v.next_fires,
+        last_fire_unix_ms: if r.last_fire_ms == r.created_ms {
+            0
+        } else {
+            r.last_fire_ms
+        },
+        last_chain_id: r.last_chain_id,
+        created_unix_ms: r.created_ms,
+        schedule: Some(pb::Schedule {
+            name: r.name,
+            cron: r.cron,
+            timezone: r.timezone,
+            every_ms: r.every_ms,
+            chain: Some(pb::SubmitChainRequest {
+                steps: signatures(r.steps),
+                on_success: signatures(r.on_success),
+                on_failure: signatures(r.on_failure),
+                heavy: r.heavy,
+                context: r.context.into_iter().collect(),
+                unique_key: r.unique_key,
+                ..Default::default()
+            }),
+            deadline_ms: r.deadline_ms,
+            catch_up: r.catch_up,
+            paused: r.paused,
+        }),
+    }
+}
+
 /// Most chains in one SubmitChains call.
 pub const MAX_BATCH: usize = 1000;
 
@@ -334,6 +440,16 @@ pub fn pb_task_ref(t: domain::TaskRef) -> pb::TaskRef {
 // ---------------------------------------------------------------------------
 // Domain → protocol views
 // ---------------------------------------------------------------------------
+
+fn pb_signature(s: Signature) -> pb::Signature {
+    pb::Signature {
+        name: s.name,
+        args: s.args,
+        kwargs: s.kwargs,
+        immutable: s.immutable,
+        options: s.options,
+    }
+}
 
 fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
     let sig = s.signature();

@@ -203,6 +203,8 @@ const DEFAULT_DEAD_PAGE: u32 = 50;
 /// Inspection and live limits.
 pub struct AdminService {
     pub handle: Handle,
+    /// What a schedule's chain may hold, as a submission.
+    pub limits: Limits,
 }
 
 pub(crate) fn throttle_view(
@@ -408,6 +410,55 @@ impl pb::admin_server::Admin for AdminService {
             chain_id: new_id,
             requeued_from: id,
         }))
+    }
+
+    async fn put_schedule(
+        &self,
+        request: Request<pb::PutScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let caller = Caller::of(&request)?;
+        let schedule = request
+            .into_inner()
+            .schedule
+            .ok_or_else(|| Status::invalid_argument("schedule is missing"))?;
+        let mut record = convert::schedule(schedule, &self.limits)?;
+        caller.claim_schedule(&mut record);
+        let view = self.handle.put_schedule(record).await?;
+        Ok(Response::new(convert::schedule_view(view)))
+    }
+
+    async fn list_schedules(
+        &self,
+        _: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self
+            .handle
+            .schedules()
+            .await?
+            .into_iter()
+            .map(convert::schedule_view)
+            .collect();
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let req = request.into_inner();
+        convert::check_schedule_name("name", &req.name)?;
+        let view = self.handle.pause_schedule(req.name, req.paused).await?;
+        Ok(Response::new(convert::schedule_view(view)))
+    }
+
+    async fn remove_schedule(
+        &self,
+        request: Request<pb::RemoveScheduleRequest>,
+    ) -> Result<Response<pb::RemoveScheduleResponse>, Status> {
+        let name = request.into_inner().name;
+        convert::check_schedule_name("name", &name)?;
+        self.handle.remove_schedule(name).await?;
+        Ok(Response::new(pb::RemoveScheduleResponse {}))
     }
 
     async fn drain_worker(

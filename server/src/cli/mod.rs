@@ -18,6 +18,7 @@ pub mod admin;
 pub mod chain;
 pub mod config;
 pub mod output;
+pub mod schedule;
 pub mod submit;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Failed chains: list them with their failure records, requeue them.
     #[command(subcommand)]
     Dead(admin::DeadCommand),
+    /// Periodic schedules: add, list, pause, resume, remove.
+    #[command(subcommand)]
+    Schedule(schedule::Command),
     /// Check a configuration file for `baton serve --config`.
     #[command(subcommand)]
     Config(config::Command),
@@ -101,6 +105,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(command) => admin::worker(command).await,
         Command::Throttles(args) => admin::throttles(args).await,
         Command::Dead(command) => admin::dead(command).await,
+        Command::Schedule(command) => schedule::run(command).await,
         Command::Config(command) => config::run(command),
     }
 }

@@ -30,8 +30,25 @@ use super::output::{self, print_json};
 use super::{Conn, usage};
 
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["task", "file"])))]
 pub struct Args {
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// Wait for the chain to end, showing its events; exit 1 unless it
+    /// succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (the chain goes on).
+    #[arg(long, value_parser = super::seconds, requires = "wait")]
+    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// What chain to submit: one task from flags, or a file (`baton submit`,
+/// `baton schedule add`).
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["task", "file"])))]
+pub struct ChainArgs {
     /// One task to submit as a one-step chain (its name as workers register
     /// it).
     pub task: Option<String>,
@@ -60,15 +77,6 @@ pub struct Args {
     /// Skipped while a chain with this key is queued or running.
     #[arg(long)]
     pub unique_key: Option<String>,
-    /// Wait for the chain to end, showing its events; exit 1 unless it
-    /// succeeded.
-    #[arg(long)]
-    pub wait: bool,
-    /// With --wait: give up after this many seconds (the chain goes on).
-    #[arg(long, value_parser = super::seconds, requires = "wait")]
-    pub timeout: Option<Duration>,
-    #[command(flatten)]
-    pub conn: Conn,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -244,7 +252,11 @@ impl OptionsFile {
 }
 
 /// The request the arguments describe.
-fn request(args: &Args) -> anyhow::Result<pb::SubmitChainRequest> {
+///
+/// # Errors
+/// [`Usage`](super::Usage) for a file that cannot be read or parsed, or
+/// arguments that are not JSON.
+pub fn request(args: &ChainArgs) -> anyhow::Result<pb::SubmitChainRequest> {
     let mut request = match (&args.file, &args.task) {
         (Some(path), _) => {
             let (text, source) = if path.as_os_str() == "-" {
@@ -301,7 +313,7 @@ fn request(args: &Args) -> anyhow::Result<pb::SubmitChainRequest> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let request = request(&args)?;
+    let request = request(&args.chain)?;
     let conn = &args.conn;
     let client = conn.connect().await?;
     let submitted = client

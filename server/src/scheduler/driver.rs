@@ -104,6 +104,9 @@ impl Driver {
             (Some(f), Command::Purge(_, _, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::SetLimit(_, _, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::Drain(_, r)) => return refuse(r, Error::refused(f)),
+            (Some(f), Command::PutSchedule(_, r)) => return refuse(r, Error::refused(f)),
+            (Some(f), Command::PauseSchedule(_, _, r)) => return refuse(r, Error::refused(f)),
+            (Some(f), Command::RemoveSchedule(_, r)) => return refuse(r, Error::refused(f)),
             (Some(_), cmd) => cmd,
         };
         match cmd {
@@ -188,6 +191,21 @@ impl Driver {
             Command::Drain(worker, reply) => {
                 let req = self.request(reply);
                 self.core.drain_workers(&worker, req);
+            }
+            Command::PutSchedule(record, reply) => {
+                let req = self.request(reply);
+                self.core.put_schedule(record, req, now);
+            }
+            Command::Schedules(reply) => {
+                let _ = reply.send(self.core.schedule_views(now));
+            }
+            Command::PauseSchedule(name, paused, reply) => {
+                let req = self.request(reply);
+                self.core.pause_schedule(&name, paused, req, now);
+            }
+            Command::RemoveSchedule(name, reply) => {
+                let req = self.request(reply);
+                self.core.remove_schedule(&name, req);
             }
             Command::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {

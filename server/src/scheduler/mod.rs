@@ -44,6 +44,7 @@ mod clock;
 mod core;
 mod driver;
 pub mod queues;
+pub mod schedules;
 #[cfg(test)]
 mod sim;
 pub mod throttle;
@@ -188,6 +189,14 @@ pub struct WorkerStats {
     pub connected_ms: UnixMs,
 }
 
+/// A periodic schedule and its next fire times, for inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleView {
+    pub record: ScheduleRecord,
+    /// The next fire times (a few); empty while paused.
+    pub next_fires: Vec<UnixMs>,
+}
+
 /// A throttle identity with the chain of each holder, for inspection.
 pub type ThrottleStats = (SlotInfo, Vec<String>);
 
@@ -215,6 +224,11 @@ enum Command {
     Purge(String, String, Reply<Vec<String>>),
     Requeue(String, Reply<String>),
     Drain(String, Reply<Vec<WorkerStats>>),
+    PutSchedule(ScheduleRecord, Reply<ScheduleView>),
+    Schedules(oneshot::Sender<Vec<ScheduleView>>),
+    /// Pause (true) or resume (false) a schedule.
+    PauseSchedule(String, bool, Reply<ScheduleView>),
+    RemoveSchedule(String, Reply<()>),
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -550,6 +564,40 @@ impl Handle {
     /// [`Error::NotFound`] when no connected worker matches.
     pub async fn drain_workers(&self, worker: String) -> Result<Vec<WorkerStats>, Error> {
         self.ask(|r| Command::Drain(worker, r)).await
+    }
+
+    /// Adds a schedule or replaces the one of the same name; returns once
+    /// it is durable.
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] or [`Error::Unavailable`] while the store is in
+    /// trouble, [`Error::ShuttingDown`].
+    pub async fn put_schedule(&self, record: ScheduleRecord) -> Result<ScheduleView, Error> {
+        self.ask(|r| Command::PutSchedule(record, r)).await
+    }
+
+    /// Every schedule, by name.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`].
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, Error> {
+        self.query(Command::Schedules).await
+    }
+
+    /// Pauses (`true`) or resumes a schedule.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown name.
+    pub async fn pause_schedule(&self, name: String, paused: bool) -> Result<ScheduleView, Error> {
+        self.ask(|r| Command::PauseSchedule(name, paused, r)).await
+    }
+
+    /// Removes a schedule.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown name.
+    pub async fn remove_schedule(&self, name: String) -> Result<(), Error> {
+        self.ask(|r| Command::RemoveSchedule(name, r)).await
     }
 
     /// Queues, throttles and workers at one instant, for the metrics.

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use prost::Message;
 use sled::IVec;
 
-use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options};
+use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options, ScheduleRecord};
 
 mod backend;
 mod committer;
@@ -118,6 +118,8 @@ enum Space {
     Paused = b'p',
     Results = b'r',
     Ended = b'e',
+    /// Periodic schedules, by name.
+    Schedules = b's',
     /// Markers of the store itself (which one-time migrations are done).
     Meta = b'~',
 }
@@ -283,6 +285,14 @@ impl Batch {
         }
     }
 
+    /// Stores a schedule (`Some`) or removes one (`None`, by name).
+    pub fn put_schedule(&mut self, name: &str, schedule: Option<&ScheduleRecord>) {
+        match schedule {
+            Some(s) => self.insert(Space::Schedules, name, s.encode_to_vec()),
+            None => self.remove(Space::Schedules, name),
+        }
+    }
+
     pub fn put_task_defaults(&mut self, name: &str, defaults: &Options) {
         self.insert(Space::Defaults, name, defaults.encode_to_vec());
     }
@@ -328,6 +338,8 @@ pub struct Recovered {
     pub corrupt: Vec<String>,
     /// Chains that wait cold in a queue; their records stay on disk.
     pub cold: Vec<ColdEntry>,
+    /// Periodic schedules.
+    pub schedules: Vec<ScheduleRecord>,
     /// The (queue, task name) pairs that [`ColdEntry::line`] indexes.
     pub cold_lines: Vec<(String, String)>,
 }
@@ -619,6 +631,15 @@ impl Store {
         for item in self.scan(Space::Paused) {
             out.paused
                 .push(String::from_utf8_lossy(&item?.0).into_owned());
+        }
+        for item in self.scan(Space::Schedules) {
+            let (k, v) = item?;
+            match ScheduleRecord::decode(v.as_ref()) {
+                Ok(schedule) => out.schedules.push(schedule),
+                Err(e) => out
+                    .corrupt
+                    .push(format!("schedule {}: {e}", String::from_utf8_lossy(&k))),
+            }
         }
         Ok(out)
     }

@@ -45,7 +45,7 @@ use std::sync::Arc;
 pub use self::replies::{Answer, Answerable, Req, RequestId};
 use super::queues::{ChainKey, Head, Queued, Queues};
 use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
-use super::{Error, Inspected, QueueStats, Submitted, WorkerStats};
+use super::{Error, Inspected, QueueStats, ScheduleView, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::store::{Batch, ExpiryCursor, Recovered, Shared};
@@ -54,6 +54,7 @@ mod admin;
 mod admission;
 mod dispatch;
 mod lifecycle;
+mod periodic;
 mod reads;
 mod replies;
 #[cfg(test)]
@@ -325,6 +326,8 @@ enum Timer {
     Timeout { task_id: String, attempt: u32 },
     /// A chain's deadline.
     Deadline { chain_id: String },
+    /// A schedule's next fire time (stale if the schedule moved on).
+    Schedule { name: String, at: UnixMs },
 }
 
 pub struct Core {
@@ -349,6 +352,8 @@ pub struct Core {
     /// unique key → chain id, for chains not ended.
     unique: Map<String, String>,
     queues: Queues,
+    /// Periodic schedules, by name (see `periodic`).
+    schedules: BTreeMap<String, periodic::Scheduled>,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
     throttles: Throttles<Ticket>,
@@ -419,6 +424,7 @@ impl Core {
             tasks: Map::default(),
             unique: Map::default(),
             queues: Queues::default(),
+            schedules: BTreeMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             throttles: Throttles::default(),
@@ -447,6 +453,7 @@ impl Core {
         for (identity, limit) in recovered.limits {
             core.throttle_op(|t, cs| t.set_override(identity, Some(limit), cs));
         }
+        core.recover_schedules(recovered.schedules);
         for corrupt in &recovered.corrupt {
             tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
         }

@@ -11,7 +11,9 @@ use std::marker::PhantomData;
 
 use super::Error;
 use crate::domain::{ChainRecord, ChainState};
-use crate::scheduler::{Inspected, QueueStats, Submitted, ThrottleStats, WorkerStats};
+use crate::scheduler::{
+    Inspected, QueueStats, ScheduleView, Submitted, ThrottleStats, WorkerStats,
+};
 
 /// The number of a request, chosen by the driver.
 pub type RequestId = u64;
@@ -97,4 +99,5 @@ answers! {
     /// Chain ids (purge).
     Ids(Vec<String>),
     Workers(Vec<WorkerStats>),
+    Schedule(ScheduleView),
 }

@@ -40,6 +40,7 @@ impl Core {
                 Timer::Lease { task_id, attempt } => self.on_lease_timer(&task_id, attempt, now),
                 Timer::Timeout { task_id, attempt } => self.on_timeout(&task_id, attempt),
                 Timer::Deadline { chain_id } => self.on_deadline(&chain_id, now),
+                Timer::Schedule { name, at } => self.on_schedule_timer(&name, at, now),
             }
         }
     }
