@@ -184,6 +184,32 @@ async fn a_restart_fires_each_time_once_and_catches_up_as_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_of_the_configuration_are_added_at_start_and_fire() {
+    let broker =
+        TestBroker::start_with(|c| c.schedules = vec![every("from-config", 1000, 0)]).await;
+    let client = broker.client().await;
+    let listed = info(&client, "from-config").await;
+    assert_eq!(listed.next_fires_unix_ms[0], listed.created_unix_ms + 1000);
+    let journal = Journal::default();
+    let _worker = ticker(&broker, &journal);
+    eventually("a fire", || !journal.entries().is_empty()).await;
+    broker.stop().await;
+
+    // A schedule the broker cannot take stops the start, naming it.
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut config = baton_server::Config::new(dir.path());
+    config.http = None;
+    config.schedules = vec![every("too-fast", 10, 0)];
+    let err = baton_server::run(listener, config, std::future::ready(()))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("schedule \"too-fast\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_schedules_are_refused_naming_what_is_wrong() {
     let broker = TestBroker::start().await;
     let admin = broker.client().await.admin();

@@ -81,6 +81,9 @@ pub struct Config {
     /// Most connections open at once; more are closed as they come. Lowered
     /// to what the descriptor limit allows ([`listener::connection_cap`]).
     pub max_connections: usize,
+    /// Schedules to add (or replace, by name) at start: the configuration
+    /// file's `[[schedule]]` entries.
+    pub schedules: Vec<pb::Schedule>,
 }
 
 /// Default of [`Config::max_connections`].
@@ -105,6 +108,7 @@ impl Config {
             retention: Duration::from_millis(settings::DEFAULT_RETENTION_MS),
             priority_aging: Duration::from_millis(settings::DEFAULT_PRIORITY_AGING_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            schedules: Vec::new(),
         }
     }
 }
@@ -138,6 +142,9 @@ pub enum Error {
     /// The TLS certificate, key or client CA is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A schedule of the configuration cannot be added.
+    #[error("{0}")]
+    Schedule(String),
 }
 
 /// Serves the broker on `listener` until `shutdown` completes, then drains:
@@ -221,6 +228,16 @@ pub async fn run(
         priority_aging: config.priority_aging,
     };
     let (handle, scheduler) = scheduler::start(store.clone(), recovered, settings, stop.clone());
+    for schedule in &config.schedules {
+        let name = schedule.name.clone();
+        let refused = |e: String| Error::Schedule(format!("schedule {name:?}: {e}"));
+        let record = api::convert::schedule(schedule.clone(), &config.limits)
+            .map_err(|e| refused(e.message().to_owned()))?;
+        handle
+            .put_schedule(record)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+    }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

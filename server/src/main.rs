@@ -153,6 +153,9 @@ struct ServeArgs {
     /// below the descriptor limit (`ulimit -n`) less a reserve for the store.
     #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = baton_server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// The configuration file's `[[schedule]]` entries.
+    #[arg(skip)]
+    schedules: Vec<cli::config::ScheduleFile>,
     /// The HTTP listener: the dashboard, the JSON API, /metrics (role
     /// admin) and /healthz, with the tokens and TLS of the gRPC port. An
     /// address, or "off". Default: 127.0.0.1:7071, skipped with a warning
@@ -360,6 +363,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     config.retention = Duration::from_millis(args.retention_ms);
     config.priority_aging = Duration::from_millis(args.priority_aging_ms);
+    config.schedules = args
+        .schedules
+        .iter()
+        .map(cli::config::ScheduleFile::to_schedule)
+        .collect::<anyhow::Result<_>>()?;
     config.max_connections = args.max_connections;
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration file read");

@@ -60,6 +60,84 @@ pub struct FileConfig {
     pub retention_ms: Option<u64>,
     pub priority_aging_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    /// `[[schedule]]` entries: added, or replaced by name, at every start.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleFile>,
+}
+
+/// A `[[schedule]]` entry of the file: a periodic schedule the broker adds
+/// (or replaces, by name) at every start. Schedules added with `baton
+/// schedule add` stay as they are; removing an entry from the file does not
+/// remove its schedule (`baton schedule remove` does).
+#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    pub name: String,
+    #[serde(default)]
+    pub cron: String,
+    #[serde(default)]
+    pub timezone: String,
+    #[serde(default)]
+    pub every_ms: u64,
+    #[serde(default)]
+    pub catch_up: u32,
+    #[serde(default)]
+    pub deadline_ms: u64,
+    #[serde(default)]
+    pub paused: bool,
+    /// One task to submit: its name, with `args`, `kwargs` and `queue`.
+    pub task: Option<String>,
+    pub args: Option<toml::Value>,
+    pub kwargs: Option<toml::Value>,
+    pub queue: Option<String>,
+    /// Or a whole chain, as `baton submit -f` reads one.
+    pub chain: Option<toml::Value>,
+}
+
+impl ScheduleFile {
+    /// The schedule as `PutSchedule` takes it.
+    ///
+    /// # Errors
+    /// Neither or both of `task` and `chain`, or a chain that does not
+    /// parse.
+    pub fn to_schedule(&self) -> anyhow::Result<baton::pb::Schedule> {
+        let name = &self.name;
+        let json = |v: &Option<toml::Value>, empty: &str| -> anyhow::Result<String> {
+            Ok(match v {
+                Some(v) => serde_json::to_string(v)?,
+                None => empty.to_owned(),
+            })
+        };
+        let chain = match (&self.task, &self.chain) {
+            (Some(task), None) => super::submit::request(&super::submit::ChainArgs {
+                task: Some(task.clone()),
+                file: None,
+                args: json(&self.args, "[]")?,
+                kwargs: json(&self.kwargs, "{}")?,
+                queue: self.queue.clone(),
+                heavy: false,
+                context: Vec::new(),
+                idempotency_key: None,
+                unique_key: None,
+            }),
+            (None, Some(chain)) => {
+                super::submit::ChainFile::parse(&json(&Some(chain.clone()), "")?, "chain")
+                    .and_then(super::submit::ChainFile::into_request)
+            }
+            _ => Err(anyhow::anyhow!("give task (with args) or chain, not both")),
+        }
+        .with_context(|| format!("schedule {name:?}"))?;
+        Ok(baton::pb::Schedule {
+            name: name.clone(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            every_ms: self.every_ms,
+            chain: Some(chain),
+            deadline_ms: self.deadline_ms,
+            catch_up: self.catch_up,
+            paused: self.paused,
+        })
+    }
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +188,18 @@ impl FileConfig {
             if value == Some(0) {
                 anyhow::bail!("{}: {key} must be at least 1", path.display());
             }
+        }
+        for entry in &config.schedule {
+            let schedule = entry
+                .to_schedule()
+                .with_context(|| path.display().to_string())?;
+            baton_server::scheduler::schedules::Timing::parse(
+                &schedule.cron,
+                schedule.every_ms,
+                &schedule.timezone,
+                0,
+            )
+            .map_err(|e| anyhow::anyhow!("{}: schedule {:?}: {e}", path.display(), entry.name))?;
         }
         let base = path.parent().unwrap_or(Path::new(""));
         for p in [
@@ -179,6 +269,7 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(retention_ms);
     fill!(priority_aging_ms);
     fill!(max_connections);
+    args.schedules = file.schedule;
     fill!(allow_insecure);
     fill!(tokens, optional);
     fill!(tls_cert, optional);
@@ -314,6 +405,14 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     println!("retention_ms = {}", args.retention_ms);
     println!("priority_aging_ms = {}", args.priority_aging_ms);
     println!("max_connections = {}", args.max_connections);
+    for s in &args.schedules {
+        let when = if s.cron.is_empty() {
+            format!("every_ms = {}", s.every_ms)
+        } else {
+            format!("cron = {:?}, timezone = {:?}", s.cron, s.timezone)
+        };
+        println!("[[schedule]] name = {:?}, {when}", s.name);
+    }
     println!("log_format = \"{}\"", args.log_format);
     let auth = match (args.auth, &args.tokens) {
         (Some(AuthMode::Tokens), _) | (None, Some(_)) => "tokens",
@@ -343,6 +442,55 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_entries_parse_as_a_task_or_a_chain_and_bad_ones_are_named() {
+        let text = r#"
+            [[schedule]]
+            name = "nightly"
+            cron = "30 2 * * *"
+            timezone = "Europe/Berlin"
+            catch_up = 1
+            task = "backup.run"
+            args = ["all", 3]
+
+            [[schedule]]
+            name = "pulse"
+            every_ms = 60000
+            chain = { steps = [{ name = "a", args = [1], immutable = true }, { name = "b" }] }
+        "#;
+        let c = FileConfig::parse(text, Path::new("b.toml")).unwrap();
+        let nightly = c.schedule[0].to_schedule().unwrap();
+        assert_eq!(nightly.timezone, "Europe/Berlin");
+        let step = &nightly.chain.as_ref().unwrap().steps[0];
+        assert_eq!(
+            (step.name.as_str(), step.args.as_str()),
+            ("backup.run", r#"["all",3]"#)
+        );
+        let pulse = c.schedule[1].to_schedule().unwrap();
+        assert_eq!(pulse.every_ms, 60_000);
+        assert_eq!(pulse.chain.unwrap().steps.len(), 2);
+
+        let bad = |entry: &str| {
+            FileConfig::parse(&format!("[[schedule]]\n{entry}"), Path::new("b.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad("name = \"x\"\ncron = \"61 * * * *\"\ntask = \"t\"");
+        assert!(
+            err.contains("b.toml: schedule \"x\"") && err.contains("not a cron expression"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            FileConfig::parse(
+                "[[schedule]]\nname = \"y\"\nevery_ms = 5000",
+                Path::new("b.toml")
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("give task (with args) or chain"), "{err}");
+    }
 
     #[test]
     fn every_key_parses_and_paths_are_relative_to_the_file() {
