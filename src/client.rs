@@ -602,6 +602,17 @@ impl Admin {
         Ok(self.inner.clone().put_schedule(request).await?.into_inner())
     }
 
+    /// Adds a [`Schedule`](crate::Schedule), or replaces the one with the
+    /// same name: [`put_schedule`](Self::put_schedule) with the builder's
+    /// schedule.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`put_schedule`](Self::put_schedule).
+    pub async fn schedule(&self, schedule: crate::Schedule) -> Result<pb::ScheduleInfo> {
+        self.put_schedule(schedule.into()).await
+    }
+
     /// Every schedule, by name, with its next fire times.
     ///
     /// # Errors

@@ -45,6 +45,7 @@ mod error;
 mod millis;
 mod options;
 mod outcome;
+mod schedule;
 mod signature;
 
 pub use addr::{ADDR_VAR, DEFAULT_ADDR, DEPRECATED_ADDR_VAR, addr_from_env};
@@ -53,4 +54,5 @@ pub use client::{Admin, Client, Pending, Submitted, endpoint_uri};
 pub use error::{Error, Result};
 pub use options::{Bearer, ClientOptions, TlsOptions};
 pub use outcome::{ChainError, ChainOutcome};
+pub use schedule::Schedule;
 pub use signature::{Args, Signature, Task, Throttle};

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{Client, pb};
+use baton::{Client, Schedule, Task, pb};
 use baton_worker::TaskContext;
 use common::*;
 use serde_json::json;
@@ -85,9 +85,10 @@ async fn an_interval_submits_one_chain_per_fire_time_and_a_pause_stops_it() {
     let client = broker.client().await;
     let journal = Journal::default();
     let _worker = ticker(&broker, &journal);
+    let tick = Task::new("tick").si([0]);
     let added = client
         .admin()
-        .put_schedule(every("tick-1s", 1000, 0))
+        .schedule(Schedule::every("tick-1s", Duration::from_secs(1), tick))
         .await
         .expect("added");
     // The next fire times, a second apart, after its creation.
