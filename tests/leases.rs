@@ -348,7 +348,8 @@ async fn in_body_slots_not_listed_on_reconnect_are_released() {
 async fn a_broker_paused_past_the_lease_keeps_a_live_workers_run_and_slot() {
     use baton_worker::Throttle;
     let data = tempfile::tempdir().expect("temp dir");
-    let lease = Duration::from_millis(1500);
+    // Long enough that a loaded machine delays no heartbeat past it.
+    let lease = Duration::from_millis(2500);
     let lease_ms = lease.as_millis().to_string();
     let broker = BrokerProcess::spawn(data.path(), free_port(), &["--lease-ms", &lease_ms]).await;
     let client = baton::Client::connect(broker.addr.clone()).await.unwrap();
@@ -374,7 +375,7 @@ async fn a_broker_paused_past_the_lease_keeps_a_live_workers_run_and_slot() {
             .task("paused.section", body),
     );
     let first = client
-        .submit(Task::new("paused.section").si([4 * 1500_u64]))
+        .submit(Task::new("paused.section").si([3 * 2500_u64]))
         .await
         .unwrap()
         .chain_id;
