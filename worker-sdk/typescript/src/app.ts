@@ -14,7 +14,7 @@ import type { TaskContext } from "./context";
 import { PartialSubmission } from "./errors";
 import type { AdminClient } from "./gen/baton/v1/Admin";
 import type { BrokerClient } from "./gen/baton/v1/Broker";
-import type { SubmitChainRequest } from "./gen/baton/v1/index";
+import type { ScheduleInfo__Output, SubmitChainRequest } from "./gen/baton/v1/index";
 import { newChainId } from "./ids";
 import { checkOptions, type StepOptions } from "./options";
 import { checkToken, envAddress, type TlsOptions, tlsConfig } from "./transport";
@@ -104,6 +104,24 @@ export interface BatonOptions {
 }
 
 /** A Baton application: registers tasks and talks to one broker. */
+/**
+ * When a schedule fires: a `cron` expression (five fields, or six with
+ * seconds first) in an IANA `timezone` (UTC by default), or `every` so many
+ * seconds (at least 1). See docs/concepts.md, "Schedules".
+ */
+export interface ScheduleOptions {
+  cron?: string;
+  timezone?: string;
+  /** Seconds between fire times. */
+  every?: number;
+  /** Fire times missed while the broker was down: the latest this many still fire (default 0: skipped). */
+  catchUp?: number;
+  /** Seconds each chain has after it is submitted (its deadline). */
+  deadline?: number;
+  /** Add it paused. */
+  paused?: boolean;
+}
+
 export class Baton {
   readonly tasks = new Map<string, Task<never[], unknown>>();
   /** Bound of every unary call, ms. */
@@ -201,6 +219,58 @@ export class Baton {
       app: this,
       declared: this.tasks.get(name)?.options,
     });
+  }
+
+  /**
+   * Adds a periodic schedule, or replaces the one with the same name: the
+   * broker submits `item` (a signature or a chain, with `chainOptions` such
+   * as callbacks and context) once per fire time and keeps the schedule
+   * across restarts. Resolves with the schedule and its next fire times.
+   *
+   * @throws RpcError INVALID_ARGUMENT naming what is wrong (the cron expression, the time zone, the chain)
+   */
+  schedule(
+    name: string,
+    item: Signature | Chain,
+    options: ScheduleOptions,
+    chainOptions: ChainOptions = {},
+  ): Promise<ScheduleInfo__Output> {
+    const chain = item instanceof Chain ? item : new Chain([item]);
+    // Each fire gets its own chain id and idempotency key from the broker.
+    const { chainId: _, ...request } = chain.toRequest(chainOptions);
+    const ms = (seconds: number | undefined): number => Math.round((seconds ?? 0) * 1000);
+    return this.client.putSchedule({
+      schedule: {
+        name,
+        cron: options.cron ?? "",
+        timezone: options.timezone ?? "",
+        everyMs: ms(options.every),
+        chain: request,
+        deadlineMs: ms(options.deadline),
+        catchUp: options.catchUp ?? 0,
+        paused: options.paused ?? false,
+      },
+    });
+  }
+
+  /** Every schedule, by name, with its next fire times. */
+  schedules(): Promise<ScheduleInfo__Output[]> {
+    return this.client.listSchedules();
+  }
+
+  /** Pauses a schedule: it fires nothing, and the fire times it passes meanwhile are skipped. */
+  pauseSchedule(name: string): Promise<ScheduleInfo__Output> {
+    return this.client.pauseSchedule(name, true);
+  }
+
+  /** Resumes a paused schedule from its next fire time. */
+  resumeSchedule(name: string): Promise<ScheduleInfo__Output> {
+    return this.client.pauseSchedule(name, false);
+  }
+
+  /** Removes a schedule; the chains it submitted are left alone. */
+  removeSchedule(name: string): Promise<void> {
+    return this.client.removeSchedule(name);
   }
 
   /** The handle of a chain by id (Celery's `AsyncResult(id)`). */

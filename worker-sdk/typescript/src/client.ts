@@ -21,11 +21,18 @@ import type {
   GetStepResultResponse__Output,
   ListQueuesRequest,
   ListQueuesResponse__Output,
+  ListSchedulesRequest,
+  ListSchedulesResponse__Output,
   ListThrottlesRequest,
   ListThrottlesResponse__Output,
   ListWorkersRequest,
   ListWorkersResponse__Output,
+  PauseScheduleRequest,
+  PutScheduleRequest,
   QueueInfo__Output,
+  RemoveScheduleRequest,
+  RemoveScheduleResponse__Output,
+  ScheduleInfo__Output,
   SubmitChainRequest,
   SubmitChainResponse__Output,
   SubmitChainsRequest,
@@ -186,6 +193,31 @@ export class Client {
       this.admin.ListThrottles,
       {},
     ).then((r) => r.throttles);
+  }
+
+  putSchedule(request: PutScheduleRequest): Promise<ScheduleInfo__Output> {
+    return this.call<PutScheduleRequest, ScheduleInfo__Output>(this.admin, this.admin.PutSchedule, request);
+  }
+
+  listSchedules(): Promise<ScheduleInfo__Output[]> {
+    return this.call<ListSchedulesRequest, ListSchedulesResponse__Output>(
+      this.admin,
+      this.admin.ListSchedules,
+      {},
+    ).then((r) => r.schedules);
+  }
+
+  pauseSchedule(name: string, paused: boolean): Promise<ScheduleInfo__Output> {
+    return this.call<PauseScheduleRequest, ScheduleInfo__Output>(this.admin, this.admin.PauseSchedule, {
+      name,
+      paused,
+    });
+  }
+
+  async removeSchedule(name: string): Promise<void> {
+    await this.call<RemoveScheduleRequest, RemoveScheduleResponse__Output>(this.admin, this.admin.RemoveSchedule, {
+      name,
+    });
   }
 
   getChain(chainId: string): Promise<Chain__Output> {

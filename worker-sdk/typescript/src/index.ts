@@ -12,7 +12,15 @@
  * await handle.get({ timeout: 60_000 });
  * ```
  */
-export { Baton, type BatonOptions, type MutableArgs, Task, type TaskBody, type TaskOptions } from "./app";
+export {
+  Baton,
+  type BatonOptions,
+  type MutableArgs,
+  type ScheduleOptions,
+  Task,
+  type TaskBody,
+  type TaskOptions,
+} from "./app";
 export { type Callback, Chain, type ChainOptions, chain, Signature } from "./canvas";
 export { ChainHandle, type ChainStatus, Client, type Dedup, type RpcError } from "./client";
 export { type Slot, TaskContext } from "./context";

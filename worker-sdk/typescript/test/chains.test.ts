@@ -23,6 +23,32 @@ describe("chains and executors", { skip: SKIP }, () => {
     await scope.close();
   });
 
+  test("a schedule submits its chain each fire time; paused and removed, it stops", async () => {
+    const app = tasks.app;
+    const added = await app.schedule("ts-every-second", tasks.add.si(1, 2), { every: 1 });
+    assert.equal(added.nextFiresUnixMs.length, 5);
+    let last = "";
+    await waitUntil(
+      async () => {
+        const [info] = (await app.schedules()).filter((s) => s.schedule?.name === "ts-every-second");
+        last = info?.lastChainId ?? "";
+        return last !== "";
+      },
+      10_000,
+      "a fire of the schedule",
+    );
+    assert.equal(await app.result(last).get({ timeout: 10_000 }), 3);
+    const paused = await app.pauseSchedule("ts-every-second");
+    assert.equal(paused.schedule?.paused, true);
+    assert.deepEqual(paused.nextFiresUnixMs, []);
+    await app.removeSchedule("ts-every-second");
+    assert.deepEqual(
+      (await app.schedules()).map((s) => s.schedule?.name),
+      [],
+    );
+    await assert.rejects(app.schedule("bad", tasks.add.si(1, 2), { cron: "61 * * * *" }), /not a cron expression/);
+  });
+
   test("a task's result comes back through delay() and get()", async () => {
     const handle = await tasks.add.delay(2, 3);
     assert.match(handle.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
