@@ -24,6 +24,11 @@ pub struct Settings {
     pub durable: bool,
     /// More `baton serve` arguments.
     pub extra: Vec<String>,
+    /// A PostgreSQL server to keep the store in instead of sled
+    /// (`postgres://USER@HOST:PORT/DB`, a user that may create databases):
+    /// each data directory gets a database of its own there, created when
+    /// its broker first starts and dropped when it stops.
+    pub postgres: Option<String>,
 }
 
 /// A running broker, killed when dropped.
@@ -60,6 +65,9 @@ impl Broker {
             .kill_on_drop(true);
         if !settings.durable {
             command.arg("--no-durable");
+        }
+        if let Some(server) = &settings.postgres {
+            command.arg("--store").arg(pg::database_for(server, data)?);
         }
         command.args(&settings.extra);
         let child = command
@@ -147,8 +155,17 @@ impl Broker {
         Ok((Self::spawn(&self.settings, &self.data, self.port)?, started))
     }
 
-    /// SIGTERM, waiting for the broker's clean exit.
+    /// SIGTERM, waiting for the broker's clean exit; then its PostgreSQL
+    /// database, if any, is dropped.
     pub async fn stop(mut self) -> Result<()> {
+        self.terminate().await?;
+        if let Some(server) = &self.settings.postgres {
+            pg::drop_database_of(server, &self.data)?;
+        }
+        Ok(())
+    }
+
+    async fn terminate(&mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {
             std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -162,6 +179,63 @@ impl Broker {
             self.child.wait().await?;
         }
         Ok(())
+    }
+}
+
+/// A database per data directory on the `--store` server.
+mod pg {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+
+    /// The database of `data`'s broker: created if missing. Its URL.
+    pub fn database_for(server: &str, data: &Path) -> Result<String> {
+        let name = name_of(data);
+        admin(server, format!("CREATE DATABASE {name}"), true)?;
+        let (base, _) = server
+            .rsplit_once('/')
+            .context("--store: postgres://USER@HOST:PORT/DB")?;
+        Ok(format!("{base}/{name}"))
+    }
+
+    pub fn drop_database_of(server: &str, data: &Path) -> Result<()> {
+        admin(
+            server,
+            format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+                name = name_of(data)
+            ),
+            false,
+        )
+    }
+
+    fn name_of(data: &Path) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut h);
+        format!("baton_bench_{:016x}", h.finish())
+    }
+
+    /// Runs `statement` on the server's own database, on a thread of its
+    /// own (the synchronous client runs its own runtime). `exists_ok`: a
+    /// database that exists already is no error.
+    fn admin(server: &str, statement: String, exists_ok: bool) -> Result<()> {
+        let server = server.to_owned();
+        std::thread::spawn(move || -> Result<()> {
+            let mut client = postgres::Client::connect(&server, postgres::NoTls)
+                .with_context(|| format!("--store: connecting to {server}"))?;
+            match client.batch_execute(&statement) {
+                Err(e)
+                    if exists_ok
+                        && e.code() == Some(&postgres::error::SqlState::DUPLICATE_DATABASE) =>
+                {
+                    Ok(())
+                }
+                other => other.with_context(|| statement.clone()),
+            }
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the PostgreSQL admin thread panicked"))?
     }
 }
 

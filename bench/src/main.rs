@@ -80,6 +80,12 @@ struct Args {
     /// four windows).
     #[arg(long, default_value_t = 20)]
     retention_seconds: u64,
+    /// Keep each broker's store in PostgreSQL instead of sled: the server
+    /// as `postgres://USER@HOST:PORT/DB`, with a user that may create
+    /// databases. Each broker gets a fresh database there, dropped when it
+    /// stops. Figures are labelled `durable/postgres`.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 impl Args {
@@ -121,6 +127,9 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let binary = args.binary()?;
+    if args.store.is_some() {
+        stats::set_store("postgres");
+    }
     let mut sink = Sink::new(args.out.as_deref())?;
     println!(
         "{:<24} {:<6} {:<10} {:>12} {:<9} [min .. max]",
@@ -139,6 +148,7 @@ async fn run(args: Args) -> Result<()> {
             binary: binary.clone(),
             durable,
             extra: Vec::new(),
+            postgres: args.store.clone(),
         };
         throughput_figures(&args, &settings, &mut sink).await?;
         if args.wants("latency") {
@@ -152,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
         binary,
         durable: true,
         extra: Vec::new(),
+        postgres: args.store.clone(),
     };
     if args.wants("recovery") {
         recovery_figures(&args, &durable, &mut sink).await?;

@@ -38,6 +38,19 @@ pub struct Figure {
     pub runs: Vec<f64>,
 }
 
+/// The store every broker of this run keeps its data in ("sled", or
+/// "postgres" with `--store`), shown with each figure.
+static STORE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the store of this run's brokers (once, at start).
+pub fn set_store(name: &'static str) {
+    let _ = STORE.set(name);
+}
+
+fn store() -> &'static str {
+    STORE.get().copied().unwrap_or("sled")
+}
+
 impl Figure {
     pub fn median(&self) -> f64 {
         let mut sorted = self.runs.clone();
@@ -65,7 +78,12 @@ impl Figure {
             "{:<24} {:<6} {:<10} {:>12.3} {:<9} [{:.3} .. {:.3}] ({} runs, {} items, {}x{})",
             l.workload,
             l.producer,
-            if l.durable { "durable" } else { "no-durable" },
+            match (l.durable, store()) {
+                (true, "sled") => "durable".to_owned(),
+                (false, "sled") => "no-durable".to_owned(),
+                (true, other) => format!("durable/{other}"),
+                (false, other) => format!("no-durable/{other}"),
+            },
             self.median(),
             l.unit,
             self.min(),
@@ -85,6 +103,7 @@ impl Figure {
             "workload": l.workload,
             "producer": l.producer,
             "durable": l.durable,
+            "store": store(),
             "workers": "rust",
             "procs": l.procs,
             "concurrency": l.concurrency,
