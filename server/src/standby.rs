@@ -28,10 +28,7 @@ use tonic::Status;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
-/// The metadata key naming the leader's address in a standby's refusal.
-pub const LEADER_KEY: &str = "baton-leader";
-/// The metadata key marking a standby's refusal.
-pub const STANDBY_KEY: &str = "baton-standby";
+pub use baton::failover::{LEADER_KEY, STANDBY_KEY};
 
 /// The leader's address as a standby knows it (`None`: not known).
 pub type Leader = watch::Receiver<Option<String>>;
