@@ -945,6 +945,58 @@ mod tests {
         );
     }
 
+    /// A flush under a term that is no longer the database's rolls back,
+    /// says it was fenced (not disk trouble), tells the broker it was
+    /// deposed, and every later flush fails so, also after a reconnect.
+    #[test]
+    fn a_flush_under_an_old_term_is_refused_and_deposes_the_broker() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        drop(PgBackend::open(url).unwrap());
+        admin_sql(
+            url,
+            "INSERT INTO baton_leader VALUES (1, 7, 'me', 'h:1', now() + interval '1 minute')",
+        )
+        .unwrap();
+        let fence = Fence {
+            term: 7,
+            deposed: tokio_util::sync::CancellationToken::new(),
+        };
+        let backend = PgBackend::open_fenced(url, Some(fence.clone())).unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"under term 7");
+        backend.apply(&b).unwrap();
+        backend.flush().unwrap();
+        // Another broker takes over.
+        admin_sql(url, "UPDATE baton_leader SET term = 8, holder = 'other'").unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"after the takeover");
+        backend.apply(&b).unwrap();
+        let e = backend.flush().unwrap_err();
+        let Error::Postgres(pg) = &e else {
+            panic!("{e}")
+        };
+        assert!(pg.is_fenced(), "{e}");
+        assert!(
+            e.to_string().contains("term 7") && e.to_string().contains("term 8"),
+            "{e}"
+        );
+        assert!(fence.deposed.is_cancelled());
+        // A repair (a new backend under the same fence) is refused too.
+        let again = PgBackend::open_fenced(url, Some(fence)).unwrap();
+        again.apply(&b).unwrap();
+        assert!(matches!(again.flush(), Err(Error::Postgres(e)) if e.is_fenced()));
+        let reader = PgBackend::open(url).unwrap();
+        assert_eq!(
+            reader.get(b"a").unwrap().as_deref(),
+            Some(&b"under term 7"[..])
+        );
+    }
+
     #[test]
     fn writes_left_applied_are_flushed_unasked() {
         let Some(place) = Place::postgres() else {
