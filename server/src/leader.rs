@@ -418,7 +418,65 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::store::testing::{Place, admin_sql};
+
+    fn settings(url: &str, advertise: &str) -> Settings {
+        Settings {
+            url: url.to_owned(),
+            lease: Duration::from_millis(600),
+            advertise: advertise.to_owned(),
+        }
+    }
+
+    /// The first broker leads, the second stands by naming it; when the
+    /// first hands the lease back the second takes it with the next term;
+    /// when the second's lease is taken from under it, it is deposed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_leads_one_stands_by_and_takes_over_with_the_next_term() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        let start = |advertise: &'static str| {
+            let settings = settings(url, advertise);
+            tokio::task::spawn_blocking(move || Lease::start(settings))
+        };
+        let first = start("h1:1").await.unwrap().unwrap();
+        let term = first.term().expect("the first leads at once");
+        let second = start("h2:2").await.unwrap().unwrap();
+        assert_eq!(second.term(), None);
+        assert_eq!(
+            *second.view().borrow(),
+            View::Standby {
+                leader: Some("h1:1".into())
+            }
+        );
+        // Renewals keep the first in the lead well past one lease.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(first.term(), Some(term));
+        assert_eq!(second.term(), None);
+        let first = Arc::new(first);
+        let releasing = Arc::clone(&first);
+        tokio::task::spawn_blocking(move || releasing.release())
+            .await
+            .unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(2), second.leading())
+            .await
+            .expect("the second takes over")
+            .unwrap();
+        assert_eq!(taken, term + 1);
+        // Someone takes the lease from the second: it is deposed.
+        admin_sql(url, "UPDATE baton_leader SET term = term + 1, holder = 'x'").unwrap();
+        let deposed = tokio::time::timeout(Duration::from_secs(2), second.deposed())
+            .await
+            .expect("deposed");
+        assert!(deposed.0.contains("taken or lapsed"), "{deposed}");
+    }
 
     #[test]
     fn an_advertised_address_is_host_and_port() {

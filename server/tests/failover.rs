@@ -113,12 +113,16 @@ struct Broker {
 
 impl Broker {
     fn start(schema: &Schema, dir: &Path, name: &str) -> Broker {
-        let port = free_port();
-        let log = dir.join(format!("{name}.log"));
+        Broker::start_on(schema, dir, name, free_port(), LEADER_LEASE)
+    }
+
+    /// A broker on `port` (again, after it was killed) with `lease`.
+    fn start_on(schema: &Schema, dir: &Path, name: &str, port: u16, lease: Duration) -> Broker {
+        let log = dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let child = baton()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--http", "off", "--store", &schema.url])
-            .arg(format!("--leader-lease-ms={}", LEADER_LEASE.as_millis()))
+            .arg(format!("--leader-lease-ms={}", lease.as_millis()))
             .arg(format!("--lease-ms={WORKER_LEASE_MS}"))
             .arg("--data")
             .arg(dir.join(name))
@@ -600,4 +604,115 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
     assert_eq!(seen.len(), 10);
     stop.cancel();
     w.await.unwrap().unwrap();
+}
+
+/// Failover time (the leader `kill -9`ed to the first task started from
+/// the new leader's assignment), over 20 failovers under a steady load,
+/// with the default lease (`BATON_FAILOVER_LEASE_MS` to change it). Each
+/// killed broker is started again on its port, as a supervisor would, and
+/// is the standby of the next round. Prints the figures.
+///
+/// cargo test -p baton-server --test failover -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measures 20 failovers (about 3 minutes with the default lease)"]
+async fn failover_time_over_20_failovers() {
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    let lease = std::env::var("BATON_FAILOVER_LEASE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(baton_server::leader::DEFAULT_LEASE, Duration::from_millis);
+    let rounds: usize = std::env::var("BATON_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let names = ["a", "b"];
+    let mut brokers: Vec<Broker> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        brokers.push(Broker::start_on(&schema, dir.path(), name, ports[i], lease));
+        until("the broker answers", PATIENCE, || async {
+            health(&brokers[i].addr, "baton.v1.Broker").await.is_some()
+        })
+        .await;
+    }
+    let addrs = format!("{},{}", brokers[0].addr, brokers[1].addr);
+    let client = Client::connect(addrs.clone()).await.unwrap();
+    let journal = Shared::default();
+    let stop = CancellationToken::new();
+    let w = tokio::spawn(worker(&addrs, &journal, "w").run_until(stop.clone().cancelled_owned()));
+    let submitter = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                let _ = client.submit(Task::new("step").si([i])).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let leader = schema.leader();
+        let Some(index) = brokers
+            .iter()
+            .position(|b| Some(&b.addr) == leader.as_ref())
+        else {
+            panic!("round {round}: no leader among {addrs} ({leader:?})");
+        };
+        let standby = 1 - index;
+        until("the other broker is a standby", PATIENCE, || async {
+            health(&brokers[standby].addr, "baton.v1.Broker").await == Some(NOT_SERVING)
+        })
+        .await;
+        let since = Instant::now();
+        until("tasks run", PATIENCE, || async {
+            journal.lock().unwrap().starts.iter().any(|s| *s > since)
+        })
+        .await;
+        // Kill at a different point of the renewal cycle each round (a
+        // golden-ratio spread over a third of the lease), as a crash would.
+        let phase = (f64::from(u32::try_from(round).unwrap()) * 0.618_034).fract();
+        tokio::time::sleep(Duration::from_secs(1) + (lease / 3).mul_f64(phase)).await;
+        brokers[index].signal(rustix::process::Signal::KILL);
+        let killed = Instant::now();
+        brokers[index].exited(PATIENCE).await.expect("killed");
+        let after = killed + Duration::from_millis(100);
+        until("a task starts after the kill", PATIENCE, || async {
+            journal.lock().unwrap().starts.iter().any(|s| *s > after)
+        })
+        .await;
+        let first = *journal
+            .lock()
+            .unwrap()
+            .starts
+            .iter()
+            .filter(|s| **s > after)
+            .min()
+            .unwrap();
+        let took = first - killed;
+        eprintln!("failover {}: {took:?}", round + 1);
+        times.push(took);
+        brokers[index] = Broker::start_on(&schema, dir.path(), names[index], ports[index], lease);
+    }
+    stop.cancel();
+    submitter.await.unwrap();
+    w.await.unwrap().unwrap();
+    times.sort();
+    let mid = times.len() / 2;
+    let median = if times.len() % 2 == 0 {
+        (times[mid - 1] + times[mid]) / 2
+    } else {
+        times[mid]
+    };
+    let max = *times.last().unwrap();
+    eprintln!(
+        "failover time over {} failovers, lease {lease:?}: median {median:?}, max {max:?}, min {:?}",
+        times.len(),
+        times[0]
+    );
+    assert!(max <= lease + Duration::from_secs(1), "max {max:?}");
 }

@@ -40,8 +40,14 @@
 //! (SQLSTATE 53100) is [`Fault::Full`](super::Fault::Full), anything else
 //! `Failing`.
 //!
-//! Not here yet: several brokers on one database (leader election, a
-//! fencing term checked by each flush transaction), TLS to the database.
+//! **Several brokers.** Migration 2 adds `baton_leader`, the leader's
+//! lease (`crate::leader`). A leader's backend is opened with a [`Fence`]:
+//! each flush transaction first reads the term `FOR SHARE` and rolls back
+//! unless it is the leader's, so a deposed leader's writes never land. Such
+//! a failure is [`PgError::is_fenced`], not disk trouble: the broker stops
+//! (docs/deployment.md).
+//!
+//! Not here yet: TLS to the database.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
