@@ -210,14 +210,21 @@ pub async fn run(
         Some(url) => {
             let advertise = match &config.advertise {
                 Some(addr) => addr.clone(),
-                None => listener
-                    .local_addr()
-                    .map_err(|e| {
+                None => {
+                    let addr = listener.local_addr().map_err(|e| {
                         store::Error::Postgres(store::PgError::other(format!(
                             "the listener's address: {e}"
                         )))
-                    })?
-                    .to_string(),
+                    })?;
+                    if addr.ip().is_unspecified() {
+                        tracing::warn!(
+                            %addr,
+                            "standbys will name {addr} as the leader's address, which clients \
+                             cannot dial: give --advertise HOST:PORT"
+                        );
+                    }
+                    addr.to_string()
+                }
             };
             let settings = leader::Settings {
                 url: url.clone(),
