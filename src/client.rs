@@ -8,6 +8,8 @@
 //! with a policy of its own: it follows `WatchChain` across broker restarts,
 //! because a chain outlives a broker process but a stream does not.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt};
@@ -16,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::chain::Chain;
 use crate::error::{Error, Result};
+use crate::failover::{Brokers, Next, Refusal, split_addrs};
 use crate::options::{Bearer, ClientOptions};
 use crate::outcome::ChainOutcome;
 use crate::pb;
@@ -26,6 +29,11 @@ use crate::pb::broker_client::BrokerClient;
 const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to re-open a broken watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Pause between rounds of the brokers while a standby answers (it takes
+/// over within its lease).
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
+/// How long a call keeps looking for a leader while standbys answer.
+const FAILOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// A channel whose calls carry the token, if the client has one.
 type Authed = InterceptedService<Channel, Bearer>;
@@ -54,8 +62,31 @@ pub fn endpoint_uri(endpoint: impl Into<String>) -> String {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The stubs of one connection.
+#[derive(Debug, Clone)]
+struct Stubs {
     broker: BrokerClient<Authed>,
     admin: AdminClient<Authed>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The stubs calls go to now.
+    current: Mutex<Stubs>,
+    /// How to move to another broker; `None` for a client over a channel
+    /// given by the caller.
+    route: Option<Route>,
+}
+
+/// The brokers a client was given, and how to connect to one of them.
+#[derive(Debug)]
+struct Route {
+    brokers: Mutex<Brokers>,
+    options: ClientOptions,
+    bearer: Bearer,
 }
 
 /// What [`Client::submit`] got back.
@@ -102,6 +133,56 @@ impl Pending {
     }
 }
 
+impl Stubs {
+    fn new(channel: Channel, bearer: Bearer) -> Self {
+        Self {
+            broker: BrokerClient::with_interceptor(channel.clone(), bearer.clone()),
+            admin: AdminClient::with_interceptor(channel, bearer),
+        }
+    }
+}
+
+impl Inner {
+    fn stubs(&self) -> Stubs {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Route {
+    fn brokers(&self) -> std::sync::MutexGuard<'_, Brokers> {
+        self.brokers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current(&self) -> String {
+        self.brokers().current().to_owned()
+    }
+
+    fn failed(&self, refusal: &Refusal) -> Next {
+        self.brokers().failed(refusal)
+    }
+
+    fn succeeded(&self) {
+        self.brokers().succeeded();
+    }
+
+    /// Connects to one broker.
+    async fn connect(&self, address: &str) -> Result<Stubs> {
+        let channel = self.options.endpoint(address)?.connect().await?;
+        Ok(Stubs::new(channel, self.bearer.clone()))
+    }
+}
+
+/// Whether a call that failed with `status` is worth making at another
+/// broker: a standby refused it (it did nothing), or its broker could not
+/// be reached (tonic made the status here, from a connection error).
+fn elsewhere(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (Refusal::of(status).standby || std::error::Error::source(status).is_some())
+}
+
 impl Client {
     /// Connects to the broker at `endpoint`: `"127.0.0.1:7070"` (plain
     /// HTTP/2 is assumed) or a URI such as `"http://broker:7070"`.
@@ -110,11 +191,14 @@ impl Client {
     ///
     /// [`Error::Transport`] when the endpoint is malformed or cannot be
     /// reached.
+    ///
+    /// Several brokers sharing one database: `"h1:7070,h2:7070"`. The
+    /// client connects to the first it can reach, and a call that a standby
+    /// refuses, or that cannot reach its broker, goes to the leader the
+    /// standby names, or to the next broker (docs/deployment.md, "How
+    /// clients find the leader"), for up to 30 s while standbys answer.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        let channel = Endpoint::from_shared(endpoint_uri(endpoint.into()))?
-            .connect()
-            .await?;
-        Ok(Self::new(channel))
+        Self::connect_with(endpoint, ClientOptions::new()).await
     }
 
     /// Connects with a token, TLS, or both (see [`ClientOptions`]). With
@@ -141,9 +225,41 @@ impl Client {
     /// unusable, or the broker cannot be reached (including a failed TLS
     /// handshake: a certificate not trusted, a name that does not match).
     pub async fn connect_with(endpoint: impl Into<String>, options: ClientOptions) -> Result<Self> {
-        let authorization = options.authorization()?;
-        let channel = options.endpoint(endpoint)?.connect().await?;
-        Ok(Self::with_interceptor(channel, Bearer::new(authorization)))
+        let endpoint = endpoint.into();
+        let bearer = Bearer::new(options.authorization()?);
+        let Some(brokers) = Brokers::new(split_addrs(&endpoint)) else {
+            // Endpoint's own error for an empty address.
+            return Err(Endpoint::from_shared(endpoint).err().map_or_else(
+                || {
+                    Error::Status(Box::new(tonic::Status::invalid_argument(
+                        "no broker address",
+                    )))
+                },
+                Error::from,
+            ));
+        };
+        let route = Route {
+            brokers: Mutex::new(brokers),
+            options,
+            bearer,
+        };
+        let stubs = loop {
+            let address = route.current();
+            match route.connect(&address).await {
+                Ok(stubs) => break stubs,
+                Err(error) => {
+                    if let Next::Pause { .. } = route.failed(&Refusal::default()) {
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                current: Mutex::new(stubs),
+                route: Some(route),
+            }),
+        })
     }
 
     /// A client over an existing channel (for timeouts or a lazy
@@ -167,8 +283,69 @@ impl Client {
 
     fn with_interceptor(channel: Channel, bearer: Bearer) -> Self {
         Self {
-            broker: BrokerClient::with_interceptor(channel.clone(), bearer.clone()),
-            admin: AdminClient::with_interceptor(channel, bearer),
+            inner: Arc::new(Inner {
+                current: Mutex::new(Stubs::new(channel, bearer)),
+                route: None,
+            }),
+        }
+    }
+
+    /// Makes a call with the current stubs; when it cannot reach its
+    /// broker or a standby refuses it, follows the leader (see
+    /// [`crate::failover`]) and makes it again.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let stubs = self.inner.stubs();
+        let status = match call(stubs).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => status,
+        };
+        match &self.inner.route {
+            Some(route) if elsewhere(&status) => self.fail_over(route, status, call).await,
+            _ => Err(status.into()),
+        }
+    }
+
+    async fn fail_over<T, F, Fut>(
+        &self,
+        route: &Route,
+        mut status: tonic::Status,
+        call: F,
+    ) -> Result<T>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Next::Pause { standby } = route.failed(&Refusal::of(&status)) {
+                if !standby || started.elapsed() >= FAILOVER_WAIT {
+                    return Err(status.into());
+                }
+                tokio::time::sleep(FAILOVER_PAUSE).await;
+            }
+            let address = route.current();
+            let stubs = match route.connect(&address).await {
+                Ok(stubs) => stubs,
+                Err(error) => {
+                    status =
+                        tonic::Status::unavailable(format!("cannot connect to {address}: {error}"));
+                    continue;
+                }
+            };
+            *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = stubs.clone();
+            match call(stubs).await {
+                Ok(response) => {
+                    route.succeeded();
+                    tracing::info!(broker = %address, "following the leader");
+                    return Ok(response.into_inner());
+                }
+                Err(next) if elsewhere(&next) => status = next,
+                Err(other) => return Err(other.into()),
+            }
         }
     }
 
@@ -192,8 +369,12 @@ impl Client {
     ///
     /// Those of [`submit`](Self::submit).
     pub async fn submit_request(&self, request: pb::SubmitChainRequest) -> Result<Submitted> {
-        let response = self.broker.clone().submit_chain(request).await?;
-        let response = response.into_inner();
+        let response = self
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.broker.submit_chain(request).await }
+            })
+            .await?;
         Ok(Submitted {
             dedup: response.dedup(),
             chain_id: response.chain_id,
@@ -221,9 +402,13 @@ impl Client {
                 .map(|c| pb::SubmitChainRequest::from(c.into()))
                 .collect(),
         };
-        let response = self.broker.clone().submit_chains(request).await?;
+        let response = self
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.broker.submit_chains(request).await }
+            })
+            .await?;
         Ok(response
-            .into_inner()
             .chains
             .into_iter()
             .map(|r| Submitted {
@@ -272,7 +457,11 @@ impl Client {
         let request = pb::GetChainRequest {
             chain_id: chain_id.to_owned(),
         };
-        Ok(self.broker.clone().get_chain(request).await?.into_inner())
+        self.call(|mut s| {
+            let request = request.clone();
+            async move { s.broker.get_chain(request).await }
+        })
+        .await
     }
 
     /// The JSON result of one succeeded step, by its task id. [`get`]
@@ -290,8 +479,13 @@ impl Client {
             chain_id: chain_id.to_owned(),
             task_id: task_id.to_owned(),
         };
-        let answer = self.broker.clone().get_step_result(request).await?;
-        Ok(answer.into_inner().result)
+        let answer = self
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.broker.get_step_result(request).await }
+            })
+            .await?;
+        Ok(answer.result)
     }
 
     /// Follows a chain: its current state first (kind `"snapshot"`), then
@@ -309,8 +503,13 @@ impl Client {
         let request = pb::WatchChainRequest {
             chain_id: chain_id.to_owned(),
         };
-        let events = self.broker.clone().watch_chain(request).await?;
-        Ok(events.into_inner().map(|event| event.map_err(Error::from)))
+        let events = self
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.broker.watch_chain(request).await }
+            })
+            .await?;
+        Ok(events.map(|event| event.map_err(Error::from)))
     }
 
     /// Cancels a chain: unstarted steps never start, running ones are told
@@ -329,8 +528,13 @@ impl Client {
             chain_id: chain_id.to_owned(),
             reason: reason.into(),
         };
-        let response = self.broker.clone().cancel_chain(request).await?;
-        Ok(response.into_inner().state())
+        let response = self
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.broker.cancel_chain(request).await }
+            })
+            .await?;
+        Ok(response.state())
     }
 
     /// Waits until the chain ends and returns how it ended.
@@ -400,7 +604,7 @@ impl Client {
     /// Inspection and live limits.
     pub fn admin(&self) -> Admin {
         Admin {
-            inner: self.admin.clone(),
+            client: self.clone(),
         }
     }
 }
@@ -423,7 +627,7 @@ fn is_transient(error: &Error) -> bool {
 /// the client's connection.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    inner: AdminClient<Authed>,
+    client: Client,
 }
 
 impl Admin {
@@ -435,11 +639,13 @@ impl Admin {
     /// [`Error::Status`] when the call fails.
     pub async fn list_queues(&self) -> Result<Vec<pb::QueueInfo>> {
         let response = self
-            .inner
-            .clone()
-            .list_queues(pb::ListQueuesRequest {})
+            .client
+            .call(|mut s| {
+                let request = pb::ListQueuesRequest {};
+                async move { s.admin.list_queues(request).await }
+            })
             .await?;
-        Ok(response.into_inner().queues)
+        Ok(response.queues)
     }
 
     /// Every connected worker with its queues, task names and work in
@@ -450,11 +656,13 @@ impl Admin {
     /// [`Error::Status`] when the call fails.
     pub async fn list_workers(&self) -> Result<Vec<pb::WorkerInfo>> {
         let response = self
-            .inner
-            .clone()
-            .list_workers(pb::ListWorkersRequest {})
+            .client
+            .call(|mut s| {
+                let request = pb::ListWorkersRequest {};
+                async move { s.admin.list_workers(request).await }
+            })
             .await?;
-        Ok(response.into_inner().workers)
+        Ok(response.workers)
     }
 
     /// Every throttle identity with its limit, holders and waiters.
@@ -464,11 +672,13 @@ impl Admin {
     /// [`Error::Status`] when the call fails.
     pub async fn list_throttles(&self) -> Result<Vec<pb::ThrottleInfo>> {
         let response = self
-            .inner
-            .clone()
-            .list_throttles(pb::ListThrottlesRequest {})
+            .client
+            .call(|mut s| {
+                let request = pb::ListThrottlesRequest {};
+                async move { s.admin.list_throttles(request).await }
+            })
             .await?;
-        Ok(response.into_inner().throttles)
+        Ok(response.throttles)
     }
 
     /// Sets the limit of a throttle identity; waiting work honours it at
@@ -488,8 +698,14 @@ impl Admin {
             identity: Some(identity),
             limit,
         };
-        let response = self.inner.clone().set_throttle_limit(request).await?;
-        Ok(response.into_inner())
+        let response = self
+            .client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.set_throttle_limit(request).await }
+            })
+            .await?;
+        Ok(response)
     }
 
     /// Pauses a queue: its tasks stay READY but none is assigned until
@@ -502,7 +718,12 @@ impl Admin {
         let request = pb::PauseQueueRequest {
             queue: queue.into(),
         };
-        Ok(self.inner.clone().pause_queue(request).await?.into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.pause_queue(request).await }
+            })
+            .await
     }
 
     /// Resumes a paused queue.
@@ -514,7 +735,12 @@ impl Admin {
         let request = pb::ResumeQueueRequest {
             queue: queue.into(),
         };
-        Ok(self.inner.clone().resume_queue(request).await?.into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.resume_queue(request).await }
+            })
+            .await
     }
 
     /// Cancels the chain of every task READY in `queue` (as
@@ -532,7 +758,12 @@ impl Admin {
             queue: queue.into(),
             reason: reason.into(),
         };
-        Ok(self.inner.clone().purge_queue(request).await?.into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.purge_queue(request).await }
+            })
+            .await
     }
 
     /// One page of failed chains, newest first; pass the response's
@@ -551,12 +782,12 @@ impl Admin {
             page_size,
             page_token: page_token.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .list_dead_chains(request)
-            .await?
-            .into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.list_dead_chains(request).await }
+            })
+            .await
     }
 
     /// Submits a failed chain again as a new chain; returns the new
@@ -571,8 +802,14 @@ impl Admin {
         let request = pb::RequeueChainRequest {
             chain_id: chain_id.to_owned(),
         };
-        let response = self.inner.clone().requeue_chain(request).await?;
-        Ok(response.into_inner().chain_id)
+        let response = self
+            .client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.requeue_chain(request).await }
+            })
+            .await?;
+        Ok(response.chain_id)
     }
 
     /// Drains the connected workers with this name (or worker id): they get
@@ -585,8 +822,14 @@ impl Admin {
         let request = pb::DrainWorkerRequest {
             worker: worker.into(),
         };
-        let response = self.inner.clone().drain_worker(request).await?;
-        Ok(response.into_inner().workers)
+        let response = self
+            .client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.drain_worker(request).await }
+            })
+            .await?;
+        Ok(response.workers)
     }
 
     /// Adds a periodic schedule, or replaces the one with the same name.
@@ -599,7 +842,12 @@ impl Admin {
         let request = pb::PutScheduleRequest {
             schedule: Some(schedule),
         };
-        Ok(self.inner.clone().put_schedule(request).await?.into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.put_schedule(request).await }
+            })
+            .await
     }
 
     /// Adds a [`Schedule`](crate::Schedule), or replaces the one with the
@@ -620,11 +868,10 @@ impl Admin {
     /// [`Error::Status`] when the call fails.
     pub async fn list_schedules(&self) -> Result<Vec<pb::ScheduleInfo>> {
         let response = self
-            .inner
-            .clone()
-            .list_schedules(pb::ListSchedulesRequest {})
+            .client
+            .call(|mut s| async move { s.admin.list_schedules(pb::ListSchedulesRequest {}).await })
             .await?;
-        Ok(response.into_inner().schedules)
+        Ok(response.schedules)
     }
 
     /// Pauses (`true`) or resumes (`false`) a schedule.
@@ -641,12 +888,12 @@ impl Admin {
             name: name.into(),
             paused,
         };
-        Ok(self
-            .inner
-            .clone()
-            .pause_schedule(request)
-            .await?
-            .into_inner())
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.pause_schedule(request).await }
+            })
+            .await
     }
 
     /// Removes a schedule; the chains it submitted are left alone.
@@ -656,7 +903,12 @@ impl Admin {
     /// [`Error::Status`], `NOT_FOUND` for an unknown name.
     pub async fn remove_schedule(&self, name: impl Into<String>) -> Result<()> {
         let request = pb::RemoveScheduleRequest { name: name.into() };
-        self.inner.clone().remove_schedule(request).await?;
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.remove_schedule(request).await }
+            })
+            .await?;
         Ok(())
     }
 }

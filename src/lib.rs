@@ -42,6 +42,7 @@ pub mod batch;
 mod chain;
 mod client;
 mod error;
+pub mod failover;
 mod millis;
 mod options;
 mod outcome;

@@ -225,3 +225,52 @@ async fn a_database_of_a_newer_schema_is_refused_at_start() {
         "{e}"
     );
 }
+
+/// Two brokers on one database (issue 21): the second stands by, refusing
+/// calls and naming the first. A client and a worker given only the
+/// standby's address follow it to the leader (an address not in their
+/// list) and work there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_and_a_worker_given_only_a_standby_follow_it_to_the_leader() {
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let configure = |c: &mut baton_server::Config| {
+        c.postgres = Some(url.clone());
+        c.leader_lease = std::time::Duration::from_millis(1000);
+    };
+    let leader = TestBroker::start_with(configure).await;
+    // Serving: the leader (no other broker is up to lead).
+    leader.client().await.admin().list_queues().await.unwrap();
+    let standby = TestBroker::start_with(configure).await;
+    let mut raw = baton::pb::broker_client::BrokerClient::connect(standby.addr.clone())
+        .await
+        .unwrap();
+    let refused = raw
+        .get_chain(baton::pb::GetChainRequest {
+            chain_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let named = refused
+        .metadata()
+        .get("baton-leader")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(format!("http://{named}"), leader.addr);
+    assert_eq!(refused.metadata().get("baton-standby").unwrap(), "1");
+
+    let client = baton::Client::connect(standby.addr.clone()).await.unwrap();
+    let id = client.submit(two_step(7)).await.unwrap().chain_id;
+    let seen = Seen::default();
+    let worker = recording_worker(&standby.addr, &seen);
+    let outcome = client.wait_timeout(&id, PATIENCE).await.unwrap();
+    assert_eq!(outcome, ChainOutcome::Succeeded(json!(7)));
+    assert_all_ran(&seen, &[id]);
+    worker.stop().await;
+    standby.stop().await;
+    leader.stop().await;
+}

@@ -21,10 +21,12 @@ pub mod api;
 pub mod auth;
 pub mod domain;
 pub mod http;
+pub mod leader;
 pub mod listener;
 pub mod metrics;
 pub mod scheduler;
 pub mod settings;
+pub mod standby;
 pub mod store;
 
 use std::future::Future;
@@ -84,6 +86,12 @@ pub struct Config {
     /// Schedules to add (or replace, by name) at start: the configuration
     /// file's `[[schedule]]` entries.
     pub schedules: Vec<pb::Schedule>,
+    /// On PostgreSQL: the length of the leader's lease ([`leader`]). A
+    /// standby takes over within it (plus a poll) after the leader died.
+    pub leader_lease: Duration,
+    /// On PostgreSQL: the address (host:port) standbys name when this
+    /// broker leads; `None`: the listener's address.
+    pub advertise: Option<String>,
 }
 
 /// Default of [`Config::max_connections`].
@@ -109,6 +117,8 @@ impl Config {
             priority_aging: Duration::from_millis(settings::DEFAULT_PRIORITY_AGING_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             schedules: Vec::new(),
+            leader_lease: leader::DEFAULT_LEASE,
+            advertise: None,
         }
     }
 }
@@ -145,16 +155,26 @@ pub enum Error {
     /// A schedule of the configuration cannot be added.
     #[error("{0}")]
     Schedule(String),
+    /// Another broker leads now (PostgreSQL, several brokers): this one
+    /// stopped serving.
+    #[error(transparent)]
+    Deposed(leader::Deposed),
 }
 
 /// Serves the broker on `listener` until `shutdown` completes, then drains:
 /// open streams are closed, the scheduler commits and flushes, and the store
 /// is flushed last.
 ///
+/// On PostgreSQL the broker first serves as a standby ([`standby`]): it
+/// refuses calls, naming the leader, until it takes the leader's lease
+/// ([`leader`]); only then does it open and recover the store and start the
+/// scheduler. A leader that loses the lease stops with [`Error::Deposed`],
+/// at once (no drain: its writes would be refused anyway).
+///
 /// # Errors
 /// When a setting is out of its range ([`Error::Setting`]), the TLS
 /// settings are unusable ([`Error::Tls`]), the store cannot be opened or
-/// recovered, or the server fails.
+/// recovered, the server fails, or the broker is deposed.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -164,6 +184,7 @@ pub async fn run(
     settings::HANDSHAKE_TIMEOUT_MS.check_duration(config.handshake_timeout)?;
     settings::RETENTION_MS.check_duration(config.retention)?;
     settings::PRIORITY_AGING_MS.check_duration(config.priority_aging)?;
+    settings::LEADER_LEASE_MS.check_duration(config.leader_lease)?;
     // TLS first: a bad certificate should stop the broker before it
     // touches the store.
     let tls = config
@@ -195,6 +216,266 @@ pub async fn run(
             .map_err(|(addr, source)| Error::Http { addr, source })?,
         None => None,
     };
+    // Who leads: this broker alone on sled; the lease on PostgreSQL.
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None::<String>);
+    let lease = match &config.postgres {
+        None => None,
+        Some(url) => {
+            let advertise = match &config.advertise {
+                Some(addr) => addr.clone(),
+                None => {
+                    let addr = listener.local_addr().map_err(|e| {
+                        store::Error::Postgres(store::PgError::other(format!(
+                            "the listener's address: {e}"
+                        )))
+                    })?;
+                    if addr.ip().is_unspecified() {
+                        tracing::warn!(
+                            %addr,
+                            "standbys will name {addr} as the leader's address, which clients \
+                             cannot dial: give --advertise HOST:PORT"
+                        );
+                    }
+                    addr.to_string()
+                }
+            };
+            let settings = leader::Settings {
+                url: url.clone(),
+                lease: config.leader_lease,
+                advertise,
+            };
+            // Connecting blocks: not on this task's thread.
+            let lease = tokio::task::spawn_blocking(move || leader::Lease::start(settings))
+                .await
+                .map_err(|e| {
+                    store::Error::Postgres(store::PgError::other(format!(
+                        "starting the lease: {e}"
+                    )))
+                })??;
+            tokio::spawn(follow_leader(lease.view(), leader_tx));
+            Some(std::sync::Arc::new(lease))
+        }
+    };
+    let stop = CancellationToken::new();
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let services = Services {
+        broker: standby::Standby::new(leader_rx.clone()),
+        worker: standby::Standby::new(leader_rx.clone()),
+        admin: standby::Standby::new(leader_rx.clone()),
+        http: Default::default(),
+    };
+    let accepting = listener::Settings {
+        handshake_timeout: config.handshake_timeout,
+        max_connections: listener::connection_cap(config.max_connections),
+    };
+    // Active before serving when this broker leads already (sled: always).
+    let fenced = CancellationToken::new();
+    let fence = |term| store::Fence {
+        term,
+        deposed: fenced.clone(),
+    };
+    let mut active = None;
+    let leading = lease.as_ref().map(|lease| lease.term());
+    if let None | Some(Some(_)) = leading {
+        let fence = leading.flatten().map(fence);
+        active = Some(activate(&config, fence, &services, &health_reporter, &stop).await?);
+    } else {
+        for service in ALL_SERVICES {
+            health_reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    }
+    if let Some(http_listener) = http_listener {
+        let http_tls = config
+            .tls
+            .as_ref()
+            .map(auth::Tls::http_acceptor)
+            .transpose()
+            .map_err(Error::Tls)?;
+        tokio::spawn(http::serve(
+            http_listener,
+            standby::http_router(services.http.clone(), leader_rx.clone()),
+            accepting.clone(),
+            http_tls,
+            stop.clone(),
+        ));
+    }
+    // Reflection v1, and v1alpha for the tools that speak only that one
+    // (Python's grpcio-reflection, Evans, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let mutual_tls = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_pem.is_some());
+    match &config.auth {
+        auth::Auth::Off => tracing::warn!(
+            "authentication is OFF (local development only): any caller may submit, run, inspect and cancel work"
+        ),
+        auth::Auth::Tokens(tokens) => {
+            tracing::info!(tokens = tokens.len(), "token authentication on");
+        }
+    }
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = config.tls.is_some(),
+        mutual_tls,
+        standby = active.is_none(),
+        "baton broker listening"
+    );
+    // Our own accept loop (`accepting`, above): handshake deadline,
+    // connection cap, and descriptor exhaustion weathered (listener.rs).
+    let router = server
+        .trace_fn(request_span)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.broker.clone())
+        .add_service(services.worker.clone())
+        .add_service(services.admin.clone());
+    let drained = {
+        // Stopping the scheduler first ends every worker and watch
+        // stream, which the server's graceful shutdown waits for.
+        let stop = stop.clone();
+        let health_reporter = health_reporter.clone();
+        async move {
+            shutdown.await;
+            // Probes see the drain at once: "" and every service.
+            for service in ALL_SERVICES {
+                health_reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            stop.cancel();
+        }
+    };
+    let serving = async {
+        match tls {
+            None => {
+                let incoming = listener::plain(listener, accepting, stop.clone());
+                router.serve_with_incoming_shutdown(incoming, drained).await
+            }
+            Some(acceptor) => {
+                let incoming = listener::tls(listener, accepting, acceptor, stop.clone());
+                router.serve_with_incoming_shutdown(incoming, drained).await
+            }
+        }
+    };
+    tokio::pin!(serving);
+    // A standby: serve refusals until this broker leads, or stops.
+    let active = match (active, &lease) {
+        (Some(active), _) => active,
+        (None, None) => unreachable!("a broker without a lease is active from the start"),
+        (None, Some(lease)) => {
+            let becoming = async {
+                let term = lease.leading().await.map_err(Error::Deposed)?;
+                activate(
+                    &config,
+                    Some(fence(term)),
+                    &services,
+                    &health_reporter,
+                    &stop,
+                )
+                .await
+            };
+            tokio::select! {
+                served = &mut serving => {
+                    stop.cancel();
+                    tracing::info!("baton broker stopped (standby)");
+                    served?;
+                    return Ok(());
+                }
+                active = becoming => active?,
+            }
+        }
+    };
+    if let Some(listener) = metrics_listener {
+        tracing::warn!(
+            "--metrics-listen is deprecated: /metrics is served on the HTTP listener (--http), \
+             with authentication"
+        );
+        tokio::spawn(metrics::serve(
+            listener,
+            active.handle.clone(),
+            stop.clone(),
+        ));
+    }
+    // The leader (or the only broker): serve until stopped or deposed.
+    let deposed = async {
+        match &lease {
+            None => std::future::pending().await,
+            Some(lease) => tokio::select! {
+                deposed = lease.deposed() => deposed,
+                () = fenced.cancelled() => leader::Deposed(
+                    "a flush found another broker's term in the database".into(),
+                ),
+            },
+        }
+    };
+    let served = tokio::select! {
+        served = &mut serving => served,
+        deposed = deposed => {
+            stop.cancel();
+            tracing::error!(cause = %deposed, "deposed: stopping at once");
+            return Err(Error::Deposed(deposed));
+        }
+    };
+    stop.cancel();
+    let _ = active.scheduler.await;
+    active.store.flush().await?;
+    if let Some(lease) = lease {
+        let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+    }
+    tracing::info!("baton broker stopped");
+    served?;
+    Ok(())
+}
+
+/// The health service's names: the server as a whole ("") and each service.
+const ALL_SERVICES: [&str; 4] = ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"];
+
+type BrokerService = api::Oversize<
+    InterceptedService<pb::broker_server::BrokerServer<api::BrokerService>, auth::Gate>,
+>;
+type WorkerService = api::Oversize<
+    InterceptedService<pb::worker_server::WorkerServer<api::WorkerService>, auth::Gate>,
+>;
+type AdminService =
+    InterceptedService<pb::admin_server::AdminServer<api::AdminService>, auth::Gate>;
+
+/// The services, served from the start, filled once the broker is active.
+struct Services {
+    broker: standby::Standby<BrokerService>,
+    worker: standby::Standby<WorkerService>,
+    admin: standby::Standby<AdminService>,
+    /// The HTTP listener's real router.
+    http: std::sync::Arc<std::sync::OnceLock<axum::Router>>,
+}
+
+/// What an active broker runs.
+struct Active {
+    handle: scheduler::Handle,
+    scheduler: tokio::task::JoinHandle<()>,
+    store: store::Shared,
+}
+
+/// Opens and recovers the store (over `fence` on PostgreSQL), starts the
+/// scheduler, and fills the services: from here on the broker serves.
+async fn activate(
+    config: &Config,
+    fence: Option<store::Fence>,
+    services: &Services,
+    health_reporter: &tonic_health::server::HealthReporter,
+    stop: &CancellationToken,
+) -> Result<Active, Error> {
     let (store, location) = match &config.postgres {
         None => (
             store::Shared::open(&config.data_dir)?,
@@ -203,7 +484,7 @@ pub async fn run(
         Some(url) => {
             // Connecting blocks: not on this task's thread.
             let at = url.clone();
-            let shared = tokio::task::spawn_blocking(move || store::Shared::open_postgres(&at))
+            let shared = tokio::task::spawn_blocking(move || open_postgres(&at, fence))
                 .await
                 .map_err(|e| {
                     store::Error::Postgres(store::PgError::other(format!("opening the store: {e}")))
@@ -218,7 +499,6 @@ pub async fn run(
         durable = config.durable,
         "store recovered"
     );
-    let stop = CancellationToken::new();
     let settings = scheduler::Settings {
         lease: config.lease,
         durable: config.durable,
@@ -239,38 +519,16 @@ pub async fn run(
             .map_err(|e| refused(e.to_string()))?;
     }
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::broker_server::BrokerServer<api::BrokerService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::worker_server::WorkerServer<api::WorkerService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::admin_server::AdminServer<api::AdminService>>()
-        .await;
+    for service in ALL_SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     tokio::spawn(report_store_health(
         health_reporter.clone(),
         handle.store_fault(),
         stop.clone(),
     ));
-    if let Some(listener) = metrics_listener {
-        tracing::warn!(
-            "--metrics-listen is deprecated: /metrics is served on the HTTP listener (--http), \
-             with authentication"
-        );
-        tokio::spawn(metrics::serve(listener, handle.clone(), stop.clone()));
-    }
-    // Reflection v1, and v1alpha for the tools that speak only that one
-    // (Python's grpcio-reflection, Evans, older grpcurl).
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let (reflection_v1, reflection_v1alpha) =
-        (reflection().build_v1()?, reflection().build_v1alpha()?);
-
     let max_message = config.limits.max_payload_bytes + 64 * 1024;
     // A message over the limit is refused by tonic's codec; its status is
     // rewritten to name the limit and the option (api/oversize.rs).
@@ -289,10 +547,10 @@ pub async fn run(
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    let broker = api::Oversize::new(
+    services.broker.fill(api::Oversize::new(
         InterceptedService::new(broker, gate(auth::Service::Broker)),
         message_limit.clone(),
-    );
+    ));
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
@@ -300,21 +558,11 @@ pub async fn run(
         message_limit: message_limit.clone(),
     })
     .max_decoding_message_size(max_message);
-    let worker = api::Oversize::new(
+    services.worker.fill(api::Oversize::new(
         InterceptedService::new(worker, gate(auth::Service::Worker)),
         message_limit,
-    );
-    let accepting = listener::Settings {
-        handshake_timeout: config.handshake_timeout,
-        max_connections: listener::connection_cap(config.max_connections),
-    };
-    if let Some(http_listener) = http_listener {
-        let http_tls = config
-            .tls
-            .as_ref()
-            .map(auth::Tls::http_acceptor)
-            .transpose()
-            .map_err(Error::Tls)?;
+    ));
+    if config.http.is_some() {
         let state = std::sync::Arc::new(http::State {
             broker: api::BrokerService {
                 handle: handle.clone(),
@@ -327,81 +575,58 @@ pub async fn run(
             handle: handle.clone(),
             store: store.clone(),
             auth: config.auth.clone(),
-            tls: tls.is_some(),
+            tls: config.tls.is_some(),
             live: http::live::Live::default(),
         });
         tokio::spawn(http::live::sample(state.clone(), stop.clone()));
-        tokio::spawn(http::serve(
-            http_listener,
-            http::routes::router(state),
-            accepting.clone(),
-            http_tls,
-            stop.clone(),
-        ));
+        let _ = services.http.set(http::routes::router(state));
     }
     let admin = pb::admin_server::AdminServer::new(api::AdminService {
-        handle,
+        handle: handle.clone(),
         limits: config.limits.clone(),
     });
-    let admin = InterceptedService::new(admin, gate(auth::Service::Admin));
+    services
+        .admin
+        .fill(InterceptedService::new(admin, gate(auth::Service::Admin)));
+    Ok(Active {
+        handle,
+        scheduler,
+        store,
+    })
+}
 
-    match &config.auth {
-        auth::Auth::Off => tracing::warn!(
-            "authentication is OFF (local development only): any caller may submit, run, inspect and cancel work"
-        ),
-        auth::Auth::Tokens(tokens) => {
-            tracing::info!(tokens = tokens.len(), "token authentication on");
+/// The store in PostgreSQL for a leader: every flush, and every flush
+/// after a repair, checks `fence`.
+fn open_postgres(url: &str, fence: Option<store::Fence>) -> Result<store::Shared, store::Error> {
+    let backend = store::PgBackend::open_fenced(url, fence.clone())?;
+    let store = store::Store::over_backend(backend)?;
+    let at = url.to_owned();
+    let reopen =
+        move || store::Store::over_backend(store::PgBackend::open_fenced(&at, fence.clone())?);
+    Ok(store::Shared::new(
+        std::path::Path::new(&store::redact(url)),
+        store,
+        reopen,
+    ))
+}
+
+/// Keeps the standby's refusals naming the leader the lease names.
+async fn follow_leader(
+    mut view: tokio::sync::watch::Receiver<leader::View>,
+    leader: tokio::sync::watch::Sender<Option<String>>,
+) {
+    loop {
+        if let leader::View::Standby { leader: known } = &*view.borrow_and_update() {
+            leader.send_if_modified(|shown| {
+                let changed = shown != known;
+                shown.clone_from(known);
+                changed
+            });
+        }
+        if view.changed().await.is_err() {
+            return;
         }
     }
-    tracing::info!(
-        addr = ?listener.local_addr().ok(),
-        tls = config.tls.is_some(),
-        mutual_tls,
-        "baton broker listening"
-    );
-    // Our own accept loop (`accepting`, above): handshake deadline,
-    // connection cap, and descriptor exhaustion weathered (listener.rs).
-    let router = server
-        .trace_fn(request_span)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(broker)
-        .add_service(worker)
-        .add_service(admin);
-    let drained = {
-        // Stopping the scheduler first ends every worker and watch
-        // stream, which the server's graceful shutdown waits for.
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            // Probes see the drain at once: "" and every service.
-            for service in ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"] {
-                health_reporter
-                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-            stop.cancel();
-        }
-    };
-    let served = match tls {
-        None => {
-            let incoming = listener::plain(listener, accepting, stop.clone());
-            router.serve_with_incoming_shutdown(incoming, drained).await
-        }
-        Some(acceptor) => {
-            let incoming = listener::tls(listener, accepting, acceptor, stop.clone());
-            router.serve_with_incoming_shutdown(incoming, drained).await
-        }
-    };
-    stop.cancel();
-    let _ = scheduler.await;
-    store.flush().await?;
-    tracing::info!("baton broker stopped");
-    served?;
-    Ok(())
 }
 
 /// The span of one gRPC call: its method, the caller's `x-request-id` when

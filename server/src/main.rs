@@ -84,6 +84,15 @@ struct ServeArgs {
     /// migrated at start.
     #[arg(long, env = "BATON_STORE")]
     store: Option<String>,
+    /// With --store: the leader's lease in milliseconds (100 to 60000).
+    /// Several brokers may share one database; one leads, the others
+    /// stand by and take over within this (plus a poll) after it died.
+    #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = 5_000)]
+    leader_lease_ms: u64,
+    /// With --store: the address (HOST:PORT) standbys name to clients when
+    /// this broker leads. Default: the --listen address.
+    #[arg(long, env = "BATON_ADVERTISE")]
+    advertise: Option<String>,
     /// Lease length in milliseconds (1 to 86400000, one day): a worker
     /// silent for this long loses its assignments, which are redelivered,
     /// and its stream is ended.
@@ -321,6 +330,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings::RETENTION_MS.check(&settings::RETENTION_MS.flag(), args.retention_ms)?;
     settings::PRIORITY_AGING_MS
         .check(&settings::PRIORITY_AGING_MS.flag(), args.priority_aging_ms)?;
+    settings::LEADER_LEASE_MS.check(&settings::LEADER_LEASE_MS.flag(), args.leader_lease_ms)?;
+    if let Some(addr) = &args.advertise {
+        baton_server::leader::check_advertise(addr)
+            .map_err(|e| anyhow::anyhow!("--advertise: {e}"))?;
+    }
     for (flag, value) in [
         ("--max-connections", args.max_connections),
         ("--max-payload", args.max_payload),
@@ -369,6 +383,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(cli::config::ScheduleFile::to_schedule)
         .collect::<anyhow::Result<_>>()?;
     config.max_connections = args.max_connections;
+    config.leader_lease = Duration::from_millis(args.leader_lease_ms);
+    config.advertise = args.advertise.clone();
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration file read");
     }

@@ -30,6 +30,16 @@ pub const LEASE_MS: Millis = Millis {
     max: 24 * 60 * 60 * 1000,
 };
 
+/// `--leader-lease-ms` (PostgreSQL, several brokers): 100 ms to one
+/// minute; default 5 s. A standby takes over within the lease after the
+/// leader died, so a longer one only slows failover, and a shorter one
+/// than the database's usual latency deposes healthy leaders.
+pub const LEADER_LEASE_MS: Millis = Millis {
+    key: "leader_lease_ms",
+    min: 100,
+    max: 60 * 1000,
+};
+
 /// `--handshake-timeout-ms`: 1 ms to ten minutes.
 pub const HANDSHAKE_TIMEOUT_MS: Millis = Millis {
     key: "handshake_timeout_ms",

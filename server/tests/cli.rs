@@ -1020,6 +1020,47 @@ fn refused(mut command: Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The several-brokers settings (issue 21): a leader lease out of range or
+/// an address to advertise that is no HOST:PORT stop `serve` before it
+/// touches anything, naming the setting; the same in the file.
+#[test]
+fn leader_settings_out_of_range_are_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |extra: &[&str]| {
+        let mut command = baton();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(["--store", "postgres://baton@127.0.0.1:1/baton"])
+            .args(extra);
+        command
+    };
+    let out = refused(serve(&["--leader-lease-ms", "0"]));
+    fails(
+        &out,
+        1,
+        "--leader-lease-ms is 0: it must be between 100 and 60000 ms",
+    );
+    let out = refused(serve(&["--leader-lease-ms", "60001"]));
+    fails(
+        &out,
+        1,
+        "--leader-lease-ms is 60001: it must be between 100 and 60000 ms",
+    );
+    let out = refused(serve(&["--advertise", "broker-1"]));
+    fails(&out, 1, "--advertise: \"broker-1\" is not HOST:PORT");
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "leader_lease_ms = 50\n").unwrap();
+    let out = baton()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    fails(&out, 1, "leader_lease_ms is 50");
+    assert!(!data.exists(), "nothing was started");
+}
+
 /// Issue 19, item 13: `--lease-ms 18446744073709551615` was accepted, and
 /// `now + lease` wrapped so that every assignment lapsed at once. Every
 /// duration setting is bounded, by flag, by environment and in the file,

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub data: Option<PathBuf>,
     pub store: Option<String>,
     pub lease_ms: Option<u64>,
+    pub leader_lease_ms: Option<u64>,
+    pub advertise: Option<String>,
     pub no_durable: Option<bool>,
     pub max_payload: Option<usize>,
     pub max_steps: Option<usize>,
@@ -167,6 +169,7 @@ impl FileConfig {
             (settings::HANDSHAKE_TIMEOUT_MS, config.handshake_timeout_ms),
             (settings::RETENTION_MS, config.retention_ms),
             (settings::PRIORITY_AGING_MS, config.priority_aging_ms),
+            (settings::LEADER_LEASE_MS, config.leader_lease_ms),
         ] {
             if let Some(ms) = value {
                 setting
@@ -200,6 +203,10 @@ impl FileConfig {
                 0,
             )
             .map_err(|e| anyhow::anyhow!("{}: schedule {:?}: {e}", path.display(), entry.name))?;
+        }
+        if let Some(addr) = &config.advertise {
+            baton_server::leader::check_advertise(addr)
+                .map_err(|e| anyhow::anyhow!("{}: advertise: {e}", path.display()))?;
         }
         let base = path.parent().unwrap_or(Path::new(""));
         for p in [
@@ -259,6 +266,8 @@ pub fn merge(args: &mut ServeArgs, matches: &clap::ArgMatches, file: FileConfig)
     fill!(data);
     fill!(store, optional);
     fill!(lease_ms);
+    fill!(leader_lease_ms);
+    fill!(advertise, optional);
     fill!(no_durable);
     fill!(max_payload);
     fill!(max_steps);
@@ -320,6 +329,11 @@ pub fn check(args: &ServeArgs) -> anyhow::Result<()> {
     )?;
     settings::RETENTION_MS.check(settings::RETENTION_MS.key, args.retention_ms)?;
     settings::PRIORITY_AGING_MS.check(settings::PRIORITY_AGING_MS.key, args.priority_aging_ms)?;
+    settings::LEADER_LEASE_MS.check(settings::LEADER_LEASE_MS.key, args.leader_lease_ms)?;
+    if let Some(addr) = &args.advertise {
+        baton_server::leader::check_advertise(addr)
+            .map_err(|e| anyhow::anyhow!("advertise: {e}"))?;
+    }
     for (key, value) in [
         ("max_connections", args.max_connections),
         ("max_payload", args.max_payload),
@@ -395,6 +409,14 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         )
     );
     println!("lease_ms = {}", args.lease_ms);
+    println!("leader_lease_ms = {}", args.leader_lease_ms);
+    println!(
+        "advertise = {}",
+        args.advertise.as_deref().map_or_else(
+            || "(none: the listen address)".to_owned(),
+            |a| format!("{a:?}")
+        )
+    );
     println!("no_durable = {}", args.no_durable);
     println!("max_payload = {}", args.max_payload);
     println!("max_steps = {}", args.max_steps);
@@ -499,6 +521,8 @@ mod tests {
             data = "state"
             store = "postgres://baton:secret@127.0.0.1:5432/baton"
             lease_ms = 5000
+            leader_lease_ms = 3000
+            advertise = "broker-1.internal:7070"
             no_durable = false
             max_payload = 65536
             max_steps = 100
@@ -528,6 +552,8 @@ mod tests {
             Some(Path::new("/etc/baton/tokens.toml"))
         );
         assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert_eq!(c.leader_lease_ms, Some(3000));
+        assert_eq!(c.advertise.as_deref(), Some("broker-1.internal:7070"));
         assert_eq!(c.http.as_deref(), Some("127.0.0.1:7072"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
@@ -562,6 +588,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xml") && e.contains("line 1"), "{e}");
+        let e = FileConfig::parse("leader_lease_ms = 0\n", Path::new("b.toml")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("leader_lease_ms is 0: it must be between 100 and 60000 ms"),
+            "{e}"
+        );
+        let e = FileConfig::parse("advertise = \"no-port\"\n", Path::new("b.toml")).unwrap_err();
+        assert!(e.to_string().contains("advertise"), "{e}");
         let e = FileConfig::parse("lease_ms = 0\n", Path::new("b.toml")).unwrap_err();
         let e = format!("{e:#}");
         assert!(

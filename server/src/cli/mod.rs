@@ -62,7 +62,9 @@ pub enum Command {
 /// takes these.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
-    /// The broker's address: host:port, or a URI (https://... for TLS)
+    /// The broker's address: host:port, or a URI (https://... for TLS);
+    /// several brokers on one database as a comma-separated list
+    /// (h1:7070,h2:7070): the leader among them is found and followed
     /// [default: 127.0.0.1:7070; the deprecated BATON_ADDRESS is read when
     /// BATON_ADDR is not set].
     #[arg(long, env = "BATON_ADDR")]

@@ -57,7 +57,9 @@ pub(crate) mod testing;
 pub use backend::{Backend, Entries};
 pub use committer::{Committer, Flushed};
 pub use mem::MemBackend;
-pub use postgres::{PgBackend, PgError, SCHEMA_VERSION, redact};
+pub use postgres::{
+    Fence, PgBackend, PgError, SCHEMA_VERSION, connect_config, migrate_schema, redact,
+};
 pub use shared::{Fault, Shared, inconsistency};
 pub use sled_backend::SledBackend;
 

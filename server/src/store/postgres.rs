@@ -40,8 +40,14 @@
 //! (SQLSTATE 53100) is [`Fault::Full`](super::Fault::Full), anything else
 //! `Failing`.
 //!
-//! Not here yet: several brokers on one database (leader election, a
-//! fencing term checked by each flush transaction), TLS to the database.
+//! **Several brokers.** Migration 2 adds `baton_leader`, the leader's
+//! lease (`crate::leader`). A leader's backend is opened with a [`Fence`]:
+//! each flush transaction first reads the term `FOR SHARE` and rolls back
+//! unless it is the leader's, so a deposed leader's writes never land. Such
+//! a failure is [`PgError::is_fenced`], not disk trouble: the broker stops
+//! (docs/deployment.md).
+//!
+//! Not here yet: TLS to the database.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -56,7 +62,7 @@ use sled::IVec;
 use super::{Backend, Batch, Entries, Error};
 
 /// The schema version this broker writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The migration to version `i + 1` is `MIGRATIONS[i]`; each runs in the
 /// transaction that records the new version. (`baton_meta` itself is
@@ -64,6 +70,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 1: the store's ordered bytes.
     "CREATE TABLE baton_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+    // 2: the leader's lease and fencing term (`crate::leader`): one row,
+    // absent until a broker first leads.
+    "CREATE TABLE baton_leader (\
+       id int PRIMARY KEY CHECK (id = 1), \
+       term bigint NOT NULL, \
+       holder text NOT NULL, \
+       address text NOT NULL, \
+       expires_at timestamptz NOT NULL)",
 ];
 
 /// Key of the advisory lock held while migrating ("baton" in ASCII).
@@ -124,6 +138,31 @@ impl PgError {
     pub fn is_disk_full(&self) -> bool {
         self.code.as_deref() == Some(SqlState::DISK_FULL.code())
     }
+
+    /// Whether a flush was refused because another broker leads now (see
+    /// [`Fence`]): not disk trouble, and no repair can fix it.
+    pub fn is_fenced(&self) -> bool {
+        self.code.as_deref() == Some(FENCED)
+    }
+}
+
+/// The code of [`PgError::is_fenced`] (not an SQLSTATE: those are five
+/// characters).
+const FENCED: &str = "baton-fenced";
+
+/// The leadership a backend writes under: every flush transaction reads
+/// the term of `baton_leader` `FOR SHARE` and rolls back unless it is
+/// still `term`, so a deposed leader's flush fails instead of landing. A
+/// broker taking over increments the term with an `UPDATE`, which waits
+/// for the flushes in progress: whatever a flush committed is there before
+/// the new leader reads the store. A fenced flush cancels `deposed`, for
+/// the broker to stop serving (`crate::leader`).
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// The term this broker was elected with.
+    pub term: i64,
+    /// Cancelled by the first flush that finds another term.
+    pub deposed: tokio_util::sync::CancellationToken,
 }
 
 /// `map_err` of a driver error, naming what was being done.
@@ -199,25 +238,23 @@ impl PgBackend {
     /// When the URL is not one, the database cannot be reached, or its
     /// schema is newer than this broker knows.
     pub fn open(url: &str) -> Result<Self, Error> {
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-            Error::Postgres(PgError::other(format!(
-                "{} is not a PostgreSQL connection URL: {e}",
-                redact(url)
-            )))
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("baton");
-        }
+        Self::open_fenced(url, None)
+    }
+
+    /// [`PgBackend::open`] for a leader: every flush checks `fence` (see
+    /// [`Fence`]). `None`: no check (one broker alone, and tests).
+    ///
+    /// # Errors
+    /// As [`PgBackend::open`].
+    pub fn open_fenced(url: &str, fence: Option<Fence>) -> Result<Self, Error> {
+        let config = connect_config(url)?;
         let overlay = Arc::new(Mutex::new(Overlay::default()));
         let (requests, received) = mpsc::channel();
         let (ready, started) = mpsc::sync_channel(1);
         let shared = Arc::clone(&overlay);
         std::thread::Builder::new()
             .name("baton-postgres".into())
-            .spawn(move || match Conn::connect(config, true) {
+            .spawn(move || match Conn::connect(config, true, fence) {
                 Ok(conn) => {
                     let _ = ready.send(Ok(()));
                     serve(conn, &received, &shared);
@@ -241,6 +278,28 @@ impl PgBackend {
         self.requests.send(request(reply)).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
+}
+
+/// The driver's configuration of `url`, with a connect timeout and the
+/// application name `baton` unless the URL sets them.
+///
+/// # Errors
+/// When `url` is not a PostgreSQL connection URL (the message shows it
+/// without its password).
+pub fn connect_config(url: &str) -> Result<postgres::Config, Error> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        Error::Postgres(PgError::other(format!(
+            "{} is not a PostgreSQL connection URL: {e}",
+            redact(url)
+        )))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("baton");
+    }
+    Ok(config)
 }
 
 fn lock(overlay: &Mutex<Overlay>) -> MutexGuard<'_, Overlay> {
@@ -286,6 +345,8 @@ struct Conn {
     config: postgres::Config,
     client: Client,
     statements: Statements,
+    /// Checked by every flush, when this broker is one of several.
+    fence: Option<Fence>,
 }
 
 struct Statements {
@@ -294,12 +355,17 @@ struct Statements {
     backward: Statement,
     upsert: Statement,
     delete: Statement,
+    term: Statement,
 }
 
 impl Conn {
     /// Connects; `migrate`: brings the schema up to date first (at open;
     /// a connection made again after a lost one only prepares).
-    fn connect(config: postgres::Config, migrate: bool) -> Result<Self, Error> {
+    fn connect(
+        config: postgres::Config,
+        migrate: bool,
+        fence: Option<Fence>,
+    ) -> Result<Self, Error> {
         let mut client = config.connect(NoTls).map_err(pg("connecting"))?;
         // Acknowledgments wait for a commit: it must be durable.
         let sync: String = client
@@ -322,6 +388,7 @@ impl Conn {
             config,
             client,
             statements,
+            fence,
         })
     }
 
@@ -329,7 +396,7 @@ impl Conn {
     /// the network broke): a read needs no repair of the store.
     fn client(&mut self) -> Result<&mut Client, Error> {
         if self.client.is_closed() {
-            *self = Conn::connect(self.config.clone(), false)?;
+            *self = Conn::connect(self.config.clone(), false, self.fence.clone())?;
             tracing::info!("connected to PostgreSQL again");
         }
         Ok(&mut self.client)
@@ -345,7 +412,7 @@ impl Conn {
         self.client()?;
         match read(&mut self.client, &self.statements) {
             Err(e) if self.client.is_closed() || lost(&e) => {
-                *self = Conn::connect(self.config.clone(), false)?;
+                *self = Conn::connect(self.config.clone(), false, self.fence.clone())?;
                 tracing::info!("connected to PostgreSQL again");
                 read(&mut self.client, &self.statements).map_err(pg(what))
             }
@@ -434,6 +501,27 @@ impl Conn {
             )));
         }
         let mut tx = client.transaction().map_err(pg("beginning a flush"))?;
+        if let Some(fence) = &self.fence {
+            // FOR SHARE: a takeover's UPDATE of the term waits for this
+            // transaction, and this read waits for a takeover in progress
+            // (then sees its new term).
+            let term: Option<i64> = tx
+                .query_opt(&statements.term, &[])
+                .map_err(pg("reading the leader's term"))?
+                .map(|row| row.get(0));
+            if term != Some(fence.term) {
+                fence.deposed.cancel();
+                let now = term.map_or_else(|| "no term".to_owned(), |t| format!("term {t}"));
+                return Err(Error::Postgres(PgError {
+                    message: format!(
+                        "this broker was elected with term {} but the database is at {now}: \
+                         another broker leads now, so this flush is refused",
+                        fence.term
+                    ),
+                    code: Some(FENCED.to_owned()),
+                }));
+            }
+        }
         if !keys.is_empty() {
             tx.execute(&statements.upsert, &[&keys, &values])
                 .map_err(pg("writing a flush"))?;
@@ -462,12 +550,16 @@ impl Statements {
                  ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
             )?,
             delete: prepare("DELETE FROM baton_kv WHERE k = ANY($1::bytea[])")?,
+            term: prepare("SELECT term FROM baton_leader WHERE id = 1 FOR SHARE")?,
         })
     }
 }
 
 /// Brings the schema up to [`SCHEMA_VERSION`], or refuses a newer one.
-fn migrate_schema(client: &mut Client) -> Result<(), Error> {
+///
+/// # Errors
+/// When the database fails, or its schema is newer than this broker knows.
+pub fn migrate_schema(client: &mut Client) -> Result<(), Error> {
     let mut tx = client.transaction().map_err(pg("beginning a migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(pg("locking for a migration"))?;
@@ -853,8 +945,61 @@ mod tests {
         );
         let message = e.to_string();
         assert!(
-            message.contains("version 99") && message.contains("version 1"),
+            message.contains("version 99")
+                && message.contains(&format!("version {SCHEMA_VERSION}")),
             "{message}"
+        );
+    }
+
+    /// A flush under a term that is no longer the database's rolls back,
+    /// says it was fenced (not disk trouble), tells the broker it was
+    /// deposed, and every later flush fails so, also after a reconnect.
+    #[test]
+    fn a_flush_under_an_old_term_is_refused_and_deposes_the_broker() {
+        let Some(place) = Place::postgres() else {
+            return;
+        };
+        let Place::Postgres { url, .. } = &place else {
+            unreachable!()
+        };
+        drop(PgBackend::open(url).unwrap());
+        admin_sql(
+            url,
+            "INSERT INTO baton_leader VALUES (1, 7, 'me', 'h:1', now() + interval '1 minute')",
+        )
+        .unwrap();
+        let fence = Fence {
+            term: 7,
+            deposed: tokio_util::sync::CancellationToken::new(),
+        };
+        let backend = PgBackend::open_fenced(url, Some(fence.clone())).unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"under term 7");
+        backend.apply(&b).unwrap();
+        backend.flush().unwrap();
+        // Another broker takes over.
+        admin_sql(url, "UPDATE baton_leader SET term = 8, holder = 'other'").unwrap();
+        let mut b = Batch::new();
+        put(&mut b, b"a", b"after the takeover");
+        backend.apply(&b).unwrap();
+        let e = backend.flush().unwrap_err();
+        let Error::Postgres(pg) = &e else {
+            panic!("{e}")
+        };
+        assert!(pg.is_fenced(), "{e}");
+        assert!(
+            e.to_string().contains("term 7") && e.to_string().contains("term 8"),
+            "{e}"
+        );
+        assert!(fence.deposed.is_cancelled());
+        // A repair (a new backend under the same fence) is refused too.
+        let again = PgBackend::open_fenced(url, Some(fence)).unwrap();
+        again.apply(&b).unwrap();
+        assert!(matches!(again.flush(), Err(Error::Postgres(e)) if e.is_fenced()));
+        let reader = PgBackend::open(url).unwrap();
+        assert_eq!(
+            reader.get(b"a").unwrap().as_deref(),
+            Some(&b"under term 7"[..])
         );
     }
 

@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The broker address list is empty (`""`, `" , "`).
+    #[error("no broker address given (expected host:port, or a comma-separated list)")]
+    NoEndpoint,
     /// The token is empty or has characters other than visible ASCII.
     #[error("the worker's token is empty or not visible ASCII")]
     InvalidToken,

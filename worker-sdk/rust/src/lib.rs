@@ -6,7 +6,9 @@
 //! heartbeats, reconnecting after a broker restart without losing its runs,
 //! in-body throttles, cancellation and a graceful drain on shutdown. A task
 //! body only sees a [`TaskContext`] and returns
-//! `Result<serde_json::Value, TaskError>`.
+//! `Result<serde_json::Value, TaskError>`. Given several brokers sharing
+//! one database (`Worker::builder("h1:7070,h2:7070")`), it finds the
+//! leader among them and follows it on failover ([`baton::failover`]).
 //!
 //! ```no_run
 //! use std::time::Duration;

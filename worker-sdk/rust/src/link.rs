@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::ledger::LinkId;
 
 /// First delay before reconnecting; doubled after each failed attempt.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Upper bound of the reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long to wait, after Goodbye, for the broker to end its side.

@@ -33,6 +33,7 @@ use crate::ledger::{GrantReply, Ledger, LinkId, RunId};
 use crate::link::{Backoff, Broken, Disconnect, Link, goodbye, greet};
 use crate::outcome::{RunEnd, TaskError, panic_message};
 use crate::worker::{Config, Handler};
+use baton::failover::{Brokers, Next, Refusal};
 
 /// How long a connection may take to produce a Welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,12 +102,18 @@ pub(crate) struct Runtime {
     drain_deadline: Option<Instant>,
     /// Id of the last link opened.
     last_link: LinkId,
+    /// Which broker to try next: the leader among several
+    /// ([`baton::failover`]).
+    brokers: Brokers,
 }
 
 impl Runtime {
     pub(crate) fn new(config: Config) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
+        let brokers = Brokers::new(config.addresses.clone())
+            .unwrap_or_else(|| unreachable!("the builder checks for one address at least"));
         Self {
+            brokers,
             semaphore: Arc::new(Semaphore::new(permits(config.concurrency))),
             connected: watch::Sender::new(false),
             config,
@@ -128,11 +135,16 @@ impl Runtime {
         // Before a first Welcome, a failure is not a lost connection: say
         // so, with the address, so that a wrong one is told from a restart.
         let mut ever_connected = false;
+        // The first pause of an outage is logged as a warning; later short
+        // ones (a standby polled during a failover) are not.
+        let mut first_pause = true;
         let result = loop {
             let cause = match self.connect(shutdown.as_mut()).await {
                 Ok(Connected::Yes(link, inbound)) => {
                     ever_connected = true;
                     backoff.reset();
+                    self.brokers.succeeded();
+                    first_pause = true;
                     let served = self.serve(link, *inbound, shutdown.as_mut()).await;
                     self.connected.send_replace(false);
                     match served {
@@ -145,9 +157,35 @@ impl Runtime {
                 Ok(Connected::Done) => break Ok(()),
                 Err(error) => break Err(error),
             };
-            let delay = backoff.next();
-            let broker = self.config.endpoint.uri();
-            if ever_connected {
+            let broker = self.brokers.current().to_owned();
+            let refusal = match &cause {
+                Disconnect::Status(status) => Refusal::of(status),
+                _ => Refusal::default(),
+            };
+            let delay = match self.brokers.failed(&refusal) {
+                Next::Now => {
+                    debug!(
+                        %broker,
+                        cause = %error_chain(&cause),
+                        next = %self.brokers.current(),
+                        "broker unavailable; trying the next one"
+                    );
+                    continue;
+                }
+                // A standby takes over within its lease: ask again soon.
+                Next::Pause { standby: true } => {
+                    debug!(
+                        %broker,
+                        cause = %error_chain(&cause),
+                        "no leader yet, a standby answered; asking again soon"
+                    );
+                    crate::link::BACKOFF_FIRST
+                }
+                Next::Pause { standby: false } => backoff.next(),
+            };
+            if delay == crate::link::BACKOFF_FIRST && !first_pause {
+                // Said already, in this outage.
+            } else if ever_connected {
                 warn!(
                     %broker,
                     cause = %error_chain(&cause),
@@ -163,6 +201,7 @@ impl Runtime {
                     "could not connect to the broker, never connected; retrying"
                 );
             }
+            first_pause = false;
             if self
                 .alongside(sleep(delay), None, shutdown.as_mut())
                 .await
@@ -187,7 +226,11 @@ impl Runtime {
         &mut self,
         mut shutdown: Pin<&mut S>,
     ) -> Result<Connected, Error> {
-        let endpoint = self.config.endpoint.clone();
+        let endpoint = match self.config.endpoint(self.brokers.current()) {
+            Ok(endpoint) => endpoint,
+            // A leader's address, named by a standby, that is no endpoint.
+            Err(cause) => return Ok(Connected::No(Disconnect::Connect(cause))),
+        };
         let connecting = async move { endpoint.connect().await };
         let channel = match self.alongside(connecting, None, shutdown.as_mut()).await {
             None => return Ok(Connected::Done),

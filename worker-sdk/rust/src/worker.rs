@@ -45,8 +45,12 @@ pub(crate) struct Registered {
 
 /// A validated worker configuration.
 pub(crate) struct Config {
-    /// The broker, with connection timeouts, keep-alive and TLS set.
-    pub(crate) endpoint: Endpoint,
+    /// The brokers' addresses, in order (at least one, each a valid
+    /// endpoint); the runtime follows the leader among them
+    /// ([`baton::failover`]).
+    pub(crate) addresses: Vec<String>,
+    /// TLS settings for every address.
+    pub(crate) options: ClientOptions,
     /// `Bearer <token>`, sent when the session opens.
     pub(crate) authorization: Option<AsciiMetadataValue>,
     pub(crate) name: String,
@@ -69,9 +73,30 @@ pub struct Worker {
     config: Config,
 }
 
+impl Config {
+    /// The endpoint of a broker address (one of `addresses`, or a leader a
+    /// standby named), with connection timeouts, keep-alive and TLS set.
+    pub(crate) fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint(&self.options, address)
+    }
+}
+
+fn endpoint(options: &ClientOptions, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(options
+        .endpoint(address)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
 impl Worker {
     /// Starts describing a worker for the broker at `endpoint`
-    /// (e.g. `"http://127.0.0.1:7070"`).
+    /// (e.g. `"http://127.0.0.1:7070"`), or for several brokers sharing one
+    /// database, comma-separated (`"h1:7070,h2:7070"`): the worker finds
+    /// the leader among them and follows it on failover
+    /// (docs/deployment.md, "How clients find the leader").
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             endpoint: endpoint.into(),
@@ -119,7 +144,7 @@ impl Worker {
 impl fmt::Debug for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
-            .field("endpoint", self.config.endpoint.uri())
+            .field("endpoints", &self.config.addresses)
             .field("name", &self.config.name)
             .field("queues", &self.config.queues)
             .field("concurrency", &self.config.concurrency)
@@ -256,18 +281,16 @@ impl WorkerBuilder {
             .options
             .authorization()
             .map_err(|_| Error::InvalidToken)?;
-        let endpoint = self
-            .options
-            .endpoint(self.endpoint.clone())
-            .map_err(|source| Error::InvalidEndpoint {
-                endpoint: self.endpoint.clone(),
+        let addresses = baton::failover::split_addrs(&self.endpoint);
+        if addresses.is_empty() {
+            return Err(Error::NoEndpoint);
+        }
+        for address in &addresses {
+            endpoint(&self.options, address).map_err(|source| Error::InvalidEndpoint {
+                endpoint: address.clone(),
                 source,
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            })?;
+        }
         if self.concurrency == 0 {
             return Err(Error::ZeroConcurrency);
         }
@@ -285,7 +308,8 @@ impl WorkerBuilder {
             tasks.insert(name, registered);
         }
         let config = Config {
-            endpoint,
+            addresses,
+            options: self.options,
             authorization,
             name: self.name.unwrap_or_else(default_name),
             queues: self.queues,
@@ -424,5 +448,22 @@ mod tests {
             refused(Worker::builder("not a uri\n").task("a", noop)),
             Error::InvalidEndpoint { .. }
         ));
+        assert!(matches!(
+            refused(Worker::builder("127.0.0.1:1, bad uri\n").task("a", noop)),
+            Error::InvalidEndpoint { endpoint, .. } if endpoint == "bad uri"
+        ));
+        assert!(matches!(
+            refused(Worker::builder(" , ").task("a", noop)),
+            Error::NoEndpoint
+        ));
+        let several = base().task("a", noop).build().map(|_| ()).and(
+            Worker::builder("h1:7070, http://h2:7070")
+                .task("a", noop)
+                .build(),
+        );
+        assert_eq!(
+            several.unwrap().config.addresses,
+            vec!["h1:7070", "http://h2:7070"]
+        );
     }
 }
