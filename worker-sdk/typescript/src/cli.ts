@@ -21,7 +21,8 @@ const USAGE = `usage: baton worker --app MODULE[:EXPORT] [options]
   -c, --concurrency N         task bodies run at once (default 1)
       --prefetch N            assignments waiting beyond concurrency (default 0)
   -n, --name NAME             worker name shown in inspection (default host:pid)
-  -b, --broker HOST:PORT      the broker (default $BATON_ADDR, else 127.0.0.1:7070)
+  -b, --broker HOST:PORT      the broker, or several as h1:7070,h2:7070
+                              (default $BATON_ADDR, else 127.0.0.1:7070)
       --token TOKEN           token (prefer $BATON_TOKEN: arguments show in ps)
       --tls                   TLS with the system's roots
       --tls-ca FILE           TLS, trusting this CA
