@@ -40,6 +40,15 @@ func TestListsSplitOnCommasAndIgnoreBlanks(t *testing.T) {
 	if _, err := NewClient(Connection{Address: " , "}); !errors.Is(err, errNoAddress) {
 		t.Fatalf("an empty list is a configuration error, got %v", err)
 	}
+	t.Setenv("BATON_ADDR", "a:1, b:2")
+	c, err := NewClient(Connection{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.route.brokers.list; !slices.Equal(got, []string{"a:1", "b:2"}) {
+		t.Fatalf("BATON_ADDR read as %v", got)
+	}
 }
 
 func TestDownBrokersAreSkippedAndARoundEndsWithAPause(t *testing.T) {

@@ -81,7 +81,14 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values.loglevel) process.env.BATON_LOG_LEVEL = values.loglevel;
   const app = await loadApp(values.app);
-  if (values.broker) app.address = values.broker;
+  if (values.broker) {
+    try {
+      app.address = values.broker;
+    } catch (err) {
+      process.stderr.write(`--broker: ${(err as Error).message}\n${USAGE}`);
+      return 2;
+    }
+  }
   if (values.token) app.token = values.token;
   if (values.tls || values["tls-ca"] || values["tls-cert"] || values["tls-key"] || values["tls-domain"]) {
     const tls: TlsOptions = { ...(app.tls ?? {}) };

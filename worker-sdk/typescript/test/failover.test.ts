@@ -23,6 +23,14 @@ test("lists split on commas and ignore blanks; an empty list is refused", () => 
   assert.throws(() => new Brokers([]), TypeError);
   assert.throws(() => new Baton(" , "), TypeError);
   assert.equal(new Baton("a:1, b:2").address, "a:1, b:2");
+  const saved = process.env.BATON_ADDR;
+  try {
+    process.env.BATON_ADDR = "a:1, b:2";
+    assert.deepEqual(new Baton().client.brokers.list, ["a:1", "b:2"]);
+  } finally {
+    if (saved === undefined) delete process.env.BATON_ADDR;
+    else process.env.BATON_ADDR = saved;
+  }
 });
 
 test("down brokers are skipped and a round ends with a pause", () => {
