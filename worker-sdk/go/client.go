@@ -79,36 +79,42 @@ func dedup(d pb.Dedup) Dedup {
 }
 
 // Client submits chains and follows them. It is safe for concurrent use;
-// make one per process and Close it at the end.
+// make one per process and Close it at the end. Given several brokers
+// (Connection.Address "h1:7070,h2:7070"), its calls follow the leader.
 type Client struct {
-	conn    *grpc.ClientConn
+	route   *route
 	broker  pb.BrokerClient
 	timeout time.Duration
 }
 
-// NewClient returns a client of the broker c names. Nothing connects until
-// the first call.
+// NewClient returns a client of the broker c names (or of the leader among
+// several). Nothing connects until the first call.
 //
 // # Errors
 //
-// A bad token or TLS setting.
+// An empty address list; a bad token or TLS setting.
 func NewClient(c Connection) (*Client, error) {
-	conn, err := c.dial()
+	r, err := newRoute(c)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, broker: pb.NewBrokerClient(conn), timeout: 30 * time.Second}, nil
+	return &Client{route: r, broker: pb.NewBrokerClient(r), timeout: 30 * time.Second}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connections.
+func (c *Client) Close() error { return c.route.close() }
 
-// Conn is the underlying connection, for the generated stubs of ./pb.
-func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+// Conn is the connection to the current broker, for the generated stubs of
+// ./pb (which then talk to that broker only; the stubs of Admin follow the
+// leader).
+func (c *Client) Conn() *grpc.ClientConn {
+	conn, _ := c.route.conn(c.route.current()) // current was dialled already
+	return conn
+}
 
 // Admin is the Admin service (inspection, limits, queues, drains; role
-// admin when the broker uses tokens).
-func (c *Client) Admin() pb.AdminClient { return pb.NewAdminClient(c.conn) }
+// admin when the broker uses tokens). Its calls follow the leader.
+func (c *Client) Admin() pb.AdminClient { return pb.NewAdminClient(c.route) }
 
 // bounded gives ctx the client's default timeout unless it has a deadline.
 func (c *Client) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -148,7 +154,7 @@ func (c *Client) Submit(ctx context.Context, s Submittable) (*Result, error) {
 	var resp *pb.SubmitChainResponse
 	resent, err := c.retry(ctx, func(ctx context.Context) error {
 		var err error
-		resp, err = c.broker.SubmitChain(ctx, req, grpc.WaitForReady(true))
+		resp, err = c.broker.SubmitChain(ctx, req)
 		return err
 	})
 	if err != nil {
@@ -181,7 +187,7 @@ func (c *Client) SubmitMany(ctx context.Context, items ...Submittable) ([]*Resul
 		var resp *pb.SubmitChainsResponse
 		resent, err := c.retry(ctx, func(ctx context.Context) error {
 			var err error
-			resp, err = c.broker.SubmitChains(ctx, &pb.SubmitChainsRequest{Chains: batch}, grpc.WaitForReady(true))
+			resp, err = c.broker.SubmitChains(ctx, &pb.SubmitChainsRequest{Chains: batch})
 			return err
 		})
 		if err != nil {
@@ -225,7 +231,7 @@ func (c *Client) retry(ctx context.Context, call func(context.Context) error) (r
 func (c *Client) GetChain(ctx context.Context, chainID string) (*pb.Chain, error) {
 	ctx, cancel := c.bounded(ctx)
 	defer cancel()
-	return c.broker.GetChain(ctx, &pb.GetChainRequest{ChainId: chainID}, grpc.WaitForReady(true))
+	return c.broker.GetChain(ctx, &pb.GetChainRequest{ChainId: chainID})
 }
 
 // Cancel cancels the chain: unstarted steps never start, running ones are
@@ -234,7 +240,7 @@ func (c *Client) GetChain(ctx context.Context, chainID string) (*pb.Chain, error
 func (c *Client) Cancel(ctx context.Context, chainID, reason string) (ChainState, error) {
 	ctx, cancel := c.bounded(ctx)
 	defer cancel()
-	resp, err := c.broker.CancelChain(ctx, &pb.CancelChainRequest{ChainId: chainID, Reason: reason}, grpc.WaitForReady(true))
+	resp, err := c.broker.CancelChain(ctx, &pb.CancelChainRequest{ChainId: chainID, Reason: reason})
 	if err != nil {
 		return StateUnknown, err
 	}
@@ -243,24 +249,61 @@ func (c *Client) Cancel(ctx context.Context, chainID, reason string) (ChainState
 
 // Watch yields the chain's events (first a "snapshot") until it ends; the
 // sequence stops after the chain's last event, at the first error, or when
-// the caller stops ranging.
+// the caller stops ranging. Until the first event, a stream that a standby
+// refuses or that cannot reach its broker is opened again at the next one,
+// as a unary call is made again.
 func (c *Client) Watch(ctx context.Context, chainID string) iter.Seq2[*pb.ChainEvent, error] {
 	return func(yield func(*pb.ChainEvent, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		stream, err := c.broker.WatchChain(ctx, &pb.WatchChainRequest{ChainId: chainID}, grpc.WaitForReady(true))
-		if err != nil {
-			yield(nil, err)
-			return
-		}
+		since := time.Now()
 		for {
-			ev, err := stream.Recv()
-			if err == io.EOF {
+			address := c.route.current()
+			failure := c.watchAt(ctx, address, chainID, yield)
+			if failure == nil {
 				return
 			}
-			if !yield(ev, err) || err != nil {
+			pause, again := c.route.failed(address, failure.err, failure.refusal, since)
+			if !again || sleep(ctx, pause) != nil {
+				yield(nil, failure.err)
 				return
 			}
+		}
+	}
+}
+
+// unanswered is how a stream failed before its first event: its error and
+// what its trailers said.
+type unanswered struct {
+	err     error
+	refusal refusal
+}
+
+// watchAt follows one WatchChain stream at address; non-nil when it failed
+// before its first event (nothing was yielded), so that another broker may
+// be asked.
+func (c *Client) watchAt(ctx context.Context, address, chainID string, yield func(*pb.ChainEvent, error) bool) *unanswered {
+	conn, err := c.route.conn(address)
+	if err != nil {
+		return &unanswered{err: err}
+	}
+	stream, err := pb.NewBrokerClient(conn).WatchChain(ctx, &pb.WatchChainRequest{ChainId: chainID}, c.route.waitForReady(address))
+	if err != nil {
+		return &unanswered{err: err}
+	}
+	for answered := false; ; answered = true {
+		ev, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil && !answered {
+			return &unanswered{err: err, refusal: refusalOf(stream.Trailer())}
+		}
+		if !answered {
+			c.route.succeeded(address)
+		}
+		if !yield(ev, err) || err != nil {
+			return nil
 		}
 	}
 }

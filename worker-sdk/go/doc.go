@@ -14,6 +14,9 @@
 //     the Result handle;
 //   - transport.go: connections (token as `authorization: Bearer`, TLS,
 //     mutual TLS);
+//   - failover.go: several brokers, one leader: which address to try next,
+//     as plain data; route.go: the Client's connections, whose calls
+//     follow the leader with it (the Worker's reconnect loop uses it too);
 //   - worker.go: the Worker's one Worker.Session stream, with ledger.go its
 //     pure record of what it holds (runs, outcomes not acknowledged yet,
 //     throttle slots and requests), which outlives a connection;

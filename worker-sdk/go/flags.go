@@ -17,7 +17,7 @@ func (c *WorkerConfig) RegisterFlags(fs *flag.FlagSet) {
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
 	}
-	fs.StringVar(&c.Address, "broker", c.Address, "broker address host:port (default $BATON_ADDR, else "+DefaultAddress+")")
+	fs.StringVar(&c.Address, "broker", c.Address, "broker address host:port, or several as h1:7070,h2:7070 (default $BATON_ADDR, else "+DefaultAddress+")")
 	fs.Func("queues", "queues to take tasks from, comma-separated (default general)", func(s string) error {
 		c.Queues = nil
 		for _, q := range strings.Split(s, ",") {

@@ -90,6 +90,19 @@ func startBroker(t *testing.T, conn baton.Connection, args ...string) *broker {
 	return b
 }
 
+// startBrokerOn starts a broker on addr with the data directory data (that
+// of a broker killed before, to take over from it).
+func startBrokerOn(t *testing.T, addr, data string) *broker {
+	t.Helper()
+	b := &broker{
+		t: t, bin: brokerBinary(t), addr: addr, data: data,
+		logPath: filepath.Join(t.TempDir(), "broker.log"), conn: baton.Connection{Address: addr},
+	}
+	b.start()
+	t.Cleanup(b.stop)
+	return b
+}
+
 func (b *broker) start() {
 	b.t.Helper()
 	logf, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)

@@ -91,6 +91,10 @@ func (bearer) RequireTransportSecurity() bool { return false }
 // $BATON_ADDR (else DefaultAddress), with the token $BATON_TOKEN if set, in
 // plaintext.
 type Connection struct {
+	// Address is the broker's host:port, or several brokers sharing one
+	// database as a comma list ("h1:7070,h2:7070"): clients and workers
+	// then follow the leader among them (see the README, "Several
+	// brokers").
 	Address string
 	// Token is sent as `authorization: Bearer <Token>` on every call.
 	Token string
@@ -110,6 +114,15 @@ func (c Connection) address() string {
 	return DefaultAddress
 }
 
+// addresses is the list of address(): several brokers, or one.
+func (c Connection) addresses() ([]string, error) {
+	list := splitAddrs(c.address())
+	if len(list) == 0 {
+		return nil, fmt.Errorf("%w: %q", errNoAddress, c.address())
+	}
+	return list, nil
+}
+
 func checkToken(token string) (string, error) {
 	token = strings.TrimSpace(token)
 	for _, r := range token {
@@ -120,10 +133,25 @@ func checkToken(token string) (string, error) {
 	return token, nil
 }
 
-// dial opens a lazy gRPC connection (grpc.NewClient connects on first use).
-// Its reconnect backoff is the worker's own (0.1 s doubling to 2 s), not
-// gRPC's default (1 s growing to 120 s), so a restarted broker is found soon.
-func (c Connection) dial() (*grpc.ClientConn, error) {
+// check reports a bad setting (an empty address list, a bad token or TLS
+// setting) without connecting.
+func (c Connection) check() error {
+	list, err := c.addresses()
+	if err != nil {
+		return err
+	}
+	conn, err := c.dial(list[0])
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// dial opens a lazy gRPC connection to address, one broker of the list
+// (grpc.NewClient connects on first use). Its reconnect backoff is the
+// worker's own (0.1 s doubling to 2 s), not gRPC's default (1 s growing to
+// 120 s), so a restarted broker is found soon.
+func (c Connection) dial(address string) (*grpc.ClientConn, error) {
 	token := c.Token
 	if token == "" {
 		token = os.Getenv("BATON_TOKEN")
@@ -152,9 +180,9 @@ func (c Connection) dial() (*grpc.ClientConn, error) {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{map[string]string{"authorization": "Bearer " + token}}))
 	}
 	opts = append(opts, c.DialOptions...)
-	conn, err := grpc.NewClient(c.address(), opts...)
+	conn, err := grpc.NewClient(address, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("baton: connect to %s: %w", c.address(), err)
+		return nil, fmt.Errorf("baton: connect to %s: %w", address, err)
 	}
 	return conn, nil
 }

@@ -224,7 +224,8 @@ func (w *Worker) RunWithSignals(ctx context.Context) error {
 // Run serves until ctx is done and the worker drained: when ctx ends it
 // takes nothing new, finishes the running (and prefetched) tasks, waits for
 // their outcomes to be acknowledged, says Goodbye and returns nil. A lost
-// connection is retried with backoff (0.1 s doubling to 2 s); the next Hello
+// connection is retried with backoff (0.1 s doubling to 2 s), at the leader
+// when Connection.Address lists several brokers; the next Hello
 // lists the runs and slots still held, which the broker keeps when their
 // leases are current.
 //
@@ -237,25 +238,37 @@ func (w *Worker) Run(ctx context.Context) error {
 		return errors.New("baton: no task registered")
 	}
 	// Checked now, so a bad setting fails at once rather than in a loop.
-	probe, err := w.cfg.Connection.dial()
+	if err := w.cfg.Connection.check(); err != nil {
+		return err
+	}
+	list, err := w.cfg.Connection.addresses()
 	if err != nil {
 		return err
 	}
-	_ = probe.Close()
+	brokers, err := newBrokers(list)
+	if err != nil {
+		return err
+	}
 	runsCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
 	w.runsCtx = runsCtx
 	w.log.Info("worker starting", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
-		"prefetch", w.cfg.Prefetch, "tasks", len(w.tasks), "broker", w.cfg.address())
+		"prefetch", w.cfg.Prefetch, "tasks", len(w.tasks), "brokers", list)
 	delay := backoffMin
+	quiet := false // the first pause of an outage is logged as a warning, later ones are not
 	for {
 		// A connection of its own for each attempt: gRPC's reconnect backoff
 		// of an old one must not add to the worker's own.
-		conn, err := w.cfg.Connection.dial()
+		address := brokers.current
+		conn, err := w.cfg.Connection.dial(address)
 		if err != nil {
 			return err
 		}
-		welcomed, done, err := w.session(ctx, conn)
+		welcomed, done, rf, err := w.session(ctx, conn, func() {
+			brokers.succeeded()
+			delay = backoffMin
+			quiet = false
+		})
 		_ = conn.Close()
 		if errors.Is(err, ErrForced) {
 			w.mu.Lock()
@@ -273,12 +286,27 @@ func (w *Worker) Run(ctx context.Context) error {
 			return &WorkerRefusedError{Err: err}
 		}
 		if welcomed {
-			delay = backoffMin
-			w.log.Warn("connection to the broker lost; reconnecting", "cause", err)
+			w.log.Warn("connection to the broker lost; reconnecting", "broker", address, "cause", err)
 		} else {
-			w.log.Debug("could not connect to the broker; retrying", "cause", err, "in", delay)
+			w.log.Debug("could not connect to the broker", "broker", address, "cause", err)
 		}
-		timer := time.NewTimer(delay)
+		// The next broker at once while a round of the addresses goes on;
+		// after a round, the backoff (its first step only, not grown, when
+		// a standby answered: the leader is being elected).
+		pause := delay
+		switch brokers.failed(rf) {
+		case nextNow:
+			continue
+		case nextPauseStandby:
+			pause = backoffMin
+		case nextPause:
+			delay = min(delay*2, backoffMax)
+		}
+		if !quiet && !welcomed {
+			w.log.Warn("no broker took the worker; retrying", "brokers", list, "cause", err, "in", pause)
+		}
+		quiet = true
+		timer := time.NewTimer(pause)
 		select {
 		case <-timer.C:
 		case <-w.forced:
@@ -293,7 +321,6 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			<-timer.C
 		}
-		delay = min(delay*2, backoffMax)
 	}
 }
 
@@ -377,19 +404,20 @@ func (w *Worker) hello() *pb.Hello {
 	}
 }
 
-// session runs one stream: whether it was welcomed, whether the worker is
-// done (drained and said goodbye), and why it ended otherwise.
-func (w *Worker) session(ctx context.Context, conn *grpc.ClientConn) (welcomed, done bool, err error) {
+// session runs one stream: whether it was welcomed (onWelcome was called
+// then), whether the worker is done (drained and said goodbye), and why it
+// ended otherwise, with what a refusal's trailers said.
+func (w *Worker) session(ctx context.Context, conn *grpc.ClientConn, onWelcome func()) (welcomed, done bool, rf refusal, err error) {
 	select {
 	case <-w.forced:
-		return false, false, ErrForced
+		return false, false, rf, ErrForced
 	default:
 	}
 	streamCtx, cancel := context.WithCancel(w.runsCtx)
 	defer cancel()
 	stream, err := pb.NewWorkerClient(conn).Session(streamCtx)
 	if err != nil {
-		return false, false, err
+		return false, false, rf, err
 	}
 	l := &link{stream: stream}
 	w.mu.Lock()
@@ -404,12 +432,13 @@ func (w *Worker) session(ctx context.Context, conn *grpc.ClientConn) (welcomed, 
 	first, err := stream.Recv()
 	timer.Stop()
 	if err != nil {
-		return false, false, err
+		return false, false, refusalOf(stream.Trailer()), err
 	}
 	welcome := first.GetWelcome()
 	if welcome == nil {
-		return false, false, errors.New("the broker sent no Welcome")
+		return false, false, rf, errors.New("the broker sent no Welcome")
 	}
+	onWelcome()
 
 	w.mu.Lock()
 	w.linkSeq++
@@ -448,20 +477,20 @@ func (w *Worker) session(ctx context.Context, conn *grpc.ClientConn) (welcomed, 
 		select {
 		case err := <-readerDone:
 			if byeTimeout != nil {
-				return true, true, nil
+				return true, true, rf, nil
 			}
 			if err == nil {
 				err = errors.New("the broker ended the stream")
 			}
-			return true, false, err
+			return true, false, refusalOf(l.stream.Trailer()), err
 		case <-drainReq:
 			drainReq = nil
 			w.beginDrain()
 		case <-w.changed:
 		case <-byeTimeout:
-			return true, true, nil
+			return true, true, rf, nil
 		case <-w.forced:
-			return true, false, ErrForced
+			return true, false, rf, ErrForced
 		}
 	}
 }

@@ -12,6 +12,7 @@ import { Chain, type ChainOptions, Signature } from "./canvas";
 import { ChainHandle, Client } from "./client";
 import type { TaskContext } from "./context";
 import { PartialSubmission } from "./errors";
+import { splitAddrs } from "./failover";
 import type { AdminClient } from "./gen/baton/v1/Admin";
 import type { BrokerClient } from "./gen/baton/v1/Broker";
 import type { ScheduleInfo__Output, SubmitChainRequest } from "./gen/baton/v1/index";
@@ -103,7 +104,14 @@ export interface BatonOptions {
   timeout?: number;
 }
 
-/** A Baton application: registers tasks and talks to one broker. */
+/** An address as given: `undefined` or "" for the default; else a list with one address at least. */
+function checkAddress(address: string | undefined): string | undefined {
+  if (address && splitAddrs(address).length === 0) {
+    throw new TypeError(`no broker address in ${JSON.stringify(address)}`);
+  }
+  return address;
+}
+
 /**
  * When a schedule fires: a `cron` expression (five fields, or six with
  * seconds first) in an IANA `timezone` (UTC by default), or `every` so many
@@ -122,6 +130,7 @@ export interface ScheduleOptions {
   paused?: boolean;
 }
 
+/** A Baton application: registers tasks and talks to its broker (or the leader among several). */
 export class Baton {
   readonly tasks = new Map<string, Task<never[], unknown>>();
   /** Bound of every unary call, ms. */
@@ -131,9 +140,15 @@ export class Baton {
   private tlsValue: TlsOptions | undefined;
   private clientValue: Client | undefined;
 
-  /** `address` is the broker's `host:port`; default `$BATON_ADDR`, else 127.0.0.1:7070. */
+  /**
+   * `address` is the broker's `host:port`, or several brokers sharing one
+   * database as a comma list (`"h1:7070,h2:7070"`: calls and workers follow
+   * the leader); default `$BATON_ADDR`, else 127.0.0.1:7070.
+   *
+   * @throws TypeError `address` is a list with no address in it (`" , "`)
+   */
   constructor(address?: string, options: BatonOptions = {}) {
-    this.addressValue = address;
+    this.addressValue = checkAddress(address);
     this.tokenValue = checkToken(options.token);
     this.tlsValue = tlsConfig(options.tls);
     this.timeout = options.timeout ?? 30_000;
@@ -146,7 +161,7 @@ export class Baton {
   /** Points the app at another broker (the worker CLI's `--broker`); closes the current channel. */
   set address(value: string) {
     this.close();
-    this.addressValue = value;
+    this.addressValue = checkAddress(value);
   }
 
   get token(): string | undefined {

@@ -21,7 +21,8 @@ const USAGE = `usage: baton worker --app MODULE[:EXPORT] [options]
   -c, --concurrency N         task bodies run at once (default 1)
       --prefetch N            assignments waiting beyond concurrency (default 0)
   -n, --name NAME             worker name shown in inspection (default host:pid)
-  -b, --broker HOST:PORT      the broker (default $BATON_ADDR, else 127.0.0.1:7070)
+  -b, --broker HOST:PORT      the broker, or several as h1:7070,h2:7070
+                              (default $BATON_ADDR, else 127.0.0.1:7070)
       --token TOKEN           token (prefer $BATON_TOKEN: arguments show in ps)
       --tls                   TLS with the system's roots
       --tls-ca FILE           TLS, trusting this CA
@@ -80,7 +81,14 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values.loglevel) process.env.BATON_LOG_LEVEL = values.loglevel;
   const app = await loadApp(values.app);
-  if (values.broker) app.address = values.broker;
+  if (values.broker) {
+    try {
+      app.address = values.broker;
+    } catch (err) {
+      process.stderr.write(`--broker: ${(err as Error).message}\n${USAGE}`);
+      return 2;
+    }
+  }
   if (values.token) app.token = values.token;
   if (values.tls || values["tls-ca"] || values["tls-cert"] || values["tls-key"] || values["tls-domain"]) {
     const tls: TlsOptions = { ...(app.tls ?? {}) };

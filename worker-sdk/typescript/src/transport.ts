@@ -24,7 +24,7 @@ export interface TlsOptions {
 
 export const DEFAULT_ADDRESS = "127.0.0.1:7070";
 
-/** `$BATON_ADDR`, else the broker's default address. */
+/** `$BATON_ADDR` (one address, or several as a comma list), else the broker's default address. */
 export function envAddress(): string {
   return process.env.BATON_ADDR || DEFAULT_ADDRESS;
 }

@@ -11,7 +11,8 @@
  * reports how each run ended, and keeps its leases alive with heartbeats.
  * Recovery follows the protocol: an outcome is kept until the broker
  * acknowledges it (it is durable then); after a lost connection the worker
- * reconnects with backoff (0.1 s doubling to 2 s), lists what it still holds
+ * reconnects with backoff (0.1 s doubling to 2 s), to the leader when given
+ * several brokers (./failover.ts), lists what it still holds
  * in `Hello.held` and `Hello.held_slots`, and re-sends the unacknowledged
  * outcomes and throttle requests of the runs the broker says it still owns.
  * Runs the broker declares lost are aborted and not reported.
@@ -22,6 +23,7 @@ import type { Baton, Task } from "./app";
 import { PHASES } from "./client";
 import { type SlotBroker, TaskContext } from "./context";
 import { Cancelled, ThrottleError, WorkerConfigError } from "./errors";
+import { Brokers, NO_REFUSAL, refusalOf } from "./failover";
 import type {
   Assignment__Output,
   BrokerMessage__Output,
@@ -186,15 +188,28 @@ export class Worker {
       `queues=${this.queues.join(",")} concurrency=${this.concurrency} prefetch=${this.prefetch} ` +
         `tasks=${[...this.app.tasks.keys()].sort().join(",")} broker=${this.app.address}`,
     );
+    let brokers: Brokers;
+    try {
+      brokers = Brokers.parse(this.app.address);
+    } catch (err) {
+      throw new WorkerConfigError((err as Error).message);
+    }
     let backoff = BACKOFF_MIN;
     let everWelcomed = false;
+    // The first pause of an outage is logged as a warning; later ones are not.
+    let quiet = false;
     try {
       while (!this.finished()) {
+        const address = brokers.current;
         let welcomed = false;
+        let refusal = NO_REFUSAL;
         try {
           if (
-            await this.session(() => {
+            await this.session(address, () => {
               welcomed = everWelcomed = true;
+              backoff = BACKOFF_MIN;
+              quiet = false;
+              brokers.succeeded();
             })
           ) {
             break;
@@ -206,16 +221,25 @@ export class Worker {
               `broker refused worker ${this.name}: ${grpc.status[code]}: ${(err as grpc.ServiceError).details}`,
             );
           }
+          refusal = refusalOf(err);
           const detail =
             typeof code === "number" ? `${grpc.status[code]}: ${(err as grpc.ServiceError).details}` : String(err);
-          const what = everWelcomed ? "connection lost" : "could not connect";
-          (welcomed || backoff === BACKOFF_MIN ? this.log.warn : this.log.debug)(
-            `${what} to ${this.app.address} (${detail}); reconnecting`,
-          );
+          const what = welcomed ? "connection lost" : everWelcomed ? "could not reconnect" : "could not connect";
+          (welcomed || !quiet ? this.log.warn : this.log.debug)(`${what} to ${address} (${detail}); reconnecting`);
         }
-        if (welcomed) backoff = BACKOFF_MIN;
-        await this.sleep(backoff);
-        backoff = Math.min(backoff * 2, BACKOFF_MAX);
+        // The next broker at once while a round of the addresses goes on;
+        // after a round, the backoff (its first step only if a standby
+        // answered: the leader is being elected).
+        const next = brokers.failed(refusal);
+        if (next.kind === "now") {
+          this.log.debug(`trying ${brokers.current}`);
+          continue;
+        }
+        const pause = next.standby ? BACKOFF_MIN : backoff;
+        if (!next.standby) backoff = Math.min(backoff * 2, BACKOFF_MAX);
+        this.log.debug(`no broker of ${brokers.list.join(",")} took the worker; retrying in ${pause} ms`);
+        quiet = true;
+        await this.sleep(pause);
       }
     } finally {
       this.stopSignals?.();
@@ -297,14 +321,14 @@ export class Worker {
     };
   }
 
-  /** Runs one stream; resolves true once the worker is done (drained, or killed). */
-  private session(onWelcome: () => void): Promise<boolean> {
+  /** Runs one stream to `address`; resolves true once the worker is done (drained, or killed). */
+  private session(address: string, onWelcome: () => void): Promise<boolean> {
     const { grpcObject } = protocol();
     const { credentials, options } = channelArgs(this.app.tls, {
       // A connection of its own, so no other channel's backoff delays an attempt.
       "grpc.use_local_subchannel_pool": 1,
     });
-    const client = new grpcObject.baton.v1.Worker(this.app.address, credentials, options);
+    const client = new grpcObject.baton.v1.Worker(address, credentials, options);
     const call = client.Session(metadata(this.app.token));
     let heartbeat: NodeJS.Timeout | undefined;
     let welcomeTimer: NodeJS.Timeout | undefined;

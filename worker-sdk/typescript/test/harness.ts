@@ -114,10 +114,10 @@ export class Scope {
     if (!process.env.BATON_KEEP_TMP) rmSync(this.dir, { recursive: true, force: true });
   }
 
-  async broker(
-    options: { leaseMs?: number; args?: string[]; token?: string; tls?: BatonOptions["tls"] } = {},
-  ): Promise<Broker> {
-    const broker = new Broker(this.binary, join(this.dir, `data${this.cleanups.length}`), this.dir, options);
+  /** Starts a broker: on a free port unless `address` is given, on a data directory of its own unless `dataDir` is. */
+  async broker(options: BrokerSpec = {}): Promise<Broker> {
+    const dataDir = options.dataDir ?? join(this.dir, `data${this.cleanups.length}`);
+    const broker = new Broker(this.binary, dataDir, this.dir, options);
     this.cleanups.push(() => broker.stop());
     await broker.start();
     return broker;
@@ -133,7 +133,7 @@ export class Scope {
       "--app",
       options.app ?? TASKS,
       "--broker",
-      broker.address,
+      options.address ?? broker.address,
       "--queues",
       (options.queues ?? ["general"]).join(","),
       "--concurrency",
@@ -203,7 +203,20 @@ export interface Event {
   [key: string]: unknown;
 }
 
+export interface BrokerSpec {
+  leaseMs?: number;
+  args?: string[];
+  token?: string;
+  tls?: BatonOptions["tls"];
+  /** The data directory (another broker's, to take over from it); default a new one. */
+  dataDir?: string;
+  /** `host:port` to listen on; default a free loopback port. */
+  address?: string;
+}
+
 export interface WorkerSpec {
+  /** The worker's `--broker` (an address list); default the broker's address. */
+  address?: string;
   queues?: string[];
   concurrency?: number;
   prefetch?: number;
@@ -251,17 +264,18 @@ export class Broker {
 
   constructor(
     private readonly binary: string,
-    private readonly dataDir: string,
+    readonly dataDir: string,
     dir: string,
-    options: { leaseMs?: number; args?: string[]; token?: string; tls?: BatonOptions["tls"] },
+    options: BrokerSpec,
   ) {
+    this.address = options.address ?? "";
     this.leaseMs = options.leaseMs ?? LEASE_MS;
     this.logPath = join(dir, `broker-${Math.random().toString(36).slice(2, 8)}.log`);
     this.args = options.args ?? [];
     const appOptions: BatonOptions = { timeout: 10_000 };
     if (options.token !== undefined) appOptions.token = options.token;
     if (options.tls !== undefined) appOptions.tls = options.tls;
-    this.app = new Baton("127.0.0.1:1", appOptions);
+    this.app = new Baton(this.address || "127.0.0.1:1", appOptions);
   }
 
   async start(): Promise<void> {
