@@ -493,7 +493,8 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
         "workers": "python", "procs": args.procs, "concurrency": args.concurrency,
         **({"prefetch": args.prefetch} if args.prefetch else {}),
         **({"window": "default"} if args.system == "baton" and args.prefetch is None else {}),
-        **({"pool": args.pool} if args.pool else {}), "tasks": tasks,
+        **({"pool": args.pool} if args.pool else {}), **({"defaults": True} if args.defaults else {}),
+        "tasks": tasks,
         "unit": unit, "runs": [round(r, digits) for r in runs], "median": round(statistics.median(runs), digits),
         "min": round(min(runs), digits), "max": round(max(runs), digits), **extra,
     }
@@ -503,6 +504,7 @@ def human(line: dict) -> str:
     durable = "durable" if line["durable"] else "no-durable"
     prefetch = f"+{line['prefetch']}" if line.get("prefetch") else "+default" if line.get("window") else ""
     prefetch += f" {line['pool']}" if line.get("pool") else ""
+    prefetch += " (defaults)" if line.get("defaults") else ""
     cpu = line.get("cpu_us_per_unit")
     split = "" if not cpu else "; CPU us/unit: " + ", ".join(f"{name} {us:g}" for name, us in cpu.items())
     return (f"{line['system']:6} {line['workload']:16} {line['producer']:5} {durable:10} "
@@ -528,6 +530,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "multiplier 4, a window of 4 x C")
     p.add_argument("--pool", choices=["threads", "processes"],
                    help="Baton: baton worker --pool (default: not given, the SDK's default, threads)")
+    p.add_argument("--defaults", action="store_true",
+                   help="label the lines as the defaults-against-defaults comparison (report.py pairs them with "
+                        "each other whatever P and C): nothing tuned, so no --prefetch or --pool for Baton")
     p.add_argument("--runs", type=int, default=3, help="measured runs per workload (R)")
     p.add_argument("--baton-bin", default=os.path.join(ROOT, "target", "release", "baton"))
     p.add_argument("--no-durable", action="store_true",
@@ -541,6 +546,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--tasks, --procs, --concurrency, --runs and --batch-size must be at least 1")
     if args.prefetch is not None and (args.prefetch < 0 or args.system != "baton"):
         p.error("--prefetch is a number >= 0, for --system baton only")
+    if args.defaults and (args.prefetch is not None or args.pool):
+        p.error("--defaults runs the SDK's defaults: no --prefetch, no --pool")
     if args.pool and args.system != "baton":
         p.error("--pool is for --system baton only (Celery runs its default, prefork)")
     if args.load_rate is not None and args.load_rate <= 0:
