@@ -81,7 +81,7 @@ Why 0.3 ms: since the broker sends the next assignments as soon as it has
 the outcomes (early assignments), the wait here is most of the time between
 a group's last run and the next group's first. At 2 x 4 with prefetch 12,
 0.3 ms gave more no-op tasks per second than 1 ms in 7 of 8 paired
-measurements (docs/benchmarks.md, "Early assignments"), and 0 gave fewer,
+measurements (docs/benchmarks-log.md, "Early assignments"), and 0 gave fewer,
 with more CPU in the workers (groups split).
 """
 SHORT_RUN = 0.0002
