@@ -3,9 +3,10 @@
 ::
 
     python -m baton worker --app mymodule:app --queues heavy --concurrency 1
+    python -m baton worker --app mymodule:app --pool processes -c 8   # CPU-bound bodies
 
 Option names follow Celery's where they exist (``-A``, ``-Q``, ``-c``,
-``-n``, ``-l``), so muscle memory carries over. A secured broker::
+``-P``, ``-n``, ``-l``), so muscle memory carries over. A secured broker::
 
     BATON_TOKEN=... python -m baton worker -A mymodule:app --tls-ca ca.pem \\
         --tls-cert worker.pem --tls-key worker.key

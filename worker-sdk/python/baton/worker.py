@@ -9,7 +9,9 @@ Layout of a worker process:
 * plain functions run in a **thread pool** of ``concurrency`` threads
   (reused threads, so per-thread resources such as Django's database
   connections are reused as under Celery), which hands finished runs back
-  to the session loop in bulk (:class:`_Pool`);
+  to the session loop in bulk (:class:`_Pool`); or, with ``pool="processes"``,
+  in ``concurrency`` child processes (:mod:`baton._processes`), whose
+  sockets the session loop reads;
 * ``async def`` tasks run on a **separate event loop thread**, so a
   coroutine that blocks by mistake cannot stall heartbeats and lose the
   worker's leases.
