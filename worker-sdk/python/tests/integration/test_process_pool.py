@@ -24,6 +24,8 @@ def test_bodies_run_in_child_processes_and_report_every_outcome(tasks, start_wor
     pids = {r.get(timeout=30) for r in [tasks.pid.delay() for _ in range(20)]}
     assert worker.pid not in pids and 1 <= len(pids) <= 2
     assert tasks.add.delay(2, 3).get(timeout=30) == 5
+    # A body that submits a chain (from the child, on a connection of its own).
+    assert tasks.app.AsyncResult(tasks.demo.delay(6).get(timeout=30)).get(timeout=30) == "fast 6"
     assert tasks.poll.delay(2).get(timeout=30) == 2  # retry-later, twice
     assert tasks.flaky.delay(1).get(timeout=30) == 2  # a retried failure
     with pytest.raises(ChainFailed) as failed:
