@@ -32,12 +32,13 @@ import math
 import sys
 from typing import Dict, Iterable, List, Optional, Tuple
 
-THROUGHPUT = ("noop", "chains", "executors")
+THROUGHPUT = ("noop", "chains", "executors", "cpu")
 LATENCY = ("latency_low_p50", "latency_low_p99", "latency_load_p50", "latency_load_p99")
 LABELS = {
     "noop": "no-op tasks",
     "chains": "2-step chains",
     "executors": "executors\n(chain + callbacks)",
+    "cpu": "CPU-bound tasks\n(~10 ms of Python)",
     "latency_low_p50": "low load p50",
     "latency_low_p99": "low load p99",
     "latency_load_p50": "under load p50",
@@ -55,6 +56,7 @@ def load(path: str) -> List[dict]:
             if line.lstrip().startswith("{"):
                 r = json.loads(line)
                 results[(r["system"], r["producer"], r.get("prefetch", 0), r.get("load", "half"),
+                         r.get("window"), r.get("pool"), bool(r.get("defaults")),
                          *(r[k] for k in CONFIG))] = r
     return list(results.values())
 
@@ -71,8 +73,13 @@ def same_load(a: dict, b: dict) -> bool:
 
 
 def celery_for(baton: dict, results: Iterable[dict]) -> Optional[dict]:
+    """The Celery line a Baton line is compared with: the same configuration; or, for
+    a defaults line (``bench.py --defaults``), Celery's defaults line of the workload
+    whatever its processes and concurrency (each system as it starts untuned)."""
+    config = CONFIG[:3] if baton.get("defaults") else CONFIG
     return next((r for r in results if r["system"] == "celery" and r["producer"] == "loop"
-                 and all(r[k] == baton[k] for k in CONFIG) and same_load(r, baton)), None)
+                 and bool(r.get("defaults")) == bool(baton.get("defaults"))
+                 and all(r[k] == baton[k] for k in config) and same_load(r, baton)), None)
 
 
 def workload_name(r: dict) -> str:
@@ -89,7 +96,9 @@ def comparisons(results: List[dict]) -> List[Tuple[Optional[dict], Optional[dict
     ]
     matched = {id(c) for _, c in pairs if c is not None}
     pairs += [(None, r) for r in results if r["system"] == "celery" and id(r) not in matched]
-    return sorted(pairs, key=lambda p: order.get((p[0] or p[1])["workload"], len(order)))
+    # The defaults-against-defaults rows first (what a user who tunes nothing gets).
+    return sorted(pairs, key=lambda p: (not (p[0] or p[1]).get("defaults"),
+                                        order.get((p[0] or p[1])["workload"], len(order))))
 
 
 def figure(r: Optional[dict]) -> str:
@@ -121,6 +130,9 @@ def size(r: dict) -> str:
     """Worker processes × concurrency, and a Baton worker's prefetch (Celery's is
     always its default: 3 × concurrency beyond the running ones)."""
     prefetch = f" + {r['prefetch']} prefetch" if r.get("prefetch") else ""
+    prefetch += " + default window" if r.get("window") else ""
+    prefetch += f", {r['pool']}" if r.get("pool") else ""
+    prefetch += " (defaults)" if r.get("defaults") else ""
     return f"{r['procs']} × {r['concurrency']}{prefetch}"
 
 
@@ -180,6 +192,10 @@ def series_of(r: dict, sized: bool) -> Tuple[str, str]:
     label, color = SERIES.get(key, (f"{r['system']}, {r['workers']} workers, {r['producer']}", "#333333"))
     if r.get("prefetch"):
         label, color = f"{label}, prefetch", PREFETCHED.get(key, color)
+    if r.get("pool") == "processes":
+        label, color = f"{label}, process pool", "#2ca02c"
+    if r.get("defaults"):
+        label = f"{label}, defaults"
     if r.get("load") == "set":
         label, color = f"{label}, under Celery's load", AT_CELERYS_LOAD.get(key, color)
     prefetch = f" + {r['prefetch']}" if r.get("prefetch") else ""
@@ -189,7 +205,7 @@ def series_of(r: dict, sized: bool) -> Tuple[str, str]:
 def series_order(r: dict) -> tuple:
     """Celery first, then Baton with Python workers, then Rust; loop before batch."""
     return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r.get("prefetch", 0),
-            r.get("load") == "set", r["procs"], r["concurrency"])
+            r.get("pool") or "", r.get("load") == "set", r["procs"], r["concurrency"])
 
 
 def ratio_label(q: float) -> str:
@@ -269,6 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("results", help="JSON lines from bench/python/bench.py and the Rust bench")
     p.add_argument("--chart", metavar="PNG", help="write the chart here")
     p.add_argument("--markdown", metavar="MD", help="write the table as Markdown here")
+    p.add_argument("--summary-chart", metavar="PNG",
+                   help="write a chart of the defaults-against-defaults lines alone here (bench.py --defaults)")
     args = p.parse_args(argv)
     results = load(args.results)
     if not results:
@@ -281,6 +299,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             f.write(markdown(results, header, table))
     if args.chart:
         chart(results, args.chart)
+    defaults = [r for r in results if r.get("defaults")]
+    if args.summary_chart and defaults:
+        chart(defaults, args.summary_chart)
     return 0
 
 

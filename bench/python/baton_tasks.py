@@ -7,7 +7,7 @@ for itself and for the workers it starts).
 
 from baton import Baton, chain
 
-from records import FAST, NOOP, ON_FAILURE, ON_SUCCESS, SLOW, record
+from records import CPU, FAST, NOOP, ON_FAILURE, ON_SUCCESS, SLOW, record, spin
 
 app = Baton()
 
@@ -38,8 +38,15 @@ def on_failure(i):
     record(i, ON_FAILURE)
 
 
+@app.task
+def cpu(i):
+    spin()
+    record(i, CPU)  # at the end: the throughput of CPU-bound bodies counts their work
+
+
 LOOP = {
     "noop": lambda i: noop.delay(i),
+    "cpu": lambda i: cpu.delay(i),
     "chains": lambda i: chain(slow.si(i), fast.si(i)).delay(),
     "executors": lambda i: chain(slow.si(i), fast.si(i)).apply_async(
         on_success=on_success.si(i), on_failure=on_failure.si(i)
@@ -49,6 +56,7 @@ LOOP = {
 
 BATCH = {
     "noop": lambda i: noop.si(i),
+    "cpu": lambda i: cpu.si(i),
     "chains": lambda i: chain(slow.si(i), fast.si(i)),
     "executors": lambda i: chain(slow.si(i), fast.si(i)),
 }
@@ -56,6 +64,7 @@ BATCH = {
 
 BATCH_OPTIONS = {
     "noop": {},
+    "cpu": {},
     "chains": {},
     "executors": {"on_success": on_success.s(), "on_failure": on_failure.s()},
 }

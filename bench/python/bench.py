@@ -74,6 +74,7 @@ import records  # noqa: E402
 WORKLOADS = {
     # workload: (role that completes a unit, records per unit, unit)
     "noop": (records.NOOP, 1, "tasks/s"),
+    "cpu": (records.CPU, 1, "tasks/s"),
     "chains": (records.FAST, 2, "chains/s"),
     "executors": (records.ON_SUCCESS, 3, "executors/s"),
 }
@@ -231,7 +232,9 @@ class BatonSystem:
         for k in range(self.args.procs):
             self.procs.start(f"baton-worker-{k}", [
                 sys.executable, "-m", "baton", "worker", "--app", "baton_tasks:app", "--queues", "general",
-                "--concurrency", str(self.args.concurrency), "--prefetch", str(self.args.prefetch),
+                "--concurrency", str(self.args.concurrency),
+                *(["--prefetch", str(self.args.prefetch)] if self.args.prefetch is not None else []),
+                *(["--pool", self.args.pool] if self.args.pool else []),
                 "--name", f"bench{k}", "--loglevel", "WARNING",
             ], self.env)
         admin = pb.AdminStub(baton_tasks.app.channel)
@@ -277,7 +280,8 @@ class BatonSystem:
         settings: Dict[str, object] = {
             "durable": "fsync before acknowledging a submission" if not self.args.no_durable
             else "--no-durable: acknowledged before the store is flushed",
-            "worker": "python -m baton worker (thread pool), --loglevel WARNING",
+            "worker": f"python -m baton worker ({self.args.pool or 'threads'} pool), --loglevel WARNING",
+            "prefetch": "the SDK's default" if self.args.prefetch is None else self.args.prefetch,
             "broker": "baton serve, defaults otherwise",
             "delay": "pipelined" if getattr(self.tasks.app, "pipeline", False) else "synchronous",
         }
@@ -487,7 +491,10 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
     return {
         "system": args.system, "workload": workload, "producer": producer, "durable": not args.no_durable,
         "workers": "python", "procs": args.procs, "concurrency": args.concurrency,
-        **({"prefetch": args.prefetch} if args.prefetch else {}), "tasks": tasks,
+        **({"prefetch": args.prefetch} if args.prefetch else {}),
+        **({"window": "default"} if args.system == "baton" and args.prefetch is None else {}),
+        **({"pool": args.pool} if args.pool else {}), **({"defaults": True} if args.defaults else {}),
+        "tasks": tasks,
         "unit": unit, "runs": [round(r, digits) for r in runs], "median": round(statistics.median(runs), digits),
         "min": round(min(runs), digits), "max": round(max(runs), digits), **extra,
     }
@@ -495,7 +502,9 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
 
 def human(line: dict) -> str:
     durable = "durable" if line["durable"] else "no-durable"
-    prefetch = f"+{line['prefetch']}" if line.get("prefetch") else ""
+    prefetch = f"+{line['prefetch']}" if line.get("prefetch") else "+default" if line.get("window") else ""
+    prefetch += f" {line['pool']}" if line.get("pool") else ""
+    prefetch += " (defaults)" if line.get("defaults") else ""
     cpu = line.get("cpu_us_per_unit")
     split = "" if not cpu else "; CPU us/unit: " + ", ".join(f"{name} {us:g}" for name, us in cpu.items())
     return (f"{line['system']:6} {line['workload']:16} {line['producer']:5} {durable:10} "
@@ -515,9 +524,15 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=5000, help="units per run (N)")
     p.add_argument("--procs", type=int, default=1, help="worker processes (P)")
     p.add_argument("--concurrency", type=int, default=8, help="tasks at once per worker process (C)")
-    p.add_argument("--prefetch", type=int, default=0,
-                   help="Baton: assignments each worker holds beyond C (baton worker --prefetch); Celery always "
-                        "runs with its default prefetch multiplier 4, a window of 4 x C")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="Baton: assignments each worker holds beyond C (baton worker --prefetch; default: not "
+                        "given, the SDK's default window); Celery always runs with its default prefetch "
+                        "multiplier 4, a window of 4 x C")
+    p.add_argument("--pool", choices=["threads", "processes"],
+                   help="Baton: baton worker --pool (default: not given, the SDK's default, threads)")
+    p.add_argument("--defaults", action="store_true",
+                   help="label the lines as the defaults-against-defaults comparison (report.py pairs them with "
+                        "each other whatever P and C): nothing tuned, so no --prefetch or --pool for Baton")
     p.add_argument("--runs", type=int, default=3, help="measured runs per workload (R)")
     p.add_argument("--baton-bin", default=os.path.join(ROOT, "target", "release", "baton"))
     p.add_argument("--no-durable", action="store_true",
@@ -529,8 +544,12 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.baton_bin = os.path.abspath(args.baton_bin)  # the processes start in this directory
     if min(args.tasks, args.procs, args.concurrency, args.runs, args.batch_size) < 1:
         p.error("--tasks, --procs, --concurrency, --runs and --batch-size must be at least 1")
-    if args.prefetch < 0 or (args.prefetch and args.system != "baton"):
+    if args.prefetch is not None and (args.prefetch < 0 or args.system != "baton"):
         p.error("--prefetch is a number >= 0, for --system baton only")
+    if args.defaults and (args.prefetch is not None or args.pool):
+        p.error("--defaults runs the SDK's defaults: no --prefetch, no --pool")
+    if args.pool and args.system != "baton":
+        p.error("--pool is for --system baton only (Celery runs its default, prefork)")
     if args.load_rate is not None and args.load_rate <= 0:
         p.error("--load-rate must be positive")
     return args

@@ -15,7 +15,7 @@ import os
 
 from celery import Celery, chain
 
-from records import FAST, NOOP, ON_FAILURE, ON_SUCCESS, SLOW, record
+from records import CPU, FAST, NOOP, ON_FAILURE, ON_SUCCESS, SLOW, record, spin
 
 app = Celery("celery_tasks", broker=os.environ.get("BENCH_REDIS_URL"))
 app.conf.update(
@@ -60,8 +60,15 @@ def on_failure(i):
     record(i, ON_FAILURE)
 
 
+@app.task
+def cpu(i):
+    spin()
+    record(i, CPU)  # at the end: the throughput of CPU-bound bodies counts their work
+
+
 LOOP = {
     "noop": lambda i: noop.delay(i),
+    "cpu": lambda i: cpu.delay(i),
     "chains": lambda i: chain(slow.si(i), fast.si(i)).delay(),
     "executors": lambda i: chain(slow.si(i), fast.si(i)).apply_async(
         link=on_success.si(i), link_error=on_failure.si(i)

@@ -26,8 +26,20 @@ RECORDS_ENV = "BENCH_RECORDS"
 FORMAT = struct.Struct("<iid")  # index, role, time.time() at body start
 SIZE = FORMAT.size
 
-NOOP, SLOW, FAST, ON_SUCCESS, ON_FAILURE = range(5)
-"""Roles: the single task, the two steps of a chain, and the executor callbacks."""
+NOOP, SLOW, FAST, ON_SUCCESS, ON_FAILURE, CPU = range(6)
+"""Roles: the single task, the two steps of a chain, the executor callbacks, and
+the CPU-bound task."""
+
+CPU_LOOP = 200_000
+"""Iterations of :func:`spin`: about 10 ms of pure Python on the benchmark machine."""
+
+
+def spin(n: int = CPU_LOOP) -> int:
+    """A CPU-bound body: pure Python arithmetic that holds the GIL throughout."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
 
 _fd = -1
 

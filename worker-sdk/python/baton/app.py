@@ -465,13 +465,15 @@ class Baton:
         concurrency: int = 1,
         *,
         name: Optional[str] = None,
-        prefetch: int = 0,
+        prefetch: Optional[int] = None,
+        pool: str = "threads",
     ) -> "Worker":
         """A worker for this app's tasks; call ``.run()`` to serve until SIGTERM.
-        ``prefetch``: assignments held beyond ``concurrency`` (see :class:`Worker`)."""
+        ``prefetch``: assignments held beyond ``concurrency`` (None: the default
+        window); ``pool``: ``"threads"`` or ``"processes"`` (see :class:`Worker`)."""
         from .worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, name=name, prefetch=prefetch)
+        return Worker(self, queues=queues, concurrency=concurrency, name=name, prefetch=prefetch, pool=pool)
 
 
 def _with_new_id(request: pb.SubmitChainRequest) -> pb.SubmitChainRequest:

@@ -3,9 +3,10 @@
 ::
 
     python -m baton worker --app mymodule:app --queues heavy --concurrency 1
+    python -m baton worker --app mymodule:app --pool processes -c 8   # CPU-bound bodies
 
 Option names follow Celery's where they exist (``-A``, ``-Q``, ``-c``,
-``-n``, ``-l``), so muscle memory carries over. A secured broker::
+``-P``, ``-n``, ``-l``), so muscle memory carries over. A secured broker::
 
     BATON_TOKEN=... python -m baton worker -A mymodule:app --tls-ca ca.pem \\
         --tls-cert worker.pem --tls-key worker.key
@@ -22,6 +23,7 @@ from typing import Any, List, Optional, Sequence, cast
 
 from .app import Baton
 from .errors import WorkerConfigError
+from .worker import POOLS
 
 
 def _queues(values: Sequence[str]) -> List[str]:
@@ -30,6 +32,19 @@ def _queues(values: Sequence[str]) -> List[str]:
     for value in values:
         out += [q.strip() for q in value.split(",") if q.strip()]
     return out
+
+
+def _prefetch(value: str) -> Optional[int]:
+    """``--prefetch auto`` (None: the worker's default window) or a count >= 0."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, not {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,11 +68,20 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("-c", "--concurrency", type=int, default=1, help="tasks run at once (default 1)")
     w.add_argument(
         "--prefetch",
-        type=int,
-        default=0,
+        type=_prefetch,
+        default=None,
+        metavar="N|auto",
         help="assignments held beyond --concurrency, waiting for a free slot, so short tasks never wait "
-        "for the next one to arrive; their leases, timeouts and throttle slots run from assignment "
-        "(default 0; Celery's prefetch multiplier 4 is 3 x concurrency)",
+        "for the next one to arrive; their leases and timeouts run from assignment. Default auto: "
+        "7 x concurrency, or 0 for a worker of the heavy queue; 0 turns it off (docs/prefetch.md)",
+    )
+    w.add_argument(
+        "-P",
+        "--pool",
+        choices=POOLS,
+        default="threads",
+        help="where plain task bodies run: threads of this process (default), or child processes "
+        "(for CPU-bound bodies; -c of them)",
     )
     w.add_argument("-n", "--name", help="worker name shown in inspection (default host:pid)")
     w.add_argument("-b", "--broker", help="broker address host:port (default: the app's)")
@@ -130,9 +154,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.concurrency < 1:
             print("--concurrency must be at least 1", file=sys.stderr)
             return 2
-        if args.prefetch < 0:
-            print("--prefetch must be at least 0", file=sys.stderr)
-            return 2
         try:
             app = load_app(args.app)
         except (ImportError, ValueError) as exc:
@@ -151,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(str(exc), file=sys.stderr)
             return 2
         worker = app.worker(queues=_queues(args.queues) or None, concurrency=args.concurrency, name=args.name,
-                            prefetch=args.prefetch)
+                            prefetch=args.prefetch, pool=args.pool)
         try:
             worker.run()
         except WorkerConfigError as exc:

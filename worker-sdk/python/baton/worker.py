@@ -9,7 +9,9 @@ Layout of a worker process:
 * plain functions run in a **thread pool** of ``concurrency`` threads
   (reused threads, so per-thread resources such as Django's database
   connections are reused as under Celery), which hands finished runs back
-  to the session loop in bulk (:class:`_Pool`);
+  to the session loop in bulk (:class:`_Pool`); or, with ``pool="processes"``,
+  in ``concurrency`` child processes (:mod:`baton._processes`), whose
+  sockets the session loop reads;
 * ``async def`` tasks run on a **separate event loop thread**, so a
   coroutine that blocks by mistake cannot stall heartbeats and lose the
   worker's leases.
@@ -43,12 +45,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Iterable, Optional, Tuple, Union
 
 import grpc
 import grpc.aio
 
 from . import _json, _transport, options as _options, outcomes, pb
+from ._processes import ProcessPool
 from .client import PHASES
 from .context import TaskContext, TaskKey
 from .errors import Cancelled, ThrottleError, ThrottleRefused, WorkerConfigError
@@ -80,7 +83,7 @@ Why 0.3 ms: since the broker sends the next assignments as soon as it has
 the outcomes (early assignments), the wait here is most of the time between
 a group's last run and the next group's first. At 2 x 4 with prefetch 12,
 0.3 ms gave more no-op tasks per second than 1 ms in 7 of 8 paired
-measurements (docs/benchmarks.md, "Early assignments"), and 0 gave fewer,
+measurements (docs/benchmarks-log.md, "Early assignments"), and 0 gave fewer,
 with more CPU in the workers (groups split).
 """
 SHORT_RUN = 0.0002
@@ -90,6 +93,15 @@ SPARE_DELAY = 0.001
 """How long the awake threads may take no job, while such a job waits, before
 idle ones are woken for the jobs queued (plus the event loop's timer
 resolution, 1 ms)."""
+POOLS = ("threads", "processes")
+"""What runs plain task bodies: ``threads`` (the default) or ``processes`` (see :mod:`baton._processes`)."""
+AUTO_PREFETCH_PER_SLOT = 7
+"""The default window (``prefetch=None``): this many assignments per unit of
+concurrency beyond it, so a window of 8 per slot (Celery's default is 4 x
+concurrency). See :func:`auto_prefetch`."""
+LONG_QUEUES = frozenset({"heavy"})
+"""Queues of long tasks by convention (``@app.task(heavy=True)``): a worker
+that takes any of them prefetches nothing by default."""
 READ_BATCH_BYTES = 1 << 20
 """``Hello.batch_bytes``: the largest BrokerBatch this worker asks for. grpc's
 default receive limit is 4 MB, so 1 MiB batches stay well inside it."""
@@ -103,6 +115,21 @@ _FATAL_CODES = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
     }
 )
+
+
+def auto_prefetch(concurrency: int, queues: Iterable[str]) -> int:
+    """The default prefetch of a worker: :data:`AUTO_PREFETCH_PER_SLOT` x
+    ``concurrency``, or 0 for a worker of a queue in :data:`LONG_QUEUES`.
+
+    Why it hurts no one (docs/prefetch.md has the whole policy): the broker
+    sends a task that holds a throttle slot only to a free run slot, never
+    into the window; a prefetched run is held behind the bodies in progress
+    only while every one of the worker's slots is busy, and long tasks are
+    routed to the heavy queue, whose workers hold no window.
+    """
+    if LONG_QUEUES.intersection(queues):
+        return 0
+    return AUTO_PREFETCH_PER_SLOT * concurrency
 
 
 class _SessionLost(Exception):
@@ -258,6 +285,10 @@ class _Pool:
         with self._mutex:
             for _ in range(min(len(self._jobs), len(self._sleeping))):
                 self._wake_one()
+
+    @staticmethod
+    def cancel(run: _Run, reason: str) -> None:
+        """Nothing to forward: the body's thread reads ``run.ctx``'s cancel state itself."""
 
     def shutdown(self, wait: bool) -> None:
         """Stop the threads once they are idle; with ``wait``, join them."""
@@ -494,13 +525,17 @@ class Worker:
     """Runs an app's tasks for the broker until drained.
 
     ``queues`` are the queues to take tasks from (default ``["general"]``);
-    ``concurrency`` is how many tasks run at once. ``prefetch`` (default 0)
-    is how many more assignments the broker may send: they wait here until a
-    run ends, so a worker of many short tasks never idles for the round trip
-    and durable commit that bring the next one. They are this worker's from
-    assignment: their leases and timeouts run, a declared throttle slot is
-    held, and a drain runs them too; keep it for short tasks (Celery's
-    ``worker_prefetch_multiplier=4`` is ``prefetch=3 * concurrency``). Every task registered on
+    ``concurrency`` is how many tasks run at once. ``prefetch`` is how many
+    more assignments the broker may send: they wait here until a run ends,
+    so a worker of many short tasks never idles for the round trip and
+    durable commit that bring the next one. They are this worker's from
+    assignment: their leases and timeouts run, and a drain runs them too.
+    ``None`` (the default) is :func:`auto_prefetch`: 7 x ``concurrency``, or
+    0 for a worker of the heavy queue; 0 turns the window off (Celery's
+    ``worker_prefetch_multiplier=4`` is ``prefetch=3 * concurrency``).
+    ``pool`` says where plain bodies run: ``"threads"`` (the default), or
+    ``"processes"``, ``concurrency`` child processes (:mod:`baton._processes`),
+    for CPU-bound bodies. Every task registered on
     the app is announced with its declared options, so the broker applies
     routing and throttles declared in ``@app.task(...)`` even to chains
     submitted by code that does not know them.
@@ -513,16 +548,20 @@ class Worker:
         queues: Optional[Iterable[str]] = None,
         concurrency: int = 1,
         name: Optional[str] = None,
-        prefetch: int = 0,
+        prefetch: Optional[int] = None,
+        pool: str = "threads",
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1 (got {concurrency!r})")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be an int >= 0 (got {prefetch!r})")
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
+            raise ValueError(f"prefetch must be None or an int >= 0 (got {prefetch!r})")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)} (got {pool!r})")
         self.app = app
         self.queues = list(queues) if queues else ["general"]
         self.concurrency = concurrency
-        self.prefetch = prefetch
+        self.prefetch = auto_prefetch(concurrency, self.queues) if prefetch is None else prefetch
+        self.pool = pool
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # Converted now so a bad declaration fails before connecting.
         self._definitions = [
@@ -560,7 +599,11 @@ class Worker:
         }
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
-        self._pool: Optional[_Pool] = None
+        self._pool: Optional[Union[_Pool, ProcessPool]] = None
+        self._abandoned: dict[TaskKey, float] = {}
+        """Runs lost with a pool process that died, until when (monotonic) their
+        leases are left to lapse: heartbeats name every other run meanwhile, so
+        the broker sees these lost and puts them back in their queues."""
         self._task_loop: Optional[_TaskLoop] = None
         self._draining = False
         self._forced = False
@@ -603,7 +646,13 @@ class Worker:
     async def _serve(self, install_signals: bool) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._pool = _Pool(self.concurrency, loop, self._ended)
+        if self.pool == "processes":
+            # Before any gRPC channel of this process: see baton._processes.
+            self._pool = ProcessPool(
+                self.concurrency, loop, self._ended, app=self.app, on_lost=self._lost_in_pool, slots=self
+            )
+        else:
+            self._pool = _Pool(self.concurrency, loop, self._ended)
         if any(t.is_async for t in self.app.tasks.values()):
             self._task_loop = _TaskLoop()
             self._task_loop.start()
@@ -613,10 +662,12 @@ class Worker:
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         log.info(
-            "worker %s: queues=%s concurrency=%d tasks=%s broker=%s",
+            "worker %s: queues=%s concurrency=%d prefetch=%d pool=%s tasks=%s broker=%s",
             self.name,
             ",".join(self.queues),
             self.concurrency,
+            self.prefetch,
+            self.pool,
             ",".join(sorted(self.app.tasks)),
             self.app.address,
         )
@@ -804,7 +855,18 @@ class Worker:
         beat = pb.WorkerMessage(heartbeat=pb.Heartbeat())  # empty: every assignment of this stream
         while True:
             await asyncio.sleep(interval)
-            self._send(beat)
+            self._send(self._named_beat() if self._abandoned else beat)
+
+    def _named_beat(self) -> pb.WorkerMessage:
+        """A heartbeat naming every run but the abandoned ones (see ``_abandoned``)."""
+        now = time.monotonic()
+        for key, until in list(self._abandoned.items()):
+            if until <= now:
+                del self._abandoned[key]
+        held = [k for k in itertools.chain(self._runs, self._unacked) if k not in self._abandoned]
+        # A heartbeat is never refused, and one naming no current run extends nothing:
+        # it keeps the stream alive while only abandoned runs are left.
+        return pb.WorkerMessage(heartbeat=pb.Heartbeat(tasks=[_ref(k) for k in held] or [pb.TaskRef()]))
 
     async def _until_finished(self) -> None:
         assert self._wake is not None
@@ -962,20 +1024,7 @@ class Worker:
         stopped before it started): report its outcome (a cancelled run
         reports ``Cancelled``, a lost one nothing), and start the next
         prefetched run in the freed slot."""
-        run.ended = True
-        if self._runs.get(run.key) is run:
-            del self._runs[run.key]
-        if run.launched:
-            self._active -= 1
-            self._launch_waiting()
-        # The broker frees a run's throttle slots when its outcome is recorded.
-        for rid, (_, waiter) in run.waiters.items():
-            self._requests.pop(rid, None)
-            waiter.cancel()
-        for rid in run.slots:
-            self._requests.pop(rid, None)
-        run.waiters.clear()
-        run.slots.clear()
+        self._forget(run)
         if run.lost:
             log.info("task %s[%s]: ended after its lease was lost; not reported", run.ctx.name, run.key[0])
             self._notify()
@@ -988,6 +1037,36 @@ class Worker:
                 run.ctx.name, run.key[0], run.key[1], _describe(outcome), time.monotonic() - run.started,
             )
         self._report(run.key, outcome)
+
+    def _forget(self, run: _Run) -> None:
+        """A run ended here: free its slot for the next prefetched run and drop
+        its throttle requests (the broker frees a run's throttle slots when its
+        outcome is recorded, or when its lease lapses)."""
+        run.ended = True
+        if self._runs.get(run.key) is run:
+            del self._runs[run.key]
+        if run.launched:
+            self._active -= 1
+            self._launch_waiting()
+        for rid, (_, waiter) in run.waiters.items():
+            self._requests.pop(rid, None)
+            waiter.cancel()
+        for rid in run.slots:
+            self._requests.pop(rid, None)
+        run.waiters.clear()
+        run.slots.clear()
+
+    def _lost_in_pool(self, run: _Run) -> None:
+        """On the session loop: the pool process running ``run`` died. Report
+        nothing and stop extending its lease, so that the broker reports it lost
+        and runs the step again (a crash of the body is a crash of its worker,
+        as with Celery's WorkerLostError; it may crash again, so the broker's
+        bound on lost runs applies rather than a retry budget)."""
+        log.warning("task %s[%s] attempt %d: its pool process died; left to the broker as lost",
+                    run.ctx.name, run.key[0], run.key[1])
+        self._abandoned[run.key] = time.monotonic() + 2 * (self.lease_ms or 30000) / 1000
+        self._forget(run)
+        self._notify()
 
     def _report(self, key: TaskKey, outcome: pb.Outcome) -> None:
         ref = outcome.task
@@ -1027,6 +1106,8 @@ class Worker:
             return
         for _, waiter in run.waiters.values():
             waiter.cancel()
+        if not run.is_async and self._pool is not None:
+            self._pool.cancel(run, reason)
         if run.is_async and self._task_loop is not None:
             self._task_loop.loop.call_soon_threadsafe(self._cancel_coroutine, run)
 

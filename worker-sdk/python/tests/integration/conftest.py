@@ -91,6 +91,8 @@ def start_worker(broker, events_path, tmp_path):
         address = (target or broker).address
         where = [] if broker_from_env else ["--broker", address]
         extra_env = {**(extra_env or {}), **({"BATON_ADDR": address} if broker_from_env else {})}
+        if os.environ.get("BATON_TEST_POOL") and "--pool" not in args:
+            args = (*args, "--pool", os.environ["BATON_TEST_POOL"])  # every worker of the run in that pool
         proc = subprocess.Popen(
             [sys.executable, "-m", "baton", "worker", "--app", app, *where, "--queues", ",".join(queues),
              "--concurrency", str(concurrency), "--name", name, *args],

@@ -183,6 +183,31 @@ async def async_slow(uuid):
     return uuid
 
 
+@app.task(name="demo.crash_first")
+def crash_first(tag):
+    """Its first attempt kills the process that runs it (in a process pool, a
+    child); later attempts return."""
+    ctx = current_task()
+    record("crash_first", tag=tag)
+    if ctx.attempt == 1:
+        os._exit(3)
+    return {"tag": tag, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@app.task(name="demo.pid")
+def pid():
+    return os.getpid()
+
+
+@app.task(name="demo.spin")
+def spin(n):
+    """CPU-bound: holds the GIL for the whole loop."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
 # -- the same plain functions, without the coroutines ------------------------
 
 plain_app = Baton()

@@ -25,6 +25,18 @@ def test_defaults():
     assert _queues(a.queues) == [] and a.concurrency == 1 and a.broker is None
 
 
+def test_pool_and_window_options():
+    a = parser().parse_args(["worker", "--app", "m"])
+    assert (a.pool, a.prefetch) == ("threads", None)  # the default window
+    a = parser().parse_args(["worker", "-A", "m", "--pool", "processes", "--prefetch", "auto"])
+    assert (a.pool, a.prefetch) == ("processes", None)
+    a = parser().parse_args(["worker", "-A", "m", "-P", "threads", "--prefetch", "0"])
+    assert (a.pool, a.prefetch) == ("threads", 0)
+    for bad in (["--pool", "prefork"], ["--prefetch", "-1"], ["--prefetch", "lots"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["worker", "-A", "m", *bad])
+
+
 def test_app_is_required():
     with pytest.raises(SystemExit):
         parser().parse_args(["worker"])

@@ -4,6 +4,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from baton.context import TaskContext
 from baton.worker import _Pool, _Run
 
@@ -234,3 +236,17 @@ def test_threads_busy_with_a_backlog_of_short_jobs_wake_no_others(monkeypatch):
 
     threads = asyncio.run(main())
     assert 1 <= len(threads) <= 2, threads
+
+
+def test_the_default_window_is_seven_per_slot_and_none_on_the_heavy_queue():
+    from baton import Baton
+    from baton.worker import Worker
+
+    app = Baton("127.0.0.1:1")
+    app.task(name="t.x")(lambda: None)
+    assert Worker(app, concurrency=3).prefetch == 21
+    assert Worker(app, concurrency=3, queues=["general", "heavy"]).prefetch == 0
+    assert Worker(app, concurrency=3, prefetch=0).prefetch == 0
+    assert Worker(app, concurrency=3, prefetch=5).prefetch == 5
+    with pytest.raises(ValueError):
+        Worker(app, pool="prefork")
