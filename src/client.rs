@@ -178,6 +178,36 @@ impl Route {
 /// Whether a call that failed with `status` is worth making at another
 /// broker: a standby refused it (it did nothing), or its broker could not
 /// be reached (tonic made the status here, from a connection error).
+/// Gives a submission without a chain id one chosen here (a UUIDv7), and
+/// says whether it did. A call cut off by a broken connection is sent again
+/// (to the same broker or, after a failover, to the new leader), and the
+/// broker may have stored it the first time: with the id chosen before the
+/// first try, the repeat is recognised (`DEDUP_CHAIN_ID`) instead of
+/// storing the chain twice.
+fn choose_id(request: &mut pb::SubmitChainRequest) -> bool {
+    if !request.chain_id.is_empty() {
+        return false;
+    }
+    request.chain_id = uuid::Uuid::now_v7().to_string();
+    true
+}
+
+impl Submitted {
+    /// The answer to a submission; `ours`: its chain id was chosen by
+    /// [`choose_id`], so a chain stored under it can only be this very
+    /// submission's first try, and the chain is new to the caller.
+    fn of(response: pb::SubmitChainResponse, ours: bool) -> Self {
+        let dedup = match response.dedup() {
+            pb::Dedup::ChainId if ours => pb::Dedup::Unspecified,
+            other => other,
+        };
+        Submitted {
+            dedup,
+            chain_id: response.chain_id,
+        }
+    }
+}
+
 fn elsewhere(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && (Refusal::of(status).standby || std::error::Error::source(status).is_some())
@@ -368,17 +398,15 @@ impl Client {
     /// # Errors
     ///
     /// Those of [`submit`](Self::submit).
-    pub async fn submit_request(&self, request: pb::SubmitChainRequest) -> Result<Submitted> {
+    pub async fn submit_request(&self, mut request: pb::SubmitChainRequest) -> Result<Submitted> {
+        let ours = choose_id(&mut request);
         let response = self
             .call(|mut s| {
                 let request = request.clone();
                 async move { s.broker.submit_chain(request).await }
             })
             .await?;
-        Ok(Submitted {
-            dedup: response.dedup(),
-            chain_id: response.chain_id,
-        })
+        Ok(Submitted::of(response, ours))
     }
 
     /// Submits many chains with one call and one durable commit: all of
@@ -396,12 +424,13 @@ impl Client {
         &self,
         chains: impl IntoIterator<Item = C>,
     ) -> Result<Vec<Submitted>> {
-        let request = pb::SubmitChainsRequest {
+        let mut request = pb::SubmitChainsRequest {
             chains: chains
                 .into_iter()
                 .map(|c| pb::SubmitChainRequest::from(c.into()))
                 .collect(),
         };
+        let ours: Vec<bool> = request.chains.iter_mut().map(choose_id).collect();
         let response = self
             .call(|mut s| {
                 let request = request.clone();
@@ -411,10 +440,8 @@ impl Client {
         Ok(response
             .chains
             .into_iter()
-            .map(|r| Submitted {
-                dedup: r.dedup(),
-                chain_id: r.chain_id,
-            })
+            .zip(ours)
+            .map(|(r, ours)| Submitted::of(r, ours))
             .collect())
     }
 

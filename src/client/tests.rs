@@ -406,10 +406,35 @@ async fn submit_sends_what_the_builder_built() {
 
         assert_eq!(submitted.chain_id, "c-1");
         assert!(submitted.is_new());
-        let sent = fake.submits.lock().unwrap().clone();
+        let mut sent = fake.submits.lock().unwrap().clone();
+        // The client chose the chain id (see `choose_id`): a UUIDv7.
+        let id = uuid::Uuid::parse_str(&std::mem::take(&mut sent[0].chain_id)).unwrap();
+        assert_eq!(id.get_version_num(), 7);
         assert_eq!(sent, [pb::SubmitChainRequest::from(built)]);
     })
     .await;
+}
+
+#[test]
+fn a_chain_id_the_client_chose_found_stored_is_its_own_first_try() {
+    let answer = |dedup: pb::Dedup| pb::SubmitChainResponse {
+        chain_id: "c-1".into(),
+        dedup: dedup.into(),
+    };
+    // Stored by a first try whose answer was lost: new to the caller.
+    assert_eq!(
+        Submitted::of(answer(pb::Dedup::ChainId), true).dedup,
+        pb::Dedup::Unspecified
+    );
+    // An id the caller chose, stored before: a repeat, said so.
+    assert_eq!(
+        Submitted::of(answer(pb::Dedup::ChainId), false).dedup,
+        pb::Dedup::ChainId
+    );
+    assert_eq!(
+        Submitted::of(answer(pb::Dedup::IdempotencyKey), true).dedup,
+        pb::Dedup::IdempotencyKey
+    );
 }
 
 #[tokio::test]
