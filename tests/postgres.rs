@@ -274,3 +274,73 @@ async fn a_client_and_a_worker_given_only_a_standby_follow_it_to_the_leader() {
     standby.stop().await;
     leader.stop().await;
 }
+
+/// A standby checks the caller's token before it answers (issue 21): a
+/// caller without one is refused `UNAUTHENTICATED` and learns nothing of
+/// the leader; a caller with one is refused `UNAVAILABLE`, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_names_the_leader_only_to_a_caller_with_a_token() {
+    use baton_server::auth::{Auth, Role, Token, Tokens};
+    let Some(schema) = Schema::new() else {
+        return;
+    };
+    const SECRET: &str = "secret-of-ops";
+    let url = schema.url.clone();
+    let configure = |c: &mut baton_server::Config| {
+        c.postgres = Some(url.clone());
+        c.leader_lease = std::time::Duration::from_millis(1000);
+        c.auth = Auth::Tokens(Arc::new(Tokens::new(vec![Token {
+            name: "ops".into(),
+            role: Role::Admin,
+            queues: None,
+            sha256: baton_server::auth::digest(SECRET),
+        }])));
+    };
+    let leader = TestBroker::start_with(configure).await;
+    // Serving: the leader (no other broker is up to lead).
+    let ops = baton::ClientOptions::new().token(SECRET);
+    let client = baton::Client::connect_with(leader.addr.clone(), ops)
+        .await
+        .unwrap();
+    client.admin().list_queues().await.unwrap();
+    let standby = TestBroker::start_with(configure).await;
+    let ask_at = |addr: String, token: Option<&'static str>| async move {
+        let mut admin = baton::pb::admin_client::AdminClient::connect(addr)
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(baton::pb::ListQueuesRequest {});
+        if let Some(secret) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+        }
+        admin.list_queues(request).await
+    };
+    let ask = |token| {
+        let asked = ask_at(standby.addr.clone(), token);
+        async move { asked.await.unwrap_err() }
+    };
+    // The leader refuses a caller without a token too.
+    let at_leader = ask_at(leader.addr.clone(), None).await.unwrap_err();
+    assert_eq!(
+        at_leader.code(),
+        tonic::Code::Unauthenticated,
+        "{at_leader:?}"
+    );
+    let anonymous = ask(None).await;
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    assert!(anonymous.metadata().get("baton-leader").is_none());
+    assert!(
+        !anonymous.message().contains("leader is at"),
+        "{anonymous:?}"
+    );
+    let ops = ask(Some(SECRET)).await;
+    assert_eq!(ops.code(), tonic::Code::Unavailable, "{ops:?}");
+    assert!(ops.metadata().get("baton-leader").is_some(), "{ops:?}");
+    standby.stop().await;
+    leader.stop().await;
+}

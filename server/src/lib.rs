@@ -322,6 +322,7 @@ pub async fn run(
             tracing::info!(tokens = tokens.len(), "token authentication on");
         }
     }
+    let gate = |service| auth::Gate::new(config.auth.clone(), service, mutual_tls);
     tracing::info!(
         addr = ?listener.local_addr().ok(),
         tls = config.tls.is_some(),
@@ -338,9 +339,21 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(services.broker.clone())
-        .add_service(services.worker.clone())
-        .add_service(services.admin.clone());
+        // Each service behind its gate (auth.rs), outside the standby's
+        // refusal, so that only a caller with a token learns where the
+        // leader is; health and reflection open.
+        .add_service(InterceptedService::new(
+            services.broker.clone(),
+            gate(auth::Service::Broker),
+        ))
+        .add_service(InterceptedService::new(
+            services.worker.clone(),
+            gate(auth::Service::Worker),
+        ))
+        .add_service(InterceptedService::new(
+            services.admin.clone(),
+            gate(auth::Service::Admin),
+        ));
     let drained = {
         // Stopping the scheduler first ends every worker and watch
         // stream, which the server's graceful shutdown waits for.
@@ -442,14 +455,9 @@ pub async fn run(
 /// The health service's names: the server as a whole ("") and each service.
 const ALL_SERVICES: [&str; 4] = ["", "baton.v1.Broker", "baton.v1.Worker", "baton.v1.Admin"];
 
-type BrokerService = api::Oversize<
-    InterceptedService<pb::broker_server::BrokerServer<api::BrokerService>, auth::Gate>,
->;
-type WorkerService = api::Oversize<
-    InterceptedService<pb::worker_server::WorkerServer<api::WorkerService>, auth::Gate>,
->;
-type AdminService =
-    InterceptedService<pb::admin_server::AdminServer<api::AdminService>, auth::Gate>;
+type BrokerService = api::Oversize<pb::broker_server::BrokerServer<api::BrokerService>>;
+type WorkerService = api::Oversize<pb::worker_server::WorkerServer<api::WorkerService>>;
+type AdminService = pb::admin_server::AdminServer<api::AdminService>;
 
 /// The services, served from the start, filled once the broker is active.
 struct Services {
@@ -536,21 +544,14 @@ async fn activate(
         max_message,
         max_payload: config.limits.max_payload_bytes,
     };
-    // Each service behind its gate (auth.rs); health and reflection open.
-    let mutual_tls = config
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca_pem.is_some());
-    let gate = |service| auth::Gate::new(config.auth.clone(), service, mutual_tls);
     let broker = pb::broker_server::BrokerServer::new(api::BrokerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
     })
     .max_decoding_message_size(max_message);
-    services.broker.fill(api::Oversize::new(
-        InterceptedService::new(broker, gate(auth::Service::Broker)),
-        message_limit.clone(),
-    ));
+    services
+        .broker
+        .fill(api::Oversize::new(broker, message_limit.clone()));
     let worker = pb::worker_server::WorkerServer::new(api::WorkerService {
         handle: handle.clone(),
         limits: config.limits.clone(),
@@ -558,10 +559,9 @@ async fn activate(
         message_limit: message_limit.clone(),
     })
     .max_decoding_message_size(max_message);
-    services.worker.fill(api::Oversize::new(
-        InterceptedService::new(worker, gate(auth::Service::Worker)),
-        message_limit,
-    ));
+    services
+        .worker
+        .fill(api::Oversize::new(worker, message_limit));
     if config.http.is_some() {
         let state = std::sync::Arc::new(http::State {
             broker: api::BrokerService {
@@ -585,9 +585,7 @@ async fn activate(
         handle: handle.clone(),
         limits: config.limits.clone(),
     });
-    services
-        .admin
-        .fill(InterceptedService::new(admin, gate(auth::Service::Admin)));
+    services.admin.fill(admin);
     Ok(Active {
         handle,
         scheduler,
