@@ -34,6 +34,10 @@ STANDBY_KEY = "baton-standby"
 CLIENT_PATIENCE = 30.0
 """How long a client's call keeps going round while standbys answer (rule 8)."""
 
+STANDBY_PAUSE = 0.1
+"""The pause after a round in which a standby answered: the backoff's first
+step (0.1 s), not grown, since a standby takes over within its lease."""
+
 
 def split_addrs(value: str, setting: str = "broker address") -> List[str]:
     """The addresses of a comma-separated list (``"h1:7070,h2:7070"``),
