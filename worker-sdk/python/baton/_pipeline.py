@@ -314,6 +314,8 @@ class Pipeline:
                 error = exc
         if error is None and len(responses) != len(batch):
             error = BatonError(f"the broker answered {len(responses)} chains of a call of {len(batch)}")
+        if error is None:
+            client.succeeded(address)
         pause = 0.0
         settled: List[Tuple[Submission, Any, Optional[BaseException]]]
         resend: List[Submission]

@@ -176,6 +176,8 @@ class BrokerClient:
         it again (0: at once) at the broker now current, or ``None`` when the
         call ends with ``error``. ``since``: when the call started."""
         if not _failover.elsewhere(error):
+            if _failover.code_of(error) not in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.succeeded(address)  # it answered (a refusal of the call itself, not a standby's)
             return None
         with self._lock:
             if self.brokers.current != address:

@@ -95,3 +95,17 @@ def test_one_broker_waits_for_ready():
 def test_an_empty_list_is_an_error():
     with pytest.raises(ValueError, match="empty address list"):
         BrokerClient(" , ", timeout=1.0)
+
+
+def test_an_answer_that_is_an_error_still_ends_the_round():
+    """b answered (INVALID_ARGUMENT): a later failure there starts a new round at a."""
+    invalid = Refused("bad request")
+    invalid.code = lambda: grpc.StatusCode.INVALID_ARGUMENT
+    answers = {"a:1": Refused(DOWN), "b:2": invalid}
+    c, calls, invoke = client("a:1,b:2", answers)
+    with pytest.raises(grpc.RpcError):
+        c.call(invoke)
+    answers["b:2"], answers["a:1"] = Refused(DOWN), "ok"
+    calls.clear()
+    assert c.call(invoke) == "ok"
+    assert calls == [("b:2", False), ("a:1", False)]

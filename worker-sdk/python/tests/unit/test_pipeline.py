@@ -101,6 +101,9 @@ class FakeClient:
     def failed_at(self, address, error, since):
         return None  # one broker: no other address to try
 
+    def succeeded(self, address):
+        pass
+
     def close(self):
         pass
 
