@@ -47,6 +47,14 @@ to be ready again (``wait_for_ready``, bounded by the client's timeout), and
 the broker answers the chains it had stored as repeats. Any other failure is
 the failure of each chain of the call.
 
+Given several brokers, a call that a standby refused or that could not reach
+its broker (it stored nothing) is sent again at the leader the standby named
+or at the next address, as the client's own calls are (see
+:class:`~baton.client.BrokerClient`): a round of the addresses in which no
+standby answered fails its chains; while standbys answer it goes on for up
+to 30 s, pausing 0.1 s after each round on a timer thread (the one thread of
+this module's own).
+
 What does not change: a chain is stored only when its own answer is OK, and
 whoever relies on that waits for the answer: ``AsyncResult.wait_stored()``
 (which ``get()``, ``status()``... call first), ``Baton.flush()``, the exit
@@ -72,7 +80,7 @@ from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Optional, Sequence
 
 import grpc
 
-from . import pb
+from . import _failover, pb
 from .errors import BatonError, SubmissionRefused
 
 if TYPE_CHECKING:
@@ -115,7 +123,7 @@ class Submission:
     """
 
     __slots__ = ("chain_id", "seq", "request", "size", "response", "error", "observed", "resends",
-                 "_settled", "_lock", "_cond", "_waiters")
+                 "since", "_settled", "_lock", "_cond", "_waiters")
 
     def __init__(self, request: pb.SubmitChainRequest, lock: threading.Lock) -> None:
         self.chain_id: str = request.chain_id
@@ -130,6 +138,9 @@ class Submission:
         """The error has been raised to someone (``wait()`` or ``flush()``)."""
         self.resends = 0
         """Times it was sent again after a lost connection cut its call off."""
+        self.since: Optional[float] = None
+        """When a call of it was first refused by a standby or found no broker
+        (``time.monotonic()``): bounds how long it follows the leader."""
         self._settled = False
         self._lock = lock
         self._cond: Optional[threading.Condition] = None
@@ -270,19 +281,21 @@ class Pipeline:
         return batch
 
     def _start(self, client: "BrokerClient", batch: List[Submission]) -> None:
+        address = client.current
         try:
-            future = client.submit_many_future([cast(pb.SubmitChainRequest, s.request) for s in batch])
+            future = client.submit_many_future([cast(pb.SubmitChainRequest, s.request) for s in batch], address)
         except Exception as exc:  # a closed channel: each chain fails with it
-            self._answered(client, batch, None, exc)
+            self._answered(client, address, batch, None, exc)
             return
         # A call that already ended runs the callback here and now.
-        future.add_done_callback(lambda f: self._answered(client, batch, f))
+        future.add_done_callback(lambda f: self._answered(client, address, batch, f))
 
     # -- answers ------------------------------------------------------------------
 
     def _answered(
         self,
         client: "BrokerClient",
+        address: str,
         batch: List[Submission],
         future: Any,
         error: Optional[BaseException] = None,
@@ -301,7 +314,24 @@ class Pipeline:
                 error = exc
         if error is None and len(responses) != len(batch):
             error = BatonError(f"the broker answered {len(responses)} chains of a call of {len(batch)}")
-        settled, resend = self._outcomes(batch, responses, error)
+        if error is None:
+            client.succeeded(address)
+        pause = 0.0
+        settled: List[Tuple[Submission, Any, Optional[BaseException]]]
+        resend: List[Submission]
+        if error is not None and _failover.elsewhere(error):
+            # Nothing was stored: to the broker now current, or a failure
+            # once a round of the addresses ends it (see the module doc).
+            since = next((s.since for s in batch if s.since is not None), time.monotonic())
+            for s in batch:
+                s.since = since
+            following = client.failed_at(address, error, since)
+            if following is None:
+                settled, resend = [(s, None, error) for s in batch], []
+            else:
+                settled, resend, pause = [], batch, following
+        else:
+            settled, resend = self._outcomes(batch, responses, error)
 
         unwatched: List[Tuple[str, BaseException]] = []
         with self._lock:
@@ -318,7 +348,12 @@ class Pipeline:
                 self._room.notify_all()
         for chain_id, failure in unwatched:
             log.warning("chain %s was not stored: %s", chain_id, describe(failure))
-        self._pump(client)
+        if pause > 0:
+            timer = threading.Timer(pause, self._pump, (client,))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._pump(client)
 
     def _outcomes(
         self,

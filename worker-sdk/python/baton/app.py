@@ -164,7 +164,9 @@ class Task:
 class Baton:
     """A Baton application: registers tasks and talks to one broker.
 
-    ``address`` is the broker's ``host:port``; it defaults to
+    ``address`` is the broker's ``host:port``, or several brokers sharing
+    one database as a comma list (``"h1:7070,h2:7070"``: calls follow the
+    leader, see the README); it defaults to
     ``$BATON_ADDR`` (the deprecated ``$BATON_ADDRESS`` is read too, with a
     warning), then ``127.0.0.1:7070`` (the broker's default), read when the first call is
     made, and may be reassigned until then (the worker CLI's ``--broker``
@@ -242,7 +244,8 @@ class Baton:
     @property
     def client(self) -> BrokerClient:
         if self._client is None:
-            self._client = BrokerClient(self.address, self.timeout, self.token, self.tls)
+            setting = "Baton(address)" if self._address else f"${ADDRESS_VARIABLE}"
+            self._client = BrokerClient(self.address, self.timeout, self.token, self.tls, setting)
         return self._client
 
     @property
@@ -427,12 +430,12 @@ class Baton:
             catch_up=catch_up,
             paused=paused,
         )
-        info: pb.ScheduleInfo = self._admin().PutSchedule(pb.PutScheduleRequest(schedule=schedule))
+        info: pb.ScheduleInfo = self.client.admin("PutSchedule", pb.PutScheduleRequest(schedule=schedule))
         return info
 
     def schedules(self) -> list[pb.ScheduleInfo]:
         """Every schedule, by name, with its next fire times."""
-        return list(self._admin().ListSchedules(pb.ListSchedulesRequest()).schedules)
+        return list(self.client.admin("ListSchedules", pb.ListSchedulesRequest()).schedules)
 
     def pause_schedule(self, name: str) -> pb.ScheduleInfo:
         """Pause a schedule: it fires nothing, and the fire times it passes meanwhile are skipped."""
@@ -444,14 +447,11 @@ class Baton:
 
     def remove_schedule(self, name: str) -> None:
         """Remove a schedule; the chains it submitted are left alone."""
-        self._admin().RemoveSchedule(pb.RemoveScheduleRequest(name=name))
+        self.client.admin("RemoveSchedule", pb.RemoveScheduleRequest(name=name))
 
     def _pause(self, name: str, paused: bool) -> pb.ScheduleInfo:
-        info: pb.ScheduleInfo = self._admin().PauseSchedule(pb.PauseScheduleRequest(name=name, paused=paused))
+        info: pb.ScheduleInfo = self.client.admin("PauseSchedule", pb.PauseScheduleRequest(name=name, paused=paused))
         return info
-
-    def _admin(self) -> Any:
-        return pb.AdminStub(self.channel)
 
     def AsyncResult(self, chain_id: str) -> _AsyncResult:  # noqa: N802 - Celery's name
         """A handle on an existing chain by id."""

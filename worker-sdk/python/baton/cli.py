@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any, List, Optional, Sequence, cast
 
+from . import _failover
 from .app import Baton
 from .errors import WorkerConfigError
 from .worker import POOLS
@@ -84,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "(for CPU-bound bodies; -c of them)",
     )
     w.add_argument("-n", "--name", help="worker name shown in inspection (default host:pid)")
-    w.add_argument("-b", "--broker", help="broker address host:port (default: the app's)")
+    w.add_argument("-b", "--broker", help="broker address host:port, or several as h1:7070,h2:7070 (default: the app's)")
     w.add_argument(
         "--token",
         help="the worker's broker token (default: $BATON_TOKEN, then the app's); "
@@ -160,6 +161,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"cannot load the app: {exc}", file=sys.stderr)
             return 2
         if args.broker:
+            try:
+                _failover.split_addrs(args.broker, "--broker")
+            except ValueError as exc:
+                print(exc, file=sys.stderr)
+                return 2
             app.address = args.broker
         try:
             if args.token:

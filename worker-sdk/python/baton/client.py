@@ -1,6 +1,8 @@
-"""The client side: one gRPC channel to the broker and the :class:`AsyncResult` handle.
+"""The client side: gRPC channels to the broker and the :class:`AsyncResult` handle.
 
-Every call is a plain ``Broker`` RPC; nothing is cached or decided here. The
+Every call is a plain ``Broker`` RPC; nothing is cached or decided here,
+except which broker it goes to when several are given (a comma list): the
+one that last answered, following the leader (:mod:`baton._failover`). A
 channel is opened lazily on first use, so importing a module that builds a
 ``Baton`` app (as every worker does) opens no connection. An ``AsyncResult``
 may be handed out before its chain is stored (see :mod:`baton._pipeline`):
@@ -11,11 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import grpc
 
-from . import _json, _transport, pb
+from . import _failover, _json, _transport, pb
 from ._pipeline import Submission
 from .errors import ChainCancelled, ChainFailed
 
@@ -47,6 +49,8 @@ A stream can go quiet without an error (an idle connection dropped by a
 middlebox, an event lost by the broker); re-opening costs one snapshot and
 bounds how late ``get()`` can notice the end."""
 
+T = TypeVar("T")
+
 _DEDUP = {
     pb.DEDUP_IDEMPOTENCY_KEY: "idempotency_key",
     pb.DEDUP_UNIQUE_KEY: "unique_key",
@@ -70,11 +74,23 @@ def failure_record(record: pb.FailureRecord) -> Dict[str, Any]:
 
 
 class BrokerClient:
-    """A lazily opened channel with the Broker and Admin stubs.
+    """Lazily opened channels with the Broker and Admin stubs, one per broker address.
 
-    Unary calls use ``wait_for_ready`` bounded by ``timeout``: a submit made
-    while the broker restarts waits for it instead of failing at once. With
-    a ``token`` every call carries it; with ``tls`` the channel is TLS.
+    ``address`` is ``host:port``, or several as a comma list; calls go to
+    the broker that last answered, and a call that a standby refused or
+    that could not reach its broker is made again at the leader the standby
+    named or at the next address (docs/deployment.md, "How clients find the
+    leader"): a round of the addresses in which no standby answered ends it
+    with the last error; while standbys answer it goes on for up to 30 s.
+
+    With one address, unary calls use ``wait_for_ready`` bounded by
+    ``timeout``: a submit made while the broker restarts waits for it
+    instead of failing at once. With several, a call that cannot reach one
+    goes to the next at once. With a ``token`` every call carries it; with
+    ``tls`` the channels are TLS.
+
+    Raises:
+        ValueError: ``address`` names no broker (the message names ``setting``).
     """
 
     def __init__(
@@ -83,79 +99,141 @@ class BrokerClient:
         timeout: float,
         token: Optional[str] = None,
         tls: Optional[_transport.Tls] = None,
+        setting: str = "broker address",
     ) -> None:
         self.address = address
+        self.brokers = _failover.Brokers.parse(address, setting)
+        """Which broker calls go to (read and moved under ``_lock``)."""
         self.timeout = timeout
         self.token = token
         self.tls = tls
         self._lock = threading.Lock()
-        self._raw: Optional[grpc.Channel] = None
-        self._channel: Optional[grpc.Channel] = None
-        self._broker: Any = None
+        self._channels: Dict[str, Tuple[grpc.Channel, grpc.Channel, Any]] = {}
+        """Per address tried: ``(raw, usable, Broker stub)``, as opened."""
+
+    @property
+    def current(self) -> str:
+        """The address calls go to now."""
+        with self._lock:
+            return self.brokers.current
+
+    def _open(self, address: str) -> Tuple[grpc.Channel, Any]:
+        """The usable channel and the Broker stub of ``address``, opened on first use."""
+        with self._lock:
+            opened = self._channels.get(address)
+            if opened is None:
+                raw, usable = _transport.sync_channel(address, self.token, self.tls)
+                opened = self._channels[address] = (raw, usable, pb.BrokerStub(usable))
+            return opened[1], opened[2]
 
     @property
     def channel(self) -> grpc.Channel:
-        with self._lock:
-            if self._channel is None:
-                self._raw, self._channel = _transport.sync_channel(self.address, self.token, self.tls)
-            return self._channel
+        """The channel to the current broker."""
+        return self._open(self.current)[0]
 
     def close(self) -> None:
         with self._lock:
-            if self._raw is not None:
-                self._raw.close()
-            self._raw = self._channel = self._broker = None
+            for raw, _, _ in self._channels.values():
+                raw.close()
+            self._channels.clear()
 
     @property
     def broker(self) -> Any:
-        """The Broker stub, made once per channel (the pipeline calls it per batch)."""
-        if self._broker is None:
-            self._broker = pb.BrokerStub(self.channel)
-        return self._broker
+        """The Broker stub of the current broker."""
+        return self._open(self.current)[1]
+
+    def _wait_for_ready(self, address: str) -> bool:
+        """Whether calls at ``address`` wait for it to (re)start: only with one broker."""
+        return self.brokers.list == [address]
+
+    def call(self, invoke: Callable[[grpc.Channel, Any, bool], T]) -> T:
+        """``invoke(channel, broker_stub, wait_for_ready)`` at the current
+        broker, made again elsewhere as the class says."""
+        since = time.monotonic()
+        while True:
+            address = self.current
+            channel, stub = self._open(address)
+            try:
+                result = invoke(channel, stub, self._wait_for_ready(address))
+            except grpc.RpcError as exc:
+                pause = self.failed_at(address, exc, since)
+                if pause is None:
+                    raise
+                if pause > 0:
+                    time.sleep(pause)
+                continue
+            self.succeeded(address)
+            return result
+
+    def succeeded(self, address: str) -> None:
+        """A call at ``address`` was answered (not refused)."""
+        with self._lock:
+            if self.brokers.current == address:
+                self.brokers.succeeded()
+
+    def failed_at(self, address: str, error: BaseException, since: float) -> Optional[float]:
+        """A call at ``address`` failed with ``error``: the pause before making
+        it again (0: at once) at the broker now current, or ``None`` when the
+        call ends with ``error``. ``since``: when the call started."""
+        if not _failover.elsewhere(error):
+            if _failover.code_of(error) not in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.succeeded(address)  # it answered (a refusal of the call itself, not a standby's)
+            return None
+        with self._lock:
+            if self.brokers.current != address:
+                return 0.0  # another call moved on already: follow it
+            following = self.brokers.failed(_failover.refusal_of(error))
+        if not following.pause:
+            return 0.0
+        if following.standby and time.monotonic() - since < _failover.CLIENT_PATIENCE:
+            return _failover.STANDBY_PAUSE
+        return None
+
+    def _unary(self, method: str, request: Any) -> Any:
+        return self.call(
+            lambda _, stub, ready: getattr(stub, method)(request, timeout=self.timeout, wait_for_ready=ready)
+        )
 
     def submit(self, request: pb.SubmitChainRequest) -> pb.SubmitChainResponse:
-        response = self.broker.SubmitChain(request, timeout=self.timeout, wait_for_ready=True)
-        return cast(pb.SubmitChainResponse, response)
+        return cast(pb.SubmitChainResponse, self._unary("SubmitChain", request))
 
-    def submit_many_future(self, requests: Sequence[pb.SubmitChainRequest]) -> "grpc.Future":
-        """``SubmitChains`` without waiting: a ``grpc.Future`` of the response
-        (how pipelined ``delay()`` calls travel, see :mod:`baton._pipeline`)."""
-        return self.broker.SubmitChains.future(
-            pb.SubmitChainsRequest(chains=requests), timeout=self.timeout, wait_for_ready=True
+    def submit_many_future(self, requests: Sequence[pb.SubmitChainRequest], address: str) -> "grpc.Future":
+        """``SubmitChains`` at ``address`` without waiting: a ``grpc.Future`` of
+        the response (how pipelined ``delay()`` calls travel, see :mod:`baton._pipeline`)."""
+        _, stub = self._open(address)
+        return stub.SubmitChains.future(
+            pb.SubmitChainsRequest(chains=requests), timeout=self.timeout, wait_for_ready=self._wait_for_ready(address)
         )
 
     def submit_many(self, requests: Sequence[pb.SubmitChainRequest]) -> List[pb.SubmitChainResponse]:
         """``SubmitChains``: all of ``requests`` in one durable commit, or none."""
-        response = self.broker.SubmitChains(
-            pb.SubmitChainsRequest(chains=requests), timeout=self.timeout, wait_for_ready=True
-        )
+        response = self._unary("SubmitChains", pb.SubmitChainsRequest(chains=requests))
         return list(response.chains)
 
     def get_chain(self, chain_id: str) -> pb.Chain:
-        chain = self.broker.GetChain(
-            pb.GetChainRequest(chain_id=chain_id), timeout=self.timeout, wait_for_ready=True
-        )
-        return cast(pb.Chain, chain)
+        return cast(pb.Chain, self._unary("GetChain", pb.GetChainRequest(chain_id=chain_id)))
 
     def step_result(self, chain_id: str, task_id: str) -> str:
-        response = self.broker.GetStepResult(
-            pb.GetStepResultRequest(chain_id=chain_id, task_id=task_id),
-            timeout=self.timeout,
-            wait_for_ready=True,
-        )
+        response = self._unary("GetStepResult", pb.GetStepResultRequest(chain_id=chain_id, task_id=task_id))
         return cast(str, response.result)
 
     def cancel(self, chain_id: str, reason: str) -> pb.CancelChainResponse:
-        response = self.broker.CancelChain(
-            pb.CancelChainRequest(chain_id=chain_id, reason=reason),
-            timeout=self.timeout,
-            wait_for_ready=True,
-        )
+        response = self._unary("CancelChain", pb.CancelChainRequest(chain_id=chain_id, reason=reason))
         return cast(pb.CancelChainResponse, response)
 
-    def watch(self, chain_id: str, timeout: Optional[float]) -> Iterator[pb.ChainEvent]:
-        stream = self.broker.WatchChain(
-            pb.WatchChainRequest(chain_id=chain_id), timeout=timeout, wait_for_ready=True
+    def admin(self, method: str, request: Any) -> Any:
+        """A unary ``Admin`` call, following the leader like the others."""
+        return self.call(
+            lambda channel, _, ready: getattr(pb.AdminStub(channel), method)(
+                request, timeout=self.timeout, wait_for_ready=ready
+            )
+        )
+
+    def watch(self, chain_id: str, timeout: Optional[float], address: str) -> Iterator[pb.ChainEvent]:
+        """``WatchChain`` at ``address`` (``get()`` re-opens it, following the leader)."""
+        _, stub = self._open(address)
+        stream = stub.WatchChain(
+            pb.WatchChainRequest(chain_id=chain_id), timeout=timeout, wait_for_ready=self._wait_for_ready(address)
         )
         return cast(Iterator[pb.ChainEvent], stream)
 
@@ -276,13 +354,16 @@ class AsyncResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.wait_stored(timeout)
         backoff = 0.1
+        client = self.app.client
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"chain {self.id} did not end within {timeout}s")
             window = WATCH_SLICE if remaining is None else min(remaining, WATCH_SLICE)
+            address = client.current
             try:
-                for event in self.app.client.watch(self.id, window):
+                for event in client.watch(self.id, window, address):
+                    client.succeeded(address)
                     if STATES.get(event.chain.state) in FINAL:
                         return self._final(event.chain)
             except grpc.RpcError as exc:
@@ -291,6 +372,10 @@ class AsyncResult:
                     continue  # a silent slice: re-open at once (or time out above)
                 if code != grpc.StatusCode.UNAVAILABLE:
                     raise
+                # Refused by a standby, or its broker unreachable: the next
+                # broker at once while a round of the addresses goes on.
+                if client.failed_at(address, exc, time.monotonic()) == 0.0:
+                    continue
             # The stream ended or broke before the end (broker restart): look
             # again, after a short pause so a dead broker is not spun on.
             pause = backoff if remaining is None else min(backoff, max(0.0, remaining))

@@ -26,7 +26,8 @@ The worker decides nothing about scheduling: it runs what the broker assigns
 (never more than its free concurrency), reports how each run ended, and keeps
 its leases alive with heartbeats. Recovery follows the protocol: an outcome
 is kept until the broker acknowledges it (it is durable then), and after a
-lost connection the worker reconnects with backoff, lists what it still
+lost connection the worker reconnects with backoff (to the leader, given
+several brokers: :mod:`baton._failover`), lists what it still
 holds in ``Hello.held`` and re-sends the unacknowledged outcomes the broker
 says it still owns (``Welcome.kept``).
 """
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Iterable,
 import grpc
 import grpc.aio
 
-from . import _json, _transport, options as _options, outcomes, pb
+from . import _failover, _json, _transport, options as _options, outcomes, pb
 from ._processes import ProcessPool
 from .client import PHASES
 from .context import TaskContext, TaskKey
@@ -644,6 +645,10 @@ class Worker:
             self._loop.call_soon_threadsafe(self._begin_drain)
 
     async def _serve(self, install_signals: bool) -> None:
+        try:
+            brokers = _failover.Brokers.parse(self.app.address)
+        except ValueError as exc:
+            raise WorkerConfigError(str(exc)) from None
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         if self.pool == "processes":
@@ -676,22 +681,37 @@ class Worker:
         try:
             while not self._finished():
                 self._welcomed = False
+                address = brokers.current
+                refusal = _failover.NO_REFUSAL
                 try:
-                    if await self._session():
+                    if await self._session(address):
                         break
                 except _SessionLost as exc:
-                    self._log_lost(str(exc), quiet)
+                    self._log_lost(address, str(exc), quiet)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in _FATAL_CODES:
                         raise WorkerConfigError(
                             f"broker refused worker {self.name}: {exc.code().name}: {exc.details()}"
                         ) from None
-                    self._log_lost(f"{exc.code().name}: {exc.details()}", quiet)
+                    refusal = _failover.refusal_of(exc)
+                    self._log_lost(address, f"{exc.code().name}: {exc.details()}", quiet)
                 if self._welcomed:
+                    brokers.succeeded()
                     backoff = BACKOFF_MIN
                 quiet = not self._welcomed
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                # The next broker at once while a round of the addresses goes
+                # on (a leader a standby named first); after a round, the
+                # backoff, only its first step if a standby answered (a
+                # leader is being elected: docs/deployment.md).
+                following = brokers.failed(refusal)
+                if not following.pause:
+                    log.debug("worker %s: trying %s", self.name, brokers.current)
+                    continue
+                if following.standby:
+                    await self._sleep(BACKOFF_MIN)
+                else:
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -707,15 +727,15 @@ class Worker:
     def _finished(self) -> bool:
         return self._forced or (self._draining and not self._runs and not self._unacked)
 
-    def _log_lost(self, detail: str, quiet: bool) -> None:
+    def _log_lost(self, address: str, detail: str, quiet: bool) -> None:
         level = logging.DEBUG if quiet else logging.WARNING
         if self._ever_welcomed:
-            log.log(level, "worker %s: connection to %s lost (%s); reconnecting", self.name, self.app.address, detail)
+            log.log(level, "worker %s: connection to %s lost (%s); reconnecting", self.name, address, detail)
         else:
             log.log(
                 level,
                 "worker %s: could not connect to the broker at %s, never connected (%s); retrying",
-                self.name, self.app.address, detail,
+                self.name, address, detail,
             )
 
     async def _sleep(self, seconds: float) -> None:
@@ -776,13 +796,14 @@ class Worker:
             batch_bytes=READ_BATCH_BYTES,
         )
 
-    async def _session(self) -> bool:
-        """Run one stream; True once the worker is done (drained or forced)."""
+    async def _session(self, address: str) -> bool:
+        """Run one stream with the broker at ``address``; True once the worker
+        is done (drained or forced)."""
         outbox = _Outbox(self._traffic)
         outbox.put(pb.WorkerMessage(hello=self._hello()))
         if self._draining:
             outbox.put(pb.WorkerMessage(drain=pb.Drain()))
-        channel = _transport.aio_channel(self.app.address, self.app.tls)
+        channel = _transport.aio_channel(address, self.app.tls)
         tasks: list["asyncio.Task[Any]"] = []
         try:
             call = pb.WorkerStub(channel).Session(outbox.frames(), metadata=_transport.metadata(self.app.token))

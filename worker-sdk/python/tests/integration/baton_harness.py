@@ -156,3 +156,15 @@ class WorkerProcess:
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")[-5000:]
+
+
+def a_run_survives(tasks, events, replace_broker):
+    """Start ``demo.sleeper`` (2 s), call ``replace_broker()`` (kill the broker,
+    start one on the same data) while it runs, and check that its outcome is
+    accepted from its first attempt: the worker kept the run (Hello.held)."""
+    r = tasks.sleeper.delay(2, "r")
+    events.wait_for("sleeper_start", tag="r")
+    replace_broker()
+    assert r.get(timeout=30) == "r"
+    assert r.info().steps[0].attempts == 1
+    return r

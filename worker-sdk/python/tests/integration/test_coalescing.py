@@ -36,8 +36,10 @@ def count_calls(app):
     """Route ``app``'s calls through a :class:`CallCounter` (until ``app.close()``)."""
     counter = CallCounter()
     client = app.client
-    client._channel = grpc.intercept_channel(client.channel, counter)
-    client._broker = None
+    client._open(client.current)
+    raw, usable, _ = client._channels[client.current]
+    channel = grpc.intercept_channel(usable, counter)
+    client._channels[client.current] = (raw, channel, pb.BrokerStub(channel))
     return counter
 
 

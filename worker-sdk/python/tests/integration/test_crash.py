@@ -4,7 +4,7 @@ import os
 import signal
 
 from baton import chain, pb
-from baton_harness import wait_until
+from baton_harness import a_run_survives, wait_until
 
 
 def test_sigkill_mid_task_redelivers_to_another_worker(tasks, start_worker, events, broker):
@@ -49,12 +49,7 @@ def test_worker_survives_a_broker_restart(tasks, start_worker, events, start_bro
     broker = start_broker(lease_ms=10000)
     tasks.app.address = broker.address
     start_worker(target=broker)
-    r = tasks.sleeper.delay(2, "r")
-    events.wait_for("sleeper_start", tag="r")
-    broker.kill()
-    broker.start()
-    assert r.get(timeout=30) == "r"
-    assert r.info().steps[0].attempts == 1
+    a_run_survives(tasks, events, lambda: (broker.kill(), broker.start()))
     assert tasks.fast.delay(1).get(timeout=30) == "fast 1"
 
 

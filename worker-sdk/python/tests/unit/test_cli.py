@@ -70,3 +70,19 @@ def test_bad_app_exits_2(baton_env):
         env=baton_env,
     )
     assert out.returncode == 2 and "cannot load the app" in out.stderr
+
+
+def test_an_empty_broker_list_is_refused(capsys):
+    from baton.cli import main
+
+    assert main(["worker", "--app", "sample_tasks:app", "--broker", " , "]) == 2
+    assert "--broker" in capsys.readouterr().err
+
+
+def test_several_addresses_from_the_app_and_the_environment(monkeypatch):
+    assert Baton(" h1:1 , h2:2 ,").client.brokers.list == ["h1:1", "h2:2"]
+    monkeypatch.setenv("BATON_ADDR", "h1:1,h2:2")
+    assert Baton().client.brokers.list == ["h1:1", "h2:2"]
+    monkeypatch.setenv("BATON_ADDR", ",")
+    with pytest.raises(ValueError, match=r"\$BATON_ADDR"):
+        Baton().client

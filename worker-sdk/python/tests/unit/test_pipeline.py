@@ -75,6 +75,7 @@ class Call:
 
 class FakeClient:
     timeout = 5.0
+    current = "fake:7070"
 
     def __init__(self, refuse_batch=None):
         self.calls = []
@@ -82,7 +83,7 @@ class FakeClient:
         self.batches = []
         self.refuse_batch = refuse_batch
 
-    def submit_many_future(self, requests):
+    def submit_many_future(self, requests, address="fake:7070"):
         call = Call(requests)
         self.calls.append(call)
         return call
@@ -96,6 +97,12 @@ class FakeClient:
         if len(self.batches) - 1 == self.refuse_batch:
             raise RpcError(details="chains[3]: steps[0].name is empty")
         return [pb.SubmitChainResponse(chain_id=r.chain_id) for r in requests]
+
+    def failed_at(self, address, error, since):
+        return None  # one broker: no other address to try
+
+    def succeeded(self, address):
+        pass
 
     def close(self):
         pass
@@ -413,7 +420,7 @@ def test_an_answer_short_of_chains_fails_the_call_instead_of_hanging(app, add):
 
 
 def test_a_call_that_cannot_start_fails_its_chains(app, add):
-    def closed(requests):
+    def closed(requests, address):
         raise ValueError("Cannot invoke RPC on closed channel!")
 
     app._client.submit_many_future = closed
@@ -433,9 +440,9 @@ class AnsweringClient(FakeClient):
         self.delay = delay
         self.lock = threading.Lock()
 
-    def submit_many_future(self, requests):
+    def submit_many_future(self, requests, address="fake:7070"):
         with self.lock:
-            call = super().submit_many_future(requests)
+            call = super().submit_many_future(requests, address)
         threading.Timer(self.delay, call.answer).start()
         return call
 
@@ -526,3 +533,21 @@ def test_submit_many_later_batch_refused_names_what_was_stored(app, add):
     assert isinstance(error, PartialSubmission)
     assert len(error.stored) == 1000 and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert str(error).startswith("1000 of 1500 chains stored; the batch from item 1000 was refused")
+
+
+def test_a_call_a_standby_refused_goes_to_the_broker_now_current(app, add):
+    """Several brokers: a call refused by a standby (nothing stored) goes
+    again where the client's rotation now points, with the same ids; when
+    the rotation gives up, its chains fail with the refusal."""
+    follow = [0.0, None]
+    app._client.failed_at = lambda address, error, since: follow.pop(0)
+    refused = RpcError(grpc.StatusCode.UNAVAILABLE, "this broker is a standby")
+    refused.trailing_metadata = lambda: (("baton-standby", "1"),)
+    r = add.delay(1, 2)
+    sent(app)[-1].fail(refused)
+    assert sent(app)[-1].ids == [r.id] and len(sent(app)) == 2
+    sent(app)[-1].fail(refused)
+    assert len(sent(app)) == 2  # not the UNAVAILABLE resends: the rotation said no
+    with pytest.raises(grpc.RpcError) as raised:
+        r.wait_stored(timeout=0)
+    assert raised.value is refused
