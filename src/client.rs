@@ -400,6 +400,16 @@ impl Client {
     /// Those of [`submit`](Self::submit).
     pub async fn submit_request(&self, mut request: pb::SubmitChainRequest) -> Result<Submitted> {
         let ours = choose_id(&mut request);
+        self.send_submission(request, ours).await
+    }
+
+    /// Sends a submission; `ours`: its chain id was chosen by
+    /// [`choose_id`] (see [`Submitted::of`]).
+    async fn send_submission(
+        &self,
+        request: pb::SubmitChainRequest,
+        ours: bool,
+    ) -> Result<Submitted> {
         let response = self
             .call(|mut s| {
                 let request = request.clone();
@@ -468,10 +478,10 @@ impl Client {
     /// [`pb::Dedup::ChainId`]). Must be called within a Tokio runtime.
     pub fn submit_pipelined(&self, chain: impl Into<Chain>) -> Pending {
         let mut request = pb::SubmitChainRequest::from(chain.into());
-        let chain_id = uuid::Uuid::now_v7().to_string();
-        request.chain_id.clone_from(&chain_id);
+        let ours = choose_id(&mut request);
+        let chain_id = request.chain_id.clone();
         let client = self.clone();
-        let answer = tokio::spawn(async move { client.submit_request(request).await });
+        let answer = tokio::spawn(async move { client.send_submission(request, ours).await });
         Pending { chain_id, answer }
     }
 
