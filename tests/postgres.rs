@@ -8,6 +8,8 @@
 //! (`CI` set), where they fail. Each test works in a schema of its own.
 
 mod common;
+#[path = "common/pg_schema.rs"]
+mod pg_schema;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,65 +17,8 @@ use std::sync::{Arc, Mutex};
 use baton::{Chain, ChainOutcome, Task};
 use baton_worker::TaskContext;
 use common::*;
+use pg_schema::{Schema, sql};
 use serde_json::json;
-
-/// A schema of the test database for one test, dropped after it.
-struct Schema {
-    admin: String,
-    name: String,
-    /// The test database with `search_path` set to this schema.
-    url: String,
-}
-
-impl Schema {
-    fn new() -> Option<Self> {
-        let admin = match std::env::var("BATON_TEST_POSTGRES") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "BATON_TEST_POSTGRES must name a PostgreSQL database under CI (.ci/run starts one)"
-                );
-                eprintln!("BATON_TEST_POSTGRES is not set: skipping the PostgreSQL test");
-                return None;
-            }
-        };
-        let name = format!("e2e_{}", uuid_like());
-        sql(&admin, &format!("CREATE SCHEMA {name}")).expect("create the test schema");
-        let sep = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}");
-        Some(Schema { admin, name, url })
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = sql(
-            &self.admin,
-            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
-        );
-    }
-}
-
-/// A name no other test run uses at the same time.
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
-/// Runs `sql` on a connection of its own, off the tokio threads (the
-/// synchronous client runs a runtime of its own).
-fn sql(url: &str, sql: &str) -> Result<(), postgres::Error> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&sql)
-    })
-    .join()
-    .expect("sql thread")
-}
 
 fn two_step(i: u64) -> Chain {
     Chain::new([Task::new("step.one").si([i]), Task::new("step.two").s(())])
@@ -116,7 +61,7 @@ fn assert_all_ran(seen: &Seen, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_run_and_survive_a_clean_restart_on_postgres() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("e2e") else {
         return;
     };
     let url = schema.url.clone();
@@ -163,7 +108,7 @@ async fn chains_run_and_survive_a_clean_restart_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_chains_survive_kill_9_of_a_broker_on_postgres() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("e2e") else {
         return;
     };
     // --data names a directory the broker must not need.
@@ -201,7 +146,7 @@ async fn acknowledged_chains_survive_kill_9_of_a_broker_on_postgres() {
 
 #[tokio::test]
 async fn a_database_of_a_newer_schema_is_refused_at_start() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("e2e") else {
         return;
     };
     sql(
@@ -232,7 +177,7 @@ async fn a_database_of_a_newer_schema_is_refused_at_start() {
 /// list) and work there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_and_a_worker_given_only_a_standby_follow_it_to_the_leader() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("e2e") else {
         return;
     };
     let url = schema.url.clone();
@@ -281,7 +226,7 @@ async fn a_client_and_a_worker_given_only_a_standby_follow_it_to_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_names_the_leader_only_to_a_caller_with_a_token() {
     use baton_server::auth::{Auth, Role, Token, Tokens};
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("e2e") else {
         return;
     };
     const SECRET: &str = "secret-of-ops";

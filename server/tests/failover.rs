@@ -10,6 +10,8 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+#[path = "../../tests/common/pg_schema.rs"]
+mod pg_schema;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +23,7 @@ use baton::pb::{self, worker_message::Msg as Up};
 use baton::{Chain, ChainOutcome, Client, Task, Throttle};
 use baton_worker::{TaskContext, Worker};
 use common::*;
+use pg_schema::Schema;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -33,75 +36,21 @@ const WORKER_LEASE_MS: u64 = 3000;
 /// The throttle of the throttled task, and its key.
 const LIMIT: usize = 2;
 
-/// A schema of the test database for one test, dropped after it.
-struct Schema {
-    admin: String,
-    name: String,
-    /// The test database with `search_path` set to this schema.
-    url: String,
-}
-
-impl Schema {
-    fn new() -> Option<Self> {
-        let admin = match std::env::var("BATON_TEST_POSTGRES") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "BATON_TEST_POSTGRES must name a PostgreSQL database under CI (.ci/run starts one)"
-                );
-                eprintln!("BATON_TEST_POSTGRES is not set: skipping the failover test");
-                return None;
-            }
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("fo_{}_{nanos}", std::process::id());
-        sql(&admin, &format!("CREATE SCHEMA {name}"));
-        let sep = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}");
-        Some(Schema { admin, name, url })
-    }
-
-    /// The address in the lease, while it runs.
-    fn leader(&self) -> Option<String> {
-        let url = self.url.clone();
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).ok()?;
-            let row = client
-                .query_opt(
-                    "SELECT address FROM baton_leader WHERE id = 1 AND expires_at > now()",
-                    &[],
-                )
-                .ok()??;
-            Some(row.get::<_, String>(0))
-        })
-        .join()
-        .expect("sql thread")
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        sql(
-            &self.admin,
-            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
-        );
-    }
-}
-
-/// Runs `sql` on a connection of its own, off the tokio threads.
-fn sql(url: &str, sql: &str) {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
+/// The address in the leader's lease, while it runs.
+fn leader_of(schema: &Schema) -> Option<String> {
+    let url = schema.url.clone();
     std::thread::spawn(move || {
-        postgres::Client::connect(&url, postgres::NoTls)
-            .and_then(|mut c| c.batch_execute(&sql))
-            .expect("sql")
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+        let row = client
+            .query_opt(
+                "SELECT address FROM baton_leader WHERE id = 1 AND expires_at > now()",
+                &[],
+            )
+            .ok()??;
+        Some(row.get::<_, String>(0))
     })
     .join()
-    .expect("sql thread");
+    .expect("sql thread")
 }
 
 /// A broker process; killed (by its PID) when dropped.
@@ -209,7 +158,7 @@ async fn two_brokers(schema: &Schema, dir: &Path) -> (Broker, Broker) {
         health(&a.addr, "baton.v1.Broker").await == Some(SERVING)
     })
     .await;
-    assert_eq!(schema.leader().as_deref(), Some(a.addr.as_str()));
+    assert_eq!(leader_of(schema).as_deref(), Some(a.addr.as_str()));
     let b = Broker::start(schema, dir, "b");
     until("b answers as a standby", PATIENCE, || async {
         health(&b.addr, "baton.v1.Broker").await == Some(NOT_SERVING)
@@ -401,7 +350,7 @@ async fn next_down(inbound: &mut tonic::Streaming<pb::BrokerMessage>) -> pb::bro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_leader_under_load_fails_over_with_nothing_lost() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("fo") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -465,7 +414,7 @@ async fn kill_9_of_the_leader_under_load_fails_over_with_nothing_lost() {
         failover <= LEADER_LEASE + Duration::from_secs(1),
         "failover took {failover:?}, more than the lease ({LEADER_LEASE:?}) plus 1 s"
     );
-    assert_eq!(schema.leader().as_deref(), Some(b.addr.as_str()));
+    assert_eq!(leader_of(&schema).as_deref(), Some(b.addr.as_str()));
 
     // The fenced-off attempt's report, to the new leader: rejected.
     let (raw_tx, mut raw_in) = raw_session(&b.addr).await;
@@ -537,7 +486,7 @@ async fn kill_9_of_the_leader_under_load_fails_over_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("fo") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -566,7 +515,7 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
         .await
         .unwrap();
     until("b leads", LEADER_LEASE * 3, || async {
-        schema.leader().as_deref() == Some(b.addr.as_str())
+        leader_of(&schema).as_deref() == Some(b.addr.as_str())
     })
     .await;
     until("b serves", PATIENCE, || async {
@@ -623,7 +572,7 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "measures 20 failovers (about 3 minutes with the default lease)"]
 async fn failover_time_over_20_failovers() {
-    let Some(schema) = Schema::new() else {
+    let Some(schema) = Schema::new("fo") else {
         return;
     };
     let lease = std::env::var("BATON_FAILOVER_LEASE_MS")
@@ -663,7 +612,7 @@ async fn failover_time_over_20_failovers() {
     };
     let mut times = Vec::new();
     for round in 0..rounds {
-        let leader = schema.leader();
+        let leader = leader_of(&schema);
         let Some(index) = brokers
             .iter()
             .position(|b| Some(&b.addr) == leader.as_ref())
