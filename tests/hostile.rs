@@ -313,7 +313,7 @@ async fn reports_on_assignments_a_worker_never_held_are_refused_and_change_nothi
         ..task.clone()
     };
     let unknown = pb::TaskRef {
-        task_id: "no-such-task".into(),
+        task_id: uuid::Uuid::now_v7().to_string(),
         attempt: 1,
     };
     for t in [&task, &other_attempt, &unknown] {
@@ -335,6 +335,22 @@ async fn reports_on_assignments_a_worker_never_held_are_refused_and_change_nothi
             }),
         }));
         assert!(matches!(liar.next().await, Down::Error(_)));
+    }
+    // A task id that is not even a UUID names no run of any broker: each
+    // message naming one is refused at the edge, saying so.
+    let garbage = pb::TaskRef {
+        task_id: "no-such-task".into(),
+        attempt: 1,
+    };
+    liar.send(success(garbage.clone(), "\"forged\""));
+    liar.send(Up::ThrottleRelease(pb::ThrottleRelease {
+        request_id: 1,
+        task: Some(garbage),
+    }));
+    for _ in 0..2 {
+        assert!(
+            matches!(liar.next().await, Down::Error(e) if e.message.contains("task.task_id is not a UUID"))
+        );
     }
     // A result that is not JSON is refused at the edge.
     liar.send(success(task.clone(), "{not json"));

@@ -74,5 +74,5 @@ fn noop_chain() -> ChainRecord {
         }],
         ..ChainSpec::default()
     };
-    ChainRecord::new(baton_server::domain::new_id(), spec, 1)
+    ChainRecord::new(baton_server::domain::Ids::Time.chain(), spec, 1)
 }

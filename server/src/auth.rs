@@ -962,7 +962,7 @@ mod tests {
             ("ci", "ci:k")
         );
         assert_eq!(spec.unique_key, "");
-        let mine = ChainRecord::new("c1".into(), spec, 1);
+        let mine = ChainRecord::new(crate::domain::ChainId::from_u128(1), spec, 1);
         assert!(ci.check_sees(&mine).is_ok());
         let theirs = ChainRecord {
             owner: "other".into(),
@@ -971,7 +971,10 @@ mod tests {
         let e = ci.check_sees(&theirs).unwrap_err();
         assert_eq!(
             (e.code(), e.message()),
-            (tonic::Code::NotFound, "chain c1 not found")
+            (
+                tonic::Code::NotFound,
+                "chain 00000000-0000-0000-0000-000000000001 not found"
+            )
         );
         let ops = gate(Service::Broker)
             .admit(&request(Some("Bearer a")))

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::ids::{ChainId, NotAnId, TaskId, WorkerId};
 pub use baton::pb::{
     ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
 };
@@ -52,13 +53,8 @@ pub type Map<K, V> = std::collections::HashMap<K, V, Hashing>;
 /// The scheduler's hash set (see [`Hashing`]).
 pub type Set<K> = std::collections::HashSet<K, Hashing>;
 
-/// Generates a new time-ordered id (UUID v7), so ids sort by creation time.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 /// Where the scheduler's new ids (chains, tasks, worker streams) come from:
-/// time-ordered UUIDs in the broker ([`new_id`]), a sequence drawn from a
+/// time-ordered UUIDs (v7) in the broker, a sequence drawn from a
 /// seed in the simulator, so that a simulated run replays exactly.
 #[derive(Clone, Debug)]
 pub enum Ids {
@@ -68,10 +64,22 @@ pub enum Ids {
 }
 
 impl Ids {
-    /// The next id: a UUID in its usual text form.
-    pub fn fresh(&mut self) -> String {
+    pub fn chain(&mut self) -> ChainId {
+        ChainId::from_uuid(self.fresh())
+    }
+
+    pub fn task(&mut self) -> TaskId {
+        TaskId::from_uuid(self.fresh())
+    }
+
+    pub fn worker(&mut self) -> WorkerId {
+        WorkerId::from_uuid(self.fresh())
+    }
+
+    /// The next id.
+    fn fresh(&mut self) -> uuid::Uuid {
         match self {
-            Ids::Time => new_id(),
+            Ids::Time => uuid::Uuid::now_v7(),
             Ids::Seeded(state) => {
                 let mut bytes = [0u8; 16];
                 for half in bytes.chunks_mut(8) {
@@ -81,9 +89,7 @@ impl Ids {
                     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
                     half.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
                 }
-                uuid::Builder::from_random_bytes(bytes)
-                    .into_uuid()
-                    .to_string()
+                uuid::Builder::from_random_bytes(bytes).into_uuid()
             }
         }
     }
@@ -122,7 +128,7 @@ pub struct ChainSpec {
     pub owner: String,
     /// The id the client chose (a canonical UUID), or None for one the
     /// broker picks.
-    pub chain_id: Option<String>,
+    pub chain_id: Option<ChainId>,
 }
 
 /// A periodic schedule as the store keeps it: when it fires (see
@@ -322,6 +328,13 @@ impl StepRecord {
     pub fn name(&self) -> &str {
         &self.signature().name
     }
+
+    /// Its task id. The store holds it as text, written by the broker from
+    /// a [`TaskId`]; a record that does not parse was checked when it was
+    /// read (see `ChainRecord::check_ids`), so the nil id never shows here.
+    pub fn task(&self) -> TaskId {
+        TaskId::parse(&self.task_id).unwrap_or_default()
+    }
 }
 
 /// The persisted state of one chain: its spec, its progress and the slots
@@ -407,17 +420,35 @@ pub struct StepAt {
 }
 
 impl ChainRecord {
+    /// Its id (see [`StepRecord::task`]).
+    pub fn chain_id(&self) -> ChainId {
+        ChainId::parse(&self.id).unwrap_or_default()
+    }
+
+    /// Whether every id in the record reads as a typed id: a record read
+    /// from the store that fails this is corrupt.
+    ///
+    /// # Errors
+    /// The first id that is not a UUID.
+    pub fn check_ids(&self) -> Result<(), NotAnId> {
+        ChainId::parse(&self.id)?;
+        for (_, step) in self.all_steps() {
+            TaskId::parse(&step.task_id)?;
+        }
+        Ok(())
+    }
+
     /// Builds the record of a new chain; every step gets its task id now.
-    pub fn new(id: String, spec: ChainSpec, now: UnixMs) -> Self {
+    pub fn new(id: ChainId, spec: ChainSpec, now: UnixMs) -> Self {
         Self::with_ids(id, spec, now, &mut Ids::Time)
     }
 
     /// [`ChainRecord::new`] with task ids drawn from `ids`.
-    pub fn with_ids(id: String, spec: ChainSpec, now: UnixMs, ids: &mut Ids) -> Self {
+    pub fn with_ids(id: ChainId, spec: ChainSpec, now: UnixMs, ids: &mut Ids) -> Self {
         let mut steps = |sigs: Vec<Signature>| {
             sigs.into_iter()
                 .map(|sig| StepRecord {
-                    task_id: ids.fresh(),
+                    task_id: ids.task().to_string(),
                     signature: Some(sig),
                     state: StepState::Pending as i32,
                     ..Default::default()
@@ -425,7 +456,7 @@ impl ChainRecord {
                 .collect()
         };
         ChainRecord {
-            id,
+            id: id.to_string(),
             state: ChainState::Running as i32,
             steps: steps(spec.steps),
             on_success: steps(spec.on_success),
@@ -786,7 +817,7 @@ mod tests {
             on_failure: vec![sig("err")],
             ..ChainSpec::default()
         };
-        let mut c = ChainRecord::new("c".into(), spec, 1);
+        let mut c = ChainRecord::new(ChainId::from_u128(1), spec, 1);
         c.steps[0].result = "41".into();
         c.result = "\"done\"".into();
         c.failure = Some(FailureRecord {
@@ -816,9 +847,9 @@ mod tests {
 // ---------------------------------------------------------------------------
 
 /// One attempt of one task.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TaskRef {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub attempt: u32,
 }
 
@@ -855,6 +886,16 @@ pub enum RunOutcome {
     },
 }
 
+/// Which of a worker's leases a heartbeat extends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Leases {
+    /// All of its runs (the heartbeat listed none).
+    All,
+    /// Only these (of its own runs); none when it named only runs that
+    /// this broker never issued.
+    Listed(Vec<TaskRef>),
+}
+
 /// Messages from a worker after its hello.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FromWorker {
@@ -862,9 +903,9 @@ pub enum FromWorker {
         task: TaskRef,
         outcome: RunOutcome,
     },
-    /// Extends the listed leases, or all of the worker's when empty.
+    /// Extends the worker's leases.
     Heartbeat {
-        tasks: Vec<TaskRef>,
+        leases: Leases,
     },
     Acquire {
         request_id: u64,
@@ -883,7 +924,7 @@ pub enum FromWorker {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment {
     pub task: TaskRef,
-    pub chain_id: String,
+    pub chain_id: ChainId,
     pub at: StepAt,
     pub name: String,
     pub args: String,
@@ -900,7 +941,7 @@ pub struct Assignment {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToWorker {
     Welcome {
-        worker_id: String,
+        worker_id: WorkerId,
         lease_ms: u64,
         kept: Vec<TaskRef>,
         lost: Vec<TaskRef>,

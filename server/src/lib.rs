@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod domain;
 pub mod http;
+pub mod ids;
 pub mod leader;
 pub mod listener;
 pub mod metrics;

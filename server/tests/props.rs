@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use baton::pb;
 use baton_server::api::convert::{self, Limits};
-use baton_server::domain::{ChainRecord, Identity};
+use baton_server::domain::{ChainRecord, Identity, TaskId};
 use baton_server::scheduler::throttle::{Holder, Throttles, Waiter};
 use baton_server::store::{Shared, inconsistency};
 use proptest::prelude::*;
@@ -252,7 +252,8 @@ fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
             }],
             ..Default::default()
         };
-        let mut c = ChainRecord::new(id.clone(), spec, 1);
+        let chain_id = baton_server::domain::ChainId::parse(&id).expect("a UUID");
+        let mut c = ChainRecord::new(chain_id, spec, 1);
         match how {
             0 => c.cursor = n,
             1 => c.phase = e,
@@ -286,7 +287,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     let bytes = prop::collection::vec(any::<u8>(), 0..48);
     prop_oneof![
         (tree, bytes.clone(), bytes).prop_map(|(t, k, v)| Entry::Garbage(t, k, v)),
-        "[a-f0-9]{8}"
+        "[a-f0-9]{8}-0000-7000-8000-000000000000"
             .prop_flat_map(damaged_chain)
             .prop_map(|c| Entry::Chain(Box::new(c))),
     ]
@@ -365,7 +366,9 @@ proptest! {
             };
             let (handle, join) = baton_server::scheduler::start(store, recovered, settings, stop.clone());
             for id in &live_ids {
-                let _ = handle.get(id.clone()).await;
+                if let Ok(id) = baton_server::domain::ChainId::parse(id) {
+                    let _ = handle.get(id).await;
+                }
             }
             assert!(handle.queues().await.is_ok());
             stop.cancel();
@@ -478,7 +481,7 @@ proptest! {
                 Op::Wait { id, concurrency } => {
                     next += 1;
                     waiting[id].push(next);
-                    let waiter = Waiter { holder: Holder::Task(format!("t{next}")), since: u64::from(next), ticket: next };
+                    let waiter = Waiter { holder: Holder::Task(TaskId::from_u128(next.into())), since: u64::from(next), ticket: next };
                     t.wait(identity(id), concurrency, waiter, &mut can_start)
                 }
                 Op::Release { id, nth } => {
@@ -487,7 +490,7 @@ proptest! {
                     } else {
                         let n = holding[id].len();
                         let ticket = holding[id].remove(nth % n);
-                        t.release(&identity(id), &Holder::Task(format!("t{ticket}")), &mut can_start)
+                        t.release(&identity(id), &Holder::Task(TaskId::from_u128(ticket.into())), &mut can_start)
                     }
                 }
                 Op::Override { id, limit } => t.set_override(identity(id), limit, &mut can_start),

@@ -10,8 +10,8 @@ use baton::pb;
 use tonic::Status;
 
 use crate::domain::{
-    self, ChainRecord, ChainSpec, MAX_PRIORITY, Phase, ScheduleRecord, Signature, StepAt,
-    StepRecord, ThrottleScope,
+    self, ChainId, ChainRecord, ChainSpec, MAX_PRIORITY, Phase, ScheduleRecord, Signature, StepAt,
+    StepRecord, TaskId, ThrottleScope,
 };
 
 /// Limits on what one request or one caller may ask of the broker. Each
@@ -399,40 +399,43 @@ pub fn chain_specs(
         .collect()
 }
 
-/// A UUID in its canonical form (lower-case, hyphenated), so that one id
-/// has one key in the store however the client spelled it.
-fn canonical_uuid(id: &str) -> Option<String> {
-    uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
-}
+/// How a UUID may be spelled, for the errors that refuse one.
+const UUID_SPELLING: &str = "36 characters like 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b; \
+    upper case, braces and the 32 digits without hyphens are accepted";
 
-/// A chain id from a request, in the one spelling the store keys chains by
-/// (lower-case, hyphenated). A submission's id is stored that way, so every
-/// call that names a chain (GetChain, WatchChain, CancelChain, RequeueChain)
-/// must look it up that way too: `0190ABCD-...`, `{0190abcd-...}` and the
-/// 32 hex digits without hyphens all name the same chain.
+/// A chain id from a request. A submission's id is stored in one
+/// spelling (lower-case, hyphenated: [`ChainId`]'s), and every call that
+/// names a chain (GetChain, WatchChain, CancelChain, RequeueChain) reads it
+/// as a `ChainId` too: `0190ABCD-...`, `{0190abcd-...}` and the 32 hex
+/// digits without hyphens all name the same chain.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` naming `chain_id` when it is not a UUID.
-pub fn chain_id(id: &str) -> Result<String, Status> {
-    canonical_uuid(id).ok_or_else(|| {
-        invalid(
-            "chain_id is not a UUID (36 characters like 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b; \
-             upper case, braces and the 32 digits without hyphens are accepted)",
-        )
-    })
+pub fn chain_id(id: &str) -> Result<ChainId, Status> {
+    ChainId::parse(id).map_err(|_| invalid(format!("chain_id is not a UUID ({UUID_SPELLING})")))
 }
 
+/// A task id from a request (see [`chain_id`]).
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming `field` when it is not a UUID.
+pub fn task_id(field: &str, id: &str) -> Result<TaskId, Status> {
+    TaskId::parse(id).map_err(|_| invalid(format!("{field} is not a UUID ({UUID_SPELLING})")))
+}
+
+/// A run named by a worker. Every task id the broker hands out is a UUID,
+/// so one that is not names no run of this broker: refused as malformed.
 pub fn task_ref(t: Option<pb::TaskRef>) -> Result<domain::TaskRef, Status> {
     let t = t.ok_or_else(|| invalid("task is missing"))?;
     Ok(domain::TaskRef {
-        task_id: t.task_id,
+        task_id: task_id("task.task_id", &t.task_id)?,
         attempt: t.attempt,
     })
 }
 
 pub fn pb_task_ref(t: domain::TaskRef) -> pb::TaskRef {
     pb::TaskRef {
-        task_id: t.task_id,
+        task_id: t.task_id.to_string(),
         attempt: t.attempt,
     }
 }

@@ -16,7 +16,7 @@ pub use self::convert::Limits;
 pub use self::oversize::{MessageLimit, Oversize};
 pub use self::worker::WorkerService;
 use crate::auth::Caller;
-use crate::domain::Identity;
+use crate::domain::{ChainId, Identity};
 use crate::scheduler::{self, Dedup, Handle, Holder};
 
 impl From<scheduler::Error> for Status {
@@ -45,11 +45,11 @@ pub struct BrokerService {
 impl BrokerService {
     /// Lets `caller` at chain `id` (an owner never changes, so a check
     /// before the watch or cancel cannot go stale).
-    async fn check_sees(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+    async fn check_sees(&self, caller: &Caller, id: ChainId) -> Result<(), Status> {
         if caller.sees_all() {
             return Ok(());
         }
-        caller.check_sees(&self.handle.get(id.to_owned()).await?)
+        caller.check_sees(&self.handle.get(id).await?)
     }
 }
 
@@ -62,7 +62,7 @@ fn submitted_view(submitted: scheduler::Submitted) -> pb::SubmitChainResponse {
         Some(Dedup::ChainId) => pb::Dedup::ChainId,
     };
     pb::SubmitChainResponse {
-        chain_id: submitted.chain_id,
+        chain_id: submitted.chain_id.to_string(),
         dedup: dedup as i32,
     }
 }
@@ -79,7 +79,7 @@ impl pb::broker_server::Broker for BrokerService {
         let mut spec = convert::chain_spec(request.into_inner(), &self.limits)?;
         caller.claim(&mut spec);
         let submitted = self.handle.submit(spec).await?;
-        record_chain(&submitted.chain_id);
+        record_chain(submitted.chain_id);
         Ok(Response::new(submitted_view(submitted)))
     }
 
@@ -104,7 +104,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::Chain>, Status> {
         let caller = Caller::of(&request)?;
         let id = convert::chain_id(&request.into_inner().chain_id)?;
-        record_chain(&id);
+        record_chain(id);
         let (chain, unserved) = self.handle.inspect(id).await?;
         caller.check_sees(&chain)?;
         Ok(Response::new(convert::inspected_view(&chain, unserved)))
@@ -117,9 +117,10 @@ impl pb::broker_server::Broker for BrokerService {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = convert::chain_id(&request.chain_id)?;
-        record_chain(&id);
-        self.check_sees(&caller, &id).await?;
-        let result = self.handle.step_result(id, request.task_id).await?;
+        record_chain(id);
+        self.check_sees(&caller, id).await?;
+        let task_id = convert::task_id("task_id", &request.task_id)?;
+        let result = self.handle.step_result(id, task_id).await?;
         Ok(Response::new(pb::GetStepResultResponse { result }))
     }
 
@@ -131,8 +132,8 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::WatchChainStream>, Status> {
         let caller = Caller::of(&request)?;
         let id = convert::chain_id(&request.into_inner().chain_id)?;
-        record_chain(&id);
-        self.check_sees(&caller, &id).await?;
+        record_chain(id);
+        self.check_sees(&caller, id).await?;
         let feed = self
             .handle
             .watch(id, self.limits.watch_budget_bytes)
@@ -153,8 +154,8 @@ impl pb::broker_server::Broker for BrokerService {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let id = convert::chain_id(&req.chain_id)?;
-        record_chain(&id);
-        self.check_sees(&caller, &id).await?;
+        record_chain(id);
+        self.check_sees(&caller, id).await?;
         let state = self.handle.cancel(id, req.reason).await?;
         Ok(Response::new(pb::CancelChainResponse {
             state: state as i32,
@@ -164,8 +165,8 @@ impl pb::broker_server::Broker for BrokerService {
 
 /// Records the chain a call is about in its span (see `request_span` in
 /// lib.rs), so the call's log lines name it.
-fn record_chain(chain_id: &str) {
-    tracing::Span::current().record("chain.id", chain_id);
+fn record_chain(chain_id: ChainId) {
+    tracing::Span::current().record("chain.id", tracing::field::display(chain_id));
 }
 
 pub(crate) fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
@@ -184,7 +185,7 @@ pub(crate) fn queue_view(q: scheduler::QueueStats) -> pb::QueueInfo {
 
 pub(crate) fn worker_view(w: scheduler::WorkerStats) -> pb::WorkerInfo {
     pb::WorkerInfo {
-        worker_id: w.worker_id,
+        worker_id: w.worker_id.to_string(),
         worker_name: w.name,
         queues: w.queues,
         task_names: w.task_names,
@@ -225,10 +226,10 @@ pub(crate) fn throttle_view(
             .map(|((holder, h), chain_id)| pb::ThrottleHolder {
                 kind: holder.kind().to_owned(),
                 task_id: match holder {
-                    Holder::Task(t) | Holder::InBody { task_id: t, .. } => t.clone(),
+                    Holder::Task(t) | Holder::InBody { task_id: t, .. } => t.to_string(),
                     Holder::Chain(_) => String::new(),
                 },
-                chain_id,
+                chain_id: chain_id.map(|c| c.to_string()).unwrap_or_default(),
                 worker: h.worker.clone(),
                 since_unix_ms: h.since,
             })
@@ -366,7 +367,7 @@ impl pb::admin_server::Admin for AdminService {
         let chain_ids = self.handle.purge_queue(req.queue, req.reason).await?;
         Ok(Response::new(pb::PurgeQueueResponse {
             cancelled: u64::try_from(chain_ids.len()).unwrap_or(u64::MAX),
-            chain_ids,
+            chain_ids: chain_ids.iter().map(ToString::to_string).collect(),
         }))
     }
 
@@ -403,12 +404,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RequeueChainRequest>,
     ) -> Result<Response<pb::RequeueChainResponse>, Status> {
         let id = convert::chain_id(&request.into_inner().chain_id)?;
-        record_chain(&id);
-        let new_id = self.handle.requeue(id.clone()).await?;
+        record_chain(id);
+        let new_id = self.handle.requeue(id).await?;
         tracing::info!(requeued_as = %new_id, "chain requeued");
         Ok(Response::new(pb::RequeueChainResponse {
-            chain_id: new_id,
-            requeued_from: id,
+            chain_id: new_id.to_string(),
+            requeued_from: id.to_string(),
         }))
     }
 

@@ -41,7 +41,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::oversize::MessageLimit;
-use crate::domain::{FromWorker, Options, RunOutcome, TaskRef, ToWorker, WorkerHello};
+use crate::domain::{
+    FromWorker, Leases, Options, RunOutcome, TaskRef, ToWorker, WorkerHello, WorkerId,
+};
 use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
@@ -168,12 +170,19 @@ fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
             };
             FromWorker::Outcome { task, outcome }
         }
+        // A heartbeat is never refused: a run it names that this broker
+        // never issued (not even a UUID) has no lease to extend, and a
+        // heartbeat that names only such runs extends nothing (not all).
+        worker_message::Msg::Heartbeat(h) if h.tasks.is_empty() => FromWorker::Heartbeat {
+            leases: Leases::All,
+        },
         worker_message::Msg::Heartbeat(h) => FromWorker::Heartbeat {
-            tasks: h
-                .tasks
-                .into_iter()
-                .map(|t| convert::task_ref(Some(t)))
-                .collect::<Result<_, _>>()?,
+            leases: Leases::Listed(
+                h.tasks
+                    .into_iter()
+                    .filter_map(|t| convert::task_ref(Some(t)).ok())
+                    .collect(),
+            ),
         },
         worker_message::Msg::ThrottleAcquire(a) => {
             let throttle = a.throttle.unwrap_or_default();
@@ -196,14 +205,10 @@ fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
 /// What a message up is about, as the worker sent it: its request id (a
 /// throttle request's; 0 for the others) and the run it names, if any.
 /// A refusal carries both back, whatever else is wrong with the message,
-/// so the worker knows which of its requests or runs was refused.
+/// so the worker knows which of its requests or runs was refused (a run
+/// named by something that is not a task id is not named back).
 fn subject(msg: &worker_message::Msg) -> (u64, Option<TaskRef>) {
-    let named = |t: &Option<pb::TaskRef>| {
-        t.as_ref().map(|t| TaskRef {
-            task_id: t.task_id.clone(),
-            attempt: t.attempt,
-        })
-    };
+    let named = |t: &Option<pb::TaskRef>| convert::task_ref(t.clone()).ok();
     match msg {
         worker_message::Msg::Outcome(o) => (0, named(&o.task)),
         worker_message::Msg::ThrottleAcquire(a) => (a.request_id, named(&a.task)),
@@ -268,7 +273,7 @@ fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
             kept,
             lost,
         } => broker_message::Msg::Welcome(pb::Welcome {
-            worker_id,
+            worker_id: worker_id.to_string(),
             lease_ms,
             heartbeat_interval_ms: (lease_ms / 3).max(1),
             kept: kept.into_iter().map(convert::pb_task_ref).collect(),
@@ -277,7 +282,7 @@ fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
         }),
         ToWorker::Assign(a) => broker_message::Msg::Assignment(pb::Assignment {
             task: Some(convert::pb_task_ref(a.task)),
-            chain_id: a.chain_id,
+            chain_id: a.chain_id.to_string(),
             phase: a.at.phase as i32,
             step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
             name: a.name,
@@ -323,7 +328,7 @@ fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
 /// scheduler and answers a malformed one with a `WorkerError`.
 struct UpLink {
     handle: Handle,
-    worker_id: String,
+    worker_id: WorkerId,
     tx: mpsc::WeakSender<ToWorker>,
 }
 
@@ -334,7 +339,7 @@ impl UpLink {
         match from_worker(msg) {
             Ok(m) => {
                 let goodbye = m == FromWorker::Goodbye;
-                match self.handle.from_worker(self.worker_id.clone(), m).await {
+                match self.handle.from_worker(self.worker_id, m).await {
                     Err(_) => Next::Stop,
                     Ok(()) if goodbye => Next::Goodbye,
                     Ok(()) => Next::Continue,
@@ -499,7 +504,7 @@ impl pb::worker_server::Worker for WorkerService {
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
         let up_link = UpLink {
             handle: self.handle.clone(),
-            worker_id: worker_id.clone(),
+            worker_id,
             // Weak, so that the stream down ends as soon as the scheduler
             // lets go of the worker (shutdown, or a worker that does not read).
             tx: tx.downgrade(),
@@ -600,7 +605,7 @@ mod tests {
     fn ack(n: u32) -> ToWorker {
         ToWorker::Ack {
             task: TaskRef {
-                task_id: "t".into(),
+                task_id: crate::domain::TaskId::from_u128(7),
                 attempt: n,
             },
             accepted: true,

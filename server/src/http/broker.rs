@@ -24,6 +24,7 @@ use super::error::ApiError;
 use super::json;
 use crate::api::convert;
 use crate::auth::Caller;
+use crate::domain::ChainId;
 
 /// Reads a JSON body; an empty one is `T::default()` when `optional`.
 ///
@@ -139,7 +140,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = convert::chain_id(&id)?;
-    check_sees(&state, &caller, &id).await?;
+    check_sees(&state, &caller, id).await?;
     let feed = state
         .handle
         .watch(id, state.broker.limits.watch_budget_bytes)
@@ -159,11 +160,11 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn check_sees(state: &State, caller: &Caller, id: &str) -> Result<(), ApiError> {
+async fn check_sees(state: &State, caller: &Caller, id: ChainId) -> Result<(), ApiError> {
     if caller.sees_all() {
         return Ok(());
     }
-    caller.check_sees(&state.handle.get(id.to_owned()).await?)?;
+    caller.check_sees(&state.handle.get(id).await?)?;
     Ok(())
 }
 
@@ -394,8 +395,11 @@ async fn search(state: &State, caller: &Caller, q: &str) -> Result<ChainPage, Ap
                     "the broker's store is failing; retry later",
                 )
             })?;
-            let mut ids: Vec<String> = Vec::new();
+            let mut ids: Vec<ChainId> = Vec::new();
             for id in found.into_iter().flatten() {
+                let Ok(id) = ChainId::parse(&id) else {
+                    continue;
+                };
                 if !ids.contains(&id) {
                     ids.push(id);
                 }

@@ -30,12 +30,12 @@ pub struct Driver {
     replies: Map<RequestId, Answering>,
     next_request: RequestId,
     /// The stream of each connected worker, by worker id.
-    workers: Map<String, mpsc::Sender<ToWorker>>,
+    workers: Map<WorkerId, mpsc::Sender<ToWorker>>,
     /// Watchers whose snapshot has not left yet, by the number of the
     /// request that opened them.
     opening: Map<RequestId, watchers::Sender>,
     /// The watchers of each watched chain.
-    watchers: Map<String, Vec<watchers::Sender>>,
+    watchers: Map<ChainId, Vec<watchers::Sender>>,
 }
 
 impl Driver {
@@ -75,12 +75,12 @@ impl Driver {
             let before = list.len();
             list.retain(|tx| !tx.is_closed());
             if list.len() < before {
-                gone.push((chain_id.clone(), before - list.len()));
+                gone.push((*chain_id, before - list.len()));
             }
             !list.is_empty()
         });
         for (chain_id, n) in gone {
-            self.core.unwatched(&chain_id, n);
+            self.core.unwatched(chain_id, n);
         }
         self.watchers.values().map(Vec::len).sum::<usize>() + self.opening.len()
     }
@@ -120,15 +120,15 @@ impl Driver {
             }
             Command::Get(id, reply) => {
                 let req = self.request(reply);
-                self.core.get(&id, req);
+                self.core.get(id, req);
             }
             Command::StepResult(id, task_id, reply) => {
                 let req = self.request(reply);
-                self.core.step_result(&id, &task_id, req);
+                self.core.step_result(id, task_id, req);
             }
             Command::Inspect(id, reply) => {
                 let req = self.request(reply);
-                self.core.inspect(&id, req);
+                self.core.inspect(id, req);
             }
             Command::Watch(id, tx, reply) => {
                 if self.watch_count() >= limits.max_watches {
@@ -142,11 +142,11 @@ impl Driver {
                 }
                 let req = self.request(reply);
                 self.opening.insert(req.id(), tx);
-                self.core.watch(&id, req);
+                self.core.watch(id, req);
             }
             Command::Cancel(id, reason, reply) => {
                 let req = self.request(reply);
-                self.core.cancel(&id, reason, req, now);
+                self.core.cancel(id, reason, req, now);
             }
             Command::Connect(hello, tx, reply) => {
                 if self.core.worker_count() >= limits.max_workers {
@@ -161,8 +161,8 @@ impl Driver {
                 let id = self.connect(hello, tx, now);
                 let _ = reply.send(Ok(id));
             }
-            Command::FromWorker(id, msg) => self.core.on_worker_message(&id, msg, now),
-            Command::Disconnected(id) => self.core.worker_gone(&id, false, now),
+            Command::FromWorker(id, msg) => self.core.on_worker_message(id, msg, now),
+            Command::Disconnected(id) => self.core.worker_gone(id, false, now),
             Command::Queues(reply) => {
                 let _ = reply.send(self.core.queue_stats(now));
             }
@@ -186,7 +186,7 @@ impl Driver {
             }
             Command::Requeue(id, reply) => {
                 let req = self.request(reply);
-                self.core.requeue(&id, req, now);
+                self.core.requeue(id, req, now);
             }
             Command::Drain(worker, reply) => {
                 let req = self.request(reply);
@@ -223,15 +223,15 @@ impl Driver {
         hello: WorkerHello,
         tx: mpsc::Sender<ToWorker>,
         now: UnixMs,
-    ) -> String {
+    ) -> WorkerId {
         let id = self.core.connect(hello, now);
-        self.workers.insert(id.clone(), tx);
+        self.workers.insert(id, tx);
         id
     }
 
     /// Closes the streams of workers the machine let go: dropping the
     /// sender ends the stream.
-    pub fn close(&mut self, worker_ids: Vec<String>) {
+    pub fn close(&mut self, worker_ids: Vec<WorkerId>) {
         for id in worker_ids {
             self.workers.remove(&id);
         }
@@ -260,7 +260,7 @@ impl Driver {
                     // and its leases run out unless it comes back.
                     tracing::warn!(worker.id = %worker_id, cause = %e, "worker stream full or closed; disconnecting it");
                     self.workers.remove(&worker_id);
-                    self.core.worker_gone(&worker_id, false, now);
+                    self.core.worker_gone(worker_id, false, now);
                 }
             }
             Output::Event {
@@ -280,7 +280,7 @@ impl Driver {
                     self.watchers.remove(&chain_id);
                 }
                 if gone > 0 && !last {
-                    self.core.unwatched(&chain_id, gone);
+                    self.core.unwatched(chain_id, gone);
                 }
             }
             Output::Snapshot {
@@ -291,13 +291,13 @@ impl Driver {
             } => {
                 let kept = match self.opening.remove(&request) {
                     Some(tx) if tx.offer(&event) && keep => {
-                        self.watchers.entry(chain_id.clone()).or_default().push(tx);
+                        self.watchers.entry(chain_id).or_default().push(tx);
                         true
                     }
                     _ => false,
                 };
                 if keep && !kept {
-                    self.core.unwatched(&chain_id, 1);
+                    self.core.unwatched(chain_id, 1);
                 }
             }
             Output::Settled(_) => {}

@@ -138,7 +138,7 @@ impl Error {
 /// Answer to a submission.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Submitted {
-    pub chain_id: String,
+    pub chain_id: ChainId,
     /// Set when no new chain was stored.
     pub dedup: Option<Dedup>,
 }
@@ -178,7 +178,7 @@ impl QueueStats {
 /// A connected worker, for inspection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerStats {
-    pub worker_id: String,
+    pub worker_id: WorkerId,
     pub name: String,
     pub queues: Vec<String>,
     pub task_names: Vec<String>,
@@ -198,22 +198,22 @@ pub struct ScheduleView {
 }
 
 /// A throttle identity with the chain of each holder, for inspection.
-pub type ThrottleStats = (SlotInfo, Vec<String>);
+pub type ThrottleStats = (SlotInfo, Vec<Option<ChainId>>);
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 enum Command {
     Submit(ChainSpec, Reply<Submitted>),
     SubmitMany(Vec<ChainSpec>, Reply<Vec<Submitted>>),
-    Get(String, Reply<ChainRecord>),
+    Get(ChainId, Reply<ChainRecord>),
     /// (chain id, task id) of a step whose result to read.
-    StepResult(String, String, Reply<String>),
-    Inspect(String, Reply<Inspected>),
-    Watch(String, watchers::Sender, Reply<()>),
-    Cancel(String, String, Reply<ChainState>),
-    Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<String>),
-    FromWorker(String, FromWorker),
-    Disconnected(String),
+    StepResult(ChainId, TaskId, Reply<String>),
+    Inspect(ChainId, Reply<Inspected>),
+    Watch(ChainId, watchers::Sender, Reply<()>),
+    Cancel(ChainId, String, Reply<ChainState>),
+    Connect(WorkerHello, mpsc::Sender<ToWorker>, Reply<WorkerId>),
+    FromWorker(WorkerId, FromWorker),
+    Disconnected(WorkerId),
     Queues(oneshot::Sender<Vec<QueueStats>>),
     Workers(oneshot::Sender<Vec<WorkerStats>>),
     Throttles(oneshot::Sender<Vec<ThrottleStats>>),
@@ -221,8 +221,8 @@ enum Command {
     /// Pause (true) or resume (false) a queue.
     Pause(String, bool, Reply<QueueStats>),
     /// Cancel the chains of a queue's READY tasks (queue, reason).
-    Purge(String, String, Reply<Vec<String>>),
-    Requeue(String, Reply<String>),
+    Purge(String, String, Reply<Vec<ChainId>>),
+    Requeue(ChainId, Reply<ChainId>),
     Drain(String, Reply<Vec<WorkerStats>>),
     PutSchedule(ScheduleRecord, Reply<ScheduleView>),
     Schedules(oneshot::Sender<Vec<ScheduleView>>),
@@ -427,7 +427,7 @@ impl Handle {
 
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain.
-    pub async fn get(&self, chain_id: String) -> Result<ChainRecord, Error> {
+    pub async fn get(&self, chain_id: ChainId) -> Result<ChainRecord, Error> {
         self.ask(|r| Command::Get(chain_id, r)).await
     }
 
@@ -436,7 +436,7 @@ impl Handle {
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain or step,
     /// [`Error::Conflict`] for a step that has not succeeded.
-    pub async fn step_result(&self, chain_id: String, task_id: String) -> Result<String, Error> {
+    pub async fn step_result(&self, chain_id: ChainId, task_id: TaskId) -> Result<String, Error> {
         self.ask(|r| Command::StepResult(chain_id, task_id, r))
             .await
     }
@@ -446,7 +446,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain.
-    pub async fn inspect(&self, chain_id: String) -> Result<Inspected, Error> {
+    pub async fn inspect(&self, chain_id: ChainId) -> Result<Inspected, Error> {
         self.ask(|r| Command::Inspect(chain_id, r)).await
     }
 
@@ -457,7 +457,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain.
-    pub async fn watch(&self, chain_id: String, budget: usize) -> Result<watchers::Feed, Error> {
+    pub async fn watch(&self, chain_id: ChainId, budget: usize) -> Result<watchers::Feed, Error> {
         let (tx, feed) = watchers::channel(budget, self.metrics.watch_bytes.clone());
         self.ask(|r| Command::Watch(chain_id, tx, r)).await?;
         Ok(feed)
@@ -465,7 +465,7 @@ impl Handle {
 
     /// # Errors
     /// [`Error::NotFound`] for an unknown chain.
-    pub async fn cancel(&self, chain_id: String, reason: String) -> Result<ChainState, Error> {
+    pub async fn cancel(&self, chain_id: ChainId, reason: String) -> Result<ChainState, Error> {
         self.ask(|r| Command::Cancel(chain_id, reason, r)).await
     }
 
@@ -478,7 +478,7 @@ impl Handle {
         &self,
         hello: WorkerHello,
         tx: mpsc::Sender<ToWorker>,
-    ) -> Result<String, Error> {
+    ) -> Result<WorkerId, Error> {
         self.ask(|r| Command::Connect(hello, tx, r)).await
     }
 
@@ -486,7 +486,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::ShuttingDown`].
-    pub async fn from_worker(&self, worker_id: String, msg: FromWorker) -> Result<(), Error> {
+    pub async fn from_worker(&self, worker_id: WorkerId, msg: FromWorker) -> Result<(), Error> {
         self.tx
             .send(Command::FromWorker(worker_id, msg))
             .await
@@ -494,7 +494,7 @@ impl Handle {
     }
 
     /// The worker's stream broke (no Goodbye).
-    pub async fn disconnected(&self, worker_id: String) {
+    pub async fn disconnected(&self, worker_id: WorkerId) {
         let _ = self.tx.send(Command::Disconnected(worker_id)).await;
     }
 
@@ -543,7 +543,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::ShuttingDown`].
-    pub async fn purge_queue(&self, queue: String, reason: String) -> Result<Vec<String>, Error> {
+    pub async fn purge_queue(&self, queue: String, reason: String) -> Result<Vec<ChainId>, Error> {
         self.ask(|r| Command::Purge(queue, reason, r)).await
     }
 
@@ -553,7 +553,7 @@ impl Handle {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Conflict`] (not failed, or requeued
     /// already), [`Error::Exists`] (its unique key is in use).
-    pub async fn requeue(&self, chain_id: String) -> Result<String, Error> {
+    pub async fn requeue(&self, chain_id: ChainId) -> Result<ChainId, Error> {
         self.ask(|r| Command::Requeue(chain_id, r)).await
     }
 

@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::domain::{MAX_PRIORITY, Map, Set, UnixMs};
+use crate::domain::{MAX_PRIORITY, Map, Set, TaskId, UnixMs};
 
 /// Where a task sits: its priority (descending), then its arrival.
 type Rank = (Reverse<i32>, u64);
@@ -49,7 +49,7 @@ pub type ChainKey = u128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queued {
     /// The task id of a step whose chain is in memory.
-    Hot(String),
+    Hot(TaskId),
     /// A chain held only in the store; its current step is the queued one.
     Cold(ChainKey),
 }
@@ -61,7 +61,7 @@ pub struct Queues {
     /// or cooled. Cold entries have no index: a backlog of millions would
     /// double its memory, and they are looked up only by rare requests
     /// (cancel, purge, new task defaults), which scan their line.
-    index: Map<String, (String, String, Rank)>,
+    index: Map<TaskId, (String, String, Rank)>,
     next: u64,
     /// Queues whose tasks stay put until resumed.
     paused: Set<String>,
@@ -90,11 +90,11 @@ struct Slot {
     ready_ms: UnixMs,
 }
 
-/// A slot's content. The key is kept as bytes so the enum needs no 16-byte
+/// A slot's content. Ids are kept as bytes so the enum needs no 16-byte
 /// alignment (`u128` has it), which would make every slot 48 bytes.
 #[derive(Debug)]
 enum Item {
-    Hot(Box<str>),
+    Hot([u8; 16]),
     Cold([u8; 16]),
     Gone,
 }
@@ -102,19 +102,27 @@ enum Item {
 impl Item {
     fn queued(&self) -> Option<Queued> {
         match self {
-            Item::Hot(task_id) => Some(Queued::Hot(task_id.to_string())),
+            Item::Hot(task_id) => Some(Queued::Hot(hot_id(task_id))),
             Item::Cold(key) => Some(Queued::Cold(u128::from_le_bytes(*key))),
             Item::Gone => None,
         }
     }
 }
 
+fn hot_item(task_id: TaskId) -> Item {
+    Item::Hot(*task_id.uuid().as_bytes())
+}
+
+fn hot_id(bytes: &[u8; 16]) -> TaskId {
+    TaskId::from_uuid(uuid::Uuid::from_bytes(*bytes))
+}
+
 /// The head of a line, as [`Queues::pop_for`] shows it to its `passed`
 /// check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head<'a> {
+pub enum Head {
     /// A hot task, by task id.
-    Hot(&'a str),
+    Hot(TaskId),
     /// A cold chain: picking it means reading its record from the store.
     Cold,
 }
@@ -152,7 +160,7 @@ fn consider<'a>(
     name: &'a str,
     line: &Line,
     when: (UnixMs, u64),
-    passed: &impl Fn(&str, Head<'_>) -> bool,
+    passed: &impl Fn(&str, Head) -> bool,
 ) {
     let Some((standing, rank, front)) = line.head(when.0, when.1) else {
         return;
@@ -161,7 +169,7 @@ fn consider<'a>(
         return;
     }
     let head = match &front.item {
-        Item::Hot(task_id) => Head::Hot(task_id),
+        Item::Hot(task_id) => Head::Hot(hot_id(task_id)),
         _ => Head::Cold,
     };
     if !passed(name, head) {
@@ -300,18 +308,16 @@ impl Queues {
         queue: &str,
         name: &str,
         priority: i32,
-        task_id: &str,
+        task_id: TaskId,
         ready_ms: UnixMs,
     ) {
         self.next += 1;
         let seq = self.next;
         self.line_mut(queue, name)
-            .append(priority, Item::Hot(task_id.into()), seq, ready_ms);
+            .append(priority, hot_item(task_id), seq, ready_ms);
         let rank = (Reverse(priority), seq);
-        self.index.insert(
-            task_id.to_owned(),
-            (queue.to_owned(), name.to_owned(), rank),
-        );
+        self.index
+            .insert(task_id, (queue.to_owned(), name.to_owned(), rank));
     }
 
     /// Queues a cold chain behind the others of its priority.
@@ -365,7 +371,7 @@ impl Queues {
         queues: &[String],
         names: &Set<String>,
         now: UnixMs,
-        passed: impl Fn(&str, Head<'_>) -> bool,
+        passed: impl Fn(&str, Head) -> bool,
     ) -> Option<(Queued, Place)> {
         let mut best: Option<Best<'_>> = None;
         let when = (now, self.aging_ms);
@@ -429,8 +435,8 @@ impl Queues {
         let item = match &queued {
             Queued::Hot(task_id) => {
                 self.index
-                    .insert(task_id.clone(), (queue.clone(), name.clone(), rank));
-                Item::Hot(task_id.as_str().into())
+                    .insert(*task_id, (queue.clone(), name.clone(), rank));
+                hot_item(*task_id)
             }
             Queued::Cold(key) => Item::Cold(key.to_le_bytes()),
         };
@@ -454,8 +460,8 @@ impl Queues {
     }
 
     /// Removes a queued hot task; false if it was not queued.
-    pub fn remove(&mut self, task_id: &str) -> bool {
-        match self.index.remove(task_id) {
+    pub fn remove(&mut self, task_id: TaskId) -> bool {
+        match self.index.remove(&task_id) {
             Some((queue, name, rank)) => self.take(&queue, &name, rank).is_some(),
             None => false,
         }
@@ -464,24 +470,22 @@ impl Queues {
     /// Turns the cold entry of `chain` in line (queue, name) hot in place
     /// (same rank), now that its chain is in memory and its step has task
     /// id `task_id`. A scan of the line: for rare requests only.
-    pub fn warm(&mut self, queue: &str, name: &str, chain: ChainKey, task_id: &str) -> bool {
+    pub fn warm(&mut self, queue: &str, name: &str, chain: ChainKey, task_id: TaskId) -> bool {
         let Some(line) = self.existing_line(queue, name) else {
             return false;
         };
         let Some((rank, slot)) = line.find_cold(chain) else {
             return false;
         };
-        slot.item = Item::Hot(task_id.into());
-        self.index.insert(
-            task_id.to_owned(),
-            (queue.to_owned(), name.to_owned(), rank),
-        );
+        slot.item = hot_item(task_id);
+        self.index
+            .insert(task_id, (queue.to_owned(), name.to_owned(), rank));
         true
     }
 
     /// Turns a hot entry cold in place (same rank): its chain leaves memory.
-    pub fn cool(&mut self, task_id: &str, chain: ChainKey) -> bool {
-        let Some((queue, name, rank)) = self.index.remove(task_id) else {
+    pub fn cool(&mut self, task_id: TaskId, chain: ChainKey) -> bool {
+        let Some((queue, name, rank)) = self.index.remove(&task_id) else {
             return false;
         };
         match self
@@ -621,12 +625,19 @@ impl Queues {
 mod tests {
     use super::*;
 
+    /// A task id spelled by a short name, for readable tests.
+    fn t(name: &str) -> TaskId {
+        let mut bytes = [0u8; 16];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        TaskId::from_uuid(uuid::Uuid::from_bytes(bytes))
+    }
+
     fn hot(task_id: &str) -> Queued {
-        Queued::Hot(task_id.into())
+        Queued::Hot(t(task_id))
     }
 
     /// Passes over nothing.
-    fn none(_: &str, _: Head<'_>) -> bool {
+    fn none(_: &str, _: Head) -> bool {
         false
     }
 
@@ -636,7 +647,7 @@ mod tests {
             &mut self,
             queues: &[String],
             names: &Set<String>,
-            passed: impl Fn(&str, Head<'_>) -> bool,
+            passed: impl Fn(&str, Head) -> bool,
         ) -> Option<Queued> {
             self.pop_for(queues, names, 0, passed)
                 .map(|(queued, _)| queued)
@@ -654,12 +665,12 @@ mod tests {
     #[test]
     fn a_line_whose_head_is_passed_over_waits_and_the_others_go_on() {
         let mut q = Queues::default();
-        q.push("general", "a", 0, "held", 1);
-        q.push("general", "a", 0, "t2", 2);
-        q.push("general", "b", 0, "t3", 3);
+        q.push("general", "a", 0, t("held"), 1);
+        q.push("general", "a", 0, t("t2"), 2);
+        q.push("general", "b", 0, t("t3"), 3);
         let qs = vec!["general".to_string()];
         let all = names(&["a", "b"]);
-        let passed = |_: &str, head: Head<'_>| head == Head::Hot("held");
+        let passed = |_: &str, head: Head| head == Head::Hot(t("held"));
         assert_eq!(q.pop(&qs, &all, passed), Some(hot("t3")));
         // Line "a" waits behind its head: t2 does not jump it.
         assert_eq!(q.pop(&qs, &all, passed), None);
@@ -670,25 +681,25 @@ mod tests {
     #[test]
     fn cold_and_hot_entries_share_one_order_and_swap_in_place() {
         let mut q = Queues::default();
-        q.push("general", "a", 0, "t1", 1);
+        q.push("general", "a", 0, t("t1"), 1);
         q.push_cold("general", "a", 0, 42, 2);
-        q.push("general", "a", 0, "t3", 3);
-        q.push("general", "a", 0, "t4", 4);
-        assert!(q.cool("t3", 43));
-        assert!(q.remove("t4"));
+        q.push("general", "a", 0, t("t3"), 3);
+        q.push("general", "a", 0, t("t4"), 4);
+        assert!(q.cool(t("t3"), 43));
+        assert!(q.remove(t("t4")));
         assert_eq!(
             q.take_cold_keys(|_, name| name == "b"),
             Vec::<ChainKey>::new()
         );
-        assert!(q.warm("general", "a", 42, "t2"));
-        assert!(!q.warm("general", "a", 42, "t2"));
+        assert!(q.warm("general", "a", 42, t("t2")));
+        assert!(!q.warm("general", "a", 42, t("t2")));
         assert_eq!(q.line_len("general", "a"), 3);
         assert_eq!(q.depths()["general"].oldest_ready_ms, Some(1));
         let all = names(&["a"]);
         let qs = vec!["general".to_string()];
         assert_eq!(q.pop(&qs, &all, none), Some(hot("t1")));
         assert_eq!(q.pop(&qs, &all, none), Some(hot("t2")));
-        assert!(!q.remove("t2"));
+        assert!(!q.remove(t("t2")));
         assert_eq!(q.pop(&qs, &all, none), Some(Queued::Cold(43)));
         assert_eq!(q.pop(&qs, &all, none), None);
         assert!(q.depths().is_empty());
@@ -698,7 +709,7 @@ mod tests {
     fn taking_the_cold_entries_of_a_line_leaves_its_hot_ones_in_order() {
         let mut q = Queues::default();
         q.push_cold("general", "a", 0, 1, 1);
-        q.push("general", "a", 0, "t2", 2);
+        q.push("general", "a", 0, t("t2"), 2);
         q.push_cold("general", "a", 5, 3, 3);
         q.push_cold("io", "a", 0, 4, 4);
         let mut taken = q.take_cold_keys(|queue, _| queue == "general");
@@ -706,7 +717,7 @@ mod tests {
         assert_eq!(taken, [1, 3]);
         assert_eq!(q.line_len("general", "a"), 1);
         assert_eq!(q.entries("general"), [hot("t2")]);
-        assert!(q.remove("t2"));
+        assert!(q.remove(t("t2")));
         assert_eq!(q.take_cold_keys(|_, _| true), [4]);
         assert!(q.depths().is_empty());
     }
@@ -715,7 +726,7 @@ mod tests {
     fn an_entry_put_back_is_picked_again_first() {
         let mut q = Queues::default();
         q.push_cold("general", "a", 0, 1, 1);
-        q.push("general", "a", 0, "t2", 2);
+        q.push("general", "a", 0, t("t2"), 2);
         q.push_cold("general", "a", 0, 3, 3);
         let qs = vec!["general".to_string()];
         let all = names(&["a"]);
@@ -741,26 +752,26 @@ mod tests {
     fn picking_costs_the_fewer_of_the_workers_names_and_the_queues_lines() {
         let mut q = Queues::default();
         for i in 0..10_000 {
-            q.push("general", &format!("nobody-{i}"), 0, &format!("n{i}"), i);
+            q.push("general", &format!("nobody-{i}"), 0, t(&format!("n{i}")), i);
         }
-        q.push("general", "served", 0, "t", 10_000);
+        q.push("general", "served", 0, t("t"), 10_000);
         let qs = vec!["general".to_string()];
         let examined = || EXAMINED.with(std::cell::Cell::get);
         let before = examined();
         let served = names(&["served", "other"]);
-        assert_eq!(q.pop(&qs, &served, none), Some(Queued::Hot("t".into())));
+        assert_eq!(q.pop(&qs, &served, none), Some(Queued::Hot(t("t"))));
         assert_eq!(q.pop(&qs, &served, none), None);
         let went_through = examined() - before;
         assert!(went_through <= 4, "went through {went_through} lines");
         // A worker of many names, a queue of few lines.
         let mut q = Queues::default();
-        q.push("general", "a", 0, "t", 1);
+        q.push("general", "a", 0, t("t"), 1);
         let many: Set<String> = (0..10_000)
             .map(|i| format!("x{i}"))
             .chain(["a".into()])
             .collect();
         let before = examined();
-        assert_eq!(q.pop(&qs, &many, none), Some(Queued::Hot("t".into())));
+        assert_eq!(q.pop(&qs, &many, none), Some(Queued::Hot(t("t"))));
         assert_eq!(examined() - before, 1, "went through the worker's names");
     }
 
@@ -769,9 +780,9 @@ mod tests {
         let qs = vec!["general".to_string()];
         let all = names(&["a", "b"]);
         let fill = |q: &mut Queues| {
-            q.push("general", "a", 0, "low", 0);
-            q.push("general", "b", 9, "urgent", 1000);
-            q.push("general", "a", 3, "mid", 1000);
+            q.push("general", "a", 0, t("low"), 0);
+            q.push("general", "b", 9, t("urgent"), 1000);
+            q.push("general", "a", 3, t("mid"), 1000);
         };
         // At 1000 ms with one level per 100 ms: low counts as 9 (capped)
         // and is older than urgent; mid counts as 3.
@@ -799,10 +810,10 @@ mod tests {
     #[test]
     fn a_removed_slot_in_the_middle_is_skipped() {
         let mut q = Queues::default();
-        for (i, t) in ["t1", "t2", "t3"].iter().enumerate() {
-            q.push("general", "a", 0, t, i as u64);
+        for (i, name) in ["t1", "t2", "t3"].iter().enumerate() {
+            q.push("general", "a", 0, t(name), i as u64);
         }
-        assert!(q.remove("t2"));
+        assert!(q.remove(t("t2")));
         assert_eq!(q.entries("general"), [hot("t1"), hot("t3")]);
         let qs = vec!["general".to_string()];
         assert_eq!(q.pop(&qs, &names(&["a"]), none), Some(hot("t1")));
@@ -817,9 +828,9 @@ mod tests {
     #[test]
     fn fifo_across_names_and_priority_first() {
         let mut q = Queues::default();
-        q.push("general", "a", 0, "t1", 1);
-        q.push("general", "b", 0, "t2", 2);
-        q.push("general", "a", 5, "t3", 3);
+        q.push("general", "a", 0, t("t1"), 1);
+        q.push("general", "b", 0, t("t2"), 2);
+        q.push("general", "a", 5, t("t3"), 3);
         let all = names(&["a", "b"]);
         let qs = vec!["general".to_string()];
         assert_eq!(q.pop(&qs, &all, none).as_ref(), Some(&hot("t3")));
@@ -831,8 +842,8 @@ mod tests {
     #[test]
     fn only_subscribed_queues_and_registered_names() {
         let mut q = Queues::default();
-        q.push("heavy", "h", 0, "t1", 1);
-        q.push("general", "a", 0, "t2", 1);
+        q.push("heavy", "h", 0, t("t1"), 1);
+        q.push("general", "a", 0, t("t2"), 1);
         let general = vec!["general".to_string()];
         assert_eq!(q.pop(&general, &names(&["h"]), none), None);
         assert_eq!(
@@ -840,16 +851,16 @@ mod tests {
             Some(&hot("t2"))
         );
         assert_eq!(q.pop(&general, &names(&["a", "h"]), none), None);
-        assert!(q.remove("t1"));
-        assert!(!q.remove("t1"));
+        assert!(q.remove(t("t1")));
+        assert!(!q.remove(t("t1")));
         assert!(q.depths().is_empty());
     }
 
     #[test]
     fn a_paused_queue_keeps_its_tasks_and_skips_picking() {
         let mut q = Queues::default();
-        q.push("io", "a", 0, "t1", 1);
-        q.push("general", "a", 0, "t2", 2);
+        q.push("io", "a", 0, t("t1"), 1);
+        q.push("general", "a", 0, t("t2"), 2);
         let both = vec!["io".to_string(), "general".to_string()];
         assert!(q.pause("io"));
         assert!(!q.pause("io"));

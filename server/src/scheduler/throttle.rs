@@ -15,17 +15,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::domain::Map;
 
-use crate::domain::{Identity, UnixMs};
+use crate::domain::{ChainId, Identity, TaskId, UnixMs};
 
 /// Who holds (or waits for) a slot.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Holder {
     /// A task-scoped declared throttle: one run of the task.
-    Task(String),
+    Task(TaskId),
     /// A chain-scoped throttle: the chain, until it ends.
-    Chain(String),
+    Chain(ChainId),
     /// An in-body throttle: a running attempt's request.
-    InBody { task_id: String, request_id: u64 },
+    InBody { task_id: TaskId, request_id: u64 },
 }
 
 impl Holder {
@@ -250,10 +250,7 @@ impl<T> Throttles<T> {
                     limit: self.limit(identity),
                     overridden: self.overrides.contains_key(identity),
                     holders: slot.map_or_else(Vec::new, |s| {
-                        s.holders
-                            .iter()
-                            .map(|(h, i)| (h.clone(), i.clone()))
-                            .collect()
+                        s.holders.iter().map(|(h, i)| (*h, i.clone())).collect()
                     }),
                     waiters: slot.map_or(0, |s| s.waiters.len()),
                     oldest_waiter: slot.and_then(|s| s.waiters.front().map(|w| w.since)),
@@ -286,7 +283,7 @@ impl<T> Throttles<T> {
                 }
                 let waiter = slot.waiters.remove(i).expect("index checked");
                 slot.holders.insert(
-                    waiter.holder.clone(),
+                    waiter.holder,
                     HolderInfo {
                         since: waiter.since,
                         worker: String::new(),
@@ -322,9 +319,13 @@ mod tests {
         }
     }
 
+    fn task(n: u32) -> TaskId {
+        TaskId::from_uuid(uuid::Uuid::from_u128(n.into()))
+    }
+
     fn waiter(n: u32) -> Waiter<u32> {
         Waiter {
-            holder: Holder::Task(format!("t{n}")),
+            holder: Holder::Task(task(n)),
             since: u64::from(n),
             ticket: n,
         }
@@ -347,16 +348,16 @@ mod tests {
         }
         assert_eq!(granted, [0, 1]);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t1".into()), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(1)), &mut yes)),
             [2]
         );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(0)), &mut yes)),
             [3]
         );
         // A release by a non-holder (a stale report) grants nothing.
         assert!(
-            t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(0)), &mut yes)
                 .is_empty()
         );
         assert_eq!(t.info()[0].holders.len(), 2);
@@ -381,15 +382,15 @@ mod tests {
         assert!(t.set_override(id("a"), Some(1), &mut yes).is_empty());
         // Three hold, limit 1: releases grant nothing until under the limit.
         assert!(
-            t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(0)), &mut yes)
                 .is_empty()
         );
         assert!(
-            t.release(&id("a"), &Holder::Task("t1".into()), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(1)), &mut yes)
                 .is_empty()
         );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t2".into()), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(2)), &mut yes)),
             [3]
         );
     }
@@ -403,7 +404,7 @@ mod tests {
         let removed = t.remove_waiters(|w| w.ticket == 1);
         assert_eq!(removed.len(), 1);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task("t0".into()), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(0)), &mut yes)),
             [2]
         );
     }
@@ -411,10 +412,19 @@ mod tests {
     #[test]
     fn recovered_holders_count_against_the_limit() {
         let mut t: Throttles<u32> = Throttles::default();
-        t.hold(id("a"), 1, Holder::Chain("c".into()), HolderInfo::default());
+        t.hold(
+            id("a"),
+            1,
+            Holder::Chain(ChainId::from_uuid(uuid::Uuid::from_u128(99))),
+            HolderInfo::default(),
+        );
         assert!(t.wait(id("a"), 1, waiter(0), &mut yes).is_empty());
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Chain("c".into()), &mut yes)),
+            tickets(&t.release(
+                &id("a"),
+                &Holder::Chain(ChainId::from_uuid(uuid::Uuid::from_u128(99))),
+                &mut yes
+            )),
             [0]
         );
     }
@@ -427,7 +437,7 @@ mod tests {
         t.wait(id("a"), 1, waiter(2), &mut yes);
         // Waiter 1 needs a worker and none is free: waiter 2 goes first.
         let mut only_two = |w: &Waiter<u32>| w.ticket == 2;
-        let granted = t.release(&id("a"), &Holder::Task("t0".into()), &mut only_two);
+        let granted = t.release(&id("a"), &Holder::Task(task(0)), &mut only_two);
         assert_eq!(tickets(&granted), [2]);
         assert!(
             t.repump(&mut yes).is_empty(),
@@ -435,7 +445,7 @@ mod tests {
         );
         let mut nobody = |_: &Waiter<u32>| false;
         assert!(
-            t.release(&id("a"), &Holder::Task("t2".into()), &mut nobody)
+            t.release(&id("a"), &Holder::Task(task(2)), &mut nobody)
                 .is_empty()
         );
         // A worker became free: the passed-over waiter gets the slot.

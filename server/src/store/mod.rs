@@ -765,7 +765,7 @@ fn corrupt(tree: &'static str, key: &str, source: prost::DecodeError) -> Error {
 pub(crate) mod tests {
     use super::testing::{Place, reopen_sled};
     use super::*;
-    use crate::domain::{ChainSpec, Signature};
+    use crate::domain::{ChainId, ChainSpec, Signature};
 
     /// A one-step chain record, for the store's tests.
     pub(crate) fn chain(id: &str) -> ChainRecord {
@@ -779,7 +779,11 @@ pub(crate) mod tests {
             steps: vec![sig],
             ..ChainSpec::default()
         };
-        ChainRecord::new(id.into(), spec, 1)
+        // The store keys chains by their text: any will do here.
+        ChainRecord {
+            id: id.to_owned(),
+            ..ChainRecord::new(ChainId::default(), spec, 1)
+        }
     }
 
     #[tokio::test]

@@ -105,7 +105,7 @@ impl Core {
         self.workers
             .iter()
             .map(|(id, w)| WorkerStats {
-                worker_id: id.clone(),
+                worker_id: *id,
                 name: w.name.clone(),
                 queues: w.queues.clone(),
                 task_names: {
@@ -120,7 +120,7 @@ impl Core {
                     .iter()
                     .filter_map(|t| {
                         self.runs.get(t).map(|r| TaskRef {
-                            task_id: t.clone(),
+                            task_id: *t,
                             attempt: r.attempt,
                         })
                     })
@@ -131,7 +131,7 @@ impl Core {
             .collect()
     }
 
-    pub fn throttle_info(&self) -> Vec<(SlotInfo, Vec<String>)> {
+    pub fn throttle_info(&self) -> Vec<crate::scheduler::ThrottleStats> {
         self.throttles
             .info()
             .into_iter()
@@ -140,12 +140,10 @@ impl Core {
                     .holders
                     .iter()
                     .map(|(h, _)| match h {
-                        Holder::Chain(c) => c.clone(),
-                        Holder::Task(t) | Holder::InBody { task_id: t, .. } => self
-                            .tasks
-                            .get(t)
-                            .map(|(c, _)| c.clone())
-                            .unwrap_or_default(),
+                        Holder::Chain(c) => Some(*c),
+                        Holder::Task(t) | Holder::InBody { task_id: t, .. } => {
+                            self.tasks.get(t).map(|(c, _)| *c)
+                        }
                     })
                     .collect();
                 (info, chains)
@@ -198,11 +196,17 @@ impl Core {
     /// Cancels, as [`Core::cancel`] does, the chain of every task READY in
     /// `queue`. Tasks running, delayed or throttled are not in the queue
     /// and stay.
-    pub fn purge_queue(&mut self, queue: &str, reason: &str, reply: Req<Vec<String>>, now: UnixMs) {
+    pub fn purge_queue(
+        &mut self,
+        queue: &str,
+        reason: &str,
+        reply: Req<Vec<ChainId>>,
+        now: UnixMs,
+    ) {
         // Cold chains come back without queue entries: they are cancelled
         // below like the rest. Those that cannot be read now stay queued,
         // and the answer says so.
-        let mut chain_ids: Vec<String> = Vec::new();
+        let mut chain_ids: Vec<ChainId> = Vec::new();
         let mut unread = 0;
         for (key, place) in self.queues.take_cold(|q, _| q == queue) {
             if unread == 0 {
@@ -220,7 +224,7 @@ impl Core {
         }
         for entry in self.queues.entries(queue) {
             if let Queued::Hot(task_id) = entry {
-                chain_ids.extend(self.tasks.get(&task_id).map(|(c, _)| c.clone()));
+                chain_ids.extend(self.tasks.get(&task_id).map(|(c, _)| *c));
             }
         }
         chain_ids.sort();
@@ -230,7 +234,7 @@ impl Core {
         } else {
             format!("queue {queue} purged: {reason}")
         };
-        for chain_id in &chain_ids {
+        for &chain_id in &chain_ids {
             // Each is in memory now (warmed above, or hot), so this
             // cancels it.
             let _ = self.cancel_chain(chain_id, reason.clone(), now);
@@ -250,12 +254,16 @@ impl Core {
 
     /// Submits a failed chain's spec again as a new chain and links the
     /// two records, in one batch.
-    pub fn requeue(&mut self, chain_id: &str, reply: Req<String>, now: UnixMs) {
+    pub fn requeue(&mut self, chain_id: ChainId, reply: Req<ChainId>, now: UnixMs) {
         let result = self.requeue_chain(chain_id, now);
         self.reply(reply, result);
     }
 
-    pub(super) fn requeue_chain(&mut self, chain_id: &str, now: UnixMs) -> Result<String, Error> {
+    pub(super) fn requeue_chain(
+        &mut self,
+        chain_id: ChainId,
+        now: UnixMs,
+    ) -> Result<ChainId, Error> {
         let mut original = self.chain(chain_id)?;
         if original.state() != ChainState::Failed {
             return Err(Error::Conflict(format!(
@@ -303,16 +311,16 @@ impl Core {
         };
         let new_id = self.create(spec, now);
         if let Some(rec) = self.chains.get_mut(&new_id) {
-            rec.requeued_from = chain_id.to_owned();
+            rec.requeued_from = chain_id.to_string();
         }
-        match self.chains.get_mut(chain_id) {
+        match self.chains.get_mut(&chain_id) {
             // Ended with a run still out: written with the round's dirty chains.
             Some(rec) => {
-                rec.requeued_as = new_id.clone();
+                rec.requeued_as = new_id.to_string();
                 self.touch(chain_id);
             }
             None => {
-                original.requeued_as = new_id.clone();
+                original.requeued_as = new_id.to_string();
                 self.batch.put_chain(&original, false);
             }
         }
@@ -324,10 +332,11 @@ impl Core {
     /// it gets no new assignments and finishes what it runs.
     pub fn drain_workers(&mut self, who: &str, reply: Req<Vec<WorkerStats>>) {
         let mut matched = Set::default();
+        let by_id = WorkerId::parse(who).ok();
         for (id, worker) in &mut self.workers {
-            if worker.name == who || id == who {
+            if worker.name == who || by_id == Some(*id) {
                 worker.draining = true;
-                matched.insert(id.clone());
+                matched.insert(*id);
             }
         }
         let result = if matched.is_empty() {

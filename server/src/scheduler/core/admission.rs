@@ -44,12 +44,13 @@ impl Core {
             stored.idempotent = self
                 .store
                 .view(&self.batch, |v| v.idempotent_chain(&spec.idempotency_key))
-                .map_err(|e| Error::Store(e.to_string()))?;
+                .map_err(|e| Error::Store(e.to_string()))?
+                .and_then(|id| ChainId::parse(&id).ok());
             // A key must never answer with a chain nobody can read: a batch
             // torn by disk trouble and a kill may have kept the key without
             // its chain (finding 18 of docs/reliability.md). The key is
             // then taken anew by this submission.
-            if let Some(id) = &stored.idempotent
+            if let Some(id) = stored.idempotent
                 && let Err(Error::NotFound(_)) = self.chain(id)
             {
                 tracing::error!(
@@ -60,7 +61,7 @@ impl Core {
                 stored.idempotent = None;
             }
         }
-        if let Some(id) = &spec.chain_id {
+        if let Some(id) = spec.chain_id {
             match self.chain(id) {
                 Ok(rec) if rec.owner != spec.owner => {
                     return Err(Error::Exists(format!(
@@ -77,8 +78,8 @@ impl Core {
 
     /// Whether a chain was stored by this round (it may have left memory
     /// already: cooled).
-    pub(super) fn created(&self, chain_id: &str) -> bool {
-        self.chains.contains_key(chain_id) || self.batch.has_chain(chain_id)
+    pub(super) fn created(&self, chain_id: ChainId) -> bool {
+        self.chains.contains_key(&chain_id) || self.batch.has_chain(&chain_id.to_string())
     }
 
     /// Deduplicates a submission or stores it. `stored` is what
@@ -87,22 +88,19 @@ impl Core {
     ///
     /// [`check_admissible`]: Self::check_admissible
     pub(super) fn admit(&mut self, spec: ChainSpec, stored: Stored, now: UnixMs) -> Submitted {
-        let dedup = |chain_id: String, dedup| Submitted {
+        let dedup = |chain_id: ChainId, dedup| Submitted {
             chain_id,
             dedup: Some(dedup),
         };
-        if let Some(id) = spec
-            .chain_id
-            .as_deref()
-            .filter(|id| stored.chain || self.created(id))
-        {
-            return dedup(id.to_owned(), Dedup::ChainId);
+        if let Some(id) = spec.chain_id.filter(|id| stored.chain || self.created(*id)) {
+            return dedup(id, Dedup::ChainId);
         }
         if !spec.idempotency_key.is_empty() {
             // A chain admitted earlier in this batch may have taken the key.
             let known = self
                 .batch
                 .idempotent_chain(&spec.idempotency_key)
+                .and_then(|id| ChainId::parse(&id).ok())
                 .or(stored.idempotent);
             if let Some(id) = known {
                 return dedup(id, Dedup::IdempotencyKey);
@@ -113,7 +111,7 @@ impl Core {
             .get(&spec.unique_key)
             .filter(|_| !spec.unique_key.is_empty())
         {
-            return dedup(id.clone(), Dedup::UniqueKey);
+            return dedup(*id, Dedup::UniqueKey);
         }
         let chain_id = self.create(spec, now);
         tracing::debug!(chain.id = %chain_id, "chain submitted");
@@ -125,36 +123,31 @@ impl Core {
 
     /// Stores a new chain (deduplication already checked) and starts its
     /// first step; returns its id.
-    pub(super) fn create(&mut self, mut spec: ChainSpec, now: UnixMs) -> String {
+    pub(super) fn create(&mut self, mut spec: ChainSpec, now: UnixMs) -> ChainId {
         let chain_id = match spec.chain_id.take() {
             Some(id) => id,
-            None => self.ids.fresh(),
+            None => self.ids.chain(),
         };
         if !spec.idempotency_key.is_empty() {
             self.batch
-                .put_idempotency_key(&spec.idempotency_key, &chain_id);
+                .put_idempotency_key(&spec.idempotency_key, &chain_id.to_string());
         }
-        let chain = ChainRecord::with_ids(chain_id.clone(), spec, now, &mut self.ids);
+        let chain = ChainRecord::with_ids(chain_id, spec, now, &mut self.ids);
         if chain.deadline_ms > 0 {
-            self.add_timer(
-                chain.deadline_ms,
-                Timer::Deadline {
-                    chain_id: chain_id.clone(),
-                },
-            );
+            self.add_timer(chain.deadline_ms, Timer::Deadline { chain_id });
         }
         self.index_chain(chain);
-        self.live_unwritten.insert(chain_id.clone());
+        self.live_unwritten.insert(chain_id);
         self.start_step(
-            &chain_id,
+            chain_id,
             StepAt {
                 phase: Phase::Main,
                 index: 0,
             },
             now,
         );
-        self.touch(&chain_id);
-        self.cool(&chain_id);
+        self.touch(chain_id);
+        self.cool(chain_id);
         chain_id
     }
 
@@ -170,8 +163,8 @@ impl Core {
     /// Only a chain that nothing else refers to is cooled: its step is
     /// READY (not waiting for a slot or a timer), and it has no deadline,
     /// no unique key and no chain-scoped slot.
-    pub(super) fn cool(&mut self, chain_id: &str) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn cool(&mut self, chain_id: ChainId) {
+        let rec = &self.chains[&chain_id];
         let at = rec.current();
         let step = rec.step(at);
         if step.state() != StepState::Ready
@@ -182,24 +175,22 @@ impl Core {
         {
             return;
         }
-        let Ok(key) = uuid::Uuid::parse_str(chain_id).map(|u| u.as_u128()) else {
-            return;
-        };
+        let key = chain_id.uuid().as_u128();
         let waits = ColdSummary {
             queue: step.queue.clone(),
             name: step.name().to_owned(),
             priority: self.effective(rec, at).priority,
             ready_ms: step.ready_ms,
         };
-        if !self.queues.cool(&step.task_id, key) {
+        if !self.queues.cool(step.task(), key) {
             return;
         }
-        let rec = self.chains.remove(chain_id).expect("live chain");
+        let rec = self.chains.remove(&chain_id).expect("live chain");
         for (_, step) in rec.all_steps() {
-            self.tasks.remove(&step.task_id);
+            self.tasks.remove(&step.task());
         }
-        self.dirty.remove(chain_id);
-        self.live_unwritten.remove(chain_id);
+        self.dirty.remove(&chain_id);
+        self.live_unwritten.remove(&chain_id);
         self.batch.put_cold_chain(&rec, &waits);
     }
 
@@ -209,9 +200,21 @@ impl Core {
     /// no entry left. Returns the chain's id, or why it could not: then
     /// the caller puts a picked entry back (the store may be unreadable
     /// only while it is repaired after disk trouble).
-    pub(super) fn warm(&mut self, key: ChainKey, queued: bool) -> Result<String, Unwarmed> {
-        let chain_id = uuid::Uuid::from_u128(key).to_string();
-        let rec = match self.store.view(&self.batch, |v| v.chain(&chain_id)) {
+    pub(super) fn warm(&mut self, key: ChainKey, queued: bool) -> Result<ChainId, Unwarmed> {
+        let chain_id = ChainId::from_uuid(uuid::Uuid::from_u128(key));
+        let rec = match self
+            .store
+            .view(&self.batch, |v| v.chain(&chain_id.to_string()))
+        {
+            Ok(Some(rec))
+                if rec.check_ids().is_err() || crate::store::inconsistency(&rec).is_some() =>
+            {
+                let why = crate::store::inconsistency(&rec)
+                    .or_else(|| rec.check_ids().err().map(|e| e.to_string()))
+                    .unwrap_or_default();
+                tracing::error!(chain.id = %chain_id, why, "a cold chain's record is corrupt: it is lost");
+                return Err(Unwarmed::Missing);
+            }
             Ok(Some(rec)) => match self.results_apart_of(&rec) {
                 Ok(results) => {
                     self.apart.extend(results);
@@ -232,14 +235,14 @@ impl Core {
             }
         };
         let step = rec.step(rec.current());
-        let task_id = step.task_id.clone();
+        let task_id = step.task();
         if queued {
-            self.queues.warm(&step.queue, step.name(), key, &task_id);
+            self.queues.warm(&step.queue, step.name(), key, task_id);
         }
         self.index_chain(rec);
         // Its `live` entry must say "hot" again.
-        self.live_unwritten.insert(chain_id.clone());
-        self.touch(&chain_id);
+        self.live_unwritten.insert(chain_id);
+        self.touch(chain_id);
         Ok(chain_id)
     }
 
@@ -249,7 +252,7 @@ impl Core {
     /// and their names into `rerouting`, for [`Core::dispatch`] to try
     /// again and to keep from picking them under the old defaults
     /// meanwhile. Returns the ids of the chains brought back.
-    pub(super) fn warm_names(&mut self, names: &Set<String>) -> Vec<String> {
+    pub(super) fn warm_names(&mut self, names: &Set<String>) -> Vec<ChainId> {
         let mut warmed = Vec::new();
         let mut unreadable = false;
         for (key, place) in self.queues.take_cold(|_, n| names.contains(n)) {
@@ -271,21 +274,21 @@ impl Core {
 
     /// [`Core::warm`] for a chain addressed by id, if it is cold (a store
     /// read, for requests that name a chain not in memory).
-    pub(super) fn warm_by_id(&mut self, chain_id: &str) {
-        if self.chains.contains_key(chain_id) {
+    pub(super) fn warm_by_id(&mut self, chain_id: ChainId) {
+        if self.chains.contains_key(&chain_id) {
             return;
         }
         let cold = self
             .store
-            .view(&self.batch, |v| v.waits_cold(chain_id))
+            .view(&self.batch, |v| v.waits_cold(&chain_id.to_string()))
             .unwrap_or_else(|e| {
                 tracing::error!(chain.id = %chain_id, cause = %e, "cannot read the live index");
                 false
             });
-        if cold && let Ok(uuid) = uuid::Uuid::parse_str(chain_id) {
+        if cold {
             // Unread, it stays cold in its queue; the request then reads
             // the store itself and fails as the store does.
-            let _ = self.warm(uuid.as_u128(), true);
+            let _ = self.warm(chain_id.uuid().as_u128(), true);
         }
     }
 }

@@ -29,10 +29,8 @@ impl Core {
             reserved,
             ..
         } = self;
-        let mut free: Map<&str, usize> = workers
-            .iter()
-            .map(|(id, w)| (id.as_str(), w.idle()))
-            .collect();
+        let mut free: Map<WorkerId, usize> =
+            workers.iter().map(|(id, w)| (*id, w.idle())).collect();
         let mut can_start = |w: &Waiter<Ticket>| -> bool {
             let task_id = match &w.ticket {
                 Ticket::InBody { .. } => return true,
@@ -57,11 +55,9 @@ impl Core {
             let serves = |w: &WorkerConn| {
                 w.names.contains(&sig.name) && w.queues.contains(&queue) && !w.draining
             };
-            let taker = workers
-                .iter()
-                .find(|(id, w)| serves(w) && free[id.as_str()] > 0);
+            let taker = workers.iter().find(|(id, w)| serves(w) && free[*id] > 0);
             if let Some((id, _)) = taker {
-                *free.get_mut(id.as_str()).expect("every worker listed") -= 1;
+                *free.get_mut(id).expect("every worker listed") -= 1;
                 return true;
             }
             let least_busy = workers
@@ -69,7 +65,7 @@ impl Core {
                 .filter(|(_, w)| serves(w))
                 .min_by_key(|(_, w)| w.in_flight.len());
             if let Some((id, _)) = least_busy {
-                reserved.insert(id.clone());
+                reserved.insert(*id);
             }
             false
         };
@@ -96,8 +92,8 @@ impl Core {
 
     /// Assigns a task that was just granted its slot to a worker that can
     /// start it now (one exists: [`Core::throttle_op`] checked).
-    pub(super) fn start_now(&mut self, task_id: &str, now: UnixMs) {
-        let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
+    pub(super) fn start_now(&mut self, task_id: TaskId, now: UnixMs) {
+        let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() else {
             return;
         };
         let step = self.chains[&chain_id].step(at);
@@ -106,12 +102,12 @@ impl Core {
             .workers
             .iter()
             .find(|(_, w)| w.idle() > 0 && w.names.contains(&name) && w.queues.contains(&queue))
-            .map(|(id, _)| id.clone());
+            .map(|(id, _)| *id);
         if let Some(worker_id) = taker
             && !self.queues.is_paused(&queue)
             && self.queues.remove(task_id)
         {
-            self.assign(&worker_id, task_id, now);
+            self.assign(worker_id, task_id, now);
         }
     }
 
@@ -134,18 +130,18 @@ impl Core {
             match waiter.ticket {
                 Ticket::Enqueue { task_id } => {
                     if let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() {
-                        self.enqueue(&chain_id, at, now);
-                        self.start_now(&task_id, now);
-                        self.touch(&chain_id);
+                        self.enqueue(chain_id, at, now);
+                        self.start_now(task_id, now);
+                        self.touch(chain_id);
                     }
                 }
                 Ticket::ChainHold { chain_id, task_id } => {
                     if let Some((_, at)) = self.tasks.get(&task_id).cloned() {
                         let rec = self.chains.get_mut(&chain_id).expect("live chain");
                         rec.chain_holds.push(identity);
-                        self.enqueue(&chain_id, at, now);
-                        self.start_now(&task_id, now);
-                        self.touch(&chain_id);
+                        self.enqueue(chain_id, at, now);
+                        self.start_now(task_id, now);
+                        self.touch(chain_id);
                     }
                 }
                 Ticket::InBody {
@@ -157,7 +153,7 @@ impl Core {
                         .runs
                         .get(&task.task_id)
                         .filter(|r| r.attempt == task.attempt)
-                        .map(|r| r.chain_id.clone());
+                        .map(|r| r.chain_id);
                     if let Some(chain_id) = current {
                         let at = self.runs[&task.task_id].at;
                         let hold = InBodyHold {
@@ -170,8 +166,8 @@ impl Core {
                             .expect("live chain")
                             .step_mut(at);
                         step.in_body.push(hold);
-                        self.touch(&chain_id);
-                        self.send_worker(&worker_id, ToWorker::Granted { request_id });
+                        self.touch(chain_id);
+                        self.send_worker(worker_id, ToWorker::Granted { request_id });
                     } else {
                         // The run ended while it waited: hand the slot on.
                         work.extend(
@@ -200,10 +196,10 @@ impl Core {
             let names = std::mem::take(&mut self.rerouting);
             for chain_id in self.warm_names(&names) {
                 let at = self.chains[&chain_id].current();
-                self.make_ready(&chain_id, at, now);
+                self.make_ready(chain_id, at, now);
             }
         }
-        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         if ids.is_empty() {
             return;
         }
@@ -254,7 +250,7 @@ impl Core {
                     Some((Queued::Cold(key), place)) => match self.warm(key, false) {
                         Ok(chain_id) => {
                             let rec = &self.chains[&chain_id];
-                            Some(rec.step(rec.current()).task_id.clone())
+                            Some(rec.step(rec.current()).task())
                         }
                         Err(Unwarmed::Missing) => None,
                         Err(Unwarmed::Unreadable) => {
@@ -269,7 +265,7 @@ impl Core {
                     }
                 };
                 if let Some(task_id) = task_id {
-                    self.assign(&ids[k], &task_id, now);
+                    self.assign(ids[k], task_id, now);
                 }
                 progress = true;
             }
@@ -279,8 +275,8 @@ impl Core {
         }
     }
 
-    pub(super) fn assign(&mut self, worker_id: &str, task_id: &str, now: UnixMs) {
-        let (chain_id, at) = self.tasks[task_id].clone();
+    pub(super) fn assign(&mut self, worker_id: WorkerId, task_id: TaskId, now: UnixMs) {
+        let (chain_id, at) = self.tasks[&task_id];
         let rec = &self.chains[&chain_id];
         let eff = self.effective(rec, at);
         let carried = if rec.step(at).signature().immutable {
@@ -288,7 +284,7 @@ impl Core {
         } else {
             rec.carried_value(at, |s| self.kept_result(s))
         };
-        let worker_name = self.workers[worker_id].name.clone();
+        let worker_name = self.workers[&worker_id].name.clone();
         let lease_deadline = self.lease_deadline(now);
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let context = rec.context.clone();
@@ -310,19 +306,12 @@ impl Core {
             .filter(|t| t.scope() != ThrottleScope::Chain)
             .map(|t| Identity::of(&sig.name, t));
         if let Some(identity) = &declared {
-            self.throttles.set_worker(
-                identity,
-                &Holder::Task(task_id.to_owned()),
-                &worker_name,
-                now,
-            );
+            self.throttles
+                .set_worker(identity, &Holder::Task(task_id), &worker_name, now);
         }
         let assignment = Assignment {
-            task: TaskRef {
-                task_id: task_id.to_owned(),
-                attempt,
-            },
-            chain_id: chain_id.clone(),
+            task: TaskRef { task_id, attempt },
+            chain_id,
             at,
             name: sig.name.clone(),
             args: with_carried(&sig.args, carried),
@@ -335,45 +324,36 @@ impl Core {
             retries: step.retries,
         };
         self.runs.insert(
-            task_id.to_owned(),
+            task_id,
             Run {
-                chain_id: chain_id.clone(),
+                chain_id,
                 at,
                 attempt,
-                worker: Some(worker_id.to_owned()),
+                worker: Some(worker_id),
                 renewed: None,
                 declared,
                 timed_out: false,
             },
         );
         self.workers
-            .get_mut(worker_id)
+            .get_mut(&worker_id)
             .expect("connected worker")
             .in_flight
-            .insert(task_id.to_owned());
-        self.add_timer(
-            lease_deadline,
-            Timer::Lease {
-                task_id: task_id.to_owned(),
-                attempt,
-            },
-        );
+            .insert(task_id);
+        self.add_timer(lease_deadline, Timer::Lease { task_id, attempt });
         if eff.timeout_ms > 0 {
             self.add_timer(
                 now.saturating_add(eff.timeout_ms),
-                Timer::Timeout {
-                    task_id: task_id.to_owned(),
-                    attempt,
-                },
+                Timer::Timeout { task_id, attempt },
             );
         }
         let early = eff.throttle.is_none()
-            && self.workers[worker_id].welcomed
-            && self.workers[worker_id].held_back == 0
+            && self.workers[&worker_id].welcomed
+            && self.workers[&worker_id].held_back == 0
             && self.unsettled.resumed == 0
-            && !self.unsettled.ready.contains_key(task_id);
+            && !self.unsettled.ready.contains_key(&task_id);
         let send = Output::ToWorker {
-            worker_id: worker_id.to_owned(),
+            worker_id,
             msg: ToWorker::Assign(Box::new(assignment)),
         };
         self.metrics.assignments.inc();
@@ -383,28 +363,25 @@ impl Core {
         } else {
             self.emit(send);
             // Delivered right after it, in order: early ones may follow.
-            self.emit(Output::Settled(Settled::Sent(worker_id.to_owned())));
-            if let Some(worker) = self.workers.get_mut(worker_id) {
+            self.emit(Output::Settled(Settled::Sent(worker_id)));
+            if let Some(worker) = self.workers.get_mut(&worker_id) {
                 worker.held_back += 1;
             }
         }
-        self.event(&chain_id, "step_started", Some(at));
-        self.touch(&chain_id);
+        self.event(chain_id, "step_started", Some(at));
+        self.touch(chain_id);
     }
 
     /// Ends a run: frees its worker's concurrency and every slot it holds.
-    pub(super) fn end_run(&mut self, task_id: &str, now: UnixMs) -> Option<Run> {
-        let run = self.runs.remove(task_id)?;
+    pub(super) fn end_run(&mut self, task_id: TaskId, now: UnixMs) -> Option<Run> {
+        let run = self.runs.remove(&task_id)?;
         if let Some(worker) = run.worker.as_ref().and_then(|w| self.workers.get_mut(w)) {
-            worker.in_flight.remove(task_id);
+            worker.in_flight.remove(&task_id);
         }
         let mut grants = Vec::new();
         if let Some(identity) = &run.declared {
-            grants.extend(
-                self.throttle_op(|t, cs| {
-                    t.release(identity, &Holder::Task(task_id.to_owned()), cs)
-                }),
-            );
+            grants
+                .extend(self.throttle_op(|t, cs| t.release(identity, &Holder::Task(task_id), cs)));
         }
         let step = self
             .chains
@@ -414,7 +391,7 @@ impl Core {
         for hold in std::mem::take(&mut step.in_body) {
             if let Some(identity) = hold.identity {
                 let holder = Holder::InBody {
-                    task_id: task_id.to_owned(),
+                    task_id,
                     request_id: hold.request_id,
                 };
                 grants.extend(self.throttle_op(|t, cs| t.release(&identity, &holder, cs)));
@@ -424,20 +401,20 @@ impl Core {
             |w| matches!(&w.ticket, Ticket::InBody { task, .. } if task.task_id == task_id),
         );
         self.apply_grants(grants, now);
-        self.touch(&run.chain_id.clone());
+        self.touch(run.chain_id);
         Some(run)
     }
 
     /// A run was lost (lease lapsed, worker said goodbye mid-run): the step
     /// goes back to its queue with the next attempt, or fails once it was
     /// lost too often.
-    pub(super) fn lose_run(&mut self, task_id: &str, reason: &str, now: UnixMs) {
+    pub(super) fn lose_run(&mut self, task_id: TaskId, reason: &str, now: UnixMs) {
         let Some(run) = self.end_run(task_id, now) else {
             return;
         };
-        if let Some(worker) = &run.worker {
+        if let Some(worker) = run.worker {
             let task = TaskRef {
-                task_id: task_id.to_owned(),
+                task_id,
                 attempt: run.attempt,
             };
             self.send_worker(
@@ -448,19 +425,19 @@ impl Core {
                 },
             );
         }
-        let chain_id = run.chain_id.clone();
+        let chain_id = run.chain_id;
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let superseded = rec.is_ended() || rec.current() != run.at;
         let step = rec.step_mut(run.at);
         step.lapses += 1;
         step.worker.clear();
         if superseded {
-            self.settle_superseded(&chain_id, run.at, now);
+            self.settle_superseded(chain_id, run.at, now);
             return;
         }
         if step.lapses > MAX_LAPSES {
             let record = self.failure_of(
-                &chain_id,
+                chain_id,
                 run.at,
                 run.attempt,
                 "WorkerLost",
@@ -475,11 +452,11 @@ impl Core {
             step.state = StepState::Failed as i32;
             step.failure = Some(record.clone());
             step.finished_ms = now;
-            self.event(&chain_id, "step_failed", Some(run.at));
-            self.fail_chain(&chain_id, record, now);
+            self.event(chain_id, "step_failed", Some(run.at));
+            self.fail_chain(chain_id, record, now);
         } else {
-            self.event(&chain_id, "step_lost", Some(run.at));
-            self.make_ready(&chain_id, run.at, now);
+            self.event(chain_id, "step_lost", Some(run.at));
+            self.make_ready(chain_id, run.at, now);
         }
     }
 }

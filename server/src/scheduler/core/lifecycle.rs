@@ -3,7 +3,13 @@
 use super::*;
 
 impl Core {
-    pub fn cancel(&mut self, chain_id: &str, reason: String, reply: Req<ChainState>, now: UnixMs) {
+    pub fn cancel(
+        &mut self,
+        chain_id: ChainId,
+        reason: String,
+        reply: Req<ChainState>,
+        now: UnixMs,
+    ) {
         let result = self.cancel_chain(chain_id, reason, now);
         self.reply(reply, result);
     }
@@ -11,12 +17,12 @@ impl Core {
     /// Cancels a chain; returns its state (an ended chain keeps its own).
     pub(super) fn cancel_chain(
         &mut self,
-        chain_id: &str,
+        chain_id: ChainId,
         reason: String,
         now: UnixMs,
     ) -> Result<ChainState, Error> {
         self.warm_by_id(chain_id);
-        let rec = match self.chains.get(chain_id) {
+        let rec = match self.chains.get(&chain_id) {
             Some(rec) => rec,
             None => return self.chain(chain_id).map(|c| c.state()),
         };
@@ -30,7 +36,7 @@ impl Core {
             let reason = format!("chain cancelled: {reason}");
             self.stop_step(chain_id, at, &reason, StepState::Cancelled, now);
         }
-        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
         rec.state = ChainState::Cancelled as i32;
         rec.cancel_reason = reason;
         rec.finished_ms = now;
@@ -47,27 +53,24 @@ impl Core {
     /// its run ends, so a body still running never loses its slot.
     pub(super) fn stop_step(
         &mut self,
-        chain_id: &str,
+        chain_id: ChainId,
         at: StepAt,
         reason: &str,
         state: StepState,
         now: UnixMs,
     ) {
-        let step = self.chains[chain_id].step(at);
-        let task_id = step.task_id.clone();
+        let step = self.chains[&chain_id].step(at);
+        let task_id = step.task();
         match step.state() {
             StepState::Running => {
                 if let Some((worker, attempt)) = self
                     .runs
                     .get(&task_id)
-                    .and_then(|r| r.worker.clone().map(|w| (w, r.attempt)))
+                    .and_then(|r| r.worker.map(|w| (w, r.attempt)))
                 {
-                    let task = TaskRef {
-                        task_id: task_id.clone(),
-                        attempt,
-                    };
+                    let task = TaskRef { task_id, attempt };
                     self.send_worker(
-                        &worker,
+                        worker,
                         ToWorker::Cancel {
                             task,
                             reason: reason.to_owned(),
@@ -81,7 +84,7 @@ impl Core {
             | StepState::Scheduled
             | StepState::Pending
             | StepState::Unspecified => {
-                self.queues.remove(&task_id);
+                self.queues.remove(task_id);
                 let gone = self
                     .throttles
                     .remove_waiters(|w| w.ticket.task_id() == task_id);
@@ -89,21 +92,20 @@ impl Core {
                 // A ready step may already hold its task-scoped declared
                 // slot (granted, waiting for a worker): give it back, or it
                 // would stay taken with nobody left to release it.
-                let rec = &self.chains[chain_id];
+                let rec = &self.chains[&chain_id];
                 if let Some(throttle) = self
                     .effective(rec, at)
                     .throttle
                     .filter(|t| t.scope() != ThrottleScope::Chain)
                 {
                     let identity = Identity::of(rec.step(at).name(), &throttle);
-                    let grants = self.throttle_op(|t, cs| {
-                        t.release(&identity, &Holder::Task(task_id.clone()), cs)
-                    });
+                    let grants =
+                        self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), cs));
                     self.apply_grants(grants, now);
                 }
                 let step = self
                     .chains
-                    .get_mut(chain_id)
+                    .get_mut(&chain_id)
                     .expect("live chain")
                     .step_mut(at);
                 step.state = state as i32;
@@ -123,11 +125,11 @@ impl Core {
 
     /// The step's turn has come: it waits for its countdown/ETA or becomes
     /// ready.
-    pub(super) fn start_step(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = self.chains.get_mut(chain_id).expect("live chain");
+    pub(super) fn start_step(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
         rec.phase = at.phase as i32;
         rec.cursor = u32::try_from(at.index).unwrap_or(u32::MAX);
-        let rec = &self.chains[chain_id];
+        let rec = &self.chains[&chain_id];
         self.task_metrics.get(rec.step(at).name()).submitted.inc();
         let eff = self.effective(rec, at);
         let not_before = now.saturating_add(eff.countdown_ms).max(eff.eta_ms);
@@ -138,24 +140,24 @@ impl Core {
         }
     }
 
-    pub(super) fn schedule(&mut self, chain_id: &str, at: StepAt, when: UnixMs) {
+    pub(super) fn schedule(&mut self, chain_id: ChainId, at: StepAt, when: UnixMs) {
         let step = self
             .chains
-            .get_mut(chain_id)
+            .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
         step.state = StepState::Scheduled as i32;
         step.not_before_ms = when;
-        let task_id = step.task_id.clone();
+        let task_id = step.task();
         self.add_timer(when, Timer::Ready { task_id, at: when });
     }
 
     /// The step may run as soon as its throttle (if any) grants a slot.
-    pub(super) fn make_ready(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn make_ready(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         let eff = self.effective(rec, at);
         let step = rec.step(at);
-        let task_id = step.task_id.clone();
+        let task_id = step.task();
         let Some(throttle) = eff.throttle else {
             return self.enqueue(chain_id, at, now);
         };
@@ -166,48 +168,45 @@ impl Core {
         }
         let step = self
             .chains
-            .get_mut(chain_id)
+            .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
         step.state = StepState::Throttled as i32;
         step.ready_ms = now;
         let (holder, ticket) = if chain_scoped {
             (
-                Holder::Chain(chain_id.to_owned()),
-                Ticket::ChainHold {
-                    chain_id: chain_id.to_owned(),
-                    task_id: task_id.clone(),
-                },
+                Holder::Chain(chain_id),
+                Ticket::ChainHold { chain_id, task_id },
             )
         } else {
-            (Holder::Task(task_id.clone()), Ticket::Enqueue { task_id })
+            (Holder::Task(task_id), Ticket::Enqueue { task_id })
         };
         self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
     }
 
-    pub(super) fn enqueue(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn enqueue(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         let eff = self.effective(rec, at);
         let step = self
             .chains
-            .get_mut(chain_id)
+            .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
         step.state = StepState::Ready as i32;
         step.ready_ms = now;
         step.queue = eff.queue.clone();
         let name = step.name().to_owned();
-        let task_id = step.task_id.clone();
+        let task_id = step.task();
         self.queues
-            .push(&eff.queue, &name, eff.priority, &task_id, now);
-        *self.unsettled.ready.entry(task_id.clone()).or_default() += 1;
+            .push(&eff.queue, &name, eff.priority, task_id, now);
+        *self.unsettled.ready.entry(task_id).or_default() += 1;
         self.emit(Output::Settled(Settled::Ready(task_id)));
     }
 
     /// A run that ended after its chain moved on (cancelled, deadline):
     /// record how the step ended and retire the chain if nothing is out.
-    pub(super) fn settle_superseded(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = self.chains.get_mut(chain_id).expect("live chain");
+    pub(super) fn settle_superseded(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let state = if rec.state() == ChainState::Cancelled {
             StepState::Cancelled
         } else {
@@ -224,16 +223,16 @@ impl Core {
 
     pub(super) fn failure_of(
         &self,
-        chain_id: &str,
+        chain_id: ChainId,
         at: StepAt,
         attempt: u32,
         error_type: &str,
         message: &str,
         traceback: &str,
     ) -> FailureRecord {
-        let step = self.chains[chain_id].step(at);
+        let step = self.chains[&chain_id].step(at);
         FailureRecord {
-            chain_id: chain_id.to_owned(),
+            chain_id: chain_id.to_string(),
             phase: at.phase as i32,
             step_index: u32::try_from(at.index).unwrap_or(u32::MAX),
             task_name: step.name().to_owned(),
@@ -246,8 +245,8 @@ impl Core {
     }
 
     /// The step succeeded: the next step's turn, the next phase, or the end.
-    pub(super) fn advance(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn advance(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         if at.index + 1 < rec.steps_of(at.phase).len() {
             return self.start_step(
                 chain_id,
@@ -262,7 +261,7 @@ impl Core {
             Phase::OnSuccess => self.finish(chain_id, ChainState::Succeeded, now),
             Phase::OnFailure => self.finish(chain_id, ChainState::Failed, now),
             _ => {
-                let rec = self.chains.get_mut(chain_id).expect("live chain");
+                let rec = self.chains.get_mut(&chain_id).expect("live chain");
                 rec.result = rec.step(at).result.clone();
                 rec.result_apart = rec.step(at).result_apart;
                 if rec.on_success.is_empty() {
@@ -283,9 +282,9 @@ impl Core {
 
     /// A step failed for good: on_failure runs once (also when on_success
     /// failed), or the chain ends failed.
-    pub(super) fn fail_chain(&mut self, chain_id: &str, record: FailureRecord, now: UnixMs) {
+    pub(super) fn fail_chain(&mut self, chain_id: ChainId, record: FailureRecord, now: UnixMs) {
         self.task_metrics.get(&record.task_name).failed.inc();
-        let rec = self.chains.get_mut(chain_id).expect("live chain");
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
         if rec.phase() == Phase::OnFailure {
             return self.finish(chain_id, ChainState::Failed, now);
         }
@@ -304,8 +303,8 @@ impl Core {
         }
     }
 
-    pub(super) fn finish(&mut self, chain_id: &str, state: ChainState, now: UnixMs) {
-        let rec = self.chains.get_mut(chain_id).expect("live chain");
+    pub(super) fn finish(&mut self, chain_id: ChainId, state: ChainState, now: UnixMs) {
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
         rec.state = state as i32;
         rec.finished_ms = now;
         let kind = if state == ChainState::Succeeded {
@@ -321,13 +320,13 @@ impl Core {
 
     /// Bookkeeping common to every end: the unique key is free again and
     /// the chain retires once no run of it is out.
-    pub(super) fn chain_ended(&mut self, chain_id: &str, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn chain_ended(&mut self, chain_id: ChainId, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         if !rec.unique_key.is_empty()
             && self
                 .unique
                 .get(&rec.unique_key)
-                .is_some_and(|id| id == chain_id)
+                .is_some_and(|id| *id == chain_id)
         {
             self.unique.remove(&rec.unique_key.clone());
         }
@@ -336,32 +335,32 @@ impl Core {
 
     pub(super) fn has_runs(&self, rec: &ChainRecord) -> bool {
         rec.all_steps()
-            .any(|(_, s)| self.runs.contains_key(&s.task_id))
+            .any(|(_, s)| self.runs.contains_key(&s.task()))
     }
 
     /// An ended chain with no run out releases its chain-scoped slots and
     /// leaves memory; its record stays in the store, no longer live.
-    pub(super) fn retire_if_done(&mut self, chain_id: &str, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn retire_if_done(&mut self, chain_id: ChainId, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         if !rec.is_ended() || self.has_runs(rec) {
             return;
         }
-        let mut rec = self.chains.remove(chain_id).expect("live chain");
+        let mut rec = self.chains.remove(&chain_id).expect("live chain");
         let mut grants = Vec::new();
         for identity in std::mem::take(&mut rec.chain_holds) {
-            grants.extend(self.throttle_op(|t, cs| {
-                t.release(&identity, &Holder::Chain(chain_id.to_owned()), cs)
-            }));
+            grants.extend(
+                self.throttle_op(|t, cs| t.release(&identity, &Holder::Chain(chain_id), cs)),
+            );
         }
         self.throttles.remove_waiters(
-            |w| matches!(&w.ticket, Ticket::ChainHold { chain_id: c, .. } if c == chain_id),
+            |w| matches!(&w.ticket, Ticket::ChainHold { chain_id: c, .. } if *c == chain_id),
         );
         for (_, step) in rec.all_steps() {
-            self.tasks.remove(&step.task_id);
+            self.tasks.remove(&step.task());
         }
         self.batch.put_chain(&rec, false);
-        self.dirty.remove(chain_id);
-        self.live_unwritten.remove(chain_id);
+        self.dirty.remove(&chain_id);
+        self.live_unwritten.remove(&chain_id);
         // Watchers still get the final event: it was queued with the chain.
         self.apply_grants(grants, now);
     }

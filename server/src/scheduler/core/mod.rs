@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 pub use self::replies::{Answer, Answerable, Req, RequestId};
 use super::queues::{ChainKey, Head, Queued, Queues};
-use super::throttle::{CanStart, Grant, Holder, HolderInfo, SlotInfo, Throttles, Waiter};
+use super::throttle::{CanStart, Grant, Holder, HolderInfo, Throttles, Waiter};
 use super::{Error, Inspected, QueueStats, ScheduleView, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
@@ -90,11 +90,11 @@ pub enum Output {
         answer: Box<Answer>,
     },
     /// Sends to a connected worker (dropped if it is gone by then).
-    ToWorker { worker_id: String, msg: ToWorker },
+    ToWorker { worker_id: WorkerId, msg: ToWorker },
     /// An event of a watched chain, for each of its watchers; `last`
     /// closes their streams.
     Event {
-        chain_id: String,
+        chain_id: ChainId,
         event: Arc<ChainEvent>,
         last: bool,
     },
@@ -104,7 +104,7 @@ pub enum Output {
     /// it left ([`Core::unwatched`]).
     Snapshot {
         request: RequestId,
-        chain_id: String,
+        chain_id: ChainId,
         event: Arc<ChainEvent>,
         keep: bool,
     },
@@ -117,12 +117,12 @@ pub enum Output {
 #[derive(Debug)]
 pub enum Settled {
     /// The task was made ready.
-    Ready(String),
+    Ready(TaskId),
     /// A queue's dispatch was resumed.
     Resumed,
     /// An assignment that waited for its round left for this worker (see
     /// [`WorkerConn::held_back`]).
-    Sent(String),
+    Sent(WorkerId),
 }
 
 /// An assignment may leave before its round is durable (an *early*
@@ -156,7 +156,7 @@ pub enum Settled {
 struct Unsettled {
     /// Tasks made ready in rounds not yet durable, with how many such
     /// rounds (a task can be made ready again before the first is).
-    ready: Map<String, u32>,
+    ready: Map<TaskId, u32>,
     /// Queue resumptions in rounds not yet durable.
     resumed: usize,
 }
@@ -181,7 +181,7 @@ impl Unsettled {
 /// A result stored apart, kept in memory while its chain uses it.
 #[derive(Debug, Clone)]
 struct KeptResult {
-    chain_id: String,
+    chain_id: ChainId,
     result: Arc<str>,
 }
 
@@ -203,7 +203,7 @@ pub struct RoundEnd {
     pub writes: Batch,
     pub effects: Vec<Output>,
     pub early: Vec<Output>,
-    pub closed: Vec<String>,
+    pub closed: Vec<WorkerId>,
 }
 
 /// Why a submission was deduplicated.
@@ -221,17 +221,17 @@ struct Stored {
     /// A chain with the client-chosen id exists (the same owner's).
     chain: bool,
     /// The chain stored under the idempotency key, if any.
-    idempotent: Option<String>,
+    idempotent: Option<ChainId>,
 }
 
 /// One attempt out on a worker.
 #[derive(Debug, Clone)]
 struct Run {
-    chain_id: String,
+    chain_id: ChainId,
     at: StepAt,
     attempt: u32,
     /// None while its worker is disconnected (the lease still runs).
-    worker: Option<String>,
+    worker: Option<WorkerId>,
     /// When its lease was last renewed, in the scheduler's awake time; it
     /// lapses once the scheduler has been awake for the lease length since
     /// (see `clock`: time the broker spent paused, with the worker's
@@ -256,7 +256,7 @@ pub struct WorkerConn {
     /// Assignments it may hold beyond `concurrency` (they wait in the
     /// worker for a slot), so a run that ends finds the next one there.
     pub prefetch: u32,
-    pub in_flight: BTreeSet<String>,
+    pub in_flight: BTreeSet<TaskId>,
     pub draining: bool,
     pub connected_ms: UnixMs,
     /// Its `Welcome` has left: early assignments may follow it.
@@ -295,23 +295,23 @@ impl WorkerConn {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ticket {
     /// A declared task-scoped throttle: the task enters its queue.
-    Enqueue { task_id: String },
+    Enqueue { task_id: TaskId },
     /// A chain-scoped throttle: the chain holds the slot, the task enters
     /// its queue.
-    ChainHold { chain_id: String, task_id: String },
+    ChainHold { chain_id: ChainId, task_id: TaskId },
     /// An in-body request of a running attempt: tell its worker.
     InBody {
-        worker_id: String,
+        worker_id: WorkerId,
         task: TaskRef,
         request_id: u64,
     },
 }
 
 impl Ticket {
-    fn task_id(&self) -> &str {
+    fn task_id(&self) -> TaskId {
         match self {
-            Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => task_id,
-            Ticket::InBody { task, .. } => &task.task_id,
+            Ticket::Enqueue { task_id } | Ticket::ChainHold { task_id, .. } => *task_id,
+            Ticket::InBody { task, .. } => task.task_id,
         }
     }
 }
@@ -319,13 +319,13 @@ impl Ticket {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     /// A scheduled step becomes ready (stale if the step moved on).
-    Ready { task_id: String, at: UnixMs },
+    Ready { task_id: TaskId, at: UnixMs },
     /// Check whether a run's lease lapsed (re-armed if it was extended).
-    Lease { task_id: String, attempt: u32 },
+    Lease { task_id: TaskId, attempt: u32 },
     /// A run's time limit.
-    Timeout { task_id: String, attempt: u32 },
+    Timeout { task_id: TaskId, attempt: u32 },
     /// A chain's deadline.
-    Deadline { chain_id: String },
+    Deadline { chain_id: ChainId },
     /// A schedule's next fire time (stale if the schedule moved on).
     Schedule { name: String, at: UnixMs },
 }
@@ -346,18 +346,18 @@ pub struct Core {
     /// Milliseconds the scheduler has been awake, as the driver last read
     /// them (see `clock::Awake`): what leases are measured in.
     awake_ms: u64,
-    chains: Map<String, ChainRecord>,
+    chains: Map<ChainId, ChainRecord>,
     /// task id → (chain id, position), for every step of a live chain.
-    tasks: Map<String, (String, StepAt)>,
+    tasks: Map<TaskId, (ChainId, StepAt)>,
     /// unique key → chain id, for chains not ended.
-    unique: Map<String, String>,
+    unique: Map<String, ChainId>,
     queues: Queues,
     /// Periodic schedules, by name (see `periodic`).
     schedules: BTreeMap<String, periodic::Scheduled>,
     timers: BTreeMap<(UnixMs, u64), Timer>,
     timer_seq: u64,
     throttles: Throttles<Ticket>,
-    workers: BTreeMap<String, WorkerConn>,
+    workers: BTreeMap<WorkerId, WorkerConn>,
     /// Round-robin start for dispatch, so free workers share the work.
     rr: usize,
     /// Workers that take no prefetch work until a run slot frees: a
@@ -365,36 +365,36 @@ pub struct Core {
     /// one of them (see [`Core::throttle_op`]). Without this, a stream of
     /// other work would keep every prefetch full, and a slot holder, which
     /// is never prefetched, would never find an idle run slot.
-    reserved: Set<String>,
-    runs: Map<String, Run>,
+    reserved: Set<WorkerId>,
+    runs: Map<TaskId, Run>,
     task_defaults: Map<String, Options>,
     /// Results stored apart (see `StepRecord::result_apart`) that chains in
     /// memory still use (`ChainRecord::results_in_use`), by task id, with
     /// their chain's id: at most two a chain, however long it is. Kept
     /// until the batch that wrote them is applied, then dropped with the
     /// chains that left memory.
-    apart: Map<String, KeptResult>,
+    apart: Map<TaskId, KeptResult>,
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
     rerouting: Set<String>,
     /// Chains with watchers, with how many: the driver holds their
     /// streams; the machine only needs to know whom to build events for.
-    watched: Map<String, usize>,
+    watched: Map<ChainId, usize>,
     /// Writes of the round in progress, handed to the committer by
     /// [`Core::end_round`]. Reads of the store look here first.
     batch: Batch,
-    dirty: BTreeSet<String>,
+    dirty: BTreeSet<ChainId>,
     /// Chains in memory whose `live` entry on disk does not say "hot" (new
     /// chains, chains just warmed, chains that ended with nothing out):
     /// their next write sets it. Every other chain in memory has it set, so
     /// writing it again with each step would cost a sled write for nothing.
-    live_unwritten: Set<String>,
+    live_unwritten: Set<ChainId>,
     effects: Vec<Output>,
     /// Assignments of the transition that need not wait for it to be
     /// durable (see [`Unsettled`]).
     early: Vec<Output>,
     /// Workers gone this round, whose streams the driver closes.
-    closed: Vec<String>,
+    closed: Vec<WorkerId>,
     unsettled: Unsettled,
     /// Counters and histograms, shared with the metrics endpoint.
     pub metrics: Arc<Metrics>,
@@ -458,6 +458,12 @@ impl Core {
             tracing::error!(record = %corrupt, "skipped a corrupt record during recovery");
         }
         for chain in recovered.live_chains {
+            // The machine keys chains and tasks by typed ids; a record
+            // whose ids are not UUIDs was not written by a broker.
+            if let Err(e) = chain.check_ids() {
+                tracing::error!(chain.id = %chain.id, cause = %e, "skipped a corrupt record during recovery");
+                continue;
+            }
             match core.results_apart_of(&chain) {
                 Ok(results) => core.apart.extend(results),
                 Err(e) => {
@@ -468,7 +474,7 @@ impl Core {
         }
         // First every slot that was held, so that waiting work re-queued
         // below cannot overtake it; then the waiting work, oldest first.
-        let ids: Vec<String> = core.chains.keys().cloned().collect();
+        let ids: Vec<ChainId> = core.chains.keys().copied().collect();
         let mut waiting = Vec::new();
         for chain_id in &ids {
             let rec = &core.chains[chain_id];
@@ -480,10 +486,10 @@ impl Core {
                 match step.state() {
                     StepState::Running => running.push(at),
                     StepState::Throttled | StepState::Ready if current => {
-                        waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+                        waiting.push((step.ready_ms, step.task(), *chain_id, at));
                     }
                     StepState::Scheduled if current => {
-                        scheduled.push((step.not_before_ms, step.task_id.clone()));
+                        scheduled.push((step.not_before_ms, step.task()));
                     }
                     _ => {}
                 }
@@ -498,17 +504,17 @@ impl Core {
                     worker: String::new(),
                 };
                 core.throttles
-                    .hold(identity, concurrency, Holder::Chain(chain_id.clone()), info);
+                    .hold(identity, concurrency, Holder::Chain(*chain_id), info);
             }
             for at in running {
-                core.restore_run(chain_id, at, now);
+                core.restore_run(*chain_id, at, now);
             }
             if !core.chains[chain_id].is_ended() && core.chains[chain_id].deadline_ms > 0 {
                 let when = core.chains[chain_id].deadline_ms;
                 core.add_timer(
                     when,
                     Timer::Deadline {
-                        chain_id: chain_id.clone(),
+                        chain_id: *chain_id,
                     },
                 );
             }
@@ -525,7 +531,7 @@ impl Core {
                 core.queues
                     .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
             }
-            core.make_ready(&chain_id, at, now);
+            core.make_ready(chain_id, at, now);
         }
         for c in cold {
             let (queue, name) = &recovered.cold_lines[c.line as usize];
@@ -536,23 +542,22 @@ impl Core {
     }
 
     pub(super) fn index_chain(&mut self, chain: ChainRecord) {
+        let chain_id = chain.chain_id();
         for (at, step) in chain.all_steps() {
-            self.tasks
-                .insert(step.task_id.clone(), (chain.id.clone(), at));
+            self.tasks.insert(step.task(), (chain_id, at));
         }
         if !chain.is_ended() && !chain.unique_key.is_empty() {
-            self.unique
-                .insert(chain.unique_key.clone(), chain.id.clone());
+            self.unique.insert(chain.unique_key.clone(), chain_id);
         }
-        self.chains.insert(chain.id.clone(), chain);
+        self.chains.insert(chain_id, chain);
     }
 
     /// A run that was out when the broker stopped: its slots are held again
     /// and its worker gets a fresh lease to reconnect and claim it.
-    pub(super) fn restore_run(&mut self, chain_id: &str, at: StepAt, now: UnixMs) {
-        let rec = &self.chains[chain_id];
+    pub(super) fn restore_run(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
+        let rec = &self.chains[&chain_id];
         let step = rec.step(at);
-        let task_id = step.task_id.clone();
+        let task_id = step.task();
         let eff = self.effective(rec, at);
         let declared = eff
             .throttle
@@ -569,7 +574,7 @@ impl Core {
             self.throttles.hold(
                 identity.clone(),
                 *concurrency,
-                Holder::Task(task_id.clone()),
+                Holder::Task(task_id),
                 info.clone(),
             );
         }
@@ -577,7 +582,7 @@ impl Core {
             if let Some(identity) = hold.identity {
                 let concurrency = self.throttles.limit(&identity);
                 let holder = Holder::InBody {
-                    task_id: task_id.clone(),
+                    task_id,
                     request_id: hold.request_id,
                 };
                 self.throttles
@@ -585,9 +590,9 @@ impl Core {
             }
         }
         self.runs.insert(
-            task_id.clone(),
+            task_id,
             Run {
-                chain_id: chain_id.to_owned(),
+                chain_id,
                 at,
                 attempt,
                 worker: None,
@@ -653,35 +658,32 @@ impl Core {
         self.ids = ids;
     }
 
-    pub(super) fn touch(&mut self, chain_id: &str) {
-        self.dirty.insert(chain_id.to_owned());
+    pub(super) fn touch(&mut self, chain_id: ChainId) {
+        self.dirty.insert(chain_id);
     }
 
     pub(super) fn emit(&mut self, effect: Output) {
         self.effects.push(effect);
     }
 
-    pub(super) fn send_worker(&mut self, worker_id: &str, msg: ToWorker) {
-        self.emit(Output::ToWorker {
-            worker_id: worker_id.to_owned(),
-            msg,
-        });
+    pub(super) fn send_worker(&mut self, worker_id: WorkerId, msg: ToWorker) {
+        self.emit(Output::ToWorker { worker_id, msg });
     }
 
-    pub(super) fn event(&mut self, chain_id: &str, kind: &'static str, at: Option<StepAt>) {
-        if !self.watched.contains_key(chain_id) {
+    pub(super) fn event(&mut self, chain_id: ChainId, kind: &'static str, at: Option<StepAt>) {
+        if !self.watched.contains_key(&chain_id) {
             return;
         }
-        if let Some(chain) = self.chains.get(chain_id) {
+        if let Some(chain) = self.chains.get(&chain_id) {
             let last = chain.is_ended();
             // One copy of the chain for all of its watchers.
             let event = Arc::new(ChainEvent::new(kind, at, self.with_results(chain.clone())));
             if last {
                 // The driver closes their streams with this event.
-                self.watched.remove(chain_id);
+                self.watched.remove(&chain_id);
             }
             self.emit(Output::Event {
-                chain_id: chain_id.to_owned(),
+                chain_id,
                 event,
                 last,
             });
@@ -724,11 +726,11 @@ impl Core {
 
     /// `n` watchers of a chain left (their client went away, or fell
     /// behind): with none left, its events are no longer built.
-    pub fn unwatched(&mut self, chain_id: &str, n: usize) {
-        if let Some(count) = self.watched.get_mut(chain_id) {
+    pub fn unwatched(&mut self, chain_id: ChainId, n: usize) {
+        if let Some(count) = self.watched.get_mut(&chain_id) {
             *count = count.saturating_sub(n);
             if *count == 0 {
-                self.watched.remove(chain_id);
+                self.watched.remove(&chain_id);
             }
         }
     }
@@ -744,12 +746,12 @@ impl Core {
 /// Whether a queued hot task holds a throttle slot. A throttled task is
 /// queued only once it holds one (its own, or its chain's).
 fn holds_a_slot(
-    tasks: &Map<String, (String, StepAt)>,
-    chains: &Map<String, ChainRecord>,
+    tasks: &Map<TaskId, (ChainId, StepAt)>,
+    chains: &Map<ChainId, ChainRecord>,
     task_defaults: &Map<String, Options>,
-    task_id: &str,
+    task_id: TaskId,
 ) -> bool {
-    let Some((chain_id, at)) = tasks.get(task_id) else {
+    let Some((chain_id, at)) = tasks.get(&task_id) else {
         return false;
     };
     let sig = chains[chain_id].step(*at).signature();

@@ -201,7 +201,7 @@ impl Core {
         let scheduled = self.schedules.get_mut(name).expect("checked above");
         scheduled.record.last_fire_ms = latest.max(scheduled.record.last_fire_ms);
         if let Some(chain_id) = last_chain {
-            scheduled.record.last_chain_id = chain_id;
+            scheduled.record.last_chain_id = chain_id.to_string();
         }
         self.batch.put_schedule(name, Some(&scheduled.record));
         self.arm_schedule(name);

@@ -8,7 +8,7 @@ impl Core {
     pub(super) fn results_apart_of(
         &self,
         chain: &ChainRecord,
-    ) -> Result<Vec<(String, KeptResult)>, crate::store::Error> {
+    ) -> Result<Vec<(TaskId, KeptResult)>, crate::store::Error> {
         let mut out = Vec::new();
         for step in chain.results_in_use().filter(|s| s.result_apart) {
             match self
@@ -17,10 +17,10 @@ impl Core {
             {
                 Some(result) => {
                     let kept = KeptResult {
-                        chain_id: chain.id.clone(),
+                        chain_id: chain.chain_id(),
                         result: Arc::from(result),
                     };
-                    out.push((step.task_id.clone(), kept));
+                    out.push((step.task(), kept));
                 }
                 None => tracing::error!(
                     chain.id = %chain.id,
@@ -34,7 +34,7 @@ impl Core {
 
     /// The result of `step` of `chain_id`, kept apart in memory.
     pub(super) fn kept_result(&self, step: &StepRecord) -> Option<Arc<str>> {
-        self.apart.get(&step.task_id).map(|k| Arc::clone(&k.result))
+        self.apart.get(&step.task()).map(|k| Arc::clone(&k.result))
     }
 
     /// Fills in a copy of a chain, for an answer or an event, the results
@@ -44,7 +44,7 @@ impl Core {
     pub(super) fn with_results(&self, mut rec: ChainRecord) -> ChainRecord {
         for steps in [&mut rec.steps, &mut rec.on_success, &mut rec.on_failure] {
             for step in steps.iter_mut().filter(|s| s.result_apart) {
-                if let Some(kept) = self.apart.get(&step.task_id) {
+                if let Some(kept) = self.apart.get(&step.task()) {
                     step.result = kept.result.to_string();
                 }
             }
@@ -58,20 +58,20 @@ impl Core {
     }
 
     /// Drops the results kept apart for `chain_id` that it no longer uses.
-    pub(super) fn prune_results(&mut self, chain_id: &str) {
+    pub(super) fn prune_results(&mut self, chain_id: ChainId) {
         // Most brokers keep no result apart: nothing to walk on the path of
         // every outcome.
         if self.apart.is_empty() {
             return;
         }
-        let Some(rec) = self.chains.get(chain_id) else {
+        let Some(rec) = self.chains.get(&chain_id) else {
             return;
         };
         // At most two steps.
-        let in_use: Vec<&str> = rec.results_in_use().map(|s| s.task_id.as_str()).collect();
+        let in_use: Vec<TaskId> = rec.results_in_use().map(StepRecord::task).collect();
         for (_, step) in rec.all_steps() {
-            if step.result_apart && !in_use.contains(&step.task_id.as_str()) {
-                self.apart.remove(&step.task_id);
+            if step.result_apart && !in_use.contains(&step.task()) {
+                self.apart.remove(&step.task());
             }
         }
     }
@@ -80,14 +80,14 @@ impl Core {
     /// A chain as requests see it, with the results it still uses filled
     /// in (see [`Core::with_results`]); from the store when it is not in
     /// memory.
-    pub fn chain(&self, chain_id: &str) -> Result<ChainRecord, Error> {
-        if let Some(rec) = self.chains.get(chain_id) {
+    pub fn chain(&self, chain_id: ChainId) -> Result<ChainRecord, Error> {
+        if let Some(rec) = self.chains.get(&chain_id) {
             return Ok(self.with_results(rec.clone()));
         }
         let store_error = |e: crate::store::Error| Error::Store(e.to_string());
         let mut rec = self
             .store
-            .view(&self.batch, |v| v.chain(chain_id))
+            .view(&self.batch, |v| v.chain(&chain_id.to_string()))
             .map_err(store_error)?
             .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
         // The chain's result, shown with its step as for a chain in memory.
@@ -96,7 +96,9 @@ impl Core {
         {
             last.result = self
                 .store
-                .view(&self.batch, |v| v.result(chain_id, &last.task_id))
+                .view(&self.batch, |v| {
+                    v.result(&chain_id.to_string(), &last.task_id)
+                })
                 .map_err(store_error)?
                 .unwrap_or_default();
             rec.result = last.result.clone();
@@ -105,11 +107,11 @@ impl Core {
     }
 
     /// A step's result, whether kept in its chain's record or apart.
-    pub fn step_result(&mut self, chain_id: &str, task_id: &str, reply: Req<String>) {
+    pub fn step_result(&mut self, chain_id: ChainId, task_id: TaskId, reply: Req<String>) {
         let answer = self.chain(chain_id).and_then(|rec| {
             let step = rec
                 .all_steps()
-                .find(|(_, s)| s.task_id == task_id)
+                .find(|(_, s)| s.task() == task_id)
                 .map(|(_, s)| s)
                 .ok_or_else(|| {
                     Error::NotFound(format!(
@@ -126,20 +128,22 @@ impl Core {
                 return Ok(step.result.clone());
             }
             self.store
-                .view(&self.batch, |v| v.result(chain_id, task_id))
+                .view(&self.batch, |v| {
+                    v.result(&chain_id.to_string(), &task_id.to_string())
+                })
                 .map_err(|e| Error::Store(e.to_string()))?
                 .ok_or_else(|| Error::Store(format!("the result of step {task_id} is missing")))
         });
         self.reply(reply, answer);
     }
 
-    pub fn get(&mut self, chain_id: &str, reply: Req<ChainRecord>) {
+    pub fn get(&mut self, chain_id: ChainId, reply: Req<ChainRecord>) {
         let result = self.chain(chain_id);
         self.reply(reply, result);
     }
 
     /// [`Core::get`] with the chain's [`Core::unserved_steps`].
-    pub fn inspect(&mut self, chain_id: &str, reply: Req<Inspected>) {
+    pub fn inspect(&mut self, chain_id: ChainId, reply: Req<Inspected>) {
         let result = self.chain(chain_id).map(|rec| {
             let unserved = self.unserved_steps(&rec);
             (rec, unserved)
@@ -149,18 +153,18 @@ impl Core {
 
     /// Opens a watcher of a chain (the driver holds its stream, under
     /// the request's number): its first event is a snapshot.
-    pub fn watch(&mut self, chain_id: &str, reply: Req<()>) {
+    pub fn watch(&mut self, chain_id: ChainId, reply: Req<()>) {
         match self.chain(chain_id) {
             Err(e) => self.reply(reply, Err(e)),
             Ok(chain) => {
                 let keep = !chain.is_ended();
                 if keep {
-                    *self.watched.entry(chain_id.to_owned()).or_default() += 1;
+                    *self.watched.entry(chain_id).or_default() += 1;
                 }
                 let event = Arc::new(ChainEvent::new("snapshot", None, chain));
                 self.emit(Output::Snapshot {
                     request: reply.id(),
-                    chain_id: chain_id.to_owned(),
+                    chain_id,
                     event,
                     keep,
                 });

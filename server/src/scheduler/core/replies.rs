@@ -10,7 +10,7 @@
 use std::marker::PhantomData;
 
 use super::Error;
-use crate::domain::{ChainRecord, ChainState};
+use crate::domain::{ChainId, ChainRecord, ChainState, WorkerId};
 use crate::scheduler::{
     Inspected, QueueStats, ScheduleView, Submitted, ThrottleStats, WorkerStats,
 };
@@ -90,14 +90,18 @@ answers! {
     SubmittedMany(Vec<Submitted>),
     Chain(ChainRecord),
     Inspected(Inspected),
-    /// A step's result, a chain id (requeue), a worker id.
+    /// A step's result.
     Text(String),
+    /// A new chain's id (requeue).
+    ChainId(ChainId),
+    /// A worker stream's id.
+    WorkerId(WorkerId),
     Done(()),
     State(ChainState),
     Throttles(Vec<ThrottleStats>),
     Queue(QueueStats),
     /// Chain ids (purge).
-    Ids(Vec<String>),
+    Ids(Vec<ChainId>),
     Workers(Vec<WorkerStats>),
     Schedule(ScheduleView),
 }

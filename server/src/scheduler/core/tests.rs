@@ -45,12 +45,12 @@ impl Harness {
         self.0.core.submit_many(specs, req, now);
     }
 
-    fn get(&mut self, chain_id: &str, reply: Reply<ChainRecord>) {
+    fn get(&mut self, chain_id: ChainId, reply: Reply<ChainRecord>) {
         let req = self.0.request(reply);
         self.0.core.get(chain_id, req);
     }
 
-    fn purge_queue(&mut self, queue: &str, reason: &str, reply: Reply<Vec<String>>, now: UnixMs) {
+    fn purge_queue(&mut self, queue: &str, reason: &str, reply: Reply<Vec<ChainId>>, now: UnixMs) {
         let req = self.0.request(reply);
         self.0.core.purge_queue(queue, reason, req, now);
     }
@@ -60,7 +60,7 @@ impl Harness {
         self.0.core.pause_queue(queue, paused, req, now);
     }
 
-    fn connect(&mut self, hello: WorkerHello, tx: mpsc::Sender<ToWorker>, now: UnixMs) -> String {
+    fn connect(&mut self, hello: WorkerHello, tx: mpsc::Sender<ToWorker>, now: UnixMs) -> WorkerId {
         self.0.connect(hello, tx, now)
     }
 
@@ -133,7 +133,7 @@ fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
     }
     // The first COLD_AFTER stay in memory; the rest wait cold.
     assert_eq!(core.chains.len(), COLD_AFTER);
-    let cold = &ids[COLD_AFTER];
+    let cold = ids[COLD_AFTER];
     assert_eq!(
         core.chain(cold).expect("readable").state(),
         ChainState::Running
@@ -159,19 +159,19 @@ fn a_long_line_keeps_new_chains_cold_and_recovery_queues_them_in_order() {
 #[test]
 fn a_batch_with_a_chain_id_of_another_owner_stores_nothing() {
     let (_dir, _, mut core) = empty_core();
-    let taken = uuid::Uuid::new_v4().to_string();
-    let owned_by = |owner: &str, id: Option<&str>| ChainSpec {
+    let taken = ChainId::from_uuid(uuid::Uuid::new_v4());
+    let owned_by = |owner: &str, id: Option<ChainId>| ChainSpec {
         owner: owner.into(),
-        chain_id: id.map(str::to_owned),
+        chain_id: id,
         ..one_step("t")
     };
     let (reply, mut first) = oneshot::channel();
-    core.submit(owned_by("alice", Some(&taken)), reply, 1);
+    core.submit(owned_by("alice", Some(taken)), reply, 1);
     end_round(&mut core);
     assert!(first.try_recv().expect("reply").is_ok());
 
-    let fresh = uuid::Uuid::new_v4().to_string();
-    let batch = vec![owned_by("bob", Some(&fresh)), owned_by("bob", Some(&taken))];
+    let fresh = ChainId::from_uuid(uuid::Uuid::new_v4());
+    let batch = vec![owned_by("bob", Some(fresh)), owned_by("bob", Some(taken))];
     let (reply, mut answer) = oneshot::channel();
     core.submit_many(batch, reply, 2);
     end_round(&mut core);
@@ -180,13 +180,13 @@ fn a_batch_with_a_chain_id_of_another_owner_stores_nothing() {
         matches!(&err, Error::Exists(m) if m.starts_with("chains[1]: ")),
         "{err:?}"
     );
-    assert!(matches!(core.chain(&fresh), Err(Error::NotFound(_))));
+    assert!(matches!(core.chain(fresh), Err(Error::NotFound(_))));
 
     // The owner's own resend is a deduplicated repeat, within a batch too.
     let batch = vec![
-        owned_by("alice", Some(&taken)),
-        owned_by("alice", Some(&fresh)),
-        owned_by("alice", Some(&fresh)),
+        owned_by("alice", Some(taken)),
+        owned_by("alice", Some(fresh)),
+        owned_by("alice", Some(fresh)),
     ];
     let (reply, mut answer) = oneshot::channel();
     core.submit_many(batch, reply, 3);
@@ -214,9 +214,9 @@ fn a_chain_retired_earlier_in_the_same_round_reads_as_ended() {
     // One round: the outcome ends the chain (it leaves memory), then a
     // read of it arrives before the round's batch is applied.
     let outcome = RunOutcome::Success("1".into());
-    core.on_worker_message(&worker_id, FromWorker::Outcome { task, outcome }, 2);
+    core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, 2);
     let (reply, mut got) = oneshot::channel();
-    core.get(&chain_id, reply);
+    core.get(chain_id, reply);
     end_round(&mut core);
     let chain = got.try_recv().expect("reply").expect("found");
     assert_eq!(chain.state(), ChainState::Succeeded);
@@ -247,8 +247,8 @@ fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
     assert!(assigned(&mut core).is_empty(), "the window is full");
     // Each run that ends lets exactly one more in.
     let outcome = RunOutcome::Success("1".into());
-    let task = first[0].clone();
-    core.on_worker_message(&worker_id, FromWorker::Outcome { task, outcome }, 2);
+    let task = first[0];
+    core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, 2);
     assert_eq!(assigned(&mut core).len(), 1);
     let info = &core.worker_stats()[0];
     assert_eq!(
@@ -458,7 +458,7 @@ fn a_held_assignment_does_not_lapse_before_it_leaves() {
 /// Commits a round as the scheduler loop does: delivers its early
 /// assignments and returns their chain ids, with the round's other
 /// effects, which wait for it to be durable.
-fn commit_round(core: &mut Harness) -> (Vec<String>, Vec<Output>) {
+fn commit_round(core: &mut Harness) -> (Vec<ChainId>, Vec<Output>) {
     let committed = core.commit().expect("commit");
     let early = assigned_chains(&committed.early);
     assert_eq!(
@@ -471,20 +471,20 @@ fn commit_round(core: &mut Harness) -> (Vec<String>, Vec<Output>) {
 }
 
 /// The worker reports `task` succeeded.
-fn succeed(core: &mut Harness, worker_id: &str, task: TaskRef, now: UnixMs) {
+fn succeed(core: &mut Harness, worker_id: WorkerId, task: TaskRef, now: UnixMs) {
     let outcome = RunOutcome::Success("1".into());
     core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, now);
 }
 
 /// The chain ids of the assignments among held effects.
-fn assigned_chains(effects: &[Output]) -> Vec<String> {
+fn assigned_chains(effects: &[Output]) -> Vec<ChainId> {
     effects
         .iter()
         .filter_map(|e| match e {
             Output::ToWorker {
                 msg: ToWorker::Assign(a),
                 ..
-            } => Some(a.chain_id.clone()),
+            } => Some(a.chain_id),
             _ => None,
         })
         .collect()
@@ -498,10 +498,10 @@ fn durable(core: &mut Harness, effects: Vec<Output>) {
 }
 
 /// Submits `spec` under a chain id of its own, returned.
-fn submit(core: &mut Harness, spec: ChainSpec) -> String {
-    let chain_id = uuid::Uuid::new_v4().to_string();
+fn submit(core: &mut Harness, spec: ChainSpec) -> ChainId {
+    let chain_id = ChainId::from_uuid(uuid::Uuid::new_v4());
     let spec = ChainSpec {
-        chain_id: Some(chain_id.clone()),
+        chain_id: Some(chain_id),
         ..spec
     };
     let (reply, _) = oneshot::channel();
@@ -538,14 +538,14 @@ fn rounds_before_an_apply_share_its_batch_and_number() {
         (1, 1),
         "both rounds' replies wait for the batch that will hold them"
     );
-    let on_disk = |id: &str| store.read(|s| s.chain(id)).unwrap().is_some();
-    assert!(!on_disk(&a), "nothing applied yet");
+    let on_disk = |id: ChainId| store.read(|s| s.chain(&id.to_string())).unwrap().is_some();
+    assert!(!on_disk(a), "nothing applied yet");
     assert!(
-        store.chain(&a).unwrap().is_some(),
+        store.chain(&a.to_string()).unwrap().is_some(),
         "reads see staged writes"
     );
     assert_eq!(store.apply_staged().unwrap(), 1);
-    assert!(on_disk(&a) && on_disk(&b));
+    assert!(on_disk(a) && on_disk(b));
     // A round that writes nothing waits for the batch applied last.
     assert_eq!(store.stage_seq(core.end_round().writes), 1);
     assert!(!store.has_staged());
@@ -574,7 +574,7 @@ fn an_assignment_goes_early_only_when_what_it_relies_on_is_durable() {
 
     // `a` ends; `b` was ready in a durable round: it goes early. `c`,
     // submitted in this round, is not durable yet.
-    succeed(&mut core, &worker_id, task_a, 2);
+    succeed(&mut core, worker_id, task_a, 2);
     let c = submit(&mut core, one_step("t"));
     core.dispatch(2);
     let (early, held_2) = commit_round(&mut core);
@@ -583,7 +583,7 @@ fn an_assignment_goes_early_only_when_what_it_relies_on_is_durable() {
 
     // `b` ends before the round that made `c` ready is durable: `c`
     // waits for its round.
-    succeed(&mut core, &worker_id, task_b, 3);
+    succeed(&mut core, worker_id, task_b, 3);
     core.dispatch(3);
     let (early, held_3) = commit_round(&mut core);
     assert!(early.is_empty());
@@ -618,7 +618,7 @@ fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() 
 
     // `a` ends; `x` goes early. The broker dies before the round is
     // durable: its outcome and `x`'s assignment are lost.
-    succeed(&mut core, &worker_id, a.clone(), 2);
+    succeed(&mut core, worker_id, a, 2);
     core.dispatch(2);
     let (early, _lost_with_the_crash) = commit_round(&mut core);
     assert_eq!(early, std::slice::from_ref(&x));
@@ -631,7 +631,7 @@ fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() 
     let mut core = Harness::recover(store, 30_000, 0, on_disk, 3);
     let (tx, mut rx) = mpsc::channel(16);
     let back = WorkerHello {
-        held: vec![a.clone(), sent.clone()],
+        held: vec![a, sent],
         ..hello("t", 2, 0)
     };
     core.connect(back, tx, 3);
@@ -639,7 +639,7 @@ fn an_early_assignment_lost_in_a_crash_is_lost_to_its_worker_and_issued_again() 
     end_round(&mut core);
     match rx.try_recv().expect("welcome") {
         ToWorker::Welcome { kept, lost, .. } => {
-            assert_eq!((kept, lost), (vec![a], vec![sent.clone()]));
+            assert_eq!((kept, lost), (vec![a], vec![sent]));
         }
         _ => panic!("welcome first"),
     }
@@ -728,7 +728,7 @@ fn a_throttled_step_waits_for_its_round() {
 
     // Step 1 ends: step 2 queues behind the second plain task, which
     // takes the free slot (early: it was ready in a durable round).
-    succeed(&mut core, &worker_id, step_1, 2);
+    succeed(&mut core, worker_id, step_1, 2);
     core.dispatch(2);
     let (early, held) = commit_round(&mut core);
     assert_eq!(early.len(), 1);
@@ -736,7 +736,7 @@ fn a_throttled_step_waits_for_its_round() {
 
     // Step 2 is ready in a durable round and needs no new slot, but it
     // runs under the chain's throttle slot: it is never sent ahead.
-    succeed(&mut core, &worker_id, plain_1, 3);
+    succeed(&mut core, worker_id, plain_1, 3);
     core.dispatch(3);
     let (early, held) = commit_round(&mut core);
     assert!(early.is_empty());
@@ -764,33 +764,33 @@ fn a_step_under_its_chains_slot_waits_for_an_idle_run_slot_not_a_prefetch() {
     // Step 1 ends while the plain task runs: step 2 holds the chain's
     // slot, so it is not prefetched behind the plain run (nor is the
     // rest of its line); a task of another line that holds no slot is.
-    succeed(&mut core, &worker_id, step_1, 2);
+    succeed(&mut core, worker_id, step_1, 2);
     let after = submit(&mut core, one_step("u"));
     core.dispatch(2);
     let (early, held) = commit_round(&mut core);
-    let assigned: Vec<String> = early.into_iter().chain(assigned_chains(&held)).collect();
+    let assigned: Vec<ChainId> = early.into_iter().chain(assigned_chains(&held)).collect();
     assert_eq!(assigned, [after]);
     durable(&mut core, held);
     assert_eq!(
-        core.chain(&chain).expect("live").steps[1].state(),
+        core.chain(chain).expect("live").steps[1].state(),
         StepState::Ready
     );
 
     // The plain run ends: the prefetched task takes its run slot. When
     // that one ends, its slot goes to step 2.
     let after_run = next_assignment(&mut rx);
-    succeed(&mut core, &worker_id, plain_run, 3);
+    succeed(&mut core, worker_id, plain_run, 3);
     core.dispatch(3);
     let (early, held) = commit_round(&mut core);
     assert!(early.is_empty() && assigned_chains(&held).is_empty());
     durable(&mut core, held);
-    succeed(&mut core, &worker_id, after_run, 4);
+    succeed(&mut core, worker_id, after_run, 4);
     core.dispatch(4);
     let (early, held) = commit_round(&mut core);
-    let assigned: Vec<String> = early.into_iter().chain(assigned_chains(&held)).collect();
+    let assigned: Vec<ChainId> = early.into_iter().chain(assigned_chains(&held)).collect();
     assert_eq!(assigned, [chain]);
     assert_eq!(
-        core.chain(&plain).expect("readable").state(),
+        core.chain(plain).expect("readable").state(),
         ChainState::Succeeded
     );
 }
@@ -810,7 +810,7 @@ fn a_claim_for_an_attempt_out_on_another_connected_worker_is_lost() {
     let (tx, mut other_rx) = mpsc::channel(16);
     let other = WorkerHello {
         name: "other".into(),
-        held: vec![task.clone()],
+        held: vec![task],
         ..hello("t", 1, 0)
     };
     core.connect(other, tx, 2);
@@ -828,7 +828,7 @@ fn a_claim_for_an_attempt_out_on_another_connected_worker_is_lost() {
     // gone, keeps it.
     let (tx, mut again_rx) = mpsc::channel(16);
     let again = WorkerHello {
-        held: vec![task.clone()],
+        held: vec![task],
         ..hello("t", 1, 0)
     };
     core.connect(again, tx, 3);
@@ -854,14 +854,14 @@ fn a_run_whose_worker_is_gone_is_claimed_only_by_that_worker() {
     core.dispatch(1);
     end_round(&mut core);
     let task = next_assignment(&mut rx);
-    core.worker_gone(&owner, false, 2);
+    core.worker_gone(owner, false, 2);
     end_round(&mut core);
 
     let welcome = |core: &mut Harness, name: &str, now| {
         let (tx, mut rx) = mpsc::channel(16);
         let claim = WorkerHello {
             name: name.into(),
-            held: vec![task.clone()],
+            held: vec![task],
             ..hello("t", 1, 0)
         };
         core.connect(claim, tx, now);

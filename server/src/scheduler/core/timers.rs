@@ -36,17 +36,17 @@ impl Core {
                 break;
             }
             match entry.remove() {
-                Timer::Ready { task_id, at } => self.on_ready_timer(&task_id, at, now),
-                Timer::Lease { task_id, attempt } => self.on_lease_timer(&task_id, attempt, now),
-                Timer::Timeout { task_id, attempt } => self.on_timeout(&task_id, attempt),
-                Timer::Deadline { chain_id } => self.on_deadline(&chain_id, now),
+                Timer::Ready { task_id, at } => self.on_ready_timer(task_id, at, now),
+                Timer::Lease { task_id, attempt } => self.on_lease_timer(task_id, attempt, now),
+                Timer::Timeout { task_id, attempt } => self.on_timeout(task_id, attempt),
+                Timer::Deadline { chain_id } => self.on_deadline(chain_id, now),
                 Timer::Schedule { name, at } => self.on_schedule_timer(&name, at, now),
             }
         }
     }
 
-    pub(super) fn on_ready_timer(&mut self, task_id: &str, at_ms: UnixMs, now: UnixMs) {
-        let Some((chain_id, at)) = self.tasks.get(task_id).cloned() else {
+    pub(super) fn on_ready_timer(&mut self, task_id: TaskId, at_ms: UnixMs, now: UnixMs) {
+        let Some((chain_id, at)) = self.tasks.get(&task_id).cloned() else {
             return;
         };
         let rec = &self.chains[&chain_id];
@@ -54,12 +54,12 @@ impl Core {
         if rec.is_ended() || step.state() != StepState::Scheduled || step.not_before_ms != at_ms {
             return;
         }
-        self.make_ready(&chain_id, at, now);
-        self.touch(&chain_id);
+        self.make_ready(chain_id, at, now);
+        self.touch(chain_id);
     }
 
-    pub(super) fn on_lease_timer(&mut self, task_id: &str, attempt: u32, now: UnixMs) {
-        let Some(run) = self.runs.get(task_id) else {
+    pub(super) fn on_lease_timer(&mut self, task_id: TaskId, attempt: u32, now: UnixMs) {
+        let Some(run) = self.runs.get(&task_id) else {
             return;
         };
         if run.attempt != attempt {
@@ -73,13 +73,7 @@ impl Core {
             // Extended by a heartbeat, or the broker was paused: look again
             // when the rest of the lease would be up.
             let when = now.saturating_add(self.lease_ms - awake_for);
-            self.add_timer(
-                when,
-                Timer::Lease {
-                    task_id: task_id.to_owned(),
-                    attempt,
-                },
-            );
+            self.add_timer(when, Timer::Lease { task_id, attempt });
             return;
         }
         tracing::warn!(task.id = %task_id, attempt, "lease lapsed; the task goes back to its queue");
@@ -87,21 +81,18 @@ impl Core {
         self.lose_run(task_id, "lease lapsed", now);
     }
 
-    pub(super) fn on_timeout(&mut self, task_id: &str, attempt: u32) {
-        let Some(run) = self.runs.get_mut(task_id) else {
+    pub(super) fn on_timeout(&mut self, task_id: TaskId, attempt: u32) {
+        let Some(run) = self.runs.get_mut(&task_id) else {
             return;
         };
         if run.attempt != attempt {
             return;
         }
         run.timed_out = true;
-        if let Some(worker) = run.worker.clone() {
-            let task = TaskRef {
-                task_id: task_id.to_owned(),
-                attempt,
-            };
+        if let Some(worker) = run.worker {
+            let task = TaskRef { task_id, attempt };
             self.send_worker(
-                &worker,
+                worker,
                 ToWorker::Cancel {
                     task,
                     reason: "time limit exceeded".into(),
@@ -110,8 +101,8 @@ impl Core {
         }
     }
 
-    pub(super) fn on_deadline(&mut self, chain_id: &str, now: UnixMs) {
-        let Some(rec) = self.chains.get(chain_id) else {
+    pub(super) fn on_deadline(&mut self, chain_id: ChainId, now: UnixMs) {
+        let Some(rec) = self.chains.get(&chain_id) else {
             return;
         };
         if rec.is_ended() || rec.phase() != Phase::Main {
@@ -129,7 +120,7 @@ impl Core {
             now,
         );
         self.chains
-            .get_mut(chain_id)
+            .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at)
             .failure = Some(record.clone());
@@ -166,7 +157,7 @@ impl Core {
         for chain in &expired {
             // In memory again (requeued while ended with a run out): its
             // next write indexes it again.
-            if self.chains.contains_key(&chain.id) {
+            if ChainId::parse(&chain.id).is_ok_and(|id| self.chains.contains_key(&id)) {
                 continue;
             }
             self.batch.remove_chain(chain);

@@ -6,8 +6,8 @@ impl Core {
     /// A worker stream opened with `hello`: returns the worker's new id,
     /// under which the driver keeps its stream. Its `Welcome` (the runs it
     /// keeps and those it lost) is the first output for it.
-    pub fn connect(&mut self, hello: WorkerHello, now: UnixMs) -> String {
-        let worker_id = self.ids.fresh();
+    pub fn connect(&mut self, hello: WorkerHello, now: UnixMs) -> WorkerId {
+        let worker_id = self.ids.worker();
         // A worker that registers a name without defaults (a plain
         // `.task(name, f)`) leaves the defaults others declared alone.
         let mut changed = Map::default();
@@ -61,7 +61,7 @@ impl Core {
             });
             match self.runs.get_mut(&task.task_id).filter(|_| claimable) {
                 Some(run) => {
-                    if let Some(old) = run.worker.replace(worker_id.clone())
+                    if let Some(old) = run.worker.replace(worker_id)
                         && let Some(old) = self.workers.get_mut(&old)
                     {
                         old.in_flight.remove(&task.task_id);
@@ -70,12 +70,12 @@ impl Core {
                     if let Some(identity) = run.declared.clone() {
                         self.throttles.set_worker(
                             &identity,
-                            &Holder::Task(task.task_id.clone()),
+                            &Holder::Task(task.task_id),
                             &conn.name,
                             now,
                         );
                     }
-                    conn.in_flight.insert(task.task_id.clone());
+                    conn.in_flight.insert(task.task_id);
                     kept.push(task);
                 }
                 None => lost.push(task),
@@ -88,15 +88,15 @@ impl Core {
                 .filter(|(t, _)| t == task)
                 .map(|(_, request_id)| *request_id)
                 .collect();
-            self.release_unlisted_slots(&task.task_id, &listed, now);
+            self.release_unlisted_slots(task.task_id, &listed, now);
         }
         tracing::info!(worker.id = %worker_id, worker.name = %conn.name, kept = kept.len(), lost = lost.len(), "worker connected");
-        self.workers.insert(worker_id.clone(), conn);
+        self.workers.insert(worker_id, conn);
         let lease_ms = self.lease_ms;
         self.send_worker(
-            &worker_id,
+            worker_id,
             ToWorker::Welcome {
-                worker_id: worker_id.clone(),
+                worker_id,
                 lease_ms,
                 kept,
                 lost,
@@ -130,7 +130,7 @@ impl Core {
         // Cold chains of the names come back without queue entries; the
         // pass below makes them ready again under the new defaults.
         self.warm_names(&names);
-        let mut waiting: Vec<(UnixMs, String, String, StepAt)> = Vec::new();
+        let mut waiting: Vec<(UnixMs, TaskId, ChainId, StepAt)> = Vec::new();
         for (chain_id, rec) in &self.chains {
             #[cfg(test)]
             tests::CHAIN_VISITS.with(|n| n.set(n.get() + 1));
@@ -142,50 +142,50 @@ impl Core {
             if names.contains(step.name())
                 && matches!(step.state(), StepState::Ready | StepState::Throttled)
             {
-                waiting.push((step.ready_ms, step.task_id.clone(), chain_id.clone(), at));
+                waiting.push((step.ready_ms, step.task(), *chain_id, at));
             }
         }
         waiting.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut grants = Vec::new();
-        for (_, task_id, chain_id, at) in &waiting {
+        for &(_, task_id, chain_id, at) in &waiting {
             self.queues.remove(task_id);
             self.throttles
                 .remove_waiters(|w| w.ticket.task_id() == task_id);
             // A ready step may hold its task-scoped slot: give it back.
-            let rec = &self.chains[chain_id];
+            let rec = &self.chains[&chain_id];
             if let Some(throttle) = self
-                .effective(rec, *at)
+                .effective(rec, at)
                 .throttle
                 .filter(|t| t.scope() != ThrottleScope::Chain)
             {
-                let identity = Identity::of(rec.step(*at).name(), &throttle);
+                let identity = Identity::of(rec.step(at).name(), &throttle);
                 grants.extend(
-                    self.throttle_op(|t, cs| {
-                        t.release(&identity, &Holder::Task(task_id.clone()), cs)
-                    }),
+                    self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), cs)),
                 );
             }
         }
         self.task_defaults.extend(defaults);
         for (_, _, chain_id, at) in waiting {
-            self.make_ready(&chain_id, at, now);
-            self.touch(&chain_id);
+            self.make_ready(chain_id, at, now);
+            self.touch(chain_id);
         }
         self.apply_grants(grants, now);
     }
 
-    pub fn on_worker_message(&mut self, worker_id: &str, msg: FromWorker, now: UnixMs) {
-        if !self.workers.contains_key(worker_id) {
+    pub fn on_worker_message(&mut self, worker_id: WorkerId, msg: FromWorker, now: UnixMs) {
+        if !self.workers.contains_key(&worker_id) {
             return;
         }
         match msg {
             FromWorker::Outcome { task, outcome } => self.outcome(worker_id, task, outcome, now),
-            FromWorker::Heartbeat { tasks } => {
+            FromWorker::Heartbeat { leases } => {
                 let awake = self.awake_ms;
-                let all = tasks.is_empty();
-                let listed: Set<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
-                for task_id in &self.workers[worker_id].in_flight {
-                    if (all || listed.contains(task_id.as_str()))
+                let (all, listed): (bool, Set<TaskId>) = match leases {
+                    Leases::All => (true, Set::default()),
+                    Leases::Listed(tasks) => (false, tasks.iter().map(|t| t.task_id).collect()),
+                };
+                for task_id in &self.workers[&worker_id].in_flight {
+                    if (all || listed.contains(task_id))
                         && let Some(run) = self.runs.get_mut(task_id)
                     {
                         // An assignment not sent yet has no lease to extend.
@@ -204,7 +204,7 @@ impl Core {
                 self.release(worker_id, request_id, task, now)
             }
             FromWorker::Drain => {
-                if let Some(w) = self.workers.get_mut(worker_id) {
+                if let Some(w) = self.workers.get_mut(&worker_id) {
                     w.draining = true;
                 }
             }
@@ -213,15 +213,15 @@ impl Core {
     }
 
     /// The run this worker holds for `task`, if it is current.
-    pub(super) fn current_run(&self, worker_id: &str, task: &TaskRef) -> Option<&Run> {
+    pub(super) fn current_run(&self, worker_id: WorkerId, task: &TaskRef) -> Option<&Run> {
         self.runs
             .get(&task.task_id)
-            .filter(|r| r.attempt == task.attempt && r.worker.as_deref() == Some(worker_id))
+            .filter(|r| r.attempt == task.attempt && r.worker == Some(worker_id))
     }
 
     pub(super) fn outcome(
         &mut self,
-        worker_id: &str,
+        worker_id: WorkerId,
         task: TaskRef,
         outcome: RunOutcome,
         now: UnixMs,
@@ -244,16 +244,16 @@ impl Core {
         self.send_worker(
             worker_id,
             ToWorker::Ack {
-                task: task.clone(),
+                task,
                 accepted: true,
                 reason: String::new(),
             },
         );
-        let run = self.end_run(&task.task_id, now).expect("current run");
-        let (chain_id, at) = (run.chain_id.clone(), run.at);
+        let run = self.end_run(task.task_id, now).expect("current run");
+        let (chain_id, at) = (run.chain_id, run.at);
         let rec = &self.chains[&chain_id];
         if rec.is_ended() || rec.current() != at {
-            return self.settle_superseded(&chain_id, at, now);
+            return self.settle_superseded(chain_id, at, now);
         }
         let outcome = if run.timed_out && !matches!(outcome, RunOutcome::Success(_)) {
             RunOutcome::Failure {
@@ -286,21 +286,22 @@ impl Core {
                 if result.len() > RESULT_APART_AFTER {
                     // Written once, apart; the record only says so.
                     step.result_apart = true;
-                    self.batch.put_result(&chain_id, &step.task_id, &result);
+                    self.batch
+                        .put_result(&chain_id.to_string(), &step.task_id, &result);
                     let kept = KeptResult {
-                        chain_id: chain_id.clone(),
+                        chain_id,
                         result: Arc::from(result),
                     };
-                    self.apart.insert(step.task_id.clone(), kept);
+                    self.apart.insert(step.task(), kept);
                 } else {
                     step.result = result;
                 }
                 step.finished_ms = now;
                 let name = step.name().to_owned();
                 self.task_metrics.get(&name).succeeded.inc();
-                self.event(&chain_id, "step_succeeded", Some(at));
-                self.advance(&chain_id, at, now);
-                self.prune_results(&chain_id);
+                self.event(chain_id, "step_succeeded", Some(at));
+                self.advance(chain_id, at, now);
+                self.prune_results(chain_id);
             }
             RunOutcome::Failure {
                 error_type,
@@ -308,14 +309,8 @@ impl Core {
                 traceback,
                 retryable,
             } => {
-                let record = self.failure_of(
-                    &chain_id,
-                    at,
-                    run.attempt,
-                    &error_type,
-                    &message,
-                    &traceback,
-                );
+                let record =
+                    self.failure_of(chain_id, at, run.attempt, &error_type, &message, &traceback);
                 let step = self
                     .chains
                     .get_mut(&chain_id)
@@ -326,13 +321,13 @@ impl Core {
                     step.retries += 1;
                     self.task_metrics.get(&record.task_name).retried.inc();
                     let delay = eff.backoff(step.retries);
-                    self.schedule(&chain_id, at, now.saturating_add(delay));
-                    self.event(&chain_id, "step_retrying", Some(at));
+                    self.schedule(chain_id, at, now.saturating_add(delay));
+                    self.event(chain_id, "step_retrying", Some(at));
                 } else {
                     step.state = StepState::Failed as i32;
                     step.finished_ms = now;
-                    self.event(&chain_id, "step_failed", Some(at));
-                    self.fail_chain(&chain_id, record, now);
+                    self.event(chain_id, "step_failed", Some(at));
+                    self.fail_chain(chain_id, record, now);
                 }
             }
             RunOutcome::RetryLater { delay_ms, message } => {
@@ -347,14 +342,8 @@ impl Core {
                         "{} polls exceeded the budget of {}: {message}",
                         step.polls, eff.max_polls
                     );
-                    let record = self.failure_of(
-                        &chain_id,
-                        at,
-                        run.attempt,
-                        "PollBudgetExhausted",
-                        &msg,
-                        "",
-                    );
+                    let record =
+                        self.failure_of(chain_id, at, run.attempt, "PollBudgetExhausted", &msg, "");
                     let step = self
                         .chains
                         .get_mut(&chain_id)
@@ -363,20 +352,20 @@ impl Core {
                     step.state = StepState::Failed as i32;
                     step.failure = Some(record.clone());
                     step.finished_ms = now;
-                    self.event(&chain_id, "step_failed", Some(at));
-                    self.fail_chain(&chain_id, record, now);
+                    self.event(chain_id, "step_failed", Some(at));
+                    self.fail_chain(chain_id, record, now);
                 } else {
-                    self.schedule(&chain_id, at, now.saturating_add(delay_ms));
-                    self.event(&chain_id, "step_polling", Some(at));
+                    self.schedule(chain_id, at, now.saturating_add(delay_ms));
+                    self.event(chain_id, "step_polling", Some(at));
                 }
             }
         }
-        self.touch(&chain_id);
+        self.touch(chain_id);
     }
 
     pub(super) fn acquire(
         &mut self,
-        worker_id: &str,
+        worker_id: WorkerId,
         request_id: u64,
         task: TaskRef,
         throttle: Throttle,
@@ -396,7 +385,7 @@ impl Core {
         let name = self.chains[&run.chain_id].step(run.at).name().to_owned();
         let identity = Identity::of(&name, &throttle);
         let holder = Holder::InBody {
-            task_id: task.task_id.clone(),
+            task_id: task.task_id,
             request_id,
         };
         if self.throttles.holds(&identity, &holder) {
@@ -405,14 +394,20 @@ impl Core {
         }
         self.throttles.remove_waiters(|w| w.holder == holder);
         let ticket = Ticket::InBody {
-            worker_id: worker_id.to_owned(),
+            worker_id,
             task,
             request_id,
         };
         self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
     }
 
-    pub(super) fn release(&mut self, worker_id: &str, request_id: u64, task: TaskRef, now: UnixMs) {
+    pub(super) fn release(
+        &mut self,
+        worker_id: WorkerId,
+        request_id: u64,
+        task: TaskRef,
+        now: UnixMs,
+    ) {
         let Some(run) = self.current_run(worker_id, &task).cloned() else {
             let message = "throttle release for an assignment this worker does not hold".into();
             return self.send_worker(
@@ -425,7 +420,7 @@ impl Core {
             );
         };
         let holder = Holder::InBody {
-            task_id: task.task_id.clone(),
+            task_id: task.task_id,
             request_id,
         };
         let step = self
@@ -439,7 +434,7 @@ impl Core {
             return;
         };
         let hold = step.in_body.remove(pos);
-        self.touch(&run.chain_id);
+        self.touch(run.chain_id);
         if let Some(identity) = hold.identity {
             let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
             self.apply_grants(grants, now);
@@ -448,8 +443,13 @@ impl Core {
 
     /// Releases the in-body slots of a run that its worker no longer lists
     /// (it let go of them while disconnected).
-    pub(super) fn release_unlisted_slots(&mut self, task_id: &str, listed: &Set<u64>, now: UnixMs) {
-        let Some(run) = self.runs.get(task_id).cloned() else {
+    pub(super) fn release_unlisted_slots(
+        &mut self,
+        task_id: TaskId,
+        listed: &Set<u64>,
+        now: UnixMs,
+    ) {
+        let Some(run) = self.runs.get(&task_id).cloned() else {
             return;
         };
         let step = self
@@ -464,11 +464,11 @@ impl Core {
         if release.is_empty() {
             return;
         }
-        self.touch(&run.chain_id);
+        self.touch(run.chain_id);
         for hold in release {
             if let Some(identity) = hold.identity {
                 let holder = Holder::InBody {
-                    task_id: task_id.to_owned(),
+                    task_id,
                     request_id: hold.request_id,
                 };
                 let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
@@ -481,21 +481,21 @@ impl Core {
     /// released at once; after a broken stream they keep their leases, so
     /// a worker that reconnects in time keeps them and a crashed one loses
     /// them when the lease lapses, never earlier.
-    pub fn worker_gone(&mut self, worker_id: &str, clean: bool, now: UnixMs) {
-        let Some(conn) = self.workers.remove(worker_id) else {
+    pub fn worker_gone(&mut self, worker_id: WorkerId, clean: bool, now: UnixMs) {
+        let Some(conn) = self.workers.remove(&worker_id) else {
             return;
         };
         tracing::info!(worker.id = %worker_id, worker.name = %conn.name, clean, in_flight = conn.in_flight.len(), "worker disconnected");
-        self.closed.push(worker_id.to_owned());
+        self.closed.push(worker_id);
         self.throttles.remove_waiters(
-            |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if id == worker_id),
+            |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if *id == worker_id),
         );
         for task_id in conn.in_flight {
             if let Some(run) = self.runs.get_mut(&task_id) {
                 run.worker = None;
             }
             if clean {
-                self.lose_run(&task_id, "worker left", now);
+                self.lose_run(task_id, "worker left", now);
             }
         }
     }

@@ -23,7 +23,7 @@ pub type Violation = String;
 /// A step as the model sees it.
 #[derive(Clone, Debug)]
 pub struct StepInfo {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub name: String,
     /// The queue the step must be routed to.
     pub queue: String,
@@ -59,7 +59,7 @@ impl ChainInfo {
                     hold = scoped(true);
                 }
                 out.push(StepInfo {
-                    task_id: step.task_id.clone(),
+                    task_id: step.task(),
                     name: sig.name.clone(),
                     queue: eff.queue.clone(),
                     declared: scoped(false),
@@ -112,29 +112,29 @@ pub struct Receiver<'a> {
 
 #[derive(Default)]
 pub struct Model {
-    chains: BTreeMap<String, ChainInfo>,
+    chains: BTreeMap<ChainId, ChainInfo>,
     /// task id → chain id, for every step of a chain seen.
-    task_chain: BTreeMap<String, String>,
+    task_chain: BTreeMap<TaskId, ChainId>,
     /// Steps whose success is durable (its accepted `Ack` left the broker).
-    pub durable_success: BTreeSet<String>,
+    pub durable_success: BTreeSet<TaskId>,
     /// (worker id, task id, attempt) → the outcome sent was a success.
-    sent: BTreeMap<(String, String, u32), bool>,
+    sent: BTreeMap<(WorkerId, TaskId, u32), bool>,
     /// Steps some worker was assigned.
-    pub assigned: BTreeSet<String>,
+    pub assigned: BTreeSet<TaskId>,
     /// chain id → the last round an assignment of it was made in.
-    assign_round: BTreeMap<String, u64>,
+    assign_round: BTreeMap<ChainId, u64>,
     /// chain id → the round whose cancel of it is durable.
-    cancelled_at: BTreeMap<String, u64>,
+    cancelled_at: BTreeMap<ChainId, u64>,
     /// Chains that must end: acknowledged, requeued as, or found stored.
-    pub tracked: BTreeSet<String>,
+    pub tracked: BTreeSet<ChainId>,
     /// Chains whose submission (or requeue) a client saw acknowledged.
-    pub acked: BTreeSet<String>,
+    pub acked: BTreeSet<ChainId>,
     /// Tracked chains not yet seen ended.
-    pub live: BTreeSet<String>,
+    pub live: BTreeSet<ChainId>,
     /// idempotency key → the chain it named when first acknowledged.
-    idempotent: BTreeMap<String, String>,
+    idempotent: BTreeMap<String, ChainId>,
     /// unique key → chains acknowledged as created under it.
-    unique: BTreeMap<String, Vec<String>>,
+    unique: BTreeMap<String, Vec<ChainId>>,
     /// The highest limit each identity may have had (declared, or any
     /// admin limit set): a worker-side count above it is a violation.
     limit_hi: BTreeMap<Identity, u32>,
@@ -150,12 +150,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn chain_of(&self, task_id: &str) -> Option<&String> {
-        self.task_chain.get(task_id)
+    pub fn chain_of(&self, task_id: TaskId) -> Option<&ChainId> {
+        self.task_chain.get(&task_id)
     }
 
-    pub fn info(&mut self, chain_id: &str, core: &Core) -> Result<&ChainInfo, Violation> {
-        if !self.chains.contains_key(chain_id) {
+    pub fn info(&mut self, chain_id: ChainId, core: &Core) -> Result<&ChainInfo, Violation> {
+        if !self.chains.contains_key(&chain_id) {
             let rec = core
                 .chain(chain_id)
                 .map_err(|e| format!("chain {chain_id} cannot be read: {e}"))?;
@@ -166,12 +166,11 @@ impl Model {
                 .chain(&info.on_success)
                 .chain(&info.on_failure)
             {
-                self.task_chain
-                    .insert(step.task_id.clone(), chain_id.to_owned());
+                self.task_chain.insert(step.task_id, chain_id);
             }
-            self.chains.insert(chain_id.to_owned(), info);
+            self.chains.insert(chain_id, info);
         }
-        Ok(&self.chains[chain_id])
+        Ok(&self.chains[&chain_id])
     }
 
     /// A worker received an assignment: routing (5), order (6), a step run
@@ -183,7 +182,7 @@ impl Model {
         a: &Assignment,
         core: &Core,
     ) -> Result<StepInfo, Violation> {
-        let info = self.info(&a.chain_id, core)?.clone();
+        let info = self.info(a.chain_id, core)?.clone();
         let Some(step) = info.step(a.at) else {
             return Err(format!(
                 "assignment of a step chain {} does not have: {:?}",
@@ -222,14 +221,14 @@ impl Model {
                 a.chain_id, a.at
             ));
         }
-        self.assigned.insert(a.task.task_id.clone());
+        self.assigned.insert(a.task.task_id);
         Ok(step.clone())
     }
 
     /// An assignment left the scheduler in `round`.
-    pub fn assignment_made(&mut self, chain_id: &str, round: u64) -> Result<(), Violation> {
-        self.assign_round.insert(chain_id.to_owned(), round);
-        match self.cancelled_at.get(chain_id) {
+    pub fn assignment_made(&mut self, chain_id: ChainId, round: u64) -> Result<(), Violation> {
+        self.assign_round.insert(chain_id, round);
+        match self.cancelled_at.get(&chain_id) {
             Some(&cancelled) if cancelled < round => Err(format!(
                 "cancellation (guarantee 3): chain {chain_id}, cancelled in round {cancelled}, had a step assigned in round {round}"
             )),
@@ -239,32 +238,28 @@ impl Model {
 
     /// A client saw chain `chain_id` cancelled by the cancel it sent in
     /// `round` (durable now).
-    pub fn cancelled(&mut self, chain_id: &str, round: u64) -> Result<(), Violation> {
-        if let Some(&assigned) = self.assign_round.get(chain_id)
+    pub fn cancelled(&mut self, chain_id: ChainId, round: u64) -> Result<(), Violation> {
+        if let Some(&assigned) = self.assign_round.get(&chain_id)
             && assigned > round
         {
             return Err(format!(
                 "cancellation (guarantee 3): chain {chain_id}, cancelled in round {round}, had a step assigned in round {assigned}"
             ));
         }
-        self.cancelled_at
-            .entry(chain_id.to_owned())
-            .or_insert(round);
+        self.cancelled_at.entry(chain_id).or_insert(round);
         Ok(())
     }
 
-    pub fn outcome_sent(&mut self, worker_id: &str, task: &TaskRef, success: bool) {
-        self.sent.insert(
-            (worker_id.to_owned(), task.task_id.clone(), task.attempt),
-            success,
-        );
+    pub fn outcome_sent(&mut self, worker_id: WorkerId, task: &TaskRef, success: bool) {
+        self.sent
+            .insert((worker_id, task.task_id, task.attempt), success);
     }
 
     /// An accepted `Ack` left the broker: the outcome is durable.
-    pub fn outcome_durable(&mut self, worker_id: &str, task: &TaskRef) {
-        let key = (worker_id.to_owned(), task.task_id.clone(), task.attempt);
+    pub fn outcome_durable(&mut self, worker_id: WorkerId, task: &TaskRef) {
+        let key = (worker_id, task.task_id, task.attempt);
         if self.sent.remove(&key) == Some(true) {
-            self.durable_success.insert(task.task_id.clone());
+            self.durable_success.insert(task.task_id);
         }
     }
 
@@ -273,14 +268,14 @@ impl Model {
     pub fn submitted(
         &mut self,
         spec: &ChainSpec,
-        chain_id: &str,
+        chain_id: ChainId,
         dedup: Option<crate::scheduler::Dedup>,
         core: &Core,
     ) -> Result<(), Violation> {
         use crate::scheduler::Dedup;
         self.track(chain_id);
-        self.acked.insert(chain_id.to_owned());
-        if let Some(id) = &spec.chain_id
+        self.acked.insert(chain_id);
+        if let Some(id) = spec.chain_id
             && dedup != Some(Dedup::IdempotencyKey)
             && dedup != Some(Dedup::UniqueKey)
             && id != chain_id
@@ -293,8 +288,8 @@ impl Model {
             let first = self
                 .idempotent
                 .entry(spec.idempotency_key.clone())
-                .or_insert_with(|| chain_id.to_owned());
-            if first != chain_id {
+                .or_insert_with(|| chain_id);
+            if *first != chain_id {
                 return Err(format!(
                     "unique work (guarantee 7): idempotency key {} answered chain {chain_id}, first acknowledged as {first}",
                     spec.idempotency_key
@@ -303,7 +298,7 @@ impl Model {
         }
         if !spec.unique_key.is_empty() && dedup.is_none() {
             let others = self.unique.entry(spec.unique_key.clone()).or_default();
-            for other in others.iter().filter(|o| *o != chain_id) {
+            for &other in others.iter().filter(|o| **o != chain_id) {
                 if core.chain(other).is_ok_and(|c| !c.is_ended()) {
                     return Err(format!(
                         "unique work (guarantee 7): chain {chain_id} was created under unique key {} while chain {other} with that key runs",
@@ -311,14 +306,14 @@ impl Model {
                     ));
                 }
             }
-            others.push(chain_id.to_owned());
+            others.push(chain_id);
         }
         Ok(())
     }
 
-    pub fn track(&mut self, chain_id: &str) {
-        if self.tracked.insert(chain_id.to_owned()) {
-            self.live.insert(chain_id.to_owned());
+    pub fn track(&mut self, chain_id: ChainId) {
+        if self.tracked.insert(chain_id) {
+            self.live.insert(chain_id);
         }
     }
 
@@ -420,7 +415,7 @@ impl Model {
     /// chain's steps and on_success all succeeded durably and no on_failure
     /// step ran; a failed chain ran on_failure, if it has one.
     pub fn check_end(&mut self, rec: &ChainRecord, core: &Core) -> Result<(), Violation> {
-        let info = self.info(&rec.id, core)?.clone();
+        let info = self.info(rec.chain_id(), core)?.clone();
         let id = &rec.id;
         match rec.state() {
             ChainState::Succeeded => {

@@ -39,13 +39,11 @@ impl Rng {
         usize::try_from(self.below(len as u64)).unwrap_or(0)
     }
 
-    /// A UUID in its usual text form.
-    pub fn uuid(&mut self) -> String {
+    /// A random (v4) UUID.
+    pub fn uuid(&mut self) -> uuid::Uuid {
         let hi = self.next_u64();
         let lo = self.next_u64();
         let bytes = (u128::from(hi) << 64 | u128::from(lo)).to_be_bytes();
-        uuid::Builder::from_random_bytes(bytes)
-            .into_uuid()
-            .to_string()
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 }

@@ -159,6 +159,6 @@ pub fn chain(rng: &mut Rng, now: UnixMs) -> ChainSpec {
             0
         },
         owner: String::new(),
-        chain_id: rng.chance(17, 20).then(|| rng.uuid()),
+        chain_id: rng.chance(17, 20).then(|| ChainId::from_uuid(rng.uuid())),
     }
 }

@@ -63,7 +63,7 @@ pub struct WRun {
     /// not wait behind a run prefetched before it).
     arrived: u64,
     pub task: TaskRef,
-    pub chain_id: String,
+    pub chain_id: ChainId,
     pub declared: Option<Identity>,
     pub chain_hold: Option<Identity>,
     pub state: RunState,
@@ -77,7 +77,7 @@ pub struct WRun {
 
 pub struct Link {
     pub generation: u64,
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     rx: mpsc::Receiver<ToWorker>,
     pub welcomed: bool,
     hello_at: u64,
@@ -99,7 +99,7 @@ pub struct SimWorker {
     pub link: Option<Link>,
     generations: u64,
     pub down_until: Option<u64>,
-    pub runs: BTreeMap<String, WRun>,
+    pub runs: BTreeMap<TaskId, WRun>,
     next_hb: u64,
     next_request: u64,
     arrivals: u64,
@@ -163,23 +163,23 @@ impl SimWorker {
         }
     }
 
-    pub fn worker_id(&self) -> Option<&str> {
-        self.link.as_ref().and_then(|l| l.worker_id.as_deref())
+    pub fn worker_id(&self) -> Option<WorkerId> {
+        self.link.as_ref().and_then(|l| l.worker_id)
     }
 
-    fn welcomed(&self) -> Option<String> {
+    fn welcomed(&self) -> Option<WorkerId> {
         self.link
             .as_ref()
             .filter(|l| l.welcomed)
-            .and_then(|l| l.worker_id.clone())
+            .and_then(|l| l.worker_id)
     }
 
     /// The broker registered the stream of Hello `generation` as
     /// `worker_id`; false when that stream is gone already.
-    pub fn attach(&mut self, generation: u64, worker_id: &str) -> bool {
+    pub fn attach(&mut self, generation: u64, worker_id: WorkerId) -> bool {
         match &mut self.link {
             Some(link) if link.generation == generation => {
-                link.worker_id = Some(worker_id.to_owned());
+                link.worker_id = Some(worker_id);
                 true
             }
             _ => false,
@@ -211,8 +211,8 @@ impl SimWorker {
         due
     }
 
-    fn forget(&mut self, task_id: &str) {
-        if let Some(run) = self.runs.remove(task_id) {
+    fn forget(&mut self, task_id: TaskId) {
+        if let Some(run) = self.runs.remove(&task_id) {
             self.past.push(run.task);
             if self.past.len() > 64 {
                 self.past.remove(0);
@@ -223,15 +223,15 @@ impl SimWorker {
     /// The process died: every run and the stream are gone. It comes back
     /// later as a fresh process.
     pub fn crash(&mut self, cx: &mut Cx<'_>) {
-        if let Some(id) = self.worker_id().map(str::to_owned)
+        if let Some(id) = self.worker_id()
             && cx.rng.chance(3, 5)
         {
             cx.out.push(Cmd::Disconnected(id));
         }
         self.link = None;
-        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        let ids: Vec<TaskId> = self.runs.keys().copied().collect();
         for id in ids {
-            self.forget(&id);
+            self.forget(id);
         }
         self.down_until = Some(cx.now + cx.rng.range(200, 4000));
     }
@@ -239,7 +239,7 @@ impl SimWorker {
     /// The stream broke (a network blip, or the broker died): the runs go
     /// on, and the worker reconnects with them.
     pub fn disconnect(&mut self, cx: &mut Cx<'_>, notice: bool) {
-        if let Some(id) = self.worker_id().map(str::to_owned)
+        if let Some(id) = self.worker_id()
             && notice
             && cx.rng.chance(7, 10)
         {
@@ -249,7 +249,7 @@ impl SimWorker {
         self.down_until = Some(cx.now + cx.rng.range(0, 2 * self.lease_ms));
     }
 
-    fn send(&mut self, cx: &mut Cx<'_>, worker_id: &str, msg: FromWorker, lie: Option<&str>) {
+    fn send(&mut self, cx: &mut Cx<'_>, worker_id: WorkerId, msg: FromWorker, lie: Option<&str>) {
         trace!(
             cx.trace,
             cx.now,
@@ -260,7 +260,7 @@ impl SimWorker {
         );
         cx.out.push(Cmd::FromWorker {
             worker: self.idx,
-            worker_id: worker_id.to_owned(),
+            worker_id,
             msg,
             lie: lie.map(str::to_owned),
         });
@@ -310,14 +310,14 @@ impl SimWorker {
         let welcomed = self.welcomed();
         if self.link.is_none() {
             // The SDK drops a run whose lease lapsed while disconnected.
-            let lapsed: Vec<String> = self
+            let lapsed: Vec<TaskId> = self
                 .runs
                 .iter()
                 .filter(|(_, r)| r.valid_until <= now)
-                .map(|(id, _)| id.clone())
+                .map(|(id, _)| *id)
                 .collect();
             for id in lapsed {
-                self.forget(&id);
+                self.forget(id);
             }
         }
         // Prefetched runs start only on a welcomed stream.
@@ -328,14 +328,14 @@ impl SimWorker {
                 .filter(|r| matches!(r.state, RunState::Running { .. }))
                 .count();
             let free = (self.concurrency as usize).saturating_sub(running);
-            let mut waiting: Vec<(u64, String)> = self
+            let mut waiting: Vec<(u64, TaskId)> = self
                 .runs
                 .iter()
                 .filter(|(_, r)| matches!(r.state, RunState::Waiting))
-                .map(|(id, r)| (r.arrived, id.clone()))
+                .map(|(id, r)| (r.arrived, *id))
                 .collect();
             waiting.sort();
-            let waiting: Vec<String> = waiting.into_iter().take(free).map(|(_, id)| id).collect();
+            let waiting: Vec<TaskId> = waiting.into_iter().take(free).map(|(_, id)| id).collect();
             for id in waiting {
                 let long = cx.rng.chance(1, 20);
                 let took = if long {
@@ -351,26 +351,25 @@ impl SimWorker {
             self.plan_in_body(now, cx.rng);
         }
         // Bodies: in-body slots, ends.
-        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        let ids: Vec<TaskId> = self.runs.keys().copied().collect();
         for id in ids {
             let run = self.runs.get_mut(&id).expect("listed");
             if let InBody::Planned { at, throttle } = &run.in_body
                 && *at <= now
-                && let Some(worker_id) = &welcomed
+                && let Some(worker_id) = welcomed
             {
                 let request_id = self.next_request;
                 self.next_request += 1;
                 let msg = FromWorker::Acquire {
                     request_id,
-                    task: run.task.clone(),
+                    task: run.task,
                     throttle: throttle.clone(),
                 };
                 run.in_body = InBody::Requested {
                     request_id,
                     throttle: throttle.clone(),
                 };
-                let worker_id = worker_id.clone();
-                self.send(cx, &worker_id, msg, None);
+                self.send(cx, worker_id, msg, None);
                 continue;
             }
             let run = self.runs.get_mut(&id).expect("listed");
@@ -380,12 +379,11 @@ impl SimWorker {
                 && until <= now
             {
                 run.in_body = InBody::Done;
-                let task = run.task.clone();
-                if let Some(worker_id) = &welcomed {
-                    let worker_id = worker_id.clone();
+                let task = run.task;
+                if let Some(worker_id) = welcomed {
                     self.send(
                         cx,
-                        &worker_id,
+                        worker_id,
                         FromWorker::Release { request_id, task },
                         None,
                     );
@@ -400,21 +398,20 @@ impl SimWorker {
             {
                 let outcome = self.pick_outcome(cx.rng, &self.runs[&id]);
                 let run = self.runs.get_mut(&id).expect("listed");
-                let task = run.task.clone();
+                let task = run.task;
                 run.state = RunState::Finished {
                     outcome: outcome.clone(),
                     sent: welcomed.is_some(),
                 };
-                if let Some(worker_id) = &welcomed {
-                    let worker_id = worker_id.clone();
+                if let Some(worker_id) = welcomed {
                     let success = matches!(outcome, RunOutcome::Success(_));
-                    cx.model.outcome_sent(&worker_id, &task, success);
+                    cx.model.outcome_sent(worker_id, &task, success);
                     let msg = FromWorker::Outcome { task, outcome };
                     if cx.rng.chance(1, 30) {
-                        self.send(cx, &worker_id, msg.clone(), None);
-                        self.send(cx, &worker_id, msg, Some("duplicate"));
+                        self.send(cx, worker_id, msg.clone(), None);
+                        self.send(cx, worker_id, msg, Some("duplicate"));
                     } else {
-                        self.send(cx, &worker_id, msg, None);
+                        self.send(cx, worker_id, msg, None);
                     }
                 }
             }
@@ -426,17 +423,17 @@ impl SimWorker {
             return;
         };
         if now >= self.next_hb {
-            let tasks = if cx.rng.chance(1, 5) {
-                self.runs.values().map(|r| r.task.clone()).collect()
+            let leases = if cx.rng.chance(1, 5) && !self.runs.is_empty() {
+                Leases::Listed(self.runs.values().map(|r| r.task).collect())
             } else {
-                Vec::new()
+                Leases::All
             };
             for run in self.runs.values_mut() {
                 if run.valid_until > now {
                     run.valid_until = now + self.lease_ms;
                 }
             }
-            self.send(cx, &worker_id, FromWorker::Heartbeat { tasks }, None);
+            self.send(cx, worker_id, FromWorker::Heartbeat { leases }, None);
             let period = self.lease_ms / 3;
             self.next_hb = now
                 + if self.slow && cx.rng.chance(1, 4) {
@@ -446,15 +443,15 @@ impl SimWorker {
                 };
         }
         if self.liar && cx.rng.chance(1, 15) {
-            self.lie(cx, &worker_id);
+            self.lie(cx, worker_id);
         }
     }
 
-    fn lie(&mut self, cx: &mut Cx<'_>, worker_id: &str) {
+    fn lie(&mut self, cx: &mut Cx<'_>, worker_id: WorkerId) {
         let outcome = RunOutcome::Success("\"lie\"".into());
         match cx.rng.below(5) {
             0 if !self.past.is_empty() => {
-                let task = self.past[cx.rng.index(self.past.len())].clone();
+                let task = self.past[cx.rng.index(self.past.len())];
                 // After a crash the broker issues an attempt number again:
                 // an attempt this worker holds now is not stale, and its
                 // success is no lie.
@@ -469,7 +466,7 @@ impl SimWorker {
                 );
             }
             1 if !cx.others.is_empty() => {
-                let task = cx.others[cx.rng.index(cx.others.len())].clone();
+                let task = cx.others[cx.rng.index(cx.others.len())];
                 self.send(
                     cx,
                     worker_id,
@@ -479,7 +476,7 @@ impl SimWorker {
             }
             2 => {
                 let task = TaskRef {
-                    task_id: cx.rng.uuid(),
+                    task_id: TaskId::from_uuid(cx.rng.uuid()),
                     attempt: 1,
                 };
                 self.send(
@@ -490,7 +487,7 @@ impl SimWorker {
                 );
             }
             3 if !cx.others.is_empty() => {
-                let task = cx.others[cx.rng.index(cx.others.len())].clone();
+                let task = cx.others[cx.rng.index(cx.others.len())];
                 let request_id = self.next_request;
                 self.next_request += 1;
                 let msg = FromWorker::Acquire {
@@ -506,7 +503,7 @@ impl SimWorker {
                 );
             }
             4 if !cx.others.is_empty() => {
-                let task = cx.others[cx.rng.index(cx.others.len())].clone();
+                let task = cx.others[cx.rng.index(cx.others.len())];
                 let msg = FromWorker::Release {
                     request_id: 1,
                     task,
@@ -520,18 +517,18 @@ impl SimWorker {
     fn reconnect(&mut self, cx: &mut Cx<'_>) {
         let (tx, rx) = mpsc::channel(4096);
         self.generations += 1;
-        let held: Vec<TaskRef> = self.runs.values().map(|r| r.task.clone()).collect();
+        let held: Vec<TaskRef> = self.runs.values().map(|r| r.task).collect();
         let held_slots = self
             .runs
             .values()
             .filter_map(|r| match r.in_body {
-                InBody::Held { request_id, .. } => Some((r.task.clone(), request_id)),
+                InBody::Held { request_id, .. } => Some((r.task, request_id)),
                 _ => None,
             })
             .collect();
         let mut claims = Vec::new();
         if self.liar && !cx.others.is_empty() && cx.rng.chance(1, 2) {
-            let task = cx.others[cx.rng.index(cx.others.len())].clone();
+            let task = cx.others[cx.rng.index(cx.others.len())];
             if !self.runs.contains_key(&task.task_id) {
                 claims.push(task);
             }
@@ -616,7 +613,7 @@ impl SimWorker {
             } => {
                 let link = self.link.as_mut().expect("reading a link");
                 link.welcomed = true;
-                link.worker_id = Some(worker_id.clone());
+                link.worker_id = Some(worker_id);
                 let mut said: Vec<&TaskRef> = kept.iter().chain(&lost).collect();
                 let mut asked: Vec<&TaskRef> = link.held.iter().chain(&link.claims).collect();
                 said.sort_by(|a, b| (&a.task_id, a.attempt).cmp(&(&b.task_id, b.attempt)));
@@ -633,7 +630,7 @@ impl SimWorker {
                 let hello_at = link.hello_at;
                 for task in &lost {
                     if self.runs.get(&task.task_id).is_some_and(|r| r.task.attempt == task.attempt) {
-                        self.forget(&task.task_id);
+                        self.forget(task.task_id);
                     }
                 }
                 for task in &kept {
@@ -645,14 +642,14 @@ impl SimWorker {
                         RunState::Finished { outcome, sent } => {
                             *sent = true;
                             Some(FromWorker::Outcome {
-                                task: task.clone(),
+                                task: *task,
                                 outcome: outcome.clone(),
                             })
                         }
                         _ => match &run.in_body {
                             InBody::Requested { request_id, throttle } => Some(FromWorker::Acquire {
                                 request_id: *request_id,
-                                task: task.clone(),
+                                task: *task,
                                 throttle: throttle.clone(),
                             }),
                             _ => None,
@@ -660,9 +657,9 @@ impl SimWorker {
                     };
                     if let Some(msg) = resend {
                         if let FromWorker::Outcome { outcome, .. } = &msg {
-                            cx.model.outcome_sent(&worker_id, task, matches!(outcome, RunOutcome::Success(_)));
+                            cx.model.outcome_sent(worker_id, task, matches!(outcome, RunOutcome::Success(_)));
                         }
-                        self.send(cx, &worker_id, msg, None);
+                        self.send(cx, worker_id, msg, None);
                     }
                 }
                 self.next_hb = now;
@@ -677,7 +674,7 @@ impl SimWorker {
                 if self.runs.get(&a.task.task_id).is_some_and(|r| r.task.attempt == a.task.attempt) {
                     return Ok(());
                 }
-                self.forget(&a.task.task_id);
+                self.forget(a.task.task_id);
                 self.arrivals += 1;
                 let in_body = if a.name == "x" {
                     InBody::Planned {
@@ -688,11 +685,11 @@ impl SimWorker {
                     InBody::No
                 };
                 self.runs.insert(
-                    a.task.task_id.clone(),
+                    a.task.task_id,
                     WRun {
                         arrived: self.arrivals,
-                        task: a.task.clone(),
-                        chain_id: a.chain_id.clone(),
+                        task: a.task,
+                        chain_id: a.chain_id,
                         declared: step.declared,
                         chain_hold: step.chain_hold,
                         state: RunState::Waiting,
@@ -740,7 +737,7 @@ impl SimWorker {
                     RunState::Finished { .. } => {}
                 }
                 if let (Some(request_id), Some(worker_id)) = (release, welcomed) {
-                    self.send(cx, &worker_id, FromWorker::Release { request_id, task }, None);
+                    self.send(cx, worker_id, FromWorker::Release { request_id, task }, None);
                 }
             }
             ToWorker::Ack { task, .. } => {
@@ -749,7 +746,7 @@ impl SimWorker {
                     .get(&task.task_id)
                     .is_some_and(|r| r.task.attempt == task.attempt && matches!(r.state, RunState::Finished { .. }))
                 {
-                    self.forget(&task.task_id);
+                    self.forget(task.task_id);
                 }
             }
             ToWorker::Granted { request_id } => {
@@ -796,11 +793,7 @@ impl SimWorker {
     pub fn describe(&self) -> String {
         let link = match &self.link {
             None => format!("down until {:?}", self.down_until),
-            Some(l) => format!(
-                "{:?} welcomed={}",
-                l.worker_id.as_deref().map(short),
-                l.welcomed
-            ),
+            Some(l) => format!("{:?} welcomed={}", l.worker_id.map(short), l.welcomed),
         };
         let runs: Vec<String> = self
             .runs
@@ -824,7 +817,7 @@ impl SimWorker {
                 };
                 format!(
                     "{}#{} {state}{in_body} stopped={} lease to {}",
-                    short(&r.task.task_id),
+                    short(r.task.task_id),
                     r.task.attempt,
                     r.stopped,
                     r.valid_until
@@ -849,12 +842,12 @@ impl SimWorker {
                 if let Some(identity) = &run.declared {
                     into.entry(identity.clone())
                         .or_default()
-                        .insert(Holder::Task(run.task.task_id.clone()));
+                        .insert(Holder::Task(run.task.task_id));
                 }
                 if let Some(identity) = &run.chain_hold {
                     into.entry(identity.clone())
                         .or_default()
-                        .insert(Holder::Chain(run.chain_id.clone()));
+                        .insert(Holder::Chain(run.chain_id));
                 }
                 if let InBody::Held {
                     request_id,
@@ -865,7 +858,7 @@ impl SimWorker {
                     into.entry(identity.clone())
                         .or_default()
                         .insert(Holder::InBody {
-                            task_id: run.task.task_id.clone(),
+                            task_id: run.task.task_id,
                             request_id: *request_id,
                         });
                 }
@@ -877,12 +870,15 @@ impl SimWorker {
 fn refs(tasks: &[TaskRef]) -> Vec<String> {
     tasks
         .iter()
-        .map(|t| format!("{}#{}", short(&t.task_id), t.attempt))
+        .map(|t| format!("{}#{}", short(t.task_id), t.attempt))
         .collect()
 }
 
-pub fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+/// An id's first 8 characters, for traces.
+pub fn short(id: impl std::fmt::Display) -> String {
+    let mut text = id.to_string();
+    text.truncate(8);
+    text
 }
 
 pub fn brief_from(msg: &FromWorker) -> String {
@@ -897,9 +893,14 @@ pub fn brief_from(msg: &FromWorker) -> String {
                 } => format!("failure {error_type} retryable={retryable}"),
                 RunOutcome::RetryLater { delay_ms, .. } => format!("retry later {delay_ms} ms"),
             };
-            format!("outcome {}#{} {kind}", short(&task.task_id), task.attempt)
+            format!("outcome {}#{} {kind}", short(task.task_id), task.attempt)
         }
-        FromWorker::Heartbeat { tasks } => format!("heartbeat {:?}", refs(tasks)),
+        FromWorker::Heartbeat {
+            leases: Leases::All,
+        } => "heartbeat (all)".into(),
+        FromWorker::Heartbeat {
+            leases: Leases::Listed(tasks),
+        } => format!("heartbeat {:?}", refs(tasks)),
         FromWorker::Acquire {
             request_id,
             task,
@@ -908,14 +909,14 @@ pub fn brief_from(msg: &FromWorker) -> String {
             format!(
                 "acquire #{request_id} {} for {}#{}",
                 throttle.key,
-                short(&task.task_id),
+                short(task.task_id),
                 task.attempt
             )
         }
         FromWorker::Release { request_id, task } => {
             format!(
                 "release #{request_id} of {}#{}",
-                short(&task.task_id),
+                short(task.task_id),
                 task.attempt
             )
         }
@@ -941,22 +942,20 @@ pub fn brief_to(msg: &ToWorker) -> String {
         }
         ToWorker::Assign(a) => format!(
             "assign {}#{} {} {:?}/{} of chain {} from {}",
-            short(&a.task.task_id),
+            short(a.task.task_id),
             a.task.attempt,
             a.name,
             a.at.phase,
             a.at.index,
-            short(&a.chain_id),
+            short(a.chain_id),
             a.queue
         ),
-        ToWorker::Cancel { task, reason } => format!(
-            "cancel {}#{} ({reason})",
-            short(&task.task_id),
-            task.attempt
-        ),
+        ToWorker::Cancel { task, reason } => {
+            format!("cancel {}#{} ({reason})", short(task.task_id), task.attempt)
+        }
         ToWorker::Ack { task, accepted, .. } => format!(
             "ack {}#{} accepted={accepted}",
-            short(&task.task_id),
+            short(task.task_id),
             task.attempt
         ),
         ToWorker::Granted { request_id } => format!("granted #{request_id}"),

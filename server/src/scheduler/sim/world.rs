@@ -55,8 +55,8 @@ impl Trace {
 pub enum Cmd {
     Submit(ChainSpec),
     SubmitMany(Vec<ChainSpec>),
-    Cancel(String),
-    Requeue(String),
+    Cancel(ChainId),
+    Requeue(ChainId),
     SetLimit(Identity, Option<u32>),
     Pause(String, bool),
     Connect {
@@ -67,13 +67,13 @@ pub enum Cmd {
     },
     FromWorker {
         worker: usize,
-        worker_id: String,
+        worker_id: WorkerId,
         msg: FromWorker,
         /// Set for a report the worker knows to be false: it must change
         /// nothing.
         lie: Option<String>,
     },
-    Disconnected(String),
+    Disconnected(WorkerId),
 }
 
 /// A client waiting for an answer.
@@ -83,8 +83,8 @@ enum Pending {
         oneshot::Receiver<Result<Vec<Submitted>, Error>>,
         Vec<ChainSpec>,
     ),
-    Cancel(oneshot::Receiver<Result<ChainState, Error>>, String, u64),
-    Requeue(oneshot::Receiver<Result<String, Error>>),
+    Cancel(oneshot::Receiver<Result<ChainState, Error>>, ChainId, u64),
+    Requeue(oneshot::Receiver<Result<ChainId, Error>>),
     Pause(oneshot::Receiver<Result<QueueStats, Error>>, String, bool),
     SetLimit(oneshot::Receiver<Result<Vec<ThrottleStats>, Error>>),
 }
@@ -120,7 +120,7 @@ pub struct World {
     outbox: VecDeque<(u64, Output)>,
     inbox: Vec<Cmd>,
     workers: Vec<SimWorker>,
-    worker_of: BTreeMap<String, usize>,
+    worker_of: BTreeMap<WorkerId, usize>,
     pending: Vec<Pending>,
     /// Submissions whose answer never came (crash) or was a refusal: the
     /// client may send them again.
@@ -278,7 +278,7 @@ impl World {
     fn cx_parts(&mut self) -> Vec<TaskRef> {
         let mut others = Vec::new();
         for w in &self.workers {
-            others.extend(w.runs.values().map(|r| r.task.clone()));
+            others.extend(w.runs.values().map(|r| r.task));
         }
         others
     }
@@ -390,7 +390,7 @@ impl World {
                 .tracked
                 .iter()
                 .nth(self.rng.index(tracked))
-                .cloned();
+                .copied();
             self.inbox.push(Cmd::Cancel(id.expect("in range")));
         }
         if tracked > 0 && self.rng.chance(1, 50) {
@@ -399,7 +399,7 @@ impl World {
                 .tracked
                 .iter()
                 .nth(self.rng.index(tracked))
-                .cloned();
+                .copied();
             self.inbox.push(Cmd::Requeue(id.expect("in range")));
         }
         if self.rng.chance(1, 150) {
@@ -472,13 +472,13 @@ impl World {
                     self.now,
                     "round {} assigns {}#{} {} to {} (seq {})",
                     self.round,
-                    short(&a.task.task_id),
+                    short(a.task.task_id),
                     a.task.attempt,
                     a.name,
                     short(worker_id),
                     self.disk.durable()
                 );
-                self.model.assignment_made(&a.chain_id, self.round)?;
+                self.model.assignment_made(a.chain_id, self.round)?;
             }
         }
         let seq = self.disk.stage(writes);
@@ -535,7 +535,7 @@ impl World {
                 ..
             } = msg
             {
-                self.model.outcome_durable(worker_id, task);
+                self.model.outcome_durable(*worker_id, task);
             }
         }
     }
@@ -553,7 +553,7 @@ impl World {
                     self.trace,
                     now,
                     "client submits chain {:?} ({} steps, idem {:?}, unique {:?})",
-                    spec.chain_id.as_deref().map(short),
+                    spec.chain_id.map(short),
                     spec.steps.len(),
                     spec.idempotency_key,
                     spec.unique_key
@@ -588,12 +588,12 @@ impl World {
                 self.pending.push(Pending::SubmitMany(rx, specs));
             }
             Cmd::Cancel(id) => {
-                trace!(self.trace, now, "client cancels chain {}", short(&id));
+                trace!(self.trace, now, "client cancels chain {}", short(id));
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
                     None => self.driver.handle(
-                        Command::Cancel(id.clone(), "simulated".into(), tx),
+                        Command::Cancel(id, "simulated".into(), tx),
                         None,
                         &LIMITS,
                         now,
@@ -602,7 +602,7 @@ impl World {
                 self.pending.push(Pending::Cancel(rx, id, self.round));
             }
             Cmd::Requeue(id) => {
-                trace!(self.trace, now, "client requeues chain {}", short(&id));
+                trace!(self.trace, now, "client requeues chain {}", short(id));
                 let (tx, rx) = oneshot::channel();
                 match self.refusal() {
                     Some(e) => drop(tx.send(Err(e))),
@@ -657,12 +657,12 @@ impl World {
                     self.trace,
                     now,
                     "broker registers worker {worker} as {}",
-                    short(&id)
+                    short(id)
                 );
-                self.worker_of.insert(id.clone(), worker);
-                if !self.workers[worker].attach(generation, &id) {
+                self.worker_of.insert(id, worker);
+                if !self.workers[worker].attach(generation, id) {
                     // Its stream broke before the broker read its Hello.
-                    self.driver.core.worker_gone(&id, false, now);
+                    self.driver.core.worker_gone(id, false, now);
                 }
             }
             Cmd::FromWorker {
@@ -675,24 +675,24 @@ impl World {
                     self.trace,
                     now,
                     "broker reads from {} ({}): {}",
-                    short(&worker_id),
+                    short(worker_id),
                     self.workers[worker].name,
                     brief_from(&msg)
                 );
-                let lie = lie.filter(|_| !self.is_current(&worker_id, &msg));
+                let lie = lie.filter(|_| !self.is_current(worker_id, &msg));
                 match lie {
-                    None => self.driver.core.on_worker_message(&worker_id, msg, now),
+                    None => self.driver.core.on_worker_message(worker_id, msg, now),
                     Some(lie) => {
                         self.stats.lies += 1;
                         let task = match &msg {
                             FromWorker::Outcome { task, .. }
                             | FromWorker::Acquire { task, .. }
-                            | FromWorker::Release { task, .. } => Some(task.task_id.clone()),
+                            | FromWorker::Release { task, .. } => Some(task.task_id),
                             _ => None,
                         };
-                        let before = self.fingerprint(task.as_deref());
-                        self.driver.core.on_worker_message(&worker_id, msg, now);
-                        let after = self.fingerprint(task.as_deref());
+                        let before = self.fingerprint(task);
+                        self.driver.core.on_worker_message(worker_id, msg, now);
+                        let after = self.fingerprint(task);
                         if before != after {
                             fail!(
                                 "fencing (guarantee 2): a report that is not current ({lie}) from worker {} changed the broker's state:\nbefore {before:?}\nafter  {after:?}",
@@ -707,9 +707,9 @@ impl World {
                     self.trace,
                     now,
                     "broker notices the stream of {} closed",
-                    short(&id)
+                    short(id)
                 );
-                self.driver.core.worker_gone(&id, false, now);
+                self.driver.core.worker_gone(id, false, now);
             }
         }
         Ok(())
@@ -717,7 +717,7 @@ impl World {
 
     /// Whether a worker's report names an attempt the broker has out on
     /// that very worker (then it is no lie, whatever the worker thought).
-    fn is_current(&self, worker_id: &str, msg: &FromWorker) -> bool {
+    fn is_current(&self, worker_id: WorkerId, msg: &FromWorker) -> bool {
         let task = match msg {
             FromWorker::Outcome { task, .. }
             | FromWorker::Acquire { task, .. }
@@ -734,7 +734,7 @@ impl World {
     #[allow(clippy::type_complexity)]
     fn fingerprint(
         &self,
-        task: Option<&str>,
+        task: Option<TaskId>,
     ) -> (
         Option<ChainRecord>,
         Vec<ThrottleStats>,
@@ -742,7 +742,7 @@ impl World {
     ) {
         let chain = task
             .and_then(|t| self.model.chain_of(t))
-            .and_then(|c| self.driver.core.chain(c).ok());
+            .and_then(|c| self.driver.core.chain(*c).ok());
         (
             chain,
             self.driver.core.throttle_info(),
@@ -762,12 +762,12 @@ impl World {
                             self.trace,
                             self.now,
                             "client: chain {} stored ({:?})",
-                            short(&s.chain_id),
+                            short(s.chain_id),
                             s.dedup
                         );
                         self.stats.chains += u64::from(s.dedup.is_none());
                         self.model
-                            .submitted(&spec, &s.chain_id, s.dedup, &self.driver.core)?;
+                            .submitted(&spec, s.chain_id, s.dedup, &self.driver.core)?;
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.push(spec),
                 },
@@ -784,20 +784,20 @@ impl World {
                         for (spec, s) in specs.iter().zip(answers) {
                             self.stats.chains += u64::from(s.dedup.is_none());
                             self.model
-                                .submitted(spec, &s.chain_id, s.dedup, &self.driver.core)?;
+                                .submitted(spec, s.chain_id, s.dedup, &self.driver.core)?;
                         }
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.extend(specs),
                 },
                 Pending::Cancel(mut rx, id, round) => match rx.try_recv() {
                     Err(TryRecvError::Empty) => still.push(Pending::Cancel(rx, id, round)),
-                    Ok(Ok(ChainState::Cancelled)) => self.model.cancelled(&id, round)?,
+                    Ok(Ok(ChainState::Cancelled)) => self.model.cancelled(id, round)?,
                     _ => {}
                 },
                 Pending::Requeue(mut rx) => match rx.try_recv() {
                     Err(TryRecvError::Empty) => still.push(Pending::Requeue(rx)),
                     Ok(Ok(id)) => {
-                        self.model.track(&id);
+                        self.model.track(id);
                         self.model.acked.insert(id);
                     }
                     _ => {}
@@ -889,7 +889,7 @@ impl World {
         self.worker_of.clear();
         self.poll_clients()?;
         // Guarantee 1: every acknowledged chain survives.
-        for id in &self.model.acked {
+        for &id in &self.model.acked {
             if let Err(Error::NotFound(_)) = self.driver.core.chain(id) {
                 fail!(
                     "durable acknowledgment (guarantee 1): chain {id} was acknowledged but is lost after a crash"
@@ -898,7 +898,7 @@ impl World {
         }
         // Submissions whose answer was lost may have been stored.
         for spec in &self.unanswered {
-            if let Some(id) = &spec.chain_id
+            if let Some(id) = spec.chain_id
                 && self.driver.core.chain(id).is_ok()
             {
                 self.model.track(id);
@@ -925,7 +925,7 @@ impl World {
             }
         }
         for spec in std::mem::take(&mut self.unanswered) {
-            if let Some(id) = &spec.chain_id
+            if let Some(id) = spec.chain_id
                 && self.driver.core.chain(id).is_ok()
             {
                 self.model.track(id);
@@ -952,7 +952,7 @@ impl World {
                     .live
                     .iter()
                     .take(5)
-                    .map(|id| match self.driver.core.chain(id) {
+                    .map(|&id| match self.driver.core.chain(id) {
                         Ok(c) => format!(
                             "{id} {:?} at {:?}: {:?}",
                             c.state(),
@@ -993,7 +993,7 @@ impl World {
             let rec = self
                 .driver
                 .core
-                .chain(&id)
+                .chain(id)
                 .map_err(|e| format!("chain {id} cannot be read at the end: {e}"))?;
             self.model.check_end(&rec, &self.driver.core)?;
             self.stats.ended += 1;
@@ -1003,9 +1003,9 @@ impl World {
 
     /// Whether every tracked chain ended and nothing waits or runs.
     fn all_ended(&mut self) -> Result<bool, Violation> {
-        let live: Vec<String> = self.model.live.iter().cloned().collect();
+        let live: Vec<ChainId> = self.model.live.iter().copied().collect();
         for id in live {
-            match self.driver.core.chain(&id) {
+            match self.driver.core.chain(id) {
                 Ok(c) if c.is_ended() => {
                     self.model.live.remove(&id);
                 }
@@ -1026,9 +1026,9 @@ impl World {
     /// Tracked chains seen ended are no longer live (so that clients keep
     /// submitting).
     fn refresh_live(&mut self) {
-        let live: Vec<String> = self.model.live.iter().cloned().collect();
+        let live: Vec<ChainId> = self.model.live.iter().copied().collect();
         for id in live {
-            if self.driver.core.chain(&id).is_ok_and(|c| c.is_ended()) {
+            if self.driver.core.chain(id).is_ok_and(|c| c.is_ended()) {
                 self.model.live.remove(&id);
             }
         }
