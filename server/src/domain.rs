@@ -3,15 +3,16 @@
 //!
 //! Records here are what the store persists. They derive `prost::Message` so
 //! that adding a field later is a schema evolution, not a migration (every
-//! field has a fixed tag; never reuse one). The value types of the public
-//! contract that are pure data (`Options`, `Throttle`, `FailureRecord`) are
-//! reused as they are rather than mirrored field by field.
+//! field has a fixed tag; never reuse one). The value types they hold
+//! (`Options`, `Throttle`, `FailureRecord` and the state enums) are the
+//! store's own (`store::records`), apart from the protocol's: the gRPC edge
+//! (`api::convert`) maps between the two.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use crate::ids::{ChainId, NotAnId, TaskId, WorkerId};
-pub use baton::pb::{
+pub use crate::store::records::{
     ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
 };
 

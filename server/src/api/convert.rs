@@ -201,7 +201,7 @@ fn signature(field: &str, s: pb::Signature) -> Result<Signature, Status> {
         args,
         kwargs,
         immutable: s.immutable,
-        options: Some(options),
+        options: Some(options.into()),
     })
 }
 
@@ -450,7 +450,7 @@ fn pb_signature(s: Signature) -> pb::Signature {
         args: s.args,
         kwargs: s.kwargs,
         immutable: s.immutable,
-        options: s.options,
+        options: s.options.map(Into::into),
     }
 }
 
@@ -469,7 +469,7 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
         result: s.result.clone(),
         result_omitted: s.result_apart && s.result.is_empty(),
         result_bytes: s.result_bytes,
-        failure: s.failure.clone(),
+        failure: s.failure.clone().map(Into::into),
         worker: s.worker.clone(),
         ready_unix_ms: s.ready_ms,
         started_unix_ms: s.started_ms,
@@ -503,7 +503,7 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         finished_unix_ms: c.finished_ms,
         deadline_unix_ms: c.deadline_ms,
         result: c.result.clone(),
-        failure: c.failure.clone(),
+        failure: c.failure.clone().map(Into::into),
         cancel_reason: c.cancel_reason.clone(),
         requeued_from: c.requeued_from.clone(),
         requeued_as: c.requeued_as.clone(),
@@ -536,6 +536,87 @@ pub fn event_view(e: &domain::ChainEvent) -> pb::ChainEvent {
             .at
             .map_or(0, |a| u32::try_from(a.index).unwrap_or(u32::MAX)),
         chain: Some(chain_view(&e.chain)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The store's value types and the protocol's (see `store::records`): the
+// same fields, so each way is a copy.
+// ---------------------------------------------------------------------------
+
+impl From<pb::Throttle> for domain::Throttle {
+    fn from(t: pb::Throttle) -> Self {
+        domain::Throttle {
+            concurrency: t.concurrency,
+            key: t.key,
+            shared: t.shared,
+            scope: t.scope,
+        }
+    }
+}
+
+impl From<domain::Throttle> for pb::Throttle {
+    fn from(t: domain::Throttle) -> Self {
+        pb::Throttle {
+            concurrency: t.concurrency,
+            key: t.key,
+            shared: t.shared,
+            scope: t.scope,
+        }
+    }
+}
+
+impl From<pb::Options> for domain::Options {
+    fn from(o: pb::Options) -> Self {
+        domain::Options {
+            queue: o.queue,
+            heavy: o.heavy,
+            throttle: o.throttle.map(Into::into),
+            max_retries: o.max_retries,
+            retry_backoff_ms: o.retry_backoff_ms,
+            retry_backoff_max_ms: o.retry_backoff_max_ms,
+            max_polls: o.max_polls,
+            timeout_ms: o.timeout_ms,
+            countdown_ms: o.countdown_ms,
+            eta_unix_ms: o.eta_unix_ms,
+            priority: o.priority,
+            description: o.description,
+        }
+    }
+}
+
+impl From<domain::Options> for pb::Options {
+    fn from(o: domain::Options) -> Self {
+        pb::Options {
+            queue: o.queue,
+            heavy: o.heavy,
+            throttle: o.throttle.map(Into::into),
+            max_retries: o.max_retries,
+            retry_backoff_ms: o.retry_backoff_ms,
+            retry_backoff_max_ms: o.retry_backoff_max_ms,
+            max_polls: o.max_polls,
+            timeout_ms: o.timeout_ms,
+            countdown_ms: o.countdown_ms,
+            eta_unix_ms: o.eta_unix_ms,
+            priority: o.priority,
+            description: o.description,
+        }
+    }
+}
+
+impl From<domain::FailureRecord> for pb::FailureRecord {
+    fn from(f: domain::FailureRecord) -> Self {
+        pb::FailureRecord {
+            chain_id: f.chain_id,
+            phase: f.phase,
+            step_index: f.step_index,
+            task_name: f.task_name,
+            task_id: f.task_id,
+            attempt: f.attempt,
+            error_type: f.error_type,
+            message: f.message,
+            traceback: f.traceback,
+        }
     }
 }
 

@@ -99,9 +99,9 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
     let mut tasks = Vec::with_capacity(h.tasks.len());
     for (i, t) in h.tasks.into_iter().enumerate() {
         convert::check_name(&format!("hello.tasks[{i}].name"), &t.name)?;
-        let defaults: Options = t.defaults.unwrap_or_default();
+        let defaults = t.defaults.unwrap_or_default();
         convert::check_options(&format!("hello.tasks[{i}].defaults"), &defaults)?;
-        tasks.push((t.name, defaults));
+        tasks.push((t.name, Options::from(defaults)));
     }
     let held = h
         .held
@@ -190,7 +190,7 @@ fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
             FromWorker::Acquire {
                 request_id: a.request_id,
                 task: convert::task_ref(a.task)?,
-                throttle,
+                throttle: throttle.into(),
             }
         }
         worker_message::Msg::ThrottleRelease(r) => FromWorker::Release {

@@ -231,7 +231,7 @@ impl Summary {
             failure: c.failure.clone().map(|mut f| {
                 // The list shows the message; the traceback is on the chain.
                 f.traceback.clear();
-                json::Failure::from(f)
+                json::Failure::from(baton::pb::FailureRecord::from(f))
             }),
             requeued_from: c.requeued_from.clone(),
             requeued_as: c.requeued_as.clone(),

@@ -50,6 +50,7 @@ mod backend;
 mod committer;
 mod mem;
 mod postgres;
+pub mod records;
 mod shared;
 mod sled_backend;
 #[cfg(test)]
