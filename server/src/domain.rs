@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use crate::ids::{ChainId, NotAnId, TaskId, WorkerId};
+pub use crate::step::{RESULT_APART_AFTER, Run, StepRecord, StepStatus};
 pub use crate::store::records::{
     ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
 };
@@ -260,84 +261,6 @@ pub struct InBodyHold {
     pub request_id: u64,
 }
 
-/// The persisted state of one step of a chain.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StepRecord {
-    /// Stable across attempts.
-    #[prost(string, tag = "1")]
-    pub task_id: String,
-    #[prost(message, optional, tag = "2")]
-    pub signature: Option<Signature>,
-    #[prost(enumeration = "StepState", tag = "3")]
-    pub state: i32,
-    /// Runs started so far; the current attempt number while running.
-    #[prost(uint32, tag = "4")]
-    pub attempts: u32,
-    #[prost(uint32, tag = "5")]
-    pub polls: u32,
-    #[prost(uint32, tag = "6")]
-    pub retries: u32,
-    /// Runs lost to lapsed leases (worker crash or hang).
-    #[prost(uint32, tag = "7")]
-    pub lapses: u32,
-    #[prost(string, tag = "8")]
-    pub queue: String,
-    /// JSON result once succeeded.
-    #[prost(string, tag = "9")]
-    pub result: String,
-    #[prost(message, optional, tag = "10")]
-    pub failure: Option<FailureRecord>,
-    #[prost(string, tag = "11")]
-    pub worker: String,
-    #[prost(uint64, tag = "12")]
-    pub ready_ms: UnixMs,
-    #[prost(uint64, tag = "13")]
-    pub started_ms: UnixMs,
-    #[prost(uint64, tag = "14")]
-    pub finished_ms: UnixMs,
-    /// While SCHEDULED: when the step becomes ready.
-    #[prost(uint64, tag = "15")]
-    pub not_before_ms: UnixMs,
-    /// In-body slots held by the current attempt.
-    #[prost(message, repeated, tag = "16")]
-    pub in_body: Vec<InBodyHold>,
-    /// The result is stored apart, written once (see [`RESULT_APART_AFTER`]):
-    /// `result` is empty in the store. In memory, the scheduler keeps the
-    /// ones its chains still use (see [`ChainRecord::results_in_use`]).
-    #[prost(bool, tag = "17")]
-    pub result_apart: bool,
-    /// The result's length in bytes, once succeeded.
-    #[prost(uint64, tag = "18")]
-    pub result_bytes: u64,
-}
-
-/// Results longer than this are stored apart from their chain's record,
-/// once, instead of in the record, which is written again at every step:
-/// a chain of 40 steps returning 1 MB each grew a 40 MB record rewritten
-/// 40 times (finding 10 of docs/reliability.md).
-pub const RESULT_APART_AFTER: usize = 16 * 1024;
-
-impl StepRecord {
-    pub fn signature(&self) -> &Signature {
-        // Every stored step has a signature; the default keeps readers total.
-        static EMPTY: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
-        self.signature
-            .as_ref()
-            .unwrap_or_else(|| EMPTY.get_or_init(Signature::default))
-    }
-
-    pub fn name(&self) -> &str {
-        &self.signature().name
-    }
-
-    /// Its task id. The store holds it as text, written by the broker from
-    /// a [`TaskId`]; a record that does not parse was checked when it was
-    /// read (see `ChainRecord::check_ids`), so the nil id never shows here.
-    pub fn task(&self) -> TaskId {
-        TaskId::parse(&self.task_id).unwrap_or_default()
-    }
-}
-
 /// The persisted state of one chain: its spec, its progress and the slots
 /// it holds. Every transition rewrites the whole record in one batch.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -414,7 +337,7 @@ pub struct ColdSummary {
 }
 
 /// Where a step sits inside its chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct StepAt {
     pub phase: Phase,
     pub index: usize,
@@ -451,7 +374,7 @@ impl ChainRecord {
                 .map(|sig| StepRecord {
                     task_id: ids.task().to_string(),
                     signature: Some(sig),
-                    state: StepState::Pending as i32,
+                    status: StepStatus::Pending,
                     ..Default::default()
                 })
                 .collect()

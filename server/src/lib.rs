@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod settings;
 pub mod standby;
+pub mod step;
 pub mod store;
 
 use std::future::Future;

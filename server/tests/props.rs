@@ -258,7 +258,7 @@ fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
             0 => c.cursor = n,
             1 => c.phase = e,
             2 => c.state = e,
-            3 => c.steps[0].state = e,
+            3 => c.steps[0].status = baton_server::domain::StepStatus::of(e),
             4 => c.steps.clear(),
             _ => c.steps[0].signature = None,
         }

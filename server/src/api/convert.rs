@@ -461,7 +461,7 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
         phase: phase as i32,
         index: u32::try_from(index).unwrap_or(u32::MAX),
         name: sig.name.clone(),
-        state: s.state,
+        state: s.state() as i32,
         attempts: s.attempts,
         polls: s.polls,
         retries: s.retries,

@@ -119,7 +119,7 @@ impl Core {
                     .in_flight
                     .iter()
                     .filter_map(|t| {
-                        self.runs.get(t).map(|r| TaskRef {
+                        self.run(*t).map(|r| TaskRef {
                             task_id: *t,
                             attempt: r.attempt,
                         })

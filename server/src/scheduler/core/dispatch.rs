@@ -150,12 +150,10 @@ impl Core {
                     request_id,
                 } => {
                     let current = self
-                        .runs
-                        .get(&task.task_id)
+                        .run(task.task_id)
                         .filter(|r| r.attempt == task.attempt)
-                        .map(|r| r.chain_id);
-                    if let Some(chain_id) = current {
-                        let at = self.runs[&task.task_id].at;
+                        .map(|r| (r.chain_id, r.at));
+                    if let Some((chain_id, at)) = current {
                         let hold = InBodyHold {
                             identity: Some(identity),
                             request_id,
@@ -289,7 +287,6 @@ impl Core {
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let context = rec.context.clone();
         let step = rec.step_mut(at);
-        step.state = StepState::Running as i32;
         step.attempts += 1;
         step.worker = worker_name.clone();
         step.started_ms = now;
@@ -323,18 +320,20 @@ impl Core {
             polls: step.polls,
             retries: step.retries,
         };
-        self.runs.insert(
-            task_id,
-            Run {
-                chain_id,
-                at,
-                attempt,
-                worker: Some(worker_id),
-                renewed: None,
-                declared,
-                timed_out: false,
-            },
-        );
+        let run = Run {
+            chain_id,
+            at,
+            attempt,
+            worker: Some(worker_id),
+            renewed: None,
+            declared,
+            timed_out: false,
+        };
+        self.chains
+            .get_mut(&chain_id)
+            .expect("live chain")
+            .step_mut(at)
+            .start(run);
         self.workers
             .get_mut(&worker_id)
             .expect("connected worker")
@@ -373,8 +372,13 @@ impl Core {
     }
 
     /// Ends a run: frees its worker's concurrency and every slot it holds.
+    /// Its step is left pending: the caller moves it on in the same
+    /// transition (done, failed, again, or settled if its chain moved on).
     pub(super) fn end_run(&mut self, task_id: TaskId, now: UnixMs) -> Option<Run> {
-        let run = self.runs.remove(&task_id)?;
+        let (chain_id, at) = *self.tasks.get(&task_id)?;
+        let step = self.chains.get_mut(&chain_id)?.step_mut(at);
+        let run = step.end_run(StepState::Pending)?;
+        let in_body = std::mem::take(&mut step.in_body);
         if let Some(worker) = run.worker.as_ref().and_then(|w| self.workers.get_mut(w)) {
             worker.in_flight.remove(&task_id);
         }
@@ -383,12 +387,7 @@ impl Core {
             grants
                 .extend(self.throttle_op(|t, cs| t.release(identity, &Holder::Task(task_id), cs)));
         }
-        let step = self
-            .chains
-            .get_mut(&run.chain_id)
-            .expect("live chain")
-            .step_mut(run.at);
-        for hold in std::mem::take(&mut step.in_body) {
+        for hold in in_body {
             if let Some(identity) = hold.identity {
                 let holder = Holder::InBody {
                     task_id,
@@ -449,7 +448,7 @@ impl Core {
                 .get_mut(&chain_id)
                 .expect("live chain")
                 .step_mut(run.at);
-            step.state = StepState::Failed as i32;
+            step.set_state(StepState::Failed);
             step.failure = Some(record.clone());
             step.finished_ms = now;
             self.event(chain_id, "step_failed", Some(run.at));

@@ -63,10 +63,8 @@ impl Core {
         let task_id = step.task();
         match step.state() {
             StepState::Running => {
-                if let Some((worker, attempt)) = self
-                    .runs
-                    .get(&task_id)
-                    .and_then(|r| r.worker.map(|w| (w, r.attempt)))
+                if let Some((worker, attempt)) =
+                    step.run().and_then(|r| r.worker.map(|w| (w, r.attempt)))
                 {
                     let task = TaskRef { task_id, attempt };
                     self.send_worker(
@@ -108,7 +106,7 @@ impl Core {
                     .get_mut(&chain_id)
                     .expect("live chain")
                     .step_mut(at);
-                step.state = state as i32;
+                step.set_state(state);
                 step.finished_ms = now;
             }
         }
@@ -146,7 +144,7 @@ impl Core {
             .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
-        step.state = StepState::Scheduled as i32;
+        step.set_state(StepState::Scheduled);
         step.not_before_ms = when;
         let task_id = step.task();
         self.add_timer(when, Timer::Ready { task_id, at: when });
@@ -171,7 +169,7 @@ impl Core {
             .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
-        step.state = StepState::Throttled as i32;
+        step.set_state(StepState::Throttled);
         step.ready_ms = now;
         let (holder, ticket) = if chain_scoped {
             (
@@ -192,7 +190,7 @@ impl Core {
             .get_mut(&chain_id)
             .expect("live chain")
             .step_mut(at);
-        step.state = StepState::Ready as i32;
+        step.set_state(StepState::Ready);
         step.ready_ms = now;
         step.queue = eff.queue.clone();
         let name = step.name().to_owned();
@@ -204,7 +202,8 @@ impl Core {
     }
 
     /// A run that ended after its chain moved on (cancelled, deadline):
-    /// record how the step ended and retire the chain if nothing is out.
+    /// record how the step ended (its run just ended: see
+    /// [`Core::end_run`]) and retire the chain if nothing is out.
     pub(super) fn settle_superseded(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
         let rec = self.chains.get_mut(&chain_id).expect("live chain");
         let state = if rec.state() == ChainState::Cancelled {
@@ -213,10 +212,8 @@ impl Core {
             StepState::Failed
         };
         let step = rec.step_mut(at);
-        if step.state() == StepState::Running {
-            step.state = state as i32;
-            step.finished_ms = now;
-        }
+        step.set_state(state);
+        step.finished_ms = now;
         self.touch(chain_id);
         self.retire_if_done(chain_id, now);
     }
@@ -334,8 +331,7 @@ impl Core {
     }
 
     pub(super) fn has_runs(&self, rec: &ChainRecord) -> bool {
-        rec.all_steps()
-            .any(|(_, s)| self.runs.contains_key(&s.task()))
+        rec.all_steps().any(|(_, s)| s.run().is_some())
     }
 
     /// An ended chain with no run out releases its chain-scoped slots and

@@ -224,29 +224,6 @@ struct Stored {
     idempotent: Option<ChainId>,
 }
 
-/// One attempt out on a worker.
-#[derive(Debug, Clone)]
-struct Run {
-    chain_id: ChainId,
-    at: StepAt,
-    attempt: u32,
-    /// None while its worker is disconnected (the lease still runs).
-    worker: Option<WorkerId>,
-    /// When its lease was last renewed, in the scheduler's awake time; it
-    /// lapses once the scheduler has been awake for the lease length since
-    /// (see `clock`: time the broker spent paused, with the worker's
-    /// heartbeats waiting unread in its sockets, does not count). `None`
-    /// until its assignment has left for the worker: an assignment waits in
-    /// the outbox until its round is durable, for as long as the store is
-    /// in trouble, and a lease that lapsed there would hand its throttle
-    /// slot to another run while the stale assignment still left
-    /// afterwards. Runs recovered or claimed have left.
-    renewed: Option<u64>,
-    /// The task-scoped declared throttle slot this run holds.
-    declared: Option<Identity>,
-    timed_out: bool,
-}
-
 /// A connected worker.
 pub struct WorkerConn {
     pub name: String,
@@ -366,7 +343,6 @@ pub struct Core {
     /// other work would keep every prefetch full, and a slot holder, which
     /// is never prefetched, would never find an idle run slot.
     reserved: Set<WorkerId>,
-    runs: Map<TaskId, Run>,
     task_defaults: Map<String, Options>,
     /// Results stored apart (see `StepRecord::result_apart`) that chains in
     /// memory still use (`ChainRecord::results_in_use`), by task id, with
@@ -431,7 +407,6 @@ impl Core {
             workers: BTreeMap::new(),
             rr: 0,
             reserved: Set::default(),
-            runs: Map::default(),
             task_defaults: recovered.task_defaults.into_iter().collect(),
             rerouting: Set::default(),
             apart: Map::default(),
@@ -589,18 +564,20 @@ impl Core {
                     .hold(identity, concurrency, holder, info.clone());
             }
         }
-        self.runs.insert(
-            task_id,
-            Run {
-                chain_id,
-                at,
-                attempt,
-                worker: None,
-                renewed: Some(self.awake_ms),
-                declared: declared.map(|(i, _)| i),
-                timed_out: false,
-            },
-        );
+        let run = Run {
+            chain_id,
+            at,
+            attempt,
+            worker: None,
+            renewed: Some(self.awake_ms),
+            declared: declared.map(|(i, _)| i),
+            timed_out: false,
+        };
+        self.chains
+            .get_mut(&chain_id)
+            .expect("live chain")
+            .step_mut(at)
+            .start(run);
         let deadline = self.lease_deadline(now);
         self.add_timer(deadline, Timer::Lease { task_id, attempt });
     }
@@ -658,6 +635,17 @@ impl Core {
         self.ids = ids;
     }
 
+    /// The run task `task_id` has out, if its step is running.
+    pub(super) fn run(&self, task_id: TaskId) -> Option<&Run> {
+        let (chain_id, at) = self.tasks.get(&task_id)?;
+        self.chains.get(chain_id)?.step(*at).run()
+    }
+
+    pub(super) fn run_mut(&mut self, task_id: TaskId) -> Option<&mut Run> {
+        let (chain_id, at) = *self.tasks.get(&task_id)?;
+        self.chains.get_mut(&chain_id)?.step_mut(at).run_mut()
+    }
+
     pub(super) fn touch(&mut self, chain_id: ChainId) {
         self.dirty.insert(chain_id);
     }
@@ -701,7 +689,7 @@ impl Core {
                     // assignment whose run is no longer this attempt is not
                     // sent.
                     let awake = self.awake_ms;
-                    match self.runs.get_mut(&a.task.task_id) {
+                    match self.run_mut(a.task.task_id) {
                         Some(run) if run.attempt == a.task.attempt => run.renewed = Some(awake),
                         _ => return None,
                     }

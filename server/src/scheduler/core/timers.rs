@@ -59,7 +59,7 @@ impl Core {
     }
 
     pub(super) fn on_lease_timer(&mut self, task_id: TaskId, attempt: u32, now: UnixMs) {
-        let Some(run) = self.runs.get(&task_id) else {
+        let Some(run) = self.run(task_id) else {
             return;
         };
         if run.attempt != attempt {
@@ -82,7 +82,7 @@ impl Core {
     }
 
     pub(super) fn on_timeout(&mut self, task_id: TaskId, attempt: u32) {
-        let Some(run) = self.runs.get_mut(&task_id) else {
+        let Some(run) = self.run_mut(task_id) else {
             return;
         };
         if run.attempt != attempt {

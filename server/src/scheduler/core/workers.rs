@@ -47,7 +47,7 @@ impl Core {
             // broker restarted), the worker the step's record names, so
             // that another worker serving the same name cannot take it
             // (finding F2 of the simulator).
-            let claimable = self.runs.get(&task.task_id).is_some_and(|r| {
+            let claimable = self.run(task.task_id).is_some_and(|r| {
                 let owner = match r.worker.as_ref().and_then(|w| self.workers.get(w)) {
                     Some(holder) => holder.name.as_str(),
                     None => self
@@ -59,15 +59,18 @@ impl Core {
                     && self.could_run(&conn, r)
                     && (owner.is_empty() || owner == conn.name)
             });
-            match self.runs.get_mut(&task.task_id).filter(|_| claimable) {
-                Some(run) => {
-                    if let Some(old) = run.worker.replace(worker_id)
+            let claimed = self.run_mut(task.task_id).filter(|_| claimable).map(|run| {
+                run.renewed = Some(awake);
+                (run.worker.replace(worker_id), run.declared.clone())
+            });
+            match claimed {
+                Some((old, declared)) => {
+                    if let Some(old) = old
                         && let Some(old) = self.workers.get_mut(&old)
                     {
                         old.in_flight.remove(&task.task_id);
                     }
-                    run.renewed = Some(awake);
-                    if let Some(identity) = run.declared.clone() {
+                    if let Some(identity) = declared {
                         self.throttles.set_worker(
                             &identity,
                             &Holder::Task(task.task_id),
@@ -184,9 +187,18 @@ impl Core {
                     Leases::All => (true, Set::default()),
                     Leases::Listed(tasks) => (false, tasks.iter().map(|t| t.task_id).collect()),
                 };
-                for task_id in &self.workers[&worker_id].in_flight {
+                let Core {
+                    workers,
+                    tasks,
+                    chains,
+                    ..
+                } = self;
+                for task_id in &workers[&worker_id].in_flight {
                     if (all || listed.contains(task_id))
-                        && let Some(run) = self.runs.get_mut(task_id)
+                        && let Some((chain_id, at)) = tasks.get(task_id)
+                        && let Some(run) = chains
+                            .get_mut(chain_id)
+                            .and_then(|rec| rec.step_mut(*at).run_mut())
                     {
                         // An assignment not sent yet has no lease to extend.
                         if let Some(renewed) = run.renewed.as_mut() {
@@ -214,8 +226,7 @@ impl Core {
 
     /// The run this worker holds for `task`, if it is current.
     pub(super) fn current_run(&self, worker_id: WorkerId, task: &TaskRef) -> Option<&Run> {
-        self.runs
-            .get(&task.task_id)
+        self.run(task.task_id)
             .filter(|r| r.attempt == task.attempt && r.worker == Some(worker_id))
     }
 
@@ -273,7 +284,7 @@ impl Core {
                     .get_mut(&chain_id)
                     .expect("live chain")
                     .step_mut(at);
-                step.state = StepState::Succeeded as i32;
+                step.set_state(StepState::Succeeded);
                 if let Some(failure) = step.failure.as_mut() {
                     shorten_superseded(failure);
                 }
@@ -324,7 +335,7 @@ impl Core {
                     self.schedule(chain_id, at, now.saturating_add(delay));
                     self.event(chain_id, "step_retrying", Some(at));
                 } else {
-                    step.state = StepState::Failed as i32;
+                    step.set_state(StepState::Failed);
                     step.finished_ms = now;
                     self.event(chain_id, "step_failed", Some(at));
                     self.fail_chain(chain_id, record, now);
@@ -349,7 +360,7 @@ impl Core {
                         .get_mut(&chain_id)
                         .expect("live chain")
                         .step_mut(at);
-                    step.state = StepState::Failed as i32;
+                    step.set_state(StepState::Failed);
                     step.failure = Some(record.clone());
                     step.finished_ms = now;
                     self.event(chain_id, "step_failed", Some(at));
@@ -449,7 +460,7 @@ impl Core {
         listed: &Set<u64>,
         now: UnixMs,
     ) {
-        let Some(run) = self.runs.get(&task_id).cloned() else {
+        let Some(run) = self.run(task_id).cloned() else {
             return;
         };
         let step = self
@@ -491,7 +502,7 @@ impl Core {
             |w| matches!(&w.ticket, Ticket::InBody { worker_id: id, .. } if *id == worker_id),
         );
         for task_id in conn.in_flight {
-            if let Some(run) = self.runs.get_mut(&task_id) {
+            if let Some(run) = self.run_mut(task_id) {
                 run.worker = None;
             }
             if clean {
