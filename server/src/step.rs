@@ -213,6 +213,32 @@ impl StepRecord {
     }
 }
 
+/// The record's plain fields by tag, for the encoder and its length (one
+/// list, so the two cannot disagree).
+impl StepRecord {
+    fn counts(&self) -> [(u32, u32); 4] {
+        [
+            (4, self.attempts),
+            (5, self.polls),
+            (6, self.retries),
+            (7, self.lapses),
+        ]
+    }
+
+    fn texts(&self) -> [(u32, &String); 2] {
+        [(8, &self.queue), (9, &self.result)]
+    }
+
+    fn times(&self) -> [(u32, UnixMs); 4] {
+        [
+            (12, self.ready_ms),
+            (13, self.started_ms),
+            (14, self.finished_ms),
+            (15, self.not_before_ms),
+        ]
+    }
+}
+
 impl prost::Message for StepRecord {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         use encoding::{bool, message, string, uint32, uint64};
@@ -226,17 +252,12 @@ impl prost::Message for StepRecord {
         if state != 0 {
             encoding::int32::encode(3, &state, buf);
         }
-        for (tag, value) in [
-            (4, self.attempts),
-            (5, self.polls),
-            (6, self.retries),
-            (7, self.lapses),
-        ] {
+        for (tag, value) in self.counts() {
             if value != 0 {
                 uint32::encode(tag, &value, buf);
             }
         }
-        for (tag, value) in [(8, &self.queue), (9, &self.result)] {
+        for (tag, value) in self.texts() {
             if !value.is_empty() {
                 string::encode(tag, value, buf);
             }
@@ -247,12 +268,7 @@ impl prost::Message for StepRecord {
         if !self.worker.is_empty() {
             string::encode(11, &self.worker, buf);
         }
-        for (tag, value) in [
-            (12, self.ready_ms),
-            (13, self.started_ms),
-            (14, self.finished_ms),
-            (15, self.not_before_ms),
-        ] {
+        for (tag, value) in self.times() {
             if value != 0 {
                 uint64::encode(tag, &value, buf);
             }
@@ -325,17 +341,12 @@ impl prost::Message for StepRecord {
         if state != 0 {
             len += encoding::int32::encoded_len(3, &state);
         }
-        for (tag, value) in [
-            (4, self.attempts),
-            (5, self.polls),
-            (6, self.retries),
-            (7, self.lapses),
-        ] {
+        for (tag, value) in self.counts() {
             if value != 0 {
                 len += uint32::encoded_len(tag, &value);
             }
         }
-        for (tag, value) in [(8, &self.queue), (9, &self.result)] {
+        for (tag, value) in self.texts() {
             if !value.is_empty() {
                 len += string::encoded_len(tag, value);
             }
@@ -346,12 +357,7 @@ impl prost::Message for StepRecord {
         if !self.worker.is_empty() {
             len += string::encoded_len(11, &self.worker);
         }
-        for (tag, value) in [
-            (12, self.ready_ms),
-            (13, self.started_ms),
-            (14, self.finished_ms),
-            (15, self.not_before_ms),
-        ] {
+        for (tag, value) in self.times() {
             if value != 0 {
                 len += uint64::encoded_len(tag, &value);
             }

@@ -158,11 +158,7 @@ impl Core {
                             identity: Some(identity),
                             request_id,
                         };
-                        let step = self
-                            .chains
-                            .get_mut(&chain_id)
-                            .expect("live chain")
-                            .step_mut(at);
+                        let step = self.live_step(chain_id, at);
                         step.in_body.push(hold);
                         self.touch(chain_id);
                         self.send_worker(worker_id, ToWorker::Granted { request_id });
@@ -329,11 +325,7 @@ impl Core {
             declared,
             timed_out: false,
         };
-        self.chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at)
-            .start(run);
+        self.live_step(chain_id, at).start(run);
         self.workers
             .get_mut(&worker_id)
             .expect("connected worker")
@@ -443,11 +435,7 @@ impl Core {
                 &format!("the run was lost {} times ({reason})", MAX_LAPSES + 1),
                 "",
             );
-            let step = self
-                .chains
-                .get_mut(&chain_id)
-                .expect("live chain")
-                .step_mut(run.at);
+            let step = self.live_step(chain_id, run.at);
             step.set_state(StepState::Failed);
             step.failure = Some(record.clone());
             step.finished_ms = now;

@@ -101,11 +101,7 @@ impl Core {
                         self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), cs));
                     self.apply_grants(grants, now);
                 }
-                let step = self
-                    .chains
-                    .get_mut(&chain_id)
-                    .expect("live chain")
-                    .step_mut(at);
+                let step = self.live_step(chain_id, at);
                 step.set_state(state);
                 step.finished_ms = now;
             }
@@ -139,11 +135,7 @@ impl Core {
     }
 
     pub(super) fn schedule(&mut self, chain_id: ChainId, at: StepAt, when: UnixMs) {
-        let step = self
-            .chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at);
+        let step = self.live_step(chain_id, at);
         step.set_state(StepState::Scheduled);
         step.not_before_ms = when;
         let task_id = step.task();
@@ -164,11 +156,7 @@ impl Core {
         if chain_scoped && rec.chain_holds.contains(&identity) {
             return self.enqueue(chain_id, at, now);
         }
-        let step = self
-            .chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at);
+        let step = self.live_step(chain_id, at);
         step.set_state(StepState::Throttled);
         step.ready_ms = now;
         let (holder, ticket) = if chain_scoped {
@@ -185,11 +173,7 @@ impl Core {
     pub(super) fn enqueue(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
         let rec = &self.chains[&chain_id];
         let eff = self.effective(rec, at);
-        let step = self
-            .chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at);
+        let step = self.live_step(chain_id, at);
         step.set_state(StepState::Ready);
         step.ready_ms = now;
         step.queue = eff.queue.clone();

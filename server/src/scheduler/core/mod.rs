@@ -573,11 +573,7 @@ impl Core {
             declared: declared.map(|(i, _)| i),
             timed_out: false,
         };
-        self.chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at)
-            .start(run);
+        self.live_step(chain_id, at).start(run);
         let deadline = self.lease_deadline(now);
         self.add_timer(deadline, Timer::Lease { task_id, attempt });
     }
@@ -633,6 +629,15 @@ impl Core {
     #[cfg(test)]
     pub fn set_ids(&mut self, ids: Ids) {
         self.ids = ids;
+    }
+
+    /// A step of a chain in memory (it must be: callers hold its id from
+    /// the machine's own maps).
+    pub(super) fn live_step(&mut self, chain_id: ChainId, at: StepAt) -> &mut StepRecord {
+        self.chains
+            .get_mut(&chain_id)
+            .expect("live chain")
+            .step_mut(at)
     }
 
     /// The run task `task_id` has out, if its step is running.

@@ -119,11 +119,7 @@ impl Core {
             StepState::Failed,
             now,
         );
-        self.chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at)
-            .failure = Some(record.clone());
+        self.live_step(chain_id, at).failure = Some(record.clone());
         self.event(chain_id, "step_failed", Some(at));
         self.fail_chain(chain_id, record, now);
         self.touch(chain_id);

@@ -279,6 +279,7 @@ impl Core {
         let eff = self.effective(rec, at);
         match outcome {
             RunOutcome::Success(result) => {
+                // Split borrows: the step, the batch and the kept results.
                 let step = self
                     .chains
                     .get_mut(&chain_id)
@@ -322,16 +323,12 @@ impl Core {
             } => {
                 let record =
                     self.failure_of(chain_id, at, run.attempt, &error_type, &message, &traceback);
-                let step = self
-                    .chains
-                    .get_mut(&chain_id)
-                    .expect("live chain")
-                    .step_mut(at);
+                let step = self.live_step(chain_id, at);
                 step.failure = Some(record.clone());
                 if retryable && step.retries < eff.max_retries {
                     step.retries += 1;
-                    self.task_metrics.get(&record.task_name).retried.inc();
                     let delay = eff.backoff(step.retries);
+                    self.task_metrics.get(&record.task_name).retried.inc();
                     self.schedule(chain_id, at, now.saturating_add(delay));
                     self.event(chain_id, "step_retrying", Some(at));
                 } else {
@@ -342,11 +339,7 @@ impl Core {
                 }
             }
             RunOutcome::RetryLater { delay_ms, message } => {
-                let step = self
-                    .chains
-                    .get_mut(&chain_id)
-                    .expect("live chain")
-                    .step_mut(at);
+                let step = self.live_step(chain_id, at);
                 step.polls += 1;
                 if step.polls > eff.max_polls {
                     let msg = format!(
@@ -355,11 +348,7 @@ impl Core {
                     );
                     let record =
                         self.failure_of(chain_id, at, run.attempt, "PollBudgetExhausted", &msg, "");
-                    let step = self
-                        .chains
-                        .get_mut(&chain_id)
-                        .expect("live chain")
-                        .step_mut(at);
+                    let step = self.live_step(chain_id, at);
                     step.set_state(StepState::Failed);
                     step.failure = Some(record.clone());
                     step.finished_ms = now;
@@ -434,11 +423,7 @@ impl Core {
             task_id: task.task_id,
             request_id,
         };
-        let step = self
-            .chains
-            .get_mut(&run.chain_id)
-            .expect("live chain")
-            .step_mut(run.at);
+        let step = self.live_step(run.chain_id, run.at);
         let Some(pos) = step.in_body.iter().position(|h| h.request_id == request_id) else {
             // Not granted yet: withdraw the request.
             self.throttles.remove_waiters(|w| w.holder == holder);
@@ -463,11 +448,7 @@ impl Core {
         let Some(run) = self.run(task_id).cloned() else {
             return;
         };
-        let step = self
-            .chains
-            .get_mut(&run.chain_id)
-            .expect("live chain")
-            .step_mut(run.at);
+        let step = self.live_step(run.chain_id, run.at);
         let (keep, release): (Vec<_>, Vec<_>) = std::mem::take(&mut step.in_body)
             .into_iter()
             .partition(|h| listed.contains(&h.request_id));
