@@ -38,6 +38,10 @@
 //!
 //! No part reads a clock or draws a random id: time comes in as an
 //! argument and ids from [`Ids`], so a run can be replayed (the simulator).
+//! Ids are typed copies (`ChainId`, `TaskId`, `WorkerId`, see `ids.rs`);
+//! their text form is made only where they leave for the store or a
+//! client. A running step holds its run (`StepStatus::Running`, see
+//! `step.rs`): [`Core::run`] finds it from a task id.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
