@@ -208,6 +208,14 @@ def spin(n):
     return total
 
 
+@app.task(name="demo.spin_span")
+def spin_span(n):
+    """CPU-bound, saying where and when it ran: [pid, start, end] (unix s)."""
+    start = time.time()
+    spin(n)
+    return [os.getpid(), start, time.time()]
+
+
 # -- the same plain functions, without the coroutines ------------------------
 
 plain_app = Baton()

@@ -94,25 +94,21 @@ def test_cancel_wakes_a_child_waiting_for_a_throttle_slot(tasks, start_worker, e
 
 
 def test_cpu_bound_bodies_run_side_by_side(tasks, start_worker):
-    """Four CPU-bound bodies on 2 children take about half as long as on 2 threads."""
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("needs 2 cores")
-    n = 3_000_000
+    """Two CPU-bound bodies on 2 children run at once, in two processes.
 
-    def elapsed():
-        tasks.spin.delay(10).get(timeout=30)  # warm
-        t0 = time.perf_counter()
-        for r in [tasks.spin.delay(n) for _ in range(4)]:
-            r.get(timeout=120)
-        return time.perf_counter() - t0
-
-    threads = start_worker(concurrency=2)
-    on_threads = elapsed()
-    threads.signal(signal.SIGTERM)
-    assert threads.proc.wait(30) == 0
-    start_worker(concurrency=2, args=POOL)
-    on_processes = elapsed()
-    assert on_processes < on_threads * 0.8, (on_processes, on_threads)
+    No GIL is shared, so they run in parallel; that is what the pool is for.
+    How much faster that is on this machine is a benchmark's question
+    (docs/benchmarks.md, "CPU-bound tasks"), not a test's: a busy machine
+    may not give the two children two cores at the same moment.
+    """
+    worker = start_worker(concurrency=2, args=POOL)
+    tasks.spin.delay(10).get(timeout=30)  # both children are up
+    n = 2_000_000
+    spans = [r.get(timeout=120) for r in [tasks.spin_span.delay(n) for _ in range(2)]]
+    (pid_a, start_a, end_a), (pid_b, start_b, end_b) = spans
+    assert worker.pid not in (pid_a, pid_b)
+    assert pid_a != pid_b, "both bodies ran in one child"
+    assert start_a < end_b and start_b < end_a, ("one body waited for the other", spans)
 
 
 def test_sigterm_drains_a_process_pool(tasks, start_worker, events, broker):
