@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::core::{Answer, Answerable, Core, Output, Req, RequestId};
 use super::{Command, Error, Settings, Snapshot, watchers};
 use crate::domain::*;
-use crate::store::Fault;
+use crate::store::{Fault, Shared};
 
 /// Sends an answer on the oneshot it belongs to.
 type Answering = Box<dyn FnOnce(Answer) + Send>;
@@ -26,6 +26,9 @@ type Answering = Box<dyn FnOnce(Answer) + Send>;
 pub struct Driver {
     /// The machine.
     pub core: Core,
+    /// What the machine reads of the store, lent with each input that may
+    /// need it (see `store::Lookup`): the machine keeps no store handle.
+    pub(super) reads: Shared,
     /// Requests waiting for their answer, by number.
     replies: Map<RequestId, Answering>,
     next_request: RequestId,
@@ -39,9 +42,10 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(core: Core) -> Self {
+    pub fn new(core: Core, reads: Shared) -> Self {
         Driver {
             core,
+            reads,
             replies: Map::default(),
             next_request: 0,
             workers: Map::default(),
@@ -112,23 +116,23 @@ impl Driver {
         match cmd {
             Command::Submit(spec, reply) => {
                 let req = self.request(reply);
-                self.core.submit(spec, req, now);
+                self.core.submit(&self.reads, spec, req, now);
             }
             Command::SubmitMany(specs, reply) => {
                 let req = self.request(reply);
-                self.core.submit_many(specs, req, now);
+                self.core.submit_many(&self.reads, specs, req, now);
             }
             Command::Get(id, reply) => {
                 let req = self.request(reply);
-                self.core.get(id, req);
+                self.core.get(&self.reads, id, req);
             }
             Command::StepResult(id, task_id, reply) => {
                 let req = self.request(reply);
-                self.core.step_result(id, task_id, req);
+                self.core.step_result(&self.reads, id, task_id, req);
             }
             Command::Inspect(id, reply) => {
                 let req = self.request(reply);
-                self.core.inspect(id, req);
+                self.core.inspect(&self.reads, id, req);
             }
             Command::Watch(id, tx, reply) => {
                 if self.watch_count() >= limits.max_watches {
@@ -142,11 +146,11 @@ impl Driver {
                 }
                 let req = self.request(reply);
                 self.opening.insert(req.id(), tx);
-                self.core.watch(id, req);
+                self.core.watch(&self.reads, id, req);
             }
             Command::Cancel(id, reason, reply) => {
                 let req = self.request(reply);
-                self.core.cancel(id, reason, req, now);
+                self.core.cancel(&self.reads, id, reason, req, now);
             }
             Command::Connect(hello, tx, reply) => {
                 if self.core.worker_count() >= limits.max_workers {
@@ -182,11 +186,12 @@ impl Driver {
             }
             Command::Purge(queue, reason, reply) => {
                 let req = self.request(reply);
-                self.core.purge_queue(&queue, &reason, req, now);
+                self.core
+                    .purge_queue(&self.reads, &queue, &reason, req, now);
             }
             Command::Requeue(id, reply) => {
                 let req = self.request(reply);
-                self.core.requeue(id, req, now);
+                self.core.requeue(&self.reads, id, req, now);
             }
             Command::Drain(worker, reply) => {
                 let req = self.request(reply);
@@ -217,6 +222,31 @@ impl Driver {
         }
     }
 
+    /// Assigns what can start now (see [`Core::dispatch`]).
+    pub fn dispatch(&mut self, now: UnixMs) {
+        self.core.dispatch(&self.reads, now);
+    }
+
+    /// Fires the timers due by `now` (see [`Core::fire_timers`]).
+    pub fn fire_timers(&mut self, now: UnixMs) {
+        self.core.fire_timers(&self.reads, now);
+    }
+
+    /// Removes ended chains past their retention (see [`Core::sweep`]).
+    pub fn sweep(&mut self, now: UnixMs) {
+        self.core.sweep(&self.reads, now);
+    }
+
+    /// A chain as a client would read it (see [`Core::chain`]), for the
+    /// simulator's and the unit tests' checks.
+    ///
+    /// # Errors
+    /// As [`Core::chain`].
+    #[cfg(test)]
+    pub fn chain(&self, chain_id: ChainId) -> Result<ChainRecord, Error> {
+        self.core.chain(&self.reads, chain_id)
+    }
+
     /// Registers a worker's stream; returns its worker id.
     pub fn connect(
         &mut self,
@@ -224,7 +254,7 @@ impl Driver {
         tx: mpsc::Sender<ToWorker>,
         now: UnixMs,
     ) -> WorkerId {
-        let id = self.core.connect(hello, now);
+        let id = self.core.connect(&self.reads, hello, now);
         self.workers.insert(id, tx);
         id
     }

@@ -3,12 +3,14 @@
 //! Three parts, each with one job:
 //! - `core::Core`, the **machine**: every decision (what to store, whom
 //!   to assign what, what to answer), made from its inputs and the time it
-//!   is given. It holds no channel and reads no clock; what it decides
-//!   leaves as plain data (`core::Output`) at the end of a round.
+//!   is given. It holds no channel and no store handle, and reads no clock;
+//!   what it decides leaves as plain data (`core::Output`) at the end of a
+//!   round.
 //! - `driver::Driver`, the **driver**: the oneshot of each request, the
-//!   stream of each worker and watcher. It turns commands into inputs of
-//!   the machine and outputs into sends; a send that fails comes back to
-//!   the machine as an input.
+//!   stream of each worker and watcher, and the store's read side, lent to
+//!   the machine with each input (`store::Lookup`). It turns commands into
+//!   inputs of the machine and outputs into sends; a send that fails comes
+//!   back to the machine as an input.
 //! - the **loop** below (`run_loop`): one task that owns a driver, takes
 //!   whatever commands are waiting (up to a bound), applies them and
 //!   dispatches ready work: a round. Everybody else holds a cheap
@@ -278,12 +280,13 @@ pub fn start(
     let (tx, rx) = mpsc::channel(64 * 1024);
     let lease_ms = u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX);
     let retention_ms = u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX);
-    let mut core = Core::recover(store.clone(), lease_ms, retention_ms, recovered, now_ms());
+    let mut core = Core::recover(&store, lease_ms, retention_ms, recovered, now_ms());
     core.set_priority_aging(u64::try_from(settings.priority_aging.as_millis()).unwrap_or(u64::MAX));
     let metrics = core.metrics.clone();
     let committer = Committer::start(store.clone(), settings.durable, metrics.clone());
     let store_fault = committer.faults();
-    let join = tokio::spawn(run_loop(core, rx, committer, settings, shutdown));
+    let driver = Driver::new(core, store.clone());
+    let join = tokio::spawn(run_loop(driver, rx, committer, settings, shutdown));
     (
         Handle {
             tx,
@@ -296,13 +299,12 @@ pub fn start(
 }
 
 async fn run_loop(
-    core: Core,
+    mut driver: Driver,
     mut rx: mpsc::Receiver<Command>,
     mut committer: Committer,
     limits: Settings,
     shutdown: CancellationToken,
 ) {
-    let mut driver = Driver::new(core);
     let mut outbox: VecDeque<(u64, Output)> = VecDeque::new();
     let mut awake = clock::Awake::start(std::time::Instant::now());
     // Recovery may have changed records (re-queued work): commit it first.
@@ -340,10 +342,10 @@ async fn run_loop(
         driver
             .core
             .set_awake(awake.observe(std::time::Instant::now()));
-        driver.core.fire_timers(now_ms());
+        driver.fire_timers(now_ms());
         // Not while the store is in trouble: removals would only wait.
         if committer.fault().is_none() {
-            driver.core.sweep(now_ms());
+            driver.sweep(now_ms());
         }
         round_end(&mut driver, &mut outbox, &mut committer);
         while outbox
@@ -365,7 +367,7 @@ async fn run_loop(
 /// committer, lets early assignments leave and holds the other outputs
 /// until the batch that holds their writes is durable.
 fn round_end(driver: &mut Driver, outbox: &mut VecDeque<(u64, Output)>, committer: &mut Committer) {
-    driver.core.dispatch(now_ms());
+    driver.dispatch(now_ms());
     let RoundEnd {
         writes,
         effects,

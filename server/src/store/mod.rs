@@ -48,6 +48,7 @@ use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options, Sch
 
 mod backend;
 mod committer;
+mod lookup;
 mod mem;
 mod postgres;
 pub mod records;
@@ -57,6 +58,7 @@ mod sled_backend;
 pub(crate) mod testing;
 pub use backend::{Backend, Entries};
 pub use committer::{Committer, Flushed};
+pub use lookup::Lookup;
 pub use mem::MemBackend;
 pub use postgres::{
     Fence, PgBackend, PgError, SCHEMA_VERSION, connect_config, migrate_schema, redact,

@@ -198,6 +198,7 @@ impl Core {
     /// and stay.
     pub fn purge_queue(
         &mut self,
+        reads: &dyn Lookup,
         queue: &str,
         reason: &str,
         reply: Req<Vec<ChainId>>,
@@ -210,7 +211,7 @@ impl Core {
         let mut unread = 0;
         for (key, place) in self.queues.take_cold(|q, _| q == queue) {
             if unread == 0 {
-                match self.warm(key, false) {
+                match self.warm(reads, key, false) {
                     Ok(chain_id) => {
                         chain_ids.push(chain_id);
                         continue;
@@ -237,7 +238,7 @@ impl Core {
         for &chain_id in &chain_ids {
             // Each is in memory now (warmed above, or hot), so this
             // cancels it.
-            let _ = self.cancel_chain(chain_id, reason.clone(), now);
+            let _ = self.cancel_chain(reads, chain_id, reason.clone(), now);
         }
         tracing::info!(queue, cancelled = chain_ids.len(), unread, "queue purged");
         let answer = if unread == 0 {
@@ -254,17 +255,24 @@ impl Core {
 
     /// Submits a failed chain's spec again as a new chain and links the
     /// two records, in one batch.
-    pub fn requeue(&mut self, chain_id: ChainId, reply: Req<ChainId>, now: UnixMs) {
-        let result = self.requeue_chain(chain_id, now);
+    pub fn requeue(
+        &mut self,
+        reads: &dyn Lookup,
+        chain_id: ChainId,
+        reply: Req<ChainId>,
+        now: UnixMs,
+    ) {
+        let result = self.requeue_chain(reads, chain_id, now);
         self.reply(reply, result);
     }
 
     pub(super) fn requeue_chain(
         &mut self,
+        reads: &dyn Lookup,
         chain_id: ChainId,
         now: UnixMs,
     ) -> Result<ChainId, Error> {
-        let mut original = self.chain(chain_id)?;
+        let mut original = self.chain(reads, chain_id)?;
         if original.state() != ChainState::Failed {
             return Err(Error::Conflict(format!(
                 "chain {chain_id} did not fail (it is {}): only failed chains are requeued",

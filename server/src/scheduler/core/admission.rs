@@ -3,9 +3,15 @@
 use super::*;
 
 impl Core {
-    pub fn submit(&mut self, spec: ChainSpec, reply: Req<Submitted>, now: UnixMs) {
+    pub fn submit(
+        &mut self,
+        reads: &dyn Lookup,
+        spec: ChainSpec,
+        reply: Req<Submitted>,
+        now: UnixMs,
+    ) {
         let result = self
-            .check_admissible(&spec)
+            .check_admissible(reads, &spec)
             .map(|stored| self.admit(spec, stored, now));
         self.reply(reply, result);
     }
@@ -13,12 +19,18 @@ impl Core {
     /// Stores a batch of chains: all of them, or none when one of them
     /// cannot be admitted. They are admitted in order, so a later chain is
     /// deduplicated against an earlier one of the same batch.
-    pub fn submit_many(&mut self, specs: Vec<ChainSpec>, reply: Req<Vec<Submitted>>, now: UnixMs) {
+    pub fn submit_many(
+        &mut self,
+        reads: &dyn Lookup,
+        specs: Vec<ChainSpec>,
+        reply: Req<Vec<Submitted>>,
+        now: UnixMs,
+    ) {
         let checked: Result<Vec<Stored>, Error> = specs
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                self.check_admissible(spec)
+                self.check_admissible(reads, spec)
                     .map_err(|e| e.prefixed(&format!("chains[{i}]: ")))
             })
             .collect();
@@ -38,12 +50,15 @@ impl Core {
     /// that [`admit`] does not read it again.
     ///
     /// [`admit`]: Self::admit
-    pub(super) fn check_admissible(&self, spec: &ChainSpec) -> Result<Stored, Error> {
+    pub(super) fn check_admissible(
+        &self,
+        reads: &dyn Lookup,
+        spec: &ChainSpec,
+    ) -> Result<Stored, Error> {
         let mut stored = Stored::default();
         if !spec.idempotency_key.is_empty() {
-            stored.idempotent = self
-                .store
-                .view(&self.batch, |v| v.idempotent_chain(&spec.idempotency_key))
+            stored.idempotent = reads
+                .idempotent_chain(&self.batch, &spec.idempotency_key)
                 .map_err(|e| Error::Store(e.to_string()))?
                 .and_then(|id| ChainId::parse(&id).ok());
             // A key must never answer with a chain nobody can read: a batch
@@ -51,7 +66,7 @@ impl Core {
             // its chain (finding 18 of docs/reliability.md). The key is
             // then taken anew by this submission.
             if let Some(id) = stored.idempotent
-                && let Err(Error::NotFound(_)) = self.chain(id)
+                && let Err(Error::NotFound(_)) = self.chain(reads, id)
             {
                 tracing::error!(
                     idempotency_key = %spec.idempotency_key,
@@ -62,7 +77,7 @@ impl Core {
             }
         }
         if let Some(id) = spec.chain_id {
-            match self.chain(id) {
+            match self.chain(reads, id) {
                 Ok(rec) if rec.owner != spec.owner => {
                     return Err(Error::Exists(format!(
                         "chain_id {id} is taken by another client's chain; choose a fresh UUID"
@@ -200,12 +215,14 @@ impl Core {
     /// no entry left. Returns the chain's id, or why it could not: then
     /// the caller puts a picked entry back (the store may be unreadable
     /// only while it is repaired after disk trouble).
-    pub(super) fn warm(&mut self, key: ChainKey, queued: bool) -> Result<ChainId, Unwarmed> {
+    pub(super) fn warm(
+        &mut self,
+        reads: &dyn Lookup,
+        key: ChainKey,
+        queued: bool,
+    ) -> Result<ChainId, Unwarmed> {
         let chain_id = ChainId::from_uuid(uuid::Uuid::from_u128(key));
-        let rec = match self
-            .store
-            .view(&self.batch, |v| v.chain(&chain_id.to_string()))
-        {
+        let rec = match reads.chain(&self.batch, &chain_id.to_string()) {
             Ok(Some(rec))
                 if rec.check_ids().is_err() || crate::store::inconsistency(&rec).is_some() =>
             {
@@ -215,7 +232,7 @@ impl Core {
                 tracing::error!(chain.id = %chain_id, why, "a cold chain's record is corrupt: it is lost");
                 return Err(Unwarmed::Missing);
             }
-            Ok(Some(rec)) => match self.results_apart_of(&rec) {
+            Ok(Some(rec)) => match self.results_apart_of(reads, &rec) {
                 Ok(results) => {
                     self.apart.extend(results);
                     rec
@@ -252,12 +269,12 @@ impl Core {
     /// and their names into `rerouting`, for [`Core::dispatch`] to try
     /// again and to keep from picking them under the old defaults
     /// meanwhile. Returns the ids of the chains brought back.
-    pub(super) fn warm_names(&mut self, names: &Set<String>) -> Vec<ChainId> {
+    pub(super) fn warm_names(&mut self, reads: &dyn Lookup, names: &Set<String>) -> Vec<ChainId> {
         let mut warmed = Vec::new();
         let mut unreadable = false;
         for (key, place) in self.queues.take_cold(|_, n| names.contains(n)) {
             if !unreadable {
-                match self.warm(key, false) {
+                match self.warm(reads, key, false) {
                     Ok(chain_id) => {
                         warmed.push(chain_id);
                         continue;
@@ -274,13 +291,12 @@ impl Core {
 
     /// [`Core::warm`] for a chain addressed by id, if it is cold (a store
     /// read, for requests that name a chain not in memory).
-    pub(super) fn warm_by_id(&mut self, chain_id: ChainId) {
+    pub(super) fn warm_by_id(&mut self, reads: &dyn Lookup, chain_id: ChainId) {
         if self.chains.contains_key(&chain_id) {
             return;
         }
-        let cold = self
-            .store
-            .view(&self.batch, |v| v.waits_cold(&chain_id.to_string()))
+        let cold = reads
+            .waits_cold(&self.batch, &chain_id.to_string())
             .unwrap_or_else(|e| {
                 tracing::error!(chain.id = %chain_id, cause = %e, "cannot read the live index");
                 false
@@ -288,7 +304,7 @@ impl Core {
         if cold {
             // Unread, it stays cold in its queue; the request then reads
             // the store itself and fails as the store does.
-            let _ = self.warm(chain_id.uuid().as_u128(), true);
+            let _ = self.warm(reads, chain_id.uuid().as_u128(), true);
         }
     }
 }

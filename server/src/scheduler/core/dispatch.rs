@@ -179,7 +179,7 @@ impl Core {
     /// throttle slot into its prefetch: a slot held by a task waiting there
     /// behind the worker's runs could be the one their bodies wait for. (A
     /// cold entry holds none: chains holding slots are never cooled.)
-    pub fn dispatch(&mut self, now: UnixMs) {
+    pub fn dispatch(&mut self, reads: &dyn Lookup, now: UnixMs) {
         // First the throttle waiters passed over for want of a worker: some
         // worker may be free now (and those still passed over reserve one).
         self.reserved.clear();
@@ -188,7 +188,7 @@ impl Core {
         if !self.rerouting.is_empty() {
             // New task defaults whose cold chains could not be read then.
             let names = std::mem::take(&mut self.rerouting);
-            for chain_id in self.warm_names(&names) {
+            for chain_id in self.warm_names(reads, &names) {
                 let at = self.chains[&chain_id].current();
                 self.make_ready(chain_id, at, now);
             }
@@ -241,7 +241,7 @@ impl Core {
                     );
                 let task_id = match picked {
                     Some((Queued::Hot(task_id), _)) => Some(task_id),
-                    Some((Queued::Cold(key), place)) => match self.warm(key, false) {
+                    Some((Queued::Cold(key), place)) => match self.warm(reads, key, false) {
                         Ok(chain_id) => {
                             let rec = &self.chains[&chain_id];
                             Some(rec.step(rec.current()).task())

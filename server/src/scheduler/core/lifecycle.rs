@@ -5,26 +5,28 @@ use super::*;
 impl Core {
     pub fn cancel(
         &mut self,
+        reads: &dyn Lookup,
         chain_id: ChainId,
         reason: String,
         reply: Req<ChainState>,
         now: UnixMs,
     ) {
-        let result = self.cancel_chain(chain_id, reason, now);
+        let result = self.cancel_chain(reads, chain_id, reason, now);
         self.reply(reply, result);
     }
 
     /// Cancels a chain; returns its state (an ended chain keeps its own).
     pub(super) fn cancel_chain(
         &mut self,
+        reads: &dyn Lookup,
         chain_id: ChainId,
         reason: String,
         now: UnixMs,
     ) -> Result<ChainState, Error> {
-        self.warm_by_id(chain_id);
+        self.warm_by_id(reads, chain_id);
         let rec = match self.chains.get(&chain_id) {
             Some(rec) => rec,
-            None => return self.chain(chain_id).map(|c| c.state()),
+            None => return self.chain(reads, chain_id).map(|c| c.state()),
         };
         if rec.is_ended() {
             return Ok(rec.state());

@@ -16,11 +16,13 @@
 //! previous step's success is on disk, a client hears OK only for a stored
 //! chain, a worker is acked only for a stored outcome.
 //!
-//! The machine reads the store (never writes it) for what is not in
-//! memory: cold chains when their turn comes, chains that ended and left
-//! memory, idempotency keys. Those reads go through the committer's view
-//! (the store with every staged write laid over it), synchronously: they
-//! are page-cache reads of a few microseconds, and a cold chain read in the
+//! The machine keeps no store handle. It reads the store (never writes
+//! it) for what is not in memory (cold chains when their turn comes,
+//! chains that ended and left memory, idempotency keys, ended chains past
+//! their retention) through the [`Lookup`] the driver lends with each input
+//! that may need one: the store with every staged write laid over it, and
+//! the machine's own round over that. The reads are synchronous: they are
+//! page-cache reads of a few microseconds, and a cold chain read in the
 //! round that dispatches it keeps dispatch order exact.
 //!
 //! Where things are:
@@ -52,7 +54,7 @@ use super::throttle::{CanStart, Grant, Holder, HolderInfo, Throttles, Waiter};
 use super::{Error, Inspected, QueueStats, ScheduleView, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
-use crate::store::{Batch, ExpiryCursor, Recovered, Shared};
+use crate::store::{Batch, ExpiryCursor, Lookup, Recovered};
 
 mod admin;
 mod admission;
@@ -312,7 +314,6 @@ enum Timer {
 }
 
 pub struct Core {
-    store: Shared,
     lease_ms: u64,
     /// Where new chain, task and worker ids come from.
     ids: Ids,
@@ -385,14 +386,13 @@ pub struct Core {
 impl Core {
     /// Rebuilds the scheduler from what the store recovered.
     pub fn recover(
-        store: Shared,
+        reads: &dyn Lookup,
         lease_ms: u64,
         retention_ms: u64,
         recovered: Recovered,
         now: UnixMs,
     ) -> Self {
         let mut core = Core {
-            store,
             lease_ms,
             retention_ms,
             ids: Ids::Time,
@@ -443,7 +443,7 @@ impl Core {
                 tracing::error!(chain.id = %chain.id, cause = %e, "skipped a corrupt record during recovery");
                 continue;
             }
-            match core.results_apart_of(&chain) {
+            match core.results_apart_of(reads, &chain) {
                 Ok(results) => core.apart.extend(results),
                 Err(e) => {
                     tracing::error!(chain.id = %chain.id, cause = %e, "cannot read the results this chain hands on");
@@ -617,16 +617,6 @@ impl Core {
             early: std::mem::take(&mut self.early),
             closed: std::mem::take(&mut self.closed),
         }
-    }
-
-    /// Ends a round and applies its writes at once (see
-    /// [`end_round`](Self::end_round)), for tests that drive rounds by
-    /// hand.
-    #[cfg(test)]
-    pub fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
-        let mut round = self.end_round();
-        self.store.apply(std::mem::take(&mut round.writes))?;
-        Ok(round)
     }
 
     /// Draws new ids from `ids` from now on (the simulator's seeded ids).

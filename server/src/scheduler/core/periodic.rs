@@ -167,7 +167,13 @@ impl Core {
     }
 
     /// A schedule's timer fired: submits the chain of each fire time due.
-    pub(super) fn on_schedule_timer(&mut self, name: &str, at: UnixMs, now: UnixMs) {
+    pub(super) fn on_schedule_timer(
+        &mut self,
+        reads: &dyn Lookup,
+        name: &str,
+        at: UnixMs,
+        now: UnixMs,
+    ) {
         let Some(scheduled) = self.schedules.get(name) else {
             return;
         };
@@ -186,7 +192,7 @@ impl Core {
         let mut last_chain = None;
         for (fire_ms, spec) in specs {
             match self
-                .check_admissible(&spec)
+                .check_admissible(reads, &spec)
                 .map(|stored| self.admit(spec, stored, now))
             {
                 Ok(submitted) => {

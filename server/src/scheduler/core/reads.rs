@@ -7,14 +7,12 @@ impl Core {
     /// uses. One missing is an error in the log: the step gets null.
     pub(super) fn results_apart_of(
         &self,
+        reads: &dyn Lookup,
         chain: &ChainRecord,
     ) -> Result<Vec<(TaskId, KeptResult)>, crate::store::Error> {
         let mut out = Vec::new();
         for step in chain.results_in_use().filter(|s| s.result_apart) {
-            match self
-                .store
-                .view(&self.batch, |v| v.result(&chain.id, &step.task_id))?
-            {
+            match reads.result(&self.batch, &chain.id, &step.task_id)? {
                 Some(result) => {
                     let kept = KeptResult {
                         chain_id: chain.chain_id(),
@@ -80,25 +78,21 @@ impl Core {
     /// A chain as requests see it, with the results it still uses filled
     /// in (see [`Core::with_results`]); from the store when it is not in
     /// memory.
-    pub fn chain(&self, chain_id: ChainId) -> Result<ChainRecord, Error> {
+    pub fn chain(&self, reads: &dyn Lookup, chain_id: ChainId) -> Result<ChainRecord, Error> {
         if let Some(rec) = self.chains.get(&chain_id) {
             return Ok(self.with_results(rec.clone()));
         }
         let store_error = |e: crate::store::Error| Error::Store(e.to_string());
-        let mut rec = self
-            .store
-            .view(&self.batch, |v| v.chain(&chain_id.to_string()))
+        let mut rec = reads
+            .chain(&self.batch, &chain_id.to_string())
             .map_err(store_error)?
             .ok_or_else(|| Error::NotFound(format!("chain {chain_id} not found")))?;
         // The chain's result, shown with its step as for a chain in memory.
         if rec.result_apart
             && let Some(last) = rec.steps.last_mut()
         {
-            last.result = self
-                .store
-                .view(&self.batch, |v| {
-                    v.result(&chain_id.to_string(), &last.task_id)
-                })
+            last.result = reads
+                .result(&self.batch, &chain_id.to_string(), &last.task_id)
                 .map_err(store_error)?
                 .unwrap_or_default();
             rec.result = last.result.clone();
@@ -107,8 +101,14 @@ impl Core {
     }
 
     /// A step's result, whether kept in its chain's record or apart.
-    pub fn step_result(&mut self, chain_id: ChainId, task_id: TaskId, reply: Req<String>) {
-        let answer = self.chain(chain_id).and_then(|rec| {
+    pub fn step_result(
+        &mut self,
+        reads: &dyn Lookup,
+        chain_id: ChainId,
+        task_id: TaskId,
+        reply: Req<String>,
+    ) {
+        let answer = self.chain(reads, chain_id).and_then(|rec| {
             let step = rec
                 .all_steps()
                 .find(|(_, s)| s.task() == task_id)
@@ -127,24 +127,22 @@ impl Core {
             if !step.result_apart || !step.result.is_empty() {
                 return Ok(step.result.clone());
             }
-            self.store
-                .view(&self.batch, |v| {
-                    v.result(&chain_id.to_string(), &task_id.to_string())
-                })
+            reads
+                .result(&self.batch, &chain_id.to_string(), &task_id.to_string())
                 .map_err(|e| Error::Store(e.to_string()))?
                 .ok_or_else(|| Error::Store(format!("the result of step {task_id} is missing")))
         });
         self.reply(reply, answer);
     }
 
-    pub fn get(&mut self, chain_id: ChainId, reply: Req<ChainRecord>) {
-        let result = self.chain(chain_id);
+    pub fn get(&mut self, reads: &dyn Lookup, chain_id: ChainId, reply: Req<ChainRecord>) {
+        let result = self.chain(reads, chain_id);
         self.reply(reply, result);
     }
 
     /// [`Core::get`] with the chain's [`Core::unserved_steps`].
-    pub fn inspect(&mut self, chain_id: ChainId, reply: Req<Inspected>) {
-        let result = self.chain(chain_id).map(|rec| {
+    pub fn inspect(&mut self, reads: &dyn Lookup, chain_id: ChainId, reply: Req<Inspected>) {
+        let result = self.chain(reads, chain_id).map(|rec| {
             let unserved = self.unserved_steps(&rec);
             (rec, unserved)
         });
@@ -153,8 +151,8 @@ impl Core {
 
     /// Opens a watcher of a chain (the driver holds its stream, under
     /// the request's number): its first event is a snapshot.
-    pub fn watch(&mut self, chain_id: ChainId, reply: Req<()>) {
-        match self.chain(chain_id) {
+    pub fn watch(&mut self, reads: &dyn Lookup, chain_id: ChainId, reply: Req<()>) {
+        match self.chain(reads, chain_id) {
             Err(e) => self.reply(reply, Err(e)),
             Ok(chain) => {
                 let keep = !chain.is_ended();

@@ -4,6 +4,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 use crate::scheduler::driver::Driver;
+use crate::store::Shared;
 
 /// The machine inside the driver, as the scheduler loop has it: requests
 /// answer on oneshots, workers read channels. Reads through to the machine.
@@ -26,33 +27,42 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 impl Harness {
     fn recover(store: Shared, lease_ms: u64, retention_ms: u64, r: Recovered, now: UnixMs) -> Self {
-        Harness(Driver::new(Core::recover(
-            store,
-            lease_ms,
-            retention_ms,
-            r,
-            now,
-        )))
+        let core = Core::recover(&store, lease_ms, retention_ms, r, now);
+        Harness(Driver::new(core, store))
+    }
+
+    fn dispatch(&mut self, now: UnixMs) {
+        self.0.dispatch(now);
+    }
+
+    fn fire_timers(&mut self, now: UnixMs) {
+        self.0.fire_timers(now);
+    }
+
+    fn chain(&self, chain_id: ChainId) -> Result<ChainRecord, Error> {
+        self.0.chain(chain_id)
     }
 
     fn submit(&mut self, spec: ChainSpec, reply: Reply<Submitted>, now: UnixMs) {
         let req = self.0.request(reply);
-        self.0.core.submit(spec, req, now);
+        self.0.core.submit(&self.0.reads, spec, req, now);
     }
 
     fn submit_many(&mut self, specs: Vec<ChainSpec>, reply: Reply<Vec<Submitted>>, now: UnixMs) {
         let req = self.0.request(reply);
-        self.0.core.submit_many(specs, req, now);
+        self.0.core.submit_many(&self.0.reads, specs, req, now);
     }
 
     fn get(&mut self, chain_id: ChainId, reply: Reply<ChainRecord>) {
         let req = self.0.request(reply);
-        self.0.core.get(chain_id, req);
+        self.0.core.get(&self.0.reads, chain_id, req);
     }
 
     fn purge_queue(&mut self, queue: &str, reason: &str, reply: Reply<Vec<ChainId>>, now: UnixMs) {
         let req = self.0.request(reply);
-        self.0.core.purge_queue(queue, reason, req, now);
+        self.0
+            .core
+            .purge_queue(&self.0.reads, queue, reason, req, now);
     }
 
     fn pause_queue(&mut self, queue: &str, paused: bool, reply: Reply<QueueStats>, now: UnixMs) {
@@ -68,9 +78,11 @@ impl Harness {
         self.0.deliver(output, now);
     }
 
-    /// [`Core::commit`], closing the streams of workers gone.
+    /// Ends a round and applies its writes at once, closing the streams
+    /// of workers gone: rounds driven by hand, durability aside.
     fn commit(&mut self) -> Result<RoundEnd, crate::store::Error> {
-        let mut round = self.0.core.commit()?;
+        let mut round = self.0.core.end_round();
+        self.0.reads.apply(std::mem::take(&mut round.writes))?;
         self.0.close(std::mem::take(&mut round.closed));
         Ok(round)
     }

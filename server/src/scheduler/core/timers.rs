@@ -30,7 +30,7 @@ impl Core {
     }
 
     /// Fires every timer due by `now`.
-    pub fn fire_timers(&mut self, now: UnixMs) {
+    pub fn fire_timers(&mut self, reads: &dyn Lookup, now: UnixMs) {
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -40,7 +40,7 @@ impl Core {
                 Timer::Lease { task_id, attempt } => self.on_lease_timer(task_id, attempt, now),
                 Timer::Timeout { task_id, attempt } => self.on_timeout(task_id, attempt),
                 Timer::Deadline { chain_id } => self.on_deadline(chain_id, now),
-                Timer::Schedule { name, at } => self.on_schedule_timer(&name, at, now),
+                Timer::Schedule { name, at } => self.on_schedule_timer(reads, &name, at, now),
             }
         }
     }
@@ -130,15 +130,13 @@ impl Core {
     /// [`SWEEP_PAGE`] a round, every round while full pages are found, else
     /// once every [`SWEEP_EVERY_MS`]. Reads only the `ended` index (and the
     /// idempotency key and results of each chain found), never a record.
-    pub fn sweep(&mut self, now: UnixMs) {
+    pub fn sweep(&mut self, reads: &dyn Lookup, now: UnixMs) {
         if self.retention_ms == 0 || (now < self.next_sweep && !self.sweep_more) {
             return;
         }
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
         let before = now.saturating_sub(self.retention_ms);
-        let found = self
-            .store
-            .read(|s| s.expired(before, &self.swept, SWEEP_PAGE));
+        let found = reads.expired(before, &self.swept, SWEEP_PAGE);
         let (expired, cursor) = match found {
             Ok(found) => found,
             Err(e) => {

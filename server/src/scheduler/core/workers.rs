@@ -6,7 +6,7 @@ impl Core {
     /// A worker stream opened with `hello`: returns the worker's new id,
     /// under which the driver keeps its stream. Its `Welcome` (the runs it
     /// keeps and those it lost) is the first output for it.
-    pub fn connect(&mut self, hello: WorkerHello, now: UnixMs) -> WorkerId {
+    pub fn connect(&mut self, reads: &dyn Lookup, hello: WorkerHello, now: UnixMs) -> WorkerId {
         let worker_id = self.ids.worker();
         // A worker that registers a name without defaults (a plain
         // `.task(name, f)`) leaves the defaults others declared alone.
@@ -18,7 +18,7 @@ impl Core {
             }
         }
         if !changed.is_empty() {
-            self.redefine(changed, now);
+            self.redefine(reads, changed, now);
         }
         let mut conn = WorkerConn {
             name: hello.name.clone(),
@@ -128,11 +128,16 @@ impl Core {
     /// again, oldest first: a throttle or queue declared for the name (the
     /// seed's `@throttle`) applies to them too. One pass over the chains in
     /// memory for all the names of a Hello, however many it registers.
-    pub(super) fn redefine(&mut self, defaults: Map<String, Options>, now: UnixMs) {
+    pub(super) fn redefine(
+        &mut self,
+        reads: &dyn Lookup,
+        defaults: Map<String, Options>,
+        now: UnixMs,
+    ) {
         let names: Set<String> = defaults.keys().cloned().collect();
         // Cold chains of the names come back without queue entries; the
         // pass below makes them ready again under the new defaults.
-        self.warm_names(&names);
+        self.warm_names(reads, &names);
         let mut waiting: Vec<(UnixMs, TaskId, ChainId, StepAt)> = Vec::new();
         for (chain_id, rec) in &self.chains {
             #[cfg(test)]

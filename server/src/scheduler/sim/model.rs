@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::*;
-use crate::scheduler::core::Core;
+use crate::scheduler::driver::Driver;
 
 use super::scenario;
 
@@ -154,7 +154,7 @@ impl Model {
         self.task_chain.get(&task_id)
     }
 
-    pub fn info(&mut self, chain_id: ChainId, core: &Core) -> Result<&ChainInfo, Violation> {
+    pub fn info(&mut self, chain_id: ChainId, core: &Driver) -> Result<&ChainInfo, Violation> {
         if !self.chains.contains_key(&chain_id) {
             let rec = core
                 .chain(chain_id)
@@ -180,7 +180,7 @@ impl Model {
         &mut self,
         to: &Receiver<'_>,
         a: &Assignment,
-        core: &Core,
+        core: &Driver,
     ) -> Result<StepInfo, Violation> {
         let info = self.info(a.chain_id, core)?.clone();
         let Some(step) = info.step(a.at) else {
@@ -270,7 +270,7 @@ impl Model {
         spec: &ChainSpec,
         chain_id: ChainId,
         dedup: Option<crate::scheduler::Dedup>,
-        core: &Core,
+        core: &Driver,
     ) -> Result<(), Violation> {
         use crate::scheduler::Dedup;
         self.track(chain_id);
@@ -341,12 +341,12 @@ impl Model {
     pub fn check_holders(
         &mut self,
         told: BTreeMap<Identity, BTreeSet<crate::scheduler::throttle::Holder>>,
-        core: &Core,
+        core: &Driver,
     ) -> Result<(), Violation> {
         let mut broker: BTreeMap<Identity, BTreeSet<crate::scheduler::throttle::Holder>> =
             BTreeMap::new();
         let mut limits = BTreeMap::new();
-        for (info, _) in core.throttle_info() {
+        for (info, _) in core.core.throttle_info() {
             limits.insert(info.identity.clone(), info.limit);
             broker.insert(
                 info.identity,
@@ -398,8 +398,9 @@ impl Model {
     /// A restarted broker holds again what was durably held: those holders
     /// did not join now (its limits may read lower until waiters declare
     /// them again, see FINDINGS.md, observation O1).
-    pub fn restarted(&mut self, core: &Core) {
+    pub fn restarted(&mut self, core: &Driver) {
         self.broker_before = core
+            .core
             .throttle_info()
             .into_iter()
             .map(|(info, _)| {
@@ -414,7 +415,7 @@ impl Model {
     /// The callbacks of an ended chain (guarantees 3 and 6): a succeeded
     /// chain's steps and on_success all succeeded durably and no on_failure
     /// step ran; a failed chain ran on_failure, if it has one.
-    pub fn check_end(&mut self, rec: &ChainRecord, core: &Core) -> Result<(), Violation> {
+    pub fn check_end(&mut self, rec: &ChainRecord, core: &Driver) -> Result<(), Violation> {
         let info = self.info(rec.chain_id(), core)?.clone();
         let id = &rec.id;
         match rec.state() {

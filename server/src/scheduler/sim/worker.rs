@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::mpsc;
 
 use crate::domain::*;
-use crate::scheduler::core::Core;
+use crate::scheduler::driver::Driver;
 use crate::scheduler::throttle::Holder;
 
 use super::model::{Model, Receiver, Violation};
@@ -113,7 +113,7 @@ pub struct Cx<'a> {
     pub rng: &'a mut Rng,
     pub out: &'a mut Vec<Cmd>,
     pub model: &'a mut Model,
-    pub core: &'a Core,
+    pub core: &'a Driver,
     pub trace: &'a mut Trace,
     /// Runs other workers hold now, for lies.
     pub others: &'a [TaskRef],

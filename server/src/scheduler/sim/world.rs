@@ -158,7 +158,7 @@ impl World {
         let disk = Disk::new();
         let recovered = disk.shared.recover().expect("an empty store recovers");
         let now = 1_700_000_000_000 + rng.below(1_000_000);
-        let mut core = Core::recover(disk.shared.clone(), lease_ms, 0, recovered, now);
+        let mut core = Core::recover(&disk.shared, lease_ms, 0, recovered, now);
         core.set_ids(Ids::Seeded(rng.next_u64()));
         let count = usize::try_from(rng.range(3, 6)).unwrap_or(3);
         let workers = (0..count)
@@ -173,7 +173,7 @@ impl World {
             awake: 0,
             pause: None,
             lease_ms,
-            driver: Driver::new(core),
+            driver: Driver::new(core, disk.shared.clone()),
             disk,
             rt,
             outbox: VecDeque::new(),
@@ -296,7 +296,7 @@ impl World {
                 rng: &mut self.rng,
                 out: &mut out,
                 model: &mut self.model,
-                core: &self.driver.core,
+                core: &self.driver,
                 trace: &mut self.trace,
                 others: &others,
             };
@@ -449,11 +449,11 @@ impl World {
         {
             self.stats.events += 1;
         }
-        self.driver.core.fire_timers(self.now);
+        self.driver.fire_timers(self.now);
         if self.disk.fault().is_none() {
-            self.driver.core.sweep(self.now);
+            self.driver.sweep(self.now);
         }
-        self.driver.core.dispatch(self.now);
+        self.driver.dispatch(self.now);
         let RoundEnd {
             writes,
             effects,
@@ -742,7 +742,7 @@ impl World {
     ) {
         let chain = task
             .and_then(|t| self.model.chain_of(t))
-            .and_then(|c| self.driver.core.chain(*c).ok());
+            .and_then(|c| self.driver.chain(*c).ok());
         (
             chain,
             self.driver.core.throttle_info(),
@@ -767,7 +767,7 @@ impl World {
                         );
                         self.stats.chains += u64::from(s.dedup.is_none());
                         self.model
-                            .submitted(&spec, s.chain_id, s.dedup, &self.driver.core)?;
+                            .submitted(&spec, s.chain_id, s.dedup, &self.driver)?;
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.push(spec),
                 },
@@ -784,7 +784,7 @@ impl World {
                         for (spec, s) in specs.iter().zip(answers) {
                             self.stats.chains += u64::from(s.dedup.is_none());
                             self.model
-                                .submitted(spec, s.chain_id, s.dedup, &self.driver.core)?;
+                                .submitted(spec, s.chain_id, s.dedup, &self.driver)?;
                         }
                     }
                     Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.extend(specs),
@@ -832,7 +832,7 @@ impl World {
         for w in &self.workers {
             w.holders(self.now, &mut told);
         }
-        self.model.check_holders(told, &self.driver.core)
+        self.model.check_holders(told, &self.driver)
     }
 
     /// The broker dies (`kill -9`, a power cut): what was not durable is
@@ -877,20 +877,15 @@ impl World {
         self.disk = disk;
         self.awake = 0;
         self.pause = None;
-        self.driver = Driver::new(Core::recover(
-            self.disk.shared.clone(),
-            self.lease_ms,
-            0,
-            recovered,
-            self.now,
-        ));
+        let core = Core::recover(&self.disk.shared, self.lease_ms, 0, recovered, self.now);
+        self.driver = Driver::new(core, self.disk.shared.clone());
         self.driver.core.set_ids(Ids::Seeded(self.rng.next_u64()));
-        self.model.restarted(&self.driver.core);
+        self.model.restarted(&self.driver);
         self.worker_of.clear();
         self.poll_clients()?;
         // Guarantee 1: every acknowledged chain survives.
         for &id in &self.model.acked {
-            if let Err(Error::NotFound(_)) = self.driver.core.chain(id) {
+            if let Err(Error::NotFound(_)) = self.driver.chain(id) {
                 fail!(
                     "durable acknowledgment (guarantee 1): chain {id} was acknowledged but is lost after a crash"
                 );
@@ -899,7 +894,7 @@ impl World {
         // Submissions whose answer was lost may have been stored.
         for spec in &self.unanswered {
             if let Some(id) = spec.chain_id
-                && self.driver.core.chain(id).is_ok()
+                && self.driver.chain(id).is_ok()
             {
                 self.model.track(id);
             }
@@ -926,7 +921,7 @@ impl World {
         }
         for spec in std::mem::take(&mut self.unanswered) {
             if let Some(id) = spec.chain_id
-                && self.driver.core.chain(id).is_ok()
+                && self.driver.chain(id).is_ok()
             {
                 self.model.track(id);
             }
@@ -952,7 +947,7 @@ impl World {
                     .live
                     .iter()
                     .take(5)
-                    .map(|&id| match self.driver.core.chain(id) {
+                    .map(|&id| match self.driver.chain(id) {
                         Ok(c) => format!(
                             "{id} {:?} at {:?}: {:?}",
                             c.state(),
@@ -992,10 +987,9 @@ impl World {
         for id in self.model.tracked.clone() {
             let rec = self
                 .driver
-                .core
                 .chain(id)
                 .map_err(|e| format!("chain {id} cannot be read at the end: {e}"))?;
-            self.model.check_end(&rec, &self.driver.core)?;
+            self.model.check_end(&rec, &self.driver)?;
             self.stats.ended += 1;
         }
         Ok(())
@@ -1005,7 +999,7 @@ impl World {
     fn all_ended(&mut self) -> Result<bool, Violation> {
         let live: Vec<ChainId> = self.model.live.iter().copied().collect();
         for id in live {
-            match self.driver.core.chain(id) {
+            match self.driver.chain(id) {
                 Ok(c) if c.is_ended() => {
                     self.model.live.remove(&id);
                 }
@@ -1028,7 +1022,7 @@ impl World {
     fn refresh_live(&mut self) {
         let live: Vec<ChainId> = self.model.live.iter().copied().collect();
         for id in live {
-            if self.driver.core.chain(id).is_ok_and(|c| c.is_ended()) {
+            if self.driver.chain(id).is_ok_and(|c| c.is_ended()) {
                 self.model.live.remove(&id);
             }
         }
