@@ -46,6 +46,66 @@ use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
 const OUTBOUND: usize = 4096;
+
+/// The trace ids of a session's traced assignments, by task id, so the
+/// line about a task's outcome names the trace the assignment carried (the
+/// outcome itself names only the task). An entry leaves with the outcome,
+/// and the whole map with the session.
+type Traces = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// Logs an assignment going down, with its chain's trace id when it has one.
+fn log_assignment(a: &crate::domain::Assignment, traces: &Traces) {
+    let trace_id =
+        baton::trace::trace_id_of(a.context.get(baton::trace::TRACEPARENT).map(String::as_str));
+    if let Some(t) = trace_id {
+        traces
+            .lock()
+            .expect("traces lock")
+            .insert(a.task.task_id.clone(), t.to_owned());
+    }
+    tracing::debug!(
+        chain.id = %a.chain_id,
+        task.id = %a.task.task_id,
+        attempt = a.task.attempt,
+        trace_id = trace_id.map(tracing::field::display),
+        "task assigned"
+    );
+}
+
+/// Logs an outcome coming up, with the trace id its assignment carried.
+fn log_outcome(task: &TaskRef, outcome: &RunOutcome, traces: &Traces) {
+    let trace_id = {
+        let mut traces = traces.lock().expect("traces lock");
+        if traces.is_empty() {
+            None
+        } else {
+            traces.remove(&task.task_id)
+        }
+    };
+    let trace_id = trace_id.as_deref().map(tracing::field::display);
+    match outcome {
+        RunOutcome::Failure { error_type, .. } => tracing::info!(
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id,
+            error_type = %error_type,
+            "task failed"
+        ),
+        RunOutcome::Success(_) => tracing::debug!(
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id,
+            "task succeeded"
+        ),
+        RunOutcome::RetryLater { delay_ms, .. } => tracing::debug!(
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id,
+            delay_ms,
+            "task asked to retry later"
+        ),
+    }
+}
 /// How long a new stream may take to send its hello.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
 /// Most messages taken off a worker's queue for one frame down.
@@ -260,7 +320,7 @@ fn frames(rx: mpsc::Receiver<ToWorker>) -> impl Stream<Item = Vec<ToWorker>> {
 
 /// The message down; `batch_bytes` is the largest batch this broker reads
 /// up, told in the Welcome.
-fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
+fn to_pb(msg: ToWorker, batch_bytes: u64, traces: &Traces) -> pb::BrokerMessage {
     let msg = match msg {
         ToWorker::Welcome {
             worker_id,
@@ -275,21 +335,24 @@ fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
             lost: lost.into_iter().map(convert::pb_task_ref).collect(),
             batch_bytes,
         }),
-        ToWorker::Assign(a) => broker_message::Msg::Assignment(pb::Assignment {
-            task: Some(convert::pb_task_ref(a.task)),
-            chain_id: a.chain_id,
-            phase: a.at.phase as i32,
-            step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
-            name: a.name,
-            args: a.args,
-            kwargs: a.kwargs,
-            context: a.context.into_iter().collect(),
-            queue: a.queue,
-            lease_deadline_unix_ms: a.lease_deadline_ms,
-            timeout_ms: a.timeout_ms,
-            polls: a.polls,
-            retries: a.retries,
-        }),
+        ToWorker::Assign(a) => {
+            log_assignment(&a, traces);
+            broker_message::Msg::Assignment(pb::Assignment {
+                task: Some(convert::pb_task_ref(a.task)),
+                chain_id: a.chain_id,
+                phase: a.at.phase as i32,
+                step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
+                name: a.name,
+                args: a.args,
+                kwargs: a.kwargs,
+                context: a.context.into_iter().collect(),
+                queue: a.queue,
+                lease_deadline_unix_ms: a.lease_deadline_ms,
+                timeout_ms: a.timeout_ms,
+                polls: a.polls,
+                retries: a.retries,
+            })
+        }
         ToWorker::Cancel { task, reason } => broker_message::Msg::Cancel(pb::Cancel {
             task: Some(convert::pb_task_ref(task)),
             reason,
@@ -325,6 +388,7 @@ struct UpLink {
     handle: Handle,
     worker_id: String,
     tx: mpsc::WeakSender<ToWorker>,
+    traces: Traces,
 }
 
 impl UpLink {
@@ -333,6 +397,9 @@ impl UpLink {
         let (request_id, task) = subject(&msg);
         match from_worker(msg) {
             Ok(m) => {
+                if let FromWorker::Outcome { task, outcome } = &m {
+                    log_outcome(task, outcome, &self.traces);
+                }
                 let goodbye = m == FromWorker::Goodbye;
                 match self.handle.from_worker(self.worker_id.clone(), m).await {
                     Err(_) => Next::Stop,
@@ -497,7 +564,9 @@ impl pb::worker_server::Worker for WorkerService {
         let batch_up = u64::try_from(self.limits.max_payload_bytes).unwrap_or(u64::MAX);
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
+        let traces = Traces::default();
         let up_link = UpLink {
+            traces: traces.clone(),
             handle: self.handle.clone(),
             worker_id: worker_id.clone(),
             // Weak, so that the stream down ends as soon as the scheduler
@@ -573,7 +642,7 @@ impl pb::worker_server::Worker for WorkerService {
         let down: DownStream = if batch_down == 0 {
             Box::pin(ReceiverStream::new(rx).map(move |m| {
                 let _alive = &down_guard;
-                Ok(to_pb(m, batch_up))
+                Ok(to_pb(m, batch_up, &traces))
             }))
         } else {
             // Whatever waits for the worker when the stream is polled goes
@@ -582,7 +651,10 @@ impl pb::worker_server::Worker for WorkerService {
                 frames(rx)
                     .flat_map(move |chunk| {
                         let _alive = &down_guard;
-                        let chunk = chunk.into_iter().map(|m| to_pb(m, batch_up)).collect();
+                        let chunk = chunk
+                            .into_iter()
+                            .map(|m| to_pb(m, batch_up, &traces))
+                            .collect();
                         futures::stream::iter(baton::batch::pack(chunk, batch_down))
                     })
                     .map(Ok),
