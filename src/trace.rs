@@ -125,6 +125,55 @@ pub fn trace_id_of(traceparent: Option<&str>) -> Option<&str> {
         .map(|t| t.trace_id)
 }
 
+/// The bridge to OpenTelemetry (feature `opentelemetry`): W3C values from
+/// and to an OpenTelemetry [`Context`](opentelemetry::Context), without an
+/// OpenTelemetry SDK or propagator (the API alone).
+#[cfg(feature = "opentelemetry")]
+pub mod otel {
+    use opentelemetry::Context;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+
+    use super::TraceParent;
+
+    /// The `traceparent` and `tracestate` of `cx`'s span, when it has a
+    /// valid one (an empty `tracestate` when it has none).
+    #[must_use]
+    pub fn inject(cx: &Context) -> Option<(String, String)> {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        Some((traceparent, sc.trace_state().header()))
+    }
+
+    /// A context whose remote parent span is the one `traceparent` names
+    /// (`None` when it is malformed); a malformed `tracestate` is dropped.
+    #[must_use]
+    pub fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<Context> {
+        let tp = TraceParent::parse(traceparent).ok()?;
+        let state = tracestate
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        let sc = SpanContext::new(
+            TraceId::from_hex(tp.trace_id).ok()?,
+            SpanId::from_hex(tp.parent_id).ok()?,
+            TraceFlags::new(tp.flags),
+            true,
+            state,
+        );
+        Some(Context::new().with_remote_span_context(sc))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

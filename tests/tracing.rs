@@ -240,3 +240,82 @@ async fn a_malformed_trace_context_is_refused_naming_the_field_and_nothing_is_st
     }
     broker.stop().await;
 }
+
+/// The Rust SDKs with their `opentelemetry` feature: a chain submitted
+/// inside a span carries it (no explicit traceparent), and the run's body
+/// runs under a span of the same trace; an explicit traceparent wins over
+/// the current span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_sdks_carry_the_current_opentelemetry_span_to_the_run() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    let worker = TestWorker::spawn(worker(&broker.addr, "otel").task(
+        "t.otel",
+        move |ctx: TaskContext| {
+            let noted = noted.clone();
+            async move {
+                let current = opentelemetry::Context::current();
+                let span_trace = current.span().span_context().trace_id().to_string();
+                noted.lock().unwrap().push((
+                    ctx.trace_id().map(str::to_owned),
+                    ctx.tracestate().map(str::to_owned),
+                    span_trace,
+                ));
+                Ok(json!(null))
+            }
+        },
+    ));
+
+    let submitter = SpanContext::new(
+        TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+        SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        TraceFlags::SAMPLED,
+        false,
+        "vendor=abc".parse::<TraceState>().unwrap(),
+    );
+    let cx = opentelemetry::Context::new().with_remote_span_context(submitter);
+    let task = Task::new("t.otel");
+    let from_span = async { client.submit(Chain::new([task.si(())])).await }
+        .with_context(cx.clone())
+        .await
+        .unwrap()
+        .chain_id;
+    let explicit = async {
+        client
+            .submit(Chain::new([task.si(())]).traceparent(TRACEPARENT))
+            .await
+    }
+    .with_context(cx)
+    .await
+    .unwrap()
+    .chain_id;
+    for id in [&from_span, &explicit] {
+        client.wait_timeout(id, PATIENCE).await.unwrap();
+    }
+    worker.stop().await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                Some("0af7651916cd43dd8448eb211c80319c".to_owned()),
+                Some("vendor=abc".to_owned()),
+                "0af7651916cd43dd8448eb211c80319c".to_owned()
+            ),
+            (
+                Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+                None,
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned()
+            ),
+        ]
+    );
+    broker.stop().await;
+}
