@@ -49,6 +49,20 @@ describe("chains and executors", { skip: SKIP }, () => {
     await assert.rejects(app.schedule("bad", tasks.add.si(1, 2), { cron: "61 * * * *" }), /not a cron expression/);
   });
 
+  test("every step and callback sees the submitter's trace; a malformed traceparent is refused", async () => {
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const handle = await chain(tasks.traced.s(), tasks.traced.s()).applyAsync({
+      context: { traceparent, tracestate: "rojo=00f067aa0ba902b7" },
+    });
+    const seen = (await handle.get({ timeout: 10_000 })) as unknown[];
+    const want = { traceparent, tracestate: "rojo=00f067aa0ba902b7", traceId: "4bf92f3577b34da6a3ce929d0e0e4736" };
+    assert.deepEqual(seen, [want, want]);
+    await assert.rejects(
+      async () => tasks.traced.applyAsync([], { context: { traceparent: "00-0-0-01" } }),
+      /context\["traceparent"\]/,
+    );
+  });
+
   test("a task's result comes back through delay() and get()", async () => {
     const handle = await tasks.add.delay(2, 3);
     assert.match(handle.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
