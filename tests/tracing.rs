@@ -319,3 +319,80 @@ async fn the_rust_sdks_carry_the_current_opentelemetry_span_to_the_run() {
     );
     broker.stop().await;
 }
+
+/// With an OpenTelemetry SDK installed, each run's span is a child of the
+/// submitter's span, named after the task, with an error status when the
+/// run failed (and the on_failure callback's span a child too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_span_is_a_child_of_the_submitters_span_with_the_runs_status() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let worker = TestWorker::spawn(
+        worker(&broker.addr, "otel-sdk")
+            .task("t.span_ok", |_ctx: TaskContext| async { Ok(json!(1)) })
+            .task("t.span_fails", |_ctx: TaskContext| async {
+                Err(TaskError::fatal("broken on purpose"))
+            })
+            .task("t.span_cleanup", |_ctx: TaskContext| async {
+                Ok(json!(null))
+            }),
+    );
+    let submit = provider.tracer("test").start("submit");
+    let submit_cx = opentelemetry::Context::new().with_span(submit);
+    let parent = submit_cx.span().span_context().clone();
+    let id = async {
+        client
+            .submit(
+                Chain::new([
+                    Task::new("t.span_ok").si(()),
+                    Task::new("t.span_fails").si(()),
+                ])
+                .on_failure([Task::new("t.span_cleanup").si(())]),
+            )
+            .await
+    }
+    .with_context(submit_cx)
+    .await
+    .unwrap()
+    .chain_id;
+    assert!(matches!(
+        client.wait_timeout(&id, PATIENCE).await.unwrap(),
+        ChainOutcome::Failed(_)
+    ));
+    worker.stop().await;
+    broker.stop().await;
+
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    for (name, want_error) in [
+        ("t.span_ok", false),
+        ("t.span_fails", true),
+        ("t.span_cleanup", false),
+    ] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span for {name}: {spans:?}"));
+        assert_eq!(span.span_context.trace_id(), parent.trace_id(), "{name}");
+        assert_eq!(span.parent_span_id, parent.span_id(), "{name}");
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Consumer);
+        match &span.status {
+            Status::Error { description } => {
+                assert!(want_error, "{name} has an error status");
+                assert!(description.contains("broken on purpose"), "{description}");
+            }
+            Status::Ok => assert!(!want_error, "{name} has no error status"),
+            Status::Unset => panic!("{name} ended with no status"),
+        }
+    }
+}
