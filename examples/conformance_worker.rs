@@ -21,6 +21,7 @@
 //! | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 //! | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
 //! | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+//! | trace_id()                 | returns the trace id of the chain's W3C traceparent as the SDK reads it (its context key "traceparent"), or null |
 //!
 //! With `$BATON_CONFORMANCE_RECORD` set to a file, the throttled tasks
 //! append one JSON line when they start holding their slot and one just
@@ -170,6 +171,9 @@ fn worker(args: Args) -> Result<Worker, baton_worker::Error> {
         .queues(args.queues)
         .concurrency(args.concurrency)
         .task("noop", |_ctx| async { Ok(Value::Null) })
+        .task("trace_id", |ctx| async move {
+            Ok(ctx.trace_id().map_or(Value::Null, Value::from))
+        })
         .task("echo", |ctx| async move { ctx.arg::<Value>(0) })
         .task("add", |ctx| async move {
             add(&ctx.arg::<Value>(0)?, &ctx.arg::<Value>(1)?)

@@ -141,6 +141,22 @@ impl Chain {
         self
     }
 
+    /// The W3C `traceparent` the chain's runs continue
+    /// (`00-<trace id>-<parent span id>-<flags>`), when the caller's trace
+    /// is not the current OpenTelemetry span (with the `opentelemetry`
+    /// feature, that one is taken by default). The broker refuses a
+    /// malformed one; see [`crate::trace`].
+    #[must_use]
+    pub fn traceparent(self, traceparent: impl Into<String>) -> Self {
+        self.context(crate::trace::TRACEPARENT, traceparent)
+    }
+
+    /// The W3C `tracestate` that goes with [`traceparent`](Self::traceparent).
+    #[must_use]
+    pub fn tracestate(self, tracestate: impl Into<String>) -> Self {
+        self.context(crate::trace::TRACESTATE, tracestate)
+    }
+
     /// A repeated submission with the same key returns the first chain's id
     /// and stores nothing.
     #[must_use]
@@ -180,13 +196,34 @@ impl From<Chain> for pb::SubmitChainRequest {
             on_success: chain.on_success.into_pb(),
             on_failure: chain.on_failure.into_pb(),
             heavy: chain.heavy,
-            context: chain.context,
+            context: with_current_trace(chain.context),
             idempotency_key: chain.idempotency_key,
             unique_key: chain.unique_key,
             deadline_unix_ms: chain.deadline.map_or(0, unix_ms),
             chain_id: String::new(),
         }
     }
+}
+
+/// With the `opentelemetry` feature, a chain that names no trace of its own
+/// carries the current OpenTelemetry span's, so the runs of its steps are
+/// its children; without the feature, the context as it is.
+fn with_current_trace(context: HashMap<String, String>) -> HashMap<String, String> {
+    #[cfg(feature = "opentelemetry")]
+    {
+        let mut context = context;
+        if !context.contains_key(crate::trace::TRACEPARENT)
+            && let Some((tp, ts)) = crate::trace::otel::inject(&opentelemetry::Context::current())
+        {
+            context.insert(crate::trace::TRACEPARENT.to_owned(), tp);
+            if !ts.is_empty() {
+                context.insert(crate::trace::TRACESTATE.to_owned(), ts);
+            }
+        }
+        context
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    context
 }
 
 #[cfg(test)]

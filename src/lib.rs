@@ -48,6 +48,7 @@ mod options;
 mod outcome;
 mod schedule;
 mod signature;
+pub mod trace;
 
 pub use addr::{ADDR_VAR, DEFAULT_ADDR, DEPRECATED_ADDR_VAR, addr_from_env};
 pub use chain::{Chain, Steps};

@@ -630,7 +630,8 @@ async fn follow_leader(
 }
 
 /// The span of one gRPC call: its method, the caller's `x-request-id` when
-/// it sent one, and the chain it is about (recorded by the handler). Log
+/// it sent one, the chain it is about and that chain's W3C trace id
+/// (recorded by the handler). Log
 /// lines of the call carry them, in both log formats.
 fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     let span = tracing::info_span!(
@@ -638,6 +639,7 @@ fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
         method = %request.uri().path(),
         request.id = tracing::field::Empty,
         chain.id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if let Some(id) = request
         .headers()

@@ -277,6 +277,7 @@ def request(chain: Dict[str, Any]) -> Any:
         on_success=[signature(s) for s in chain.get("on_success", [])],
         on_failure=[signature(s) for s in chain.get("on_failure", [])],
         heavy=bool(chain.get("heavy", False)),
+        context=chain.get("context", {}),
     )
 
 

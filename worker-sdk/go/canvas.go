@@ -1,6 +1,7 @@
 package baton
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -125,10 +126,12 @@ func NewChain(steps ...Signature) Chain { return Chain{Steps: steps} }
 // Submittable is what Client.Submit takes: a Signature (a one-step chain)
 // or a Chain.
 type Submittable interface {
-	request() (*pb.SubmitChainRequest, error)
+	request(ctx context.Context) (*pb.SubmitChainRequest, error)
 }
 
-func (s Signature) request() (*pb.SubmitChainRequest, error) { return NewChain(s).request() }
+func (s Signature) request(ctx context.Context) (*pb.SubmitChainRequest, error) {
+	return NewChain(s).request(ctx)
+}
 
 func sigs(list []Signature, field string) ([]*pb.Signature, error) {
 	out := make([]*pb.Signature, 0, len(list))
@@ -142,18 +145,21 @@ func sigs(list []Signature, field string) ([]*pb.Signature, error) {
 	return out, nil
 }
 
-func (c Chain) request() (*pb.SubmitChainRequest, error) {
+func (c Chain) request(ctx context.Context) (*pb.SubmitChainRequest, error) {
 	if len(c.Steps) == 0 {
 		return nil, fmt.Errorf("baton: a chain needs at least one step")
 	}
+	chainContext, err := withTrace(ctx, c.Context)
+	if err != nil {
+		return nil, err
+	}
 	req := &pb.SubmitChainRequest{
 		Heavy:          c.Heavy,
-		Context:        c.Context,
+		Context:        chainContext,
 		IdempotencyKey: c.IdempotencyKey,
 		UniqueKey:      c.UniqueKey,
 		ChainId:        c.ID,
 	}
-	var err error
 	if req.Steps, err = sigs(c.Steps, "steps"); err != nil {
 		return nil, err
 	}

@@ -147,7 +147,7 @@ func (c *Client) Result(chainID string) *Result { return &Result{ID: chainID, cl
 // A bad signature or option; the broker's status (INVALID_ARGUMENT naming
 // the field, UNAUTHENTICATED, ...).
 func (c *Client) Submit(ctx context.Context, s Submittable) (*Result, error) {
-	req, err := s.request()
+	req, err := s.request(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +175,7 @@ func (c *Client) Submit(ctx context.Context, s Submittable) (*Result, error) {
 func (c *Client) SubmitMany(ctx context.Context, items ...Submittable) ([]*Result, error) {
 	reqs := make([]*pb.SubmitChainRequest, 0, len(items))
 	for i, s := range items {
-		req, err := s.request()
+		req, err := s.request(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
 		}

@@ -35,7 +35,9 @@ func (s Schedule) pb() (*pb.Schedule, error) {
 	if s.Chain == nil {
 		return nil, fmt.Errorf("baton: schedule %q has no chain to submit", s.Name)
 	}
-	req, err := s.Chain.request()
+	// Each fire is its own trace: the span that stores the schedule is not
+	// the parent of chains submitted for months after.
+	req, err := s.Chain.request(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("baton: schedule %q: %w", s.Name, err)
 	}

@@ -95,7 +95,7 @@ func TestSignaturesAndChainsToProtocol(t *testing.T) {
 	req, err := Chain{
 		Steps: []Signature{sig, S("demo.fast")}, OnFailure: []Signature{S("demo.erred", "vm").WithKwargs(map[string]any{"force": true})},
 		Context: map[string]string{"user": "alice"}, UniqueKey: "u", Deadline: time.UnixMilli(5000),
-	}.request()
+	}.request(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,10 +110,10 @@ func TestSignaturesAndChainsToProtocol(t *testing.T) {
 	if req.OnFailure[0].Kwargs != `{"force":true}` || req.DeadlineUnixMs != 5000 || len(req.ChainId) != 36 || req.ChainId[14] != '7' {
 		t.Fatalf("%v", req)
 	}
-	if _, err := (Chain{}).request(); err == nil {
+	if _, err := (Chain{}).request(context.Background()); err == nil {
 		t.Fatal("an empty chain was accepted")
 	}
-	if _, err := S("x").With(Countdown(-time.Second)).request(); err == nil {
+	if _, err := S("x").With(Countdown(-time.Second)).request(context.Background()); err == nil {
 		t.Fatal("a negative countdown was accepted")
 	}
 }

@@ -660,7 +660,9 @@ func (w *Worker) launch(runs []*pendingRun) {
 
 func (w *Worker) execute(p *pendingRun) {
 	started := time.Now()
+	endSpan := startTaskSpan(p.tc)
 	out := runBody(p.h, p.tc, p.args)
+	endSpan(out)
 	w.mu.Lock()
 	w.active--
 	reported := w.led.finish(p.ref, p.id, out, w.link.linkID())

@@ -105,6 +105,36 @@ fn check_key(field: &str, key: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Checks the W3C trace context a chain carries in its reserved context
+/// keys (see [`baton::trace`]): a chain that claims a trace must name it
+/// well, or every span its workers start would hang off garbage.
+fn check_trace<S: std::hash::BuildHasher>(
+    context: &std::collections::HashMap<String, String, S>,
+) -> Result<(), Status> {
+    use baton::trace::{TRACEPARENT, TRACESTATE, TraceParent, check_tracestate};
+    if let Some(tp) = context.get(TRACEPARENT) {
+        TraceParent::parse(tp).map_err(|e| {
+            invalid(format!(
+                "context[{TRACEPARENT:?}] is not a W3C traceparent: {e}"
+            ))
+        })?;
+    }
+    if let Some(ts) = context.get(TRACESTATE) {
+        if !context.contains_key(TRACEPARENT) {
+            return Err(invalid(format!(
+                "context[{TRACESTATE:?}] is set without context[{TRACEPARENT:?}]: \
+                 a tracestate belongs to a traceparent"
+            )));
+        }
+        check_tracestate(ts).map_err(|e| {
+            invalid(format!(
+                "context[{TRACESTATE:?}] is not a W3C tracestate: it {e}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Text that must be JSON of a given shape; empty text means `default`.
 fn json_text(field: &str, text: &str, default: &str, want: &str) -> Result<String, Status> {
     if text.is_empty() {
@@ -255,6 +285,7 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         check_key(&format!("context[{k:?}] key"), k)?;
         let _ = v;
     }
+    check_trace(&req.context)?;
     Ok(ChainSpec {
         steps: signatures("steps", req.steps)?,
         on_success: signatures("on_success", req.on_success)?,

@@ -78,8 +78,13 @@ impl pb::broker_server::Broker for BrokerService {
         let caller = Caller::of(&request)?;
         let mut spec = convert::chain_spec(request.into_inner(), &self.limits)?;
         caller.claim(&mut spec);
+        let trace_id = spec_trace_id(&spec);
         let submitted = self.handle.submit(spec).await?;
         record_chain(submitted.chain_id);
+        if let Some(t) = &trace_id {
+            tracing::Span::current().record("trace_id", t.as_str());
+        }
+        tracing::debug!(dedup = ?submitted.dedup, "chain submitted");
         Ok(Response::new(submitted_view(submitted)))
     }
 
@@ -92,7 +97,16 @@ impl pb::broker_server::Broker for BrokerService {
         for spec in &mut specs {
             caller.claim(spec);
         }
+        let traces: Vec<Option<String>> = specs.iter().map(spec_trace_id).collect();
         let submitted = self.handle.submit_many(specs).await?;
+        for (s, trace_id) in submitted.iter().zip(&traces) {
+            tracing::debug!(
+                chain.id = %s.chain_id,
+                trace_id = trace_id.as_deref().map(tracing::field::display),
+                dedup = ?s.dedup,
+                "chain submitted"
+            );
+        }
         Ok(Response::new(pb::SubmitChainsResponse {
             chains: submitted.into_iter().map(submitted_view).collect(),
         }))
@@ -161,6 +175,17 @@ impl pb::broker_server::Broker for BrokerService {
             state: state as i32,
         }))
     }
+}
+
+/// The trace id of a submission's W3C `traceparent` (checked already), for
+/// the log lines about it.
+fn spec_trace_id(spec: &crate::domain::ChainSpec) -> Option<String> {
+    baton::trace::trace_id_of(
+        spec.context
+            .get(baton::trace::TRACEPARENT)
+            .map(String::as_str),
+    )
+    .map(str::to_owned)
 }
 
 /// Records the chain a call is about in its span (see `request_span` in

@@ -48,6 +48,22 @@ use crate::scheduler::Handle;
 
 /// Messages buffered towards one worker before it counts as not reading.
 const OUTBOUND: usize = 4096;
+
+/// Logs an assignment going down, with its chain's trace id when it has one
+/// (the line about its outcome is the scheduler's, which knows the chain).
+fn log_assignment(a: &crate::domain::Assignment) {
+    tracing::debug!(
+        chain.id = %a.chain_id,
+        task.id = %a.task.task_id,
+        attempt = a.task.attempt,
+        trace_id = baton::trace::trace_id_of(
+            a.context.get(baton::trace::TRACEPARENT).map(String::as_str)
+        )
+        .map(tracing::field::display),
+        "task assigned"
+    );
+}
+
 /// How long a new stream may take to send its hello.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
 /// Most messages taken off a worker's queue for one frame down.
@@ -280,21 +296,24 @@ fn to_pb(msg: ToWorker, batch_bytes: u64) -> pb::BrokerMessage {
             lost: lost.into_iter().map(convert::pb_task_ref).collect(),
             batch_bytes,
         }),
-        ToWorker::Assign(a) => broker_message::Msg::Assignment(pb::Assignment {
-            task: Some(convert::pb_task_ref(a.task)),
-            chain_id: a.chain_id.to_string(),
-            phase: a.at.phase as i32,
-            step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
-            name: a.name,
-            args: a.args,
-            kwargs: a.kwargs,
-            context: a.context.into_iter().collect(),
-            queue: a.queue,
-            lease_deadline_unix_ms: a.lease_deadline_ms,
-            timeout_ms: a.timeout_ms,
-            polls: a.polls,
-            retries: a.retries,
-        }),
+        ToWorker::Assign(a) => {
+            log_assignment(&a);
+            broker_message::Msg::Assignment(pb::Assignment {
+                task: Some(convert::pb_task_ref(a.task)),
+                chain_id: a.chain_id.to_string(),
+                phase: a.at.phase as i32,
+                step_index: u32::try_from(a.at.index).unwrap_or(u32::MAX),
+                name: a.name,
+                args: a.args,
+                kwargs: a.kwargs,
+                context: a.context.into_iter().collect(),
+                queue: a.queue,
+                lease_deadline_unix_ms: a.lease_deadline_ms,
+                timeout_ms: a.timeout_ms,
+                polls: a.polls,
+                retries: a.retries,
+            })
+        }
         ToWorker::Cancel { task, reason } => broker_message::Msg::Cancel(pb::Cancel {
             task: Some(convert::pb_task_ref(task)),
             reason,

@@ -19,6 +19,7 @@ so the one runner (``tests/conformance/run.py``) can check each SDK and mix them
 | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
 | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+| trace_id()                 | returns the trace id of the chain's W3C traceparent as the SDK reads it (its context key "traceparent"), or null |
 
 With ``$BATON_CONFORMANCE_RECORD`` set to a file, the throttled tasks append one
 JSON line when they start holding their slot and one just before they give it
@@ -33,7 +34,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from baton import Baton, Retry, current_task, throttle
 
@@ -71,6 +72,11 @@ def record(event: str, key: str) -> None:
 @app.task(name="noop")
 def noop() -> None:
     return None
+
+
+@app.task(name="trace_id")
+def trace_id() -> Optional[str]:
+    return current_task().trace_id
 
 
 @app.task(name="echo")

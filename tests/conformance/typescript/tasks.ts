@@ -19,6 +19,7 @@
  * | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
  * | cancellable(ms)            | waits up to ms for its cancel: cancelled, it throws Cancelled (error_type "Cancelled"); else returns "not cancelled" |
  * | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+ * | trace_id()                 | returns the trace id of the chain's W3C traceparent as the SDK reads it (its context key "traceparent"), or null |
  *
  * With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
  * one JSON line when they start holding their slot and one just before they
@@ -44,6 +45,8 @@ function record(event: "enter" | "leave", ctx: TaskContext, key: string): void {
 }
 
 app.task({ name: "noop" }, () => null);
+
+app.task({ name: "trace_id" }, (ctx) => ctx.traceId ?? null);
 
 app.task({ name: "echo" }, (_ctx, x: unknown) => x);
 

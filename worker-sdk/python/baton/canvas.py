@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Tu
 
 from . import _json, options as _options, pb
 from ._ids import new_chain_id
+from ._trace import with_current_trace
 
 if TYPE_CHECKING:
     from .app import Baton, Task
@@ -230,6 +231,7 @@ class Chain:
         for k, v in ctx.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"context must map str to str (got {k!r}: {type(v).__name__})")
+        with_current_trace(ctx)
 
         def convert(steps: Sequence[Signature], start: bool) -> list[pb.Signature]:
             out = []

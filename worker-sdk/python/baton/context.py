@@ -106,6 +106,23 @@ class TaskContext:
         object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
 
     @property
+    def traceparent(self) -> Optional[str]:
+        """The chain's W3C ``traceparent`` (the submitter's span), if any."""
+        return self.context.get("traceparent")
+
+    @property
+    def tracestate(self) -> Optional[str]:
+        """The W3C ``tracestate`` that goes with :attr:`traceparent`."""
+        return self.context.get("tracestate")
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """The trace id (32 hex digits) of :attr:`traceparent`."""
+        from ._trace import trace_id
+
+        return trace_id(self.traceparent)
+
+    @property
     def key(self) -> TaskKey:
         return (self.task_id, self.attempt)
 

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from . import _json, pb
 from ._pipeline import stored_before_return
+from ._trace import end_span, task_span
 from .context import TaskContext, enter, leave
 from .errors import Cancelled, Fatal, Retry
 
@@ -96,13 +97,18 @@ def run_sync(fn: Callable[..., Any], ctx: TaskContext, args: list[Any], kwargs: 
     """
     token = enter(ctx)
     try:
-        with stored_before_return():
-            value = fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - every ending is reported, SystemExit too
-        return from_exception(exc)
+        with task_span(ctx.name, ctx.chain_id, ctx.task_id, ctx.attempt, ctx.context) as span:
+            try:
+                with stored_before_return():
+                    value = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - every ending is reported, SystemExit too
+                outcome = from_exception(exc)
+            else:
+                outcome = from_result(value, ctx.name)
+            end_span(span, outcome)
     finally:
         leave(token)
-    return from_result(value, ctx.name)
+    return outcome
 
 
 async def run_async(
@@ -114,9 +120,13 @@ async def run_async(
     wait blocks the task loop, as each ``delay()`` in a coroutine always did.
     """
     enter(ctx)  # this asyncio task runs in its own copy of the context
-    try:
-        with stored_before_return():
-            value = await fn(*args, **kwargs)
-    except Exception as exc:
-        return from_exception(exc)
-    return from_result(value, ctx.name)
+    with task_span(ctx.name, ctx.chain_id, ctx.task_id, ctx.attempt, ctx.context) as span:
+        try:
+            with stored_before_return():
+                value = await fn(*args, **kwargs)
+        except Exception as exc:
+            outcome = from_exception(exc)
+        else:
+            outcome = from_result(value, ctx.name)
+        end_span(span, outcome)
+    return outcome

@@ -94,6 +94,29 @@ impl TaskContext {
         })
     }
 
+    /// The W3C `traceparent` the chain was submitted with (the submitter's
+    /// span), the same for every step, retry and callback of the chain.
+    #[must_use]
+    pub fn traceparent(&self) -> Option<&str> {
+        self.context
+            .get(baton::trace::TRACEPARENT)
+            .map(String::as_str)
+    }
+
+    /// The W3C `tracestate` that goes with [`traceparent`](Self::traceparent).
+    #[must_use]
+    pub fn tracestate(&self) -> Option<&str> {
+        self.context
+            .get(baton::trace::TRACESTATE)
+            .map(String::as_str)
+    }
+
+    /// The trace id (32 hex digits) of [`traceparent`](Self::traceparent).
+    #[must_use]
+    pub fn trace_id(&self) -> Option<&str> {
+        baton::trace::trace_id_of(self.traceparent())
+    }
+
     /// The positional argument at `index`, decoded into `T`.
     ///
     /// # Errors

@@ -78,6 +78,7 @@ mod link;
 mod outcome;
 mod runtime;
 mod throttle;
+mod trace;
 mod worker;
 
 pub use context::TaskContext;

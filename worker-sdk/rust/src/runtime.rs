@@ -664,13 +664,14 @@ async fn drive(
             return RunEnd::Aborted; // the runtime is gone
         }
         debug!("run started");
-        match AssertUnwindSafe(async move { handler(ctx).await })
-            .catch_unwind()
-            .await
-        {
+        let span = crate::trace::TaskSpan::start(&ctx);
+        let run = span.attach(async move { handler(ctx).await });
+        let end = match AssertUnwindSafe(run).catch_unwind().await {
             Ok(result) => RunEnd::Returned(result),
             Err(payload) => RunEnd::Panicked(panic_message(payload.as_ref())),
-        }
+        };
+        span.end(&end);
+        end
     };
     tokio::select! {
         biased;

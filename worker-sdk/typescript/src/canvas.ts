@@ -3,11 +3,13 @@
  * `chain(a.si(x), b.s())`, and the conversion of all of it (pure, no I/O)
  * to a `SubmitChainRequest`.
  */
+
 import type { Baton } from "./app";
 import type { ChainHandle } from "./client";
 import type { Signature as PbSignature, SubmitChainRequest } from "./gen/baton/v1/index";
 import { newChainId } from "./ids";
 import { checkOptions, mergeOptions, optionsToPb, type StepOptions, unixMs } from "./options";
+import { withCurrentTrace } from "./trace";
 
 /** What a callback (`onSuccess`, `onFailure`) may be: a signature, a chain or a list of signatures. */
 export type Callback = Signature | Chain | readonly Signature[];
@@ -209,6 +211,7 @@ export class Chain {
     for (const [k, v] of Object.entries(context)) {
       if (typeof v !== "string") throw new TypeError(`context must map strings to strings (${k} is ${typeof v})`);
     }
+    withCurrentTrace(context);
     const convert = (steps: readonly Signature[], first: boolean): PbSignature[] =>
       steps.map((step, i) => {
         const extra: StepOptions = {};

@@ -4,10 +4,12 @@
  * context map, an `AbortSignal` the broker's cancel reaches, and the
  * in-body throttle (`ctx.throttle(spec, fn)`).
  */
+
 import type { Baton } from "./app";
 import { Cancelled } from "./errors";
 import type { Throttle } from "./gen/baton/v1/index";
 import { type ThrottleSpec, throttleToPb } from "./options";
+import { TRACEPARENT, TRACESTATE, traceIdOf } from "./trace";
 
 /** What `ctx.throttle` needs from the worker: the in-body throttle calls of this run. */
 export interface SlotBroker {
@@ -81,6 +83,21 @@ export class TaskContext implements RunInfo {
     this.signal = signal;
     this.slots = slots;
     this.app = app;
+  }
+
+  /** The chain's W3C `traceparent` (the submitter's span), if any: the same for every step and callback. */
+  get traceparent(): string | undefined {
+    return this.context[TRACEPARENT];
+  }
+
+  /** The W3C `tracestate` that goes with {@link traceparent}. */
+  get tracestate(): string | undefined {
+    return this.context[TRACESTATE];
+  }
+
+  /** The trace id (32 hex digits) of {@link traceparent}. */
+  get traceId(): string | undefined {
+    return traceIdOf(this.traceparent);
   }
 
   /** Whether the broker cancelled this run. */

@@ -40,5 +40,6 @@ export {
 export { consoleLogger, type Logger, type LogLevel } from "./log";
 export type { StepOptions, ThrottleScope, ThrottleSpec } from "./options";
 export { PROTO_FILE, PROTO_ROOT, type pb } from "./proto";
+export { checkTraceparent, TRACEPARENT, TRACESTATE, traceIdOf } from "./trace";
 export type { PemSource, TlsOptions } from "./transport";
 export { Worker, type WorkerOptions } from "./worker";

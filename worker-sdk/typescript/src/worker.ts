@@ -44,6 +44,7 @@ import { consoleLogger, type Logger } from "./log";
 import { optionsToPb } from "./options";
 import * as outcomes from "./outcomes";
 import { protocol } from "./proto";
+import { startTaskSpan } from "./trace";
 import { channelArgs, metadata } from "./transport";
 
 const BACKOFF_MIN = 100;
@@ -520,13 +521,19 @@ export class Worker {
     );
     const started = Date.now();
     const body = run.task.fn as unknown as (ctx: TaskContext, ...args: unknown[]) => unknown;
+    const span = startTaskSpan(
+      a.name,
+      { "baton.chain_id": ctx.chainId, "baton.task_id": ctx.taskId, "baton.attempt": ctx.attempt },
+      ctx.context,
+    );
     Promise.resolve()
-      .then(() => body(ctx, ...run.args))
+      .then(() => span.run(() => body(ctx, ...run.args)))
       .then(
         (value) => outcomes.fromResult(value, a.name),
         (err: unknown) => outcomes.fromError(err),
       )
       .then((outcome) => {
+        span.end(outcome);
         this.log.info(`task ${run.label}: ${describe(outcome)} in ${Date.now() - started} ms`);
         this.ended(run, outcome);
       })

@@ -3,7 +3,9 @@
  * one worker process (concurrency 4) for the file.
  */
 import assert from "node:assert/strict";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { after, before, describe, test } from "node:test";
+import type { Context, ContextManager } from "@opentelemetry/api";
 import { ChainCancelled, ChainFailed, chain, PartialSubmission, TimeoutError } from "../src/index";
 import * as tasks from "./fixtures/tasks";
 import { type Broker, Scope, SKIP, sleep, waitUntil } from "./harness";
@@ -47,6 +49,67 @@ describe("chains and executors", { skip: SKIP }, () => {
       [],
     );
     await assert.rejects(app.schedule("bad", tasks.add.si(1, 2), { cron: "61 * * * *" }), /not a cron expression/);
+  });
+
+  test("every step and callback sees the submitter's trace; a malformed traceparent is refused", async () => {
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const handle = await chain(tasks.traced.s(), tasks.traced.s()).applyAsync({
+      context: { traceparent, tracestate: "rojo=00f067aa0ba902b7" },
+    });
+    const seen = (await handle.get({ timeout: 10_000 })) as unknown[];
+    const want = { traceparent, tracestate: "rojo=00f067aa0ba902b7", traceId: "4bf92f3577b34da6a3ce929d0e0e4736" };
+    assert.deepEqual(seen, [want, want]);
+    await assert.rejects(
+      async () => tasks.traced.applyAsync([], { context: { traceparent: "00-0-0-01" } }),
+      /context\["traceparent"\]/,
+    );
+  });
+
+  test("a chain submitted in an active OpenTelemetry span carries it; an explicit traceparent wins", async () => {
+    const api = await import("@opentelemetry/api");
+    // The API alone keeps no active context: a minimal AsyncLocalStorage
+    // manager, as @opentelemetry/context-async-hooks would install.
+    const storage = new AsyncLocalStorage<Context>();
+    const manager: ContextManager = {
+      active: () => storage.getStore() ?? api.ROOT_CONTEXT,
+      with: (cx, fn, thisArg, ...args) => storage.run(cx, () => fn.call(thisArg, ...args)),
+      bind: (_cx, target) => target,
+      enable() {
+        return this;
+      },
+      disable() {
+        return this;
+      },
+    };
+    assert.ok(api.context.setGlobalContextManager(manager));
+    try {
+      const span = api.trace.wrapSpanContext({
+        traceId: "0af7651916cd43dd8448eb211c80319c",
+        spanId: "b7ad6b7169203331",
+        traceFlags: api.TraceFlags.SAMPLED,
+      });
+      const inSpan = api.trace.setSpan(api.ROOT_CONTEXT, span);
+      const fromSpan = await api.context.with(inSpan, () => chain(tasks.traced.s()).applyAsync());
+      const explicit = await api.context.with(inSpan, () =>
+        chain(tasks.traced.s()).applyAsync({
+          context: { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" },
+        }),
+      );
+      assert.deepEqual(await fromSpan.get({ timeout: 10_000 }), [
+        {
+          traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+          traceId: "0af7651916cd43dd8448eb211c80319c",
+        },
+      ]);
+      assert.deepEqual(await explicit.get({ timeout: 10_000 }), [
+        {
+          traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+          traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
+        },
+      ]);
+    } finally {
+      api.context.disable();
+    }
   });
 
   test("a task's result comes back through delay() and get()", async () => {

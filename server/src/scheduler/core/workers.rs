@@ -255,6 +255,9 @@ impl Core {
                 },
             );
         }
+        if let Some((chain_id, _)) = self.tasks.get(&task.task_id) {
+            log_outcome(*chain_id, &self.chains[chain_id], &task, &outcome);
+        }
         // The ack goes first: ending the run may hand its slot (and the
         // worker's freed concurrency) straight to the next task.
         self.send_worker(
@@ -495,5 +498,44 @@ impl Core {
                 self.lose_run(task_id, "worker left", now);
             }
         }
+    }
+}
+
+/// The line about an accepted outcome, with its chain's trace id (W3C
+/// `traceparent` in the chain's context) when it has one. Its fields are
+/// computed only when the line is logged.
+fn log_outcome(chain_id: ChainId, rec: &ChainRecord, task: &TaskRef, outcome: &RunOutcome) {
+    let trace_id = || {
+        baton::trace::trace_id_of(
+            rec.context
+                .get(baton::trace::TRACEPARENT)
+                .map(String::as_str),
+        )
+        .map(tracing::field::display)
+    };
+    match outcome {
+        RunOutcome::Failure { error_type, .. } => tracing::info!(
+            chain.id = %chain_id,
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id = trace_id(),
+            error_type = %error_type,
+            "task failed"
+        ),
+        RunOutcome::Success(_) => tracing::debug!(
+            chain.id = %chain_id,
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id = trace_id(),
+            "task succeeded"
+        ),
+        RunOutcome::RetryLater { delay_ms, .. } => tracing::debug!(
+            chain.id = %chain_id,
+            task.id = %task.task_id,
+            attempt = task.attempt,
+            trace_id = trace_id(),
+            delay_ms,
+            "task asked to retry later"
+        ),
     }
 }

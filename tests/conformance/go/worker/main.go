@@ -21,6 +21,7 @@
 // | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 // | cancellable(ms)            | waits up to ms for its cancel: cancelled, it returns the cancellation (error_type "Cancelled"); else returns "not cancelled" |
 // | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
+// | trace_id()                 | returns the trace id of the chain's W3C traceparent as the SDK reads it (its context key "traceparent"), or null |
 //
 // With $BATON_CONFORMANCE_RECORD set to a file, the throttled tasks append
 // one JSON line when they start holding their slot and one just before they
@@ -97,6 +98,12 @@ func held(ctx *baton.TaskContext, key string, body func() error) error {
 
 func register(w *baton.Worker) {
 	w.Register("noop", func(ctx *baton.TaskContext) (any, error) { return nil, nil })
+	w.Register("trace_id", func(ctx *baton.TaskContext) (any, error) {
+		if id := ctx.TraceID(); id != "" {
+			return id, nil
+		}
+		return nil, nil
+	})
 	w.Register("echo", func(ctx *baton.TaskContext, x any) (any, error) { return x, nil })
 	w.Register("add", func(ctx *baton.TaskContext, a, b float64) (float64, error) { return a + b, nil })
 	w.Register("fail_once", func(ctx *baton.TaskContext, key string) (uint32, error) {
