@@ -56,7 +56,10 @@ pub struct Evidence<'a> {
     pub journals: &'a [journal::Read],
     /// What the harness killed, and when.
     pub kills: &'a [Kill],
-    /// Processes that ended without being killed.
+    /// Leaders that stopped because they were deposed (PostgreSQL mode):
+    /// for the checker, a broker crash like a kill.
+    pub deposed: &'a [Exit],
+    /// Processes that ended without being killed (or deposed).
     pub exits: &'a [Exit],
     /// (task id, attempt) whose lease the broker logged as lapsed.
     pub lapses: &'a HashSet<(String, u32)>,
@@ -80,7 +83,9 @@ pub struct Evidence<'a> {
 pub struct Lapse {
     pub task: String,
     pub attempt: u32,
-    /// The broker's incarnation that logged it.
+    /// The broker that logged it (its number in the run), and its
+    /// incarnation.
+    pub broker: usize,
     pub incarnation: u32,
     /// When (journal clock).
     pub t: u64,
@@ -378,14 +383,19 @@ fn run_id(evidence: &Evidence<'_>, run: &Run<'_>) -> String {
     )
 }
 
+/// When a broker's memory was lost: the harness killed it, or it stopped
+/// because it was deposed (as far as the harness knows, when it noticed).
+fn broker_ends(evidence: &Evidence<'_>) -> Vec<u64> {
+    let kills = evidence.kills.iter().filter(|k| k.worker.is_none());
+    kills
+        .map(|k| k.t)
+        .chain(evidence.deposed.iter().map(|e| e.t))
+        .collect()
+}
+
 /// Per task: repeated attempts, re-executions and overlaps.
 fn check_tasks(evidence: &Evidence<'_>, runs: &[Run<'_>], index: &Index<'_>, report: &mut Report) {
-    let broker_kills: Vec<u64> = evidence
-        .kills
-        .iter()
-        .filter(|k| k.worker.is_none())
-        .map(|k| k.t)
-        .collect();
+    let broker_kills = broker_ends(evidence);
     for (task, list) in &index.by_task {
         let mut last_of_attempt: HashMap<u32, usize> = HashMap::new();
         for &i in list {
@@ -676,11 +686,7 @@ impl ChainCheck<'_, '_> {
                 let counted = |r: &usize| {
                     let start = self.runs[*r].start;
                     !(may_be_early(self.evidence, start)
-                        && self
-                            .evidence
-                            .kills
-                            .iter()
-                            .any(|k| k.worker.is_none() && k.t >= start.t))
+                        && broker_ends(self.evidence).iter().any(|t| *t >= start.t))
                 };
                 if let Some(max) = runs
                     .iter()
@@ -1386,17 +1392,22 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_forgotten_run_may_start_just_after_the_kill_its_worker_has_not_noticed() {
-        const MS: u64 = 1_000_000;
-        let plan = [design(0, 2, Expect::Succeed)];
-        // Attempt 1 of "a" starts from a worker's prefetch 1 ms after the
-        // kill of the broker that sent it, and completes; the broker's
-        // successor issues attempt 1 again.
+    /// Attempt 1 of "a" starts from a worker's prefetch 1 ms after its
+    /// broker's end (at 1 ms), and completes; the broker's successor
+    /// issues attempt 1 again (times in milliseconds).
+    fn forgotten_run() -> Vec<Record> {
         let mut records = journal();
         records.insert(0, start("a", "main", None, 2));
         records.insert(1, end("a", How::Ok, 3));
-        let records = retimed(records, |t| t * MS);
+        retimed(records, |t| t * MS)
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_forgotten_run_may_start_just_after_the_kill_its_worker_has_not_noticed() {
+        let plan = [design(0, 2, Expect::Succeed)];
+        let records = forgotten_run();
         let report = verdict_with_kills(
             &plan,
             &observed(Some(succeeded())),
@@ -1427,6 +1438,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_deposed_leader_forgets_like_a_killed_one() {
+        let plan = [design(0, 2, Expect::Succeed)];
+        // The leader stopped, deposed (its lease lapsed), at 1 ms.
+        let ended = |deposed: &[u64]| {
+            let succeeded = observed(Some(succeeded()));
+            verdict_with_ends(&plan, &succeeded, forgotten_run(), None, &[], deposed, &[])
+        };
+        let report = ended(&[MS]);
+        assert!(report.passed(), "{report}");
+        assert_eq!((report.forgotten, report.re_executed), (1, 1));
+        // Without the deposition, the second run of attempt 1 is a
+        // violation.
+        let report = ended(&[]);
+        assert!(
+            violations_mention(&report, "ran more than once"),
+            "{report}"
+        );
+    }
+
     fn verdict_with_kills(
         plan: &[Design],
         observed: &Observed,
@@ -1435,6 +1466,29 @@ mod tests {
         broker_kills: &[u64],
         paused: &[Lapse],
     ) -> Report {
+        verdict_with_ends(plan, observed, records, killed, broker_kills, &[], paused)
+    }
+
+    /// A verdict with the worker process killed at `killed`, the broker
+    /// killed at each of `broker_kills` and deposed at each of `deposed`.
+    fn verdict_with_ends(
+        plan: &[Design],
+        observed: &Observed,
+        records: Vec<Record>,
+        killed: Option<u64>,
+        broker_kills: &[u64],
+        deposed: &[u64],
+        paused: &[Lapse],
+    ) -> Report {
+        let deposed: Vec<Exit> = deposed
+            .iter()
+            .map(|&t| Exit {
+                worker: None,
+                pid: 2,
+                t,
+                status: "exit status: 1".to_owned(),
+            })
+            .collect();
         let kills: Vec<Kill> = broker_kills
             .iter()
             .map(|&t| Kill {
@@ -1458,6 +1512,7 @@ mod tests {
             processes: &processes,
             journals: &journals,
             kills: &kills,
+            deposed: &deposed,
             exits: &[],
             lapses: &lapses,
             paused_lapses: paused,
@@ -1716,6 +1771,7 @@ mod tests {
     fn a_lease_that_lapsed_after_a_pause_needs_a_dead_worker() {
         let plan = [design(0, 2, Expect::Succeed)];
         let lapse = [Lapse {
+            broker: 0,
             task: "a".into(),
             attempt: 1,
             incarnation: 1,

@@ -36,6 +36,7 @@ mod check;
 mod inspect;
 mod journal;
 mod plan;
+mod postgres;
 mod powercut;
 mod powercut_run;
 mod procs;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use baton::{Client, Task};
 
 use crate::powercut;
-use crate::procs::Broker;
+use crate::procs::{Broker, Store};
 use crate::run::{broker_binary, free_port};
 
 #[derive(clap::Args, Debug)]
@@ -74,8 +74,9 @@ async fn one(
     let extra = vec!["--max-payload".to_owned(), "2000000".to_owned()];
     let mut broker = Broker::new(
         bin.to_owned(),
+        0,
         free_port()?,
-        data.clone(),
+        Store::Sled(data.clone()),
         logs.clone(),
         2000,
         extra,
@@ -126,7 +127,7 @@ async fn one(
         }
     }
     broker.kill9().await;
-    let errors: Vec<String> = std::fs::read_to_string(Broker::log_path(&logs, broker.incarnation))
+    let errors: Vec<String> = std::fs::read_to_string(broker.log_path_now())
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("\"ERROR\""))

@@ -66,11 +66,37 @@ pub struct Exit {
     pub status: String,
 }
 
-/// The broker: one process at a time on a fixed port and data directory.
+/// The message a deposed leader logs as it stops (`baton serve`).
+pub const DEPOSED: &str = "deposed: stopping at once";
+
+/// Where a broker keeps its store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// sled, in this data directory (`--data`).
+    Sled(PathBuf),
+    /// A PostgreSQL database (`--store URL`), shared by every broker of
+    /// the run; the leader's lease lasts `leader_lease_ms`.
+    Postgres { url: String, leader_lease_ms: u64 },
+}
+
+/// What a broker answered when asked whether it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    /// It refused with a standby's marks.
+    Standby,
+    /// Not running, or no answer.
+    Down,
+}
+
+/// A broker: one process at a time on a fixed port and store. A run has
+/// one (sled) or several (PostgreSQL, one leads), numbered from 0.
 pub struct Broker {
     bin: PathBuf,
+    /// Its number in the run.
+    pub id: usize,
     pub port: u16,
-    data: PathBuf,
+    store: Store,
     logs: PathBuf,
     lease_ms: u64,
     /// Extra arguments of `baton serve`.
@@ -87,16 +113,18 @@ pub struct Broker {
 impl Broker {
     pub fn new(
         bin: PathBuf,
+        id: usize,
         port: u16,
-        data: PathBuf,
+        store: Store,
         logs: PathBuf,
         lease_ms: u64,
         extra: Vec<String>,
     ) -> Self {
         Self {
             bin,
+            id,
             port,
-            data,
+            store,
             logs,
             lease_ms,
             extra,
@@ -111,9 +139,61 @@ impl Broker {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The log file of one incarnation (JSON lines, warnings and up).
-    pub fn log_path(logs: &Path, incarnation: u32) -> PathBuf {
-        logs.join(format!("broker-{incarnation}.log"))
+    /// The address clients and workers are given (no scheme).
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The log file of one incarnation of broker `id` (JSON lines, warnings
+    /// and up): `broker-N.log` for the only broker of a sled run,
+    /// `broker-B-N.log` for broker B of several.
+    pub fn log_path(logs: &Path, id: usize, several: bool, incarnation: u32) -> PathBuf {
+        if several {
+            logs.join(format!("broker-{id}-{incarnation}.log"))
+        } else {
+            logs.join(format!("broker-{incarnation}.log"))
+        }
+    }
+
+    /// Whether the incarnation that ended last logged that it was deposed
+    /// (a leader that could not renew its lease in time stops at once).
+    pub fn was_deposed(&self) -> bool {
+        std::fs::read_to_string(self.log_path_now()).is_ok_and(|text| text.contains(DEPOSED))
+    }
+
+    /// The log file of the incarnation running now (or that ran last).
+    pub fn log_path_now(&self) -> PathBuf {
+        let several = matches!(self.store, Store::Postgres { .. });
+        Self::log_path(&self.logs, self.id, several, self.incarnation)
+    }
+
+    /// Whether it leads, stands by, or does not answer (within a second).
+    pub async fn role(&self) -> Role {
+        if self.child.is_none() {
+            return Role::Down;
+        }
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.addr()) else {
+            return Role::Down;
+        };
+        // One channel, no failover: a standby's refusal must be seen, not
+        // followed to the leader.
+        let client = baton::Client::new(
+            endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(1))
+                .connect_lazy(),
+        );
+        match client.admin().list_queues().await {
+            Ok(_) => Role::Leader,
+            Err(error)
+                if error
+                    .status()
+                    .is_some_and(|s| baton::failover::Refusal::of(s).standby) =>
+            {
+                Role::Standby
+            }
+            Err(_) => Role::Down,
+        }
     }
 
     /// Starts the broker and waits until it answers. A broker that exits
@@ -125,14 +205,25 @@ impl Broker {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             self.incarnation += 1;
-            let log_path = Self::log_path(&self.logs, self.incarnation);
+            let log_path = self.log_path_now();
             let log = std::fs::File::create(&log_path)
                 .with_context(|| format!("creating {}", log_path.display()))?;
-            let child = Command::new(&self.bin)
-                .arg("serve")
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .arg("--data")
-                .arg(&self.data)
+            let mut command = Command::new(&self.bin);
+            command.arg("serve").args(["--listen", &self.host_port()]);
+            match &self.store {
+                Store::Sled(data) => {
+                    command.arg("--data").arg(data);
+                }
+                Store::Postgres {
+                    url,
+                    leader_lease_ms,
+                } => {
+                    command
+                        .args(["--store", url])
+                        .args(["--leader-lease-ms", &leader_lease_ms.to_string()]);
+                }
+            }
+            let child = command
                 .args(["--lease-ms", &self.lease_ms.to_string()])
                 .args(["--log-format", "json"])
                 .args(&self.extra)
@@ -163,17 +254,17 @@ impl Broker {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 false => bail!(
-                    "the broker exited at start; see {}",
-                    Self::log_path(&self.logs, self.incarnation).display()
+                    "broker {} exited at start; see {}",
+                    self.id,
+                    self.log_path_now().display()
                 ),
             }
         }
     }
 
-    /// `Ok(true)` once the broker answers an admin call; `Ok(false)` if it
-    /// exited first.
+    /// `Ok(true)` once the broker answers an admin call, as the leader or
+    /// a standby; `Ok(false)` if it exited first.
     async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<bool> {
-        let addr = self.addr();
         loop {
             if let Some(child) = self.child.as_mut() {
                 let pid = child.id();
@@ -185,15 +276,14 @@ impl Broker {
                     return Ok(false);
                 }
             }
-            if let Ok(client) = baton::Client::connect(addr.clone()).await
-                && client.admin().list_queues().await.is_ok()
-            {
+            if self.role().await != Role::Down {
                 return Ok(true);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the broker did not answer within {READY_WITHIN:?}; see {}",
-                    Self::log_path(&self.logs, self.incarnation).display()
+                    "broker {} did not answer within {READY_WITHIN:?}; see {}",
+                    self.id,
+                    self.log_path_now().display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,12 +1,19 @@
 //! A chaos run, start to verdict.
 //!
 //! 1. Start the broker (`baton serve`, on a loopback port and a fresh data
-//!    directory) and the worker processes.
+//!    directory) and the worker processes. In PostgreSQL mode
+//!    (`--postgres`): start a PostgreSQL server of the harness's own, then
+//!    several brokers on one database of it; one leads, the others stand by.
 //! 2. Submit the plan's chains at a steady pace over the first part of the
 //!    run, each retried with its idempotency key until the broker
 //!    acknowledges it; cancel the chains designed to be cancelled.
 //! 3. Meanwhile, on a seeded schedule, `kill -9` the broker (restarting it
-//!    on the same port and directory) and the workers (restarting them).
+//!    on the same port and directory) and the workers (restarting them). In
+//!    PostgreSQL mode the broker killed is the leader of the moment, and
+//!    PostgreSQL itself may be crashed and restarted
+//!    (`--pg-restart-every`); a leader that could not renew its lease in
+//!    time stops by itself (it is deposed) and is restarted as a standby, as
+//!    a supervisor would.
 //! 4. When the duration is over, stop killing, and wait (bounded) until
 //!    every acknowledged chain ended, as `GetChain` tells.
 //! 5. Stop the workers (drain) and the broker (SIGTERM), read the journals
@@ -26,7 +33,8 @@ use tokio::task::JoinSet;
 use crate::check::{self, Evidence};
 use crate::journal::{self, now_ns};
 use crate::plan::{self, Design, Expect};
-use crate::procs::{self, Broker, Exit, Kill, Workers};
+use crate::postgres::Postgres;
+use crate::procs::{self, Broker, Exit, Kill, Role, Store, Workers};
 use crate::span::{Span, parse_duration, show};
 use crate::trouble::{self, Troubles};
 
@@ -137,9 +145,60 @@ pub struct Options {
     /// How long a pause lasts [default: 1.5 to 2.5 leases].
     #[arg(long)]
     pub pause_for: Option<Span>,
+    /// Keep the store in PostgreSQL instead of sled: the harness creates a
+    /// PostgreSQL cluster of its own (a temporary directory, a free
+    /// loopback port), runs `--brokers` brokers on it, and kills the leader
+    /// of the moment on the broker kill schedule.
+    #[arg(long)]
+    pub postgres: bool,
+    /// PostgreSQL's `bin` directory [default: the newest
+    /// /usr/lib/postgresql/*/bin, else the directory of `initdb` on the
+    /// PATH].
+    #[arg(long, requires = "postgres")]
+    pub pg_bin: Option<PathBuf>,
+    /// Brokers on the one database (with --postgres).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub brokers: u64,
+    /// The leader's lease (--leader-lease-ms, with --postgres).
+    #[arg(long, default_value_t = 2000)]
+    pub leader_lease_ms: u64,
+    /// Time between two crashes of PostgreSQL (an immediate shutdown, then
+    /// a start; off when not given).
+    #[arg(long, requires = "postgres")]
+    pub pg_restart_every: Option<Span>,
+    /// How long PostgreSQL stays down after a crash.
+    #[arg(long, default_value = "0ms..2s")]
+    pub pg_down: Span,
 }
 
 impl Options {
+    /// Options that do not go together.
+    ///
+    /// # Errors
+    /// A message naming them.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.postgres
+            && (self.disk_full_every.is_some()
+                || self.no_fd_every.is_some()
+                || self.pause_every.is_some())
+        {
+            bail!(
+                "--disk-full-every, --no-fd-every and --pause-every act on one sled broker; \
+                 they do not go with --postgres"
+            );
+        }
+        Ok(())
+    }
+
+    /// How many brokers the run has.
+    fn broker_count(&self) -> usize {
+        if self.postgres {
+            usize::try_from(self.brokers).unwrap_or(1)
+        } else {
+            1
+        }
+    }
+
     /// The episodes of faults besides kills that the options ask for.
     fn troubles(&self) -> Vec<trouble::Plan> {
         let lease = Duration::from_millis(self.lease_ms);
@@ -219,6 +278,7 @@ fn lock(observed: &Shared) -> std::sync::MutexGuard<'_, Observed> {
 /// When the harness itself cannot work (no broker binary, a process that
 /// cannot be started, an interrupt).
 pub async fn run(options: Options) -> anyhow::Result<bool> {
+    options.check()?;
     let seed = options.seed.unwrap_or_else(|| now_ns() % 1_000_000);
     let bin = broker_binary(options.broker.as_deref())?;
     let exe = std::env::current_exe().context("locating this binary")?;
@@ -244,6 +304,18 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         options.worker_kill_every,
         options.worker_down
     );
+    if options.postgres {
+        println!(
+            "  PostgreSQL mode: {} brokers, leader's lease {} ms, the leader killed on the broker \
+             schedule; PostgreSQL crashed every {} (down {})",
+            options.broker_count(),
+            options.leader_lease_ms,
+            options
+                .pg_restart_every
+                .map_or_else(|| "(never)".to_owned(), |s| s.to_string()),
+            options.pg_down
+        );
+    }
     let troubles = options.troubles();
     for plan in &troubles {
         println!(
@@ -276,24 +348,50 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         eprintln!("baton-chaos: interrupted; every process of the run was killed");
         std::process::exit(2);
     });
-    let port = free_port()?;
     let mut broker_args = options.broker_arg.clone();
     if options.large_every > 0 && !broker_args.iter().any(|a| a.starts_with("--max-payload")) {
         broker_args.extend(["--max-payload".to_owned(), "1000000".to_owned()]);
     }
-    let mut broker = Broker::new(
-        bin,
-        port,
-        data.clone(),
-        logs.clone(),
-        options.lease_ms,
-        broker_args,
-    );
-    broker.start().await?;
+    let mut postgres = None;
+    let store = if options.postgres {
+        let mut server = Postgres::create(options.pg_bin.as_deref(), free_port()?)?;
+        server.start()?;
+        println!("  PostgreSQL {} (the harness's own)", server.url());
+        let url = server.url();
+        postgres = Some(server);
+        Store::Postgres {
+            url,
+            leader_lease_ms: options.leader_lease_ms,
+        }
+    } else {
+        Store::Sled(data.clone())
+    };
+    let mut brokers = Vec::new();
+    for id in 0..options.broker_count() {
+        let mut broker = Broker::new(
+            bin.clone(),
+            id,
+            free_port()?,
+            store.clone(),
+            logs.clone(),
+            options.lease_ms,
+            broker_args.clone(),
+        );
+        // One after the other: the first leads.
+        broker.start().await?;
+        brokers.push(broker);
+    }
+    // What clients and workers are given: every broker, as a user lists
+    // them in BATON_ADDR.
+    let addrs = brokers
+        .iter()
+        .map(Broker::host_port)
+        .collect::<Vec<_>>()
+        .join(",");
     let workers_count = usize::try_from(options.workers).unwrap_or(1);
     let mut workers = Workers::new(
         exe,
-        broker.addr(),
+        addrs.clone(),
         journals,
         logs.clone(),
         workers_count,
@@ -303,12 +401,17 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     for slot in 0..workers_count {
         workers.start(slot)?;
     }
-    let client = Client::new(
-        tonic::transport::Endpoint::from_shared(broker.addr())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(RPC_TIMEOUT)
-            .connect_lazy(),
-    );
+    let client = if brokers.len() == 1 {
+        Client::new(
+            tonic::transport::Endpoint::from_shared(brokers[0].addr())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(RPC_TIMEOUT)
+                .connect_lazy(),
+        )
+    } else {
+        // Follows the leader; every call is bounded by RPC_TIMEOUT below.
+        Client::connect(addrs.clone()).await?
+    };
 
     let plan = Arc::new(plan::generate(
         seed,
@@ -337,22 +440,35 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         &options,
         seed,
         started,
-        &mut broker,
+        &mut brokers,
+        postgres.as_mut(),
         &mut workers,
         &mut troubles,
         &mut seen,
     )
     .await;
-    // Whatever happened, the broker is left without limits and running.
-    troubles.lift(&broker)?;
+    // Whatever happened, the broker is left without limits and running,
+    // and PostgreSQL up.
+    troubles.lift(&brokers[0])?;
+    if let Some(server) = postgres.as_mut()
+        && let Some(outage) = seen.outages.last_mut()
+        && outage.end.is_none()
+    {
+        server.start()?;
+        outage.end = Some(now_ns());
+    }
     injected?;
-    let Seen { kills, mut exits } = seen;
     let chaos_ended = started.elapsed();
     println!(
-        "faults stopped after {:.1}s ({} broker kills, {} worker kills); waiting for the chains to end",
+        "faults stopped after {:.1}s ({} broker kills, {} worker kills{}); waiting for the chains to end",
         chaos_ended.as_secs_f64(),
-        kills.iter().filter(|k| k.worker.is_none()).count(),
-        kills.iter().filter(|k| k.worker.is_some()).count()
+        seen.kills.iter().filter(|k| k.worker.is_none()).count(),
+        seen.kills.iter().filter(|k| k.worker.is_some()).count(),
+        if options.postgres {
+            format!(", {} PostgreSQL crashes", seen.outages.len())
+        } else {
+            String::new()
+        }
     );
 
     // Settle: every process up, then wait for every chain to end.
@@ -363,16 +479,13 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     }
     let settle = async {
         loop {
-            exits.extend(workers.exited());
+            seen.exits.extend(workers.exited());
             for slot in 0..workers.count() {
                 if !workers.is_up(slot) {
                     workers.start(slot)?;
                 }
             }
-            if let Some(exit) = broker.exited() {
-                exits.push(exit);
-                broker.start().await?;
-            }
+            restart_exited(&mut brokers, &mut seen).await?;
             let submitted = submitter.is_finished();
             let pending = {
                 let o = lock(&observed);
@@ -395,7 +508,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let settle_timed_out = settle.await?;
     if settle_timed_out {
         let stuck = dir.join("stuck.txt");
-        match crate::inspect::describe(&broker.addr()).await {
+        match crate::inspect::describe(&addrs).await {
             Ok(text) => {
                 let _ = std::fs::write(&stuck, text);
                 println!(
@@ -412,14 +525,31 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     observer.abort();
     let settled_after = started.elapsed();
 
-    // Stop: workers drain first (they need the broker), then the broker.
-    exits.extend(workers.exited());
+    // Stop: workers drain first (they need the broker), then the brokers,
+    // standbys first (a leader stopped first would hand its lease to one).
+    seen.exits.extend(workers.exited());
     let live = (0..workers.count()).filter(|s| workers.is_up(*s)).count();
     let workers_clean = workers.stop_all(STOP_GRACE).await;
-    if let Some(exit) = broker.exited() {
-        exits.push(exit);
+    restart_exited(&mut brokers, &mut seen).await?;
+    let mut order = Vec::new();
+    for (i, broker) in brokers.iter().enumerate() {
+        order.push((broker.role().await == Role::Leader, i));
     }
-    let broker_clean_stop = broker.terminate(STOP_GRACE).await;
+    order.sort();
+    let mut broker_clean_stop = true;
+    for (_, i) in order {
+        broker_clean_stop &= brokers[i].terminate(STOP_GRACE).await;
+    }
+    if let Some(server) = postgres.as_ref() {
+        server.shutdown()?;
+        server.keep_logs(&logs);
+    }
+    let Seen {
+        kills,
+        exits,
+        deposed,
+        outages,
+    } = seen;
 
     // Evidence.
     let mut reads = Vec::new();
@@ -427,25 +557,37 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         let read = journal::read(&process.journal).unwrap_or_default();
         reads.push(read);
     }
-    broker.logs_written().await;
-    let logged = broker_logs(&logs, broker.incarnation);
+    let several = brokers.len() > 1;
+    let mut logged = Logged::default();
+    for broker in &mut brokers {
+        broker.logs_written().await;
+        broker_logs(&logs, broker, several, &mut logged);
+    }
     let lapses: HashSet<(String, u32)> = logged
         .lapses
         .iter()
         .map(|l| (l.task.clone(), l.attempt))
         .collect();
     // ERROR lines are expected while the disk is full or no descriptor is
-    // left, and while the broker repairs its store after.
+    // left, while PostgreSQL is down, and while the broker repairs its
+    // store after; and from a deposed leader, which says so as it stops.
     let grace = u64::try_from(trouble::REPAIR_GRACE.as_nanos()).unwrap_or(u64::MAX);
+    let lease_ns = options.leader_lease_ms * 1_000_000;
     let (expected, broker_errors): (Vec<_>, Vec<_>) =
-        logged.errors.into_iter().partition(|(incarnation, t, _)| {
-            troubles.done.iter().any(|e| {
+        logged.errors.into_iter().partition(|error| {
+            let troubled = troubles.done.iter().any(|e| {
                 e.kind != trouble::Kind::Paused
-                    && e.incarnation == *incarnation
-                    && (e.start..=e.end.saturating_add(grace)).contains(t)
-            })
+                    && error.broker == 0
+                    && e.incarnation == error.incarnation
+                    && (e.start..=e.end.saturating_add(grace)).contains(&error.t)
+            });
+            let database_down = outages.iter().any(|o| {
+                let end = o.end.unwrap_or(u64::MAX);
+                (o.start..=end.saturating_add(lease_ns + grace)).contains(&error.t)
+            });
+            troubled || database_down || error.deposed
         });
-    let broker_errors: Vec<String> = broker_errors.into_iter().map(|(_, _, l)| l).collect();
+    let broker_errors: Vec<String> = broker_errors.into_iter().map(|e| e.line).collect();
     // A lease that lapsed in the incarnation that was paused, during the
     // pause or within a lease and a second of its end.
     let after = (options.lease_ms + 1000) * 1_000_000;
@@ -455,6 +597,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         .filter(|l| {
             troubles.done.iter().any(|e| {
                 e.kind == trouble::Kind::Paused
+                    && l.broker == 0
                     && e.incarnation == l.incarnation
                     && (e.start..=e.end + after).contains(&l.t)
             })
@@ -467,6 +610,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         processes: &workers.history,
         journals: &reads,
         kills: &kills,
+        deposed: &deposed,
         exits: &exits,
         lapses: &lapses,
         paused_lapses: &paused_lapses,
@@ -478,10 +622,26 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     };
     let mut report = check::check(&evidence);
     report.notes.extend(troubles.summary());
-    if !troubles.done.is_empty() {
+    if !troubles.done.is_empty() || !outages.is_empty() || !deposed.is_empty() {
         report.notes.push(format!(
-            "{} broker ERROR lines during a full disk or no descriptor, or the repair after (expected)",
+            "{} broker ERROR lines during a full disk, no descriptor or PostgreSQL down, the \
+             repair after, or from a deposed leader (expected)",
             expected.len()
+        ));
+    }
+    if !outages.is_empty() {
+        let ms = |o: &Outage| o.end.unwrap_or(o.start).saturating_sub(o.start) / 1_000_000;
+        report.notes.push(format!(
+            "PostgreSQL crashed (immediate shutdown) and restarted {} times, down {} ms in all",
+            outages.len(),
+            outages.iter().map(ms).sum::<u64>()
+        ));
+    }
+    if !deposed.is_empty() {
+        report.notes.push(format!(
+            "{} leaders deposed themselves (their lease lapsed without a renewal) and were \
+             restarted as standbys",
+            deposed.len()
         ));
     }
     if !observed.refusals.is_empty() {
@@ -530,25 +690,79 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
 #[derive(Default)]
 struct Seen {
     kills: Vec<Kill>,
+    /// Processes that ended unasked (violations).
     exits: Vec<Exit>,
+    /// Leaders that stopped because they could not renew their lease in
+    /// time (PostgreSQL mode): by design, a deposed leader stops at once
+    /// and its supervisor (here the harness) restarts it as a standby.
+    deposed: Vec<Exit>,
+    /// PostgreSQL's crashes.
+    outages: Vec<Outage>,
+}
+
+/// PostgreSQL down: from its crash to its restart (journal clock).
+struct Outage {
+    start: u64,
+    end: Option<u64>,
+}
+
+/// Restarts the brokers that ended by themselves, and records why they
+/// ended: deposed (their last log line says so) or not.
+async fn restart_exited(brokers: &mut [Broker], seen: &mut Seen) -> anyhow::Result<()> {
+    for broker in brokers {
+        let Some(exit) = broker.exited() else {
+            continue;
+        };
+        broker.logs_written().await;
+        if broker.was_deposed() {
+            seen.deposed.push(exit);
+        } else {
+            eprintln!("broker {} exited by itself: {}", broker.id, exit.status);
+            seen.exits.push(exit);
+        }
+        broker.start().await?;
+    }
+    Ok(())
+}
+
+/// The broker to kill: the only one, or the leader of the moment (none
+/// while the brokers elect one).
+async fn victim(brokers: &[Broker]) -> Option<usize> {
+    if let [only] = brokers {
+        return only.pid().map(|_| 0);
+    }
+    for (i, broker) in brokers.iter().enumerate() {
+        if broker.role().await == Role::Leader {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// The kill schedule, until the duration is over. Processes that end by
 /// themselves are recorded and restarted.
+#[allow(clippy::too_many_arguments)]
 async fn inject(
     options: &Options,
     seed: u64,
     started: Instant,
-    broker: &mut Broker,
+    brokers: &mut [Broker],
+    mut postgres: Option<&mut Postgres>,
     workers: &mut Workers,
     troubles: &mut Troubles,
     seen: &mut Seen,
 ) -> anyhow::Result<()> {
     // Its own stream, so the plan does not change with the kill settings.
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_c4a0_5000_0001);
+    // And PostgreSQL's crashes their own, so the kills do not change with
+    // them.
+    let mut pg_rng = fastrand::Rng::with_seed(seed ^ 0x9057_9e50_0000_0021);
     let end = started + options.duration;
     let mut next_broker_kill = started + options.broker_kill_every.pick(&mut rng);
     let mut next_worker_kill = started + options.worker_kill_every.pick(&mut rng);
+    let mut next_pg_crash = options
+        .pg_restart_every
+        .map(|every| started + every.pick(&mut pg_rng));
     let mut restarts: Vec<(Instant, usize)> = Vec::new();
     loop {
         let now = Instant::now();
@@ -556,18 +770,40 @@ async fn inject(
             return Ok(());
         }
         seen.exits.extend(workers.exited());
-        if let Some(exit) = broker.exited() {
-            eprintln!("the broker exited by itself: {}", exit.status);
-            seen.exits.push(exit);
-            broker.start().await?;
-        }
+        restart_exited(brokers, seen).await?;
         if now >= next_broker_kill {
-            if let Some(kill) = broker.kill9().await {
-                seen.kills.push(kill);
+            match victim(brokers).await {
+                Some(i) => {
+                    if let Some(kill) = brokers[i].kill9().await {
+                        seen.kills.push(kill);
+                    }
+                    tokio::time::sleep(options.broker_down.pick(&mut rng)).await;
+                    brokers[i].start().await?;
+                    next_broker_kill = Instant::now() + options.broker_kill_every.pick(&mut rng);
+                }
+                // No leader yet (a failover under way): ask again soon.
+                None => next_broker_kill = Instant::now() + Duration::from_millis(250),
             }
-            tokio::time::sleep(options.broker_down.pick(&mut rng)).await;
-            broker.start().await?;
-            next_broker_kill = Instant::now() + options.broker_kill_every.pick(&mut rng);
+        }
+        if let (Some(at), Some(server), Some(every)) = (
+            next_pg_crash,
+            postgres.as_deref_mut(),
+            options.pg_restart_every,
+        ) && now >= at
+        {
+            // From before the crash: the brokers see it while `pg_ctl`
+            // still waits for the server to stop.
+            seen.outages.push(Outage {
+                start: now_ns(),
+                end: None,
+            });
+            server.crash()?;
+            tokio::time::sleep(options.pg_down.pick(&mut pg_rng)).await;
+            server.start()?;
+            if let Some(outage) = seen.outages.last_mut() {
+                outage.end = Some(now_ns());
+            }
+            next_pg_crash = Some(Instant::now() + every.pick(&mut pg_rng));
         }
         if now >= next_worker_kill {
             let up: Vec<usize> = (0..workers.count()).filter(|s| workers.is_up(*s)).collect();
@@ -587,7 +823,7 @@ async fn inject(
                 workers.start(slot)?;
             }
         }
-        troubles.tick(broker)?;
+        troubles.tick(&brokers[0])?;
         // Slots of workers that exited by themselves come back at once.
         let next = [
             next_broker_kill,
@@ -596,6 +832,7 @@ async fn inject(
             now + Duration::from_millis(200),
         ]
         .into_iter()
+        .chain(next_pg_crash)
         .chain(troubles.next())
         .chain(restarts.iter().map(|(at, _)| *at))
         .min()
@@ -851,22 +1088,37 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// What the broker's logs (JSON lines) said.
+/// What the brokers' logs (JSON lines) said.
 #[derive(Default)]
 struct Logged {
-    /// Every lease it saw lapse.
+    /// Every lease they saw lapse.
     lapses: Vec<check::Lapse>,
-    /// Every line at ERROR: (incarnation, time, line).
-    errors: Vec<(u32, u64, String)>,
+    /// Every line at ERROR.
+    errors: Vec<ErrorLine>,
 }
 
-fn broker_logs(logs: &Path, incarnations: u32) -> Logged {
-    let mut logged = Logged::default();
-    for incarnation in 1..=incarnations {
-        let path = Broker::log_path(logs, incarnation);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+/// A line a broker logged at ERROR.
+struct ErrorLine {
+    broker: usize,
+    incarnation: u32,
+    t: u64,
+    /// The line, prefixed with its file's name.
+    line: String,
+    /// A deposed leader's last words.
+    deposed: bool,
+}
+
+/// Reads every incarnation's log of `broker` into `logged`.
+fn broker_logs(logs: &Path, broker: &Broker, several: bool, logged: &mut Logged) {
+    for incarnation in 1..=broker.incarnation {
+        let name = Broker::log_path(logs, broker.id, several, incarnation);
+        let Ok(text) = std::fs::read_to_string(&name) else {
             continue;
         };
+        let file = name
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for line in text.lines() {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -884,16 +1136,20 @@ fn broker_logs(logs: &Path, incarnations: u32) -> Logged {
                 logged.lapses.push(check::Lapse {
                     task: task.to_owned(),
                     attempt: u32::try_from(attempt).unwrap_or(0),
+                    broker: broker.id,
                     incarnation,
                     t,
                 });
             }
             if entry["level"].as_str() == Some("ERROR") {
-                logged
-                    .errors
-                    .push((incarnation, t, format!("broker-{incarnation}.log: {line}")));
+                logged.errors.push(ErrorLine {
+                    broker: broker.id,
+                    incarnation,
+                    t,
+                    line: format!("{file}: {line}"),
+                    deposed: message.starts_with(procs::DEPOSED),
+                });
             }
         }
     }
-    logged
 }
