@@ -79,6 +79,10 @@ struct Inner {
     /// How to move to another broker; `None` for a client over a channel
     /// given by the caller.
     route: Option<Route>,
+    /// How long a call waits for its answer (`ClientOptions::timeout`);
+    /// `None` for a client over a channel given by the caller, whose
+    /// timeouts are the channel's.
+    timeout: Option<Duration>,
 }
 
 /// The brokers a client was given, and how to connect to one of them.
@@ -168,9 +172,19 @@ impl Route {
         self.brokers().succeeded();
     }
 
-    /// Connects to one broker.
+    /// Connects to one broker, within the call timeout: a frozen broker's
+    /// kernel still accepts the TCP connection, but no HTTP/2 handshake
+    /// follows.
     async fn connect(&self, address: &str) -> Result<Stubs> {
-        let channel = self.options.endpoint(address)?.connect().await?;
+        let limit = self.options.call_timeout();
+        let endpoint = self.options.endpoint(address)?.connect_timeout(limit);
+        let channel = tokio::time::timeout(limit, endpoint.connect())
+            .await
+            .map_err(|_| {
+                tonic::Status::unavailable(format!(
+                    "no answer from the broker at {address} within {limit:?}"
+                ))
+            })??;
         Ok(Stubs::new(channel, self.bearer.clone()))
     }
 }
@@ -268,6 +282,7 @@ impl Client {
                 Error::from,
             ));
         };
+        let timeout = Some(options.call_timeout());
         let route = Route {
             brokers: Mutex::new(brokers),
             options,
@@ -288,6 +303,7 @@ impl Client {
             inner: Arc::new(Inner {
                 current: Mutex::new(stubs),
                 route: Some(route),
+                timeout,
             }),
         })
     }
@@ -316,26 +332,52 @@ impl Client {
             inner: Arc::new(Inner {
                 current: Mutex::new(Stubs::new(channel, bearer)),
                 route: None,
+                timeout: None,
             }),
         }
     }
 
     /// Makes a call with the current stubs; when it cannot reach its
-    /// broker or a standby refuses it, follows the leader (see
-    /// [`crate::failover`]) and makes it again.
+    /// broker, a standby refuses it, or it has no answer within the
+    /// timeout, follows the leader (see [`crate::failover`]) and makes it
+    /// again.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: Fn(Stubs) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let stubs = self.inner.stubs();
-        let status = match call(stubs).await {
+        let (status, timed_out) = match self.bounded(call(stubs)).await {
             Ok(response) => return Ok(response.into_inner()),
-            Err(status) => status,
+            Err(failure) => failure,
         };
         match &self.inner.route {
-            Some(route) if elsewhere(&status) => self.fail_over(route, status, call).await,
+            Some(route) if timed_out || elsewhere(&status) => {
+                self.fail_over(route, status, call).await
+            }
             _ => Err(status.into()),
+        }
+    }
+
+    /// One try of a call, bounded by the client's timeout: the answer, or
+    /// the status and whether the timeout made it (`DEADLINE_EXCEEDED`).
+    /// Every call the client makes may be made twice: a submission carries
+    /// its chain id, the others are reads or set a state.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> std::result::Result<tonic::Response<T>, (tonic::Status, bool)> {
+        let Some(limit) = self.inner.timeout else {
+            return call.await.map_err(|status| (status, false));
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(answer) => answer.map_err(|status| (status, false)),
+            Err(_) => Err((
+                tonic::Status::deadline_exceeded(format!(
+                    "no answer from the broker within {limit:?}"
+                )),
+                true,
+            )),
         }
     }
 
@@ -367,14 +409,14 @@ impl Client {
                 }
             };
             *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = stubs.clone();
-            match call(stubs).await {
+            match self.bounded(call(stubs)).await {
                 Ok(response) => {
                     route.succeeded();
                     tracing::info!(broker = %address, "following the leader");
                     return Ok(response.into_inner());
                 }
-                Err(next) if elsewhere(&next) => status = next,
-                Err(other) => return Err(other.into()),
+                Err((next, timed_out)) if timed_out || elsewhere(&next) => status = next,
+                Err((other, _)) => return Err(other.into()),
             }
         }
     }

@@ -9,6 +9,7 @@
 //! [`Client::connect_with`]: crate::Client::connect_with
 
 use std::fmt;
+use std::time::Duration;
 
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
@@ -30,13 +31,19 @@ use crate::error::{Error, Result};
 pub struct ClientOptions {
     token: Option<String>,
     tls: Option<TlsOptions>,
+    timeout: Option<Duration>,
 }
+
+/// How long a client's call waits for its answer unless told otherwise:
+/// the Python, TypeScript and Go SDKs' default too.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientOptions")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -59,6 +66,24 @@ impl ClientOptions {
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// How long a call of [`Client`](crate::Client) waits for its answer
+    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). A call with no answer by
+    /// then fails with `DEADLINE_EXCEEDED`; with several brokers it is
+    /// first made at the next one, since a broker that stopped answering
+    /// (a leader frozen, its machine paused) is deposed within its lease
+    /// and a standby takes over. A watch is bounded only until it opens.
+    /// The worker SDK does not use it: its stream has heartbeats and
+    /// leases.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The call timeout: as set, or [`DEFAULT_CALL_TIMEOUT`].
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)
     }
 
     /// The tonic endpoint for `endpoint` (`host:port` or a URI) with these

@@ -204,3 +204,42 @@ async fn an_acknowledged_batch_survives_kill_9() {
     worker.stop().await;
     broker.terminate().await;
 }
+
+/// A broker that stops answering (SIGSTOP: its kernel still accepts
+/// connections and bytes, nothing reads them) does not hang a client: the
+/// call fails with `DEADLINE_EXCEEDED` once `ClientOptions::timeout` has
+/// passed, and the client works again when the broker resumes. With
+/// several brokers the timed-out call is made at the next one instead
+/// (`server/tests/failover.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_frozen_broker_fails_after_the_client_timeout() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::spawn(data.path(), free_port(), &[]).await;
+    let options = baton::ClientOptions::new().timeout(std::time::Duration::from_millis(500));
+    let client = Client::connect_with(broker.addr.clone(), options)
+        .await
+        .unwrap();
+    client
+        .submit(Task::new("frozen.before").si(()))
+        .await
+        .unwrap();
+
+    broker.signal("STOP");
+    // Bounded from outside, so that a client that hangs fails the test
+    // instead of hanging it.
+    let answer =
+        tokio::time::timeout(PATIENCE, client.submit(Task::new("frozen.during").si(()))).await;
+    broker.signal("CONT");
+    let error = answer
+        .expect("the call hung on a frozen broker")
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::DeadlineExceeded), "{error}");
+    assert!(error.to_string().contains("within 500ms"), "{error}");
+
+    let after = client
+        .submit(Task::new("frozen.after").si(()))
+        .await
+        .unwrap();
+    assert!(after.is_new());
+    broker.kill9().await;
+}

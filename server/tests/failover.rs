@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton::pb::{self, worker_message::Msg as Up};
-use baton::{Chain, ChainOutcome, Client, Task, Throttle};
+use baton::{Chain, ChainOutcome, Client, ClientOptions, Task, Throttle};
 use baton_worker::{TaskContext, Worker};
 use common::*;
 use pg_schema::Schema;
@@ -491,7 +491,9 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b) = two_brokers(&schema, dir.path()).await;
-    let client = Client::connect(format!("{},{}", a.addr, b.addr))
+    // A call without an answer within 2 s is made at the next broker.
+    let options = ClientOptions::new().timeout(Duration::from_secs(2));
+    let client = Client::connect_with(format!("{},{}", a.addr, b.addr), options)
         .await
         .unwrap();
     let frozen_id = uuid::Uuid::now_v7().to_string();
@@ -510,10 +512,6 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
         request.chain_id.clone_from(&frozen_id);
         tokio::spawn(async move { direct.submit_chain(request).await })
     };
-    // Calls to a frozen broker hang: from here on, the other one first.
-    let client = Client::connect(format!("{},{}", b.addr, a.addr))
-        .await
-        .unwrap();
     until("b leads", LEADER_LEASE * 3, || async {
         leader_of(&schema).as_deref() == Some(b.addr.as_str())
     })
@@ -522,9 +520,15 @@ async fn a_leader_paused_past_its_lease_is_deposed_and_its_flush_refused() {
         health(&b.addr, "baton.v1.Broker").await == Some(SERVING)
     })
     .await;
+    // The client still calls the frozen leader first: its calls time out
+    // there and are made at b.
     let mut after = Vec::new();
     for i in 0..5u64 {
-        after.push(client.submit(chain(3 * i + 2)).await.unwrap().chain_id);
+        let submitted = tokio::time::timeout(PATIENCE, client.submit(chain(3 * i + 2)))
+            .await
+            .expect("a call to a frozen leader moves to the new one")
+            .unwrap();
+        after.push(submitted.chain_id);
     }
     a.signal(rustix::process::Signal::CONT);
     let status = a.exited(PATIENCE).await.expect("the deposed leader exits");
