@@ -56,9 +56,15 @@ def load(path: str) -> List[dict]:
             if line.lstrip().startswith("{"):
                 r = json.loads(line)
                 results[(r["system"], r["producer"], r.get("prefetch", 0), r.get("load", "half"),
-                         r.get("window"), r.get("pool"), bool(r.get("defaults")),
+                         r.get("window"), r.get("pool"), bool(r.get("defaults")), store(r),
                          *(r[k] for k in CONFIG))] = r
     return list(results.values())
+
+
+def store(r: dict) -> str:
+    """Where Baton kept its store: "sled" (the default; lines before the field had it) or
+    "postgres"; Celery's lines say nothing."""
+    return r.get("store", "sled") if r["system"] == "baton" else ""
 
 
 def lower_is_better(r: dict) -> bool:
@@ -113,14 +119,15 @@ def ratio(baton: Optional[dict], celery: Optional[dict]) -> Optional[float]:
 
 
 def rows(results: List[dict]) -> Tuple[List[str], List[List[str]]]:
-    header = ["workload", "producer", "workers", "durable", "procs × conc.", "Baton", "Celery", "Baton/Celery"]
+    header = ["workload", "producer", "workers", "store", "durable", "procs × conc.", "Baton", "Celery",
+              "Baton/Celery"]
     table = []
     for baton, celery in comparisons(results):
         any_ = baton or celery
         q = ratio(baton, celery)
         table.append([
             workload_name(any_), baton["producer"] if baton else "—", any_["workers"],
-            "yes" if any_["durable"] else "no", size(any_),
+            store(baton) if baton else "—", "yes" if any_["durable"] else "no", size(any_),
             figure(baton), figure(celery), "—" if q is None else f"{q:.2f}×",
         ])
     return header, table
@@ -180,6 +187,14 @@ PREFETCHED = {
 }
 
 
+ON_POSTGRES = {
+    # The same series with the store in PostgreSQL.
+    ("baton", "python", "loop"): "#17becf",
+    ("baton", "rust", "loop"): "#e7298a",
+    ("baton", "rust", "batch"): "#fa9fb5",
+}
+
+
 AT_CELERYS_LOAD = {
     # Latency under load measured at Celery's rate (``load`` "set").
     ("baton", "python", "loop"): "#08306b",
@@ -194,17 +209,20 @@ def series_of(r: dict, sized: bool) -> Tuple[str, str]:
         label, color = f"{label}, prefetch", PREFETCHED.get(key, color)
     if r.get("pool") == "processes":
         label, color = f"{label}, process pool", "#2ca02c"
+    if store(r) == "postgres":
+        label, color = f"{label}, on PostgreSQL", ON_POSTGRES.get(key, "#e7298a")
     if r.get("defaults"):
         label = f"{label}, defaults"
     if r.get("load") == "set":
-        label, color = f"{label}, under Celery's load", AT_CELERYS_LOAD.get(key, color)
+        at_load = "#0b5563" if store(r) == "postgres" else AT_CELERYS_LOAD.get(key, color)
+        label, color = f"{label}, under Celery's load", at_load
     prefetch = f" + {r['prefetch']}" if r.get("prefetch") else ""
     return (f"{label} ({r['procs']}×{r['concurrency']}{prefetch})" if sized else label), color
 
 
 def series_order(r: dict) -> tuple:
     """Celery first, then Baton with Python workers, then Rust; loop before batch."""
-    return (r["system"] != "celery", r["workers"], r["producer"] != "loop", r.get("prefetch", 0),
+    return (r["system"] != "celery", r["workers"], store(r), r["producer"] != "loop", r.get("prefetch", 0),
             r.get("pool") or "", r.get("load") == "set", r["procs"], r["concurrency"])
 
 
@@ -270,11 +288,13 @@ def chart(results: List[dict], path: str) -> None:
     panel(right, drawn, LATENCY, "Submit-to-start latency", sized)
     legend = {series_of(r, sized)[0]: series_of(r, sized)[1] for r in sorted(drawn, key=series_order)}
     handles = [plt.Rectangle((0, 0), 1, 1, color=color) for color in legend.values()]
-    fig.legend(handles, legend.keys(), loc="upper center", ncol=min(3, len(legend)), frameon=False)
+    # Long labels (PostgreSQL, Celery's load) fit two to a row.
+    columns = min(2 if max(len(label) for label in legend) > 60 else 3, len(legend))
+    fig.legend(handles, legend.keys(), loc="upper center", ncol=columns, frameon=False)
     size = "" if sized else f"{sizes[0][0]} worker process(es) × concurrency {sizes[0][1]}. "
     fig.text(0.5, 0.005, f"{size}Bars: median of runs, whiskers: min–max; labels: Baton/Celery "
              "(green: Baton better).", ha="center", va="bottom", fontsize=9, color="#444444")
-    rows = math.ceil(len(legend) / min(3, len(legend)))
+    rows = math.ceil(len(legend) / columns)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97 - 0.035 * rows))  # the legend's rows above the panels
     fig.savefig(path, dpi=110)
     plt.close(fig)

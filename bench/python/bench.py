@@ -3,7 +3,7 @@
 
     python bench/python/bench.py --system {baton,celery} --workload noop chains executors latency
         [--producer loop batch] --tasks N --procs P --concurrency C --runs R
-        [--baton-bin PATH] [--no-durable] [--batch-size B]
+        [--baton-bin PATH] [--no-durable] [--batch-size B] [--store postgres://...]
 
 Each invocation starts one system on 127.0.0.1 (free ports, a temporary
 directory), measures the workloads it is given, prints one JSON line per
@@ -42,6 +42,9 @@ What is measured, identically for both systems:
   microseconds): the same CPU time, for each process the harness started and
   the producer, over the measured runs (waits between them included),
   divided by their units: where the time of a throughput figure goes.
+* **Store**: Baton keeps its store in sled (a temporary data directory), or
+  with ``--store postgres://USER@HOST:PORT/DB`` in a fresh database that
+  ``psql`` creates on that server (the line says ``"store": "postgres"``).
 * Each workload is warmed up once (300 units) and then measured ``--runs``
   times; a line gives every run, their median, min and max. Throughput lines
   also give ``producer_rate``, the median rate at which the producer submitted:
@@ -51,10 +54,12 @@ What is measured, identically for both systems:
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -70,6 +75,28 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)  # records and the two task modules, for the harness and its workers
 
 import records  # noqa: E402
+
+
+def psql() -> str:
+    """PostgreSQL's ``psql``: $PG_BIN's, the PATH's, or the newest of Debian's."""
+    found = [os.path.join(os.environ["PG_BIN"], "psql")] if os.environ.get("PG_BIN") else []
+    found += [p for p in [shutil.which("psql")] if p]
+    found += sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), reverse=True)
+    if not found:
+        raise SystemExit("--store needs psql (PostgreSQL's client) to create the database: set PG_BIN")
+    return found[0]
+
+
+def fresh_database(server: str) -> str:
+    """A new database on the PostgreSQL server of ``server`` (a URL whose user may create
+    databases), for one broker; its URL. The suite's server is its own and removed after
+    the run, so the database is not dropped."""
+    base, sep, _ = server.rpartition("/")
+    if not sep or not base.startswith("postgres"):
+        raise SystemExit(f"--store {server}: expected postgres://USER@HOST:PORT/DB")
+    name = f"baton_bench_py_{os.getpid()}_{time.time_ns()}"
+    subprocess.run([psql(), server, "-q", "-c", f"CREATE DATABASE {name}"], check=True)
+    return f"{base}/{name}"
 
 WORKLOADS = {
     # workload: (role that completes a unit, records per unit, unit)
@@ -215,7 +242,9 @@ class BatonSystem:
 
     def start(self) -> None:
         address = f"127.0.0.1:{free_port()}"
-        argv = [self.args.baton_bin, "serve", "--listen", address, "--data", os.path.join(self.tmp, "baton-data")]
+        store = (["--store", fresh_database(self.args.store)] if self.args.store
+                 else ["--data", os.path.join(self.tmp, "baton-data")])
+        argv = [self.args.baton_bin, "serve", "--listen", address, *store]
         self.procs.start("baton-broker", argv + (["--no-durable"] if self.args.no_durable else []))
         # BATON_ADDR is the SDK's variable; BATON_ADDRESS too, for SDK versions
         # before it (the new ones ignore it when BATON_ADDR is set).
@@ -283,6 +312,7 @@ class BatonSystem:
             "worker": f"python -m baton worker ({self.args.pool or 'threads'} pool), --loglevel WARNING",
             "prefetch": "the SDK's default" if self.args.prefetch is None else self.args.prefetch,
             "broker": "baton serve, defaults otherwise",
+            "store": "PostgreSQL (--store), a fresh database" if self.args.store else "sled (--data)",
             "delay": "pipelined" if getattr(self.tasks.app, "pipeline", False) else "synchronous",
         }
         if producer == "batch":
@@ -494,6 +524,7 @@ def result(args: argparse.Namespace, workload: str, producer: str, tasks: int, u
         **({"prefetch": args.prefetch} if args.prefetch else {}),
         **({"window": "default"} if args.system == "baton" and args.prefetch is None else {}),
         **({"pool": args.pool} if args.pool else {}), **({"defaults": True} if args.defaults else {}),
+        **({"store": "postgres"} if args.store else {}),
         "tasks": tasks,
         "unit": unit, "runs": [round(r, digits) for r in runs], "median": round(statistics.median(runs), digits),
         "min": round(min(runs), digits), "max": round(max(runs), digits), **extra,
@@ -505,6 +536,7 @@ def human(line: dict) -> str:
     prefetch = f"+{line['prefetch']}" if line.get("prefetch") else "+default" if line.get("window") else ""
     prefetch += f" {line['pool']}" if line.get("pool") else ""
     prefetch += " (defaults)" if line.get("defaults") else ""
+    prefetch += " on PostgreSQL" if line.get("store") == "postgres" else ""
     cpu = line.get("cpu_us_per_unit")
     split = "" if not cpu else "; CPU us/unit: " + ", ".join(f"{name} {us:g}" for name, us in cpu.items())
     return (f"{line['system']:6} {line['workload']:16} {line['producer']:5} {durable:10} "
@@ -538,6 +570,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-durable", action="store_true",
                    help="Baton: --no-durable; Celery: Redis without AOF (appendonly no)")
     p.add_argument("--batch-size", type=int, default=1000, help="chains per submit_many call")
+    p.add_argument("--store", metavar="URL",
+                   help="Baton: keep the store in PostgreSQL, in a fresh database on this server "
+                        "(postgres://USER@HOST:PORT/DB, a user that may create databases); default: sled")
     p.add_argument("--load-rate", type=float,
                    help="tasks/s of the latency-under-load phase (default: half the measured noop throughput)")
     args = p.parse_args(argv)
@@ -548,6 +583,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--prefetch is a number >= 0, for --system baton only")
     if args.defaults and (args.prefetch is not None or args.pool):
         p.error("--defaults runs the SDK's defaults: no --prefetch, no --pool")
+    if args.store and args.system != "baton":
+        p.error("--store is for --system baton only")
     if args.pool and args.system != "baton":
         p.error("--pool is for --system baton only (Celery runs its default, prefork)")
     if args.load_rate is not None and args.load_rate <= 0:
