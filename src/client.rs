@@ -787,6 +787,33 @@ impl Admin {
         Ok(response)
     }
 
+    /// Sets (`Some`) or clears (`None`: back to the declared one) the rate
+    /// of a throttle identity; waiting work honours it at once, and the
+    /// starts already taken count against it. Survives a broker restart.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for a malformed identity or
+    /// rate.
+    pub async fn set_throttle_rate(
+        &self,
+        identity: pb::ThrottleIdentity,
+        rate: Option<pb::Rate>,
+    ) -> Result<pb::ThrottleInfo> {
+        let request = pb::SetThrottleRateRequest {
+            identity: Some(identity),
+            rate,
+        };
+        let response = self
+            .client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.set_throttle_rate(request).await }
+            })
+            .await?;
+        Ok(response)
+    }
+
     /// Pauses a queue: its tasks stay READY but none is assigned until
     /// [`resume_queue`](Self::resume_queue). Survives a broker restart.
     ///

@@ -152,7 +152,11 @@ args_from_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
 ///
 /// // Waldur's "at most 4 resources provisioning per tenant".
 /// let per_tenant = Throttle::new(4).key("tenant:42").shared().chain_scoped();
-/// # let _ = per_tenant;
+/// // At most 10 calls a second to a cloud API, across every worker.
+/// let api = Throttle::rate(10, std::time::Duration::from_secs(1)).key("api").shared();
+/// // Both: 2 at once, and 100 a minute, 10 of them at once.
+/// let both = Throttle::new(2).per("100/m").unwrap().burst(10);
+/// # let _ = (per_tenant, api, both);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Throttle(pb::Throttle);
@@ -166,7 +170,50 @@ impl Throttle {
             key: String::new(),
             shared: false,
             scope: pb::ThrottleScope::Task.into(),
+            rate: None,
         })
+    }
+
+    /// At most `count` starts per `period` for the identity, across every
+    /// worker and broker restart, evenly spaced (see
+    /// [`burst`](Self::burst)); no limit on how many run at once. The
+    /// period is counted in milliseconds.
+    pub fn rate(count: u32, period: std::time::Duration) -> Self {
+        Self::new(0).with_rate(count, period)
+    }
+
+    /// Adds a rate to this throttle: at most `count` starts per `period`.
+    #[must_use]
+    pub fn with_rate(mut self, count: u32, period: std::time::Duration) -> Self {
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.0.rate = Some(pb::Rate {
+            count,
+            period_ms,
+            burst: 0,
+        });
+        self
+    }
+
+    /// Adds a rate written as Celery writes it: `"10/s"`, `"100/m"`,
+    /// `"5/h"`, `"1000/d"` (see [`crate::parse_rate`]).
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong with the text.
+    pub fn per(mut self, rate: &str) -> Result<Self, String> {
+        self.0.rate = Some(crate::parse_rate(rate)?);
+        Ok(self)
+    }
+
+    /// How many starts of the rate may come at once after a quiet spell
+    /// (default 1: evenly spaced). In any period there are at most the
+    /// count plus the burst minus one.
+    #[must_use]
+    pub fn burst(mut self, burst: u32) -> Self {
+        if let Some(rate) = &mut self.0.rate {
+            rate.burst = burst;
+        }
+        self
     }
 
     /// The throttle key (for example a tenant's id); unset means `*`.
@@ -425,6 +472,7 @@ mod tests {
                 key: "tenant:42".into(),
                 shared: true,
                 scope: pb::ThrottleScope::Chain.into(),
+                rate: None,
             }),
             max_retries: Some(3),
             retry_backoff_ms: Some(1500),

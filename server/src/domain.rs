@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use crate::ids::{ChainId, NotAnId, TaskId, WorkerId};
 pub use crate::step::{RESULT_APART_AFTER, Run, StepRecord, StepStatus};
 pub use crate::store::records::{
-    ChainState, FailureRecord, Options, Phase, StepState, Throttle, ThrottleScope,
+    ChainState, FailureRecord, Options, Phase, RateRecord, StepState, Throttle, ThrottleScope,
 };
 
 /// Milliseconds since the unix epoch: how every persisted time is kept.

@@ -298,6 +298,11 @@ fn bad_arguments_exit_non_zero_with_a_message() {
             "invalid value 'many'",
         ),
         (
+            &["throttles", "rate", "10/x", "--key", "k"],
+            "the period \"x\" is not a unit (ms, s, m, h, d)",
+        ),
+        (&["throttles", "rate", "--key", "k"], "<RATE>"),
+        (
             &["dead", "list", "--limit", "0"],
             "--limit must be at least 1",
         ),
@@ -697,6 +702,47 @@ async fn queues_workers_and_throttles_in_tables_and_json() {
         .cli(&["throttles", "set", "0", "--key", "tenant:7"])
         .await);
     assert!(text.contains("back to the declared concurrency"), "{text}");
+    // A rate, as Celery writes it, set live and shown in the table.
+    let text = ok(&broker
+        .cli(&[
+            "throttles",
+            "rate",
+            "100/m",
+            "--burst",
+            "10",
+            "--key",
+            "api",
+        ])
+        .await);
+    assert!(
+        text.contains("key api: rate 100/m burst 10 (set)"),
+        "{text}"
+    );
+    let text = ok(&broker.cli(&["throttles"]).await);
+    assert!(
+        text.contains("RATE") && text.contains("100/m burst 10 (set)"),
+        "{text}"
+    );
+    let list = json_of(&broker.cli(&["throttles", "--json"]).await);
+    let api = list["throttles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "api")
+        .expect("listed");
+    assert_eq!(api["rate"]["period_ms"], 60_000);
+    let text = ok(&broker
+        .cli(&["throttles", "rate", "--clear", "--key", "api"])
+        .await);
+    assert!(text.contains("back to the declared rate"), "{text}");
+    // A bad burst is the broker's to refuse, and it says why.
+    let out = broker
+        .cli(&["throttles", "rate", "5/s", "--burst", "6", "--key", "api"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("burst is 6, more than its count 5"),
+        "{out:?}"
+    );
     broker.stop().await;
 }
 

@@ -90,14 +90,22 @@ fn throttle() -> impl Strategy<Value = pb::Throttle> {
     let concurrency = prop_oneof![6 => 0u32..10, 1 => any::<u32>()];
     let scope = prop_oneof![6 => 0i32..3, 1 => any::<i32>()];
     let key = prop_oneof![3 => "[a-z:]{0,10}", 1 => text()];
-    (concurrency, key, any::<bool>(), scope).prop_map(|(concurrency, key, shared, scope)| {
-        pb::Throttle {
+    let rate = prop::option::of((any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
+        |(count, period_ms, burst)| pb::Rate {
+            count,
+            period_ms,
+            burst,
+        },
+    ));
+    (concurrency, key, any::<bool>(), scope, rate).prop_map(
+        |(concurrency, key, shared, scope, rate)| pb::Throttle {
             concurrency,
             key,
             shared,
             scope,
-        }
-    })
+            rate,
+        },
+    )
 }
 
 fn options() -> impl Strategy<Value = pb::Options> {
@@ -482,7 +490,7 @@ proptest! {
                     next += 1;
                     waiting[id].push(next);
                     let waiter = Waiter { holder: Holder::Task(TaskId::from_u128(next.into())), since: u64::from(next), ticket: next };
-                    t.wait(identity(id), concurrency, waiter, &mut can_start)
+                    t.wait(identity(id), concurrency, None, waiter, 0, &mut can_start)
                 }
                 Op::Release { id, nth } => {
                     if holding[id].is_empty() {
@@ -490,10 +498,10 @@ proptest! {
                     } else {
                         let n = holding[id].len();
                         let ticket = holding[id].remove(nth % n);
-                        t.release(&identity(id), &Holder::Task(TaskId::from_u128(ticket.into())), &mut can_start)
+                        t.release(&identity(id), &Holder::Task(TaskId::from_u128(ticket.into())), 0, &mut can_start)
                     }
                 }
-                Op::Override { id, limit } => t.set_override(identity(id), limit, &mut can_start),
+                Op::Override { id, limit } => t.set_override(identity(id), limit, 0, &mut can_start),
                 Op::Remove { m, r } => {
                     let removed = t.remove_waiters(|w| w.ticket % m == r);
                     prop_assert!(removed.iter().all(|w| w.ticket % m == r));
@@ -502,7 +510,7 @@ proptest! {
                     }
                     Vec::new()
                 }
-                Op::Repump => t.repump(&mut can_start),
+                Op::Repump => t.repump(0, &mut can_start),
             };
             for g in &grants {
                 let id: usize = g.identity.key[1..].parse().unwrap();

@@ -191,6 +191,19 @@ impl pb::admin_server::Admin for Fake {
         Ok(Response::new(info))
     }
 
+    async fn set_throttle_rate(
+        &self,
+        request: Request<pb::SetThrottleRateRequest>,
+    ) -> Result<Response<pb::ThrottleInfo>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(pb::ThrottleInfo {
+            identity: request.identity,
+            rate: request.rate,
+            rate_overridden: request.rate.is_some(),
+            ..pb::ThrottleInfo::default()
+        }))
+    }
+
     async fn pause_queue(
         &self,
         request: Request<pb::PauseQueueRequest>,

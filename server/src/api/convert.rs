@@ -176,6 +176,38 @@ pub fn check_throttle(field: &str, t: &pb::Throttle) -> Result<(), Status> {
             "{field}.concurrency is larger than 1000000"
         )));
     }
+    if let Some(rate) = &t.rate {
+        check_rate(&format!("{field}.rate"), rate)?;
+    }
+    Ok(())
+}
+
+/// The longest period of a rate: a day.
+pub const MAX_RATE_PERIOD_MS: u64 = 86_400_000;
+
+/// A rate: at least one start, in a period of 1 ms to a day, a burst of at
+/// most the count.
+pub fn check_rate(field: &str, r: &pb::Rate) -> Result<(), Status> {
+    if r.count == 0 {
+        return Err(invalid(format!(
+            "{field}.count is 0: a rate allows at least 1 start per period"
+        )));
+    }
+    if r.count > 1_000_000 {
+        return Err(invalid(format!("{field}.count is larger than 1000000")));
+    }
+    if !(1..=MAX_RATE_PERIOD_MS).contains(&r.period_ms) {
+        return Err(invalid(format!(
+            "{field}.period_ms is {}: it must be between 1 and {MAX_RATE_PERIOD_MS} (a day)",
+            r.period_ms
+        )));
+    }
+    if r.burst > r.count {
+        return Err(invalid(format!(
+            "{field}.burst is {}, more than its count {}",
+            r.burst, r.count
+        )));
+    }
     Ok(())
 }
 
@@ -582,6 +614,11 @@ impl From<pb::Throttle> for domain::Throttle {
             key: t.key,
             shared: t.shared,
             scope: t.scope,
+            rate: t.rate.map(|r| domain::RateRecord {
+                count: r.count,
+                period_ms: r.period_ms,
+                burst: r.burst,
+            }),
         }
     }
 }
@@ -593,6 +630,11 @@ impl From<domain::Throttle> for pb::Throttle {
             key: t.key,
             shared: t.shared,
             scope: t.scope,
+            rate: t.rate.map(|r| pb::Rate {
+                count: r.count,
+                period_ms: r.period_ms,
+                burst: r.burst,
+            }),
         }
     }
 }

@@ -17,6 +17,8 @@ pub use self::oversize::{MessageLimit, Oversize};
 pub use self::worker::WorkerService;
 use crate::auth::Caller;
 use crate::domain::{ChainId, Identity};
+use crate::scheduler::rate::Rate;
+use crate::scheduler::throttle;
 use crate::scheduler::{self, Dedup, Handle, Holder};
 
 impl From<scheduler::Error> for Status {
@@ -233,6 +235,57 @@ pub struct AdminService {
     pub limits: Limits,
 }
 
+/// The identity an admin call names, checked.
+fn identity_of(id: Option<pb::ThrottleIdentity>) -> Result<Identity, Status> {
+    let id = id.ok_or_else(|| Status::invalid_argument("identity is missing"))?;
+    if id.key.is_empty() && id.task_name.is_empty() {
+        return Err(Status::invalid_argument(
+            "identity needs a task_name, a key, or both",
+        ));
+    }
+    if !id.task_name.is_empty() {
+        convert::check_name("identity.task_name", &id.task_name)?;
+    }
+    if id.key.chars().count() > convert::MAX_KEY_LEN {
+        return Err(Status::invalid_argument(
+            "identity.key is longer than 200 characters",
+        ));
+    }
+    Ok(Identity {
+        key: if id.key.is_empty() {
+            "*".into()
+        } else {
+            id.key
+        },
+        task_name: id.task_name,
+    })
+}
+
+/// `identity`'s entry of `all` (every identity after an admin change), or,
+/// when it has no holders, waiters or admin setting any more, an empty one
+/// that `set` fills with what the change did.
+fn info_of(
+    all: Vec<scheduler::ThrottleStats>,
+    identity: &Identity,
+    set: impl FnOnce(&mut pb::ThrottleInfo),
+) -> pb::ThrottleInfo {
+    let now = crate::domain::now_ms();
+    all.into_iter()
+        .find(|(i, _)| i.identity == *identity)
+        .map(|t| throttle_view(t, now))
+        .unwrap_or_else(|| {
+            let mut info = pb::ThrottleInfo {
+                identity: Some(pb::ThrottleIdentity {
+                    task_name: identity.task_name.clone(),
+                    key: identity.key.clone(),
+                }),
+                ..Default::default()
+            };
+            set(&mut info);
+            info
+        })
+}
+
 pub(crate) fn throttle_view(
     (info, chains): scheduler::ThrottleStats,
     now: u64,
@@ -242,8 +295,19 @@ pub(crate) fn throttle_view(
             task_name: info.identity.task_name.clone(),
             key: info.identity.key.clone(),
         }),
-        limit: info.limit,
+        // A rate alone limits no holders: shown as 0.
+        limit: if info.limit == throttle::UNLIMITED {
+            0
+        } else {
+            info.limit
+        },
         limit_overridden: info.overridden,
+        rate: info.rate.map(|r| pb::Rate {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst,
+        }),
+        rate_overridden: info.rate_overridden,
         holders: info
             .holders
             .iter()
@@ -314,47 +378,34 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::SetThrottleLimitRequest>,
     ) -> Result<Response<pb::ThrottleInfo>, Status> {
         let req = request.into_inner();
-        let id = req
-            .identity
-            .ok_or_else(|| Status::invalid_argument("identity is missing"))?;
-        if id.key.is_empty() && id.task_name.is_empty() {
-            return Err(Status::invalid_argument(
-                "identity needs a task_name, a key, or both",
-            ));
-        }
-        if !id.task_name.is_empty() {
-            convert::check_name("identity.task_name", &id.task_name)?;
-        }
-        if id.key.chars().count() > convert::MAX_KEY_LEN {
-            return Err(Status::invalid_argument(
-                "identity.key is longer than 200 characters",
-            ));
-        }
-        let identity = Identity {
-            key: if id.key.is_empty() {
-                "*".into()
-            } else {
-                id.key
-            },
-            task_name: id.task_name,
-        };
+        let identity = identity_of(req.identity)?;
         let limit = (req.limit > 0).then_some(req.limit);
         let all = self.handle.set_limit(identity.clone(), limit).await?;
-        let now = crate::domain::now_ms();
-        let info = all
-            .into_iter()
-            .find(|(i, _)| i.identity == identity)
-            .map(|t| throttle_view(t, now))
-            .unwrap_or_else(|| pb::ThrottleInfo {
-                identity: Some(pb::ThrottleIdentity {
-                    task_name: identity.task_name.clone(),
-                    key: identity.key.clone(),
-                }),
-                limit: limit.unwrap_or(1),
-                limit_overridden: limit.is_some(),
-                ..Default::default()
-            });
-        Ok(Response::new(info))
+        Ok(Response::new(info_of(all, &identity, |info| {
+            info.limit = limit.unwrap_or(1);
+            info.limit_overridden = limit.is_some();
+        })))
+    }
+
+    async fn set_throttle_rate(
+        &self,
+        request: Request<pb::SetThrottleRateRequest>,
+    ) -> Result<Response<pb::ThrottleInfo>, Status> {
+        let req = request.into_inner();
+        let identity = identity_of(req.identity)?;
+        if let Some(rate) = &req.rate {
+            convert::check_rate("rate", rate)?;
+        }
+        let rate = req.rate.map(|r| Rate {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst.max(1),
+        });
+        let all = self.handle.set_rate(identity.clone(), rate).await?;
+        Ok(Response::new(info_of(all, &identity, |info| {
+            info.rate = req.rate;
+            info.rate_overridden = rate.is_some();
+        })))
     }
 
     async fn pause_queue(

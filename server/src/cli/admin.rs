@@ -88,16 +88,68 @@ pub enum ThrottleAction {
     Set {
         /// The new limit (0: back to the declared concurrency).
         limit: u32,
-        /// The task name of the identity (omit for a shared key).
-        #[arg(long)]
-        task: Option<String>,
-        /// The key ("*" or omitted with --task: the whole task name; alone:
-        /// a shared key).
-        #[arg(long)]
-        key: Option<String>,
+        #[command(flatten)]
+        identity: IdentityArgs,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Set the rate of a throttle identity while Baton runs (at most COUNT
+    /// starts per PERIOD: 10/s, 100/m, 5/h, 3/10s), overriding the declared
+    /// one; stored. --clear goes back to the declared rate.
+    Rate {
+        /// The rate, COUNT/PERIOD.
+        #[arg(required_unless_present = "clear")]
+        rate: Option<String>,
+        /// Starts allowed at once after a quiet spell (default 1: evenly
+        /// spaced).
+        #[arg(long, conflicts_with = "clear")]
+        burst: Option<u32>,
+        /// Clear the override.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        identity: IdentityArgs,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// What an admin change left: the identity's entry (`--json`), or one line
+/// saying `what` changed and who holds and waits.
+fn print_changed(conn: &Conn, info: &pb::ThrottleInfo, what: &str) {
+    if conn.json {
+        print_json(&output::throttle_json(info));
+    } else {
+        println!(
+            "{}: {what}; {} holder(s), {} waiting",
+            output::identity(info.identity.as_ref()),
+            info.holders.len(),
+            info.waiters
+        );
+    }
+}
+
+/// A throttle identity on the command line.
+#[derive(clap::Args, Debug)]
+pub struct IdentityArgs {
+    /// The task name of the identity (omit for a shared key).
+    #[arg(long)]
+    task: Option<String>,
+    /// The key ("*" or omitted with --task: the whole task name; alone: a
+    /// shared key).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl IdentityArgs {
+    /// The identity `--task` and `--key` name.
+    fn identity(self) -> anyhow::Result<pb::ThrottleIdentity> {
+        match (self.task, self.key) {
+            (None, None) => Err(usage("give --task NAME, --key KEY, or both")),
+            (Some(task), key) => Ok(pb::ThrottleIdentity::task(task, key.unwrap_or_default())),
+            (None, Some(key)) => Ok(pb::ThrottleIdentity::shared(key)),
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -395,40 +447,56 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn throttles(args: ThrottlesArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ThrottleAction::Set {
-        limit,
-        task,
-        key,
+    if let Some(ThrottleAction::Rate {
+        rate,
+        burst,
+        clear,
+        identity,
         conn,
     }) = args.action
     {
-        let identity = match (task, key) {
-            (None, None) => return Err(usage("give --task NAME, --key KEY, or both")),
-            (Some(task), key) => pb::ThrottleIdentity::task(task, key.unwrap_or_default()),
-            (None, Some(key)) => pb::ThrottleIdentity::shared(key),
+        let identity = identity.identity()?;
+        let rate = match (rate, clear) {
+            (_, true) => None,
+            (Some(text), false) => {
+                let mut rate = baton::parse_rate(&text).map_err(|e| usage(&e))?;
+                rate.burst = burst.unwrap_or(0);
+                Some(rate)
+            }
+            (None, false) => return Err(usage("give a RATE (such as 10/s) or --clear")),
         };
+        let client = conn.connect().await?;
+        let info = client
+            .admin()
+            .set_throttle_rate(identity, rate)
+            .await
+            .map_err(|e| conn.error(e))?;
+        let how = match info.rate_overridden {
+            true => "set",
+            false => "back to the declared rate",
+        };
+        let rate = output::rate(info.rate.as_ref());
+        print_changed(&conn, &info, &format!("rate {rate} ({how})"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(ThrottleAction::Set {
+        limit,
+        identity,
+        conn,
+    }) = args.action
+    {
+        let identity = identity.identity()?;
         let client = conn.connect().await?;
         let info = client
             .admin()
             .set_throttle_limit(identity, limit)
             .await
             .map_err(|e| conn.error(e))?;
-        if conn.json {
-            print_json(&output::throttle_json(&info));
-        } else {
-            let how = if info.limit_overridden {
-                "set"
-            } else {
-                "back to the declared concurrency"
-            };
-            println!(
-                "{}: limit {} ({how}); {} holder(s), {} waiting",
-                output::identity(info.identity.as_ref()),
-                info.limit,
-                info.holders.len(),
-                info.waiters
-            );
-        }
+        let how = match info.limit_overridden {
+            true => "set",
+            false => "back to the declared concurrency",
+        };
+        print_changed(&conn, &info, &format!("limit {} ({how})", info.limit));
         return Ok(ExitCode::SUCCESS);
     }
     let conn = &args.conn;
@@ -461,8 +529,17 @@ fn throttles_text(throttles: &[pb::ThrottleInfo], holders: bool) -> String {
                 output::elide_middle(&output::identity(t.identity.as_ref()), 56),
                 format!(
                     "{}{}",
-                    t.limit,
+                    if t.limit == 0 && t.rate.is_some() {
+                        "-".to_owned()
+                    } else {
+                        t.limit.to_string()
+                    },
                     if t.limit_overridden { " (set)" } else { "" }
+                ),
+                format!(
+                    "{}{}",
+                    output::rate(t.rate.as_ref()),
+                    if t.rate_overridden { " (set)" } else { "" }
                 ),
                 t.holders.len().to_string(),
                 count(t.waiters),
@@ -475,7 +552,14 @@ fn throttles_text(throttles: &[pb::ThrottleInfo], holders: bool) -> String {
         })
         .collect();
     let mut out = table(
-        &["IDENTITY", "LIMIT", "HOLDERS", "WAITERS", "OLDEST WAIT"],
+        &[
+            "IDENTITY",
+            "LIMIT",
+            "RATE",
+            "HOLDERS",
+            "WAITERS",
+            "OLDEST WAIT",
+        ],
         &rows,
     );
     let held: Vec<Vec<String>> = throttles

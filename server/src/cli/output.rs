@@ -279,6 +279,37 @@ pub fn worker_json(w: &pb::WorkerInfo) -> Value {
     })
 }
 
+/// A rate as it is written (`10/s`, `3/10s`, with its burst when more
+/// than 1); `-` for none.
+pub fn rate(rate: Option<&pb::Rate>) -> String {
+    let Some(r) = rate else {
+        return "-".to_owned();
+    };
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+        (1, "ms"),
+    ];
+    let (size, unit) = units
+        .into_iter()
+        .find(|(size, _)| r.period_ms % size == 0)
+        .unwrap_or((1, "ms"));
+    let number = r.period_ms / size;
+    let period = if number == 1 {
+        unit.to_owned()
+    } else {
+        format!("{number}{unit}")
+    };
+    let burst = if r.burst > 1 {
+        format!(" burst {}", r.burst)
+    } else {
+        String::new()
+    };
+    format!("{}/{period}{burst}", r.count)
+}
+
 pub fn throttle_json(t: &pb::ThrottleInfo) -> Value {
     let identity = t.identity.clone().unwrap_or_default();
     json!({
@@ -286,6 +317,8 @@ pub fn throttle_json(t: &pb::ThrottleInfo) -> Value {
         "key": identity.key,
         "limit": t.limit,
         "limit_overridden": t.limit_overridden,
+        "rate": t.rate.map(|r| json!({"count": r.count, "period_ms": r.period_ms, "burst": r.burst.max(1)})),
+        "rate_overridden": t.rate_overridden,
         "holders": t.holders.iter().map(|h| json!({
             "kind": h.kind,
             "task_id": h.task_id,

@@ -155,6 +155,12 @@ pub struct ThrottleFile {
     pub shared: bool,
     #[serde(default)]
     pub scope: Scope,
+    /// A rate, as `"10/s"`, `"100/m"` (see `baton::parse_rate`).
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// Starts of the rate allowed at once (default 1).
+    #[serde(default)]
+    pub burst: u32,
 }
 
 #[derive(Deserialize, Debug, Default, Clone, Copy)]
@@ -219,25 +225,44 @@ impl SignatureFile {
             args,
             kwargs,
             immutable: self.immutable,
-            options: self.options.map(OptionsFile::into_options),
+            options: self
+                .options
+                .map(|o| o.into_options(&format!("{field}.options")))
+                .transpose()?,
         })
     }
 }
 
 impl OptionsFile {
-    fn into_options(self) -> pb::Options {
-        pb::Options {
+    fn into_options(self, field: &str) -> anyhow::Result<pb::Options> {
+        let throttle = match self.throttle {
+            None => None,
+            Some(t) => {
+                let rate = match &t.rate {
+                    None => None,
+                    Some(text) => {
+                        let mut rate = baton::parse_rate(text)
+                            .map_err(|e| usage(format!("{field}.throttle.{e}")))?;
+                        rate.burst = t.burst;
+                        Some(rate)
+                    }
+                };
+                Some(pb::Throttle {
+                    concurrency: t.concurrency,
+                    key: t.key,
+                    shared: t.shared,
+                    scope: match t.scope {
+                        Scope::Task => pb::ThrottleScope::Task,
+                        Scope::Chain => pb::ThrottleScope::Chain,
+                    } as i32,
+                    rate,
+                })
+            }
+        };
+        Ok(pb::Options {
             queue: self.queue,
             heavy: self.heavy,
-            throttle: self.throttle.map(|t| pb::Throttle {
-                concurrency: t.concurrency,
-                key: t.key,
-                shared: t.shared,
-                scope: match t.scope {
-                    Scope::Task => pb::ThrottleScope::Task,
-                    Scope::Chain => pb::ThrottleScope::Chain,
-                } as i32,
-            }),
+            throttle,
             max_retries: self.max_retries,
             retry_backoff_ms: self.retry_backoff_ms,
             retry_backoff_max_ms: self.retry_backoff_max_ms,
@@ -247,7 +272,7 @@ impl OptionsFile {
             eta_unix_ms: self.eta_unix_ms,
             priority: self.priority,
             description: self.description,
-        }
+        })
     }
 }
 

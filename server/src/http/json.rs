@@ -105,6 +105,38 @@ pub struct Throttle {
     pub shared: bool,
     #[serde(default)]
     pub scope: Option<String>,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+/// `Rate`: at most `count` starts per `period_ms`, `burst` at once.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub count: u32,
+    pub period_ms: u64,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl From<Rate> for pb::Rate {
+    fn from(r: Rate) -> Self {
+        pb::Rate {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst,
+        }
+    }
+}
+
+impl From<pb::Rate> for Rate {
+    fn from(r: pb::Rate) -> Self {
+        Rate {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst,
+        }
+    }
 }
 
 /// `CancelChainRequest` less the id (in the path).
@@ -167,6 +199,7 @@ impl Throttle {
             key: self.key,
             shared: self.shared,
             scope: scope as i32,
+            rate: self.rate.map(pb::Rate::from),
         })
     }
 }
@@ -528,6 +561,9 @@ pub struct ThrottleInfo {
     pub identity: Identity,
     pub limit: u32,
     pub limit_overridden: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    pub rate_overridden: bool,
     pub holders: Vec<Holder>,
     pub waiters: u64,
     pub oldest_waiter_age_ms: u64,
@@ -543,6 +579,8 @@ impl From<pb::ThrottleInfo> for ThrottleInfo {
             },
             limit: t.limit,
             limit_overridden: t.limit_overridden,
+            rate: t.rate.map(Rate::from),
+            rate_overridden: t.rate_overridden,
             holders: t
                 .holders
                 .into_iter()

@@ -107,6 +107,7 @@ impl Driver {
             (Some(f), Command::Pause(_, _, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::Purge(_, _, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::SetLimit(_, _, r)) => return refuse(r, Error::refused(f)),
+            (Some(f), Command::SetRate(_, _, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::Drain(_, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::PutSchedule(_, r)) => return refuse(r, Error::refused(f)),
             (Some(f), Command::PauseSchedule(_, _, r)) => return refuse(r, Error::refused(f)),
@@ -179,6 +180,10 @@ impl Driver {
             Command::SetLimit(identity, limit, reply) => {
                 let req = self.request(reply);
                 self.core.set_limit(identity, limit, req, now);
+            }
+            Command::SetRate(identity, rate, reply) => {
+                let req = self.request(reply);
+                self.core.set_rate(identity, rate, req, now);
             }
             Command::Pause(queue, paused, reply) => {
                 let req = self.request(reply);

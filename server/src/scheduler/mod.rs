@@ -46,6 +46,7 @@ mod clock;
 mod core;
 mod driver;
 pub mod queues;
+pub mod rate;
 pub mod schedules;
 #[cfg(test)]
 mod sim;
@@ -220,6 +221,7 @@ enum Command {
     Workers(oneshot::Sender<Vec<WorkerStats>>),
     Throttles(oneshot::Sender<Vec<ThrottleStats>>),
     SetLimit(Identity, Option<u32>, Reply<Vec<ThrottleStats>>),
+    SetRate(Identity, Option<rate::Rate>, Reply<Vec<ThrottleStats>>),
     /// Pause (true) or resume (false) a queue.
     Pause(String, bool, Reply<QueueStats>),
     /// Cancel the chains of a queue's READY tasks (queue, reason).
@@ -530,6 +532,18 @@ impl Handle {
         limit: Option<u32>,
     ) -> Result<Vec<ThrottleStats>, Error> {
         self.ask(|r| Command::SetLimit(identity, limit, r)).await
+    }
+
+    /// Sets or clears an identity's admin rate; returns once it is durable.
+    ///
+    /// # Errors
+    /// As [`Handle::set_limit`].
+    pub async fn set_rate(
+        &self,
+        identity: Identity,
+        rate: Option<rate::Rate>,
+    ) -> Result<Vec<ThrottleStats>, Error> {
+        self.ask(|r| Command::SetRate(identity, rate, r)).await
     }
 
     /// Pauses (`true`) or resumes (`false`) dispatch from a queue; stored,

@@ -1,5 +1,5 @@
-//! Throttle slots: at most `limit` holders per identity, waiters served in
-//! FIFO order.
+//! Throttle slots: at most `limit` holders per identity, and at most its
+//! rate of starts (`rate`), waiters served in FIFO order.
 //!
 //! This is pure bookkeeping, with no I/O and no clock: the scheduler says
 //! who waits, who holds and who releases, and gets back the grants to act
@@ -10,12 +10,36 @@
 //! that is before the task reaches a worker: the slot is reserved, then the
 //! task enters its queue. So the count bounds running bodies at every
 //! instant, including the hand-off between a release and the next start.
+//!
+//! An identity may also have a rate ([`Rate`]): a grant then also takes a
+//! start from its bucket, and a waiter at the front of a line whose bucket
+//! is empty waits until the time [`Throttles::take_rate_waits`] reports
+//! (the scheduler arms a timer and calls [`Throttles::pump`] then). A rate
+//! alone (no concurrency declared) allows any number of holders at once.
+//! This table has no clock: every operation that may grant takes `now`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::domain::Map;
 
 use crate::domain::{ChainId, Identity, TaskId, UnixMs};
+use crate::scheduler::rate::{self, Rate};
+
+/// The concurrency of an identity that declares a rate and no concurrency:
+/// no limit on holders at once.
+pub const UNLIMITED: u32 = u32::MAX;
+
+/// What a throttle declaration asks of its identity: how many may hold it
+/// at once (a rate alone: any number; else the concurrency, at least 1),
+/// and its rate.
+pub fn declared(throttle: &crate::domain::Throttle) -> (u32, Option<Rate>) {
+    let rate = throttle.rate.as_ref().map(Rate::from);
+    let concurrency = match (throttle.concurrency, rate) {
+        (0, Some(_)) => UNLIMITED,
+        (c, _) => c.max(1),
+    };
+    (concurrency, rate)
+}
 
 /// Who holds (or waits for) a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +89,8 @@ pub struct Grant<T> {
 struct Slot<T> {
     /// The concurrency most recently declared for this identity.
     declared: u32,
+    /// The rate most recently declared for it, if any.
+    rate: Option<Rate>,
     holders: BTreeMap<Holder, HolderInfo>,
     waiters: VecDeque<Waiter<T>>,
 }
@@ -75,6 +101,9 @@ pub struct SlotInfo {
     pub identity: Identity,
     pub limit: u32,
     pub overridden: bool,
+    /// The rate in force (the admin's, else the declared one).
+    pub rate: Option<Rate>,
+    pub rate_overridden: bool,
     pub holders: Vec<(Holder, HolderInfo)>,
     pub waiters: usize,
     pub oldest_waiter: Option<UnixMs>,
@@ -95,6 +124,16 @@ pub type CanStart<'a, T> = &'a mut dyn FnMut(&Waiter<T>) -> bool;
 pub struct Throttles<T> {
     slots: Map<Identity, Slot<T>>,
     overrides: Map<Identity, u32>,
+    rate_overrides: Map<Identity, Rate>,
+    /// Each rate-limited identity's arrival time (µs, see `rate`), while
+    /// its bucket is not full.
+    buckets: Map<Identity, u64>,
+    /// Arrival times changed since [`Throttles::take_written`] (`None`: a
+    /// full bucket again, nothing to keep).
+    written: Map<Identity, Option<u64>>,
+    /// Identities whose first waiter waits for its rate, and until when,
+    /// not yet reported by [`Throttles::take_rate_waits`].
+    rate_waits: Vec<(Identity, UnixMs)>,
     /// Identities with a free slot whose waiters could not start when last
     /// pumped (no worker free for them): [`Throttles::repump`] retries them.
     blocked: BTreeSet<Identity>,
@@ -105,6 +144,10 @@ impl<T> Default for Throttles<T> {
         Throttles {
             slots: Map::default(),
             overrides: Map::default(),
+            rate_overrides: Map::default(),
+            buckets: Map::default(),
+            written: Map::default(),
+            rate_waits: Vec::new(),
             blocked: BTreeSet::new(),
         }
     }
@@ -119,29 +162,83 @@ impl<T> Throttles<T> {
         self.slots.get(identity).map_or(1, |s| s.declared.max(1))
     }
 
-    /// Queues a waiter (declaring `concurrency` for the identity) and returns
-    /// whatever that makes grantable: this waiter, if it is first in line
-    /// and a slot is free.
+    /// The rate in force: the admin's if set, else the declared one.
+    pub fn rate(&self, identity: &Identity) -> Option<Rate> {
+        if let Some(rate) = self.rate_overrides.get(identity) {
+            return Some(*rate);
+        }
+        self.slots.get(identity).and_then(|s| s.rate)
+    }
+
+    /// Queues a waiter (declaring `concurrency` and `rate` for the
+    /// identity) and returns whatever that makes grantable: this waiter, if
+    /// it is first in line, a slot is free and its rate allows a start.
     pub fn wait(
         &mut self,
         identity: Identity,
         concurrency: u32,
+        rate: Option<Rate>,
         waiter: Waiter<T>,
+        now: UnixMs,
         can_start: CanStart<'_, T>,
     ) -> Vec<Grant<T>> {
         let slot = self.slot(&identity);
         slot.declared = concurrency.max(1);
+        slot.rate = rate;
         slot.waiters.push_back(waiter);
-        self.pump(&identity, can_start)
+        self.pump(&identity, now, can_start)
     }
 
     /// Records a holder without waiting, as recovery does for slots that
     /// were held before a restart. It may push the count over the limit
-    /// only if the limit was lowered meanwhile; new waiters then wait.
-    pub fn hold(&mut self, identity: Identity, concurrency: u32, holder: Holder, info: HolderInfo) {
+    /// only if the limit was lowered meanwhile; new waiters then wait. (It
+    /// takes no start from the rate: that start was taken, and its arrival
+    /// time is restored with [`Throttles::restore_bucket`].)
+    pub fn hold(
+        &mut self,
+        identity: Identity,
+        concurrency: u32,
+        rate: Option<Rate>,
+        holder: Holder,
+        info: HolderInfo,
+    ) {
         let slot = self.slot(&identity);
         slot.declared = concurrency.max(1);
+        slot.rate = rate.or(slot.rate);
         slot.holders.insert(holder, info);
+    }
+
+    /// Puts back an identity's arrival time as the store kept it.
+    pub fn restore_bucket(&mut self, identity: Identity, tat_us: u64) {
+        self.buckets.insert(identity, tat_us);
+    }
+
+    /// The arrival times changed since the last call, to be stored with
+    /// the round (`None`: remove the stored one).
+    pub fn take_written(&mut self) -> Vec<(Identity, Option<u64>)> {
+        std::mem::take(&mut self.written).into_iter().collect()
+    }
+
+    /// The identities whose first waiter waits for its rate since the last
+    /// call, and when a start is allowed: the scheduler pumps each then.
+    pub fn take_rate_waits(&mut self) -> Vec<(Identity, UnixMs)> {
+        std::mem::take(&mut self.rate_waits)
+    }
+
+    /// Drops the arrival times that have passed (their buckets are full
+    /// again), so identities used once do not stay in memory or the store.
+    pub fn forget_full_buckets(&mut self, now: UnixMs) {
+        let now_us = rate::us(now);
+        let full: Vec<Identity> = self
+            .buckets
+            .iter()
+            .filter(|(_, tat)| **tat <= now_us)
+            .map(|(identity, _)| identity.clone())
+            .collect();
+        for identity in full {
+            self.buckets.remove(&identity);
+            self.written.insert(identity, None);
+        }
     }
 
     /// Releases a holder and returns the waiters that now get their slot.
@@ -150,6 +247,7 @@ impl<T> Throttles<T> {
         &mut self,
         identity: &Identity,
         holder: &Holder,
+        now: UnixMs,
         can_start: CanStart<'_, T>,
     ) -> Vec<Grant<T>> {
         let Some(slot) = self.slots.get_mut(identity) else {
@@ -158,16 +256,16 @@ impl<T> Throttles<T> {
         if slot.holders.remove(holder).is_none() {
             return Vec::new();
         }
-        self.pump(identity, can_start)
+        self.pump(identity, now, can_start)
     }
 
     /// Pumps again the identities whose waiters could not start last time
     /// (call it when workers may have become free).
-    pub fn repump(&mut self, can_start: CanStart<'_, T>) -> Vec<Grant<T>> {
+    pub fn repump(&mut self, now: UnixMs, can_start: CanStart<'_, T>) -> Vec<Grant<T>> {
         let blocked: Vec<Identity> = self.blocked.iter().cloned().collect();
         let mut grants = Vec::new();
         for identity in blocked {
-            grants.extend(self.pump(&identity, can_start));
+            grants.extend(self.pump(&identity, now, can_start));
         }
         grants
     }
@@ -228,18 +326,40 @@ impl<T> Throttles<T> {
         &mut self,
         identity: Identity,
         limit: Option<u32>,
+        now: UnixMs,
         can_start: CanStart<'_, T>,
     ) -> Vec<Grant<T>> {
         match limit {
             Some(limit) => self.overrides.insert(identity.clone(), limit.max(1)),
             None => self.overrides.remove(&identity),
         };
-        self.pump(&identity, can_start)
+        self.pump(&identity, now, can_start)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the admin rate; a higher rate
+    /// grants waiters at once if their bucket allows.
+    pub fn set_rate_override(
+        &mut self,
+        identity: Identity,
+        rate: Option<Rate>,
+        now: UnixMs,
+        can_start: CanStart<'_, T>,
+    ) -> Vec<Grant<T>> {
+        match rate {
+            Some(rate) => self.rate_overrides.insert(identity.clone(), rate),
+            None => self.rate_overrides.remove(&identity),
+        };
+        self.pump(&identity, now, can_start)
     }
 
     /// Inspection: one entry per identity with holders, waiters or a limit.
     pub fn info(&self) -> Vec<SlotInfo> {
-        let mut ids: Vec<&Identity> = self.slots.keys().chain(self.overrides.keys()).collect();
+        let mut ids: Vec<&Identity> = self
+            .slots
+            .keys()
+            .chain(self.overrides.keys())
+            .chain(self.rate_overrides.keys())
+            .collect();
         ids.sort();
         ids.dedup();
         ids.into_iter()
@@ -249,6 +369,8 @@ impl<T> Throttles<T> {
                     identity: identity.clone(),
                     limit: self.limit(identity),
                     overridden: self.overrides.contains_key(identity),
+                    rate: self.rate(identity),
+                    rate_overridden: self.rate_overrides.contains_key(identity),
                     holders: slot.map_or_else(Vec::new, |s| {
                         s.holders.iter().map(|(h, i)| (*h, i.clone())).collect()
                     }),
@@ -262,24 +384,53 @@ impl<T> Throttles<T> {
     fn slot(&mut self, identity: &Identity) -> &mut Slot<T> {
         self.slots.entry(identity.clone()).or_insert_with(|| Slot {
             declared: 1,
+            rate: None,
             holders: BTreeMap::new(),
             waiters: VecDeque::new(),
         })
     }
 
-    /// Grants waiters from the front while a slot is free, passing over
-    /// those that cannot start now (see [`CanStart`]).
-    fn pump(&mut self, identity: &Identity, can_start: CanStart<'_, T>) -> Vec<Grant<T>> {
+    /// Grants waiters from the front while a slot is free and the rate
+    /// allows a start, passing over those that cannot start now (see
+    /// [`CanStart`]). Call it again at the time a rate wait reported.
+    pub fn pump(
+        &mut self,
+        identity: &Identity,
+        now: UnixMs,
+        can_start: CanStart<'_, T>,
+    ) -> Vec<Grant<T>> {
         let limit = usize::try_from(self.limit(identity)).unwrap_or(usize::MAX);
+        let rate = self.rate(identity);
+        let Throttles {
+            slots,
+            buckets,
+            written,
+            rate_waits,
+            blocked,
+            ..
+        } = self;
         let mut grants = Vec::new();
         let mut passed_over = false;
-        if let Some(slot) = self.slots.get_mut(identity) {
+        if let Some(slot) = slots.get_mut(identity) {
             let mut i = 0;
             while slot.holders.len() < limit && i < slot.waiters.len() {
                 if !can_start(&slot.waiters[i]) {
                     passed_over = true;
                     i += 1;
                     continue;
+                }
+                if let Some(rate) = rate {
+                    let before = buckets.get(identity).copied();
+                    let mut tat = before;
+                    let admitted = rate.admit(&mut tat, rate::us(now));
+                    if let Some(tat) = tat.filter(|t| Some(*t) != before) {
+                        buckets.insert(identity.clone(), tat);
+                        written.insert(identity.clone(), Some(tat));
+                    }
+                    if let Err(at_us) = admitted {
+                        rate_waits.push((identity.clone(), rate::ms_ceil(at_us)));
+                        break;
+                    }
                 }
                 let waiter = slot.waiters.remove(i).expect("index checked");
                 slot.holders.insert(
@@ -296,13 +447,13 @@ impl<T> Throttles<T> {
             }
             passed_over &= slot.holders.len() < limit;
             if slot.holders.is_empty() && slot.waiters.is_empty() {
-                self.slots.remove(identity);
+                slots.remove(identity);
             }
         }
         if passed_over {
-            self.blocked.insert(identity.clone());
+            blocked.insert(identity.clone());
         } else {
-            self.blocked.remove(identity);
+            blocked.remove(identity);
         }
         grants
     }
@@ -344,20 +495,20 @@ mod tests {
         let mut t = Throttles::default();
         let mut granted = Vec::new();
         for n in 0..5 {
-            granted.extend(tickets(&t.wait(id("a"), 2, waiter(n), &mut yes)));
+            granted.extend(tickets(&t.wait(id("a"), 2, None, waiter(n), 0, &mut yes)));
         }
         assert_eq!(granted, [0, 1]);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task(task(1)), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(1)), 0, &mut yes)),
             [2]
         );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task(task(0)), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(0)), 0, &mut yes)),
             [3]
         );
         // A release by a non-holder (a stale report) grants nothing.
         assert!(
-            t.release(&id("a"), &Holder::Task(task(0)), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(0)), 0, &mut yes)
                 .is_empty()
         );
         assert_eq!(t.info()[0].holders.len(), 2);
@@ -367,30 +518,39 @@ mod tests {
     #[test]
     fn identities_are_independent() {
         let mut t = Throttles::default();
-        assert_eq!(tickets(&t.wait(id("a"), 1, waiter(0), &mut yes)), [0]);
-        assert!(t.wait(id("a"), 1, waiter(1), &mut yes).is_empty());
-        assert_eq!(tickets(&t.wait(id("b"), 1, waiter(2), &mut yes)), [2]);
+        assert_eq!(
+            tickets(&t.wait(id("a"), 1, None, waiter(0), 0, &mut yes)),
+            [0]
+        );
+        assert!(t.wait(id("a"), 1, None, waiter(1), 0, &mut yes).is_empty());
+        assert_eq!(
+            tickets(&t.wait(id("b"), 1, None, waiter(2), 0, &mut yes)),
+            [2]
+        );
     }
 
     #[test]
     fn raising_the_limit_grants_at_once_and_lowering_takes_nothing_away() {
         let mut t = Throttles::default();
         for n in 0..4 {
-            t.wait(id("a"), 1, waiter(n), &mut yes);
+            t.wait(id("a"), 1, None, waiter(n), 0, &mut yes);
         }
-        assert_eq!(tickets(&t.set_override(id("a"), Some(3), &mut yes)), [1, 2]);
-        assert!(t.set_override(id("a"), Some(1), &mut yes).is_empty());
+        assert_eq!(
+            tickets(&t.set_override(id("a"), Some(3), 0, &mut yes)),
+            [1, 2]
+        );
+        assert!(t.set_override(id("a"), Some(1), 0, &mut yes).is_empty());
         // Three hold, limit 1: releases grant nothing until under the limit.
         assert!(
-            t.release(&id("a"), &Holder::Task(task(0)), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(0)), 0, &mut yes)
                 .is_empty()
         );
         assert!(
-            t.release(&id("a"), &Holder::Task(task(1)), &mut yes)
+            t.release(&id("a"), &Holder::Task(task(1)), 0, &mut yes)
                 .is_empty()
         );
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task(task(2)), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(2)), 0, &mut yes)),
             [3]
         );
     }
@@ -399,12 +559,12 @@ mod tests {
     fn removed_waiters_never_get_a_slot() {
         let mut t = Throttles::default();
         for n in 0..3 {
-            t.wait(id("a"), 1, waiter(n), &mut yes);
+            t.wait(id("a"), 1, None, waiter(n), 0, &mut yes);
         }
         let removed = t.remove_waiters(|w| w.ticket == 1);
         assert_eq!(removed.len(), 1);
         assert_eq!(
-            tickets(&t.release(&id("a"), &Holder::Task(task(0)), &mut yes)),
+            tickets(&t.release(&id("a"), &Holder::Task(task(0)), 0, &mut yes)),
             [2]
         );
     }
@@ -415,14 +575,16 @@ mod tests {
         t.hold(
             id("a"),
             1,
+            None,
             Holder::Chain(ChainId::from_uuid(uuid::Uuid::from_u128(99))),
             HolderInfo::default(),
         );
-        assert!(t.wait(id("a"), 1, waiter(0), &mut yes).is_empty());
+        assert!(t.wait(id("a"), 1, None, waiter(0), 0, &mut yes).is_empty());
         assert_eq!(
             tickets(&t.release(
                 &id("a"),
                 &Holder::Chain(ChainId::from_uuid(uuid::Uuid::from_u128(99))),
+                0,
                 &mut yes
             )),
             [0]
@@ -432,24 +594,142 @@ mod tests {
     #[test]
     fn waiters_that_cannot_start_are_passed_over_and_retried() {
         let mut t = Throttles::default();
-        assert_eq!(tickets(&t.wait(id("a"), 1, waiter(0), &mut yes)), [0]);
-        t.wait(id("a"), 1, waiter(1), &mut yes);
-        t.wait(id("a"), 1, waiter(2), &mut yes);
+        assert_eq!(
+            tickets(&t.wait(id("a"), 1, None, waiter(0), 0, &mut yes)),
+            [0]
+        );
+        t.wait(id("a"), 1, None, waiter(1), 0, &mut yes);
+        t.wait(id("a"), 1, None, waiter(2), 0, &mut yes);
         // Waiter 1 needs a worker and none is free: waiter 2 goes first.
         let mut only_two = |w: &Waiter<u32>| w.ticket == 2;
-        let granted = t.release(&id("a"), &Holder::Task(task(0)), &mut only_two);
+        let granted = t.release(&id("a"), &Holder::Task(task(0)), 0, &mut only_two);
         assert_eq!(tickets(&granted), [2]);
         assert!(
-            t.repump(&mut yes).is_empty(),
+            t.repump(0, &mut yes).is_empty(),
             "no free slot: nothing to retry"
         );
         let mut nobody = |_: &Waiter<u32>| false;
         assert!(
-            t.release(&id("a"), &Holder::Task(task(2)), &mut nobody)
+            t.release(&id("a"), &Holder::Task(task(2)), 0, &mut nobody)
                 .is_empty()
         );
         // A worker became free: the passed-over waiter gets the slot.
-        assert_eq!(tickets(&t.repump(&mut yes)), [1]);
-        assert!(t.repump(&mut yes).is_empty());
+        assert_eq!(tickets(&t.repump(0, &mut yes)), [1]);
+        assert!(t.repump(0, &mut yes).is_empty());
+    }
+
+    const TEN_A_SECOND: Rate = Rate {
+        count: 10,
+        period_ms: 1000,
+        burst: 1,
+    };
+
+    #[test]
+    fn a_rate_spaces_grants_and_reports_when_the_next_is_due() {
+        let mut t = Throttles::default();
+        let mut granted = Vec::new();
+        for n in 0..3 {
+            granted.extend(tickets(&t.wait(
+                id("r"),
+                UNLIMITED,
+                Some(TEN_A_SECOND),
+                waiter(n),
+                1_000,
+                &mut yes,
+            )));
+        }
+        // One start now; the next is due 100 ms later.
+        assert_eq!(granted, [0]);
+        let waits = t.take_rate_waits();
+        assert!(waits.iter().all(|w| *w == (id("r"), 1_100)), "{waits:?}");
+        assert!(t.pump(&id("r"), 1_099, &mut yes).is_empty());
+        assert_eq!(tickets(&t.pump(&id("r"), 1_100, &mut yes)), [1]);
+        assert_eq!(tickets(&t.pump(&id("r"), 1_250, &mut yes)), [2]);
+        // No concurrency limit: all three hold at once.
+        assert_eq!(t.info()[0].holders.len(), 3);
+        // Every arrival time is written for the store; a full bucket is
+        // removed from it.
+        // (The third start, 150 ms late, puts the next at 1.35 s.)
+        assert_eq!(t.take_written(), [(id("r"), Some(1_350_000))]);
+        t.forget_full_buckets(1_349);
+        assert!(t.take_written().is_empty());
+        t.forget_full_buckets(1_350);
+        assert_eq!(t.take_written(), [(id("r"), None)]);
+    }
+
+    #[test]
+    fn a_rate_and_a_concurrency_limit_both_hold() {
+        let mut t = Throttles::default();
+        for n in 0..3 {
+            t.wait(id("b"), 1, Some(TEN_A_SECOND), waiter(n), 0, &mut yes);
+        }
+        assert_eq!(t.info()[0].holders.len(), 1);
+        // The slot frees at once, the rate allows the next at 100 ms.
+        assert!(
+            t.release(&id("b"), &Holder::Task(task(0)), 50, &mut yes)
+                .is_empty()
+        );
+        assert_eq!(tickets(&t.pump(&id("b"), 100, &mut yes)), [1]);
+        // At 300 ms the rate would allow one, but the slot is held.
+        assert!(t.pump(&id("b"), 300, &mut yes).is_empty());
+        assert_eq!(
+            tickets(&t.release(&id("b"), &Holder::Task(task(1)), 300, &mut yes)),
+            [2]
+        );
+    }
+
+    #[test]
+    fn a_restored_bucket_counts_the_starts_before_a_restart() {
+        let mut t = Throttles::default();
+        // The last start before the restart was at 1 s: the next is due at
+        // 1.1 s, however soon the broker came back.
+        t.restore_bucket(id("r"), 1_100_000);
+        assert!(
+            t.wait(
+                id("r"),
+                UNLIMITED,
+                Some(TEN_A_SECOND),
+                waiter(0),
+                1_010,
+                &mut yes
+            )
+            .is_empty()
+        );
+        assert_eq!(tickets(&t.pump(&id("r"), 1_100, &mut yes)), [0]);
+    }
+
+    #[test]
+    fn an_admin_rate_overrides_the_declared_one() {
+        let mut t = Throttles::default();
+        t.wait(
+            id("r"),
+            UNLIMITED,
+            Some(TEN_A_SECOND),
+            waiter(0),
+            0,
+            &mut yes,
+        );
+        t.wait(
+            id("r"),
+            UNLIMITED,
+            Some(TEN_A_SECOND),
+            waiter(1),
+            0,
+            &mut yes,
+        );
+        let faster = Rate {
+            count: 1000,
+            period_ms: 1000,
+            burst: 1,
+        };
+        // The next start was due at 100 ms; at the new rate it is due one
+        // interval (1 ms) after the change.
+        assert!(
+            t.set_rate_override(id("r"), Some(faster), 50, &mut yes)
+                .is_empty()
+        );
+        assert_eq!(tickets(&t.pump(&id("r"), 51, &mut yes)), [1]);
+        assert_eq!(t.info()[0].rate, Some(faster));
+        assert!(t.info()[0].rate_overridden);
     }
 }

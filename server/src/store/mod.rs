@@ -7,6 +7,10 @@
 //!   ended with a run still out), so a restart never scans finished history;
 //! - `idempotency`: idempotency key → chain id;
 //! - `limits`: throttle identity → admin limit (u32, big-endian);
+//! - `rates`: throttle identity → admin rate ([`RateRecord`]);
+//! - `buckets`: throttle identity → the arrival time of its rate limit
+//!   (µs, u64 big-endian; see `scheduler::rate`), while its bucket is not
+//!   full: what keeps a rate exact across a restart;
 //! - `task_defaults`: task name → default `Options` registered by workers;
 //! - `dead`: (finished ms, big-endian; chain id) → empty, every failed chain
 //!   not yet requeued, so the dead list is a reverse range scan. Kept by
@@ -44,7 +48,9 @@ use std::sync::Arc;
 use prost::Message;
 use sled::IVec;
 
-use crate::domain::{ChainRecord, ChainState, ColdSummary, Identity, Options, ScheduleRecord};
+use crate::domain::{
+    ChainRecord, ChainState, ColdSummary, Identity, Options, RateRecord, ScheduleRecord,
+};
 
 mod backend;
 mod committer;
@@ -125,6 +131,10 @@ enum Space {
     Ended = b'e',
     /// Periodic schedules, by name.
     Schedules = b's',
+    /// Admin rates, by throttle identity.
+    Rates = b'q',
+    /// Rate limits' arrival times, by throttle identity.
+    Buckets = b'b',
     /// Markers of the store itself (which one-time migrations are done).
     Meta = b'~',
 }
@@ -290,6 +300,25 @@ impl Batch {
         }
     }
 
+    /// Sets (`Some`) or clears (`None`) the admin rate of an identity.
+    pub fn put_rate(&mut self, identity: &Identity, rate: Option<&RateRecord>) {
+        let key = identity.encode_to_vec();
+        match rate {
+            Some(rate) => self.insert(Space::Rates, key, rate.encode_to_vec()),
+            None => self.remove(Space::Rates, key),
+        }
+    }
+
+    /// Keeps (`Some`) or removes (`None`: its bucket is full) the arrival
+    /// time of an identity's rate limit.
+    pub fn put_bucket(&mut self, identity: &Identity, tat_us: Option<u64>) {
+        let key = identity.encode_to_vec();
+        match tat_us {
+            Some(tat) => self.insert(Space::Buckets, key, tat.to_be_bytes()),
+            None => self.remove(Space::Buckets, key),
+        }
+    }
+
     /// Stores a schedule (`Some`) or removes one (`None`, by name).
     pub fn put_schedule(&mut self, name: &str, schedule: Option<&ScheduleRecord>) {
         match schedule {
@@ -336,6 +365,10 @@ pub struct ExpiryCursor(Vec<u8>);
 pub struct Recovered {
     pub live_chains: Vec<ChainRecord>,
     pub limits: Vec<(Identity, u32)>,
+    /// Admin rates.
+    pub rates: Vec<(Identity, RateRecord)>,
+    /// Rate limits' arrival times (µs).
+    pub buckets: Vec<(Identity, u64)>,
     pub task_defaults: Vec<(String, Options)>,
     /// Queues whose dispatch is paused.
     pub paused: Vec<String>,
@@ -644,6 +677,25 @@ impl Store {
                 Err(e) => out
                     .corrupt
                     .push(format!("schedule {}: {e}", String::from_utf8_lossy(&k))),
+            }
+        }
+        for item in self.scan(Space::Rates) {
+            let (k, v) = item?;
+            match (Identity::decode(k.as_ref()), RateRecord::decode(v.as_ref())) {
+                (Ok(identity), Ok(rate)) => out.rates.push((identity, rate)),
+                _ => out.corrupt.push("undecodable throttle rate".into()),
+            }
+        }
+        for item in self.scan(Space::Buckets) {
+            let (k, v) = item?;
+            match (
+                Identity::decode(k.as_ref()),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) {
+                (Ok(identity), Ok(bytes)) => {
+                    out.buckets.push((identity, u64::from_be_bytes(bytes)))
+                }
+                _ => out.corrupt.push("undecodable rate bucket".into()),
             }
         }
         Ok(out)

@@ -82,6 +82,21 @@ pub struct Throttle {
     pub shared: bool,
     #[prost(enumeration = "ThrottleScope", tag = "4")]
     pub scope: i32,
+    /// A rate limit of the identity's starts, beside (or instead of) its
+    /// concurrency.
+    #[prost(message, optional, tag = "5")]
+    pub rate: Option<RateRecord>,
+}
+
+/// At most `count` starts per `period_ms`, `burst` at once (0 counts as 1).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct RateRecord {
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+    #[prost(uint64, tag = "2")]
+    pub period_ms: u64,
+    #[prost(uint32, tag = "3")]
+    pub burst: u32,
 }
 
 /// A signature's or a task name's options (each unset one falls back: see
@@ -157,6 +172,11 @@ mod tests {
                 key: "tenant".into(),
                 shared: true,
                 scope: pb::ThrottleScope::Chain as i32,
+                rate: Some(pb::Rate {
+                    count: 10,
+                    period_ms: 1000,
+                    burst: 2,
+                }),
             }),
             max_retries: Some(3),
             retry_backoff_ms: Some(10),

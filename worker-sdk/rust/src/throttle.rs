@@ -13,7 +13,10 @@ use baton::pb;
 
 use crate::runtime::{Event, Events};
 
-/// An in-body throttle: at most `concurrency` holders at once per identity.
+/// An in-body throttle: at most `concurrency` holders at once per identity,
+/// and with a rate, at most that many grants per period
+/// ([`Throttle::rate`]: "at most 10 calls a second to this API", across
+/// every worker).
 ///
 /// The identity is (the running task's name, key); with [`Throttle::shared`]
 /// it is the key alone, shared by every task name that uses it (Waldur's
@@ -27,6 +30,8 @@ pub struct Throttle {
     key: String,
     /// Whether the identity is the key alone.
     shared: bool,
+    /// At most this many grants per period, if set.
+    rate: Option<pb::Rate>,
 }
 
 impl Throttle {
@@ -37,7 +42,45 @@ impl Throttle {
             concurrency,
             key: String::new(),
             shared: false,
+            rate: None,
         }
+    }
+
+    /// At most `count` grants per `period` (in milliseconds), evenly
+    /// spaced, and no limit on holders at once (add one with
+    /// [`Throttle::new`]`(n).with_rate(..)`).
+    pub fn rate(count: u32, period: std::time::Duration) -> Self {
+        Self::new(0).with_rate(count, period)
+    }
+
+    /// Adds a rate: at most `count` grants per `period`.
+    #[must_use]
+    pub fn with_rate(mut self, count: u32, period: std::time::Duration) -> Self {
+        self.rate = Some(pb::Rate {
+            count,
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            burst: 0,
+        });
+        self
+    }
+
+    /// Adds a rate written as Celery writes it (`"10/s"`, `"100/m"`).
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong with the text.
+    pub fn per(mut self, rate: &str) -> Result<Self, String> {
+        self.rate = Some(baton::parse_rate(rate)?);
+        Ok(self)
+    }
+
+    /// Grants of the rate allowed at once after a quiet spell (default 1).
+    #[must_use]
+    pub fn burst(mut self, burst: u32) -> Self {
+        if let Some(rate) = &mut self.rate {
+            rate.burst = burst;
+        }
+        self
     }
 
     /// Throttles per key (e.g. one volume, one tenant) instead of per task
@@ -65,6 +108,7 @@ impl From<Throttle> for pb::Throttle {
             key: throttle.key,
             shared: throttle.shared,
             scope: pb::ThrottleScope::Task.into(),
+            rate: throttle.rate,
         }
     }
 }
@@ -133,8 +177,24 @@ mod tests {
                 key: "tenant:42".into(),
                 shared: true,
                 scope: pb::ThrottleScope::Task.into(),
+                rate: None,
             }
         );
+        let t: pb::Throttle = Throttle::rate(10, std::time::Duration::from_secs(1))
+            .burst(3)
+            .key("api")
+            .shared()
+            .into();
+        assert_eq!((t.concurrency, t.key.as_str(), t.shared), (0, "api", true));
+        assert_eq!(
+            t.rate,
+            Some(pb::Rate {
+                count: 10,
+                period_ms: 1000,
+                burst: 3
+            })
+        );
+        assert!(Throttle::new(1).per("ten/s").is_err());
         let t: pb::Throttle = Throttle::new(1).into();
         assert_eq!((t.key.as_str(), t.shared), ("", false));
     }

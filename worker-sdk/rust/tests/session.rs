@@ -841,6 +841,7 @@ async fn in_body_throttle_waits_for_the_grant_and_releases_after_the_block() {
             key: "tenant:42".into(),
             shared: true,
             scope: pb::ThrottleScope::Task.into(),
+            rate: None,
         })
     );
     assert!(entered.try_recv().is_err(), "the block waits for the grant");

@@ -162,7 +162,24 @@ impl Core {
         now: UnixMs,
     ) {
         self.batch.put_limit(&identity, limit);
-        let grants = self.throttle_op(|t, cs| t.set_override(identity, limit, cs));
+        let grants = self.throttle_op(|t, cs| t.set_override(identity, limit, now, cs));
+        self.apply_grants(grants, now);
+        let info = self.throttle_info();
+        self.reply(reply, Ok(info));
+    }
+
+    /// Sets or clears an identity's admin rate; answered, like
+    /// [`Core::set_limit`], once the change is durable.
+    pub fn set_rate(
+        &mut self,
+        identity: Identity,
+        rate: Option<Rate>,
+        reply: Req<Vec<crate::scheduler::ThrottleStats>>,
+        now: UnixMs,
+    ) {
+        self.batch
+            .put_rate(&identity, rate.map(RateRecord::from).as_ref());
+        let grants = self.throttle_op(|t, cs| t.set_rate_override(identity, rate, now, cs));
         self.apply_grants(grants, now);
         let info = self.throttle_info();
         self.reply(reply, Ok(info));

@@ -69,14 +69,25 @@ impl Core {
             }
             false
         };
-        op(throttles, &mut can_start)
+        let out = op(throttles, &mut can_start);
+        // What the operation changed in rate limits: arrival times to
+        // store with the round (the grant's assignment waits for them), and
+        // lines that wait for their rate, pumped again when it allows.
+        for (identity, tat) in self.throttles.take_written() {
+            self.batch.put_bucket(&identity, tat);
+        }
+        for (identity, at) in self.throttles.take_rate_waits() {
+            self.add_timer(at, Timer::Rate { identity });
+        }
+        out
     }
 
-    /// Puts `holder` in the identity's line and acts on what that grants.
+    /// Puts `holder` in the identity's line (as `throttle` declares it)
+    /// and acts on what that grants.
     pub(super) fn wait_for_slot(
         &mut self,
         identity: Identity,
-        concurrency: u32,
+        throttle: &Throttle,
         holder: Holder,
         ticket: Ticket,
         now: UnixMs,
@@ -86,7 +97,8 @@ impl Core {
             since: now,
             ticket,
         };
-        let grants = self.throttle_op(|t, cs| t.wait(identity, concurrency, waiter, cs));
+        let (concurrency, rate) = throttle::declared(throttle);
+        let grants = self.throttle_op(|t, cs| t.wait(identity, concurrency, rate, waiter, now, cs));
         self.apply_grants(grants, now);
     }
 
@@ -165,7 +177,7 @@ impl Core {
                     } else {
                         // The run ended while it waited: hand the slot on.
                         work.extend(
-                            self.throttle_op(|t, cs| t.release(&identity, &waiter.holder, cs)),
+                            self.throttle_op(|t, cs| t.release(&identity, &waiter.holder, now, cs)),
                         );
                     }
                 }
@@ -183,7 +195,7 @@ impl Core {
         // First the throttle waiters passed over for want of a worker: some
         // worker may be free now (and those still passed over reserve one).
         self.reserved.clear();
-        let grants = self.throttle_op(|t, cs| t.repump(cs));
+        let grants = self.throttle_op(|t, cs| t.repump(now, cs));
         self.apply_grants(grants, now);
         if !self.rerouting.is_empty() {
             // New task defaults whose cold chains could not be read then.
@@ -376,8 +388,9 @@ impl Core {
         }
         let mut grants = Vec::new();
         if let Some(identity) = &run.declared {
-            grants
-                .extend(self.throttle_op(|t, cs| t.release(identity, &Holder::Task(task_id), cs)));
+            grants.extend(
+                self.throttle_op(|t, cs| t.release(identity, &Holder::Task(task_id), now, cs)),
+            );
         }
         for hold in in_body {
             if let Some(identity) = hold.identity {
@@ -385,7 +398,7 @@ impl Core {
                     task_id,
                     request_id: hold.request_id,
                 };
-                grants.extend(self.throttle_op(|t, cs| t.release(&identity, &holder, cs)));
+                grants.extend(self.throttle_op(|t, cs| t.release(&identity, &holder, now, cs)));
             }
         }
         self.throttles.remove_waiters(

@@ -99,8 +99,8 @@ impl Core {
                     .filter(|t| t.scope() != ThrottleScope::Chain)
                 {
                     let identity = Identity::of(rec.step(at).name(), &throttle);
-                    let grants =
-                        self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), cs));
+                    let grants = self
+                        .throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), now, cs));
                     self.apply_grants(grants, now);
                 }
                 let step = self.live_step(chain_id, at);
@@ -169,7 +169,7 @@ impl Core {
         } else {
             (Holder::Task(task_id), Ticket::Enqueue { task_id })
         };
-        self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
+        self.wait_for_slot(identity, &throttle, holder, ticket, now);
     }
 
     pub(super) fn enqueue(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {
@@ -331,7 +331,7 @@ impl Core {
         let mut grants = Vec::new();
         for identity in std::mem::take(&mut rec.chain_holds) {
             grants.extend(
-                self.throttle_op(|t, cs| t.release(&identity, &Holder::Chain(chain_id), cs)),
+                self.throttle_op(|t, cs| t.release(&identity, &Holder::Chain(chain_id), now, cs)),
             );
         }
         self.throttles.remove_waiters(

@@ -50,7 +50,8 @@ use std::sync::Arc;
 
 pub use self::replies::{Answer, Answerable, Req, RequestId};
 use super::queues::{ChainKey, Head, Queued, Queues};
-use super::throttle::{CanStart, Grant, Holder, HolderInfo, Throttles, Waiter};
+use super::rate::Rate;
+use super::throttle::{self, CanStart, Grant, Holder, HolderInfo, Throttles, Waiter};
 use super::{Error, Inspected, QueueStats, ScheduleView, Submitted, WorkerStats};
 use crate::domain::*;
 use crate::metrics::{Metrics, TaskMetrics};
@@ -311,6 +312,9 @@ enum Timer {
     Deadline { chain_id: ChainId },
     /// A schedule's next fire time (stale if the schedule moved on).
     Schedule { name: String, at: UnixMs },
+    /// A line whose first waiter waits for its rate: pump it (stale if it
+    /// was pumped meanwhile; pumping again grants nothing new).
+    Rate { identity: Identity },
 }
 
 pub struct Core {
@@ -325,6 +329,8 @@ pub struct Core {
     next_sweep: UnixMs,
     /// The last sweep found a full page: sweep again next round.
     sweep_more: bool,
+    /// When full rate buckets are next forgotten (see `Core::sweep`).
+    next_bucket_sweep: UnixMs,
     /// Milliseconds the scheduler has been awake, as the driver last read
     /// them (see `clock::Awake`): what leases are measured in.
     awake_ms: u64,
@@ -399,6 +405,7 @@ impl Core {
             swept: ExpiryCursor::default(),
             next_sweep: 0,
             sweep_more: false,
+            next_bucket_sweep: 0,
             awake_ms: 0,
             chains: Map::default(),
             tasks: Map::default(),
@@ -430,7 +437,14 @@ impl Core {
             core.queues.pause(queue);
         }
         for (identity, limit) in recovered.limits {
-            core.throttle_op(|t, cs| t.set_override(identity, Some(limit), cs));
+            core.throttle_op(|t, cs| t.set_override(identity, Some(limit), now, cs));
+        }
+        for (identity, rate) in recovered.rates {
+            let rate = Rate::from(&rate);
+            core.throttle_op(|t, cs| t.set_rate_override(identity, Some(rate), now, cs));
+        }
+        for (identity, tat) in recovered.buckets {
+            core.throttles.restore_bucket(identity, tat);
         }
         core.recover_schedules(recovered.schedules);
         for corrupt in &recovered.corrupt {
@@ -483,7 +497,7 @@ impl Core {
                     worker: String::new(),
                 };
                 core.throttles
-                    .hold(identity, concurrency, Holder::Chain(*chain_id), info);
+                    .hold(identity, concurrency, None, Holder::Chain(*chain_id), info);
             }
             for at in running {
                 core.restore_run(*chain_id, at, now);
@@ -542,17 +556,18 @@ impl Core {
             .throttle
             .as_ref()
             .filter(|t| t.scope() != ThrottleScope::Chain)
-            .map(|t| (Identity::of(step.name(), t), t.concurrency));
+            .map(|t| (Identity::of(step.name(), t), throttle::declared(t)));
         let in_body: Vec<InBodyHold> = step.in_body.clone();
         let attempt = step.attempts;
         let info = HolderInfo {
             since: now,
             worker: step.worker.clone(),
         };
-        if let Some((identity, concurrency)) = &declared {
+        if let Some((identity, (concurrency, rate))) = &declared {
             self.throttles.hold(
                 identity.clone(),
                 *concurrency,
+                *rate,
                 Holder::Task(task_id),
                 info.clone(),
             );
@@ -565,7 +580,7 @@ impl Core {
                     request_id: hold.request_id,
                 };
                 self.throttles
-                    .hold(identity, concurrency, holder, info.clone());
+                    .hold(identity, concurrency, None, holder, info.clone());
             }
         }
         let run = Run {

@@ -41,6 +41,10 @@ impl Core {
                 Timer::Timeout { task_id, attempt } => self.on_timeout(task_id, attempt),
                 Timer::Deadline { chain_id } => self.on_deadline(chain_id, now),
                 Timer::Schedule { name, at } => self.on_schedule_timer(reads, &name, at, now),
+                Timer::Rate { identity } => {
+                    let grants = self.throttle_op(|t, cs| t.pump(&identity, now, cs));
+                    self.apply_grants(grants, now);
+                }
             }
         }
     }
@@ -131,6 +135,15 @@ impl Core {
     /// once every [`SWEEP_EVERY_MS`]. Reads only the `ended` index (and the
     /// idempotency key and results of each chain found), never a record.
     pub fn sweep(&mut self, reads: &dyn Lookup, now: UnixMs) {
+        if now >= self.next_bucket_sweep {
+            // Rate buckets that are full again need no state, here or in
+            // the store.
+            self.next_bucket_sweep = now.saturating_add(SWEEP_EVERY_MS);
+            self.throttles.forget_full_buckets(now);
+            for (identity, tat) in self.throttles.take_written() {
+                self.batch.put_bucket(&identity, tat);
+            }
+        }
         if self.retention_ms == 0 || (now < self.next_sweep && !self.sweep_more) {
             return;
         }

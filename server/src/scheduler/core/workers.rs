@@ -168,7 +168,7 @@ impl Core {
             {
                 let identity = Identity::of(rec.step(at).name(), &throttle);
                 grants.extend(
-                    self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), cs)),
+                    self.throttle_op(|t, cs| t.release(&identity, &Holder::Task(task_id), now, cs)),
                 );
             }
         }
@@ -406,7 +406,7 @@ impl Core {
             task,
             request_id,
         };
-        self.wait_for_slot(identity, throttle.concurrency, holder, ticket, now);
+        self.wait_for_slot(identity, &throttle, holder, ticket, now);
     }
 
     pub(super) fn release(
@@ -440,7 +440,7 @@ impl Core {
         let hold = step.in_body.remove(pos);
         self.touch(run.chain_id);
         if let Some(identity) = hold.identity {
-            let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
+            let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, now, cs));
             self.apply_grants(grants, now);
         }
     }
@@ -471,7 +471,7 @@ impl Core {
                     task_id,
                     request_id: hold.request_id,
                 };
-                let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, cs));
+                let grants = self.throttle_op(|t, cs| t.release(&identity, &holder, now, cs));
                 self.apply_grants(grants, now);
             }
         }

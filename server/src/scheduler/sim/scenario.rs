@@ -26,6 +26,7 @@ fn shared(key: &str, concurrency: u32, scope: ThrottleScope) -> Throttle {
         key: key.into(),
         shared: true,
         scope: scope as i32,
+        rate: None,
     }
 }
 
