@@ -13,6 +13,9 @@ option                 meaning (``baton.v1.Options`` field)
 ``heavy``              route to the ``heavy`` queue (``heavy``)
 ``throttle``           declared throttle: ``True``/``1``/``n`` (concurrency) or a
                        ``throttle(...)`` object (``throttle``)
+``rate``               at most that many starts per period for the task name (or
+                       the throttle's identity), ``"10/s"``, ``"100/m"``
+                       (``throttle.rate``); global, across workers
 ``max_retries``        retries of retryable failures, default 0 (``max_retries``)
 ``retry_backoff``      first retry delay, seconds (``retry_backoff_ms``)
 ``retry_backoff_max``  longest retry delay, seconds (``retry_backoff_max_ms``)
@@ -39,6 +42,7 @@ OPTION_NAMES = frozenset(
         "queue",
         "heavy",
         "throttle",
+        "rate",
         "max_retries",
         "retry_backoff",
         "retry_backoff_max",
@@ -104,6 +108,9 @@ def to_pb(options: Mapping[str, Any]) -> pb.Options:
     if get("heavy"):
         out.heavy = True
     spec = as_throttle(get("throttle"))
+    rate = get("rate")
+    if rate is not None:
+        spec = Throttle(rate=rate) if spec is None else spec.with_rate(rate, spec.burst)
     if spec is not None:
         out.throttle.CopyFrom(spec.to_pb())
     if get("max_retries") is not None:

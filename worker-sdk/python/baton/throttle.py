@@ -12,12 +12,19 @@
 * As a signature option, ``sig.set(throttle=throttle(key=..., shared=True,
   scope="chain"))``: a per-signature or chain-scoped throttle.
 
+Any of the three may carry a rate, ``throttle(rate="10/s", key=tenant)``:
+at most that many starts per period for the identity, across every worker
+and broker restart (Celery's ``rate_limit`` is per worker; this one is
+global). A rate alone limits no holders at once; with ``concurrency`` both
+hold.
+
 The Python side only asks and waits: limits, FIFO order and crash recovery
 live in the broker.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from types import TracebackType
 from typing import Any, Callable, Optional, Type, TypeVar, Union, overload
@@ -36,8 +43,38 @@ _SCOPES = {
 }
 
 
+_UNITS_MS = {"ms": 1, "s": 1000, "sec": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+
+
+def parse_rate(text: str) -> pb.Rate:
+    """A rate as Celery writes it, ``"10/s"``, ``"100/m"``, ``"5/h"``,
+    ``"1000/d"``, or with a numbered period, ``"3/10s"``; the burst is left
+    at its default (evenly spaced starts).
+
+    Raises:
+        ValueError: naming what is wrong with ``text``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a rate is a str such as '10/s' (got {type(text).__name__})")
+    found = _RATE.match(text)
+    if found is None:
+        raise ValueError(f"rate {text!r}: expected COUNT/PERIOD, such as 10/s or 100/m")
+    count, number, unit = int(found[1]), int(found[2] or 1), found[3]
+    if unit not in _UNITS_MS:
+        raise ValueError(f"rate {text!r}: the period {unit!r} is not a unit (ms, s, m, h, d)")
+    if count < 1:
+        raise ValueError(f"rate {text!r}: the count is 0: a rate allows at least 1 start")
+    period_ms = number * _UNITS_MS[unit]
+    if not 1 <= period_ms <= 86_400_000:
+        raise ValueError(f"rate {text!r}: the period must be between 1 ms and a day")
+    return pb.Rate(count=count, period_ms=period_ms)
+
+
 class Throttle:
-    """A throttle declaration: at most ``concurrency`` holders per identity.
+    """A throttle declaration: at most ``concurrency`` holders per identity,
+    and with ``rate`` at most that many starts per period (``burst`` of them
+    at once after a quiet spell, default 1).
 
     The identity is (task name, ``key``), with an empty key meaning the whole
     task name ("*"), or ``key`` alone when ``shared`` is true (one limit
@@ -47,13 +84,29 @@ class Throttle:
     throttle, whose slot is held by the ``with`` block.
     """
 
-    __slots__ = ("concurrency", "key", "shared", "scope", "_held", "_lock")
+    __slots__ = ("concurrency", "key", "shared", "scope", "rate", "burst", "_held", "_lock")
 
     def __init__(
-        self, concurrency: int = 1, key: str = "", shared: bool = False, scope: str = "task"
+        self,
+        concurrency: Optional[int] = None,
+        key: str = "",
+        shared: bool = False,
+        scope: str = "task",
+        rate: Optional[str] = None,
+        burst: int = 1,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        parsed = None if rate is None else parse_rate(rate)
+        if concurrency is None:
+            # A rate alone limits no holders at once (0 tells the broker so).
+            concurrency = 1 if parsed is None else 0
+        elif isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"throttle concurrency must be an int >= 1 (got {concurrency!r})")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"throttle burst must be an int >= 1 (got {burst!r})")
+        if parsed is None and burst != 1:
+            raise ValueError("throttle burst needs a rate")
+        if parsed is not None and burst > parsed.count:
+            raise ValueError(f"throttle burst {burst} is more than the rate's count {parsed.count}")
         if not isinstance(key, str):
             raise TypeError(f"throttle key must be a str (got {type(key).__name__})")
         if shared and not key:
@@ -64,15 +117,18 @@ class Throttle:
         self.key = key
         self.shared = shared
         self.scope = scope
+        self.rate = rate
+        self.burst = burst
         # Granted request ids per run, so one module-level throttle object can be
         # entered by many concurrent runs (and nested within one run).
         self._held: dict[TaskKey, list[int]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
+        rate = "" if self.rate is None else f", rate={self.rate!r}, burst={self.burst}"
         return (
             f"throttle(concurrency={self.concurrency}, key={self.key!r}, "
-            f"shared={self.shared}, scope={self.scope!r})"
+            f"shared={self.shared}, scope={self.scope!r}{rate})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -83,9 +139,19 @@ class Throttle:
     __hash__ = None  # type: ignore[assignment]
 
     def to_pb(self) -> pb.Throttle:
-        return pb.Throttle(
+        out = pb.Throttle(
             concurrency=self.concurrency, key=self.key, shared=self.shared, scope=_SCOPES[self.scope]
         )
+        if self.rate is not None:
+            out.rate.CopyFrom(parse_rate(self.rate))
+            out.rate.burst = self.burst
+        return out
+
+    def with_rate(self, rate: str, burst: int = 1) -> "Throttle":
+        """A copy of this throttle with ``rate`` (as ``@app.task(rate=...)``
+        adds one to a declared throttle)."""
+        concurrency = None if self.concurrency == 0 else self.concurrency
+        return Throttle(concurrency, self.key, self.shared, self.scope, rate, burst)
 
     # -- decorator form ----------------------------------------------------
 
@@ -156,7 +222,13 @@ def throttle(fn: F, /) -> F: ...
 
 @overload
 def throttle(
-    *, concurrency: int = 1, key: str = "", shared: bool = False, scope: str = "task"
+    *,
+    concurrency: Optional[int] = None,
+    key: str = "",
+    shared: bool = False,
+    scope: str = "task",
+    rate: Optional[str] = None,
+    burst: int = 1,
 ) -> Throttle: ...
 
 
@@ -164,17 +236,22 @@ def throttle(
     fn: Optional[F] = None,
     /,
     *,
-    concurrency: int = 1,
+    concurrency: Optional[int] = None,
     key: str = "",
     shared: bool = False,
     scope: str = "task",
+    rate: Optional[str] = None,
+    burst: int = 1,
 ) -> Union[F, Throttle]:
     """Build a :class:`Throttle`; used bare (``@throttle``) it decorates ``fn`` at once.
 
     ``@throttle`` alone means concurrency 1 for the whole task name, as in the
-    seed. See the module documentation for the three forms.
+    seed; ``throttle(rate="10/s")`` at most 10 starts a second, any number at
+    once. See the module documentation for the three forms.
     """
-    spec = Throttle(concurrency=concurrency, key=key, shared=shared, scope=scope)
+    spec = Throttle(
+        concurrency=concurrency, key=key, shared=shared, scope=scope, rate=rate, burst=burst
+    )
     if fn is not None:
         return spec(fn)
     return spec

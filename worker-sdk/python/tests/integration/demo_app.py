@@ -81,6 +81,22 @@ def dangerous_seed(uuid=0):
     return uuid
 
 
+@app.task(name="demo.rated", rate="5/s")
+def rated(uuid=0):
+    """At most 5 starts a second for the task name, across every worker."""
+    record("rated", uuid=uuid)
+    return uuid
+
+
+@app.task(name="demo.rated_section")
+def rated_section(uuid=0):
+    """An in-body rate: 2 entries a second into the section, any number of
+    bodies running."""
+    with throttle(rate="2/s", key="section"):
+        record("rated_section", uuid=uuid)
+    return uuid
+
+
 # -- probes -----------------------------------------------------------------------
 
 

@@ -82,6 +82,35 @@ def test_whole_task_throttle(tasks, start_worker, events, task):
     assert_no_overlap(spans)
 
 
+def most_in_a_window(times, window):
+    return max(sum(1 for u in times if t <= u < t + window) for t in times)
+
+
+def test_a_task_rate_spaces_the_starts_of_every_worker(tasks, start_worker, events):
+    """`@app.task(rate="5/s")`: two workers with eight free slots between them
+    still start at most 5 a second (a tenth of a second left for delivery
+    jitter), and 12 tasks take at least 11 intervals of 200 ms."""
+    start_worker(concurrency=4)
+    start_worker(concurrency=4)
+    results = [tasks.rated.delay(i) for i in range(12)]
+    assert sorted(r.get(timeout=60) for r in results) == list(range(12))
+    times = sorted(e["t"] for e in events.all("rated"))
+    assert len(times) == 12
+    assert most_in_a_window(times, 0.9) <= 5, times
+    assert times[-1] - times[0] >= 2.0, times
+
+
+def test_an_in_body_rate_spaces_the_entries_into_a_section(tasks, start_worker, events):
+    """`with throttle(rate="2/s", key=...)`: five running bodies enter the
+    section at most two a second."""
+    start_worker(concurrency=5)
+    results = [tasks.rated_section.delay(i) for i in range(5)]
+    assert sorted(r.get(timeout=60) for r in results) == list(range(5))
+    times = sorted(e["t"] for e in events.all("rated_section"))
+    assert most_in_a_window(times, 0.9) <= 2, times
+    assert times[-1] - times[0] >= 1.8, times
+
+
 def test_heavy_task_routing(tasks, start_worker):
     """`@tasks.task(heavy=True)` goes to the heavy queue and only heavy workers take it."""
     general = start_worker(queues=["general"], concurrency=2)

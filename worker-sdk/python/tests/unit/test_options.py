@@ -85,3 +85,37 @@ def test_eta_must_be_a_datetime():
 def test_unknown_names_are_listed():
     with pytest.raises(TypeError, match="bogus"):
         options.check({"bogus": 1, "queue": "x"}, "here")
+
+
+def test_a_rate_alone_limits_no_holders_and_carries_its_period():
+    out = options.to_pb({"rate": "10/s"}).throttle
+    assert (out.concurrency, out.rate.count, out.rate.period_ms, out.rate.burst) == (0, 10, 1000, 1)
+    out = throttle(rate="3/10s", burst=2, key="api", shared=True).to_pb()
+    assert (out.concurrency, out.key, out.shared) == (0, "api", True)
+    assert (out.rate.count, out.rate.period_ms, out.rate.burst) == (3, 10_000, 2)
+
+
+def test_a_rate_joins_a_declared_throttle():
+    out = options.to_pb({"throttle": 2, "rate": "100/m"}).throttle
+    assert (out.concurrency, out.rate.count, out.rate.period_ms) == (2, 100, 60_000)
+
+
+@pytest.mark.parametrize(
+    "rate, says",
+    [
+        ("10", "expected COUNT/PERIOD"),
+        ("0/s", "the count is 0"),
+        ("10/x", "is not a unit"),
+        ("10/2d", "between 1 ms and a day"),
+    ],
+)
+def test_bad_rates_say_what_is_wrong(rate, says):
+    with pytest.raises(ValueError, match=says):
+        options.to_pb({"rate": rate})
+
+
+def test_a_burst_needs_a_rate_and_fits_in_its_count():
+    with pytest.raises(ValueError, match="burst needs a rate"):
+        throttle(burst=2)
+    with pytest.raises(ValueError, match="more than the rate's count"):
+        throttle(rate="2/s", burst=3)
