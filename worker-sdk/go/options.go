@@ -2,6 +2,8 @@ package baton
 
 import (
 	"fmt"
+	"regexp"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -19,11 +21,14 @@ const (
 	ScopeChain
 )
 
-// Limit is a throttle: at most Concurrency holders at once per identity.
-// The identity is (task name, Key) unless Shared is set, in which case Key
-// alone names an identity shared by every task name that uses it.
+// Limit is a throttle: at most Concurrency holders at once per identity,
+// and with a Rate at most that many starts per period, across every worker
+// and broker restart. The identity is (task name, Key) unless Shared is
+// set, in which case Key alone names an identity shared by every task name
+// that uses it.
 type Limit struct {
-	// Concurrency is the most simultaneous holders; 0 means 1.
+	// Concurrency is the most simultaneous holders; 0 means 1, or no limit
+	// when Rate is set.
 	Concurrency uint32
 	// Key is the throttle key; empty means "*", the whole task name.
 	Key string
@@ -32,6 +37,52 @@ type Limit struct {
 	// Scope applies to declared throttles only (in-body slots belong to
 	// their run).
 	Scope Scope
+	// Rate, if set, limits the identity's starts (or in-body grants).
+	Rate *Rate
+}
+
+// Rate is a rate limit: at most Count starts per Per, evenly spaced, of
+// which Burst (0 or 1: none) may come at once after a quiet spell. In any
+// window of Per there are at most Count + Burst - 1 starts.
+type Rate struct {
+	Count uint32
+	Per   time.Duration
+	Burst uint32
+}
+
+var rateText = regexp.MustCompile(`^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$`)
+
+var rateUnits = map[string]time.Duration{
+	"ms": time.Millisecond, "s": time.Second, "sec": time.Second, "m": time.Minute,
+	"min": time.Minute, "h": time.Hour, "d": 24 * time.Hour,
+}
+
+// ParseRate reads a rate as Celery writes it: "10/s", "100/m", "5/h",
+// "1000/d", or with a numbered period, "3/10s".
+func ParseRate(text string) (Rate, error) {
+	m := rateText.FindStringSubmatch(text)
+	if m == nil {
+		return Rate{}, fmt.Errorf("rate %q: expected COUNT/PERIOD, such as 10/s or 100/m", text)
+	}
+	count, err := strconv.ParseUint(m[1], 10, 32)
+	if err != nil || count == 0 {
+		return Rate{}, fmt.Errorf("rate %q: the count must be a whole number from 1", text)
+	}
+	unit, ok := rateUnits[m[3]]
+	if !ok {
+		return Rate{}, fmt.Errorf("rate %q: the period %q is not a unit (ms, s, m, h, d)", text, m[3])
+	}
+	number := uint64(1)
+	if m[2] != "" {
+		if number, err = strconv.ParseUint(m[2], 10, 32); err != nil {
+			return Rate{}, fmt.Errorf("rate %q: the period is too long", text)
+		}
+	}
+	per := time.Duration(number) * unit
+	if per < time.Millisecond || per > 24*time.Hour {
+		return Rate{}, fmt.Errorf("rate %q: the period must be between 1 ms and a day", text)
+	}
+	return Rate{Count: uint32(count), Per: per}, nil
 }
 
 // check refuses what the broker would refuse. Needed for in-body throttles:
@@ -47,6 +98,12 @@ func (l Limit) check() error {
 		return &ThrottleRefusedError{Message: "the throttle concurrency is larger than 1000000"}
 	case l.Scope != ScopeTask && l.Scope != ScopeChain:
 		return &ThrottleRefusedError{Message: fmt.Sprintf("unknown throttle scope %d", l.Scope)}
+	case l.Rate != nil && l.Rate.Count == 0:
+		return &ThrottleRefusedError{Message: "the rate's count is 0: a rate allows at least 1 start"}
+	case l.Rate != nil && (l.Rate.Per < time.Millisecond || l.Rate.Per > 24*time.Hour):
+		return &ThrottleRefusedError{Message: "the rate's period must be between 1 ms and a day"}
+	case l.Rate != nil && l.Rate.Burst > l.Rate.Count:
+		return &ThrottleRefusedError{Message: "the rate's burst is more than its count"}
 	}
 	return nil
 }
@@ -55,6 +112,9 @@ func (l Limit) pb() *pb.Throttle {
 	t := &pb.Throttle{Concurrency: l.Concurrency, Key: l.Key, Shared: l.Shared}
 	if l.Scope == ScopeChain {
 		t.Scope = pb.ThrottleScope_THROTTLE_SCOPE_CHAIN
+	}
+	if l.Rate != nil {
+		t.Rate = &pb.Rate{Count: l.Rate.Count, PeriodMs: uint64(l.Rate.Per / time.Millisecond), Burst: l.Rate.Burst}
 	}
 	return t
 }

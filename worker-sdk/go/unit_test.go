@@ -139,3 +139,40 @@ func TestWorkerFlags(t *testing.T) {
 		t.Fatalf("%+v", plain)
 	}
 }
+
+func TestRatesAsCeleryWritesThem(t *testing.T) {
+	for text, want := range map[string]Rate{
+		"10/s":      {Count: 10, Per: time.Second},
+		"100/m":     {Count: 100, Per: time.Minute},
+		" 3 / 10s ": {Count: 3, Per: 10 * time.Second},
+		"1/250ms":   {Count: 1, Per: 250 * time.Millisecond},
+		"1000/d":    {Count: 1000, Per: 24 * time.Hour},
+	} {
+		got, err := ParseRate(text)
+		if err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %+v, %v; want %+v", text, got, err, want)
+		}
+	}
+	for text, says := range map[string]string{
+		"10":    "expected COUNT/PERIOD",
+		"0/s":   "from 1",
+		"10/x":  "is not a unit",
+		"10/2d": "between 1 ms and a day",
+	} {
+		if _, err := ParseRate(text); err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("ParseRate(%q): %v, want %q", text, err, says)
+		}
+	}
+	l := Limit{Key: "api", Shared: true, Rate: &Rate{Count: 5, Per: time.Second, Burst: 2}}
+	if err := l.check(); err != nil {
+		t.Fatal(err)
+	}
+	p := l.pb()
+	if p.Concurrency != 0 || p.Rate.GetCount() != 5 || p.Rate.GetPeriodMs() != 1000 || p.Rate.GetBurst() != 2 {
+		t.Errorf("pb: %v", p)
+	}
+	bad := Limit{Rate: &Rate{Count: 2, Per: time.Second, Burst: 3}}
+	if err := bad.check(); err == nil || !strings.Contains(err.Error(), "burst") {
+		t.Errorf("a burst over the count: %v", err)
+	}
+}

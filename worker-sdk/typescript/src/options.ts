@@ -9,6 +9,7 @@
  * | `queue`           | explicit queue name (`queue`)                                   |
  * | `heavy`           | route to the `heavy` queue (`heavy`)                            |
  * | `throttle`        | declared throttle: `true`/`n` (concurrency) or a spec (`throttle`) |
+ * | `rate`            | at most that many starts per period, `"10/s"` (`throttle.rate`) |
  * | `maxRetries`      | retries of retryable failures, default 0 (`max_retries`)        |
  * | `retryBackoff`    | first retry delay, ms (`retry_backoff_ms`)                      |
  * | `retryBackoffMax` | longest retry delay, ms (`retry_backoff_max_ms`)                |
@@ -19,14 +20,21 @@
  * | `priority`        | higher first within a queue (`priority`)                        |
  * | `description`     | free text shown in inspection (`description`)                   |
  */
-import type { Options, Throttle } from "./gen/baton/v1/index";
+import type { Options, Rate, Throttle } from "./gen/baton/v1/index";
 
 /** Whether a declared throttle's slot belongs to one run ("task", the default) or to the whole chain. */
 export type ThrottleScope = "task" | "chain";
 
-/** A throttle: at most `concurrency` (default 1) holders per identity (task name, key), or `key` alone if `shared`. */
+/**
+ * A throttle: at most `concurrency` holders per identity (task name, key), or `key` alone if
+ * `shared`; with `rate` ("10/s", "100/m", "3/10s") at most that many starts per period, across
+ * every worker and broker restart, `burst` of them at once (default 1). `concurrency` defaults to
+ * 1, or to no limit when a rate is given.
+ */
 export interface ThrottleSpec {
   concurrency?: number;
+  rate?: string;
+  burst?: number;
   /** Default "*": the whole task name. */
   key?: string;
   /** The identity is the key alone, shared across task names (e.g. "tenant:42"). */
@@ -38,6 +46,8 @@ export interface StepOptions {
   queue?: string;
   heavy?: boolean;
   throttle?: boolean | number | ThrottleSpec;
+  /** At most that many starts per period for the task name (or the throttle's identity). */
+  rate?: string;
   maxRetries?: number;
   retryBackoff?: number;
   retryBackoffMax?: number;
@@ -112,6 +122,35 @@ export function unixMs(value: Date | number, name: string): number {
 
 const SCOPES = { task: "THROTTLE_SCOPE_TASK", chain: "THROTTLE_SCOPE_CHAIN" } as const;
 
+const UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  sec: 1000,
+  m: 60_000,
+  min: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/** A rate as Celery writes it: "10/s", "100/m", "5/h", "1000/d", or "3/10s"; throws a RangeError naming what is wrong. */
+export function parseRate(text: string): Rate {
+  const found = /^\s*(\d+)\s*\/\s*(\d*)\s*([a-z]+)\s*$/.exec(String(text));
+  if (found === null)
+    throw new RangeError(`rate ${JSON.stringify(text)}: expected COUNT/PERIOD, such as 10/s or 100/m`);
+  const [, count, number, unit] = found as unknown as [string, string, string, string];
+  const unitMs = UNITS_MS[unit];
+  if (unitMs === undefined) {
+    throw new RangeError(`rate ${JSON.stringify(text)}: the period "${unit}" is not a unit (ms, s, m, h, d)`);
+  }
+  if (Number(count) < 1)
+    throw new RangeError(`rate ${JSON.stringify(text)}: the count is 0: a rate allows at least 1 start`);
+  const periodMs = (number === "" ? 1 : Number(number)) * unitMs;
+  if (!(periodMs >= 1 && periodMs <= 86_400_000)) {
+    throw new RangeError(`rate ${JSON.stringify(text)}: the period must be between 1 ms and a day`);
+  }
+  return { count: Number(count), periodMs };
+}
+
 /** `throttle: true | n | spec` as the protocol's `Throttle`; `undefined` for none. */
 export function throttleToPb(value: StepOptions["throttle"], name = "throttle"): Throttle | undefined {
   if (value === undefined || value === false) return undefined;
@@ -129,6 +168,16 @@ export function throttleToPb(value: StepOptions["throttle"], name = "throttle"):
     if (scope === undefined) throw new TypeError(`${name}.scope must be "task" or "chain"`);
     out.scope = scope;
   }
+  if (value.rate !== undefined) {
+    const rate = parseRate(value.rate);
+    if (value.burst !== undefined) {
+      rate.burst = uint(value.burst, `${name}.burst`);
+      if (rate.burst > (rate.count ?? 0)) throw new RangeError(`${name}.burst is more than the rate's count`);
+    }
+    out.rate = rate;
+  } else if (value.burst !== undefined) {
+    throw new TypeError(`${name}.burst needs a rate`);
+  }
   return out;
 }
 
@@ -137,7 +186,11 @@ export function optionsToPb(options: StepOptions): Options {
   const out: Options = {};
   if (options.queue) out.queue = String(options.queue);
   if (options.heavy) out.heavy = true;
-  const throttle = throttleToPb(options.throttle);
+  let throttle = throttleToPb(options.throttle);
+  if (options.rate !== undefined) {
+    // A rate alone limits no holders at once: the throttle's concurrency stays unset (0).
+    throttle = { ...(throttle ?? {}), rate: parseRate(options.rate) };
+  }
   if (throttle !== undefined) out.throttle = throttle;
   if (options.maxRetries !== undefined) out.maxRetries = uint(options.maxRetries, "maxRetries");
   if (options.retryBackoff !== undefined) out.retryBackoffMs = ms(options.retryBackoff, "retryBackoff");

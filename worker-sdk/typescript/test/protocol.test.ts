@@ -31,7 +31,8 @@ const FIELDS: Record<string, Record<string, string>> = {
       "description",
     ].map((f) => [f, ""]),
   ),
-  Throttle: { concurrency: "", key: "", shared: "", scope: "" },
+  Throttle: { concurrency: "", key: "", shared: "", scope: "", rate: "" },
+  Rate: { count: "", period_ms: "", burst: "" },
   Signature: { name: "", args: "", kwargs: "", immutable: "", options: "" },
   SubmitChainRequest: {
     steps: "",

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { newChainId } from "../src/ids";
 import { Baton, Cancelled, Chain, chain, Fatal, Retry } from "../src/index";
-import { optionsToPb } from "../src/options";
+import { optionsToPb, parseRate } from "../src/options";
 import { errorType, fromError, fromResult, stack } from "../src/outcomes";
 
 const app = new Baton("127.0.0.1:1");
@@ -153,4 +153,24 @@ test("chain ids are UUIDv7, unique and increasing", () => {
   assert.equal(new Set(ids).size, ids.length);
   const sorted = [...ids].sort();
   assert.deepEqual(sorted, ids);
+});
+
+test("rates as Celery writes them, alone or with a throttle", () => {
+  assert.deepEqual(parseRate("10/s"), { count: 10, periodMs: 1000 });
+  assert.deepEqual(parseRate(" 3 / 10s "), { count: 3, periodMs: 10_000 });
+  assert.deepEqual(parseRate("1000/d"), { count: 1000, periodMs: 86_400_000 });
+  assert.throws(() => parseRate("10"), /expected COUNT\/PERIOD/);
+  assert.throws(() => parseRate("0/s"), /the count is 0/);
+  assert.throws(() => parseRate("10/x"), /is not a unit/);
+  assert.throws(() => parseRate("10/2d"), /between 1 ms and a day/);
+  // A rate alone limits no holders (concurrency unset, 0 on the wire).
+  assert.deepEqual(optionsToPb({ rate: "5/m" }), { throttle: { rate: { count: 5, periodMs: 60_000 } } });
+  assert.deepEqual(optionsToPb({ throttle: 2, rate: "5/m" }), {
+    throttle: { concurrency: 2, rate: { count: 5, periodMs: 60_000 } },
+  });
+  assert.deepEqual(optionsToPb({ throttle: { rate: "10/s", burst: 3, key: "api", shared: true } }), {
+    throttle: { key: "api", shared: true, rate: { count: 10, periodMs: 1000, burst: 3 } },
+  });
+  assert.throws(() => optionsToPb({ throttle: { rate: "2/s", burst: 3 } }), /burst is more than/);
+  assert.throws(() => optionsToPb({ throttle: { burst: 3 } }), /burst needs a rate/);
 });
