@@ -235,10 +235,17 @@ impl BrokerProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn baton");
+        let mut child = child;
         let addr = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         // Ready when the health service answers (the store is recovered by then).
         loop {
+            // A broker that could not bind its port (taken meanwhile by
+            // another test's process) exits: fail here, rather than talk
+            // to whatever else listens there.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("baton exited at start on port {port}: {status}");
+            }
             if let Ok(client) = Client::connect(addr.clone()).await
                 && client.admin().list_queues().await.is_ok()
             {
