@@ -18,6 +18,7 @@
 //! | sleep(ms)                  | sleeps ms (cut short by a cancel, which reports Cancelled); returns ms |
 //! | throttled_in_body(key, ms) | holds an in-body slot of (throttled_in_body, key), concurrency 1, for ms; returns key |
 //! | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
+//! | rated_in_body(key)         | enters an in-body throttle of (rated_in_body, key) with a rate of 4 a second and no concurrency limit, leaves at once; returns key |
 //! | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 //! | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
 //! | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
@@ -103,6 +104,15 @@ async fn throttled_in_body(ctx: TaskContext) -> Result<Value, TaskError> {
     let _slot = ctx.acquire(Throttle::new(1).key(key.clone())).await?;
     record("enter", &ctx, &key);
     tokio::time::sleep(millis(ms)).await;
+    record("leave", &ctx, &key);
+    Ok(json!(key))
+}
+
+async fn rated_in_body(ctx: TaskContext) -> Result<Value, TaskError> {
+    let key: String = ctx.arg(0)?;
+    let rate = Throttle::rate(4, Duration::from_secs(1)).key(key.clone());
+    let _slot = ctx.acquire(rate).await?;
+    record("enter", &ctx, &key);
     record("leave", &ctx, &key);
     Ok(json!(key))
 }
@@ -205,6 +215,7 @@ fn worker(args: Args) -> Result<Worker, baton_worker::Error> {
             Ok(json!(ms))
         })
         .task("throttled_in_body", throttled_in_body)
+        .task("rated_in_body", rated_in_body)
         .task_with("throttled_declared", declared, throttled_declared)
         .task_with("heavy", heavy, |ctx| async move { Ok(json!(ctx.queue)) })
         .task("cancellable", |ctx| async move {

@@ -459,6 +459,21 @@ def holders(records: List[Dict[str, Any]]) -> int:
     return most
 
 
+def start_spacing(records: List[Dict[str, Any]], window_ms: int, most: int, span_ms: int) -> List[str]:
+    """What is wrong with the enter times of a rate-limited identity: more
+    than `most` in some window of `window_ms`, or the first and the last
+    closer than `span_ms` (the starts bunched instead of spread at the rate)."""
+    times = sorted(r["t_us"] for r in records if r["event"] == "enter")
+    problems = []
+    window_us = window_ms * 1000
+    crowded = max((sum(1 for u in times if t <= u < t + window_us) for t in times), default=0)
+    if crowded > most:
+        problems.append(f"{crowded} starts within {window_ms} ms, at most {most} allowed")
+    if len(times) > 1 and times[-1] - times[0] < span_ms * 1000:
+        problems.append(f"the starts span {(times[-1] - times[0]) // 1000} ms, at least {span_ms} expected")
+    return problems
+
+
 @dataclass
 class Verdict:
     ok: bool
@@ -577,6 +592,12 @@ def run_scenario(session: Session, scenario: Dict[str, Any], sdk: str, queues: S
                 problems.append(f"{what}: {most} holders at once, limit {rule['max_holders']}")
             if "holds" in rule and len(enters) != rule["holds"]:
                 problems.append(f"{what}: {len(enters)} holds recorded, expected {rule['holds']}")
+            if "starts" in rule:
+                spacing = rule["starts"]
+                problems += [
+                    f"{what}: {p}"
+                    for p in start_spacing(mine, spacing["window_ms"], spacing["most"], spacing["span_at_least_ms"])
+                ]
             missing = set(rule.get("sdks", [])) - {r["sdk"] for r in enters}
             if missing:
                 problems.append(f"{what}: no hold by {sorted(missing)}")

@@ -33,6 +33,15 @@ def test_holders_count_overlaps_and_let_a_leave_go_first() -> None:
     assert run.holders(overlapping) == 2
 
 
+def test_rate_limited_starts_must_be_spread() -> None:
+    def enters(*ms: int) -> List[Dict[str, Any]]:
+        return [{"event": "enter", "t_us": t * 1000} for t in ms]
+
+    assert run.start_spacing(enters(0, 250, 500, 750, 1000, 1250), 900, 4, 1150) == []
+    bunched = run.start_spacing(enters(0, 10, 20, 30, 40, 50), 900, 4, 1150)
+    assert bunched == ["6 starts within 900 ms, at most 4 allowed", "the starts span 50 ms, at least 1150 expected"]
+
+
 def test_events_are_matched_in_order() -> None:
     got = ["snapshot", "step_started", "step_failed", "chain_failed"]
     assert run.subsequence(["step_started", "chain_failed"], got)

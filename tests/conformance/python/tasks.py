@@ -16,6 +16,7 @@ so the one runner (``tests/conformance/run.py``) can check each SDK and mix them
 | sleep(ms)                  | sleeps ms (cut short by a cancel, which reports Cancelled); returns ms |
 | throttled_in_body(key, ms) | holds an in-body slot of (throttled_in_body, key), concurrency 1, for ms; returns key |
 | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
+| rated_in_body(key)         | enters an in-body throttle of (rated_in_body, key) with a rate of 4 a second and no concurrency limit, leaves at once; returns key |
 | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 | cancellable(ms)            | waits up to ms for its cancel: cancelled, it reports Cancelled (error_type "Cancelled"); else returns "not cancelled" |
 | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
@@ -122,6 +123,14 @@ async def throttled_in_body(key: str, ms: int) -> str:
     async with throttle(concurrency=1, key=key):
         record("enter", key)
         await asyncio.sleep(ms / 1000)
+        record("leave", key)
+    return key
+
+
+@app.task(name="rated_in_body")
+async def rated_in_body(key: str) -> str:
+    async with throttle(rate="4/s", key=key):
+        record("enter", key)
         record("leave", key)
     return key
 

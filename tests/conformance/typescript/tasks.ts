@@ -16,6 +16,7 @@
  * | sleep(ms)                  | sleeps ms (cut short by a cancel, which reports Cancelled); returns ms |
  * | throttled_in_body(key, ms) | holds an in-body slot of (throttled_in_body, key), concurrency 1, for ms; returns key |
  * | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
+ * | rated_in_body(key)         | enters an in-body throttle of (rated_in_body, key) with a rate of 4 a second and no concurrency limit, leaves at once; returns key |
  * | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
  * | cancellable(ms)            | waits up to ms for its cancel: cancelled, it throws Cancelled (error_type "Cancelled"); else returns "not cancelled" |
  * | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
@@ -70,6 +71,14 @@ app.task({ name: "sleep" }, async (ctx, ms: number) => {
   await ctx.sleep(ms);
   return ms;
 });
+
+app.task({ name: "rated_in_body" }, (ctx, key: string) =>
+  ctx.throttle({ rate: "4/s", key }, async () => {
+    record("enter", ctx, key);
+    record("leave", ctx, key);
+    return key;
+  }),
+);
 
 app.task({ name: "throttled_in_body" }, (ctx, key: string, ms: number) =>
   ctx.throttle({ concurrency: 1, key }, async () => {

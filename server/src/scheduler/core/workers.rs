@@ -255,9 +255,6 @@ impl Core {
                 },
             );
         }
-        if let Some((chain_id, _)) = self.tasks.get(&task.task_id) {
-            log_outcome(*chain_id, &self.chains[chain_id], &task, &outcome);
-        }
         // The ack goes first: ending the run may hand its slot (and the
         // worker's freed concurrency) straight to the next task.
         self.send_worker(
@@ -271,6 +268,7 @@ impl Core {
         let run = self.end_run(task.task_id, now).expect("current run");
         let (chain_id, at) = (run.chain_id, run.at);
         let rec = &self.chains[&chain_id];
+        log_outcome(chain_id, rec, &task, &outcome);
         if rec.is_ended() || rec.current() != at {
             return self.settle_superseded(chain_id, at, now);
         }

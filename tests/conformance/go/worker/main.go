@@ -18,6 +18,7 @@
 // | sleep(ms)                  | sleeps ms (cut short by a cancel, which reports Cancelled); returns ms |
 // | throttled_in_body(key, ms) | holds an in-body slot of (throttled_in_body, key), concurrency 1, for ms; returns key |
 // | throttled_declared(ms)     | declared throttle concurrency 1 on the task name; sleeps ms; returns ms |
+// | rated_in_body(key)         | enters an in-body throttle of (rated_in_body, key) with a rate of 4 a second and no concurrency limit, leaves at once; returns key |
 // | heavy()                    | declared heavy (routed to the "heavy" queue); returns the queue it ran from |
 // | cancellable(ms)            | waits up to ms for its cancel: cancelled, it returns the cancellation (error_type "Cancelled"); else returns "not cancelled" |
 // | nan()                      | returns the float NaN, which JSON cannot carry: the SDK's encoder decides (null, or a failure), but the run must end |
@@ -125,6 +126,13 @@ func register(w *baton.Worker) {
 	w.Register("throttled_in_body", func(ctx *baton.TaskContext, key string, ms int) (string, error) {
 		err := ctx.Throttle(baton.Limit{Concurrency: 1, Key: key}, func() error {
 			return held(ctx, key, func() error { return sleep(ctx, ms) })
+		})
+		return key, err
+	})
+	w.Register("rated_in_body", func(ctx *baton.TaskContext, key string) (string, error) {
+		rate := &baton.Rate{Count: 4, Per: time.Second}
+		err := ctx.Throttle(baton.Limit{Key: key, Rate: rate}, func() error {
+			return held(ctx, key, func() error { return nil })
 		})
 		return key, err
 	})
