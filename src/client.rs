@@ -70,6 +70,9 @@ pub struct Client {
 struct Stubs {
     broker: BrokerClient<Authed>,
     admin: AdminClient<Authed>,
+    /// The broker they call, as the route names it (empty for a channel
+    /// given by the caller).
+    address: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -138,10 +141,11 @@ impl Pending {
 }
 
 impl Stubs {
-    fn new(channel: Channel, bearer: Bearer) -> Self {
+    fn new(channel: Channel, bearer: Bearer, address: &str) -> Self {
         Self {
             broker: BrokerClient::with_interceptor(channel.clone(), bearer.clone()),
             admin: AdminClient::with_interceptor(channel, bearer),
+            address: address.into(),
         }
     }
 }
@@ -164,8 +168,16 @@ impl Route {
         self.brokers().current().to_owned()
     }
 
-    fn failed(&self, refusal: &Refusal) -> Next {
-        self.brokers().failed(refusal)
+    /// A call at `address` failed. Calls run side by side: when another
+    /// one already moved the route on from `address`, this one follows it
+    /// (at once) instead of counting the same failure again, which would
+    /// end the round early and fail calls that the next broker would take.
+    fn failed(&self, address: &str, refusal: &Refusal) -> Next {
+        let mut brokers = self.brokers();
+        if brokers.current() != address {
+            return Next::Now;
+        }
+        brokers.failed(refusal)
     }
 
     fn succeeded(&self) {
@@ -185,7 +197,7 @@ impl Route {
                     "no answer from the broker at {address} within {limit:?}"
                 ))
             })??;
-        Ok(Stubs::new(channel, self.bearer.clone()))
+        Ok(Stubs::new(channel, self.bearer.clone(), address))
     }
 }
 
@@ -225,6 +237,27 @@ impl Submitted {
 fn elsewhere(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && (Refusal::of(status).standby || std::error::Error::source(status).is_some())
+}
+
+/// Which failed calls are made again, at the same broker or the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Again {
+    /// Those that were not carried out: refused by a standby, their broker
+    /// unreachable, or no answer within the timeout.
+    NotCarriedOut,
+    /// Those too whose connection broke mid-call (the leader died while it
+    /// was answering): safe for a submission, whose chain id makes a repeat
+    /// a recognised duplicate rather than a second chain.
+    CutOff,
+}
+
+impl Again {
+    fn applies(self, status: &tonic::Status, timed_out: bool) -> bool {
+        // tonic attaches the transport's error as the source of the status
+        // it makes itself; a status the broker sent has none.
+        let cut_off = std::error::Error::source(status).is_some();
+        timed_out || elsewhere(status) || (self == Again::CutOff && cut_off)
+    }
 }
 
 impl Client {
@@ -293,7 +326,7 @@ impl Client {
             match route.connect(&address).await {
                 Ok(stubs) => break stubs,
                 Err(error) => {
-                    if let Next::Pause { .. } = route.failed(&Refusal::default()) {
+                    if let Next::Pause { .. } = route.failed(&address, &Refusal::default()) {
                         return Err(error);
                     }
                 }
@@ -330,7 +363,7 @@ impl Client {
     fn with_interceptor(channel: Channel, bearer: Bearer) -> Self {
         Self {
             inner: Arc::new(Inner {
-                current: Mutex::new(Stubs::new(channel, bearer)),
+                current: Mutex::new(Stubs::new(channel, bearer, "")),
                 route: None,
                 timeout: None,
             }),
@@ -346,14 +379,24 @@ impl Client {
         F: Fn(Stubs) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_again(Again::NotCarriedOut, call).await
+    }
+
+    /// [`call`](Self::call), making again the calls that `again` says.
+    async fn call_again<T, F, Fut>(&self, again: Again, call: F) -> Result<T>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let stubs = self.inner.stubs();
+        let address = stubs.address.clone();
         let (status, timed_out) = match self.bounded(call(stubs)).await {
             Ok(response) => return Ok(response.into_inner()),
             Err(failure) => failure,
         };
         match &self.inner.route {
-            Some(route) if timed_out || elsewhere(&status) => {
-                self.fail_over(route, status, call).await
+            Some(route) if again.applies(&status, timed_out) => {
+                self.fail_over(route, again, &address, status, call).await
             }
             _ => Err(status.into()),
         }
@@ -384,6 +427,8 @@ impl Client {
     async fn fail_over<T, F, Fut>(
         &self,
         route: &Route,
+        again: Again,
+        failed_at: &str,
         mut status: tonic::Status,
         call: F,
     ) -> Result<T>
@@ -392,14 +437,16 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = tokio::time::Instant::now();
+        let mut failed_at = failed_at.to_owned();
         loop {
-            if let Next::Pause { standby } = route.failed(&Refusal::of(&status)) {
+            if let Next::Pause { standby } = route.failed(&failed_at, &Refusal::of(&status)) {
                 if !standby || started.elapsed() >= FAILOVER_WAIT {
                     return Err(status.into());
                 }
                 tokio::time::sleep(FAILOVER_PAUSE).await;
             }
             let address = route.current();
+            failed_at.clone_from(&address);
             let stubs = match route.connect(&address).await {
                 Ok(stubs) => stubs,
                 Err(error) => {
@@ -415,7 +462,7 @@ impl Client {
                     tracing::info!(broker = %address, "following the leader");
                     return Ok(response.into_inner());
                 }
-                Err((next, timed_out)) if timed_out || elsewhere(&next) => status = next,
+                Err((next, timed_out)) if again.applies(&next, timed_out) => status = next,
                 Err((other, _)) => return Err(other.into()),
             }
         }
@@ -453,7 +500,7 @@ impl Client {
         ours: bool,
     ) -> Result<Submitted> {
         let response = self
-            .call(|mut s| {
+            .call_again(Again::CutOff, |mut s| {
                 let request = request.clone();
                 async move { s.broker.submit_chain(request).await }
             })
@@ -484,7 +531,7 @@ impl Client {
         };
         let ours: Vec<bool> = request.chains.iter_mut().map(choose_id).collect();
         let response = self
-            .call(|mut s| {
+            .call_again(Again::CutOff, |mut s| {
                 let request = request.clone();
                 async move { s.broker.submit_chains(request).await }
             })

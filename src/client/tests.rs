@@ -791,3 +791,26 @@ fn a_task_identity_names_the_task_and_key() {
         ("demo.slow", "10")
     );
 }
+
+/// Calls run side by side: when the leader dies, every call in flight
+/// fails at once. The first moves the route on; the others must follow it,
+/// not count the same failure again (with two brokers, the second count
+/// ended the round and failed the call, which the next broker would take:
+/// 121 of 60,000 submissions in a failover of the demo's load).
+#[test]
+fn a_failure_another_call_already_moved_on_from_is_not_counted_again() {
+    let route = Route {
+        brokers: Mutex::new(Brokers::new(vec!["a:1".into(), "b:1".into()]).expect("brokers")),
+        options: ClientOptions::new(),
+        bearer: Bearer::default(),
+    };
+    let cut_off = Refusal::default();
+    assert_eq!(route.failed("a:1", &cut_off), Next::Now);
+    assert_eq!(route.current(), "b:1");
+    for _ in 0..63 {
+        assert_eq!(route.failed("a:1", &cut_off), Next::Now);
+        assert_eq!(route.current(), "b:1");
+    }
+    // A failure at the broker the route is on counts: the round ends.
+    assert!(matches!(route.failed("b:1", &cut_off), Next::Pause { .. }));
+}
