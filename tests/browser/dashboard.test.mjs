@@ -237,6 +237,12 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
     return t && t.limit === 2 && t.limit_overridden && t.holders.length === 2;
   });
 
+  // A rate alone: the row says no limit at once (never "at its limit") and shows the rate.
+  const rate = { key: "cloud-api", shared: true, rate: { count: 1, period_ms: 60_000 } };
+  vms.push((await api("POST", "/api/v1/chains", { steps: [sig("vm.provision", ["rated", 120_000], { throttle: rate })] })).data.chain_id);
+  await page.getByText("rate 1/m (declared)").waitFor();
+  await page.getByText("no limit at once").waitFor();
+
   await shot(page, "throttles");
   for (const id of vms) await api("POST", `/api/v1/chains/${id}/cancel`, { reason: "end of the test" });
 

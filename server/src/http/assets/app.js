@@ -83,6 +83,14 @@ function confirmDialog(title, text, yes) {
 const short = (s) => (s || "").replace(/^(CHAIN_STATE_|STEP_STATE_|PHASE_|DEDUP_)/, "");
 const badge = (state) => h("span", { class: `badge s-${short(state)}` }, short(state).toLowerCase().replace("_", " "));
 
+/** A rate as it is written: "10/s", "3/10s", with its burst when more than 1. */
+function rateText(r) {
+  const units = [[86400000, "d"], [3600000, "h"], [60000, "m"], [1000, "s"], [1, "ms"]];
+  const [size, unit] = units.find(([size]) => r.period_ms % size === 0);
+  const n = r.period_ms / size;
+  return `${r.count}/${n === 1 ? "" : n}${unit}${r.burst > 1 ? ` burst ${r.burst}` : ""}`;
+}
+
 function ms(n) {
   if (n === null || n === undefined) return "–";
   if (n < 1000) return `${Math.round(n)} ms`;
@@ -336,13 +344,15 @@ const pages = {
         input.blur();
       };
       input.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); save(); } if (e.key === "Escape") { input.value = t.limit; input.blur(); } });
-      const full = t.holders.length >= t.limit;
+      // A rate alone limits no holders at once (its limit reads 0).
+      const full = t.limit > 0 && t.holders.length >= t.limit;
       return h("tr", {},
         h("th", { scope: "row" }, h("span", { class: "mono" }, name(t)), full ? h("div", {}, h("span", { class: "badge s-paused" }, "at its limit")) : null),
         h("td", {}, h("div", { class: "actions" }, input,
           h("button", { type: "button", onclick: save, "aria-label": `Save limit of ${name(t)}` }, "Save"),
           t.limit_overridden ? h("button", { type: "button", "aria-label": `Clear the admin limit of ${name(t)}`, onclick: () => act(`Limit of ${name(t)} cleared`, () => api("PUT", "/api/v1/throttles/limit", { identity: t.identity, limit: 0 })) }, "Clear") : null),
-          h("div", { class: "note" }, t.limit_overridden ? "set by an admin" : "declared")),
+          h("div", { class: "note" }, t.limit === 0 ? "no limit at once" : t.limit_overridden ? "set by an admin" : "declared"),
+          t.rate ? h("div", { class: "note" }, `rate ${rateText(t.rate)} (${t.rate_overridden ? "set by an admin" : "declared"})`) : null),
         h("td", { class: "num" }, t.holders.length),
         h("td", {}, t.holders.length ? h("ul", { style: "margin:0;padding-left:1rem" }, t.holders.map((x) =>
           h("li", {}, `${x.kind} `, x.chain_id ? chainLink(x.chain_id) : "", x.worker ? ` on ${x.worker}` : "", ` for ${ms(Date.now() - x.since_unix_ms)}`))) : "–"),
