@@ -607,6 +607,26 @@ pub fn event_view(e: &domain::ChainEvent) -> pb::ChainEvent {
 // same fields, so each way is a copy.
 // ---------------------------------------------------------------------------
 
+impl From<pb::Rate> for domain::RateRecord {
+    fn from(r: pb::Rate) -> Self {
+        domain::RateRecord {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst,
+        }
+    }
+}
+
+impl From<domain::RateRecord> for pb::Rate {
+    fn from(r: domain::RateRecord) -> Self {
+        pb::Rate {
+            count: r.count,
+            period_ms: r.period_ms,
+            burst: r.burst,
+        }
+    }
+}
+
 impl From<pb::Throttle> for domain::Throttle {
     fn from(t: pb::Throttle) -> Self {
         domain::Throttle {
@@ -614,11 +634,7 @@ impl From<pb::Throttle> for domain::Throttle {
             key: t.key,
             shared: t.shared,
             scope: t.scope,
-            rate: t.rate.map(|r| domain::RateRecord {
-                count: r.count,
-                period_ms: r.period_ms,
-                burst: r.burst,
-            }),
+            rate: t.rate.map(domain::RateRecord::from),
         }
     }
 }
@@ -630,11 +646,7 @@ impl From<domain::Throttle> for pb::Throttle {
             key: t.key,
             shared: t.shared,
             scope: t.scope,
-            rate: t.rate.map(|r| pb::Rate {
-                count: r.count,
-                period_ms: r.period_ms,
-                burst: r.burst,
-            }),
+            rate: t.rate.map(pb::Rate::from),
         }
     }
 }

@@ -302,11 +302,7 @@ pub(crate) fn throttle_view(
             info.limit
         },
         limit_overridden: info.overridden,
-        rate: info.rate.map(|r| pb::Rate {
-            count: r.count,
-            period_ms: r.period_ms,
-            burst: r.burst,
-        }),
+        rate: info.rate.map(|r| crate::domain::RateRecord::from(r).into()),
         rate_overridden: info.rate_overridden,
         holders: info
             .holders
@@ -396,11 +392,9 @@ impl pb::admin_server::Admin for AdminService {
         if let Some(rate) = &req.rate {
             convert::check_rate("rate", rate)?;
         }
-        let rate = req.rate.map(|r| Rate {
-            count: r.count,
-            period_ms: r.period_ms,
-            burst: r.burst.max(1),
-        });
+        let rate = req
+            .rate
+            .map(|r| Rate::from(&crate::domain::RateRecord::from(r)));
         let all = self.handle.set_rate(identity.clone(), rate).await?;
         Ok(Response::new(info_of(all, &identity, |info| {
             info.rate = req.rate;

@@ -134,6 +134,9 @@ pub struct Throttles<T> {
     /// Identities whose first waiter waits for its rate, and until when,
     /// not yet reported by [`Throttles::take_rate_waits`].
     rate_waits: Vec<(Identity, UnixMs)>,
+    /// The time of the last rate wait reported for each identity: a line
+    /// that many join while it waits asks for one timer, not one each.
+    armed: Map<Identity, UnixMs>,
     /// Identities with a free slot whose waiters could not start when last
     /// pumped (no worker free for them): [`Throttles::repump`] retries them.
     blocked: BTreeSet<Identity>,
@@ -148,6 +151,7 @@ impl<T> Default for Throttles<T> {
             buckets: Map::default(),
             written: Map::default(),
             rate_waits: Vec::new(),
+            armed: Map::default(),
             blocked: BTreeSet::new(),
         }
     }
@@ -239,6 +243,7 @@ impl<T> Throttles<T> {
             self.buckets.remove(&identity);
             self.written.insert(identity, None);
         }
+        self.armed.retain(|_, at| *at > now);
     }
 
     /// Releases a holder and returns the waiters that now get their slot.
@@ -406,6 +411,7 @@ impl<T> Throttles<T> {
             buckets,
             written,
             rate_waits,
+            armed,
             blocked,
             ..
         } = self;
@@ -414,23 +420,36 @@ impl<T> Throttles<T> {
         if let Some(slot) = slots.get_mut(identity) {
             let mut i = 0;
             while slot.holders.len() < limit && i < slot.waiters.len() {
+                // The rate belongs to the line, not to a waiter: when it
+                // allows no start, nobody behind may start either. It is
+                // asked before `can_start`, which sets a worker aside for
+                // each waiter it approves.
+                let before = buckets.get(identity).copied();
+                let mut tat = before;
+                if let Some(rate) = rate
+                    && let Err(at_us) = rate.admit(&mut tat, rate::us(now))
+                {
+                    // `tat` came back clamped (a clock stepped back).
+                    if let Some(tat) = tat.filter(|t| Some(*t) != before) {
+                        buckets.insert(identity.clone(), tat);
+                        written.insert(identity.clone(), Some(tat));
+                    }
+                    // One timer per identity and time, however many wait.
+                    let at = rate::ms_ceil(at_us);
+                    if armed.insert(identity.clone(), at) != Some(at) {
+                        rate_waits.push((identity.clone(), at));
+                    }
+                    break;
+                }
                 if !can_start(&slot.waiters[i]) {
                     passed_over = true;
                     i += 1;
                     continue;
                 }
-                if let Some(rate) = rate {
-                    let before = buckets.get(identity).copied();
-                    let mut tat = before;
-                    let admitted = rate.admit(&mut tat, rate::us(now));
-                    if let Some(tat) = tat.filter(|t| Some(*t) != before) {
-                        buckets.insert(identity.clone(), tat);
-                        written.insert(identity.clone(), Some(tat));
-                    }
-                    if let Err(at_us) = admitted {
-                        rate_waits.push((identity.clone(), rate::ms_ceil(at_us)));
-                        break;
-                    }
+                // The start is taken only by the waiter granted.
+                if let Some(tat) = tat.filter(|t| Some(*t) != before) {
+                    buckets.insert(identity.clone(), tat);
+                    written.insert(identity.clone(), Some(tat));
                 }
                 let waiter = slot.waiters.remove(i).expect("index checked");
                 slot.holders.insert(
@@ -638,10 +657,10 @@ mod tests {
                 &mut yes,
             )));
         }
-        // One start now; the next is due 100 ms later.
+        // One start now; the next is due 100 ms later, one timer for both
+        // waiters.
         assert_eq!(granted, [0]);
-        let waits = t.take_rate_waits();
-        assert!(waits.iter().all(|w| *w == (id("r"), 1_100)), "{waits:?}");
+        assert_eq!(t.take_rate_waits(), [(id("r"), 1_100)]);
         assert!(t.pump(&id("r"), 1_099, &mut yes).is_empty());
         assert_eq!(tickets(&t.pump(&id("r"), 1_100, &mut yes)), [1]);
         assert_eq!(tickets(&t.pump(&id("r"), 1_250, &mut yes)), [2]);
@@ -655,6 +674,43 @@ mod tests {
         assert!(t.take_written().is_empty());
         t.forget_full_buckets(1_350);
         assert_eq!(t.take_written(), [(id("r"), None)]);
+    }
+
+    #[test]
+    fn a_line_waiting_for_its_rate_sets_no_worker_aside() {
+        let mut t = Throttles::default();
+        t.wait(
+            id("r"),
+            UNLIMITED,
+            Some(TEN_A_SECOND),
+            waiter(0),
+            0,
+            &mut yes,
+        );
+        // The bucket is empty: `can_start`, which reserves a worker for the
+        // waiter it approves, is not asked.
+        let mut asked = 0;
+        let mut counting = |_: &Waiter<u32>| {
+            asked += 1;
+            true
+        };
+        assert!(
+            t.wait(
+                id("r"),
+                UNLIMITED,
+                Some(TEN_A_SECOND),
+                waiter(1),
+                50,
+                &mut counting
+            )
+            .is_empty()
+        );
+        assert_eq!(asked, 0);
+        // A waiter passed over for want of a worker takes no start: the
+        // next one that can start has it.
+        let mut nobody = |_: &Waiter<u32>| false;
+        assert!(t.pump(&id("r"), 100, &mut nobody).is_empty());
+        assert_eq!(tickets(&t.pump(&id("r"), 100, &mut yes)), [1]);
     }
 
     #[test]
