@@ -29,7 +29,7 @@ impl Steps {
         &self.0
     }
 
-    fn into_pb(self) -> Vec<pb::Signature> {
+    pub(crate) fn into_pb(self) -> Vec<pb::Signature> {
         self.0.into_iter().map(pb::Signature::from).collect()
     }
 }

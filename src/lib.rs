@@ -59,4 +59,4 @@ pub use options::{Bearer, ClientOptions, TlsOptions};
 pub use outcome::{ChainError, ChainOutcome};
 pub use rate::parse_rate;
 pub use schedule::Schedule;
-pub use signature::{Args, Signature, Task, Throttle};
+pub use signature::{Args, Executor, Signature, Task, Throttle, group};

@@ -260,6 +260,120 @@ pub struct Signature {
     kwargs: Value,
     immutable: bool,
     options: pb::Options,
+    /// A group's members, or a nested executor.
+    children: Children,
+}
+
+/// What a step runs besides a task: child chains.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum Children {
+    #[default]
+    None,
+    Group(Vec<Signature>),
+    Executor(Box<pb::Executor>),
+}
+
+/// A group (Celery's `group`): one step whose members run side by side,
+/// each as a child chain of its own. The step succeeds once every member
+/// succeeded, with their results as a JSON array in member order, which
+/// the next step receives (a group followed by a step is Celery's
+/// `chord`). The first member that fails fails the step with its failure
+/// record (which the chain's `on_failure` receives) and the broker cancels
+/// the others.
+///
+/// A member is a task's signature, another group, or a whole chain with
+/// its own callbacks ([`Executor`]). Like `.s`, the group hands the
+/// previous step's result to the first step of each member, which takes it
+/// if it is mutable itself; [`Signature::immutable`] keeps it from them.
+///
+/// ```
+/// use baton::{Chain, Task, group};
+///
+/// let (add, total) = (Task::new("demo.add"), Task::new("demo.total"));
+/// // total receives [3, 7] first: the members' results, in order.
+/// let chord = Chain::new([group([add.si((1, 2)), add.si((3, 4))]), total.s(())]);
+/// # let _ = chord;
+/// ```
+pub fn group(members: impl IntoIterator<Item = Signature>) -> Signature {
+    let mut signature = Signature::new("group".into(), Args::new(), false);
+    signature.children = Children::Group(members.into_iter().collect());
+    signature
+}
+
+/// A chain with its own callbacks run as one step of another chain, or as
+/// a member of a group: NodeConductor's executors nested. The parent's step
+/// waits for it, and succeeds with its result once it succeeded (after its
+/// `on_success`), or fails with its failure record once it failed (after
+/// its `on_failure`). Cancelling the parent cancels it.
+///
+/// ```
+/// use baton::{Chain, Executor, Signature, Task};
+///
+/// let (create, set_ok, set_erred) = (
+///     Task::new("volume.create"),
+///     Task::new("volume.set_ok"),
+///     Task::new("volume.set_erred"),
+/// );
+/// let volume = Executor::new(create.si(["vol-1"]))
+///     .on_success(set_ok.si(["vol-1"]))
+///     .on_failure(set_erred.s(["vol-1"]));
+/// let instance = Chain::new([Task::new("vm.create").si(["vm-1"]), volume.into()]);
+/// # let _ = instance;
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Executor {
+    steps: crate::Steps,
+    on_success: crate::Steps,
+    on_failure: crate::Steps,
+    name: String,
+}
+
+impl Executor {
+    /// An executor of `steps`, run one after another (at least one).
+    pub fn new(steps: impl Into<crate::Steps>) -> Self {
+        Self {
+            steps: steps.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Runs after its last step succeeded.
+    #[must_use]
+    pub fn on_success(mut self, callback: impl Into<crate::Steps>) -> Self {
+        self.on_success = callback.into();
+        self
+    }
+
+    /// Runs once when one of its steps (or `on_success`) failed for good.
+    #[must_use]
+    pub fn on_failure(mut self, callback: impl Into<crate::Steps>) -> Self {
+        self.on_failure = callback.into();
+        self
+    }
+
+    /// The label its step shows in the parent (default "executor").
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+impl From<Executor> for Signature {
+    fn from(executor: Executor) -> Self {
+        let name = if executor.name.is_empty() {
+            "executor".to_owned()
+        } else {
+            executor.name
+        };
+        let mut signature = Signature::new(name, Args::new(), false);
+        signature.children = Children::Executor(Box::new(pb::Executor {
+            steps: executor.steps.into_pb(),
+            on_success: executor.on_success.into_pb(),
+            on_failure: executor.on_failure.into_pb(),
+        }));
+        signature
+    }
 }
 
 impl Signature {
@@ -270,6 +384,23 @@ impl Signature {
             kwargs: Value::Object(Map::new()),
             immutable,
             options: pb::Options::default(),
+            children: Children::None,
+        }
+    }
+
+    /// Keeps the previous step's result from this step (Celery's `.si`):
+    /// for a group or an executor, from their members' first steps.
+    #[must_use]
+    pub fn immutable(mut self) -> Self {
+        self.immutable = true;
+        self
+    }
+
+    /// The members of a group ([`group`]); empty for any other step.
+    pub fn members(&self) -> &[Signature] {
+        match &self.children {
+            Children::Group(members) => members,
+            _ => &[],
         }
     }
 
@@ -385,13 +516,30 @@ impl Signature {
 impl From<Signature> for pb::Signature {
     fn from(signature: Signature) -> Self {
         let options = signature.options;
+        let (members, executor) = match signature.children {
+            Children::None => (Vec::new(), None),
+            Children::Group(members) => (members.into_iter().map(Self::from).collect(), None),
+            Children::Executor(executor) => (Vec::new(), Some(*executor)),
+        };
+        let plain = members.is_empty() && executor.is_none();
         Self {
             name: signature.name,
-            args: signature.args.into_json(),
-            kwargs: signature.kwargs.to_string(),
+            // A group or executor has no arguments of its own: none sent.
+            args: if plain {
+                signature.args.into_json()
+            } else {
+                String::new()
+            },
+            kwargs: if plain {
+                signature.kwargs.to_string()
+            } else {
+                String::new()
+            },
             immutable: signature.immutable,
             // Nothing set: leave the message out, every field is "unset".
             options: (options != pb::Options::default()).then_some(options),
+            members,
+            executor,
         }
     }
 }

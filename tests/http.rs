@@ -64,6 +64,47 @@ async fn the_json_api_answers_as_grpc_does() {
     let (_, body) = call(addr, "GET", "/api/v1/chains?q=k", "").await;
     assert!(body.contains(&id), "{body}");
 
+    // A group over HTTP: its step shows its members and their chains, and
+    // each member its parent.
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/api/v1/chains",
+        r#"{"steps": [{"members": [{"name": "t.one"}, {"executor": {"steps": [{"name": "t.two"}]}}]}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let submitted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let group_id = submitted["chain_id"].as_str().unwrap().to_owned();
+    let (_, body) = call(addr, "GET", &format!("/api/v1/chains/{group_id}"), "").await;
+    let chain: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fan = &chain["steps"][0];
+    assert_eq!(fan["state"], "STEP_STATE_WAITING", "{body}");
+    assert_eq!(
+        (fan["name"].as_str(), fan["members"].as_u64()),
+        (Some("group"), Some(2))
+    );
+    let member = fan["child_chain_ids"][1]
+        .as_str()
+        .expect("two members started");
+    let (_, body) = call(addr, "GET", &format!("/api/v1/chains/{member}"), "").await;
+    let child: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(child["parent_chain_id"], group_id.as_str());
+    assert_eq!(child["member_index"], 1);
+    assert_eq!(
+        child["steps"][0]["name"], "t.two",
+        "the member is the executor"
+    );
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/api/v1/chains",
+        r#"{"steps": [{"members": [{"name": "t.one"}], "args": [1]}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("steps[0].args is set"), "{body}");
+
     // Errors: the gRPC status's code and message, word for word.
     let grpc = broker
         .client()

@@ -25,7 +25,7 @@ fn every(name: &str, every_ms: u64, catch_up: u32) -> pb::Schedule {
                 args: "[]".into(),
                 kwargs: "{}".into(),
                 immutable: true,
-                options: None,
+                ..Default::default()
             }],
             ..Default::default()
         }),

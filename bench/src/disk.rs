@@ -70,7 +70,7 @@ fn noop_chain() -> ChainRecord {
             args: "[1]".into(),
             kwargs: "{}".into(),
             immutable: true,
-            options: None,
+            ..Signature::default()
         }],
         ..ChainSpec::default()
     };

@@ -20,6 +20,7 @@
 
 mod broker;
 mod disk;
+mod groups;
 mod handoff;
 mod hostile;
 mod latency;
@@ -54,8 +55,9 @@ struct Args {
     out: Option<PathBuf>,
     /// Comma-separated groups: disk, noop, chains, executors, latency,
     /// handoff, recovery; and, run only when named, hostile (issue 19's
-    /// hostile workloads) and retention (the data directory under a steady
-    /// load with a short retention). Default: all but those two.
+    /// hostile workloads), retention (the data directory under a steady
+    /// load with a short retention) and fanout (one group of --members
+    /// members against as many chains). Default: all but those three.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every workload's size (0.1 for a quick look).
@@ -76,6 +78,9 @@ struct Args {
     /// Background no-op tasks per second of the latency-under-load figure.
     #[arg(long, default_value_t = 5000)]
     load_rate: usize,
+    /// Members of the fanout figure's group (before --scale).
+    #[arg(long, default_value_t = 10_000)]
+    members: usize,
     /// Retention window of the retention figure, in seconds (the run lasts
     /// four windows).
     #[arg(long, default_value_t = 20)]
@@ -172,6 +177,10 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.named("retention") {
         retention::run(&durable, args.size(1500), args.retention_seconds).await?;
+    }
+    if args.named("fanout") {
+        let members = args.size(args.members);
+        groups::run(&durable, members, args.runs, args.procs, args.concurrency).await?;
     }
     Ok(())
 }

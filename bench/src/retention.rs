@@ -76,14 +76,9 @@ pub async fn run(settings: &Settings, rate: usize, window_s: u64) -> Result<()> 
 
 /// `baton_chains_removed_total` from the metrics endpoint.
 async fn removed(port: u16) -> Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    body.lines()
+    crate::broker::metrics(port)
+        .await?
+        .lines()
         .find_map(|l| l.strip_prefix("baton_chains_removed_total "))
         .context("no baton_chains_removed_total")?
         .trim()

@@ -112,6 +112,74 @@ pub struct Signature {
     pub immutable: bool,
     #[prost(message, optional, tag = "5")]
     pub options: Option<Options>,
+    /// Set when the step is a group: its members (see [`StepKind`]).
+    #[prost(message, repeated, tag = "6")]
+    pub members: Vec<Signature>,
+    /// Set when the step is a nested executor.
+    #[prost(message, optional, tag = "7")]
+    pub executor: Option<Executor>,
+}
+
+/// A chain with its own callbacks, run as one step of another chain (a
+/// nested executor), or as one member of a group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Executor {
+    #[prost(message, repeated, tag = "1")]
+    pub steps: Vec<Signature>,
+    #[prost(message, repeated, tag = "2")]
+    pub on_success: Vec<Signature>,
+    #[prost(message, repeated, tag = "3")]
+    pub on_failure: Vec<Signature>,
+}
+
+/// What a step runs: a task on a worker, or child chains (see the
+/// scheduler's `fanout`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepKind<'a> {
+    Task,
+    /// Its members run side by side, each as a child chain; the step's
+    /// result is the list of theirs.
+    Group(&'a [Signature]),
+    /// One child chain with its own callbacks; the step's result is the
+    /// child's.
+    Executor(&'a Executor),
+}
+
+/// Most members of one group.
+pub const MAX_MEMBERS: usize = 100_000;
+
+/// How deep groups and nested executors may nest.
+pub const MAX_NESTING: usize = 8;
+
+impl Signature {
+    pub fn kind(&self) -> StepKind<'_> {
+        if let Some(executor) = &self.executor {
+            StepKind::Executor(executor)
+        } else if !self.members.is_empty() {
+            StepKind::Group(&self.members)
+        } else {
+            StepKind::Task
+        }
+    }
+
+    /// How many child chains the step has: 0 for a task.
+    pub fn child_count(&self) -> u32 {
+        match self.kind() {
+            StepKind::Task => 0,
+            StepKind::Group(members) => u32::try_from(members.len()).unwrap_or(u32::MAX),
+            StepKind::Executor(_) => 1,
+        }
+    }
+}
+
+/// The parent of a child chain: whose step it is part of, and which
+/// member it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parent {
+    pub chain_id: ChainId,
+    /// The task id of the parent's group or executor step.
+    pub task_id: TaskId,
+    pub member: u32,
 }
 
 /// A validated submission, before it becomes a [`ChainRecord`].
@@ -131,6 +199,11 @@ pub struct ChainSpec {
     /// The id the client chose (a canonical UUID), or None for one the
     /// broker picks.
     pub chain_id: Option<ChainId>,
+    /// Set for a child chain (a group's member, a nested executor).
+    pub parent: Option<Parent>,
+    /// JSON text the first step receives as the carried value (a mutable
+    /// group or executor hands its previous step's result to its children).
+    pub input: Option<String>,
 }
 
 /// A periodic schedule as the store keeps it: when it fires (see
@@ -211,6 +284,8 @@ impl ScheduleRecord {
             },
             owner: self.owner.clone(),
             chain_id: None,
+            parent: None,
+            input: None,
         }
     }
 }
@@ -320,6 +395,18 @@ pub struct ChainRecord {
     /// requeued chain leaves the store's dead index.
     #[prost(string, tag = "21")]
     pub requeued_as: String,
+    /// A child chain (see [`Parent`]): its parent chain's id, the task id
+    /// of the parent's step, and its member index there. Empty otherwise.
+    #[prost(string, tag = "23")]
+    pub parent_chain_id: String,
+    #[prost(string, tag = "24")]
+    pub parent_task_id: String,
+    #[prost(uint32, tag = "25")]
+    pub member_index: u32,
+    /// Set on a child chain: what its first step receives as the carried
+    /// value, as JSON text.
+    #[prost(string, optional, tag = "26")]
+    pub input: Option<String>,
 }
 
 /// Where a cold chain waits (see `Core::cool`): what recovery needs to
@@ -394,8 +481,32 @@ impl ChainRecord {
             idempotency_key: spec.idempotency_key,
             unique_key: spec.unique_key,
             owner: spec.owner,
+            parent_chain_id: spec
+                .parent
+                .as_ref()
+                .map(|p| p.chain_id.to_string())
+                .unwrap_or_default(),
+            parent_task_id: spec
+                .parent
+                .as_ref()
+                .map(|p| p.task_id.to_string())
+                .unwrap_or_default(),
+            member_index: spec.parent.as_ref().map_or(0, |p| p.member),
+            input: spec.input,
             ..Default::default()
         }
+    }
+
+    /// Its parent, if it is a child chain.
+    pub fn parent(&self) -> Option<Parent> {
+        if self.parent_chain_id.is_empty() {
+            return None;
+        }
+        Some(Parent {
+            chain_id: ChainId::parse(&self.parent_chain_id).ok()?,
+            task_id: TaskId::parse(&self.parent_task_id).ok()?,
+            member: self.member_index,
+        })
     }
 
     pub fn is_ended(&self) -> bool {
@@ -486,6 +597,10 @@ impl ChainRecord {
             return Some(parse(&self.steps_of(at.phase)[at.index - 1]));
         }
         match at.phase {
+            Phase::Main => self
+                .input
+                .as_deref()
+                .map(|text| serde_json::from_str(text).unwrap_or(serde_json::Value::Null)),
             Phase::OnSuccess if self.result_apart => self.steps.last().map(parse),
             Phase::OnSuccess => Some(serde_json::from_str(&self.result).unwrap_or_default()),
             Phase::OnFailure => self.failure.as_ref().map(failure_json),

@@ -96,6 +96,18 @@ uuid_id!(
     WorkerId
 );
 
+impl ChainId {
+    /// The id of member `index` of the group (or nested executor) whose
+    /// step has task id `step`: a name-based UUID (v5) of the two. The
+    /// parent thus finds its children without a list of their ids, which
+    /// for a group of 10,000 members would be written again with every
+    /// member that ends; and a member started twice (a round replayed
+    /// after a crash) is the same chain.
+    pub fn child(step: TaskId, index: u32) -> Self {
+        ChainId(uuid::Uuid::new_v5(&step.uuid(), &index.to_be_bytes()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +131,17 @@ mod tests {
         let err = TaskId::parse("t-1").unwrap_err();
         assert_eq!(err.to_string(), "\"t-1\" is not a UUID");
         assert!(WorkerId::parse(&"x".repeat(1000)).unwrap_err().given.len() <= 64);
+    }
+
+    #[test]
+    fn a_child_id_is_the_same_for_the_same_step_and_member_and_differs_otherwise() {
+        let step = TaskId::from_u128(7);
+        assert_eq!(ChainId::child(step, 3), ChainId::child(step, 3));
+        assert_ne!(ChainId::child(step, 3), ChainId::child(step, 4));
+        assert_ne!(
+            ChainId::child(step, 3),
+            ChainId::child(TaskId::from_u128(8), 3)
+        );
     }
 
     #[test]

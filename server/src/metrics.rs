@@ -74,6 +74,10 @@ pub struct Metrics {
     pub assignment_latency: Histogram,
     /// One group commit: sled's flush and the fdatasync, in seconds.
     pub store_flush: Histogram,
+    /// One round of the scheduler (its commands, timers, work on child
+    /// chains, dispatch and the end of the round), in seconds: a long one
+    /// delays every request and assignment behind it.
+    pub scheduler_round: Histogram,
     /// Bytes of chain events waiting for WatchChain streams to take them
     /// (see `scheduler::watchers`); each watcher holds at most its budget.
     pub watch_bytes: Gauge,
@@ -109,6 +113,8 @@ impl Default for Metrics {
             assignment_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             // 50 µs .. ~3 s.
             store_flush: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            // 10 µs .. ~5 s.
+            scheduler_round: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
             watch_bytes: Gauge::default(),
             handed_out: std::sync::Mutex::new(Vec::new()),
         }
@@ -222,6 +228,11 @@ impl Metrics {
             "store_flush_seconds",
             "Duration of one group commit (sled flush + fdatasync)",
             self.store_flush.clone(),
+        );
+        r.register(
+            "scheduler_round_seconds",
+            "Duration of one scheduler round (commands, timers, work on child chains, dispatch)",
+            self.scheduler_round.clone(),
         );
         r.register(
             "watch_buffered_bytes",

@@ -63,6 +63,9 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// A group or a nested executor: its child chains run (see the
+    /// scheduler's `fanout`).
+    Waiting,
 }
 
 impl StepStatus {
@@ -78,6 +81,7 @@ impl StepStatus {
             StepStatus::Succeeded => StepState::Succeeded,
             StepStatus::Failed => StepState::Failed,
             StepStatus::Cancelled => StepState::Cancelled,
+            StepStatus::Waiting => StepState::Waiting,
         }
     }
 
@@ -94,6 +98,7 @@ impl StepStatus {
             StepState::Succeeded => StepStatus::Succeeded,
             StepState::Failed => StepStatus::Failed,
             StepState::Cancelled => StepStatus::Cancelled,
+            StepState::Waiting => StepStatus::Waiting,
         }
     }
 }
@@ -141,6 +146,23 @@ pub struct StepRecord {
     pub result_apart: bool,
     /// The result's length in bytes, once succeeded. (Tag 18.)
     pub result_bytes: u64,
+    /// A group or a nested executor: how many of its child chains were
+    /// started so far (they are started a slice a round, see the
+    /// scheduler's `fanout`). (Tag 19.)
+    pub spawned: u32,
+    /// How many of its child chains succeeded so far. (Tag 20.)
+    pub members_done: u32,
+    /// How many of its child chains ended so far, however they ended: a
+    /// chain whose step has children out stays in memory (and live) until
+    /// they end, as it does for runs out. (Tag 21.)
+    pub members_ended: u32,
+    /// How many child chains the step has: 0 for a task. The members'
+    /// signatures are stored apart from the chain's record (see the
+    /// scheduler's `fanout`). (Tag 22.)
+    pub children: u32,
+    /// A nested executor: one child whose result is the step's (a group's
+    /// result is the list of its members'). (Tag 23.)
+    pub nested: bool,
 }
 
 impl StepRecord {
@@ -204,6 +226,17 @@ impl StepRecord {
         &self.signature().name
     }
 
+    /// Whether the step runs child chains (a group or a nested executor)
+    /// rather than a task on a worker.
+    pub fn has_children(&self) -> bool {
+        self.children > 0
+    }
+
+    /// Child chains of the step started and not yet ended.
+    pub fn children_out(&self) -> u32 {
+        self.spawned.saturating_sub(self.members_ended)
+    }
+
     /// Its task id. The store holds it as text, written by the broker from
     /// a [`TaskId`](crate::domain::TaskId); a record that does not parse
     /// was refused when it was read (see `ChainRecord::check_ids`), so the
@@ -227,6 +260,15 @@ impl StepRecord {
 
     fn texts(&self) -> [(u32, &String); 2] {
         [(8, &self.queue), (9, &self.result)]
+    }
+
+    fn fanout(&self) -> [(u32, u32); 4] {
+        [
+            (19, self.spawned),
+            (20, self.members_done),
+            (21, self.members_ended),
+            (22, self.children),
+        ]
     }
 
     fn times(&self) -> [(u32, UnixMs); 4] {
@@ -280,6 +322,14 @@ impl prost::Message for StepRecord {
         if self.result_bytes != 0 {
             uint64::encode(18, &self.result_bytes, buf);
         }
+        for (tag, value) in self.fanout() {
+            if value != 0 {
+                uint32::encode(tag, &value, buf);
+            }
+        }
+        if self.nested {
+            bool::encode(23, &self.nested, buf);
+        }
     }
 
     fn merge_field(
@@ -324,6 +374,11 @@ impl prost::Message for StepRecord {
             16 => message::merge_repeated(wire_type, &mut self.in_body, buf, ctx),
             17 => bool::merge(wire_type, &mut self.result_apart, buf, ctx),
             18 => uint64::merge(wire_type, &mut self.result_bytes, buf, ctx),
+            19 => uint32::merge(wire_type, &mut self.spawned, buf, ctx),
+            20 => uint32::merge(wire_type, &mut self.members_done, buf, ctx),
+            21 => uint32::merge(wire_type, &mut self.members_ended, buf, ctx),
+            22 => uint32::merge(wire_type, &mut self.children, buf, ctx),
+            23 => bool::merge(wire_type, &mut self.nested, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -368,6 +423,14 @@ impl prost::Message for StepRecord {
         }
         if self.result_bytes != 0 {
             len += uint64::encoded_len(18, &self.result_bytes);
+        }
+        for (tag, value) in self.fanout() {
+            if value != 0 {
+                len += uint32::encoded_len(tag, &value);
+            }
+        }
+        if self.nested {
+            len += bool::encoded_len(23, &self.nested);
         }
         len
     }
@@ -424,6 +487,16 @@ mod tests {
         result_apart: bool,
         #[prost(uint64, tag = "18")]
         result_bytes: u64,
+        #[prost(uint32, tag = "19")]
+        spawned: u32,
+        #[prost(uint32, tag = "20")]
+        members_done: u32,
+        #[prost(uint32, tag = "21")]
+        members_ended: u32,
+        #[prost(uint32, tag = "22")]
+        children: u32,
+        #[prost(bool, tag = "23")]
+        nested: bool,
     }
 
     fn full(state: StepState) -> Derived {
@@ -443,6 +516,7 @@ mod tests {
                     max_retries: Some(0),
                     ..Default::default()
                 }),
+                ..Default::default()
             }),
             state: state as i32,
             attempts: 3,
@@ -470,6 +544,11 @@ mod tests {
             }],
             result_apart: true,
             result_bytes: 18,
+            spawned: 19,
+            members_done: 20,
+            members_ended: 21,
+            children: 22,
+            nested: true,
         }
     }
 
@@ -480,6 +559,7 @@ mod tests {
             StepState::Pending,
             StepState::Running,
             StepState::Cancelled,
+            StepState::Waiting,
         ] {
             for derived in [
                 full(state),

@@ -147,7 +147,8 @@ fn options() -> impl Strategy<Value = pb::Options> {
         )
 }
 
-fn signature() -> impl Strategy<Value = pb::Signature> {
+/// A task's signature.
+fn leaf() -> BoxedStrategy<pb::Signature> {
     (
         prop_oneof![6 => "[a-z][a-z0-9_.]{0,20}", 2 => text()],
         arguments(),
@@ -160,7 +161,116 @@ fn signature() -> impl Strategy<Value = pb::Signature> {
             kwargs,
             immutable,
             options,
+            members: Vec::new(),
+            executor: None,
         })
+        .boxed()
+}
+
+/// A signature: mostly a task's, sometimes a group or an executor of
+/// tasks, or a group whose first member is an executor. Built from a flat
+/// list of tasks and a shape: strategies nested through `prop_recursive`
+/// or unions of unions overflow the test thread's stack in a debug build.
+fn signature() -> BoxedStrategy<pb::Signature> {
+    // Tasks inside groups and executors are mostly sound, so that what is
+    // checked is the composite itself, not its members' names.
+    let sound = "[a-z][a-z0-9_.]{0,20}".prop_map(|name| pb::Signature {
+        name,
+        ..Default::default()
+    });
+    let members = prop_oneof![
+        4 => prop::collection::vec(sound, 1..5),
+        1 => prop::collection::vec(leaf(), 1..5),
+    ];
+    let label = prop_oneof![2 => Just(String::new()), 2 => "[a-z][a-z0-9_.]{0,20}", 1 => text()];
+    let no_arguments = prop_oneof![
+        4 => Just((String::new(), String::new())),
+        1 => arguments(),
+    ];
+    (leaf(), members, 0u8..12, label, no_arguments)
+        .prop_map(|(task, mut tasks, shape, name, (args, kwargs))| {
+            let group = |members: Vec<pb::Signature>| pb::Signature {
+                name: name.clone(),
+                args: args.clone(),
+                kwargs: kwargs.clone(),
+                members,
+                ..Default::default()
+            };
+            let executor = |mut steps: Vec<pb::Signature>| {
+                let on_success = steps.split_off(steps.len() / 2);
+                pb::Signature {
+                    executor: Some(pb::Executor {
+                        steps,
+                        on_success,
+                        on_failure: Vec::new(),
+                    }),
+                    ..Default::default()
+                }
+            };
+            match shape {
+                6..=8 => group(tasks),
+                9..=10 => executor(tasks),
+                11 => {
+                    let rest = tasks.split_off(tasks.len() / 2);
+                    let mut members = vec![executor(tasks)];
+                    members.extend(rest);
+                    group(members)
+                }
+                _ => task,
+            }
+        })
+        .boxed()
+}
+
+/// What the scheduler assumes of an accepted signature, down its members.
+fn check_accepted(
+    sig: &baton_server::domain::Signature,
+    depth: usize,
+) -> Result<(), TestCaseError> {
+    let args: serde_json::Value = serde_json::from_str(&sig.args).unwrap();
+    let kwargs: serde_json::Value = serde_json::from_str(&sig.kwargs).unwrap();
+    prop_assert!(args.is_array(), "args {:?}", sig.args);
+    prop_assert!(kwargs.is_object(), "kwargs {:?}", sig.kwargs);
+    prop_assert!(!sig.name.is_empty());
+    prop_assert!(sig.name.chars().count() <= convert::MAX_NAME_LEN);
+    prop_assert!(!sig.name.chars().any(char::is_control));
+    prop_assert!(depth <= baton_server::domain::MAX_NESTING);
+    if let Some(e) = &sig.executor {
+        prop_assert!(sig.members.is_empty());
+        prop_assert!(sig.options.is_none());
+        prop_assert!(!e.steps.is_empty());
+        for s in e.steps.iter().chain(&e.on_success).chain(&e.on_failure) {
+            check_accepted(s, depth + 1)?;
+        }
+        return Ok(());
+    }
+    if !sig.members.is_empty() {
+        prop_assert!(sig.options.is_none());
+        for m in &sig.members {
+            check_accepted(m, depth + 1)?;
+        }
+        return Ok(());
+    }
+    let o = sig.options.as_ref().unwrap();
+    prop_assert!(
+        o.queue.is_empty() || valid_queue(&o.queue),
+        "queue {:?}",
+        o.queue
+    );
+    for ms in [
+        o.countdown_ms,
+        o.eta_unix_ms,
+        o.timeout_ms.unwrap_or(0),
+        o.retry_backoff_ms.unwrap_or(0),
+        o.retry_backoff_max_ms.unwrap_or(0),
+    ] {
+        prop_assert!(ms <= convert::MAX_MS);
+    }
+    if let Some(t) = &o.throttle {
+        prop_assert!(pb::ThrottleScope::try_from(t.scope).is_ok());
+        prop_assert!(!(t.shared && t.key.is_empty()));
+    }
+    Ok(())
 }
 
 fn request() -> impl Strategy<Value = pb::SubmitChainRequest> {
@@ -199,47 +309,53 @@ fn valid_queue(q: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Validation never panics, refuses with INVALID_ARGUMENT, and what it
-    /// accepts is what the scheduler assumes: JSON arrays and objects,
-    /// names and queues within their limits, no time that could overflow.
-    #[test]
-    fn chain_spec_accepts_only_what_the_scheduler_assumes(req in request(), max_steps in 1usize..12) {
-        let limits = Limits { max_steps, max_payload_bytes: 4096, ..Limits::default() };
-        match convert::chain_spec(req, &limits) {
-            Err(status) => {
-                prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
-                prop_assert!(!status.message().is_empty());
-            }
-            Ok(spec) => {
-                prop_assert!(!spec.steps.is_empty());
-                let all: Vec<_> = spec.steps.iter().chain(&spec.on_success).chain(&spec.on_failure).collect();
-                prop_assert!(all.len() <= max_steps);
-                prop_assert!(spec.deadline_ms <= convert::MAX_MS);
-                for sig in all {
-                    let args: serde_json::Value = serde_json::from_str(&sig.args).unwrap();
-                    let kwargs: serde_json::Value = serde_json::from_str(&sig.kwargs).unwrap();
-                    prop_assert!(args.is_array(), "args {:?}", sig.args);
-                    prop_assert!(kwargs.is_object(), "kwargs {:?}", sig.kwargs);
-                    prop_assert!(!sig.name.is_empty());
-                    prop_assert!(sig.name.chars().count() <= convert::MAX_NAME_LEN);
-                    prop_assert!(!sig.name.chars().any(char::is_control));
-                    let o = sig.options.as_ref().unwrap();
-                    prop_assert!(o.queue.is_empty() || valid_queue(&o.queue), "queue {:?}", o.queue);
-                    for ms in [o.countdown_ms, o.eta_unix_ms, o.timeout_ms.unwrap_or(0),
-                               o.retry_backoff_ms.unwrap_or(0), o.retry_backoff_max_ms.unwrap_or(0)] {
-                        prop_assert!(ms <= convert::MAX_MS);
+/// Validation never panics, refuses with INVALID_ARGUMENT, and what it
+/// accepts is what the scheduler assumes: JSON arrays and objects, names
+/// and queues within their limits, no time that could overflow.
+///
+/// Run by hand on a thread of its own: generating nested signatures takes
+/// more stack than a test thread's 2 MiB in a debug build.
+#[test]
+fn chain_spec_accepts_only_what_the_scheduler_assumes() {
+    let check = || {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+        runner
+            .run(&(request(), 1usize..12), |(req, max_steps)| {
+                let limits = Limits {
+                    max_steps,
+                    max_payload_bytes: 4096,
+                    ..Limits::default()
+                };
+                match convert::chain_spec(req, &limits) {
+                    Err(status) => {
+                        prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                        prop_assert!(!status.message().is_empty());
                     }
-                    if let Some(t) = &o.throttle {
-                        prop_assert!(pb::ThrottleScope::try_from(t.scope).is_ok());
-                        prop_assert!(!(t.shared && t.key.is_empty()));
+                    Ok(spec) => {
+                        prop_assert!(!spec.steps.is_empty());
+                        let all: Vec<_> = spec
+                            .steps
+                            .iter()
+                            .chain(&spec.on_success)
+                            .chain(&spec.on_failure)
+                            .collect();
+                        prop_assert!(all.len() <= max_steps);
+                        prop_assert!(spec.deadline_ms <= convert::MAX_MS);
+                        for sig in all {
+                            check_accepted(sig, 0)?;
+                        }
                     }
                 }
-            }
-        }
-    }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(check)
+        .expect("thread")
+        .join()
+        .expect("the property holds");
 }
 
 // ---------------------------------------------------------------------------
@@ -256,7 +372,7 @@ fn damaged_chain(id: String) -> impl Strategy<Value = ChainRecord> {
                 args: "[]".into(),
                 kwargs: "{}".into(),
                 immutable: true,
-                options: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

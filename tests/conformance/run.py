@@ -257,6 +257,22 @@ def substitute(value: Any, sdk: str) -> Any:
 
 
 def signature(step: Dict[str, Any]) -> Any:
+    if "group" in step:
+        return pb.Signature(
+            name=step.get("label", ""),
+            immutable=not step.get("mutable", False),
+            members=[signature(m) for m in step["group"]],
+        )
+    if "executor" in step:
+        e = step["executor"]
+        return pb.Signature(
+            name=step.get("label", ""),
+            executor=pb.Executor(
+                steps=[signature(s) for s in e["steps"]],
+                on_success=[signature(s) for s in e.get("on_success", [])],
+                on_failure=[signature(s) for s in e.get("on_failure", [])],
+            ),
+        )
     options = pb.Options()
     for key, value in step.get("options", {}).items():
         setattr(options, key, value)
@@ -282,7 +298,13 @@ def request(chain: Dict[str, Any]) -> Any:
 
 
 ENDED = {pb.CHAIN_STATE_SUCCEEDED, pb.CHAIN_STATE_FAILED, pb.CHAIN_STATE_CANCELLED}
-UNSETTLED = {pb.STEP_STATE_READY, pb.STEP_STATE_RUNNING, pb.STEP_STATE_SCHEDULED, pb.STEP_STATE_THROTTLED}
+UNSETTLED = {
+    pb.STEP_STATE_READY,
+    pb.STEP_STATE_RUNNING,
+    pb.STEP_STATE_SCHEDULED,
+    pb.STEP_STATE_THROTTLED,
+    pb.STEP_STATE_WAITING,
+}
 
 
 class Watch(threading.Thread):

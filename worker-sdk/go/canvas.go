@@ -20,6 +20,56 @@ type Signature struct {
 	Kwargs    map[string]any // encoded as a JSON object; read with TaskContext.Kwarg
 	Immutable bool
 	Options   Options
+	// Members makes the step a group (see Group); Executor makes it a
+	// nested executor (see Chain.AsStep). A step with either has no
+	// arguments or options of its own.
+	Members  []Signature
+	Executor *Executor
+}
+
+// Executor is a chain's steps and callbacks, run as one step of another
+// chain (a nested executor) or as one member of a group.
+type Executor struct {
+	Steps     []Signature
+	OnSuccess []Signature
+	OnFailure []Signature
+}
+
+// Group is Celery's group: one step whose members run side by side, each
+// as a chain of its own. The step succeeds once every member succeeded,
+// and its result is the JSON array of the members' results in member
+// order, which the next step receives (a group followed by a step is
+// Celery's chord, see Chord). The first member that fails for good fails
+// the step with that member's FailureRecord (the chain's OnFailure
+// receives it), and the broker cancels the others. Like S, the group hands
+// the previous step's result to the first step of each member (which takes
+// it if it is mutable itself); set Immutable on the group to keep it from
+// them.
+func Group(members ...Signature) Signature {
+	return Signature{Name: "group", Members: members}
+}
+
+// Chord is Celery's chord: the header's members side by side, then body
+// with their results as an array.
+func Chord(header []Signature, body Signature) Chain {
+	return NewChain(Group(header...), body)
+}
+
+// AsStep is c's steps and callbacks as one step of another chain: a nested
+// executor, shown under name. The parent's step waits for it, and
+// succeeds with its result once it succeeded (after its OnSuccess), or
+// fails with its FailureRecord once it failed (after its OnFailure), which
+// the parent's OnFailure then receives. Cancelling the parent cancels it.
+// The settings of a whole submission (Heavy, Context, keys, Deadline, ID)
+// are the parent's: AsStep refuses a chain that sets them.
+func (c Chain) AsStep(name string) (Signature, error) {
+	if c.Heavy || len(c.Context) > 0 || c.IdempotencyKey != "" || c.UniqueKey != "" || !c.Deadline.IsZero() || c.ID != "" {
+		return Signature{}, fmt.Errorf("baton: %s: a nested executor takes its parent's Heavy, Context, keys, Deadline and ID; set them on the parent", name)
+	}
+	if len(c.Steps) == 0 {
+		return Signature{}, fmt.Errorf("baton: %s: a nested executor needs at least one step", name)
+	}
+	return Signature{Name: name, Executor: &Executor{Steps: c.Steps, OnSuccess: c.OnSuccess, OnFailure: c.OnFailure}}, nil
 }
 
 // S is a mutable signature of the task named name (Celery's .s).
@@ -43,6 +93,9 @@ func (s Signature) WithKwargs(kwargs map[string]any) Signature {
 }
 
 func (s Signature) pb() (*pb.Signature, error) {
+	if len(s.Members) > 0 || s.Executor != nil {
+		return s.compositePb()
+	}
 	if s.Name == "" {
 		return nil, fmt.Errorf("baton: signature without a task name")
 	}
@@ -67,6 +120,32 @@ func (s Signature) pb() (*pb.Signature, error) {
 		return nil, fmt.Errorf("%w (in %s)", err, s.Name)
 	}
 	return &pb.Signature{Name: s.Name, Args: string(a), Kwargs: kw, Immutable: s.Immutable, Options: opts}, nil
+}
+
+// compositePb is a group's or a nested executor's signature: its members
+// (or its executor's lists) and no arguments or options.
+func (s Signature) compositePb() (*pb.Signature, error) {
+	if len(s.Args) > 0 || len(s.Kwargs) > 0 {
+		return nil, fmt.Errorf("baton: %s takes no arguments of its own; give them to its members", s.Name)
+	}
+	out := &pb.Signature{Name: s.Name, Immutable: s.Immutable}
+	var err error
+	if out.Members, err = sigs(s.Members, "members"); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Name, err)
+	}
+	if e := s.Executor; e != nil {
+		out.Executor = &pb.Executor{}
+		if out.Executor.Steps, err = sigs(e.Steps, "steps"); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Name, err)
+		}
+		if out.Executor.OnSuccess, err = sigs(e.OnSuccess, "on_success"); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Name, err)
+		}
+		if out.Executor.OnFailure, err = sigs(e.OnFailure, "on_failure"); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Name, err)
+		}
+	}
+	return out, nil
 }
 
 // Task names a task together with its default options, so signatures made

@@ -252,7 +252,17 @@ pub fn check_ms(field: &str, ms: u64) -> Result<(), Status> {
     Ok(())
 }
 
-fn signature(field: &str, s: pb::Signature) -> Result<Signature, Status> {
+/// A signature: a task's, or a group's or nested executor's (whose
+/// members are checked as signatures too, `depth` levels down).
+fn signature(
+    field: &str,
+    s: pb::Signature,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Signature, Status> {
+    if !s.members.is_empty() || s.executor.is_some() {
+        return composite(field, s, limits, depth);
+    }
     check_name(&format!("{field}.name"), &s.name)?;
     let args = json_text(&format!("{field}.args"), &s.args, "[]", "array")?;
     let kwargs = json_text(&format!("{field}.kwargs"), &s.kwargs, "{}", "object")?;
@@ -264,13 +274,141 @@ fn signature(field: &str, s: pb::Signature) -> Result<Signature, Status> {
         kwargs,
         immutable: s.immutable,
         options: Some(options.into()),
+        members: Vec::new(),
+        executor: None,
     })
 }
 
-fn signatures(field: &str, sigs: Vec<pb::Signature>) -> Result<Vec<Signature>, Status> {
+/// A group or a nested executor: a label, no arguments or options of its
+/// own, and members (or an executor's lists) that are signatures.
+fn composite(
+    field: &str,
+    s: pb::Signature,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Signature, Status> {
+    let what = if s.executor.is_some() {
+        "an executor"
+    } else {
+        "a group"
+    };
+    if !s.members.is_empty() && s.executor.is_some() {
+        return Err(invalid(format!(
+            "{field} has both members and an executor: a step is a group or an executor, not both"
+        )));
+    }
+    if depth >= domain::MAX_NESTING {
+        return Err(invalid(format!(
+            "{field} nests groups and executors more than {} deep",
+            domain::MAX_NESTING
+        )));
+    }
+    let name = if s.name.is_empty() {
+        if s.executor.is_some() {
+            "executor"
+        } else {
+            "group"
+        }
+        .to_owned()
+    } else {
+        check_name(&format!("{field}.name"), &s.name)?;
+        s.name
+    };
+    for (part, set) in [
+        ("args", !matches!(s.args.trim(), "" | "[]")),
+        ("kwargs", !matches!(s.kwargs.trim(), "" | "{}")),
+        (
+            "options",
+            s.options
+                .as_ref()
+                .is_some_and(|o| *o != pb::Options::default()),
+        ),
+    ] {
+        if set {
+            return Err(invalid(format!(
+                "{field}.{part} is set, but {field} is {what}: set them on its members' steps"
+            )));
+        }
+    }
+    if s.members.len() > domain::MAX_MEMBERS {
+        return Err(invalid(format!(
+            "{field}.members holds {} members, over the limit of {}",
+            s.members.len(),
+            domain::MAX_MEMBERS
+        )));
+    }
+    let members = s
+        .members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| signature(&format!("{field}.members[{i}]"), m, limits, depth + 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    let executor = match s.executor {
+        None => None,
+        Some(e) => {
+            let field = format!("{field}.executor");
+            if e.steps.is_empty() {
+                return Err(invalid(format!(
+                    "{field}.steps is empty: an executor needs at least one step"
+                )));
+            }
+            check_step_count(
+                &field,
+                e.steps.len() + e.on_success.len() + e.on_failure.len(),
+                limits,
+            )?;
+            Some(domain::Executor {
+                steps: signatures(&format!("{field}.steps"), e.steps, limits, depth + 1)?,
+                on_success: signatures(
+                    &format!("{field}.on_success"),
+                    e.on_success,
+                    limits,
+                    depth + 1,
+                )?,
+                on_failure: signatures(
+                    &format!("{field}.on_failure"),
+                    e.on_failure,
+                    limits,
+                    depth + 1,
+                )?,
+            })
+        }
+    };
+    Ok(Signature {
+        name,
+        args: "[]".into(),
+        kwargs: "{}".into(),
+        immutable: s.immutable,
+        options: None,
+        members,
+        executor,
+    })
+}
+
+fn check_step_count(field: &str, total: usize, limits: &Limits) -> Result<(), Status> {
+    if total > limits.max_steps {
+        let of = if field.is_empty() {
+            String::new()
+        } else {
+            format!("{field}: ")
+        };
+        return Err(invalid(format!(
+            "{of}steps, on_success and on_failure hold {total} signatures, over the limit of {}",
+            limits.max_steps
+        )));
+    }
+    Ok(())
+}
+
+fn signatures(
+    field: &str,
+    sigs: Vec<pb::Signature>,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Vec<Signature>, Status> {
     sigs.into_iter()
         .enumerate()
-        .map(|(i, s)| signature(&format!("{field}[{i}]"), s))
+        .map(|(i, s)| signature(&format!("{field}[{i}]"), s, limits, depth))
         .collect()
 }
 
@@ -291,12 +429,7 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         return Err(invalid("steps is empty: a chain needs at least one step"));
     }
     let total = req.steps.len() + req.on_success.len() + req.on_failure.len();
-    if total > limits.max_steps {
-        return Err(invalid(format!(
-            "steps, on_success and on_failure hold {total} signatures, over the limit of {}",
-            limits.max_steps
-        )));
-    }
+    check_step_count("", total, limits)?;
     check_key("idempotency_key", &req.idempotency_key)?;
     check_key("unique_key", &req.unique_key)?;
     check_ms("deadline_unix_ms", req.deadline_unix_ms)?;
@@ -319,9 +452,9 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
     }
     check_trace(&req.context)?;
     Ok(ChainSpec {
-        steps: signatures("steps", req.steps)?,
-        on_success: signatures("on_success", req.on_success)?,
-        on_failure: signatures("on_failure", req.on_failure)?,
+        steps: signatures("steps", req.steps, limits, 0)?,
+        on_success: signatures("on_success", req.on_success, limits, 0)?,
+        on_failure: signatures("on_failure", req.on_failure, limits, 0)?,
         heavy: req.heavy,
         context: req.context.into_iter().collect::<BTreeMap<_, _>>(),
         idempotency_key: req.idempotency_key,
@@ -329,6 +462,8 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         deadline_ms: req.deadline_unix_ms,
         owner: String::new(), // set by the caller's claim (auth)
         chain_id,
+        parent: None,
+        input: None,
     })
 }
 
@@ -508,12 +643,19 @@ pub fn pb_task_ref(t: domain::TaskRef) -> pb::TaskRef {
 // ---------------------------------------------------------------------------
 
 fn pb_signature(s: Signature) -> pb::Signature {
+    let list = |sigs: Vec<Signature>| sigs.into_iter().map(pb_signature).collect();
     pb::Signature {
         name: s.name,
         args: s.args,
         kwargs: s.kwargs,
         immutable: s.immutable,
         options: s.options.map(Into::into),
+        members: list(s.members),
+        executor: s.executor.map(|e| pb::Executor {
+            steps: list(e.steps),
+            on_success: list(e.on_success),
+            on_failure: list(e.on_failure),
+        }),
     }
 }
 
@@ -543,6 +685,11 @@ fn step_view(s: &StepRecord, phase: Phase, index: usize) -> pb::Step {
             .map(|o| o.description.clone())
             .unwrap_or_default(),
         unserved_queue: String::new(), // GetChain fills it in
+        members: s.children,
+        members_succeeded: s.members_done,
+        child_chain_ids: (0..s.spawned)
+            .map(|member| domain::ChainId::child(s.task(), member).to_string())
+            .collect(),
     }
 }
 
@@ -570,6 +717,8 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         cancel_reason: c.cancel_reason.clone(),
         requeued_from: c.requeued_from.clone(),
         requeued_as: c.requeued_as.clone(),
+        parent_chain_id: c.parent_chain_id.clone(),
+        member_index: c.member_index,
     }
 }
 

@@ -175,6 +175,9 @@ fn step_json(s: &pb::Step) -> Value {
         "finished_unix_ms": s.finished_unix_ms,
         "description": s.description,
         "unserved_queue": s.unserved_queue,
+        "members": s.members,
+        "members_succeeded": s.members_succeeded,
+        "child_chain_ids": s.child_chain_ids,
     })
 }
 
@@ -196,6 +199,8 @@ pub fn chain_json(c: &pb::Chain) -> Value {
         "cancel_reason": c.cancel_reason,
         "requeued_from": c.requeued_from,
         "requeued_as": c.requeued_as,
+        "parent_chain_id": c.parent_chain_id,
+        "member_index": c.member_index,
     })
 }
 
@@ -495,6 +500,12 @@ pub fn chain_text(c: &pb::Chain) -> String {
     field("cancel reason", c.cancel_reason.clone());
     field("requeued from", c.requeued_from.clone());
     field("requeued as", c.requeued_as.clone());
+    if !c.parent_chain_id.is_empty() {
+        field(
+            "parent",
+            format!("{} (member {})", c.parent_chain_id, c.member_index),
+        );
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = c
         .steps
@@ -505,6 +516,9 @@ pub fn chain_text(c: &pb::Chain) -> String {
             let outcome = match (&s.failure, s.state) {
                 (Some(f), state) if state != pb::StepState::Succeeded as i32 => {
                     format!("{}: {}", f.error_type, short(&f.message, 60))
+                }
+                _ if s.members > 0 && s.state != pb::StepState::Succeeded as i32 => {
+                    format!("{} of {} members succeeded", s.members_succeeded, s.members)
                 }
                 _ => short(&s.result, 60),
             };

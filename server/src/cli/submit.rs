@@ -109,6 +109,8 @@ pub struct ChainFile {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureFile {
+    /// A task name; for a group or an executor, a label (may be omitted).
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub args: Option<Value>,
@@ -118,6 +120,30 @@ pub struct SignatureFile {
     pub immutable: bool,
     #[serde(default)]
     pub options: Option<OptionsFile>,
+    /// A group: its members, run side by side.
+    #[serde(default)]
+    pub members: Vec<SignatureFile>,
+    /// A nested executor: a chain with its own callbacks.
+    #[serde(default)]
+    pub executor: Option<ExecutorFile>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorFile {
+    #[serde(default)]
+    pub steps: Vec<SignatureFile>,
+    #[serde(default)]
+    pub on_success: Vec<SignatureFile>,
+    #[serde(default)]
+    pub on_failure: Vec<SignatureFile>,
+}
+
+fn signature_list(field: &str, sigs: Vec<SignatureFile>) -> anyhow::Result<Vec<pb::Signature>> {
+    sigs.into_iter()
+        .enumerate()
+        .map(|(i, s)| s.into_signature(&format!("{field}[{i}]")))
+        .collect()
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -185,12 +211,7 @@ impl ChainFile {
     /// # Errors
     /// Naming the field (`steps[1].args must be a JSON array`).
     pub fn into_request(self) -> anyhow::Result<pb::SubmitChainRequest> {
-        let list = |field: &str, sigs: Vec<SignatureFile>| -> anyhow::Result<Vec<pb::Signature>> {
-            sigs.into_iter()
-                .enumerate()
-                .map(|(i, s)| s.into_signature(&format!("{field}[{i}]")))
-                .collect()
-        };
+        let list = signature_list;
         if self.steps.is_empty() {
             return Err(usage("steps is empty: a chain needs at least one step"));
         }
@@ -210,12 +231,15 @@ impl ChainFile {
 
 impl SignatureFile {
     fn into_signature(self, field: &str) -> anyhow::Result<pb::Signature> {
+        let composite = !self.members.is_empty() || self.executor.is_some();
         let args = match self.args {
+            None if composite => String::new(),
             None => "[]".to_owned(),
             Some(v @ Value::Array(_)) => v.to_string(),
             Some(_) => return Err(usage(format!("{field}.args must be a JSON array"))),
         };
         let kwargs = match self.kwargs {
+            None if composite => String::new(),
             None => "{}".to_owned(),
             Some(v @ Value::Object(_)) => v.to_string(),
             Some(_) => return Err(usage(format!("{field}.kwargs must be a JSON object"))),
@@ -229,6 +253,21 @@ impl SignatureFile {
                 .options
                 .map(|o| o.into_options(&format!("{field}.options")))
                 .transpose()?,
+            members: signature_list(&format!("{field}.members"), self.members)?,
+            executor: match self.executor {
+                None => None,
+                Some(e) => Some(pb::Executor {
+                    steps: signature_list(&format!("{field}.executor.steps"), e.steps)?,
+                    on_success: signature_list(
+                        &format!("{field}.executor.on_success"),
+                        e.on_success,
+                    )?,
+                    on_failure: signature_list(
+                        &format!("{field}.executor.on_failure"),
+                        e.on_failure,
+                    )?,
+                }),
+            },
         })
     }
 }
@@ -311,6 +350,8 @@ pub fn request(args: &ChainArgs) -> anyhow::Result<pb::SubmitChainRequest> {
                     queue,
                     ..Default::default()
                 }),
+                members: Vec::new(),
+                executor: None,
             };
             let sig = signature.into_signature("task").map_err(|e| {
                 usage(

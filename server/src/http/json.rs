@@ -57,6 +57,8 @@ pub struct SubmitChains {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
+    /// A task name; for a group or an executor, a label (may be omitted).
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub args: Option<Value>,
@@ -66,6 +68,24 @@ pub struct Signature {
     pub immutable: bool,
     #[serde(default)]
     pub options: Option<Options>,
+    /// A group's members.
+    #[serde(default)]
+    pub members: Vec<Signature>,
+    /// A nested executor.
+    #[serde(default)]
+    pub executor: Option<Executor>,
+}
+
+/// `Executor`: a chain with its own callbacks, run as one step.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Executor {
+    #[serde(default)]
+    pub steps: Vec<Signature>,
+    #[serde(default)]
+    pub on_success: Vec<Signature>,
+    #[serde(default)]
+    pub on_failure: Vec<Signature>,
 }
 
 /// `Options`.
@@ -226,12 +246,22 @@ impl Signature {
                 description: o.description,
             }),
         };
+        let executor = match self.executor {
+            None => None,
+            Some(e) => Some(pb::Executor {
+                steps: signatures(e.steps, &format!("{field}.executor.steps"))?,
+                on_success: signatures(e.on_success, &format!("{field}.executor.on_success"))?,
+                on_failure: signatures(e.on_failure, &format!("{field}.executor.on_failure"))?,
+            }),
+        };
         Ok(pb::Signature {
             name: self.name,
             args: payload(self.args),
             kwargs: payload(self.kwargs),
             immutable: self.immutable,
             options,
+            members: signatures(self.members, &format!("{field}.members"))?,
+            executor,
         })
     }
 }
@@ -364,6 +394,9 @@ pub struct Step {
     pub args: Value,
     pub kwargs: Value,
     pub immutable: bool,
+    pub members: u32,
+    pub members_succeeded: u32,
+    pub child_chain_ids: Vec<String>,
 }
 
 /// `Chain`.
@@ -384,6 +417,8 @@ pub struct Chain {
     pub cancel_reason: String,
     pub requeued_from: String,
     pub requeued_as: String,
+    pub parent_chain_id: String,
+    pub member_index: u32,
 }
 
 impl Chain {
@@ -420,6 +455,9 @@ impl Chain {
                         args: sig.map_or(Value::Null, |g| value(&g.args)),
                         kwargs: sig.map_or(Value::Null, |g| value(&g.kwargs)),
                         immutable: sig.is_some_and(|g| g.immutable),
+                        members: s.members,
+                        members_succeeded: s.members_succeeded,
+                        child_chain_ids: s.child_chain_ids,
                     }
                 })
                 .collect()
@@ -440,6 +478,8 @@ impl Chain {
             cancel_reason: view.cancel_reason,
             requeued_from: view.requeued_from,
             requeued_as: view.requeued_as,
+            parent_chain_id: view.parent_chain_id,
+            member_index: view.member_index,
         }
     }
 

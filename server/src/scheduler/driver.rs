@@ -237,6 +237,11 @@ impl Driver {
         self.core.fire_timers(&self.reads, now);
     }
 
+    /// Goes on with the work on child chains (see [`Core::follow_up`]).
+    pub fn follow_up(&mut self, now: UnixMs) {
+        self.core.follow_up(&self.reads, now);
+    }
+
     /// Removes ended chains past their retention (see [`Core::sweep`]).
     pub fn sweep(&mut self, now: UnixMs) {
         self.core.sweep(&self.reads, now);

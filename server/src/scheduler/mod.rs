@@ -322,11 +322,17 @@ async fn run_loop(
         if let Some(at) = committer.retry_at() {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
+        // When the round began: after the wait, before its commands.
+        let woke: std::time::Instant;
         tokio::select! {
             biased;
-            Some(report) = committer.report() => committer.heard(report),
+            Some(report) = committer.report() => {
+                woke = std::time::Instant::now();
+                committer.heard(report);
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
+                woke = std::time::Instant::now();
                 driver.core.set_awake(awake.observe(std::time::Instant::now()));
                 let fault = committer.fault();
                 driver.handle(cmd, fault, &limits, now_ms());
@@ -337,7 +343,7 @@ async fn run_loop(
                     }
                 }
             }
-            () = tokio::time::sleep(sleep) => {}
+            () = tokio::time::sleep(sleep) => woke = std::time::Instant::now(),
             () = shutdown.cancelled() => break,
         }
         committer.catch_up();
@@ -345,11 +351,17 @@ async fn run_loop(
             .core
             .set_awake(awake.observe(std::time::Instant::now()));
         driver.fire_timers(now_ms());
+        driver.follow_up(now_ms());
         // Not while the store is in trouble: removals would only wait.
         if committer.fault().is_none() {
             driver.sweep(now_ms());
         }
         round_end(&mut driver, &mut outbox, &mut committer);
+        driver
+            .core
+            .metrics
+            .scheduler_round
+            .observe(woke.elapsed().as_secs_f64());
         while outbox
             .front()
             .is_some_and(|(seq, _)| *seq <= committer.durable())

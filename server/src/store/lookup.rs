@@ -12,7 +12,7 @@
 //! serves them the same way.
 
 use super::{Batch, Error, Expired, ExpiryCursor, Shared};
-use crate::domain::{ChainRecord, UnixMs};
+use crate::domain::{ChainRecord, Signature, UnixMs};
 
 pub trait Lookup {
     /// The chain with this id, if stored.
@@ -27,6 +27,30 @@ pub trait Lookup {
     /// # Errors
     /// As [`Lookup::chain`].
     fn result(&self, top: &Batch, chain_id: &str, task_id: &str) -> Result<Option<String>, Error>;
+
+    /// The members of a group or nested executor step (see
+    /// `Batch::put_members`).
+    ///
+    /// # Errors
+    /// As [`Lookup::chain`].
+    fn members(
+        &self,
+        top: &Batch,
+        chain_id: &str,
+        task_id: &str,
+    ) -> Result<Option<Signature>, Error>;
+
+    /// A member's result (see `Batch::put_member_result`).
+    ///
+    /// # Errors
+    /// As [`Lookup::chain`].
+    fn member_result(
+        &self,
+        top: &Batch,
+        chain_id: &str,
+        task_id: &str,
+        member: u32,
+    ) -> Result<Option<String>, Error>;
 
     /// The chain an idempotency key was first used for.
     ///
@@ -60,6 +84,25 @@ impl Lookup for Shared {
 
     fn result(&self, top: &Batch, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
         self.view(top, |v| v.result(chain_id, task_id))
+    }
+
+    fn members(
+        &self,
+        top: &Batch,
+        chain_id: &str,
+        task_id: &str,
+    ) -> Result<Option<Signature>, Error> {
+        self.view(top, |v| v.members(chain_id, task_id))
+    }
+
+    fn member_result(
+        &self,
+        top: &Batch,
+        chain_id: &str,
+        task_id: &str,
+        member: u32,
+    ) -> Result<Option<String>, Error> {
+        self.view(top, |v| v.member_result(chain_id, task_id, member))
     }
 
     fn idempotent_chain(&self, top: &Batch, key: &str) -> Result<Option<String>, Error> {

@@ -49,7 +49,7 @@ use prost::Message;
 use sled::IVec;
 
 use crate::domain::{
-    ChainRecord, ChainState, ColdSummary, Identity, Options, RateRecord, ScheduleRecord,
+    ChainRecord, ChainState, ColdSummary, Identity, Options, RateRecord, ScheduleRecord, Signature,
 };
 
 mod backend;
@@ -335,6 +335,41 @@ impl Batch {
     pub fn put_result(&mut self, chain_id: &str, task_id: &str, result: &str) {
         self.insert(Space::Results, result_key(chain_id, task_id), result);
     }
+
+    /// Stores the signature of a group or nested executor step, with its
+    /// members, apart from its chain's record: the record is written again
+    /// with every member that ends, and a group of 10,000 members would
+    /// make each of those writes large (see the scheduler's `fanout`).
+    pub fn put_members(&mut self, chain_id: &str, task_id: &str, signature: &Signature) {
+        self.insert(
+            Space::Results,
+            members_key(chain_id, task_id),
+            signature.encode_to_vec(),
+        );
+    }
+
+    /// Stores the result of member `member` of a chain's group or nested
+    /// executor step (whose task id is `task_id`), with the chain, so that
+    /// it outlives the member's own chain (retention removes an ended
+    /// member while its parent may still run).
+    pub fn put_member_result(&mut self, chain_id: &str, task_id: &str, member: u32, result: &str) {
+        self.insert(
+            Space::Results,
+            member_result_key(chain_id, task_id, member),
+            result,
+        );
+    }
+}
+
+/// Key of the members of a group or nested executor step: under its
+/// chain, as results stored apart are, so that they go with it.
+fn members_key(chain_id: &str, task_id: &str) -> String {
+    result_key(chain_id, &format!("{task_id}.members"))
+}
+
+/// Key of a member's result: under its parent chain.
+fn member_result_key(chain_id: &str, task_id: &str, member: u32) -> String {
+    result_key(chain_id, &format!("{task_id}.{member}"))
 }
 
 /// Key of a result stored apart: the chain's id first, so that a chain's
@@ -762,6 +797,36 @@ impl<'a> View<'a> {
     pub fn result(&self, chain_id: &str, task_id: &str) -> Result<Option<String>, Error> {
         Ok(self
             .get(Space::Results, result_key(chain_id, task_id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The signature of a group or nested executor step, with its members
+    /// (see [`Batch::put_members`]).
+    ///
+    /// # Errors
+    /// When the store fails to read, or the signature does not decode.
+    pub fn members(&self, chain_id: &str, task_id: &str) -> Result<Option<Signature>, Error> {
+        let key = members_key(chain_id, task_id);
+        match self.get(Space::Results, &key)? {
+            None => Ok(None),
+            Some(bytes) => Signature::decode(bytes.as_ref())
+                .map(Some)
+                .map_err(|e| corrupt("results", &key, e)),
+        }
+    }
+
+    /// A member's result (see [`Batch::put_member_result`]).
+    ///
+    /// # Errors
+    /// When the store fails to read.
+    pub fn member_result(
+        &self,
+        chain_id: &str,
+        task_id: &str,
+        member: u32,
+    ) -> Result<Option<String>, Error> {
+        Ok(self
+            .get(Space::Results, member_result_key(chain_id, task_id, member))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 

@@ -36,6 +36,8 @@ pub enum StepState {
     Succeeded = 6,
     Failed = 7,
     Cancelled = 8,
+    /// A group or a nested executor whose child chains run.
+    Waiting = 9,
 }
 
 /// Which list of a chain's steps: its main steps or a callback.

@@ -24,7 +24,7 @@ definitions: no connection, thread or signal handler is created until used.
 
 from ._transport import Tls
 from .app import Baton, Task
-from .canvas import Chain, Signature, chain
+from .canvas import Chain, Group, Nested, Signature, chain, chord, group, nested
 from .client import AsyncResult
 from .context import TaskContext, current_task
 from .errors import (
@@ -52,6 +52,8 @@ __all__ = [
     "ChainCancelled",
     "ChainFailed",
     "Fatal",
+    "Group",
+    "Nested",
     "PartialSubmission",
     "Retry",
     "Signature",
@@ -65,7 +67,10 @@ __all__ = [
     "Worker",
     "WorkerConfigError",
     "chain",
+    "chord",
     "current_task",
+    "group",
+    "nested",
     "throttle",
 ]
 

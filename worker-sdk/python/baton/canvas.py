@@ -200,6 +200,10 @@ class Chain:
             raise ValueError("a chain needs at least one step")
         self.steps: Tuple[Signature, ...] = tuple(steps)
 
+    def as_step(self, *, on_success: Callback = None, on_failure: Callback = None, name: str = "executor") -> "Nested":
+        """This chain, with its own callbacks, as one step of another chain (see :func:`nested`)."""
+        return nested(self, on_success=on_success, on_failure=on_failure, name=name)
+
     def __repr__(self) -> str:
         return " | ".join(repr(s) for s in self.steps)
 
@@ -320,6 +324,162 @@ class Chain:
             raise RuntimeError("no Baton app to submit to: build steps from app tasks or pass app=")
         request.chain_id = new_chain_id()  # a fresh request: Baton.submit need not copy it to add one
         return target.submit(request)
+
+
+class Group(Signature):
+    """Celery's ``group``: one step whose members run side by side, each as a chain of its own.
+
+    The step succeeds once every member succeeded, and its result is the
+    list of the members' results in member order, which the next step
+    receives (a group followed by a step is Celery's ``chord``). The first
+    member that fails for good fails the step with that member's failure
+    record (which the chain's on_failure receives), and the broker cancels
+    the others. A member is a signature, another group, or a nested
+    executor (:func:`nested`). Like ``.s``, the group hands the previous
+    step's result to the first step of each member (which takes it if it
+    is mutable itself); ``immutable=True`` keeps it from them.
+
+    Partial arguments (``group(...).delay(x)``) and options (``.set(...)``)
+    go to every member, as each member's own :meth:`~Signature.clone` takes
+    them.
+    """
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: Iterable[Signature], *, immutable: bool = False, name: str = "group") -> None:
+        listed = tuple(members)
+        for member in listed:
+            if not isinstance(member, Signature):
+                raise TypeError(f"group() takes signatures, not {type(member).__name__}")
+        if not listed:
+            raise ValueError("a group needs at least one member")
+        app = next((m.app for m in listed if m.app is not None), None)
+        super().__init__(name, immutable=immutable, app=app)
+        self.members: Tuple[Signature, ...] = listed
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(repr(m) for m in self.members)})"
+
+    def clone(self, args: Iterable[Any] = (), kwargs: Optional[Mapping[str, Any]] = None, **options: Any) -> "Signature":
+        """A copy whose members each take ``args``, ``kwargs`` and options as their ``clone`` does."""
+        partial = tuple(args)
+        return Group(
+            [m.clone(partial, kwargs, **options) for m in self.members], immutable=self.immutable, name=self.name
+        )
+
+    def _copy(
+        self,
+        args: Optional[Iterable[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+    ) -> "Signature":
+        # Celery's partials: arguments given to the group go before each member's own.
+        partial = tuple(args or ())
+        members = [
+            m._copy(
+                args=partial + m.args if partial else None,
+                kwargs={**m.kwargs, **kwargs} if kwargs else None,
+                options={**m.options, **options} if options else None,
+            )
+            for m in self.members
+        ]
+        return Group(members, immutable=self.immutable, name=self.name)
+
+    def effective_options(self) -> dict[str, Any]:
+        return {}
+
+    def to_pb(self, extra: Optional[Mapping[str, Any]] = None) -> pb.Signature:
+        return pb.Signature(
+            name=self.name, immutable=self.immutable, members=[m.to_pb(extra) for m in self.members]
+        )
+
+
+class Nested(Signature):
+    """A chain with its own callbacks run as one step of another chain: a nested executor.
+
+    The parent's step waits for it and succeeds with its result once it
+    succeeded (after its on_success), or fails with its failure record once
+    it failed (after its on_failure), which the parent's on_failure then
+    receives. Cancelling the parent cancels it. Made by :func:`nested`.
+    """
+
+    __slots__ = ("steps", "on_success", "on_failure")
+
+    def __init__(
+        self,
+        steps: Sequence[Signature],
+        on_success: Sequence[Signature] = (),
+        on_failure: Sequence[Signature] = (),
+        *,
+        name: str = "executor",
+    ) -> None:
+        if not steps:
+            raise ValueError("a nested executor needs at least one step")
+        app = next((s.app for s in steps if s.app is not None), None)
+        super().__init__(name, app=app)
+        self.steps: Tuple[Signature, ...] = tuple(steps)
+        self.on_success: Tuple[Signature, ...] = tuple(on_success)
+        self.on_failure: Tuple[Signature, ...] = tuple(on_failure)
+
+    def __repr__(self) -> str:
+        return f"nested({' | '.join(repr(s) for s in self.steps)})"
+
+    def _copy(
+        self,
+        args: Optional[Iterable[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+    ) -> "Signature":
+        if args or kwargs or options:
+            raise TypeError(f"{self.name}: a nested executor takes no arguments or options of its own")
+        return self
+
+    def effective_options(self) -> dict[str, Any]:
+        return {}
+
+    def to_pb(self, extra: Optional[Mapping[str, Any]] = None) -> pb.Signature:
+        def convert(steps: Sequence[Signature]) -> list[pb.Signature]:
+            return [s.to_pb() for s in steps]
+
+        return pb.Signature(
+            name=self.name,
+            executor=pb.Executor(
+                steps=convert(self.steps),
+                on_success=convert(self.on_success),
+                on_failure=convert(self.on_failure),
+            ),
+        )
+
+
+def group(*tasks: Union[Signature, Iterable[Signature]], immutable: bool = False) -> Group:
+    """Build a :class:`Group`: ``group(a.s(1), b.s(2))`` or ``group([a.s(i) for i in items])``."""
+    if len(tasks) == 1 and not isinstance(tasks[0], Signature):
+        return Group(tasks[0], immutable=immutable)
+    return Group(tasks, immutable=immutable)  # type: ignore[arg-type]
+
+
+def chord(header: Union[Group, Iterable[Signature]], body: Signature) -> Chain:
+    """Celery's ``chord(header, body)``: the header's members side by side, then ``body``
+    with their results as a list (its first argument if it is mutable)."""
+    head = header if isinstance(header, Group) else Group(header)
+    return Chain([head, body])
+
+
+def nested(
+    steps: Union[Signature, Chain, Sequence[Signature]],
+    *,
+    on_success: Callback = None,
+    on_failure: Callback = None,
+    name: str = "executor",
+) -> Nested:
+    """A chain with its own on_success and on_failure, as one step of another chain."""
+    listed = list(steps.steps) if isinstance(steps, Chain) else [steps] if isinstance(steps, Signature) else list(steps)
+    return Nested(
+        listed,
+        _callback_steps(on_success, "on_success"),
+        _callback_steps(on_failure, "on_failure"),
+        name=name,
+    )
 
 
 def chain(*tasks: Union[Signature, Chain, Sequence[Signature]]) -> Chain:

@@ -45,9 +45,12 @@ What each maps to, and why:
   Celery way (PENDING, SUCCESS, FAILURE, REVOKED).
 * **What Baton cannot honour** (``acks_late``, a result backend URL,
   ``rate_limit``, ``expires``...) is accepted with a one-time
-  :class:`CeleryCompatWarning` that says what Baton does instead. ``group``
-  and ``chord`` raise ``NotImplementedError``: Baton has no fan-out yet, and
-  running a group one task after another would be silently wrong.
+  :class:`CeleryCompatWarning` that says what Baton does instead.
+* **Groups and chords** run on the broker: ``group(...)`` members side by
+  side, ``chord(header, body)`` or ``group(...) | body`` hands the list of
+  their results to ``body``; the first member that fails fails the group and
+  the others are cancelled. A chain with its own ``link``/``link_error``
+  inside another chain runs as a nested executor, its callbacks its own.
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ from . import _json, pb
 from .app import Baton, default_name
 from .app import Task as _BatonTask
 from .canvas import Chain as _BatonChain
+from .canvas import Group as _BatonGroup
+from .canvas import Nested as _BatonNested
 from .canvas import Signature as _BatonSignature
+from .canvas import nested as _nested
 from .client import STATES, failure_record
 from .client import AsyncResult as _BatonResult
 from .context import TaskContext, current_task as _current_run
@@ -176,8 +182,6 @@ _TASK_OPTION_NOTES: Dict[str, str] = {
     "PENDING until the chain ends",
     "serializer": "arguments and results are always JSON",
     "compression": "messages are not compressed",
-    "rate_limit": "Baton has no rate limits yet, so the task runs unlimited; for a concurrency limit use "
-    "throttle= or @throttle",
     "soft_time_limit": "Baton has no soft time limit; use time_limit (the broker cancels the run, which sees "
     "current_task().cancelled)",
     "expires": "ignored; a chain deadline (deadline=) fails the chain and runs its link_error instead of "
@@ -208,8 +212,8 @@ _APPLY_OPTION_NOTES: Dict[str, str] = {
     "add_to_parent": "child results are not tracked",
     "soft_time_limit": "Baton has no soft time limit; use time_limit",
     "reply_to": "ignored",
-    "group_id": "ignored (Baton has no groups yet)",
-    "chord": "ignored (Baton has no chords yet)",
+    "group_id": "ignored: the broker names a group's members by their own chain ids",
+    "chord": "ignored: build the chord with chord(header, body) or group(...) | body",
     "root_id": "ignored; chains carry their own id",
     "parent_id": "ignored; chains carry their own id",
 }
@@ -546,7 +550,7 @@ _request: ContextVar[Request] = ContextVar("baton_celery_request")
 
 _TASK_ATTRIBUTES = frozenset(
     {"max_retries", "default_retry_delay", "autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
-     "retry_jitter", "queue", "ignore_result", "is_heavy_task", "time_limit", "priority"}
+     "retry_jitter", "queue", "ignore_result", "is_heavy_task", "time_limit", "priority", "rate_limit"}
 )
 """Celery task options with a Baton meaning (see :meth:`Task.baton_options`)."""
 
@@ -603,6 +607,9 @@ class Task(_BatonTask):
     is_heavy_task: ClassVar[bool] = False
     time_limit: ClassVar[Optional[float]] = None
     priority: ClassVar[Optional[int]] = None
+    rate_limit: ClassVar[Optional[str]] = None
+    """Celery's ``"10/s"``, ``"100/m"``: Baton's rate, which counts the starts of
+    every worker together where Celery counted each worker apart."""
     throttle: ClassVar[Optional[Throttle]] = None
     baton: ClassVar[Mapping[str, Any]] = {}
     """Further Baton options (``max_polls``, ``description``) for this task."""
@@ -670,6 +677,13 @@ class Task(_BatonTask):
             opts["time_limit"] = cls.time_limit
         if cls.priority is not None:
             opts["priority"] = cls.priority
+        if cls.rate_limit:
+            _warn_once(
+                "rate_limit",
+                f"{cls.name}: rate_limit={cls.rate_limit!r} is enforced by the broker across every worker "
+                "together; Celery enforced it in each worker apart",
+            )
+            opts["rate"] = cls.rate_limit
         if cls.autoretry_for:
             limit = cls._retry_limit()
             opts["max_retries"] = UNBOUNDED if limit is None else limit
@@ -971,6 +985,20 @@ def _callbacks(value: Any, what: str) -> List[_BatonSignature]:
     return steps
 
 
+def _nested_errbacks(steps: Sequence[_BatonSignature]) -> bool:
+    """Whether a nested executor among ``steps`` (or in their groups) has a mutable
+    first errback, which Celery calls with the failed task's id."""
+    for step in steps:
+        if isinstance(step, _BatonNested):
+            if step.on_failure and not step.on_failure[0].immutable:
+                return True
+            if _nested_errbacks(step.steps):
+                return True
+        elif isinstance(step, _BatonGroup) and _nested_errbacks(step.members):
+            return True
+    return False
+
+
 def _no_step_callbacks(steps: Sequence[_BatonSignature]) -> None:
     for step in steps:
         if isinstance(step, Signature) and (step._link or step._link_error):
@@ -1007,10 +1035,11 @@ def _submit(
         chain_level["on_success"] = success
     if failure:
         chain_level["on_failure"] = failure
-        if not failure[0].immutable:
-            context = dict(chain_level.get("context") or {})
-            context[ERRBACK_CONTEXT_KEY] = ERRBACK_TASK_ID
-            chain_level["context"] = context
+    if (failure and not failure[0].immutable) or _nested_errbacks(steps):
+        # Child chains take their parent's context: one key serves them all.
+        context = dict(chain_level.get("context") or {})
+        context[ERRBACK_CONTEXT_KEY] = ERRBACK_TASK_ID
+        chain_level["context"] = context
     app = chain_level.pop("app", None)
     result = _BatonChain(steps).apply_async(app=app, **chain_level)
     return AsyncResult(result.id, app=result.app, _result=result)
@@ -1198,10 +1227,9 @@ def chain(*tasks: Any, **options: Any) -> Chain:
     steps: List[_BatonSignature] = []
     for item in tasks:
         if isinstance(item, Chain) and (item._link or item._link_error):
-            raise NotImplementedError(
-                "a chain with its own link/link_error inside another chain (a nested executor) is not "
-                "supported yet: Baton's callbacks belong to the outer chain"
-            )
+            # A chain with its own callbacks inside another: a nested executor.
+            steps.append(_nested(list(item.steps), on_success=item._link, on_failure=item._link_error))
+            continue
         if isinstance(item, _BatonChain):
             steps.extend(item.steps)
         elif isinstance(item, _BatonSignature):
@@ -1229,25 +1257,71 @@ def signature(
     return get_current_app().signature(str(varies), args, kwargs, immutable=immutable, **options)
 
 
-def group(*tasks: Any, **options: Any) -> Any:
-    """Not supported yet: Baton has no fan-out (a separate issue adds it).
+class group(_BatonGroup):
+    """Celery's ``group(a.s(1), b.s(2))`` (or ``group([...])``): the members run side by side.
 
-    Raises:
-        NotImplementedError: always. Running the tasks one after another
-            instead would be a different program, so it is refused.
+    Submitted alone (``group(...)()``, ``.delay()``, ``.apply_async()``) its
+    result is the list of the members' results, in order. As a step of a
+    chain, the next step receives that list (Celery's chord). The first
+    member that fails fails the group, and the broker cancels the others.
+    Partial arguments go before each member's own, as in Celery.
     """
-    raise NotImplementedError(
-        "group() is not supported yet: Baton has no fan-out/fan-in (a separate issue adds it). Submit the "
-        "tasks one by one (each .delay() is its own chain, run in parallel by the workers) and wait for each "
-        "AsyncResult."
-    )
+
+    __slots__ = ()
+
+    def __init__(self, *tasks: Any, **options: Any) -> None:
+        if options:
+            raise TypeError(f"group() options ({', '.join(sorted(options))}) go to apply_async()")
+        members = tuple(tasks[0]) if len(tasks) == 1 and not isinstance(tasks[0], _BatonSignature) else tasks
+        super().__init__(members)
+
+    def _copy(
+        self,
+        args: Optional[Iterable[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+    ) -> "group":
+        copied = super()._copy(args, kwargs, options)
+        assert isinstance(copied, _BatonGroup)
+        return group(*copied.members)
+
+    def __or__(self, other: Any) -> "Chain":
+        return chain(self, other)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "AsyncResult":
+        return self.apply_async(args, kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":  # type: ignore[override]
+        return self.apply_async(args, kwargs)
+
+    def apply_async(  # type: ignore[override]
+        self,
+        args: Optional[Iterable[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        link: Any = None,
+        link_error: Any = None,
+        **options: Any,
+    ) -> "AsyncResult":
+        """Submit the group as a one-step chain; ``args`` go before each member's own."""
+        return _submit([self], args, kwargs, link, link_error, dict(options), "group.apply_async()")
 
 
-def chord(*tasks: Any, **options: Any) -> Any:
-    """Not supported yet, like :func:`group` (a chord is a group plus a callback)."""
-    raise NotImplementedError(
-        "chord() is not supported yet: Baton has no fan-out/fan-in (a separate issue adds it)."
-    )
+class chord(Chain):
+    """Celery's ``chord(header, body)``: the header's members side by side, then ``body``
+    with their results as a list. ``chord(header)(body)`` submits at once, as in Celery."""
+
+    __slots__ = ("header",)
+
+    def __init__(self, header: Any, body: Any = None, **options: Any) -> None:
+        if options:
+            raise TypeError(f"chord() options ({', '.join(sorted(options))}) go to apply_async()")
+        self.header = header if isinstance(header, _BatonGroup) else group(header)
+        super().__init__([self.header] if body is None else [self.header, body])
+
+    def __call__(self, body: Any = None, **options: Any) -> "AsyncResult":  # type: ignore[override]
+        if body is None:
+            return self.apply_async(**options)
+        return chain(self.header, body).apply_async(**options)
 
 
 # -- throttle ------------------------------------------------------------------------------

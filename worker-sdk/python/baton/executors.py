@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from .canvas import Signature as _BatonSignature
+from .canvas import nested
 from .celery import AsyncResult, Chain, Signature, chain
 
 Steps = Union[Signature, Chain]
@@ -147,17 +149,24 @@ class BaseExecutor:
         return result.get()
 
     @classmethod
-    def as_signature(cls, instance: Any, **kwargs: Any) -> Steps:
-        """This executor as a part of another one's chain (a nested executor).
+    def as_signature(cls, instance: Any, **kwargs: Any) -> _BatonSignature:
+        """This executor as one step of another executor's chain (a nested executor).
 
-        Raises:
-            NotImplementedError: Baton has no nested executors yet. Its
-                callbacks belong to a whole chain, so this executor's failure
-                signature could not run for its own part only; inlining it
-                without would leave the nested object in ``*_SCHEDULED``
-                when it fails, so it is refused.
+        The step runs this executor's task signature as a child chain with its
+        own success and failure signatures: the outer chain goes on with its
+        result once it succeeded (after its success signature), or fails with
+        its failure record once it failed (after its failure signature), so
+        the nested object never stays in ``*_SCHEDULED``. Cancelling the
+        outer chain cancels it.
+
+        Unlike Waldur, which ran ``pre_apply`` as a task when the nested
+        executor's turn came, Baton runs it here, when the outer chain is
+        built: a broker cannot call code of the submitting process later.
         """
-        raise NotImplementedError(
-            f"{cls.__name__}.as_signature(): nested executors are not supported yet (Baton's on_success and "
-            "on_failure belong to a whole chain); run it with execute() from a task of the outer chain instead"
-        )
+        cls.pre_apply(instance, **kwargs)
+        serialized_instance = cls.serialize_instance(instance)
+        signature = cls.get_task_signature(instance, serialized_instance, **kwargs)
+        link = cls.get_success_signature(instance, serialized_instance, **kwargs)
+        link_error = cls.get_failure_signature(instance, serialized_instance, **kwargs)
+        steps = signature if isinstance(signature, Chain) else chain(signature)
+        return nested(steps, on_success=link, on_failure=link_error, name=cls.__name__)

@@ -261,6 +261,152 @@ export class Chain {
   }
 }
 
+/**
+ * Celery's group: one step whose members run side by side, each as a chain
+ * of its own. The step succeeds once every member succeeded, and its result
+ * is the array of the members' results in member order, which the next step
+ * receives (a group followed by a step is Celery's chord). The first member
+ * that fails for good fails the step with that member's failure record (the
+ * chain's onFailure receives it) and the broker cancels the others. A member
+ * is a signature, another group, or a nested executor (`nested(...)`). Like
+ * `.s`, the group hands the previous step's result to the first step of each
+ * member (which takes it if it is mutable itself); `immutable` keeps it from
+ * them. Partial arguments and options go to every member, as each member's
+ * `clone` and `set` take them.
+ */
+export class Group extends Signature {
+  readonly members: readonly Signature[];
+
+  constructor(members: readonly Signature[], immutable = false, name = "group") {
+    if (members.length === 0) throw new Error("a group needs at least one member");
+    for (const m of members) {
+      if (!(m instanceof Signature)) throw new TypeError("group() takes signatures (task.s()/task.si())");
+    }
+    super(name, [], {}, immutable, {}, { app: members.find((m) => m.app !== undefined)?.app });
+    this.members = [...members];
+  }
+
+  override toString(): string {
+    return `group(${this.members.map(String).join(", ")})`;
+  }
+
+  override set(options: StepOptions): Signature {
+    return new Group(
+      this.members.map((m) => m.set(options)),
+      this.immutable,
+      this.name,
+    );
+  }
+
+  override clone(
+    args: readonly unknown[] = [],
+    kwargs: Record<string, unknown> = {},
+    options: StepOptions = {},
+  ): Signature {
+    return new Group(
+      this.members.map((m) => m.clone(args, kwargs, options)),
+      this.immutable,
+      this.name,
+    );
+  }
+
+  override effectiveOptions(): StepOptions {
+    return {};
+  }
+
+  /** The protocol signature; `extra` (chain-level options) goes to every member. */
+  override toPb(extra: StepOptions = {}): PbSignature {
+    return { name: this.name, immutable: this.immutable, members: this.members.map((m) => m.toPb(extra)) };
+  }
+}
+
+/**
+ * A chain with its own callbacks run as one step of another chain: a nested
+ * executor. The parent's step waits for it, and succeeds with its result once
+ * it succeeded (after its onSuccess), or fails with its failure record once
+ * it failed (after its onFailure), which the parent's onFailure receives.
+ * Cancelling the parent cancels it.
+ */
+export class Nested extends Signature {
+  readonly steps: readonly Signature[];
+  readonly onSuccess: readonly Signature[];
+  readonly onFailure: readonly Signature[];
+
+  constructor(
+    steps: readonly Signature[],
+    onSuccess: readonly Signature[] = [],
+    onFailure: readonly Signature[] = [],
+    name = "executor",
+  ) {
+    if (steps.length === 0) throw new Error("a nested executor needs at least one step");
+    super(name, [], {}, false, {}, { app: steps.find((s) => s.app !== undefined)?.app });
+    this.steps = [...steps];
+    this.onSuccess = [...onSuccess];
+    this.onFailure = [...onFailure];
+  }
+
+  override toString(): string {
+    return `nested(${this.steps.map(String).join(" | ")})`;
+  }
+
+  override set(_options: StepOptions): Signature {
+    throw new TypeError(`${this.name}: a nested executor takes no options of its own; set them on its steps`);
+  }
+
+  override clone(
+    args: readonly unknown[] = [],
+    kwargs: Record<string, unknown> = {},
+    options: StepOptions = {},
+  ): Signature {
+    if (args.length > 0 || Object.keys(kwargs).length > 0 || Object.keys(options).length > 0) {
+      throw new TypeError(`${this.name}: a nested executor takes no arguments or options of its own`);
+    }
+    return this;
+  }
+
+  override effectiveOptions(): StepOptions {
+    return {};
+  }
+
+  override toPb(): PbSignature {
+    const convert = (steps: readonly Signature[]) => steps.map((s) => s.toPb());
+    return {
+      name: this.name,
+      executor: { steps: convert(this.steps), onSuccess: convert(this.onSuccess), onFailure: convert(this.onFailure) },
+    };
+  }
+}
+
+/** Builds a group: `group(a.s(1), b.s(2))` or `group(list)`. */
+export function group(...members: (Signature | readonly Signature[])[]): Group {
+  const flat: Signature[] = [];
+  for (const m of members) {
+    if (Array.isArray(m)) flat.push(...(m as Signature[]));
+    else flat.push(m as Signature);
+  }
+  return new Group(flat);
+}
+
+/** Celery's chord: the header's members side by side, then `body` with their results as an array. */
+export function chord(header: Group | readonly Signature[], body: Signature): Chain {
+  const head = header instanceof Group ? header : new Group(header as readonly Signature[]);
+  return new Chain([head, body]);
+}
+
+/** A chain with its own callbacks as one step of another chain (see `Nested`). */
+export function nested(
+  steps: Signature | Chain | readonly Signature[],
+  options: { onSuccess?: Callback; onFailure?: Callback; name?: string } = {},
+): Nested {
+  const list = steps instanceof Chain ? [...steps.steps] : steps instanceof Signature ? [steps] : [...steps];
+  return new Nested(
+    list,
+    callbackSteps(options.onSuccess, "onSuccess"),
+    callbackSteps(options.onFailure, "onFailure"),
+    options.name,
+  );
+}
+
 /** Builds a chain; nested chains are flattened, a single array is accepted. */
 export function chain(...items: (Signature | Chain | readonly Signature[])[]): Chain {
   const steps: Signature[] = [];

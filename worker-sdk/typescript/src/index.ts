@@ -21,7 +21,18 @@ export {
   type TaskBody,
   type TaskOptions,
 } from "./app";
-export { type Callback, Chain, type ChainOptions, chain, Signature } from "./canvas";
+export {
+  type Callback,
+  Chain,
+  type ChainOptions,
+  chain,
+  chord,
+  Group,
+  group,
+  Nested,
+  nested,
+  Signature,
+} from "./canvas";
 export { ChainHandle, type ChainStatus, Client, type Dedup, type RpcError } from "./client";
 export { type Slot, TaskContext } from "./context";
 export {

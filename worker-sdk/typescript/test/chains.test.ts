@@ -6,7 +6,16 @@ import assert from "node:assert/strict";
 import { AsyncLocalStorage } from "node:async_hooks";
 import { after, before, describe, test } from "node:test";
 import type { Context, ContextManager } from "@opentelemetry/api";
-import { ChainCancelled, ChainFailed, chain, PartialSubmission, TimeoutError } from "../src/index";
+import {
+  ChainCancelled,
+  ChainFailed,
+  chain,
+  chord,
+  group,
+  nested,
+  PartialSubmission,
+  TimeoutError,
+} from "../src/index";
 import * as tasks from "./fixtures/tasks";
 import { type Broker, Scope, SKIP, sleep, waitUntil } from "./harness";
 
@@ -150,6 +159,43 @@ describe("chains and executors", { skip: SKIP }, () => {
     );
     for (const e of seen) assert.deepEqual(e.context, { user: "alice", request: "r-1" });
     for (let i = 1; i < seen.length; i++) assert.ok((seen[i]?.t ?? 0) >= (seen[i - 1]?.t ?? 0));
+  });
+
+  test("a chord hands the members' results, in member order, to its body", async () => {
+    // The first member naps, so it ends last; the array keeps member order.
+    const handle = await chord(
+      group(tasks.nap.si("chord-0", 300), tasks.add.si(1, 0), tasks.add.si(2, 0)),
+      tasks.done.s("chord"),
+    ).applyAsync();
+    assert.deepEqual(await handle.get({ timeout: 15_000 }), ["chord-0", 1, 2]);
+    const info = await handle.info();
+    assert.equal(info.steps[0]?.name, "group");
+    assert.equal(info.steps[0]?.members, 3);
+    assert.equal(info.steps[0]?.childChainIds.length, 3);
+  });
+
+  test("a nested executor runs its own callbacks; its failure fails the parent after both on_failures", async () => {
+    const ok = await chain(
+      tasks.add.si(1, 2),
+      nested(chain(tasks.add.s(10)), { onSuccess: tasks.step.si("nested-ok"), name: "VolumeExecutor" }),
+      tasks.add.s(100),
+    ).applyAsync();
+    assert.equal(await ok.get({ timeout: 15_000 }), 113);
+    await scope.waitForEvents("step", 1, 10_000, { label: "nested-ok" });
+    const bad = await chain(
+      nested(tasks.fail.si("vol-9"), { onFailure: tasks.erred.s("nested-erred") }),
+      tasks.step.si("never-after-nested"),
+    ).applyAsync({ onFailure: tasks.erred.s("parent-erred") });
+    const err = await bad.get({ timeout: 15_000 }).then(
+      () => assert.fail("the parent should fail"),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof ChainFailed, String(err));
+    assert.equal(err.record.task_name, "t.fail");
+    await scope.waitForEvents("erred", 1, 10_000, { tag: "nested-erred" });
+    const [parent] = await scope.waitForEvents("erred", 1, 10_000, { tag: "parent-erred" });
+    assert.equal((parent?.record as Record<string, unknown> | undefined)?.error_type, "VolumeBusy");
+    assert.equal(scope.events("step").filter((e) => e.label === "never-after-nested").length, 0);
   });
 
   test("an executor's on_failure gets the failure record first, with the JS error's type and stack", async () => {

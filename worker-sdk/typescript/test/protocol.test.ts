@@ -33,7 +33,8 @@ const FIELDS: Record<string, Record<string, string>> = {
   ),
   Throttle: { concurrency: "", key: "", shared: "", scope: "", rate: "" },
   Rate: { count: "", period_ms: "", burst: "" },
-  Signature: { name: "", args: "", kwargs: "", immutable: "", options: "" },
+  Signature: { name: "", args: "", kwargs: "", immutable: "", options: "", members: "", executor: "" },
+  Executor: { steps: "", on_success: "", on_failure: "" },
   SubmitChainRequest: {
     steps: "",
     on_success: "",

@@ -506,7 +506,11 @@ function renderChain(c, events) {
         h("dt", {}, "Queue"), h("dd", {}, s.queue || "–", s.unserved_queue ? h("span", { class: "badge s-paused" }, " no worker runs it") : null),
         h("dt", {}, "Waited"), h("dd", {}, ms(wait)),
         h("dt", {}, "Ran"), h("dd", {}, ms(run)),
-        h("dt", {}, "Args"), h("dd", {}, value(s.args, "args")),
+        s.members ? [h("dt", {}, s.members === 1 && s.child_chain_ids.length <= 1 && s.name !== "group" ? "Child chain" : "Members"),
+          h("dd", {}, `${s.members_succeeded} of ${s.members} succeeded`, h("ul", { class: "children" },
+            s.child_chain_ids.slice(0, 20).map((id) => h("li", {}, chainLink(id))),
+            s.child_chain_ids.length > 20 ? h("li", { class: "muted" }, `and ${s.child_chain_ids.length - 20} more`) : null))] : null,
+        s.members ? null : [h("dt", {}, "Args"), h("dd", {}, value(s.args, "args"))],
         Object.keys(s.kwargs || {}).length ? [h("dt", {}, "Kwargs"), h("dd", {}, value(s.kwargs, "kwargs"))] : null,
         short(s.state) === "SUCCEEDED" ? [h("dt", {}, "Result"), h("dd", {}, s.result_omitted
           ? h("button", { type: "button", onclick: async (e) => { const r = await act("Result loaded", () => api("GET", `/api/v1/chains/${c.chain_id}/results/${s.task_id}`)); if (r) e.target.replaceWith(value(r.result, "result")); } }, `Load result (${s.result_bytes} bytes)`)
@@ -523,6 +527,7 @@ function renderChain(c, events) {
       c.heavy ? [h("dt", {}, "Heavy"), h("dd", {}, "yes")] : null,
       c.deadline_unix_ms ? [h("dt", {}, "Deadline"), h("dd", {}, when(c.deadline_unix_ms))] : null,
       Object.keys(c.context).length ? [h("dt", {}, "Context"), h("dd", {}, value(c.context, "context"))] : null,
+      c.parent_chain_id ? [h("dt", {}, "Parent"), h("dd", {}, chainLink(c.parent_chain_id), ` (member ${c.member_index})`)] : null,
       c.requeued_from ? [h("dt", {}, "Requeued from"), h("dd", {}, chainLink(c.requeued_from))] : null,
       c.requeued_as ? [h("dt", {}, "Requeued as"), h("dd", {}, chainLink(c.requeued_as))] : null,
       c.cancel_reason ? [h("dt", {}, "Cancelled"), h("dd", {}, c.cancel_reason)] : null,

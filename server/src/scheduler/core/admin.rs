@@ -315,14 +315,31 @@ impl Core {
                 "chain {running} with the same unique key is queued or running"
             )));
         }
-        let signatures = |steps: &[StepRecord]| -> Vec<Signature> {
-            steps.iter().map(|s| s.signature().clone()).collect()
+        // A group's or nested executor's members are stored apart.
+        let signatures = |steps: &[StepRecord]| -> Result<Vec<Signature>, Error> {
+            steps
+                .iter()
+                .map(|s| {
+                    if !s.has_children() {
+                        return Ok(s.signature().clone());
+                    }
+                    reads
+                        .members(&self.batch, &original.id, &s.task_id)
+                        .map_err(|e| Error::Store(e.to_string()))?
+                        .ok_or_else(|| {
+                            Error::Store(format!(
+                                "the members of step {} are missing from the store",
+                                s.task_id
+                            ))
+                        })
+                })
+                .collect()
         };
         let spec = ChainSpec {
             chain_id: None,
-            steps: signatures(&original.steps),
-            on_success: signatures(&original.on_success),
-            on_failure: signatures(&original.on_failure),
+            steps: signatures(&original.steps)?,
+            on_success: signatures(&original.on_success)?,
+            on_failure: signatures(&original.on_failure)?,
             heavy: original.heavy,
             context: original.context.clone(),
             idempotency_key: String::new(),
@@ -333,6 +350,8 @@ impl Core {
                 0
             },
             owner: original.owner.clone(),
+            parent: None,
+            input: original.input.clone(),
         };
         let new_id = self.create(spec, now);
         if let Some(rec) = self.chains.get_mut(&new_id) {

@@ -147,7 +147,8 @@ impl Core {
             self.batch
                 .put_idempotency_key(&spec.idempotency_key, &chain_id.to_string());
         }
-        let chain = ChainRecord::with_ids(chain_id, spec, now, &mut self.ids);
+        let mut chain = ChainRecord::with_ids(chain_id, spec, now, &mut self.ids);
+        self.store_members(&mut chain);
         if chain.deadline_ms > 0 {
             self.add_timer(chain.deadline_ms, Timer::Deadline { chain_id });
         }
@@ -164,6 +165,30 @@ impl Core {
         self.touch(chain_id);
         self.cool(chain_id);
         chain_id
+    }
+
+    /// Stores the members of each group and nested executor step of a new
+    /// chain apart from its record, which keeps only their count (see
+    /// `fanout`).
+    fn store_members(&mut self, chain: &mut ChainRecord) {
+        let id = chain.id.clone();
+        for phase in [Phase::Main, Phase::OnSuccess, Phase::OnFailure] {
+            for step in chain.steps_of_mut(phase) {
+                let signature = step.signature();
+                let (children, nested) = match signature.kind() {
+                    StepKind::Task => continue,
+                    StepKind::Group(_) => (signature.child_count(), false),
+                    StepKind::Executor(_) => (1, true),
+                };
+                self.batch.put_members(&id, &step.task_id, signature);
+                step.children = children;
+                step.nested = nested;
+                if let Some(signature) = step.signature.as_mut() {
+                    signature.members = Vec::new();
+                    signature.executor = None;
+                }
+            }
+        }
     }
 
     /// Moves a new chain out of memory when its first step joins a long

@@ -79,6 +79,13 @@ impl Core {
                 }
             }
             StepState::Succeeded | StepState::Failed | StepState::Cancelled => {}
+            StepState::Waiting => {
+                let reason = format!("its parent chain {chain_id} stopped: {reason}");
+                self.cancel_children(chain_id, at, reason);
+                let step = self.live_step(chain_id, at);
+                step.set_state(state);
+                step.finished_ms = now;
+            }
             StepState::Ready
             | StepState::Throttled
             | StepState::Scheduled
@@ -126,6 +133,9 @@ impl Core {
         rec.phase = at.phase as i32;
         rec.cursor = u32::try_from(at.index).unwrap_or(u32::MAX);
         let rec = &self.chains[&chain_id];
+        if rec.step(at).has_children() {
+            return self.start_children(chain_id, at, now);
+        }
         self.task_metrics.get(rec.step(at).name()).submitted.inc();
         let eff = self.effective(rec, at);
         let not_before = now.saturating_add(eff.countdown_ms).max(eff.eta_ms);
@@ -263,6 +273,24 @@ impl Core {
         }
     }
 
+    /// A step that holds no run failed for good with `record`: its chain
+    /// fails (see [`Core::fail_chain`]).
+    pub(super) fn fail_step(
+        &mut self,
+        chain_id: ChainId,
+        at: StepAt,
+        record: FailureRecord,
+        now: UnixMs,
+    ) {
+        let step = self.live_step(chain_id, at);
+        step.set_state(StepState::Failed);
+        step.failure = Some(record.clone());
+        step.finished_ms = now;
+        self.event(chain_id, "step_failed", Some(at));
+        self.fail_chain(chain_id, record, now);
+        self.touch(chain_id);
+    }
+
     /// A step failed for good: on_failure runs once (also when on_success
     /// failed), or the chain ends failed.
     pub(super) fn fail_chain(&mut self, chain_id: ChainId, record: FailureRecord, now: UnixMs) {
@@ -304,6 +332,7 @@ impl Core {
     /// Bookkeeping common to every end: the unique key is free again and
     /// the chain retires once no run of it is out.
     pub(super) fn chain_ended(&mut self, chain_id: ChainId, now: UnixMs) {
+        self.child_ended(chain_id, now);
         let rec = &self.chains[&chain_id];
         if !rec.unique_key.is_empty()
             && self
@@ -316,8 +345,11 @@ impl Core {
         self.retire_if_done(chain_id, now);
     }
 
+    /// Whether the chain has a run out, or child chains not ended: it
+    /// stays in memory (and live) until they end.
     pub(super) fn has_runs(&self, rec: &ChainRecord) -> bool {
-        rec.all_steps().any(|(_, s)| s.run().is_some())
+        rec.all_steps()
+            .any(|(_, s)| s.run().is_some() || s.children_out() > 0)
     }
 
     /// An ended chain with no run out releases its chain-scoped slots and

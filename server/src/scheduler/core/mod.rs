@@ -32,6 +32,7 @@
 //! - `admission`: submissions, deduplication, cold chains;
 //! - `lifecycle`: a step's and a chain's states, from ready to retired;
 //! - `dispatch`: throttle grants and assignments to workers;
+//! - `fanout`: groups and nested executors, whose steps run child chains;
 //! - `workers`: worker streams and what they report;
 //! - `timers`: leases, ready times, time limits, deadlines, retention;
 //! - `reads`: chains as clients read them;
@@ -60,6 +61,7 @@ use crate::store::{Batch, ExpiryCursor, Lookup, Recovered};
 mod admin;
 mod admission;
 mod dispatch;
+mod fanout;
 mod lifecycle;
 mod periodic;
 mod reads;
@@ -364,6 +366,10 @@ pub struct Core {
     /// Task names with new defaults whose cold chains could not be read
     /// (see [`Core::warm_names`]).
     rerouting: Set<String>,
+    /// Work on child chains (groups, nested executors) left for the next
+    /// rounds, and when it may go on (see `fanout`).
+    follow_ups: VecDeque<fanout::FollowUp>,
+    follow_up_after: UnixMs,
     /// Chains with watchers, with how many: the driver holds their
     /// streams; the machine only needs to know whom to build events for.
     watched: Map<ChainId, usize>,
@@ -421,6 +427,8 @@ impl Core {
             task_defaults: recovered.task_defaults.into_iter().collect(),
             rerouting: Set::default(),
             apart: Map::default(),
+            follow_ups: VecDeque::new(),
+            follow_up_after: 0,
             watched: Map::default(),
             closed: Vec::new(),
             batch: Batch::new(),
@@ -531,6 +539,7 @@ impl Core {
             core.queues
                 .push_cold(queue, name, c.priority, c.chain, c.ready_ms);
         }
+        core.resume_fanout();
         core
     }
 

@@ -95,7 +95,7 @@ fn one_step(name: &str) -> ChainSpec {
             args: "[]".into(),
             kwargs: "{}".into(),
             immutable: true,
-            options: None,
+            ..Signature::default()
         }],
         ..ChainSpec::default()
     }
@@ -898,4 +898,105 @@ fn a_run_whose_worker_is_gone_is_claimed_only_by_that_worker() {
     let (kept, lost) = welcome(&mut core, &hello("t", 1, 0).name, 4);
     assert_eq!(kept, std::slice::from_ref(&task));
     assert!(lost.is_empty());
+}
+
+/// A chain whose one step is a group of `n` one-step members of `task`.
+fn group_of(task: &str, n: usize) -> ChainSpec {
+    let member = one_step(task).steps.remove(0);
+    ChainSpec {
+        steps: vec![Signature {
+            name: "group".into(),
+            args: "[]".into(),
+            kwargs: "{}".into(),
+            members: vec![member; n],
+            ..Signature::default()
+        }],
+        ..ChainSpec::default()
+    }
+}
+
+#[test]
+fn a_group_starts_its_members_a_slice_a_round_and_a_restart_goes_on_from_the_last_durable_slice() {
+    let (_dir, store, mut core) = empty_core();
+    let n = 2 * fanout::FANOUT_PER_ROUND + 50;
+    let parent = submit(&mut core, group_of("t", n));
+    end_round(&mut core);
+    let step = core.chains[&parent].steps[0].task();
+    // The parent's record keeps the count, not the members: it is written
+    // again with every member that ends.
+    use prost::Message as _;
+    assert_eq!(core.chains[&parent].steps[0].children as usize, n);
+    assert!(core.chains[&parent].encoded_len() < 400);
+
+    core.0.follow_up(1);
+    end_round(&mut core);
+    assert_eq!(
+        core.chains[&parent].steps[0].spawned as usize,
+        fanout::FANOUT_PER_ROUND,
+        "one slice a round"
+    );
+
+    // A crash now: recovery goes on from the slice that is on disk.
+    let mut core = Harness::recover(
+        store.clone(),
+        30_000,
+        0,
+        store.recover().expect("recover"),
+        2,
+    );
+    let waiting = &core.chains[&parent].steps[0];
+    assert_eq!(waiting.state(), StepState::Waiting);
+    assert_eq!(waiting.spawned as usize, fanout::FANOUT_PER_ROUND);
+    for _ in 0..3 {
+        core.0.follow_up(2);
+        end_round(&mut core);
+    }
+    assert_eq!(core.chains[&parent].steps[0].spawned as usize, n);
+    let member = |i: usize| ChainId::child(step, u32::try_from(i).expect("small"));
+    for i in 0..n {
+        let child = core.chain(member(i)).expect("every member started once");
+        assert_eq!(child.parent_chain_id, parent.to_string());
+        assert_eq!(child.member_index as usize, i);
+    }
+    assert!(matches!(core.chain(member(n)), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn a_group_whose_members_all_succeeded_before_a_crash_collects_them_after_it() {
+    let (_dir, store, mut core) = empty_core();
+    let parent = submit(&mut core, group_of("t", 3));
+    end_round(&mut core);
+    core.0.follow_up(1);
+    end_round(&mut core);
+    let (tx, mut rx) = mpsc::channel(16);
+    let worker = core.connect(hello("t", 8, 0), tx, 1);
+    core.dispatch(1);
+    end_round(&mut core);
+    let mut tasks = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToWorker::Assign(a) = msg {
+            tasks.push(a.task);
+        }
+    }
+    assert_eq!(tasks.len(), 3);
+    for task in tasks {
+        succeed(&mut core, worker, task, 2);
+    }
+    // The round that counted the last member is durable; the collection of
+    // the results (a later round) never ran.
+    end_round(&mut core);
+    let step = &core.chains[&parent].steps[0];
+    assert_eq!((step.members_done, step.members_ended), (3, 3));
+    let mut core = Harness::recover(
+        store.clone(),
+        30_000,
+        0,
+        store.recover().expect("recover"),
+        3,
+    );
+    core.0.follow_up(3);
+    end_round(&mut core);
+    let rec = core.chain(parent).expect("stored");
+    assert_eq!(rec.state(), ChainState::Succeeded);
+    assert_eq!(rec.result, "[1,1,1]");
 }

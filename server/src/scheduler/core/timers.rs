@@ -25,8 +25,14 @@ impl Core {
         self.timers.insert((at, self.timer_seq), timer);
     }
 
+    /// When the next timer is due, or work on child chains may go on
+    /// (see `fanout`).
     pub fn next_timer(&self) -> Option<UnixMs> {
-        self.timers.first_key_value().map(|((at, _), _)| *at)
+        let timer = self.timers.first_key_value().map(|((at, _), _)| *at);
+        match (timer, self.follow_up_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fires every timer due by `now`.

@@ -284,43 +284,7 @@ impl Core {
         };
         let eff = self.effective(rec, at);
         match outcome {
-            RunOutcome::Success(result) => {
-                // Split borrows: the step, the batch and the kept results.
-                let step = self
-                    .chains
-                    .get_mut(&chain_id)
-                    .expect("live chain")
-                    .step_mut(at);
-                step.set_state(StepState::Succeeded);
-                if let Some(failure) = step.failure.as_mut() {
-                    shorten_superseded(failure);
-                }
-                let result = if result.is_empty() {
-                    "null".into()
-                } else {
-                    result
-                };
-                step.result_bytes = u64::try_from(result.len()).unwrap_or(u64::MAX);
-                if result.len() > RESULT_APART_AFTER {
-                    // Written once, apart; the record only says so.
-                    step.result_apart = true;
-                    self.batch
-                        .put_result(&chain_id.to_string(), &step.task_id, &result);
-                    let kept = KeptResult {
-                        chain_id,
-                        result: Arc::from(result),
-                    };
-                    self.apart.insert(step.task(), kept);
-                } else {
-                    step.result = result;
-                }
-                step.finished_ms = now;
-                let name = step.name().to_owned();
-                self.task_metrics.get(&name).succeeded.inc();
-                self.event(chain_id, "step_succeeded", Some(at));
-                self.advance(chain_id, at, now);
-                self.prune_results(chain_id);
-            }
+            RunOutcome::Success(result) => self.succeed_step(chain_id, at, result, now),
             RunOutcome::Failure {
                 error_type,
                 message,
@@ -338,10 +302,7 @@ impl Core {
                     self.schedule(chain_id, at, now.saturating_add(delay));
                     self.event(chain_id, "step_retrying", Some(at));
                 } else {
-                    step.set_state(StepState::Failed);
-                    step.finished_ms = now;
-                    self.event(chain_id, "step_failed", Some(at));
-                    self.fail_chain(chain_id, record, now);
+                    self.fail_step(chain_id, at, record, now);
                 }
             }
             RunOutcome::RetryLater { delay_ms, message } => {
@@ -354,18 +315,63 @@ impl Core {
                     );
                     let record =
                         self.failure_of(chain_id, at, run.attempt, "PollBudgetExhausted", &msg, "");
-                    let step = self.live_step(chain_id, at);
-                    step.set_state(StepState::Failed);
-                    step.failure = Some(record.clone());
-                    step.finished_ms = now;
-                    self.event(chain_id, "step_failed", Some(at));
-                    self.fail_chain(chain_id, record, now);
+                    self.fail_step(chain_id, at, record, now);
                 } else {
                     self.schedule(chain_id, at, now.saturating_add(delay_ms));
                     self.event(chain_id, "step_polling", Some(at));
                 }
             }
         }
+        self.touch(chain_id);
+    }
+
+    /// A step succeeded with `result` (JSON text; empty reads as null):
+    /// a run's, or a group's or nested executor's (see `fanout`). The next
+    /// step's turn, the next phase, or the chain's end.
+    pub(super) fn succeed_step(
+        &mut self,
+        chain_id: ChainId,
+        at: StepAt,
+        result: String,
+        now: UnixMs,
+    ) {
+        // Split borrows: the step, the batch and the kept results.
+        let step = self
+            .chains
+            .get_mut(&chain_id)
+            .expect("live chain")
+            .step_mut(at);
+        step.set_state(StepState::Succeeded);
+        if let Some(failure) = step.failure.as_mut() {
+            shorten_superseded(failure);
+        }
+        let result = if result.is_empty() {
+            "null".into()
+        } else {
+            result
+        };
+        step.result_bytes = u64::try_from(result.len()).unwrap_or(u64::MAX);
+        if result.len() > RESULT_APART_AFTER {
+            // Written once, apart; the record only says so.
+            step.result_apart = true;
+            self.batch
+                .put_result(&chain_id.to_string(), &step.task_id, &result);
+            let kept = KeptResult {
+                chain_id,
+                result: Arc::from(result),
+            };
+            self.apart.insert(step.task(), kept);
+        } else {
+            step.result = result;
+        }
+        step.finished_ms = now;
+        if !step.has_children() {
+            let name = step.name().to_owned();
+            self.task_metrics.get(&name).succeeded.inc();
+        }
+        self.event(chain_id, "step_succeeded", Some(at));
+        self.advance(chain_id, at, now);
+        self.prune_results(chain_id);
         self.touch(chain_id);
     }
 

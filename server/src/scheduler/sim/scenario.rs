@@ -121,6 +121,7 @@ fn signature(rng: &mut Rng, main: bool) -> Signature {
         kwargs: "{}".into(),
         immutable: rng.chance(1, 2),
         options: (o != Options::default()).then_some(o),
+        ..Signature::default()
     }
 }
 
@@ -161,5 +162,7 @@ pub fn chain(rng: &mut Rng, now: UnixMs) -> ChainSpec {
         },
         owner: String::new(),
         chain_id: rng.chance(17, 20).then(|| ChainId::from_uuid(rng.uuid())),
+        parent: None,
+        input: None,
     }
 }

@@ -78,7 +78,7 @@ pub enum Cmd {
 
 /// A client waiting for an answer.
 enum Pending {
-    Submit(oneshot::Receiver<Result<Submitted, Error>>, ChainSpec),
+    Submit(oneshot::Receiver<Result<Submitted, Error>>, Box<ChainSpec>),
     SubmitMany(
         oneshot::Receiver<Result<Vec<Submitted>, Error>>,
         Vec<ChainSpec>,
@@ -450,6 +450,7 @@ impl World {
             self.stats.events += 1;
         }
         self.driver.fire_timers(self.now);
+        self.driver.follow_up(self.now);
         if self.disk.fault().is_none() {
             self.driver.sweep(self.now);
         }
@@ -566,7 +567,7 @@ impl World {
                             .handle(Command::Submit(spec.clone(), tx), None, &LIMITS, now)
                     }
                 }
-                self.pending.push(Pending::Submit(rx, spec));
+                self.pending.push(Pending::Submit(rx, Box::new(spec)));
             }
             Cmd::SubmitMany(specs) => {
                 trace!(
@@ -769,7 +770,7 @@ impl World {
                         self.model
                             .submitted(&spec, s.chain_id, s.dedup, &self.driver)?;
                     }
-                    Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.push(spec),
+                    Ok(Err(_)) | Err(TryRecvError::Closed) => self.unanswered.push(*spec),
                 },
                 Pending::SubmitMany(mut rx, specs) => match rx.try_recv() {
                     Err(TryRecvError::Empty) => still.push(Pending::SubmitMany(rx, specs)),

@@ -145,11 +145,28 @@ def test_unknown_options_are_refused_or_kept_as_attributes():
     assert custom.my_flag is True
 
 
-def test_group_and_chord_refuse_clearly():
-    with pytest.raises(NotImplementedError, match="no fan-out"):
-        group(plain.s(1), plain.s(2))
-    with pytest.raises(NotImplementedError, match="no fan-out"):
-        chord([plain.s(1)])
+def test_group_and_chord_build_one_group_step(captured):
+    group(plain.s(1), plain.s(2)).delay(0)
+    step = captured[-1].steps[0]
+    assert [m.args for m in step.members] == ["[0,1]", "[0,2]"]  # partials go first, as in Celery
+    chord([plain.s(1), plain.s(2)])(plain.s())
+    request = captured[-1]
+    assert len(request.steps) == 2 and len(request.steps[0].members) == 2
+    (group([plain.s(3)]) | plain.s()).apply_async(countdown=5)
+    assert captured[-1].steps[0].members[0].options.countdown_ms == 5000
+
+
+def test_a_chain_with_its_own_callbacks_inside_another_is_a_nested_executor(captured):
+    inner = chain(plain.si(1))
+    inner.link(plain.si("ok"))
+    inner.link_error(errback.s("erred"))
+    chain(plain.si(0), inner).delay()
+    request = captured[-1]
+    nested = request.steps[1].executor
+    assert [s.name for s in nested.on_success] == [plain.name]
+    assert [s.name for s in nested.on_failure] == [errback.name]
+    # Its errback is Celery's: it is called with the failed task's id.
+    assert request.context[ERRBACK_CONTEXT_KEY] == "task_id"
 
 
 # -- tasks --------------------------------------------------------------------------------
@@ -311,8 +328,9 @@ def test_executor_hooks():
 
     assert Create.serialize_instance(_Model()) == "openstack.volume:7"
     assert Create.heavy(_Model())
-    with pytest.raises(NotImplementedError, match="nested executors"):
-        Create.as_signature(_Model())
+    step = Create.as_signature(_Model()).to_pb()
+    assert step.name == "Create"
+    assert step.executor.steps[0].args == '["openstack.volume:7"]'
     with pytest.raises(NotImplementedError, match="get_task_signature"):
         BaseExecutor.get_task_signature(_Model(), "x")
 
@@ -365,3 +383,16 @@ def test_current_task_is_the_running_celery_task():
         return bool(current_task), current_task.name, current_task.request.id
 
     assert run_as_worker(which, [], task_id="t-42") == (True, "compat.current", "t-42")
+
+
+def test_rate_limit_is_the_brokers_rate_across_every_worker(captured):
+    _reset_warnings()
+    with pytest.warns(CeleryCompatWarning, match="across every worker"):
+
+        @shared_task(name="compat.rated", rate_limit="10/s")
+        def rated():
+            pass
+
+    rated.delay()
+    rate = captured[-1].steps[0].options.throttle.rate
+    assert (rate.count, rate.period_ms) == (10, 1000)
