@@ -54,6 +54,10 @@ fn test_worker(addr: &str, journal: &Journal) -> TestWorker {
                 let list: Vec<i64> = ctx.arg(0)?;
                 Ok(json!(list.iter().sum::<i64>()))
             })
+            .task("len", |ctx: TaskContext| async move {
+                let text: String = ctx.arg(0)?;
+                Ok(json!(text.len()))
+            })
             .task("echo", |ctx: TaskContext| async move {
                 Ok(ctx.args.first().cloned().unwrap_or(Value::Null))
             })
@@ -328,6 +332,43 @@ async fn a_group_of_10000_members_ends_with_every_result_in_order() {
     .unwrap();
     assert_eq!(list, (0..10_000).collect::<Vec<_>>());
     assert_eq!(chain.steps[0].child_chain_ids.len(), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_reaches_every_member_of_a_large_group() {
+    let broker = TestBroker::start().await;
+    let journal = Journal::default();
+    let client = broker.client().await;
+    // 1,500 members: past the queue line kept in memory, so most wait
+    // cold on disk and read the value back when their turn comes.
+    let len = Task::new("len");
+    let members: Vec<_> = (0..1500).map(|_| len.s(())).collect();
+    let id = client
+        .submit(Chain::new([Task::new("big").si([20_000]), group(members)]))
+        .await
+        .unwrap()
+        .chain_id;
+    let bigger = TestWorker::spawn(worker(&broker.addr, "big").task(
+        "big",
+        |ctx: TaskContext| async move {
+            let n: usize = ctx.arg(0)?;
+            Ok(json!("x".repeat(n)))
+        },
+    ));
+    // The members' worker connects once every member waits.
+    let started = std::time::Instant::now();
+    while client.get(&id).await.unwrap().steps[1]
+        .child_chain_ids
+        .len()
+        < 1500
+    {
+        assert!(started.elapsed() < PATIENCE, "the members never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bigger.stop().await;
+    let _w = test_worker(&broker.addr, &journal);
+    let outcome = client.wait_timeout(&id, PATIENCE).await.unwrap();
+    assert_eq!(outcome, ChainOutcome::Succeeded(json!(vec![20_000; 1500])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,6 +204,9 @@ pub struct ChainSpec {
     /// JSON text the first step receives as the carried value (a mutable
     /// group or executor hands its previous step's result to its children).
     pub input: Option<String>,
+    /// The carried value is stored once under the parent instead (see the
+    /// scheduler's `fanout`): `input` is then empty.
+    pub input_apart: bool,
 }
 
 /// A periodic schedule as the store keeps it: when it fires (see
@@ -286,6 +289,7 @@ impl ScheduleRecord {
             chain_id: None,
             parent: None,
             input: None,
+            input_apart: false,
         }
     }
 }
@@ -407,6 +411,11 @@ pub struct ChainRecord {
     /// value, as JSON text.
     #[prost(string, optional, tag = "26")]
     pub input: Option<String>,
+    /// Set on a child chain whose carried value is large: it is stored
+    /// once under its parent, not in every child's record (see the
+    /// scheduler's `fanout`).
+    #[prost(bool, tag = "27")]
+    pub input_apart: bool,
 }
 
 /// Where a cold chain waits (see `Core::cool`): what recovery needs to
@@ -493,6 +502,7 @@ impl ChainRecord {
                 .unwrap_or_default(),
             member_index: spec.parent.as_ref().map_or(0, |p| p.member),
             input: spec.input,
+            input_apart: spec.input_apart,
             ..Default::default()
         }
     }

@@ -464,6 +464,7 @@ pub fn chain_spec(req: pb::SubmitChainRequest, limits: &Limits) -> Result<ChainS
         chain_id,
         parent: None,
         input: None,
+        input_apart: false,
     })
 }
 

@@ -351,7 +351,8 @@ impl Core {
             },
             owner: original.owner.clone(),
             parent: None,
-            input: original.input.clone(),
+            input: self.input_of(reads, &original)?,
+            input_apart: false,
         };
         let new_id = self.create(spec, now);
         if let Some(rec) = self.chains.get_mut(&new_id) {

@@ -257,7 +257,10 @@ impl Core {
                 tracing::error!(chain.id = %chain_id, why, "a cold chain's record is corrupt: it is lost");
                 return Err(Unwarmed::Missing);
             }
-            Ok(Some(rec)) => match self.results_apart_of(reads, &rec) {
+            Ok(Some(rec)) => match self
+                .results_apart_of(reads, &rec)
+                .and_then(|results| self.load_input(reads, &rec).map(|()| results))
+            {
                 Ok(results) => {
                     self.apart.extend(results);
                     rec

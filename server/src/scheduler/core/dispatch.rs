@@ -288,7 +288,7 @@ impl Core {
         let carried = if rec.step(at).signature().immutable {
             None
         } else {
-            rec.carried_value(at, |s| self.kept_result(s))
+            self.carried(rec, at)
         };
         let worker_name = self.workers[&worker_id].name.clone();
         let lease_deadline = self.lease_deadline(now);

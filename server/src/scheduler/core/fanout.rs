@@ -35,6 +35,12 @@ use super::*;
 /// Most child chains one round starts, reads the result of, or cancels.
 pub(super) const FANOUT_PER_ROUND: usize = 100;
 
+/// A group's or executor's carried value longer than this is stored once
+/// under its parent rather than in each child's record: a 1 MB result
+/// handed to a group of 10,000 would otherwise be 10 GB of records, each
+/// written again at every step of its child.
+pub(super) const INPUT_APART_AFTER: usize = 1024;
+
 /// How long work on child chains waits after the store could not be read.
 const BLOCKED_RETRY_MS: u64 = 100;
 
@@ -218,13 +224,26 @@ impl Core {
         let input = if members.immutable {
             None
         } else {
-            rec.carried_value(at, |s| self.kept_result(s))
-                .map(|v| v.to_string())
+            self.carried(rec, at).map(|v| v.to_string())
         };
         let from = step.spawned;
         let to = from.saturating_add(slice(*budget)).min(step.children);
+        let (input, apart) = match input {
+            Some(text) if text.len() > INPUT_APART_AFTER => {
+                if from == 0 {
+                    self.batch.put_result(&rec.id, &input_key(step_id), &text);
+                }
+                self.inputs.insert(step_id, Arc::from(text));
+                (None, true)
+            }
+            other => (other, false),
+        };
+        let rec = &self.chains[&chain_id];
         let specs: Vec<ChainSpec> = (from..to)
-            .map(|member| child_spec(rec, step_id, &members, member, input.clone()))
+            .map(|member| ChainSpec {
+                input_apart: apart,
+                ..child_spec(rec, step_id, &members, member, input.clone())
+            })
             .collect();
         for spec in specs {
             self.create(spec, now);
@@ -290,6 +309,7 @@ impl Core {
         } else {
             format!("[{}]", results.join(","))
         };
+        self.inputs.remove(&step_id);
         self.succeed_step(chain_id, at, result, now);
         Progress::Done
     }
@@ -336,6 +356,9 @@ impl Core {
         if !waiting {
             // The step ended before this child did (failed, cancelled):
             // the parent leaves memory once its last child ended.
+            if self.chains[&parent_id].step(at).children_out() == 0 {
+                self.inputs.remove(&parent.task_id);
+            }
             return self.retire_if_done(parent_id, now);
         }
         match outcome {
@@ -380,6 +403,7 @@ impl Core {
     pub(super) fn cancel_children(&mut self, chain_id: ChainId, at: StepAt, reason: String) {
         let step = self.chains[&chain_id].step(at);
         if step.children_out() == 0 {
+            self.inputs.remove(&step.task());
             return;
         }
         self.follow_ups.push_back(FollowUp::Cancel {
@@ -403,6 +427,71 @@ impl Core {
             rec.result.clone()
         };
         if text.is_empty() { "null".into() } else { text }
+    }
+
+    /// The value a mutable step at `at` of `rec` receives first: a child
+    /// chain's first step takes its input (stored apart under its parent
+    /// when large), any other step as [`ChainRecord::carried_value`] says.
+    pub(super) fn carried(&self, rec: &ChainRecord, at: StepAt) -> Option<serde_json::Value> {
+        if rec.input_apart && at.phase == Phase::Main && at.index == 0 {
+            let text = rec.parent().and_then(|p| self.inputs.get(&p.task_id));
+            if text.is_none() {
+                tracing::error!(chain.id = %rec.id, "a child chain's input is not in memory; its first step gets none");
+            }
+            return text.map(|t| serde_json::from_str(t).unwrap_or(serde_json::Value::Null));
+        }
+        rec.carried_value(at, |s| self.kept_result(s))
+    }
+
+    /// Reads the input of a child chain stored apart under its parent into
+    /// memory, if `rec` has one and it is not there yet.
+    pub(super) fn load_input(
+        &mut self,
+        reads: &dyn Lookup,
+        rec: &ChainRecord,
+    ) -> Result<(), crate::store::Error> {
+        let Some(parent) = rec.parent().filter(|_| rec.input_apart) else {
+            return Ok(());
+        };
+        if self.inputs.contains_key(&parent.task_id) {
+            return Ok(());
+        }
+        match reads.result(
+            &self.batch,
+            &parent.chain_id.to_string(),
+            &input_key(parent.task_id),
+        )? {
+            Some(text) => {
+                self.inputs.insert(parent.task_id, Arc::from(text));
+            }
+            None => {
+                tracing::error!(chain.id = %rec.id, "a child chain's input is missing from the store");
+            }
+        }
+        Ok(())
+    }
+
+    /// The input a child chain's first step receives, as JSON text, read
+    /// from the store when it is stored apart (a requeued child takes it
+    /// into its own record).
+    pub(super) fn input_of(
+        &self,
+        reads: &dyn Lookup,
+        rec: &ChainRecord,
+    ) -> Result<Option<String>, Error> {
+        let Some(parent) = rec.parent().filter(|_| rec.input_apart) else {
+            return Ok(rec.input.clone());
+        };
+        if let Some(text) = self.inputs.get(&parent.task_id) {
+            return Ok(Some(text.to_string()));
+        }
+        reads
+            .result(
+                &self.batch,
+                &parent.chain_id.to_string(),
+                &input_key(parent.task_id),
+            )
+            .map_err(|e| Error::Store(e.to_string()))
     }
 
     /// After recovery: the work on child chains that a stop cut short.
@@ -436,6 +525,12 @@ impl Core {
         }
         self.follow_ups.extend(work);
     }
+}
+
+/// Where a group's or executor's input stored apart is kept: with its
+/// parent chain's results, under its step's task id.
+fn input_key(step: TaskId) -> String {
+    format!("{step}.input")
 }
 
 /// How many children a budget allows, as a member count.

@@ -370,6 +370,10 @@ pub struct Core {
     /// rounds, and when it may go on (see `fanout`).
     follow_ups: VecDeque<fanout::FollowUp>,
     follow_up_after: UnixMs,
+    /// The carried values of groups and executors stored apart (see
+    /// `fanout::INPUT_APART_AFTER`), by their step's task id, while any of
+    /// their children may still start.
+    inputs: Map<TaskId, Arc<str>>,
     /// Chains with watchers, with how many: the driver holds their
     /// streams; the machine only needs to know whom to build events for.
     watched: Map<ChainId, usize>,
@@ -429,6 +433,7 @@ impl Core {
             apart: Map::default(),
             follow_ups: VecDeque::new(),
             follow_up_after: 0,
+            inputs: Map::default(),
             watched: Map::default(),
             closed: Vec::new(),
             batch: Batch::new(),
@@ -470,6 +475,9 @@ impl Core {
                 Err(e) => {
                     tracing::error!(chain.id = %chain.id, cause = %e, "cannot read the results this chain hands on");
                 }
+            }
+            if let Err(e) = core.load_input(reads, &chain) {
+                tracing::error!(chain.id = %chain.id, cause = %e, "cannot read the value this child chain's first step receives");
             }
             core.index_chain(chain);
         }

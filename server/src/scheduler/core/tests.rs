@@ -1000,3 +1000,68 @@ fn a_group_whose_members_all_succeeded_before_a_crash_collects_them_after_it() {
     assert_eq!(rec.state(), ChainState::Succeeded);
     assert_eq!(rec.result, "[1,1,1]");
 }
+
+#[test]
+fn a_large_value_handed_to_a_group_is_stored_once_and_reaches_every_member_after_a_restart() {
+    let (_dir, store, mut core) = empty_core();
+    let mut spec = group_of("t", 3);
+    let mut group = spec.steps.remove(0);
+    for member in &mut group.members {
+        member.immutable = false; // each takes the value handed on
+    }
+    spec.steps = vec![one_step("t").steps.remove(0), group];
+    let parent = submit(&mut core, spec);
+    end_round(&mut core);
+    let (tx, mut rx) = mpsc::channel(16);
+    let worker = core.connect(hello("t", 8, 0), tx, 1);
+    core.dispatch(1);
+    end_round(&mut core);
+    let Some(ToWorker::Assign(first)) =
+        std::iter::from_fn(|| rx.try_recv().ok()).find(|m| matches!(m, ToWorker::Assign(_)))
+    else {
+        panic!("the first step is assigned");
+    };
+    let big = format!("\"{}\"", "x".repeat(5000));
+    let outcome = RunOutcome::Success(big.clone());
+    core.on_worker_message(
+        worker,
+        FromWorker::Outcome {
+            task: first.task,
+            outcome,
+        },
+        2,
+    );
+    end_round(&mut core);
+    core.0.follow_up(2);
+    end_round(&mut core);
+    let step = core.chains[&parent].steps[1].task();
+    use prost::Message as _;
+    for member in 0..3 {
+        let child = &core.chains[&ChainId::child(step, member)];
+        assert!(child.input_apart && child.input.is_none());
+        assert!(child.encoded_len() < 1000, "{}", child.encoded_len());
+    }
+
+    // A crash: the members' first steps still receive the value.
+    let mut core = Harness::recover(
+        store.clone(),
+        30_000,
+        0,
+        store.recover().expect("recover"),
+        3,
+    );
+    let (tx, mut rx) = mpsc::channel(16);
+    core.connect(hello("t", 8, 0), tx, 3);
+    core.dispatch(3);
+    end_round(&mut core);
+    let args: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+        .filter_map(|m| match m {
+            ToWorker::Assign(a) => Some(a.args),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args.len(), 3);
+    for a in args {
+        assert_eq!(a, format!("[{big}]"));
+    }
+}

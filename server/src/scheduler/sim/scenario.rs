@@ -164,5 +164,6 @@ pub fn chain(rng: &mut Rng, now: UnixMs) -> ChainSpec {
         chain_id: rng.chance(17, 20).then(|| ChainId::from_uuid(rng.uuid())),
         parent: None,
         input: None,
+        input_apart: false,
     }
 }
