@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::{Chain, ChainOutcome, Executor, Task, group, pb};
+use baton::{Chain, ChainOutcome, Executor, Task, Throttle, group, pb};
 use baton_worker::{TaskContext, TaskError};
 use common::*;
 use serde_json::{Value, json};
@@ -369,6 +369,42 @@ async fn a_large_value_reaches_every_member_of_a_large_group() {
     let _w = test_worker(&broker.addr, &journal);
     let outcome = client.wait_timeout(&id, PATIENCE).await.unwrap();
     assert_eq!(outcome, ChainOutcome::Succeeded(json!(vec![20_000; 1500])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_run_under_the_chain_scoped_slot_their_parent_holds() {
+    let broker = TestBroker::start().await;
+    let journal = Journal::default();
+    let _w = test_worker(&broker.addr, &journal);
+    let client = broker.client().await;
+    // Waldur's per-tenant limit of 1, held by the instance executor from
+    // its first step, and declared again by the nested volume executors:
+    // they run under the instance's slot instead of waiting for a second.
+    let tenant = Throttle::new(1).key("tenant:1").shared().chain_scoped();
+    let add = Task::new("add");
+    let volume = |n: i64| Executor::new(add.si((n, 0)).throttle(tenant.clone())).into();
+    let id = client
+        .submit(Chain::new([
+            add.si((1, 1)).throttle(tenant.clone()),
+            group([volume(1), volume(2)]),
+        ]))
+        .await
+        .unwrap()
+        .chain_id;
+    assert_eq!(
+        ended(&client, &id).await,
+        ChainOutcome::Succeeded(json!([1, 2]))
+    );
+    // The slot is free again: another chain of the tenant runs.
+    let next = client
+        .submit(Chain::new(add.si((2, 2)).throttle(tenant.clone())))
+        .await
+        .unwrap()
+        .chain_id;
+    assert_eq!(
+        ended(&client, &next).await,
+        ChainOutcome::Succeeded(json!(4))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

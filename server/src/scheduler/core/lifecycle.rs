@@ -165,7 +165,7 @@ impl Core {
         };
         let identity = Identity::of(step.name(), &throttle);
         let chain_scoped = throttle.scope() == ThrottleScope::Chain;
-        if chain_scoped && rec.chain_holds.contains(&identity) {
+        if chain_scoped && self.chain_holds(rec, &identity) {
             return self.enqueue(chain_id, at, now);
         }
         let step = self.live_step(chain_id, at);
@@ -180,6 +180,27 @@ impl Core {
             (Holder::Task(task_id), Ticket::Enqueue { task_id })
         };
         self.wait_for_slot(identity, &throttle, holder, ticket, now);
+    }
+
+    /// Whether a chain holds the chain-scoped slot of `identity`: itself,
+    /// or the chain whose group or executor it is part of (a member runs
+    /// under its parent's slots; waiting for a second slot of the same
+    /// identity, it could wait for ever on the parent that waits for it).
+    fn chain_holds(&self, rec: &ChainRecord, identity: &Identity) -> bool {
+        let mut rec = rec;
+        loop {
+            if rec.chain_holds.contains(identity) {
+                return true;
+            }
+            let parent = rec
+                .parent()
+                .and_then(|p| self.tasks.get(&p.task_id))
+                .and_then(|(chain_id, _)| self.chains.get(chain_id));
+            match parent {
+                Some(parent) => rec = parent,
+                None => return false,
+            }
+        }
     }
 
     pub(super) fn enqueue(&mut self, chain_id: ChainId, at: StepAt, now: UnixMs) {

@@ -30,8 +30,9 @@
 //! - **clients**: chains of 1 to 4 steps with callbacks, declared
 //!   throttles (task- and chain-scoped, keys shared across names),
 //!   idempotency and unique keys, countdowns, deadlines, time limits and
-//!   retries; batches; re-sent submissions; cancellations, requeues,
-//!   limit changes, queue pauses.
+//!   retries; some steps are groups or nested executors (their members run
+//!   as child chains); batches; re-sent submissions; cancellations,
+//!   requeues, limit changes, queue pauses.
 //!
 //! After every step (`model.rs`, `worker.rs`) the guarantees of
 //! `docs/design.md` are checked against what clients and workers saw:
@@ -57,7 +58,10 @@
 //! - *routing* (5): each assignment comes from the queue its step routes
 //!   to, to a worker subscribed to it that registered the name;
 //! - *order* (6): a step is assigned only once the success of the step
-//!   before it is durable (its accepted `Ack` left the broker);
+//!   before it is durable (its accepted `Ack` left the broker; for a group
+//!   or executor, those of every step of its child chains), and a child
+//!   chain's first step only once the step before its parent's group is;
+//!   a succeeded chain's groups had every member succeed;
 //! - *unique work* (7): an idempotency key always answers its first chain;
 //!   no chain is created under a unique key while another runs;
 //! - *bad input* (8): a Hello's claims of other workers' runs are lost;
@@ -193,6 +197,8 @@ fn simulated_runs_keep_the_guarantees() {
                 total.crashes += stats.crashes;
                 total.chains += stats.chains;
                 total.ended += stats.ended;
+                total.with_children += stats.with_children;
+                total.with_children_succeeded += stats.with_children_succeeded;
                 total.lies += stats.lies;
                 total.flushes += stats.flushes;
                 total.repairs += stats.repairs;

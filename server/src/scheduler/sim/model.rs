@@ -32,6 +32,9 @@ pub struct StepInfo {
     /// The chain-scoped slot its chain holds while it runs, when the model
     /// is sure it does.
     pub chain_hold: Option<Identity>,
+    /// A group or nested executor: how many child chains it has (their
+    /// ids are `ChainId::child(task_id, i)`); 0 for a task.
+    pub children: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +42,8 @@ pub struct ChainInfo {
     pub main: Vec<StepInfo>,
     pub on_success: Vec<StepInfo>,
     pub on_failure: Vec<StepInfo>,
+    /// A child chain: whose step it is part of.
+    pub parent: Option<Parent>,
 }
 
 impl ChainInfo {
@@ -64,6 +69,7 @@ impl ChainInfo {
                     queue: eff.queue.clone(),
                     declared: scoped(false),
                     chain_hold: hold.clone(),
+                    children: step.children,
                 });
             }
             (out, hold)
@@ -76,6 +82,7 @@ impl ChainInfo {
             main,
             on_success,
             on_failure,
+            parent: rec.parent(),
         }
     }
 
@@ -173,6 +180,68 @@ impl Model {
         Ok(&self.chains[&chain_id])
     }
 
+    /// The step whose success must be durable before step `at` of chain
+    /// `chain_id` may start: the step before it, or for a child chain's
+    /// first step, the one before its parent's group or executor step.
+    fn upstream(
+        &mut self,
+        chain_id: ChainId,
+        at: StepAt,
+        core: &Driver,
+    ) -> Result<Option<StepInfo>, Violation> {
+        let info = self.info(chain_id, core)?.clone();
+        if let Some(pred) = info.predecessor(at) {
+            return Ok(Some(pred.clone()));
+        }
+        let Some(parent) = info
+            .parent
+            .filter(|_| at.phase == Phase::Main && at.index == 0)
+        else {
+            return Ok(None);
+        };
+        let outer = self.info(parent.chain_id, core)?.clone();
+        let place = [Phase::Main, Phase::OnSuccess, Phase::OnFailure]
+            .into_iter()
+            .flat_map(|phase| {
+                outer
+                    .phase(phase)
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, s)| (StepAt { phase, index }, s.task_id))
+            })
+            .find(|(_, task_id)| *task_id == parent.task_id)
+            .map(|(at, _)| at);
+        match place {
+            Some(at) => self.upstream(parent.chain_id, at, core),
+            None => Err(format!(
+                "chain {chain_id} names a parent step {} that chain {} does not have",
+                parent.task_id, parent.chain_id
+            )),
+        }
+    }
+
+    /// Whether a step's success is durable: a task's accepted `Ack` left
+    /// the broker; a group's or executor's child chains all had their
+    /// steps (and on_success) succeed durably.
+    fn durably_succeeded(&mut self, step: &StepInfo, core: &Driver) -> Result<bool, Violation> {
+        if step.children == 0 {
+            return Ok(self.durable_success.contains(&step.task_id));
+        }
+        for member in 0..step.children {
+            let child = ChainId::child(step.task_id, member);
+            if core.chain(child).is_err() {
+                return Ok(false);
+            }
+            let info = self.info(child, core)?.clone();
+            for s in info.main.iter().chain(&info.on_success) {
+                if !self.durably_succeeded(s, core)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// A worker received an assignment: routing (5), order (6), a step run
     /// again after its success was durable (2), a step of a cancelled chain
     /// (3). Returns the step.
@@ -201,8 +270,8 @@ impl Model {
                 a.task.task_id, a.name, step.queue, a.queue, to.name, to.queues, to.names
             ));
         }
-        if let Some(pred) = info.predecessor(a.at)
-            && !self.durable_success.contains(&pred.task_id)
+        if let Some(pred) = self.upstream(a.chain_id, a.at, core)?
+            && !self.durably_succeeded(&pred, core)?
         {
             return Err(format!(
                 "order (guarantee 6): step {:?} of chain {} (task {}) was assigned before the success of the step before it (task {}) was durable",
@@ -375,8 +444,15 @@ impl Model {
             }
         }
         for (identity, holders) in &broker {
+            // An identity new to the table since the last check took its
+            // holders under its declared limit, which an admin limit set
+            // later in the same round may have lowered.
+            let before = match self.limits_before.get(identity) {
+                Some(limit) => *limit,
+                None => scenario::limit(identity),
+            };
             let limit = limits[identity]
-                .max(self.limits_before.get(identity).copied().unwrap_or(0))
+                .max(before)
                 .max(self.limits_set.get(identity).copied().unwrap_or(0));
             let before = self.broker_before.get(identity);
             let joined = holders
@@ -421,7 +497,7 @@ impl Model {
         match rec.state() {
             ChainState::Succeeded => {
                 for step in info.main.iter().chain(&info.on_success) {
-                    if !self.durable_success.contains(&step.task_id) {
+                    if !self.durably_succeeded(step, core)? {
                         return Err(format!(
                             "chain {id} succeeded, but no worker's success of its step {} ({}) was acknowledged",
                             step.task_id, step.name

@@ -125,9 +125,63 @@ fn signature(rng: &mut Rng, main: bool) -> Signature {
     }
 }
 
+/// A group (members side by side) or a nested executor, of 1 to 3 tasks
+/// drawn as callbacks are (a member never takes the chain-scoped `prov`:
+/// the parent may hold it, see `Core::chain_holds`, and the model counts
+/// holders by chain), one of them sometimes an executor itself.
+fn composite(rng: &mut Rng) -> Signature {
+    let tasks = |rng: &mut Rng| -> Vec<Signature> {
+        (0..rng.range(1, 3))
+            .map(|_| signature(rng, false))
+            .collect()
+    };
+    let executor = |rng: &mut Rng| Executor {
+        steps: tasks(rng),
+        on_success: if rng.chance(1, 3) {
+            tasks(rng)
+        } else {
+            Vec::new()
+        },
+        on_failure: if rng.chance(1, 3) {
+            tasks(rng)
+        } else {
+            Vec::new()
+        },
+    };
+    if rng.chance(1, 3) {
+        return Signature {
+            name: "executor".into(),
+            executor: Some(executor(rng)),
+            ..Signature::default()
+        };
+    }
+    let mut members = tasks(rng);
+    if rng.chance(1, 4) {
+        members.push(Signature {
+            name: "executor".into(),
+            executor: Some(executor(rng)),
+            ..Signature::default()
+        });
+    }
+    Signature {
+        name: "group".into(),
+        immutable: rng.chance(1, 2),
+        members,
+        ..Signature::default()
+    }
+}
+
 /// A random chain submitted at `now`.
 pub fn chain(rng: &mut Rng, now: UnixMs) -> ChainSpec {
-    let steps = (0..rng.range(1, 4)).map(|_| signature(rng, true)).collect();
+    let steps = (0..rng.range(1, 4))
+        .map(|_| {
+            if rng.chance(1, 8) {
+                composite(rng)
+            } else {
+                signature(rng, true)
+            }
+        })
+        .collect();
     let callbacks = |rng: &mut Rng| -> Vec<Signature> {
         if rng.chance(1, 2) {
             Vec::new()

@@ -99,6 +99,10 @@ pub struct Stats {
     pub crashes: u64,
     pub chains: u64,
     pub ended: u64,
+    /// Of those, chains with a group or nested executor step, and how many
+    /// of those ended succeeded.
+    pub with_children: u64,
+    pub with_children_succeeded: u64,
     pub lies: u64,
     pub flushes: u64,
     pub repairs: u64,
@@ -992,6 +996,11 @@ impl World {
                 .map_err(|e| format!("chain {id} cannot be read at the end: {e}"))?;
             self.model.check_end(&rec, &self.driver)?;
             self.stats.ended += 1;
+            if rec.all_steps().any(|(_, s)| s.has_children()) {
+                self.stats.with_children += 1;
+                self.stats.with_children_succeeded +=
+                    u64::from(rec.state() == ChainState::Succeeded);
+            }
         }
         Ok(())
     }
