@@ -943,6 +943,33 @@ impl Admin {
             .await
     }
 
+    /// One page of the chains in `state`, newest first (running ones by
+    /// creation, ended ones by when they ended); pass the response's
+    /// `next_page_token` to get the next page (empty: no more).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`], `INVALID_ARGUMENT` for an unspecified state or a
+    /// page token the broker did not hand out for this state.
+    pub async fn list_chains(
+        &self,
+        state: pb::ChainState,
+        page_size: u32,
+        page_token: impl Into<String>,
+    ) -> Result<pb::ListChainsResponse> {
+        let request = pb::ListChainsRequest {
+            state: state as i32,
+            page_size,
+            page_token: page_token.into(),
+        };
+        self.client
+            .call(|mut s| {
+                let request = request.clone();
+                async move { s.admin.list_chains(request).await }
+            })
+            .await
+    }
+
     /// Submits a failed chain again as a new chain; returns the new
     /// chain's id.
     ///

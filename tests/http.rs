@@ -63,6 +63,22 @@ async fn the_json_api_answers_as_grpc_does() {
     assert_eq!(chain["steps"][0]["args"], serde_json::json!([1, "a"]));
     let (_, body) = call(addr, "GET", "/api/v1/chains?q=k", "").await;
     assert!(body.contains(&id), "{body}");
+    // Listed among the running chains (no worker runs t.one), not among
+    // the succeeded ones.
+    let (status, body) = call(addr, "GET", "/api/v1/chains?state=CHAIN_STATE_RUNNING", "").await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["chains"][0]["chain_id"], id.as_str(), "{body}");
+    let (status, body) = call(
+        addr,
+        "GET",
+        "/api/v1/chains?state=CHAIN_STATE_SUCCEEDED",
+        "",
+    )
+    .await;
+    assert_eq!((status, body.contains(&id)), (200, false), "{body}");
+    let (status, body) = call(addr, "GET", "/api/v1/chains?state=DONE", "").await;
+    assert_eq!(status, 400, "{body}");
 
     // A group over HTTP: its step shows its members and their chains, and
     // each member its parent.

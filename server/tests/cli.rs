@@ -860,6 +860,72 @@ async fn purge_cancels_the_chains_of_ready_tasks_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_are_listed_by_state_newest_first() {
+    let broker = Broker::start().await;
+    let fail = Arc::new(AtomicBool::new(false));
+    let _worker = spawn_worker(&broker.addr, "w-list", fail.clone());
+    let mut succeeded = Vec::new();
+    for _ in 0..3 {
+        let done = json_of(
+            &broker
+                .cli(&["submit", "cli.boom", "--wait", "--json"])
+                .await,
+        );
+        succeeded.push(done["chain_id"].as_str().unwrap().to_owned());
+    }
+    // Two chains of a task no worker runs: they stay running.
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let out = json_of(&broker.cli(&["submit", "cli.nobody", "--json"]).await);
+        running.push(out["chain_id"].as_str().unwrap().to_owned());
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["chain_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let page = json_of(
+        &broker
+            .cli(&[
+                "chain",
+                "list",
+                "--state",
+                "succeeded",
+                "--limit",
+                "2",
+                "--json",
+            ])
+            .await,
+    );
+    assert_eq!(ids(&page), [succeeded[2].clone(), succeeded[1].clone()]);
+    let token = page["next_page_token"].as_str().unwrap().to_owned();
+    let rest = json_of(
+        &broker
+            .cli(&[
+                "chain",
+                "list",
+                "--state",
+                "succeeded",
+                "--page-token",
+                &token,
+                "--json",
+            ])
+            .await,
+    );
+    assert_eq!(ids(&rest), [succeeded[0].clone()]);
+    let live = json_of(&broker.cli(&["chain", "list", "--json"]).await);
+    assert_eq!(ids(&live), [running[1].clone(), running[0].clone()]);
+    let text = ok(&broker.cli(&["chain", "list", "--state", "cancelled"]).await);
+    assert!(text.contains("(no cancelled chain)"), "{text}");
+    let out = broker.cli(&["chain", "list", "--state", "lost"]).await;
+    fails(&out, 2, "invalid value 'lost'");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_chains_are_listed_with_their_failure_and_requeued() {
     let broker = Broker::start().await;
     let fail = Arc::new(AtomicBool::new(true));

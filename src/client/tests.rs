@@ -250,6 +250,20 @@ impl pb::admin_server::Admin for Fake {
         }))
     }
 
+    async fn list_chains(
+        &self,
+        request: Request<pb::ListChainsRequest>,
+    ) -> Result<Response<pb::ListChainsResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(pb::ListChainsResponse {
+            chains: vec![pb::Chain {
+                chain_id: format!("state-{}", request.state),
+                ..pb::Chain::default()
+            }],
+            next_page_token: format!("after-{}", request.page_token),
+        }))
+    }
+
     async fn requeue_chain(
         &self,
         request: Request<pb::RequeueChainRequest>,
@@ -729,6 +743,12 @@ async fn admin_operations_send_their_requests() {
         let page = admin.list_dead_chains(7, "t").await.unwrap();
         assert_eq!(page.chains[0].chain_id, "dead-7");
         assert_eq!(page.next_page_token, "after-t");
+        let page = admin
+            .list_chains(pb::ChainState::Succeeded, 3, "u")
+            .await
+            .unwrap();
+        assert_eq!(page.chains[0].chain_id, "state-2");
+        assert_eq!(page.next_page_token, "after-u");
         assert_eq!(admin.requeue_chain("c").await.unwrap(), "c-again");
         let drained = admin.drain_worker("w").await.unwrap();
         assert_eq!(

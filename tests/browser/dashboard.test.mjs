@@ -203,6 +203,26 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   await page.getByText("Chains matching “create-vol-1”").waitFor();
   await page.locator(`a[href="#/chains/${failed}"]`).waitFor();
   await shot(page, "chains");
+  // Running chains, by state: the provisions wait or run.
+  await page.getByLabel("Chain id or idempotency key").fill("");
+  await page.getByLabel("State").selectOption("CHAIN_STATE_RUNNING");
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator(`a[href="#/chains/${vms[2]}"]`).waitFor();
+  assert.equal(await page.locator(`a[href="#/chains/${failed}"]`).count(), 0, "an ended chain is not running");
+
+  // A group: its members side by side, their chains linked from its step.
+  const fan = await api("POST", "/api/v1/chains", {
+    steps: [{ members: [sig("demo.fast", [1]), sig("demo.fast", [2])] }],
+  });
+  assert.equal(fan.status, 200, JSON.stringify(fan.data));
+  await page.goto(`${http}/#/chains/${fan.data.chain_id}`);
+  await page.locator("h1 .badge", { hasText: "succeeded" }).waitFor();
+  const group = page.locator("ol.timeline li", { hasText: "group" });
+  await group.getByText("2 of 2 succeeded").waitFor();
+  assert.equal(await group.locator("ul.children a").count(), 2);
+  await shot(page, "chain-group");
+  await group.locator("ul.children a").first().click();
+  await page.getByText("Parent").waitFor();
 
   // Dead chains: requeue the failed executor; the broker has the new chain.
   await page.getByRole("link", { name: "Dead chains", exact: true }).click();

@@ -324,6 +324,40 @@ pub(crate) fn throttle_view(
     }
 }
 
+impl AdminService {
+    /// One page of a listing: its chains and the next page's token.
+    async fn list_page(
+        &self,
+        listing: crate::store::Listing,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<pb::Chain>, String), Status> {
+        let size = match page_size {
+            0 => DEFAULT_DEAD_PAGE,
+            n => n.min(MAX_DEAD_PAGE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                crate::store::ListCursor::parse(listing, page_token).ok_or_else(|| {
+                    Status::invalid_argument(
+                        "page_token is not a token this broker handed out for this list",
+                    )
+                })?,
+            )
+        };
+        let page = self
+            .handle
+            .chains(listing, after, usize::try_from(size).unwrap_or(usize::MAX))
+            .await?;
+        Ok((
+            page.chains.iter().map(convert::chain_view).collect(),
+            page.next.unwrap_or_default(),
+        ))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn list_queues(
@@ -446,26 +480,40 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListDeadChainsRequest>,
     ) -> Result<Response<pb::ListDeadChainsResponse>, Status> {
         let req = request.into_inner();
-        let size = match req.page_size {
-            0 => DEFAULT_DEAD_PAGE,
-            n => n.min(MAX_DEAD_PAGE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                crate::store::DeadCursor::parse(&req.page_token).ok_or_else(|| {
-                    Status::invalid_argument("page_token is not a token this broker handed out")
-                })?,
+        let (chains, next_page_token) = self
+            .list_page(
+                crate::store::Listing::Failed,
+                req.page_size,
+                &req.page_token,
             )
-        };
-        let page = self
-            .handle
-            .dead_chains(after, usize::try_from(size).unwrap_or(usize::MAX))
             .await?;
         Ok(Response::new(pb::ListDeadChainsResponse {
-            chains: page.chains.iter().map(convert::chain_view).collect(),
-            next_page_token: page.next.unwrap_or_default(),
+            chains,
+            next_page_token,
+        }))
+    }
+
+    async fn list_chains(
+        &self,
+        request: Request<pb::ListChainsRequest>,
+    ) -> Result<Response<pb::ListChainsResponse>, Status> {
+        let req = request.into_inner();
+        let listing = crate::domain::ChainState::try_from(req.state)
+            .ok()
+            .and_then(crate::store::Listing::of)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "state is {}: give CHAIN_STATE_RUNNING, CHAIN_STATE_SUCCEEDED, \
+                     CHAIN_STATE_FAILED or CHAIN_STATE_CANCELLED",
+                    req.state
+                ))
+            })?;
+        let (chains, next_page_token) = self
+            .list_page(listing, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListChainsResponse {
+            chains,
+            next_page_token,
         }))
     }
 

@@ -1,4 +1,4 @@
-//! `baton chain get|watch|cancel`, and the follow loop that `submit
+//! `baton chain get|list|watch|cancel`, and the follow loop that `submit
 //! --wait` and `dead requeue --wait` share with `watch`.
 
 use std::process::ExitCode;
@@ -16,6 +16,21 @@ pub enum Command {
     Get {
         /// The chain's id.
         chain_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List the chains of one state, newest first (running ones by
+    /// creation, ended ones by when they ended).
+    List {
+        /// running, succeeded, failed (not requeued) or cancelled.
+        #[arg(long, value_parser = ["running", "succeeded", "failed", "cancelled"], default_value = "running")]
+        state: String,
+        /// Chains per page (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after an earlier page (printed at its end).
+        #[arg(long, default_value = "")]
+        page_token: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -56,6 +71,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::List {
+            state,
+            limit,
+            page_token,
+            conn,
+        } => list(&state, limit, page_token, &conn).await,
         Command::Watch {
             chain_id,
             timeout,
@@ -90,6 +111,74 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `baton chain list`: one page of a state's chains.
+async fn list(
+    state: &str,
+    limit: u32,
+    page_token: String,
+    conn: &Conn,
+) -> anyhow::Result<ExitCode> {
+    if limit == 0 {
+        return Err(super::usage("--limit must be at least 1"));
+    }
+    let wanted = match state {
+        "succeeded" => pb::ChainState::Succeeded,
+        "failed" => pb::ChainState::Failed,
+        "cancelled" => pb::ChainState::Cancelled,
+        _ => pb::ChainState::Running,
+    };
+    let client = conn.connect().await?;
+    let page = client
+        .admin()
+        .list_chains(wanted, limit, page_token)
+        .await
+        .map_err(|e| conn.error(e))?;
+    if conn.json {
+        print_json(&serde_json::json!({
+            "chains": page.chains.iter().map(output::chain_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = page
+        .chains
+        .iter()
+        .map(|c| {
+            let steps: Vec<&str> = c.steps.iter().map(|s| s.name.as_str()).collect();
+            let at = if c.finished_unix_ms > 0 {
+                c.finished_unix_ms
+            } else {
+                c.created_unix_ms
+            };
+            vec![
+                output::timestamp(at),
+                c.chain_id.clone(),
+                output::chain_state(c.state),
+                output::short(&steps.join(" | "), 60),
+            ]
+        })
+        .collect();
+    let when = if wanted == pb::ChainState::Running {
+        "CREATED"
+    } else {
+        "ENDED"
+    };
+    print!(
+        "{}",
+        output::table(&[when, "CHAIN", "STATE", "STEPS"], &rows)
+    );
+    if page.chains.is_empty() {
+        println!("(no {state} chain)");
+    }
+    if !page.next_page_token.is_empty() {
+        println!(
+            "more: baton chain list --state {state} --page-token {}",
+            page.next_page_token
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The exit code for how a followed chain ended.

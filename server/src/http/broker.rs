@@ -280,7 +280,7 @@ pub struct ChainPage {
     pub chains: Vec<Summary>,
     /// Pass as `page_token` for the next page; empty after the last.
     pub next_page_token: String,
-    /// Failed chains read to fill this page (filters skip some).
+    /// Chains read to fill this page (filters skip some).
     pub scanned: usize,
 }
 
@@ -292,7 +292,8 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_SCAN: usize = 5000;
 
 /// `GET /api/v1/chains`: search by id or idempotency key (`q`), or list
-/// failed chains filtered by task name, queue and creation time.
+/// the chains of a state, newest first, filtered by task name, queue and
+/// creation time.
 pub async fn list(
     Shared(state): Shared<Arc<State>>,
     BrokerCaller(caller): BrokerCaller,
@@ -303,28 +304,23 @@ pub async fn list(
         return search(&state, &caller, q).await.map(Json);
     }
     let wanted = query.state.as_deref().unwrap_or("CHAIN_STATE_FAILED");
-    if wanted != "CHAIN_STATE_FAILED" {
-        if pb::ChainState::from_str_name(wanted).is_none() {
-            return Err(ApiError::invalid(format!(
+    let listing = pb::ChainState::from_str_name(wanted)
+        .and_then(|s| {
+            crate::store::Listing::of(crate::domain::ChainState::try_from(s as i32).ok()?)
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
                 "state is {wanted:?}, not one of CHAIN_STATE_RUNNING, CHAIN_STATE_SUCCEEDED, \
                  CHAIN_STATE_FAILED, CHAIN_STATE_CANCELLED"
-            )));
-        }
-        return Err(ApiError::new(
-            tonic::Code::Unimplemented,
-            format!(
-                "listing {wanted} chains needs a chain index the store does not have yet; \
-                 find a chain by its id or idempotency key (q=...), or list CHAIN_STATE_FAILED"
-            ),
-        ));
-    }
-    // The dead list is an Admin call in gRPC: clients find their own
-    // chains by id or key.
+            ))
+        })?;
+    // Lists are Admin calls in gRPC: clients find their own chains by id
+    // or key.
     if !caller.sees_all() {
         return Err(ApiError::new(
             tonic::Code::PermissionDenied,
             format!(
-                "token {:?} has role {}; listing failed chains needs role admin \
+                "token {:?} has role {}; listing chains needs role admin \
                  (find your chains by id or idempotency key: q=...)",
                 caller.name, caller.role
             ),
@@ -334,16 +330,17 @@ pub async fn list(
         None | Some(0) => DEFAULT_PAGE,
         Some(n) => n.min(MAX_PAGE),
     } as usize;
-    let mut after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
-        None => None,
-        Some(token) => Some(crate::store::DeadCursor::parse(token).ok_or_else(|| {
-            ApiError::invalid("page_token is not a token this broker handed out")
-        })?),
-    };
+    let mut after =
+        match query.page_token.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(token) => Some(crate::store::ListCursor::parse(listing, token).ok_or_else(
+                || ApiError::invalid("page_token is not a token this broker handed out"),
+            )?),
+        };
     let mut page = ChainPage::default();
     loop {
         let want = size - page.chains.len();
-        let dead = state.handle.dead_chains(after.take(), want).await?;
+        let dead = state.handle.chains(listing, after.take(), want).await?;
         page.scanned += dead.chains.len();
         page.chains.extend(
             dead.chains
@@ -357,7 +354,7 @@ pub async fn list(
                 page.next_page_token = next;
                 break;
             }
-            Some(next) => after = crate::store::DeadCursor::parse(&next),
+            Some(next) => after = crate::store::ListCursor::parse(listing, &next),
         }
     }
     Ok(Json(page))

@@ -66,7 +66,7 @@ use self::driver::Driver;
 pub use self::throttle::{Holder, HolderInfo, SlotInfo};
 use crate::domain::*;
 use crate::metrics::{Metrics, Snapshot};
-use crate::store::{Committer, DeadCursor, DeadPage, Fault, Recovered, Shared};
+use crate::store::{Committer, Fault, ListCursor, ListPage, Listing, Recovered, Shared};
 
 /// Errors the scheduler answers with. Expected outcomes (deduplicated,
 /// already ended) are values, not errors.
@@ -643,11 +643,25 @@ impl Handle {
     /// [`Error::Store`] when the store cannot be read.
     pub async fn dead_chains(
         &self,
-        after: Option<DeadCursor>,
+        after: Option<ListCursor>,
         limit: usize,
-    ) -> Result<DeadPage, Error> {
+    ) -> Result<ListPage, Error> {
+        self.chains(Listing::Failed, after, limit).await
+    }
+
+    /// The chains of a listing, newest first, read from the store
+    /// (committed records; no scheduler round; see `Store::chains`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read.
+    pub async fn chains(
+        &self,
+        listing: Listing,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.dead_chains(after.as_ref(), limit))
+        tokio::task::spawn_blocking(move || store.chains(listing, after.as_ref(), limit))
             .await
             .map_err(|e| Error::Store(e.to_string()))?
             .map_err(|e| Error::Store(e.to_string()))

@@ -135,6 +135,9 @@ enum Space {
     Rates = b'q',
     /// Rate limits' arrival times, by throttle identity.
     Buckets = b'b',
+    /// Ended chains that succeeded or were cancelled, by state and end time
+    /// (failed ones are in `Dead`): what lists them (see [`Listing`]).
+    Done = b'k',
     /// Markers of the store itself (which one-time migrations are done).
     Meta = b'~',
 }
@@ -237,6 +240,9 @@ impl Batch {
                     dead_key(chain.finished_ms, &chain.id),
                     &chain.idempotency_key,
                 );
+                if let Some(key) = done_key(chain.state(), chain.finished_ms, &chain.id) {
+                    self.insert(Space::Done, key, []);
+                }
             }
         }
         self.put_chain_record(chain);
@@ -252,6 +258,11 @@ impl Batch {
         self.remove(Space::Live, &chain.id);
         self.remove(Space::Ended, &key);
         self.remove(Space::Dead, &key);
+        for state in [ChainState::Succeeded, ChainState::Cancelled] {
+            if let Some(key) = done_key(state, chain.finished_ms, &chain.id) {
+                self.remove(Space::Done, key);
+            }
+        }
         if chain.owns_key {
             self.remove(Space::Idempotency, &chain.idempotency_key);
         }
@@ -454,6 +465,7 @@ impl Store {
             backend: Arc::new(backend),
         };
         store.index_ended()?;
+        store.index_done()?;
         Ok(store)
     }
 
@@ -522,12 +534,40 @@ impl Store {
     }
 
     /// Indexes the ended chains of a store written before the `ended`
-    /// index existed, once (a marker says it is done), so retention finds
-    /// them too. Reads every chain record: one pass, at the first start of
-    /// a version with retention.
+    /// index existed, so retention finds them too (see [`Store::index_once`]).
     fn index_ended(&self) -> Result<(), Error> {
-        const DONE: &str = "ended-indexed";
-        if self.get(Space::Meta, DONE)?.is_some() {
+        self.index_once("ended-indexed", "for retention", |chain| {
+            chain.is_ended().then(|| {
+                (
+                    Space::Ended,
+                    dead_key(chain.finished_ms, &chain.id),
+                    chain.idempotency_key.clone().into_bytes(),
+                )
+            })
+        })
+    }
+
+    /// Indexes the succeeded and cancelled chains of a store written before
+    /// the `done` index existed, so that they can be listed (see
+    /// [`Store::index_once`]).
+    fn index_done(&self) -> Result<(), Error> {
+        self.index_once("done-indexed", "for listing", |chain| {
+            done_key(chain.state(), chain.finished_ms, &chain.id)
+                .map(|key| (Space::Done, key, Vec::new()))
+        })
+    }
+
+    /// Adds what `entry` says to an index for every chain that is not
+    /// live, once: a marker (`marker` in `Meta`) says it is done. Reads
+    /// every chain record: one pass, at the first start of the version
+    /// that brought the index.
+    fn index_once(
+        &self,
+        marker: &str,
+        what: &str,
+        entry: impl Fn(&ChainRecord) -> Option<(Space, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Error> {
+        if self.get(Space::Meta, marker)?.is_some() {
             return Ok(());
         }
         let mut batch = Batch::new();
@@ -537,23 +577,21 @@ impl Store {
             let Ok(chain) = ChainRecord::decode(value.as_ref()) else {
                 continue;
             };
-            if chain.is_ended() && self.get(Space::Live, &chain.id)?.is_none() {
-                batch.insert(
-                    Space::Ended,
-                    dead_key(chain.finished_ms, &chain.id),
-                    &chain.idempotency_key,
-                );
+            if let Some((space, key, value)) = entry(&chain)
+                && self.get(Space::Live, &chain.id)?.is_none()
+            {
+                batch.insert(space, key, value);
                 indexed += 1;
             }
             if batch.writes.len() >= 10_000 {
                 self.apply(&std::mem::take(&mut batch))?;
             }
         }
-        batch.insert(Space::Meta, DONE, []);
+        batch.insert(Space::Meta, marker, []);
         self.apply(&batch)?;
         self.backend.flush()?;
         if indexed > 0 {
-            tracing::info!(chains = indexed, "indexed the ended chains for retention");
+            tracing::info!(chains = indexed, "indexed the stored chains {what}");
         }
         Ok(())
     }
@@ -568,27 +606,49 @@ impl Store {
             })
     }
 
-    /// Failed chains not yet requeued, newest failure first: at most
-    /// `limit` of them, starting after `after` (from the [`DeadPage::next`]
-    /// of an earlier call). Records that cannot be read are skipped.
+    /// Failed chains not yet requeued, newest failure first (see
+    /// [`Store::chains`]).
     ///
     /// # Errors
-    /// When sled fails to read.
-    pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
+    /// When the backend fails to read.
+    pub fn dead_chains(&self, after: Option<&ListCursor>, limit: usize) -> Result<ListPage, Error> {
+        self.chains(Listing::Failed, after, limit)
+    }
+
+    /// The chains of a listing, newest first: at most `limit` of them,
+    /// starting after `after` (from the [`ListPage::next`] of an earlier
+    /// call). Each is one index range read backwards plus a read of each
+    /// record, so a page costs the same with a million chains stored.
+    /// Records that cannot be read are skipped, and so are chains of the
+    /// live index that ended (they have a run still out).
+    ///
+    /// # Errors
+    /// When the backend fails to read.
+    pub fn chains(
+        &self,
+        listing: Listing,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
+        let (space, start, end) = listing.range();
         let end = match after {
-            None => vec![Space::Dead as u8 + 1],
-            Some(cursor) => Space::Dead.key(&cursor.0),
+            None => space.key(end),
+            Some(cursor) => space.key(&cursor.0),
         };
-        let mut page = DeadPage::default();
-        for item in self.backend.range(&Space::Dead.key([]), &end).rev() {
+        let mut page = ListPage::default();
+        let mut last: Option<Vec<u8>> = None;
+        for item in self.backend.range(&space.key(start), &end).rev() {
             let (key, _) = item?;
             let key = key.get(1..).unwrap_or_default();
             if page.chains.len() == limit {
-                page.next = page.chains.last().map(|c| dead_token(c.finished_ms, &c.id));
+                page.next = last.as_deref().map(|k| listing.token(k));
                 break;
             }
-            let id = String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned();
-            if let Ok(Some(chain)) = self.chain(&id) {
+            last = Some(key.to_vec());
+            let id = String::from_utf8_lossy(listing.id_in(key)).into_owned();
+            if let Ok(Some(chain)) = self.chain(&id)
+                && (listing != Listing::Running || !chain.is_ended())
+            {
                 page.chains.push(chain);
             }
         }
@@ -843,7 +903,7 @@ impl<'a> View<'a> {
 
 /// A page of [`Store::dead_chains`].
 #[derive(Debug, Default)]
-pub struct DeadPage {
+pub struct ListPage {
     pub chains: Vec<ChainRecord>,
     /// The token of the next page; `None` after the last.
     pub next: Option<String>,
@@ -856,20 +916,105 @@ fn dead_key(finished_ms: u64, chain_id: &str) -> Vec<u8> {
     key
 }
 
-/// A page token names the last chain of a page: `<finished ms>-<chain id>`.
-fn dead_token(finished_ms: u64, chain_id: &str) -> String {
-    format!("{finished_ms}-{chain_id}")
+/// Key of the done index: the state, then as the dead index.
+fn done_key(state: ChainState, finished_ms: u64, chain_id: &str) -> Option<Vec<u8>> {
+    if !matches!(state, ChainState::Succeeded | ChainState::Cancelled) {
+        return None;
+    }
+    let mut key = vec![u8::try_from(state as i32).unwrap_or(0)];
+    key.extend(dead_key(finished_ms, chain_id));
+    Some(key)
+}
+
+/// Which chains [`Store::chains`] walks, newest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Failed and not requeued (the dead index), by the time they failed.
+    Failed,
+    /// Succeeded (the done index), by the time they ended.
+    Succeeded,
+    /// Cancelled (the done index), by the time they ended.
+    Cancelled,
+    /// Not ended (the live index), by chain id: the ids brokers and SDKs
+    /// make are UUIDv7, so this is by creation time (a client may choose
+    /// other UUIDs; those sort where their bits say).
+    Running,
+}
+
+impl Listing {
+    /// The listing of chains in `state`, if there is one.
+    pub fn of(state: ChainState) -> Option<Self> {
+        match state {
+            ChainState::Failed => Some(Listing::Failed),
+            ChainState::Succeeded => Some(Listing::Succeeded),
+            ChainState::Cancelled => Some(Listing::Cancelled),
+            ChainState::Running => Some(Listing::Running),
+            ChainState::Unspecified => None,
+        }
+    }
+
+    /// Its index, and the range of keys in it (start inclusive, end
+    /// exclusive, without the space's byte).
+    fn range(self) -> (Space, Vec<u8>, Vec<u8>) {
+        match self {
+            Listing::Failed => (Space::Dead, Vec::new(), vec![0xff; 9]),
+            Listing::Running => (Space::Live, Vec::new(), vec![0xff; 1]),
+            Listing::Succeeded | Listing::Cancelled => {
+                let state = if self == Listing::Succeeded {
+                    ChainState::Succeeded
+                } else {
+                    ChainState::Cancelled
+                };
+                let byte = u8::try_from(state as i32).unwrap_or(0);
+                (Space::Done, vec![byte], vec![byte + 1])
+            }
+        }
+    }
+
+    /// The chain id in a key of its index.
+    fn id_in(self, key: &[u8]) -> &[u8] {
+        let skip = match self {
+            Listing::Failed => 8,
+            Listing::Succeeded | Listing::Cancelled => 9,
+            Listing::Running => 0,
+        };
+        key.get(skip..).unwrap_or_default()
+    }
+
+    /// A page token naming a key of its index: `<ms>-<chain id>` for the
+    /// indexes by time, the chain id for the live one.
+    fn token(self, key: &[u8]) -> String {
+        let id = String::from_utf8_lossy(self.id_in(key));
+        let time = match self {
+            Listing::Failed => key.get(..8),
+            Listing::Succeeded | Listing::Cancelled => key.get(1..9),
+            Listing::Running => return id.into_owned(),
+        };
+        let ms = time
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map_or(0, u64::from_be_bytes);
+        format!("{ms}-{id}")
+    }
 }
 
 /// Where a page of the dead list continues: after the chain its token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadCursor(Vec<u8>);
+pub struct ListCursor(Vec<u8>);
 
-impl DeadCursor {
-    /// Reads a page token ([`DeadPage::next`]); `None` when it is not one.
-    pub fn parse(token: &str) -> Option<Self> {
+impl ListCursor {
+    /// Reads a page token ([`ListPage::next`]) of `listing`; `None` when it
+    /// is not one.
+    pub fn parse(listing: Listing, token: &str) -> Option<Self> {
+        if listing == Listing::Running {
+            let id = crate::ids::ChainId::parse(token).ok()?;
+            return Some(ListCursor(id.to_string().into_bytes()));
+        }
         let (ms, id) = token.split_once('-')?;
-        Some(DeadCursor(dead_key(ms.parse().ok()?, id)))
+        let mut key = dead_key(ms.parse().ok()?, id);
+        if let (Space::Done, start, _) = listing.range() {
+            key.splice(0..0, start);
+        }
+        Some(ListCursor(key))
     }
 }
 
@@ -1008,10 +1153,11 @@ pub(crate) mod tests {
             }
             b.put_chain(&chain("live"), true);
             store.apply(&b).unwrap();
-            let ids = |p: &DeadPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+            let ids = |p: &ListPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
             let first = store.dead_chains(None, 2).unwrap();
             assert_eq!(ids(&first), ["b", "c"]);
-            let cursor = DeadCursor::parse(first.next.as_deref().unwrap()).unwrap();
+            let cursor =
+                ListCursor::parse(Listing::Failed, first.next.as_deref().unwrap()).unwrap();
             let second = store.dead_chains(Some(&cursor), 2).unwrap();
             assert_eq!((ids(&second), second.next), (vec!["a".to_owned()], None));
 
@@ -1023,7 +1169,7 @@ pub(crate) mod tests {
             store.apply(&b).unwrap();
             assert_eq!(ids(&store.dead_chains(None, 10).unwrap()), ["c", "a"]);
             assert_eq!(store.recover().unwrap().paused, ["io"]);
-            assert!(DeadCursor::parse("nonsense").is_none());
+            assert!(ListCursor::parse(Listing::Failed, "nonsense").is_none());
         }
     }
 
@@ -1115,6 +1261,91 @@ pub(crate) mod tests {
             let (found, _) = store.expired(10, &ExpiryCursor::default(), 10).unwrap();
             let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(ids, ["old"]);
+        }
+    }
+
+    #[test]
+    fn chains_are_listed_by_state_newest_first_a_page_at_a_time_until_removed() {
+        for place in Place::all() {
+            let store = place.open();
+            let in_state = |id: &str, state: ChainState, at: u64| {
+                let mut c = chain(id);
+                c.state = state as i32;
+                c.finished_ms = at;
+                c
+            };
+            let running = |n: u128| ChainId::from_u128(n).to_string();
+            let mut b = Batch::new();
+            for (id, at) in [("s1", 10), ("s2", 30), ("s3", 20)] {
+                b.put_chain(&in_state(id, ChainState::Succeeded, at), false);
+            }
+            b.put_chain(&in_state("c1", ChainState::Cancelled, 15), false);
+            b.put_chain(&in_state("f1", ChainState::Failed, 15), false);
+            for n in [1, 3, 2] {
+                b.put_chain(&chain(&running(n)), true);
+            }
+            // Ended, with a run still out: in the live index, not running.
+            b.put_chain(&in_state(&running(9), ChainState::Succeeded, 40), true);
+            store.apply(&b).unwrap();
+            let ids = |p: &ListPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+            let list =
+                |listing, after: Option<&ListCursor>, n| store.chains(listing, after, n).unwrap();
+
+            let first = list(Listing::Succeeded, None, 2);
+            assert_eq!(ids(&first), ["s2", "s3"]);
+            let next =
+                ListCursor::parse(Listing::Succeeded, first.next.as_deref().unwrap()).unwrap();
+            let second = list(Listing::Succeeded, Some(&next), 2);
+            assert_eq!((ids(&second), second.next), (vec!["s1".to_owned()], None));
+            assert_eq!(ids(&list(Listing::Cancelled, None, 10)), ["c1"]);
+            assert_eq!(ids(&list(Listing::Failed, None, 10)), ["f1"]);
+            let live = list(Listing::Running, None, 2);
+            assert_eq!(
+                ids(&live),
+                [running(3), running(2)],
+                "newest id first, ended ones skipped"
+            );
+            let next = ListCursor::parse(Listing::Running, live.next.as_deref().unwrap()).unwrap();
+            assert_eq!(ids(&list(Listing::Running, Some(&next), 5)), [running(1)]);
+            assert!(ListCursor::parse(Listing::Running, "nonsense").is_none());
+
+            // Retention removes a chain from its listing.
+            let mut b = Batch::new();
+            let (found, _) = store.expired(25, &ExpiryCursor::default(), 10).unwrap();
+            for expired in &found {
+                b.remove_chain(expired);
+            }
+            store.apply(&b).unwrap();
+            assert_eq!(ids(&list(Listing::Succeeded, None, 10)), ["s2"]);
+            assert!(ids(&list(Listing::Cancelled, None, 10)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_store_without_the_done_index_is_indexed_once_when_opened() {
+        for place in Place::all() {
+            {
+                // Written as a version without the index did: records only.
+                let store = place.open();
+                let mut done = ended("old", 5);
+                done.state = ChainState::Succeeded as i32;
+                let mut b = Batch::new();
+                b.insert(Space::Chains, &done.id, done.encode_to_vec());
+                b.remove(Space::Meta, "done-indexed");
+                store.apply(&b).unwrap();
+                assert!(
+                    store
+                        .chains(Listing::Succeeded, None, 10)
+                        .unwrap()
+                        .chains
+                        .is_empty()
+                );
+                store.backend.flush().unwrap();
+            }
+            let store = place.open();
+            let found = store.chains(Listing::Succeeded, None, 10).unwrap();
+            assert_eq!(found.chains.len(), 1);
+            assert_eq!(found.chains[0].id, "old");
         }
     }
 

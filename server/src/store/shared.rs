@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::{
-    Batch, DeadCursor, DeadPage, Error, PgBackend, Recovered, SledBackend, Store, View, redact,
+    Batch, Error, ListCursor, ListPage, Listing, PgBackend, Recovered, SledBackend, Store, View,
+    redact,
 };
 use crate::domain::ChainRecord;
 
@@ -359,8 +360,19 @@ impl Shared {
 
     /// # Errors
     /// As [`Store::dead_chains`].
-    pub fn dead_chains(&self, after: Option<&DeadCursor>, limit: usize) -> Result<DeadPage, Error> {
+    pub fn dead_chains(&self, after: Option<&ListCursor>, limit: usize) -> Result<ListPage, Error> {
         self.read(|s| s.dead_chains(after, limit))
+    }
+
+    /// # Errors
+    /// As [`Store::chains`].
+    pub fn chains(
+        &self,
+        listing: Listing,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
+        self.read(|s| s.chains(listing, after, limit))
     }
 
     fn journal(&self) -> MutexGuard<'_, Journal> {

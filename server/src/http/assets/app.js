@@ -238,7 +238,7 @@ const pages = {
     });
     const results = h("div", { "aria-live": "polite" });
     show(h("h1", {}, "Chains"), form, results,
-      h("p", { class: "note" }, "Failed chains are listed from the store's dead-chain index, newest failure first; any chain is found by its id or idempotency key."));
+      h("p", { class: "note" }, "Running chains are listed newest first by creation, ended ones by when they ended (failed ones until requeued); any chain is found by its id or idempotency key."));
     await listChains(params, results, "");
   },
 
@@ -254,7 +254,7 @@ const pages = {
     const source = new EventSource(`/api/v1/chains/${id}/events`);
     source.onmessage = null;
     const kinds = ["snapshot", "submitted", "step_started", "step_succeeded", "step_retrying", "step_polling", "step_failed",
-      "step_lost", "step_ready", "step_throttled", "step_scheduled", "chain_succeeded", "chain_failed", "chain_cancelled"];
+      "step_lost", "step_ready", "step_throttled", "step_scheduled", "step_waiting", "chain_succeeded", "chain_failed", "chain_cancelled"];
     const handler = (e) => {
       const ev = JSON.parse(e.data);
       events.push({ at: Date.now(), kind: ev.kind, phase: ev.phase, step: ev.step_index });

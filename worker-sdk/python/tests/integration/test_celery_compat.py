@@ -254,6 +254,64 @@ def test_delete_executor_without_backend_id_only_transitions(nc_worker):
     assert history(volume.pk) == ["schedule_deleting", "begin_deleting", "deleted"]
 
 
+def _instance_delete_executor():
+    """An executor in the shape of Waldur's ``InstanceDeleteExecutor`` without a backend
+    id: its chain deletes each volume with ``VolumeDeleteExecutor.as_signature(volume)``
+    (a nested executor, with its own success and failure signatures), then the
+    instance. The volume stands in for the instance: the test models have no other."""
+    import nc_core_executors as core_executors
+    import nc_core_tasks as core_tasks
+    from baton.celery import chain
+    from nc_openstack import VolumeDeleteExecutor
+
+    class InstanceDeleteExecutor(core_executors.DeleteExecutor):
+        @classmethod
+        def get_task_signature(cls, instance, serialized_instance, volumes=(), **kwargs):
+            return chain(
+                core_tasks.StateTransitionTask().si(serialized_instance, state_transition="begin_deleting"),
+                *[VolumeDeleteExecutor.as_signature(volume) for volume in volumes],
+            )
+
+    return InstanceDeleteExecutor
+
+
+def test_nested_executors_delete_each_volume_then_the_instance(nc_worker):
+    from nc_models import Volume, history
+
+    nc_worker(concurrency=2)
+    instance = Volume.objects.create(name="vm-1", state="OK")
+    volumes = [Volume.objects.create(name=f"vm-1-disk-{i}", state="OK", backend_id=f"cinder-d{i}") for i in (1, 2)]
+    _instance_delete_executor().execute(instance, volumes=volumes, countdown=0).get(timeout=30)
+    wait_volume(instance.pk, {"deleted"})
+    for volume in volumes:
+        wait_volume(volume.pk, {"deleted"})
+        # as_signature ran the volume's pre_apply when the instance's chain was built
+        assert history(volume.pk)[0] == "schedule_deleting"
+        assert history(volume.pk)[-1] == "deleted"
+    assert history(instance.pk) == ["schedule_deleting", "begin_deleting", "deleted"]
+
+
+def test_a_failed_nested_executor_errs_its_volume_then_the_instance(nc_worker):
+    """The second volume cannot be deleted: its own errback (Celery's call shape, the failed
+    task's id) marks it ERRED, then the instance's errback marks the instance ERRED with the
+    same error; the first volume, deleted before, stays deleted."""
+    from nc_models import Volume, history
+
+    nc_worker(concurrency=2)
+    instance = Volume.objects.create(name="vm-2", state="OK")
+    ok = Volume.objects.create(name="vm-2-disk", state="OK", backend_id="cinder-e1")
+    stuck = Volume.objects.create(name="fail-delete-vm-2", state="OK", backend_id="cinder-e2")
+    _instance_delete_executor().execute(instance, volumes=[ok, stuck], countdown=0)
+    erred = wait_volume(stuck.pk, {"ERRED"})
+    assert erred.error_message == "Volume cinder-e2 is still attached"
+    vm = wait_volume(instance.pk, {"ERRED"})
+    assert vm.error_message == "Volume cinder-e2 is still attached"
+    assert "CinderError: Volume cinder-e2 is still attached" in vm.error_traceback
+    wait_volume(ok.pk, {"deleted"})
+    assert history(stuck.pk)[-1] == "set_erred"
+    assert history(instance.pk) == ["schedule_deleting", "begin_deleting", "set_erred"]
+
+
 # -- retry budgets and errback shapes ----------------------------------------------------------
 
 
