@@ -282,6 +282,26 @@ pub struct Snapshot {
     pub queues: Vec<QueueStats>,
     pub throttles: Vec<ThrottleStats>,
     pub workers: Vec<WorkerStats>,
+    /// Each queue's counts since the broker started (see [`QueueCounts`]).
+    pub queue_counts: Vec<(String, QueueCounts)>,
+}
+
+/// Distinct queues counted one by one (see [`QueueCounts`]); further
+/// names are counted together under `_other`, so that a client naming
+/// random queues cannot grow the counts without bound.
+pub const MAX_COUNTED_QUEUES: usize = 1000;
+
+/// What one queue did since the broker started: what the dashboard's
+/// per-queue throughput and latency take differences of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Assignments from the queue (runs started).
+    pub started: u64,
+    /// Their waits, from entering the queue (READY) to being assigned, in
+    /// milliseconds, added up.
+    pub waited_ms: u64,
+    /// Runs from the queue that succeeded.
+    pub succeeded: u64,
 }
 
 impl Snapshot {

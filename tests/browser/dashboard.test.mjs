@@ -184,6 +184,14 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   await shot(page, "chain-demo");
   assert.equal((await api("GET", `/api/v1/chains/${demo[1]}`)).data.state, "CHAIN_STATE_SUCCEEDED");
 
+  // Per-queue throughput and latency: the feed counts the demo's runs in
+  // general, and the overview charts them.
+  await until("the general queue's runs in the feed", async () => (await api("GET", "/api/v1/overview")).data.history
+    .some((s) => s.queues.some((q) => q.name === "general" && q.started > 0 && q.latency_ms !== null)));
+  await page.goto(`${http}/#/overview`);
+  await page.getByRole("img", { name: /Queue general: throughput \(per minute\)/ }).waitFor();
+  await page.getByRole("img", { name: /Queue general: ready-to-start latency/ }).waitFor();
+
   // The failed executor: failure record with the full traceback, on_failure ran.
   await page.goto(`${http}/#/chains/${failed}`);
   await page.locator("h1 .badge", { hasText: "failed" }).waitFor();

@@ -10,11 +10,10 @@
 //! bounded whatever the broker holds. Nobody watching costs one snapshot
 //! per period.
 //!
-//! What the scheduler does not count yet, the feed cannot show: throughput
-//! and latency are broker-wide (the counters are per task name, the
-//! latency histogram global), not per queue.
+//! Throughput and latency are shown broker-wide (from the metrics) and per
+//! queue (from the scheduler's per-queue counts, `metrics::QueueCounts`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +31,7 @@ use super::caller::AdminCaller;
 use super::error::ApiError;
 use super::json;
 use crate::domain::now_ms;
+use crate::metrics::QueueCounts;
 
 /// How often the sampler takes a sample.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -50,6 +50,13 @@ pub struct QueuePoint {
     pub delayed: u64,
     pub throttled: u64,
     pub oldest_ready_age_ms: u64,
+    /// Runs started from the queue since the sample before.
+    pub started: u64,
+    /// Runs from the queue that succeeded since the sample before.
+    pub succeeded: u64,
+    /// Their mean wait from READY to assigned, in ms; `None` when none
+    /// started.
+    pub latency_ms: Option<f64>,
 }
 
 /// One sample: counts at `t` and what happened since the sample before.
@@ -151,6 +158,7 @@ fn read(state: &State) -> Readings {
 /// Takes a sample every [`SAMPLE_EVERY`] until `stop`.
 pub async fn sample(state: Arc<State>, stop: CancellationToken) {
     let mut before: Option<Readings> = None;
+    let mut counts_before = BTreeMap::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -162,8 +170,10 @@ pub async fn sample(state: Arc<State>, stop: CancellationToken) {
             return; // the scheduler stopped
         };
         let now = read(&state);
-        let frame = frame(snapshot, before, now, &state);
+        let counts: BTreeMap<String, QueueCounts> = snapshot.queue_counts.iter().cloned().collect();
+        let frame = frame(snapshot, before, now, &counts_before, &state);
         before = Some(now);
+        counts_before = counts;
         state.live.push(frame);
     }
 }
@@ -172,25 +182,12 @@ fn frame(
     snapshot: crate::metrics::Snapshot,
     before: Option<Readings>,
     now: Readings,
+    counts_before: &BTreeMap<String, QueueCounts>,
     state: &State,
 ) -> Frame {
     let b = before.unwrap_or(now);
     let latency_count = now.latency_count.saturating_sub(b.latency_count);
-    let mut points: Vec<QueuePoint> = snapshot
-        .queues
-        .iter()
-        .map(|q| QueuePoint {
-            name: q.name.clone(),
-            ready: q.ready,
-            running: q.running,
-            delayed: q.delayed,
-            throttled: q.throttled,
-            oldest_ready_age_ms: q.oldest_ready_age_ms,
-        })
-        .collect();
-    points.sort_by_key(|q| std::cmp::Reverse(q.ready + q.running));
-    points.truncate(MAX_QUEUES_KEPT);
-    points.sort_by(|a, b| a.name.cmp(&b.name));
+    let points = queue_points(&snapshot, counts_before, before.is_some());
     let sample = Sample {
         t: now.at,
         span_ms: now.at.saturating_sub(b.at),
@@ -233,6 +230,60 @@ fn frame(
             .map(|f| format!("{f:?}")),
     };
     Frame { sample, now }
+}
+
+/// Each queue with work, or with runs started or succeeded since the
+/// sample before (`counts_before`; differences are taken only once there
+/// is a sample before): the busiest [`MAX_QUEUES_KEPT`], by name.
+fn queue_points(
+    snapshot: &crate::metrics::Snapshot,
+    counts_before: &BTreeMap<String, QueueCounts>,
+    differences: bool,
+) -> Vec<QueuePoint> {
+    let mut points: BTreeMap<&str, QueuePoint> = BTreeMap::new();
+    let point = |name: &str| QueuePoint {
+        name: name.to_owned(),
+        ready: 0,
+        running: 0,
+        delayed: 0,
+        throttled: 0,
+        oldest_ready_age_ms: 0,
+        started: 0,
+        succeeded: 0,
+        latency_ms: None,
+    };
+    for q in &snapshot.queues {
+        points.insert(
+            &q.name,
+            QueuePoint {
+                ready: q.ready,
+                running: q.running,
+                delayed: q.delayed,
+                throttled: q.throttled,
+                oldest_ready_age_ms: q.oldest_ready_age_ms,
+                ..point(&q.name)
+            },
+        );
+    }
+    for (name, now) in snapshot.queue_counts.iter().filter(|_| differences) {
+        let was = counts_before.get(name).copied().unwrap_or_default();
+        let started = now.started.saturating_sub(was.started);
+        let succeeded = now.succeeded.saturating_sub(was.succeeded);
+        if started == 0 && succeeded == 0 {
+            continue;
+        }
+        let p = points.entry(name).or_insert_with(|| point(name));
+        p.started = started;
+        p.succeeded = succeeded;
+        #[allow(clippy::cast_precision_loss)]
+        let mean = now.waited_ms.saturating_sub(was.waited_ms) as f64 / started.max(1) as f64;
+        p.latency_ms = (started > 0).then_some(mean);
+    }
+    let mut points: Vec<QueuePoint> = points.into_values().collect();
+    points.sort_by_key(|q| std::cmp::Reverse(q.ready + q.running + q.started));
+    points.truncate(MAX_QUEUES_KEPT);
+    points.sort_by(|a, b| a.name.cmp(&b.name));
+    points
 }
 
 #[derive(Serialize)]
@@ -301,6 +352,36 @@ fn async_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_that_drained_still_shows_what_it_ran_and_how_long_runs_waited() {
+        let counts = |started, waited_ms, succeeded| QueueCounts {
+            started,
+            waited_ms,
+            succeeded,
+        };
+        let snapshot = crate::metrics::Snapshot {
+            queue_counts: vec![
+                ("fast".into(), counts(110, 1_200, 105)),
+                ("idle".into(), counts(7, 70, 7)),
+            ],
+            ..Default::default()
+        };
+        let before = BTreeMap::from([
+            ("fast".to_owned(), counts(10, 200, 5)),
+            ("idle".to_owned(), counts(7, 70, 7)),
+        ]);
+        let points = queue_points(&snapshot, &before, true);
+        assert_eq!(points.len(), 1, "a queue that did nothing is left out");
+        let fast = &points[0];
+        assert_eq!((fast.name.as_str(), fast.ready), ("fast", 0));
+        assert_eq!((fast.started, fast.succeeded), (100, 100));
+        assert_eq!(fast.latency_ms, Some(10.0));
+        assert!(
+            queue_points(&snapshot, &BTreeMap::new(), false).is_empty(),
+            "no sample before"
+        );
+    }
 
     #[test]
     fn history_is_bounded() {

@@ -222,6 +222,7 @@ impl Driver {
                     queues: self.core.queue_stats(now),
                     throttles: self.core.throttle_info(),
                     workers: self.core.worker_stats(),
+                    queue_counts: self.core.queue_counts(),
                 });
             }
         }

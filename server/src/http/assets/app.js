@@ -468,12 +468,17 @@ function renderOverview(frame) {
           h("dt", {}, "Oldest ready"), h("dd", {}, q.ready ? ms(q.oldest_ready_age_ms) : "–")),
         chart(`Queue ${name}: depth and running`, [
           { name: "ready", cls: "a", points: series("ready") },
-          { name: "running", cls: "b", points: series("running") }]));
+          { name: "running", cls: "b", points: series("running") }]),
+        chart(`Queue ${name}: throughput (per minute)`, [
+          { name: "started", cls: "a", points: hist.map((s) => { const p = s.queues.find((x) => x.name === name); return p ? perMin({ ...p, span_ms: s.span_ms }, "started") : 0; }) },
+          { name: "succeeded", cls: "b", points: hist.map((s) => { const p = s.queues.find((x) => x.name === name); return p ? perMin({ ...p, span_ms: s.span_ms }, "succeeded") : 0; }) }]),
+        chart(`Queue ${name}: ready-to-start latency (ms)`, [
+          { name: "mean", cls: "a", points: hist.map((s) => { const p = s.queues.find((x) => x.name === name); return p ? p.latency_ms : null; }) }]));
     })) : h("p", { class: "empty" }, "No queue holds work."),
     h("h2", {}, "Throttles at their limit"),
     atLimit.length ? h("ul", {}, atLimit.map((t) => h("li", {}, h("span", { class: "mono" }, `${t.identity.task_name || "(shared)"} / ${t.identity.key}`),
       ` ${t.holders.length}/${t.limit} held, ${t.waiters} waiting`))) : h("p", { class: "empty" }, "None."),
-    h("p", { class: "note" }, `Sampled every 2 s; updated ${new Date(frame.sample.t).toLocaleTimeString()}. Throughput and latency are broker-wide.`),
+    h("p", { class: "note" }, `Sampled every 2 s; updated ${new Date(frame.sample.t).toLocaleTimeString()}. Throughput and latency: broker-wide, and per queue below.`),
   ];
   show(...children);
 }

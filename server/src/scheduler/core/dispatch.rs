@@ -302,6 +302,9 @@ impl Core {
         self.metrics
             .assignment_latency
             .observe(crate::metrics::millis_as_seconds(waited_ms));
+        let counts = counts_of(&mut self.queue_counts, &eff.queue);
+        counts.started += 1;
+        counts.waited_ms = counts.waited_ms.saturating_add(waited_ms);
         step.in_body.clear();
         let attempt = step.attempts;
         let sig = step.signature().clone();

@@ -393,6 +393,8 @@ pub struct Core {
     /// Workers gone this round, whose streams the driver closes.
     closed: Vec<WorkerId>,
     unsettled: Unsettled,
+    /// What each queue did (see `metrics::QueueCounts`), by queue name.
+    queue_counts: Map<String, crate::metrics::QueueCounts>,
     /// Counters and histograms, shared with the metrics endpoint.
     pub metrics: Arc<Metrics>,
     /// The counters of each task name seen, so counting never allocates.
@@ -442,6 +444,7 @@ impl Core {
             effects: Vec::new(),
             early: Vec::new(),
             unsettled: Unsettled::default(),
+            queue_counts: Map::default(),
             metrics: Arc::default(),
             task_metrics: TaskMetrics::new(Arc::default()),
         };
@@ -754,6 +757,17 @@ impl Core {
         }
     }
 
+    /// Every queue's counts, by name.
+    pub fn queue_counts(&self) -> Vec<(String, crate::metrics::QueueCounts)> {
+        let mut out: Vec<_> = self
+            .queue_counts
+            .iter()
+            .map(|(name, counts)| (name.clone(), *counts))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     pub(super) fn reply<T: Answerable>(&mut self, reply: Req<T>, value: Result<T, Error>) {
         self.emit(Output::Reply {
             request: reply.id(),
@@ -776,6 +790,24 @@ fn holds_a_slot(
     let sig = chains[chain_id].step(*at).signature();
     let throttled = |o: Option<&Options>| o.is_some_and(|o| o.throttle.is_some());
     throttled(sig.options.as_ref()) || throttled(task_defaults.get(&sig.name))
+}
+
+/// The counts of `queue` in `counts`, created on first use (those of
+/// `_other` past `metrics::MAX_COUNTED_QUEUES` queues). A free function,
+/// so that a caller can hold a step of a chain meanwhile.
+fn counts_of<'a>(
+    counts: &'a mut Map<String, crate::metrics::QueueCounts>,
+    queue: &str,
+) -> &'a mut crate::metrics::QueueCounts {
+    if !counts.contains_key(queue) {
+        let name = if counts.len() < crate::metrics::MAX_COUNTED_QUEUES {
+            queue
+        } else {
+            "_other"
+        };
+        return counts.entry(name.to_owned()).or_default();
+    }
+    counts.get_mut(queue).expect("checked")
 }
 
 /// Prepends the carried value to a JSON array of arguments.

@@ -335,12 +335,16 @@ impl Core {
         result: String,
         now: UnixMs,
     ) {
-        // Split borrows: the step, the batch and the kept results.
-        let step = self
-            .chains
-            .get_mut(&chain_id)
-            .expect("live chain")
-            .step_mut(at);
+        // Split borrows: the step, the batch, the kept results, the counts.
+        let Core {
+            chains,
+            batch,
+            apart,
+            task_metrics,
+            queue_counts,
+            ..
+        } = self;
+        let step = chains.get_mut(&chain_id).expect("live chain").step_mut(at);
         step.set_state(StepState::Succeeded);
         if let Some(failure) = step.failure.as_mut() {
             shorten_superseded(failure);
@@ -354,20 +358,19 @@ impl Core {
         if result.len() > RESULT_APART_AFTER {
             // Written once, apart; the record only says so.
             step.result_apart = true;
-            self.batch
-                .put_result(&chain_id.to_string(), &step.task_id, &result);
+            batch.put_result(&chain_id.to_string(), &step.task_id, &result);
             let kept = KeptResult {
                 chain_id,
                 result: Arc::from(result),
             };
-            self.apart.insert(step.task(), kept);
+            apart.insert(step.task(), kept);
         } else {
             step.result = result;
         }
         step.finished_ms = now;
         if !step.has_children() {
-            let name = step.name().to_owned();
-            self.task_metrics.get(&name).succeeded.inc();
+            task_metrics.get(step.name()).succeeded.inc();
+            counts_of(queue_counts, &step.queue).succeeded += 1;
         }
         self.event(chain_id, "step_succeeded", Some(at));
         self.advance(chain_id, at, now);
