@@ -536,6 +536,21 @@ async fn in_body_waiters_are_granted_in_request_order_and_inspection_names_the_h
     assert!(holder.since_unix_ms >= before, "{holder:?}");
     assert_eq!(info.waiters, 7);
     assert!(info.oldest_waiter_age_ms > 0, "{info:?}");
+    // The waiters, in the order they will be served: the order they asked.
+    let waiting: Vec<&str> = info
+        .first_waiters
+        .iter()
+        .map(|w| w.chain_id.as_str())
+        .collect();
+    assert_eq!(
+        waiting,
+        ids[1..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(
+        info.first_waiters
+            .iter()
+            .all(|w| w.kind == "in_body" && w.since_unix_ms >= before)
+    );
 
     // Let the first go: the next holder counts from its grant, not from its
     // request.

@@ -349,7 +349,7 @@ impl Snapshot {
         let holders = Family::<IdentityLabels, Gauge>::default();
         let waiters = Family::<IdentityLabels, Gauge>::default();
         let limits = Family::<IdentityLabels, Gauge>::default();
-        for (info, _) in &self.throttles {
+        for (info, ..) in &self.throttles {
             let label = IdentityLabels {
                 task: info.identity.task_name.clone(),
                 key: info.identity.key.clone(),

@@ -256,6 +256,12 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   await page.getByRole("link", { name: "Throttles", exact: true }).click();
   const limit = page.getByRole("spinbutton", { name: "Limit of (shared) / tenant:42" });
   await limit.waitFor();
+  // Its waiters, in the order they will be served: the two later provisions.
+  const waiters = page.getByRole("list", { name: "Waiters of (shared) / tenant:42, in order" });
+  await waiters.waitFor();
+  await until("both waiters listed", async () => (await waiters.locator("a").count()) === 2);
+  assert.deepEqual(await waiters.locator("a").evaluateAll((as) => as.map((a) => a.getAttribute("href"))),
+    [`#/chains/${vms[1]}`, `#/chains/${vms[2]}`]);
   await shot(page, "throttles");
   await limit.fill("2");
   await limit.press("Enter");

@@ -271,7 +271,7 @@ fn info_of(
 ) -> pb::ThrottleInfo {
     let now = crate::domain::now_ms();
     all.into_iter()
-        .find(|(i, _)| i.identity == *identity)
+        .find(|(i, ..)| i.identity == *identity)
         .map(|t| throttle_view(t, now))
         .unwrap_or_else(|| {
             let mut info = pb::ThrottleInfo {
@@ -286,8 +286,16 @@ fn info_of(
         })
 }
 
+/// The task id of a task or in-body holder (a chain's holds none).
+fn holder_task(holder: &Holder) -> String {
+    match holder {
+        Holder::Task(t) | Holder::InBody { task_id: t, .. } => t.to_string(),
+        Holder::Chain(_) => String::new(),
+    }
+}
+
 pub(crate) fn throttle_view(
-    (info, chains): scheduler::ThrottleStats,
+    (info, chains, waiting): scheduler::ThrottleStats,
     now: u64,
 ) -> pb::ThrottleInfo {
     pb::ThrottleInfo {
@@ -310,10 +318,7 @@ pub(crate) fn throttle_view(
             .zip(chains)
             .map(|((holder, h), chain_id)| pb::ThrottleHolder {
                 kind: holder.kind().to_owned(),
-                task_id: match holder {
-                    Holder::Task(t) | Holder::InBody { task_id: t, .. } => t.to_string(),
-                    Holder::Chain(_) => String::new(),
-                },
+                task_id: holder_task(holder),
                 chain_id: chain_id.map(|c| c.to_string()).unwrap_or_default(),
                 worker: h.worker.clone(),
                 since_unix_ms: h.since,
@@ -321,6 +326,18 @@ pub(crate) fn throttle_view(
             .collect(),
         waiters: u64::try_from(info.waiters).unwrap_or(u64::MAX),
         oldest_waiter_age_ms: info.oldest_waiter.map_or(0, |t| now.saturating_sub(t)),
+        first_waiters: info
+            .first_waiters
+            .iter()
+            .zip(waiting)
+            .map(|((holder, since), chain_id)| pb::ThrottleHolder {
+                kind: holder.kind().to_owned(),
+                task_id: holder_task(holder),
+                chain_id: chain_id.map(|c| c.to_string()).unwrap_or_default(),
+                worker: String::new(),
+                since_unix_ms: *since,
+            })
+            .collect(),
     }
 }
 

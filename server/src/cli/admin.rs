@@ -585,6 +585,29 @@ fn throttles_text(throttles: &[pb::ThrottleInfo], holders: bool) -> String {
             &held,
         ));
     }
+    let waiting: Vec<Vec<String>> = throttles
+        .iter()
+        .flat_map(|t| {
+            let identity = output::elide_middle(&output::identity(t.identity.as_ref()), 28);
+            t.first_waiters.iter().enumerate().map(move |(i, w)| {
+                vec![
+                    identity.clone(),
+                    (i + 1).to_string(),
+                    w.kind.clone(),
+                    output::short_id(&w.chain_id),
+                    output::short_id(&w.task_id),
+                    output::ago(w.since_unix_ms),
+                ]
+            })
+        })
+        .collect();
+    if holders && !waiting.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["WAITING FOR", "#", "KIND", "CHAIN", "TASK", "SINCE"],
+            &waiting,
+        ));
+    }
     out
 }
 

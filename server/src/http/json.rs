@@ -607,6 +607,20 @@ pub struct ThrottleInfo {
     pub holders: Vec<Holder>,
     pub waiters: u64,
     pub oldest_waiter_age_ms: u64,
+    /// The first waiters, in the order they are served.
+    pub first_waiters: Vec<Holder>,
+}
+
+impl From<pb::ThrottleHolder> for Holder {
+    fn from(h: pb::ThrottleHolder) -> Self {
+        Holder {
+            kind: h.kind,
+            task_id: h.task_id,
+            chain_id: h.chain_id,
+            worker: h.worker,
+            since_unix_ms: h.since_unix_ms,
+        }
+    }
 }
 
 impl From<pb::ThrottleInfo> for ThrottleInfo {
@@ -621,19 +635,10 @@ impl From<pb::ThrottleInfo> for ThrottleInfo {
             limit_overridden: t.limit_overridden,
             rate: t.rate.map(Rate::from),
             rate_overridden: t.rate_overridden,
-            holders: t
-                .holders
-                .into_iter()
-                .map(|h| Holder {
-                    kind: h.kind,
-                    task_id: h.task_id,
-                    chain_id: h.chain_id,
-                    worker: h.worker,
-                    since_unix_ms: h.since_unix_ms,
-                })
-                .collect(),
+            holders: t.holders.into_iter().map(Holder::from).collect(),
             waiters: t.waiters,
             oldest_waiter_age_ms: t.oldest_waiter_age_ms,
+            first_waiters: t.first_waiters.into_iter().map(Holder::from).collect(),
         }
     }
 }

@@ -200,8 +200,9 @@ pub struct ScheduleView {
     pub next_fires: Vec<UnixMs>,
 }
 
-/// A throttle identity with the chain of each holder, for inspection.
-pub type ThrottleStats = (SlotInfo, Vec<Option<ChainId>>);
+/// A throttle identity with the chain of each holder and of each of its
+/// first waiters (in their orders), for inspection.
+pub type ThrottleStats = (SlotInfo, Vec<Option<ChainId>>, Vec<Option<ChainId>>);
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 

@@ -107,7 +107,13 @@ pub struct SlotInfo {
     pub holders: Vec<(Holder, HolderInfo)>,
     pub waiters: usize,
     pub oldest_waiter: Option<UnixMs>,
+    /// The first [`FIRST_WAITERS`] waiters, in FIFO order, with when each
+    /// began to wait.
+    pub first_waiters: Vec<(Holder, UnixMs)>,
 }
+
+/// Waiters of an identity shown by [`Throttles::info`], from the front.
+pub const FIRST_WAITERS: usize = 20;
 
 /// Whether a waiter can take its slot now. A waiter that needs a worker
 /// (a declared or chain-scoped throttle) is granted only when a worker can
@@ -381,6 +387,13 @@ impl<T> Throttles<T> {
                     }),
                     waiters: slot.map_or(0, |s| s.waiters.len()),
                     oldest_waiter: slot.and_then(|s| s.waiters.front().map(|w| w.since)),
+                    first_waiters: slot.map_or_else(Vec::new, |s| {
+                        s.waiters
+                            .iter()
+                            .take(FIRST_WAITERS)
+                            .map(|w| (w.holder, w.since))
+                            .collect()
+                    }),
                 }
             })
             .collect()

@@ -320,7 +320,7 @@ const pages = {
 
   async throttles() {
     const { el, tbody } = table("Throttle identities with holders, waiters or an admin limit", [
-      "Identity", "Limit", { t: "Holders", cls: "num" }, "Held by", { t: "Waiters", cls: "num" }, "Oldest waiter"]);
+      "Identity", "Limit", { t: "Holders", cls: "num" }, "Held by", { t: "Waiters", cls: "num" }, "Waiting, first served first"]);
     const setForm = h("form", { class: "filters", "aria-label": "Set a throttle limit" },
       h("label", {}, "Task name (empty for a shared key)", h("input", { name: "task_name" })),
       h("label", {}, "Key", h("input", { name: "key", placeholder: "*" })),
@@ -332,7 +332,7 @@ const pages = {
       await act("Limit set", () => api("PUT", "/api/v1/throttles/limit", { identity: { task_name: f.get("task_name"), key: f.get("key") }, limit: Number(f.get("limit")) }));
     });
     show(h("h1", {}, "Throttles"), el,
-      h("p", { class: "note" }, "Waiters are served first in, first out; the broker reports how many wait and since when."),
+      h("p", { class: "note" }, "Waiters are served first in, first out (one that cannot start now, for want of a worker, is passed over, not dropped); the first 20 are listed."),
       h("h2", {}, "Set a limit for another identity"), setForm);
     const name = (t) => `${t.identity.task_name || "(shared)"} / ${t.identity.key}`;
     onLeave(feed.on((frame) => renderRows(tbody, frame.now.throttles, (t) => `${t.identity.task_name}\u0000${t.identity.key}`, (t) => {
@@ -357,7 +357,9 @@ const pages = {
         h("td", {}, t.holders.length ? h("ul", { style: "margin:0;padding-left:1rem" }, t.holders.map((x) =>
           h("li", {}, `${x.kind} `, x.chain_id ? chainLink(x.chain_id) : "", x.worker ? ` on ${x.worker}` : "", ` for ${ms(Date.now() - x.since_unix_ms)}`))) : "–"),
         h("td", { class: "num" }, t.waiters),
-        h("td", {}, t.waiters ? ms(t.oldest_waiter_age_ms) : "–"));
+        h("td", {}, t.first_waiters.length ? h("ol", { class: "waiters", "aria-label": `Waiters of ${name(t)}, in order` }, t.first_waiters.map((x) =>
+          h("li", {}, `${x.kind} `, x.chain_id ? chainLink(x.chain_id) : "", ` for ${ms(Date.now() - x.since_unix_ms)}`)),
+          t.waiters > t.first_waiters.length ? h("li", { class: "muted" }, `and ${t.waiters - t.first_waiters.length} more`) : null) : "–"));
     })));
   },
 

@@ -132,21 +132,23 @@ impl Core {
     }
 
     pub fn throttle_info(&self) -> Vec<crate::scheduler::ThrottleStats> {
+        let chain_of = |h: &Holder| match h {
+            Holder::Chain(c) => Some(*c),
+            Holder::Task(t) | Holder::InBody { task_id: t, .. } => {
+                self.tasks.get(t).map(|(c, _)| *c)
+            }
+        };
         self.throttles
             .info()
             .into_iter()
             .map(|info| {
-                let chains = info
-                    .holders
+                let holders = info.holders.iter().map(|(h, _)| chain_of(h)).collect();
+                let waiters = info
+                    .first_waiters
                     .iter()
-                    .map(|(h, _)| match h {
-                        Holder::Chain(c) => Some(*c),
-                        Holder::Task(t) | Holder::InBody { task_id: t, .. } => {
-                            self.tasks.get(t).map(|(c, _)| *c)
-                        }
-                    })
+                    .map(|(h, _)| chain_of(h))
                     .collect();
-                (info, chains)
+                (info, holders, waiters)
             })
             .collect()
     }

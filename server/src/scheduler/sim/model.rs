@@ -415,7 +415,7 @@ impl Model {
         let mut broker: BTreeMap<Identity, BTreeSet<crate::scheduler::throttle::Holder>> =
             BTreeMap::new();
         let mut limits = BTreeMap::new();
-        for (info, _) in core.core.throttle_info() {
+        for (info, ..) in core.core.throttle_info() {
             limits.insert(info.identity.clone(), info.limit);
             broker.insert(
                 info.identity,
@@ -479,7 +479,7 @@ impl Model {
             .core
             .throttle_info()
             .into_iter()
-            .map(|(info, _)| {
+            .map(|(info, ..)| {
                 (
                     info.identity,
                     info.holders.into_iter().map(|(h, _)| h).collect(),

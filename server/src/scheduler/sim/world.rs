@@ -979,7 +979,7 @@ impl World {
             }
         }
         // Every slot came back.
-        for (info, _) in self.driver.core.throttle_info() {
+        for (info, ..) in self.driver.core.throttle_info() {
             if !info.holders.is_empty() || info.waiters > 0 {
                 fail!(
                     "throttle safety (guarantee 4): every chain ended, but {} still has holders {:?} and {} waiters",
