@@ -182,9 +182,15 @@ func TestWatchYieldsEventsUntilTheEnd(t *testing.T) {
 	b := startBroker(t, baton.Connection{})
 	w := newWorker(b, "w-watch", nil, 1)
 	noop := w.Register("test.noop", func(ctx *baton.TaskContext) error { return nil })
+	// The first step naps so that the watch opens while the chain runs: a
+	// watch opened after the end gets only the snapshot, which says so.
+	nap := w.Register("test.nap", func(ctx *baton.TaskContext) error {
+		time.Sleep(300 * time.Millisecond)
+		return nil
+	})
 	startWorker(t, b, w, "w-watch")
 	ctx := testCtx(t, 30*time.Second)
-	res, err := b.client.Submit(ctx, baton.NewChain(noop.Si(), noop.Si()))
+	res, err := b.client.Submit(ctx, baton.NewChain(nap.Si(), noop.Si()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -435,7 +435,9 @@ describe("chains and executors", { skip: SKIP }, () => {
   });
 
   test("watch() follows the chain's events to its end", async () => {
-    const handle = await chain(tasks.step.si("watch-1"), tasks.step.si("watch-2")).delay();
+    // The first step naps so that the watch opens while the chain runs: a
+    // watch opened after the end gets only the snapshot, which says so.
+    const handle = await chain(tasks.nap.si("watch-1", 300), tasks.step.si("watch-2")).delay();
     const kinds: string[] = [];
     for await (const event of handle.watch()) kinds.push(event.kind);
     assert.equal(kinds[0], "snapshot");
