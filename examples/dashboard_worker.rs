@@ -25,7 +25,9 @@
 //!        "on_failure": [{"name": "volume.set_erred", "args": ["vol-1"]}]}'
 //! ```
 //!
-//! With token authentication on, give the worker's token in `$BATON_TOKEN`.
+//! With token authentication on, give the worker's token in `$BATON_TOKEN`;
+//! with TLS on, the PEM file of the CA to trust in `$BATON_CA` (the broker's
+//! name checked is `localhost`).
 //!
 //! Tasks:
 //! - `demo.slow(uuid)`: holds an in-body throttle (concurrency 1, key
@@ -152,6 +154,11 @@ async fn main() -> anyhow::Result<()> {
     // A worker token, when the broker checks tokens.
     if let Ok(token) = std::env::var("BATON_TOKEN") {
         builder = builder.token(token);
+    }
+    // The CA to trust, when the broker serves TLS.
+    if let Ok(ca) = std::env::var("BATON_CA") {
+        let pem = std::fs::read(&ca).map_err(|e| anyhow::anyhow!("BATON_CA {ca}: {e}"))?;
+        builder = builder.tls(baton::TlsOptions::new().ca_pem(pem).domain("localhost"));
     }
     builder
         .name(name)

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::history::{EventKind, HistoryEntry};
 pub use crate::ids::{ChainId, NotAnId, TaskId, WorkerId};
 pub use crate::step::{RESULT_APART_AFTER, Run, StepRecord, StepStatus};
 pub use crate::store::records::{
@@ -416,6 +417,13 @@ pub struct ChainRecord {
     /// scheduler's `fanout`).
     #[prost(bool, tag = "27")]
     pub input_apart: bool,
+    /// What happened to the chain, oldest first, bounded (see
+    /// [`crate::history`]).
+    #[prost(message, repeated, tag = "28")]
+    pub history: Vec<HistoryEntry>,
+    /// Entries left out of `history` to keep it bounded.
+    #[prost(uint32, tag = "29")]
+    pub history_dropped: u32,
 }
 
 /// Where a cold chain waits (see `Core::cool`): what recovery needs to

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod domain;
+pub mod history;
 pub mod http;
 pub mod ids;
 pub mod leader;

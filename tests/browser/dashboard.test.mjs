@@ -12,10 +12,12 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import https from "node:https";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import selfsigned from "selfsigned";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const BATON = process.env.BATON_BIN || `${ROOT}/target/debug/baton`;
@@ -103,6 +105,16 @@ after(async () => {
 
 const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 
+/** The history list's lines as "kind task" ("step_started demo.slow"),
+ * or the kind alone for the chain's own events. */
+function historyOf(lines) {
+  return lines.map((line) => {
+    const m = line.match(/\b(submitted|requeued|step_\w+|chain_\w+)(?: (\S+) \(\w+(?: \w+)? #\d+\))?/);
+    assert.ok(m, `a history line: ${line}`);
+    return m[2] ? `${m[1]} ${m[2]}` : m[1];
+  });
+}
+
 test("without a token only health and the login form are served", async () => {
   assert.equal((await fetch(`${http}/healthz`)).status, 200);
   for (const p of ["/api/v1/queues", "/api/v1/chains?q=x", "/metrics", "/assets/app.js", "/api/v1/overview/events"]) {
@@ -179,8 +191,13 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   await until("the demo's slow step to start", async () => /running|succeeded/.test(await page.locator("ol.timeline li", { hasText: "demo.slow" }).locator(".badge").first().textContent()));
   await shot(page, "chain-running");
   await page.locator("h1 .badge", { hasText: "succeeded" }).waitFor();
-  await page.getByText("chain_succeeded").waitFor();
-  await page.getByText("demo.fast (main #1) succeeded").waitFor();
+  // Its history, from the broker's record, in order.
+  const demoHistory = page.getByRole("list", { name: "History of the chain, oldest first" });
+  await demoHistory.locator("li", { hasText: "chain_succeeded" }).waitFor();
+  assert.deepEqual(historyOf(await demoHistory.locator("li").allTextContents()), [
+    "submitted", "step_started demo.slow", "step_succeeded demo.slow",
+    "step_started demo.fast", "step_succeeded demo.fast", "chain_succeeded"]);
+  assert.match(await demoHistory.locator("li", { hasText: "step_started demo.slow" }).textContent(), /attempt 1 on \S+/);
   await shot(page, "chain-demo");
   assert.equal((await api("GET", `/api/v1/chains/${demo[1]}`)).data.state, "CHAIN_STATE_SUCCEEDED");
 
@@ -200,6 +217,13 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   assert.match(await traceback.textContent(), /cinderclient\.exceptions\.OverLimit: VolumeSizeExceedsAvailableQuota/);
   assert.match(await traceback.textContent(), /File "waldur_openstack\/backend\.py", line 812/);
   await page.locator("ol.timeline li", { hasText: "volume.set_erred" }).locator(".badge", { hasText: "succeeded" }).waitFor();
+  const failedHistory = page.getByRole("list", { name: "History of the chain, oldest first" });
+  await failedHistory.locator("li", { hasText: "chain_failed" }).waitFor();
+  assert.deepEqual(historyOf(await failedHistory.locator("li").allTextContents()), [
+    "submitted", "step_started volume.begin_creating", "step_succeeded volume.begin_creating",
+    "step_started volume.create", "step_failed volume.create",
+    "step_started volume.set_erred", "step_succeeded volume.set_erred", "chain_failed"]);
+  assert.match(await failedHistory.locator("li", { hasText: "step_failed" }).textContent(), /BackendError: cinder refused to create vol-1/);
   await shot(page, "chain-failed");
 
   // Chains: the failed list, and a search by idempotency key.
@@ -242,6 +266,9 @@ test("an operator watches the demo and a failed executor, and acts on queues, th
   assert.notEqual(original.requeued_as, "");
   const requeued = (await api("GET", `/api/v1/chains/${original.requeued_as}`)).data;
   assert.equal(requeued.requeued_from, failed);
+  // The requeue is the original's last event, naming the new chain.
+  assert.deepEqual(original.history.at(-1).kind, "requeued");
+  assert.equal(original.history.at(-1).detail, original.requeued_as);
   await until("the requeued chain to fail too (same backend)", async () =>
     (await api("GET", `/api/v1/chains/${original.requeued_as}`)).data.state === "CHAIN_STATE_FAILED");
   // Requeue many: select all, requeue selected.
@@ -363,5 +390,77 @@ test("a client token sees its own chains only", async () => {
   }
   const queues = await page.evaluate(async () => (await fetch("/api/v1/queues")).status);
   assert.equal(queues, 403);
+  await context.close();
+});
+
+test("over TLS: the dashboard signs in with a Secure cookie, watches a chain live and acts", async () => {
+  // A certificate for 127.0.0.1 and localhost, made for this test.
+  const pems = await selfsigned.generate([{ name: "commonName", value: "localhost" }], {
+    keyType: "ec", curve: "P-256", algorithm: "sha256",
+    extensions: [
+      { name: "basicConstraints", cA: false },
+      { name: "subjectAltName", altNames: [{ type: 2, value: "localhost" }, { type: 7, ip: "127.0.0.1" }] },
+    ],
+  });
+  const cert = path.join(dir, "tls-cert.pem");
+  const key = path.join(dir, "tls-key.pem");
+  fs.writeFileSync(cert, pems.cert);
+  fs.writeFileSync(key, pems.private);
+  const [g, h] = [await freePort(), await freePort()];
+  const base = `https://127.0.0.1:${h}`;
+  start("broker-tls", BATON, ["serve", "--listen", `127.0.0.1:${g}`, "--http", `127.0.0.1:${h}`,
+    "--data", path.join(dir, "data-tls"), "--tokens", path.join(dir, "tokens.toml"), "--tls-cert", cert, "--tls-key", key]);
+  // Node checks the broker's certificate against the one made above.
+  const healthz = () => new Promise((resolve, reject) => {
+    https.get(`${base}/healthz`, { ca: pems.cert }, (res) => { res.resume(); resolve(res.statusCode); }).on("error", reject);
+  });
+  await until("the TLS broker's /healthz", async () => (await healthz()) === 200);
+  // Plain HTTP to the TLS listener gets no page.
+  await assert.rejects(fetch(`http://127.0.0.1:${h}/healthz`));
+  start("worker-tls", WORKER, [`127.0.0.1:${g}`, "--name", "tls-worker", "--concurrency", "2"],
+    { BATON_TOKEN: SECRETS.worker, BATON_CA: cert, BATON_DEMO_SLOW_MS: "1500" });
+
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(PATIENCE);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(`${base}/`);
+  await page.getByLabel("Token").fill(SECRETS.admin);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  const [cookie] = await context.cookies(base);
+  assert.ok(cookie, "a session cookie");
+  assert.equal(cookie.secure, true);
+  assert.equal(cookie.httpOnly, true);
+  // The worker connected over TLS shows on the Workers page.
+  await page.getByRole("link", { name: "Workers", exact: true }).click();
+  await page.getByText("tls-worker").waitFor();
+
+  // The seed's demo, submitted over the JSON API on TLS, watched live.
+  const admin = { authorization: `Bearer ${SECRETS.admin}` };
+  const submitted = await context.request.post(`${base}/api/v1/chains`, { headers: admin,
+    data: { steps: [sig("demo.slow", [7]), sig("demo.fast", [7])] } });
+  assert.equal(submitted.status(), 200, await submitted.text());
+  const id = (await submitted.json()).chain_id;
+  await page.goto(`${base}/#/chains/${id}`);
+  const history = page.getByRole("list", { name: "History of the chain, oldest first" });
+  await history.locator("li", { hasText: "step_started demo.slow" }).waitFor();
+  await page.locator("h1 .badge", { hasText: "succeeded" }).waitFor();
+  assert.deepEqual(historyOf(await history.locator("li").allTextContents()), [
+    "submitted", "step_started demo.slow", "step_succeeded demo.slow",
+    "step_started demo.fast", "step_succeeded demo.fast", "chain_succeeded"]);
+  assert.match(await history.locator("li", { hasText: "step_started demo.slow" }).textContent(), /on tls-worker/);
+  await shot(page, "tls-chain");
+
+  // An action over TLS: pause a queue from the page; the broker has it.
+  await page.getByRole("link", { name: "Queues", exact: true }).click();
+  await page.getByLabel("Queue name").fill("tls-queue");
+  await page.getByRole("button", { name: "Pause queue", exact: true }).click();
+  await until("the queue paused at the broker", async () => {
+    const r = await context.request.get(`${base}/api/v1/queues`, { headers: admin });
+    return (await r.json()).queues.some((q) => q.name === "tls-queue" && q.paused);
+  });
+  assert.deepEqual(errors, []);
   await context.close();
 });

@@ -720,6 +720,25 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         requeued_as: c.requeued_as.clone(),
         parent_chain_id: c.parent_chain_id.clone(),
         member_index: c.member_index,
+        history: c.history.iter().map(history_entry).collect(),
+        history_dropped: c.history_dropped,
+    }
+}
+
+fn history_entry(e: &domain::HistoryEntry) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        kind: domain::EventKind::try_from(e.kind)
+            .unwrap_or(domain::EventKind::Unspecified)
+            .as_str()
+            .to_owned(),
+        at_unix_ms: e.at_ms,
+        phase: e.phase,
+        step_index: e.index,
+        attempt: e.attempt,
+        worker: e.worker.clone(),
+        detail: e.detail.clone(),
+        next_unix_ms: e.next_ms,
+        repeats: e.repeats,
     }
 }
 

@@ -201,6 +201,22 @@ pub fn chain_json(c: &pb::Chain) -> Value {
         "requeued_as": c.requeued_as,
         "parent_chain_id": c.parent_chain_id,
         "member_index": c.member_index,
+        "history": c.history.iter().map(history_json).collect::<Vec<_>>(),
+        "history_dropped": c.history_dropped,
+    })
+}
+
+fn history_json(e: &pb::HistoryEntry) -> Value {
+    json!({
+        "kind": e.kind,
+        "at_unix_ms": e.at_unix_ms,
+        "phase": phase(e.phase),
+        "step_index": e.step_index,
+        "attempt": e.attempt,
+        "worker": e.worker,
+        "detail": e.detail,
+        "next_unix_ms": e.next_unix_ms,
+        "repeats": e.repeats,
     })
 }
 
@@ -550,7 +566,74 @@ pub fn chain_text(c: &pb::Chain) -> String {
     for line in unserved_steps(c) {
         out.push_str(&format!("\n{line}: the step waits until one connects\n"));
     }
+    out.push_str("\nHistory:\n");
+    out.push_str(&history_table(c));
     out
+}
+
+/// The chain's history, oldest first: its submission, then each entry.
+fn history_table(c: &pb::Chain) -> String {
+    let step_name = |e: &pb::HistoryEntry| {
+        let steps = match pb::Phase::try_from(e.phase) {
+            Ok(pb::Phase::Main) => &c.steps,
+            Ok(pb::Phase::OnSuccess) => &c.on_success,
+            Ok(pb::Phase::OnFailure) => &c.on_failure,
+            _ => return String::new(),
+        };
+        let name = usize::try_from(e.step_index)
+            .ok()
+            .and_then(|i| steps.get(i))
+            .map_or("?", |s| s.name.as_str());
+        format!("{} #{} {name}", phase(e.phase), e.step_index)
+    };
+    let mut rows = vec![vec![
+        timestamp(c.created_unix_ms),
+        "submitted".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        if c.requeued_from.is_empty() {
+            String::new()
+        } else {
+            format!("requeue of {}", c.requeued_from)
+        },
+    ]];
+    for (i, e) in c.history.iter().enumerate() {
+        if i == 10 && c.history_dropped > 0 {
+            let note = format!("({} events not kept)", c.history_dropped);
+            rows.push(vec![
+                "…".into(),
+                note,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        let mut detail = e.detail.clone();
+        if e.repeats > 0 {
+            detail = format!("{} polls, the last: {detail}", e.repeats + 1);
+        }
+        if e.next_unix_ms > 0 {
+            detail = format!("{detail} (due again {})", timestamp(e.next_unix_ms));
+        }
+        rows.push(vec![
+            timestamp(e.at_unix_ms),
+            e.kind.clone(),
+            step_name(e),
+            if e.attempt > 0 {
+                e.attempt.to_string()
+            } else {
+                String::new()
+            },
+            e.worker.clone(),
+            short(detail.trim(), 80),
+        ]);
+    }
+    table(
+        &["TIME", "EVENT", "STEP", "ATTEMPT", "WORKER", "DETAIL"],
+        &rows,
+    )
 }
 
 /// One event for people: what happened, to which step.

@@ -419,6 +419,38 @@ pub struct Chain {
     pub requeued_as: String,
     pub parent_chain_id: String,
     pub member_index: u32,
+    pub history: Vec<HistoryEntry>,
+    pub history_dropped: u32,
+}
+
+/// `HistoryEntry`.
+#[derive(Serialize, Debug)]
+pub struct HistoryEntry {
+    pub kind: String,
+    pub at_unix_ms: u64,
+    pub phase: &'static str,
+    pub step_index: u32,
+    pub attempt: u32,
+    pub worker: String,
+    pub detail: String,
+    pub next_unix_ms: u64,
+    pub repeats: u32,
+}
+
+impl From<pb::HistoryEntry> for HistoryEntry {
+    fn from(e: pb::HistoryEntry) -> Self {
+        HistoryEntry {
+            kind: e.kind,
+            at_unix_ms: e.at_unix_ms,
+            phase: phase(e.phase),
+            step_index: e.step_index,
+            attempt: e.attempt,
+            worker: e.worker,
+            detail: e.detail,
+            next_unix_ms: e.next_unix_ms,
+            repeats: e.repeats,
+        }
+    }
 }
 
 impl Chain {
@@ -480,6 +512,8 @@ impl Chain {
             requeued_as: view.requeued_as,
             parent_chain_id: view.parent_chain_id,
             member_index: view.member_index,
+            history: view.history.into_iter().map(HistoryEntry::from).collect(),
+            history_dropped: view.history_dropped,
         }
     }
 

@@ -244,29 +244,25 @@ const pages = {
 
   async chain(params, id) {
     show(h("h1", {}, "Chain ", h("span", { class: "mono" }, id)), h("p", {}, "Loading…"));
-    const events = [];
     let chain = null;
     try { chain = await api("GET", `/api/v1/chains/${id}`); } catch (e) {
       show(h("h1", {}, "Chain"), h("p", { class: "live error" }, `${e.code}: ${e.message}`));
       return;
     }
-    renderChain(chain, events);
+    renderChain(chain);
     const source = new EventSource(`/api/v1/chains/${id}/events`);
     source.onmessage = null;
     const kinds = ["snapshot", "submitted", "step_started", "step_succeeded", "step_retrying", "step_polling", "step_failed",
       "step_lost", "step_ready", "step_throttled", "step_scheduled", "step_waiting", "chain_succeeded", "chain_failed", "chain_cancelled"];
-    const handler = (e) => {
-      const ev = JSON.parse(e.data);
-      events.push({ at: Date.now(), kind: ev.kind, phase: ev.phase, step: ev.step_index });
-      renderChain(ev.chain, events);
-    };
+    // Each event carries the whole chain, its history included.
+    const handler = (e) => renderChain(JSON.parse(e.data).chain);
     kinds.forEach((k) => source.addEventListener(k, handler));
     source.onerror = () => source.close(); // the stream ends with the chain
     // Any other kind still arrives: EventSource has no wildcard, so poll
     // the record too while the chain runs.
     const poll = setInterval(async () => {
       if (source.readyState !== EventSource.CLOSED) return;
-      try { renderChain(await api("GET", `/api/v1/chains/${id}`), events); } catch { /* shown on the next try */ }
+      try { renderChain(await api("GET", `/api/v1/chains/${id}`)); } catch { /* shown on the next try */ }
     }, 3000);
     onLeave(() => { source.close(); clearInterval(poll); });
   },
@@ -485,7 +481,7 @@ function renderOverview(frame) {
   show(...children);
 }
 
-function renderChain(c, events) {
+function renderChain(c) {
   const focused = document.activeElement && document.activeElement.id;
   const running = c.state === "CHAIN_STATE_RUNNING";
   const failed = c.state === "CHAIN_STATE_FAILED";
@@ -543,28 +539,34 @@ function renderChain(c, events) {
     h("h2", {}, "Timeline"),
     phase("Steps", c.steps), phase("On success", c.on_success), phase("On failure", c.on_failure),
     h("h2", {}, "History"),
-    h("ul", { class: "events", "aria-label": "History from the chain's record" }, history(c).map(([t, text]) =>
-      h("li", {}, h("span", { class: "muted" }, new Date(t).toLocaleTimeString()), " ", text))),
-    h("h2", {}, "Live events"),
-    events.length ? h("ul", { class: "events", "aria-label": "Events seen since this page opened" },
-      events.map((e) => h("li", {}, h("span", { class: "muted" }, new Date(e.at).toLocaleTimeString()), " ", h("code", {}, e.kind),
-        e.phase !== "PHASE_UNSPECIFIED" ? ` ${short(e.phase).toLowerCase()} #${e.step}` : ""))) : h("p", { class: "empty" }, "Waiting for events…"));
+    h("ol", { class: "events", "aria-label": "History of the chain, oldest first" }, history(c)));
   if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
 }
 
-/** What the chain's record tells of its past, oldest first: when it was
- * stored and ended, and when each step last entered its queue, started
- * and ended (the broker keeps the latest times of each step, not a log). */
+/** The chain's history from its record (`history`, kept by the broker
+ * for as long as the chain is stored), oldest first: each attempt with its
+ * worker, each failure, retry, poll and loss, the callbacks and the end. */
 function history(c) {
-  const out = [[c.created_unix_ms, "chain submitted"]];
-  for (const s of [...c.steps, ...c.on_success, ...c.on_failure]) {
-    const name = `${s.name} (${short(s.phase).toLowerCase().replace("_", " ")} #${s.index})`;
-    if (s.ready_unix_ms) out.push([s.ready_unix_ms, `${name} ready in ${s.queue || "its queue"}`]);
-    if (s.started_unix_ms) out.push([s.started_unix_ms, `${name} started, attempt ${s.attempts}${s.worker ? ` on ${s.worker}` : ""}`]);
-    if (s.finished_unix_ms) out.push([s.finished_unix_ms, `${name} ${short(s.state).toLowerCase()}`]);
+  // To the millisecond: a chain's events are often within one second.
+  const at = (t) => h("time", { datetime: new Date(t).toISOString(), class: "muted" },
+    `${new Date(t).toLocaleTimeString([], { hour12: false })}.${String(t % 1000).padStart(3, "0")}`);
+  const stepName = (e) => {
+    const steps = { PHASE_MAIN: c.steps, PHASE_ON_SUCCESS: c.on_success, PHASE_ON_FAILURE: c.on_failure }[e.phase] || [];
+    const s = steps[e.step_index];
+    return `${s ? s.name : "step"} (${short(e.phase).toLowerCase().replace("_", " ")} #${e.step_index})`;
+  };
+  const items = (c.history || []).map((e) => h("li", {}, at(e.at_unix_ms), " ", h("code", {}, e.kind),
+    e.phase !== "PHASE_UNSPECIFIED" ? ` ${stepName(e)}` : "",
+    e.attempt ? `, attempt ${e.attempt}` : "",
+    e.worker ? ` on ${e.worker}` : "",
+    e.repeats ? ` (${e.repeats + 1} polls, the last at this time)` : "",
+    e.next_unix_ms ? `, due again ${when(e.next_unix_ms)}` : "",
+    e.detail ? [": ", e.kind === "requeued" ? chainLink(e.detail) : h("span", { class: "detail" }, e.detail)] : null));
+  if (c.history_dropped) {
+    items.splice(10, 0, h("li", { class: "muted" }, `… ${c.history_dropped} events not kept (the first 10 and the last 90 are)`));
   }
-  if (c.finished_unix_ms) out.push([c.finished_unix_ms, `chain ${short(c.state).toLowerCase()}`]);
-  return out.sort((a, b) => a[0] - b[0]);
+  return [h("li", {}, at(c.created_unix_ms), " ", h("code", {}, "submitted"),
+    c.requeued_from ? [" as a requeue of ", chainLink(c.requeued_from)] : null), ...items];
 }
 
 function failure(f, earlier) {

@@ -360,14 +360,17 @@ impl Core {
         if let Some(rec) = self.chains.get_mut(&new_id) {
             rec.requeued_from = chain_id.to_string();
         }
+        let requeued = HistoryEntry::chain(EventKind::Requeued, now, &new_id.to_string());
         match self.chains.get_mut(&chain_id) {
             // Ended with a run still out: written with the round's dirty chains.
             Some(rec) => {
                 rec.requeued_as = new_id.to_string();
+                rec.record(requeued);
                 self.touch(chain_id);
             }
             None => {
                 original.requeued_as = new_id.to_string();
+                original.record(requeued);
                 self.batch.put_chain(&original, false);
             }
         }

@@ -374,7 +374,7 @@ impl Core {
                 worker.held_back += 1;
             }
         }
-        self.event(chain_id, "step_started", Some(at));
+        self.event(chain_id, EventKind::StepStarted, Some(at), now);
         self.touch(chain_id);
     }
 
@@ -437,8 +437,8 @@ impl Core {
         let superseded = rec.is_ended() || rec.current() != run.at;
         let step = rec.step_mut(run.at);
         step.lapses += 1;
-        step.worker.clear();
         if superseded {
+            step.worker.clear();
             self.settle_superseded(chain_id, run.at, now);
             return;
         }
@@ -455,10 +455,13 @@ impl Core {
             step.set_state(StepState::Failed);
             step.failure = Some(record.clone());
             step.finished_ms = now;
-            self.event(chain_id, "step_failed", Some(run.at));
+            step.worker.clear();
+            self.event(chain_id, EventKind::StepFailed, Some(run.at), now);
             self.fail_chain(chain_id, record, now);
         } else {
-            self.event(chain_id, "step_lost", Some(run.at));
+            // The history names the worker that lost it.
+            self.event_about(chain_id, EventKind::StepLost, Some(run.at), now, reason);
+            self.live_step(chain_id, run.at).worker.clear();
             self.make_ready(chain_id, run.at, now);
         }
     }

@@ -88,7 +88,7 @@ impl Core {
             step: task_id,
             members: None,
         });
-        self.event(chain_id, "step_waiting", Some(at));
+        self.event(chain_id, EventKind::StepWaiting, Some(at), now);
         self.touch(chain_id);
     }
 

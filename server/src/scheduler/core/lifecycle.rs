@@ -42,7 +42,7 @@ impl Core {
         rec.state = ChainState::Cancelled as i32;
         rec.cancel_reason = reason;
         rec.finished_ms = now;
-        self.event(chain_id, "chain_cancelled", None);
+        self.event(chain_id, EventKind::ChainCancelled, None, now);
         self.touch(chain_id);
         self.chain_ended(chain_id, now);
         tracing::info!(chain.id = %chain_id, "chain cancelled");
@@ -307,7 +307,7 @@ impl Core {
         step.set_state(StepState::Failed);
         step.failure = Some(record.clone());
         step.finished_ms = now;
-        self.event(chain_id, "step_failed", Some(at));
+        self.event(chain_id, EventKind::StepFailed, Some(at), now);
         self.fail_chain(chain_id, record, now);
         self.touch(chain_id);
     }
@@ -340,12 +340,12 @@ impl Core {
         rec.state = state as i32;
         rec.finished_ms = now;
         let kind = if state == ChainState::Succeeded {
-            "chain_succeeded"
+            EventKind::ChainSucceeded
         } else {
-            "chain_failed"
+            EventKind::ChainFailed
         };
-        tracing::debug!(chain.id = %chain_id, state = kind, "chain ended");
-        self.event(chain_id, kind, None);
+        tracing::debug!(chain.id = %chain_id, state = kind.as_str(), "chain ended");
+        self.event(chain_id, kind, None, now);
         self.touch(chain_id);
         self.chain_ended(chain_id, now);
     }

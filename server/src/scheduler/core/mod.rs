@@ -692,24 +692,55 @@ impl Core {
         self.emit(Output::ToWorker { worker_id, msg });
     }
 
-    pub(super) fn event(&mut self, chain_id: ChainId, kind: &'static str, at: Option<StepAt>) {
+    /// Something happened to a chain: kept in its history (see
+    /// [`crate::history`]) and sent to its watchers. The details (attempt,
+    /// worker, failure, next try) come from the record as the transition
+    /// left it.
+    pub(super) fn event(
+        &mut self,
+        chain_id: ChainId,
+        kind: EventKind,
+        at: Option<StepAt>,
+        now: UnixMs,
+    ) {
+        self.event_about(chain_id, kind, at, now, "");
+    }
+
+    /// [`Core::event`] with a detail the record does not hold (a poll's
+    /// message, why a run was lost).
+    pub(super) fn event_about(
+        &mut self,
+        chain_id: ChainId,
+        kind: EventKind,
+        at: Option<StepAt>,
+        now: UnixMs,
+        detail: &str,
+    ) {
+        let Some(chain) = self.chains.get_mut(&chain_id) else {
+            return;
+        };
+        let entry = history_entry(chain, kind, at, now, detail);
+        chain.record(entry);
         if !self.watched.contains_key(&chain_id) {
             return;
         }
-        if let Some(chain) = self.chains.get(&chain_id) {
-            let last = chain.is_ended();
-            // One copy of the chain for all of its watchers.
-            let event = Arc::new(ChainEvent::new(kind, at, self.with_results(chain.clone())));
-            if last {
-                // The driver closes their streams with this event.
-                self.watched.remove(&chain_id);
-            }
-            self.emit(Output::Event {
-                chain_id,
-                event,
-                last,
-            });
+        let chain = &self.chains[&chain_id];
+        let last = chain.is_ended();
+        // One copy of the chain for all of its watchers.
+        let event = Arc::new(ChainEvent::new(
+            kind.as_str(),
+            at,
+            self.with_results(chain.clone()),
+        ));
+        if last {
+            // The driver closes their streams with this event.
+            self.watched.remove(&chain_id);
         }
+        self.emit(Output::Event {
+            chain_id,
+            event,
+            last,
+        });
     }
 
     /// An output whose round is durable (or an early assignment at the
@@ -818,4 +849,41 @@ fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
     let mut list: Vec<serde_json::Value> = serde_json::from_str(args).unwrap_or_default();
     list.insert(0, value);
     serde_json::Value::Array(list).to_string()
+}
+
+/// The history entry for `kind` on `chain` as the transition left it.
+fn history_entry(
+    chain: &ChainRecord,
+    kind: EventKind,
+    at: Option<StepAt>,
+    now: UnixMs,
+    detail: &str,
+) -> HistoryEntry {
+    let summary = |failure: Option<&FailureRecord>| {
+        failure.map_or(String::new(), |f| {
+            format!("{}: {}", f.error_type, f.message)
+        })
+    };
+    let Some(at) = at else {
+        let derived = match kind {
+            EventKind::ChainFailed => summary(chain.failure.as_ref()),
+            EventKind::ChainCancelled => chain.cancel_reason.clone(),
+            _ => String::new(),
+        };
+        let detail = if detail.is_empty() { &derived } else { detail };
+        return HistoryEntry::chain(kind, now, detail);
+    };
+    let step = chain.step(at);
+    let entry = HistoryEntry::step(kind, now, at, step.attempts);
+    match kind {
+        EventKind::StepStarted | EventKind::StepLost => {
+            entry.with_worker(&step.worker).with_detail(detail)
+        }
+        EventKind::StepRetrying => entry
+            .with_detail(&summary(step.failure.as_ref()))
+            .with_next(step.not_before_ms),
+        EventKind::StepPolling => entry.with_detail(detail).with_next(step.not_before_ms),
+        EventKind::StepFailed => entry.with_detail(&summary(step.failure.as_ref())),
+        _ => entry.with_detail(detail),
+    }
 }

@@ -130,7 +130,7 @@ impl Core {
             now,
         );
         self.live_step(chain_id, at).failure = Some(record.clone());
-        self.event(chain_id, "step_failed", Some(at));
+        self.event(chain_id, EventKind::StepFailed, Some(at), now);
         self.fail_chain(chain_id, record, now);
         self.touch(chain_id);
     }

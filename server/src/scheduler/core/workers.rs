@@ -300,7 +300,7 @@ impl Core {
                     let delay = eff.backoff(step.retries);
                     self.task_metrics.get(&record.task_name).retried.inc();
                     self.schedule(chain_id, at, now.saturating_add(delay));
-                    self.event(chain_id, "step_retrying", Some(at));
+                    self.event(chain_id, EventKind::StepRetrying, Some(at), now);
                 } else {
                     self.fail_step(chain_id, at, record, now);
                 }
@@ -318,7 +318,7 @@ impl Core {
                     self.fail_step(chain_id, at, record, now);
                 } else {
                     self.schedule(chain_id, at, now.saturating_add(delay_ms));
-                    self.event(chain_id, "step_polling", Some(at));
+                    self.event_about(chain_id, EventKind::StepPolling, Some(at), now, &message);
                 }
             }
         }
@@ -372,7 +372,7 @@ impl Core {
             task_metrics.get(step.name()).succeeded.inc();
             counts_of(queue_counts, &step.queue).succeeded += 1;
         }
-        self.event(chain_id, "step_succeeded", Some(at));
+        self.event(chain_id, EventKind::StepSucceeded, Some(at), now);
         self.advance(chain_id, at, now);
         self.prune_results(chain_id);
         self.touch(chain_id);
