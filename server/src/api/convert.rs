@@ -720,7 +720,7 @@ pub fn chain_view(c: &ChainRecord) -> pb::Chain {
         requeued_as: c.requeued_as.clone(),
         parent_chain_id: c.parent_chain_id.clone(),
         member_index: c.member_index,
-        history: c.history.iter().map(history_entry).collect(),
+        history: crate::history::view(c).iter().map(history_entry).collect(),
         history_dropped: c.history_dropped,
     }
 }

@@ -598,18 +598,16 @@ fn history_table(c: &pb::Chain) -> String {
             format!("requeue of {}", c.requeued_from)
         },
     ]];
-    for (i, e) in c.history.iter().enumerate() {
-        if i == 10 && c.history_dropped > 0 {
-            let note = format!("({} events not kept)", c.history_dropped);
-            rows.push(vec![
-                "…".into(),
-                note,
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
-        }
+    if c.history_dropped > 0 {
+        let note = format!(
+            "{} retries, polls or lost runs in the middle not kept",
+            c.history_dropped
+        );
+        let mut row = vec![String::new(); 6];
+        row[1] = note;
+        rows.push(row);
+    }
+    for e in &c.history {
         let mut detail = e.detail.clone();
         if e.repeats > 0 {
             detail = format!("{} polls, the last: {detail}", e.repeats + 1);

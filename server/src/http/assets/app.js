@@ -562,11 +562,10 @@ function history(c) {
     e.repeats ? ` (${e.repeats + 1} polls, the last at this time)` : "",
     e.next_unix_ms ? `, due again ${when(e.next_unix_ms)}` : "",
     e.detail ? [": ", e.kind === "requeued" ? chainLink(e.detail) : h("span", { class: "detail" }, e.detail)] : null));
-  if (c.history_dropped) {
-    items.splice(10, 0, h("li", { class: "muted" }, `… ${c.history_dropped} events not kept (the first 10 and the last 90 are)`));
-  }
   return [h("li", {}, at(c.created_unix_ms), " ", h("code", {}, "submitted"),
-    c.requeued_from ? [" as a requeue of ", chainLink(c.requeued_from)] : null), ...items];
+    c.requeued_from ? [" as a requeue of ", chainLink(c.requeued_from)] : null),
+  c.history_dropped ? h("li", { class: "muted" }, `${c.history_dropped} retries, polls or lost runs in the middle are not kept (the first 10 and the last 90 are)`) : null,
+  ...items];
 }
 
 function failure(f, earlier) {

@@ -692,10 +692,9 @@ impl Core {
         self.emit(Output::ToWorker { worker_id, msg });
     }
 
-    /// Something happened to a chain: kept in its history (see
-    /// [`crate::history`]) and sent to its watchers. The details (attempt,
-    /// worker, failure, next try) come from the record as the transition
-    /// left it.
+    /// Something happened to a chain: sent to its watchers, and when an
+    /// attempt ended without ending its step, kept in its history (see
+    /// [`crate::history`]; the rest of the history is in the record).
     pub(super) fn event(
         &mut self,
         chain_id: ChainId,
@@ -719,8 +718,24 @@ impl Core {
         let Some(chain) = self.chains.get_mut(&chain_id) else {
             return;
         };
-        let entry = history_entry(chain, kind, at, now, detail);
-        chain.record(entry);
+        if let (Some(at), EventKind::StepRetrying | EventKind::StepPolling | EventKind::StepLost) =
+            (at, kind)
+        {
+            let step = chain.step(at);
+            let mut end = HistoryEntry::step(kind, now, at, step.attempts);
+            end = match kind {
+                EventKind::StepRetrying => {
+                    let failure = step.failure.as_ref();
+                    let summary = failure.map_or(String::new(), |f| {
+                        format!("{}: {}", f.error_type, f.message)
+                    });
+                    end.with_detail(&summary).with_next(step.not_before_ms)
+                }
+                EventKind::StepPolling => end.with_detail(detail).with_next(step.not_before_ms),
+                _ => end.with_worker(&step.worker).with_detail(detail),
+            };
+            chain.record_attempt(at, end);
+        }
         if !self.watched.contains_key(&chain_id) {
             return;
         }
@@ -849,41 +864,4 @@ fn with_carried(args: &str, carried: Option<serde_json::Value>) -> String {
     let mut list: Vec<serde_json::Value> = serde_json::from_str(args).unwrap_or_default();
     list.insert(0, value);
     serde_json::Value::Array(list).to_string()
-}
-
-/// The history entry for `kind` on `chain` as the transition left it.
-fn history_entry(
-    chain: &ChainRecord,
-    kind: EventKind,
-    at: Option<StepAt>,
-    now: UnixMs,
-    detail: &str,
-) -> HistoryEntry {
-    let summary = |failure: Option<&FailureRecord>| {
-        failure.map_or(String::new(), |f| {
-            format!("{}: {}", f.error_type, f.message)
-        })
-    };
-    let Some(at) = at else {
-        let derived = match kind {
-            EventKind::ChainFailed => summary(chain.failure.as_ref()),
-            EventKind::ChainCancelled => chain.cancel_reason.clone(),
-            _ => String::new(),
-        };
-        let detail = if detail.is_empty() { &derived } else { detail };
-        return HistoryEntry::chain(kind, now, detail);
-    };
-    let step = chain.step(at);
-    let entry = HistoryEntry::step(kind, now, at, step.attempts);
-    match kind {
-        EventKind::StepStarted | EventKind::StepLost => {
-            entry.with_worker(&step.worker).with_detail(detail)
-        }
-        EventKind::StepRetrying => entry
-            .with_detail(&summary(step.failure.as_ref()))
-            .with_next(step.not_before_ms),
-        EventKind::StepPolling => entry.with_detail(detail).with_next(step.not_before_ms),
-        EventKind::StepFailed => entry.with_detail(&summary(step.failure.as_ref())),
-        _ => entry.with_detail(detail),
-    }
 }
