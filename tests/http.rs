@@ -155,3 +155,83 @@ async fn the_json_api_answers_as_grpc_does() {
     assert_eq!(status, 404);
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_task_name_is_found_at_once_among_many_ended_chains() {
+    use baton::Task;
+    use baton_worker::TaskContext;
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = http.local_addr().expect("addr");
+    let broker = TestBroker::start_with(|c| {
+        c.http = Some(baton_server::http::Listen::Bound(Arc::new(http)));
+    })
+    .await;
+    let client = broker.client().await;
+    let _w = TestWorker::spawn(
+        worker(&broker.addr, "lister")
+            .concurrency(64)
+            .task("common", |_ctx: TaskContext| async {
+                Ok(serde_json::json!(null))
+            })
+            .task("rare", |_ctx: TaskContext| async {
+                Ok(serde_json::json!(null))
+            }),
+    );
+    // Three rare chains, then more common ones than one filtered read of
+    // the plain list covers (5,000): newest first, those come first.
+    let mut rare = Vec::new();
+    for i in 0..3 {
+        let id = client
+            .submit(Task::new("rare").si([i]))
+            .await
+            .unwrap()
+            .chain_id;
+        client.wait_timeout(&id, PATIENCE).await.unwrap();
+        rare.push(id);
+    }
+    for start in (0..6000).step_by(1000) {
+        let batch = (start..start + 1000).map(|i| Task::new("common").si([i]));
+        let submitted = client.submit_many(batch).await.unwrap();
+        for s in &submitted {
+            client.wait_timeout(&s.chain_id, PATIENCE).await.unwrap();
+        }
+    }
+    let page = |path: String| async move {
+        let (status, body) = call(addr, "GET", &path, "").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        let chains = page["chains"].as_array().unwrap();
+        chains
+            .iter()
+            .map(|c| c["chain_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first =
+        page("/api/v1/chains?state=CHAIN_STATE_SUCCEEDED&task=rare&page_size=2".into()).await;
+    assert_eq!(ids(&first), [rare[2].clone(), rare[1].clone()], "{first}");
+    assert_eq!(
+        first["scanned"], 2,
+        "read from the task index, not the whole list"
+    );
+    let token = first["next_page_token"].as_str().unwrap();
+    let second = page(format!(
+        "/api/v1/chains?state=CHAIN_STATE_SUCCEEDED&task=rare&page_size=2&page_token={token}"
+    ))
+    .await;
+    assert_eq!(ids(&second), [rare[0].clone()]);
+    assert_eq!(second["next_page_token"], "");
+    // The running list has no task index: it is filtered as it is read.
+    let running = page("/api/v1/chains?state=CHAIN_STATE_RUNNING&task=rare".into()).await;
+    assert!(ids(&running).is_empty());
+    // A token of this list is refused by another list.
+    let (status, body) = call(
+        addr,
+        "GET",
+        "/api/v1/chains?state=CHAIN_STATE_RUNNING&page_token=nonsense",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}

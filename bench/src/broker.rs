@@ -263,11 +263,16 @@ pub fn free_port() -> Result<u16> {
 
 /// The text of the metrics endpoint on loopback port `port`.
 pub async fn metrics(port: u16) -> Result<String> {
+    http_get(port, "/metrics").await
+}
+
+/// The whole answer (status line, headers and body) to `GET path` on
+/// loopback port `port`, over HTTP/1.0: the server closes when done.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
     Ok(body)

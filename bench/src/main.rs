@@ -24,6 +24,7 @@ mod groups;
 mod handoff;
 mod hostile;
 mod latency;
+mod listing;
 mod recovery;
 mod retention;
 mod stats;
@@ -56,8 +57,10 @@ struct Args {
     /// Comma-separated groups: disk, noop, chains, executors, latency,
     /// handoff, recovery; and, run only when named, hostile (issue 19's
     /// hostile workloads), retention (the data directory under a steady
-    /// load with a short retention) and fanout (one group of --members
-    /// members against as many chains). Default: all but those three.
+    /// load with a short retention), fanout (one group of --members
+    /// members against as many chains) and listing (the chain list's pages
+    /// with --stored-chains ended chains stored). Default: all but those
+    /// four.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every workload's size (0.1 for a quick look).
@@ -81,6 +84,9 @@ struct Args {
     /// Members of the fanout figure's group (before --scale).
     #[arg(long, default_value_t = 10_000)]
     members: usize,
+    /// Ended chains stored for the listing figure (before --scale).
+    #[arg(long, default_value_t = 1_000_000)]
+    stored_chains: usize,
     /// Retention window of the retention figure, in seconds (the run lasts
     /// four windows).
     #[arg(long, default_value_t = 20)]
@@ -177,6 +183,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.named("retention") {
         retention::run(&durable, args.size(1500), args.retention_seconds).await?;
+    }
+    if args.named("listing") {
+        listing::run(&durable, args.size(args.stored_chains), args.runs).await?;
     }
     if args.named("fanout") {
         let members = args.size(args.members);

@@ -260,10 +260,11 @@ pub struct ListQuery {
     /// A chain id, or an idempotency key: finds that one chain.
     pub q: Option<String>,
     /// `CHAIN_STATE_FAILED` (the default): failed chains not requeued,
-    /// newest failure first. Other states need an index the store does
-    /// not have yet (`UNIMPLEMENTED`).
+    /// newest failure first; `CHAIN_STATE_SUCCEEDED`, `_CANCELLED`: by
+    /// when they ended; `CHAIN_STATE_RUNNING`: newest first.
     pub state: Option<String>,
-    /// Only chains with a step of this task name.
+    /// Only chains with a step of this task name (ended chains: from the
+    /// store's task index).
     pub task: Option<String>,
     /// Only chains with a step routed to this queue.
     pub queue: Option<String>,
@@ -330,17 +331,33 @@ pub async fn list(
         None | Some(0) => DEFAULT_PAGE,
         Some(n) => n.min(MAX_PAGE),
     } as usize;
-    let mut after =
-        match query.page_token.as_deref().filter(|t| !t.is_empty()) {
-            None => None,
-            Some(token) => Some(crate::store::ListCursor::parse(listing, token).ok_or_else(
-                || ApiError::invalid("page_token is not a token this broker handed out"),
-            )?),
-        };
+    // A task name of an ended list is read from the store's task index;
+    // the running list (and every other filter) is filtered as it is read.
+    let task = query
+        .task
+        .as_deref()
+        .filter(|t| !t.is_empty() && listing != crate::store::Listing::Running);
+    let cursor = |token: &str| match task {
+        Some(task) => crate::store::ListCursor::of_task(listing, task, token),
+        None => crate::store::ListCursor::parse(listing, token),
+    };
+    let mut after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(token) => Some(cursor(token).ok_or_else(|| {
+            ApiError::invalid("page_token is not a token this broker handed out for this list")
+        })?),
+    };
     let mut page = ChainPage::default();
     loop {
         let want = size - page.chains.len();
-        let dead = state.handle.chains(listing, after.take(), want).await?;
+        let dead = match task {
+            Some(task) => state
+                .handle
+                .chains_of_task(listing, task.to_owned(), after.take(), want)
+                .await?
+                .unwrap_or_default(),
+            None => state.handle.chains(listing, after.take(), want).await?,
+        };
         page.scanned += dead.chains.len();
         page.chains.extend(
             dead.chains
@@ -354,7 +371,7 @@ pub async fn list(
                 page.next_page_token = next;
                 break;
             }
-            Some(next) => after = crate::store::ListCursor::parse(listing, &next),
+            Some(next) => after = cursor(&next),
         }
     }
     Ok(Json(page))

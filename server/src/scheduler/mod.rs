@@ -668,6 +668,28 @@ impl Handle {
             .map_err(|e| Error::Store(e.to_string()))
     }
 
+    /// Up to `limit` ended chains of `listing` with a step named `task`,
+    /// newest first, from the store's task index; `None` for the running
+    /// list, which has no such index.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read.
+    pub async fn chains_of_task(
+        &self,
+        listing: Listing,
+        task: String,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Option<ListPage>, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.chains_of_task(listing, &task, after.as_ref(), limit)
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))?
+        .map_err(|e| Error::Store(e.to_string()))
+    }
+
     /// The counters and histograms the scheduler updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

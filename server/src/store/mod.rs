@@ -49,7 +49,8 @@ use prost::Message;
 use sled::IVec;
 
 use crate::domain::{
-    ChainRecord, ChainState, ColdSummary, Identity, Options, RateRecord, ScheduleRecord, Signature,
+    ChainRecord, ChainState, ColdSummary, Identity, Options, Phase, RateRecord, ScheduleRecord,
+    Signature,
 };
 
 mod backend;
@@ -138,6 +139,10 @@ enum Space {
     /// Ended chains that succeeded or were cancelled, by state and end time
     /// (failed ones are in `Dead`): what lists them (see [`Listing`]).
     Done = b'k',
+    /// Ended chains by state, task name and end time (a chain once under
+    /// each task name of its steps; failed ones until requeued): what lists
+    /// them by task name (see [`Store::chains_of_task`]).
+    Tasks = b'n',
     /// Markers of the store itself (which one-time migrations are done).
     Meta = b'~',
 }
@@ -242,6 +247,9 @@ impl Batch {
                 );
                 if let Some(key) = done_key(chain.state(), chain.finished_ms, &chain.id) {
                     self.insert(Space::Done, key, []);
+                    for key in task_keys(chain) {
+                        self.insert(Space::Tasks, key, []);
+                    }
                 }
             }
         }
@@ -261,6 +269,18 @@ impl Batch {
         for state in [ChainState::Succeeded, ChainState::Cancelled] {
             if let Some(key) = done_key(state, chain.finished_ms, &chain.id) {
                 self.remove(Space::Done, key);
+            }
+        }
+        for state in [
+            ChainState::Succeeded,
+            ChainState::Cancelled,
+            ChainState::Failed,
+        ] {
+            for name in &chain.task_names {
+                self.remove(
+                    Space::Tasks,
+                    task_key(state, name, chain.finished_ms, &chain.id),
+                );
             }
         }
         if chain.owns_key {
@@ -283,8 +303,14 @@ impl Batch {
             let key = dead_key(chain.finished_ms, &chain.id);
             if chain.requeued_as.is_empty() {
                 self.insert(Space::Dead, key, []);
+                for key in task_keys(chain) {
+                    self.insert(Space::Tasks, key, []);
+                }
             } else {
                 self.remove(Space::Dead, key);
+                for key in task_keys(chain) {
+                    self.remove(Space::Tasks, key);
+                }
             }
         }
     }
@@ -400,6 +426,8 @@ pub struct Expired {
     pub owns_key: bool,
     /// Task ids of its results stored apart.
     pub results: Vec<String>,
+    /// The task names of its steps (its entries in the task index).
+    pub task_names: Vec<String>,
 }
 
 /// Where [`Store::expired`] goes on from: after the last chain it found.
@@ -466,6 +494,7 @@ impl Store {
         };
         store.index_ended()?;
         store.index_done()?;
+        store.index_tasks()?;
         Ok(store)
     }
 
@@ -522,12 +551,18 @@ impl Store {
                     Ok(String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
+            // Its entries in the task index are named after its steps.
+            let task_names = match self.chain(&id) {
+                Ok(Some(chain)) => task_names(&chain).into_iter().map(str::to_owned).collect(),
+                _ => Vec::new(),
+            };
             found.push(Expired {
                 id,
                 finished_ms: u64::from_be_bytes(*ms),
                 idempotency_key,
                 owns_key,
                 results,
+                task_names,
             });
         }
         Ok((found, cursor))
@@ -537,13 +572,17 @@ impl Store {
     /// index existed, so retention finds them too (see [`Store::index_once`]).
     fn index_ended(&self) -> Result<(), Error> {
         self.index_once("ended-indexed", "for retention", |chain| {
-            chain.is_ended().then(|| {
-                (
-                    Space::Ended,
-                    dead_key(chain.finished_ms, &chain.id),
-                    chain.idempotency_key.clone().into_bytes(),
-                )
-            })
+            chain
+                .is_ended()
+                .then(|| {
+                    (
+                        Space::Ended,
+                        dead_key(chain.finished_ms, &chain.id),
+                        chain.idempotency_key.clone().into_bytes(),
+                    )
+                })
+                .into_iter()
+                .collect()
         })
     }
 
@@ -554,6 +593,28 @@ impl Store {
         self.index_once("done-indexed", "for listing", |chain| {
             done_key(chain.state(), chain.finished_ms, &chain.id)
                 .map(|key| (Space::Done, key, Vec::new()))
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Indexes the ended chains of a store written before the task index
+    /// existed by their task names, so that a filter by task name finds
+    /// them (see [`Store::index_once`]).
+    fn index_tasks(&self) -> Result<(), Error> {
+        self.index_once("tasks-indexed", "by task name", |chain| {
+            let listed = match chain.state() {
+                ChainState::Failed => chain.requeued_as.is_empty(),
+                ChainState::Succeeded | ChainState::Cancelled => true,
+                _ => false,
+            };
+            if !listed {
+                return Vec::new();
+            }
+            task_keys(chain)
+                .into_iter()
+                .map(|key| (Space::Tasks, key, Vec::new()))
+                .collect()
         })
     }
 
@@ -565,7 +626,7 @@ impl Store {
         &self,
         marker: &str,
         what: &str,
-        entry: impl Fn(&ChainRecord) -> Option<(Space, Vec<u8>, Vec<u8>)>,
+        entries: impl Fn(&ChainRecord) -> Vec<(Space, Vec<u8>, Vec<u8>)>,
     ) -> Result<(), Error> {
         if self.get(Space::Meta, marker)?.is_some() {
             return Ok(());
@@ -577,10 +638,11 @@ impl Store {
             let Ok(chain) = ChainRecord::decode(value.as_ref()) else {
                 continue;
             };
-            if let Some((space, key, value)) = entry(&chain)
-                && self.get(Space::Live, &chain.id)?.is_none()
-            {
-                batch.insert(space, key, value);
+            let entries = entries(&chain);
+            if !entries.is_empty() && self.get(Space::Live, &chain.id)?.is_none() {
+                for (space, key, value) in entries {
+                    batch.insert(space, key, value);
+                }
                 indexed += 1;
             }
             if batch.writes.len() >= 10_000 {
@@ -653,6 +715,51 @@ impl Store {
             }
         }
         Ok(page)
+    }
+
+    /// Up to `limit` ended chains of `listing` with a step named `task`,
+    /// newest first (by when they ended), from the task index: as fast
+    /// for a rare name among millions of chains as for a common one.
+    /// `None` for [`Listing::Running`], which has no such index (its
+    /// chains are few and filtered as they are read).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read.
+    pub fn chains_of_task(
+        &self,
+        listing: Listing,
+        task: &str,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<Option<ListPage>, Error> {
+        let Some(state) = listing.ended_state() else {
+            return Ok(None);
+        };
+        let prefix = task_prefix(state, task);
+        let mut end = prefix.clone();
+        end.extend([0xff; 9]);
+        let end = match after {
+            None => Space::Tasks.key(end),
+            Some(cursor) => Space::Tasks.key(&cursor.0),
+        };
+        let mut page = ListPage::default();
+        let mut last: Option<Vec<u8>> = None;
+        for item in self.backend.range(&Space::Tasks.key(&prefix), &end).rev() {
+            let (key, _) = item?;
+            let Some(rest) = key.get(1 + prefix.len()..) else {
+                continue;
+            };
+            if page.chains.len() == limit {
+                page.next = last.as_deref().map(|k| Listing::Failed.token(k));
+                break;
+            }
+            last = Some(rest.to_vec());
+            let id = String::from_utf8_lossy(Listing::Failed.id_in(rest)).into_owned();
+            if let Ok(Some(chain)) = self.chain(&id) {
+                page.chains.push(chain);
+            }
+        }
+        Ok(Some(page))
     }
 
     /// Applies a batch atomically (visible, not yet durable).
@@ -926,6 +1033,40 @@ fn done_key(state: ChainState, finished_ms: u64, chain_id: &str) -> Option<Vec<u
     Some(key)
 }
 
+/// The distinct task names of a chain's steps, callbacks included.
+fn task_names(chain: &ChainRecord) -> std::collections::BTreeSet<&str> {
+    [Phase::Main, Phase::OnSuccess, Phase::OnFailure]
+        .into_iter()
+        .flat_map(|phase| chain.steps_of(phase))
+        .map(|step| step.name())
+        .collect()
+}
+
+/// The start of the task index's keys of `state` and `name`: the state, the
+/// name's length (two bytes) and the name.
+fn task_prefix(state: ChainState, name: &str) -> Vec<u8> {
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut key = vec![u8::try_from(state as i32).unwrap_or(0)];
+    key.extend(len.to_be_bytes());
+    key.extend(name.as_bytes());
+    key
+}
+
+/// Key of the task index: [`task_prefix`], then as the dead index.
+fn task_key(state: ChainState, name: &str, finished_ms: u64, chain_id: &str) -> Vec<u8> {
+    let mut key = task_prefix(state, name);
+    key.extend(dead_key(finished_ms, chain_id));
+    key
+}
+
+/// A chain's keys in the task index: one per task name of its steps.
+fn task_keys(chain: &ChainRecord) -> Vec<Vec<u8>> {
+    task_names(chain)
+        .into_iter()
+        .map(|name| task_key(chain.state(), name, chain.finished_ms, &chain.id))
+        .collect()
+}
+
 /// Which chains [`Store::chains`] walks, newest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listing {
@@ -950,6 +1091,16 @@ impl Listing {
             ChainState::Cancelled => Some(Listing::Cancelled),
             ChainState::Running => Some(Listing::Running),
             ChainState::Unspecified => None,
+        }
+    }
+
+    /// The state of its chains when they ended; `None` for the running.
+    fn ended_state(self) -> Option<ChainState> {
+        match self {
+            Listing::Failed => Some(ChainState::Failed),
+            Listing::Succeeded => Some(ChainState::Succeeded),
+            Listing::Cancelled => Some(ChainState::Cancelled),
+            Listing::Running => None,
         }
     }
 
@@ -1015,6 +1166,14 @@ impl ListCursor {
             key.splice(0..0, start);
         }
         Some(ListCursor(key))
+    }
+
+    /// Reads a page token of [`Store::chains_of_task`] with `task`; `None`
+    /// when it is not one.
+    pub fn of_task(listing: Listing, task: &str, token: &str) -> Option<Self> {
+        let state = listing.ended_state()?;
+        let (ms, id) = token.split_once('-')?;
+        Some(ListCursor(task_key(state, task, ms.parse().ok()?, id)))
     }
 }
 
@@ -1318,6 +1477,141 @@ pub(crate) mod tests {
             store.apply(&b).unwrap();
             assert_eq!(ids(&list(Listing::Succeeded, None, 10)), ["s2"]);
             assert!(ids(&list(Listing::Cancelled, None, 10)).is_empty());
+        }
+    }
+
+    /// An ended chain of `state` at `at` whose steps are named `names`.
+    fn named(id: &str, names: &[&str], state: ChainState, at: u64) -> ChainRecord {
+        let steps = names
+            .iter()
+            .map(|name| Signature {
+                name: (*name).into(),
+                args: "[]".into(),
+                kwargs: "{}".into(),
+                ..Default::default()
+            })
+            .collect();
+        let spec = ChainSpec {
+            steps,
+            ..ChainSpec::default()
+        };
+        ChainRecord {
+            id: id.to_owned(),
+            state: state as i32,
+            finished_ms: at,
+            ..ChainRecord::new(ChainId::default(), spec, 1)
+        }
+    }
+
+    #[test]
+    fn ended_chains_are_listed_by_task_name_newest_first_until_requeued_or_removed() {
+        for place in Place::all() {
+            let store = place.open();
+            let mut b = Batch::new();
+            // Many of a common name, few of a rare one, in every state.
+            for i in 0..300u64 {
+                b.put_chain(
+                    &named(&format!("n{i}"), &["common"], ChainState::Succeeded, i),
+                    false,
+                );
+            }
+            b.put_chain(
+                &named("r1", &["common", "rare"], ChainState::Succeeded, 50),
+                false,
+            );
+            b.put_chain(
+                &named("r2", &["rare", "rare"], ChainState::Succeeded, 250),
+                false,
+            );
+            b.put_chain(&named("r3", &["rare"], ChainState::Succeeded, 150), false);
+            b.put_chain(&named("rc", &["rare"], ChainState::Cancelled, 60), false);
+            b.put_chain(&named("rf", &["rare"], ChainState::Failed, 70), false);
+            // A longer name that starts like it is another name.
+            b.put_chain(&named("x", &["rarer"], ChainState::Succeeded, 80), false);
+            store.apply(&b).unwrap();
+            let ids = |p: &ListPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+            let list = |listing, after: Option<&ListCursor>, n| {
+                store
+                    .chains_of_task(listing, "rare", after, n)
+                    .unwrap()
+                    .unwrap()
+            };
+
+            let first = list(Listing::Succeeded, None, 2);
+            assert_eq!(ids(&first), ["r2", "r3"], "newest first, once per chain");
+            let token = first.next.as_deref().unwrap();
+            let next = ListCursor::of_task(Listing::Succeeded, "rare", token).unwrap();
+            let second = list(Listing::Succeeded, Some(&next), 2);
+            assert_eq!((ids(&second), second.next), (vec!["r1".to_owned()], None));
+            assert_eq!(ids(&list(Listing::Cancelled, None, 10)), ["rc"]);
+            assert_eq!(ids(&list(Listing::Failed, None, 10)), ["rf"]);
+            assert!(
+                store
+                    .chains_of_task(Listing::Running, "rare", None, 10)
+                    .unwrap()
+                    .is_none()
+            );
+            let common = store
+                .chains_of_task(Listing::Succeeded, "common", None, 500)
+                .unwrap()
+                .unwrap();
+            assert_eq!(common.chains.len(), 301);
+
+            // A requeued failed chain leaves it, as it leaves the dead list.
+            let mut requeued = named("rf", &["rare"], ChainState::Failed, 70);
+            requeued.requeued_as = "next".into();
+            let mut b = Batch::new();
+            b.put_chain(&requeued, false);
+            store.apply(&b).unwrap();
+            assert!(ids(&list(Listing::Failed, None, 10)).is_empty());
+
+            // Retention removes a chain from it.
+            let mut b = Batch::new();
+            let (found, _) = store.expired(200, &ExpiryCursor::default(), 1000).unwrap();
+            for expired in &found {
+                b.remove_chain(expired);
+            }
+            store.apply(&b).unwrap();
+            assert_eq!(ids(&list(Listing::Succeeded, None, 10)), ["r2"]);
+            assert!(ids(&list(Listing::Cancelled, None, 10)).is_empty());
+            let common = store
+                .chains_of_task(Listing::Succeeded, "common", None, 500)
+                .unwrap()
+                .unwrap();
+            assert_eq!(common.chains.len(), 100);
+        }
+    }
+
+    #[test]
+    fn a_store_without_the_task_index_is_indexed_once_when_opened() {
+        for place in Place::all() {
+            {
+                // Written as a version without the index did: records only.
+                let store = place.open();
+                let mut b = Batch::new();
+                for (id, state) in [("old", ChainState::Succeeded), ("dead", ChainState::Failed)] {
+                    let chain = named(id, &["t"], state, 5);
+                    b.insert(Space::Chains, &chain.id, chain.encode_to_vec());
+                }
+                b.remove(Space::Meta, "tasks-indexed");
+                store.apply(&b).unwrap();
+                store.backend.flush().unwrap();
+            }
+            let store = place.open();
+            for (listing, id) in [(Listing::Succeeded, "old"), (Listing::Failed, "dead")] {
+                let found = store
+                    .chains_of_task(listing, "t", None, 10)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    found
+                        .chains
+                        .iter()
+                        .map(|c| c.id.as_str())
+                        .collect::<Vec<_>>(),
+                    [id]
+                );
+            }
         }
     }
 

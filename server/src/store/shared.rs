@@ -375,6 +375,18 @@ impl Shared {
         self.read(|s| s.chains(listing, after, limit))
     }
 
+    /// # Errors
+    /// As [`Store::chains_of_task`].
+    pub fn chains_of_task(
+        &self,
+        listing: Listing,
+        task: &str,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<Option<ListPage>, Error> {
+        self.read(|s| s.chains_of_task(listing, task, after, limit))
+    }
+
     fn journal(&self) -> MutexGuard<'_, Journal> {
         self.inner.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
