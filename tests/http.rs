@@ -222,6 +222,19 @@ async fn a_rare_task_name_is_found_at_once_among_many_ended_chains() {
     .await;
     assert_eq!(ids(&second), [rare[0].clone()]);
     assert_eq!(second["next_page_token"], "");
+    // Created since now: nothing, and the list stops at the first chain
+    // that ended before then instead of reading on.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let none = page(format!(
+        "/api/v1/chains?state=CHAIN_STATE_SUCCEEDED&since_unix_ms={now}"
+    ))
+    .await;
+    assert!(ids(&none).is_empty());
+    assert_eq!(none["next_page_token"], "", "{none}");
+    assert!(none["scanned"].as_u64().unwrap() <= 50, "{none}");
     // The running list has no task index: it is filtered as it is read.
     let running = page("/api/v1/chains?state=CHAIN_STATE_RUNNING&task=rare".into()).await;
     assert!(ids(&running).is_empty());

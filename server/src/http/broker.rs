@@ -365,8 +365,17 @@ pub async fn list(
                 .filter(|c| Summary::matches(c, &query))
                 .map(Summary::of),
         );
+        // Ended lists go from the latest end back, and a chain ends after
+        // it was created: past an end before `since_unix_ms`, nothing
+        // further can match.
+        let past_since = listing != crate::store::Listing::Running
+            && query
+                .since_unix_ms
+                .zip(dead.chains.last())
+                .is_some_and(|(since, c)| c.finished_ms < since);
         match dead.next {
             None => break,
+            Some(_) if past_since => break,
             Some(next) if page.chains.len() >= size || page.scanned >= MAX_SCAN => {
                 page.next_page_token = next;
                 break;
