@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -206,36 +205,50 @@ def test_jobs_beyond_the_threads_wait_in_order_and_a_queued_one_can_be_withdrawn
 def test_threads_busy_with_a_backlog_of_short_jobs_wake_no_others(monkeypatch):
     """A backlog of short jobs (a prefetching worker's) is left to the thread
     that is awake while it keeps taking them: waking the idle threads would
-    only make them contend for the GIL. (A thread stalled by the machine for
-    a whole SPARE_DELAY may let a second one wake; never all four.)"""
-    monkeypatch.setattr("baton.worker.SPARE_DELAY", 0.01)
+    only make them contend for the GIL. Once a whole SPARE_DELAY passes with
+    no job taken (a body that stalls after all), the idle threads wake for
+    the jobs still queued. The spare timer is driven by hand here: on a busy
+    machine a real one could see a stall that the test did not make."""
+    monkeypatch.setattr("baton.worker.SPARE_DELAY", 3600)
 
     async def main():
         outcomes = Outcomes()
-
-        async def until(count):
-            await outcomes.until(lambda done: len(done) == count)
-
         pool = _Pool(4, asyncio.get_running_loop(), outcomes.on_done)
-        threads = set()
+        permits = threading.Semaphore(0)
+        entered = [0]
 
-        def short(spin):
-            threads.add(threading.current_thread().name)
-            end = time.perf_counter() + spin
-            while time.perf_counter() < end:
-                pass
+        def short(wait):
+            entered[0] += 1
+            if wait:
+                permits.acquire()
 
-        pool.submit(make_run(0), short, [0], {})
-        await until(1)  # short is known short now
-        threads.clear()
-        for i in range(1, 401):  # 400 x 0.1 ms: the backlog outlasts several SPARE_DELAYs
-            pool.submit(make_run(i), short, [0.0001], {})
-        await until(401)
+        async def until_entered(n):
+            while entered[0] < n:
+                await asyncio.sleep(0.001)
+
+        pool.submit(make_run(0), short, [False], {})
+        await outcomes.until(lambda done: len(done) == 1)  # short is known short now
+        for i in range(1, 11):
+            pool.submit(make_run(i), short, [True], {})
+        await until_entered(1)  # one thread woke and holds job 1; nine jobs wait
+        assert len(pool._sleeping) == 3
+        pool._spare_timer.cancel()
+        pool._arm_spare_timer()  # the mark: jobs taken so far
+
+        permits.release()  # job 1 returns; the awake thread takes job 2
+        await until_entered(2)
+        pool._wake_spares()  # a job was taken since the mark: nobody wakes
+        assert len(pool._sleeping) == 3, "threads woke while the awake one kept taking jobs"
+        pool._wake_spares()  # none taken since: the idle threads wake for the queue
+        assert len(pool._sleeping) == 0
+        await until_entered(5)  # each of them took a job
+
+        for _ in range(10):
+            permits.release()
+        await outcomes.until(lambda done: len(done) == 11)
         pool.shutdown(wait=True)
-        return threads
 
-    threads = asyncio.run(main())
-    assert 1 <= len(threads) <= 2, threads
+    asyncio.run(main())
 
 
 def test_the_default_window_is_seven_per_slot_and_none_on_the_heavy_queue():
