@@ -248,3 +248,124 @@ async fn a_rare_task_name_is_found_at_once_among_many_ended_chains() {
     .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_rates_and_schedules_over_http_are_what_grpc_sees() {
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = http.local_addr().expect("addr");
+    let broker = TestBroker::start_with(|c| {
+        c.http = Some(baton_server::http::Listen::Bound(Arc::new(http)));
+    })
+    .await;
+    let admin = broker.client().await.admin();
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+
+    // A rate set over HTTP, read over gRPC; cleared with no rate.
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/throttles/rate",
+        r#"{"identity": {"key": "api:github"}, "rate": {"count": 10, "period_ms": 1000, "burst": 2}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["rate"]["count"], 10, "{body}");
+    assert_eq!(json(&body)["rate_overridden"], true);
+    let seen = admin.list_throttles().await.unwrap();
+    let github = seen
+        .iter()
+        .find(|t| t.identity.as_ref().is_some_and(|i| i.key == "api:github"))
+        .expect("the identity");
+    assert_eq!(
+        github.rate.map(|r| (r.count, r.period_ms, r.burst)),
+        Some((10, 1000, 2))
+    );
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/throttles/rate",
+        r#"{"identity": {"key": "api:github"}, "rate": {"count": 0, "period_ms": 1000}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "a rate of 0 is refused: {body}");
+    assert!(body.contains("count"), "{body}");
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/throttles/rate",
+        r#"{"identity": {"key": "api:github"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["rate_overridden"], false, "{body}");
+
+    // A schedule put over HTTP is the one gRPC lists; paused, resumed,
+    // removed.
+    let schedule = r#"{"name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+        "chain": {"steps": [{"name": "report.build", "args": ["daily", 7], "options": {"queue": "reports"}}],
+                  "unique_key": "report"}}"#;
+    let (status, body) = call(addr, "PUT", "/api/v1/schedules", schedule).await;
+    assert_eq!(status, 200, "{body}");
+    let put = json(&body);
+    assert_eq!(
+        put["chain"]["steps"][0]["args"],
+        serde_json::json!(["daily", 7])
+    );
+    assert_eq!(put["chain"]["steps"][0]["options"]["queue"], "reports");
+    assert_eq!(
+        put["next_fires_unix_ms"].as_array().unwrap().len(),
+        5,
+        "{body}"
+    );
+    let listed = admin.list_schedules().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let kept = listed[0].schedule.as_ref().unwrap();
+    assert_eq!(
+        (kept.name.as_str(), kept.cron.as_str()),
+        ("nightly-report", "0 3 * * *")
+    );
+    let (status, body) = call(addr, "GET", "/api/v1/schedules", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["schedules"][0]["timezone"], "Europe/Berlin");
+    let (status, body) = call(addr, "POST", "/api/v1/schedules/nightly-report/pause", "").await;
+    assert_eq!(
+        (status, json(&body)["paused"].clone()),
+        (200, serde_json::json!(true)),
+        "{body}"
+    );
+    assert!(
+        json(&body)["next_fires_unix_ms"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (status, body) = call(addr, "POST", "/api/v1/schedules/nightly-report/resume", "").await;
+    assert_eq!(
+        (status, json(&body)["paused"].clone()),
+        (200, serde_json::json!(false)),
+        "{body}"
+    );
+    // Bad input changes nothing and says what was wrong.
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/schedules",
+        r#"{"name": "nightly-report", "cron": "not a cron", "chain": {"steps": [{"name": "x"}]}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cron"), "{body}");
+    assert_eq!(
+        admin.list_schedules().await.unwrap()[0]
+            .schedule
+            .as_ref()
+            .unwrap()
+            .cron,
+        "0 3 * * *"
+    );
+    let (status, body) = call(addr, "DELETE", "/api/v1/schedules/nightly-report", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(admin.list_schedules().await.unwrap().is_empty());
+    let (status, body) = call(addr, "DELETE", "/api/v1/schedules/nightly-report", "").await;
+    assert_eq!(status, 404, "{body}");
+}

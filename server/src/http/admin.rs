@@ -191,6 +191,117 @@ pub async fn set_limit(
     Ok(Json(answer.into_inner().into()))
 }
 
+/// `PUT /api/v1/throttles/rate`: SetThrottleRate (body
+/// `{"identity": {...}, "rate": {"count": N, "period_ms": P, "burst": B}}`;
+/// no rate clears the override).
+pub async fn set_rate(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+    body: Bytes,
+) -> Result<Json<json::ThrottleInfo>, ApiError> {
+    let body: json::SetRate = parse_required(&body)?;
+    let answer = state
+        .admin
+        .set_throttle_rate(request(
+            &caller,
+            pb::SetThrottleRateRequest {
+                identity: Some(pb::ThrottleIdentity {
+                    task_name: body.identity.task_name,
+                    key: body.identity.key,
+                }),
+                rate: body.rate.map(pb::Rate::from),
+            },
+        ))
+        .await?;
+    Ok(Json(answer.into_inner().into()))
+}
+
+#[derive(Serialize)]
+pub struct Schedules {
+    schedules: Vec<json::ScheduleInfo>,
+}
+
+/// `GET /api/v1/schedules`: ListSchedules.
+pub async fn schedules(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+) -> Result<Json<Schedules>, ApiError> {
+    let answer = state
+        .admin
+        .list_schedules(request(&caller, pb::ListSchedulesRequest {}))
+        .await?;
+    let schedules = answer.into_inner().schedules;
+    Ok(Json(Schedules {
+        schedules: schedules.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// `PUT /api/v1/schedules`: PutSchedule (adds it, or replaces the one of
+/// the same name).
+pub async fn put_schedule(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+    body: Bytes,
+) -> Result<Json<json::ScheduleInfo>, ApiError> {
+    let body: json::PutSchedule = parse_required(&body)?;
+    let schedule = body.into_pb().map_err(ApiError::invalid)?;
+    let answer = state
+        .admin
+        .put_schedule(request(
+            &caller,
+            pb::PutScheduleRequest {
+                schedule: Some(schedule),
+            },
+        ))
+        .await?;
+    Ok(Json(answer.into_inner().into()))
+}
+
+/// `POST /api/v1/schedules/{name}/pause` and `.../resume`: PauseSchedule.
+async fn pause_schedule_as(
+    state: &State,
+    caller: &crate::auth::Caller,
+    name: String,
+    paused: bool,
+) -> Result<Json<json::ScheduleInfo>, ApiError> {
+    let answer = state
+        .admin
+        .pause_schedule(request(caller, pb::PauseScheduleRequest { name, paused }))
+        .await?;
+    Ok(Json(answer.into_inner().into()))
+}
+
+/// `POST /api/v1/schedules/{name}/pause`: PauseSchedule.
+pub async fn pause_schedule(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<json::ScheduleInfo>, ApiError> {
+    pause_schedule_as(&state, &caller, name, true).await
+}
+
+/// `POST /api/v1/schedules/{name}/resume`: PauseSchedule with paused false.
+pub async fn resume_schedule(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<json::ScheduleInfo>, ApiError> {
+    pause_schedule_as(&state, &caller, name, false).await
+}
+
+/// `DELETE /api/v1/schedules/{name}`: RemoveSchedule.
+pub async fn remove_schedule(
+    Shared(state): Shared<Arc<State>>,
+    AdminCaller(caller): AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .admin
+        .remove_schedule(request(&caller, pb::RemoveScheduleRequest { name }))
+        .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeadQuery {

@@ -183,6 +183,55 @@ pub struct SetLimit {
     pub limit: u32,
 }
 
+/// `SetThrottleRateRequest`: no `rate` (or `null`) clears the override.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SetRate {
+    pub identity: Identity,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+/// `Schedule` (the body of `PutSchedule`): the chain as `POST
+/// /api/v1/chains` takes it.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PutSchedule {
+    pub name: String,
+    #[serde(default)]
+    pub cron: String,
+    #[serde(default)]
+    pub timezone: String,
+    #[serde(default)]
+    pub every_ms: u64,
+    pub chain: SubmitChain,
+    #[serde(default)]
+    pub deadline_ms: u64,
+    #[serde(default)]
+    pub catch_up: u32,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl PutSchedule {
+    /// The protocol's schedule, for the Admin service to validate.
+    ///
+    /// # Errors
+    /// A message naming the field whose enum name is unknown.
+    pub fn into_pb(self) -> Result<pb::Schedule, String> {
+        Ok(pb::Schedule {
+            name: self.name,
+            cron: self.cron,
+            timezone: self.timezone,
+            every_ms: self.every_ms,
+            chain: Some(self.chain.into_pb().map_err(|m| format!("chain.{m}"))?),
+            deadline_ms: self.deadline_ms,
+            catch_up: self.catch_up,
+            paused: self.paused,
+        })
+    }
+}
+
 /// `ThrottleIdentity`.
 #[derive(Deserialize, Serialize, Debug, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -715,4 +764,150 @@ mod tests {
         assert_eq!(chain_state(3), "CHAIN_STATE_FAILED");
         assert_eq!(chain_state(99), "UNKNOWN");
     }
+}
+
+/// `ScheduleInfo`: the schedule's chain as it was given (args and kwargs
+/// as JSON).
+#[derive(Serialize, Debug)]
+pub struct ScheduleInfo {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub every_ms: u64,
+    pub chain: Value,
+    pub deadline_ms: u64,
+    pub catch_up: u32,
+    pub paused: bool,
+    pub next_fires_unix_ms: Vec<u64>,
+    pub last_fire_unix_ms: u64,
+    pub last_chain_id: String,
+    pub created_unix_ms: u64,
+}
+
+impl From<pb::ScheduleInfo> for ScheduleInfo {
+    fn from(info: pb::ScheduleInfo) -> Self {
+        let s = info.schedule.unwrap_or_default();
+        ScheduleInfo {
+            name: s.name,
+            cron: s.cron,
+            timezone: s.timezone,
+            every_ms: s.every_ms,
+            chain: s.chain.as_ref().map_or(Value::Null, chain_request),
+            deadline_ms: s.deadline_ms,
+            catch_up: s.catch_up,
+            paused: s.paused,
+            next_fires_unix_ms: info.next_fires_unix_ms,
+            last_fire_unix_ms: info.last_fire_unix_ms,
+            last_chain_id: info.last_chain_id,
+            created_unix_ms: info.created_unix_ms,
+        }
+    }
+}
+
+/// A submission as `POST /api/v1/chains` takes it (default fields left out).
+fn chain_request(c: &pb::SubmitChainRequest) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("steps".into(), signatures_json(&c.steps));
+    if !c.on_success.is_empty() {
+        out.insert("on_success".into(), signatures_json(&c.on_success));
+    }
+    if !c.on_failure.is_empty() {
+        out.insert("on_failure".into(), signatures_json(&c.on_failure));
+    }
+    if c.heavy {
+        out.insert("heavy".into(), Value::Bool(true));
+    }
+    if !c.context.is_empty() {
+        let context: BTreeMap<_, _> = c.context.iter().collect();
+        out.insert("context".into(), serde_json::json!(context));
+    }
+    if !c.unique_key.is_empty() {
+        out.insert("unique_key".into(), c.unique_key.clone().into());
+    }
+    Value::Object(out)
+}
+
+fn signatures_json(list: &[pb::Signature]) -> Value {
+    list.iter().map(signature_json).collect()
+}
+
+/// A signature as the API takes it (default fields left out).
+fn signature_json(s: &pb::Signature) -> Value {
+    let mut out = serde_json::Map::new();
+    if !s.name.is_empty() {
+        out.insert("name".into(), s.name.clone().into());
+    }
+    if !s.args.is_empty() {
+        out.insert("args".into(), value(&s.args));
+    }
+    if !s.kwargs.is_empty() {
+        out.insert("kwargs".into(), value(&s.kwargs));
+    }
+    if s.immutable {
+        out.insert("immutable".into(), Value::Bool(true));
+    }
+    if let Some(o) = &s.options {
+        out.insert("options".into(), options_json(o));
+    }
+    if !s.members.is_empty() {
+        out.insert("members".into(), signatures_json(&s.members));
+    }
+    if let Some(e) = &s.executor {
+        out.insert(
+            "executor".into(),
+            serde_json::json!({
+                "steps": signatures_json(&e.steps),
+                "on_success": signatures_json(&e.on_success),
+                "on_failure": signatures_json(&e.on_failure),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// Options as the API takes them (default fields left out).
+fn options_json(o: &pb::Options) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut put = |key: &str, v: Value| {
+        out.insert(key.into(), v);
+    };
+    if !o.queue.is_empty() {
+        put("queue", o.queue.clone().into());
+    }
+    if o.heavy {
+        put("heavy", true.into());
+    }
+    if let Some(t) = &o.throttle {
+        let mut throttle = serde_json::json!({
+            "concurrency": t.concurrency, "key": t.key, "shared": t.shared,
+        });
+        if t.scope != pb::ThrottleScope::Unspecified as i32 {
+            throttle["scope"] = enum_name(t.scope, pb::ThrottleScope::as_str_name).into();
+        }
+        if let Some(rate) = t.rate {
+            throttle["rate"] = serde_json::json!(Rate::from(rate));
+        }
+        put("throttle", throttle);
+    }
+    let numbers = [
+        ("max_retries", o.max_retries.map(u64::from)),
+        ("retry_backoff_ms", o.retry_backoff_ms),
+        ("retry_backoff_max_ms", o.retry_backoff_max_ms),
+        ("max_polls", o.max_polls.map(u64::from)),
+        ("timeout_ms", o.timeout_ms),
+        ("countdown_ms", Some(o.countdown_ms).filter(|n| *n > 0)),
+        ("eta_unix_ms", Some(o.eta_unix_ms).filter(|n| *n > 0)),
+    ];
+    for (key, n) in numbers {
+        if let Some(n) = n {
+            put(key, n.into());
+        }
+    }
+    if o.priority != 0 {
+        put("priority", o.priority.into());
+    }
+    if !o.description.is_empty() {
+        put("description", o.description.clone().into());
+    }
+    Value::Object(out)
 }

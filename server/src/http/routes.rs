@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::{State, admin, assets, broker, live};
 
@@ -59,6 +59,24 @@ pub fn table() -> Vec<Route> {
         route("post", "/api/v1/workers/{worker}/drain", post(admin::drain)),
         route("get", "/api/v1/throttles", get(admin::throttles)),
         route("put", "/api/v1/throttles/limit", put(admin::set_limit)),
+        route("put", "/api/v1/throttles/rate", put(admin::set_rate)),
+        route("get", "/api/v1/schedules", get(admin::schedules)),
+        route("put", "/api/v1/schedules", put(admin::put_schedule)),
+        route(
+            "post",
+            "/api/v1/schedules/{name}/pause",
+            post(admin::pause_schedule),
+        ),
+        route(
+            "post",
+            "/api/v1/schedules/{name}/resume",
+            post(admin::resume_schedule),
+        ),
+        route(
+            "delete",
+            "/api/v1/schedules/{name}",
+            delete(admin::remove_schedule),
+        ),
         route("get", "/api/v1/dead", get(admin::dead)),
         route("post", "/api/v1/dead/requeue", post(admin::requeue_many)),
         route("get", "/api/v1/overview", get(live::overview)),
