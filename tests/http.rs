@@ -30,15 +30,20 @@ async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
     (status, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_json_api_answers_as_grpc_does() {
+/// A broker with its HTTP listener on a loopback port bound here.
+async fn broker_with_http() -> (TestBroker, std::net::SocketAddr) {
     let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = http.local_addr().expect("addr");
-    let http = Arc::new(http);
     let broker = TestBroker::start_with(|c| {
-        c.http = Some(baton_server::http::Listen::Bound(http));
+        c.http = Some(baton_server::http::Listen::Bound(Arc::new(http)));
     })
     .await;
+    (broker, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_answers_as_grpc_does() {
+    let (broker, addr) = broker_with_http().await;
 
     let (status, body) = call(addr, "GET", "/healthz", "").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"SERVING"}"#));
@@ -160,12 +165,7 @@ async fn the_json_api_answers_as_grpc_does() {
 async fn a_rare_task_name_is_found_at_once_among_many_ended_chains() {
     use baton::Task;
     use baton_worker::TaskContext;
-    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = http.local_addr().expect("addr");
-    let broker = TestBroker::start_with(|c| {
-        c.http = Some(baton_server::http::Listen::Bound(Arc::new(http)));
-    })
-    .await;
+    let (broker, addr) = broker_with_http().await;
     let client = broker.client().await;
     let _w = TestWorker::spawn(
         worker(&broker.addr, "lister")
@@ -251,12 +251,7 @@ async fn a_rare_task_name_is_found_at_once_among_many_ended_chains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttle_rates_and_schedules_over_http_are_what_grpc_sees() {
-    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = http.local_addr().expect("addr");
-    let broker = TestBroker::start_with(|c| {
-        c.http = Some(baton_server::http::Listen::Bound(Arc::new(http)));
-    })
-    .await;
+    let (broker, addr) = broker_with_http().await;
     let admin = broker.client().await.admin();
     let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
 

@@ -18,7 +18,9 @@
 //! [`HISTORY_HEAD`] are dropped (and counted): the start and the latest
 //! events are what an operator reads.
 
-use crate::domain::{ChainRecord, ChainState, Phase, StepAt, StepState, UnixMs};
+use crate::domain::{
+    ChainRecord, ChainState, FailureRecord, Phase, StepAt, StepRecord, StepState, UnixMs,
+};
 
 /// Entries a chain keeps in its record at most.
 pub const HISTORY_KEPT: usize = 100;
@@ -132,6 +134,27 @@ impl HistoryEntry {
         }
     }
 
+    /// The end of an attempt of `step` (at `at`) that did not end it:
+    /// `kind` is retrying (with its failure), polling (with the poll's
+    /// `detail`) or lost (with the worker that lost it and why, `detail`),
+    /// and when the step is due again.
+    pub fn attempt_end(
+        kind: EventKind,
+        now: UnixMs,
+        at: StepAt,
+        step: &StepRecord,
+        detail: &str,
+    ) -> Self {
+        let end = HistoryEntry::step(kind, now, at, step.attempts);
+        match kind {
+            EventKind::StepRetrying => end
+                .with_detail(&summary(step.failure.as_ref()))
+                .with_next(step.not_before_ms),
+            EventKind::StepPolling => end.with_detail(detail).with_next(step.not_before_ms),
+            _ => end.with_worker(&step.worker).with_detail(detail),
+        }
+    }
+
     pub fn with_worker(mut self, worker: &str) -> Self {
         self.worker = worker.to_owned();
         self
@@ -150,6 +173,13 @@ impl HistoryEntry {
     fn is(&self, kind: EventKind, phase: i32, index: u32) -> bool {
         self.kind == kind as i32 && self.phase == phase && self.index == index
     }
+}
+
+/// "ErrorType: message" of a failure; empty for none.
+fn summary(failure: Option<&FailureRecord>) -> String {
+    failure.map_or(String::new(), |f| {
+        format!("{}: {}", f.error_type, f.message)
+    })
 }
 
 /// `detail` cut to [`DETAIL_MAX`] bytes at a character boundary.

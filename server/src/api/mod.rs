@@ -357,7 +357,7 @@ impl AdminService {
             None
         } else {
             Some(
-                crate::store::ListCursor::parse(listing, page_token).ok_or_else(|| {
+                crate::store::ListCursor::parse(listing, None, page_token).ok_or_else(|| {
                     Status::invalid_argument(
                         "page_token is not a token this broker handed out for this list",
                     )
@@ -366,7 +366,12 @@ impl AdminService {
         };
         let page = self
             .handle
-            .chains(listing, after, usize::try_from(size).unwrap_or(usize::MAX))
+            .chains(
+                listing,
+                None,
+                after,
+                usize::try_from(size).unwrap_or(usize::MAX),
+            )
             .await?;
         Ok((
             page.chains.iter().map(convert::chain_view).collect(),

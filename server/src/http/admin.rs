@@ -335,9 +335,10 @@ pub async fn dead(
     let after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
         None => None,
         Some(token) => Some(
-            crate::store::ListCursor::parse(crate::store::Listing::Failed, token).ok_or_else(
-                || ApiError::invalid("page_token is not a token this broker handed out"),
-            )?,
+            crate::store::ListCursor::parse(crate::store::Listing::Failed, None, token)
+                .ok_or_else(|| {
+                    ApiError::invalid("page_token is not a token this broker handed out")
+                })?,
         ),
     };
     let page = state

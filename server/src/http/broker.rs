@@ -333,14 +333,8 @@ pub async fn list(
     } as usize;
     // A task name of an ended list is read from the store's task index;
     // the running list (and every other filter) is filtered as it is read.
-    let task = query
-        .task
-        .as_deref()
-        .filter(|t| !t.is_empty() && listing != crate::store::Listing::Running);
-    let cursor = |token: &str| match task {
-        Some(task) => crate::store::ListCursor::of_task(listing, task, token),
-        None => crate::store::ListCursor::parse(listing, token),
-    };
+    let task = query.task.as_deref().filter(|t| !t.is_empty());
+    let cursor = |token: &str| crate::store::ListCursor::parse(listing, task, token);
     let mut after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
         None => None,
         Some(token) => Some(cursor(token).ok_or_else(|| {
@@ -350,14 +344,11 @@ pub async fn list(
     let mut page = ChainPage::default();
     loop {
         let want = size - page.chains.len();
-        let dead = match task {
-            Some(task) => state
-                .handle
-                .chains_of_task(listing, task.to_owned(), after.take(), want)
-                .await?
-                .unwrap_or_default(),
-            None => state.handle.chains(listing, after.take(), want).await?,
-        };
+        let owned = task.map(str::to_owned);
+        let dead = state
+            .handle
+            .chains(listing, owned, after.take(), want)
+            .await?;
         page.scanned += dead.chains.len();
         page.chains.extend(
             dead.chains

@@ -647,43 +647,25 @@ impl Handle {
         after: Option<ListCursor>,
         limit: usize,
     ) -> Result<ListPage, Error> {
-        self.chains(Listing::Failed, after, limit).await
+        self.chains(Listing::Failed, None, after, limit).await
     }
 
     /// The chains of a listing, newest first, read from the store
-    /// (committed records; no scheduler round; see `Store::chains`).
+    /// (committed records; no scheduler round; see `Store::chains`, also
+    /// for `task`).
     ///
     /// # Errors
     /// [`Error::Store`] when the store cannot be read.
     pub async fn chains(
         &self,
         listing: Listing,
+        task: Option<String>,
         after: Option<ListCursor>,
         limit: usize,
     ) -> Result<ListPage, Error> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.chains(listing, after.as_ref(), limit))
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?
-            .map_err(|e| Error::Store(e.to_string()))
-    }
-
-    /// Up to `limit` ended chains of `listing` with a step named `task`,
-    /// newest first, from the store's task index; `None` for the running
-    /// list, which has no such index.
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store cannot be read.
-    pub async fn chains_of_task(
-        &self,
-        listing: Listing,
-        task: String,
-        after: Option<ListCursor>,
-        limit: usize,
-    ) -> Result<Option<ListPage>, Error> {
-        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            store.chains_of_task(listing, &task, after.as_ref(), limit)
+            store.chains(listing, task.as_deref(), after.as_ref(), limit)
         })
         .await
         .map_err(|e| Error::Store(e.to_string()))?

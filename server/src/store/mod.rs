@@ -141,7 +141,7 @@ enum Space {
     Done = b'k',
     /// Ended chains by state, task name and end time (a chain once under
     /// each task name of its steps; failed ones until requeued): what lists
-    /// them by task name (see [`Store::chains_of_task`]).
+    /// them by task name (see [`Store::chains`]).
     Tasks = b'n',
     /// Markers of the store itself (which one-time migrations are done).
     Meta = b'~',
@@ -674,40 +674,49 @@ impl Store {
     /// # Errors
     /// When the backend fails to read.
     pub fn dead_chains(&self, after: Option<&ListCursor>, limit: usize) -> Result<ListPage, Error> {
-        self.chains(Listing::Failed, after, limit)
+        self.chains(Listing::Failed, None, after, limit)
     }
 
     /// The chains of a listing, newest first: at most `limit` of them,
     /// starting after `after` (from the [`ListPage::next`] of an earlier
-    /// call). Each is one index range read backwards plus a read of each
-    /// record, so a page costs the same with a million chains stored.
-    /// Records that cannot be read are skipped, and so are chains of the
-    /// live index that ended (they have a run still out).
+    /// call, parsed with the same listing and task). With a `task`, an
+    /// ended listing is read from the task index: only chains with a step
+    /// of that name, as fast for a rare name among millions of chains as
+    /// for a common one; the running listing has no such index and lists
+    /// every running chain (its caller filters). Each page is one index
+    /// range read backwards plus a read of each record, so it costs the
+    /// same with a million chains stored. Records that cannot be read are
+    /// skipped, and so are chains of the live index that ended (they have
+    /// a run still out).
     ///
     /// # Errors
     /// When the backend fails to read.
     pub fn chains(
         &self,
         listing: Listing,
+        task: Option<&str>,
         after: Option<&ListCursor>,
         limit: usize,
     ) -> Result<ListPage, Error> {
-        let (space, start, end) = listing.range();
+        let index = listing.index(task);
+        let start = index.space.key(&index.prefix);
         let end = match after {
-            None => space.key(end),
-            Some(cursor) => space.key(&cursor.0),
+            None => index.space.key(index.end()),
+            Some(cursor) => index.space.key(&cursor.0),
         };
         let mut page = ListPage::default();
         let mut last: Option<Vec<u8>> = None;
-        for item in self.backend.range(&space.key(start), &end).rev() {
+        for item in self.backend.range(&start, &end).rev() {
             let (key, _) = item?;
-            let key = key.get(1..).unwrap_or_default();
+            let Some(rest) = key.get(start.len()..) else {
+                continue;
+            };
             if page.chains.len() == limit {
-                page.next = last.as_deref().map(|k| listing.token(k));
+                page.next = last.as_deref().map(|rest| index.token(rest));
                 break;
             }
-            last = Some(key.to_vec());
-            let id = String::from_utf8_lossy(listing.id_in(key)).into_owned();
+            last = Some(rest.to_vec());
+            let id = String::from_utf8_lossy(index.id_in(rest)).into_owned();
             if let Ok(Some(chain)) = self.chain(&id)
                 && (listing != Listing::Running || !chain.is_ended())
             {
@@ -715,51 +724,6 @@ impl Store {
             }
         }
         Ok(page)
-    }
-
-    /// Up to `limit` ended chains of `listing` with a step named `task`,
-    /// newest first (by when they ended), from the task index: as fast
-    /// for a rare name among millions of chains as for a common one.
-    /// `None` for [`Listing::Running`], which has no such index (its
-    /// chains are few and filtered as they are read).
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store cannot be read.
-    pub fn chains_of_task(
-        &self,
-        listing: Listing,
-        task: &str,
-        after: Option<&ListCursor>,
-        limit: usize,
-    ) -> Result<Option<ListPage>, Error> {
-        let Some(state) = listing.ended_state() else {
-            return Ok(None);
-        };
-        let prefix = task_prefix(state, task);
-        let mut end = prefix.clone();
-        end.extend([0xff; 9]);
-        let end = match after {
-            None => Space::Tasks.key(end),
-            Some(cursor) => Space::Tasks.key(&cursor.0),
-        };
-        let mut page = ListPage::default();
-        let mut last: Option<Vec<u8>> = None;
-        for item in self.backend.range(&Space::Tasks.key(&prefix), &end).rev() {
-            let (key, _) = item?;
-            let Some(rest) = key.get(1 + prefix.len()..) else {
-                continue;
-            };
-            if page.chains.len() == limit {
-                page.next = last.as_deref().map(|k| Listing::Failed.token(k));
-                break;
-            }
-            last = Some(rest.to_vec());
-            let id = String::from_utf8_lossy(Listing::Failed.id_in(rest)).into_owned();
-            if let Ok(Some(chain)) = self.chain(&id) {
-                page.chains.push(chain);
-            }
-        }
-        Ok(Some(page))
     }
 
     /// Applies a batch atomically (visible, not yet durable).
@@ -1028,9 +992,14 @@ fn done_key(state: ChainState, finished_ms: u64, chain_id: &str) -> Option<Vec<u
     if !matches!(state, ChainState::Succeeded | ChainState::Cancelled) {
         return None;
     }
-    let mut key = vec![u8::try_from(state as i32).unwrap_or(0)];
+    let mut key = done_prefix(state);
     key.extend(dead_key(finished_ms, chain_id));
     Some(key)
+}
+
+/// The start of the done index's keys of `state`: its number.
+fn done_prefix(state: ChainState) -> Vec<u8> {
+    vec![u8::try_from(state as i32).unwrap_or(0)]
 }
 
 /// The distinct task names of a chain's steps, callbacks included.
@@ -1104,47 +1073,74 @@ impl Listing {
         }
     }
 
-    /// Its index, and the range of keys in it (start inclusive, end
-    /// exclusive, without the space's byte).
-    fn range(self) -> (Space, Vec<u8>, Vec<u8>) {
-        match self {
-            Listing::Failed => (Space::Dead, Vec::new(), vec![0xff; 9]),
-            Listing::Running => (Space::Live, Vec::new(), vec![0xff; 1]),
-            Listing::Succeeded | Listing::Cancelled => {
-                let state = if self == Listing::Succeeded {
-                    ChainState::Succeeded
-                } else {
-                    ChainState::Cancelled
-                };
-                let byte = u8::try_from(state as i32).unwrap_or(0);
-                (Space::Done, vec![byte], vec![byte + 1])
-            }
+    /// Where its chains are: the task index for an ended listing with a
+    /// `task`, else the listing's own index.
+    fn index(self, task: Option<&str>) -> Index {
+        let (space, prefix, timed) = match (self.ended_state(), task) {
+            (Some(state), Some(task)) => (Space::Tasks, task_prefix(state, task), true),
+            (Some(ChainState::Failed), None) => (Space::Dead, Vec::new(), true),
+            (Some(state), None) => (Space::Done, done_prefix(state), true),
+            (None, _) => (Space::Live, Vec::new(), false),
+        };
+        Index {
+            space,
+            prefix,
+            timed,
         }
     }
+}
 
-    /// The chain id in a key of its index.
-    fn id_in(self, key: &[u8]) -> &[u8] {
-        let skip = match self {
-            Listing::Failed => 8,
-            Listing::Succeeded | Listing::Cancelled => 9,
-            Listing::Running => 0,
-        };
-        key.get(skip..).unwrap_or_default()
+/// One index a listing reads: its keys are `prefix`, then the end time
+/// and the chain id (`timed`, the indexes of ended chains), or the chain
+/// id alone (the live index).
+struct Index {
+    space: Space,
+    prefix: Vec<u8>,
+    timed: bool,
+}
+
+impl Index {
+    /// Past its last key (without the space's byte): end times and ids
+    /// sort below eight `0xff` bytes, ids (UUID text) below one.
+    fn end(&self) -> Vec<u8> {
+        let mut end = self.prefix.clone();
+        end.extend([0xff; 9]);
+        end
     }
 
-    /// A page token naming a key of its index: `<ms>-<chain id>` for the
+    /// The chain id in a key's `rest` (the key after the space's byte and
+    /// the prefix).
+    fn id_in<'k>(&self, rest: &'k [u8]) -> &'k [u8] {
+        let skip = if self.timed { 8 } else { 0 };
+        rest.get(skip..).unwrap_or_default()
+    }
+
+    /// A page token naming a key by its `rest`: `<ms>-<chain id>` for the
     /// indexes by time, the chain id for the live one.
-    fn token(self, key: &[u8]) -> String {
-        let id = String::from_utf8_lossy(self.id_in(key));
-        let time = match self {
-            Listing::Failed => key.get(..8),
-            Listing::Succeeded | Listing::Cancelled => key.get(1..9),
-            Listing::Running => return id.into_owned(),
-        };
-        let ms = time
+    fn token(&self, rest: &[u8]) -> String {
+        let id = String::from_utf8_lossy(self.id_in(rest));
+        if !self.timed {
+            return id.into_owned();
+        }
+        let ms = rest
+            .get(..8)
             .and_then(|t| <[u8; 8]>::try_from(t).ok())
             .map_or(0, u64::from_be_bytes);
         format!("{ms}-{id}")
+    }
+
+    /// The key (without the space's byte) a [`Index::token`] names.
+    fn key_of(&self, token: &str) -> Option<Vec<u8>> {
+        let rest = if self.timed {
+            let (ms, id) = token.split_once('-')?;
+            dead_key(ms.parse().ok()?, id)
+        } else {
+            crate::ids::ChainId::parse(token)
+                .ok()?
+                .to_string()
+                .into_bytes()
+        };
+        Some([self.prefix.as_slice(), &rest].concat())
     }
 }
 
@@ -1153,27 +1149,10 @@ impl Listing {
 pub struct ListCursor(Vec<u8>);
 
 impl ListCursor {
-    /// Reads a page token ([`ListPage::next`]) of `listing`; `None` when it
-    /// is not one.
-    pub fn parse(listing: Listing, token: &str) -> Option<Self> {
-        if listing == Listing::Running {
-            let id = crate::ids::ChainId::parse(token).ok()?;
-            return Some(ListCursor(id.to_string().into_bytes()));
-        }
-        let (ms, id) = token.split_once('-')?;
-        let mut key = dead_key(ms.parse().ok()?, id);
-        if let (Space::Done, start, _) = listing.range() {
-            key.splice(0..0, start);
-        }
-        Some(ListCursor(key))
-    }
-
-    /// Reads a page token of [`Store::chains_of_task`] with `task`; `None`
-    /// when it is not one.
-    pub fn of_task(listing: Listing, task: &str, token: &str) -> Option<Self> {
-        let state = listing.ended_state()?;
-        let (ms, id) = token.split_once('-')?;
-        Some(ListCursor(task_key(state, task, ms.parse().ok()?, id)))
+    /// Reads a page token ([`ListPage::next`]) of `listing` with `task`
+    /// (as given to [`Store::chains`]); `None` when it is not one.
+    pub fn parse(listing: Listing, task: Option<&str>, token: &str) -> Option<Self> {
+        listing.index(task).key_of(token).map(ListCursor)
     }
 }
 
@@ -1316,7 +1295,7 @@ pub(crate) mod tests {
             let first = store.dead_chains(None, 2).unwrap();
             assert_eq!(ids(&first), ["b", "c"]);
             let cursor =
-                ListCursor::parse(Listing::Failed, first.next.as_deref().unwrap()).unwrap();
+                ListCursor::parse(Listing::Failed, None, first.next.as_deref().unwrap()).unwrap();
             let second = store.dead_chains(Some(&cursor), 2).unwrap();
             assert_eq!((ids(&second), second.next), (vec!["a".to_owned()], None));
 
@@ -1328,7 +1307,7 @@ pub(crate) mod tests {
             store.apply(&b).unwrap();
             assert_eq!(ids(&store.dead_chains(None, 10).unwrap()), ["c", "a"]);
             assert_eq!(store.recover().unwrap().paused, ["io"]);
-            assert!(ListCursor::parse(Listing::Failed, "nonsense").is_none());
+            assert!(ListCursor::parse(Listing::Failed, None, "nonsense").is_none());
         }
     }
 
@@ -1447,13 +1426,14 @@ pub(crate) mod tests {
             b.put_chain(&in_state(&running(9), ChainState::Succeeded, 40), true);
             store.apply(&b).unwrap();
             let ids = |p: &ListPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
-            let list =
-                |listing, after: Option<&ListCursor>, n| store.chains(listing, after, n).unwrap();
+            let list = |listing, after: Option<&ListCursor>, n| {
+                store.chains(listing, None, after, n).unwrap()
+            };
 
             let first = list(Listing::Succeeded, None, 2);
             assert_eq!(ids(&first), ["s2", "s3"]);
-            let next =
-                ListCursor::parse(Listing::Succeeded, first.next.as_deref().unwrap()).unwrap();
+            let next = ListCursor::parse(Listing::Succeeded, None, first.next.as_deref().unwrap())
+                .unwrap();
             let second = list(Listing::Succeeded, Some(&next), 2);
             assert_eq!((ids(&second), second.next), (vec!["s1".to_owned()], None));
             assert_eq!(ids(&list(Listing::Cancelled, None, 10)), ["c1"]);
@@ -1464,9 +1444,10 @@ pub(crate) mod tests {
                 [running(3), running(2)],
                 "newest id first, ended ones skipped"
             );
-            let next = ListCursor::parse(Listing::Running, live.next.as_deref().unwrap()).unwrap();
+            let next =
+                ListCursor::parse(Listing::Running, None, live.next.as_deref().unwrap()).unwrap();
             assert_eq!(ids(&list(Listing::Running, Some(&next), 5)), [running(1)]);
-            assert!(ListCursor::parse(Listing::Running, "nonsense").is_none());
+            assert!(ListCursor::parse(Listing::Running, None, "nonsense").is_none());
 
             // Retention removes a chain from its listing.
             let mut b = Batch::new();
@@ -1531,29 +1512,26 @@ pub(crate) mod tests {
             store.apply(&b).unwrap();
             let ids = |p: &ListPage| p.chains.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
             let list = |listing, after: Option<&ListCursor>, n| {
-                store
-                    .chains_of_task(listing, "rare", after, n)
-                    .unwrap()
-                    .unwrap()
+                store.chains(listing, Some("rare"), after, n).unwrap()
             };
 
             let first = list(Listing::Succeeded, None, 2);
             assert_eq!(ids(&first), ["r2", "r3"], "newest first, once per chain");
             let token = first.next.as_deref().unwrap();
-            let next = ListCursor::of_task(Listing::Succeeded, "rare", token).unwrap();
+            let next = ListCursor::parse(Listing::Succeeded, Some("rare"), token).unwrap();
             let second = list(Listing::Succeeded, Some(&next), 2);
             assert_eq!((ids(&second), second.next), (vec!["r1".to_owned()], None));
             assert_eq!(ids(&list(Listing::Cancelled, None, 10)), ["rc"]);
             assert_eq!(ids(&list(Listing::Failed, None, 10)), ["rf"]);
-            assert!(
-                store
-                    .chains_of_task(Listing::Running, "rare", None, 10)
-                    .unwrap()
-                    .is_none()
-            );
+            // The running list has no task index: every running chain,
+            // for its caller to filter.
+            let running = ChainId::from_u128(7).to_string();
+            let mut b = Batch::new();
+            b.put_chain(&named(&running, &["common"], ChainState::Running, 0), true);
+            store.apply(&b).unwrap();
+            assert_eq!(ids(&list(Listing::Running, None, 10)), [running]);
             let common = store
-                .chains_of_task(Listing::Succeeded, "common", None, 500)
-                .unwrap()
+                .chains(Listing::Succeeded, Some("common"), None, 500)
                 .unwrap();
             assert_eq!(common.chains.len(), 301);
 
@@ -1575,8 +1553,7 @@ pub(crate) mod tests {
             assert_eq!(ids(&list(Listing::Succeeded, None, 10)), ["r2"]);
             assert!(ids(&list(Listing::Cancelled, None, 10)).is_empty());
             let common = store
-                .chains_of_task(Listing::Succeeded, "common", None, 500)
-                .unwrap()
+                .chains(Listing::Succeeded, Some("common"), None, 500)
                 .unwrap();
             assert_eq!(common.chains.len(), 100);
         }
@@ -1599,10 +1576,7 @@ pub(crate) mod tests {
             }
             let store = place.open();
             for (listing, id) in [(Listing::Succeeded, "old"), (Listing::Failed, "dead")] {
-                let found = store
-                    .chains_of_task(listing, "t", None, 10)
-                    .unwrap()
-                    .unwrap();
+                let found = store.chains(listing, Some("t"), None, 10).unwrap();
                 assert_eq!(
                     found
                         .chains
@@ -1629,7 +1603,7 @@ pub(crate) mod tests {
                 store.apply(&b).unwrap();
                 assert!(
                     store
-                        .chains(Listing::Succeeded, None, 10)
+                        .chains(Listing::Succeeded, None, None, 10)
                         .unwrap()
                         .chains
                         .is_empty()
@@ -1637,7 +1611,7 @@ pub(crate) mod tests {
                 store.backend.flush().unwrap();
             }
             let store = place.open();
-            let found = store.chains(Listing::Succeeded, None, 10).unwrap();
+            let found = store.chains(Listing::Succeeded, None, None, 10).unwrap();
             assert_eq!(found.chains.len(), 1);
             assert_eq!(found.chains[0].id, "old");
         }

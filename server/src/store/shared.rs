@@ -369,22 +369,11 @@ impl Shared {
     pub fn chains(
         &self,
         listing: Listing,
+        task: Option<&str>,
         after: Option<&ListCursor>,
         limit: usize,
     ) -> Result<ListPage, Error> {
-        self.read(|s| s.chains(listing, after, limit))
-    }
-
-    /// # Errors
-    /// As [`Store::chains_of_task`].
-    pub fn chains_of_task(
-        &self,
-        listing: Listing,
-        task: &str,
-        after: Option<&ListCursor>,
-        limit: usize,
-    ) -> Result<Option<ListPage>, Error> {
-        self.read(|s| s.chains_of_task(listing, task, after, limit))
+        self.read(|s| s.chains(listing, task, after, limit))
     }
 
     fn journal(&self) -> MutexGuard<'_, Journal> {

@@ -715,31 +715,25 @@ impl Core {
         now: UnixMs,
         detail: &str,
     ) {
-        let Some(chain) = self.chains.get_mut(&chain_id) else {
-            return;
-        };
-        if let (Some(at), EventKind::StepRetrying | EventKind::StepPolling | EventKind::StepLost) =
-            (at, kind)
+        // Starts and ends are in the record already (see `history`): only
+        // an attempt that ended without ending its step is kept.
+        let kept = matches!(
+            kind,
+            EventKind::StepRetrying | EventKind::StepPolling | EventKind::StepLost
+        );
+        if kept
+            && let Some(at) = at
+            && let Some(chain) = self.chains.get_mut(&chain_id)
         {
-            let step = chain.step(at);
-            let mut end = HistoryEntry::step(kind, now, at, step.attempts);
-            end = match kind {
-                EventKind::StepRetrying => {
-                    let failure = step.failure.as_ref();
-                    let summary = failure.map_or(String::new(), |f| {
-                        format!("{}: {}", f.error_type, f.message)
-                    });
-                    end.with_detail(&summary).with_next(step.not_before_ms)
-                }
-                EventKind::StepPolling => end.with_detail(detail).with_next(step.not_before_ms),
-                _ => end.with_worker(&step.worker).with_detail(detail),
-            };
+            let end = HistoryEntry::attempt_end(kind, now, at, chain.step(at), detail);
             chain.record_attempt(at, end);
         }
         if !self.watched.contains_key(&chain_id) {
             return;
         }
-        let chain = &self.chains[&chain_id];
+        let Some(chain) = self.chains.get(&chain_id) else {
+            return;
+        };
         let last = chain.is_ended();
         // One copy of the chain for all of its watchers.
         let event = Arc::new(ChainEvent::new(
