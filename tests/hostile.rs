@@ -743,3 +743,93 @@ async fn an_idle_sdk_worker_stays_connected_across_many_leases() {
     assert_eq!(outcome, ChainOutcome::Succeeded(json!(1)));
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_gives_back_unstarted_runs_and_a_bad_one_is_refused_changing_nothing() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let admin = client.admin();
+    let mut busy = Raw::open(
+        &broker.addr,
+        Up::Hello(pb::Hello {
+            prefetch: 1,
+            ..hello("busy", &["job"], 1)
+        }),
+    )
+    .await
+    .expect("session");
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(
+            client
+                .submit(Task::new("job").si(json!(i)))
+                .await
+                .unwrap()
+                .chain_id,
+        );
+    }
+    let running = busy.assignment().await;
+    let waiting = busy.assignment().await;
+    let refusal = |down: Down| match down {
+        Down::Error(e) => e,
+        other => panic!("expected a WorkerError, got {other:?}"),
+    };
+    let held = || async {
+        let workers = admin.list_workers().await.unwrap();
+        let w = workers.iter().find(|w| w.worker_name == "busy").unwrap();
+        (w.prefetch, w.in_flight.len())
+    };
+
+    // Beyond --max-worker-concurrency (10,000 less its concurrency of 1).
+    busy.send(Up::Window(pb::Window {
+        prefetch: 10_000,
+        give_back: vec![waiting.clone()],
+    }));
+    let e = refusal(busy.next().await);
+    assert!(
+        e.message.contains("window.prefetch is 10000") && e.message.contains("at most 9999"),
+        "{e:?}"
+    );
+    // A run named by something that is not a task id.
+    busy.send(Up::Window(pb::Window {
+        prefetch: 0,
+        give_back: vec![
+            waiting.clone(),
+            pb::TaskRef {
+                task_id: "not-an-id".into(),
+                attempt: 1,
+            },
+        ],
+    }));
+    let e = refusal(busy.next().await);
+    assert!(e.message.contains("window.give_back[1]"), "{e:?}");
+    assert_eq!(held().await, (1, 2), "a refused window changed nothing");
+
+    // Closed, giving back the run it has not started: another worker gets
+    // it as the next attempt, and the busy one nothing more.
+    busy.send(Up::Window(pb::Window {
+        prefetch: 0,
+        give_back: vec![waiting.clone()],
+    }));
+    let start = Instant::now();
+    while held().await != (0, 1) {
+        assert!(start.elapsed() < PATIENCE, "the run was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut idle = Raw::connect(&broker.addr, "idle", &["job"], 1).await;
+    let again = idle.assignment().await;
+    assert_eq!((&again.task_id, again.attempt), (&waiting.task_id, 2));
+    // The run given back is no longer the busy worker's to report.
+    busy.send(success(waiting.clone(), "\"stale\""));
+    assert!(matches!(busy.next().await, Down::OutcomeAck(a) if !a.accepted));
+    idle.send(success(again, "\"fresh\""));
+    busy.send(success(running, "\"first\""));
+    assert_eq!(
+        client.wait_timeout(&ids[1], PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("fresh"))
+    );
+    assert_eq!(
+        client.wait_timeout(&ids[0], PATIENCE).await.unwrap(),
+        ChainOutcome::Succeeded(json!("first"))
+    );
+}

@@ -975,6 +975,12 @@ pub enum FromWorker {
     },
     Drain,
     Goodbye,
+    /// The worker's prefetch from now on, and the assignments it gives
+    /// back unstarted.
+    Window {
+        prefetch: u32,
+        give_back: Vec<TaskRef>,
+    },
 }
 
 /// A task handed to a worker.

@@ -146,7 +146,8 @@ fn hello(h: pb::Hello, limits: &convert::Limits) -> Result<(WorkerHello, usize),
 
 /// Decodes a message after the hello. A batch is unpacked by the caller,
 /// so here it is one nested too deep.
-fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
+/// `max_prefetch`: the most a Window may set, given the stream's concurrency.
+fn from_worker(msg: worker_message::Msg, max_prefetch: u32) -> Result<FromWorker, Status> {
     Ok(match msg {
         worker_message::Msg::Hello(_) => {
             return Err(Status::invalid_argument(
@@ -215,6 +216,30 @@ fn from_worker(msg: worker_message::Msg) -> Result<FromWorker, Status> {
         },
         worker_message::Msg::Drain(_) => FromWorker::Drain,
         worker_message::Msg::Goodbye(_) => FromWorker::Goodbye,
+        worker_message::Msg::Window(w) => {
+            if w.prefetch > max_prefetch {
+                return Err(Status::invalid_argument(format!(
+                    "window.prefetch is {}: with hello.concurrency it makes more than \
+                     --max-worker-concurrency assignments at once (at most {max_prefetch} here); \
+                     the window is unchanged",
+                    w.prefetch
+                )));
+            }
+            let give_back = w
+                .give_back
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    convert::task_ref(Some(t)).map_err(|e| {
+                        Status::invalid_argument(format!("window.give_back[{i}]: {}", e.message()))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            FromWorker::Window {
+                prefetch: w.prefetch,
+                give_back,
+            }
+        }
     })
 }
 
@@ -234,7 +259,8 @@ fn subject(msg: &worker_message::Msg) -> (u64, Option<TaskRef>) {
         | worker_message::Msg::Hello(_)
         | worker_message::Msg::Batch(_)
         | worker_message::Msg::Drain(_)
-        | worker_message::Msg::Goodbye(_) => (0, None),
+        | worker_message::Msg::Goodbye(_)
+        | worker_message::Msg::Window(_) => (0, None),
     }
 }
 
@@ -349,13 +375,16 @@ struct UpLink {
     handle: Handle,
     worker_id: WorkerId,
     tx: mpsc::WeakSender<ToWorker>,
+    /// The most prefetch a Window may set: --max-worker-concurrency less
+    /// the stream's concurrency.
+    max_prefetch: u32,
 }
 
 impl UpLink {
     /// Forwards one message.
     async fn forward(&self, msg: worker_message::Msg) -> Next {
         let (request_id, task) = subject(&msg);
-        match from_worker(msg) {
+        match from_worker(msg, self.max_prefetch) {
             Ok(m) => {
                 let goodbye = m == FromWorker::Goodbye;
                 match self.handle.from_worker(self.worker_id, m).await {
@@ -518,6 +547,7 @@ impl pb::worker_server::Worker for WorkerService {
         };
         let (hello, batch_down) = hello(h, &self.limits)?;
         caller.check_queues(&hello.queues)?;
+        let max_prefetch = self.limits.max_worker_concurrency - hello.concurrency;
         let batch_up = u64::try_from(self.limits.max_payload_bytes).unwrap_or(u64::MAX);
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let worker_id = self.handle.connect(hello, tx.clone()).await?;
@@ -527,6 +557,7 @@ impl pb::worker_server::Worker for WorkerService {
             // Weak, so that the stream down ends as soon as the scheduler
             // lets go of the worker (shutdown, or a worker that does not read).
             tx: tx.downgrade(),
+            max_prefetch,
         };
         // And once the stream down is gone (ended, or its client went
         // away), the stream up is read no more: a worker the scheduler

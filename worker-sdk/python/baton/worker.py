@@ -100,6 +100,14 @@ AUTO_PREFETCH_PER_SLOT = 7
 """The default window (``prefetch=None``): this many assignments per unit of
 concurrency beyond it, so a window of 8 per slot (Celery's default is 4 x
 concurrency). See :func:`auto_prefetch`."""
+LONG_RUN = 1.0
+"""Seconds after which a body counts as long. When every run slot of a worker
+holds a body running longer than this, the worker closes its window and gives
+back the assignments it holds unstarted (see :meth:`Worker._check_window`), so
+that a long task never holds short ones waiting behind it for more than about
+this plus :data:`WINDOW_CHECK`."""
+WINDOW_CHECK = 0.25
+"""How often (seconds) the session loop looks for long bodies in every slot."""
 LONG_QUEUES = frozenset({"heavy"})
 """Queues of long tasks by convention (``@app.task(heavy=True)``): a worker
 that takes any of them prefetches nothing by default."""
@@ -585,6 +593,9 @@ class Worker:
         so with any of them registered, runs wait here for a slot."""
         self._waiting: "Deque[tuple[_Run, Any, list[Any], dict[str, Any]]]" = collections.deque()
         """Prefetched runs, in assignment order, until a slot frees."""
+        self._window_closed = False
+        """This stream's window is closed: every slot held a long body, and the
+        unstarted runs were given back (see :meth:`_check_window`)."""
         self._unacked: dict[TaskKey, pb.Outcome] = {}
         self._requests: dict[int, _Run] = {}
         self._request_ids = itertools.count(1)
@@ -823,7 +834,10 @@ class Worker:
             self._on_welcome(first.welcome)
             self._connected = True
             self._launch_waiting()
+            self._window_closed = False  # the Hello announced the window anew
             tasks.append(asyncio.ensure_future(self._heartbeats(first.welcome.heartbeat_interval_ms)))
+            if self.prefetch:
+                tasks.append(asyncio.ensure_future(self._watch_window()))
             reader = asyncio.ensure_future(self._read(call))
             done_waiter = asyncio.ensure_future(self._until_finished())
             tasks += [reader, done_waiter]
@@ -877,6 +891,63 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             self._send(self._named_beat() if self._abandoned else beat)
+
+    async def _watch_window(self) -> None:
+        while True:
+            await asyncio.sleep(WINDOW_CHECK)
+            self._check_window()
+
+    def _check_window(self) -> None:
+        """Close the window when every slot holds a long body: a prefetched
+        task must not wait behind runs that may take minutes while another
+        worker could run it now.
+
+        The worker sends a ``Window`` with prefetch 0 that gives back the runs
+        it holds unstarted (the broker puts them back in their queues, to go
+        to whichever worker is free), and takes nothing beyond its slots until
+        one of them frees: then :meth:`_forget` opens the window again.
+        """
+        if self._window_closed or not self._connected or self._draining:
+            return
+        running = [run for run in self._runs.values() if run.launched and run.job is None and not run.ended]
+        if len(running) < self.concurrency:
+            return
+        youngest = max(run.started for run in running)
+        if time.monotonic() - youngest < LONG_RUN:
+            return
+        given = self._unstarted()
+        for run, *_ in given:
+            del self._runs[run.key]
+            run.lost = True
+        self._window_closed = True
+        log.info(
+            "worker %s: every slot runs a body longer than %.1fs: window closed, %d waiting task(s) given back",
+            self.name, LONG_RUN, len(given),
+        )
+        self._send(pb.WorkerMessage(window=pb.Window(prefetch=0, give_back=[_ref(run.key) for run, *_ in given])))
+
+    def _unstarted(self) -> "list[tuple[_Run, Any, list[Any], dict[str, Any]]]":
+        """Take every run not started yet out of the pool and the waiting line,
+        in assignment order (the pool's first: it was given them first)."""
+        taken = []
+        if self._pool is not None:
+            for run in list(self._runs.values()):
+                job = run.job
+                if job is None or not run.launched or not self._pool.withdraw(run):
+                    continue  # not queued in the pool: running, or waiting already
+                run.launched = False
+                run.job = None
+                self._active -= 1
+                taken.append((run, self.app.tasks[run.ctx.name], job[2], job[3]))
+        taken.extend(self._waiting)
+        self._waiting.clear()
+        return taken
+
+    def _open_window(self) -> None:
+        """A slot freed after the window was closed: take prefetched work again."""
+        if self._window_closed and self._connected:
+            self._window_closed = False
+            self._send(pb.WorkerMessage(window=pb.Window(prefetch=self.prefetch)))
 
     def _named_beat(self) -> pb.WorkerMessage:
         """A heartbeat naming every run but the abandoned ones (see ``_abandoned``)."""
@@ -987,19 +1058,7 @@ class Worker:
     def _hold_back(self) -> None:
         """The stream broke: take back from the pool the runs no thread has
         started, in order, to wait for the next Welcome (see ``_connected``)."""
-        if self._pool is None:
-            return
-        held = []
-        for run in list(self._runs.values()):
-            job = run.job
-            if job is None or not run.launched or not self._pool.withdraw(run):
-                continue  # not queued in the pool: running, or waiting already
-            run.launched = False
-            run.job = None
-            self._active -= 1
-            held.append((run, self.app.tasks[run.ctx.name], job[2], job[3]))
-        if held:
-            self._waiting.extendleft(reversed(held))
+        self._waiting.extend(self._unstarted())
 
     def _launch(self, run: _Run, task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
         key = run.key
@@ -1069,6 +1128,7 @@ class Worker:
         if run.launched:
             self._active -= 1
             self._launch_waiting()
+            self._open_window()
         for rid, (_, waiter) in run.waiters.items():
             self._requests.pop(rid, None)
             waiter.cancel()

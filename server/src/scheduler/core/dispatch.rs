@@ -412,6 +412,25 @@ impl Core {
         Some(run)
     }
 
+    /// A worker gave back a run it had not started (`FromWorker::Window`):
+    /// the step goes back to its queue, as if the run had never been sent.
+    /// Nothing is counted against it (no lapse, retry or poll), and the
+    /// history keeps nothing of it: no body ran.
+    pub(super) fn give_back(&mut self, task_id: TaskId, now: UnixMs) {
+        let Some(run) = self.end_run(task_id, now) else {
+            return;
+        };
+        let chain_id = run.chain_id;
+        let rec = self.chains.get_mut(&chain_id).expect("live chain");
+        let superseded = rec.is_ended() || rec.current() != run.at;
+        rec.step_mut(run.at).worker.clear();
+        if superseded {
+            self.settle_superseded(chain_id, run.at, now);
+        } else {
+            self.make_ready(chain_id, run.at, now);
+        }
+    }
+
     /// A run was lost (lease lapsed, worker said goodbye mid-run): the step
     /// goes back to its queue with the next attempt, or fails once it was
     /// lost too often.

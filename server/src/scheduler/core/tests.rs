@@ -234,6 +234,19 @@ fn a_chain_retired_earlier_in_the_same_round_reads_as_ended() {
     assert_eq!(chain.state(), ChainState::Succeeded);
 }
 
+/// Dispatches, ends the round and returns the tasks assigned on `rx`.
+fn assigned(core: &mut Harness, rx: &mut mpsc::Receiver<ToWorker>) -> Vec<TaskRef> {
+    core.dispatch(1);
+    end_round(core);
+    let mut tasks = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let ToWorker::Assign(a) = msg {
+            tasks.push(a.task);
+        }
+    }
+    tasks
+}
+
 #[test]
 fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
     let (_dir, _, mut core) = empty_core();
@@ -243,30 +256,94 @@ fn a_worker_holds_its_concurrency_and_its_prefetch_and_no_more() {
     }
     let (tx, mut rx) = mpsc::channel(16);
     let worker_id = core.connect(hello("t", 1, 2), tx, 1);
-    let mut assigned = |core: &mut Harness| {
-        core.dispatch(1);
-        end_round(core);
-        let mut tasks = Vec::new();
-        while let Ok(msg) = rx.try_recv() {
-            if let ToWorker::Assign(a) = msg {
-                tasks.push(a.task);
-            }
-        }
-        tasks
-    };
-    let first = assigned(&mut core);
+    let first = assigned(&mut core, &mut rx);
     assert_eq!(first.len(), 3, "1 to run and 2 prefetched");
-    assert!(assigned(&mut core).is_empty(), "the window is full");
+    assert!(
+        assigned(&mut core, &mut rx).is_empty(),
+        "the window is full"
+    );
     // Each run that ends lets exactly one more in.
     let outcome = RunOutcome::Success("1".into());
     let task = first[0];
     core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, 2);
-    assert_eq!(assigned(&mut core).len(), 1);
+    assert_eq!(assigned(&mut core, &mut rx).len(), 1);
     let info = &core.worker_stats()[0];
     assert_eq!(
         (info.concurrency, info.prefetch, info.in_flight.len()),
         (1, 2, 3)
     );
+}
+
+#[test]
+fn a_window_gives_back_unstarted_runs_to_other_workers_and_closes_until_reopened() {
+    let (_dir, _, mut core) = empty_core();
+    for _ in 0..4 {
+        let (reply, _submitted) = oneshot::channel();
+        core.submit(one_step("t"), reply, 1);
+    }
+    let (tx, mut busy_rx) = mpsc::channel(16);
+    let busy = core.connect(hello("t", 1, 2), tx, 1);
+    let held = assigned(&mut core, &mut busy_rx);
+    assert_eq!(held.len(), 3, "1 to run and 2 prefetched");
+    // Its one slot is taken by a long run: it closes its window and gives
+    // back the two it has not started (a task that is not its own is skipped).
+    let stranger = TaskRef {
+        task_id: TaskId::from_u128(7),
+        attempt: 1,
+    };
+    let window = FromWorker::Window {
+        prefetch: 0,
+        give_back: vec![held[1], held[2], stranger],
+    };
+    core.on_worker_message(busy, window, 2);
+    assert!(
+        assigned(&mut core, &mut busy_rx).is_empty(),
+        "a closed window takes nothing beyond the run slot"
+    );
+    assert_eq!(core.worker_stats()[0].in_flight.len(), 1);
+    // Another worker takes them: the next attempt of each, the queue's
+    // fourth chain after them.
+    let (tx, mut idle_rx) = mpsc::channel(16);
+    let mut other = hello("t", 3, 0);
+    other.name = "idle".into();
+    core.connect(other, tx, 2);
+    let taken = assigned(&mut core, &mut idle_rx);
+    assert_eq!(taken.len(), 3);
+    let again: Vec<_> = taken
+        .iter()
+        .filter(|t| t.task_id == held[1].task_id || t.task_id == held[2].task_id)
+        .collect();
+    assert_eq!(
+        again.len(),
+        2,
+        "both given-back tasks went to the idle worker"
+    );
+    assert!(again.iter().all(|t| t.attempt == 2), "{again:?}");
+    // The busy worker's outcome for a run it gave back is refused.
+    let outcome = RunOutcome::Success("1".into());
+    core.on_worker_message(
+        busy,
+        FromWorker::Outcome {
+            task: held[1],
+            outcome,
+        },
+        3,
+    );
+    end_round(&mut core);
+    let refused = std::iter::from_fn(|| busy_rx.try_recv().ok())
+        .any(|m| matches!(m, ToWorker::Ack { accepted: false, task, .. } if task == held[1]));
+    assert!(refused, "an outcome for a run given back is not current");
+    // Reopened, the window takes work again.
+    for _ in 0..2 {
+        let (reply, _submitted) = oneshot::channel();
+        core.submit(one_step("t"), reply, 3);
+    }
+    let window = FromWorker::Window {
+        prefetch: 2,
+        give_back: Vec::new(),
+    };
+    core.on_worker_message(busy, window, 3);
+    assert_eq!(assigned(&mut core, &mut busy_rx).len(), 2);
 }
 
 thread_local! {

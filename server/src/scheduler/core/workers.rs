@@ -226,6 +226,19 @@ impl Core {
                 }
             }
             FromWorker::Goodbye => self.worker_gone(worker_id, true, now),
+            FromWorker::Window {
+                prefetch,
+                give_back,
+            } => {
+                if let Some(w) = self.workers.get_mut(&worker_id) {
+                    w.prefetch = prefetch;
+                }
+                for task in give_back {
+                    if self.current_run(worker_id, &task).is_some() {
+                        self.give_back(task.task_id, now);
+                    }
+                }
+            }
         }
     }
 

@@ -922,6 +922,10 @@ pub fn brief_from(msg: &FromWorker) -> String {
         }
         FromWorker::Drain => "drain".into(),
         FromWorker::Goodbye => "goodbye".into(),
+        FromWorker::Window {
+            prefetch,
+            give_back,
+        } => format!("window {prefetch}, {} given back", give_back.len()),
     }
 }
 

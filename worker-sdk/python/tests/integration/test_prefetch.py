@@ -73,3 +73,42 @@ def test_prefetch_beyond_the_brokers_limit_is_refused(tasks, start_worker):
     worker = start_worker(concurrency=2, wait=False, args=("--prefetch", "100000"))
     assert worker.proc.wait(30) != 0
     assert "hello.prefetch is 100000" in worker.log()
+
+
+@APPS
+def test_a_long_run_in_every_slot_gives_its_waiting_tasks_to_another_worker(broker, tasks, start_worker, events, app):
+    busy = start_worker(concurrency=1, args=("--prefetch", "2", "--app", app))
+    long = tasks.sleeper.delay(30, "long")
+    events.wait_for("sleeper_start", tag="long")
+    shorts = [tasks.sleeper.delay(0.1, f"short{i}") for i in range(2)]
+
+    def held():
+        return len(_held(broker, busy.name).in_flight)
+
+    deadline = time.monotonic() + 10
+    while held() != 3:
+        assert time.monotonic() < deadline, "the short tasks were not prefetched"
+        time.sleep(0.05)
+    # The only slot has run a body for longer than LONG_RUN (1 s): the worker
+    # closes its window and gives the short tasks back.
+    deadline = time.monotonic() + 10
+    while held() != 1:
+        assert time.monotonic() < deadline, "the waiting tasks were not given back"
+        time.sleep(0.05)
+    assert _held(broker, busy.name).prefetch == 0, "the window is closed while the long run holds the slot"
+    # A worker that connects now runs them at once, long before the long run ends.
+    idle = start_worker(concurrency=1, args=("--prefetch", "0", "--app", app))
+    assert [r.get(timeout=20) for r in shorts] == ["short0", "short1"]
+    starts = {e["tag"]: e for e in events.all("sleeper_start")}
+    # Not where the long one runs (the busy worker's only thread or child):
+    # at the idle worker (`idle`, or its pool's child with --pool processes).
+    assert starts["long"]["pid"] not in (starts["short0"]["pid"], starts["short1"]["pid"])
+    assert idle.proc.poll() is None
+    ended = [e["tag"] for e in events.all("sleeper_end")]
+    assert "long" not in ended, "the shorts ran while the long one still held its slot"
+    # Once the slot frees, the window opens again.
+    long.cancel()
+    deadline = time.monotonic() + 10
+    while _held(broker, busy.name).prefetch != 2:
+        assert time.monotonic() < deadline, "the window did not open again"
+        time.sleep(0.05)
