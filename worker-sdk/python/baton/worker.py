@@ -905,7 +905,8 @@ class Worker:
         The worker sends a ``Window`` with prefetch 0 that gives back the runs
         it holds unstarted (the broker puts them back in their queues, to go
         to whichever worker is free), and takes nothing beyond its slots until
-        one of them frees: then :meth:`_forget` opens the window again.
+        a short run ends in one of them: then :meth:`_open_window` opens the
+        window again.
         """
         if self._window_closed or not self._connected or self._draining:
             return
@@ -944,7 +945,10 @@ class Worker:
         return taken
 
     def _open_window(self) -> None:
-        """A slot freed after the window was closed: take prefetched work again."""
+        """A short run ended after the window was closed: take prefetched work
+        again. Not after a long one: while the bodies run long, a window would
+        only hold more tasks back (and give them back a second later), so the
+        window stays closed until a short task shows up in a free slot."""
         if self._window_closed and self._connected:
             self._window_closed = False
             self._send(pb.WorkerMessage(window=pb.Window(prefetch=self.prefetch)))
@@ -1128,7 +1132,8 @@ class Worker:
         if run.launched:
             self._active -= 1
             self._launch_waiting()
-            self._open_window()
+            if time.monotonic() - run.started < LONG_RUN:
+                self._open_window()
         for rid, (_, waiter) in run.waiters.items():
             self._requests.pop(rid, None)
             waiter.cancel()

@@ -106,8 +106,15 @@ def test_a_long_run_in_every_slot_gives_its_waiting_tasks_to_another_worker(brok
     assert idle.proc.poll() is None
     ended = [e["tag"] for e in events.all("sleeper_end")]
     assert "long" not in ended, "the shorts ran while the long one still held its slot"
-    # Once the slot frees, the window opens again.
+    # The long run ends: its slot takes work again, but the window stays
+    # closed while the runs are long ...
     long.cancel()
+    idle.proc.terminate()
+    idle.proc.wait(10)
+    assert tasks.sleeper.delay(1.5, "long2").get(timeout=20) == "long2"
+    assert _held(broker, busy.name).prefetch == 0, "a window behind a long run holds tasks back"
+    # ... and opens again once a short one ran.
+    assert tasks.sleeper.delay(0.01, "short2").get(timeout=20) == "short2"
     deadline = time.monotonic() + 10
     while _held(broker, busy.name).prefetch != 2:
         assert time.monotonic() < deadline, "the window did not open again"
