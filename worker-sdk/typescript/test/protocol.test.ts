@@ -77,6 +77,8 @@ const FIELDS: Record<string, Record<string, string>> = {
     drain: "",
     goodbye: "",
     batch: "never sent (see Welcome.batch_bytes)",
+    window:
+      "never sent: the SDK prefetches nothing by default, and a window set by hand stays as the Hello announced it",
   },
   BrokerMessage: {
     welcome: "",
