@@ -165,9 +165,11 @@ class Volume(ErrorMessageMixin, Model):
                          (*values, self.pk))
 
     def delete(self):
+        # Logged first (each statement commits on its own): a reader that
+        # sees the row gone sees its log line.
+        log(self.pk, "deleted")
         with _db() as conn:
             conn.execute("DELETE FROM volume WHERE pk = ?", (self.pk,))
-        log(self.pk, "deleted")
 
     def refresh_from_db(self):
         fresh = Volume.objects.get(self.pk)

@@ -226,8 +226,16 @@ def test_threads_busy_with_a_backlog_of_short_jobs_wake_no_others(monkeypatch):
             while entered[0] < n:
                 await asyncio.sleep(0.001)
 
+        async def until_all_asleep():
+            # A thread sleeps once it finds no job; on a busy machine that can
+            # come late, and a thread still awake takes jobs without a wake-up.
+            while len(pool._sleeping) < 4:
+                await asyncio.sleep(0.001)
+
+        await until_all_asleep()
         pool.submit(make_run(0), short, [False], {})
         await outcomes.until(lambda done: len(done) == 1)  # short is known short now
+        await until_all_asleep()
         for i in range(1, 11):
             pool.submit(make_run(i), short, [True], {})
         await until_entered(1)  # one thread woke and holds job 1; nine jobs wait
