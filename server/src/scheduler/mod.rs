@@ -320,7 +320,7 @@ async fn run_loop(
             None => clock::TICK,
         }
         .min(clock::TICK);
-        if let Some(at) = committer.retry_at() {
+        if let Some(at) = committer.wake_at() {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
         // When the round began: after the wait, before its commands.
@@ -383,17 +383,20 @@ async fn run_loop(
 /// until the batch that holds their writes is durable.
 fn round_end(driver: &mut Driver, outbox: &mut VecDeque<(u64, Output)>, committer: &mut Committer) {
     driver.dispatch(now_ms());
+    let in_trouble = committer.fault().is_some();
+    let end = driver.core.end_round();
+    let awaited = end.awaited(in_trouble);
     let RoundEnd {
         writes,
         effects,
         early,
         closed,
-    } = driver.core.end_round();
+    } = end;
     driver.close(closed);
-    let seq = committer.stage(writes);
+    let seq = committer.stage(writes, awaited);
     // Early assignments leave now (a later flush covers their round),
     // unless the store is in trouble: then they wait like everything else.
-    if committer.fault().is_none() {
+    if !in_trouble {
         for output in early {
             driver.deliver(output, now_ms());
         }

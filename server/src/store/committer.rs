@@ -13,6 +13,14 @@
 //!   seals its log buffer twice and hands it to an I/O thread, so one batch
 //!   per flush costs far less than one per round. The flusher reports on a
 //!   channel of its own, so its word never waits behind queued commands.
+//! - **Company for writes nobody waits for.** A round whose effects only
+//!   acknowledge outcomes to workers (a worker does not wait for those: it
+//!   keeps each outcome to send again until it is acknowledged) is not
+//!   committed on its own at once: its writes wait up to [`HOLD`] for a
+//!   round somebody waits for (a submission, an assignment, a reply), and
+//!   share its flush. Under a steady load of short tasks that is one flush
+//!   per task instead of two (the submission's and the outcome's), so a
+//!   submission finds the flusher busy half as often.
 //! - **Sequence numbers.** [`Shared`] counts the batches applied (and
 //!   keeps those not yet durable in its journal); the committer knows the
 //!   last one the flusher was handed and the last one it made durable.
@@ -44,6 +52,12 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 const REPAIR_MIN: Duration = Duration::from_millis(50);
 const REPAIR_MAX: Duration = Duration::from_secs(2);
 
+/// How long writes that nobody waits for may wait for company (see the
+/// module doc). Short enough that a worker hears its acknowledgments
+/// promptly; longer than the gap between two submissions of a moderate
+/// load (740 tasks/s: 1.35 ms), which is where the flush it saves counts.
+pub const HOLD: Duration = Duration::from_millis(2);
+
 /// What the flusher tells the committer: the committer hands over the next
 /// batch when it hears that the last one is durable.
 pub enum Flushed {
@@ -66,6 +80,11 @@ pub struct Committer {
     /// The last batch handed to the flusher: it is busy until that one is
     /// durable.
     flushing: u64,
+    /// When the first of the writes staged now was staged.
+    staged_since: Option<Instant>,
+    /// Whether anybody waits for the writes staged now (see
+    /// [`Committer::stage`]); if not, they wait up to [`HOLD`] for company.
+    staged_awaited: bool,
     /// Set while applying the staged writes fails; the next write that
     /// succeeds clears it.
     write_fault: Option<Fault>,
@@ -103,6 +122,8 @@ impl Committer {
             durable,
             durable_seq: 0,
             flushing: 0,
+            staged_since: None,
+            staged_awaited: false,
             write_fault: None,
             flush_fault: None,
             retry_at: None,
@@ -117,7 +138,15 @@ impl Committer {
     /// Hands over a round's writes (reads of the store see them at once);
     /// returns the number of the batch that will hold them, and every
     /// write staged before them: what the round's effects wait for.
-    pub fn stage(&mut self, writes: Batch) -> u64 {
+    /// `awaited`: whether anybody waits for one of those effects. When
+    /// nobody does, the writes may wait up to [`HOLD`] to share a flush
+    /// (see the module doc); a round somebody waits for ends that wait for
+    /// everything staged before it, even if it writes nothing itself.
+    pub fn stage(&mut self, writes: Batch, awaited: bool) -> u64 {
+        if !writes.is_empty() {
+            self.staged_since.get_or_insert_with(Instant::now);
+        }
+        self.staged_awaited |= awaited;
         self.store.stage_seq(writes)
     }
 
@@ -126,9 +155,14 @@ impl Committer {
     /// to the flusher. A write that fails stays staged: it is retried at
     /// [`retry_at`](Self::retry_at), or at the next commit.
     pub fn commit(&mut self) {
-        if self.store.has_staged() && (!self.durable || self.flusher_idle()) {
+        if !self.store.has_staged() {
+            // Nothing waits for a commit (a round that wrote nothing).
+            self.staged_awaited = false;
+        } else if !self.durable || (self.flusher_idle() && self.hold_until().is_none()) {
             match self.store.apply_staged() {
                 Ok(applied) => {
+                    self.staged_since = None;
+                    self.staged_awaited = false;
                     if self.durable {
                         self.flushing = applied;
                         self.wanted.send_replace(applied);
@@ -177,9 +211,24 @@ impl Committer {
         self.published.subscribe()
     }
 
-    /// When to retry a write that failed, if one did.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
+    /// When to call [`commit`](Self::commit) again even if nothing else
+    /// happens: to retry a write that failed, or to end the wait of writes
+    /// that nobody waits for.
+    pub fn wake_at(&self) -> Option<Instant> {
+        match (self.retry_at, self.hold_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Until when the staged writes wait for company, if they still do:
+    /// nobody waits for them, and they were staged less than [`HOLD`] ago.
+    fn hold_until(&self) -> Option<Instant> {
+        if !self.durable || self.staged_awaited {
+            return None;
+        }
+        let until = self.staged_since? + HOLD;
+        (Instant::now() < until).then_some(until)
     }
 
     /// The flusher's next report (for a `select!`; hand it to
@@ -330,5 +379,69 @@ async fn flusher(
                 backoff = (backoff * 2).min(REPAIR_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::Place;
+
+    /// A round's writes: one queue paused.
+    fn writes(queue: &str) -> Batch {
+        let mut batch = Batch::default();
+        batch.put_paused(queue, true);
+        batch
+    }
+
+    /// The committer's next report, taken in.
+    async fn hear(committer: &mut Committer) {
+        let report = tokio::time::timeout(Duration::from_secs(10), committer.report())
+            .await
+            .expect("the flusher reports")
+            .expect("the flusher runs");
+        committer.heard(report);
+    }
+
+    #[tokio::test]
+    async fn writes_nobody_waits_for_share_the_next_awaited_flush_or_go_alone_after_the_hold() {
+        let place = Place::Memory(Arc::default());
+        let store = place.shared();
+        let mut committer = Committer::start(store.clone(), true, Arc::default());
+
+        // Two rounds nobody waits for: staged, not applied, for up to HOLD.
+        let first = committer.stage(writes("a"), false);
+        committer.commit();
+        let second = committer.stage(writes("b"), false);
+        committer.commit();
+        assert_eq!(first, second, "both wait for the same batch");
+        assert!(store.has_staged(), "held writes are not applied at once");
+        let wake = committer.wake_at().expect("the hold's end is a wake-up");
+        assert!(wake <= Instant::now() + HOLD);
+        assert!(committer.durable() < first);
+
+        // A round somebody waits for, even one that writes nothing, takes
+        // them along at once.
+        let awaited = committer.stage(Batch::default(), true);
+        assert_eq!(awaited, first);
+        committer.commit();
+        assert!(!store.has_staged(), "applied with the awaited round");
+        assert_eq!(committer.wake_at(), None);
+        hear(&mut committer).await;
+        assert!(committer.durable() >= first);
+
+        // Alone, held writes go at the hold's end, not before.
+        let started = Instant::now();
+        let alone = committer.stage(writes("c"), false);
+        committer.commit();
+        assert!(store.has_staged());
+        let wake = committer.wake_at().expect("a wake-up at the hold's end");
+        tokio::time::sleep_until(wake).await;
+        committer.commit();
+        assert!(!store.has_staged(), "applied once the hold is over");
+        assert!(started.elapsed() >= HOLD);
+        hear(&mut committer).await;
+        assert!(committer.durable() >= alone);
+        committer.close().await;
     }
 }

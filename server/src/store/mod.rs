@@ -64,7 +64,7 @@ mod sled_backend;
 #[cfg(test)]
 pub(crate) mod testing;
 pub use backend::{Backend, Entries};
-pub use committer::{Committer, Flushed};
+pub use committer::{Committer, Flushed, HOLD};
 pub use lookup::Lookup;
 pub use mem::MemBackend;
 pub use postgres::{

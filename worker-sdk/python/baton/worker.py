@@ -1132,7 +1132,7 @@ class Worker:
         if run.launched:
             self._active -= 1
             self._launch_waiting()
-            if time.monotonic() - run.started < LONG_RUN:
+            if self._window_closed and time.monotonic() - run.started < LONG_RUN:
                 self._open_window()
         for rid, (_, waiter) in run.waiters.items():
             self._requests.pop(rid, None)

@@ -420,15 +420,24 @@ impl Core {
         let Some(run) = self.end_run(task_id, now) else {
             return;
         };
-        let chain_id = run.chain_id;
-        let rec = self.chains.get_mut(&chain_id).expect("live chain");
-        let superseded = rec.is_ended() || rec.current() != run.at;
-        rec.step_mut(run.at).worker.clear();
-        if superseded {
-            self.settle_superseded(chain_id, run.at, now);
-        } else {
-            self.make_ready(chain_id, run.at, now);
+        if self.still_current(&run, now) {
+            self.live_step(run.chain_id, run.at).worker.clear();
+            self.make_ready(run.chain_id, run.at, now);
         }
+    }
+
+    /// Whether an ended run's step is still its chain's current one, for
+    /// the caller (a run given back, a run lost) to queue it again or fail
+    /// it. A superseded step (the chain ended or moved past it meanwhile)
+    /// is freed of its worker and settled here.
+    fn still_current(&mut self, run: &Run, now: UnixMs) -> bool {
+        let rec = self.chains.get_mut(&run.chain_id).expect("live chain");
+        let superseded = rec.is_ended() || rec.current() != run.at;
+        if superseded {
+            rec.step_mut(run.at).worker.clear();
+            self.settle_superseded(run.chain_id, run.at, now);
+        }
+        !superseded
     }
 
     /// A run was lost (lease lapsed, worker said goodbye mid-run): the step
@@ -451,16 +460,12 @@ impl Core {
                 },
             );
         }
-        let chain_id = run.chain_id;
-        let rec = self.chains.get_mut(&chain_id).expect("live chain");
-        let superseded = rec.is_ended() || rec.current() != run.at;
-        let step = rec.step_mut(run.at);
-        step.lapses += 1;
-        if superseded {
-            step.worker.clear();
-            self.settle_superseded(chain_id, run.at, now);
+        if !self.still_current(&run, now) {
             return;
         }
+        let chain_id = run.chain_id;
+        let step = self.live_step(chain_id, run.at);
+        step.lapses += 1;
         if step.lapses > MAX_LAPSES {
             let record = self.failure_of(
                 chain_id,

@@ -215,6 +215,29 @@ pub struct RoundEnd {
     pub closed: Vec<WorkerId>,
 }
 
+impl RoundEnd {
+    /// Whether somebody waits for the round's writes to be durable, so
+    /// that they are committed at once (`in_trouble`: the store is in
+    /// trouble, so early assignments wait for them too). Nobody does when
+    /// the round's effects only acknowledge outcomes, for the worker goes
+    /// on without the acknowledgment (it keeps the outcome, to send again
+    /// until it is acknowledged), or are the machine's own bookkeeping
+    /// (`Settled`). Such a round may wait a moment to share a flush (see
+    /// `store::committer`).
+    pub fn awaited(&self, in_trouble: bool) -> bool {
+        let waits = |output: &Output| {
+            !matches!(
+                output,
+                Output::ToWorker {
+                    msg: ToWorker::Ack { .. },
+                    ..
+                } | Output::Settled(_)
+            )
+        };
+        self.effects.iter().any(waits) || (in_trouble && !self.early.is_empty())
+    }
+}
+
 /// Why a submission was deduplicated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dedup {

@@ -20,7 +20,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::store::{Backend, Batch, Fault, MemBackend, Recovered, Shared, Store};
+use crate::domain::UnixMs;
+use crate::store::{Backend, Batch, Fault, HOLD, MemBackend, Recovered, Shared, Store};
 
 /// What the reopen closure and the simulator share: the backend in use and
 /// whether the disk fails.
@@ -37,6 +38,10 @@ pub struct Disk {
     durable_seq: u64,
     /// The last batch handed to the flusher.
     flushing: u64,
+    /// As `Committer::staged_since` and `staged_awaited`, in the
+    /// simulator's time.
+    staged_since: Option<UnixMs>,
+    staged_awaited: bool,
     write_fault: Option<Fault>,
     flush_fault: Option<Fault>,
     /// The flusher's `wanted` watch: its value and how many times it was
@@ -81,6 +86,8 @@ impl Disk {
             media,
             durable_seq: 0,
             flushing: 0,
+            staged_since: None,
+            staged_awaited: false,
             write_fault: None,
             flush_fault: None,
             wanted: 0,
@@ -121,16 +128,28 @@ impl Disk {
     }
 
     /// `Committer::stage`.
-    pub fn stage(&mut self, writes: Batch) -> u64 {
+    pub fn stage(&mut self, writes: Batch, awaited: bool, now: UnixMs) -> u64 {
+        if !writes.is_empty() {
+            self.staged_since.get_or_insert(now);
+        }
+        self.staged_awaited |= awaited;
         self.shared.stage_seq(writes)
     }
 
-    /// `Committer::commit`.
-    pub fn commit(&mut self) {
+    /// `Committer::commit`, with the hold of writes nobody waits for.
+    pub fn commit(&mut self, now: UnixMs) {
+        if !self.shared.has_staged() {
+            self.staged_awaited = false;
+            return;
+        }
         let flusher_idle = self.durable_seq >= self.flushing && self.flush_fault.is_none();
-        if self.shared.has_staged() && flusher_idle {
+        let hold_ms = u64::try_from(HOLD.as_millis()).expect("a short hold");
+        let held = !self.staged_awaited && self.staged_since.is_some_and(|t| now < t + hold_ms);
+        if flusher_idle && !held {
             match self.shared.apply_staged() {
                 Ok(applied) => {
+                    self.staged_since = None;
+                    self.staged_awaited = false;
                     self.applied = applied;
                     self.flushing = applied;
                     self.wanted = applied;

@@ -459,12 +459,15 @@ impl World {
             self.driver.sweep(self.now);
         }
         self.driver.dispatch(self.now);
+        let in_trouble = self.disk.fault().is_some();
+        let end = self.driver.core.end_round();
+        let awaited = end.awaited(in_trouble);
         let RoundEnd {
             writes,
             effects,
             early,
             closed,
-        } = self.driver.core.end_round();
+        } = end;
         self.driver.close(closed);
         for effect in effects.iter().chain(&early) {
             if let Output::ToWorker {
@@ -486,8 +489,8 @@ impl World {
                 self.model.assignment_made(a.chain_id, self.round)?;
             }
         }
-        let seq = self.disk.stage(writes);
-        if self.disk.fault().is_none() {
+        let seq = self.disk.stage(writes, awaited, self.now);
+        if !in_trouble {
             for effect in early {
                 self.deliver(effect);
             }
@@ -495,7 +498,7 @@ impl World {
             self.outbox.extend(early.into_iter().map(|e| (seq, e)));
         }
         self.outbox.extend(effects.into_iter().map(|e| (seq, e)));
-        self.disk.commit();
+        self.disk.commit(self.now);
         if self.rng.below(1000) < self.flush_permille
             && let Some(what) = self.disk.flusher(&self.rt)
         {
