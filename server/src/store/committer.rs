@@ -25,7 +25,7 @@
 //!   keeps those not yet durable in its journal); the committer knows the
 //!   last one the flusher was handed and the last one it made durable.
 //! - **Disk trouble.** A write that fails stays staged and is retried with
-//!   backoff ([`Committer::retry_at`]); a flush that fails turns the
+//!   backoff ([`Committer::wake_at`]); a flush that fails turns the
 //!   flusher to repairing the store ([`Shared::repair`]: reopen, replay
 //!   what was not durable, flush), with backoff, until that succeeds.
 //!   Meanwhile [`Committer::fault`] says what is wrong, so the scheduler
@@ -152,8 +152,10 @@ impl Committer {
 
     /// Applies the staged writes as one batch when the flusher is free to
     /// make it durable at once (without durability, always), and hands it
-    /// to the flusher. A write that fails stays staged: it is retried at
-    /// [`retry_at`](Self::retry_at), or at the next commit.
+    /// to the flusher; unless nobody waits for them and they wait for
+    /// company (see [`stage`](Self::stage)), until [`wake_at`](Self::wake_at)
+    /// at the latest. A write that fails stays staged: it is retried at
+    /// [`wake_at`](Self::wake_at), or at the next commit.
     pub fn commit(&mut self) {
         if !self.store.has_staged() {
             // Nothing waits for a commit (a round that wrote nothing).
