@@ -4,9 +4,10 @@
 //! Every submit-to-start and every throttle hand-off waits for one group
 //! commit (see docs/benchmarks.md, "What bounds each figure"). The commit
 //! is more than the `fdatasync` floor: sled 0.34 first writes its log
-//! buffers with `pwrite` + `sync_file_range`, the one sealed when the batch
-//! was applied on one of sled's I/O threads and the last one on the
-//! flushing thread, and only then does the store `fdatasync` its file.
+//! buffers with `pwrite` (without `sync_file_range`: the store turns it
+//! off, vendor/sled patch 8), the one sealed when the batch was applied on
+//! one of sled's I/O threads and the last one on the flushing thread, and
+//! only then does the store `fdatasync` its file.
 //! Printing both in the same run shows how much of a latency figure is the
 //! disk, and how much of that sled adds.
 

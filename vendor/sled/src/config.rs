@@ -201,6 +201,10 @@ pub struct Inner {
     pub mode: Mode,
     #[doc(hidden)]
     pub temporary: bool,
+    /// Whether each log write is followed by `sync_file_range` (the
+    /// default). Baton patch 8: see `Config::range_sync`.
+    #[doc(hidden)]
+    pub range_sync: bool,
     #[doc(hidden)]
     pub use_compression: bool,
     #[doc(hidden)]
@@ -230,6 +234,7 @@ impl Default for Inner {
             use_compression: false,
             compression_factor: 5,
             temporary: false,
+            range_sync: true,
             version: crate_version(),
 
             // useful in testing
@@ -401,6 +406,30 @@ impl Config {
         }
         let m = Arc::make_mut(&mut self.0);
         m.flush_every_ms = every_ms;
+        self
+    }
+
+    /// Whether each write of the log is followed by `sync_file_range`
+    /// (the default, upstream's behaviour). `sync_file_range` waits for
+    /// the device to take the bytes but flushes neither the file's
+    /// metadata nor the device's write cache, so it makes nothing durable
+    /// on a disk with a volatile cache (sled issue #1452). A caller that
+    /// `fdatasync`s the data file after every `flush` before it counts on
+    /// anything may turn it off: each flush then waits for one device
+    /// round (the `fdatasync`) instead of one per written buffer plus the
+    /// `fdatasync`. With it off, sled's stable lsn means "in the page
+    /// cache" until that `fdatasync`, as it already meant "in the device's
+    /// cache" with it on. (Baton patch 8.)
+    pub fn range_sync(mut self, on: bool) -> Self {
+        if Arc::strong_count(&self.0) != 1 {
+            error!(
+                "config has already been used to start \
+                 the system and probably should not be \
+                 mutated",
+            );
+        }
+        let m = Arc::make_mut(&mut self.0);
+        m.range_sync = on;
         self
     }
 

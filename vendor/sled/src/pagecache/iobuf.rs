@@ -729,7 +729,9 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
+            // Baton patch 8: no `sync_file_range` when the caller
+            // fdatasyncs after every flush (`Config::range_sync`).
+            if !self.config.temporary && self.config.range_sync {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;
