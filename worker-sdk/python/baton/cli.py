@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="N|auto",
         help="assignments held beyond --concurrency, waiting for a free slot, so short tasks never wait "
         "for the next one to arrive; their leases and timeouts run from assignment. Default auto: "
-        "7 x concurrency, or 0 for a worker of the heavy queue; 0 turns it off (docs/prefetch.md)",
+        "7 x concurrency, growing to up to 31 x while tasks are short, or 0 for a worker of the heavy "
+        "queue; N fixes it; 0 turns it off (docs/prefetch.md)",
     )
     w.add_argument(
         "-P",

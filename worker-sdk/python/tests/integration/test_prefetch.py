@@ -119,3 +119,32 @@ def test_a_long_run_in_every_slot_gives_its_waiting_tasks_to_another_worker(brok
     while _held(broker, busy.name).prefetch != 2:
         assert time.monotonic() < deadline, "the window did not open again"
         time.sleep(0.05)
+
+
+def test_the_default_window_grows_while_runs_are_short_and_goes_back_with_longer_ones(broker, tasks, start_worker):
+    worker = start_worker(concurrency=2, args=("--app", "demo_app:plain_app"))
+    assert _held(broker, worker.name).prefetch == 14, "it starts at 7 x concurrency"
+    grown = 14
+    results = []
+    deadline = time.monotonic() + 60
+    while grown == 14:
+        assert time.monotonic() < deadline, "the window did not grow under short tasks"
+        results += [tasks.fast.delay(i) for i in range(len(results), len(results) + 500)]
+        grown = _held(broker, worker.name).prefetch
+    assert 14 < grown <= 62, "at most 31 x concurrency"
+    assert [r.get(timeout=60) for r in results] == [f"fast {i}" for i in range(len(results))]
+
+    # 50 ms runs: 40 a second, nowhere near a window of 14 per 20 ms.
+    longer = [tasks.sleeper.delay(0.05, f"s{i}") for i in range(30)]
+    deadline = time.monotonic() + 30
+    while _held(broker, worker.name).prefetch != 14:
+        assert time.monotonic() < deadline, "the window did not go back to its floor"
+        time.sleep(0.05)
+    assert [r.get(timeout=60) for r in longer] == [f"s{i}" for i in range(30)]
+
+
+def test_a_fixed_prefetch_does_not_move(broker, tasks, start_worker):
+    worker = start_worker(concurrency=2, args=("--prefetch", "14", "--app", "demo_app:plain_app"))
+    results = [tasks.fast.delay(i) for i in range(3000)]
+    assert [r.get(timeout=60) for r in results] == [f"fast {i}" for i in range(3000)]
+    assert _held(broker, worker.name).prefetch == 14
