@@ -28,8 +28,10 @@
 
 #![warn(missing_docs)]
 
-/// Generated protocol types and gRPC stubs of `baton.v1`.
-#[allow(missing_docs, clippy::all)]
+/// Generated protocol types and gRPC stubs of `baton.v1`. (The proto's
+/// comments write placeholders as `<name>`, which rustdoc would take for
+/// HTML.)
+#[allow(missing_docs, clippy::all, rustdoc::invalid_html_tags)]
 pub mod pb {
     tonic::include_proto!("baton.v1");
 

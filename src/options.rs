@@ -69,7 +69,7 @@ impl ClientOptions {
     }
 
     /// How long a call of [`Client`](crate::Client) waits for its answer
-    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). A call with no answer by
+    /// (default `DEFAULT_CALL_TIMEOUT`, 30 s). A call with no answer by
     /// then fails with `DEADLINE_EXCEEDED`; with several brokers it is
     /// first made at the next one, since a broker that stopped answering
     /// (a leader frozen, its machine paused) is deposed within its lease
@@ -81,7 +81,7 @@ impl ClientOptions {
         self
     }
 
-    /// The call timeout: as set, or [`DEFAULT_CALL_TIMEOUT`].
+    /// The call timeout: as set, or `DEFAULT_CALL_TIMEOUT` (30 s).
     pub fn call_timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)
     }

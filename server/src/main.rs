@@ -79,6 +79,8 @@ struct ServeArgs {
     /// sled store, unless --store names a database.
     #[arg(long, env = "BATON_DATA", default_value = "./baton-data")]
     data: PathBuf,
+    // The help text below is also a doc comment: its `[:PASSWORD]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Keep the store in a PostgreSQL database instead of --data:
     /// postgres://USER[:PASSWORD]@HOST:PORT/DB. The schema is created or
     /// migrated at start.

@@ -1,7 +1,7 @@
 //! The Broker routes: submit, get, watch (server-sent events), cancel, and
 //! the chain list and search the dashboard's Chains page uses.
 //!
-//! Submit, step results and cancel call [`api::BrokerService`] itself;
+//! Submit, step results and cancel call [`BrokerService`](crate::api::BrokerService) itself;
 //! get and watch call the same scheduler requests with the same ownership
 //! check, to add each step's arguments, which the proto's `Step` lacks.
 

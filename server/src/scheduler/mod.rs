@@ -16,7 +16,7 @@
 //!   dispatches ready work: a round. Everybody else holds a cheap
 //!   [`Handle`] and sends it commands over a channel.
 //!
-//! Each round's writes go to the [`Committer`](crate::store::Committer),
+//! Each round's writes go to the [`Committer`],
 //! the one owner of durability (group commit, sequence numbers, disk
 //! trouble; see `store::committer`), which answers with the number of the
 //! batch that will hold them. The outputs of a round (replies,

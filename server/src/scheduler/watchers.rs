@@ -115,7 +115,7 @@ pub struct Sender {
 
 impl Sender {
     /// Sends `event` unless that takes the watcher over its budget (or its
-    /// [`EVENTS`]). Returns false when the watcher is to be dropped: its
+    /// `EVENTS`). Returns false when the watcher is to be dropped: its
     /// stream went away, or it fell behind (its stream then ends with
     /// [`FellBehind`]).
     pub fn offer(&self, event: &Arc<ChainEvent>) -> bool {

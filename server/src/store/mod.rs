@@ -1,7 +1,7 @@
 //! The durable store: Baton's collections over a key-value [`Backend`].
 //!
 //! Collections (each a key space: its keys start with one byte of its own,
-//! see [`Space`]):
+//! see `Space`):
 //! - `chains`: chain id → [`ChainRecord`] (prost), every chain ever stored;
 //! - `live`: chain id → empty, the chains recovery must load (not ended, or
 //!   ended with a run still out), so a restart never scans finished history;
@@ -108,7 +108,7 @@ pub enum Error {
 /// Writes to the store, applied atomically by [`Store::apply`]: tree key →
 /// new value, or `None` to remove the key. A later write of a key replaces
 /// an earlier one, so batches merge ([`Batch::merge`]) and can be read
-/// back ([`Batch::get`]) before they are applied: the scheduler's rounds
+/// back (`Batch::get`) before they are applied: the scheduler's rounds
 /// write into one, and its reads see what they wrote (see `Shared`).
 /// Values are sled's `IVec`s so that keeping a batch in the journal, and
 /// handing it to sled, copies no bytes.

@@ -52,7 +52,7 @@ impl<T> std::fmt::Debug for Req<T> {
     }
 }
 
-/// A type a request can answer with (see [`answers!`]).
+/// A type a request can answer with (see the `answers!` macro below).
 pub trait Answerable: Sized {
     fn wrap(result: Result<Self, Error>) -> Answer;
     /// The answer back as `Self`, or `None` if it answers something else.

@@ -1142,3 +1142,92 @@ fn a_large_value_handed_to_a_group_is_stored_once_and_reaches_every_member_after
         assert_eq!(a, format!("[{big}]"));
     }
 }
+
+/// Commits a round by hand, says whether somebody waits for it (the
+/// store not in trouble) and delivers its outputs.
+fn awaited_round(core: &mut Harness, now: UnixMs) -> bool {
+    let round = core.commit().expect("commit");
+    let awaited = round.awaited(false);
+    for output in round.early.into_iter().chain(round.effects) {
+        core.deliver(output, now);
+    }
+    awaited
+}
+
+#[test]
+fn only_a_round_of_outcome_acks_is_left_to_wait_for_a_shared_flush() {
+    let (_dir, _, mut core) = empty_core();
+    let (tx, mut rx) = mpsc::channel(16);
+    let worker_id = core.connect(hello("t", 1, 0), tx, 1);
+    let two_steps = ChainSpec {
+        steps: vec![
+            one_step("t").steps[0].clone(),
+            one_step("t").steps[0].clone(),
+        ],
+        ..ChainSpec::default()
+    };
+
+    // A submission and its first step's assignment, in one round as the
+    // scheduler loop has them: the client waits for the reply, the worker
+    // for the assignment (not an early one: its task was made ready in
+    // this very round).
+    let (reply, _answer) = oneshot::channel();
+    core.submit(two_steps, reply, 1);
+    core.dispatch(1);
+    assert!(awaited_round(&mut core, 1), "a reply is awaited");
+    let first = loop {
+        if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
+            break a.task;
+        }
+    };
+
+    // Its outcome acks it and assigns the next step: still awaited.
+    let outcome = RunOutcome::Success("1".into());
+    let msg = FromWorker::Outcome {
+        task: first,
+        outcome,
+    };
+    core.on_worker_message(worker_id, msg, 2);
+    core.dispatch(2);
+    assert!(
+        awaited_round(&mut core, 2),
+        "an ack with the next assignment is awaited"
+    );
+    let second = loop {
+        if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
+            break a.task;
+        }
+    };
+
+    // The last step's outcome ends the chain, which nobody watches: only
+    // an ack leaves (and the machine's own bookkeeping), so the round may
+    // wait to share the next flush...
+    let outcome = RunOutcome::Success("2".into());
+    let msg = FromWorker::Outcome {
+        task: second,
+        outcome,
+    };
+    core.on_worker_message(worker_id, msg, 3);
+    core.dispatch(3);
+    let round = core.commit().expect("commit");
+    assert!(
+        round.effects.iter().any(|o| matches!(
+            o,
+            Output::ToWorker {
+                msg: ToWorker::Ack { .. },
+                ..
+            }
+        )),
+        "the round acks the outcome"
+    );
+    assert!(!round.awaited(false), "nobody waits for an ack alone");
+    // ...unless the store is in trouble and early assignments must wait too.
+    let with_early = RoundEnd {
+        writes: Batch::default(),
+        effects: round.effects,
+        early: vec![Output::Settled(Settled::Resumed)],
+        closed: Vec::new(),
+    };
+    assert!(with_early.awaited(true));
+    assert!(!with_early.awaited(false));
+}
