@@ -1175,40 +1175,30 @@ fn only_a_round_of_outcome_acks_is_left_to_wait_for_a_shared_flush() {
     core.submit(two_steps, reply, 1);
     core.dispatch(1);
     assert!(awaited_round(&mut core, 1), "a reply is awaited");
-    let first = loop {
-        if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
-            break a.task;
-        }
+    // Runs the step last assigned, reports its outcome and dispatches.
+    let mut run_next = |core: &mut Harness, now: UnixMs| {
+        let task = loop {
+            if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
+                break a.task;
+            }
+        };
+        let outcome = RunOutcome::Success(now.to_string());
+        core.on_worker_message(worker_id, FromWorker::Outcome { task, outcome }, now);
+        core.dispatch(now);
     };
 
-    // Its outcome acks it and assigns the next step: still awaited.
-    let outcome = RunOutcome::Success("1".into());
-    let msg = FromWorker::Outcome {
-        task: first,
-        outcome,
-    };
-    core.on_worker_message(worker_id, msg, 2);
-    core.dispatch(2);
+    // The first step's outcome acks it and assigns the next step: still
+    // awaited.
+    run_next(&mut core, 2);
     assert!(
         awaited_round(&mut core, 2),
         "an ack with the next assignment is awaited"
     );
-    let second = loop {
-        if let ToWorker::Assign(a) = rx.try_recv().expect("assignment") {
-            break a.task;
-        }
-    };
 
     // The last step's outcome ends the chain, which nobody watches: only
     // an ack leaves (and the machine's own bookkeeping), so the round may
     // wait to share the next flush...
-    let outcome = RunOutcome::Success("2".into());
-    let msg = FromWorker::Outcome {
-        task: second,
-        outcome,
-    };
-    core.on_worker_message(worker_id, msg, 3);
-    core.dispatch(3);
+    run_next(&mut core, 3);
     let round = core.commit().expect("commit");
     assert!(
         round.effects.iter().any(|o| matches!(
