@@ -7,10 +7,11 @@
 //! (sled issue #1452), so [`SledBackend::flush`] follows it with an
 //! `fdatasync` of the data file; and since that `fdatasync` does all the
 //! work, sled's `sync_file_range`s are turned off (patch 8,
-//! `Config::range_sync`): one device wait per flush instead of three. (The collections were separate trees
-//! written in a multi-tree transaction until the benchmark profile showed
-//! the transaction's bookkeeping taking a third of the commit; a store of
-//! that layout is moved over once when opened.)
+//! `Config::range_sync`): one device wait per flush instead of three.
+//! (The collections were separate trees written in a multi-tree
+//! transaction until the benchmark profile showed the transaction's
+//! bookkeeping taking a third of the commit; a store of that layout is
+//! moved over once when opened.)
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
