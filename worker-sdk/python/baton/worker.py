@@ -714,8 +714,7 @@ class Worker:
         if any(t.is_async for t in self.app.tasks.values()):
             self._task_loop = _TaskLoop()
             self._task_loop.start()
-        else:
-            self._slots = self.concurrency + self.prefetch
+        self._set_window(self.prefetch)
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -991,6 +990,7 @@ class Worker:
             self._launch_waiting()
 
     def _set_window(self, window: int) -> None:
+        """The window announced from now on, and what may be launched at once."""
         self.prefetch = window
         if self._task_loop is None:  # plain bodies only: the pool holds the window too
             self._slots = self.concurrency + window

@@ -124,12 +124,15 @@ fn empty_core() -> (tempfile::TempDir, Shared, Harness) {
 }
 
 /// Ends a round: commits and delivers its effects (durability does not
-/// matter here).
-fn end_round(core: &mut Harness) {
+/// matter here). Returns whether somebody waits for the round's writes
+/// (`RoundEnd::awaited`, the store not in trouble).
+fn end_round(core: &mut Harness) -> bool {
     let committed = core.commit().expect("commit");
+    let awaited = committed.awaited(false);
     for effect in committed.early.into_iter().chain(committed.effects) {
         core.deliver(effect, 1);
     }
+    awaited
 }
 
 #[test]
@@ -1143,17 +1146,6 @@ fn a_large_value_handed_to_a_group_is_stored_once_and_reaches_every_member_after
     }
 }
 
-/// Commits a round by hand, says whether somebody waits for it (the
-/// store not in trouble) and delivers its outputs.
-fn awaited_round(core: &mut Harness, now: UnixMs) -> bool {
-    let round = core.commit().expect("commit");
-    let awaited = round.awaited(false);
-    for output in round.early.into_iter().chain(round.effects) {
-        core.deliver(output, now);
-    }
-    awaited
-}
-
 #[test]
 fn only_a_round_of_outcome_acks_is_left_to_wait_for_a_shared_flush() {
     let (_dir, _, mut core) = empty_core();
@@ -1174,7 +1166,7 @@ fn only_a_round_of_outcome_acks_is_left_to_wait_for_a_shared_flush() {
     let (reply, _answer) = oneshot::channel();
     core.submit(two_steps, reply, 1);
     core.dispatch(1);
-    assert!(awaited_round(&mut core, 1), "a reply is awaited");
+    assert!(end_round(&mut core), "a reply is awaited");
     // Runs the step last assigned, reports its outcome and dispatches.
     let mut run_next = |core: &mut Harness, now: UnixMs| {
         let task = loop {
@@ -1191,7 +1183,7 @@ fn only_a_round_of_outcome_acks_is_left_to_wait_for_a_shared_flush() {
     // awaited.
     run_next(&mut core, 2);
     assert!(
-        awaited_round(&mut core, 2),
+        end_round(&mut core),
         "an ack with the next assignment is awaited"
     );
 
